@@ -1,0 +1,1 @@
+"""Receiving mail: IMAP client protocol and the folder watcher."""

@@ -1,0 +1,93 @@
+"""The seams of oauthmail.
+
+Every component that another one depends on is described here, so that tests
+(and users embedding oauthmail) can put their own implementation in its place
+and ``verifyObject`` can prove that the real ones keep their promises.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ITokenStore(Interface):
+    """Durable, encrypted storage of accounts and their OAuth tokens.
+
+    Every method returns a Deferred and never blocks the reactor thread.
+    Secret values (access and refresh tokens) go in and come out as
+    :class:`oauthmail.secret.Secret` and are encrypted at rest.
+    """
+
+    def open():
+        """Create or migrate the schema and check the encryption key.
+
+        Fails with ``oauthmail.tokens.store.WrongKeyError`` when the database
+        was written with another key; nothing is changed in that case.
+        """
+
+    def close():
+        """Release the connection pool."""
+
+    def ensureAccount(account_id, provider):
+        """Make sure an account row exists (state ``unauthorised`` if new).
+
+        Fires with its :class:`oauthmail.tokens.records.AccountRecord`.
+        """
+
+    def getAccount(account_id):
+        """Fire with the ``AccountRecord`` or ``None``."""
+
+    def listAccounts():
+        """Fire with a list of every ``AccountRecord``, sorted by id."""
+
+    def setAccountState(account_id, state, last_error=None):
+        """Record an account's state (one of ``ACCOUNT_STATES``) and last error."""
+
+    def getTokens(account_id):
+        """Fire with the account's ``TokenRecord`` or ``None``."""
+
+    def putTokens(account_id, tokens, expected_version):
+        """Store a ``TokenSet`` if the stored version is ``expected_version``.
+
+        ``expected_version`` is 0 when no tokens are stored yet. Fires with the
+        new ``TokenRecord`` (version incremented) or fails with
+        ``VersionConflict`` and changes nothing.
+        """
+
+    def deleteTokens(account_id):
+        """Forget an account's tokens (on revocation by a person only)."""
+
+
+class ITokenSource(Interface):
+    """The only thing that hands out access tokens."""
+
+    def accessToken(account_id):
+        """Fire with a valid access token (``Secret``), refreshing first if needed."""
+
+    def forceRefresh(account_id):
+        """Refresh now (a server rejected the token) and fire with the new one."""
+
+
+class IHTTPTransport(Interface):
+    """Sends one form-encoded or plain HTTP request and returns the answer."""
+
+    def request(method, url, headers, body):
+        """Fire with an ``HTTPResponse`` (status, headers, body bytes)."""
+
+
+class ISink(Interface):
+    """Where a received message goes.
+
+    ``deliver`` must fire only once the message is durably taken (for a
+    Maildir: written, synced and renamed into ``new/``), because the IMAP
+    watcher marks, moves or deletes the message on the server right after.
+    """
+
+    name = Attribute("A short name used in logs and on the console.")
+
+    def deliver(message, account, folder):
+        """Take ``message`` (bytes, exact as on the server).
+
+        Fails with ``TemporarySinkError`` (leave the message on the server and
+        retry later) or ``PermanentSinkError`` (record it and move on).
+        """

@@ -1,0 +1,1 @@
+"""Where received mail goes: Maildir, command, webhook, Python."""

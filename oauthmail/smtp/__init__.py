@@ -1,0 +1,1 @@
+"""Sending mail: ESMTP client, durable queue, local submission server."""

@@ -1,0 +1,1 @@
+"""Test doubles that are real peers: the test OAuth provider and a Dovecot launcher."""

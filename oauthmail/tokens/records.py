@@ -1,0 +1,53 @@
+"""Value objects for accounts and tokens, shared by the store and its users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from oauthmail.secret import Secret
+
+#: An account is in exactly one of these states.
+ACCOUNT_STATES = ("unauthorised", "ok", "refreshing", "needs_reauth", "error")
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What a token endpoint gave us (or what we give the store)."""
+
+    access_token: Secret
+    expires_at: float | None
+    refresh_token: Secret | None = None
+    scope: str = ""
+    token_type: str = "Bearer"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A stored ``TokenSet`` with the version used for compare-and-swap."""
+
+    account: str
+    access_token: Secret
+    expires_at: float | None
+    refresh_token: Secret | None
+    scope: str
+    version: int
+    updated_at: float
+
+    def tokenSet(self) -> TokenSet:
+        return TokenSet(self.access_token, self.expires_at, self.refresh_token, self.scope)
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """An account's durable state, as shown on the console."""
+
+    id: str
+    provider: str
+    state: str
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    last_refresh_at: float | None = None
+
+    def replace(self, **changes: object) -> AccountRecord:
+        return replace(self, **changes)
