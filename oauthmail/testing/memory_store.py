@@ -1,0 +1,110 @@
+"""An in-memory ``ITokenStore`` for tests of everything that uses a store.
+
+It keeps the same promises as the SQLite store (compare-and-swap versions,
+validated account states, timestamps from an injected clock) but every method
+returns an already-fired Deferred, so tests that use it need no threads and
+no files and can run under ``SynchronousTestCase``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.interfaces import ITokenStore
+from oauthmail.tokens.records import ACCOUNT_STATES, AccountRecord, TokenRecord, TokenSet
+from oauthmail.tokens.store import StoreError, VersionConflict
+
+
+class _Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+@implementer(ITokenStore)
+class MemoryTokenStore:
+    """Accounts and tokens in two dicts; ``clock.seconds()`` stamps every change."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self._clock = clock
+        self._accounts: dict[str, AccountRecord] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+        self.opened = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryTokenStore {len(self._accounts)} accounts>"
+
+    def open(self) -> defer.Deferred[None]:
+        self.opened = True
+        self.closed = False
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred[None]:
+        self.closed = True
+        return defer.succeed(None)
+
+    def ensureAccount(self, account_id: str, provider: str) -> defer.Deferred[AccountRecord]:
+        record = self._accounts.get(account_id)
+        if record is None:
+            now = self._clock.seconds()
+            record = AccountRecord(account_id, provider, "unauthorised", None, now, now)
+            self._accounts[account_id] = record
+        return defer.succeed(record)
+
+    def getAccount(self, account_id: str) -> defer.Deferred[AccountRecord | None]:
+        return defer.succeed(self._accounts.get(account_id))
+
+    def listAccounts(self) -> defer.Deferred[list[AccountRecord]]:
+        return defer.succeed([self._accounts[k] for k in sorted(self._accounts)])
+
+    def setAccountState(
+        self, account_id: str, state: str, last_error: str | None = None
+    ) -> defer.Deferred[AccountRecord]:
+        if state not in ACCOUNT_STATES:
+            return defer.fail(ValueError(f"unknown account state {state!r}"))
+        record = self._accounts.get(account_id)
+        if record is None:
+            return defer.fail(StoreError(f"no account {account_id!r}"))
+        now = self._clock.seconds()
+        record = record.replace(state=state, last_error=last_error, updated_at=now)
+        self._accounts[account_id] = record
+        return defer.succeed(record)
+
+    def getTokens(self, account_id: str) -> defer.Deferred[TokenRecord | None]:
+        return defer.succeed(self._tokens.get(account_id))
+
+    def putTokens(
+        self, account_id: str, tokens: TokenSet, expected_version: int
+    ) -> defer.Deferred[TokenRecord]:
+        current = self._tokens.get(account_id)
+        version = current.version if current is not None else 0
+        if version != expected_version:
+            return defer.fail(
+                VersionConflict(
+                    f"tokens of {account_id!r} are at version {version}, "
+                    f"not {expected_version}; nothing was changed"
+                )
+            )
+        if account_id not in self._accounts:
+            return defer.fail(StoreError(f"no account {account_id!r}"))
+        now = self._clock.seconds()
+        record = TokenRecord(
+            account=account_id,
+            access_token=tokens.access_token,
+            expires_at=tokens.expires_at,
+            refresh_token=tokens.refresh_token,
+            scope=tokens.scope,
+            version=version + 1,
+            updated_at=now,
+        )
+        self._tokens[account_id] = record
+        self._accounts[account_id] = self._accounts[account_id].replace(
+            updated_at=now, last_refresh_at=now
+        )
+        return defer.succeed(record)
+
+    def deleteTokens(self, account_id: str) -> defer.Deferred[None]:
+        self._tokens.pop(account_id, None)
+        return defer.succeed(None)

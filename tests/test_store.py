@@ -1,0 +1,551 @@
+"""The token stores: one contract for the in-memory and SQLite stores, then SQLite's own promises.
+
+SQLite tests use real files under ``tmp_path`` and always close the pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from cryptography.fernet import Fernet
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from oauthmail.config import StoreConfig
+from oauthmail.interfaces import ITokenStore
+from oauthmail.secret import Secret
+from oauthmail.testing.memory_store import MemoryTokenStore
+from oauthmail.tokens import schema
+from oauthmail.tokens.crypto import TokenCipher, generateKey
+from oauthmail.tokens.records import ACCOUNT_STATES, TokenSet
+from oauthmail.tokens.store import (
+    SQLiteTokenStore,
+    StoreError,
+    VersionConflict,
+    WrongKeyError,
+    openStore,
+)
+
+ACCESS = "ya29.ACCESS-canary-7f3e9a1b5c2d"
+REFRESH = "1//REFRESH-canary-0d4c8b2a6e1f"
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def tokens(access: str = ACCESS, refresh: str | None = REFRESH, expires: float = 3600.0):
+    return TokenSet(
+        access_token=Secret(access),
+        expires_at=expires,
+        refresh_token=None if refresh is None else Secret(refresh),
+        scope="https://mail.google.com/",
+    )
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def key():
+    return generateKey()
+
+
+@pytest.fixture
+def dbpath(tmp_path):
+    return str(tmp_path / "var" / "oauthmail.sqlite")
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def store(request, clock, key, dbpath):
+    if request.param == "memory":
+        s = MemoryTokenStore(clock)
+    else:
+        s = SQLiteTokenStore(dbpath, key, clock)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def reopen(path, key, clock):
+    s = SQLiteTokenStore(path, key, clock)
+    await s.open()
+    return s
+
+
+# -- the contract -------------------------------------------------------------
+
+
+def test_memory_provides_interface(clock):
+    """MemoryTokenStore provides ITokenStore."""
+    assert verifyObject(ITokenStore, MemoryTokenStore(clock))
+
+
+def test_sqlite_provides_interface(clock, key, dbpath):
+    """SQLiteTokenStore provides ITokenStore (constructing it touches no file)."""
+    assert verifyObject(ITokenStore, SQLiteTokenStore(dbpath, key, clock))
+    assert not os.path.exists(dbpath)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_account(store, clock):
+    """A new account is unauthorised, stamped by the clock; ensuring it again changes nothing."""
+    clock.advance(100)
+    account = await store.ensureAccount("alice", "google")
+    assert (account.id, account.provider, account.state) == ("alice", "google", "unauthorised")
+    assert account.created_at == account.updated_at == 100
+    assert account.last_error is None and account.last_refresh_at is None
+    clock.advance(5)
+    assert await store.ensureAccount("alice", "google") == account
+    assert await store.getAccount("alice") == account
+    assert await store.getAccount("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_round_trip(store, clock):
+    """Tokens put at version 0 come back equal, at version 1, stamped by the clock."""
+    await store.ensureAccount("alice", "google")
+    assert await store.getTokens("alice") is None
+    clock.advance(42)
+    put = await store.putTokens("alice", tokens(), 0)
+    got = await store.getTokens("alice")
+    assert put == got
+    assert got.version == 1 and got.updated_at == 42
+    assert got.access_token.reveal() == ACCESS
+    assert got.refresh_token.reveal() == REFRESH
+    assert got.expires_at == 3600.0 and got.scope == "https://mail.google.com/"
+    assert got.tokenSet().access_token == Secret(ACCESS)
+    assert (await store.getAccount("alice")).last_refresh_at == 42
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_without_refresh_token(store):
+    """A token set without refresh token (client credentials) round-trips with None."""
+    await store.ensureAccount("svc", "microsoft")
+    await store.putTokens("svc", tokens(refresh=None, expires=None), 0)
+    got = await store.getTokens("svc")
+    assert got.refresh_token is None and got.expires_at is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_compare_and_swap(store):
+    """putTokens with a stale version fails with VersionConflict and changes nothing."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens("first"), 0)
+    with pytest.raises(VersionConflict) as info:
+        await store.putTokens("alice", tokens("second"), 0)
+    assert "second" not in str(info.value)
+    assert (await store.getTokens("alice")).access_token.reveal() == "first"
+    two = await store.putTokens("alice", tokens("third"), 1)
+    assert two.version == 2
+    with pytest.raises(VersionConflict):
+        await store.putTokens("alice", tokens("fourth"), 1)
+    got = await store.getTokens("alice")
+    assert (got.version, got.access_token.reveal()) == (2, "third")
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_without_account(store):
+    """Tokens for an account that was never ensured are refused."""
+    with pytest.raises(StoreError):
+        await store.putTokens("ghost", tokens(), 0)
+    assert await store.getTokens("ghost") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_states(store, clock):
+    """Every state in ACCOUNT_STATES is recorded with its last error; others are refused."""
+    await store.ensureAccount("alice", "google")
+    for state in ACCOUNT_STATES:
+        clock.advance(1)
+        record = await store.setAccountState("alice", state, f"because {state}")
+        assert (record.state, record.last_error, record.updated_at) == (
+            state,
+            f"because {state}",
+            clock.seconds(),
+        )
+        assert await store.getAccount("alice") == record
+    cleared = await store.setAccountState("alice", "ok")
+    assert cleared.last_error is None
+    with pytest.raises(ValueError):
+        await store.setAccountState("alice", "sleepy")
+    assert (await store.getAccount("alice")).state == "ok"
+    with pytest.raises(StoreError):
+        await store.setAccountState("ghost", "ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_accounts_sorted(store):
+    """listAccounts returns every account sorted by id."""
+    assert await store.listAccounts() == []
+    for name in ["carol", "alice", "bob"]:
+        await store.ensureAccount(name, "generic")
+    assert [a.id for a in await store.listAccounts()] == ["alice", "bob", "carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tokens(store):
+    """Deleted tokens are gone, the account stays, and a new start is at version 0."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    await store.deleteTokens("alice")
+    assert await store.getTokens("alice") is None
+    assert await store.getAccount("alice") is not None
+    await store.deleteTokens("alice")  # idempotent
+    assert (await store.putTokens("alice", tokens(), 0)).version == 1
+
+
+# -- SQLite only ----------------------------------------------------------------
+
+
+@pytest.fixture
+def loose_umask():
+    """Run with a umask that would make files group/world-readable by default."""
+    old = os.umask(0o002)
+    yield
+    os.umask(old)
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_modes(tmp_path, clock, key, loose_umask):
+    """Directory 0700, database 0600, and every journal/WAL file beside it 0600."""
+    path = tmp_path / "var" / "oauthmail.sqlite"
+    s = await reopen(str(path), key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        await s.putTokens("alice", tokens(), 0)
+        assert mode(path.parent) == 0o700
+        files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+        assert len(files) >= 2  # the database and at least its WAL
+        for p in files:
+            assert mode(p) == 0o600, p.name
+    finally:
+        await s.close()
+    for p in path.parent.iterdir():
+        assert mode(p) == 0o600, p.name
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_store_creates_key_file(tmp_path, clock, loose_umask):
+    """openStore generates a 0600 key file in a 0700 directory and reuses it next time."""
+    config = StoreConfig(
+        path=str(tmp_path / "var" / "db.sqlite"), key_file=str(tmp_path / "keys" / "k")
+    )
+    s = await openStore(config, clock, environ={})
+    try:
+        assert verifyObject(ITokenStore, s)
+        await s.open()  # already open: nothing happens
+        await s.ensureAccount("alice", "google")
+        await s.putTokens("alice", tokens(), 0)
+    finally:
+        await s.close()
+    assert mode(tmp_path / "keys") == 0o700
+    assert mode(tmp_path / "keys" / "k") == 0o600
+    assert [p.name for p in (tmp_path / "keys").iterdir()] == ["k"]
+    s = await openStore(config, clock, environ={})
+    try:
+        assert (await s.getTokens("alice")).access_token.reveal() == ACCESS
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_store_rejects_unknown_backend(clock):
+    """A backend other than sqlite fails with a StoreError."""
+    with pytest.raises(StoreError, match="postgresql"):
+        await openStore(StoreConfig(backend="postgresql"), clock, environ={})
+
+
+def _encodings(secret: str) -> list[bytes]:
+    raw = secret.encode()
+    out = [raw]
+    for shift in range(3):  # base64 of the secret at every alignment inside a longer text
+        chunk = raw[shift:]
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            out.append(encode(chunk).rstrip(b"=")[:-2])
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_ciphertext_on_disk(tmp_path, clock, key):
+    """No file beside the database holds a token, plain or base64-encoded."""
+    path = str(tmp_path / "var" / "oauthmail.sqlite")
+    s = await reopen(path, key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        await s.putTokens("alice", tokens(), 0)
+        await s.putTokens("alice", tokens(ACCESS + "-2", REFRESH + "-2"), 1)
+    finally:
+        await s.close()
+    blobs = b"".join(p.read_bytes() for p in (tmp_path / "var").iterdir())
+    assert b"alice" in blobs  # sanity: we are reading the right files
+    for secret in (ACCESS, REFRESH):
+        for needle in _encodings(secret):
+            assert needle not in blobs
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_key_changes_nothing(tmp_path, clock, key):
+    """Another key is refused with WrongKeyError, the file is unchanged, the right key works."""
+    path = str(tmp_path / "var" / "oauthmail.sqlite")
+    s = await reopen(path, TokenCipher.coerce(key), clock)
+    await s.ensureAccount("alice", "google")
+    await s.putTokens("alice", tokens(), 0)
+    await s.close()
+    before = Path(path).read_bytes()
+    other = generateKey()
+    wrong = SQLiteTokenStore(path, other, clock)
+    with pytest.raises(WrongKeyError) as info:
+        await wrong.open()
+    message = str(info.value)
+    assert path in message and "nothing was changed" in message
+    assert "\n" not in message and other not in message and key not in message
+    await wrong.close()
+    assert open(path, "rb").read() == before  # noqa: ASYNC230
+    s = await reopen(path, key, clock)
+    try:
+        assert (await s.getTokens("alice")).refresh_token.reveal() == REFRESH
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_rotation(tmp_path, clock):
+    """Opening with [new, old] keys re-encrypts with the new key; then the old one can go."""
+    old, new = generateKey(), generateKey()
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, old, clock)
+    await s.ensureAccount("alice", "google")
+    await s.putTokens("alice", tokens(), 0)
+    await s.close()
+    s = await reopen(path, [new, old], clock)
+    await s.close()
+    s = await reopen(path, new, clock)
+    try:
+        got = await s.getTokens("alice")
+        assert got.access_token.reveal() == ACCESS and got.refresh_token.reveal() == REFRESH
+    finally:
+        await s.close()
+    with pytest.raises(WrongKeyError):
+        await reopen(path, old, clock)
+
+
+@pytest_twisted.ensureDeferred
+async def test_swapped_ciphertext_refused(tmp_path, clock, key):
+    """A ciphertext copied to another account's row is refused, without revealing it."""
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        await s.ensureAccount("mallory", "google")
+        await s.putTokens("alice", tokens(), 0)
+        await s.putTokens("mallory", tokens("m-access", "m-refresh"), 0)
+        raw = sqlite3.connect(path)
+        with raw:
+            raw.execute(
+                "UPDATE tokens SET access_token = (SELECT access_token FROM tokens"
+                " WHERE account = 'alice') WHERE account = 'mallory'"
+            )
+        raw.close()
+        with pytest.raises(StoreError) as info:
+            await s.getTokens("mallory")
+        assert ACCESS not in str(info.value) and "mallory" in str(info.value)
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_from_empty_and_reopen(tmp_path, clock, key):
+    """An empty file gets every migration once; reopening applies nothing again."""
+    path = str(tmp_path / "db.sqlite")
+    for _ in range(2):
+        s = await reopen(path, key, clock)
+        await s.close()
+    raw = sqlite3.connect(path)
+    try:
+        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY 1")]
+        assert versions == list(range(1, schema.LATEST + 1))
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"meta", "accounts", "tokens", "folders", "deliveries"} <= tables
+    finally:
+        raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_from_previous_version(tmp_path, clock, key):
+    """A file at version 1 with data is brought up to date and keeps its data."""
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    await s.ensureAccount("alice", "google")
+    await s.putTokens("alice", tokens(), 0)
+    await s.close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("DROP TABLE deliveries")
+        raw.execute("DROP TABLE folders")
+        raw.execute("DELETE FROM schema_version WHERE version > 1")
+    raw.close()
+    s = await reopen(path, key, clock)
+    try:
+        assert (await s.getTokens("alice")).access_token.reveal() == ACCESS
+    finally:
+        await s.close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        raw.execute("SELECT account, folder, uidvalidity, last_delivered_uid FROM folders")
+    finally:
+        raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_schema_refused(tmp_path, clock, key):
+    """A file from a newer oauthmail is refused and left alone."""
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    await s.close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("INSERT INTO schema_version VALUES (99, 0)")
+    raw.close()
+    before = Path(path).read_bytes()
+    newer = SQLiteTokenStore(path, key, clock)
+    with pytest.raises(StoreError, match="newer"):
+        await newer.open()
+    assert open(path, "rb").read() == before  # noqa: ASYNC230
+
+
+@pytest_twisted.ensureDeferred
+async def test_persistence_across_reopen(tmp_path, clock, key):
+    """Accounts, states and tokens survive closing and reopening."""
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    await s.ensureAccount("alice", "google")
+    await s.setAccountState("alice", "needs_reauth", "invalid_grant")
+    await s.putTokens("alice", tokens(), 0)
+    await s.close()
+    s = await reopen(path, key, clock)
+    try:
+        account = await s.getAccount("alice")
+        assert (account.state, account.last_error) == ("needs_reauth", "invalid_grant")
+        assert (await s.getTokens("alice")).version == 1
+        assert (await s.putTokens("alice", tokens(), 1)).version == 2
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_secrets_not_in_reprs(tmp_path, clock, key):
+    """Records, the store and the cipher never show a token or key in repr/str."""
+    s = await reopen(str(tmp_path / "db.sqlite"), key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        record = await s.putTokens("alice", tokens(), 0)
+        shown = " ".join(
+            [repr(record), str(record), repr(record.tokenSet()), repr(s), repr(s._cipher)]
+        )
+        for secret in (ACCESS, REFRESH, key):
+            assert secret not in shown
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_store_and_no_leaked_threads(tmp_path, clock, key):
+    """After close() the pool's thread is gone and calls fail with StoreError."""
+    before = set(threading.enumerate())
+    s = await reopen(str(tmp_path / "db.sqlite"), key, clock)
+    await s.ensureAccount("alice", "google")
+    await s.close()
+    await s.close()  # idempotent
+    assert set(threading.enumerate()) <= before
+    with pytest.raises(StoreError, match="not open"):
+        await s.getAccount("alice")
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_puts_one_wins(tmp_path, clock, key):
+    """Two puts racing from the same version: exactly one wins, the other conflicts."""
+    from twisted.internet import defer
+
+    s = await reopen(str(tmp_path / "db.sqlite"), key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        results = await defer.DeferredList(
+            [s.putTokens("alice", tokens(f"t{i}"), 0) for i in range(2)], consumeErrors=True
+        )
+        assert sorted(ok for ok, _ in results) == [False, True]
+        failure = next(r for ok, r in results if not ok)
+        assert failure.check(VersionConflict)
+    finally:
+        await s.close()
+
+
+def test_fernet_instance_accepted(tmp_path, clock):
+    """The store takes a Fernet, a list of keys, or a TokenCipher."""
+    key = Fernet.generate_key()
+    for keys in (Fernet(key), [key.decode()], TokenCipher.coerce(key.decode())):
+        assert SQLiteTokenStore(str(tmp_path / "x"), keys, clock)._cipher.keyCount == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_uncreatable_path(tmp_path, clock, key):
+    """A database path that cannot be created fails with one StoreError line, pool closed."""
+    (tmp_path / "afile").write_text("")
+    before = set(threading.enumerate())
+    s = SQLiteTokenStore(str(tmp_path / "afile" / "db.sqlite"), key, clock)
+    with pytest.raises(StoreError, match="cannot create the token database"):
+        await s.open()
+    assert set(threading.enumerate()) <= before
+    with pytest.raises(StoreError, match="not open"):
+        await s.listAccounts()
+
+
+@pytest_twisted.ensureDeferred
+async def test_locked_database_is_a_store_error(tmp_path, clock, key):
+    """A write blocked by another process's lock fails as StoreError, and nothing is written."""
+    path = str(tmp_path / "db.sqlite")
+    s = SQLiteTokenStore(path, key, clock, busy_timeout=0.01)
+    await s.open()
+    try:
+        await s.ensureAccount("alice", "google")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreError, match="locked"):
+                await s.putTokens("alice", tokens(), 0)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await s.getTokens("alice") is None
+        assert (await s.putTokens("alice", tokens(), 0)).version == 1
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_logs_migrations_and_loose_modes(tmp_path, clock, key):
+    """Opening logs each migration applied, and warns about a group/world-readable file."""
+    from twisted.logger import capturedLogs
+
+    path = tmp_path / "db.sqlite"
+    with capturedLogs() as events:
+        s = await reopen(str(path), key, clock)
+        await s.close()
+    assert [e["number"] for e in events if "number" in e] == list(range(1, schema.LATEST + 1))
+    path.chmod(0o644)
+    with capturedLogs() as events:
+        s = await reopen(str(path), key, clock)
+        await s.close()
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert [w["path"] for w in warnings] == [str(path)]
+    assert not [e for e in events if "number" in e]
