@@ -1,0 +1,197 @@
+"""Deliver received mail by POSTing it to an HTTP(S) endpoint.
+
+The body is the message exactly as received, ``Content-Type: message/rfc822``;
+``X-OAuthMail-Account`` and ``X-OAuthMail-Folder`` say where it came from.
+The answer decides:
+
+* 2xx: taken;
+* 5xx, 408, 429, no answer, connection failure, timeout: try again later;
+* anything else (other 4xx, a redirect, 1xx): this message will never be
+  taken as it is.
+
+HTTPS endpoints are verified like a browser would (system trust roots, host
+name). Plain HTTP is allowed because operators often post to a service on
+the same host. URLs are shown without their query string, which often holds
+a token; extra headers (an ``Authorization`` header, say) may be given as
+:class:`oauthmail.secret.Secret` and are only revealed on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectionDone
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from oauthmail.interfaces import ISink
+from oauthmail.secret import Secret
+from oauthmail.sinks.errors import (
+    PermanentSinkError,
+    SinkConfigurationError,
+    TemporarySinkError,
+    redactURL,
+    shorten,
+)
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+BODY_KEPT = 512  # bytes of the answer's body kept for the error message
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A body that is already in memory: written at once, length known."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer) -> defer.Deferred:
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _BoundedBody(protocol.Protocol):
+    """Reads an answer's body to the end, keeping only its beginning."""
+
+    def __init__(self) -> None:
+        self.kept = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.kept) < BODY_KEPT:
+            self.kept = (self.kept + data)[:BODY_KEPT]
+
+    def connectionLost(self, reason) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss, ConnectionDone):
+            self.done.callback(self.kept)
+        else:
+            self.done.errback(reason)
+
+
+def _headerValue(value: str | Secret) -> bytes:
+    if isinstance(value, Secret):
+        value = value.reveal()
+    # A folder name from the server must not be able to split a header.
+    return value.replace("\r", " ").replace("\n", " ").encode("utf-8")
+
+
+@implementer(ISink)
+class WebhookSink:
+    """POSTs each message to ``url``.
+
+    :param url: ``http://`` or ``https://``.
+    :param reactor: for connections and the timeout.
+    :param timeout: seconds for the whole exchange before it is a temporary failure.
+    :param headers: extra request headers; values may be ``Secret``.
+    :param agent: an ``IAgent`` to use instead of the verifying default.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reactor,
+        timeout: float = 60.0,
+        headers: Mapping[str, str | Secret] | None = None,
+        *,
+        agent=None,
+    ) -> None:
+        shown = redactURL(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise SinkConfigurationError(f"webhook sink: bad URL {shown}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SinkConfigurationError(f"webhook sink: {shown} is not an http(s) URL")
+        if not url.isascii():
+            raise SinkConfigurationError(f"webhook sink: {shown} must be ASCII (percent-encode it)")
+        self.url = url
+        self.name = f"webhook:{shown}"
+        self._reactor = reactor
+        self._timeout = timeout
+        self._headers = dict(headers or {})
+        self._pool = None
+        if agent is None:
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self._pool)
+        self._agent = agent
+
+    def close(self) -> defer.Deferred:
+        """Close the kept-alive connections (when the service stops)."""
+        if self._pool is None:
+            return defer.succeed(None)
+        return self._pool.closeCachedConnections()
+
+    def deliver(self, message: bytes, account: str, folder: str) -> defer.Deferred:
+        """POST the message; fire with the status code once a 2xx comes back."""
+        if not isinstance(message, bytes):
+            return defer.fail(PermanentSinkError(f"{self.name}: a message must be bytes"))
+        timedOut: list[bool] = []
+
+        def onTimeout(result, timeout):
+            timedOut.append(True)
+            return result
+
+        d = defer.ensureDeferred(self._post(message, account, folder))
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=onTimeout)
+        d.addErrback(self._explain, timedOut)
+        return d
+
+    async def _post(self, message: bytes, account: str, folder: str) -> int:
+        headers = Headers(
+            {
+                b"Content-Type": [b"message/rfc822"],
+                b"X-OAuthMail-Account": [_headerValue(account)],
+                b"X-OAuthMail-Folder": [_headerValue(folder)],
+                b"User-Agent": [b"oauthmail"],
+            }
+        )
+        for key, value in self._headers.items():
+            headers.setRawHeaders(key.encode("ascii"), [_headerValue(value)])
+        response = await self._agent.request(
+            b"POST", self.url.encode("ascii"), headers, _BytesProducer(message)
+        )
+        body = _BoundedBody()
+        response.deliverBody(body)
+        said = await body.done
+        status = response.code
+        if 200 <= status < 300:
+            return status
+        detail = f"{self.name}: HTTP {status}"
+        text = shorten(said.decode("utf-8", "replace"), 120)
+        if text:
+            detail = f"{detail}: {text}"
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            raise TemporarySinkError(detail)
+        raise PermanentSinkError(detail)
+
+    def _explain(self, failure, timedOut: list[bool]):
+        """Turn anything that is not already a sink error into a temporary one."""
+        if timedOut or failure.check(defer.TimeoutError, defer.CancelledError):
+            raise TemporarySinkError(f"{self.name}: no answer after {self._timeout:g}s")
+        if failure.check(TemporarySinkError, PermanentSinkError):
+            return failure
+        reason = type(failure.value).__name__
+        inner = getattr(failure.value, "reasons", None)  # ResponseFailed and friends
+        if inner:
+            reason = f"{reason} ({type(inner[0].value).__name__})"
+        raise TemporarySinkError(f"{self.name}: {reason}")

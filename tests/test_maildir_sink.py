@@ -1,0 +1,248 @@
+"""Tests for MaildirSink: durability steps, exact bytes, group commit, partial failure."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.python.threadpool import ThreadPool
+from zope.interface.verify import verifyObject
+
+from oauthmail.interfaces import ISink
+from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
+from oauthmail.sinks.maildir import MaildirSink, maildirHostname
+
+
+class SyncCounter:
+    """Counts directory and file syncs (called from pool threads)."""
+
+    def __init__(self, failSize: int | None = None, failDirectories: bool = False) -> None:
+        self.lock = threading.Lock()
+        self.directories = 0
+        self.files = 0
+        self.failSize = failSize
+        self.failDirectories = failDirectories
+
+    def fsync(self, fd: int) -> None:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+        with self.lock:
+            self.directories += 1
+        if self.failDirectories:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    def datasync(self, fd: int) -> None:
+        info = os.fstat(fd)
+        assert stat.S_ISREG(info.st_mode)
+        with self.lock:
+            self.files += 1
+        if self.failSize is not None and info.st_size == self.failSize:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+
+
+@pytest.fixture
+def threadpool():
+    pool = ThreadPool(minthreads=0, maxthreads=8, name="test-maildir")
+    pool.start()
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def makeSink(tmp_path, reactor, threadpool, **kwargs):
+    return MaildirSink(str(tmp_path / "Maildir"), reactor, threadpool, **kwargs)
+
+
+def listing(path, sub):
+    return sorted(os.listdir(os.path.join(path, sub)))
+
+
+def test_provides_isink(tmp_path, reactor, threadpool):
+    """MaildirSink provides ISink and has a name."""
+    sink = makeSink(tmp_path, reactor, threadpool)
+    assert verifyObject(ISink, sink)
+    assert "Maildir" in sink.name
+
+
+def test_hostname_escapes():
+    """Slashes and colons in the host name are escaped as the Maildir spec says."""
+    assert maildirHostname("a/b:c") == "a\\057b\\072c"
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliver_exact_bytes_in_new(tmp_path, reactor, threadpool):
+    """A delivered message is byte-exact, only in new/, mode 0600; tmp/ is empty."""
+    message = b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n\x00\xff bare\n\r"
+    sink = makeSink(tmp_path, reactor, threadpool)
+    path = await sink.deliver(message, "acct", "INBOX")
+    assert os.path.dirname(path) == os.path.join(sink.path, "new")
+    with open(path, "rb") as f:
+        assert f.read() == message
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert listing(sink.path, "new") == [os.path.basename(path)]
+    assert listing(sink.path, "tmp") == []
+    assert listing(sink.path, "cur") == []
+    for sub in ("cur", "new", "tmp"):
+        assert stat.S_IMODE(os.stat(os.path.join(sink.path, sub)).st_mode) == 0o700
+
+
+@pytest_twisted.ensureDeferred
+async def test_unique_names(tmp_path, reactor, threadpool):
+    """Messages delivered at the same instant still get distinct file names."""
+    sink = makeSink(tmp_path, reactor, threadpool, clock=lambda: 1000.5)
+    paths = await defer.gatherResults([sink.deliver(b"x", "a", "INBOX") for _ in range(20)])
+    assert len(set(paths)) == 20
+    assert all(os.path.basename(p).startswith("1000.M500000P") for p in paths)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_delivers_share_directory_syncs(tmp_path, reactor, threadpool):
+    """N concurrent deliver() calls cost far fewer directory fsyncs than N."""
+    os.makedirs(tmp_path / "Maildir" / "new")
+    os.makedirs(tmp_path / "Maildir" / "tmp")
+    os.makedirs(tmp_path / "Maildir" / "cur")
+    counter = SyncCounter()
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    messages = [b"message %d\r\n" % i for i in range(100)]
+    paths = await defer.gatherResults([sink.deliver(m, "a", "INBOX") for m in messages])
+    assert counter.files == 100
+    assert counter.directories == 2  # one batch: new/ and tmp/
+    for path, message in zip(paths, messages, strict=True):
+        with open(path, "rb") as f:
+            assert f.read() == message
+    assert len(listing(sink.path, "new")) == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_during_a_batch_join_the_next(tmp_path, reactor, threadpool):
+    """Calls made while a batch is being written are committed together afterwards."""
+    counter = SyncCounter()
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    await sink.deliver(b"warm-up", "a", "INBOX")  # creates the directories
+    before = counter.directories
+    first = sink.deliver(b"first", "a", "INBOX")
+    await task.deferLater(reactor, 0, lambda: None)  # the first batch is now in flight
+    waiting = []
+    for i in range(30):
+        waiting.append(sink.deliver(b"later %d" % i, "a", "INBOX"))
+    await defer.gatherResults([first, *waiting])
+    assert counter.directories - before == 4  # exactly two batches
+    assert len(listing(sink.path, "new")) == 32
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_batch_splits(tmp_path, reactor, threadpool):
+    """maxBatch bounds a batch; the rest follows in the next one."""
+    counter = SyncCounter()
+    sink = makeSink(
+        tmp_path,
+        reactor,
+        threadpool,
+        fsync=counter.fsync,
+        datasync=counter.datasync,
+        maxBatch=10,
+    )
+    await sink.deliver(b"warm-up", "a", "INBOX")
+    before = counter.directories
+    await defer.gatherResults([sink.deliver(b"m%d" % i, "a", "INBOX") for i in range(25)])
+    assert counter.directories - before == 6  # three batches of new/ + tmp/
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliver_batch_one_failure(tmp_path, reactor, threadpool):
+    """A failing write (ENOSPC) fails only its own message, as a temporary error."""
+    counter = SyncCounter(failSize=len(b"bad one"))
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    batch = [(b"good %d" % i, "a", "INBOX") for i in range(5)]
+    batch.insert(2, (b"bad one", "a", "INBOX"))
+    results = await sink.deliverBatch(batch)
+    assert isinstance(results[2], TemporarySinkError)
+    assert "No space left" in str(results[2])
+    good = [r for i, r in enumerate(results) if i != 2]
+    assert all(isinstance(r, str) for r in good)
+    for (message, _, _), result in zip(batch, results, strict=True):
+        if isinstance(result, str):
+            with open(result, "rb") as f:
+                assert f.read() == message
+    assert len(listing(sink.path, "new")) == 5
+    assert listing(sink.path, "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliver_failure_is_per_caller(tmp_path, reactor, threadpool):
+    """In a coalesced batch, only the caller whose write failed gets the error."""
+    counter = SyncCounter(failSize=3)
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    ok = sink.deliver(b"fine", "a", "INBOX")
+    bad = sink.deliver(b"bad", "a", "INBOX")
+    assert os.path.exists(await ok)
+    with pytest.raises(TemporarySinkError):
+        await bad
+
+
+@pytest_twisted.ensureDeferred
+async def test_directory_sync_failure_is_temporary(tmp_path, reactor, threadpool):
+    """If new/ cannot be synced nothing is reported taken and new/ is emptied."""
+    os.makedirs(tmp_path / "Maildir" / "new")
+    os.makedirs(tmp_path / "Maildir" / "tmp")
+    os.makedirs(tmp_path / "Maildir" / "cur")
+    counter = SyncCounter(failDirectories=True)
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    results = await sink.deliverBatch([(b"one", "a", "F"), (b"two", "a", "F")])
+    assert all(isinstance(r, TemporarySinkError) for r in results)
+    assert listing(sink.path, "new") == []
+    assert listing(sink.path, "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_unwritable_maildir_is_temporary(tmp_path, reactor, threadpool):
+    """A Maildir that cannot be created fails with a temporary error."""
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    sink = MaildirSink(str(blocker / "Maildir"), reactor, threadpool)
+    with pytest.raises(TemporarySinkError) as info:
+        await sink.deliver(b"x", "a", "INBOX")
+    assert "cannot create the Maildir" in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_bytes_is_permanent(tmp_path, reactor, threadpool):
+    """A message that is not bytes is refused permanently, in deliver and in a batch."""
+    sink = makeSink(tmp_path, reactor, threadpool)
+    with pytest.raises(PermanentSinkError):
+        await sink.deliver("text", "a", "INBOX")
+    results = await sink.deliverBatch([("text", "a", "F"), (b"ok", "a", "F")])
+    assert isinstance(results[0], PermanentSinkError)
+    assert isinstance(results[1], str)
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_batch(tmp_path, reactor, threadpool):
+    """An empty batch fires with an empty list and touches nothing."""
+    sink = makeSink(tmp_path, reactor, threadpool)
+    assert await sink.deliverBatch([]) == []
+    assert not os.path.exists(sink.path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_recreates_removed_tmp(tmp_path, reactor, threadpool):
+    """If tmp/ disappears, the first failure is temporary and the next delivery works."""
+    sink = makeSink(tmp_path, reactor, threadpool)
+    await sink.deliver(b"one", "a", "INBOX")
+    os.rmdir(os.path.join(sink.path, "tmp"))
+    with pytest.raises(TemporarySinkError):
+        await sink.deliver(b"two", "a", "INBOX")
+    path = await sink.deliver(b"three", "a", "INBOX")
+    assert os.path.exists(path)
