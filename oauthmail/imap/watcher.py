@@ -1,0 +1,595 @@
+"""Watch IMAP folders and hand every message to the sink exactly once.
+
+One :class:`AccountWatcher` (a ``Service``) per account runs one
+:class:`FolderWatcher` per configured folder, each with **its own connection**:
+IDLE only watches the selected mailbox, so one connection per folder is the
+only way to hear about every folder at once; the cost is one connection per
+folder (Dovecot allows 10 per user and address by default, Gmail 15).
+
+A folder watcher is an explicit state machine (``state`` is shown on the
+console)::
+
+    connecting → authenticating → selecting → syncing → waiting ─┐
+        ▲                                        ▲               │ EXISTS / timer
+        │ backoff (jittered, reset after a       └───────────────┘
+        │ successful SELECT)
+        └── connection lost, BYE, errors;  "error": the token was refused twice
+
+The order inside ``syncing`` is the whole point:
+
+1. apply the disposition of messages the ledger has as *delivered but not
+   disposed* (a crash after the sink took them): never deliver those again;
+2. ``UID SEARCH`` for UIDs above ``last_delivered_uid``, drop those in the
+   ledger, fetch the rest in batches of ``batch_size``;
+3. drop messages whose sha256 the ledger already knows for the account (a
+   changed UIDVALIDITY renumbers a folder: the bytes, not the UIDs, tell us
+   what was delivered; a ``move`` into another watched folder is caught too);
+4. hand the batch to the sink (``deliverBatch``: one group commit);
+5. record the batch in the ledger in one transaction;
+6. only then flag/move/delete on the server, and mark the rows disposed.
+
+A temporary sink failure leaves the message untouched on the server and
+unrecorded; the folder retries it after a backoff. A permanent failure is
+recorded as ``failed_permanent`` (so it is not retried), logged, and the
+message is **left on the server untouched** for a person to look at: it was not
+delivered, so flagging or deleting it would lose it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.mail.imap4 import IMAP4Exception
+from twisted.python.failure import Failure
+
+from oauthmail.config import AccountConfig, FolderConfig
+from oauthmail.imap.connect import connectIMAP
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, IDeliveryLedger
+from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
+from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
+
+__all__ = ["AccountWatcher", "FolderWatcher", "TokenRejected"]
+
+_log = Logger()
+
+#: Re-issue IDLE well under the 29 minutes after which servers may drop it.
+IDLE_RENEW = 25 * 60.0
+
+
+class TokenRejected(Exception):  # noqa: N818 - reads as what happened
+    """The server refused the token, and again after a forced refresh."""
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow, not an error
+    pass
+
+
+def _sha256(message: bytes) -> str:
+    return hashlib.sha256(message).hexdigest()
+
+
+def _text(failure: Failure | BaseException) -> str:
+    value = failure.value if isinstance(failure, Failure) else failure
+    text = str(value) or type(value).__name__
+    if isinstance(text, bytes):  # IMAP4Exception carries the server's bytes
+        text = text.decode("utf-8", "replace")
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return " ".join(text.split())[:300]
+
+
+class FolderWatcher:
+    """Receives one folder of one account over one connection, forever, until stopped.
+
+    ``connect(reactor, server, timeout)`` returns a Deferred client (the
+    :func:`~oauthmail.imap.connect.connectIMAP` signature; tests pass fakes).
+    ``retryPolicy(attempt)`` gives the seconds to wait before reconnect number
+    ``attempt`` (0-based); it restarts at 0 after every successful SELECT.
+    """
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        folder: FolderConfig,
+        tokens: Any,
+        ledger: IDeliveryLedger,
+        sink: Any,
+        reactor: Any,
+        store: Any = None,
+        connect: Callable[..., defer.Deferred[Any]] = connectIMAP,
+        retryPolicy: Callable[[int], float] | None = None,
+        connectTimeout: float = 30.0,
+    ) -> None:
+        assert account.imap is not None and account.profile.imap is not None
+        self.account = account
+        self.folder = folder
+        self.tokens = tokens
+        self.ledger = ledger
+        self.sink = sink
+        self.reactor = reactor
+        self.store = store
+        self._connect = connect
+        self.retryPolicy = retryPolicy or backoffPolicy(initialDelay=1.0, maxDelay=300.0)
+        self.connectTimeout = connectTimeout
+        self.imap = account.imap
+        self.server = account.profile.imap
+        # Console counters.
+        self.state = "stopped"
+        self.delivered = 0
+        self.failedPermanent = 0
+        self.lastDeliveryAt: float | None = None
+        self.lastError: str | None = None
+        self.sessions = 0
+        # Run-time.
+        self.client: Any = None
+        self._stopping = False
+        self._running: defer.Deferred[None] | None = None
+        self._sleep: defer.Deferred[Any] | None = None
+        self._wake: defer.Deferred[Any] | None = None
+        self._attempt = 0
+        self._retryDelay: float | None = None
+        self._tempAttempt = 0
+        self._forceRefresh = False
+        self._markedError = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.account.name}/{self.folder.name}"
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching (idempotent)."""
+        if self._running is not None:
+            return
+        self._stopping = False
+        self._running = defer.ensureDeferred(self._run())
+        self._running.addErrback(
+            lambda f: _log.failure("folder watcher {name} crashed", f, name=self.name)
+        )
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop: end the connection and any wait; fire once the loop has ended."""
+        self._stopping = True
+        running, self._running = self._running, None
+        for d in (self._sleep, self._wake):
+            if d is not None and not d.called:
+                d.cancel()
+        client = self.client
+        if client is not None and client.transport is not None:
+            client.transport.loseConnection()
+        if running is None:
+            return defer.succeed(None)
+        return running
+
+    def status(self) -> dict[str, Any]:
+        """What the console shows for this folder."""
+        return {
+            "folder": self.folder.name,
+            "state": self.state,
+            "delivered": self.delivered,
+            "failed_permanent": self.failedPermanent,
+            "last_delivery_at": self.lastDeliveryAt,
+            "last_error": self.lastError,
+        }
+
+    # -- the outer loop: sessions and backoff --------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._session()
+            except _Stopped:
+                break
+            except defer.CancelledError:
+                if self._stopping:
+                    break
+                self._error("cancelled")
+            except TokenRejected as e:
+                self._error(str(e))
+            except Exception as e:  # every failure ends in a reconnect, never a crash
+                if self._stopping:
+                    break
+                self._error(_text(Failure(e)))
+            if self._stopping:
+                break
+            delay = self.retryPolicy(self._attempt)
+            self._attempt += 1
+            self.state = "backoff"
+            try:
+                await self._sleepFor(delay)
+            except defer.CancelledError:
+                break
+        self.state = "stopped"
+
+    def _error(self, text: str) -> None:
+        self.lastError = text
+        _log.warn("IMAP {name}: {error}", name=self.name, error=text)
+
+    def _sleepFor(self, seconds: float) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        call = self.reactor.callLater(seconds, lambda: d.called or d.callback(None))
+
+        def cancelled(f: Failure) -> Failure:
+            if call.active():
+                call.cancel()
+            return f
+
+        d.addErrback(cancelled)
+        self._sleep = d
+        return d
+
+    def _checkStopping(self) -> None:
+        if self._stopping:
+            raise _Stopped()
+
+    async def _session(self) -> None:
+        self.state = "connecting"
+        client = await self._connect(self.reactor, self.server, self.connectTimeout)
+        self.client = client
+        self.sessions += 1
+        try:
+            self._checkStopping()
+            self.state = "authenticating"
+            await self._authenticate(client)
+            self._checkStopping()
+            caps = await client.getCapabilities(useCache=False) or {}
+            self.state = "selecting"
+            info = await client.selectFolder(self.folder.name)
+            self._attempt = 0
+            self.lastError = None
+            uidvalidity = info.uidvalidity
+            await self._noteUIDValidity(uidvalidity)
+            while True:
+                self._checkStopping()
+                self.state = "syncing"
+                await self._round(client, uidvalidity, caps)
+                self._checkStopping()
+                self.state = "waiting"
+                await self._wait(client, caps)
+        finally:
+            self.client = None
+            transport = getattr(client, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+
+    # -- authentication ---------------------------------------------------------------
+
+    async def _authenticate(self, client: Any) -> None:
+        name = self.account.name
+        if self._forceRefresh:
+            self._forceRefresh = False
+            token = await self.tokens.forceRefresh(name)
+        else:
+            token = await self.tokens.accessToken(name)
+        host = self.server.server_name or self.server.host
+        mech = self.imap.mechanism
+        user = self.account.sasl_user
+        try:
+            await client.authenticateOAuth(mech, user, token, host, self.server.port)
+        except IMAPAuthenticationError as e:
+            if not e.token_rejected:
+                raise
+            _log.info("IMAP {name}: token rejected, refreshing once", name=self.name)
+            token = await self.tokens.forceRefresh(name)
+            try:
+                await client.authenticateOAuth(mech, user, token, host, self.server.port)
+            except IMAPAuthenticationError as e2:
+                if not e2.token_rejected:
+                    raise
+                message = f"IMAP server refused a freshly refreshed token: {e2}"
+                await self._setAccountState("error", message)
+                raise TokenRejected(message) from None
+        if self._markedError:
+            await self._setAccountState("ok", None)
+
+    async def _setAccountState(self, state: str, error: str | None) -> None:
+        self._markedError = state == "error"
+        if self.store is None:
+            return
+        try:
+            await self.store.setAccountState(self.account.name, state, error)
+        except Exception:
+            _log.failure("could not record the state of account {a}", a=self.account.name)
+
+    # -- one round: pending dispositions, then new mail -----------------------------------
+
+    async def _noteUIDValidity(self, uidvalidity: int) -> None:
+        state = await self.ledger.folderState(self.account.name, self.folder.name)
+        if state is None or state[0] != uidvalidity:
+            if state is not None:
+                _log.warn(
+                    "IMAP {name}: UIDVALIDITY changed from {old} to {new}; messages are"
+                    " matched by content so none is delivered twice",
+                    name=self.name,
+                    old=state[0],
+                    new=uidvalidity,
+                )
+            await self.ledger.setFolderState(self.account.name, self.folder.name, uidvalidity, 0)
+
+    async def _round(self, client: Any, uidvalidity: int, caps: dict[bytes, Any]) -> None:
+        account, folder = self.account.name, self.folder.name
+        pending = await self.ledger.pendingDisposition(account, folder, uidvalidity)
+        if pending:
+            _log.info(
+                "IMAP {name}: applying the disposition of {n} message(s) delivered earlier",
+                name=self.name,
+                n=len(pending),
+            )
+            await self._dispose(client, pending, caps, uidvalidity)
+        self._retryDelay = None
+        while True:
+            self._checkStopping()
+            existsBefore = getattr(client, "existsSeen", 0)
+            state = await self.ledger.folderState(account, folder)
+            last = state[1] if state is not None and state[0] == uidvalidity else 0
+            uids = await client.uidSearchFrom(last + 1)
+            if uids:
+                done = await self.ledger.deliveredUIDs(account, folder, uidvalidity, uids)
+                uids = [u for u in uids if u not in done]
+            if not uids:
+                if getattr(client, "existsSeen", 0) == existsBefore:
+                    return
+                continue
+            size = max(1, self.imap.batch_size)
+            blocked: int | None = None
+            for i in range(0, len(uids), size):
+                batch = uids[i : i + size]
+                temporary = await self._batch(client, uidvalidity, batch, caps)
+                if temporary:
+                    blocked = min(temporary)
+                    break
+                await self.ledger.setFolderState(account, folder, uidvalidity, batch[-1])
+            if blocked is not None:
+                delay = self.retryPolicy(self._tempAttempt)
+                self._tempAttempt += 1
+                self._retryDelay = delay
+                await self.ledger.setFolderState(
+                    account, folder, uidvalidity, max(last, blocked - 1)
+                )
+                return
+            self._tempAttempt = 0
+
+    async def _batch(
+        self, client: Any, uidvalidity: int, uids: Sequence[int], caps: dict[bytes, Any]
+    ) -> list[int]:
+        """Fetch, deliver, record, dispose one batch; return the UIDs that failed temporarily."""
+        account, folder = self.account.name, self.folder.name
+        messages = await client.fetchMessages(uids)
+        digests = [_sha256(body) for _, body in messages]
+        known = await self.ledger.knownDigests(account, digests)
+        fresh: list[tuple[int, bytes, str]] = []
+        entries: list[tuple[int, str, str]] = []
+        seen: set[str] = set(known)
+        for (uid, body), digest in zip(messages, digests, strict=True):
+            if digest in seen:
+                entries.append((uid, digest, DELIVERED))  # delivered before: record, dispose
+            else:
+                seen.add(digest)
+                fresh.append((uid, body, digest))
+        results = await self._deliver([body for _, body, _ in fresh])
+        temporary: list[int] = []
+        delivered = 0
+        for (uid, _, digest), error in zip(fresh, results, strict=True):
+            if error is None:
+                entries.append((uid, digest, DELIVERED))
+                delivered += 1
+            elif isinstance(error, PermanentSinkError):
+                entries.append((uid, digest, FAILED_PERMANENT))
+                self.failedPermanent += 1
+                self._error(f"UID {uid} refused for good by the sink (left on the server): {error}")
+            else:
+                temporary.append(uid)
+                self._error(f"UID {uid} not delivered, will retry: {error}")
+        if entries:
+            entries.sort()
+            await self.ledger.recordDeliveries(account, folder, uidvalidity, entries)
+        if delivered:
+            self.delivered += delivered
+            self.lastDeliveryAt = self.reactor.seconds()
+        toDispose = [uid for uid, _, state in entries if state == DELIVERED]
+        if toDispose:
+            await self._dispose(client, toDispose, caps, uidvalidity)
+        return temporary
+
+    async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
+        """The sink's verdict per message: None (taken durably) or the SinkError."""
+        if not bodies:
+            return []
+        account, folder = self.account.name, self.folder.name
+        batch = getattr(self.sink, "deliverBatch", None)
+        if batch is not None:
+            try:
+                results = await batch([(body, account, folder) for body in bodies])
+            except SinkError as e:
+                return [e] * len(bodies)
+            except Exception as e:
+                return [TemporarySinkError(_text(Failure(e)))] * len(bodies)
+            out: list[SinkError | None] = []
+            for r in results:
+                if isinstance(r, SinkError):
+                    out.append(r)
+                elif isinstance(r, BaseException):
+                    out.append(TemporarySinkError(_text(Failure(r))))
+                else:
+                    out.append(None)
+            return out
+        verdicts: list[SinkError | None] = []
+        for body in bodies:
+            try:
+                await self.sink.deliver(body, account, folder)
+                verdicts.append(None)
+            except SinkError as e:
+                verdicts.append(e)
+            except Exception as e:
+                verdicts.append(TemporarySinkError(_text(Failure(e))))
+        return verdicts
+
+    async def _dispose(
+        self, client: Any, uids: Sequence[int], caps: dict[bytes, Any], uidvalidity: int
+    ) -> None:
+        """Apply the folder's disposition to delivered UIDs, then mark them disposed."""
+        how = self.folder.disposition
+        uids = sorted(uids)
+        if how == "seen":
+            await client.uidStore(uids, b"\\Seen")
+        elif how == "move":
+            target = self.folder.move_to or ""
+            if b"MOVE" in caps:
+                await self._withCreate(client, lambda: client.uidMove(uids, target), target)
+            else:
+                await self._withCreate(client, lambda: client.uidCopy(uids, target), target)
+                await self._delete(client, uids, caps)
+        elif how == "delete":
+            await self._delete(client, uids, caps)
+        await self.ledger.markDisposed(self.account.name, self.folder.name, uidvalidity, uids)
+
+    async def _delete(self, client: Any, uids: Sequence[int], caps: dict[bytes, Any]) -> None:
+        await client.uidStore(uids, b"\\Deleted")
+        if b"UIDPLUS" in caps:
+            await client.uidExpunge(uids)
+        else:
+            # A plain EXPUNGE would also remove what other clients flagged \Deleted.
+            _log.warn(
+                "IMAP {name}: the server lacks UIDPLUS; messages stay flagged \\Deleted",
+                name=self.name,
+            )
+
+    async def _withCreate(
+        self, client: Any, action: Callable[[], defer.Deferred[None]], target: str
+    ) -> None:
+        try:
+            await action()
+        except IMAP4Exception as e:
+            if "TRYCREATE" not in _text(e).upper():
+                raise
+            await client.createMailbox(target)
+            await action()
+
+    # -- waiting: IDLE or poll ------------------------------------------------------------
+
+    async def _wait(self, client: Any, caps: dict[bytes, Any]) -> None:
+        """Return when new mail may be there (or a retry is due); raise if the connection ends."""
+        timeout = self._retryDelay if self._retryDelay is not None else None
+        lost = getattr(client, "lost", None)
+        if self.imap.idle and b"IDLE" in caps:
+            woke: defer.Deferred[Any] = defer.Deferred()
+            self._wake = woke
+
+            def onEvent(event: IdleEvent) -> None:
+                if event.kind == "EXISTS" and not woke.called:
+                    woke.callback("exists")
+
+            session = await client.idle(onEvent)
+            limit = IDLE_RENEW if timeout is None else min(timeout, IDLE_RENEW)
+            call = self.reactor.callLater(limit, lambda: woke.called or woke.callback("timer"))
+            ended = session.whenEnded()
+            try:
+                await defer.DeferredList(
+                    [woke, ended], fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True
+                ).addErrback(lambda f: f.value.subFailure)
+            except defer.CancelledError:
+                raise _Stopped() from None
+            finally:
+                self._wake = None
+                if call.active():
+                    call.cancel()
+            if session.ended:
+                await ended  # raises if IDLE ended by BYE or a lost connection
+                raise ConnectionDone("IDLE ended by the server")
+            await session.done()
+            return
+        # Polling: wait, unless the connection ends first.
+        delay = self.imap.poll_interval if timeout is None else timeout
+        sleep = self._sleepFor(delay)
+        waits = [sleep]
+        if lost is not None:
+            waits.append(lost)
+        try:
+            index = await _first(waits)
+        except defer.CancelledError:
+            raise _Stopped() from None
+        if index != 0:
+            sleep.cancel()
+            bye = getattr(client, "byeText", None)
+            raise IMAPServerBye(bye) if bye else ConnectionDone("connection lost while polling")
+
+
+async def _first(ds: list[defer.Deferred[Any]]) -> int:
+    """The index of the first of ``ds`` to fire (their results are consumed)."""
+    result: defer.Deferred[int] = defer.Deferred()
+    for i, d in enumerate(ds):
+
+        def fired(value: Any, i: int = i) -> Any:
+            if not result.called:
+                if isinstance(value, Failure) and value.check(defer.CancelledError):
+                    result.errback(value)
+                else:
+                    result.callback(i)
+            return None
+
+        d.addBoth(fired)
+    return await result
+
+
+class AccountWatcher(MultiService):
+    """The ``Service`` that receives one account's mail: a :class:`FolderWatcher` per folder.
+
+    One account's failure never touches another's: each has its own watchers,
+    connections and backoff; nothing here is shared but the sink and ledger objects.
+    """
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        tokens: Any,
+        ledger: IDeliveryLedger,
+        sink: Any,
+        reactor: Any,
+        store: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if account.imap is None:
+            raise ValueError(f"account {account.name} has no imap section")
+        self.account = account
+        self.setName(f"imap:{account.name}")
+        self.folders = [
+            FolderWatcher(account, folder, tokens, ledger, sink, reactor, store=store, **kwargs)
+            for folder in account.imap.folders
+        ]
+        for watcher in self.folders:
+            _FolderService(watcher).setServiceParent(self)
+
+    def status(self) -> dict[str, Any]:
+        """Counters for the console: totals plus one entry per folder."""
+        folders = [w.status() for w in self.folders]
+        times = [f["last_delivery_at"] for f in folders if f["last_delivery_at"] is not None]
+        errors = [f["last_error"] for f in folders if f["last_error"]]
+        return {
+            "account": self.account.name,
+            "delivered": sum(f["delivered"] for f in folders),
+            "last_delivery_at": max(times) if times else None,
+            "last_error": errors[0] if errors else None,
+            "folders": folders,
+        }
+
+
+class _FolderService(Service):
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self.watcher = watcher
+
+    def startService(self) -> None:
+        super().startService()
+        self.watcher.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.watcher.stop()

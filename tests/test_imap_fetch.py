@@ -1,0 +1,184 @@
+"""Tests for oauthmail.imap.fetch: the fast UID FETCH path and the watcher's UID commands."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides
+
+from oauthmail.imap.fetch import FetchResponseParser, WatcherIMAP4Client, formatUIDSet
+
+CAPS = b"IMAP4rev1 AUTH=XOAUTH2 IDLE MOVE UIDPLUS"
+
+
+def connect() -> tuple[WatcherIMAP4Client, StringTransport]:
+    """A client past the greeting, on a 'TLS' StringTransport."""
+    client = WatcherIMAP4Client()
+    transport = StringTransport()
+    directlyProvides(transport, ISSLTransport)
+    client.makeConnection(transport)
+    client.dataReceived(b"* OK [CAPABILITY " + CAPS + b"] ready\r\n")
+    client.state = "auth"
+    transport.clear()
+    return client, transport
+
+
+def result(d):
+    """The result of a fired Deferred."""
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def fetchResponse(seq: int, uid: int, body: bytes, uidFirst: bool = True) -> bytes:
+    """One untagged FETCH response as Dovecot (or, uidFirst=False, another server) writes it."""
+    head = b"* %d FETCH (" % seq
+    if uidFirst:
+        return (
+            head
+            + b"UID %d RFC822.SIZE %d BODY[] {%d}\r\n" % (uid, len(body), len(body))
+            + (body + b")\r\n")
+        )
+    return (
+        head
+        + b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(body), len(body))
+        + (body + b" UID %d FLAGS (\\Seen))\r\n" % uid)
+    )
+
+
+def feed(client: WatcherIMAP4Client, data: bytes, cuts: list[int]) -> None:
+    """Deliver ``data`` split at the given offsets (as TCP may)."""
+    last = 0
+    for cut in sorted(set(c % (len(data) + 1) for c in cuts)) + [len(data)]:
+        if cut > last:
+            client.dataReceived(data[last:cut])
+            last = cut
+
+
+bodies = st.lists(
+    st.one_of(
+        st.binary(min_size=0, max_size=300).map(lambda b: b.replace(b"\x00", b"x")),
+        st.sampled_from(
+            [b")", b"{123}", b"{0}\r\n", b"\r\n", b"A1 OK done\r\n", b"* 3 EXISTS\r\n", b"\r"]
+        ),
+    ).map(lambda b: b if b else b"x"),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bodies=bodies, cuts=st.lists(st.integers(0, 10_000), max_size=8), uidFirst=st.booleans())
+def test_fetch_round_trips_exact_bytes(bodies, cuts, uidFirst):
+    """Any NUL-free body (with ``)``, ``{n}``, CRLF) comes back byte for byte, however split."""
+    client, transport = connect()
+    uids = [10 + i * 3 for i in range(len(bodies))]
+    d = client.fetchMessages(uids)
+    tag = transport.value().split(b" ", 1)[0]
+    assert transport.value().endswith(b" (UID RFC822.SIZE BODY.PEEK[])\r\n")
+    wire = b"".join(
+        fetchResponse(i + 1, uid, body, uidFirst)
+        for i, (uid, body) in enumerate(zip(uids, bodies, strict=True))
+    )
+    wire += b"* 9 EXISTS\r\n" + tag + b" OK Fetch completed.\r\n"
+    feed(client, wire, cuts)
+    assert result(d) == list(zip(uids, bodies, strict=True))
+    assert client.existsSeen == 1
+
+
+def test_parser_quoted_body_and_unsolicited_flags():
+    """A body sent as a quoted string is unescaped; a FETCH without body is skipped."""
+    parser = FetchResponseParser()
+    parser.line(b'* 1 FETCH (UID 4 BODY[] "a \\"b\\" \\\\c")')
+    parser.line(b"* 2 FETCH (FLAGS (\\Seen))")
+    parser.line(b"* 3 FETCH (UID 6 FLAGS (\\Seen))")
+    assert parser.messages == [(4, b'a "b" \\c')]
+
+
+def test_zero_length_literal():
+    """An empty message (``{0}``) is a message with no bytes."""
+    parser = FetchResponseParser()
+    parser.line(b"* 1 FETCH (UID 4 BODY[] {0}")
+    assert parser.pending == 0
+    parser.line(b")")
+    assert parser.messages == [(4, b"")]
+
+
+def test_untagged_exists_during_fetch_notifies_listener():
+    """EXISTS/EXPUNGE arriving mid-fetch are counted and reported, not folded away."""
+    client, transport = connect()
+    events = []
+    client.onUntagged = events.append
+    d = client.fetchMessages([1])
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(b"* 2 EXPUNGE\r\n" + fetchResponse(1, 1, b"hi") + b"* 5 EXISTS\r\n")
+    client.dataReceived(tag + b" OK done\r\n")
+    assert result(d) == [(1, b"hi")]
+    assert [(e.kind, e.number) for e in events] == [("EXPUNGE", 2), ("EXISTS", 5)]
+
+
+def test_fetch_no_fails():
+    """A NO from the server fails the fetch and frees the client for the next one."""
+    client, transport = connect()
+    d = client.fetchMessages([1])
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(tag + b" NO nope\r\n")
+    out = []
+    d.addErrback(out.append)
+    assert out
+    transport.clear()
+    client.fetchMessages([2])
+    assert b"UID FETCH 2 " in transport.value()
+
+
+def test_select_search_store_commands():
+    """SELECT, UID SEARCH (filtering the n:* quirk), STORE, MOVE and EXPUNGE go out as written."""
+    client, transport = connect()
+    d = client.selectFolder("INBOX")
+    assert transport.value().endswith(b"SELECT INBOX\r\n")
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(
+        b"* FLAGS (\\Seen)\r\n* 3 EXISTS\r\n* OK [UIDVALIDITY 77] ok\r\n"
+        b"* OK [UIDNEXT 9] ok\r\n" + tag + b" OK [READ-WRITE] Select completed.\r\n"
+    )
+    info = result(d)
+    assert (info.uidvalidity, info.exists, info.uidnext) == (77, 3, 9)
+
+    transport.clear()
+    d = client.uidSearchFrom(9)
+    assert transport.value().endswith(b"UID SEARCH UID 9:*\r\n")
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(b"* SEARCH 8\r\n" + tag + b" OK done\r\n")
+    assert result(d) == []
+
+    for call, expected in [
+        (
+            lambda: client.uidStore([1, 2, 3, 5], b"\\Seen"),
+            b"UID STORE 1:3,5 +FLAGS.SILENT (\\Seen)",
+        ),
+        (lambda: client.uidMove([4], "Archive/2024"), b"UID MOVE 4 Archive/2024"),
+        (lambda: client.uidCopy([4], "Done"), b"UID COPY 4 Done"),
+        (lambda: client.uidExpunge([7, 8]), b"UID EXPUNGE 7:8"),
+    ]:
+        transport.clear()
+        d = call()
+        line = transport.value()
+        assert line.split(b" ", 1)[1] == expected + b"\r\n"
+        client.dataReceived(line.split(b" ", 1)[0] + b" OK done\r\n")
+        assert result(d) is None
+
+
+@given(st.sets(st.integers(1, 2000), min_size=1, max_size=50))
+def test_format_uid_set_round_trip(uids):
+    """A compact UID set names exactly the UIDs given."""
+    back = set()
+    for part in formatUIDSet(uids).split(b","):
+        a, _, b = part.partition(b":")
+        back.update(range(int(a), int(b or a) + 1))
+    assert back == uids

@@ -1,0 +1,85 @@
+"""Tests for oauthmail.imap.ledger: the in-memory and the SQLite deliveries ledger agree."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from oauthmail.imap.ledger import (
+    DELIVERED,
+    FAILED_PERMANENT,
+    IDeliveryLedger,
+    MemoryDeliveryLedger,
+    SQLDeliveryLedger,
+)
+from oauthmail.tokens.crypto import generateKey
+from oauthmail.tokens.store import SQLiteTokenStore
+
+ACCOUNT = "alice"
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+async def ledger(request, tmp_path):
+    clock = Clock()
+    if request.param == "memory":
+        yield MemoryDeliveryLedger(clock)
+        return
+    store = SQLiteTokenStore(str(tmp_path / "db.sqlite"), generateKey(), clock)
+    await store.open()
+    await store.ensureAccount(ACCOUNT, "generic")
+    yield SQLDeliveryLedger.fromStore(store, clock)
+    await store.close()
+
+
+def test_provides_interface(ledger):
+    """Both ledgers keep the IDeliveryLedger promise."""
+    assert verifyObject(IDeliveryLedger, ledger)
+
+
+@pytest_twisted.ensureDeferred
+async def test_folder_state(ledger):
+    """Folder state is None until set, then what was set."""
+    assert await ledger.folderState(ACCOUNT, "INBOX") is None
+    await ledger.setFolderState(ACCOUNT, "INBOX", 7, 0)
+    await ledger.setFolderState(ACCOUNT, "INBOX", 7, 12)
+    assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 12)
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_then_dispose(ledger):
+    """Recorded deliveries are pending disposition until marked; failures never are."""
+    await ledger.recordDeliveries(
+        ACCOUNT,
+        "INBOX",
+        7,
+        [(1, "d1", DELIVERED), (2, "d2", FAILED_PERMANENT), (3, "d3", DELIVERED)],
+    )
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1, 3]
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1, 2, 3, 4]) == {1, 2, 3}
+    assert await ledger.isDelivered(ACCOUNT, "INBOX", 7, 2)
+    assert not await ledger.isDelivered(ACCOUNT, "INBOX", 8, 2)
+    await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1])
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [3]
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1]) == {1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_digests(ledger):
+    """Digests of delivered messages are known across folders; permanent failures are not."""
+    await ledger.recordDeliveries(
+        ACCOUNT, "INBOX", 7, [(1, "d1", DELIVERED), (2, "d2", FAILED_PERMANENT)]
+    )
+    await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1])
+    assert await ledger.hasDigest(ACCOUNT, "d1")
+    assert not await ledger.hasDigest(ACCOUNT, "d2")
+    assert not await ledger.hasDigest("bob", "d1")
+    assert await ledger.knownDigests(ACCOUNT, ["d1", "d2", "d9"]) == {"d1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_state_refused(ledger):
+    """Only delivered and failed_permanent can be recorded."""
+    with pytest.raises(ValueError):
+        await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(1, "d", "disposed")])

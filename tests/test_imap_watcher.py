@@ -1,0 +1,501 @@
+"""Tests for oauthmail.imap.watcher: the folder state machine against an in-memory IMAP fake."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.mail.imap4 import IMAP4Exception
+from twisted.python.failure import Failure
+
+from oauthmail.config import (
+    AccountConfig,
+    AccountImapConfig,
+    FolderConfig,
+    ProfileConfig,
+    ServerConfig,
+    SinkConfig,
+)
+from oauthmail.imap.fetch import SelectInfo
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, MemoryDeliveryLedger
+from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
+from oauthmail.imap.watcher import AccountWatcher, FolderWatcher
+from oauthmail.secret import Secret
+from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
+from oauthmail.testing.memory_store import MemoryTokenStore
+
+
+def makeAccount(disposition="seen", idle=True, batch_size=100, move_to=None) -> AccountConfig:
+    server = ServerConfig("127.0.0.1", 993, "implicit", server_name="mail.test")
+    profile = ProfileConfig(
+        name="p",
+        kind="generic",
+        authorization_endpoint=None,
+        token_endpoint="https://t",
+        device_endpoint=None,
+        revocation_endpoint=None,
+        introspection_endpoint=None,
+        client_id="c",
+        client_secret=None,
+        scopes=("mail",),
+        imap=server,
+    )
+    folder = FolderConfig("INBOX", disposition, move_to)
+    imap = AccountImapConfig(
+        folders=(folder,),
+        sink=SinkConfig("maildir", path="x"),
+        idle=idle,
+        poll_interval=60.0,
+        batch_size=batch_size,
+    )
+    return AccountConfig(name="alice", address="alice@example.com", profile=profile, imap=imap)
+
+
+class FakeServer:
+    """One mailbox account: folders of {uid: bytes}, flags, tokens it accepts."""
+
+    def __init__(self):
+        self.uidvalidity = 1
+        self.folders = {"INBOX": {}, "Archive": {}}
+        self.flags = {}
+        self.nextUID = 1
+        self.valid = set()
+        self.auths = []
+        self.clients = []
+        self.caps = {b"IDLE": None, b"MOVE": None, b"UIDPLUS": None}
+        self.failDispose = False
+
+    def add(self, body: bytes, folder="INBOX") -> int:
+        uid = self.nextUID
+        self.nextUID += 1
+        self.folders[folder][uid] = body
+        for c in self.clients:
+            c.notifyExists()
+        return uid
+
+    def renumber(self):
+        """A new UIDVALIDITY: same messages, new UIDs."""
+        self.uidvalidity += 1
+        old = self.folders["INBOX"]
+        self.folders["INBOX"] = {}
+        for uid in sorted(old):
+            self.folders["INBOX"][self.nextUID] = old[uid]
+            self.flags[self.nextUID] = self.flags.pop(uid, set())
+            self.nextUID += 1
+
+    def connect(self, reactor, server, timeout):
+        client = FakeClient(self)
+        self.clients.append(client)
+        return defer.succeed(client)
+
+
+class FakeTransport:
+    def __init__(self, client):
+        self.client = client
+
+    def loseConnection(self):
+        self.client.drop(ConnectionLost("closed"))
+
+
+class FakeIdle:
+    def __init__(self, onEvent):
+        self.onEvent = onEvent
+        self.ended = False
+        self._end = defer.Deferred()
+
+    def whenEnded(self):
+        d = defer.Deferred()
+        self._end.addBoth(
+            lambda r: (d.callback(None) if not isinstance(r, Failure) else d.errback(r)) or r
+        )
+        return d
+
+    def done(self):
+        self.finish(None)
+        return defer.succeed(None)
+
+    def finish(self, result):
+        if not self.ended:
+            self.ended = True
+            self._end.callback(None) if result is None else self._end.errback(result)
+            self._end.addErrback(lambda f: None)
+
+
+class FakeClient:
+    def __init__(self, server: FakeServer):
+        self.server = server
+        self.transport = FakeTransport(self)
+        self.lost = defer.Deferred()
+        self.existsSeen = 0
+        self.byeText = None
+        self.session = None
+        self.connected = True
+        self.selected = None
+
+    def notifyExists(self):
+        self.existsSeen += 1
+        if self.session is not None and not self.session.ended:
+            self.session.onEvent(IdleEvent("EXISTS", 1))
+
+    def drop(self, reason):
+        if not self.connected:
+            return
+        self.connected = False
+        self.server.clients.remove(self)
+        if self.session is not None:
+            self.session.finish(Failure(reason))
+        self.lost.callback(None)
+
+    def bye(self, text):
+        self.byeText = text
+        self.drop(IMAPServerBye(text))
+
+    def _check(self):
+        if not self.connected:
+            raise ConnectionLost("gone")
+
+    def authenticateOAuth(self, mech, user, token, host, port):
+        value = token.reveal()
+        self.server.auths.append(value)
+        if value not in self.server.valid:
+            return defer.fail(IMAPAuthenticationError("AUTHENTICATIONFAILED", token_rejected=True))
+        return defer.succeed({})
+
+    def getCapabilities(self, useCache=True):
+        return defer.succeed(dict(self.server.caps))
+
+    def selectFolder(self, name):
+        self.selected = name
+        box = self.server.folders[name]
+        return defer.succeed(SelectInfo(self.server.uidvalidity, len(box), self.server.nextUID))
+
+    def uidSearchFrom(self, first):
+        self._check()
+        return defer.succeed(sorted(u for u in self.server.folders[self.selected] if u >= first))
+
+    def fetchMessages(self, uids):
+        self._check()
+        box = self.server.folders[self.selected]
+        return defer.succeed([(u, box[u]) for u in sorted(uids) if u in box])
+
+    def _dispose(self):
+        self._check()
+        if self.server.failDispose:
+            self.drop(ConnectionLost("cut before disposition"))
+            raise ConnectionLost("cut")
+
+    def uidStore(self, uids, flags, add=True):
+        self._dispose()
+        for u in uids:
+            if u in self.server.folders[self.selected]:
+                self.server.flags.setdefault(u, set()).add(flags)
+        return defer.succeed(None)
+
+    def uidMove(self, uids, target):
+        self._dispose()
+        box = self.server.folders[self.selected]
+        for u in uids:
+            if u in box:
+                self.server.folders[target][u] = box.pop(u)
+        return defer.succeed(None)
+
+    def uidCopy(self, uids, target):
+        raise AssertionError("MOVE is offered")
+
+    def uidExpunge(self, uids):
+        self._dispose()
+        box = self.server.folders[self.selected]
+        for u in uids:
+            if b"\\Deleted" in self.server.flags.get(u, ()):
+                box.pop(u, None)
+        return defer.succeed(None)
+
+    def idle(self, onEvent):
+        self._check()
+        self.session = FakeIdle(onEvent)
+        return defer.succeed(self.session)
+
+
+class FakeTokens:
+    """An ITokenSource whose tokens the FakeServer accepts unless told otherwise."""
+
+    def __init__(self, server: FakeServer, refreshWorks=True):
+        self.server = server
+        self.n = 0
+        self.current = self._mint()
+        self.refreshes = 0
+        self.refreshWorks = refreshWorks
+
+    def _mint(self, valid=True):
+        self.n += 1
+        token = f"tok{self.n}"
+        if valid:
+            self.server.valid.add(token)
+        return token
+
+    def accessToken(self, account):
+        return defer.succeed(Secret(self.current))
+
+    def forceRefresh(self, account):
+        self.refreshes += 1
+        self.current = self._mint(valid=self.refreshWorks)
+        return defer.succeed(Secret(self.current))
+
+
+class FakeSink:
+    def __init__(self):
+        self.messages = []
+        self.verdicts = {}  # body -> exception to raise once (or always if permanent)
+
+    def deliverBatch(self, items):
+        out = []
+        for body, _account, _folder in items:
+            error = self.verdicts.get(body)
+            if error is not None:
+                if isinstance(error, TemporarySinkError):
+                    del self.verdicts[body]
+                out.append(error)
+            else:
+                self.messages.append(body)
+                out.append("new/x")
+        return defer.succeed(out)
+
+
+def setup(account=None, ledger=None, tokens=None, server=None, store=None):
+    clock = Clock()
+    server = server or FakeServer()
+    tokens = tokens or FakeTokens(server)
+    ledger = ledger or MemoryDeliveryLedger(clock)
+    sink = FakeSink()
+    account = account or makeAccount()
+    watcher = FolderWatcher(
+        account,
+        account.imap.folders[0],
+        tokens,
+        ledger,
+        sink,
+        clock,
+        store=store,
+        connect=server.connect,
+        retryPolicy=lambda attempt: 5.0 * (attempt + 1),
+    )
+    return watcher, server, tokens, ledger, sink, clock
+
+
+def test_delivers_then_marks_seen_in_order():
+    """Messages go to the sink, the ledger, then get \\Seen; IDLE EXISTS brings new mail."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"one")
+    server.add(b"two")
+    watcher.start()
+    assert sink.messages == [b"one", b"two"]
+    assert server.flags == {1: {b"\\Seen"}, 2: {b"\\Seen"}}
+    assert ledger.folders[("alice", "INBOX")] == (1, 2)
+    assert watcher.state == "waiting"
+    server.add(b"three")
+    assert sink.messages == [b"one", b"two", b"three"]
+    assert watcher.delivered == 3
+    watcher.stop()
+    assert watcher.state == "stopped"
+
+
+def test_token_rejected_refresh_once_then_success():
+    """A rejected token is force-refreshed once and the retry succeeds."""
+    server = FakeServer()
+    tokens = FakeTokens(server)
+    server.valid.clear()  # the cached token is stale; the refreshed one works
+    watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens)
+    server.add(b"m")
+    watcher.start()
+    assert tokens.refreshes == 1
+    assert server.auths == ["tok1", "tok2"]
+    assert sink.messages == [b"m"]
+    watcher.stop()
+
+
+def test_token_rejected_twice_sets_error_and_backs_off():
+    """Rejected again after the refresh: account state error with the server's words, backoff."""
+    server = FakeServer()
+    tokens = FakeTokens(server, refreshWorks=False)
+    server.valid.clear()
+    clock = Clock()
+    store = MemoryTokenStore(clock)
+    store.ensureAccount("alice", "generic")
+    watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens, store=store)
+    watcher.start()
+    assert tokens.refreshes == 1
+    account = []
+    store.getAccount("alice").addCallback(account.append)
+    assert account[0].state == "error"
+    assert "AUTHENTICATIONFAILED" in account[0].last_error
+    assert watcher.state == "backoff"
+    assert len(server.auths) == 2
+    clock.advance(4.9)
+    assert len(server.auths) == 2
+    clock.advance(0.2)
+    assert len(server.auths) == 4  # a new session: one more try, one more refresh
+    tokens.refreshWorks = True
+    clock.advance(10.0)
+    assert watcher.state == "waiting"
+    account.clear()
+    store.getAccount("alice").addCallback(account.append)
+    assert account[0].state == "ok"
+    watcher.stop()
+
+
+def test_temporary_sink_failure_leaves_message_and_retries():
+    """A temporary sink failure: not recorded, not flagged, delivered on the retry."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"a")
+    server.add(b"b")
+    sink.verdicts[b"b"] = TemporarySinkError("disk full")
+    watcher.start()
+    assert sink.messages == [b"a"]
+    assert server.flags == {1: {b"\\Seen"}}
+    assert ("alice", "INBOX", 1, 2) not in ledger.rows
+    assert "disk full" in watcher.lastError
+    clock.advance(5.0)
+    assert sink.messages == [b"a", b"b"]
+    assert server.flags[2] == {b"\\Seen"}
+    watcher.stop()
+
+
+def test_permanent_failure_recorded_and_folder_continues():
+    """A permanent failure is recorded, left unflagged on the server, and later mail flows."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"bad")
+    server.add(b"good")
+    sink.verdicts[b"bad"] = PermanentSinkError("malformed")
+    watcher.start()
+    assert sink.messages == [b"good"]
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == FAILED_PERMANENT
+    assert 1 not in server.flags
+    server.add(b"later")
+    assert sink.messages == [b"good", b"later"]
+    assert watcher.failedPermanent == 1
+    watcher.stop()
+
+
+def test_crash_between_sink_and_disposition():
+    """Delivered+recorded but not disposed: the next session disposes and never redelivers."""
+    account = makeAccount(disposition="delete")
+    watcher, server, tokens, ledger, sink, clock = setup(account=account)
+    server.add(b"x")
+    server.add(b"y")
+    server.failDispose = True
+    watcher.start()
+    assert sink.messages == [b"x", b"y"]
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == DELIVERED
+    assert server.folders["INBOX"]  # still there
+    assert watcher.state == "backoff"
+    server.failDispose = False
+    # A new watcher (process restart) on the same ledger.
+    watcher.stop()
+    again, _, _, _, sink2, clock2 = setup(account=account, ledger=ledger, server=server)
+    again.start()
+    assert sink2.messages == []
+    assert server.folders["INBOX"] == {}
+    assert ledger.pendingDisposition("alice", "INBOX", 1).result == []
+    again.stop()
+
+
+def test_uidvalidity_change_dedupes_by_digest():
+    """After the server renumbers the folder, only messages not delivered before go out."""
+    account = makeAccount(disposition="keep")
+    watcher, server, tokens, ledger, sink, clock = setup(account=account)
+    server.add(b"old1")
+    server.add(b"old2")
+    watcher.start()
+    watcher.stop()
+    server.renumber()
+    server.add(b"new")
+    again, _, _, _, sink2, _ = setup(account=account, ledger=ledger, server=server)
+    again.start()
+    assert sink2.messages == [b"new"]
+    assert ledger.folders[("alice", "INBOX")][0] == 2
+    again.stop()
+
+
+def test_bye_reconnects_with_fresh_token():
+    """BYE (AccessTokenExpired) while idling: reconnect after backoff with a refreshed token."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    watcher.start()
+    assert watcher.state == "waiting"
+    server.clients[0].bye("Session invalidated - AccessTokenExpired")
+    assert watcher.state == "backoff"
+    assert "AccessTokenExpired" in watcher.lastError
+    server.valid.discard("tok1")  # expired at the server
+    clock.advance(5.0)
+    assert watcher.state == "waiting"
+    assert tokens.refreshes == 1
+    server.add(b"after")
+    assert sink.messages == [b"after"]
+    watcher.stop()
+
+
+def test_move_disposition_and_poll_mode():
+    """Without IDLE the folder is polled; move puts delivered mail in the target folder."""
+    account = makeAccount(disposition="move", move_to="Archive", idle=False, batch_size=2)
+    watcher, server, tokens, ledger, sink, clock = setup(account=account)
+    for i in range(5):
+        server.add(b"m%d" % i)
+    watcher.start()
+    assert sink.messages == [b"m%d" % i for i in range(5)]
+    assert sorted(server.folders["Archive"]) == [1, 2, 3, 4, 5]
+    server.add(b"polled")
+    assert len(sink.messages) == 5
+    clock.advance(60.0)
+    assert sink.messages[-1] == b"polled"
+    watcher.stop()
+
+
+def test_account_watcher_status_and_isolation():
+    """An AccountWatcher service runs its folders and reports counters."""
+    server = FakeServer()
+    account = makeAccount()
+    account = replace(
+        account,
+        imap=replace(account.imap, folders=(FolderConfig("INBOX"), FolderConfig("Archive"))),
+    )
+    clock = Clock()
+    service = AccountWatcher(
+        account,
+        FakeTokens(server),
+        MemoryDeliveryLedger(),
+        FakeSink(),
+        clock,
+        connect=server.connect,
+    )
+    server.add(b"hello")
+    service.startService()
+    status = service.status()
+    assert status["delivered"] == 1
+    assert [f["state"] for f in status["folders"]] == ["waiting", "waiting"]
+    service.stopService()
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+
+
+def test_imap_error_in_round_reconnects():
+    """A NO from the server mid-round ends the session; backoff then a fresh session."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    client_search = FakeClient.uidSearchFrom
+    calls = []
+
+    def failing(self, first):
+        calls.append(first)
+        if len(calls) == 1:
+            return defer.fail(IMAP4Exception(b"NO busy"))
+        return client_search(self, first)
+
+    FakeClient.uidSearchFrom = failing
+    try:
+        server.add(b"m")
+        watcher.start()
+        assert watcher.state == "backoff"
+        clock.advance(5.0)
+        assert sink.messages == [b"m"]
+    finally:
+        FakeClient.uidSearchFrom = client_search
+        watcher.stop()
