@@ -1,0 +1,245 @@
+"""A small HTTP client for token endpoints, over ``twisted.web.client.Agent``.
+
+Token endpoints are the only HTTP peers the token machinery talks to, and every
+request to them carries a secret (a code, a refresh token, a client secret). So this
+transport insists on verified TLS (plain ``http`` only to a loopback address, for tests
+and local providers), bounds every request in time (connect timeout plus a timeout on
+the whole exchange, on an injected clock) and in size (a provider answering with an
+endless body cannot exhaust memory), and gives back a plain :class:`HTTPResponse`
+value that the pure parsing code in :mod:`oauthmail.tokens.grants` works on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, ssl
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from oauthmail.interfaces import IHTTPTransport
+
+#: Token answers are a few kilobytes; anything far bigger is a broken or hostile peer.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class InsecureEndpointError(ValueError):
+    """An endpoint URL that would send secrets without verified TLS."""
+
+
+class TransportError(Exception):
+    """The request did not produce a complete answer (connection, timeout, size)."""
+
+
+class ResponseTooLarge(TransportError):  # noqa: N818
+    """The answer was bigger than the configured cap; the connection was dropped."""
+
+
+def isLoopbackHost(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checkEndpointURL(url: str) -> str:
+    """Return ``url`` if secrets may be sent to it, else raise ``InsecureEndpointError``.
+
+    ``https`` is required; plain ``http`` is accepted only for a loopback host, where
+    nothing crosses a network. The config loader calls this too, so that a bad URL is
+    reported at start-up rather than at the first refresh.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as e:
+        raise InsecureEndpointError(f"not a valid URL: {e}") from None
+    shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if not host:
+        raise InsecureEndpointError(f"URL has no host: {shown}")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and isLoopbackHost(host):
+        return url
+    if parts.scheme == "http":
+        raise InsecureEndpointError(
+            f"plain http is only allowed to a loopback address, use https: {shown}"
+        )
+    raise InsecureEndpointError(f"URL must use https: {shown}")
+
+
+@dataclass(frozen=True)
+class HTTPResponse:
+    """A complete HTTP answer. Header names are lower-case; repeated headers are joined."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def __repr__(self) -> str:  # a token answer's body is secret: never show it
+        return f"<HTTPResponse {self.status} {len(self.body)} bytes>"
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """Writes a small request body at once (``FileBodyProducer`` would need the global reactor)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _CappedBodyReader(Protocol):
+    """Collects a response body, dropping the connection once it exceeds ``limit``."""
+
+    def __init__(self, finished: defer.Deferred[bytes], limit: int) -> None:
+        self._finished = finished
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._finished.errback(
+                ResponseTooLarge(f"response body larger than {self._limit} bytes")
+            )
+            self.transport.stopProducing()
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._finished.called:
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(
+                TransportError(f"response body incomplete: {reason.getErrorMessage()}")
+            )
+
+
+@implementer(IHTTPTransport)
+class AgentTransport:
+    """``IHTTPTransport`` over a Twisted ``Agent`` with verified TLS and hard limits.
+
+    :param reactor: the reactor the connections run on.
+    :param clock: the clock for the whole-request timeout (the reactor by default).
+    :param ca_file: a PEM file with an extra trust root (private CAs, tests); by default
+        the platform's trust store is used. Read once, at construction (start-up).
+    """
+
+    def __init__(
+        self,
+        reactor,
+        *,
+        clock: IReactorTime | None = None,
+        connect_timeout: float = 10.0,
+        timeout: float = 30.0,
+        max_body: int = DEFAULT_MAX_BODY,
+        ca_file: str | None = None,
+        persistent: bool = True,
+    ) -> None:
+        self._clock = clock if clock is not None else reactor
+        self._timeout = timeout
+        self._max_body = max_body
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                trust = ssl.Certificate.loadPEM(f.read())
+            policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
+        else:
+            policy = BrowserLikePolicyForHTTPS()
+        self._pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self._pool.maxPersistentPerHost = 4
+        self._agent = Agent(
+            reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool
+        )
+
+    def close(self) -> defer.Deferred[None]:
+        """Close idle keep-alive connections (on service stop, at the end of a test)."""
+        return self._pool.closeCachedConnections()
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> defer.Deferred[HTTPResponse]:
+        """Send one request; fire with an ``HTTPResponse`` or fail with ``TransportError``."""
+        try:
+            checkEndpointURL(url)
+        except InsecureEndpointError as e:
+            return defer.fail(e)
+        if isinstance(method, str):
+            method = method.encode("ascii")
+        raw = Headers()
+        for name, value in (headers or {}).items():
+            raw.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        producer = _BytesProducer(body) if body is not None else None
+        d = self._agent.request(method, url.encode("ascii"), raw, producer)
+        d.addCallback(self._readResponse)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timedOut)
+        d.addErrback(self._describeFailure)
+        return d
+
+    def _readResponse(self, response) -> defer.Deferred[HTTPResponse]:
+        reader: _CappedBodyReader | None = None
+
+        def cancel(d: defer.Deferred[bytes]) -> None:
+            if reader is not None and reader.transport is not None:
+                reader.transport.stopProducing()
+
+        finished: defer.Deferred[bytes] = defer.Deferred(cancel)
+        reader = _CappedBodyReader(finished, self._max_body)
+        response.deliverBody(reader)
+        headers = {
+            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return finished.addCallback(lambda body: HTTPResponse(response.code, headers, body))
+
+    def _timedOut(self, result: object, timeout: float) -> object:
+        raise TransportError(f"no complete answer within {timeout:g} s")
+
+    def _describeFailure(self, failure: Failure) -> Failure:
+        """Turn the zoo of Twisted connection errors into one ``TransportError``."""
+        if failure.check(TransportError, InsecureEndpointError, defer.CancelledError):
+            return failure
+        inner = failure.value
+        # ResponseFailed / RequestTransmissionFailed wrap a list of the real reasons.
+        reasons = getattr(inner, "reasons", None)
+        if reasons:
+            inner = reasons[0].value
+        message = f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+        raise TransportError(message)

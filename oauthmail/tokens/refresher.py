@@ -1,0 +1,199 @@
+"""The token refresher: refresh tokens on a schedule so that nobody waits and nothing dies.
+
+Refreshing only when mail traffic needs a token lets idle accounts die: Microsoft
+refresh tokens expire after 90 days unused, Google's after six months. So a
+``LoopingCall`` looks at every account each ``interval`` and refreshes, through the
+:class:`~oauthmail.tokens.source.TokenSource` (which keeps the single-flight and
+write-before-use rules), every token that expires within ``margin + interval``: the token
+source then always finds a valid token and never has to refresh on a caller's time.
+
+Because a refresh happens at least once per access-token lifetime (an hour at Microsoft
+and Google), every refresh token is used (and, at Microsoft, rotated) far more often than
+its 90-day idle limit requires. Tokens without an expiry are refreshed when they are older
+than ``max_age`` (seven days by default) for the same reason.
+
+Each pass refreshes at most ``concurrency`` accounts at once, each after a random delay
+of up to ``jitter`` seconds so that a hundred accounts do not hit the provider in the same
+second. One account's failure never stops the loop: every item is caught, and should the
+loop itself fail, its errback logs and restarts it.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Iterable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oauthmail.config import AccountConfig
+from oauthmail.interfaces import ITokenStore
+from oauthmail.tokens.errors import AccountNotAuthorised, TokenError
+from oauthmail.tokens.source import TokenSource
+from oauthmail.tokens.store import StoreError
+
+log = Logger()
+
+#: Accounts in these states wait for a person; the refresher leaves them alone.
+SKIPPED_STATES = frozenset({"needs_reauth"})
+
+
+class TokenRefresher(Service):
+    """A ``Service`` that keeps every account's token fresh in the background."""
+
+    name = "token-refresher"
+
+    def __init__(
+        self,
+        source: TokenSource,
+        store: ITokenStore,
+        accounts: Iterable[AccountConfig],
+        clock: IReactorTime,
+        interval: float = 60.0,
+        margin: float = 900.0,
+        concurrency: int = 10,
+        jitter: float | None = None,
+        *,
+        max_age: float | None = 7 * 86400.0,
+        random: _random.Random | None = None,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._accounts = tuple(accounts)
+        self._clock = clock
+        self.interval = interval
+        self.margin = margin
+        self.concurrency = max(1, concurrency)
+        #: Spread within a pass; by default a quarter of the interval, at most 30 s.
+        self.jitter = min(interval / 4, 30.0) if jitter is None else jitter
+        self.max_age = max_age
+        self._random = random if random is not None else _random.Random()  # noqa: S311
+        self._loop: task.LoopingCall | None = None
+        self._running_pass: defer.Deferred[None] | None = None
+        self._sleeping: set[defer.Deferred[None]] = set()
+        #: Statistics for the console and the tests.
+        self.passes = 0
+        self.refreshed = 0
+        self.failures = 0
+        self.peak_concurrency = 0
+        self._active = 0
+
+    def __repr__(self) -> str:
+        return f"<TokenRefresher {len(self._accounts)} accounts every {self.interval:g} s>"
+
+    # -- service life cycle ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._startLoop()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        for sleeper in list(self._sleeping):  # refreshes not yet started are dropped
+            sleeper.cancel()
+        running = self._running_pass
+        if running is not None and not running.called:
+            # Let the refreshes in flight finish: their tokens must reach the store.
+            waiter: defer.Deferred[None] = defer.Deferred()
+            running.addBoth(lambda result: (waiter.callback(None), result)[1])
+            return waiter
+        return None
+
+    def _startLoop(self) -> None:
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop.start(self.interval, now=True).addErrback(self._loopFailed)
+
+    def _loopFailed(self, failure: Failure) -> None:
+        """Never reached in normal operation (``_tick`` catches everything); belt and braces."""
+        log.failure("token refresher loop failed; restarting it", failure)
+        if self.running:
+            self._startLoop()
+
+    def _tick(self) -> defer.Deferred[None]:
+        d = defer.ensureDeferred(self.runOnce())
+        d.addErrback(lambda f: log.failure("token refresher pass failed", f))
+        self._running_pass = d
+        return d
+
+    # -- one pass --------------------------------------------------------------------
+
+    async def dueAccounts(self) -> list[AccountConfig]:
+        """Accounts whose token expires within ``margin + interval`` (or is too old)."""
+        now = self._clock.seconds()
+        horizon = self.margin + self.interval
+        due = []
+        for account in self._accounts:
+            try:
+                if not account.configured:
+                    continue
+                state = await self._store.getAccount(account.name)
+                if state is not None and state.state in SKIPPED_STATES:
+                    continue
+                record = await self._store.getTokens(account.name)
+            except Exception:
+                log.failure("refresher could not look at {account}", account=account.name)
+                continue
+            if record is None:
+                if account.grant == "client_credentials":
+                    due.append(account)  # app-only accounts obtain their first token here
+                continue  # unauthorised: a person must authorise it first
+            if record.expires_at is not None:
+                if record.expires_at - now <= horizon:
+                    due.append(account)
+            elif (
+                self.max_age is not None
+                and record.refresh_token is not None
+                and now - record.updated_at >= self.max_age
+            ):
+                due.append(account)
+        return due
+
+    async def runOnce(self) -> None:
+        """One pass: refresh every due account, ``concurrency`` at a time, with jitter."""
+        self.passes += 1
+        due = await self.dueAccounts()
+        if not due:
+            return
+        semaphore = defer.DeferredSemaphore(self.concurrency)
+        work = [defer.ensureDeferred(self._refreshOne(account, semaphore)) for account in due]
+        await defer.DeferredList(work, consumeErrors=True)
+
+    async def _refreshOne(self, account: AccountConfig, semaphore: defer.DeferredSemaphore):
+        delay = self._random.uniform(0, self.jitter) if self.jitter > 0 else 0.0
+        if delay > 0:
+            sleeper = task.deferLater(self._clock, delay, lambda: None)
+            self._sleeping.add(sleeper)
+            try:
+                await sleeper
+            except defer.CancelledError:
+                return  # the service is stopping
+            finally:
+                self._sleeping.discard(sleeper)
+        await semaphore.acquire()
+        if not self.running:
+            semaphore.release()
+            return
+        self._active += 1
+        self.peak_concurrency = max(self.peak_concurrency, self._active)
+        try:
+            await self._source.ensureFresh(account.name, self.margin + self.interval)
+            self.refreshed += 1
+        except AccountNotAuthorised as e:
+            log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
+        except (TokenError, StoreError) as e:
+            # The token source has logged and recorded it; the next pass tries again.
+            self.failures += 1
+            log.debug("refresh of {account} failed: {why}", account=account.name, why=str(e))
+        except Exception:
+            self.failures += 1
+            log.failure("unexpected error refreshing {account}", account=account.name)
+        finally:
+            self._active -= 1
+            semaphore.release()

@@ -1,0 +1,154 @@
+"""The token endpoint HTTP transport: URL policy, limits, timeouts and TLS verification."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor, ssl
+from twisted.web import resource, server
+from zope.interface.verify import verifyObject
+
+from oauthmail.interfaces import IHTTPTransport
+from oauthmail.testing.certs import generateTestCertificates
+from oauthmail.tokens.http import (
+    AgentTransport,
+    HTTPResponse,
+    InsecureEndpointError,
+    ResponseTooLarge,
+    TransportError,
+    checkEndpointURL,
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        "http://127.0.0.1:8080/token",
+        "http://127.5.6.7/token",
+        "http://[::1]:9/token",
+        "http://localhost/token",
+    ],
+)
+def test_acceptedURLs(url):
+    """https anywhere, plain http only to loopback."""
+    assert checkEndpointURL(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://login.example.com/token", "http://10.0.0.1/t", "ftp://x/y", "https:///t", "token"],
+)
+def test_refusedURLs(url):
+    """Plain http off loopback, other schemes and host-less URLs are refused."""
+    with pytest.raises(InsecureEndpointError):
+        checkEndpointURL(url)
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4PolicyMatchesLoopback(address):
+    """For any IPv4 address, plain http is accepted exactly when it is loopback."""
+    url = f"http://{address}/token"
+    if address.is_loopback:
+        assert checkEndpointURL(url) == url
+    else:
+        with pytest.raises(InsecureEndpointError):
+            checkEndpointURL(url)
+
+
+def test_responseReprHidesBody():
+    """An HTTPResponse never shows its body (it carries tokens)."""
+    response = HTTPResponse(200, {"x": "y"}, b'{"access_token": "SECRET"}')
+    assert "SECRET" not in repr(response)
+    assert response.header("X") == "y"
+
+
+class _Echo(resource.Resource):
+    isLeaf = True
+
+    def render_POST(self, request):
+        request.setHeader(b"X-Seen", request.content.read())
+        request.setHeader(b"Retry-After", b"5")
+        request.setResponseCode(503)
+        return b"busy"
+
+    def render_GET(self, request):
+        if request.path == b"/big":
+            return b"x" * 5000
+        if request.path == b"/hang":
+            return server.NOT_DONE_YET
+        return b"ok"
+
+
+@pytest.fixture
+def site():
+    s = server.Site(_Echo())
+    port = reactor.listenTCP(0, s, interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}"
+    pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_requestAndHeaders(site):
+    """A POST goes out with its body; status, headers and body come back."""
+    transport = AgentTransport(reactor, persistent=False)
+    assert verifyObject(IHTTPTransport, transport)
+    response = await transport.request("POST", site + "/t", {"Content-Type": "a/b"}, b"a=1")
+    assert response.status == 503
+    assert response.header("retry-after") == "5"
+    assert response.header("x-seen") == "a=1"
+    assert response.body == b"busy"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sizeCap(site):
+    """A body over the cap fails with ResponseTooLarge."""
+    transport = AgentTransport(reactor, max_body=1000, persistent=False)
+    with pytest.raises(ResponseTooLarge):
+        await transport.request("GET", site + "/big", {}, None)
+    assert (await transport.request("GET", site + "/small", {}, None)).body == b"ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wholeRequestTimeout(site):
+    """A server that never answers is given up after the timeout."""
+    transport = AgentTransport(reactor, timeout=0.2, persistent=False)
+    with pytest.raises(TransportError, match="within"):
+        await transport.request("GET", site + "/hang", {}, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionRefused():
+    """A closed port is a TransportError."""
+    port = reactor.listenTCP(0, server.Site(_Echo()), interface="127.0.0.1")
+    number = port.getHost().port
+    await port.stopListening()
+    with pytest.raises(TransportError):
+        await AgentTransport(reactor).request("GET", f"http://127.0.0.1:{number}/", {}, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_insecureURLNotSent():
+    """The transport itself refuses plain http to a remote host."""
+    with pytest.raises(InsecureEndpointError):
+        await AgentTransport(reactor).request("POST", "http://example.com/t", {}, b"")
+
+
+@pytest.mark.parametrize("which", ["wrongHost", "unknownCA"])
+@pytest_twisted.ensureDeferred
+async def test_tlsVerified(tmp_path, which):
+    """TLS with a wrong host name or an unknown CA is refused, even with our CA trusted."""
+    certs = generateTestCertificates(tmp_path)
+    pair = certs.pair(which)
+    key = pair.key.read_bytes()
+    cert = ssl.PrivateCertificate.loadPEM(pair.cert.read_bytes() + key)
+    port = reactor.listenSSL(0, server.Site(_Echo()), cert.options(), interface="127.0.0.1")
+    try:
+        transport = AgentTransport(reactor, ca_file=str(certs.caFile), persistent=False, timeout=5)
+        url = f"https://localhost:{port.getHost().port}/"
+        with pytest.raises(TransportError):
+            await transport.request("GET", url, {}, None)
+    finally:
+        await port.stopListening()
