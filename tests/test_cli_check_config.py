@@ -1,0 +1,157 @@
+"""Tests for ``oauthmail check-config``: exit 2 and one line for a bad file, a summary otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oauthmail import cli
+
+CONFIGS = Path(__file__).parent / "configs"
+BROKEN = sorted((CONFIGS / "broken").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+
+#: Broken files run through a real subprocess (the rest go through main()).
+SUBPROCESS_CASES = [
+    "yaml-syntax",
+    "unknown-imap-key",
+    "pop3-key",
+    "oauth1-version",
+    "account-imap-port-name",
+    "missing-env-var",
+]
+
+
+def expected(path: Path, shownAs: str) -> str:
+    """The ``# expect:`` line of a broken file, for the file name ``shownAs``."""
+    first = path.read_text().splitlines()[0]
+    return first[len("# expect: ") :].replace("{file}", shownAs)
+
+
+@pytest.fixture
+def tableEnv(monkeypatch):
+    """The environment the broken table expects, in this process."""
+    monkeypatch.setenv("OAUTHMAIL_TEST_SET", "value")
+    monkeypatch.delenv("OAUTHMAIL_TEST_UNSET", raising=False)
+
+
+def childEnv(**extra: str) -> dict[str, str]:
+    """A minimal environment for ``python -m oauthmail.cli`` (no client ids, no secrets)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_main_broken_config(path, capsys, tableEnv):
+    """main() exits 2 with exactly the one-line message on stderr and nothing on stdout."""
+    status = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert err == expected(path, str(path)) + "\n"
+    assert "Traceback" not in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_subprocess_broken_config(name):
+    """python -m oauthmail.cli check-config exits 2 with one line and no traceback."""
+    path = CONFIGS / "broken" / f"{name}.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env=childEnv(OAUTHMAIL_TEST_SET="value"),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [expected(path, str(path))]
+    assert result.stdout == ""
+
+
+def test_subprocess_shipped_example_with_empty_environment():
+    """The shipped conf/app.yaml checks out with no environment: accounts not configured."""
+    result = subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "check-config"],
+        capture_output=True,
+        text=True,
+        env=childEnv(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("conf/app.yaml: OK, ")
+    assert "helpdesk" in result.stdout
+    assert "not configured: set client_id in profiles.gmail" in result.stdout
+
+
+def test_subprocess_missing_file():
+    """A missing file is one line on stderr and exit status 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "check-config", "no/such/app.yaml"],
+        capture_output=True,
+        text=True,
+        env=childEnv(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "no/such/app.yaml: cannot read the configuration file: No such file or directory\n"
+    )
+
+
+def test_main_summary_lists_accounts(tmp_path, capsys):
+    """A good file prints one line per account: name, address, profile and status."""
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        "profiles:\n"
+        "  g: {provider: google, client_id: abc}\n"
+        "  m: {provider: microsoft, client_id: ''}\n"
+        "accounts:\n"
+        "  - {name: helpdesk, address: helpdesk@example.com, profile: g, imap: {}}\n"
+        "  - {name: reports, address: reports@example.com, profile: m, smtp: {}}\n"
+    )
+    status = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert err == ""
+    assert out.splitlines() == [
+        f"{path}: OK, 2 accounts, 2 profiles",
+        "  helpdesk  helpdesk@example.com  profile g (google, authorization_code, imap)"
+        "  configured",
+        "  reports   reports@example.com  profile m (microsoft, authorization_code, smtp)"
+        "  not configured: set client_id in profiles.m",
+    ]
+
+
+def test_main_no_accounts(tmp_path, capsys):
+    """A file without accounts is valid and says so."""
+    path = tmp_path / "app.yaml"
+    path.write_text("web: {port: 8026}\n")
+    assert cli.main(["check-config", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "0 accounts" in out
+    assert "no accounts" in out
+
+
+def test_main_usage_error_exits_2(capsys):
+    """An unknown subcommand is a usage error (exit 2), not a traceback."""
+    assert cli.main(["no-such-command"]) == 2
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+
+
+def test_subcommand_registry():
+    """check-config is in the dispatch table and a name cannot be registered twice."""
+    assert "check-config" in cli.SUBCOMMANDS
+    with pytest.raises(ValueError):
+        cli.subcommand("check-config", help="again")(lambda args: 0)
