@@ -209,10 +209,7 @@ class SQLDeliveryLedger:
     @classmethod
     def fromStore(cls, store: Any, clock: _Clock) -> SQLDeliveryLedger:
         """The ledger sharing an opened ``SQLiteTokenStore``'s pool."""
-        pool = getattr(store, "_pool", None)
-        if pool is None:
-            raise ValueError(f"{store!r} is not open")
-        return cls(pool, clock)
+        return cls(store.pool, clock)
 
     def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         return self._pool.runWithConnection(func, *args)

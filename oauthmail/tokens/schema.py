@@ -68,6 +68,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (account, folder, uidvalidity, uid)
         )""",
     ),
+    # 3: the durable outbound queue (oauthmail.smtp.queue). Messages are kept in
+    # the row (a BLOB) so that one transaction stores envelope and body together.
+    (
+        """CREATE TABLE outbound (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            mail_from TEXT NOT NULL,
+            message BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            last_error TEXT,
+            provider_accepted_at REAL
+        )""",
+        "CREATE INDEX outbound_due ON outbound (account, state, next_attempt_at)",
+        """CREATE TABLE outbound_recipients (
+            message_id TEXT NOT NULL REFERENCES outbound (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            recipient TEXT NOT NULL,
+            state TEXT NOT NULL,
+            last_code INTEGER,
+            last_text TEXT,
+            PRIMARY KEY (message_id, position)
+        )""",
+    ),
+    # 4: the IMAP watcher checks every batch's digests against the ledger
+    # (deduplication across UIDVALIDITY changes and moves between watched folders).
+    ("CREATE INDEX deliveries_digest ON deliveries (account, digest)",),
 )
 
 #: The version a fully migrated file is at.

@@ -61,7 +61,7 @@ class _Clock(Protocol):
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[None]:
+def transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[None]:
     """``BEGIN <kind>`` ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
     conn.execute(f"BEGIN {kind}")
     try:
@@ -160,6 +160,17 @@ class SQLiteTokenStore:
     def __repr__(self) -> str:
         return f"<SQLiteTokenStore {self.path}>"
 
+    @property
+    def pool(self) -> adbapi.ConnectionPool:
+        """The open store's connection pool, shared by the delivery ledger and the queue.
+
+        One pool with one thread means every write to the file is serialised
+        without SQLite's busy waits.
+        """
+        if self._pool is None:
+            raise StoreError(f"{self.path} is not open")
+        return self._pool
+
     # -- life cycle ---------------------------------------------------------
 
     def open(self) -> defer.Deferred[None]:
@@ -235,6 +246,15 @@ class SQLiteTokenStore:
         d.addBoth(stop)
         d.addCallback(lambda _: None)
         return d
+
+    def runWithConnection(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+        """Run ``func(connection, *args)`` in the store's one database thread.
+
+        For the other tables in the same file (delivery ledger, outbound
+        queue): ``func`` ends its own transaction (see :func:`transaction`),
+        and SQLite errors come back as ``StoreError``.
+        """
+        return self._run(func, *args)
 
     def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         """Run ``func(connection, *args)`` in the pool's thread.
@@ -351,7 +371,7 @@ class SQLiteTokenStore:
     def _ensureAccount(
         conn: sqlite3.Connection, account_id: str, provider: str, now: float
     ) -> AccountRecord:
-        with _transaction(conn):
+        with transaction(conn):
             conn.execute(
                 "INSERT OR IGNORE INTO accounts (id, provider, state, last_error, created_at,"
                 " updated_at) VALUES (?, ?, 'unauthorised', NULL, ?, ?)",
@@ -397,7 +417,7 @@ class SQLiteTokenStore:
     def _setAccountState(
         conn: sqlite3.Connection, account_id: str, state: str, last_error: str | None, now: float
     ) -> AccountRecord:
-        with _transaction(conn):
+        with transaction(conn):
             cursor = conn.execute(
                 "UPDATE accounts SET state = ?, last_error = ?, updated_at = ? WHERE id = ?",
                 (state, last_error, now, account_id),
@@ -459,7 +479,7 @@ class SQLiteTokenStore:
             if tokens.refresh_token is None
             else self._cipher.encrypt(account_id, "refresh_token", tokens.refresh_token)
         )
-        with _transaction(conn):
+        with transaction(conn):
             row = conn.execute(
                 "SELECT version FROM tokens WHERE account = ?", (account_id,)
             ).fetchone()
@@ -516,7 +536,7 @@ class SQLiteTokenStore:
 
     @staticmethod
     def _deleteTokens(conn: sqlite3.Connection, account_id: str) -> None:
-        with _transaction(conn):
+        with transaction(conn):
             conn.execute("DELETE FROM tokens WHERE account = ?", (account_id,))
 
 

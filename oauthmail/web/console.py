@@ -1,0 +1,197 @@
+"""The operator's web console: one page of account states and a health JSON.
+
+It answers the questions an operator has at 3 a.m.: is each account
+authorised, when does its token expire, what went wrong last, and what to do
+next. It reads states and expiry times from the store and never a token.
+It binds to loopback by default; pages are read-only until authorisation
+flows are added.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from oauthmail.config import Config
+from oauthmail.interfaces import ITokenStore
+from oauthmail.web.status import AccountStatus, accountStatus, describeWhen
+
+STATE_LABELS = {
+    "not_configured": "not configured",
+    "unauthorised": "unauthorised",
+    "ok": "ok",
+    "refreshing": "refreshing",
+    "needs_reauth": "needs re-authorisation",
+    "error": "error",
+}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: .4em .8em; border-bottom: 1px solid #ddd; vertical-align: top; }
+.state { font-weight: bold; }
+.ok { color: #17692a; } .needs_reauth, .error { color: #a11; }
+.not_configured, .unauthorised { color: #8a5a00; }
+.hint { color: #555; font-size: .9em; }
+"""
+
+
+async def collectStatuses(
+    config: Config, store: ITokenStore, watchers: Mapping[str, Any] | None = None
+) -> list[AccountStatus]:
+    """Every configured account's status, in configuration order."""
+    watchers = watchers or {}
+    statuses = []
+    for account in config.accounts:
+        record = await store.getAccount(account.name)
+        tokens = await store.getTokens(account.name)
+        watcher = watchers.get(account.name)
+        receiving = watcher.status() if watcher is not None else None
+        statuses.append(accountStatus(account, record, tokens, receiving))
+    return statuses
+
+
+class _AsyncPage(Resource):
+    """A leaf whose body comes from a coroutine; failures become a plain 500."""
+
+    isLeaf = True
+    log = Logger()
+    content_type = b"text/html; charset=utf-8"
+
+    def __init__(
+        self,
+        config: Config,
+        store: ITokenStore,
+        clock: IReactorTime,
+        watchers: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.watchers = watchers
+
+    async def body(self, request: Any) -> bytes:
+        raise NotImplementedError
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        d = defer.ensureDeferred(self.body(request))
+
+        def written(data: bytes) -> None:
+            request.write(data)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            self.log.failure("console page failed", failure)
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(b"internal error; see the oauthmail log\n")
+            request.finish()
+
+        d.addCallbacks(written, failed)
+        return NOT_DONE_YET
+
+
+class StatusPage(_AsyncPage):
+    async def body(self, request: Any) -> bytes:
+        statuses = await collectStatuses(self.config, self.store, self.watchers)
+        return renderStatusPage(statuses, self.clock.seconds()).encode("utf-8")
+
+
+class HealthPage(_AsyncPage):
+    """Machine-readable status for monitoring: 200 when every configured account is ok."""
+
+    content_type = b"application/json"
+
+    async def body(self, request: Any) -> bytes:
+        statuses = await collectStatuses(self.config, self.store, self.watchers)
+        healthy = all(s.state in ("ok", "refreshing", "not_configured") for s in statuses)
+        if not healthy:
+            request.setResponseCode(503)
+        payload = {
+            "status": "ok" if healthy else "degraded",
+            "now": self.clock.seconds(),
+            "accounts": [s.asJSON() for s in statuses],
+        }
+        return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
+
+
+class ConsoleResource(Resource):
+    """The root of the console site."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: ITokenStore,
+        clock: IReactorTime,
+        watchers: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._status = StatusPage(config, store, clock, watchers)
+        self.putChild(b"health", HealthPage(config, store, clock, watchers))
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        if path == b"":
+            return self._status
+        return super().getChild(path, request)
+
+
+def _isoTime(when: float | None) -> str:
+    if when is None:
+        return ""
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+
+
+def _received(s: AccountStatus, now: float) -> str:
+    if s.delivered is None:
+        return "—"
+    when = describeWhen(s.last_delivery_at, now) if s.last_delivery_at else "none yet"
+    return html.escape(f"{when} ({s.delivered} since start)")
+
+
+def renderStatusPage(statuses: list[AccountStatus], now: float) -> str:
+    """The HTML page; every value from config or the store is escaped."""
+    e = html.escape
+    rows = []
+    for s in statuses:
+        rows.append(
+            "<tr>"
+            f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
+            f"<td>{e(s.profile)}</td>"
+            f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}</td>"
+            f"<td title='{e(_isoTime(s.expires_at))}'>{e(describeWhen(s.expires_at, now))}</td>"
+            f"<td title='{e(_isoTime(s.last_refresh_at))}'>"
+            f"{e(describeWhen(s.last_refresh_at, now))}</td>"
+            f"<td>{_received(s, now)}</td>"
+            f"<td>{e(s.last_error or '')}<div class='hint'>{e(s.next_step)}</div></td>"
+            "</tr>"
+        )
+    if not rows:
+        rows.append("<tr><td colspan='7'>No accounts are configured yet.</td></tr>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>oauthmail</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        "<h1>oauthmail</h1>"
+        "<table><thead><tr><th>Account</th><th>Profile</th><th>State</th>"
+        "<th>Token expires</th><th>Last refresh</th><th>Last mail</th>"
+        "<th>Last error / next step</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
+        "<a href='/health'>/health</a></p>"
+        "</body></html>"
+    )

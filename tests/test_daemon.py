@@ -1,0 +1,192 @@
+"""The daemon as an operator runs it: ``twistd -n oauthmail --config FILE``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [str(Path(sys.executable).parent / "twistd")]
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _writeConfig(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "app.yaml"
+    config.write_text(
+        f"""
+profiles:
+  local:
+    provider: generic
+    authorization_endpoint: http://127.0.0.1:9/authorize
+    token_endpoint: http://127.0.0.1:9/token
+    client_id: oauthmail-test
+    scopes: [mail]
+  later:
+    provider: google
+    client_id: ""
+accounts:
+  - name: helpdesk
+    address: helpdesk@example.com
+    profile: local
+  - name: gmail
+    address: gmail@example.com
+    profile: later
+store:
+  path: {tmp_path}/var/oauthmail.sqlite
+  key_file: {tmp_path}/var/oauthmail.key
+web:
+  port: {port}
+"""
+    )
+    return config
+
+
+def _get(url: str, deadline: float) -> tuple[int, bytes]:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_twistd_lists_the_plugin() -> None:
+    """``twistd --help`` names the oauthmail plugin and its ``--config`` option."""
+    out = subprocess.run(
+        [*TWISTD, "--help"], capture_output=True, text=True, env=_env(), check=True
+    ).stdout
+    assert "oauthmail" in out
+    out = subprocess.run(
+        [*TWISTD, "oauthmail", "--help"], capture_output=True, text=True, env=_env(), check=True
+    ).stdout
+    assert "--config" in out
+
+
+def test_daemon_serves_console_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The daemon serves the console with every account and shuts down cleanly on SIGTERM."""
+    port = _freePort()
+    config = _writeConfig(tmp_path, port)
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            cwd=tmp_path,
+        )
+    try:
+        status, body = _get(f"http://127.0.0.1:{port}/", time.monotonic() + 30)
+        assert status == 200
+        page = body.decode()
+        assert "helpdesk@example.com" in page
+        assert "unauthorised" in page
+        assert "not configured" in page
+        status, body = _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 5)
+        health = json.loads(body)
+        assert [a["state"] for a in health["accounts"]] == ["unauthorised", "not_configured"]
+        assert status == 503
+        proc.send_signal(signal.SIGTERM)
+        # twistd shuts down cleanly, then re-raises the signal so its parent
+        # sees how it ended (what systemd and shells expect).
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    db = tmp_path / "var" / "oauthmail.sqlite"
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "var" / "oauthmail.key").stat().st_mode & 0o777 == 0o600
+    output = log.read_text()
+    assert "Server Shut Down." in output
+    assert "Traceback" not in output
+
+
+def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
+    """A broken config stops twistd with exit status 2 and one line naming file, line and key."""
+    config = tmp_path / "app.yaml"
+    config.write_text("web:\n  port: imaps\n")
+    result = subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{config}:2: web.port: ")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_daemon_refuses_a_wrong_store_key(tmp_path: Path) -> None:
+    """A database written with another key stops the daemon with one clear line; nothing changes."""
+    port = _freePort()
+    config = _writeConfig(tmp_path, port)
+    first = subprocess.Popen(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+    db = tmp_path / "var" / "oauthmail.sqlite"
+    before = db.read_bytes()
+    (tmp_path / "var" / "oauthmail.key").unlink()
+    result = subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "different key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert db.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_wheel_adds_only_our_plugin_module(tmp_path: Path) -> None:
+    """The wheel ships twisted/plugins/oauthmail_plugin.py and no twisted/__init__.py."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("oauthmail-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    twisted_files = [n for n in names if n.startswith("twisted/")]
+    assert twisted_files == ["twisted/plugins/oauthmail_plugin.py"]
