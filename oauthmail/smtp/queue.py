@@ -1,0 +1,841 @@
+"""The durable outbound queue: accepted mail is kept until the provider takes it or refuses it.
+
+Messages live in the token store's SQLite file (tables ``outbound`` and
+``outbound_recipients``, schema migration 3), written in one transaction.
+:meth:`OutboundQueue.enqueue` fires only after ``COMMIT`` has returned on a
+connection with ``PRAGMA synchronous = FULL`` (set by the store for every
+connection, together with WAL, and set again here before each enqueue), so the
+message is on disk before the submission server answers ``250``.
+
+Message states::
+
+    queued ──(before DATA)──► sending ──(250 after DATA)──► sent
+       ▲                        │
+       └──(4xx, network, no answer: backoff)──┘     5xx / max_age ──► failed
+
+Exactly once, as far as SMTP allows:
+
+- A message is marked ``sending`` (durably) before ``DATA`` and ``sent`` right
+  after the provider's ``250``. A recipient that got a ``250`` is never sent to
+  again; only recipients still ``pending`` are retried.
+- After a crash (or SIGKILL) a ``sending`` message goes back to ``queued`` and
+  is sent again: at least once. The window is "the provider answered ``250``
+  (or was about to) and we died before the ``sent`` row was committed"; it is
+  one round trip plus one SQLite commit long. A connection lost after the end
+  of ``DATA`` but before the reply is the same window and is also retried.
+
+Each account has one delivery loop (never two connections for one account at
+once). It is woken by :meth:`enqueue`, by a timer at the next due retry and by
+a periodic poll (which also sees messages queued by another process, e.g. the
+``oauthmail send`` command). A loop fetches the due messages, gets a token,
+sends them over one connection and records every recipient's outcome:
+``2xx`` sent, ``5xx`` failed for good, ``4xx``/network retried with exponential
+backoff and jitter until ``max_age`` (5 days), then failed. A refused token is
+refreshed once (``forceRefresh``) and the batch tried once more; a second
+refusal puts the account in ``error`` — the messages stay queued and go out
+once the account works again. One account's trouble never stops another's.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from oauthmail.config import AccountConfig
+from oauthmail.interfaces import ITokenSource
+from oauthmail.secret import Secret
+from oauthmail.smtp import outcomes
+from oauthmail.smtp.client import (
+    MessageOutcome,
+    OutgoingMessage,
+    SessionError,
+    SessionResult,
+    sendBatch,
+)
+from oauthmail.smtp.submission import ISubmissionQueue
+from oauthmail.tokens.errors import AccountNotAuthorised, cleanText
+from oauthmail.tokens.store import transaction
+
+__all__ = [
+    "DeliveryStatus",
+    "OutboundQueue",
+    "QueueStats",
+    "RecipientStatus",
+    "UnknownAccount",
+]
+
+log = Logger()
+
+#: Every state a message row can be in.
+MESSAGE_STATES = ("queued", "sending", "sent", "failed")
+#: Every state a recipient row can be in.
+RECIPIENT_STATES = ("pending", "sent", "failed")
+FINAL_STATES = frozenset({"sent", "failed"})
+
+#: ``last_error`` of an account that this queue set to ``error`` starts with this.
+ACCOUNT_ERROR_PREFIX = "SMTP: "
+
+
+class UnknownAccount(ValueError):  # noqa: N818 - reads better at the call site
+    """``enqueue`` was asked to send through an account that is not configured."""
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    address: str
+    state: str
+    code: int | None
+    text: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryStatus:
+    """Where one queued message stands (what :meth:`OutboundQueue.whenDelivered` fires with)."""
+
+    id: str
+    account: str
+    mail_from: str
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
+    provider_accepted_at: float | None
+    recipients: tuple[RecipientStatus, ...]
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Console figures for one account."""
+
+    account: str
+    depth: int  # messages queued or sending
+    oldest_age: float | None  # seconds since the oldest of them was queued
+    failed: int  # messages that failed for good (still in the table)
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """When to try again; computed in the pool thread, so it must not touch Twisted."""
+
+    backoff_base: float
+    backoff_max: float
+    max_age: float
+    random: _random.Random
+
+    def nextAttempt(self, attempts: int, created_at: float, now: float) -> float | None:
+        """The time of the next attempt, or ``None`` when ``max_age`` has run out."""
+        deadline = created_at + self.max_age
+        if now >= deadline:
+            return None
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
+        delay = ceiling / 2 + self.random.random() * ceiling / 2
+        return min(now + delay, deadline)
+
+
+Sender = Callable[..., defer.Deferred[SessionResult]]
+
+
+@implementer(ISubmissionQueue)
+class OutboundQueue(service.Service):
+    """The outbound queue and its delivery loops; an ``IService``.
+
+    :param store: the opened :class:`~oauthmail.tokens.store.SQLiteTokenStore`
+        (its database holds the queue; stop this service before closing it).
+    :param tokens: the ``ITokenSource`` that hands out access tokens.
+    :param accounts: configured accounts by name; only these can send.
+    :param reactor: for connections and timers (``clock`` defaults to it).
+    :param sender: ``sender(account, token, messages, beforeData=, onOutcome=)``
+        returning a Deferred :class:`SessionResult` — :func:`sendBatch` by
+        default; tests pass a fake.
+    :param max_age: seconds after which a message still not sent fails.
+    :param backoff_base: first retry delay (doubled per attempt, jittered).
+    :param backoff_max: the longest delay between two attempts.
+    :param batch_size: messages per connection.
+    :param poll_interval: how often to look for due messages anyway.
+    """
+
+    name = "outbound-queue"
+
+    def __init__(
+        self,
+        store: Any,
+        tokens: ITokenSource,
+        accounts: Mapping[str, AccountConfig],
+        reactor: Any,
+        *,
+        clock: IReactorTime | None = None,
+        sender: Sender | None = None,
+        max_age: float = 5 * 86400.0,
+        backoff_base: float = 60.0,
+        backoff_max: float = 3600.0,
+        batch_size: int = 50,
+        poll_interval: float = 60.0,
+        random: _random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._accounts = dict(accounts)
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._sender: Sender = sender or (lambda *a, **kw: sendBatch(reactor, *a, **kw))
+        self._policy = _Policy(
+            backoff_base,
+            backoff_max,
+            max_age,
+            random if random is not None else _random.Random(),  # noqa: S311 - jitter
+        )
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._loops: dict[str, _Loop] = {}
+        self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
+        self._lastError: dict[str, str | None] = {}
+        self._poll: task.LoopingCall | None = None
+        self._warnedUnknown: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<OutboundQueue {len(self._accounts)} accounts>"
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def startService(self) -> defer.Deferred[None]:
+        """Put messages left ``sending`` by a crash back in the queue, then start the loops."""
+        service.Service.startService(self)
+        d = self._db(_recover, self._clock.seconds())
+
+        def started(count: int) -> None:
+            if count:
+                log.warn(
+                    "{count} message(s) were being sent when oauthmail stopped; they will be"
+                    " sent again (the provider may already have some of them)",
+                    count=count,
+                )
+            if not self.running:
+                return
+            self._poll = task.LoopingCall(self._pollDue)
+            self._poll.clock = self._clock
+            self._poll.start(self.poll_interval, now=True).addErrback(
+                lambda f: log.failure("outbound poll stopped", f)
+            )
+
+        d.addCallback(started)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
+        service.Service.stopService(self)
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        waits = []
+        for loop in self._loops.values():
+            if loop.timer is not None and loop.timer.active():
+                loop.timer.cancel()
+            loop.timer = None
+            if loop.sending is not None:
+                loop.sending.cancel()
+            if loop.done is not None:
+                waits.append(loop.done)
+        d = defer.DeferredList(waits, consumeErrors=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    def _db(self, func: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        # The store's single-thread pool (see SQLiteTokenStore._run): every
+        # queue write is ordered with every token write.
+        return self._store.runWithConnection(func, *args)
+
+    # -- the API ---------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        account_name: str,
+        mail_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+    ) -> defer.Deferred[str]:
+        """Store a message durably; fire with its id once it is on disk, then wake the loop."""
+        if account_name not in self._accounts:
+            return defer.fail(UnknownAccount(f"no account {account_name!r} is configured"))
+        recipients = [str(r) for r in recipients]
+        if not recipients:
+            return defer.fail(ValueError("a message needs at least one recipient"))
+        if not isinstance(message, (bytes, bytearray)):
+            return defer.fail(TypeError("the message must be bytes"))
+        message_id = uuid.uuid4().hex
+        d = self._db(
+            _enqueue,
+            message_id,
+            account_name,
+            str(mail_from),
+            recipients,
+            bytes(message),
+            self._clock.seconds(),
+        )
+
+        def stored(_: object) -> str:
+            log.info(
+                "queued {id} for {account} ({n} recipient(s), {size} bytes)",
+                id=message_id,
+                account=account_name,
+                n=len(recipients),
+                size=len(message),
+            )
+            self.wake(account_name)
+            return message_id
+
+        d.addCallback(stored)
+        return d
+
+    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        """Fire with the message's :class:`DeliveryStatus` (``None`` if unknown)."""
+        return self._db(_status, message_id)
+
+    def whenDelivered(self, message_id: str) -> defer.Deferred[DeliveryStatus]:
+        """Fire once the message is ``sent`` or ``failed`` (at once if it already is).
+
+        Fails with ``KeyError`` for an unknown id. Only outcomes reached in this
+        process are noticed; a message sent by another process is seen on the
+        next call.
+        """
+        waiter: defer.Deferred[DeliveryStatus] = defer.Deferred()
+        self._waiters.setdefault(message_id, []).append(waiter)
+
+        def check(status: DeliveryStatus | None) -> None:
+            if waiter.called:
+                return
+            if status is None:
+                self._dropWaiter(message_id, waiter)
+                waiter.errback(KeyError(message_id))
+            elif status.final:
+                self._dropWaiter(message_id, waiter)
+                waiter.callback(status)
+
+        def failed(f: Failure) -> None:
+            if not waiter.called:
+                self._dropWaiter(message_id, waiter)
+                waiter.errback(f)
+
+        self.status(message_id).addCallbacks(check, failed)
+        return waiter
+
+    def stats(self) -> defer.Deferred[dict[str, QueueStats]]:
+        """Per-account queue depth, oldest message age, failures and last error."""
+        now = self._clock.seconds()
+
+        def build(rows: list[tuple[str, int, float | None, int, str | None]]) -> dict:
+            result = {}
+            names = set(self._accounts) | {row[0] for row in rows}
+            byName = {row[0]: row for row in rows}
+            for name in sorted(names):
+                _, depth, oldest, failed, dbError = byName.get(name, (name, 0, None, 0, None))
+                result[name] = QueueStats(
+                    name,
+                    depth,
+                    None if oldest is None else max(0.0, now - oldest),
+                    failed,
+                    self._lastError.get(name) or (dbError if depth else None),
+                )
+            return result
+
+        return self._db(_stats).addCallback(build)
+
+    def wake(self, account_name: str | None = None) -> None:
+        """Look for due messages now (one account, or all of them)."""
+        names = [account_name] if account_name is not None else list(self._accounts)
+        for name in names:
+            self._kick(name)
+
+    def retryNow(self, account_name: str) -> defer.Deferred[int]:
+        """Make every queued message of the account due now and wake its loop.
+
+        For when the reason of the backoff is gone: the account was just
+        re-authorised, or an operator pressed "retry" on the console. Fires with
+        the number of messages made due.
+        """
+        d = self._db(_makeDue, account_name, self._clock.seconds())
+
+        def woke(count: int) -> int:
+            self.wake(account_name)
+            return count
+
+        return d.addCallback(woke)
+
+    def _dropWaiter(self, message_id: str, waiter: defer.Deferred[Any]) -> None:
+        waiters = self._waiters.get(message_id)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[message_id]
+
+    def _notify(self, statuses: Iterable[DeliveryStatus]) -> None:
+        for status in statuses:
+            if not status.final:
+                continue
+            if status.state == "failed":
+                log.warn(
+                    "message {id} from {account} failed: {why}",
+                    id=status.id,
+                    account=status.account,
+                    why=status.last_error,
+                )
+            for waiter in self._waiters.pop(status.id, []):
+                if not waiter.called:
+                    waiter.callback(status)
+
+    # -- the loops -------------------------------------------------------------------
+
+    def _pollDue(self) -> defer.Deferred[None]:
+        def kick(names: list[str]) -> None:
+            for name in names:
+                self._kick(name)
+
+        d = self._db(_dueAccounts, self._clock.seconds())
+        d.addCallback(kick)
+        d.addErrback(lambda f: log.failure("looking for due outbound messages failed", f))
+        return d
+
+    def _kick(self, name: str) -> None:
+        if not self.running:
+            return
+        if name not in self._accounts:
+            if name not in self._warnedUnknown:
+                self._warnedUnknown.add(name)
+                log.warn(
+                    "messages are queued for {account}, which is not configured; they wait",
+                    account=name,
+                )
+            return
+        loop = self._loops.setdefault(name, _Loop())
+        if loop.done is not None:
+            loop.again = True
+            return
+        if loop.timer is not None and loop.timer.active():
+            loop.timer.cancel()
+        loop.timer = None
+        loop.again = False
+        loop.done = d = defer.ensureDeferred(self._run(name, loop))
+
+        def finished(nextAt: float | None | Failure) -> None:
+            loop.done = None
+            loop.sending = None
+            if isinstance(nextAt, Failure):
+                log.failure("outbound delivery for {account} failed", nextAt, account=name)
+                nextAt = self._clock.seconds() + self.poll_interval
+            if not self.running:
+                return
+            if loop.again:
+                self._kick(name)
+            elif nextAt is not None:
+                delay = max(0.0, nextAt - self._clock.seconds())
+                loop.timer = self._clock.callLater(delay, self._kick, name)
+
+        d.addBoth(finished)
+
+    async def _run(self, name: str, loop: _Loop) -> float | None:
+        """Send batches while there are due ones; return when to look again (or ``None``)."""
+        while self.running:
+            loop.again = False
+            batch = await self._db(_fetchDue, name, self._clock.seconds(), self.batch_size)
+            if not batch:
+                break
+            clean = await self._deliver(name, batch, loop)
+            if not clean:
+                break
+        return await self._db(_nextDue, name)
+
+    async def _deliver(self, name: str, batch: list[OutgoingMessage], loop: _Loop) -> bool:
+        """Send one batch (refreshing a refused token once); True if the session ended well."""
+        account = self._accounts[name]
+        token = await self._token(name, refresh=False)
+        if isinstance(token, SessionError):
+            await self._sessionFailed(name, batch, token)
+            return False
+        result = await self._send(account, token, batch, loop)
+        if result is None:  # stopped
+            return False
+        remaining = self._unanswered(batch, result)
+        error = result.error
+        if error is not None and error.auth and error.action == outcomes.REFRESH and remaining:
+            log.info(
+                "{account}: the SMTP server refused the token; refreshing it once", account=name
+            )
+            token = await self._token(name, refresh=True)
+            if isinstance(token, SessionError):
+                await self._sessionFailed(name, remaining, token)
+                return False
+            result = await self._send(account, token, remaining, loop)
+            if result is None:
+                return False
+            remaining = self._unanswered(remaining, result)
+            error = result.error
+        if error is None:
+            self._lastError[name] = None
+            await self._accountRecovered(name)
+            if remaining:  # the server ended the session politely without answering
+                error = SessionError(outcomes.TEMPORARY, "the session ended early")
+        if error is not None:
+            if error.auth and error.action in (outcomes.REFRESH, outcomes.PERMANENT):
+                await self._accountError(name, error.reason)
+            elif error.tls:
+                await self._accountError(name, error.reason)
+            await self._sessionFailed(name, remaining, error)
+            return False
+        return True
+
+    @staticmethod
+    def _unanswered(
+        batch: Sequence[OutgoingMessage], result: SessionResult
+    ) -> list[OutgoingMessage]:
+        answered = {outcome.message_id for outcome in result.outcomes}
+        return [message for message in batch if message.id not in answered]
+
+    async def _token(self, name: str, refresh: bool) -> Secret | SessionError:
+        try:
+            if refresh:
+                return await self._tokens.forceRefresh(name)
+            return await self._tokens.accessToken(name)
+        except AccountNotAuthorised as e:
+            return SessionError(outcomes.TEMPORARY, f"no token: {e.reason}")
+        except Exception as e:
+            return SessionError(outcomes.TEMPORARY, f"no token: {cleanText(e)}")
+
+    async def _send(
+        self, account: AccountConfig, token: Secret, batch: list[OutgoingMessage], loop: _Loop
+    ) -> SessionResult | None:
+        recorded: list[defer.Deferred[Any]] = []
+
+        def beforeData(message: OutgoingMessage) -> defer.Deferred[None]:
+            return self._db(_markSending, message.id)
+
+        def onOutcome(outcome: MessageOutcome) -> None:
+            d = self._db(_recordOutcome, outcome, self._clock.seconds(), self._policy)
+            d.addCallback(lambda status: self._notify([status]) if status else None)
+            d.addErrback(
+                lambda f: log.failure("recording outcome of {id}", f, id=outcome.message_id)
+            )
+            recorded.append(d)
+
+        loop.sending = self._sender(
+            account, token, batch, beforeData=beforeData, onOutcome=onOutcome
+        )
+        try:
+            result = await loop.sending
+        except defer.CancelledError:
+            return None
+        finally:
+            loop.sending = None
+            if recorded:
+                await defer.DeferredList(recorded, consumeErrors=True)
+        for outcome in result.outcomes:
+            self._logOutcome(account.name, outcome)
+        return result
+
+    def _logOutcome(self, name: str, outcome: MessageOutcome) -> None:
+        if outcome.accepted:
+            log.info(
+                "{account}: the provider accepted {id} ({reply})",
+                account=name,
+                id=outcome.message_id,
+                reply=outcomes.describe(outcome.code, outcome.text),
+            )
+        for r in outcome.recipients:
+            if r.status != outcomes.OK:
+                log.warn(
+                    "{account}: {id} to {rcpt}: {reply} ({status})",
+                    account=name,
+                    id=outcome.message_id,
+                    rcpt=r.address,
+                    reply=outcomes.describe(r.code, r.text),
+                    status=r.status,
+                )
+
+    async def _sessionFailed(
+        self, name: str, messages: Sequence[OutgoingMessage], error: SessionError
+    ) -> None:
+        self._lastError[name] = error.reason
+        log.warn("{account}: sending failed: {why}", account=name, why=error.reason)
+        if not messages:
+            return
+        statuses = await self._db(
+            _recordFailure,
+            [m.id for m in messages],
+            error.reason,
+            self._clock.seconds(),
+            self._policy,
+        )
+        self._notify(statuses)
+
+    async def _accountError(self, name: str, reason: str) -> None:
+        try:
+            record = await self._store.getAccount(name)
+            if record is not None and record.state == "needs_reauth":
+                return  # the token source already asked a person; keep that
+            await self._store.setAccountState(name, "error", ACCOUNT_ERROR_PREFIX + reason)
+        except Exception as e:
+            log.error("could not record the state of {account}: {why}", account=name, why=e)
+
+    async def _accountRecovered(self, name: str) -> None:
+        try:
+            record = await self._store.getAccount(name)
+            if (
+                record is not None
+                and record.state == "error"
+                and (record.last_error or "").startswith(ACCOUNT_ERROR_PREFIX)
+            ):
+                await self._store.setAccountState(name, "ok", None)
+        except Exception as e:
+            log.error("could not record the state of {account}: {why}", account=name, why=e)
+
+
+class _Loop:
+    """The delivery loop of one account: at most one run at a time."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[Any] | None = None
+        self.sending: defer.Deferred[Any] | None = None
+        self.timer: Any = None
+        self.again = False
+
+
+# -- SQL (runs in the store's pool thread) -------------------------------------------
+
+
+def _enqueue(
+    conn: sqlite3.Connection,
+    message_id: str,
+    account: str,
+    mail_from: str,
+    recipients: list[str],
+    message: bytes,
+    now: float,
+) -> None:
+    conn.execute("PRAGMA synchronous = FULL")  # the commit below reaches the disk
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
+            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+            (message_id, account, mail_from, message, len(message), now, now),
+        )
+        conn.executemany(
+            "INSERT INTO outbound_recipients (message_id, position, recipient, state)"
+            " VALUES (?, ?, ?, 'pending')",
+            [(message_id, i, r) for i, r in enumerate(recipients)],
+        )
+
+
+def _recover(conn: sqlite3.Connection, now: float) -> int:
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE outbound SET state = 'queued', next_attempt_at = ?,"
+            " last_error = 'interrupted while sending; sending again' WHERE state = 'sending'",
+            (now,),
+        )
+    return cursor.rowcount
+
+
+def _makeDue(conn: sqlite3.Connection, account: str, now: float) -> int:
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE outbound SET next_attempt_at = ? WHERE account = ? AND state = 'queued'"
+            " AND next_attempt_at > ?",
+            (now, account, now),
+        )
+    return cursor.rowcount
+
+
+def _dueAccounts(conn: sqlite3.Connection, now: float) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT account FROM outbound WHERE state = 'queued' AND next_attempt_at <= ?",
+        (now,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _nextDue(conn: sqlite3.Connection, account: str) -> float | None:
+    (at,) = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM outbound WHERE account = ? AND state = 'queued'",
+        (account,),
+    ).fetchone()
+    return at
+
+
+def _fetchDue(
+    conn: sqlite3.Connection, account: str, now: float, limit: int
+) -> list[OutgoingMessage]:
+    rows = conn.execute(
+        "SELECT id, mail_from, message FROM outbound WHERE account = ? AND state = 'queued'"
+        " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
+        (account, now, limit),
+    ).fetchall()
+    batch = []
+    for message_id, mail_from, message in rows:
+        recipients = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT recipient FROM outbound_recipients WHERE message_id = ?"
+                " AND state = 'pending' ORDER BY position",
+                (message_id,),
+            )
+        )
+        if not recipients:  # pragma: no cover - a final state is written with the last one
+            with transaction(conn):
+                _finish(conn, message_id, None)
+            continue
+        batch.append(OutgoingMessage(message_id, mail_from, recipients, bytes(message)))
+    return batch
+
+
+def _markSending(conn: sqlite3.Connection, message_id: str) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE outbound SET state = 'sending' WHERE id = ? AND state = 'queued'",
+            (message_id,),
+        )
+
+
+def _finish(conn: sqlite3.Connection, message_id: str, last_error: str | None) -> None:
+    """Write the final message state from its recipients (caller owns the transaction)."""
+    (sent,) = conn.execute(
+        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'sent'",
+        (message_id,),
+    ).fetchone()
+    conn.execute(
+        "UPDATE outbound SET state = ?, last_error = ? WHERE id = ?",
+        ("sent" if sent else "failed", last_error, message_id),
+    )
+
+
+def _retryOrGiveUp(
+    conn: sqlite3.Connection, message_id: str, reason: str, now: float, policy: _Policy
+) -> None:
+    """A temporary failure: back off, or fail what is still pending once max_age is over."""
+    attempts, created_at = conn.execute(
+        "SELECT attempts, created_at FROM outbound WHERE id = ?", (message_id,)
+    ).fetchone()
+    attempts += 1
+    nextAt = policy.nextAttempt(attempts, created_at, now)
+    if nextAt is None:
+        why = (
+            f"gave up after {attempts} attempt(s) over {policy.max_age / 86400:g} day(s): {reason}"
+        )
+        conn.execute(
+            "UPDATE outbound_recipients SET state = 'failed', last_text = ?"
+            " WHERE message_id = ? AND state = 'pending'",
+            (cleanText(why), message_id),
+        )
+        conn.execute("UPDATE outbound SET attempts = ? WHERE id = ?", (attempts, message_id))
+        _finish(conn, message_id, cleanText(why))
+        return
+    conn.execute(
+        "UPDATE outbound SET state = 'queued', attempts = ?, next_attempt_at = ?, last_error = ?"
+        " WHERE id = ?",
+        (attempts, nextAt, reason, message_id),
+    )
+
+
+def _recordOutcome(
+    conn: sqlite3.Connection, outcome: MessageOutcome, now: float, policy: _Policy
+) -> DeliveryStatus | None:
+    message_id = outcome.message_id
+    with transaction(conn):
+        row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
+        if row is None or row[0] in FINAL_STATES:
+            return None
+        failures = []
+        temporary = []
+        for r in outcome.recipients:
+            status = r.status
+            state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(status, "pending")
+            conn.execute(
+                "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
+                " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
+                " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
+                (state, r.code or None, r.text, message_id, r.address),
+            )
+            if state == "failed":
+                failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+            elif state == "pending":
+                temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+        if outcome.accepted:
+            conn.execute(
+                "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, ?)"
+                " WHERE id = ?",
+                (now, message_id),
+            )
+        (pending,) = conn.execute(
+            "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'pending'",
+            (message_id,),
+        ).fetchone()
+        if pending:
+            _retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
+        else:
+            conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+            _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None)
+    return _status(conn, message_id)
+
+
+def _recordFailure(
+    conn: sqlite3.Connection, ids: list[str], reason: str, now: float, policy: _Policy
+) -> list[DeliveryStatus]:
+    statuses = []
+    with transaction(conn):
+        for message_id in ids:
+            row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
+            if row is None or row[0] in FINAL_STATES:
+                continue
+            _retryOrGiveUp(conn, message_id, reason, now, policy)
+    for message_id in ids:
+        status = _status(conn, message_id)
+        if status is not None:
+            statuses.append(status)
+    return statuses
+
+
+def _status(conn: sqlite3.Connection, message_id: str) -> DeliveryStatus | None:
+    row = conn.execute(
+        "SELECT id, account, mail_from, state, attempts, created_at, next_attempt_at,"
+        " last_error, provider_accepted_at FROM outbound WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    recipients = tuple(
+        RecipientStatus(*r)
+        for r in conn.execute(
+            "SELECT recipient, state, last_code, last_text FROM outbound_recipients"
+            " WHERE message_id = ? ORDER BY position",
+            (message_id,),
+        )
+    )
+    return DeliveryStatus(*row, recipients=recipients)
+
+
+def _stats(conn: sqlite3.Connection) -> list[tuple[str, int, float | None, int, str | None]]:
+    rows = conn.execute(
+        "SELECT account,"
+        " SUM(state IN ('queued', 'sending')),"
+        " MIN(CASE WHEN state IN ('queued', 'sending') THEN created_at END),"
+        " SUM(state = 'failed'),"
+        " (SELECT o2.last_error FROM outbound o2 WHERE o2.account = o.account"
+        "  AND o2.state IN ('queued', 'sending') AND o2.last_error IS NOT NULL"
+        "  ORDER BY o2.next_attempt_at DESC LIMIT 1)"
+        " FROM outbound o GROUP BY account ORDER BY account"
+    ).fetchall()
+    return [(a, int(d or 0), oldest, int(f or 0), e) for a, d, oldest, f, e in rows]

@@ -1,0 +1,451 @@
+"""Unit tests of the durable outbound queue: storing, retrying, giving up, recovering.
+
+The queue runs its SQL through ``store.runWithConnection``; here a synchronous stand-in runs
+it at once on a real SQLite file (schema migrations applied), so time is a
+``Clock`` and every Deferred has fired by the time a call returns. One test
+uses the real ``SQLiteTokenStore`` to prove the two fit together.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
+from oauthmail.interfaces import ITokenSource
+from oauthmail.secret import Secret
+from oauthmail.smtp import outcomes
+from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
+from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
+from oauthmail.smtp.queue import OutboundQueue, UnknownAccount
+from oauthmail.smtp.submission import ISubmissionQueue
+from oauthmail.testing.memory_store import MemoryTokenStore
+from oauthmail.tokens import schema
+from oauthmail.tokens.errors import AccountNotAuthorised
+
+MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def account(name: str = "alice") -> AccountConfig:
+    profile = ProfileConfig(
+        name="p",
+        kind="generic",
+        authorization_endpoint=None,
+        token_endpoint="https://login.example.com/token",
+        device_endpoint=None,
+        revocation_endpoint=None,
+        introspection_endpoint=None,
+        client_id="c",
+        client_secret=None,
+        scopes=("mail",),
+        smtp=ServerConfig("mail.example.com", 587, "starttls"),
+    )
+    return AccountConfig(name, f"{name}@example.com", profile, smtp=AccountSmtpConfig())
+
+
+class SyncStore(MemoryTokenStore):
+    """A MemoryTokenStore whose ``runWithConnection`` runs queue SQL at once on a SQLite file."""
+
+    def __init__(self, path, clock):
+        super().__init__(clock)
+        self.conn = sqlite3.connect(str(path), isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        version = schema.currentVersion(self.conn)
+        for number, statements in schema.pending(version):
+            self.conn.execute("BEGIN IMMEDIATE")
+            schema.applyMigration(self.conn, number, statements, 0.0)
+            self.conn.execute("COMMIT")
+
+    def runWithConnection(self, func, *args):
+        try:
+            return defer.succeed(func(self.conn, *args))
+        except Exception:
+            return defer.fail()
+
+
+@implementer(ITokenSource)
+class FakeTokens:
+    def __init__(self):
+        self.calls: list[str] = []
+        self.error: Exception | None = None
+        self.n = 0
+
+    def accessToken(self, account_id):
+        self.calls.append("access")
+        if self.error is not None:
+            return defer.fail(self.error)
+        return defer.succeed(Secret(f"token-{self.n}"))
+
+    def forceRefresh(self, account_id):
+        self.calls.append("refresh")
+        if self.error is not None:
+            return defer.fail(self.error)
+        self.n += 1
+        return defer.succeed(Secret(f"token-{self.n}"))
+
+
+def accept(message, token):
+    return tuple((r, 250, "2.0.0 ok") for r in message.recipients)
+
+
+class FakeSender:
+    """Plays the provider: ``script`` is a list of per-session behaviours (last one repeats).
+
+    A behaviour is a function ``(message, token) -> ((rcpt, code, text), ...)``, a
+    ``SessionError`` (the session fails before any message), or ``"hang"``.
+    """
+
+    def __init__(self, *script):
+        self.script = list(script) or [accept]
+        self.sessions: list[tuple[str, list]] = []
+        self.hanging: list[defer.Deferred] = []
+
+    def __call__(self, account, token, messages, beforeData, onOutcome):
+        behaviour = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        self.sessions.append((token.reveal(), [(m.id, m.recipients) for m in messages]))
+        if isinstance(behaviour, SessionError):
+            return defer.succeed(SessionResult([], behaviour))
+        result = SessionResult()
+        for m in messages:
+            beforeData(m)
+            if behaviour == "hang":
+                d = defer.Deferred()
+                self.hanging.append(d)
+                return d
+            replies = behaviour(m, token)
+            recipients = tuple(RecipientOutcome(*r) for r in replies)
+            accepted = any(r.status == outcomes.OK for r in recipients)
+            outcome = MessageOutcome(m.id, replies[0][1], replies[0][2], recipients, accepted)
+            result.outcomes.append(outcome)
+            onOutcome(outcome)
+        return defer.succeed(result)
+
+
+class Rig:
+    def __init__(self, tmp_path, *script, max_age=5 * 86400.0, start=True, store=None):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.path = tmp_path / "queue.sqlite"
+        self.store = store or SyncStore(self.path, self.clock)
+        self.store.ensureAccount("alice", "generic")
+        self.tokens = FakeTokens()
+        self.sender = FakeSender(*script)
+        self.queue = OutboundQueue(
+            self.store,
+            self.tokens,
+            {"alice": account()},
+            reactor=None,
+            clock=self.clock,
+            sender=self.sender,
+            max_age=max_age,
+            backoff_base=60.0,
+            backoff_max=3600.0,
+            poll_interval=60.0,
+            random=random.Random(7),
+        )
+        if start:
+            self.queue.startService()
+
+    def enqueue(self, *recipients: str) -> str:
+        d = self.queue.enqueue(
+            "alice", "alice@example.com", list(recipients) or ["bob@example.net"], MESSAGE
+        )
+        return self.result(d)
+
+    @staticmethod
+    def result(d):
+        box = []
+        d.addBoth(box.append)
+        assert box, "the Deferred has not fired"
+        if hasattr(box[0], "raiseException"):
+            box[0].raiseException()
+        return box[0]
+
+    def status(self, message_id):
+        return self.result(self.queue.status(message_id))
+
+
+def test_provides_the_submission_interface(tmp_path):
+    """OutboundQueue is what the submission server needs."""
+    rig = Rig(tmp_path, start=False)
+    assert verifyObject(ISubmissionQueue, rig.queue)
+
+
+def test_enqueue_stores_then_sends(tmp_path):
+    """A queued message is stored with its recipients and sent at once; whenDelivered fires."""
+    rig = Rig(tmp_path, start=False)
+    message_id = rig.enqueue("bob@example.net", "carol@example.net")
+    status = rig.status(message_id)
+    assert status.state == "queued"
+    assert [r.address for r in status.recipients] == ["bob@example.net", "carol@example.net"]
+    row = rig.store.conn.execute("SELECT message, size FROM outbound").fetchone()
+    assert bytes(row[0]) == MESSAGE and row[1] == len(MESSAGE)
+    done = rig.queue.whenDelivered(message_id)
+    rig.queue.startService()
+    status = rig.result(done)
+    assert status.state == "sent"
+    assert status.provider_accepted_at == rig.clock.seconds()
+    assert {r.state for r in status.recipients} == {"sent"}
+    assert len(rig.sender.sessions) == 1
+
+
+def test_many_messages_one_session(tmp_path):
+    """Messages queued while the account is idle go out together over one session."""
+    rig = Rig(tmp_path, start=False)
+    ids = [rig.enqueue() for _ in range(3)]
+    rig.queue.startService()
+    assert len(rig.sender.sessions) == 1
+    assert [m for m, _ in rig.sender.sessions[0][1]] == ids
+
+
+def test_unknown_account_and_no_recipients_are_refused(tmp_path):
+    """enqueue refuses an unconfigured account and an empty recipient list."""
+    rig = Rig(tmp_path)
+    with pytest.raises(UnknownAccount):
+        rig.result(rig.queue.enqueue("mallory", "m@example.com", ["x@y.z"], MESSAGE))
+    with pytest.raises(ValueError, match="recipient"):
+        rig.result(rig.queue.enqueue("alice", "alice@example.com", [], MESSAGE))
+
+
+def tempfail(message, token):
+    return tuple((r, 451, "4.3.0 try later") for r in message.recipients)
+
+
+def test_temporary_failure_backs_off_exponentially(tmp_path):
+    """4xx replies are retried with exponential backoff (jittered within [d/2, d]), capped."""
+    rig = Rig(tmp_path, tempfail)
+    message_id = rig.enqueue()
+    delays = []
+    for _ in range(9):
+        status = rig.status(message_id)
+        assert status.state == "queued"
+        delay = status.next_attempt_at - rig.clock.seconds()
+        delays.append(delay)
+        rig.clock.advance(delay)
+    ceilings = [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert len(rig.sender.sessions) == 10
+    assert rig.status(message_id).attempts == 10
+    assert "4.3.0" in rig.status(message_id).last_error
+
+
+def test_gives_up_after_max_age(tmp_path):
+    """A message still failing temporarily after max_age fails for good, with the reason."""
+    rig = Rig(tmp_path, tempfail, max_age=1000.0)
+    message_id = rig.enqueue()
+    done = rig.queue.whenDelivered(message_id)
+    for _ in range(50):
+        if done.called:
+            break
+        rig.clock.advance(rig.status(message_id).next_attempt_at - rig.clock.seconds())
+    status = rig.result(done)
+    assert status.state == "failed"
+    assert "gave up" in status.last_error and "4.3.0" in status.last_error
+    assert status.created_at + 1000.0 == pytest.approx(rig.clock.seconds())
+
+
+def test_permanent_failure_is_not_retried(tmp_path):
+    """A 5xx fails the message at once; it is never sent again."""
+    rig = Rig(tmp_path, lambda m, t: tuple((r, 550, "5.1.1 no such user") for r in m.recipients))
+    message_id = rig.enqueue()
+    status = rig.result(rig.queue.whenDelivered(message_id))
+    assert status.state == "failed"
+    assert status.recipients[0].code == 550
+    rig.clock.advance(86400)
+    assert len(rig.sender.sessions) == 1
+
+
+def test_only_pending_recipients_are_retried(tmp_path):
+    """After a partial success only the recipients that got a 4xx are sent to again."""
+
+    def partial(message, token):
+        return tuple((r, 451 if r.startswith("later") else 250, "x") for r in message.recipients)
+
+    rig = Rig(tmp_path, partial, accept)
+    message_id = rig.enqueue("now@example.net", "later@example.net")
+    status = rig.status(message_id)
+    assert status.state == "queued" and status.provider_accepted_at is not None
+    rig.clock.advance(status.next_attempt_at - rig.clock.seconds())
+    assert rig.sender.sessions[1][1] == [(message_id, ("later@example.net",))]
+    assert rig.status(message_id).state == "sent"
+
+
+def test_crash_while_sending_sends_again_but_never_a_sent_one(tmp_path):
+    """After a crash a 'sending' message is sent again; a 'sent' one is not."""
+    rig = Rig(tmp_path, "hang", start=False)
+    sent_id = rig.enqueue()
+    rig.store.conn.execute("UPDATE outbound SET state = 'sent' WHERE id = ?", (sent_id,))
+    rig.store.conn.execute("UPDATE outbound_recipients SET state = 'sent'")
+    message_id = rig.enqueue()
+    rig.queue.startService()
+    assert rig.status(message_id).state == "sending"
+    # SIGKILL: nothing more happens in this process; a new one opens the same file.
+    rig.store.conn.close()
+    again = Rig(tmp_path, start=False)
+    assert again.status(message_id).state == "sending"
+    again.queue.startService()
+    assert again.status(message_id).state == "sent"
+    assert again.status(sent_id).state == "sent"
+    assert [m for m, _ in again.sender.sessions[0][1]] == [message_id]
+
+
+def test_refused_token_is_refreshed_once(tmp_path):
+    """A token refusal triggers one forceRefresh and one retry with the new token."""
+    refused = SessionError(outcomes.REFRESH, "535 5.7.8 refused", auth=True)
+    rig = Rig(tmp_path, refused, accept)
+    message_id = rig.enqueue()
+    assert rig.status(message_id).state == "sent"
+    assert rig.tokens.calls == ["access", "refresh"]
+    assert [token for token, _ in rig.sender.sessions] == ["token-0", "token-1"]
+
+
+def test_refused_twice_puts_account_in_error_and_keeps_messages(tmp_path):
+    """Two refusals in a row: account 'error', the message stays queued and goes out later."""
+    refused = SessionError(outcomes.REFRESH, "535 5.7.8 refused", auth=True)
+    rig = Rig(tmp_path, refused, refused, accept)
+    message_id = rig.enqueue()
+    status = rig.status(message_id)
+    assert status.state == "queued"
+    record = rig.result(rig.store.getAccount("alice"))
+    assert record.state == "error" and "535" in record.last_error
+    rig.clock.advance(status.next_attempt_at - rig.clock.seconds())
+    assert rig.status(message_id).state == "sent"
+    assert rig.result(rig.store.getAccount("alice")).state == "ok"
+
+
+def test_account_needing_reauth_keeps_messages_queued(tmp_path):
+    """Without a usable token nothing is sent; after re-authorisation the message goes out."""
+    rig = Rig(tmp_path, start=False)
+    rig.tokens.error = AccountNotAuthorised("alice", "needs re-authorisation", needs_reauth=True)
+    rig.queue.startService()
+    message_id = rig.enqueue()
+    assert rig.sender.sessions == []
+    status = rig.status(message_id)
+    assert status.state == "queued" and "re-authorisation" in status.last_error
+    stats = rig.result(rig.queue.stats())["alice"]
+    assert stats.depth == 1 and "re-authorisation" in stats.last_error
+    rig.tokens.error = None
+    assert rig.result(rig.queue.retryNow("alice")) == 1
+    assert rig.status(message_id).state == "sent"
+
+
+def test_microsoft_smtp_auth_disabled_is_an_account_error(tmp_path):
+    """535 5.7.139 is not retried with a refresh; the account shows the plain-words reason."""
+    reason = outcomes.classifyAuthFailure(535, "5.7.139 Authentication unsuccessful", False)
+    rig = Rig(tmp_path, SessionError(reason.action, reason.reason, auth=True))
+    rig.enqueue()
+    assert rig.tokens.calls == ["access"]
+    record = rig.result(rig.store.getAccount("alice"))
+    assert record.state == "error"
+    assert "SmtpClientAuthentication" in record.last_error
+
+
+def test_stats_report_depth_and_oldest_age(tmp_path):
+    """stats() gives the queue depth and the age of the oldest waiting message per account."""
+    rig = Rig(tmp_path, tempfail)
+    rig.enqueue()
+    rig.clock.advance(10)
+    rig.enqueue()
+    stats = rig.result(rig.queue.stats())["alice"]
+    assert stats.depth == 2
+    assert stats.oldest_age == pytest.approx(10)
+    assert "4.3.0" in stats.last_error
+
+
+def test_stop_leaves_messages_for_next_start(tmp_path):
+    """Stopping aborts the session in flight; the message is sent after the next start."""
+    rig = Rig(tmp_path, "hang")
+    message_id = rig.enqueue()
+    rig.result(rig.queue.stopService())
+    assert rig.status(message_id).state == "sending"
+    rig.sender.script = [accept]
+    rig.queue.startService()
+    assert rig.status(message_id).state == "sent"
+
+
+def test_api_send_and_cli_helper(tmp_path):
+    """send() queues and fires with the id; sendFromCLI reads recipients from the headers."""
+    rig = Rig(tmp_path)
+    message_id = rig.result(
+        send(rig.queue, "alice", "alice@example.com", "bob@example.net", MESSAGE)
+    )
+    assert rig.status(message_id).state == "sent"
+    assert envelopeRecipients(b"To: A <a@x.test>, b@x.test\r\nCc: c@x.test\r\n\r\n") == [
+        "a@x.test",
+        "b@x.test",
+        "c@x.test",
+    ]
+    d = defer.ensureDeferred(sendFromCLI(rig.queue, account(), MESSAGE, wait=True))
+    cli_id, status = rig.result(d)
+    assert status.state == "sent" and status.recipients[0].address == "bob@example.net"
+    assert status.mail_from == "alice@example.com" and cli_id != message_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_in_the_real_token_store(tmp_path):
+    """Migration 3 creates the tables in the SQLite token store; enqueue is synced to disk."""
+    from twisted.internet import reactor
+
+    from oauthmail.tokens.crypto import TokenCipher
+    from oauthmail.tokens.store import SQLiteTokenStore
+
+    cipher = TokenCipher.coerce(__import__("cryptography.fernet").fernet.Fernet.generate_key())
+    store = SQLiteTokenStore(str(tmp_path / "t.sqlite"), cipher, reactor, reactor)
+    await store.open()
+    try:
+        queue = OutboundQueue(store, FakeTokens(), {"alice": account()}, reactor)
+        message_id = await queue.enqueue("alice", "alice@example.com", ["b@x.test"], MESSAGE)
+        status = await queue.status(message_id)
+        assert status.state == "queued" and status.recipients[0].state == "pending"
+
+        def pragma(conn):
+            return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+        assert await store.runWithConnection(pragma) == 2  # FULL
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_3_applies_to_a_version_2_file(tmp_path):
+    """A token store at schema version 2 gains the outbound tables and keeps its accounts."""
+    from twisted.internet import reactor
+
+    from oauthmail.tokens.crypto import TokenCipher
+    from oauthmail.tokens.store import SQLiteTokenStore
+
+    cipher = TokenCipher.coerce(__import__("cryptography.fernet").fernet.Fernet.generate_key())
+    path = str(tmp_path / "t.sqlite")
+    store = SQLiteTokenStore(path, cipher, reactor, reactor)
+    await store.open()
+    await store.ensureAccount("alice", "generic")
+    await store.close()
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.execute("DROP TABLE outbound_recipients")
+        raw.execute("DROP TABLE outbound")
+        raw.execute("DROP INDEX deliveries_digest")
+        raw.execute("DELETE FROM schema_version WHERE version > 2")
+    raw.close()
+    store = SQLiteTokenStore(path, cipher, reactor, reactor)
+    await store.open()
+    try:
+        assert (await store.getAccount("alice")) is not None
+        queue = OutboundQueue(store, FakeTokens(), {"alice": account()}, reactor)
+        message_id = await queue.enqueue("alice", "alice@example.com", ["b@x.test"], MESSAGE)
+        assert (await queue.status(message_id)).state == "queued"
+    finally:
+        await store.close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == schema.LATEST
+    finally:
+        raw.close()
