@@ -1,0 +1,574 @@
+"""Run a private, real Dovecot for integration tests.
+
+A test double that *is* the real peer: :class:`DovecotServer` renders a
+throw-away configuration from templates, starts ``dovecot -F -c CONFIG`` on free
+loopback ports (IMAP with STARTTLS, implicit-TLS IMAP, submission with STARTTLS
+and implicit-TLS submission), validates every OAuth login against the
+introspection endpoint it is given, relays submitted mail to a final-hop SMTP
+server, and stops again. Nothing under ``/etc`` is read or changed.
+
+The API is synchronous on purpose: :meth:`DovecotServer.start` and
+:meth:`DovecotServer.stop` block for well under two seconds, which is fine in a
+session-scoped pytest fixture (or ``setUpClass``). Code that blocks on Dovecot
+while Dovecot asks an introspection endpoint served by the *same* reactor must
+run in a thread (``twisted.internet.threads.deferToThread``), or the reactor
+cannot answer and the login times out.
+
+Users of oauthmail can use the same class in their own tests; see
+``docs/dovecot-tests.md``.
+"""
+
+from __future__ import annotations
+
+import grp
+import imaplib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from oauthmail.testing.certs import SERVER_NAME, TestCertificates
+
+#: The loopback address every listener binds to.
+LOOPBACK = "127.0.0.1"
+
+_TEMPLATE = "dovecot.conf.in"
+_OAUTH2_TEMPLATE = "dovecot-oauth2.conf.in"
+_PLACEHOLDER = re.compile(r"@[A-Z][A-Z0-9_]*@")
+_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
+
+
+class DovecotUnavailable(RuntimeError):  # noqa: N818 - the name the tests ask for
+    """Dovecot (or doveadm) is not installed on this machine."""
+
+
+class DovecotStartError(RuntimeError):
+    """Dovecot did not start; the message carries the end of its log."""
+
+
+def _findProgram(name: str) -> Path:
+    found = shutil.which(name)
+    if found is None:
+        for directory in _SEARCH_DIRS:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                found = str(candidate)
+                break
+    if found is None:
+        raise DovecotUnavailable(
+            f"{name} not found on PATH or in {', '.join(_SEARCH_DIRS)}; install Dovecot "
+            "(Debian/Ubuntu: apt-get install dovecot-imapd dovecot-submissiond)"
+        )
+    return Path(found)
+
+
+def findDovecot() -> Path:
+    """The ``dovecot`` binary, or :class:`DovecotUnavailable`."""
+    return _findProgram("dovecot")
+
+
+def findDoveadm() -> Path:
+    """The ``doveadm`` binary, or :class:`DovecotUnavailable`."""
+    return _findProgram("doveadm")
+
+
+@dataclass(frozen=True)
+class DovecotPorts:
+    """The loopback ports one Dovecot instance listens on."""
+
+    imap: int  # plain IMAP, offers STARTTLS
+    imaps: int  # implicit TLS
+    submission: int  # 587-style, offers STARTTLS
+    submissions: int  # 465-style, implicit TLS
+
+
+@dataclass(frozen=True)
+class _Accounts:
+    """System users the Dovecot processes run as."""
+
+    loginUser: str
+    internalUser: str
+    internalGroup: str
+    mailUID: int
+    mailGID: int
+
+
+class _PinnedNameContext(ssl.SSLContext):
+    """An SSL context that always verifies against one server name.
+
+    ``imaplib`` and ``smtplib`` pass the host they connected to (``127.0.0.1``)
+    as the TLS server name; the test certificates only name ``mail.test``.
+    Pinning the name here keeps full verification without touching their
+    internals.
+    """
+
+    serverName: str = SERVER_NAME
+
+    def wrap_socket(self, sock, *args, server_hostname=None, **kwargs):  # type: ignore[override]
+        return super().wrap_socket(sock, *args, server_hostname=self.serverName, **kwargs)
+
+
+def tlsClientContext(caFile: str | Path, serverName: str = SERVER_NAME) -> ssl.SSLContext:
+    """A verifying client context trusting only ``caFile``, checking ``serverName``.
+
+    Use it with ``imaplib.IMAP4_SSL(host, port, ssl_context=...)``,
+    ``IMAP4.starttls(...)``, ``smtplib.SMTP.starttls(context=...)`` or
+    ``smtplib.SMTP_SSL(context=...)`` while connecting to ``127.0.0.1``.
+    """
+    context = _PinnedNameContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.serverName = serverName
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=str(caFile))
+    return context
+
+
+def _freePorts(count: int, host: str = LOOPBACK) -> list[int]:
+    """Ports the kernel hands out now; bound together so they differ."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _readGreeting(host: str, port: int, implicitTLS: bool, timeout: float) -> bytes:
+    """Connect, read the server's first line, hang up. A readiness probe, not a client:
+    it does not verify the certificate because it sends nothing that matters."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock: socket.socket = raw
+        if implicitTLS:
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            probe.check_hostname = False
+            probe.verify_mode = ssl.CERT_NONE
+            sock = probe.wrap_socket(raw)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(512)
+            if not chunk:
+                raise ValueError(f"port {port} closed before greeting")
+            line += chunk
+        if sock is not raw:
+            sock.close()
+        return line
+
+
+def _accountsFor(euid: int, mailUser: str | None) -> _Accounts:
+    if euid != 0:
+        me = pwd.getpwuid(euid)
+        return _Accounts(me.pw_name, me.pw_name, _groupName(me.pw_gid), me.pw_uid, me.pw_gid)
+
+    def existing(*names: str) -> pwd.struct_passwd:
+        for name in names:
+            try:
+                return pwd.getpwnam(name)
+            except KeyError:
+                continue
+        raise DovecotStartError(f"none of the system users {names} exists")
+
+    login = existing("dovenull", "nobody")
+    internal = existing("dovecot", "nobody")
+    mail = existing(mailUser) if mailUser else existing("nobody")
+    if mail.pw_uid == 0:
+        raise DovecotStartError("Dovecot refuses to access mail as root: pick another mailUser")
+    return _Accounts(
+        login.pw_name,
+        internal.pw_name,
+        _groupName(internal.pw_gid),
+        mail.pw_uid,
+        mail.pw_gid,
+    )
+
+
+def _groupName(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _untraversable(path: Path) -> Path | None:
+    """The first directory from ``/`` to ``path`` that others cannot enter."""
+    for directory in reversed([path, *path.parents]):
+        if not directory.stat().st_mode & 0o001:
+            return directory
+    return None
+
+
+def render(template: str, values: dict[str, object]) -> str:
+    """Replace every ``@NAME@`` in ``template``; unknown or leftover names are errors.
+
+    ``@NAME@`` rather than ``$name`` because Dovecot's own configuration
+    language already uses ``$setting`` and ``%variable``.
+    """
+    for name, value in values.items():
+        marker = f"@{name}@"
+        if marker not in template:
+            raise ValueError(f"template has no {marker}")
+        template = template.replace(marker, str(value))
+    leftovers = _PLACEHOLDER.findall(template)
+    if leftovers:
+        raise ValueError(f"template placeholders left unfilled: {sorted(set(leftovers))}")
+    return template
+
+
+class DovecotServer:
+    """One private Dovecot instance: configure, start, inspect, stop.
+
+    :param templateDir: folder holding ``dovecot.conf.in`` and
+        ``dovecot-oauth2.conf.in`` (the project's tests use ``tests/dovecot``).
+    :param introspectionURL: the RFC 7662 endpoint Dovecot POSTs tokens to.
+    :param certificates: from :func:`oauthmail.testing.certs.generateTestCertificates`.
+    :param certSet: which server certificate to serve: ``"good"`` (for
+        ``mail.test`` from the test CA), ``"wrongHost"`` or ``"unknownCA"``.
+    :param workDir: where configuration, state, log and mail live. ``None``
+        makes a private folder in the system temporary directory and deletes
+        it on :meth:`stop`. Run as root, every folder above ``workDir`` must be
+        enterable by other users, because Dovecot's unprivileged processes read
+        from it (pytest's ``tmp_path`` is not: its parent is mode 0700).
+    :param relayPort: port of the final-hop SMTP server on ``relayHost`` that
+        submission relays to; ``None`` points it at a closed port.
+    :param masterUser: name of the master user used for seeding; log in as
+        ``user*master`` with :attr:`masterPassword`.
+    :param authFailureDelay: whole seconds Dovecot waits before answering a
+        failed login (Dovecot's default is 2; real clients must cope with it;
+        0 speeds up tests that fail logins on purpose).
+    :param mailUser: system user that owns the mail when run as root
+        (default ``nobody``); ignored when not root.
+    """
+
+    host = LOOPBACK
+    serverName = SERVER_NAME
+
+    def __init__(
+        self,
+        templateDir: str | Path,
+        introspectionURL: str,
+        certificates: TestCertificates,
+        *,
+        certSet: str = "good",
+        workDir: str | Path | None = None,
+        relayHost: str = LOOPBACK,
+        relayPort: int | None = None,
+        masterUser: str = "master",
+        masterPassword: str = "master-secret",
+        authFailureDelay: int = 2,
+        mailUser: str | None = None,
+        startTimeout: float = 10.0,
+    ) -> None:
+        self.templateDir = Path(templateDir)
+        self.introspectionURL = introspectionURL
+        self.certificates = certificates
+        self.certPair = certificates.pair(certSet)
+        self.certSet = certSet
+        self._ownWorkDir = workDir is None
+        self._workDirArg = None if workDir is None else Path(workDir)
+        self.relayHost = relayHost
+        self.relayPort = relayPort
+        self.masterUser = masterUser
+        self.masterPassword = masterPassword
+        self.authFailureDelay = authFailureDelay
+        self._mailUserName = mailUser
+        self.startTimeout = startTimeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self.ports: DovecotPorts | None = None
+        self.workDir: Path | None = None
+
+    # -- paths --------------------------------------------------------------
+
+    def _path(self, *parts: str) -> Path:
+        if self.workDir is None:
+            raise RuntimeError("Dovecot has not been configured yet: call start()")
+        return self.workDir.joinpath(*parts)
+
+    @property
+    def configPath(self) -> Path:
+        """The rendered ``dovecot.conf``; pass it as ``-c`` to any Dovecot tool."""
+        return self._path("etc", "dovecot.conf")
+
+    @property
+    def logPath(self) -> Path:
+        """Dovecot's own log (``log_path``)."""
+        return self._path("dovecot.log")
+
+    @property
+    def outputPath(self) -> Path:
+        """Whatever the ``dovecot`` process writes to stdout/stderr."""
+        return self._path("dovecot.out")
+
+    @property
+    def baseDir(self) -> Path:
+        """Dovecot's ``base_dir`` (sockets, ``master.pid``)."""
+        return self._path("run")
+
+    @property
+    def mailRoot(self) -> Path:
+        """Parent of every user's home folder."""
+        return self._path("mail")
+
+    @property
+    def caFile(self) -> Path:
+        """The CA a client must trust to verify the ``good`` certificate."""
+        return self.certificates.caFile
+
+    def mailUser(self, user: str) -> Path:
+        """The Maildir of ``user`` (exists once the user logged in or got mail)."""
+        return self.mailRoot / user / "Maildir"
+
+    def tlsContext(self) -> ssl.SSLContext:
+        """A verifying client context for this server (trusts the test CA, checks mail.test)."""
+        return tlsClientContext(self.caFile, self.serverName)
+
+    # -- life cycle ---------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> DovecotServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> DovecotServer:
+        """Render the configuration, start Dovecot, and block until it accepts connections."""
+        if self._process is not None:
+            raise RuntimeError("this Dovecot is already started")
+        dovecot = findDovecot()
+        self._configure()
+        with open(self.outputPath, "wb") as output:
+            # -F keeps the master in the foreground: we own its pid and its exit
+            # status, and nothing daemonizes with our stdout still open.
+            self._process = subprocess.Popen(
+                [str(dovecot), "-F", "-c", str(self.configPath)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._waitUntilListening()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _configure(self) -> None:
+        if self._workDirArg is None:
+            self.workDir = Path(tempfile.mkdtemp(prefix="oauthmail-dovecot-"))
+        else:
+            self.workDir = self._workDirArg
+            self.workDir.mkdir(parents=True, exist_ok=True)
+        accounts = _accountsFor(os.geteuid(), self._mailUserName)
+        for name in ("etc", "run", "state", "mail"):
+            self._path(name).mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            # Dovecot's auth and mail processes run unprivileged and must reach
+            # their files: let others enter (not list) the folders.
+            self.workDir.chmod(0o711)
+            self._path("etc").chmod(0o755)
+            blocked = _untraversable(self.workDir)
+            if blocked is not None:
+                raise DovecotStartError(
+                    f"{blocked} is not enterable by other users, so Dovecot's unprivileged "
+                    "processes cannot read their configuration; pass workDir=None or a "
+                    "folder under the system temporary directory"
+                )
+            os.chown(self.mailRoot, accounts.mailUID, accounts.mailGID)
+            self.mailRoot.chmod(0o700)
+
+        ports = DovecotPorts(*_freePorts(4))
+        self.ports = ports
+        oauth2Conf = self._path("etc", "dovecot-oauth2.conf")
+        oauth2Conf.write_text(
+            render(
+                (self.templateDir / _OAUTH2_TEMPLATE).read_text(),
+                {"INTROSPECTION_URL": self.introspectionURL},
+            )
+        )
+        masterUsers = self._path("etc", "master-users")
+        masterUsers.write_text(f"{self.masterUser}:{{PLAIN}}{self.masterPassword}::::::\n")
+        relayPort = self.relayPort if self.relayPort is not None else _freePorts(1)[0]
+        config = render(
+            (self.templateDir / _TEMPLATE).read_text(),
+            {
+                "INSTANCE_NAME": f"oauthmail-test-{ports.imap}",
+                "BASE_DIR": self.baseDir,
+                "STATE_DIR": self._path("state"),
+                "LOG_PATH": self.logPath,
+                "LOGIN_USER": accounts.loginUser,
+                "INTERNAL_USER": accounts.internalUser,
+                "INTERNAL_GROUP": accounts.internalGroup,
+                "SSL_CERT": self.certPair.cert,
+                "SSL_KEY": self.certPair.key,
+                "AUTH_FAILURE_DELAY": f"{int(self.authFailureDelay)} secs",
+                "MASTER_USERS_FILE": masterUsers,
+                "OAUTH2_CONF": oauth2Conf,
+                "MAIL_UID": accounts.mailUID,
+                "MAIL_GID": accounts.mailGID,
+                "MAIL_ROOT": self.mailRoot,
+                "IMAP_PORT": ports.imap,
+                "IMAPS_PORT": ports.imaps,
+                "SUBMISSION_PORT": ports.submission,
+                "SUBMISSIONS_PORT": ports.submissions,
+                "RELAY_HOST": self.relayHost,
+                "RELAY_PORT": relayPort,
+            },
+        )
+        self.configPath.write_text(config)
+
+    def _waitUntilListening(self) -> None:
+        """Block until every listener answers with a greeting.
+
+        A greeting, not only an accepted connection: Dovecot's login processes
+        send it once they have their configuration and an auth process, so
+        after this nothing is still half-started (stopping Dovecot while a
+        login process waits for its configuration takes over five seconds).
+        """
+        assert self._process is not None and self.ports is not None
+        deadline = time.monotonic() + self.startTimeout
+        pending = [
+            (self.ports.imap, False),
+            (self.ports.imaps, True),
+            (self.ports.submission, False),
+            (self.ports.submissions, True),
+        ]
+        while pending:
+            code = self._process.poll()
+            if code is not None:
+                raise DovecotStartError(
+                    f"dovecot exited with status {code} while starting\n{self.logTail()}"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                ports = [port for port, _ in pending]
+                raise DovecotStartError(
+                    f"dovecot did not greet on ports {ports} within "
+                    f"{self.startTimeout:g} s\n{self.logTail()}"
+                )
+            port, implicitTLS = pending[0]
+            try:
+                _readGreeting(self.host, port, implicitTLS, min(left, 2.0))
+            except (OSError, ValueError):
+                time.sleep(0.02)
+            else:
+                pending.pop(0)
+
+    @property
+    def masterPID(self) -> int | None:
+        """The pid Dovecot wrote to ``base_dir/master.pid`` (None before it did)."""
+        try:
+            return int(self._path("run", "master.pid").read_text().strip())
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def stop(self, grace: float = 1.5, timeout: float = 10.0) -> None:
+        """Stop Dovecot and wait until it has exited.
+
+        Dovecot runs in a session of its own, so its process group holds only
+        the master (our child; the same pid as ``base_dir/master.pid``) and its
+        children. SIGTERM goes to that group; whatever is left after ``grace``
+        seconds gets SIGKILL: the instance is disposable and nothing is lost
+        that a test still needs.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            # With -F the master is our child: its pid (also in master.pid) is
+            # known without trusting a file. SIGTERM goes to the whole group,
+            # master and children at once; signalling the master alone works
+            # too, but it then waits a second for its children.
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait(timeout)
+        if self._ownWorkDir and self.workDir is not None:
+            shutil.rmtree(self.workDir, ignore_errors=True)
+            self.workDir = None
+
+    # -- inspection ---------------------------------------------------------
+
+    def logTail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of Dovecot's log and console output, for error messages."""
+        parts = []
+        for label, path in (("log", self.logPath), ("output", self.outputPath)):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail:
+                parts.append(f"--- dovecot {label} ({path}) ---\n{tail}")
+        return "\n".join(parts) or "(dovecot wrote no log)"
+
+    def doveadm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``doveadm -c CONFIG *args`` and return its result (text output)."""
+        result = subprocess.run(
+            [str(findDoveadm()), "-c", str(self.configPath), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"doveadm {' '.join(args)} failed with status {result.returncode}: "
+                f"{result.stderr.strip()}"
+            )
+        return result
+
+    # -- clients ------------------------------------------------------------
+
+    def imapClient(self, timeout: float = 10.0) -> imaplib.IMAP4_SSL:
+        """A blocking ``imaplib`` client over implicit TLS, certificate verified.
+
+        Blocking: call it from a thread when the introspection endpoint runs on
+        your reactor.
+        """
+        assert self.ports is not None, "start() Dovecot first"
+        return imaplib.IMAP4_SSL(
+            self.host, self.ports.imaps, ssl_context=self.tlsContext(), timeout=timeout
+        )
+
+    def appendMessage(
+        self,
+        user: str,
+        message: bytes,
+        mailbox: str = "INBOX",
+        flags: Iterable[str] = (),
+    ) -> None:
+        """Store ``message`` in ``user``'s ``mailbox`` via IMAP APPEND as the master user.
+
+        Master logins do not ask the introspection endpoint, so this may block
+        the reactor thread briefly without deadlocking; it still blocks.
+        """
+        imap = self.imapClient()
+        try:
+            imap.login(f"{user}*{self.masterUser}", self.masterPassword)
+            if mailbox.upper() != "INBOX":
+                imap.create(mailbox)  # an existing mailbox just answers NO
+            flagList = "(" + " ".join(flags) + ")" if flags else None
+            status, data = imap.append(mailbox, flagList, None, message)
+            if status != "OK":
+                raise RuntimeError(f"APPEND to {mailbox} failed: {data!r}")
+        finally:
+            imap.logout()

@@ -1,0 +1,157 @@
+"""A final-hop SMTP server that Dovecot's submission service relays to.
+
+Dovecot's submission service does not deliver mail itself: it forwards each
+message to ``submission_relay_host:submission_relay_port``. The integration
+tests point that at this server, which runs on the test reactor and simply
+keeps what it receives, so a test can check that a message sent through
+oauthmail (or smtplib) really left Dovecot.
+
+Built on ``twisted.mail.smtp.ESMTP`` so it runs on pytest-twisted's reactor
+next to the test OAuth provider, without a thread of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
+from twisted.mail import smtp
+from zope.interface import implementer
+
+
+@dataclass(frozen=True)
+class RelayedMessage:
+    """One message as the final hop received it."""
+
+    mailFrom: str
+    rcptTos: tuple[str, ...]
+    data: bytes  # lines joined with CRLF, dot-unstuffed, as on the wire
+
+
+@dataclass
+class _Transaction:
+    mailFrom: str
+    rcptTos: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+
+
+@implementer(smtp.IMessage)
+class _MessageCopy:
+    """Receives the DATA lines for one recipient.
+
+    ``twisted.mail.smtp`` hands every line to one message object per
+    recipient; only the first of a transaction records it, so a message for
+    three recipients is stored once, with all three addresses.
+    """
+
+    def __init__(self, hop: FinalHop, transaction: _Transaction, primary: bool) -> None:
+        self._hop = hop
+        self._transaction = transaction
+        self._primary = primary
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._primary:
+            self._transaction.lines.append(line)
+
+    def eomReceived(self) -> defer.Deferred[None]:
+        if self._primary:
+            t = self._transaction
+            self._hop._store(
+                RelayedMessage(t.mailFrom, tuple(t.rcptTos), b"\r\n".join(t.lines) + b"\r\n")
+            )
+        return defer.succeed(None)
+
+    def connectionLost(self) -> None:
+        self._transaction.lines.clear()
+
+
+class _FinalHopSMTP(smtp.ESMTP):
+    """Accepts every sender and recipient; no authentication, no TLS."""
+
+    factory: _FinalHopFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.hop._connections.add(self)
+
+    def connectionLost(self, reason) -> None:  # noqa: ANN001 - Twisted signature
+        self.factory.hop._connections.discard(self)
+        super().connectionLost(reason)
+
+    def receivedHeader(self, helo, origin, recipients) -> None:  # noqa: ANN001
+        return None  # keep the relayed bytes exactly as Dovecot sent them
+
+    def validateFrom(self, helo, origin):  # noqa: ANN001, ANN201
+        self._transaction = _Transaction(str(origin))
+        return origin
+
+    def validateTo(self, user):  # noqa: ANN001, ANN201
+        transaction = self._transaction
+        transaction.rcptTos.append(str(user.dest))
+        primary = len(transaction.rcptTos) == 1
+        hop = self.factory.hop
+        return lambda: _MessageCopy(hop, transaction, primary)
+
+
+class _FinalHopFactory(ServerFactory):
+    protocol = _FinalHopSMTP
+
+    def __init__(self, hop: FinalHop) -> None:
+        self.hop = hop
+
+    def buildProtocol(self, addr):  # noqa: ANN001, ANN201
+        p = super().buildProtocol(addr)
+        p.host = b"finalhop.test"
+        return p
+
+
+class FinalHop:
+    """The next hop after Dovecot: stores every relayed message in :attr:`messages`."""
+
+    def __init__(self) -> None:
+        self.messages: list[RelayedMessage] = []
+        self._waiters: list[tuple[int, defer.Deferred[list[RelayedMessage]]]] = []
+        self._connections: set[_FinalHopSMTP] = set()
+        self._port: IListeningPort | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    def listen(self, reactor, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:  # noqa: ANN001
+        """Start listening now; :attr:`port` tells Dovecot where to relay."""
+        self._port = reactor.listenTCP(port, _FinalHopFactory(self), interface=interface)
+        self.host = interface
+        self.port = self._port.getHost().port
+        return self._port
+
+    def _store(self, message: RelayedMessage) -> None:
+        self.messages.append(message)
+        waiting, self._waiters = self._waiters, []
+        for count, d in waiting:
+            if len(self.messages) >= count:
+                d.callback(list(self.messages))
+            else:
+                self._waiters.append((count, d))
+
+    def whenReceived(self, count: int = 1) -> defer.Deferred[list[RelayedMessage]]:
+        """Fires with :attr:`messages` once at least ``count`` messages arrived."""
+        if len(self.messages) >= count:
+            return defer.succeed(list(self.messages))
+        d: defer.Deferred[list[RelayedMessage]] = defer.Deferred()
+        self._waiters.append((count, d))
+        return d
+
+    def clear(self) -> None:
+        """Forget what was received (between tests sharing one final hop)."""
+        self.messages.clear()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop listening and drop open relay connections."""
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        port, self._port = self._port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
