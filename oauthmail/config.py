@@ -27,6 +27,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from oauthmail.secret import Secret
+from oauthmail.smtp.passwords import parseHash
+from oauthmail.smtp.users import SubmissionConfig, SubmissionUser
 
 
 class ConfigError(Exception):
@@ -262,6 +264,15 @@ class RefresherConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The durable outbound queue: how long to keep trying, how fast to retry."""
+
+    max_age: float = 5 * 86400.0
+    retry_min: float = 60.0
+    retry_max: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str  # the file it was read from, for messages
     profiles: dict[str, ProfileConfig] = field(default_factory=dict)
@@ -269,6 +280,8 @@ class Config:
     store: StoreConfig = StoreConfig()
     web: WebConfig = WebConfig()
     refresher: RefresherConfig = RefresherConfig()
+    queue: QueueConfig = QueueConfig()
+    submission: SubmissionConfig | None = None  # no local submission server unless asked
 
     def account(self, name: str) -> AccountConfig:
         for account in self.accounts:
@@ -347,7 +360,7 @@ _ENDPOINTS = (
     "introspection_endpoint",
 )
 
-_TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher")
+_TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher", "queue", "submission")
 _PROFILE_KEYS = (
     "provider",
     "tenant",
@@ -371,6 +384,18 @@ _SINK_KEYS = (*_SINK_KINDS, "timeout")
 _STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
 _WEB_KEYS = ("bind", "port")
 _REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
+_QUEUE_KEYS = ("max_age", "retry_min", "retry_max")
+_SUBMISSION_KEYS = (
+    "bind",
+    "port",
+    "users",
+    "allow_unauthenticated_loopback",
+    "max_message_size",
+    "tls_cert",
+    "tls_key",
+    "require_tls",
+)
+_SUBMISSION_USER_KEYS = ("name", "password_hash", "allowed_senders")
 
 #: Keys whose values are never repeated in an error message.
 _SECRET_KEYS = frozenset({"client_secret", "key", "dsn"})
@@ -786,6 +811,8 @@ class _Loader:
             store=self.store(sections["store"]),
             web=self.web(sections["web"]),
             refresher=self.refresher(sections["refresher"]),
+            queue=self.queue(sections["queue"]),
+            submission=self.submission(sections["submission"], accounts),
         )
 
     # --- profiles ----------------------------------------------------------
@@ -1234,6 +1261,78 @@ class _Loader:
             margin=r["margin"].duration(defaults.margin),
             concurrency=r["concurrency"].integer(1, 1000, defaults.concurrency),
             notify_command=notify,
+        )
+
+    def queue(self, at: _Node) -> QueueConfig:
+        if at.isNull:
+            return QueueConfig()
+        q = at.mapping(_QUEUE_KEYS, what="a mapping (max_age, retry_min, retry_max)")
+        defaults = QueueConfig()
+        retry_min = q["retry_min"].duration(defaults.retry_min, positive=True)
+        retry_max = q["retry_max"].duration(defaults.retry_max, positive=True)
+        if retry_max < retry_min:
+            q["retry_max"].fail("must not be shorter than retry_min")
+        return QueueConfig(
+            max_age=q["max_age"].duration(defaults.max_age, positive=True),
+            retry_min=retry_min,
+            retry_max=retry_max,
+        )
+
+    def submission(self, at: _Node, accounts: tuple[AccountConfig, ...]) -> SubmissionConfig | None:
+        if at.missing or at.isNull:
+            return None
+        m = at.mapping(_SUBMISSION_KEYS, what="a mapping (bind, port, users, ...)")
+        defaults = SubmissionConfig()
+        bind = m["bind"].nonEmpty(defaults.bind, what="an address to listen on").strip()
+        if not _isAddress(bind) and bind != "localhost":
+            m["bind"].fail(f"expected an IP address such as 127.0.0.1, got {bind!r}")
+        known = {a.name for a in accounts}
+        users = []
+        seen: set[str] = set()
+        for item in m["users"].sequence(what="a list of users") if m.present("users") else []:
+            u = item.mapping(_SUBMISSION_USER_KEYS, what="a mapping (name, password_hash, ...)")
+            name = u["name"].nonEmpty(what="a user name").strip()
+            if name in seen:
+                u["name"].fail(f"user {name!r} is defined twice")
+            seen.add(name)
+            password_hash = u["password_hash"].nonEmpty(
+                what="an scrypt hash from 'oauthmail hash-password'"
+            )
+            try:
+                parseHash(password_hash)
+            except ValueError:
+                u["password_hash"].fail(
+                    "expected an scrypt hash from 'oauthmail hash-password'; the value is not shown"
+                )
+            senders = u["allowed_senders"].stringList(what="a list of account names")
+            for sender in senders:
+                if sender not in known:
+                    u["allowed_senders"].fail(
+                        f"no account named {sender!r}{_suggest(sender, sorted(known))}"
+                    )
+            users.append(SubmissionUser(name, password_hash, senders))
+        cert = m["tls_cert"].string(None, what="a certificate file")
+        key = m["tls_key"].string(None, what="a key file")
+        if (cert is None) != (key is None):
+            (m["tls_key"] if cert is not None else m["tls_cert"]).fail(
+                "tls_cert and tls_key go together"
+            )
+        require_tls = m["require_tls"].boolean(defaults.require_tls)
+        if require_tls and cert is None:
+            m["require_tls"].fail("require_tls needs tls_cert and tls_key")
+        return SubmissionConfig(
+            bind=bind,
+            port=m["port"].integer(0, 65535, defaults.port),
+            users=tuple(users),
+            allow_unauthenticated_loopback=m["allow_unauthenticated_loopback"].boolean(
+                defaults.allow_unauthenticated_loopback
+            ),
+            max_message_size=m["max_message_size"].integer(
+                1024, 2**31 - 1, defaults.max_message_size
+            ),
+            tls_cert=cert,
+            tls_key=key,
+            require_tls=require_tls,
         )
 
 

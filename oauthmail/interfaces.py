@@ -91,3 +91,54 @@ class ISink(Interface):
         Fails with ``TemporarySinkError`` (leave the message on the server and
         retry later) or ``PermanentSinkError`` (record it and move on).
         """
+
+
+class IDeliveryLedger(Interface):
+    """Durable bookkeeping for exactly-once IMAP delivery; every method returns a Deferred."""
+
+    def folderState(account, folder):
+        """Fire with ``(uidvalidity, last_delivered_uid)`` or ``None`` if never seen."""
+
+    def setFolderState(account, folder, uidvalidity, last_delivered_uid):
+        """Remember the folder's UIDVALIDITY and the highest UID dealt with."""
+
+    def recordDeliveries(account, folder, uidvalidity, entries):
+        """Record ``[(uid, digest, state)]`` in ONE transaction (state delivered|failed_permanent).
+
+        ``last_delivered_uid`` is not touched: it is the caller's lower bound
+        ("every UID up to here is recorded"), set with :meth:`setFolderState`
+        only when no message below it is still waiting for a retry.
+        """
+
+    def isDelivered(account, folder, uidvalidity, uid):
+        """Fire with True if that UID is recorded (in any state)."""
+
+    def deliveredUIDs(account, folder, uidvalidity, uids):
+        """Fire with the subset of ``uids`` already recorded (in any state)."""
+
+    def hasDigest(account, digest):
+        """Fire with True if a message with this sha256 was delivered for the account."""
+
+    def knownDigests(account, digests):
+        """Fire with the subset of ``digests`` already delivered for the account (bulk)."""
+
+    def markDisposed(account, folder, uidvalidity, uids):
+        """The disposition of these delivered UIDs was applied on the server."""
+
+    def pendingDisposition(account, folder, uidvalidity):
+        """Fire with the sorted UIDs delivered but not yet disposed on the server."""
+
+
+class ISubmissionQueue(Interface):
+    """The durable outbound queue, as the submission server and ``send()`` see it."""
+
+    def enqueue(account_name, mail_from, recipients, message):
+        """Store a message for sending through ``account_name``.
+
+        ``mail_from`` is the envelope sender (``str``), ``recipients`` a list
+        of envelope recipient addresses (``str``), ``message`` the message
+        bytes with CRLF line ends. Fire with a message id (``str``) only once
+        the message is durably stored; fail for a temporary problem (the
+        client is told ``451`` and retries) or with an ``SMTPServerError`` to
+        give the client that exact answer.
+        """

@@ -49,6 +49,8 @@ class OAuthMailService(MultiService):
         self.tokens: Any = None
         self.refresher: Any = None
         self.watchers: dict[str, Any] = {}
+        self.queue: Any = None
+        self.submission_port: Any = None
         self._sinks: list[Any] = []
         self._ready: list[defer.Deferred] = []
         self._is_ready = False
@@ -82,6 +84,9 @@ class OAuthMailService(MultiService):
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
                 await self._startWatcher(account)
+        self._startQueue()
+        if self.config.submission is not None:
+            await self._listenSubmission()
         self._listenConsole()
         self.log.info(
             "oauthmail ready: {count} account(s), console on http://{bind}:{port}/",
@@ -145,6 +150,32 @@ class OAuthMailService(MultiService):
         self.watchers[account.name] = watcher
         watcher.setServiceParent(self)
 
+    def _startQueue(self) -> None:
+        from oauthmail.smtp.queue import OutboundQueue
+
+        sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
+        queue = self.config.queue
+        self.queue = OutboundQueue(
+            self.store,
+            self.tokens,
+            sending,
+            self.reactor,
+            max_age=queue.max_age,
+            backoff_base=queue.retry_min,
+            backoff_max=queue.retry_max,
+        )
+        self.queue.setServiceParent(self)
+
+    async def _listenSubmission(self) -> None:
+        from oauthmail.smtp.submission import SenderDirectory, listenSubmission
+
+        senders = SenderDirectory.fromAccounts(
+            a for a in self.config.accounts if a.configured and a.smtp is not None
+        )
+        self.submission_port = await listenSubmission(
+            self.reactor, self.config.submission, senders, self.queue
+        )
+
     def _listenConsole(self) -> None:
         from twisted.web.server import Site
 
@@ -171,6 +202,9 @@ class OAuthMailService(MultiService):
     async def _stop(self) -> None:
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        if self.submission_port is not None:
+            await self.submission_port.stopListening()
+            self.submission_port = None
         if self.console_port is not None:
             await self.console_port.stopListening()
             self.console_port = None
@@ -178,6 +212,8 @@ class OAuthMailService(MultiService):
         self.tokens: Any = None
         self.refresher: Any = None
         self.watchers: dict[str, Any] = {}
+        self.queue: Any = None
+        self.submission_port: Any = None
         self._sinks: list[Any] = []
         for sink in self._sinks:
             close = getattr(sink, "close", None)

@@ -19,13 +19,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
-from oauthmail.interfaces import ITokenSource
+from oauthmail.interfaces import ISubmissionQueue, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
 from oauthmail.smtp.queue import OutboundQueue, UnknownAccount
-from oauthmail.smtp.submission import ISubmissionQueue
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.tokens import schema
 from oauthmail.tokens.errors import AccountNotAuthorised

@@ -28,7 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
-from zope.interface import Interface, implementer
+from zope.interface import implementer
+
+from oauthmail.interfaces import IDeliveryLedger
 
 __all__ = [
     "DELIVERED",
@@ -49,42 +51,6 @@ T = TypeVar("T")
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
-
-
-class IDeliveryLedger(Interface):
-    """Durable bookkeeping for exactly-once IMAP delivery; every method returns a Deferred."""
-
-    def folderState(account, folder):  # noqa: N805 - zope.interface
-        """Fire with ``(uidvalidity, last_delivered_uid)`` or ``None`` if never seen."""
-
-    def setFolderState(account, folder, uidvalidity, last_delivered_uid):  # noqa: N805 - zope.interface
-        """Remember the folder's UIDVALIDITY and the highest UID dealt with."""
-
-    def recordDeliveries(account, folder, uidvalidity, entries):  # noqa: N805 - zope.interface
-        """Record ``[(uid, digest, state)]`` in ONE transaction (state delivered|failed_permanent).
-
-        ``last_delivered_uid`` is not touched: it is the caller's lower bound
-        ("every UID up to here is recorded"), set with :meth:`setFolderState`
-        only when no message below it is still waiting for a retry.
-        """
-
-    def isDelivered(account, folder, uidvalidity, uid):  # noqa: N805 - zope.interface
-        """Fire with True if that UID is recorded (in any state)."""
-
-    def deliveredUIDs(account, folder, uidvalidity, uids):  # noqa: N805 - zope.interface
-        """Fire with the subset of ``uids`` already recorded (in any state)."""
-
-    def hasDigest(account, digest):  # noqa: N805 - zope.interface
-        """Fire with True if a message with this sha256 was delivered for the account."""
-
-    def knownDigests(account, digests):  # noqa: N805 - zope.interface
-        """Fire with the subset of ``digests`` already delivered for the account (bulk)."""
-
-    def markDisposed(account, folder, uidvalidity, uids):  # noqa: N805 - zope.interface
-        """The disposition of these delivered UIDs was applied on the server."""
-
-    def pendingDisposition(account, folder, uidvalidity):  # noqa: N805 - zope.interface
-        """Fire with the sorted UIDs delivered but not yet disposed on the server."""
 
 
 def _check(entries: Sequence[tuple[int, Any, str]]) -> None:

@@ -51,8 +51,9 @@ from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig, FolderConfig
 from oauthmail.imap.connect import connectIMAP
-from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, IDeliveryLedger
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
+from oauthmail.interfaces import IDeliveryLedger
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 
 __all__ = ["AccountWatcher", "FolderWatcher", "TokenRejected"]

@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
-from oauthmail.interfaces import ITokenSource
+from oauthmail.interfaces import ISubmissionQueue, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import (
@@ -63,7 +63,6 @@ from oauthmail.smtp.client import (
     SessionResult,
     sendBatch,
 )
-from oauthmail.smtp.submission import ISubmissionQueue
 from oauthmail.tokens.errors import AccountNotAuthorised, cleanText
 from oauthmail.tokens.store import transaction
 

@@ -38,8 +38,9 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.mail._except import IllegalClientResponse
 from twisted.mail.interfaces import IChallengeResponse, IMessageDelivery, IMessageSMTP
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from oauthmail.interfaces import ISubmissionQueue
 from oauthmail.smtp.users import SubmissionConfig, SubmissionUser, SubmissionUserChecker
 
 _log = Logger()
@@ -48,24 +49,6 @@ _log = Logger()
 MAX_RECIPIENTS = 1000
 #: Failed AUTH attempts allowed on one connection before it is closed.
 MAX_AUTH_FAILURES = 3
-
-
-class ISubmissionQueue(Interface):
-    """The durable outbound queue, as the submission server sees it.
-
-    (To move to ``oauthmail/interfaces.py``.)
-    """
-
-    def enqueue(account_name, mail_from, recipients, message):  # noqa: N805
-        """Store a message for sending through ``account_name``.
-
-        ``mail_from`` is the envelope sender (``str``), ``recipients`` a list
-        of envelope recipient addresses (``str``), ``message`` the message
-        bytes with CRLF line ends. Fire with a message id (``str``) only once
-        the message is durably stored; fail for a temporary problem (the
-        client is told ``451`` and retries) or with an ``SMTPServerError`` to
-        give the client that exact answer.
-        """
 
 
 def _resp(text: str | bytes) -> bytes:
