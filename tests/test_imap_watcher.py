@@ -499,3 +499,36 @@ def test_imap_error_in_round_reconnects():
     finally:
         FakeClient.uidSearchFrom = client_search
         watcher.stop()
+
+
+class UnauthorisedTokens(FakeTokens):
+    """No tokens until ``authorise()``: what a freshly configured account looks like."""
+
+    authorised = False
+
+    def accessToken(self, account):
+        if not self.authorised:
+            from oauthmail.tokens.errors import AccountNotAuthorised
+
+            return defer.fail(AccountNotAuthorised(account, "not authorised yet"))
+        return super().accessToken(account)
+
+
+def test_unauthorised_account_never_connects_and_starts_once_authorised():
+    """Without tokens the watcher opens no connection; once authorised it delivers."""
+    server = FakeServer()
+    tokens = UnauthorisedTokens(server)
+    watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens)
+    server.add(b"one")
+    watcher.start()
+    clock.advance(0)
+    assert watcher.state == "unauthorised"
+    for _ in range(5):
+        clock.advance(watcher.unauthorisedRecheck)
+    assert server.clients == []
+    assert "not authorised yet" in watcher.lastError
+    tokens.authorised = True
+    clock.advance(watcher.unauthorisedRecheck)
+    assert len(server.clients) == 1
+    assert sink.messages == [b"one"]
+    watcher.stop()

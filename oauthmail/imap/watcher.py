@@ -55,6 +55,7 @@ from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
 from oauthmail.interfaces import IDeliveryLedger
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
+from oauthmail.tokens.errors import AccountNotAuthorised
 
 __all__ = ["AccountWatcher", "FolderWatcher", "TokenRejected"]
 
@@ -118,6 +119,8 @@ class FolderWatcher:
         self.store = store
         self._connect = connect
         self.retryPolicy = retryPolicy or backoffPolicy(initialDelay=1.0, maxDelay=300.0)
+        #: How often an unauthorised account looks again for tokens (no server traffic).
+        self.unauthorisedRecheck = 30.0
         self.connectTimeout = connectTimeout
         self.imap = account.imap
         self.server = account.profile.imap
@@ -195,6 +198,17 @@ class FolderWatcher:
                 self._error("cancelled")
             except TokenRejected as e:
                 self._error(str(e))
+            except AccountNotAuthorised as e:
+                # Nothing a reconnect can fix: a person must authorise the account.
+                # Say so once, then look again now and then (no server round trips).
+                if self.lastError != str(e):
+                    self._error(str(e))
+                self.state = "unauthorised"
+                try:
+                    await self._sleepFor(self.unauthorisedRecheck)
+                except defer.CancelledError:
+                    break
+                continue
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
@@ -232,14 +246,18 @@ class FolderWatcher:
             raise _Stopped()
 
     async def _session(self) -> None:
+        # Ask for a token before opening a connection: an account that is not
+        # authorised (or needs a person) never bothers the server.
         self.state = "connecting"
+        token = await self._token()
+        self._checkStopping()
         client = await self._connect(self.reactor, self.server, self.connectTimeout)
         self.client = client
         self.sessions += 1
         try:
             self._checkStopping()
             self.state = "authenticating"
-            await self._authenticate(client)
+            await self._authenticate(client, token)
             self._checkStopping()
             caps = await client.getCapabilities(useCache=False) or {}
             self.state = "selecting"
@@ -263,13 +281,15 @@ class FolderWatcher:
 
     # -- authentication ---------------------------------------------------------------
 
-    async def _authenticate(self, client: Any) -> None:
+    async def _token(self) -> Any:
         name = self.account.name
         if self._forceRefresh:
             self._forceRefresh = False
-            token = await self.tokens.forceRefresh(name)
-        else:
-            token = await self.tokens.accessToken(name)
+            return await self.tokens.forceRefresh(name)
+        return await self.tokens.accessToken(name)
+
+    async def _authenticate(self, client: Any, token: Any) -> None:
+        name = self.account.name
         host = self.server.server_name or self.server.host
         mech = self.imap.mechanism
         user = self.account.sasl_user

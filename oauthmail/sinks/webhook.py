@@ -31,7 +31,6 @@ from twisted.web.client import (
     ResponseDone,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from oauthmail.interfaces import ISink
@@ -43,31 +42,10 @@ from oauthmail.sinks.errors import (
     redactURL,
     shorten,
 )
+from oauthmail.tokens.http import BytesProducer
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 BODY_KEPT = 512  # bytes of the answer's body kept for the error message
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """A body that is already in memory: written at once, length known."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer) -> defer.Deferred:
-        consumer.write(self._body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _BoundedBody(protocol.Protocol):
@@ -168,7 +146,7 @@ class WebhookSink:
         for key, value in self._headers.items():
             headers.setRawHeaders(key.encode("ascii"), [_headerValue(value)])
         response = await self._agent.request(
-            b"POST", self.url.encode("ascii"), headers, _BytesProducer(message)
+            b"POST", self.url.encode("ascii"), headers, BytesProducer(message)
         )
         body = _BoundedBody()
         response.deliverBody(body)

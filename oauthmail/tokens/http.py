@@ -96,7 +96,7 @@ class HTTPResponse:
 
 
 @implementer(IBodyProducer)
-class _BytesProducer:
+class BytesProducer:
     """Writes a small request body at once (``FileBodyProducer`` would need the global reactor)."""
 
     def __init__(self, body: bytes) -> None:
@@ -206,7 +206,7 @@ class AgentTransport:
         raw = Headers()
         for name, value in (headers or {}).items():
             raw.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        producer = _BytesProducer(body) if body is not None else None
+        producer = BytesProducer(body) if body is not None else None
         d = self._agent.request(method, url.encode("ascii"), raw, producer)
         d.addCallback(self._readResponse)
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timedOut)
