@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
-from oauthmail.config import Config, ConfigError, loadConfig
+from oauthmail.config import AccountConfig, Config, ConfigError, loadConfig
 
 #: Where ``--config``/``FILE`` points when the user gives nothing.
 DEFAULT_CONFIG = "conf/app.yaml"
@@ -120,6 +121,343 @@ def checkConfig(args: argparse.Namespace) -> int:
             f"  {accountStatus(config, account.name)}",
             file=out,
         )
+    return EXIT_OK
+
+
+# -- the commands that talk to the store and the provider ------------------------------
+
+
+def configOption(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, with the same default as ``check-config``'s ``FILE``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=DEFAULT_CONFIG,
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
+
+
+def accountArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("account", metavar="ACCOUNT", help="the account name (see: accounts)")
+    configOption(parser)
+
+
+def authorizeArguments(parser: argparse.ArgumentParser) -> None:
+    accountArguments(parser)
+    parser.add_argument(
+        "--device",
+        action="store_true",
+        help="use the device authorization grant (enter a code on another device)",
+    )
+
+
+def pickAccount(config: Config, name: str) -> AccountConfig | None:
+    """The configured account ``name``, or ``None`` after one line on stderr."""
+    try:
+        account = config.account(name)
+    except KeyError:
+        known = ", ".join(a.name for a in config.accounts) or "none"
+        print(f"{config.source}: no account named {name!r} (accounts: {known})", file=sys.stderr)
+        return None
+    if not account.configured:
+        print(
+            f"account {name} is not configured: set client_id in profiles.{account.profile.name}",
+            file=sys.stderr,
+        )
+        return None
+    return account
+
+
+def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``work(reactor)`` under ``task.react`` and return its exit status.
+
+    An unexpected exception becomes one line on stderr (its class and the cleaned
+    message of a token or store error, which never carry a secret) and status 1.
+    """
+    from twisted.internet import defer, task
+
+    from oauthmail.tokens.authorize import explain
+    from oauthmail.tokens.store import StoreError
+
+    status = [EXIT_FAILED]
+
+    async def run(reactor: Any) -> None:
+        try:
+            status[0] = await work(reactor)
+        except StoreError as e:
+            print(f"oauthmail: the token store cannot be used: {e}", file=sys.stderr)
+            status[0] = EXIT_FAILED
+        except Exception as e:
+            print(f"oauthmail: {explain(e)}", file=sys.stderr)
+            status[0] = EXIT_FAILED
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass
+    return status[0]
+
+
+class _Session:
+    """The store, transport, token source and authorizer one command needs."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.store: Any = None
+        self.transport: Any = None
+        self.tokens: Any = None
+        self.authorizer: Any = None
+
+    async def open(self) -> _Session:
+        from oauthmail.tokens.authorize import Authorizer
+        from oauthmail.tokens.http import AgentTransport
+        from oauthmail.tokens.source import TokenSource
+        from oauthmail.tokens.store import openStore
+
+        self.store = await openStore(self.config.store, clock=self.reactor, reactor=self.reactor)
+        self.transport = AgentTransport(self.reactor)
+        configured = {a.name: a for a in self.config.accounts if a.configured}
+        self.tokens = TokenSource(
+            self.store,
+            configured,
+            self.transport,
+            self.reactor,
+            margin=self.config.refresher.margin,
+        )
+        self.authorizer = Authorizer(self.tokens, self.reactor)
+        return self
+
+    async def close(self) -> None:
+        if self.authorizer is not None:
+            self.authorizer.stop()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+def _when(when: float | None, now: float) -> str:
+    from oauthmail.web.status import describeWhen
+
+    if when is None:
+        return "—"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    return f"{describeWhen(when, now)} ({stamp})"
+
+
+@subcommand(
+    "accounts",
+    help="list the accounts with their state and token expiry (never a token)",
+    arguments=configOption,
+)
+def accounts(args: argparse.Namespace) -> int:
+    """A table of every account, as the console shows it."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.tokens.store import openStore
+        from oauthmail.web.console import STATE_LABELS, collectStatuses
+        from oauthmail.web.status import describeWhen
+
+        store = await openStore(config.store, clock=reactor, reactor=reactor)
+        try:
+            statuses = await collectStatuses(config, store)
+        finally:
+            await store.close()
+        now = reactor.seconds()
+        header = ("ACCOUNT", "ADDRESS", "PROFILE", "STATE", "TOKEN EXPIRES", "LAST REFRESH")
+        rows = [
+            (
+                s.name,
+                s.address,
+                s.profile,
+                STATE_LABELS.get(s.state, s.state),
+                describeWhen(s.expires_at, now),
+                describeWhen(s.last_refresh_at, now),
+                s.last_error or (f"next: {s.next_step}" if s.next_step else ""),
+            )
+            for s in statuses
+        ]
+        if not rows:
+            print(f"{config.source}: no accounts: add one under accounts:")
+            return EXIT_OK
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        titles = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+        print(f"{titles}  LAST ERROR / NEXT STEP")
+        for row in rows:
+            cells = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
+            print(f"{cells}  {cleanLine(row[-1])}".rstrip())
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+def cleanLine(text: str) -> str:
+    """Store text is untrusted: one printable line."""
+    from oauthmail.tokens.errors import cleanText
+
+    return cleanText(text)
+
+
+@subcommand(
+    "authorize",
+    help="authorise an account: open a URL, paste back where the browser ended",
+    arguments=authorizeArguments,
+)
+def authorize(args: argparse.Namespace) -> int:
+    """Browser (paste the redirect URL), device code, or client credentials."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+    account = pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+    if args.device and not account.profile.device_endpoint:
+        print(
+            f"profile {account.profile.name} has no device_endpoint: --device cannot be used",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.tokens.authorize import describeAuthorized
+        from oauthmail.tokens.errors import AuthorizationFailed
+
+        session = await _Session(config, reactor).open()
+        try:
+            result = await _authorizeWith(session, account, args.device)
+        except AuthorizationFailed as e:
+            print(f"authorisation of {account.name} failed: {e.reason}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            await session.close()
+        if result is None:
+            return EXIT_FAILED
+        print(describeAuthorized(result, reactor.seconds()), flush=True)
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+def readLine(reactor: Any) -> Any:
+    """One line of stdin, read in a daemon thread; a Deferred.
+
+    Not the reactor's thread pool: its threads are joined at shutdown, so a person
+    pressing Ctrl-C at the prompt would leave the process waiting for a line.
+    """
+    import threading
+
+    from twisted.internet import defer
+
+    d: defer.Deferred[str] = defer.Deferred()
+
+    def read() -> None:
+        try:
+            line = sys.stdin.readline()
+        except Exception:  # a closed or unreadable stdin: no answer
+            line = ""
+        reactor.callFromThread(d.callback, line)
+
+    threading.Thread(target=read, name="oauthmail-stdin", daemon=True).start()
+    return d
+
+
+async def _authorizeWith(session: _Session, account: AccountConfig, device: bool) -> Any:
+    """Run the flow for the account's grant; ``None`` if the person gave no answer."""
+    from oauthmail.web.authorize import callbackURI
+
+    authorizer = session.authorizer
+    name = account.name
+    if account.grant == "client_credentials":
+        print(f"{name} uses client credentials: asking for a token...", flush=True)
+        return await authorizer.authorizeApp(name)
+    if device or account.grant == "device_code":
+        auth = await authorizer.beginDevice(name)
+        print(f"To authorise {name}, open {auth.verification_uri}", flush=True)
+        print(f"and enter the code: {auth.user_code}", flush=True)
+        if auth.verification_uri_complete:
+            print(f"(or open {auth.verification_uri_complete})", flush=True)
+        print("Waiting for the approval (Ctrl-C to give up)...", flush=True)
+        return await authorizer.completeDevice(name, auth)
+    url, pending = authorizer.begin(name, callbackURI(session.config))
+    print(f"To authorise {name}, open this address in a browser and sign in:\n", flush=True)
+    print(url, flush=True)
+    print(
+        f"\nThe browser then goes to {pending.request.redirect_uri}. If that page does not"
+        " load (or shows an error), copy the whole address from the address bar.\n"
+        "Paste it here and press Enter:",
+        flush=True,
+    )
+    line = await readLine(session.reactor)
+    if not line.strip():
+        print("no address was pasted: nothing was authorised", file=sys.stderr)
+        return None
+    return await authorizer.complete(line.strip())
+
+
+@subcommand(
+    "refresh",
+    help="refresh an account's token now and print the new expiry (never the token)",
+    arguments=accountArguments,
+)
+def refresh(args: argparse.Namespace) -> int:
+    """Force a refresh: what the daemon would do, now."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+    account = pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.tokens.authorize import explain
+        from oauthmail.tokens.errors import TokenError
+
+        session = await _Session(config, reactor).open()
+        try:
+            await session.tokens.forceRefresh(account.name)
+            record = await session.store.getTokens(account.name)
+        except TokenError as e:
+            print(f"refresh of {account.name} failed: {explain(e)}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            await session.close()
+        expires = record.expires_at if record is not None else None
+        if expires is None:
+            print(f"{account.name}: refreshed; the new token does not expire")
+        else:
+            when = _when(expires, reactor.seconds())
+            print(f"{account.name}: refreshed; the new token expires {when}")
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+@subcommand(
+    "hash-password",
+    help="hash a submission password (scrypt) for the configuration",
+)
+def hashPasswordCommand(args: argparse.Namespace) -> int:
+    """Read the password (prompt on a terminal, else one line of stdin); print its hash."""
+    import getpass
+
+    from oauthmail.smtp.passwords import hashPassword
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the two passwords differ: nothing was hashed", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("refusing to hash an empty password", file=sys.stderr)
+        return EXIT_USAGE
+    print(hashPassword(password))
     return EXIT_OK
 
 

@@ -51,6 +51,7 @@ class OAuthMailService(MultiService):
         self.watchers: dict[str, Any] = {}
         self.queue: Any = None
         self.submission_port: Any = None
+        self.authorizer: Any = None
         self._sinks: list[Any] = []
         self._ready: list[defer.Deferred] = []
         self._is_ready = False
@@ -179,11 +180,19 @@ class OAuthMailService(MultiService):
     def _listenConsole(self) -> None:
         from twisted.web.server import Site
 
+        from oauthmail.tokens.authorize import Authorizer
         from oauthmail.web.console import ConsoleResource
 
         reactor: IReactorTCP = self.reactor
+        self.authorizer = Authorizer(self.tokens, self.reactor, queue=self.queue)
         site = Site(
-            ConsoleResource(self.config, self.store, clock=self.reactor, watchers=self.watchers)
+            ConsoleResource(
+                self.config,
+                self.store,
+                clock=self.reactor,
+                watchers=self.watchers,
+                authorizer=self.authorizer,
+            )
         )
         site.displayTracebacks = False
         self.console_port = reactor.listenTCP(
@@ -208,13 +217,8 @@ class OAuthMailService(MultiService):
         if self.console_port is not None:
             await self.console_port.stopListening()
             self.console_port = None
-        self.transport: Any = None
-        self.tokens: Any = None
-        self.refresher: Any = None
-        self.watchers: dict[str, Any] = {}
-        self.queue: Any = None
-        self.submission_port: Any = None
-        self._sinks: list[Any] = []
+        if self.authorizer is not None:
+            self.authorizer.stop()
         for sink in self._sinks:
             close = getattr(sink, "close", None)
             if close is not None:

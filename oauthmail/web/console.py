@@ -3,8 +3,10 @@
 It answers the questions an operator has at 3 a.m.: is each account
 authorised, when does its token expire, what went wrong last, and what to do
 next. It reads states and expiry times from the store and never a token.
-It binds to loopback by default; pages are read-only until authorisation
-flows are added.
+It binds to loopback by default. When it is given an ``Authorizer`` each
+configured account gets an Authorise / Re-authorise button (a POST form with
+a CSRF token) and the authorisation pages of :mod:`oauthmail.web.authorize`
+are mounted; without one the pages are read-only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,23 @@ from twisted.web.server import NOT_DONE_YET
 
 from oauthmail.config import Config
 from oauthmail.interfaces import ITokenStore
+from oauthmail.web.authorize import (
+    AuthorizeResource,
+    CallbackResource,
+    CSRFToken,
+    DevicePage,
+    actionForm,
+)
 from oauthmail.web.status import AccountStatus, accountStatus, describeWhen
+
+#: The button's label per state; states not listed get no button.
+BUTTON_LABELS = {
+    "unauthorised": "Authorise",
+    "needs_reauth": "Re-authorise",
+    "error": "Re-authorise",
+    "ok": "Re-authorise",
+    "refreshing": "Re-authorise",
+}
 
 STATE_LABELS = {
     "not_configured": "not configured",
@@ -87,6 +105,7 @@ class _AsyncPage(Resource):
         request.setHeader(b"content-type", self.content_type)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-frame-options", b"DENY")
         d = defer.ensureDeferred(self.body(request))
 
         def written(data: bytes) -> None:
@@ -105,9 +124,20 @@ class _AsyncPage(Resource):
 
 
 class StatusPage(_AsyncPage):
+    #: Set by ``ConsoleResource`` when authorisation is possible: forms carry it.
+    csrf: Any = None
+
     async def body(self, request: Any) -> bytes:
         statuses = await collectStatuses(self.config, self.store, self.watchers)
-        return renderStatusPage(statuses, self.clock.seconds()).encode("utf-8")
+        buttons = None
+        if self.csrf is not None:
+            buttons = {}
+            for account in self.config.accounts:
+                status = next(s for s in statuses if s.name == account.name)
+                label = BUTTON_LABELS.get(status.state)
+                if label is not None:
+                    buttons[account.name] = actionForm(account.name, self.csrf, label)
+        return renderStatusPage(statuses, self.clock.seconds(), buttons).encode("utf-8")
 
 
 class HealthPage(_AsyncPage):
@@ -129,7 +159,12 @@ class HealthPage(_AsyncPage):
 
 
 class ConsoleResource(Resource):
-    """The root of the console site."""
+    """The root of the console site.
+
+    ``authorizer`` (an :class:`oauthmail.tokens.authorize.Authorizer`) turns on the
+    Authorise buttons and mounts ``/authorize/<account>``, ``/callback`` and
+    ``/device/<account>``; ``csrf`` may be given to share one token (tests).
+    """
 
     def __init__(
         self,
@@ -137,10 +172,19 @@ class ConsoleResource(Resource):
         store: ITokenStore,
         clock: IReactorTime,
         watchers: Mapping[str, Any] | None = None,
+        authorizer: Any = None,
+        csrf: Any = None,
     ) -> None:
         super().__init__()
         self._status = StatusPage(config, store, clock, watchers)
         self.putChild(b"health", HealthPage(config, store, clock, watchers))
+        self.csrf = None
+        if authorizer is not None:
+            self.csrf = csrf if csrf is not None else CSRFToken()
+            self._status.csrf = self.csrf
+            self.putChild(b"authorize", AuthorizeResource(authorizer, config, self.csrf, clock))
+            self.putChild(b"callback", CallbackResource(authorizer, clock))
+            self.putChild(b"device", DevicePage(authorizer, clock))
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
@@ -163,11 +207,17 @@ def _received(s: AccountStatus, now: float) -> str:
     return html.escape(f"{when} ({s.delivered} since start)")
 
 
-def renderStatusPage(statuses: list[AccountStatus], now: float) -> str:
-    """The HTML page; every value from config or the store is escaped."""
+def renderStatusPage(
+    statuses: list[AccountStatus], now: float, buttons: Mapping[str, str] | None = None
+) -> str:
+    """The HTML page; every value from config or the store is escaped.
+
+    ``buttons`` maps an account to the (already escaped) HTML of its action form.
+    """
     e = html.escape
     rows = []
     for s in statuses:
+        action = (buttons or {}).get(s.name, "")
         rows.append(
             "<tr>"
             f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
@@ -178,10 +228,11 @@ def renderStatusPage(statuses: list[AccountStatus], now: float) -> str:
             f"{e(describeWhen(s.last_refresh_at, now))}</td>"
             f"<td>{_received(s, now)}</td>"
             f"<td>{e(s.last_error or '')}<div class='hint'>{e(s.next_step)}</div></td>"
-            "</tr>"
+            + (f"<td>{action}</td>" if buttons is not None else "")
+            + "</tr>"
         )
     if not rows:
-        rows.append("<tr><td colspan='7'>No accounts are configured yet.</td></tr>")
+        rows.append("<tr><td colspan='8'>No accounts are configured yet.</td></tr>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<title>oauthmail</title>"
@@ -190,7 +241,10 @@ def renderStatusPage(statuses: list[AccountStatus], now: float) -> str:
         "<table><thead><tr><th>Account</th><th>Profile</th><th>State</th>"
         "<th>Token expires</th><th>Last refresh</th><th>Last mail</th>"
         "<th>Last error / next step</th>"
-        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        + ("<th></th>" if buttons is not None else "")
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
         f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
         "<a href='/health'>/health</a></p>"
         "</body></html>"

@@ -1,0 +1,359 @@
+"""Authorising an account: the flow logic shared by the web console and the CLI.
+
+A person authorises an account once (and again when the provider drops the grant).
+Three grants are supported, chosen by the account's ``grant``:
+
+* ``authorization_code`` — :meth:`Authorizer.begin` makes the provider URL (PKCE S256,
+  random ``state``) and remembers the request *in memory*, keyed by ``state``, for ten
+  minutes and only once; :meth:`Authorizer.complete` takes the URL the browser was sent
+  back to, finds the request by its ``state`` (an unknown, reused or expired state sends
+  nothing to the provider), exchanges the code and stores the tokens;
+* ``device_code`` — :meth:`Authorizer.beginDevice` gets a user code to show, and
+  :meth:`Authorizer.completeDevice` polls until the person approves; the console runs
+  that in the background with :meth:`Authorizer.startDevice`;
+* ``client_credentials`` — :meth:`Authorizer.authorizeApp` just asks for a token.
+
+Every success goes through ``TokenSource.storeAuthorized`` (which sets the account
+``ok``) and then wakes the outbound mail queue, so that mail held back while the account
+was unauthorised leaves at once. Every failure is an :class:`AuthorizationFailed` whose
+message is a sentence for a person ("the provider said: invalid_grant (authorization code
+expired)") and never carries a code, verifier or token.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from oauthmail.config import AccountConfig
+from oauthmail.tokens.errors import (
+    AccountNotAuthorised,
+    AuthorizationFailed,
+    TokenEndpointError,
+    TokenError,
+    TransientTokenError,
+    cleanText,
+)
+from oauthmail.tokens.grants import AuthorizationRequest, DeviceAuthorization
+from oauthmail.tokens.records import TokenRecord, TokenSet
+from oauthmail.web.status import describeWhen
+
+log = Logger()
+
+#: How long a browser authorisation may take, from the button to the redirect.
+PENDING_LIFETIME = 600.0
+
+#: At most this many browser authorisations wait at once (the oldest go first).
+MAX_PENDING = 64
+
+__all__ = [
+    "MAX_PENDING",
+    "PENDING_LIFETIME",
+    "AccountAuthorizationFailed",
+    "AuthorizationFailed",
+    "Authorized",
+    "Authorizer",
+    "DeviceFlow",
+    "PendingAuthorization",
+]
+
+
+class AccountAuthorizationFailed(AuthorizationFailed):  # noqa: N818 - like its base
+    """An authorisation of a known account failed (the page can name the account)."""
+
+    def __init__(self, account: str, reason: str) -> None:
+        super().__init__(reason)
+        self.account = account
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """A browser authorisation waiting for its redirect."""
+
+    account: str
+    request: AuthorizationRequest = field(repr=False)
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Authorized:
+    """The outcome of a successful authorisation: which account, until when."""
+
+    account: str
+    expires_at: float | None
+
+
+@dataclass
+class DeviceFlow:
+    """A device authorisation the console polls in the background.
+
+    ``state`` is ``pending``, ``ok`` or ``failed``; ``message`` says what happened.
+    """
+
+    account: str
+    authorization: DeviceAuthorization = field(repr=False)
+    state: str = "pending"
+    message: str = ""
+    result: Authorized | None = None
+    finished: defer.Deferred[Any] | None = field(default=None, repr=False)
+
+
+def explain(error: Exception) -> str:
+    """What went wrong, in words for a person; never a code, verifier or token.
+
+    The token errors already hold only the provider's ``error``/``error_description``
+    (cleaned); anything else is named by its class only.
+    """
+    if isinstance(error, AuthorizationFailed):
+        reason = error.reason
+        if reason.startswith("invalid_grant: "):
+            return f"the provider said: invalid_grant ({reason[len('invalid_grant: ') :]})"
+        return reason
+    if isinstance(error, TokenEndpointError):
+        said = f"the provider said: {error.error}"
+        if error.description:
+            said += f" ({error.description})"
+        return said
+    if isinstance(error, TransientTokenError):
+        return f"the provider could not be reached or is failing for now: {error.reason}"
+    if isinstance(error, AccountNotAuthorised):
+        return error.reason
+    if isinstance(error, TokenError):
+        return cleanText(error)
+    return f"unexpected error ({type(error).__name__}); see the oauthmail log"
+
+
+class Authorizer:
+    """Runs the authorisation flows for the accounts a ``TokenSource`` knows.
+
+    :param tokens: the ``TokenSource``; it supplies the ``GrantClient`` and stores.
+    :param clock: for the expiry of pending authorisations.
+    :param queue: an ``OutboundQueue`` (optional) woken for the account on success.
+    """
+
+    def __init__(
+        self,
+        tokens: Any,
+        clock: IReactorTime,
+        queue: Any = None,
+        *,
+        lifetime: float = PENDING_LIFETIME,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.tokens = tokens
+        self.clock = clock
+        self.queue = queue
+        self.lifetime = lifetime
+        self.max_pending = max(1, max_pending)
+        self._pending: collections.OrderedDict[str, PendingAuthorization] = (
+            collections.OrderedDict()
+        )
+        self.devices: dict[str, DeviceFlow] = {}
+
+    def __repr__(self) -> str:
+        return f"<Authorizer {len(self._pending)} pending>"
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def account(self, account_name: str) -> AccountConfig:
+        """The account's configuration, or ``AuthorizationFailed`` saying what is missing."""
+        try:
+            return self.tokens.account(account_name)
+        except AccountNotAuthorised as e:
+            raise AuthorizationFailed(e.reason) from None
+
+    def _purge(self) -> None:
+        now = self.clock.seconds()
+        for state in [s for s, p in self._pending.items() if p.expires_at <= now]:
+            del self._pending[state]
+
+    async def _finish(self, account_name: str, tokens: TokenSet) -> Authorized:
+        """Store the tokens (account becomes ``ok``), then let waiting mail go."""
+        try:
+            record: TokenRecord = await self.tokens.storeAuthorized(account_name, tokens)
+        except Exception as e:
+            log.error(
+                "could not save the tokens of {account}: {why}",
+                account=account_name,
+                why=cleanText(e),
+            )
+            raise AuthorizationFailed(
+                f"the provider gave tokens but they could not be saved: {cleanText(e)}"
+            ) from None
+        if self.queue is not None:
+            try:
+                await self.queue.retryNow(account_name)
+            except Exception as e:  # the authorisation itself succeeded
+                log.warn(
+                    "{account} authorised, but the outbound queue could not be woken: {why}",
+                    account=account_name,
+                    why=cleanText(e),
+                )
+        return Authorized(account_name, record.expires_at)
+
+    # -- authorization code + PKCE ---------------------------------------------------
+
+    def begin(
+        self, account_name: str, redirect_uri: str | None = None
+    ) -> tuple[str, PendingAuthorization]:
+        """The provider URL to send the person to, and what we remember until they return.
+
+        ``redirect_uri`` is where the provider sends the browser back (the console's
+        ``/callback``) unless the profile names its own ``redirect_uri``, which wins:
+        it is the one registered with the provider.
+        """
+        account = self.account(account_name)
+        if account.grant == "client_credentials":
+            raise AuthorizationFailed(
+                f"{account_name} uses client credentials: no person needs to sign in"
+            )
+        try:
+            request = self.tokens.grantClient(account_name).authorizationRequest(
+                account.profile.redirect_uri or redirect_uri
+            )
+        except TokenError as e:
+            raise AuthorizationFailed(explain(e)) from None
+        self._purge()
+        while len(self._pending) >= self.max_pending:
+            self._pending.popitem(last=False)
+        pending = PendingAuthorization(account_name, request, self.clock.seconds() + self.lifetime)
+        self._pending[request.state] = pending
+        log.info("authorisation of {account} started", account=account_name)
+        return request.url, pending
+
+    def _take(self, redirect_url: str) -> PendingAuthorization:
+        """The pending authorisation the redirect belongs to, removed (a state works once)."""
+        try:
+            query = dict(parse_qsl(urlsplit(redirect_url.strip()).query))
+        except ValueError:
+            raise AuthorizationFailed("the redirect URL cannot be parsed") from None
+        state = query.get("state")
+        if not state:
+            if "error" in query:
+                raise AuthorizationFailed(
+                    f"the provider refused: {cleanText(query['error'], 80)}"
+                    + (
+                        f" ({cleanText(query['error_description'])})"
+                        if query.get("error_description")
+                        else ""
+                    )
+                )
+            raise AuthorizationFailed(
+                "the redirect URL carries no state: paste the whole address the browser ended on"
+            )
+        self._purge()
+        pending = self._pending.pop(state, None)
+        if pending is None:
+            raise AuthorizationFailed(
+                "this authorisation is unknown, already used or expired (it is valid for"
+                f" {int(self.lifetime // 60)} minutes, once): start again"
+            )
+        return pending
+
+    async def complete(self, redirect_url: str) -> Authorized:
+        """Finish a browser authorisation from the URL the provider redirected to."""
+        pending = self._take(redirect_url)
+        name = pending.account
+        try:
+            client = self.tokens.grantClient(name)
+            tokens = await client.completeAuthorization(pending.request, redirect_url)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            why = explain(e)
+            log.warn("authorisation of {account} failed: {why}", account=name, why=why)
+            raise AccountAuthorizationFailed(name, why) from None
+        return await self._finish(name, tokens)
+
+    # -- device authorization --------------------------------------------------------
+
+    async def beginDevice(self, account_name: str) -> DeviceAuthorization:
+        """Ask the provider for a user code to show (``user_code``, ``verification_uri``)."""
+        account = self.account(account_name)
+        if not account.profile.device_endpoint:
+            raise AuthorizationFailed(
+                f"profile {account.profile.name} has no device_endpoint: the device flow"
+                " cannot be used"
+            )
+        try:
+            return await self.tokens.grantClient(account_name).startDeviceAuthorization()
+        except TokenError as e:
+            raise AuthorizationFailed(explain(e)) from None
+
+    async def completeDevice(
+        self, account_name: str, authorization: DeviceAuthorization
+    ) -> Authorized:
+        """Poll (interval, ``slow_down``) until the person approves, then store."""
+        try:
+            tokens = await self.tokens.grantClient(account_name).pollDevice(authorization)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise AuthorizationFailed(explain(e)) from None
+        return await self._finish(account_name, tokens)
+
+    async def startDevice(self, account_name: str) -> DeviceFlow:
+        """Begin a device flow and poll in the background; the console shows its progress."""
+        current = self.devices.get(account_name)
+        if current is not None and current.state == "pending":
+            if current.authorization.expires_at > self.clock.seconds():
+                return current
+            if current.finished is not None:
+                current.finished.cancel()
+        authorization = await self.beginDevice(account_name)
+        flow = DeviceFlow(account_name, authorization)
+        self.devices[account_name] = flow
+
+        def done(result: Authorized) -> None:
+            flow.state, flow.result = "ok", result
+            flow.message = describeAuthorized(result, self.clock.seconds())
+
+        def failed(failure: Any) -> None:
+            if failure.check(defer.CancelledError):
+                flow.state, flow.message = "failed", "cancelled"
+                return
+            flow.state, flow.message = "failed", explain(failure.value)
+            log.warn(
+                "device authorisation of {account} failed: {why}",
+                account=account_name,
+                why=flow.message,
+            )
+
+        d = defer.ensureDeferred(self.completeDevice(account_name, authorization))
+        d.addCallbacks(done, failed)
+        flow.finished = d
+        return flow
+
+    def stop(self) -> None:
+        """Forget pending authorisations and cancel background polls (service stop)."""
+        self._pending.clear()
+        for flow in self.devices.values():
+            if flow.finished is not None and not flow.finished.called:
+                flow.finished.cancel()
+
+    # -- client credentials ----------------------------------------------------------
+
+    async def authorizeApp(self, account_name: str) -> Authorized:
+        """App-only accounts: ask for a token now and store it."""
+        self.account(account_name)
+        try:
+            tokens = await self.tokens.grantClient(account_name).clientCredentials()
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise AuthorizationFailed(explain(e)) from None
+        return await self._finish(account_name, tokens)
+
+
+def describeAuthorized(result: Authorized, now: float) -> str:
+    """``helpdesk is authorised; its token expires in 59 min``."""
+    if result.expires_at is None:
+        return f"{result.account} is authorised; its token does not expire"
+    when = describeWhen(result.expires_at, now)
+    return f"{result.account} is authorised; its token expires {when}"

@@ -1,0 +1,62 @@
+"""OAuthMailService embedded in a process, as a ``.tac`` or a larger application runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.client import Agent, readBody
+
+from oauthmail.config import parseConfig
+from oauthmail.service import OAuthMailService
+
+
+def _config(tmp_path: Path):
+    return parseConfig(
+        f"""
+profiles:
+  local:
+    provider: generic
+    authorization_endpoint: http://127.0.0.1:9/authorize
+    token_endpoint: http://127.0.0.1:9/token
+    client_id: oauthmail-test
+    scopes: [mail]
+    imap: {{host: 127.0.0.1, port: 9, security: implicit, server_name: mail.test}}
+    smtp: {{host: 127.0.0.1, port: 9, security: starttls, server_name: mail.test}}
+accounts:
+  - name: helpdesk
+    address: helpdesk@example.com
+    profile: local
+    imap: {{folders: [INBOX], sink: {{maildir: {tmp_path}/mail}}}}
+    smtp: {{}}
+store: {{path: {tmp_path}/var/db.sqlite, key_file: {tmp_path}/var/key}}
+web: {{port: 0}}
+""",
+        "test.yaml",
+        {},
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_starts_every_part_and_stops_cleanly(tmp_path: Path) -> None:
+    """Ready means store, refresher, watcher, queue and console run; stop closes them all."""
+    service = OAuthMailService(_config(tmp_path), reactor)
+    service.startService()
+    try:
+        await service.whenReady()
+        assert set(service.watchers) == {"helpdesk"}
+        assert service.queue is not None and service.queue.running
+        assert service.refresher is not None and service.refresher.running
+        port = service.console_port.getHost().port
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/".encode())
+        page = (await readBody(response)).decode()
+        assert "helpdesk@example.com" in page
+        assert "Authorise" in page
+        assert service.watchers["helpdesk"].folders[0].state == "unauthorised"
+    finally:
+        await service.stopService()
+    assert service.console_port is None
+    assert service.transport is None
+    assert not service.queue.running
+    assert service.store._pool is None
