@@ -437,6 +437,72 @@ def refresh(args: argparse.Namespace) -> int:
     return runInReactor(work)
 
 
+def sendArguments(parser: argparse.ArgumentParser) -> None:
+    accountArguments(parser)
+    parser.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an envelope recipient (repeat for several; default: the To/Cc/Bcc headers)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="mail_from",
+        default=None,
+        metavar="ADDRESS",
+        help="the envelope sender (default: the account's address)",
+    )
+
+
+@subcommand(
+    "send",
+    help="queue the message on standard input for sending through ACCOUNT",
+    arguments=sendArguments,
+)
+def sendCommand(args: argparse.Namespace) -> int:
+    """Put a message in the durable queue; the running daemon sends it.
+
+    The command only stores the message (synced to disk before it says
+    "queued"): the daemon's queue picks it up within its poll interval and
+    owns every retry, so a message is never sent by two processes at once.
+    """
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+    account = pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+    if account.smtp is None:
+        print(f"account {account.name!r} has no smtp section: it cannot send mail", file=sys.stderr)
+        return EXIT_USAGE
+    message = sys.stdin.buffer.read()
+    if not message.strip():
+        print("no message on standard input: nothing was queued", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.smtp.api import sendFromCLI
+        from oauthmail.smtp.queue import OutboundQueue
+
+        session = await _Session(config, reactor).open()
+        try:
+            queue = OutboundQueue(session.store, session.tokens, {account.name: account}, reactor)
+            try:
+                message_id, _ = await sendFromCLI(
+                    queue, account, message, to=args.to, mail_from=args.mail_from
+                )
+            except ValueError as e:
+                print(f"nothing was queued: {e}", file=sys.stderr)
+                return EXIT_USAGE
+        finally:
+            await session.close()
+        print(f"queued as {message_id}; the running oauthmail daemon sends it")
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
 @subcommand(
     "hash-password",
     help="hash a submission password (scrypt) for the configuration",

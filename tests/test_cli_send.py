@@ -1,0 +1,85 @@
+"""``oauthmail send``: a message on standard input goes into the durable queue."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIG = """\
+profiles:
+  local:
+    provider: generic
+    authorization_endpoint: http://127.0.0.1:9/authorize
+    token_endpoint: http://127.0.0.1:9/token
+    client_id: oauthmail-test
+    scopes: [mail]
+    smtp: {{host: 127.0.0.1, port: 9, security: starttls}}
+accounts:
+  - {{name: alerts, address: alerts@example.com, profile: local, smtp: {{}}}}
+  - {{name: inbox, address: inbox@example.com, profile: local}}
+store: {{path: {tmp}/store.sqlite, key_file: {tmp}/store.key}}
+"""
+
+MESSAGE = b"From: alerts@example.com\nTo: ops@example.net\nCc: dev@example.net\nSubject: x\n\nhi\n"
+
+
+def _run(tmp_path: Path, *args: str, stdin: bytes = MESSAGE) -> subprocess.CompletedProcess:
+    config = tmp_path / "app.yaml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    return subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "send", "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def _queued(tmp_path: Path) -> list[tuple]:
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    try:
+        return db.execute(
+            "SELECT o.account, o.mail_from, o.message, group_concat(r.recipient, ' ')"
+            " FROM outbound o JOIN outbound_recipients r ON r.message_id = o.id"
+            " GROUP BY o.id ORDER BY r.position"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_send_queues_with_header_recipients(tmp_path: Path) -> None:
+    """Without --to the recipients come from To and Cc; the sender is the account's address."""
+    result = _run(tmp_path, "alerts")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("queued as ")
+    [(account, mail_from, message, recipients)] = _queued(tmp_path)
+    assert (account, mail_from, message) == ("alerts", "alerts@example.com", MESSAGE)
+    assert sorted(recipients.split()) == ["dev@example.net", "ops@example.net"]
+
+
+def test_send_with_explicit_envelope(tmp_path: Path) -> None:
+    """--to and --from set the envelope whatever the headers say."""
+    result = _run(tmp_path, "alerts", "--to", "a@example.net", "--to", "b@example.net")
+    assert result.returncode == 0, result.stderr
+    [(_, _, _, recipients)] = _queued(tmp_path)
+    assert recipients.split() == ["a@example.net", "b@example.net"]
+
+
+def test_send_refuses_an_account_without_smtp(tmp_path: Path) -> None:
+    """An account with no smtp section is refused in one line, exit status 2."""
+    result = _run(tmp_path, "inbox")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == [
+        "account 'inbox' has no smtp section: it cannot send mail"
+    ]
+
+
+def test_send_refuses_an_empty_message(tmp_path: Path) -> None:
+    """Nothing on standard input queues nothing."""
+    result = _run(tmp_path, "alerts", stdin=b"")
+    assert result.returncode == 2
+    assert b"nothing was queued" in result.stderr
