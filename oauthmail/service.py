@@ -181,7 +181,7 @@ class OAuthMailService(MultiService):
         from twisted.web.server import Site
 
         from oauthmail.tokens.authorize import Authorizer
-        from oauthmail.web.console import ConsoleResource
+        from oauthmail.web.console import ConsoleResource, LiveParts
 
         reactor: IReactorTCP = self.reactor
         self.authorizer = Authorizer(self.tokens, self.reactor, queue=self.queue)
@@ -190,7 +190,7 @@ class OAuthMailService(MultiService):
                 self.config,
                 self.store,
                 clock=self.reactor,
-                watchers=self.watchers,
+                live=LiveParts(self.watchers, self.queue),
                 authorizer=self.authorizer,
             )
         )

@@ -135,3 +135,45 @@ def test_describe_when_reads_naturally() -> None:
     assert describeWhen(0, 600) == "10 min ago"
     assert describeWhen(7200, 0) == "in 2.0 h"
     assert describeWhen(0, 3 * 86400) == "3.0 days ago"
+
+
+class _FakeQueue:
+    """Just the stats() the console reads from an OutboundQueue."""
+
+    def __init__(self, stats):
+        self._stats = stats
+
+    def stats(self):
+        from twisted.internet import defer
+
+        return defer.succeed(self._stats)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbox_shows_depth_age_and_send_errors() -> None:
+    """The outbox column shows queue depth, oldest age and the last send error."""
+    from oauthmail.smtp.queue import QueueStats
+    from oauthmail.web.console import LiveParts
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    store = MemoryTokenStore(clock=clock)
+    config = _config()
+    for account in config.accounts:
+        await store.ensureAccount(account.name, account.profile.name)
+        await store.setAccountState(account.name, "ok")
+    queue = _FakeQueue(
+        {
+            "helpdesk": QueueStats("helpdesk", 3, 1200.0, 1, "451 4.3.0 try again later"),
+            "alerts": QueueStats("alerts", 0, None, 0, None),
+        }
+    )
+    resource = ConsoleResource(config, store, clock, live=LiveParts(queue=queue))
+    status, body = await _render(resource, b"")
+    page = body.decode()
+    assert "3 queued, oldest 20 min ago; 1 failed for good" in page
+    assert "451 4.3.0 try again later" in page
+    assert "empty" in page
+    status, body = await _render(resource, b"health")
+    helpdesk = json.loads(body)["accounts"][0]
+    assert (helpdesk["queued"], helpdesk["oldest_queued_age"]) == (3, 1200.0)

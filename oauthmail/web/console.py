@@ -15,6 +15,7 @@ import datetime
 import html
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -63,18 +64,34 @@ th, td { text-align: left; padding: .4em .8em; border-bottom: 1px solid #ddd; ve
 """
 
 
+@dataclass(frozen=True)
+class LiveParts:
+    """The running parts the console reports on besides the store.
+
+    ``watchers`` maps account names to their IMAP ``AccountWatcher`` (with a
+    ``status()`` dict); ``queue`` is the ``OutboundQueue`` (with ``stats()``).
+    Both are optional so the console also runs over a bare store.
+    """
+
+    watchers: Mapping[str, Any] = field(default_factory=dict)
+    queue: Any = None
+
+
 async def collectStatuses(
-    config: Config, store: ITokenStore, watchers: Mapping[str, Any] | None = None
+    config: Config, store: ITokenStore, live: LiveParts | None = None
 ) -> list[AccountStatus]:
     """Every configured account's status, in configuration order."""
-    watchers = watchers or {}
+    live = live or LiveParts()
+    sending = await live.queue.stats() if live.queue is not None else {}
     statuses = []
     for account in config.accounts:
         record = await store.getAccount(account.name)
         tokens = await store.getTokens(account.name)
-        watcher = watchers.get(account.name)
+        watcher = live.watchers.get(account.name)
         receiving = watcher.status() if watcher is not None else None
-        statuses.append(accountStatus(account, record, tokens, receiving))
+        statuses.append(
+            accountStatus(account, record, tokens, receiving, sending.get(account.name))
+        )
     return statuses
 
 
@@ -90,13 +107,13 @@ class _AsyncPage(Resource):
         config: Config,
         store: ITokenStore,
         clock: IReactorTime,
-        watchers: Mapping[str, Any] | None = None,
+        live: LiveParts | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.store = store
         self.clock = clock
-        self.watchers = watchers
+        self.live = live
 
     async def body(self, request: Any) -> bytes:
         raise NotImplementedError
@@ -128,7 +145,7 @@ class StatusPage(_AsyncPage):
     csrf: Any = None
 
     async def body(self, request: Any) -> bytes:
-        statuses = await collectStatuses(self.config, self.store, self.watchers)
+        statuses = await collectStatuses(self.config, self.store, self.live)
         buttons = None
         if self.csrf is not None:
             buttons = {}
@@ -146,7 +163,7 @@ class HealthPage(_AsyncPage):
     content_type = b"application/json"
 
     async def body(self, request: Any) -> bytes:
-        statuses = await collectStatuses(self.config, self.store, self.watchers)
+        statuses = await collectStatuses(self.config, self.store, self.live)
         healthy = all(s.state in ("ok", "refreshing", "not_configured") for s in statuses)
         if not healthy:
             request.setResponseCode(503)
@@ -171,13 +188,13 @@ class ConsoleResource(Resource):
         config: Config,
         store: ITokenStore,
         clock: IReactorTime,
-        watchers: Mapping[str, Any] | None = None,
+        live: LiveParts | None = None,
         authorizer: Any = None,
         csrf: Any = None,
     ) -> None:
         super().__init__()
-        self._status = StatusPage(config, store, clock, watchers)
-        self.putChild(b"health", HealthPage(config, store, clock, watchers))
+        self._status = StatusPage(config, store, clock, live)
+        self.putChild(b"health", HealthPage(config, store, clock, live))
         self.csrf = None
         if authorizer is not None:
             self.csrf = csrf if csrf is not None else CSRFToken()
@@ -207,6 +224,19 @@ def _received(s: AccountStatus, now: float) -> str:
     return html.escape(f"{when} ({s.delivered} since start)")
 
 
+def _outbox(s: AccountStatus, now: float) -> str:
+    if s.queued is None:
+        return "—"
+    if not s.queued:
+        text = "empty"
+    else:
+        oldest = describeWhen(now - (s.oldest_queued_age or 0.0), now)
+        text = f"{s.queued} queued, oldest {oldest}"
+    if s.failed_sends:
+        text += f"; {s.failed_sends} failed for good"
+    return html.escape(text)
+
+
 def renderStatusPage(
     statuses: list[AccountStatus], now: float, buttons: Mapping[str, str] | None = None
 ) -> str:
@@ -227,6 +257,7 @@ def renderStatusPage(
             f"<td title='{e(_isoTime(s.last_refresh_at))}'>"
             f"{e(describeWhen(s.last_refresh_at, now))}</td>"
             f"<td>{_received(s, now)}</td>"
+            f"<td>{_outbox(s, now)}</td>"
             f"<td>{e(s.last_error or '')}<div class='hint'>{e(s.next_step)}</div></td>"
             + (f"<td>{action}</td>" if buttons is not None else "")
             + "</tr>"
@@ -239,7 +270,7 @@ def renderStatusPage(
         f"<style>{_STYLE}</style></head><body>"
         "<h1>oauthmail</h1>"
         "<table><thead><tr><th>Account</th><th>Profile</th><th>State</th>"
-        "<th>Token expires</th><th>Last refresh</th><th>Last mail</th>"
+        "<th>Token expires</th><th>Last refresh</th><th>Last mail</th><th>Outbox</th>"
         "<th>Last error / next step</th>"
         + ("<th></th>" if buttons is not None else "")
         + "</tr></thead><tbody>"

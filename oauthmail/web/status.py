@@ -9,6 +9,7 @@ value: only expiry times and states.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from oauthmail.config import AccountConfig
 from oauthmail.tokens.records import AccountRecord, TokenRecord
@@ -36,6 +37,9 @@ class AccountStatus:
     next_step: str
     delivered: int | None = None
     last_delivery_at: float | None = None
+    queued: int | None = None
+    oldest_queued_age: float | None = None
+    failed_sends: int | None = None
 
     def asJSON(self) -> dict:
         return {
@@ -49,6 +53,9 @@ class AccountStatus:
             "next_step": self.next_step,
             "delivered": self.delivered,
             "last_delivery_at": self.last_delivery_at,
+            "queued": self.queued,
+            "oldest_queued_age": self.oldest_queued_age,
+            "failed_sends": self.failed_sends,
         }
 
 
@@ -57,8 +64,13 @@ def accountStatus(
     record: AccountRecord | None,
     tokens: TokenRecord | None,
     receiving: dict | None = None,
+    sending: Any = None,
 ) -> AccountStatus:
-    """Merge what the config says with what the store and the IMAP watcher know."""
+    """Merge what the config says with what the store, the IMAP watcher and the queue know.
+
+    ``sending`` is the account's ``QueueStats``; its last error shows when the
+    account itself has none (a token problem outranks a delivery problem).
+    """
     if not account.configured:
         state = "not_configured"
     elif record is None:
@@ -73,10 +85,14 @@ def accountStatus(
         state=state,
         expires_at=tokens.expires_at if tokens is not None else None,
         last_refresh_at=record.last_refresh_at if record is not None else None,
-        last_error=record.last_error if record is not None else None,
+        last_error=(record.last_error if record is not None else None)
+        or (sending.last_error if sending is not None else None),
         next_step=step,
         delivered=receiving["delivered"] if receiving else None,
         last_delivery_at=receiving["last_delivery_at"] if receiving else None,
+        queued=sending.depth if sending is not None else None,
+        oldest_queued_age=sending.oldest_age if sending is not None else None,
+        failed_sends=sending.failed if sending is not None else None,
     )
 
 
