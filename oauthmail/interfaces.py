@@ -93,6 +93,19 @@ class ISink(Interface):
         """
 
 
+class IRecoverableSink(ISink):
+    """A sink that can tell, after a crash, which messages it already holds.
+
+    The watcher records "handed to the sink" before delivering a batch. If
+    the process dies before the outcome is recorded, the next run asks the
+    sink about those messages instead of delivering them a second time.
+    Sinks without this (command, webhook) are at-least-once across a crash.
+    """
+
+    def findDelivered(digests):
+        """Fire with the subset of ``digests`` (see ``oauthmail.digest``) it holds."""
+
+
 class IDeliveryLedger(Interface):
     """Durable bookkeeping for exactly-once IMAP delivery; every method returns a Deferred."""
 
@@ -124,6 +137,17 @@ class IDeliveryLedger(Interface):
 
     def markDisposed(account, folder, uidvalidity, uids):
         """The disposition of these delivered UIDs was applied on the server."""
+
+    def recordHanded(account, folder, uidvalidity, entries):
+        """Record ``[(uid, digest)]`` as handed to the sink, outcome unknown (one transaction).
+
+        A handed row does not count as delivered: the message is fetched again
+        next round, and the watcher asks an ``IRecoverableSink`` whether it
+        already holds it. ``recordDeliveries`` replaces the row with the outcome.
+        """
+
+    def handedDigests(account, digests):
+        """Fire with the subset of ``digests`` that were handed to the sink, outcome unknown."""
 
     def pendingDisposition(account, folder, uidvalidity):
         """Fire with the sorted UIDs delivered but not yet disposed on the server."""

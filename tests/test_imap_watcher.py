@@ -19,7 +19,7 @@ from oauthmail.config import (
     SinkConfig,
 )
 from oauthmail.imap.fetch import SelectInfo
-from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, MemoryDeliveryLedger
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED, MemoryDeliveryLedger
 from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
 from oauthmail.imap.watcher import AccountWatcher, FolderWatcher
 from oauthmail.secret import Secret
@@ -346,7 +346,7 @@ def test_token_rejected_twice_sets_error_and_backs_off():
 
 
 def test_temporary_sink_failure_leaves_message_and_retries():
-    """A temporary sink failure: not recorded, not flagged, delivered on the retry."""
+    """A temporary sink failure: only 'handed' in the ledger, not flagged, delivered on retry."""
     watcher, server, tokens, ledger, sink, clock = setup()
     server.add(b"a")
     server.add(b"b")
@@ -354,7 +354,7 @@ def test_temporary_sink_failure_leaves_message_and_retries():
     watcher.start()
     assert sink.messages == [b"a"]
     assert server.flags == {1: {b"\\Seen"}}
-    assert ("alice", "INBOX", 1, 2) not in ledger.rows
+    assert ledger.rows[("alice", "INBOX", 1, 2)][1] == HANDED
     assert "disk full" in watcher.lastError
     clock.advance(5.0)
     assert sink.messages == [b"a", b"b"]
@@ -532,3 +532,87 @@ def test_unauthorised_account_never_connects_and_starts_once_authorised():
     assert len(server.clients) == 1
     assert sink.messages == [b"one"]
     watcher.stop()
+
+
+def test_identical_copies_in_one_batch_share_the_outcome():
+    """Two byte-identical messages: a temporary failure leaves both; the retry settles both."""
+    watcher, server, tokens, ledger, sink, clock = setup(account=makeAccount("delete"))
+    server.add(b"same")
+    server.add(b"same")
+    sink.verdicts[b"same"] = TemporarySinkError("disk full")
+    watcher.start()
+    assert sink.messages == []
+    assert sorted(server.folders["INBOX"]) == [1, 2]  # nothing disposed
+    clock.advance(5.0)
+    assert sink.messages == [b"same"]  # delivered once
+    assert server.folders["INBOX"] == {}
+    assert {state for _, state in ledger.rows.values()} == {"disposed"}
+    watcher.stop()
+
+
+class RecoverableSink(FakeSink):
+    """A sink that holds some messages already (as a Maildir does after a crash)."""
+
+    def __init__(self, holding):
+        super().__init__()
+        from oauthmail.digest import messageDigest
+
+        self.holding = {messageDigest(body) for body in holding}
+        self.asked = []
+
+    def findDelivered(self, digests):
+        digests = set(digests)
+        self.asked.append(digests)
+        return defer.succeed(digests & self.holding)
+
+
+def test_handed_batch_after_a_crash_is_not_delivered_again():
+    """Messages handed to the sink before a crash and held by it are recorded, not redelivered."""
+    from zope.interface import directlyProvides
+
+    from oauthmail.digest import messageDigest
+    from oauthmail.interfaces import IRecoverableSink
+
+    clock = Clock()
+    server = FakeServer()
+    ledger = MemoryDeliveryLedger(clock)
+    server.add(b"held")
+    server.add(b"lost")
+    # What the crashed run left behind: both handed, the sink only got "held".
+    ledger.recordHanded("alice", "INBOX", 1, [(1, messageDigest(b"held"))])
+    ledger.recordHanded("alice", "INBOX", 1, [(2, messageDigest(b"lost"))])
+    sink = RecoverableSink([b"held"])
+    directlyProvides(sink, IRecoverableSink)
+    account = makeAccount("delete")
+    watcher = FolderWatcher(
+        account,
+        account.imap.folders[0],
+        FakeTokens(server),
+        ledger,
+        sink,
+        clock,
+        connect=server.connect,
+    )
+    watcher.start()
+    assert sink.messages == [b"lost"]  # only the one the sink did not hold
+    assert server.folders["INBOX"] == {}
+    assert {state for _, state in ledger.rows.values()} == {"disposed"}
+    watcher.stop()
+
+
+def test_a_body_missing_from_fetch_is_reported():
+    """A UID the server returns no body for is named in the error, not skipped silently."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"one")
+    original = FakeClient.fetchMessages
+
+    def dropFirst(self, uids):
+        return original(self, uids).addCallback(lambda messages: messages[1:])
+
+    FakeClient.fetchMessages = dropFirst
+    try:
+        watcher.start()
+        assert "no body for UID(s) 1" in watcher.lastError
+    finally:
+        FakeClient.fetchMessages = original
+        watcher.stop()

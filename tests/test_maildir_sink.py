@@ -246,3 +246,21 @@ async def test_recreates_removed_tmp(tmp_path, reactor, threadpool):
         await sink.deliver(b"two", "a", "INBOX")
     path = await sink.deliver(b"three", "a", "INBOX")
     assert os.path.exists(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_find_delivered_by_digest_in_new_and_cur(tmp_path, reactor, threadpool):
+    """After a crash the sink names which messages it holds, also once a reader moved them."""
+    from oauthmail.digest import messageDigest
+    from oauthmail.interfaces import IRecoverableSink
+
+    sink = makeSink(tmp_path, reactor, threadpool)
+    assert verifyObject(IRecoverableSink, sink)
+    first = await sink.deliver(b"first\r\n", "a", "INBOX")
+    await sink.deliver(b"second\r\n", "a", "INBOX")
+    # A mail reader moves a message to cur/ and appends its flags.
+    name = os.path.basename(first)
+    os.rename(first, str(tmp_path / "Maildir" / "cur" / (name + ":2,S")))
+    wanted = {messageDigest(b"first\r\n"), messageDigest(b"second\r\n"), messageDigest(b"x")}
+    found = await sink.findDelivered(wanted)
+    assert found == {messageDigest(b"first\r\n"), messageDigest(b"second\r\n")}

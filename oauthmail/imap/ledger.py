@@ -4,9 +4,12 @@ Exactly-once delivery rests on one ordering: sink accepted → ledger recorded �
 disposition applied on the server → ledger marked "disposed". A crash between
 any two steps leaves a state the watcher can finish without delivering twice:
 
-* after "sink accepted" but before "recorded": the message is delivered again
-  next time (the only window for a duplicate; the sink's group commit and the
-  single ledger transaction per batch keep it as small as a batch);
+* before the sink is called, the batch is recorded as ``handed`` (one
+  transaction). After a crash between "sink accepted" and "recorded", those
+  rows tell the watcher to ask the sink (:class:`IRecoverableSink`, e.g. the
+  Maildir, whose file names carry the digest) which messages it already
+  holds; only the others are delivered again. A sink that cannot say is
+  at-least-once across such a crash;
 * after "recorded" but before "disposed": :meth:`IDeliveryLedger.pendingDisposition`
   names those UIDs, the watcher applies the disposition first and never fetches
   them again (:meth:`deliveredUIDs`).
@@ -15,9 +18,11 @@ Rows are keyed by (account, folder, uidvalidity, uid); ``digest`` (sha256 of
 the exact bytes) lets the watcher recognise already delivered messages when
 the server renumbers a folder (UIDVALIDITY changed).
 
-``state`` is ``delivered``, ``failed_permanent`` (the sink refused it for good:
-recorded so it is not retried, left untouched on the server for a person to
-look at) or ``disposed`` (``delivered`` + disposition applied). The migration-2
+``state`` is ``handed`` (given to the sink, outcome not yet recorded: not
+delivered as far as the watcher is concerned), ``delivered``,
+``failed_permanent`` (the sink refused it for good: recorded so it is not
+retried, left untouched on the server for a person to look at) or
+``disposed`` (``delivered`` + disposition applied). The migration-2
 table has no separate "disposed" column, so disposal is a state change.
 """
 
@@ -36,14 +41,20 @@ __all__ = [
     "DELIVERED",
     "DISPOSED",
     "FAILED_PERMANENT",
+    "HANDED",
     "IDeliveryLedger",
     "MemoryDeliveryLedger",
     "SQLDeliveryLedger",
 ]
 
+HANDED = "handed"
 DELIVERED = "delivered"
 FAILED_PERMANENT = "failed_permanent"
 DISPOSED = "disposed"
+#: States in which a message counts as dealt with (never fetched or delivered again).
+_SETTLED = (DELIVERED, FAILED_PERMANENT, DISPOSED)
+#: States in which the sink holds the message (deduplication by digest).
+_HOLDS = (DELIVERED, DISPOSED)
 _RECORDABLE = (DELIVERED, FAILED_PERMANENT)
 
 T = TypeVar("T")
@@ -103,11 +114,19 @@ class MemoryDeliveryLedger:
     def deliveredUIDs(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
     ) -> defer.Deferred[set[int]]:
-        return defer.succeed({u for u in uids if (account, folder, uidvalidity, u) in self.rows})
+        rows = self.rows
+        return defer.succeed(
+            {
+                u
+                for u in uids
+                if (account, folder, uidvalidity, u) in rows
+                and rows[(account, folder, uidvalidity, u)][1] in _SETTLED
+            }
+        )
 
     def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
         found = any(
-            key[0] == account and value[0] == digest and value[1] != FAILED_PERMANENT
+            key[0] == account and value[0] == digest and value[1] in _HOLDS
             for key, value in self.rows.items()
         )
         return defer.succeed(found)
@@ -117,7 +136,24 @@ class MemoryDeliveryLedger:
         found = {
             value[0]
             for key, value in self.rows.items()
-            if key[0] == account and value[0] in wanted and value[1] != FAILED_PERMANENT
+            if key[0] == account and value[0] in wanted and value[1] in _HOLDS
+        }
+        return defer.succeed(found)  # type: ignore[arg-type]
+
+    def recordHanded(
+        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+    ) -> defer.Deferred[None]:
+        self.transactions += 1
+        for uid, digest in entries:
+            self.rows[(account, folder, uidvalidity, uid)] = (digest, HANDED)
+        return defer.succeed(None)
+
+    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        wanted = set(digests)
+        found = {
+            value[0]
+            for key, value in self.rows.items()
+            if key[0] == account and value[0] in wanted and value[1] == HANDED
         }
         return defer.succeed(found)  # type: ignore[arg-type]
 
@@ -253,8 +289,8 @@ class SQLDeliveryLedger:
                 return set()
             rows = conn.execute(
                 "SELECT uid FROM deliveries WHERE account = ? AND folder = ?"
-                " AND uidvalidity = ? AND uid BETWEEN ? AND ?",
-                (account, folder, uidvalidity, wanted[0], wanted[-1]),
+                " AND uidvalidity = ? AND uid BETWEEN ? AND ? AND state != ?",
+                (account, folder, uidvalidity, wanted[0], wanted[-1], HANDED),
             ).fetchall()
             have = {int(r[0]) for r in rows}
             return have.intersection(wanted)
@@ -264,15 +300,25 @@ class SQLDeliveryLedger:
     def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
         def q(conn: Any) -> bool:
             row = conn.execute(
-                "SELECT 1 FROM deliveries WHERE account = ? AND digest = ? AND state != ? LIMIT 1",
-                (account, digest, FAILED_PERMANENT),
+                "SELECT 1 FROM deliveries WHERE account = ? AND digest = ?"
+                " AND state IN (?, ?) LIMIT 1",
+                (account, digest, *_HOLDS),
             ).fetchone()
             return row is not None
 
         return self._run(q)
 
     def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._digestsIn(account, digests, _HOLDS)
+
+    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._digestsIn(account, digests, (HANDED,))
+
+    def _digestsIn(
+        self, account: str, digests: Iterable[str], states: Sequence[str]
+    ) -> defer.Deferred[set[str]]:
         wanted = sorted(set(digests))
+        stateMarks = ", ".join("?" * len(states))
 
         def q(conn: Any) -> set[str]:
             found: set[str] = set()
@@ -281,16 +327,29 @@ class SQLDeliveryLedger:
                 marks = ", ".join("?" * len(part))
                 sql = (
                     "SELECT DISTINCT digest FROM deliveries WHERE account = ?"  # noqa: S608
-                    f" AND state != ? AND digest IN ({marks})"  # only "?" marks go in here
+                    f" AND state IN ({stateMarks}) AND digest IN ({marks})"  # only "?" marks
                 )
-                rows = conn.execute(
-                    sql,
-                    (account, FAILED_PERMANENT, *part),
-                ).fetchall()
+                rows = conn.execute(sql, (account, *states, *part)).fetchall()
                 found.update(r[0] for r in rows)
             return found
 
         return self._run(q)
+
+    def recordHanded(
+        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+    ) -> defer.Deferred[None]:
+        entries = list(entries)
+        now = self._clock.seconds()
+
+        def w(conn: Any) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO deliveries"
+                " (account, folder, uidvalidity, uid, digest, delivered_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(account, folder, uidvalidity, u, dg, now, HANDED) for u, dg in entries],
+            )
+
+        return self._write(w)
 
     def markDisposed(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]

@@ -37,7 +37,7 @@ delivered, so flagging or deleting it would lose it.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,10 +50,11 @@ from twisted.mail.imap4 import IMAP4Exception
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig, FolderConfig
+from oauthmail.digest import messageDigest
 from oauthmail.imap.connect import connectIMAP
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
-from oauthmail.interfaces import IDeliveryLedger
+from oauthmail.interfaces import IDeliveryLedger, IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 from oauthmail.tokens.errors import AccountNotAuthorised
 
@@ -73,8 +74,18 @@ class _Stopped(Exception):  # noqa: N818 - control flow, not an error
     pass
 
 
-def _sha256(message: bytes) -> str:
-    return hashlib.sha256(message).hexdigest()
+def _uidList(uids: Sequence[int]) -> str:
+    shown = ", ".join(str(u) for u in uids[:10])
+    return shown + (f" and {len(uids) - 10} more" if len(uids) > 10 else "")
+
+
+@contextlib.asynccontextmanager
+async def _locked(lock: defer.DeferredLock) -> Any:
+    await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _text(failure: Failure | BaseException) -> str:
@@ -108,8 +119,11 @@ class FolderWatcher:
         connect: Callable[..., defer.Deferred[Any]] = connectIMAP,
         retryPolicy: Callable[[int], float] | None = None,
         connectTimeout: float = 30.0,
+        accountLock: defer.DeferredLock | None = None,
     ) -> None:
         assert account.imap is not None and account.profile.imap is not None
+        #: Shared by the folders of one account (see ``_batch``).
+        self.accountLock = accountLock if accountLock is not None else defer.DeferredLock()
         self.account = account
         self.folder = folder
         self.tokens = tokens
@@ -381,27 +395,66 @@ class FolderWatcher:
     async def _batch(
         self, client: Any, uidvalidity: int, uids: Sequence[int], caps: dict[bytes, Any]
     ) -> list[int]:
-        """Fetch, deliver, record, dispose one batch; return the UIDs that failed temporarily."""
-        account, folder = self.account.name, self.folder.name
+        """Fetch, deliver, record, dispose one batch; return the UIDs that failed temporarily.
+
+        The account lock covers the stretch from "which digests are known" to
+        "outcomes recorded", so two folders of one account (Gmail labels) never
+        both deliver the same bytes.
+        """
         messages = await client.fetchMessages(uids)
-        digests = [_sha256(body) for _, body in messages]
+        missing = sorted(set(uids) - {uid for uid, _ in messages})
+        if missing:
+            self._error(
+                f"the server returned no body for UID(s) {_uidList(missing)}; left on the server"
+            )
+        async with _locked(self.accountLock):
+            entries, temporary = await self._deliverAndRecord(uidvalidity, messages)
+        toDispose = [uid for uid, _, state in entries if state == DELIVERED]
+        if toDispose:
+            await self._dispose(client, toDispose, caps, uidvalidity)
+        return temporary
+
+    async def _deliverAndRecord(
+        self, uidvalidity: int, messages: Sequence[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, str, str]], list[int]]:
+        account, folder = self.account.name, self.folder.name
+        digests = [messageDigest(body) for _, body in messages]
         known = await self.ledger.knownDigests(account, digests)
-        fresh: list[tuple[int, bytes, str]] = []
         entries: list[tuple[int, str, str]] = []
-        seen: set[str] = set(known)
+        # One delivery per distinct digest ("leader"); byte-identical copies in
+        # the same batch ("followers") share the leader's outcome.
+        leaders: dict[str, tuple[int, bytes]] = {}
+        followers: list[tuple[int, str]] = []
         for (uid, body), digest in zip(messages, digests, strict=True):
-            if digest in seen:
+            if digest in known:
                 entries.append((uid, digest, DELIVERED))  # delivered before: record, dispose
+            elif digest in leaders:
+                followers.append((uid, digest))
             else:
-                seen.add(digest)
-                fresh.append((uid, body, digest))
-        results = await self._deliver([body for _, body, _ in fresh])
+                leaders[digest] = (uid, body)
+        outcome: dict[str, SinkError | None] = {}
+        handed = await self.ledger.handedDigests(account, leaders)
+        if handed and IRecoverableSink.providedBy(self.sink):
+            # An earlier run handed these to the sink and died before recording
+            # the outcome: whatever the sink holds is delivered, not redone.
+            for digest in await self.sink.findDelivered(handed):
+                outcome[digest] = None
+        fresh = [(uid, body, d) for d, (uid, body) in leaders.items() if d not in outcome]
+        if fresh:
+            await self.ledger.recordHanded(
+                account, folder, uidvalidity, [(uid, d) for uid, _, d in fresh]
+            )
+            results = await self._deliver([body for _, body, _ in fresh])
+            for (_, _, digest), error in zip(fresh, results, strict=True):
+                outcome[digest] = error
         temporary: list[int] = []
         delivered = 0
-        for (uid, _, digest), error in zip(fresh, results, strict=True):
+        everyone = [(uid, d) for d, (uid, _) in leaders.items()] + followers
+        for uid, digest in everyone:
+            error = outcome[digest]
             if error is None:
                 entries.append((uid, digest, DELIVERED))
-                delivered += 1
+                delivered += 1 if leaders[digest][0] == uid else 0
             elif isinstance(error, PermanentSinkError):
                 entries.append((uid, digest, FAILED_PERMANENT))
                 self.failedPermanent += 1
@@ -415,10 +468,7 @@ class FolderWatcher:
         if delivered:
             self.delivered += delivered
             self.lastDeliveryAt = self.reactor.seconds()
-        toDispose = [uid for uid, _, state in entries if state == DELIVERED]
-        if toDispose:
-            await self._dispose(client, toDispose, caps, uidvalidity)
-        return temporary
+        return entries, temporary
 
     async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
         """The sink's verdict per message: None (taken durably) or the SinkError."""
@@ -582,8 +632,19 @@ class AccountWatcher(MultiService):
             raise ValueError(f"account {account.name} has no imap section")
         self.account = account
         self.setName(f"imap:{account.name}")
+        lock = defer.DeferredLock()
         self.folders = [
-            FolderWatcher(account, folder, tokens, ledger, sink, reactor, store=store, **kwargs)
+            FolderWatcher(
+                account,
+                folder,
+                tokens,
+                ledger,
+                sink,
+                reactor,
+                store=store,
+                accountLock=lock,
+                **kwargs,
+            )
             for folder in account.imap.folders
         ]
         for watcher in self.folders:

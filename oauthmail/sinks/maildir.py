@@ -34,7 +34,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Union
 
@@ -43,7 +43,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oauthmail.interfaces import ISink
+from oauthmail.digest import messageDigest
+from oauthmail.interfaces import IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 
 SUBDIRECTORIES = ("tmp", "new", "cur")
@@ -77,7 +78,7 @@ def _split(items: list, parts: int) -> list[list]:
     return slices
 
 
-@implementer(ISink)
+@implementer(IRecoverableSink)
 class MaildirSink:
     """Writes each message as one file in ``path/new``.
 
@@ -191,7 +192,7 @@ class MaildirSink:
         """Write, sync and rename every message, then sync the directories once."""
         if not messages:
             return defer.succeed([])
-        jobs = [(message, self._uniqueName()) for message in messages]
+        jobs = [(message, self._uniqueName(messageDigest(message))) for message in messages]
         chunks = _split(jobs, min(self._concurrency, len(jobs)))
         writes = [
             deferToThreadPool(self._reactor, self._threadpool, self._writeChunk, chunk)
@@ -225,14 +226,49 @@ class MaildirSink:
 
         return gathered.addCallback(commit).addErrback(unexpected)
 
-    def _uniqueName(self) -> str:
-        """``sec.MusecPpidQcounterRrandom.host``: unique per the Maildir spec."""
+    def _uniqueName(self, digest: str) -> str:
+        """``sec.MusecPpidQcounterRrandom.host,D=digest``: unique per the Maildir spec.
+
+        The ``,D=`` field (readers such as Dovecot keep unknown ``,X=`` fields
+        and only append ``:2,flags``) names the message's sha256, so that
+        after a crash :meth:`findDelivered` can tell which messages of an
+        unfinished batch already made it into ``new/`` or ``cur/``.
+        """
         now = self._clock()
         seconds = int(now)
         micros = int((now - seconds) * 1_000_000)
         return (
-            f"{seconds}.M{micros}P{os.getpid()}Q{next(self._counter)}R{self._instance}.{self._host}"
+            f"{seconds}.M{micros}P{os.getpid()}Q{next(self._counter)}R{self._instance}"
+            f".{self._host},D={digest}"
         )
+
+    def findDelivered(self, digests: Iterable[str]) -> defer.Deferred:
+        """The subset of ``digests`` already in ``new/`` or ``cur/`` (``IRecoverableSink``).
+
+        Lists both directories once, on the thread pool: only called when a
+        crash left a batch whose outcome was never recorded.
+        """
+        wanted = set(digests)
+        if not wanted:
+            return defer.succeed(set())
+        return deferToThreadPool(self._reactor, self._threadpool, self._scanFor, wanted)
+
+    def _scanFor(self, wanted: set[str]) -> set[str]:
+        found: set[str] = set()
+        for sub in ("new", "cur"):
+            try:
+                entries = os.scandir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    base = entry.name.split(":", 1)[0]
+                    marker = base.rfind(",D=")
+                    if marker >= 0:
+                        digest = base[marker + 3 :].split(",", 1)[0]
+                        if digest in wanted:
+                            found.add(digest)
+        return found
 
     # -- on a pool thread ----------------------------------------------------
 
