@@ -178,14 +178,13 @@ class OAuthMailService(MultiService):
         )
 
     def _listenConsole(self) -> None:
-        from twisted.web.server import Site
-
         from oauthmail.tokens.authorize import Authorizer
         from oauthmail.web.console import ConsoleResource, LiveParts
+        from oauthmail.web.site import ConsoleSite
 
         reactor: IReactorTCP = self.reactor
         self.authorizer = Authorizer(self.tokens, self.reactor, queue=self.queue)
-        site = Site(
+        site = ConsoleSite(
             ConsoleResource(
                 self.config,
                 self.store,
@@ -194,7 +193,6 @@ class OAuthMailService(MultiService):
                 authorizer=self.authorizer,
             )
         )
-        site.displayTracebacks = False
         self.console_port = reactor.listenTCP(
             self.config.web.port, site, interface=self.config.web.bind
         )

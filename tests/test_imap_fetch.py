@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from twisted.mail.imap4 import IMAP4Exception
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
@@ -182,3 +184,30 @@ def test_format_uid_set_round_trip(uids):
         a, _, b = part.partition(b":")
         back.update(range(int(a), int(b or a) + 1))
     assert back == uids
+
+
+def test_a_command_without_answer_times_out_and_drops_the_connection():
+    """A server that stops answering: the command fails after its deadline, the link is cut."""
+    from twisted.internet.task import Clock
+
+    client, transport = connect()
+    client.clock = clock = Clock()
+    client.commandTimeout = 120.0
+    d = client.uidSearchFrom(1)
+    clock.advance(119)
+    assert not d.called
+    clock.advance(1)
+    with pytest.raises(IMAP4Exception, match="did not answer UID SEARCH within 120 s"):
+        result(d)
+    assert transport.disconnecting
+
+
+def test_idle_has_no_deadline():
+    """IDLE waits for the server by design: no deadline applies to it."""
+    from twisted.internet.task import Clock
+
+    client, transport = connect()
+    client.clock = clock = Clock()
+    client.idle(lambda event: None)
+    clock.advance(3600)
+    assert not transport.disconnecting

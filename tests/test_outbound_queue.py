@@ -13,6 +13,8 @@ import sqlite3
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -448,3 +450,35 @@ async def test_migration_3_applies_to_a_version_2_file(tmp_path):
         assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == schema.LATEST
     finally:
         raw.close()
+
+
+def test_without_bcc_removes_only_the_bcc_field():
+    """Bcc (with folded lines) goes; every other byte stays, the body included."""
+    from oauthmail.smtp.api import withoutBcc
+
+    message = (
+        b"From: a@example.com\r\nBcc: hidden@example.net,\r\n  other@example.net\r\n"
+        b"To: b@example.net\r\nbcc: x@example.net\r\n\r\nBcc: in the body stays\r\n"
+    )
+    assert withoutBcc(message) == (
+        b"From: a@example.com\r\nTo: b@example.net\r\n\r\nBcc: in the body stays\r\n"
+    )
+
+
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(["To", "Cc", "Subject", "X-Thing"]),
+            st.text(alphabet="abc@. ", max_size=20),
+        ),
+        max_size=5,
+    ),
+    body=st.binary(max_size=200),
+)
+def test_without_bcc_keeps_messages_without_bcc(headers, body):
+    """A message with no Bcc field comes back byte for byte."""
+    from oauthmail.smtp.api import withoutBcc
+
+    head = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers)
+    message = head + b"\r\n" + body
+    assert withoutBcc(message) == message

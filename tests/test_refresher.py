@@ -190,3 +190,15 @@ def test_stopWaitsForRefreshInFlight():
     transport.answerAll()
     assert d.called
     assert store.getTokens("acct0").result.refresh_token == Secret("r-acct0x")
+
+
+def test_tokenWithoutExpiryIsRefreshedWhenOld():
+    """A token without expiry still has its refresh token used once it is max_age old."""
+    refresher, transport, store, clock = setup(1, 0, jitter=0, max_age=7 * 86400.0)
+    store.putTokens("acct0", TokenSet(Secret("a"), None, Secret("r-acct0")), 1)
+    refresher.startService()
+    assert transport.held == []  # young: nothing to do
+    clock.advance(7 * 86400.0)
+    assert [form["refresh_token"] for form, _ in transport.held] == ["r-acct0"]
+    transport.answerAll()
+    refresher.stopService()

@@ -60,3 +60,30 @@ async def test_service_starts_every_part_and_stops_cleanly(tmp_path: Path) -> No
     assert service.transport is None
     assert not service.queue.running
     assert service.store._pool is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_access_log_never_writes_a_query_string(tmp_path: Path) -> None:
+    """The OAuth redirect's code in /callback?code=... never reaches the log."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:
+        seen.append(formatEvent(event) or "")
+        seen.append(repr(event))
+
+    service = OAuthMailService(_config(tmp_path), reactor)
+    service.startService()
+    globalLogPublisher.addObserver(observer)
+    try:
+        await service.whenReady()
+        port = service.console_port.getHost().port
+        url = f"http://127.0.0.1:{port}/callback?code=SECRET-CODE-123&state=abc"
+        response = await Agent(reactor).request(b"GET", url.encode())
+        await readBody(response)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await service.stopService()
+    assert any("console GET /callback" in line for line in seen)
+    assert not any("SECRET-CODE-123" in line for line in seen)

@@ -133,9 +133,15 @@ def test_command_missing_executable_fails_at_construction(reactor):
         CommandSink([], reactor)
 
 
-def test_child_environment_drops_our_variables():
-    """Only OAUTHMAIL_ACCOUNT and OAUTHMAIL_FOLDER of our namespace reach the command."""
-    env = childEnvironment("a", "F", {"PATH": "/bin", "OAUTHMAIL_KEY": "k", "OAUTHMAIL_X": "y"})
+def test_child_environment_is_an_allow_list():
+    """The store key and the variables client secrets come from never reach the command."""
+    base = {
+        "PATH": "/bin",
+        "OAUTHMAIL_KEY": "k",
+        "GOOGLE_CLIENT_SECRET": "s3cret",
+        "MS_CLIENT_SECRET": "s3cret",
+    }
+    env = childEnvironment("a", "F", base)
     assert env == {"PATH": "/bin", "OAUTHMAIL_ACCOUNT": "a", "OAUTHMAIL_FOLDER": "F"}
 
 

@@ -14,6 +14,7 @@ mail.test", "not trusted: unknown CA"), instead of an OpenSSL error list.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.internet import defer
@@ -51,12 +52,15 @@ def tlsOptions(server: ServerConfig) -> Any:
             port=server.port,
         )
         return CertificateOptions(verify=False)
-    if server.ca_file:
-        with open(server.ca_file, "rb") as f:
-            trustRoot: Any = Certificate.loadPEM(f.read())
-    else:
-        trustRoot = platformTrust()
+    trustRoot: Any = _caCertificate(server.ca_file) if server.ca_file else platformTrust()
     return optionsForClientTLS(name, trustRoot=trustRoot)
+
+
+@functools.lru_cache(maxsize=32)
+def _caCertificate(path: str) -> Certificate:
+    """The private CA of ``ca_file``, read once per process rather than per connection."""
+    with open(path, "rb") as f:
+        return Certificate.loadPEM(f.read())
 
 
 def describeTLSFailure(failure: Failure, server: ServerConfig) -> Failure:
@@ -139,6 +143,7 @@ def connectIMAP(
     options = tlsOptions(server)
     make = clientFactory or _Greeted
     client = make(contextFactory=options)
+    client.clock = reactor
     endpoint: Any = TCP4ClientEndpoint(reactor, server.host, server.port, timeout=timeout)
     if server.security == "implicit":
         endpoint = wrapClientTLS(options, endpoint)

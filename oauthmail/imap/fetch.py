@@ -28,6 +28,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail.imap4 import Command, IMAP4Exception, _prepareMailboxName
+from twisted.python.failure import Failure
 
 from oauthmail.imap.protocol import IdleEvent, OAuthIMAP4Client
 
@@ -170,11 +171,41 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
     #: ``UID SEARCH`` answers one line per folder: allow long ones (LineReceiver: 16 KiB).
     MAX_LENGTH = 4 * 1024 * 1024
 
+    #: Seconds a command may wait for its answer before the connection is
+    #: dropped (and the watcher reconnects); 0 turns the deadline off.
+    commandTimeout = 120.0
+    #: The ``IReactorTime`` the deadlines run on; ``connectIMAP`` sets it.
+    clock: Any = None
+
     def __init__(self, contextFactory: Any = None, allow_cleartext: bool = False) -> None:
         super().__init__(contextFactory, allow_cleartext)
         self._collector: _Collector | None = None
         self.existsSeen = 0
         self.onUntagged: Callable[[IdleEvent], object] | None = None
+
+    def sendCommand(self, cmd: Command) -> defer.Deferred[Any]:
+        """Send ``cmd`` with a deadline, so a server that stops answering cannot stall us.
+
+        IDLE is exempt: it waits for the server by design (the watcher ends it).
+        On a missed deadline the connection is dropped: the command's answer
+        can no longer be matched, and a fresh session is the only clean state.
+        """
+        d = super().sendCommand(cmd)
+        if self.commandTimeout > 0 and self.clock is not None and cmd.command != b"IDLE":
+            name = cmd.command.decode("ascii", "replace")
+            d.addTimeout(self.commandTimeout, self.clock, onTimeoutCancel=self._timedOut(name))
+        return d
+
+    def _timedOut(self, name: str) -> Callable[[Any, float], Any]:
+        def timedOut(result: Any, timeout: float) -> Any:
+            transport = self.transport
+            if transport is not None and not getattr(transport, "disconnecting", False):
+                transport.abortConnection()
+            return Failure(
+                IMAP4Exception(f"the IMAP server did not answer {name} within {timeout:g} s")
+            )
+
+        return timedOut
 
     # -- the FETCH fast path ----------------------------------------------------
 

@@ -21,6 +21,7 @@ from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oauthmail import environment
 from oauthmail.interfaces import ISink
 from oauthmail.sinks.errors import (
     PermanentSinkError,
@@ -36,13 +37,14 @@ STDERR_KEPT = 4096  # bytes of the end of stderr kept for the error message
 def childEnvironment(
     account: str, folder: str, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment for one delivery: ``base`` without our own variables, plus two."""
-    if base is None:
-        base = os.environ
-    env = {key: value for key, value in base.items() if not key.startswith("OAUTHMAIL_")}
-    env["OAUTHMAIL_ACCOUNT"] = account
-    env["OAUTHMAIL_FOLDER"] = folder
-    return env
+    """The environment for one delivery: the allow-list of ``oauthmail.environment``, plus two.
+
+    Never the daemon's whole environment: it holds the store key and the
+    variables client secrets are read from.
+    """
+    return environment.childEnvironment(
+        {"OAUTHMAIL_ACCOUNT": account, "OAUTHMAIL_FOLDER": folder}, base
+    )
 
 
 def lastLine(data: bytes) -> str:

@@ -50,6 +50,29 @@ def envelopeRecipients(message: bytes) -> list[str]:
     return [address for _, address in getaddresses(fields) if address]
 
 
+def withoutBcc(message: bytes) -> bytes:
+    """``message`` without its ``Bcc`` header fields (folded lines included), else byte-exact.
+
+    What ``sendmail -t`` does: the envelope carries the blind copies, the
+    header must not show them to every recipient.
+    """
+    lines = message.splitlines(keepends=True)
+    out: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line in (b"\r\n", b"\n"):  # end of the header section: the rest as is
+            out.extend(lines[index:])
+            break
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() == b"bcc"
+        if not dropping:
+            out.append(line)
+    return b"".join(out)
+
+
 async def sendFromCLI(
     queue: OutboundQueue,
     account: Any,
@@ -62,11 +85,14 @@ async def sendFromCLI(
 
     ``account`` is the :class:`~oauthmail.config.AccountConfig`; the envelope
     sender defaults to its address and the recipients to the message's
-    ``To``/``Cc``/``Bcc``. A ``Bcc`` header is *not* removed: callers that
-    want it hidden must strip it first. Returns ``(message id, final status or
+    ``To``/``Cc``/``Bcc``, and then the ``Bcc`` field is removed from the
+    message (as ``sendmail -t`` does). Returns ``(message id, final status or
     None)``. The queue must be running (``startService``) for ``wait`` to end.
     """
-    recipients = list(to) or envelopeRecipients(message)
+    recipients = list(to)
+    if not recipients:
+        recipients = envelopeRecipients(message)
+        message = withoutBcc(message)
     if not recipients:
         raise ValueError("no recipients: pass --to or put To/Cc/Bcc headers in the message")
     message_id = await send(queue, account.name, mail_from or account.address, recipients, message)

@@ -13,19 +13,16 @@ notifier must not break token refresh.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from oauthmail.environment import childEnvironment
 from oauthmail.tokens.errors import cleanText
 
 log = Logger()
-
-#: Variables the notification command may see; everything else is withheld.
-PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
 class _Collector(protocol.ProcessProtocol):
@@ -60,8 +57,7 @@ class CommandNotifier:
         self._reactor = reactor
         self.command = tuple(command)
         self._timeout = timeout
-        source = os.environ if environ is None else environ
-        self._env = {k: source[k] for k in PASSED_ENVIRONMENT if k in source}
+        self._env = childEnvironment(base=environ)
 
     def __repr__(self) -> str:
         return f"<CommandNotifier {self.command[:1]}>"

@@ -126,6 +126,12 @@ class TokenRefresher(Service):
 
     async def dueAccounts(self) -> list[AccountConfig]:
         """Accounts whose token expires within ``margin + interval`` (or is too old)."""
+        return [account for account, _ in await self._due()]
+
+    async def _due(self) -> list[tuple[AccountConfig, bool]]:
+        """Due accounts, each with whether it is due by age (then the refresh is forced:
+        a token without an expiry always looks valid, but its refresh token must be
+        used now and then or the provider lets it lapse)."""
         now = self._clock.seconds()
         horizon = self.margin + self.interval
         due = []
@@ -142,30 +148,35 @@ class TokenRefresher(Service):
                 continue
             if record is None:
                 if account.grant == "client_credentials":
-                    due.append(account)  # app-only accounts obtain their first token here
+                    due.append((account, False))  # app-only accounts get their first token here
                 continue  # unauthorised: a person must authorise it first
             if record.expires_at is not None:
                 if record.expires_at - now <= horizon:
-                    due.append(account)
+                    due.append((account, False))
             elif (
                 self.max_age is not None
                 and record.refresh_token is not None
                 and now - record.updated_at >= self.max_age
             ):
-                due.append(account)
+                due.append((account, True))
         return due
 
     async def runOnce(self) -> None:
         """One pass: refresh every due account, ``concurrency`` at a time, with jitter."""
         self.passes += 1
-        due = await self.dueAccounts()
+        due = await self._due()
         if not due:
             return
         semaphore = defer.DeferredSemaphore(self.concurrency)
-        work = [defer.ensureDeferred(self._refreshOne(account, semaphore)) for account in due]
+        work = [
+            defer.ensureDeferred(self._refreshOne(account, semaphore, byAge))
+            for account, byAge in due
+        ]
         await defer.DeferredList(work, consumeErrors=True)
 
-    async def _refreshOne(self, account: AccountConfig, semaphore: defer.DeferredSemaphore):
+    async def _refreshOne(
+        self, account: AccountConfig, semaphore: defer.DeferredSemaphore, force: bool = False
+    ):
         delay = self._random.uniform(0, self.jitter) if self.jitter > 0 else 0.0
         if delay > 0:
             sleeper = task.deferLater(self._clock, delay, lambda: None)
@@ -183,7 +194,10 @@ class TokenRefresher(Service):
         self._active += 1
         self.peak_concurrency = max(self.peak_concurrency, self._active)
         try:
-            await self._source.ensureFresh(account.name, self.margin + self.interval)
+            if force:
+                await self._source.forceRefresh(account.name)
+            else:
+                await self._source.ensureFresh(account.name, self.margin + self.interval)
             self.refreshed += 1
         except AccountNotAuthorised as e:
             log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
