@@ -268,8 +268,12 @@ class DovecotServer:
         authFailureDelay: int = 2,
         mailUser: str | None = None,
         startTimeout: float = 10.0,
+        ports: DovecotPorts | None = None,
     ) -> None:
         self.templateDir = Path(templateDir)
+        #: Fixed ports (to restart "the same server", e.g. after an outage test);
+        #: free ones are picked at start when not given.
+        self.fixedPorts = ports
         self.introspectionURL = introspectionURL
         self.certificates = certificates
         self.certPair = certificates.pair(certSet)
@@ -392,7 +396,7 @@ class DovecotServer:
             os.chown(self.mailRoot, accounts.mailUID, accounts.mailGID)
             self.mailRoot.chmod(0o700)
 
-        ports = DovecotPorts(*_freePorts(4))
+        ports = self.fixedPorts or DovecotPorts(*_freePorts(4))
         self.ports = ports
         oauth2Conf = self._path("etc", "dovecot-oauth2.conf")
         oauth2Conf.write_text(

@@ -10,7 +10,6 @@ codes bad input gets.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import smtplib
 from collections import Counter
@@ -21,7 +20,6 @@ import pytest_twisted
 from twisted.internet import threads
 
 from oauthmail.smtp.passwords import ScryptParameters, hashPassword
-from oauthmail.testing import dovecot as launcher
 from oauthmail.testing.dovecot import DovecotServer
 
 from .conftest import TEMPLATES
@@ -188,19 +186,18 @@ async def test_sigkill_during_burst_loses_and_duplicates_nothing(
 
 
 @pytest_twisted.ensureDeferred
-async def test_provider_down_then_back(
-    certs, dovecot, oauth_provider, final_hop, tmp_path, monkeypatch
-):
+async def test_provider_down_then_back(certs, dovecot, oauth_provider, final_hop, tmp_path):
     """Dovecot refuses connections for a while; every queued message goes out once it is back."""
     sender = "daemon-down@example.com"
 
-    def newDovecot() -> DovecotServer:
+    def newDovecot(ports=None) -> DovecotServer:
         return DovecotServer(
             TEMPLATES,
             oauth_provider.introspection_endpoint,
             certs,
             relayHost=final_hop.host,
             relayPort=final_hop.port,
+            ports=ports,
         )
 
     own = newDovecot()
@@ -217,10 +214,8 @@ async def test_provider_down_then_back(
         assert await waitFor(lambda: daemon.log().count("sending failed") >= 2, 15.0)
         assert not relayedIDs(final_hop, "down")
 
-        # The same ports again: the launcher picks free ports, so hand it the old ones.
-        ports = dataclasses.astuple(own.ports)
-        monkeypatch.setattr(launcher, "_freePorts", lambda count, host=None: list(ports))
-        again = newDovecot()
+        # The provider is back: a new Dovecot on the same ports.
+        again = newDovecot(ports=own.ports)
         await threads.deferToThread(again.start)
         assert await waitFor(lambda: len(relayedIDs(final_hop, "down")) == 5, 15.0), daemon.log()[
             -3000:
