@@ -115,19 +115,24 @@ class IDeliveryLedger(Interface):
     def setFolderState(account, folder, uidvalidity, last_delivered_uid):
         """Remember the folder's UIDVALIDITY and the highest UID dealt with."""
 
-    def recordDeliveries(account, folder, uidvalidity, entries):
+    def recordDeliveries(
+        account, folder, uidvalidity, entries, last_delivered_uid=None, disposed=False
+    ):
         """Record ``[(uid, digest, state)]`` in ONE transaction (state delivered|failed_permanent).
 
-        ``last_delivered_uid`` is not touched: it is the caller's lower bound
-        ("every UID up to here is recorded"), set with :meth:`setFolderState`
-        only when no message below it is still waiting for a retry.
+        ``last_delivered_uid``, when given, is stored as the folder's lower
+        bound ("every UID up to here is recorded") in the same transaction; the
+        caller gives it only when no message below it waits for a retry.
+        ``disposed`` records delivered messages as already disposed (the
+        ``keep`` disposition has nothing to do on the server). One transaction
+        per batch keeps the ledger's fsyncs off the delivery path.
         """
 
     def isDelivered(account, folder, uidvalidity, uid):
-        """Fire with True if that UID is recorded (in any state)."""
+        """Fire with True if that UID's outcome is recorded (any state but ``handed``)."""
 
     def deliveredUIDs(account, folder, uidvalidity, uids):
-        """Fire with the subset of ``uids`` already recorded (in any state)."""
+        """Fire with the subset of ``uids`` whose outcome is recorded (not ``handed``)."""
 
     def hasDigest(account, digest):
         """Fire with True if a message with this sha256 was delivered for the account."""

@@ -70,6 +70,14 @@ def _check(entries: Sequence[tuple[int, Any, str]]) -> None:
             raise ValueError(f"cannot record state {state!r}")
 
 
+def _finalStates(
+    entries: Sequence[tuple[int, str | None, str]], disposed: bool
+) -> list[tuple[int, str | None, str]]:
+    if not disposed:
+        return list(entries)
+    return [(u, d, DISPOSED if st == DELIVERED else st) for u, d, st in entries]
+
+
 @implementer(IDeliveryLedger)
 class MemoryDeliveryLedger:
     """An in-memory ledger for tests (and as the reference behaviour)."""
@@ -96,20 +104,25 @@ class MemoryDeliveryLedger:
         folder: str,
         uidvalidity: int,
         entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
     ) -> defer.Deferred[None]:
         try:
             _check(entries)
         except ValueError as e:
             return defer.fail(e)
         self.transactions += 1
-        for uid, digest, state in entries:
+        for uid, digest, state in _finalStates(entries, disposed):
             self.rows[(account, folder, uidvalidity, uid)] = (digest, state)
+        if last_delivered_uid is not None:
+            self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
         return defer.succeed(None)
 
     def isDelivered(
         self, account: str, folder: str, uidvalidity: int, uid: int
     ) -> defer.Deferred[bool]:
-        return defer.succeed((account, folder, uidvalidity, uid) in self.rows)
+        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
+        return d.addCallback(lambda found: uid in found)
 
     def deliveredUIDs(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
@@ -254,12 +267,14 @@ class SQLDeliveryLedger:
         folder: str,
         uidvalidity: int,
         entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
     ) -> defer.Deferred[None]:
         try:
             _check(entries)
         except ValueError as e:
             return defer.fail(e)
-        entries = list(entries)
+        rows = _finalStates(entries, disposed)
         now = self._clock.seconds()
 
         def w(conn: Any) -> None:
@@ -267,8 +282,10 @@ class SQLDeliveryLedger:
                 "INSERT OR REPLACE INTO deliveries"
                 " (account, folder, uidvalidity, uid, digest, delivered_at, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in entries],
+                [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
             )
+            if last_delivered_uid is not None:
+                self._upsertFolder(conn, account, folder, uidvalidity, last_delivered_uid)
 
         return self._write(w)
 

@@ -381,7 +381,6 @@ class FolderWatcher:
                 if temporary:
                     blocked = min(temporary)
                     break
-                await self.ledger.setFolderState(account, folder, uidvalidity, batch[-1])
             if blocked is not None:
                 delay = self.retryPolicy(self._tempAttempt)
                 self._tempAttempt += 1
@@ -408,14 +407,15 @@ class FolderWatcher:
                 f"the server returned no body for UID(s) {_uidList(missing)}; left on the server"
             )
         async with _locked(self.accountLock):
-            entries, temporary = await self._deliverAndRecord(uidvalidity, messages)
-        toDispose = [uid for uid, _, state in entries if state == DELIVERED]
-        if toDispose:
-            await self._dispose(client, toDispose, caps, uidvalidity)
+            entries, temporary = await self._deliverAndRecord(uidvalidity, messages, uids[-1])
+        if self.folder.disposition != "keep":
+            toDispose = [uid for uid, _, state in entries if state == DELIVERED]
+            if toDispose:
+                await self._dispose(client, toDispose, caps, uidvalidity)
         return temporary
 
     async def _deliverAndRecord(
-        self, uidvalidity: int, messages: Sequence[tuple[int, bytes]]
+        self, uidvalidity: int, messages: Sequence[tuple[int, bytes]], lastUID: int
     ) -> tuple[list[tuple[int, str, str]], list[int]]:
         account, folder = self.account.name, self.folder.name
         digests = [messageDigest(body) for _, body in messages]
@@ -462,9 +462,17 @@ class FolderWatcher:
             else:
                 temporary.append(uid)
                 self._error(f"UID {uid} not delivered, will retry: {error}")
-        if entries:
-            entries.sort()
-            await self.ledger.recordDeliveries(account, folder, uidvalidity, entries)
+        # One transaction: the outcomes, and (when nothing waits for a retry) the
+        # folder's new lower bound; with "keep" there is nothing left to dispose.
+        entries.sort()
+        await self.ledger.recordDeliveries(
+            account,
+            folder,
+            uidvalidity,
+            entries,
+            last_delivered_uid=None if temporary else lastUID,
+            disposed=self.folder.disposition == "keep",
+        )
         if delivered:
             self.delivered += delivered
             self.lastDeliveryAt = self.reactor.seconds()
