@@ -89,22 +89,22 @@ async def test_bad_state_refused(ledger):
 async def test_record_with_folder_state_and_keep_in_one_call(ledger):
     """Outcomes, the folder's lower bound and 'keep' (disposed at once) go in one call."""
     await ledger.recordDeliveries(
-        "a", "INBOX", 7, [(1, "d1", "delivered"), (2, "d2", "failed_permanent")], 2, True
+        ACCOUNT, "INBOX", 7, [(1, "d1", "delivered"), (2, "d2", "failed_permanent")], 2, True
     )
-    assert await ledger.folderState("a", "INBOX") == (7, 2)
-    assert await ledger.pendingDisposition("a", "INBOX", 7) == []
-    assert await ledger.deliveredUIDs("a", "INBOX", 7, [1, 2, 3]) == {1, 2}
-    assert await ledger.knownDigests("a", ["d1", "d2"]) == {"d1"}
+    assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 2)
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == []
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1, 2, 3]) == {1, 2}
+    assert await ledger.knownDigests(ACCOUNT, ["d1", "d2"]) == {"d1"}
 
 
 @pytest_twisted.ensureDeferred
 async def test_handed_rows_are_not_delivered(ledger):
     """A 'handed' row is neither delivered nor known, and its digest is reported as handed."""
-    await ledger.recordHanded("a", "INBOX", 7, [(5, "d5")])
-    assert await ledger.deliveredUIDs("a", "INBOX", 7, [5]) == set()
-    assert not await ledger.isDelivered("a", "INBOX", 7, 5)
-    assert await ledger.knownDigests("a", ["d5"]) == set()
-    assert await ledger.handedDigests("a", ["d5", "x"]) == {"d5"}
-    await ledger.recordDeliveries("a", "INBOX", 7, [(5, "d5", "delivered")])
-    assert await ledger.handedDigests("a", ["d5"]) == set()
-    assert await ledger.isDelivered("a", "INBOX", 7, 5)
+    await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(5, "d5")])
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [5]) == set()
+    assert not await ledger.isDelivered(ACCOUNT, "INBOX", 7, 5)
+    assert await ledger.knownDigests(ACCOUNT, ["d5"]) == set()
+    assert await ledger.handedDigests(ACCOUNT, ["d5", "x"]) == {"d5"}
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(5, "d5", "delivered")])
+    assert await ledger.handedDigests(ACCOUNT, ["d5"]) == set()
+    assert await ledger.isDelivered(ACCOUNT, "INBOX", 7, 5)
