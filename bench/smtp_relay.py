@@ -1,0 +1,375 @@
+"""Benchmark (issue 5): 1,000 messages of 5 KB through oauthmail's submission server to Dovecot.
+
+**Ours**: one ``smtplib`` connection (AUTH PLAIN as a submission user) hands
+the messages to the real daemon, ``OAuthMailService`` built from a generated
+configuration: the local submission server, the durable ``OutboundQueue`` on
+the encrypted SQLite store (every message committed with ``synchronous=FULL``
+before the ``250``), the token source and the ESMTP client, which relays them
+to Dovecot's submission service (STARTTLS, XOAUTH2; the queue's default batch
+of 50 messages per connection), which relays them to the final hop.
+
+**Baseline**: the same ``smtplib`` client sends the same messages straight to
+Dovecot's submission service over one connection (STARTTLS, XOAUTH2 with a
+token from the same provider).
+
+For both, the clock starts when the client connects and stops when the last
+message has reached the final hop. The provider, the final hop and Dovecot
+run in the parent process (:func:`bench._rig.startRig`); the client runs in a
+child process, and the daemon in a child process of its own, so ``rss_mb`` is
+the daemon's peak RSS and the client is not sharing the daemon's interpreter.
+
+Usage::
+
+    .venv/bin/python -m bench.smtp_relay            # 1,000 messages
+    .venv/bin/python -m bench.smtp_relay --quick    # 60 messages, a few seconds
+    .venv/bin/python -m bench.smtp_relay --profile /tmp/relay.prof   # cProfile the daemon
+
+The last line is ``bench smtp_relay: ratio=R ours=X baseline=Y unit=messages/s rss_mb=M``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted.internet import defer, task
+
+from bench import _rig
+
+NAME = "smtp_relay"
+UNIT = "messages/s"
+FULL_MESSAGES = 1000
+QUICK_MESSAGES = 60
+MESSAGE_SIZE = 5 * 1024
+SENDER = "sender@example.com"
+RECIPIENT = "rcpt@example.com"
+SUBMISSION_USER = "bench"
+#: Only the daemon and the client ever see it; never a real password.
+SUBMISSION_PASSWORD = "bench-submission-password"
+TIMEOUT = 600.0
+
+
+def _messages(count: int, tag: str) -> list[bytes]:
+    return [
+        _rig.makeMessage(i, tag, size=MESSAGE_SIZE).replace(
+            b"From: Sender <sender@example.com>", f"From: Sender <{SENDER}>".encode()
+        )
+        for i in range(count)
+    ]
+
+
+# -- the client (a child process, both sides) ------------------------------------------------
+
+
+def runClient() -> int:
+    """Send ``count`` messages over one connection; report when the connection started."""
+    import smtplib
+
+    from oauthmail.testing.dovecot import tlsClientContext
+
+    params = _rig.readChildInput()
+    messages = _messages(params["count"], params["tag"])
+    started = time.time()
+    client = smtplib.SMTP(params["host"], params["port"], timeout=60)
+    try:
+        client.ehlo("client.bench")
+        if params.get("ca_file"):
+            client.starttls(context=tlsClientContext(params["ca_file"], params["server_name"]))
+            client.ehlo("client.bench")
+        if params.get("token"):
+            code, text = client.docmd(
+                "AUTH",
+                "XOAUTH2 " + _b64(_rig.xoauth2(SENDER, params["token"])),
+            )
+            if code != 235:
+                raise RuntimeError(f"XOAUTH2 refused: {code}")
+        else:
+            client.login(SUBMISSION_USER, params["password"])
+        for message in messages:
+            client.sendmail(SENDER, [RECIPIENT], message)
+    finally:
+        try:
+            client.quit()
+        except smtplib.SMTPException:
+            pass
+    _rig.emitChildResult({"started": started, "sent": time.time()})
+    return 0
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- the daemon (a long-lived child process, ours) ---------------------------------------------
+
+
+def runDaemon() -> int:
+    """Run ``OAuthMailService`` for the configuration on stdin until stdin closes.
+
+    Prints ``{"port": N}`` once the submission server listens and the
+    account's tokens are stored, then, after stdin is closed and the service
+    stopped, one line with its peak RSS.
+    """
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    params = json.loads(sys.stdin.readline())
+
+    async def main(reactor: Any) -> None:
+        from oauthmail.config import loadConfig
+        from oauthmail.secret import Secret
+        from oauthmail.service import OAuthMailService
+        from oauthmail.tokens.records import TokenSet
+
+        # Log to a file, as ``twistd`` does: the log lines are part of the cost.
+        logFile = open(params["log"], "a", encoding="utf-8")  # kept open for the whole run
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
+        service = OAuthMailService(loadConfig(params["config"]), reactor)
+        service.startService()
+        await service.whenReady()
+        tokens = params["tokens"]
+        await service.tokens.storeAuthorized(
+            "sender",
+            TokenSet(
+                Secret(tokens["access_token"]),
+                time.time() + tokens["expires_in"],
+                Secret(tokens["refresh_token"]),
+                "mail",
+            ),
+        )
+        profiler = None
+        if params.get("profile"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        stdinClosed: defer.Deferred[None] = defer.Deferred()
+
+        def waitForEOF() -> None:
+            sys.stdin.read()
+            reactor.callFromThread(stdinClosed.callback, None)
+
+        threading.Thread(target=waitForEOF, daemon=True).start()
+        print(json.dumps({"port": service.submission_port.getHost().port}), flush=True)
+        await stdinClosed
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(params["profile"])
+        await service.stopService()
+        print(json.dumps({"rss_mb": _rig.peakRSSMB()}), flush=True)
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    return 0
+
+
+def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
+    """The daemon's configuration: one sending account, one submission user, a private store."""
+    import yaml
+
+    from oauthmail.smtp.passwords import hashPassword
+    from oauthmail.tokens.crypto import generateKey
+
+    server = rig.server()
+    config = {
+        "profiles": {
+            "bench": {
+                "provider": "generic",
+                "client_id": _rig.CLIENT_ID,
+                "client_secret": _rig.CLIENT_SECRET,
+                "authorization_endpoint": rig.provider.authorization_endpoint,
+                "token_endpoint": rig.provider.token_endpoint,
+                "scopes": ["mail"],
+                "smtp": {
+                    "host": server["host"],
+                    "port": server["submission"],
+                    "security": "starttls",
+                    "server_name": server["server_name"],
+                    "ca_file": server["ca_file"],
+                },
+            }
+        },
+        "accounts": [{"name": "sender", "address": SENDER, "profile": "bench", "smtp": {}}],
+        "store": {"path": str(workdir / "oauthmail.sqlite"), "key": generateKey()},
+        "web": {"bind": "127.0.0.1", "port": 0},
+        "submission": {
+            "bind": "127.0.0.1",
+            "port": 0,
+            "users": [
+                {
+                    "name": SUBMISSION_USER,
+                    "password_hash": hashPassword(SUBMISSION_PASSWORD),
+                    "allowed_senders": ["sender"],
+                }
+            ],
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+class DaemonProcess:
+    """The parent's handle on the daemon child."""
+
+    def __init__(
+        self, configPath: Path, tokens: dict[str, Any], profile: str | None, log: Path
+    ) -> None:
+        self._proc = subprocess.Popen(
+            [_rig.PYTHON, "-m", "bench.smtp_relay", "--role", "daemon"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(_rig.ROOT),
+            text=True,
+        )
+        payload = {
+            "config": str(configPath),
+            "tokens": tokens,
+            "profile": profile,
+            "log": str(log),
+        }
+        self._proc.stdin.write(json.dumps(payload) + "\n")
+        self._proc.stdin.flush()
+
+    def waitReady(self) -> int:
+        """Blocking (run it in a thread): the submission port once the daemon is ready."""
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            raise RuntimeError(f"the daemon exited with status {self._proc.returncode}")
+        return json.loads(line)["port"]
+
+    def stop(self) -> float:
+        """Blocking: close its stdin, wait for it, return its peak RSS in MiB."""
+        try:
+            out, _ = self._proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            return float("nan")
+        lines = [line for line in out.splitlines() if line.strip()]
+        return json.loads(lines[-1])["rss_mb"] if lines else float("nan")
+
+
+# -- the parent ----------------------------------------------------------------------------
+
+
+async def sendAndTime(
+    reactor: Any, rig: _rig.Rig, count: int, client: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the client child; the time from its connect until the final hop holds ``count``."""
+    rig.finalHop.clear()
+    arrived: defer.Deferred[float] = rig.finalHop.whenReceived(count).addCallback(
+        lambda _: time.time()
+    )
+    result = await _rig.runChild(["-m", "bench.smtp_relay", "--role", "client"], client)
+    done = await arrived.addTimeout(TIMEOUT, reactor)
+    messages = rig.finalHop.messages
+    tags = {m.data.count(client["tag"].encode() + b" message") > 0 for m in messages}
+    if len(messages) != count or tags != {True}:
+        raise RuntimeError(f"the final hop holds {len(messages)} messages, not {count}")
+    return {
+        "seconds": done - result["started"],
+        "submitted": result["sent"] - result["started"],
+    }
+
+
+async def measure(reactor: Any, options: argparse.Namespace) -> None:
+    from twisted.internet import threads
+
+    count = options.messages
+    rig = _rig.startRig(reactor)
+    workdir = Path(tempfile.mkdtemp(prefix="oauthmail-bench-relay-"))
+    daemon = None
+    try:
+        server = rig.server()
+        baseline = await sendAndTime(
+            reactor,
+            rig,
+            count,
+            {
+                "count": count,
+                "tag": "baseline",
+                "host": server["host"],
+                "port": server["submission"],
+                "ca_file": server["ca_file"],
+                "server_name": server["server_name"],
+                "token": rig.issueToken(SENDER),
+            },
+        )
+        configPath = workdir / "oauthmail.yaml"
+        writeConfig(configPath, rig, workdir)
+        daemon = DaemonProcess(
+            configPath, rig.issueTokens(SENDER), options.profile, workdir / "oauthmail.log"
+        )
+        port = await threads.deferToThread(daemon.waitReady)
+        ours = await sendAndTime(
+            reactor,
+            rig,
+            count,
+            {
+                "count": count,
+                "tag": "ours",
+                "host": "127.0.0.1",
+                "port": port,
+                "password": SUBMISSION_PASSWORD,
+            },
+        )
+        d, daemon = daemon, None
+        rss = await threads.deferToThread(d.stop)
+    finally:
+        if daemon is not None:
+            await threads.deferToThread(daemon.stop)
+        await rig.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    for side, result in (("baseline", baseline), ("ours", ours)):
+        print(
+            f"smtp_relay: {side}: {count} messages at the final hop after "
+            f"{result['seconds']:.2f} s ({count / result['seconds']:.0f}/s); the client was done "
+            f"after {result['submitted']:.2f} s",
+            file=sys.stderr,
+        )
+    if options.profile:
+        import pstats
+
+        print(f"smtp_relay: profile of the daemon written to {options.profile}", file=sys.stderr)
+        pstats.Stats(options.profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    _rig.printResult(NAME, count / ours["seconds"], count / baseline["seconds"], UNIT, rss)
+
+
+def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.smtp_relay", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
+    parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
+    parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.messages is None:
+        options.messages = QUICK_MESSAGES if options.quick else FULL_MESSAGES
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parseArgs(argv)
+    if options.role == "client":
+        return runClient()
+    if options.role == "daemon":
+        return runDaemon()
+    task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
