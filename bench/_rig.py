@@ -277,7 +277,11 @@ def startRig(
             hop.stop()
         shutil.rmtree(certDir, ignore_errors=True)
         raise
-    return Rig(reactor, provider, dovecot, certs, certDir, hop)
+    rig = Rig(reactor, provider, dovecot, certs, certDir, hop)
+    # A benchmark stopped by a signal never reaches its ``finally``: stop the
+    # private Dovecot when the reactor shuts down so it is never left behind.
+    reactor.addSystemEventTrigger("before", "shutdown", rig.stop)
+    return rig
 
 
 # -- one side of a benchmark in its own process ------------------------------------------
