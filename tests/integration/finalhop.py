@@ -88,6 +88,10 @@ class _FinalHopSMTP(smtp.ESMTP):
         return origin
 
     def validateTo(self, user):  # noqa: ANN001, ANN201
+        refusal = self.factory.hop.refusal
+        if refusal is not None:
+            code, text = refusal
+            raise smtp.SMTPBadRcpt(user, code=code, resp=text)
         transaction = self._transaction
         transaction.rcptTos.append(str(user.dest))
         primary = len(transaction.rcptTos) == 1
@@ -117,6 +121,8 @@ class FinalHop:
         self._port: IListeningPort | None = None
         self.host = "127.0.0.1"
         self.port = 0
+        #: ``(code, text)`` to answer every RCPT with (a provider in trouble), or None.
+        self.refusal: tuple[int, str] | None = None
 
     def listen(self, reactor, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:  # noqa: ANN001
         """Start listening now; :attr:`port` tells Dovecot where to relay."""

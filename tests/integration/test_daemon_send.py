@@ -187,7 +187,7 @@ async def test_sigkill_during_burst_loses_and_duplicates_nothing(
 
 @pytest_twisted.ensureDeferred
 async def test_provider_down_then_back(certs, dovecot, oauth_provider, final_hop, tmp_path):
-    """Dovecot refuses connections for a while; every queued message goes out once it is back."""
+    """Connections refused, then 451s for a while: every queued message goes out once it is back."""
     sender = "daemon-down@example.com"
 
     def newDovecot(ports=None) -> DovecotServer:
@@ -214,9 +214,17 @@ async def test_provider_down_then_back(certs, dovecot, oauth_provider, final_hop
         assert await waitFor(lambda: daemon.log().count("sending failed") >= 2, 15.0)
         assert not relayedIDs(final_hop, "down")
 
-        # The provider is back: a new Dovecot on the same ports.
+        # The provider answers again, but with temporary failures (451) for a while.
+        final_hop.refusal = (451, "4.3.0 try again later")
         again = newDovecot(ports=own.ports)
         await threads.deferToThread(again.start)
+        # Every message is refused for now (451, temporary) and stays queued.
+        assert await waitFor(
+            lambda: len(set(re.findall(r"(\w{32}) to friend@example.net: 451", daemon.log()))) == 5,
+            15.0,
+        ), daemon.log()[-3000:]
+        assert not relayedIDs(final_hop, "down")
+        final_hop.refusal = None
         assert await waitFor(lambda: len(relayedIDs(final_hop, "down")) == 5, 15.0), daemon.log()[
             -3000:
         ]
