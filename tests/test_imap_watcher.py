@@ -616,3 +616,29 @@ def test_a_body_missing_from_fetch_is_reported():
     finally:
         FakeClient.fetchMessages = original
         watcher.stop()
+
+
+def test_idle_is_reissued_before_25_minutes():
+    """An idle connection ends IDLE and starts a new one every 25 minutes at most."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    sessions = []
+    original = FakeClient.idle
+
+    def counting(self, onEvent):
+        d = original(self, onEvent)
+        sessions.append(self.session)
+        return d
+
+    FakeClient.idle = counting
+    try:
+        watcher.start()
+        assert len(sessions) == 1
+        clock.advance(25 * 60 - 1)
+        assert len(sessions) == 1
+        clock.advance(1)
+        assert sessions[0].ended
+        assert len(sessions) == 2
+        assert len(server.clients) == 1  # same connection, a fresh IDLE
+    finally:
+        FakeClient.idle = original
+        watcher.stop()
