@@ -226,7 +226,8 @@ async def runOurs(reactor: Any, params: dict[str, Any]) -> dict[str, Any]:
     accounts = [AccountConfig(_account(i), _user(i), profile) for i in range(count)]
     store = SQLiteTokenStore(params["store"], params["key"], clock=reactor, reactor=reactor)
     await store.open()
-    transport = AgentTransport(reactor)
+    # As the daemon builds it (oauthmail/service.py): keep-alive pool sized to the concurrency.
+    transport = AgentTransport(reactor, maxPersistentPerHost=max(16, params["concurrency"]))
     source = TokenSource(store, {a.name: a for a in accounts}, transport, reactor, margin=900.0)
     refresher = TokenRefresher(
         source,

@@ -46,12 +46,28 @@ class ITokenStore(Interface):
     def getTokens(account_id):
         """Fire with the account's ``TokenRecord`` or ``None``."""
 
+    def getAccountWithTokens(account_id):
+        """Fire with ``(AccountRecord or None, TokenRecord or None)``, read together.
+
+        What a refresh needs, in one read instead of ``getAccount`` + ``getTokens``.
+        """
+
+    def listExpiries():
+        """Fire with a ``TokenExpiry`` for every account, sorted by id, decrypting nothing.
+
+        ``oauthmail.tokens.store.TokenExpiry``: ``(account, state, has_tokens,
+        expires_at, has_refresh, updated_at)``. The refresher plans a pass from
+        this one listing rather than reading (and decrypting) every account.
+        """
+
     def putTokens(account_id, tokens, expected_version):
         """Store a ``TokenSet`` if the stored version is ``expected_version``.
 
         ``expected_version`` is 0 when no tokens are stored yet. Fires with the
-        new ``TokenRecord`` (version incremented) or fails with
-        ``VersionConflict`` and changes nothing.
+        new ``TokenRecord`` (version incremented) only once the write is durable,
+        or fails with ``VersionConflict`` and changes nothing. A store may commit
+        several concurrent calls together; each call's compare-and-swap still
+        succeeds or fails on its own.
         """
 
     def deleteTokens(account_id):

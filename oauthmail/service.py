@@ -108,7 +108,10 @@ class OAuthMailService(MultiService):
 
         refresher = self.config.refresher
         configured = [a for a in self.config.accounts if a.configured]
-        self.transport = AgentTransport(self.reactor)
+        # Keep as many connections to the token endpoint as refreshes may run at once.
+        self.transport = AgentTransport(
+            self.reactor, maxPersistentPerHost=max(16, refresher.concurrency)
+        )
         notifier = (
             CommandNotifier(self.reactor, refresher.notify_command)
             if refresher.notify_command

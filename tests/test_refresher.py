@@ -120,18 +120,19 @@ def test_jitterSpreads():
 def test_loopSurvivesExceptions():
     """A store that raises for one account stops neither the pass nor the loop."""
     refresher, transport, store, clock = setup(3, 0, jitter=0)
-    original = store.getTokens
+    original = store.getAccountWithTokens
 
     def flaky(account_id):
         if account_id == "acct1":
             raise RuntimeError("boom")
         return original(account_id)
 
-    store.getTokens = flaky
+    store.getAccountWithTokens = flaky
     refresher.startService()
     assert sorted(f["refresh_token"] for f, _ in transport.held) == ["r-acct0", "r-acct2"]
     transport.answerAll()
-    store.getTokens = original
+    assert refresher.failures == 1
+    store.getAccountWithTokens = original
     clock.advance(60)
     assert [f["refresh_token"] for f, _ in transport.held] == ["r-acct1"]
     assert refresher.passes == 2
@@ -202,3 +203,49 @@ def test_tokenWithoutExpiryIsRefreshedWhenOld():
     assert [form["refresh_token"] for form, _ in transport.held] == ["r-acct0"]
     transport.answerAll()
     refresher.stopService()
+
+
+def test_passPlannedFromOneListing():
+    """A pass reads the schedule with one listExpiries call, not a read per account."""
+    refresher, transport, store, clock = setup(5, 0, jitter=0)
+    calls = []
+    for name in ("listExpiries", "getTokens", "getAccount", "ensureAccount"):
+        original = getattr(store, name)
+
+        def counted(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        setattr(store, name, counted)
+    refresher.startService()
+    assert calls == ["listExpiries"]
+    assert transport.count == 5
+    transport.answerAll()
+    refresher.stopService()
+
+
+def test_listingFailureSkipsOnePass():
+    """If the listing fails, the pass does nothing and the next pass tries again."""
+    refresher, transport, store, clock = setup(2, 0, jitter=0)
+    original = store.listExpiries
+    store.listExpiries = lambda: defer.fail(RuntimeError("disk gone"))
+    refresher.startService()
+    assert transport.count == 0
+    store.listExpiries = original
+    clock.advance(60)
+    assert transport.count == 2
+    transport.answerAll()
+    refresher.stopService()
+
+
+def test_stopDropsRefreshesWaitingForARequestSlot():
+    """On stop, refreshes waiting for a request slot are dropped, not counted as failures."""
+    refresher, transport, store, clock = setup(3, 0, concurrency=1, jitter=0)
+    refresher.startService()
+    assert transport.count == 1
+    d = refresher.stopService()
+    transport.answerAll()
+    assert d is not None and d.called
+    assert transport.count == 1
+    assert (refresher.refreshed, refresher.failures) == (1, 0)
+    assert [store.getTokens(f"acct{i}").result.version for i in range(3)] == [2, 1, 1]

@@ -553,3 +553,159 @@ async def test_open_logs_migrations_and_loose_modes(tmp_path, clock, key):
     warnings = [e for e in events if e["log_level"].name == "warn"]
     assert [w["path"] for w in warnings] == [str(path)]
     assert not [e for e in events if "number" in e]
+
+
+# -- the refresher's reads: one listing, state and tokens together ------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_expiries(store, clock):
+    """listExpiries gives every account's state and token expiry, sorted, no token value."""
+    for name in ["carol", "alice", "bob", "dave"]:
+        await store.ensureAccount(name, "generic")
+    clock.advance(7)
+    await store.putTokens("alice", tokens(expires=100.0), 0)
+    await store.putTokens("bob", tokens(refresh=None, expires=None), 0)
+    await store.putTokens("dave", tokens(), 0)
+    await store.setAccountState("dave", "needs_reauth", "revoked")
+    rows = await store.listExpiries()
+    assert [tuple(r) for r in rows] == [
+        ("alice", "unauthorised", True, 100.0, True, 7.0),
+        ("bob", "unauthorised", True, None, False, 7.0),
+        ("carol", "unauthorised", False, None, False, None),
+        ("dave", "needs_reauth", True, 3600.0, True, 7.0),
+    ]
+    assert rows[0].expires_at == 100.0 and rows[0].has_refresh
+    assert ACCESS not in repr(rows) and REFRESH not in repr(rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_account_with_tokens(store):
+    """getAccountWithTokens answers like getAccount and getTokens together."""
+    assert await store.getAccountWithTokens("ghost") == (None, None)
+    await store.ensureAccount("alice", "google")
+    assert await store.getAccountWithTokens("alice") == (await store.getAccount("alice"), None)
+    await store.putTokens("alice", tokens(), 0)
+    account, record = await store.getAccountWithTokens("alice")
+    assert account == await store.getAccount("alice")
+    assert record == await store.getTokens("alice")
+    assert record.refresh_token.reveal() == REFRESH
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reads_coalesced(store):
+    """Many concurrent getAccountWithTokens calls each get their own account's answer."""
+    from twisted.internet import defer
+
+    names = [f"u{i}" for i in range(20)]
+    for name in names:
+        await store.ensureAccount(name, "generic")
+        await store.putTokens(name, tokens(f"access-{name}"), 0)
+    asked = [*names, "ghost", "u3"]
+    answers = await defer.gatherResults([store.getAccountWithTokens(n) for n in asked])
+    for name, (account, record) in zip(asked, answers, strict=True):
+        if name == "ghost":
+            assert (account, record) == (None, None)
+        else:
+            assert account.id == record.account == name
+            assert record.access_token.reveal() == f"access-{name}"
+
+
+# -- group commit -------------------------------------------------------------
+
+
+def _blockWriter(s):
+    """Occupy the store's writing thread until the returned event is set."""
+    release = threading.Event()
+    done = s.runWithConnection(lambda conn: release.wait(10))
+    return release, done
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_one_transaction_conflict_fails_alone(tmp_path, clock, key):
+    """Puts arriving during a commit share ONE transaction; a stale one fails alone, after it."""
+    from twisted.internet import defer
+
+    s = await reopen(str(tmp_path / "db.sqlite"), key, clock)
+    try:
+        names = [f"u{i}" for i in range(6)]
+        for name in names:
+            await s.ensureAccount(name, "generic")
+            await s.putTokens(name, tokens(f"v1-{name}"), 0)
+        statements: list[str] = []
+        await s.runWithConnection(lambda conn: conn.set_trace_callback(statements.append))
+        release, blocked = _blockWriter(s)
+        first = s.putTokens("u0", tokens("v2-u0"), 1)  # goes at once, alone
+        group = [
+            s.putTokens(name, tokens(f"v2-{name}"), 0 if name == "u3" else 1)  # u3 is stale
+            for name in names[1:]
+        ]
+        fired_after: list[int] = []
+        for d in group:
+            d.addBoth(lambda r: (fired_after.append(statements.count("COMMIT")), r)[1])
+        release.set()
+        await blocked
+        await first
+        results = await defer.DeferredList(group, consumeErrors=True)
+        await s.runWithConnection(lambda conn: conn.set_trace_callback(None))
+        assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 2
+        assert fired_after == [2] * 5  # every caller heard back after the shared COMMIT
+        outcome = dict(zip(names[1:], results, strict=True))
+        assert not outcome["u3"][0] and outcome["u3"][1].check(VersionConflict)
+        for name in ["u1", "u2", "u4", "u5"]:
+            ok, record = outcome[name]
+            assert ok and record.version == 2
+        for name in names:
+            got = await s.getTokens(name)
+            expected = ("v1-u3", 1) if name == "u3" else (f"v2-{name}", 2)
+            assert (got.access_token.reveal(), got.version) == expected
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_commit_failure_fails_every_caller(tmp_path, clock, key):
+    """If a batch cannot commit, every caller in it fails and nothing is written."""
+    from twisted.internet import defer
+
+    path = str(tmp_path / "db.sqlite")
+    s = SQLiteTokenStore(path, key, clock, busy_timeout=0.01)
+    await s.open()
+    try:
+        for name in ["a", "b", "c"]:
+            await s.ensureAccount(name, "generic")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            release, blocked = _blockWriter(s)
+            puts = [s.putTokens(name, tokens(), 0) for name in ["a", "b", "c"]]
+            release.set()
+            await blocked
+            results = await defer.DeferredList(puts, consumeErrors=True)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert all(not ok and f.check(StoreError) for ok, f in results)
+        for name in ["a", "b", "c"]:
+            assert await s.getTokens(name) is None
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_writes_queued_puts(tmp_path, clock, key):
+    """Puts asked for before close() are still written before the connection closes."""
+    from twisted.internet import defer
+
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    for name in ["a", "b", "c"]:
+        await s.ensureAccount(name, "generic")
+    puts = [s.putTokens(name, tokens(), 0) for name in ["a", "b", "c"]]
+    await s.close()
+    assert [r.version for r in await defer.gatherResults(puts)] == [1, 1, 1]
+    s = await reopen(path, key, clock)
+    try:
+        assert [(await s.getTokens(n)).version for n in ["a", "b", "c"]] == [1, 1, 1]
+    finally:
+        await s.close()

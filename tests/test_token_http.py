@@ -102,6 +102,31 @@ async def test_requestAndHeaders(site):
     assert response.body == b"busy"
 
 
+@pytest.mark.parametrize(("kept", "connections"), [(6, 6), (2, 10)])
+@pytest_twisted.ensureDeferred
+async def test_keepAlivePoolSize(kept, connections):
+    """maxPersistentPerHost idle connections are kept: a second burst reuses that many."""
+    from twisted.internet import defer
+
+    site = server.Site(_Echo())
+    opened = []
+    build = site.buildProtocol
+    site.buildProtocol = lambda addr: (opened.append(addr), build(addr))[1]
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}/small"
+    transport = AgentTransport(reactor, maxPersistentPerHost=kept)
+    try:
+        for _ in range(2):
+            answers = await defer.gatherResults(
+                [transport.request("GET", url, {}, None) for _ in range(6)]
+            )
+            assert [a.body for a in answers] == [b"ok"] * 6
+        assert len(opened) == connections
+    finally:
+        await transport.close()
+        await port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_sizeCap(site):
     """A body over the cap fails with ResponseTooLarge."""

@@ -455,3 +455,44 @@ async def test_notifyCommandRunsOnceWithoutSecrets(tmp_path):
     argv, env = json.loads(line)
     assert argv == ["alice", "token revoked"]
     assert "OAUTHMAIL_KEY" not in env
+
+
+def test_refreshDueHoldsLimiterOnlyForTheRequest():
+    """refreshDue takes a limiter slot per request only: not during backoff, not for the write."""
+    transport = ScriptedTransport(errorAnswer(503, "server_error"), tokenAnswer(1), tokenAnswer(2))
+    accounts = [account("alice"), account("bob")]
+    source, store, clock = makeSource(transport, accounts=accounts, backoff_base=2.0)
+    seed(store, clock, "alice", expires_in=-5)
+    seed(store, clock, "bob", expires_in=-5)
+    limiter = defer.DeferredSemaphore(1)
+    a = source.refreshDue("alice", 900.0, limiter=limiter)
+    # alice's first request failed; during her backoff, bob gets the one slot.
+    assert limiter.tokens == 1 and not a.called
+    b = source.refreshDue("bob", 900.0, limiter=limiter)
+    assert result(b) == Secret("access-1")
+    clock.advance(2.0)
+    assert result(a) == Secret("access-2")
+    assert limiter.tokens == 1
+    assert [f["refresh_token"] for f in transport.requests] == ["refresh-0"] * 3
+
+
+def test_refreshDueWaitsForASlot():
+    """With every limiter slot taken, refreshDue sends nothing until one is released."""
+    transport = ScriptedTransport(tokenAnswer(1))
+    source, store, clock = makeSource(transport)
+    seed(store, clock, expires_in=3600.0)
+    limiter = defer.DeferredSemaphore(1)
+    result(limiter.acquire())
+    d = source.refreshDue("alice", None, limiter=limiter)  # None: forced
+    assert transport.requests == [] and source.isRefreshing("alice")
+    limiter.release()
+    assert result(d) == Secret("access-1")
+
+
+def test_refreshDueValidTokenNoRequest():
+    """refreshDue re-reads the store: a token refreshed meanwhile is handed out as is."""
+    transport = ScriptedTransport()
+    source, store, clock = makeSource(transport)
+    seed(store, clock, expires_in=3600.0)
+    assert result(source.refreshDue("alice", 900.0)) == Secret("access-0")
+    assert transport.requests == []

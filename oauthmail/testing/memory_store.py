@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens.records import ACCOUNT_STATES, AccountRecord, TokenRecord, TokenSet
-from oauthmail.tokens.store import StoreError, VersionConflict
+from oauthmail.tokens.store import StoreError, TokenExpiry, VersionConflict
 
 
 class _Clock(Protocol):
@@ -74,6 +74,30 @@ class MemoryTokenStore:
 
     def getTokens(self, account_id: str) -> defer.Deferred[TokenRecord | None]:
         return defer.succeed(self._tokens.get(account_id))
+
+    def getAccountWithTokens(
+        self, account_id: str
+    ) -> defer.Deferred[tuple[AccountRecord | None, TokenRecord | None]]:
+        return defer.succeed((self._accounts.get(account_id), self._tokens.get(account_id)))
+
+    def listExpiries(self) -> defer.Deferred[list[TokenExpiry]]:
+        rows = []
+        for name in sorted(self._accounts):
+            record = self._tokens.get(name)
+            if record is None:
+                rows.append(TokenExpiry(name, self._accounts[name].state, False, None, False, None))
+            else:
+                rows.append(
+                    TokenExpiry(
+                        name,
+                        self._accounts[name].state,
+                        True,
+                        record.expires_at,
+                        record.refresh_token is not None,
+                        record.updated_at,
+                    )
+                )
+        return defer.succeed(rows)
 
     def putTokens(
         self, account_id: str, tokens: TokenSet, expected_version: int

@@ -11,6 +11,7 @@ value that the pure parsing code in :mod:`oauthmail.tokens.grants` works on.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from oauthmail.interfaces import IHTTPTransport
+
+#: Idle keep-alive connections per endpoint: above the refresher's default concurrency (10).
+DEFAULT_MAX_PERSISTENT_PER_HOST = 16
 
 #: Token answers are a few kilobytes; anything far bigger is a broken or hostile peer.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -54,12 +58,14 @@ def isLoopbackHost(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)
 def checkEndpointURL(url: str) -> str:
     """Return ``url`` if secrets may be sent to it, else raise ``InsecureEndpointError``.
 
     ``https`` is required; plain ``http`` is accepted only for a loopback host, where
     nothing crosses a network. The config loader calls this too, so that a bad URL is
-    reported at start-up rather than at the first refresh.
+    reported at start-up rather than at the first refresh. A daemon has a handful of
+    endpoints and checks one on every request, so accepted URLs are remembered.
     """
     try:
         parts = urlsplit(url)
@@ -157,6 +163,9 @@ class AgentTransport:
     :param clock: the clock for the whole-request timeout (the reactor by default).
     :param ca_file: a PEM file with an extra trust root (private CAs, tests); by default
         the platform's trust store is used. Read once, at construction (start-up).
+    :param maxPersistentPerHost: idle keep-alive connections kept per token endpoint.
+        Size it to the refresher's concurrency: with fewer, every refresh beyond the
+        pool's size opens (and TLS-handshakes) a new connection during a busy pass.
     """
 
     def __init__(
@@ -169,6 +178,7 @@ class AgentTransport:
         max_body: int = DEFAULT_MAX_BODY,
         ca_file: str | None = None,
         persistent: bool = True,
+        maxPersistentPerHost: int = DEFAULT_MAX_PERSISTENT_PER_HOST,  # noqa: N803 - Twisted's name
     ) -> None:
         self._clock = clock if clock is not None else reactor
         self._timeout = timeout
@@ -180,7 +190,7 @@ class AgentTransport:
         else:
             policy = BrowserLikePolicyForHTTPS()
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
-        self._pool.maxPersistentPerHost = 4
+        self._pool.maxPersistentPerHost = max(1, maxPersistentPerHost)
         self._agent = Agent(
             reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=self._pool
         )

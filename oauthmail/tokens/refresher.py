@@ -12,7 +12,7 @@ and Google), every refresh token is used (and, at Microsoft, rotated) far more o
 its 90-day idle limit requires. Tokens without an expiry are refreshed when they are older
 than ``max_age`` (seven days by default) for the same reason.
 
-Each pass refreshes at most ``concurrency`` accounts at once, each after a random delay
+Each pass has at most ``concurrency`` requests at the provider at once, each after a random delay
 of up to ``jitter`` seconds so that a hundred accounts do not hit the provider in the same
 second. One account's failure never stops the loop: every item is caught, and should the
 loop itself fail, its errback logs and restarts it.
@@ -39,6 +39,9 @@ log = Logger()
 
 #: Accounts in these states wait for a person; the refresher leaves them alone.
 SKIPPED_STATES = frozenset({"needs_reauth"})
+
+#: Refreshes in progress per request slot (see ``TokenRefresher.runOnce``).
+PIPELINE = 4
 
 
 class TokenRefresher(Service):
@@ -131,52 +134,66 @@ class TokenRefresher(Service):
     async def _due(self) -> list[tuple[AccountConfig, bool]]:
         """Due accounts, each with whether it is due by age (then the refresh is forced:
         a token without an expiry always looks valid, but its refresh token must be
-        used now and then or the provider lets it lapse)."""
+        used now and then or the provider lets it lapse).
+
+        Planned from one ``listExpiries`` query: no token is read or decrypted here.
+        """
         now = self._clock.seconds()
         horizon = self.margin + self.interval
+        try:
+            rows = {row.account: row for row in await self._store.listExpiries()}
+        except Exception:
+            log.failure("refresher could not list the accounts; trying again next pass")
+            return []
         due = []
         for account in self._accounts:
-            try:
-                if not account.configured:
-                    continue
-                state = await self._store.getAccount(account.name)
-                if state is not None and state.state in SKIPPED_STATES:
-                    continue
-                record = await self._store.getTokens(account.name)
-            except Exception:
-                log.failure("refresher could not look at {account}", account=account.name)
+            if not account.configured:
                 continue
-            if record is None:
+            row = rows.get(account.name)
+            if row is not None and row.state in SKIPPED_STATES:
+                continue
+            if row is None or not row.has_tokens:
                 if account.grant == "client_credentials":
                     due.append((account, False))  # app-only accounts get their first token here
                 continue  # unauthorised: a person must authorise it first
-            if record.expires_at is not None:
-                if record.expires_at - now <= horizon:
+            if row.expires_at is not None:
+                if row.expires_at - now <= horizon:
                     due.append((account, False))
             elif (
                 self.max_age is not None
-                and record.refresh_token is not None
-                and now - record.updated_at >= self.max_age
+                and row.has_refresh
+                and now - row.updated_at >= self.max_age
             ):
                 due.append((account, True))
         return due
 
     async def runOnce(self) -> None:
-        """One pass: refresh every due account, ``concurrency`` at a time, with jitter."""
+        """One pass: refresh every due account, ``concurrency`` requests at a time, with jitter.
+
+        ``concurrency`` caps the requests at the provider, which is what it protects.
+        Up to ``PIPELINE`` times as many refreshes are in progress, so that while
+        some wait for the provider, others read the store or wait for the group
+        commit of their new tokens (an fsync) without holding a request slot.
+        """
         self.passes += 1
         due = await self._due()
         if not due:
             return
-        semaphore = defer.DeferredSemaphore(self.concurrency)
+        requests = _RequestSlots(self, self.concurrency)
+        pipeline = defer.DeferredSemaphore(self.concurrency * PIPELINE)
         work = [
-            defer.ensureDeferred(self._refreshOne(account, semaphore, byAge))
+            defer.ensureDeferred(self._refreshOne(account, pipeline, requests, byAge))
             for account, byAge in due
         ]
         await defer.DeferredList(work, consumeErrors=True)
 
     async def _refreshOne(
-        self, account: AccountConfig, semaphore: defer.DeferredSemaphore, force: bool = False
-    ):
+        self,
+        account: AccountConfig,
+        pipeline: defer.DeferredSemaphore,
+        requests: _RequestSlots,
+        force: bool = False,
+    ) -> None:
         delay = self._random.uniform(0, self.jitter) if self.jitter > 0 else 0.0
         if delay > 0:
             sleeper = task.deferLater(self._clock, delay, lambda: None)
@@ -187,18 +204,15 @@ class TokenRefresher(Service):
                 return  # the service is stopping
             finally:
                 self._sleeping.discard(sleeper)
-        await semaphore.acquire()
-        if not self.running:
-            semaphore.release()
-            return
-        self._active += 1
-        self.peak_concurrency = max(self.peak_concurrency, self._active)
+        await pipeline.acquire()
         try:
-            if force:
-                await self._source.forceRefresh(account.name)
-            else:
-                await self._source.ensureFresh(account.name, self.margin + self.interval)
+            if not self.running:
+                return
+            min_valid = None if force else self.margin + self.interval
+            await self._source.refreshDue(account.name, min_valid, limiter=requests)
             self.refreshed += 1
+        except defer.CancelledError:
+            pass  # the service stopped before this refresh's request was sent
         except AccountNotAuthorised as e:
             log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
         except (TokenError, StoreError) as e:
@@ -209,5 +223,33 @@ class TokenRefresher(Service):
             self.failures += 1
             log.failure("unexpected error refreshing {account}", account=account.name)
         finally:
-            self._active -= 1
-            semaphore.release()
+            pipeline.release()
+
+
+class _RequestSlots:
+    """A pass's cap on requests at the provider (the token source holds a slot per request).
+
+    It keeps the refresher's ``peak_concurrency`` statistic and hands out no slot
+    once the service is stopping: such a refresh fails with ``CancelledError``
+    before anything is sent, and its tokens stay as they are.
+    """
+
+    def __init__(self, refresher: TokenRefresher, size: int) -> None:
+        self._refresher = refresher
+        self._semaphore = defer.DeferredSemaphore(size)
+
+    def acquire(self) -> defer.Deferred[object]:
+        return self._semaphore.acquire().addCallback(self._acquired)
+
+    def _acquired(self, result: object) -> object:
+        refresher = self._refresher
+        if not refresher.running:
+            self._semaphore.release()
+            raise defer.CancelledError("the token refresher is stopping")
+        refresher._active += 1
+        refresher.peak_concurrency = max(refresher.peak_concurrency, refresher._active)
+        return result
+
+    def release(self) -> None:
+        self._refresher._active -= 1
+        self._semaphore.release()

@@ -56,6 +56,14 @@ class Notifier(Protocol):
     def notify(self, account: str, reason: str) -> defer.Deferred[None]: ...
 
 
+class Limiter(Protocol):
+    """Caps requests in flight (``DeferredSemaphore`` has this shape)."""
+
+    def acquire(self) -> defer.Deferred[object]: ...
+
+    def release(self) -> None: ...
+
+
 class _NoNotifier:
     def notify(self, account: str, reason: str) -> defer.Deferred[None]:
         return defer.succeed(None)
@@ -125,6 +133,28 @@ class TokenSource:
         """Fire with a token valid for ``min_valid`` seconds; ``None`` forces a refresh."""
         return defer.ensureDeferred(self._ensureFresh(account_id, min_valid))
 
+    def refreshDue(
+        self, account_id: str, min_valid: float | None, *, limiter: Limiter | None = None
+    ) -> defer.Deferred[Secret]:
+        """Refresh a token the caller already knows to be due (the refresher's pass).
+
+        Like ``ensureFresh`` without its first read: the pass found the token due
+        in its listing, so this joins (or starts) the single-flight refresh at
+        once. The refresh reads the stored tokens anyway and, should they have
+        become valid for ``min_valid`` meanwhile, hands them out without a request
+        (``None`` forces the refresh).
+
+        ``limiter`` (``acquire() -> Deferred``, ``release()``) is held around each
+        request to the provider, and only then: the refresher caps the requests its
+        pass has at the provider, not the local reads and fsync'd writes around
+        them, nor the backoff sleeps between attempts.
+        """
+        try:
+            account = self.account(account_id)
+        except AccountNotAuthorised as e:
+            return defer.fail(e)
+        return self._joinRefresh(account, min_valid, limiter)
+
     def isRefreshing(self, account_id: str) -> bool:
         return account_id in self._inflight
 
@@ -188,7 +218,7 @@ class TokenSource:
         return await self._joinRefresh(account, min_valid)
 
     def _joinRefresh(
-        self, account: AccountConfig, min_valid: float | None
+        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None = None
     ) -> defer.Deferred[Secret]:
         waiter: defer.Deferred[Secret] = defer.Deferred()
         waiters = self._inflight.get(account.name)
@@ -196,7 +226,7 @@ class TokenSource:
             waiters.append(waiter)
             return waiter
         self._inflight[account.name] = [waiter]
-        d = defer.ensureDeferred(self._refresh(account, min_valid))
+        d = defer.ensureDeferred(self._refresh(account, min_valid, limiter))
         d.addBoth(self._fanOut, account.name)
         return waiter
 
@@ -211,10 +241,16 @@ class TokenSource:
 
     # -- the refresh -----------------------------------------------------------------
 
-    async def _refresh(self, account: AccountConfig, min_valid: float | None) -> Secret:
+    async def _refresh(
+        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None = None
+    ) -> Secret:
         name = account.name
-        state = await self._store.ensureAccount(name, account.profile.kind)
-        record = await self._store.getTokens(name)
+        # One read for state and tokens. The daemon creates every configured account's
+        # row at start-up, so the ensureAccount write transaction is only for the rare
+        # account that has none yet.
+        state, record = await self._store.getAccountWithTokens(name)
+        if state is None:
+            state = await self._store.ensureAccount(name, account.profile.kind)
         record, pending = await self._retryPendingWrite(name, record)
         if pending is None and min_valid is not None and self._valid(record, min_valid):
             return record.access_token  # somebody refreshed while we waited
@@ -239,7 +275,7 @@ class TokenSource:
             )
             return await self._giveUp(name, state, record, error, min_valid)
         try:
-            tokens = await self._obtain(name, app_only, refresh_token)
+            tokens = await self._obtain(name, app_only, refresh_token, limiter)
         except InvalidGrant as e:
             await self._needsReauth(name, e)
             raise AccountNotAuthorised(
@@ -255,15 +291,19 @@ class TokenSource:
             tokens = replace(tokens, refresh_token=refresh_token)  # provider did not rotate
         return await self._write(name, state, record, tokens)
 
-    async def _obtain(self, name: str, app_only: bool, refresh_token: Secret | None) -> TokenSet:
+    async def _obtain(
+        self,
+        name: str,
+        app_only: bool,
+        refresh_token: Secret | None,
+        limiter: Limiter | None = None,
+    ) -> TokenSet:
         """Ask the provider, retrying transient failures a bounded number of times."""
         grants = self.grantClient(name)
         attempt = 0
         while True:
             try:
-                if app_only:
-                    return await grants.clientCredentials()
-                return await grants.refresh(refresh_token)
+                return await self._ask(grants, app_only, refresh_token, limiter)
             except TransientTokenError as e:
                 attempt += 1
                 delay = self.backoff(attempt, e.retry_after)
@@ -277,6 +317,24 @@ class TokenSource:
                     delay=delay,
                 )
                 await task.deferLater(self._clock, delay, lambda: None)
+
+    @staticmethod
+    async def _ask(
+        grants: GrantClient,
+        app_only: bool,
+        refresh_token: Secret | None,
+        limiter: Limiter | None,
+    ) -> TokenSet:
+        """One request to the provider, holding a ``limiter`` slot for just that long."""
+        if limiter is not None:
+            await limiter.acquire()
+        try:
+            if app_only:
+                return await grants.clientCredentials()
+            return await grants.refresh(refresh_token)
+        finally:
+            if limiter is not None:
+                limiter.release()
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float | None:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential, jittered, >= Retry-After.
