@@ -107,15 +107,18 @@ class FakeSender:
         self.script = list(script) or [accept]
         self.sessions: list[tuple[str, list]] = []
         self.hanging: list[defer.Deferred] = []
+        self.gates: list = []
 
-    def __call__(self, account, token, messages, beforeData, onOutcome):
+    def __call__(self, account, token, messages, beforeData, onOutcome, more=None):
         behaviour = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         self.sessions.append((token.reveal(), [(m.id, m.recipients) for m in messages]))
         if isinstance(behaviour, SessionError):
             return defer.succeed(SessionResult([], behaviour))
         result = SessionResult()
-        for m in messages:
-            beforeData(m)
+        pending = list(messages)
+        while pending:
+            m = pending.pop(0)
+            self.gates.append(beforeData(m))
             if behaviour == "hang":
                 d = defer.Deferred()
                 self.hanging.append(d)
@@ -126,6 +129,11 @@ class FakeSender:
             outcome = MessageOutcome(m.id, replies[0][1], replies[0][2], recipients, accepted)
             result.outcomes.append(outcome)
             onOutcome(outcome)
+            if not pending and more is not None:
+                claimed = []
+                more().addCallback(claimed.extend)
+                self.sessions[-1][1].extend((c.id, c.recipients) for c in claimed)
+                pending.extend(claimed)
         return defer.succeed(result)
 
 
@@ -482,3 +490,62 @@ def test_without_bcc_keeps_messages_without_bcc(headers, body):
     head = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers)
     message = head + b"\r\n" + body
     assert withoutBcc(message) == message
+
+
+def test_batch_is_marked_sending_in_one_transaction_and_outcomes_group_committed(tmp_path):
+    """Claiming a batch is one write transaction; outcomes arriving together share commits."""
+    rig = Rig(tmp_path, start=False)
+    ids = [rig.enqueue() for _ in range(5)]
+    statements: list[str] = []
+    rig.store.conn.set_trace_callback(statements.append)
+    rig.queue.startService()
+    rig.store.conn.set_trace_callback(None)
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    marks = [s for s in statements if "SET state = 'sending'" in s]
+    assert len(marks) == 5
+    # Recovery, one claim, and (with the synchronous stand-in) one outcome write per reply.
+    assert len(begins) <= 1 + 1 + 5
+    first = statements.index(marks[0])
+    between = statements[first : statements.index(marks[-1])]
+    assert not [s for s in between if s.startswith(("BEGIN", "COMMIT"))]
+    assert all(rig.status(i).state == "sent" for i in ids)
+    # The claim and outcome commits skip fsync; the connection is FULL again afterwards.
+    assert rig.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_outcome_writer_merges_outcomes_queued_during_a_write(tmp_path):
+    """Outcomes that arrive while one is being written go into one transaction together."""
+    from oauthmail.smtp.queue import _OutcomeWriter
+
+    rig = Rig(tmp_path, start=False)
+    ids = [rig.enqueue() for _ in range(4)]
+    rig.store.conn.execute("UPDATE outbound SET state = 'sending'")
+    held: list[tuple] = []
+    real = rig.store.runWithConnection
+
+    def slow(func, *args):
+        d = defer.Deferred()
+        held.append((d, func, args))
+        return d
+
+    rig.store.runWithConnection = slow
+    writer = _OutcomeWriter(rig.queue, "alice")
+
+    def outcome(message_id):
+        r = RecipientOutcome("bob@example.net", 250, "ok")
+        return MessageOutcome(message_id, 250, "ok", (r,), True)
+
+    writer.add(outcome(ids[0]))
+    for message_id in ids[1:]:
+        writer.add(outcome(message_id))
+    assert writer.unrecorded == 4 and len(held) == 1
+    gate = writer.room(0)
+    assert gate is not None and not gate.called
+    d, func, args = held.pop()
+    real(func, *args).chainDeferred(d)
+    assert len(held) == 1 and len(held[0][2][0]) == 3  # the other three, together
+    d, func, args = held.pop()
+    real(func, *args).chainDeferred(d)
+    assert gate.called and writer.unrecorded == 0
+    rig.store.runWithConnection = real
+    assert all(rig.status(i).state == "sent" for i in ids)

@@ -365,3 +365,128 @@ def test_wire_data_round_trips(lines):
 def test_wire_data_stuffs_first_line_and_adds_final_crlf():
     """A leading dot on the first line is doubled and a missing final line end is added."""
     assert wireData(b".hidden\r\nx") == b"..hidden\r\nx\r\n"
+
+
+class NoDelayTransport(StringTransport):
+    """A StringTransport that records setTcpNoDelay, like a TCP transport."""
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.noDelay = enabled
+
+
+def pipelinedSession(messages, **kw):
+    s = Session(messages, **kw)
+    assert s.say(b"220 mail.test ESMTP") == [b"EHLO client.test"]
+    assert s.say(b"250-mail.test", b"250-PIPELINING", b"250 AUTH XOAUTH2") == [b"AUTH XOAUTH2"]
+    s.say(b"334 ")
+    return s
+
+
+def test_pipelining_sends_mail_rcpt_data_together():
+    """With PIPELINING, MAIL FROM, every RCPT TO and DATA leave in one write."""
+    s = pipelinedSession([message(1, "a@x.test", "b@x.test"), message(2)])
+    s.client.dataReceived(b"235 2.7.0 ok\r\n")
+    assert s.transport.value() == (
+        b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+    )
+    s.transport.clear()
+    assert s.say(b"250 ok", b"250 ok", b"250 ok") == []
+    assert s.say(b"354 go") == [b"Subject: 1", b"hello", b"."]
+    assert s.marked == ["m1"]
+    assert s.say(b"250 2.0.0 queued") == [
+        b"MAIL FROM:<alice@example.com>",
+        b"RCPT TO:<bob2@example.net>",
+        b"DATA",
+    ]
+    s.say(b"250 ok", b"250 ok", b"354 go")
+    assert s.say(b"250 2.0.0 queued") == [b"QUIT"]
+    s.lose()
+    assert [o.accepted for o in s.result.outcomes] == [True, True]
+    assert s.result.error is None
+
+
+def test_pipelining_matches_a_refused_recipient():
+    """A refused RCPT among accepted ones is matched to its recipient; the rest is sent."""
+    s = pipelinedSession([message(1, "a@x.test", "b@x.test", "c@x.test")])
+    s.say(b"235 2.7.0 ok")
+    s.say(b"250 ok", b"250 ok", b"550 5.1.1 no such user", b"451 4.3.0 later")
+    assert s.say(b"354 go")[-1] == b"."
+    s.say(b"250 2.0.0 ok")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    got = {r.address: (r.code, r.status) for r in outcome.recipients}
+    assert got == {
+        "a@x.test": (250, outcomes.OK),
+        "b@x.test": (550, outcomes.PERMANENT),
+        "c@x.test": (451, outcomes.TEMPORARY),
+    }
+    assert outcome.accepted
+
+
+def test_pipelining_all_recipients_refused_resets():
+    """DATA refused after every RCPT was refused: RSET, then the next message's group."""
+    s = pipelinedSession([message(1), message(2)])
+    s.say(b"235 2.7.0 ok")
+    assert s.say(b"250 ok", b"550 5.1.1 unknown", b"554 5.5.1 no valid recipients") == [b"RSET"]
+    assert s.say(b"250 ok")[0] == b"MAIL FROM:<alice@example.com>"
+    (outcome,) = s.client.result.outcomes
+    assert not outcome.accepted and outcome.recipients[0].status == outcomes.PERMANENT
+
+
+def test_pipelining_connection_lost_after_content():
+    """A connection lost after the content is an unknown outcome; later messages unanswered."""
+    s = pipelinedSession([message(1), message(2)])
+    s.say(b"235 2.7.0 ok")
+    s.say(b"250 ok", b"250 ok", b"354 go")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert outcome.message_id == "m1" and outcome.code == 0 and not outcome.accepted
+    assert s.result.error is not None
+
+
+def test_more_messages_are_asked_for_before_quit():
+    """When the batch is done, the client asks for more and sends them on the same session."""
+    from twisted.internet import defer
+
+    asked = []
+
+    def more():
+        asked.append(1)
+        return defer.succeed([message(9)] if len(asked) == 1 else [])
+
+    s = Session([message(1)])
+    s.client._more = more
+    s.login()
+    s.say(b"250 ok")
+    s.say(b"250 ok")
+    s.say(b"354 go")
+    assert s.say(b"250 ok") == [b"MAIL FROM:<alice@example.com>"]
+    s.say(b"250 ok")
+    s.say(b"250 ok")
+    s.say(b"354 go")
+    assert s.say(b"250 ok") == [b"QUIT"]
+    s.lose()
+    assert [o.message_id for o in s.result.outcomes] == ["m1", "m9"]
+
+
+def test_tcp_nodelay_is_set():
+    """The client switches Nagle off on its TCP transport (also below a TLS wrapper)."""
+    client = OutboundESMTPClient(
+        XOAuth2Authenticator(USER), Secret(TOKEN), [message(1)], clock=Clock()
+    )
+    transport = NoDelayTransport()
+    client.makeConnection(transport)
+    assert transport.noDelay is True
+
+    class Wrapper(StringTransport):
+        pass
+
+    wrapper = Wrapper()
+    wrapper.transport = NoDelayTransport()
+    client2 = OutboundESMTPClient(
+        XOAuth2Authenticator(USER), Secret(TOKEN), [message(1)], clock=Clock()
+    )
+    client2.makeConnection(wrapper)
+    assert wrapper.transport.noDelay is True

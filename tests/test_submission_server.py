@@ -669,3 +669,16 @@ def test_address_parsing_agrees_with_twisted() -> None:
     """The sender directory matches envelope addresses case-insensitively."""
     assert SENDERS.accountFor(str(smtp.Address(b"<Alerts@Example.COM>"))) == "alerts"
     assert SENDERS.accountFor("nobody@example.com") is None
+
+
+def test_replies_are_not_delayed_by_nagle() -> None:
+    """The server switches Nagle off on each accepted connection."""
+
+    class NoDelayTransport(StringTransport):
+        noDelay = False
+
+        def setTcpNoDelay(self, enabled) -> None:
+            self.noDelay = enabled
+
+    proto, transport = _protocol(_config(), MemoryQueue(), "127.0.0.1", NoDelayTransport())
+    assert transport.noDelay is True

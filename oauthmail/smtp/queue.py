@@ -9,20 +9,30 @@ message is on disk before the submission server answers ``250``.
 
 Message states::
 
-    queued ──(before DATA)──► sending ──(250 after DATA)──► sent
-       ▲                        │
+    queued ──(claimed for a session)──► sending ──(250 after DATA)──► sent
+       ▲                                   │
        └──(4xx, network, no answer: backoff)──┘     5xx / max_age ──► failed
 
 Exactly once, as far as SMTP allows:
 
-- A message is marked ``sending`` (durably) before ``DATA`` and ``sent`` right
-  after the provider's ``250``. A recipient that got a ``250`` is never sent to
-  again; only recipients still ``pending`` are retried.
+- A session claims its messages in one transaction that marks them all
+  ``sending`` (and claims more, the same way, when it has sent them and more
+  are due). Outcomes are recorded as they come, without the client waiting,
+  and merged: the outcomes that arrive while one transaction is written go
+  into the next (group commit). A recipient that got a ``250`` is never sent
+  to again; only recipients still ``pending`` are retried.
+- Claims and outcomes are committed without fsync (WAL, ``synchronous =
+  NORMAL``): a killed process keeps them; a power failure may lose those
+  written since the last fsynced commit (every enqueue is one), and such a
+  message is simply ``queued`` again. Enqueues stay ``synchronous = FULL``.
 - After a crash (or SIGKILL) a ``sending`` message goes back to ``queued`` and
   is sent again: at least once. The window is "the provider answered ``250``
-  (or was about to) and we died before the ``sent`` row was committed"; it is
-  one round trip plus one SQLite commit long. A connection lost after the end
-  of ``DATA`` but before the reply is the same window and is also retried.
+  (or was about to) and its outcome was not committed yet". With the default
+  ``max_unrecorded = 0`` the client does not send a message's content while
+  an earlier outcome is still unwritten, so the window stays one message
+  (plus, after a power failure, the outcomes not yet fsynced). A connection
+  lost after the end of ``DATA`` but before the reply is the same window and
+  is also retried. Messages claimed but not yet tried are just sent later.
 
 Each account has one delivery loop (never two connections for one account at
 once). It is woken by :meth:`enqueue`, by a timer at the next due retry and by
@@ -41,7 +51,8 @@ from __future__ import annotations
 import random as _random
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,13 +171,21 @@ class OutboundQueue(service.Service):
     :param tokens: the ``ITokenSource`` that hands out access tokens.
     :param accounts: configured accounts by name; only these can send.
     :param reactor: for connections and timers (``clock`` defaults to it).
-    :param sender: ``sender(account, token, messages, beforeData=, onOutcome=)``
+    :param sender: ``sender(account, token, messages, beforeData=, onOutcome=, more=)``
         returning a Deferred :class:`SessionResult` — :func:`sendBatch` by
         default; tests pass a fake.
     :param max_age: seconds after which a message still not sent fails.
     :param backoff_base: first retry delay (doubled per attempt, jittered).
     :param backoff_max: the longest delay between two attempts.
-    :param batch_size: messages per connection.
+    :param batch_size: messages claimed at a time (one transaction marks them ``sending``).
+    :param session_limit: messages per connection at most; a session that has sent
+        its batch claims more due messages (those queued meanwhile) up to this.
+    :param max_unrecorded: how many messages the provider may have answered
+        without their outcome being committed yet before the client waits for
+        the commit ahead of the next message's content. ``0`` keeps the
+        at-least-once window at one message (see the module docstring).
+    :param linger: seconds an idle session waits for newly queued messages
+        before it says ``QUIT`` (``0``: at once).
     :param poll_interval: how often to look for due messages anyway.
     """
 
@@ -184,7 +203,10 @@ class OutboundQueue(service.Service):
         max_age: float = 5 * 86400.0,
         backoff_base: float = 60.0,
         backoff_max: float = 3600.0,
-        batch_size: int = 50,
+        batch_size: int = 100,
+        session_limit: int = 1000,
+        max_unrecorded: int = 0,
+        linger: float = 0.5,
         poll_interval: float = 60.0,
         random: _random.Random | None = None,
     ) -> None:
@@ -201,6 +223,9 @@ class OutboundQueue(service.Service):
             random if random is not None else _random.Random(),  # noqa: S311 - jitter
         )
         self.batch_size = batch_size
+        self.session_limit = max(batch_size, session_limit)
+        self.max_unrecorded = max_unrecorded
+        self.linger = linger
         self.poll_interval = poll_interval
         self._loops: dict[str, _Loop] = {}
         self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
@@ -424,6 +449,8 @@ class OutboundQueue(service.Service):
         loop = self._loops.setdefault(name, _Loop())
         if loop.done is not None:
             loop.again = True
+            if loop.wakeup is not None and not loop.wakeup.called:
+                loop.wakeup.callback(None)
             return
         if loop.timer is not None and loop.timer.active():
             loop.timer.cancel()
@@ -451,7 +478,7 @@ class OutboundQueue(service.Service):
         """Send batches while there are due ones; return when to look again (or ``None``)."""
         while self.running:
             loop.again = False
-            batch = await self._db(_fetchDue, name, self._clock.seconds(), self.batch_size)
+            batch = await self._db(_claimDue, name, self._clock.seconds(), self.batch_size)
             if not batch:
                 break
             clean = await self._deliver(name, batch, loop)
@@ -467,9 +494,9 @@ class OutboundQueue(service.Service):
             await self._sessionFailed(name, batch, token)
             return False
         result = await self._send(account, token, batch, loop)
-        if result is None:  # stopped
+        if result is None:  # stopped: what was claimed stays 'sending' until the next start
             return False
-        remaining = self._unanswered(batch, result)
+        remaining = self._unanswered(loop.claimed, result)
         error = result.error
         if error is not None and error.auth and error.action == outcomes.REFRESH and remaining:
             log.info(
@@ -482,7 +509,7 @@ class OutboundQueue(service.Service):
             result = await self._send(account, token, remaining, loop)
             if result is None:
                 return False
-            remaining = self._unanswered(remaining, result)
+            remaining = self._unanswered(loop.claimed, result)
             error = result.error
         if error is None:
             self._lastError[name] = None
@@ -518,21 +545,72 @@ class OutboundQueue(service.Service):
     async def _send(
         self, account: AccountConfig, token: Secret, batch: list[OutgoingMessage], loop: _Loop
     ) -> SessionResult | None:
-        recorded: list[defer.Deferred[Any]] = []
+        writer = _OutcomeWriter(self, account.name)
+        loop.claimed = list(batch)
 
-        def beforeData(message: OutgoingMessage) -> defer.Deferred[None]:
-            return self._db(_markSending, message.id)
+        def beforeData(message: OutgoingMessage) -> defer.Deferred[None] | None:
+            # Bounds the messages the provider may hold without a recorded outcome.
+            return writer.room(self.max_unrecorded)
 
-        def onOutcome(outcome: MessageOutcome) -> None:
-            d = self._db(_recordOutcome, outcome, self._clock.seconds(), self._policy)
-            d.addCallback(lambda status: self._notify([status]) if status else None)
-            d.addErrback(
-                lambda f: log.failure("recording outcome of {id}", f, id=outcome.message_id)
-            )
-            recorded.append(d)
+        writes: list[defer.Deferred[None]] = []
+
+        def claim(limit: int) -> defer.Deferred[list[OutgoingMessage]]:
+            # What the database marked 'sending' reaches loop.claimed even if the
+            # session is gone and has cancelled its request by then.
+            inner = self._db(_claimDue, account.name, self._clock.seconds(), limit)
+            outer: defer.Deferred[list[OutgoingMessage]] = defer.Deferred()
+
+            def landed(result: Any) -> None:
+                if not isinstance(result, Failure):
+                    loop.claimed.extend(result)
+                if outer.called:
+                    return
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(result)
+
+            writes.append(inner.addBoth(landed))
+            return outer
+
+        async def claimMore() -> list[OutgoingMessage]:
+            if not self.running or len(loop.claimed) >= self.session_limit:
+                return []
+            limit = min(self.batch_size, self.session_limit - len(loop.claimed))
+            more = await claim(limit)
+            if not more and self.linger > 0:
+                # Keep the session for messages being queued right now (a burst
+                # from a local client) rather than paying for a new one.
+                loop.again = False
+                loop.wakeup = defer.Deferred()
+                timer = self._clock.callLater(self.linger, loop.wakeup.callback, None)
+                try:
+                    await loop.wakeup
+                except defer.CancelledError:
+                    return []
+                finally:
+                    loop.wakeup = None
+                    if timer.active():
+                        timer.cancel()
+                if not self.running or not loop.again:
+                    return []
+                more = await claim(limit)
+            return more
+
+        claims: list[defer.Deferred[list[OutgoingMessage]]] = []
+
+        def more() -> defer.Deferred[list[OutgoingMessage]]:
+            d = defer.ensureDeferred(claimMore())
+            claims.append(d)
+            return d
 
         loop.sending = self._sender(
-            account, token, batch, beforeData=beforeData, onOutcome=onOutcome
+            account,
+            token,
+            batch,
+            beforeData=beforeData,
+            onOutcome=writer.add,
+            more=more,
         )
         try:
             result = await loop.sending
@@ -540,8 +618,13 @@ class OutboundQueue(service.Service):
             return None
         finally:
             loop.sending = None
-            if recorded:
-                await defer.DeferredList(recorded, consumeErrors=True)
+            # A claim still on its way must land in loop.claimed before the caller
+            # looks for unanswered messages (or they would stay 'sending').
+            for claim in claims:
+                if not claim.called:
+                    claim.cancel()
+            await defer.DeferredList(claims + writes, consumeErrors=True)
+            await writer.settled()
         for outcome in result.outcomes:
             self._logOutcome(account.name, outcome)
         return result
@@ -603,12 +686,93 @@ class OutboundQueue(service.Service):
             log.error("could not record the state of {account}: {why}", account=name, why=e)
 
 
+class _OutcomeWriter:
+    """Group commit of one session's outcomes.
+
+    Outcomes are handed to the database as they come, without the client
+    waiting: while one transaction is being written, the outcomes that arrive
+    meanwhile wait, and the next transaction takes all of them. So a burst of
+    replies costs a few commits, not one each.
+    """
+
+    def __init__(self, queue: OutboundQueue, account: str) -> None:
+        self._queue = queue
+        self._account = account
+        self._waiting: list[MessageOutcome] = []
+        self._writing = 0
+        self._running = False
+        self._flushing: defer.Deferred[None] = defer.succeed(None)
+        self._roomWaiters: list[tuple[int, defer.Deferred[None]]] = []
+
+    @property
+    def unrecorded(self) -> int:
+        """Outcomes that are not committed yet."""
+        return len(self._waiting) + self._writing
+
+    def add(self, outcome: MessageOutcome) -> None:
+        self._waiting.append(outcome)
+        if not self._running:
+            self._running = True
+            self._flushing = defer.ensureDeferred(self._flush())
+
+    def room(self, limit: int) -> defer.Deferred[None] | None:
+        """``None`` if at most ``limit`` outcomes are unrecorded, else when that is true."""
+        if self.unrecorded <= limit:
+            return None
+        d: defer.Deferred[None] = defer.Deferred()
+        self._roomWaiters.append((limit, d))
+        return d
+
+    def settled(self) -> defer.Deferred[None]:
+        """Fires once every outcome added so far is committed (or failed to be)."""
+        if not self._running:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._flushing.addBoth(lambda result: d.callback(None) or result)
+        return d
+
+    async def _flush(self) -> None:
+        queue = self._queue
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                self._writing = len(batch)
+                try:
+                    statuses = await queue._db(
+                        _recordOutcomes, batch, queue._clock.seconds(), queue._policy
+                    )
+                except Exception:
+                    log.failure(
+                        "{account}: recording {n} outcome(s) failed",
+                        account=self._account,
+                        n=len(batch),
+                    )
+                else:
+                    queue._notify(statuses)
+                finally:
+                    self._writing = 0
+                    self._wakeRoom()
+        finally:
+            self._running = False
+            self._wakeRoom()
+
+    def _wakeRoom(self) -> None:
+        ready = [(n, d) for n, d in self._roomWaiters if self.unrecorded <= n]
+        self._roomWaiters = [(n, d) for n, d in self._roomWaiters if self.unrecorded > n]
+        for _, d in ready:
+            d.callback(None)
+
+
 class _Loop:
     """The delivery loop of one account: at most one run at a time."""
 
     def __init__(self) -> None:
         self.done: defer.Deferred[Any] | None = None
         self.sending: defer.Deferred[Any] | None = None
+        #: Every message handed to the current session (the batch and what it claimed later).
+        self.claimed: list[OutgoingMessage] = []
+        #: Fired by a wake-up while the session lingers for new messages.
+        self.wakeup: defer.Deferred[None] | None = None
         self.timer: Any = None
         self.again = False
 
@@ -701,12 +865,34 @@ def _fetchDue(
     return batch
 
 
-def _markSending(conn: sqlite3.Connection, message_id: str) -> None:
-    with transaction(conn):
-        conn.execute(
-            "UPDATE outbound SET state = 'sending' WHERE id = ? AND state = 'queued'",
-            (message_id,),
-        )
+@contextmanager
+def _unsynced(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commit without fsync (WAL, ``synchronous = NORMAL``), then back to ``FULL``.
+
+    For writes whose loss in a power failure only means "sent again": the
+    ``sending`` marks and the outcomes. A committed WAL frame survives the
+    process being killed; the next ``FULL`` commit on the file (an enqueue, a
+    token write) or checkpoint makes it durable against power loss too.
+    """
+    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+
+
+def _claimDue(
+    conn: sqlite3.Connection, account: str, now: float, limit: int
+) -> list[OutgoingMessage]:
+    """The due messages (at most ``limit``), marked ``sending`` in one transaction."""
+    batch = _fetchDue(conn, account, now, limit)
+    if batch:
+        with _unsynced(conn), transaction(conn):
+            conn.executemany(
+                "UPDATE outbound SET state = 'sending' WHERE id = ? AND state = 'queued'",
+                [(m.id,) for m in batch],
+            )
+    return batch
 
 
 def _finish(conn: sqlite3.Connection, message_id: str, last_error: str | None) -> None:
@@ -749,45 +935,57 @@ def _retryOrGiveUp(
     )
 
 
-def _recordOutcome(
+def _recordOutcomes(
+    conn: sqlite3.Connection, batch: list[MessageOutcome], now: float, policy: _Policy
+) -> list[DeliveryStatus]:
+    """Record several messages' outcomes in one (unsynced) transaction: group commit."""
+    changed = []
+    with _unsynced(conn), transaction(conn):
+        for outcome in batch:
+            if _applyOutcome(conn, outcome, now, policy):
+                changed.append(outcome.message_id)
+    return [s for s in (_status(conn, message_id) for message_id in changed) if s is not None]
+
+
+def _applyOutcome(
     conn: sqlite3.Connection, outcome: MessageOutcome, now: float, policy: _Policy
-) -> DeliveryStatus | None:
+) -> bool:
+    """Write one outcome (the caller owns the transaction); False if it changed nothing."""
     message_id = outcome.message_id
-    with transaction(conn):
-        row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
-        if row is None or row[0] in FINAL_STATES:
-            return None
-        failures = []
-        temporary = []
-        for r in outcome.recipients:
-            status = r.status
-            state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(status, "pending")
-            conn.execute(
-                "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
-                " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
-                " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
-                (state, r.code or None, r.text, message_id, r.address),
-            )
-            if state == "failed":
-                failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-            elif state == "pending":
-                temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-        if outcome.accepted:
-            conn.execute(
-                "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, ?)"
-                " WHERE id = ?",
-                (now, message_id),
-            )
-        (pending,) = conn.execute(
-            "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'pending'",
-            (message_id,),
-        ).fetchone()
-        if pending:
-            _retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
-        else:
-            conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
-            _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None)
-    return _status(conn, message_id)
+    row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
+    if row is None or row[0] in FINAL_STATES:
+        return False
+    failures = []
+    temporary = []
+    for r in outcome.recipients:
+        status = r.status
+        state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(status, "pending")
+        conn.execute(
+            "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
+            " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
+            " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
+            (state, r.code or None, r.text, message_id, r.address),
+        )
+        if state == "failed":
+            failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+        elif state == "pending":
+            temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+    if outcome.accepted:
+        conn.execute(
+            "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, ?)"
+            " WHERE id = ?",
+            (now, message_id),
+        )
+    (pending,) = conn.execute(
+        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'pending'",
+        (message_id,),
+    ).fetchone()
+    if pending:
+        _retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
+    else:
+        conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+        _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None)
+    return True
 
 
 def _recordFailure(

@@ -306,6 +306,17 @@ class SubmissionESMTP(smtp.ESMTP):
 
     # -- plumbing ---------------------------------------------------------
 
+    def connectionMade(self) -> None:
+        # Replies are small single writes; Nagle would hold one back until the
+        # client's delayed ACK of the previous one.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
+        smtp.ESMTP.connectionMade(self)
+
     def _peer(self) -> str:
         peer = self.transport.getPeer()
         return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
