@@ -125,7 +125,9 @@ async def test_message_arrives_byte_for_byte(dovecot, oauth_provider, final_hop,
     try:
         sent = message(sender, "bytes")
         await threads.deferToThread(sendAll, daemon, sender, [sent])
-        assert await waitFor(lambda: relayedIDs(final_hop, "bytes"), 15.0)
+        assert await waitFor(
+            lambda: b"<bytes-0@client.test>" in relayedIDs(final_hop, "bytes"), 15.0
+        )
         (relayed,) = [m for m in final_hop.messages if b"<bytes-0@client.test>" in m.data]
         assert relayed.mailFrom == sender
         assert relayed.rcptTos == ("friend@example.net",)
