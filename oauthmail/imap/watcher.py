@@ -74,6 +74,19 @@ class _Stopped(Exception):  # noqa: N818 - control flow, not an error
     pass
 
 
+def _keepForAwait(failure: Failure) -> Failure:
+    """Leave a prefetch's failure for whoever awaits it (and say so to Deferred's GC check)."""
+    return failure
+
+
+async def _settled(d: defer.Deferred[Any]) -> None:
+    """Wait for ``d`` whatever its outcome (a prefetch nobody will use)."""
+    try:
+        await d
+    except Exception:  # noqa: S110 - the result is discarded on purpose
+        pass
+
+
 def _uidList(uids: Sequence[int]) -> str:
     shown = ", ".join(str(u) for u in uids[:10])
     return shown + (f" and {len(uids) - 10} more" if len(uids) > 10 else "")
@@ -374,11 +387,26 @@ class FolderWatcher:
                     return
                 continue
             size = max(1, self.imap.batch_size)
+            batches = [uids[i : i + size] for i in range(0, len(uids), size)]
             blocked: int | None = None
-            for i in range(0, len(uids), size):
-                batch = uids[i : i + size]
-                temporary = await self._batch(client, uidvalidity, batch, caps)
+            # The next batch is fetched while this one goes to the sink and the
+            # ledger (the server and the disk work at the same time); at most two
+            # batches are in memory.
+            fetching = client.fetchMessages(batches[0])
+            for index, batch in enumerate(batches):
+                messages = await fetching
+                if index + 1 < len(batches):
+                    fetching = client.fetchMessages(batches[index + 1])
+                    fetching.addErrback(_keepForAwait)
+                try:
+                    temporary = await self._batch(client, uidvalidity, batch, caps, messages)
+                except BaseException:
+                    if index + 1 < len(batches):
+                        fetching.addErrback(lambda _: None)  # the session ends anyway
+                    raise
                 if temporary:
+                    if index + 1 < len(batches):
+                        await _settled(fetching)  # prefetched but not used: fetched again later
                     blocked = min(temporary)
                     break
             if blocked is not None:
@@ -392,15 +420,19 @@ class FolderWatcher:
             self._tempAttempt = 0
 
     async def _batch(
-        self, client: Any, uidvalidity: int, uids: Sequence[int], caps: dict[bytes, Any]
+        self,
+        client: Any,
+        uidvalidity: int,
+        uids: Sequence[int],
+        caps: dict[bytes, Any],
+        messages: Sequence[tuple[int, bytes]],
     ) -> list[int]:
-        """Fetch, deliver, record, dispose one batch; return the UIDs that failed temporarily.
+        """Deliver, record, dispose one fetched batch; return the UIDs that failed temporarily.
 
         The account lock covers the stretch from "which digests are known" to
         "outcomes recorded", so two folders of one account (Gmail labels) never
         both deliver the same bytes.
         """
-        messages = await client.fetchMessages(uids)
         missing = sorted(set(uids) - {uid for uid, _ in messages})
         if missing:
             self._error(
