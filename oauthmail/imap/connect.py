@@ -95,6 +95,8 @@ def describeTLSFailure(failure: Failure, server: ServerConfig) -> Failure:
 
 
 class _Factory(Factory):
+    noisy = False  # one log line per connection would drown the log
+
     def __init__(self, client: WatcherIMAP4Client) -> None:
         self.client = client
 

@@ -772,6 +772,8 @@ def _scrubber(token: Secret, authenticator: Any) -> Callable[[str], str]:
 
 
 class _OneClient(Factory):
+    noisy = False  # one log line per connection would drown the log
+
     def __init__(self, client: OutboundESMTPClient) -> None:
         self.client = client
 
