@@ -177,3 +177,24 @@ async def test_tlsVerified(tmp_path, which):
             await transport.request("GET", url, {}, None)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_endpointBuiltOncePerHost():
+    """One endpoint per scheme, host and port serves every request to it (no rebuild)."""
+    site = server.Site(_Echo())
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}/small"
+    transport = AgentTransport(reactor)
+    factory = transport._agent._endpointFactory
+    seen = []
+    original = factory.endpointForURI
+    factory.endpointForURI = lambda uri: (seen.append(original(uri)), seen[-1])[1]
+    try:
+        for _ in range(3):
+            answer = await transport.request("GET", url, {"Accept": "text/plain"}, None)
+            assert answer.body == b"ok"
+        assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+    finally:
+        await transport.close()
+        await port.stopListening()

@@ -21,7 +21,7 @@ loop itself fail, its errback logs and restarts it.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -40,8 +40,12 @@ log = Logger()
 #: Accounts in these states wait for a person; the refresher leaves them alone.
 SKIPPED_STATES = frozenset({"needs_reauth"})
 
-#: Refreshes in progress per request slot (see ``TokenRefresher.runOnce``).
-PIPELINE = 4
+#: Workers (refreshes in progress) per request slot (see ``TokenRefresher.runOnce``).
+#: A refresh spends most of its time outside its request: reading the store and
+#: waiting for the group commit (an fsync) of its new tokens. With 4 per slot the
+#: request slots sat idle (bench/refresh: ~1,800/s); with 16 they stay busy
+#: (~2,900/s) and the commits get bigger. A worker is one small coroutine.
+PIPELINE = 16
 
 
 class TokenRefresher(Service):
@@ -171,44 +175,76 @@ class TokenRefresher(Service):
         """One pass: refresh every due account, ``concurrency`` requests at a time, with jitter.
 
         ``concurrency`` caps the requests at the provider, which is what it protects.
-        Up to ``PIPELINE`` times as many refreshes are in progress, so that while
-        some wait for the provider, others read the store or wait for the group
-        commit of their new tokens (an fsync) without holding a request slot.
+        ``PIPELINE`` times as many workers take the due accounts from one queue, so
+        that while some wait for the provider, others read the store or wait for the
+        group commit of their new tokens (an fsync) without holding a request slot.
+        A fixed set of workers, rather than one coroutine per due account, keeps a
+        pass over 10,000 accounts from building (and tearing down) 10,000 of them.
+
+        With jitter, each account gets a random start time within ``jitter`` seconds
+        of the pass; the queue is ordered by start time and a worker waits for its
+        next account's time, so no refresh starts before it.
         """
         self.passes += 1
         due = await self._due()
         if not due:
             return
+        started = self._clock.seconds()
+        refreshed, failures = self.refreshed, self.failures
+        if self.jitter > 0:
+            uniform, jitter = self._random.uniform, self.jitter
+            plan = sorted(
+                ((uniform(0, jitter), account, byAge) for account, byAge in due),
+                key=_startTime,
+            )
+        else:
+            plan = [(0.0, account, byAge) for account, byAge in due]
+        queue = iter(plan)
         requests = _RequestSlots(self, self.concurrency)
-        pipeline = defer.DeferredSemaphore(self.concurrency * PIPELINE)
-        work = [
-            defer.ensureDeferred(self._refreshOne(account, pipeline, requests, byAge))
-            for account, byAge in due
-        ]
-        await defer.DeferredList(work, consumeErrors=True)
+        workers = min(len(plan), self.concurrency * PIPELINE)
+        await defer.DeferredList(
+            [defer.ensureDeferred(self._work(queue, started, requests)) for _ in range(workers)],
+            consumeErrors=True,
+        )
+        log.info(
+            "token refresher pass: {refreshed} of {due} due token(s) refreshed, "
+            "{failed} failed, in {seconds:.1f} s",
+            refreshed=self.refreshed - refreshed,
+            due=len(due),
+            failed=self.failures - failures,
+            seconds=self._clock.seconds() - started,
+        )
+
+    async def _work(
+        self,
+        queue: Iterator[tuple[float, AccountConfig, bool]],
+        started: float,
+        requests: _RequestSlots,
+    ) -> None:
+        """One worker of a pass: refresh accounts from ``queue`` until it is empty."""
+        for delay, account, force in queue:
+            if not self.running:
+                return  # the service is stopping: accounts not started are dropped
+            wait = started + delay - self._clock.seconds()
+            if wait > 0:
+                sleeper = task.deferLater(self._clock, wait, lambda: None)
+                self._sleeping.add(sleeper)
+                try:
+                    await sleeper
+                except defer.CancelledError:
+                    return  # the service is stopping
+                finally:
+                    self._sleeping.discard(sleeper)
+                if not self.running:
+                    return
+            await self._refreshOne(account, requests, force)
 
     async def _refreshOne(
-        self,
-        account: AccountConfig,
-        pipeline: defer.DeferredSemaphore,
-        requests: _RequestSlots,
-        force: bool = False,
+        self, account: AccountConfig, requests: _RequestSlots, force: bool = False
     ) -> None:
-        delay = self._random.uniform(0, self.jitter) if self.jitter > 0 else 0.0
-        if delay > 0:
-            sleeper = task.deferLater(self._clock, delay, lambda: None)
-            self._sleeping.add(sleeper)
-            try:
-                await sleeper
-            except defer.CancelledError:
-                return  # the service is stopping
-            finally:
-                self._sleeping.discard(sleeper)
-        await pipeline.acquire()
+        """Refresh one account; every outcome is counted and none escapes."""
+        min_valid = None if force else self.margin + self.interval
         try:
-            if not self.running:
-                return
-            min_valid = None if force else self.margin + self.interval
             await self._source.refreshDue(account.name, min_valid, limiter=requests)
             self.refreshed += 1
         except defer.CancelledError:
@@ -222,8 +258,10 @@ class TokenRefresher(Service):
         except Exception:
             self.failures += 1
             log.failure("unexpected error refreshing {account}", account=account.name)
-        finally:
-            pipeline.release()
+
+
+def _startTime(item: tuple[float, AccountConfig, bool]) -> float:
+    return item[0]
 
 
 class _RequestSlots:
