@@ -288,3 +288,56 @@ async def test_exactly_once_with_connection_cuts(dovecot, oauth_provider, tmp_pa
     assert cuts >= 1
     count, _ = await threads.deferToThread(serverState, dovecot, user)
     assert count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_token_source_refreshes_an_expired_token_first(
+    dovecot, oauth_provider, tmp_path
+):
+    """With the real TokenSource, a stored token past its expiry is refreshed before login."""
+    from dataclasses import replace
+
+    from oauthmail.testing.memory_store import MemoryTokenStore
+    from oauthmail.tokens.http import AgentTransport
+    from oauthmail.tokens.records import TokenSet
+    from oauthmail.tokens.source import TokenSource
+
+    from .conftest import CLIENT_SECRET
+
+    reactor = _reactor()
+    user = "source@example.com"
+    await threads.deferToThread(dovecot.appendMessage, user, message(0, "src"))
+    acct = account(user, server(dovecot))
+    acct = replace(
+        acct,
+        profile=replace(
+            acct.profile,
+            token_endpoint=oauth_provider.token_endpoint,
+            client_secret=Secret(CLIENT_SECRET),
+        ),
+    )
+    issued = oauth_provider.issueTokens(user, CLIENT_ID)
+    store = MemoryTokenStore(reactor)
+    await store.ensureAccount(acct.name, "generic")
+    expired = TokenSet(
+        Secret(issued["access_token"]),
+        reactor.seconds() - 60,
+        Secret(issued["refresh_token"]),
+        "mail",
+    )
+    await store.putTokens(acct.name, expired, 0)
+    await store.setAccountState(acct.name, "ok")
+    transport = AgentTransport(reactor)
+    source = TokenSource(store, {acct.name: acct}, transport, reactor)
+    before = oauth_provider.requests["token:refresh_token"]
+    watcher = makeWatcher(acct, source, tmp_path / "md")
+    watcher.start()
+    try:
+        assert await waitFor(lambda: len(maildirMessages(tmp_path / "md")) == 1, 15.0)
+        assert oauth_provider.requests["token:refresh_token"] == before + 1
+        record = await store.getTokens(acct.name)
+        assert record.expires_at > reactor.seconds()
+        assert record.refresh_token != Secret(issued["refresh_token"])  # rotated and stored
+    finally:
+        await watcher.stop()
+        await transport.close()
