@@ -364,6 +364,35 @@ async def test_swapped_ciphertext_refused(tmp_path, clock, key):
 
 
 @pytest_twisted.ensureDeferred
+async def test_refresh_read_decrypts_access_token_on_use(tmp_path, clock, key):
+    """getAccountWithTokens defers the access token's decryption; a moved one fails on use."""
+    path = str(tmp_path / "db.sqlite")
+    s = await reopen(path, key, clock)
+    try:
+        await s.ensureAccount("alice", "google")
+        await s.ensureAccount("mallory", "google")
+        await s.putTokens("alice", tokens(), 0)
+        await s.putTokens("mallory", tokens("m-access", "m-refresh"), 0)
+        raw = sqlite3.connect(path)
+        with raw:
+            raw.execute(
+                "UPDATE tokens SET access_token = (SELECT access_token FROM tokens"
+                " WHERE account = 'alice') WHERE account = 'mallory'"
+            )
+        raw.close()
+        _, record = await s.getAccountWithTokens("mallory")
+        assert record.refresh_token.reveal() == "m-refresh" and record.version == 1
+        assert "secret" in repr(record) and ACCESS not in repr(record)
+        with pytest.raises(StoreError) as info:
+            record.access_token.reveal()
+        assert ACCESS not in str(info.value) and "mallory" in str(info.value)
+        _, good = await s.getAccountWithTokens("alice")
+        assert good.access_token and good.access_token.reveal() == ACCESS
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_migration_from_empty_and_reopen(tmp_path, clock, key):
     """An empty file gets every migration once; reopening applies nothing again."""
     path = str(tmp_path / "db.sqlite")

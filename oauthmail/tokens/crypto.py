@@ -111,7 +111,9 @@ class TokenCipher:
         if not keys:
             raise StoreError(f"no encryption key in {source}")
         self._keys = list(keys)
-        self._fernet = MultiFernet(self._keys)
+        self._multi = MultiFernet(self._keys)
+        # One key (the usual case): that Fernet itself, without MultiFernet's loop.
+        self._fernet: Fernet | MultiFernet = self._keys[0] if len(self._keys) == 1 else self._multi
         self.source = source
 
     def __repr__(self) -> str:
@@ -127,7 +129,8 @@ class TokenCipher:
         if isinstance(value, MultiFernet):
             cipher = cls.__new__(cls)
             cipher._keys = list(value._fernets)
-            cipher._fernet = value
+            cipher._multi = value
+            cipher._fernet = cipher._keys[0] if len(cipher._keys) == 1 else value
             cipher.source = "the key given to the store"
             return cipher
         if isinstance(value, bytes):
@@ -167,7 +170,7 @@ class TokenCipher:
     def rotate(self, token: bytes) -> bytes:
         """Re-encrypt ``token`` with the first key (the plaintext and binding stay)."""
         try:
-            return self._fernet.rotate(bytes(token))
+            return self._multi.rotate(bytes(token))
         except InvalidToken:
             raise DecryptionError(
                 f"a stored value cannot be decrypted with the key(s) from {self.source}"

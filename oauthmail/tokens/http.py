@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -92,6 +92,40 @@ def checkEndpointURL(url: str) -> str:
             f"plain http is only allowed to a loopback address, use https: {shown}"
         )
     raise InsecureEndpointError(f"URL must use https: {shown}")
+
+
+class _ResponseHeaders(Mapping[str, str]):
+    """A response's headers as ``HTTPResponse`` shows them, converted on first look.
+
+    A token answer's headers are read only when it is an error (``Retry-After``):
+    building the dictionary for every refresh was work nobody used.
+    """
+
+    __slots__ = ("_raw", "_dict")
+
+    def __init__(self, raw: Headers) -> None:
+        self._raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _headers(self) -> dict[str, str]:
+        if self._dict is None:
+            self._dict = {
+                name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+                for name, values in self._raw.getAllRawHeaders()
+            }
+        return self._dict
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
+
+    def __repr__(self) -> str:
+        return repr(self._headers())
 
 
 @dataclass(frozen=True)
@@ -296,10 +330,7 @@ class AgentTransport:
         finished: defer.Deferred[bytes] = defer.Deferred(cancel)
         reader = _CappedBodyReader(finished, self._max_body)
         response.deliverBody(reader)
-        headers = {
-            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-            for name, values in response.headers.getAllRawHeaders()
-        }
+        headers = _ResponseHeaders(response.headers)
         return finished.addCallback(lambda body: HTTPResponse(response.code, headers, body))
 
     def _timedOut(self, result: object, timeout: float) -> object:

@@ -203,11 +203,13 @@ class TokenSource:
     # -- single flight ---------------------------------------------------------------
 
     def _valid(self, record: TokenRecord | None, min_valid: float) -> bool:
-        if record is None or not record.access_token:
+        # Expiry first: a record read for a refresh decrypts its access token only
+        # when it is used (see SQLiteTokenStore.getAccountWithTokens).
+        if record is None:
             return False
-        if record.expires_at is None:
-            return True
-        return record.expires_at - self._clock.seconds() > min_valid
+        if record.expires_at is not None and record.expires_at - self._clock.seconds() <= min_valid:
+            return False
+        return bool(record.access_token)
 
     async def _ensureFresh(self, account_id: str, min_valid: float | None) -> Secret:
         account = self.account(account_id)

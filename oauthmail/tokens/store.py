@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.interfaces import ITokenStore
+from oauthmail.secret import Secret
 from oauthmail.tokens.records import ACCOUNT_STATES, AccountRecord, TokenRecord, TokenSet
 
 
@@ -199,6 +200,28 @@ class _Batcher:
                 waiter.errback(result)
             else:
                 waiter.callback(result)
+
+
+class _SealedSecret(Secret):
+    """A stored access token, decrypted (in the thread that first uses it) on demand.
+
+    Looks and behaves like any :class:`~oauthmail.secret.Secret`: ``reveal()``,
+    truth, equality and hashing decrypt first, and ``repr`` shows ``<secret>``.
+    """
+
+    __slots__ = ("_cipher", "_account", "_sealed")
+
+    def __init__(self, cipher: crypto.TokenCipher, account: str, sealed: bytes) -> None:
+        self._cipher = cipher
+        self._account = account
+        self._sealed = sealed
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_value":
+            raise AttributeError(name)
+        value = self._cipher.decrypt(self._account, "access_token", self._sealed).reveal()
+        self._value = value
+        return value
 
 
 _ACCOUNTS_WITH_TOKENS = (
@@ -587,6 +610,29 @@ class SQLiteTokenStore:
             updated_at=updated_at,
         )
 
+    def _sealedRecord(self, account_id: str, row: tuple[Any, ...]) -> TokenRecord:
+        """A ``TokenRecord`` whose access token is decrypted only when first used.
+
+        A refresh reads the record for its refresh token and version; the access
+        token it is about to replace is needed only if the refresh turns out to be
+        unnecessary or fails. A value that does not decrypt raises
+        ``DecryptionError`` where the access token is first used.
+        """
+        access, refresh, expires_at, scope, version, updated_at = row
+        return TokenRecord(
+            account=account_id,
+            access_token=_SealedSecret(self._cipher, account_id, access),
+            expires_at=expires_at,
+            refresh_token=(
+                None
+                if refresh is None
+                else self._cipher.decrypt(account_id, "refresh_token", refresh)
+            ),
+            scope=scope,
+            version=version,
+            updated_at=updated_at,
+        )
+
     def getAccountWithTokens(
         self, account_id: str
     ) -> defer.Deferred[tuple[AccountRecord | None, TokenRecord | None]]:
@@ -622,7 +668,7 @@ class SQLiteTokenStore:
                 results.append((None, None))
                 continue
             try:
-                tokens = None if row[7] is None else self._tokenRecord(account_id, row[7:])
+                tokens = None if row[7] is None else self._sealedRecord(account_id, row[7:])
             except Exception as e:
                 results.append(Failure(e))
                 continue
