@@ -70,6 +70,7 @@ class _Echo(resource.Resource):
 
     def render_POST(self, request):
         request.setHeader(b"X-Seen", request.content.read())
+        request.setHeader(b"X-Host", b"|".join(request.requestHeaders.getRawHeaders(b"host")))
         request.setHeader(b"Retry-After", b"5")
         request.setResponseCode(503)
         return b"busy"
@@ -100,6 +101,20 @@ async def test_requestAndHeaders(site):
     assert response.header("retry-after") == "5"
     assert response.header("x-seen") == "a=1"
     assert response.body == b"busy"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostHeaderOnceFromCachedHeaders(site):
+    """Repeated requests carry exactly one Host header (host:port) and the same cached headers."""
+    transport = AgentTransport(reactor, persistent=False)
+    seen = set()
+    for _ in range(2):
+        response = await transport.request("POST", site + "/t", {"Content-Type": "a/b"}, b"a=1")
+        assert response.header("x-host") == site.removeprefix("http://")
+        seen.add(id(transport._rawHeaders(site + "/t", {"Content-Type": "a/b"})))
+    assert len(seen) == 1
+    raw = transport._rawHeaders(site + "/t", {"Content-Type": "a/b"})
+    assert raw.getRawHeaders(b"host") == [site.removeprefix("http://").encode()]
 
 
 @pytest.mark.parametrize(("kept", "connections"), [(6, 6), (2, 10)])

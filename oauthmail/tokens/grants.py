@@ -33,6 +33,7 @@ from oauthlib.oauth2.rfc6749.parameters import parse_token_response, prepare_tok
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from oauthmail.config import ProfileConfig
 from oauthmail.interfaces import IHTTPTransport
@@ -44,7 +45,7 @@ from oauthmail.tokens.errors import (
     TransientTokenError,
     cleanText,
 )
-from oauthmail.tokens.http import HTTPResponse, checkEndpointURL
+from oauthmail.tokens.http import HTTPResponse, InsecureEndpointError, checkEndpointURL
 from oauthmail.tokens.records import TokenSet
 
 log = Logger()
@@ -222,6 +223,13 @@ def _plainTokenAnswer(text: str) -> dict[str, object] | None:
     return params
 
 
+def _unreachable(failure: Failure, what: str) -> Failure:
+    """A transport failure is worth a retry later (cancellation stays what it is)."""
+    if failure.check(defer.CancelledError):
+        return failure
+    raise TransientTokenError(f"{what} endpoint unreachable: {cleanText(failure.value)}")
+
+
 class GrantClient:
     """Obtains tokens for one OAuth profile (client id, endpoints, scopes).
 
@@ -341,14 +349,36 @@ class GrantClient:
         """Microsoft needs ``scope`` on refresh; others get the RFC's implicit same scope."""
         return self.profile.kind == "microsoft"
 
-    async def refresh(self, refresh_token: Secret) -> TokenSet:
-        """Use a refresh token. ``InvalidGrant`` means it is dead; a person must act."""
+    def refresh(self, refresh_token: Secret) -> defer.Deferred[TokenSet]:
+        """Use a refresh token. ``InvalidGrant`` means it is dead; a person must act.
+
+        A plain Deferred chain rather than a coroutine: every account takes this
+        path once per token lifetime, and a coroutine's awaits cost more than the
+        callbacks (bench/refresh). The errors are those of ``_tokenRequest``.
+        """
         head, tail, scope = self._refreshForm()
         token = refresh_token.reveal()
         # What prepare_token_request("refresh_token", ...) builds (tests compare the
         # two), without re-encoding the client's fixed fields on every refresh.
         body = f"{head}&refresh_token={quote_plus(token)}{tail}" if token else head + tail
-        return await self._tokenRequest(body, "refresh_token", scope)
+        url = self.profile.token_endpoint
+        if not url:
+            return defer.fail(TokenEndpointError("not_configured", "profile has no token endpoint"))
+        try:
+            checkEndpointURL(url)
+            d = defer.ensureDeferred(
+                self._transport.request("POST", url, FORM_HEADERS, body.encode())
+            )
+        except InsecureEndpointError as e:
+            return defer.fail(e)
+        except Exception as e:
+            d = defer.fail(e)
+        return d.addCallbacks(
+            self._classifyRefresh, _unreachable, callbackArgs=(scope,), errbackArgs=("token",)
+        )
+
+    def _classifyRefresh(self, response: HTTPResponse, scope: str) -> TokenSet:
+        return classifyTokenResponse(response, "refresh_token", self._clock.seconds(), scope)
 
     def _refreshForm(self) -> tuple[str, str, str]:
         """The refresh body's fixed parts (before and after the token) and the scope.

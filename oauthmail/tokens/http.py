@@ -276,7 +276,7 @@ class AgentTransport:
             reactor, _CachingEndpointFactory(reactor, policy, connect_timeout), pool=self._pool
         )
         # Request headers as Twisted wants them, per distinct header mapping (a handful).
-        self._headers: dict[tuple[tuple[str, str], ...], Headers] = {}
+        self._headers: dict[tuple[str, tuple[tuple[str, str], ...]], Headers] = {}
 
     def close(self) -> defer.Deferred[None]:
         """Close idle keep-alive connections (on service stop, at the end of a test)."""
@@ -296,7 +296,7 @@ class AgentTransport:
             return defer.fail(e)
         if isinstance(method, str):
             method = method.encode("ascii")
-        raw = self._rawHeaders(headers)
+        raw = self._rawHeaders(url, headers)
         producer = BytesProducer(body) if body is not None else None
         d = self._agent.request(method, url.encode("ascii"), raw, producer)
         d.addCallback(self._readResponse)
@@ -304,21 +304,27 @@ class AgentTransport:
         d.addErrback(self._describeFailure)
         return d
 
-    def _rawHeaders(self, headers: Mapping[str, str] | None) -> Headers:
-        """Twisted ``Headers`` for ``headers``, built once per distinct mapping.
+    def _rawHeaders(self, url: str, headers: Mapping[str, str] | None) -> Headers:
+        """Twisted ``Headers`` for ``headers`` to ``url``, built once per URL and mapping.
 
-        A copy is handed out: ``Agent`` copies them anyway before adding ``Host``.
+        They carry ``Host`` (as ``Agent`` would compute it), so ``Agent`` neither
+        copies nor extends them and the same object serves every request:
+        nothing downstream changes request headers.
         """
-        key = tuple(headers.items()) if headers else ()
+        key = (url, tuple(headers.items()) if headers else ())
         raw = self._headers.get(key)
         if raw is None:
             raw = Headers()
-            for name, value in key:
+            for name, value in key[1]:
                 raw.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            if not raw.hasHeader(b"host"):
+                uri = URI.fromBytes(url.encode("ascii"))
+                host = self._agent._computeHostValue(uri.scheme, uri.host, uri.port)
+                raw.addRawHeader(b"host", host)
             if len(self._headers) >= 64:
                 self._headers.clear()
             self._headers[key] = raw
-        return raw.copy()
+        return raw
 
     def _readResponse(self, response) -> defer.Deferred[HTTPResponse]:
         reader: _CappedBodyReader | None = None

@@ -203,7 +203,7 @@ class TokenRefresher(Service):
         requests = _RequestSlots(self, self.concurrency)
         workers = min(len(plan), self.concurrency * PIPELINE)
         await defer.DeferredList(
-            [defer.ensureDeferred(self._work(queue, started, requests)) for _ in range(workers)],
+            [self._work(queue, started, requests) for _ in range(workers)],
             consumeErrors=True,
         )
         log.info(
@@ -215,49 +215,103 @@ class TokenRefresher(Service):
             seconds=self._clock.seconds() - started,
         )
 
-    async def _work(
+    def _work(
         self,
         queue: Iterator[tuple[float, AccountConfig, bool]],
         started: float,
         requests: _RequestSlots,
-    ) -> None:
+    ) -> defer.Deferred[None]:
         """One worker of a pass: refresh accounts from ``queue`` until it is empty."""
-        for delay, account, force in queue:
-            if not self.running:
-                return  # the service is stopping: accounts not started are dropped
-            wait = started + delay - self._clock.seconds()
-            if wait > 0:
-                sleeper = task.deferLater(self._clock, wait, lambda: None)
-                self._sleeping.add(sleeper)
-                try:
-                    await sleeper
-                except defer.CancelledError:
-                    return  # the service is stopping
-                finally:
-                    self._sleeping.discard(sleeper)
-                if not self.running:
-                    return
-            await self._refreshOne(account, requests, force)
+        return _Worker(self, queue, started, requests).run()
 
-    async def _refreshOne(
+    def _refreshOne(
         self, account: AccountConfig, requests: _RequestSlots, force: bool = False
-    ) -> None:
-        """Refresh one account; every outcome is counted and none escapes."""
+    ) -> defer.Deferred[None]:
+        """Refresh one account; every outcome is counted and none escapes.
+
+        Callbacks rather than a coroutine: this runs once per due account.
+        """
         min_valid = None if force else self.margin + self.interval
         try:
-            await self._source.refreshDue(account.name, min_valid, limiter=requests)
-            self.refreshed += 1
-        except defer.CancelledError:
-            pass  # the service stopped before this refresh's request was sent
-        except AccountNotAuthorised as e:
-            log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
-        except (TokenError, StoreError) as e:
-            # The token source has logged and recorded it; the next pass tries again.
-            self.failures += 1
-            log.debug("refresh of {account} failed: {why}", account=account.name, why=str(e))
+            d = self._source.refreshDue(account.name, min_valid, limiter=requests)
         except Exception:
-            self.failures += 1
-            log.failure("unexpected error refreshing {account}", account=account.name)
+            d = defer.fail()
+        return d.addCallbacks(self._counted, self._failed, errbackArgs=(account,))
+
+    def _counted(self, _: object) -> None:
+        self.refreshed += 1
+
+    def _failed(self, failure: Failure, account: AccountConfig) -> None:
+        e = failure.value
+        if isinstance(e, defer.CancelledError):
+            return  # the service stopped before this refresh's request was sent
+        if isinstance(e, AccountNotAuthorised):
+            log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
+            return
+        self.failures += 1
+        if isinstance(e, (TokenError, StoreError)):
+            # The token source has logged and recorded it; the next pass tries again.
+            log.debug("refresh of {account} failed: {why}", account=account.name, why=str(e))
+        else:
+            log.failure("unexpected error refreshing {account}", failure, account=account.name)
+
+
+class _Worker:
+    """One worker of a pass, as a loop over callbacks (see ``TokenRefresher.runOnce``).
+
+    A refresh that completes at once is followed by the next in the same loop, so
+    a long queue does not nest callbacks.
+    """
+
+    def __init__(
+        self,
+        refresher: TokenRefresher,
+        queue: Iterator[tuple[float, AccountConfig, bool]],
+        started: float,
+        requests: _RequestSlots,
+    ) -> None:
+        self._refresher = refresher
+        self._queue = queue
+        self._started = started
+        self._requests = requests
+        self._done: defer.Deferred[None] = defer.Deferred()
+
+    def run(self) -> defer.Deferred[None]:
+        self._next()
+        return self._done
+
+    def _finish(self) -> None:
+        if not self._done.called:
+            self._done.callback(None)
+
+    def _next(self, _: object = None) -> None:
+        refresher = self._refresher
+        clock = refresher._clock
+        for delay, account, force in self._queue:
+            if not refresher.running:
+                return self._finish()  # the service is stopping: accounts not started are dropped
+            wait = self._started + delay - clock.seconds()
+            if wait > 0:
+                sleeper = task.deferLater(clock, wait, lambda: None)
+                refresher._sleeping.add(sleeper)
+                sleeper.addBoth(self._woke, sleeper, account, force)
+                return None
+            d = refresher._refreshOne(account, self._requests, force)
+            if not d.called:
+                d.addCallback(self._next)
+                return None
+        return self._finish()
+
+    def _woke(
+        self, result: object, sleeper: defer.Deferred[None], account: AccountConfig, force: bool
+    ) -> None:
+        refresher = self._refresher
+        refresher._sleeping.discard(sleeper)
+        if isinstance(result, Failure) or not refresher.running:
+            return self._finish()
+        d = refresher._refreshOne(account, self._requests, force)
+        d.addCallback(self._next)
+        return None
 
 
 def _startTime(item: tuple[float, AccountConfig, bool]) -> float:

@@ -64,6 +64,11 @@ class Limiter(Protocol):
     def release(self) -> None: ...
 
 
+def _release(result: object, limiter: Limiter) -> object:
+    limiter.release()
+    return result
+
+
 class _NoNotifier:
     def notify(self, account: str, reason: str) -> defer.Deferred[None]:
         return defer.succeed(None)
@@ -228,7 +233,10 @@ class TokenSource:
             waiters.append(waiter)
             return waiter
         self._inflight[account.name] = [waiter]
-        d = defer.ensureDeferred(self._refresh(account, min_valid, limiter))
+        try:
+            d = self._refresh(account, min_valid, limiter)
+        except Exception:
+            d = defer.fail()
         d.addBoth(self._fanOut, account.name)
         return waiter
 
@@ -243,14 +251,111 @@ class TokenSource:
 
     # -- the refresh -----------------------------------------------------------------
 
-    async def _refresh(
+    def _refresh(
         self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None = None
-    ) -> Secret:
-        name = account.name
+    ) -> defer.Deferred[Secret]:
+        """Read, ask the provider, write: the everyday refresh as one callback chain.
+
+        Every due account goes through here once per token lifetime, and at
+        10,000 accounts the awaits of nested coroutines cost more than the
+        request itself (bench/refresh). So the common case (account row present,
+        nothing pending or waited for, a refresh token) is plain callbacks; every
+        other case, and every failure, continues in the coroutines below, which
+        keep the rules in one readable place.
+        """
         # One read for state and tokens. The daemon creates every configured account's
         # row at start-up, so the ensureAccount write transaction is only for the rare
         # account that has none yet.
-        state, record = await self._store.getAccountWithTokens(name)
+        d = defer.ensureDeferred(self._store.getAccountWithTokens(account.name))
+        return d.addCallback(self._afterRead, account, min_valid, limiter)
+
+    def _afterRead(
+        self,
+        read: tuple[AccountRecord | None, TokenRecord | None],
+        account: AccountConfig,
+        min_valid: float | None,
+        limiter: Limiter | None,
+    ) -> Secret | defer.Deferred[Secret]:
+        state, record = read
+        name = account.name
+        if (
+            state is None
+            or record is None
+            or record.refresh_token is None
+            or state.state == "needs_reauth"
+            or account.grant == "client_credentials"
+            or name in self._pending
+            or name in self._not_before
+        ):
+            return defer.ensureDeferred(
+                self._refreshSlow(account, min_valid, limiter, state, record)
+            )
+        if min_valid is not None and self._valid(record, min_valid):
+            return record.access_token  # somebody refreshed while we waited
+        refresh_token = record.refresh_token
+        grants = self.grantClient(name)
+        if limiter is not None:
+            d = limiter.acquire()
+            d.addCallback(self._send, grants, refresh_token, limiter)
+        else:
+            d = grants.refresh(refresh_token)
+        return d.addCallbacks(
+            self._obtained,
+            self._askFailed,
+            callbackArgs=(name, state, record, refresh_token),
+            errbackArgs=(name, state, record, min_valid, refresh_token, limiter),
+        )
+
+    @staticmethod
+    def _send(
+        _: object, grants: GrantClient, refresh_token: Secret, limiter: Limiter
+    ) -> defer.Deferred[TokenSet]:
+        """The request, holding the ``limiter`` slot just that long."""
+        try:
+            d = grants.refresh(refresh_token)
+        except BaseException:
+            limiter.release()
+            raise
+        return d.addBoth(_release, limiter)
+
+    def _obtained(
+        self,
+        tokens: TokenSet,
+        name: str,
+        state: AccountRecord,
+        record: TokenRecord,
+        refresh_token: Secret,
+    ) -> defer.Deferred[Secret]:
+        if tokens.refresh_token is None:
+            tokens = replace(tokens, refresh_token=refresh_token)  # provider did not rotate
+        return self._write(name, state, record, tokens)
+
+    def _askFailed(
+        self,
+        failure: Failure,
+        name: str,
+        state: AccountRecord,
+        record: TokenRecord,
+        min_valid: float | None,
+        refresh_token: Secret,
+        limiter: Limiter | None,
+    ) -> defer.Deferred[Secret]:
+        """The first request failed: retries and error handling as the slow path does them."""
+        return defer.ensureDeferred(
+            self._obtainAndWrite(
+                name, state, record, min_valid, False, refresh_token, limiter, failure
+            )
+        )
+
+    async def _refreshSlow(
+        self,
+        account: AccountConfig,
+        min_valid: float | None,
+        limiter: Limiter | None,
+        state: AccountRecord | None,
+        record: TokenRecord | None,
+    ) -> Secret:
+        name = account.name
         if state is None:
             state = await self._store.ensureAccount(name, account.profile.kind)
         record, pending = await self._retryPendingWrite(name, record)
@@ -276,8 +381,25 @@ class TokenSource:
                 "the provider asked us to wait", retry_after=not_before - now
             )
             return await self._giveUp(name, state, record, error, min_valid)
+        return await self._obtainAndWrite(
+            name, state, record, min_valid, app_only, refresh_token, limiter
+        )
+
+    async def _obtainAndWrite(
+        self,
+        name: str,
+        state: AccountRecord,
+        record: TokenRecord | None,
+        min_valid: float | None,
+        app_only: bool,
+        refresh_token: Secret | None,
+        limiter: Limiter | None,
+        first: Failure | None = None,
+    ) -> Secret:
+        """Ask the provider (``first``: the outcome of a first request already made),
+        handle its refusals, store the tokens."""
         try:
-            tokens = await self._obtain(name, app_only, refresh_token, limiter)
+            tokens = await self._obtain(name, app_only, refresh_token, limiter, first)
         except InvalidGrant as e:
             await self._needsReauth(name, e)
             raise AccountNotAuthorised(
@@ -299,12 +421,19 @@ class TokenSource:
         app_only: bool,
         refresh_token: Secret | None,
         limiter: Limiter | None = None,
+        first: Failure | None = None,
     ) -> TokenSet:
-        """Ask the provider, retrying transient failures a bounded number of times."""
+        """Ask the provider, retrying transient failures a bounded number of times.
+
+        ``first`` is the failure of a first attempt the caller already made.
+        """
         grants = self.grantClient(name)
         attempt = 0
         while True:
             try:
+                if first is not None:
+                    failure, first = first, None
+                    failure.raiseException()
                 return await self._ask(grants, app_only, refresh_token, limiter)
             except TransientTokenError as e:
                 attempt += 1
@@ -351,13 +480,43 @@ class TokenSource:
             delay = max(delay, retry_after)
         return delay
 
-    async def _write(
+    def _write(
         self, name: str, state: AccountRecord, record: TokenRecord | None, tokens: TokenSet
-    ) -> Secret:
+    ) -> defer.Deferred[Secret]:
         """Compare-and-swap the new tokens into the store; only then hand them out."""
         expected = record.version if record is not None else 0
+        d = defer.ensureDeferred(self._store.putTokens(name, tokens, expected))
+        return d.addCallbacks(
+            self._written,
+            self._writeFailed,
+            callbackArgs=(name, state),
+            errbackArgs=(name, expected, tokens),
+        )
+
+    def _written(
+        self, stored: TokenRecord, name: str, state: AccountRecord
+    ) -> Secret | defer.Deferred[Secret]:
+        self._pending.pop(name, None)
+        self._not_before.pop(name, None)
+        self._reported.discard(name)
+        # No log event per refresh: at 10,000 accounts it costs more than the JSON
+        # parse; the refresher logs one summary per pass, failures are logged below.
+        if state.state != "ok" or state.last_error:
+            d = defer.ensureDeferred(self._setState(name, "ok", None))
+            return d.addCallback(lambda _: stored.access_token)
+        return stored.access_token
+
+    def _writeFailed(
+        self, failure: Failure, name: str, expected: int, tokens: TokenSet
+    ) -> defer.Deferred[Secret]:
+        return defer.ensureDeferred(self._writeRefused(failure, name, expected, tokens))
+
+    async def _writeRefused(
+        self, failure: Failure, name: str, expected: int, tokens: TokenSet
+    ) -> Secret:
+        """The store did not take the new tokens: theirs win, or ours wait in memory."""
         try:
-            stored = await self._store.putTokens(name, tokens, expected)
+            failure.raiseException()
         except VersionConflict:
             # Somebody else (a re-authorisation, another node) wrote newer tokens: theirs win.
             log.warn(
@@ -374,14 +533,7 @@ class TokenSource:
             log.error("{account}: {why}", account=name, why=why)
             await self._setState(name, "error", why)
             raise
-        self._pending.pop(name, None)
-        self._not_before.pop(name, None)
-        self._reported.discard(name)
-        if state.state != "ok" or state.last_error:
-            await self._setState(name, "ok", None)
-        # No log event per refresh: at 10,000 accounts it costs more than the JSON
-        # parse; the refresher logs one summary per pass, failures are logged above.
-        return stored.access_token
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _retryPendingWrite(
         self, name: str, record: TokenRecord | None
