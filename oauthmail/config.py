@@ -270,6 +270,7 @@ class QueueConfig:
     max_age: float = 5 * 86400.0
     retry_min: float = 60.0
     retry_max: float = 3600.0
+    bounce: bool = False  # tell the envelope sender (RFC 3464) when a message fails for good
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ _SINK_KEYS = (*_SINK_KINDS, "timeout")
 _STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
 _WEB_KEYS = ("bind", "port")
 _REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
-_QUEUE_KEYS = ("max_age", "retry_min", "retry_max")
+_QUEUE_KEYS = ("max_age", "retry_min", "retry_max", "bounce")
 _SUBMISSION_KEYS = (
     "bind",
     "port",
@@ -1266,7 +1267,7 @@ class _Loader:
     def queue(self, at: _Node) -> QueueConfig:
         if at.isNull:
             return QueueConfig()
-        q = at.mapping(_QUEUE_KEYS, what="a mapping (max_age, retry_min, retry_max)")
+        q = at.mapping(_QUEUE_KEYS, what="a mapping (max_age, retry_min, retry_max, bounce)")
         defaults = QueueConfig()
         retry_min = q["retry_min"].duration(defaults.retry_min, positive=True)
         retry_max = q["retry_max"].duration(defaults.retry_max, positive=True)
@@ -1276,6 +1277,7 @@ class _Loader:
             max_age=q["max_age"].duration(defaults.max_age, positive=True),
             retry_min=retry_min,
             retry_max=retry_max,
+            bounce=q["bounce"].boolean(defaults.bounce),
         )
 
     def submission(self, at: _Node, accounts: tuple[AccountConfig, ...]) -> SubmissionConfig | None:

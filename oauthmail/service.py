@@ -167,6 +167,7 @@ class OAuthMailService(MultiService):
             max_age=queue.max_age,
             backoff_base=queue.retry_min,
             backoff_max=queue.retry_max,
+            bounce=queue.bounce,
         )
         self.queue.setServiceParent(self)
 

@@ -554,3 +554,11 @@ def test_accounts_share_their_profile_object(full):
     assert config.account("a").profile is config.profiles["g"]
     assert config.account("b").profile is config.profiles["g"]
     assert full.account("py").profile is not full.profiles["local"]
+
+
+def test_queue_bounce_defaults_off_and_parses():
+    """``queue.bounce`` is off unless set, and takes a boolean."""
+    assert parseConfig("queue: {max_age: 1d}\n", "x.yaml", {}).queue.bounce is False
+    assert parseConfig("queue: {bounce: true}\n", "x.yaml", {}).queue.bounce is True
+    with pytest.raises(ConfigError, match="queue.bounce"):
+        parseConfig("queue: {bounce: sometimes}\n", "x.yaml", {})

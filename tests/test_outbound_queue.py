@@ -8,6 +8,7 @@ uses the real ``SQLiteTokenStore`` to prove the two fit together.
 
 from __future__ import annotations
 
+import email
 import random
 import sqlite3
 
@@ -138,7 +139,9 @@ class FakeSender:
 
 
 class Rig:
-    def __init__(self, tmp_path, *script, max_age=5 * 86400.0, start=True, store=None):
+    def __init__(
+        self, tmp_path, *script, max_age=5 * 86400.0, start=True, store=None, bounce=False
+    ):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.path = tmp_path / "queue.sqlite"
@@ -158,6 +161,7 @@ class Rig:
             backoff_max=3600.0,
             poll_interval=60.0,
             random=random.Random(7),
+            bounce=bounce,
         )
         if start:
             self.queue.startService()
@@ -549,3 +553,153 @@ def test_outcome_writer_merges_outcomes_queued_during_a_write(tmp_path):
     assert gate.called and writer.unrecorded == 0
     rig.store.runWithConnection = real
     assert all(rig.status(i).state == "sent" for i in ids)
+
+
+# -- bounces (queue.bounce) -------------------------------------------------------------
+
+
+def refuseOthers(message, token):
+    """The provider takes mail for alice (the sender) and refuses everyone else for good."""
+    return tuple(
+        (r, 250, "2.0.0 ok") if r == "alice@example.com" else (r, 550, "5.1.1 no such user")
+        for r in message.recipients
+    )
+
+
+def bounces(rig):
+    """Every queued bounce: (id, mail_from, state, recipients, parsed message)."""
+    rows = rig.store.conn.execute(
+        "SELECT id, mail_from, state, message FROM outbound WHERE mail_from = ''"
+        " ORDER BY created_at"
+    ).fetchall()
+    result = []
+    for message_id, mail_from, state, message in rows:
+        recipients = [
+            r[0]
+            for r in rig.store.conn.execute(
+                "SELECT recipient FROM outbound_recipients WHERE message_id = ?", (message_id,)
+            )
+        ]
+        parsed = email.message_from_bytes(bytes(message))
+        result.append((message_id, mail_from, state, recipients, parsed))
+    return result
+
+
+def reportFields(parsed):
+    """The per-recipient blocks of a parsed delivery-status part."""
+    status = parsed.get_payload()[1]
+    return status.get_payload()[1:]
+
+
+def test_permanent_failure_with_bounce_queues_one_bounce_to_the_sender(tmp_path):
+    """With bounce on, a 5xx queues one DSN from <> to the envelope sender, and it is sent."""
+    rig = Rig(tmp_path, refuseOthers, bounce=True)
+    message_id = rig.enqueue("bob@example.net")
+    assert rig.status(message_id).state == "failed"
+    (bounce,) = bounces(rig)
+    bounce_id, mail_from, state, recipients, parsed = bounce
+    assert mail_from == "" and recipients == ["alice@example.com"]
+    assert state == "sent"  # it went out over the same account, in the same session
+    assert parsed.get_content_type() == "multipart/report"
+    (block,) = reportFields(parsed)
+    assert block["Final-Recipient"] == "rfc822; bob@example.net"
+    assert block["Status"] == "5.1.1"
+    assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+    assert b"hello" not in bytes(
+        rig.store.conn.execute(
+            "SELECT message FROM outbound WHERE id = ?", (bounce_id,)
+        ).fetchone()[0]
+    )
+    sent = [m for _, messages in rig.sender.sessions for m, _ in messages]
+    assert sent.count(bounce_id) == 1 and sent.count(message_id) == 1
+
+
+def test_permanent_failure_without_bounce_queues_nothing(tmp_path):
+    """With bounce off (the default) a 5xx queues no bounce."""
+    rig = Rig(tmp_path, refuseOthers)
+    message_id = rig.enqueue("bob@example.net")
+    assert rig.status(message_id).state == "failed"
+    assert bounces(rig) == []
+    (count,) = rig.store.conn.execute("SELECT COUNT(*) FROM outbound").fetchone()
+    assert count == 1
+
+
+def test_partial_failure_bounces_only_the_failed_recipients(tmp_path):
+    """A message sent to some recipients and refused for others bounces only the refused ones."""
+    rig = Rig(tmp_path, refuseOthers, bounce=True)
+    message_id = rig.enqueue("alice@example.com", "bob@example.net", "carol@example.net")
+    assert rig.status(message_id).state == "sent"
+    (bounce,) = bounces(rig)
+    blocks = reportFields(bounce[4])
+    assert [b["Final-Recipient"] for b in blocks] == [
+        "rfc822; bob@example.net",
+        "rfc822; carol@example.net",
+    ]
+
+
+def test_a_failed_bounce_is_never_bounced(tmp_path):
+    """When the bounce itself is refused for good, no further bounce is queued (no loop)."""
+    rig = Rig(
+        tmp_path, lambda m, t: tuple((r, 550, "5.7.1 go away") for r in m.recipients), bounce=True
+    )
+    message_id = rig.enqueue("bob@example.net")
+    rig.clock.advance(86400)
+    assert rig.status(message_id).state == "failed"
+    (bounce,) = bounces(rig)
+    assert bounce[2] == "failed"
+    (count,) = rig.store.conn.execute("SELECT COUNT(*) FROM outbound").fetchone()
+    assert count == 2
+
+
+def test_expiry_after_max_age_bounces_with_delivery_time_expired(tmp_path):
+    """A message given up after max_age is bounced with status 5.4.7 and the reason."""
+    rig = Rig(tmp_path, tempfail, max_age=1000.0, bounce=True)
+    message_id = rig.enqueue()
+    done = rig.queue.whenDelivered(message_id)
+    for _ in range(50):
+        if done.called:
+            break
+        rig.clock.advance(rig.status(message_id).next_attempt_at - rig.clock.seconds())
+    assert rig.result(done).state == "failed"
+    (bounce,) = bounces(rig)
+    (block,) = reportFields(bounce[4])
+    assert block["Status"] == "5.4.7"
+    assert "Diagnostic-Code" not in block
+    human = bounce[4].get_payload()[0].get_payload(decode=True).decode()
+    assert "gave up" in human and "bob@example.net" in human
+
+
+def test_restart_after_a_failure_does_not_bounce_again(tmp_path):
+    """The bounce is queued with the failure; a restart finds it and queues no second one."""
+    rig = Rig(tmp_path, refuseOthers, bounce=True)
+    rig.enqueue("bob@example.net")
+    rig.queue.stopService()
+    again = OutboundQueue(
+        rig.store,
+        rig.tokens,
+        {"alice": account()},
+        reactor=None,
+        clock=rig.clock,
+        sender=rig.sender,
+        bounce=True,
+    )
+    again.startService()
+    rig.clock.advance(86400)
+    again.stopService()
+    assert len(bounces(rig)) == 1
+
+
+def test_a_bounce_that_cannot_be_built_does_not_lose_the_failure(tmp_path, monkeypatch):
+    """If building the report fails, the failure is still recorded and says no bounce went."""
+    from oauthmail.smtp import queue as queue_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(queue_module, "buildBounce", broken)
+    rig = Rig(tmp_path, refuseOthers, bounce=True)
+    message_id = rig.enqueue("bob@example.net")
+    status = rig.status(message_id)
+    assert status.state == "failed"
+    assert "no bounce sent: boom" in status.last_error
+    assert bounces(rig) == []

@@ -53,7 +53,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service
@@ -67,6 +67,7 @@ from oauthmail.config import AccountConfig
 from oauthmail.interfaces import ISubmissionQueue, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
+from oauthmail.smtp.bounce import buildBounce, isBounce
 from oauthmail.smtp.client import (
     MessageOutcome,
     OutgoingMessage,
@@ -148,6 +149,10 @@ class _Policy:
     backoff_max: float
     max_age: float
     random: _random.Random
+    #: Send a bounce to the envelope sender of a message that failed for good.
+    bounce: bool = False
+    #: Account name -> its address (whose domain names the bounce's reporting MTA).
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def nextAttempt(self, attempts: int, created_at: float, now: float) -> float | None:
         """The time of the next attempt, or ``None`` when ``max_age`` has run out."""
@@ -187,6 +192,11 @@ class OutboundQueue(service.Service):
     :param linger: seconds an idle session waits for newly queued messages
         before it says ``QUIT`` (``0``: at once).
     :param poll_interval: how often to look for due messages anyway.
+    :param bounce: when a message fails for good (``5xx`` for some recipients, or
+        ``max_age``), queue an RFC 3464 notification from ``<>`` to its envelope
+        sender through the same account, in the transaction that records the
+        failure (so it is queued exactly once, even across a restart). Never for
+        a message that is itself a bounce.
     """
 
     name = "outbound-queue"
@@ -209,6 +219,7 @@ class OutboundQueue(service.Service):
         linger: float = 0.5,
         poll_interval: float = 60.0,
         random: _random.Random | None = None,
+        bounce: bool = False,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -221,6 +232,8 @@ class OutboundQueue(service.Service):
             backoff_max,
             max_age,
             random if random is not None else _random.Random(),  # noqa: S311 - jitter
+            bounce=bounce,
+            addresses={name: account.address for name, account in self._accounts.items()},
         )
         self.batch_size = batch_size
         self.session_limit = max(batch_size, session_limit)
@@ -895,8 +908,18 @@ def _claimDue(
     return batch
 
 
-def _finish(conn: sqlite3.Connection, message_id: str, last_error: str | None) -> None:
-    """Write the final message state from its recipients (caller owns the transaction)."""
+def _finish(
+    conn: sqlite3.Connection,
+    message_id: str,
+    last_error: str | None,
+    now: float | None = None,
+    policy: _Policy | None = None,
+) -> None:
+    """Write the final message state from its recipients (caller owns the transaction).
+
+    With ``policy.bounce``, the bounce for the recipients that failed is queued
+    in the same transaction: it exists if and only if the failure is recorded.
+    """
     (sent,) = conn.execute(
         "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'sent'",
         (message_id,),
@@ -904,6 +927,51 @@ def _finish(conn: sqlite3.Connection, message_id: str, last_error: str | None) -
     conn.execute(
         "UPDATE outbound SET state = ?, last_error = ? WHERE id = ?",
         ("sent" if sent else "failed", last_error, message_id),
+    )
+    if policy is not None and policy.bounce and now is not None:
+        _queueBounce(conn, message_id, now, policy)
+
+
+def _queueBounce(conn: sqlite3.Connection, message_id: str, now: float, policy: _Policy) -> None:
+    """Queue the notification of a message's failed recipients to its envelope sender."""
+    account, mail_from, message = conn.execute(
+        "SELECT account, mail_from, message FROM outbound WHERE id = ?", (message_id,)
+    ).fetchone()
+    message = bytes(message)
+    failures = [
+        (r, code, text)
+        for r, code, text in conn.execute(
+            "SELECT recipient, last_code, last_text FROM outbound_recipients"
+            " WHERE message_id = ? AND state = 'failed' ORDER BY position",
+            (message_id,),
+        )
+    ]
+    if not failures or isBounce(message, mail_from):
+        return
+    address = policy.addresses.get(account, "")
+    reporting = address.rpartition("@")[2] or "localhost"
+    try:
+        # From is the account's own address: providers such as Microsoft 365 refuse
+        # to send "as" any other (SendAsDenied), and a bounce nobody receives helps no one.
+        report = buildBounce(
+            message, mail_from, failures, reporting, now, from_address=address or None
+        )
+    except Exception as e:  # a report we cannot build must not lose the failure itself
+        conn.execute(
+            "UPDATE outbound SET last_error = COALESCE(last_error || '; ', '') || ? WHERE id = ?",
+            (cleanText(f"no bounce sent: {e}"), message_id),
+        )
+        return
+    bounce_id = uuid.uuid4().hex
+    conn.execute(
+        "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
+        " next_attempt_at, created_at) VALUES (?, ?, '', ?, ?, 'queued', 0, ?, ?)",
+        (bounce_id, account, report, len(report), now, now),
+    )
+    conn.execute(
+        "INSERT INTO outbound_recipients (message_id, position, recipient, state)"
+        " VALUES (?, 0, ?, 'pending')",
+        (bounce_id, mail_from),
     )
 
 
@@ -926,7 +994,7 @@ def _retryOrGiveUp(
             (cleanText(why), message_id),
         )
         conn.execute("UPDATE outbound SET attempts = ? WHERE id = ?", (attempts, message_id))
-        _finish(conn, message_id, cleanText(why))
+        _finish(conn, message_id, cleanText(why), now, policy)
         return
     conn.execute(
         "UPDATE outbound SET state = 'queued', attempts = ?, next_attempt_at = ?, last_error = ?"
@@ -984,7 +1052,7 @@ def _applyOutcome(
         _retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
     else:
         conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
-        _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None)
+        _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None, now, policy)
     return True
 
 
