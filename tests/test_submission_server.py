@@ -18,6 +18,8 @@ import threading
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.cred import credentials, error
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
@@ -682,3 +684,109 @@ def test_replies_are_not_delayed_by_nagle() -> None:
 
     proto, transport = _protocol(_config(), MemoryQueue(), "127.0.0.1", NoDelayTransport())
     assert transport.noDelay is True
+
+
+# -- the DATA phase in chunks -----------------------------------------------------------
+
+_ENVELOPE = b"EHLO x\r\nMAIL FROM:<alerts@example.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n"
+
+
+def _stuff(message: bytes) -> bytes:
+    """What a client sends for ``message`` (whole CRLF lines): dots doubled, then ``.``."""
+    lines = message.split(b"\r\n")[:-1]
+    return b"".join((b"." + line if line[:1] == b"." else line) + b"\r\n" for line in lines) + (
+        b".\r\n"
+    )
+
+
+def _feedInChunks(chunks: list[bytes], maxSize: int = 10_000_000):
+    """Send one transaction with the DATA bytes split as given, then NOOP; return the parts."""
+    queue = MemoryQueue()
+    config = _config(allow_unauthenticated_loopback=True, max_message_size=maxSize)
+    proto, transport = _protocol(config, queue, "127.0.0.1")
+    proto.dataReceived(_ENVELOPE)
+    transport.clear()
+    for chunk in chunks:
+        proto.dataReceived(chunk)
+    proto.dataReceived(b"NOOP\r\n")
+    return queue, transport.value()
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(set(cuts)), len(data)]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+_PIECES = st.sampled_from(
+    [b".", b"..", b"a", b" ", b"\r", b"\n", b"\r\n", b"\r\n.", b"\n.\n", b"\n.\r\n", b"x" * 1500]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_PIECES, max_size=40).map(b"".join),
+    st.lists(st.integers(min_value=0, max_value=80_000), max_size=8),
+)
+def test_chunked_data_is_unstuffed_exactly(body: bytes, cuts: list[int]) -> None:
+    """However DATA is split into reads, the queue gets the unstuffed original, once."""
+    message = body if body.endswith(b"\r\n") or not body else body + b"\r\n"
+    wire = _stuff(message)
+    queue, replies = _feedInChunks(_split(wire, [c % (len(wire) + 1) for c in cuts]))
+    assert [entry[3] for entry in queue.stored] == [message]
+    assert replies == b"250 2.0.0 Ok: queued as id-1\r\n250 2.0.0 OK\r\n"
+
+
+def test_every_split_point_of_a_tricky_message() -> None:
+    """Splitting DATA at any single byte (and into single bytes) changes nothing."""
+    message = b".lead\r\n..two\r\n.\r\nbare\n.\nlf\r\nx\r.\r\n\r\n.\r\r\nend\r\n"
+    wire = _stuff(message)
+    for cut in range(len(wire) + 1):
+        queue, replies = _feedInChunks(_split(wire, [cut]))
+        assert [entry[3] for entry in queue.stored] == [message], cut
+        assert replies.endswith(b"250 2.0.0 OK\r\n"), cut
+    queue, _ = _feedInChunks([wire[i : i + 1] for i in range(len(wire))])
+    assert [entry[3] for entry in queue.stored] == [message]
+
+
+def test_only_crlf_dot_crlf_ends_the_data() -> None:
+    """A bare-LF dot line is message content, not the end (no SMTP smuggling)."""
+    queue, replies = _feedInChunks([b"a\n.\nMAIL FROM:<x@y.z>\r\n", b"b\r\n..\n\r\n.\r\n"])
+    assert [entry[3] for entry in queue.stored] == [b"a\n.\nMAIL FROM:<x@y.z>\r\nb\r\n.\n\r\n"]
+    assert replies.count(b"250 ") == 2
+
+
+@pytest.mark.parametrize("extra, accepted", [(0, True), (1, False)])
+def test_size_limit_is_exact_in_chunks(extra: int, accepted: bool) -> None:
+    """A message of exactly max_message_size bytes is queued; one byte more gets 552."""
+    line = b"y" * 98 + b"\r\n"
+    message = line * 40 + b"z" * extra + b"\r\n"
+    limit = len(message) - extra
+    queue, replies = _feedInChunks(_split(_stuff(message), [1000, 2500]), maxSize=limit)
+    assert (len(queue.stored) == 1) is accepted
+    assert replies.startswith(b"250 " if accepted else b"552 5.3.4")
+
+
+def test_overlong_line_in_a_later_chunk_closes_the_connection() -> None:
+    """The line length limit holds across reads in the DATA phase too."""
+    queue = MemoryQueue()
+    config = _config(allow_unauthenticated_loopback=True)
+    proto, transport = _protocol(config, queue, "127.0.0.1")
+    proto.dataReceived(_ENVELOPE)
+    proto.dataReceived(b"fine\r\n" + b"x" * 40000)
+    proto.dataReceived(b"x" * 40000)
+    assert transport.disconnecting and queue.stored == []
+    assert transport.value().splitlines()[-1].startswith(b"500 5.5.6")
+
+
+def test_reading_pauses_only_when_a_client_piles_up_lines_during_a_hold() -> None:
+    """One pending answer does not pause reading; many lines queued behind it do, until it."""
+    queue = MemoryQueue(hold=True)
+    config = _config(allow_unauthenticated_loopback=True)
+    proto, transport = _protocol(config, queue, "127.0.0.1")
+    proto.dataReceived(_ENVELOPE + b"hello\r\n.\r\n")
+    assert transport.producerState == "producing"
+    proto.dataReceived(b"NOOP\r\n" * 100)
+    assert transport.producerState == "paused"
+    queue.pending[0][1].callback("q1")
+    assert transport.producerState == "producing"
+    assert transport.value().count(b"250 2.0.0 OK\r\n") == 100

@@ -327,13 +327,8 @@ class OutboundQueue(service.Service):
         )
 
         def stored(_: object) -> str:
-            log.info(
-                "queued {id} for {account} ({n} recipient(s), {size} bytes)",
-                id=message_id,
-                account=account_name,
-                n=len(recipients),
-                size=len(message),
-            )
+            # No log line per message: at hundreds a second it costs more than the
+            # rest of this path; sessions log what the provider accepted, in sum.
             self.wake(account_name)
             return message_id
 
@@ -638,18 +633,20 @@ class OutboundQueue(service.Service):
                     claim.cancel()
             await defer.DeferredList(claims + writes, consumeErrors=True)
             await writer.settled()
+        accepted = 0
         for outcome in result.outcomes:
+            accepted += bool(outcome.accepted)
             self._logOutcome(account.name, outcome)
+        if accepted:
+            log.info(
+                "{account}: the provider accepted {n} message(s) in one session",
+                account=account.name,
+                n=accepted,
+            )
         return result
 
     def _logOutcome(self, name: str, outcome: MessageOutcome) -> None:
-        if outcome.accepted:
-            log.info(
-                "{account}: the provider accepted {id} ({reply})",
-                account=name,
-                id=outcome.message_id,
-                reply=outcomes.describe(outcome.code, outcome.text),
-            )
+        """Warn about every recipient that was not accepted (successes are summed up)."""
         for r in outcome.recipients:
             if r.status != outcomes.OK:
                 log.warn(
