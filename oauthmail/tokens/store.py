@@ -594,34 +594,25 @@ class SQLiteTokenStore:
         ).fetchone()
         return None if row is None else self._tokenRecord(account_id, row)
 
-    def _tokenRecord(self, account_id: str, row: tuple[Any, ...]) -> TokenRecord:
-        access, refresh, expires_at, scope, version, updated_at = row
-        return TokenRecord(
-            account=account_id,
-            access_token=self._cipher.decrypt(account_id, "access_token", access),
-            expires_at=expires_at,
-            refresh_token=(
-                None
-                if refresh is None
-                else self._cipher.decrypt(account_id, "refresh_token", refresh)
-            ),
-            scope=scope,
-            version=version,
-            updated_at=updated_at,
-        )
+    def _tokenRecord(
+        self, account_id: str, row: tuple[Any, ...], sealed: bool = False
+    ) -> TokenRecord:
+        """The ``TokenRecord`` of a ``tokens`` row.
 
-    def _sealedRecord(self, account_id: str, row: tuple[Any, ...]) -> TokenRecord:
-        """A ``TokenRecord`` whose access token is decrypted only when first used.
-
-        A refresh reads the record for its refresh token and version; the access
-        token it is about to replace is needed only if the refresh turns out to be
-        unnecessary or fails. A value that does not decrypt raises
+        ``sealed``: the access token is decrypted only when first used. A
+        refresh reads the record for its refresh token and version; the access
+        token it is about to replace is needed only if the refresh turns out to
+        be unnecessary or fails. A value that does not decrypt then raises
         ``DecryptionError`` where the access token is first used.
         """
         access, refresh, expires_at, scope, version, updated_at = row
         return TokenRecord(
             account=account_id,
-            access_token=_SealedSecret(self._cipher, account_id, access),
+            access_token=(
+                _SealedSecret(self._cipher, account_id, access)
+                if sealed
+                else self._cipher.decrypt(account_id, "access_token", access)
+            ),
             expires_at=expires_at,
             refresh_token=(
                 None
@@ -668,7 +659,9 @@ class SQLiteTokenStore:
                 results.append((None, None))
                 continue
             try:
-                tokens = None if row[7] is None else self._sealedRecord(account_id, row[7:])
+                tokens = (
+                    None if row[7] is None else self._tokenRecord(account_id, row[7:], sealed=True)
+                )
             except Exception as e:
                 results.append(Failure(e))
                 continue
