@@ -187,3 +187,24 @@ class ISubmissionQueue(Interface):
         client is told ``451`` and retries) or with an ``SMTPServerError`` to
         give the client that exact answer.
         """
+
+
+class ISentFolder(Interface):
+    """Where a provider files the mail it accepted (Gmail, Microsoft 365: the Sent folder).
+
+    SMTP cannot say whether a message whose final dot went out without an
+    answer (a crash, a lost connection) was taken: resending may deliver it
+    twice. The outbound queue asks this seam first, and sends again only what
+    it does not find.
+    """
+
+    def findSent(account_name, probes):
+        """Fire with the set of ``queue_id`` values among ``probes`` that have a copy in Sent.
+
+        ``probes`` is a sequence of :class:`oauthmail.smtp.trace.SentProbe`. A
+        copy counts only if it has the probe's Message-ID *and* carries its
+        queue id in the ``Received:`` line oauthmail added: a copy that the
+        user's mail program stored in Sent itself proves nothing. Fail with
+        :class:`oauthmail.smtp.trace.SentCheckError` (one line, no token) when
+        the folder could not be searched; the caller waits and asks again.
+        """
