@@ -219,6 +219,10 @@ class AccountImapConfig:
 @dataclass(frozen=True)
 class AccountSmtpConfig:
     mechanism: str = "xoauth2"
+    #: Where the provider files what it accepted: "auto" (the mailbox marked
+    #: \\Sent, RFC 6154), a mailbox name, or "none". The queue looks there before
+    #: sending again a message that the provider may already have taken.
+    sent_folder: str = "none"
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,10 @@ class QueueConfig:
     retry_min: float = 60.0
     retry_max: float = 3600.0
     bounce: bool = False  # tell the envelope sender (RFC 3464) when a message fails for good
+    #: After a crash, how long to wait before looking in Sent (the provider files asynchronously).
+    sent_check_delay: float = 30.0
+    #: How long the Sent folder may stay unreachable before a doubtful message is sent again.
+    sent_check_give_up: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -379,13 +387,20 @@ _PROFILE_KEYS = (
 _SERVER_KEYS = ("host", "port", "security", "tls", "ca_file", "server_name")
 _ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp")
 _ACCOUNT_IMAP_KEYS = ("mechanism", "folders", "sink", "idle", "poll_interval", "batch_size")
-_ACCOUNT_SMTP_KEYS = ("mechanism",)
+_ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder")
 _FOLDER_KEYS = ("name", "disposition", "move_to")
 _SINK_KEYS = (*_SINK_KINDS, "timeout")
 _STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
 _WEB_KEYS = ("bind", "port")
 _REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
-_QUEUE_KEYS = ("max_age", "retry_min", "retry_max", "bounce")
+_QUEUE_KEYS = (
+    "max_age",
+    "retry_min",
+    "retry_max",
+    "bounce",
+    "sent_check_delay",
+    "sent_check_give_up",
+)
 _SUBMISSION_KEYS = (
     "bind",
     "port",
@@ -1132,9 +1147,26 @@ class _Loader:
         if at.isNull:
             m = _Map(at, {})
         else:
-            m = at.mapping((*_ACCOUNT_SMTP_KEYS, *_SERVER_KEYS), what="a mapping (mechanism)")
+            m = at.mapping(
+                (*_ACCOUNT_SMTP_KEYS, *_SERVER_KEYS), what="a mapping (mechanism, sent_folder)"
+            )
         server = self.accountServer(at, m, profile, "smtp")
-        return AccountSmtpConfig(mechanism=self.mechanism(m["mechanism"], profile)), server
+        mechanism = self.mechanism(m["mechanism"], profile)
+        # Gmail and Microsoft 365 file every message they accept in Sent; a generic
+        # provider may not, so there looking is asked for explicitly.
+        default = "auto" if profile.kind in ("google", "microsoft") else "none"
+        sentFolder = m["sent_folder"].nonEmpty(default, what="a mailbox name, auto or none")
+        sentFolder = sentFolder.strip()
+        if sentFolder.lower() in ("auto", "none"):
+            sentFolder = sentFolder.lower()
+        if sentFolder != "none" and profile.imap is None:
+            at_ = m["sent_folder"] if m.present("sent_folder") else at
+            at_.fail(
+                "looking in the Sent folder needs an IMAP server: give the profile an imap"
+                " host, or set sent_folder: none"
+            )
+        smtp = AccountSmtpConfig(mechanism=mechanism, sent_folder=sentFolder)
+        return smtp, server
 
     def mechanism(self, at: _Node, profile: ProfileConfig) -> str:
         mechanism = at.choice(_MECHANISMS, "xoauth2", what="SASL mechanism")
@@ -1267,7 +1299,7 @@ class _Loader:
     def queue(self, at: _Node) -> QueueConfig:
         if at.isNull:
             return QueueConfig()
-        q = at.mapping(_QUEUE_KEYS, what="a mapping (max_age, retry_min, retry_max, bounce)")
+        q = at.mapping(_QUEUE_KEYS, what="a mapping (max_age, retry_min, retry_max, bounce, ...)")
         defaults = QueueConfig()
         retry_min = q["retry_min"].duration(defaults.retry_min, positive=True)
         retry_max = q["retry_max"].duration(defaults.retry_max, positive=True)
@@ -1278,6 +1310,10 @@ class _Loader:
             retry_min=retry_min,
             retry_max=retry_max,
             bounce=q["bounce"].boolean(defaults.bounce),
+            sent_check_delay=q["sent_check_delay"].duration(defaults.sent_check_delay),
+            sent_check_give_up=q["sent_check_give_up"].duration(
+                defaults.sent_check_give_up, positive=True
+            ),
         )
 
     def submission(self, at: _Node, accounts: tuple[AccountConfig, ...]) -> SubmissionConfig | None:

@@ -562,3 +562,26 @@ def test_queue_bounce_defaults_off_and_parses():
     assert parseConfig("queue: {bounce: true}\n", "x.yaml", {}).queue.bounce is True
     with pytest.raises(ConfigError, match="queue.bounce"):
         parseConfig("queue: {bounce: sometimes}\n", "x.yaml", {})
+
+
+def test_sent_folder_defaults_follow_the_provider():
+    """Google and Microsoft look in Sent by default (they file what they accept); generic not."""
+    text = (
+        "profiles:\n"
+        "  g: {provider: google, client_id: x}\n"
+        "  m: {provider: microsoft, client_id: x}\n"
+        "  p: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
+        "      authorization_endpoint: 'https://t.example/auth', scopes: [mail],\n"
+        "      imap: {host: imap.example.com}, smtp: {host: smtp.example.com}}\n"
+        "accounts:\n"
+        "  - {name: g, address: g@example.com, profile: g, smtp: {}}\n"
+        "  - {name: m, address: m@example.com, profile: m, smtp: {}}\n"
+        "  - {name: p, address: p@example.com, profile: p, smtp: {}}\n"
+        "  - {name: named, address: n@example.com, profile: p, smtp: {sent_folder: Sent Items}}\n"
+        "  - {name: off, address: o@example.com, profile: g, smtp: {sent_folder: NONE}}\n"
+        "queue: {sent_check_delay: 0s, sent_check_give_up: 2h}\n"
+    )
+    config = parseConfig(text, "x.yaml", {})
+    folders = {a.name: a.smtp.sent_folder for a in config.accounts}
+    assert folders == {"g": "auto", "m": "auto", "p": "none", "named": "Sent Items", "off": "none"}
+    assert (config.queue.sent_check_delay, config.queue.sent_check_give_up) == (0.0, 7200.0)
