@@ -211,3 +211,157 @@ def test_idle_has_no_deadline():
     client.idle(lambda event: None)
     clock.advance(3600)
     assert not transport.disconnecting
+
+
+# -- the commands the Sent-folder check uses ------------------------------------------
+
+
+def answer(client: WatcherIMAP4Client, transport: StringTransport, untagged: bytes) -> None:
+    """Answer the command in flight with ``untagged`` lines and a tagged OK."""
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(untagged + tag + b" OK done\r\n")
+
+
+def test_list_mailboxes_parses_attributes_names_and_literals():
+    """LIST gives (attributes, name): quoted, atom, literal, NIL delimiter, modified UTF-7."""
+    client, transport = connect()
+    d = client.listMailboxes()
+    assert transport.value().endswith(b' LIST "" "*"\r\n')
+    answer(
+        client,
+        transport,
+        b'* LIST (\\HasNoChildren) "." INBOX\r\n'
+        b'* LIST (\\HasNoChildren \\Sent) "/" "[Gmail]/Sent \\"Mail\\""\r\n'
+        b'* LIST () NIL {9}\r\nodd (x) "\r\n'
+        b'* LIST (\\Noselect) "." &AMk-t&AOk-\r\n'
+        b'* LIST () "." &\xff-\r\n'
+        b"* LIST garbage\r\n",
+    )
+    assert result(d) == [
+        (("\\HasNoChildren",), "INBOX"),
+        (("\\HasNoChildren", "\\Sent"), '[Gmail]/Sent "Mail"'),
+        ((), 'odd (x) "'),
+        (("\\Noselect",), "Été"),
+    ]
+
+
+def test_examine_is_read_only_select():
+    """EXAMINE goes out with the encoded name and answers like SELECT."""
+    client, transport = connect()
+    d = client.examineFolder("Éléments envoyés")
+    assert transport.value().endswith(b' EXAMINE "&AMk-l&AOk-ments envoy&AOk-s"\r\n')
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(
+        b"* 2 EXISTS\r\n* OK [UIDVALIDITY 5] ok\r\n" + tag + b" OK [READ-ONLY] Examine done\r\n"
+    )
+    info = result(d)
+    assert (info.uidvalidity, info.exists) == (5, 2)
+
+
+def test_examine_no_fails():
+    """A mailbox that does not exist fails EXAMINE with the server's words."""
+    client, transport = connect()
+    d = client.examineFolder("Nope")
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(tag + b" NO Mailbox doesn't exist: Nope\r\n")
+    with pytest.raises(IMAP4Exception, match="Mailbox doesn't exist"):
+        result(d)
+
+
+def test_search_header_quotes_ascii_values():
+    """An ASCII value goes as a quoted string with backslash and quote escaped."""
+    client, transport = connect()
+    d = client.uidSearchHeader("Message-ID", '<a"b\\c@x>')
+    assert transport.value().split(b" ", 1)[1] == (
+        b'UID SEARCH HEADER Message-ID "<a\\"b\\\\c@x>"\r\n'
+    )
+    answer(client, transport, b"* SEARCH 9 3 9\r\n")
+    assert result(d) == [3, 9]
+
+
+def test_search_header_no_hits():
+    """A bare ``* SEARCH`` is an empty answer."""
+    client, transport = connect()
+    d = client.uidSearchHeader("Message-ID", "<none@x>")
+    answer(client, transport, b"* SEARCH\r\n")
+    assert result(d) == []
+
+
+def test_search_header_utf8_value_goes_as_a_literal_after_continuation():
+    """A non-ASCII value is sent as a UTF-8 literal, only once the server says ``+``."""
+    client, transport = connect()
+    value = "<été@exemple.fr>"
+    raw = value.encode("utf-8")
+    d = client.uidSearchHeader("Message-ID", value)
+    first = transport.value()
+    assert first.split(b" ", 1)[1] == (
+        b"UID SEARCH CHARSET UTF-8 HEADER Message-ID {%d}\r\n" % len(raw)
+    )
+    transport.clear()
+    client.dataReceived(b"+ go ahead\r\n")
+    assert transport.value() == raw + b"\r\n"
+    tag = first.split(b" ", 1)[0]
+    client.dataReceived(b"* SEARCH 4\r\n" + tag + b" OK done\r\n")
+    assert result(d) == [4]
+
+
+@pytest.mark.parametrize("value", ["<a\r\nb@x>", "<a\x00@x>", "<a\n@x>"])
+def test_search_header_refuses_unsendable_values(value):
+    """NUL, CR or LF cannot go in a quoted string or a literal: refused, nothing sent."""
+    client, transport = connect()
+    with pytest.raises(ValueError, match="NUL, CR or LF"):
+        result(client.uidSearchHeader("Message-ID", value))
+    assert transport.value() == b""
+
+
+def test_search_header_refuses_odd_field_names():
+    """A field name that is not a plain token is refused before anything is sent."""
+    client, transport = connect()
+    with pytest.raises(ValueError):
+        result(client.uidSearchHeader("Message-ID x", "<a@b>"))
+    assert transport.value() == b""
+
+
+def headerResponse(seq: int, uid: int, header: bytes) -> bytes:
+    """An untagged FETCH with the header section as a literal (as Dovecot writes it)."""
+    return b"* %d FETCH (UID %d BODY[HEADER] {%d}\r\n" % (seq, uid, len(header)) + header + b")\r\n"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    headers=st.lists(
+        st.binary(min_size=1, max_size=200).map(lambda b: b.replace(b"\x00", b"x")),
+        min_size=1,
+        max_size=4,
+    ),
+    cuts=st.lists(st.integers(0, 5_000), max_size=6),
+)
+def test_fetch_headers_round_trips(headers, cuts):
+    """BODY.PEEK[HEADER] literals come back byte for byte, however the answer is split."""
+    client, transport = connect()
+    uids = [5 + i for i in range(len(headers))]
+    d = client.fetchHeaders(uids)
+    assert transport.value().split(b" ", 1)[1] == (
+        b"UID FETCH " + formatUIDSet(uids) + b" (UID BODY.PEEK[HEADER])\r\n"
+    )
+    tag = transport.value().split(b" ", 1)[0]
+    wire = b"".join(
+        headerResponse(i + 1, u, h) for i, (u, h) in enumerate(zip(uids, headers, strict=True))
+    )
+    feed(client, wire + tag + b" OK Fetch completed.\r\n", cuts)
+    assert result(d) == list(zip(uids, headers, strict=True))
+
+
+def test_fetch_headers_ignores_full_bodies_and_fetch_messages_ignores_headers():
+    """Each fetch keeps only its own section: BODY[] is not a header, BODY[HEADER] not a body."""
+    parser = FetchResponseParser(b"HEADER")
+    parser.line(b"* 1 FETCH (UID 4 BODY[] {2}")
+    parser.literalData(b"hi")
+    parser.line(b")")
+    parser.line(b'* 2 FETCH (UID 5 BODY[HEADER] "A: b")')
+    assert parser.messages == [(5, b"A: b")]
+    plain = FetchResponseParser()
+    plain.line(b"* 1 FETCH (UID 4 BODY[HEADER] {2}")
+    plain.literalData(b"hi")
+    plain.line(b")")
+    assert plain.messages == []

@@ -16,6 +16,11 @@ client's logging of every response code it does not know), ``UID SEARCH``,
 ``UID STORE``, ``UID COPY``, ``UID MOVE`` and ``UID EXPUNGE``; and a counter of
 untagged ``EXISTS`` so the watcher notices mail that arrived while it was busy
 (Twisted folds those into the running command's result).
+
+For the outbound queue's Sent-folder check
+(:mod:`oauthmail.imap.sentfolder`): ``LIST`` with attributes, ``EXAMINE``,
+``UID SEARCH HEADER`` (quoted or literal) and ``BODY.PEEK[HEADER]`` through
+the same fast FETCH path.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail.imap4 import Command, IMAP4Exception, _prepareMailboxName
+from twisted.mail.imap4 import Command, IMAP4Exception, _prepareMailboxName, parseNestedParens
 from twisted.python.failure import Failure
 
 from oauthmail.imap.protocol import IdleEvent, OAuthIMAP4Client
@@ -43,11 +48,12 @@ __all__ = [
 
 _FETCH_START = re.compile(rb"\* (\d+) FETCH \(", re.IGNORECASE)
 _LITERAL_END = re.compile(rb"\{(\d+)\}\Z")
-_BODY_BEFORE_LITERAL = re.compile(rb"BODY\[\]\s*\{\d+\}\Z", re.IGNORECASE)
 _UID = re.compile(rb"[( ]UID (\d+)", re.IGNORECASE)
-_BODY_QUOTED = re.compile(rb'[( ]BODY\[\] "((?:[^"\\]|\\.)*)"', re.IGNORECASE)
 _NUMBER_EVENT = re.compile(rb"(\d+) (EXISTS|EXPUNGE)\b", re.IGNORECASE)
 _UNESCAPE = re.compile(rb"\\(.)")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9-]+\Z")
+_UNSENDABLE = re.compile(r"[\x00\r\n]")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*\Z")
 
 
 def formatUIDSet(uids: Iterable[int]) -> bytes:
@@ -77,8 +83,13 @@ class FetchResponseParser:
     directly in property tests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, section: bytes = b"") -> None:
+        #: ``section`` names the body part looked for: ``b""`` for ``BODY[]``,
+        #: ``b"HEADER"`` for ``BODY[HEADER]``.
         self.messages: list[tuple[int, bytes]] = []
+        name = rb"BODY\[" + re.escape(section) + rb"\]"
+        self._bodyBeforeLiteral = re.compile(name + rb"\s*\{\d+\}\Z", re.IGNORECASE)
+        self._bodyQuoted = re.compile(rb"[( ]" + name + rb' "((?:[^"\\]|\\.)*)"', re.IGNORECASE)
         #: Literal bytes still expected before the response continues.
         self.pending = 0
         self._texts: list[bytes] | None = None
@@ -134,11 +145,11 @@ class FetchResponseParser:
             return  # an unsolicited FETCH (flags) without UID: not ours
         body: bytes | None = None
         for i, literal in enumerate(literals):
-            if _BODY_BEFORE_LITERAL.search(texts[i]):
+            if self._bodyBeforeLiteral.search(texts[i]):
                 body = literal
                 break
         if body is None:
-            quoted = _BODY_QUOTED.search(meta)
+            quoted = self._bodyQuoted.search(meta)
             if quoted is not None:
                 body = _UNESCAPE.sub(rb"\1", quoted.group(1))
         if body is not None:
@@ -155,9 +166,46 @@ class SelectInfo:
 
 
 class _Collector:
-    def __init__(self, command: Command) -> None:
+    def __init__(self, command: Command, section: bytes = b"") -> None:
         self.command = command
-        self.parser = FetchResponseParser()
+        self.parser = FetchResponseParser(section)
+
+
+def _searchResult(cmd: Command) -> list[int]:
+    """The UIDs of the untagged ``SEARCH`` lines a command collected, sorted, once each."""
+    found: set[int] = set()
+    for line in cmd.lines:
+        if line[:7].upper() == b"SEARCH " or line.upper() == b"SEARCH":
+            found.update(int(x) for x in line[7:].split() if x.isdigit())
+    return sorted(found)
+
+
+def _parseList(lines: Iterable[bytes]) -> list[tuple[tuple[str, ...], str]]:
+    mailboxes: list[tuple[tuple[str, ...], str]] = []
+    for line in lines:
+        if line[:5].upper() != b"LIST ":
+            continue
+        try:
+            parts = parseNestedParens(line)
+        except Exception:
+            _log.warn("skipping a LIST response that cannot be parsed: {line!r}", line=line[:200])
+            continue
+        if (
+            len(parts) != 4
+            or not isinstance(parts[1], list)
+            or not isinstance(parts[3], bytes)
+            or not all(isinstance(a, bytes) for a in parts[1])
+        ):
+            _log.warn("skipping a malformed LIST response: {line!r}", line=line[:200])
+            continue
+        try:
+            name = parts[3].decode("imap4-utf-7")
+        except Exception:
+            _log.warn("skipping a mailbox name that is not modified UTF-7: {n!r}", n=parts[3][:200])
+            continue
+        attributes = tuple(a.decode("ascii", "replace") for a in parts[1])
+        mailboxes.append((attributes, name))
+    return mailboxes
 
 
 class WatcherIMAP4Client(OAuthIMAP4Client):
@@ -215,14 +263,28 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
         Only one fetch may run at a time (the watcher is sequential). Messages
         the server no longer has are simply absent from the result.
         """
+        return self._fetch(uids, b"(UID RFC822.SIZE BODY.PEEK[])", b"")
+
+    def fetchHeaders(self, uids: Iterable[int]) -> defer.Deferred[list[tuple[int, bytes]]]:
+        """``UID FETCH uids (UID BODY.PEEK[HEADER])``: ``[(uid, header bytes)]``.
+
+        The header section only (with its empty line), without setting ``\\Seen``:
+        enough to recognise a message by its ``Message-ID`` and ``Received``
+        fields without downloading attachments. Same rules as :meth:`fetchMessages`.
+        """
+        return self._fetch(uids, b"(UID BODY.PEEK[HEADER])", b"HEADER")
+
+    def _fetch(
+        self, uids: Iterable[int], items: bytes, section: bytes
+    ) -> defer.Deferred[list[tuple[int, bytes]]]:
         if self._collector is not None:
             return defer.fail(IMAP4Exception("a fetch is already in progress"))
         try:
             uidSet = formatUIDSet(uids)
         except ValueError as e:
             return defer.fail(e)
-        cmd = Command(b"UID FETCH", uidSet + b" (UID RFC822.SIZE BODY.PEEK[])", ())
-        collector = self._collector = _Collector(cmd)
+        cmd = Command(b"UID FETCH", uidSet + b" " + items, ())
+        collector = self._collector = _Collector(cmd, section)
 
         def done(result: object) -> object:
             if self._collector is collector:
@@ -259,13 +321,38 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
     def rawDataReceived(self, data: bytes) -> None:
         c = self._collector
         if c is None or not c.parser.pending:
-            return super().rawDataReceived(data)
+            return self._stockRawDataReceived(data)
         if self.timeout > 0:
             self.resetTimeout()
         rest = c.parser.literalData(data)
         if not c.parser.pending:
             self.setLineMode(rest)
         return None
+
+    def _stockRawDataReceived(self, data: bytes) -> None:
+        """Twisted's literal collection, but keeping the CRLF that may follow the literal.
+
+        The stock client strips every CR and LF after a literal, so when the
+        literal is the last thing on its line (``* LIST () "/" {5}`` + name),
+        the *next* response line was glued onto this one and lost (with it,
+        possibly the tagged OK). Kept, the CRLF ends the line as it should.
+        """
+        if self.timeout > 0:
+            self.resetTimeout()
+        self._pendingSize -= len(data)
+        if self._pendingSize > 0:
+            self._pendingBuffer.write(data)
+            return
+        passon = b""
+        if self._pendingSize < 0:
+            data, passon = data[: self._pendingSize], data[self._pendingSize :]
+        self._pendingBuffer.write(data)
+        rest = self._pendingBuffer
+        self._pendingBuffer = None
+        self._pendingSize = None
+        rest.seek(0, 0)
+        self._parts.append(rest.read())
+        self.setLineMode(passon)
 
     # -- untagged EXISTS/EXPUNGE outside IDLE -------------------------------------
 
@@ -287,7 +374,14 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
 
     def selectFolder(self, name: str) -> defer.Deferred[SelectInfo]:
         """``SELECT name`` → :class:`SelectInfo` (UIDVALIDITY is required)."""
-        cmd = Command(b"SELECT", _prepareMailboxName(name), ())
+        return self._open(b"SELECT", name)
+
+    def examineFolder(self, name: str) -> defer.Deferred[SelectInfo]:
+        """``EXAMINE name``: select read-only (nothing, not even ``\\Recent``, changes)."""
+        return self._open(b"EXAMINE", name)
+
+    def _open(self, command: bytes, name: str) -> defer.Deferred[SelectInfo]:
+        cmd = Command(command, _prepareMailboxName(name), ())
         d = self.sendCommand(cmd)
 
         def parse(result: tuple[list[Any], bytes]) -> SelectInfo:
@@ -297,7 +391,7 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
             exists = re.search(rb"(?:^|\n)(\d+) EXISTS", text, re.IGNORECASE)
             uidnext = re.search(rb"\[UIDNEXT (\d+)\]", text, re.IGNORECASE)
             if uidvalidity is None:
-                raise IMAP4Exception(f"SELECT {name} gave no UIDVALIDITY")
+                raise IMAP4Exception(f"{command.decode()} {name} gave no UIDVALIDITY")
             return SelectInfo(
                 int(uidvalidity.group(1)),
                 int(exists.group(1)) if exists else 0,
@@ -315,15 +409,56 @@ class WatcherIMAP4Client(OAuthIMAP4Client):
         """
         cmd = Command(b"UID SEARCH", b"UID %d:*" % max(first, 1), ())
         d = self.sendCommand(cmd)
+        d.addCallback(lambda _: [u for u in _searchResult(cmd) if u >= first])
+        return d
 
-        def parse(_: object) -> list[int]:
-            found: list[int] = []
-            for line in cmd.lines:
-                if line[:7].upper() == b"SEARCH " or line.upper() == b"SEARCH":
-                    found.extend(int(x) for x in line[7:].split() if x.isdigit())
-            return sorted(u for u in set(found) if u >= first)
+    def uidSearchHeader(self, field: str, value: str) -> defer.Deferred[list[int]]:
+        """``UID SEARCH HEADER field value``: the UIDs whose ``field`` contains ``value``, sorted.
 
-        d.addCallback(parse)
+        Printable ASCII goes as a quoted string. Anything else (a UTF-8
+        Message-ID, RFC 6532) goes as a literal with ``CHARSET UTF-8``, sent
+        after the server's ``+``. NUL, CR and LF can go in neither: ``ValueError``
+        (as a failed Deferred), before anything is sent.
+        """
+        if not _FIELD_NAME.match(field):
+            return defer.fail(ValueError(f"not a header field name: {field!r}"))
+        if _UNSENDABLE.search(value):
+            return defer.fail(ValueError("a search value cannot contain NUL, CR or LF"))
+        prefix = b"HEADER " + field.encode("ascii") + b" "
+        if _PRINTABLE_ASCII.match(value):
+            quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+            cmd = Command(b"UID SEARCH", prefix + b'"' + quoted.encode("ascii") + b'"', ())
+        else:
+            literal = value.encode("utf-8")
+            sent: list[bool] = []
+
+            def sendLiteral(rest: bytes) -> None:
+                if not sent:  # a second "+" is not ours to answer
+                    sent.append(True)
+                    self.sendLine(literal)
+
+            args = b"CHARSET UTF-8 " + prefix + b"{%d}" % len(literal)
+            cmd = Command(b"UID SEARCH", args, (), sendLiteral)
+        d = self.sendCommand(cmd)
+        d.addCallback(lambda _: _searchResult(cmd))
+        return d
+
+    def listMailboxes(self) -> defer.Deferred[list[tuple[tuple[str, ...], str]]]:
+        """``LIST "" "*"`` → ``[(attributes, name)]`` in the server's order.
+
+        Attributes keep their backslash (``\\Sent``, ``\\HasNoChildren``; RFC 6154
+        special-use ones come in a plain LIST from Dovecot, Gmail and Exchange).
+        Names are decoded from modified UTF-7 (RFC 3501 5.1.3), so they can be
+        given back to :meth:`examineFolder` as they are; quoted names, literals
+        and a ``NIL`` delimiter are understood. A line that cannot be parsed or
+        decoded is skipped (and logged) rather than failing the whole list.
+
+        (Twisted's ``IMAP4Client.list`` fails on a ``NIL`` delimiter and on a
+        name that is not valid modified UTF-7.)
+        """
+        cmd = Command(b"LIST", b'"" "*"', ())
+        d = self.sendCommand(cmd)
+        d.addCallback(lambda _: _parseList(cmd.lines))
         return d
 
     def _simple(self, command: bytes, args: bytes) -> defer.Deferred[None]:
