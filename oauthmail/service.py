@@ -155,9 +155,15 @@ class OAuthMailService(MultiService):
         watcher.setServiceParent(self)
 
     def _startQueue(self) -> None:
+        from oauthmail.imap.sentfolder import IMAPSentFolder
         from oauthmail.smtp.queue import OutboundQueue
 
         sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
+        looking = {
+            name: a
+            for name, a in sending.items()
+            if a.smtp is not None and a.smtp.sent_folder != "none"
+        }
         queue = self.config.queue
         self.queue = OutboundQueue(
             self.store,
@@ -168,6 +174,9 @@ class OAuthMailService(MultiService):
             backoff_base=queue.retry_min,
             backoff_max=queue.retry_max,
             bounce=queue.bounce,
+            sent_folder=IMAPSentFolder(self.reactor, looking, self.tokens) if looking else None,
+            sent_check_delay=queue.sent_check_delay,
+            sent_check_give_up=queue.sent_check_give_up,
         )
         self.queue.setServiceParent(self)
 

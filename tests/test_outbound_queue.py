@@ -22,12 +22,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
-from oauthmail.interfaces import ISubmissionQueue, ITokenSource
+from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
 from oauthmail.smtp.queue import OutboundQueue, UnknownAccount
+from oauthmail.smtp.trace import SentCheckError, SentProbe
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.tokens import schema
 from oauthmail.tokens.errors import AccountNotAuthorised
@@ -35,7 +36,7 @@ from oauthmail.tokens.errors import AccountNotAuthorised
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
-def account(name: str = "alice") -> AccountConfig:
+def account(name: str = "alice", sent_folder: str = "none") -> AccountConfig:
     profile = ProfileConfig(
         name="p",
         kind="generic",
@@ -49,7 +50,8 @@ def account(name: str = "alice") -> AccountConfig:
         scopes=("mail",),
         smtp=ServerConfig("mail.example.com", 587, "starttls"),
     )
-    return AccountConfig(name, f"{name}@example.com", profile, smtp=AccountSmtpConfig())
+    smtp = AccountSmtpConfig(sent_folder=sent_folder)
+    return AccountConfig(name, f"{name}@example.com", profile, smtp=smtp)
 
 
 class SyncStore(MemoryTokenStore):
@@ -125,6 +127,20 @@ class FakeSender:
                 self.hanging.append(d)
                 return d
             replies = behaviour(m, token)
+            if replies == "lost":
+                why = "connection lost before the server confirmed the message"
+                outcome = MessageOutcome(
+                    m.id,
+                    0,
+                    why,
+                    tuple(RecipientOutcome(r, 0, why) for r in m.recipients),
+                    False,
+                    in_doubt=True,
+                )
+                result.outcomes.append(outcome)
+                onOutcome(outcome)
+                result.error = SessionError(outcomes.TEMPORARY, why)
+                return defer.succeed(result)
             recipients = tuple(RecipientOutcome(*r) for r in replies)
             accepted = any(r.status == outcomes.OK for r in recipients)
             outcome = MessageOutcome(m.id, replies[0][1], replies[0][2], recipients, accepted)
@@ -140,7 +156,15 @@ class FakeSender:
 
 class Rig:
     def __init__(
-        self, tmp_path, *script, max_age=5 * 86400.0, start=True, store=None, bounce=False
+        self,
+        tmp_path,
+        *script,
+        max_age=5 * 86400.0,
+        start=True,
+        store=None,
+        bounce=False,
+        sent_folder=None,
+        sent_check_delay=0.0,
     ):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -152,7 +176,7 @@ class Rig:
         self.queue = OutboundQueue(
             self.store,
             self.tokens,
-            {"alice": account()},
+            {"alice": account(sent_folder="auto" if sent_folder is not None else "none")},
             reactor=None,
             clock=self.clock,
             sender=self.sender,
@@ -162,6 +186,9 @@ class Rig:
             poll_interval=60.0,
             random=random.Random(7),
             bounce=bounce,
+            sent_folder=sent_folder,
+            sent_check_delay=sent_check_delay,
+            sent_check_give_up=3600.0,
         )
         if start:
             self.queue.startService()
@@ -199,7 +226,10 @@ def test_enqueue_stores_then_sends(tmp_path):
     assert status.state == "queued"
     assert [r.address for r in status.recipients] == ["bob@example.net", "carol@example.net"]
     row = rig.store.conn.execute("SELECT message, size FROM outbound").fetchone()
-    assert bytes(row[0]) == MESSAGE and row[1] == len(MESSAGE)
+    stored = bytes(row[0])
+    # The message as given, under oauthmail's trace line (and the Message-ID it lacked).
+    assert stored.endswith(MESSAGE) and row[1] == len(stored)
+    assert stored.startswith(f"Received: by localhost (oauthmail) id {message_id};".encode())
     done = rig.queue.whenDelivered(message_id)
     rig.queue.startService()
     status = rig.result(done)
@@ -703,3 +733,149 @@ def test_a_bounce_that_cannot_be_built_does_not_lose_the_failure(tmp_path, monke
     assert status.state == "failed"
     assert "no bounce sent: boom" in status.last_error
     assert bounces(rig) == []
+
+
+# -- messages in doubt: looked for in Sent before being sent again ------------------------
+
+
+@implementer(ISentFolder)
+class FakeSentFolder:
+    """Plays the provider's Sent folder: ``found`` holds the queue ids it has a copy of."""
+
+    def __init__(self):
+        self.found: set[str] = set()
+        self.error: Exception | None = None
+        self.calls: list[list[SentProbe]] = []
+
+    def findSent(self, account_name, probes):
+        self.calls.append(list(probes))
+        if self.error is not None:
+            return defer.fail(self.error)
+        return defer.succeed({p.queue_id for p in probes if p.queue_id in self.found})
+
+
+def lost(message, token):
+    """The final dot went out and the connection died before the answer."""
+    return "lost"
+
+
+def crashWhileSending(tmp_path, sentFolder, **kwargs):
+    """A queue killed while its message was 'sending'; a new one on the same file, not started."""
+    rig = Rig(tmp_path, "hang", start=False, sent_folder=sentFolder)
+    message_id = rig.enqueue()
+    rig.queue.startService()
+    assert rig.status(message_id).state == "sending"
+    rig.store.conn.close()
+    return Rig(tmp_path, start=False, sent_folder=sentFolder, **kwargs), message_id
+
+
+def test_sent_folder_fake_provides_the_interface():
+    """The fake Sent folder keeps the ISentFolder promise (as the IMAP one does)."""
+    assert verifyObject(ISentFolder, FakeSentFolder())
+
+
+def test_crash_then_found_in_sent_is_not_sent_again(tmp_path):
+    """A message the provider filed in Sent before the crash is recorded sent, never resent."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(tmp_path, folder)
+    folder.found.add(message_id)
+    again.queue.startService()
+    status = again.status(message_id)
+    assert status.state == "sent" and status.provider_accepted_at is not None
+    assert {r.state for r in status.recipients} == {"sent"}
+    assert "Sent" in status.recipients[0].text
+    assert again.sender.sessions == []
+    [[probe]] = folder.calls
+    assert probe.queue_id == message_id
+    assert probe.message_id == f"<{message_id}.oauthmail@example.com>"
+
+
+def test_crash_then_not_in_sent_is_sent_again_once(tmp_path):
+    """A message not in Sent is sent again, after it was looked for, exactly once."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(tmp_path, folder)
+    again.queue.startService()
+    assert again.status(message_id).state == "sent"
+    assert len(folder.calls) == 1
+    assert [m for m, _ in again.sender.sessions[0][1]] == [message_id]
+    assert len(again.sender.sessions) == 1
+
+
+def test_sent_is_searched_only_after_the_delay(tmp_path):
+    """After a restart the queue waits sent_check_delay (providers file asynchronously)."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(tmp_path, folder, sent_check_delay=30.0)
+    again.queue.startService()
+    assert folder.calls == [] and again.sender.sessions == []
+    again.clock.advance(30)
+    assert len(folder.calls) == 1
+    assert again.status(message_id).state == "sent"
+
+
+def test_unsearchable_sent_delays_then_gives_up_and_sends(tmp_path):
+    """Sent out of reach: the message waits (never sent blind) until give-up, then goes out."""
+    folder = FakeSentFolder()
+    folder.error = SentCheckError("imap.example.com:993: connection refused")
+    again, message_id = crashWhileSending(tmp_path, folder)
+    other = again.enqueue()  # a message not in doubt is not held up
+    again.queue.startService()
+    assert again.status(other).state == "sent"
+    status = again.status(message_id)
+    assert status.state == "queued" and "could not look in Sent" in status.last_error
+    assert all(message_id not in [m for m, _ in s[1]] for s in again.sender.sessions)
+    for _ in range(59):
+        again.clock.advance(60)
+    assert again.status(message_id).state == "queued"
+    assert len(folder.calls) >= 10
+    again.clock.advance(120)
+    assert again.status(message_id).state == "sent"
+    assert [m for m, _ in again.sender.sessions[-1][1]] == [message_id]
+
+
+def test_sent_reachable_again_before_give_up(tmp_path):
+    """Sent out of reach for a while, then found there: still never sent twice."""
+    folder = FakeSentFolder()
+    folder.error = SentCheckError("timeout")
+    again, message_id = crashWhileSending(tmp_path, folder)
+    again.queue.startService()
+    again.clock.advance(60)
+    folder.error = None
+    folder.found.add(message_id)
+    again.clock.advance(60)
+    assert again.status(message_id).state == "sent"
+    assert again.sender.sessions == []
+
+
+def test_connection_lost_after_the_dot_is_looked_for_first(tmp_path):
+    """No answer to the final dot: the next attempt looks in Sent before sending again."""
+    folder = FakeSentFolder()
+    rig = Rig(tmp_path, lost, sent_folder=folder)
+    message_id = rig.enqueue()
+    status = rig.status(message_id)
+    assert status.state == "queued" and folder.calls == []
+    folder.found.add(message_id)
+    rig.sender.script = [accept]
+    rig.clock.advance(3600)
+    assert rig.status(message_id).state == "sent"
+    assert len(rig.sender.sessions) == 1  # only the attempt that lost its answer
+    assert len(folder.calls) == 1
+
+
+def test_without_sent_folder_a_crash_resends_without_asking(tmp_path):
+    """An account with sent_folder: none keeps at-least-once: the message is sent again."""
+    again, message_id = crashWhileSending(tmp_path, None)
+    again.queue.startService()
+    assert again.status(message_id).state == "sent"
+    assert len(again.sender.sessions) == 1
+
+
+def test_message_without_trace_line_is_sent_again(tmp_path):
+    """A message queued before trace lines existed cannot be recognised: it is resent."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(tmp_path, folder)
+    again.store.conn.execute("UPDATE outbound SET message = ? WHERE id = ?", (MESSAGE, message_id))
+    folder.found.add(message_id)
+    again.queue.startService()
+    assert folder.calls == []
+    assert again.status(message_id).state == "sent"
+    assert len(again.sender.sessions) == 1

@@ -120,6 +120,8 @@ class MessageOutcome:
     text: str
     recipients: tuple[RecipientOutcome, ...]
     accepted: bool
+    #: The whole message went out and no answer came: the provider may have it.
+    in_doubt: bool = False
 
 
 class SessionError(Exception):
@@ -379,6 +381,7 @@ class OutboundESMTPClient(smtp.ESMTPClient):
                     why,
                     tuple(RecipientOutcome(r, 0, why) for r in message.recipients),
                     False,
+                    in_doubt=True,
                 )
             )
             self._current = None
@@ -682,6 +685,7 @@ class OutboundESMTPClient(smtp.ESMTPClient):
                     why,
                     tuple(RecipientOutcome(r, 0, why) for r in message.recipients),
                     False,
+                    in_doubt=True,
                 )
             )
         self._dataSent = False

@@ -25,14 +25,25 @@ Exactly once, as far as SMTP allows:
   NORMAL``): a killed process keeps them; a power failure may lose those
   written since the last fsynced commit (every enqueue is one), and such a
   message is simply ``queued`` again. Enqueues stay ``synchronous = FULL``.
-- After a crash (or SIGKILL) a ``sending`` message goes back to ``queued`` and
-  is sent again: at least once. The window is "the provider answered ``250``
-  (or was about to) and its outcome was not committed yet". With the default
+- After a crash (or SIGKILL) a ``sending`` message goes back to ``queued``.
+  SMTP leaves one window (RFC 1047): "the provider answered ``250`` (or was
+  about to) and its outcome was not committed yet". With the default
   ``max_unrecorded = 0`` the client does not send a message's content while
-  an earlier outcome is still unwritten, so the window stays one message
-  (plus, after a power failure, the outcomes not yet fsynced). A connection
-  lost after the end of ``DATA`` but before the reply is the same window and
-  is also retried. Messages claimed but not yet tried are just sent later.
+  an earlier outcome is still unwritten, so the window stays one message. A
+  connection lost after the end of ``DATA`` but before the reply is the same
+  window (the client reports that outcome ``in_doubt``).
+- Messages in that window are *in doubt* (``in_doubt_since``). For an account
+  whose provider files accepted mail in Sent (``smtp.sent_folder``, on by
+  default for Gmail and Microsoft 365), the loop asks an
+  :class:`~oauthmail.interfaces.ISentFolder` before it claims anything: a
+  message found there (its Message-ID *and* the queue id in the ``Received:``
+  line :func:`~oauthmail.smtp.trace.stamp` put on it at enqueue) is recorded
+  ``sent`` and never sent again; one not found is sent again. While Sent
+  cannot be searched the message waits (it is never sent blind) for up to
+  ``sent_check_give_up``, then it is sent again: at least once beats at most
+  once. For other accounts a message in doubt is simply sent again. Messages
+  claimed but not yet tried are in doubt too (a crash cannot tell them
+  apart); they are simply not found.
 
 Each account has one delivery loop (never two connections for one account at
 once). It is woken by :meth:`enqueue`, by a timer at the next due retry and by
@@ -64,7 +75,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
-from oauthmail.interfaces import ISubmissionQueue, ITokenSource
+from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.bounce import buildBounce, isBounce
@@ -75,6 +86,7 @@ from oauthmail.smtp.client import (
     SessionResult,
     sendBatch,
 )
+from oauthmail.smtp.trace import SentProbe, headerBlock, probeFor, stamp
 from oauthmail.tokens.errors import AccountNotAuthorised, cleanText
 from oauthmail.tokens.store import transaction
 
@@ -153,6 +165,10 @@ class _Policy:
     bounce: bool = False
     #: Account name -> its address (whose domain names the bounce's reporting MTA).
     addresses: Mapping[str, str] = field(default_factory=dict)
+    #: The accounts whose provider files accepted mail in a Sent folder we search.
+    sent_check: frozenset[str] = frozenset()
+    #: After a crash, wait this long before looking in Sent (providers file asynchronously).
+    sent_check_delay: float = 30.0
 
     def nextAttempt(self, attempts: int, created_at: float, now: float) -> float | None:
         """The time of the next attempt, or ``None`` when ``max_age`` has run out."""
@@ -197,6 +213,12 @@ class OutboundQueue(service.Service):
         sender through the same account, in the transaction that records the
         failure (so it is queued exactly once, even across a restart). Never for
         a message that is itself a bounce.
+    :param sent_folder: the ``ISentFolder`` to ask about messages in doubt,
+        for the accounts whose ``smtp.sent_folder`` is not ``none``.
+    :param sent_check_delay: after a restart, how long to wait before looking
+        in Sent for the messages that were being sent.
+    :param sent_check_give_up: how long Sent may stay unsearchable before a
+        message in doubt is sent again anyway (at least once beats at most once).
     """
 
     name = "outbound-queue"
@@ -220,6 +242,9 @@ class OutboundQueue(service.Service):
         poll_interval: float = 60.0,
         random: _random.Random | None = None,
         bounce: bool = False,
+        sent_folder: ISentFolder | None = None,
+        sent_check_delay: float = 30.0,
+        sent_check_give_up: float = 3600.0,
     ) -> None:
         self._store = store
         self._tokens = tokens
@@ -234,7 +259,17 @@ class OutboundQueue(service.Service):
             random if random is not None else _random.Random(),  # noqa: S311 - jitter
             bounce=bounce,
             addresses={name: account.address for name, account in self._accounts.items()},
+            sent_check=frozenset(
+                name
+                for name, account in self._accounts.items()
+                if sent_folder is not None
+                and account.smtp is not None
+                and account.smtp.sent_folder != "none"
+            ),
+            sent_check_delay=sent_check_delay,
         )
+        self._sentFolder = sent_folder
+        self.sent_check_give_up = sent_check_give_up
         self.batch_size = batch_size
         self.session_limit = max(batch_size, session_limit)
         self.max_unrecorded = max_unrecorded
@@ -244,6 +279,7 @@ class OutboundQueue(service.Service):
         self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
         self._lastError: dict[str, str | None] = {}
         self._poll: task.LoopingCall | None = None
+        self._recheck: Any = None
         self._warnedUnknown: set[str] = set()
 
     def __repr__(self) -> str:
@@ -254,14 +290,23 @@ class OutboundQueue(service.Service):
     def startService(self) -> defer.Deferred[None]:
         """Put messages left ``sending`` by a crash back in the queue, then start the loops."""
         service.Service.startService(self)
-        d = self._db(_recover, self._clock.seconds())
+        d = self._db(_recover, self._clock.seconds(), self._policy)
 
-        def started(count: int) -> None:
-            if count:
+        def started(counts: tuple[int, int]) -> None:
+            checked, resent = counts
+            if checked:
+                log.warn(
+                    "{count} message(s) were being sent when oauthmail stopped; each is"
+                    " looked for in its account's Sent folder and sent again only if the"
+                    " provider does not have it",
+                    count=checked,
+                )
+            if resent:
                 log.warn(
                     "{count} message(s) were being sent when oauthmail stopped; they will be"
-                    " sent again (the provider may already have some of them)",
-                    count=count,
+                    " sent again (the provider may already have some of them: their"
+                    " accounts have smtp.sent_folder: none)",
+                    count=resent,
                 )
             if not self.running:
                 return
@@ -270,6 +315,8 @@ class OutboundQueue(service.Service):
             self._poll.start(self.poll_interval, now=True).addErrback(
                 lambda f: log.failure("outbound poll stopped", f)
             )
+            if checked:  # not due yet: look for them when they are, not at the next poll
+                self._recheck = self._clock.callLater(self._policy.sent_check_delay, self._pollDue)
 
         d.addCallback(started)
         return d
@@ -280,6 +327,9 @@ class OutboundQueue(service.Service):
         if self._poll is not None and self._poll.running:
             self._poll.stop()
         self._poll = None
+        if self._recheck is not None and self._recheck.active():
+            self._recheck.cancel()
+        self._recheck = None
         waits = []
         for loop in self._loops.values():
             if loop.timer is not None and loop.timer.active():
@@ -316,14 +366,15 @@ class OutboundQueue(service.Service):
         if not isinstance(message, (bytes, bytearray)):
             return defer.fail(TypeError("the message must be bytes"))
         message_id = uuid.uuid4().hex
+        now = self._clock.seconds()
         d = self._db(
             _enqueue,
             message_id,
             account_name,
             str(mail_from),
             recipients,
-            bytes(message),
-            self._clock.seconds(),
+            stamp(bytes(message), message_id, now, str(mail_from)),
+            now,
         )
 
         def stored(_: object) -> str:
@@ -486,6 +537,9 @@ class OutboundQueue(service.Service):
         """Send batches while there are due ones; return when to look again (or ``None``)."""
         while self.running:
             loop.again = False
+            await self._settleDoubts(name)
+            if not self.running:
+                break
             batch = await self._db(_claimDue, name, self._clock.seconds(), self.batch_size)
             if not batch:
                 break
@@ -493,6 +547,81 @@ class OutboundQueue(service.Service):
             if not clean:
                 break
         return await self._db(_nextDue, name)
+
+    async def _settleDoubts(self, name: str) -> None:
+        """Look in Sent for the due messages the provider may already have; resend the rest.
+
+        Runs before every claim, so a message in doubt is never sent before it
+        was looked for (or looking failed for ``sent_check_give_up``).
+        """
+        while self.running:
+            now = self._clock.seconds()
+            rows = await self._db(_dueInDoubt, name, now, self.batch_size)
+            if not rows:
+                return
+            if name not in self._policy.sent_check or self._sentFolder is None:
+                await self._db(_clearDoubt, [i for i, _ in rows], None)
+                continue
+            probes: list[SentProbe] = []
+            blind: list[str] = []
+            for message_id, header in rows:
+                probe = probeFor(message_id, header)
+                if probe is None:  # queued before trace lines existed: cannot tell
+                    blind.append(message_id)
+                else:
+                    probes.append(probe)
+            if blind:
+                log.warn(
+                    "{account}: {n} message(s) in doubt cannot be recognised in Sent;"
+                    " sending them again",
+                    account=name,
+                    n=len(blind),
+                )
+                await self._db(_clearDoubt, blind, None)
+            if not probes:
+                continue
+            ids = [p.queue_id for p in probes]
+            try:
+                found = set(await self._sentFolder.findSent(name, probes)) & set(ids)
+            except Exception as e:
+                reason = cleanText(e)
+                given_up = await self._db(
+                    _stillInDoubt,
+                    ids,
+                    f"could not look in Sent: {reason}",
+                    self._clock.seconds(),
+                    self._policy.backoff_base,
+                    self.sent_check_give_up,
+                )
+                self._lastError[name] = f"could not look in Sent: {reason}"
+                log.warn(
+                    "{account}: could not look in Sent for {n} message(s) in doubt: {why}",
+                    account=name,
+                    n=len(ids),
+                    why=reason,
+                )
+                if given_up:
+                    log.warn(
+                        "{account}: Sent has been out of reach for {t:g}s; sending {n}"
+                        " message(s) in doubt again (the provider may already have them)",
+                        account=name,
+                        t=self.sent_check_give_up,
+                        n=given_up,
+                    )
+                    continue
+                return
+            statuses = await self._db(
+                _settle, sorted(found), [i for i in ids if i not in found], self._clock.seconds()
+            )
+            log.info(
+                "{account}: looked in Sent for {n} message(s) in doubt: {found} already"
+                " accepted by the provider, {resend} to send again",
+                account=name,
+                n=len(ids),
+                found=len(found),
+                resend=len(ids) - len(found),
+            )
+            self._notify(statuses)
 
     async def _deliver(self, name: str, batch: list[OutgoingMessage], loop: _Loop) -> bool:
         """Send one batch (refreshing a refused token once); True if the session ended well."""
@@ -813,14 +942,106 @@ def _enqueue(
         )
 
 
-def _recover(conn: sqlite3.Connection, now: float) -> int:
+def _recover(conn: sqlite3.Connection, now: float, policy: _Policy) -> tuple[int, int]:
+    """Queue again what a crash left ``sending``: (looked for in Sent first, sent again)."""
+    checked = resent = 0
     with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE outbound SET state = 'queued', next_attempt_at = ?,"
-            " last_error = 'interrupted while sending; sending again' WHERE state = 'sending'",
-            (now,),
+        rows = conn.execute("SELECT id, account FROM outbound WHERE state = 'sending'").fetchall()
+        for message_id, account in rows:
+            if account in policy.sent_check:
+                checked += 1
+                conn.execute(
+                    "UPDATE outbound SET state = 'queued', next_attempt_at = ?,"
+                    " in_doubt_since = COALESCE(in_doubt_since, ?), last_error ="
+                    " 'interrupted while sending; looking in Sent before sending again'"
+                    " WHERE id = ?",
+                    (now + policy.sent_check_delay, now, message_id),
+                )
+            else:
+                resent += 1
+                conn.execute(
+                    "UPDATE outbound SET state = 'queued', next_attempt_at = ?,"
+                    " last_error = 'interrupted while sending; sending again' WHERE id = ?",
+                    (now, message_id),
+                )
+    return checked, resent
+
+
+def _dueInDoubt(
+    conn: sqlite3.Connection, account: str, now: float, limit: int
+) -> list[tuple[str, bytes]]:
+    """The due messages in doubt, with their header section (all a probe needs)."""
+    rows = conn.execute(
+        "SELECT id, message FROM outbound WHERE account = ? AND state = 'queued'"
+        " AND in_doubt_since IS NOT NULL AND next_attempt_at <= ?"
+        " ORDER BY next_attempt_at LIMIT ?",
+        (account, now, limit),
+    ).fetchall()
+    return [(message_id, headerBlock(bytes(message))) for message_id, message in rows]
+
+
+def _clearDoubt(conn: sqlite3.Connection, ids: list[str], last_error: str | None) -> None:
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE outbound SET in_doubt_since = NULL,"
+            " last_error = COALESCE(?, last_error) WHERE id = ?",
+            [(last_error, message_id) for message_id in ids],
         )
-    return cursor.rowcount
+
+
+def _stillInDoubt(
+    conn: sqlite3.Connection, ids: list[str], reason: str, now: float, wait: float, give_up: float
+) -> int:
+    """Sent could not be searched: look again after ``wait``, or resend after ``give_up``."""
+    given_up = 0
+    with transaction(conn):
+        for message_id in ids:
+            row = conn.execute(
+                "SELECT in_doubt_since FROM outbound WHERE id = ? AND state = 'queued'",
+                (message_id,),
+            ).fetchone()
+            if row is None or row[0] is None:
+                continue
+            if now - row[0] >= give_up:
+                given_up += 1
+                conn.execute(
+                    "UPDATE outbound SET in_doubt_since = NULL, last_error = ? WHERE id = ?",
+                    (cleanText(f"{reason}; sending again"), message_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE outbound SET next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    (now + wait, reason, message_id),
+                )
+    return given_up
+
+
+_FOUND_IN_SENT = "found in the Sent folder: the provider had accepted it before the interruption"
+
+
+def _settle(
+    conn: sqlite3.Connection, found: list[str], missing: list[str], now: float
+) -> list[DeliveryStatus]:
+    """Record what Sent showed: found means sent, missing means send again."""
+    with transaction(conn):
+        for message_id in found:
+            conn.execute(
+                "UPDATE outbound_recipients SET state = 'sent', last_code = NULL, last_text = ?"
+                " WHERE message_id = ? AND state = 'pending'",
+                (_FOUND_IN_SENT, message_id),
+            )
+            conn.execute(
+                "UPDATE outbound SET in_doubt_since = NULL, attempts = attempts + 1,"
+                " provider_accepted_at = COALESCE(provider_accepted_at, ?) WHERE id = ?",
+                (now, message_id),
+            )
+            _finish(conn, message_id, None)
+        conn.executemany(
+            "UPDATE outbound SET in_doubt_since = NULL, last_error ="
+            " 'not found in Sent: sending again' WHERE id = ?",
+            [(message_id,) for message_id in missing],
+        )
+    return [s for s in (_status(conn, message_id) for message_id in found) if s is not None]
 
 
 def _makeDue(conn: sqlite3.Connection, account: str, now: float) -> int:
@@ -854,7 +1075,8 @@ def _fetchDue(
 ) -> list[OutgoingMessage]:
     rows = conn.execute(
         "SELECT id, mail_from, message FROM outbound WHERE account = ? AND state = 'queued'"
-        " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
+        " AND next_attempt_at <= ? AND in_doubt_since IS NULL"
+        " ORDER BY next_attempt_at, created_at LIMIT ?",
         (account, now, limit),
     ).fetchall()
     batch = []
@@ -960,6 +1182,7 @@ def _queueBounce(conn: sqlite3.Connection, message_id: str, now: float, policy: 
         )
         return
     bounce_id = uuid.uuid4().hex
+    report = stamp(report, bounce_id, now)
     conn.execute(
         "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
         " next_attempt_at, created_at) VALUES (?, ?, '', ?, ?, 'queued', 0, ?, ?)",
@@ -1041,6 +1264,15 @@ def _applyOutcome(
             " WHERE id = ?",
             (now, message_id),
         )
+    elif outcome.in_doubt:
+        (account,) = conn.execute(
+            "SELECT account FROM outbound WHERE id = ?", (message_id,)
+        ).fetchone()
+        if account in policy.sent_check:
+            conn.execute(
+                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?) WHERE id = ?",
+                (now, message_id),
+            )
     (pending,) = conn.execute(
         "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'pending'",
         (message_id,),

@@ -98,6 +98,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: the IMAP watcher checks every batch's digests against the ledger
     # (deduplication across UIDVALIDITY changes and moves between watched folders).
     ("CREATE INDEX deliveries_digest ON deliveries (account, digest)",),
+    # 5: an outbound message the provider may already have taken (a crash or a
+    # lost connection after its final dot) is looked for in Sent before it is
+    # sent again (oauthmail.smtp.queue, ISentFolder): since when it is in doubt.
+    ("ALTER TABLE outbound ADD COLUMN in_doubt_since REAL",),
 )
 
 #: The version a fully migrated file is at.
