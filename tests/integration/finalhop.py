@@ -8,11 +8,19 @@ oauthmail (or smtplib) really left Dovecot.
 
 Built on ``twisted.mail.smtp.ESMTP`` so it runs on pytest-twisted's reactor
 next to the test OAuth provider, without a thread of its own.
+
+It can also play the part of Gmail and Microsoft 365 that matters to the
+outbound queue: :attr:`FinalHop.fileSent` stores a copy of every accepted
+message in the sender's Sent folder (through :class:`SentFiler`, as Dovecot's
+master user) *before* the ``250`` goes back, as those providers do.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
@@ -56,12 +64,14 @@ class _MessageCopy:
             self._transaction.lines.append(line)
 
     def eomReceived(self) -> defer.Deferred[None]:
-        if self._primary:
-            t = self._transaction
-            self._hop._store(
-                RelayedMessage(t.mailFrom, tuple(t.rcptTos), b"\r\n".join(t.lines) + b"\r\n")
-            )
-        return defer.succeed(None)
+        if not self._primary:
+            return defer.succeed(None)
+        t = self._transaction
+        message = RelayedMessage(t.mailFrom, tuple(t.rcptTos), b"\r\n".join(t.lines) + b"\r\n")
+        hook = self._hop.fileSent
+        d = defer.maybeDeferred(hook, message) if hook is not None else defer.succeed(None)
+        d.addCallback(lambda _: self._hop._store(message))
+        return d
 
     def connectionLost(self) -> None:
         self._transaction.lines.clear()
@@ -123,6 +133,9 @@ class FinalHop:
         self.port = 0
         #: ``(code, text)`` to answer every RCPT with (a provider in trouble), or None.
         self.refusal: tuple[int, str] | None = None
+        #: Called with each message before it is kept and answered ``250``; may
+        #: return a Deferred (the answer waits for it). See :class:`SentFiler`.
+        self.fileSent: Callable[[RelayedMessage], Any] | None = None
 
     def listen(self, reactor, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:  # noqa: ANN001
         """Start listening now; :attr:`port` tells Dovecot where to relay."""
@@ -161,3 +174,45 @@ class FinalHop:
         if port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening)
+
+
+class SentFiler:
+    """Files relayed messages in their sender's ``Sent`` mailbox, like Gmail does.
+
+    Uses one IMAP connection per mail user, logged in as Dovecot's master user
+    (no token, so no introspection call), in a thread: APPEND is blocking.
+    """
+
+    def __init__(self, dovecot: Any, mailbox: str = "Sent") -> None:
+        self._dovecot = dovecot
+        self._mailbox = mailbox
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        #: How many copies were filed.
+        self.filed = 0
+
+    def __call__(self, message: RelayedMessage) -> defer.Deferred[None]:
+        from twisted.internet import threads
+
+        return threads.deferToThread(self._append, message.mailFrom, message.data)
+
+    def _append(self, user: str, data: bytes) -> None:
+        with self._lock:
+            client = self._clients.get(user)
+            if client is None:
+                client = self._dovecot.imapClient()
+                client.login(f"{user}*{self._dovecot.masterUser}", self._dovecot.masterPassword)
+                self._clients[user] = client
+            status, reply = client.append(self._mailbox, None, None, data)
+            if status != "OK":
+                raise RuntimeError(f"APPEND to {self._mailbox} failed: {reply!r}")
+            self.filed += 1
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                try:
+                    client.logout()
+                except Exception:  # noqa: S110 - best effort at the end of a test
+                    pass
+            self._clients.clear()
