@@ -10,8 +10,9 @@ a permanent refusal (``5xx``) or a temporary one (``4xx``, the client retries).
 
 The server keeps the message exactly as the client sent it, after SMTP's own
 transparency rules: lines end in CRLF and a leading ``.`` that the client
-doubled is removed. It adds no ``Received:`` header and never ends the data on
-a bare-LF ``.`` (no SMTP smuggling through this hop).
+doubled is removed. It never ends the data on a bare-LF ``.`` (no SMTP
+smuggling through this hop). The queue, not this server, adds the one trace
+line (:mod:`oauthmail.smtp.trace`), so mail from the Python API gets it too.
 
 Passwords and AUTH payloads are never logged, not even when something fails.
 AUTH is offered in cleartext, which is why the default is to listen on
