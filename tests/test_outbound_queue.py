@@ -879,3 +879,25 @@ def test_message_without_trace_line_is_sent_again(tmp_path):
     assert folder.calls == []
     assert again.status(message_id).state == "sent"
     assert len(again.sender.sessions) == 1
+
+
+def test_stop_while_searching_sent_keeps_the_doubt(tmp_path):
+    """Stopping during a slow Sent search ends at once; the next start looks again."""
+    folder = FakeSentFolder()
+    hanging: list[defer.Deferred] = []
+    folder.findSent = lambda name, probes: hanging.append(defer.Deferred()) or hanging[-1]
+    again, message_id = crashWhileSending(tmp_path, folder)
+    again.queue.startService()
+    assert len(hanging) == 1
+    stopped = again.queue.stopService()
+    assert stopped.called
+    assert hanging[0].called  # cancelled
+    status = again.status(message_id)
+    assert status.state == "queued" and again.sender.sessions == []
+    folder2 = FakeSentFolder()
+    folder2.found.add(message_id)
+    again.store.conn.close()
+    last = Rig(tmp_path, start=False, sent_folder=folder2)
+    last.queue.startService()
+    assert last.status(message_id).state == "sent"
+    assert last.sender.sessions == []

@@ -537,7 +537,7 @@ class OutboundQueue(service.Service):
         """Send batches while there are due ones; return when to look again (or ``None``)."""
         while self.running:
             loop.again = False
-            await self._settleDoubts(name)
+            await self._settleDoubts(name, loop)
             if not self.running:
                 break
             batch = await self._db(_claimDue, name, self._clock.seconds(), self.batch_size)
@@ -548,7 +548,7 @@ class OutboundQueue(service.Service):
                 break
         return await self._db(_nextDue, name)
 
-    async def _settleDoubts(self, name: str) -> None:
+    async def _settleDoubts(self, name: str, loop: _Loop) -> None:
         """Look in Sent for the due messages the provider may already have; resend the rest.
 
         Runs before every claim, so a message in doubt is never sent before it
@@ -581,8 +581,13 @@ class OutboundQueue(service.Service):
             if not probes:
                 continue
             ids = [p.queue_id for p in probes]
+            asking = loop.sending = self._sentFolder.findSent(name, probes)
             try:
-                found = set(await self._sentFolder.findSent(name, probes)) & set(ids)
+                found = set(await asking) & set(ids)
+            except defer.CancelledError:
+                if not self.running:
+                    return  # stopped: they stay in doubt for the next start
+                raise
             except Exception as e:
                 reason = cleanText(e)
                 given_up = await self._db(
@@ -610,6 +615,8 @@ class OutboundQueue(service.Service):
                     )
                     continue
                 return
+            finally:
+                loop.sending = None
             statuses = await self._db(
                 _settle, sorted(found), [i for i in ids if i not in found], self._clock.seconds()
             )
