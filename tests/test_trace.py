@@ -49,6 +49,20 @@ def test_stamp_keeps_an_existing_message_id():
     assert probeFor(QID, stamped) == SentProbe(QID, "<abc@client.test>")
 
 
+def test_a_malformed_message_id_is_kept_alone_and_searched_as_written():
+    """Never a second Message-ID (Gmail refuses those); an unbracketed one is the probe."""
+    for field, probe in [
+        (b"Message-ID: foo@x.test", "foo@x.test"),
+        (b"Message-ID: <a b@c.test>", "<a b@c.test>"),
+        (b"Message-ID:", None),
+    ]:
+        message = field + b"\r\nFrom: a@example.com\r\n\r\nbody\r\n"
+        stamped = stamp(message, QID, NOW, "a@example.com")
+        assert stamped.lower().count(b"message-id:") == 1, field
+        found = probeFor(QID, stamped)
+        assert (found.message_id if found else None) == probe, field
+
+
 def test_stamp_follows_bare_lf_messages():
     """A message with bare LF line ends gets LF trace lines (the wire turns all into CRLF)."""
     stamped = stamp(b"Subject: x\n\nbody\n", QID, NOW)

@@ -92,11 +92,17 @@ def _unfold(parts: list[bytes]) -> str:
 
 
 def messageIdOf(message: bytes) -> str | None:
-    """The message's Message-ID (``<...>``), or ``None`` if it has no usable one."""
+    """The message's Message-ID (``<...>``, else the field as written), or ``None``.
+
+    A malformed value (no angle brackets) is still what a provider's copy
+    carries, and ``SEARCH HEADER`` matches substrings, so it is kept as is.
+    """
     for value in headerValues(headerBlock(message), "Message-ID"):
         found = _ANGLED.search(value)
         if found:
             return found.group(0)
+        if value.strip() and "\ufffd" not in value:
+            return value.strip()
     return None
 
 
@@ -120,7 +126,9 @@ def stamp(message: bytes, queue_id: str, now: float, mail_from: str = "") -> byt
         f"Received: by {BY_HOST} (oauthmail) id {queue_id};".encode("ascii"),
         b"\t" + date.encode("ascii"),
     ]
-    if messageIdOf(message) is None:
+    # At most one Message-ID field (RFC 5322 3.6): never a second one, even
+    # next to a malformed first.
+    if not headerValues(headerBlock(message), "Message-ID"):
         lines.append(f"Message-ID: <{queue_id}.oauthmail@{_domainOf(mail_from)}>".encode("ascii"))
     return nl.join(lines) + nl + message
 
