@@ -99,6 +99,20 @@ def accept(message, token):
     return tuple((r, 250, "2.0.0 ok") for r in message.recipients)
 
 
+class Lost:
+    """The final dot went out and the connection died before the answer.
+
+    ``refused``: ``(rcpt, code, text)`` the server refused at RCPT before that.
+    """
+
+    def __init__(self, *refused):
+        self.refused = refused
+
+
+class Hang(Lost):
+    """Like ``"hang"`` (a crash mid-message), after ``refused`` were refused at RCPT."""
+
+
 class FakeSender:
     """Plays the provider: ``script`` is a list of per-session behaviours (last one repeats).
 
@@ -121,19 +135,23 @@ class FakeSender:
         pending = list(messages)
         while pending:
             m = pending.pop(0)
-            self.gates.append(beforeData(m))
-            if behaviour == "hang":
+            if isinstance(behaviour, (Lost, Hang)):
+                refused = tuple(RecipientOutcome(*r) for r in behaviour.refused)
+                self.gates.append(beforeData(m, refused))
+            else:
+                self.gates.append(beforeData(m))
+            if behaviour == "hang" or isinstance(behaviour, Hang):
                 d = defer.Deferred()
                 self.hanging.append(d)
                 return d
-            replies = behaviour(m, token)
-            if replies == "lost":
+            if isinstance(behaviour, Lost):
                 why = "connection lost before the server confirmed the message"
+                known = {r.address: r for r in refused}
                 outcome = MessageOutcome(
                     m.id,
                     0,
                     why,
-                    tuple(RecipientOutcome(r, 0, why) for r in m.recipients),
+                    tuple(known.get(r, RecipientOutcome(r, 0, why)) for r in m.recipients),
                     False,
                     in_doubt=True,
                 )
@@ -141,6 +159,7 @@ class FakeSender:
                 onOutcome(outcome)
                 result.error = SessionError(outcomes.TEMPORARY, why)
                 return defer.succeed(result)
+            replies = behaviour(m, token)
             recipients = tuple(RecipientOutcome(*r) for r in replies)
             accepted = any(r.status == outcomes.OK for r in recipients)
             outcome = MessageOutcome(m.id, replies[0][1], replies[0][2], recipients, accepted)
@@ -749,20 +768,17 @@ class FakeSentFolder:
 
     def findSent(self, account_name, probes):
         self.calls.append(list(probes))
+        for p in probes:  # MESSAGE has no Message-ID: the queue gave it one
+            assert p.message_id == f"<{p.queue_id}.oauthmail@example.com>"
         if self.error is not None:
             return defer.fail(self.error)
         return defer.succeed({p.queue_id for p in probes if p.queue_id in self.found})
 
 
-def lost(message, token):
-    """The final dot went out and the connection died before the answer."""
-    return "lost"
-
-
-def crashWhileSending(tmp_path, sentFolder, **kwargs):
+def crashWhileSending(tmp_path, sentFolder, *recipients, behaviour="hang", **kwargs):
     """A queue killed while its message was 'sending'; a new one on the same file, not started."""
-    rig = Rig(tmp_path, "hang", start=False, sent_folder=sentFolder)
-    message_id = rig.enqueue()
+    rig = Rig(tmp_path, behaviour, start=False, sent_folder=sentFolder)
+    message_id = rig.enqueue(*recipients)
     rig.queue.startService()
     assert rig.status(message_id).state == "sending"
     rig.store.conn.close()
@@ -849,7 +865,7 @@ def test_sent_reachable_again_before_give_up(tmp_path):
 def test_connection_lost_after_the_dot_is_looked_for_first(tmp_path):
     """No answer to the final dot: the next attempt looks in Sent before sending again."""
     folder = FakeSentFolder()
-    rig = Rig(tmp_path, lost, sent_folder=folder)
+    rig = Rig(tmp_path, Lost(), sent_folder=folder)
     message_id = rig.enqueue()
     status = rig.status(message_id)
     assert status.state == "queued" and folder.calls == []
@@ -901,3 +917,131 @@ def test_stop_while_searching_sent_keeps_the_doubt(tmp_path):
     last.queue.startService()
     assert last.status(message_id).state == "sent"
     assert last.sender.sessions == []
+
+
+def refuse(*codes):
+    """A provider answering the recipients with ``codes`` in order (then 250 for the rest)."""
+
+    def behaviour(message, token):
+        replies = []
+        for i, r in enumerate(message.recipients):
+            code = codes[i] if i < len(codes) else 250
+            replies.append((r, code, "2.0.0 ok" if code == 250 else f"{code} no"))
+        return tuple(replies)
+
+    return behaviour
+
+
+def recipientStates(status):
+    return {r.address: r.state for r in status.recipients}
+
+
+def test_copy_from_an_earlier_partial_attempt_proves_nothing(tmp_path):
+    """Bob got it, Carol was refused for now; a crash retrying Carol: she is sent again."""
+    folder = FakeSentFolder()
+    rig = Rig(tmp_path, refuse(250, 452), "hang", sent_folder=folder)
+    message_id = rig.enqueue("bob@example.net", "carol@example.net")
+    assert recipientStates(rig.status(message_id))["bob@example.net"] == "sent"
+    rig.clock.advance(3600)  # the retry for Carol hangs: then the process dies
+    assert rig.status(message_id).state == "sending"
+    rig.store.conn.close()
+    folder.found.add(message_id)  # the copy filed when Bob got it
+    again = Rig(tmp_path, start=False, sent_folder=folder)
+    again.queue.startService()
+    assert folder.calls == []  # not even asked: Sent cannot tell the attempts apart
+    assert recipientStates(again.status(message_id)) == {
+        "bob@example.net": "sent",
+        "carol@example.net": "sent",
+    }
+    assert [r for _, r in again.sender.sessions[0][1]] == [("carol@example.net",)]
+
+
+def test_recipients_refused_before_a_lost_answer_are_not_counted_as_sent(tmp_path):
+    """Answer lost after Carol 452 and Dave 550 at RCPT: found means Bob only; Carol retried."""
+    folder = FakeSentFolder()
+    rig = Rig(
+        tmp_path,
+        Lost(("carol@example.net", 452, "later"), ("dave@example.net", 550, "no such user")),
+        accept,
+        sent_folder=folder,
+        bounce=True,
+    )
+    message_id = rig.enqueue("bob@example.net", "carol@example.net", "dave@example.net")
+    assert recipientStates(rig.status(message_id)) == {
+        "bob@example.net": "pending",
+        "carol@example.net": "deferred",
+        "dave@example.net": "failed",
+    }
+    folder.found.add(message_id)
+    rig.clock.advance(3600)  # Sent searched: Bob had it; Carol is retried later
+    assert recipientStates(rig.status(message_id))["bob@example.net"] == "sent"
+    rig.clock.advance(3600)
+    status = rig.status(message_id)
+    assert status.state == "sent"
+    assert recipientStates(status) == {
+        "bob@example.net": "sent",
+        "carol@example.net": "sent",
+        "dave@example.net": "failed",
+    }
+    assert [r for _, r in rig.sender.sessions[1][1]][0] == ("carol@example.net",)
+    # Dave's failure is reported to the sender, once, although Sent settled the message.
+    bounces = rig.store.conn.execute("SELECT COUNT(*) FROM outbound WHERE mail_from = ''")
+    assert bounces.fetchone()[0] == 1
+
+
+def test_refusals_recorded_before_the_content_survive_a_crash(tmp_path):
+    """Killed after Carol was refused at RCPT: found in Sent means Bob got it, Carol did not."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(
+        tmp_path,
+        folder,
+        "bob@example.net",
+        "carol@example.net",
+        behaviour=Hang(("carol@example.net", 451, "later")),
+    )
+    folder.found.add(message_id)
+    again.queue.startService()
+    again.clock.advance(3600)
+    assert recipientStates(again.status(message_id)) == {
+        "bob@example.net": "sent",
+        "carol@example.net": "sent",
+    }
+    assert [r for _, r in again.sender.sessions[0][1]] == [("carol@example.net",)]
+    assert "Sent" in again.status(message_id).recipients[0].text
+
+
+def test_retry_now_still_waits_for_the_provider_to_file_its_copy(tmp_path):
+    """Re-authorisation (retryNow) does not search Sent before sent_check_delay."""
+    folder = FakeSentFolder()
+    again, message_id = crashWhileSending(tmp_path, folder, sent_check_delay=30.0)
+    again.queue.startService()
+    again.result(again.queue.retryNow("alice"))
+    assert folder.calls == [] and again.sender.sessions == []
+    again.clock.advance(30)
+    assert len(folder.calls) == 1
+
+
+def test_lost_answer_waits_sent_check_delay_before_searching(tmp_path):
+    """After a lost answer the search waits sent_check_delay even if the retry is due sooner."""
+    folder = FakeSentFolder()
+    rig = Rig(tmp_path, Lost(), accept, sent_folder=folder, sent_check_delay=600.0)
+    message_id = rig.enqueue()
+    rig.clock.advance(300)
+    assert folder.calls == [] and len(rig.sender.sessions) == 1
+    rig.clock.advance(300)
+    assert len(folder.calls) == 1
+    assert rig.status(message_id).state == "sent"
+
+
+def test_a_sent_folder_that_raises_is_treated_as_unreachable(tmp_path):
+    """A search that raises at once is a failed search (the message waits), not a stuck loop."""
+    folder = FakeSentFolder()
+
+    def boom(name, probes):
+        raise RuntimeError("bug")
+
+    folder.findSent = boom
+    again, message_id = crashWhileSending(tmp_path, folder)
+    again.queue.startService()
+    status = again.status(message_id)
+    assert status.state == "queued" and "could not look in Sent" in status.last_error

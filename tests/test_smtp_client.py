@@ -45,6 +45,7 @@ class Session:
         self.clock = Clock()
         self.auth = authenticator or XOAuth2Authenticator(USER)
         self.marked: list[str] = []
+        self.refused: list[tuple[str, tuple]] = []
         self.client = OutboundESMTPClient(
             self.auth,
             Secret(TOKEN),
@@ -52,12 +53,16 @@ class Session:
             clock=self.clock,
             identity="client.test",
             replyTimeout=30.0,
-            beforeData=beforeData or (lambda m: self.marked.append(m.id)),
+            beforeData=beforeData or self._mark,
         )
         self.transport = StringTransport()
         if secure:
             directlyProvides(self.transport, ISSLTransport)
         self.client.makeConnection(self.transport)
+
+    def _mark(self, m, refused):
+        self.marked.append(m.id)
+        self.refused.append((m.id, tuple((r.address, r.code) for r in refused)))
 
     def say(self, *lines: bytes) -> list[bytes]:
         """Feed server lines; return what the client wrote meanwhile (split into lines)."""
@@ -283,7 +288,7 @@ def test_before_data_failure_skips_the_message():
 
     calls = []
 
-    def beforeData(m):
+    def beforeData(m, refused):
         calls.append(m.id)
         if m.id == "m1":
             return defer.fail(RuntimeError("disk full"))
@@ -425,6 +430,35 @@ def test_pipelining_matches_a_refused_recipient():
     assert outcome.accepted
 
 
+def test_refused_recipients_reach_before_data_and_the_doubtful_outcome():
+    """The queue hears RCPT refusals before the content; a lost answer keeps them apart."""
+    s = pipelinedSession([message(1, "a@x.test", "b@x.test", "c@x.test")])
+    s.say(b"235 2.7.0 ok")
+    s.say(b"250 ok", b"250 ok", b"550 5.1.1 no such user", b"452 4.5.3 too many")
+    assert s.say(b"354 go")[-1] == b"."
+    assert s.refused == [("m1", (("b@x.test", 550), ("c@x.test", 452)))]
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert outcome.in_doubt and not outcome.accepted
+    got = {r.address: r.code for r in outcome.recipients}
+    assert got == {"a@x.test": 0, "b@x.test": 550, "c@x.test": 452}
+
+
+def test_lock_step_refusals_reach_before_data():
+    """Without PIPELINING too, beforeData gets the recipients refused at RCPT."""
+    s = Session([message(1, "a@x.test", "b@x.test")])
+    s.login()
+    s.say(b"250 ok")
+    s.say(b"250 ok")
+    s.say(b"451 4.3.0 later")
+    assert s.refused == [("m1", (("b@x.test", 451),))]
+    s.say(b"354 go")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert outcome.in_doubt
+    assert {r.address: r.code for r in outcome.recipients} == {"a@x.test": 0, "b@x.test": 451}
+
+
 def test_pipelining_all_recipients_refused_resets():
     """DATA refused after every RCPT was refused: RSET, then the next message's group."""
     s = pipelinedSession([message(1), message(2)])
@@ -443,6 +477,7 @@ def test_pipelining_connection_lost_after_content():
     s.lose()
     (outcome,) = s.result.outcomes
     assert outcome.message_id == "m1" and outcome.code == 0 and not outcome.accepted
+    assert outcome.in_doubt
     assert s.result.error is not None
 
 

@@ -194,9 +194,10 @@ class OutboundESMTPClient(smtp.ESMTPClient):
     :param clock: schedules the reply timeout.
     :param replyTimeout: seconds to wait for any one reply (and for a chunk of
         the message to be written) before the session is aborted.
-    :param beforeData: called with the message before its content is sent; the
-        client waits for its Deferred. A failure skips that message (lock-step)
-        or ends the session (pipelined, after ``354``); it is retried.
+    :param beforeData: called with the message and the recipients refused at
+        ``RCPT`` (:class:`RecipientOutcome`, often none) before its content is
+        sent; the client waits for its Deferred. A failure skips that message
+        (lock-step) or ends the session (pipelined, after ``354``); it is retried.
     :param more: called when the last message is taken; fires with more
         messages for this session (an empty list: none, say ``QUIT``).
     :param pipelining: use ``PIPELINING`` when the server offers it.
@@ -357,7 +358,9 @@ class OutboundESMTPClient(smtp.ESMTPClient):
         self._expected = []
         self._okresponse = self._failresponse = self._unexpected
         self.setTimeout(None)
-        d = defer.maybeDeferred(self._beforeData or (lambda m: None), message)
+        d = defer.maybeDeferred(
+            self._beforeData or (lambda m, r: None), message, self._refused(self.toAddressesResult)
+        )
 
         def go(_: object) -> None:
             if self.transport is None or self.finished.called or self._current is not message:
@@ -381,7 +384,6 @@ class OutboundESMTPClient(smtp.ESMTPClient):
                     why,
                     tuple(RecipientOutcome(r, 0, why) for r in message.recipients),
                     False,
-                    in_doubt=True,
                 )
             )
             self._current = None
@@ -464,7 +466,9 @@ class OutboundESMTPClient(smtp.ESMTPClient):
         if code == 354 and txn.mailOk and txn.accepted:
             self._gated = True
             self.setTimeout(None)
-            d = defer.maybeDeferred(self._beforeData or (lambda m: None), message)
+            d = defer.maybeDeferred(
+                self._beforeData or (lambda m, r: None), message, self._refused(txn.rcpts)
+            )
 
             def go(_: object) -> None:
                 self._gated = False
@@ -555,6 +559,14 @@ class OutboundESMTPClient(smtp.ESMTPClient):
             )
         accepted = bool(numOk) and code in smtp.SUCCESS
         return MessageOutcome(message.id, code, text, results, accepted)
+
+    def _refused(self, replies: Sequence[tuple[str, int, bytes]]) -> tuple[RecipientOutcome, ...]:
+        """The recipients a server refused at ``RCPT``, with its answer."""
+        return tuple(
+            RecipientOutcome(address, code, self._text(resp))
+            for address, code, resp in replies
+            if code not in smtp.SUCCESS
+        )
 
     def _record(self, outcome: MessageOutcome) -> None:
         self.result.outcomes.append(outcome)
@@ -665,25 +677,30 @@ class OutboundESMTPClient(smtp.ESMTPClient):
         return f"{self._server.host}:{self._server.port}"
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        rcpts = list(self.toAddressesResult)
         smtp.ESMTPClient.connectionLost(self, reason)
         if self._refilling is not None:
             self._refilling.cancel()
         for txn in self._inflight:
             if txn.dataSent:
                 self._current, self._dataSent = txn.message, True
+                rcpts = list(txn.rcpts)
         unanswered = bool(self._inflight)
         self._inflight = []
         self._replies.clear()
         message, self._current = self._current, None
         if message is not None and self._dataSent:
             # The whole message may have reached the provider; we cannot know.
+            # Recipients refused at RCPT keep that answer: only the accepted
+            # ones may have the message.
             why = "connection lost before the server confirmed the message (it may have arrived)"
+            refused = {r.address: r for r in self._refused(rcpts)}
             self._record(
                 MessageOutcome(
                     message.id,
                     0,
                     why,
-                    tuple(RecipientOutcome(r, 0, why) for r in message.recipients),
+                    tuple(refused.get(r, RecipientOutcome(r, 0, why)) for r in message.recipients),
                     False,
                     in_doubt=True,
                 )

@@ -43,7 +43,11 @@ Exactly once, as far as SMTP allows:
   ``sent_check_give_up``, then it is sent again: at least once beats at most
   once. For other accounts a message in doubt is simply sent again. Messages
   claimed but not yet tried are in doubt too (a crash cannot tell them
-  apart); they are simply not found.
+  apart); they are simply not found. Recipients refused at ``RCPT`` are
+  recorded (``failed``, or ``deferred`` for ``4xx``) before the content goes
+  out, so a copy found in Sent counts only for the accepted ones. A message
+  some recipients took in an earlier attempt is not searched for (its earlier
+  copy would match): sent again to those still open.
 
 Each account has one delivery loop (never two connections for one account at
 once). It is woken by :meth:`enqueue`, by a timer at the next due retry and by
@@ -82,6 +86,7 @@ from oauthmail.smtp.bounce import buildBounce, isBounce
 from oauthmail.smtp.client import (
     MessageOutcome,
     OutgoingMessage,
+    RecipientOutcome,
     SessionError,
     SessionResult,
     sendBatch,
@@ -102,8 +107,11 @@ log = Logger()
 
 #: Every state a message row can be in.
 MESSAGE_STATES = ("queued", "sending", "sent", "failed")
-#: Every state a recipient row can be in.
-RECIPIENT_STATES = ("pending", "sent", "failed")
+#: Every state a recipient row can be in. ``deferred``: refused for now (``4xx`` at
+#: ``RCPT``) in an attempt whose outcome is not known yet; ``pending`` again once it is.
+RECIPIENT_STATES = ("pending", "deferred", "sent", "failed")
+#: How many messages in doubt one Sent search looks for (each is one IMAP SEARCH).
+SENT_PROBES_PER_SEARCH = 20
 FINAL_STATES = frozenset({"sent", "failed"})
 
 #: ``last_error`` of an account that this queue set to ``error`` starts with this.
@@ -452,7 +460,7 @@ class OutboundQueue(service.Service):
         re-authorised, or an operator pressed "retry" on the console. Fires with
         the number of messages made due.
         """
-        d = self._db(_makeDue, account_name, self._clock.seconds())
+        d = self._db(_makeDue, account_name, self._clock.seconds(), self._policy.sent_check_delay)
 
         def woke(count: int) -> int:
             self.wake(account_name)
@@ -556,24 +564,26 @@ class OutboundQueue(service.Service):
         """
         while self.running:
             now = self._clock.seconds()
-            rows = await self._db(_dueInDoubt, name, now, self.batch_size)
+            rows = await self._db(_dueInDoubt, name, now, SENT_PROBES_PER_SEARCH)
             if not rows:
                 return
             if name not in self._policy.sent_check or self._sentFolder is None:
-                await self._db(_clearDoubt, [i for i, _ in rows], None)
+                await self._db(_clearDoubt, [row[0] for row in rows], None)
                 continue
             probes: list[SentProbe] = []
             blind: list[str] = []
-            for message_id, header in rows:
-                probe = probeFor(message_id, header)
-                if probe is None:  # queued before trace lines existed: cannot tell
+            for message_id, header, accepted_before in rows:
+                # A copy from an earlier attempt (some recipients took it then)
+                # would carry the same queue id: Sent proves nothing for this one.
+                probe = None if accepted_before else probeFor(message_id, header)
+                if probe is None:
                     blind.append(message_id)
                 else:
                     probes.append(probe)
             if blind:
                 log.warn(
-                    "{account}: {n} message(s) in doubt cannot be recognised in Sent;"
-                    " sending them again",
+                    "{account}: {n} message(s) in doubt cannot be recognised in Sent (queued"
+                    " before trace lines, or partly accepted earlier); sending them again",
                     account=name,
                     n=len(blind),
                 )
@@ -581,7 +591,7 @@ class OutboundQueue(service.Service):
             if not probes:
                 continue
             ids = [p.queue_id for p in probes]
-            asking = loop.sending = self._sentFolder.findSent(name, probes)
+            asking = loop.sending = defer.maybeDeferred(self._sentFolder.findSent, name, probes)
             try:
                 found = set(await asking) & set(ids)
             except defer.CancelledError:
@@ -618,7 +628,11 @@ class OutboundQueue(service.Service):
             finally:
                 loop.sending = None
             statuses = await self._db(
-                _settle, sorted(found), [i for i in ids if i not in found], self._clock.seconds()
+                _settle,
+                sorted(found),
+                [i for i in ids if i not in found],
+                self._clock.seconds(),
+                self._policy,
             )
             log.info(
                 "{account}: looked in Sent for {n} message(s) in doubt: {found} already"
@@ -692,9 +706,16 @@ class OutboundQueue(service.Service):
         writer = _OutcomeWriter(self, account.name)
         loop.claimed = list(batch)
 
-        def beforeData(message: OutgoingMessage) -> defer.Deferred[None] | None:
+        def beforeData(
+            message: OutgoingMessage, refused: Sequence[RecipientOutcome] = ()
+        ) -> defer.Deferred[None] | None:
             # Bounds the messages the provider may hold without a recorded outcome.
-            return writer.room(self.max_unrecorded)
+            room = writer.room(self.max_unrecorded)
+            if not refused:
+                return room
+            # Written before the content goes out: if its answer is then lost, a
+            # copy found in Sent must not count for these recipients.
+            return defer.ensureDeferred(self._recordRefusals(room, message, refused))
 
         writes: list[defer.Deferred[None]] = []
 
@@ -780,6 +801,16 @@ class OutboundQueue(service.Service):
                 n=accepted,
             )
         return result
+
+    async def _recordRefusals(
+        self,
+        room: defer.Deferred[None] | None,
+        message: OutgoingMessage,
+        refused: Sequence[RecipientOutcome],
+    ) -> None:
+        if room is not None:
+            await room
+        await self._db(_recordRefusals, message.id, list(refused))
 
     def _logOutcome(self, name: str, outcome: MessageOutcome) -> None:
         """Warn about every recipient that was not accepted (successes are summed up)."""
@@ -953,6 +984,11 @@ def _recover(conn: sqlite3.Connection, now: float, policy: _Policy) -> tuple[int
     """Queue again what a crash left ``sending``: (looked for in Sent first, sent again)."""
     checked = resent = 0
     with transaction(conn):
+        # Every start gives the messages already in doubt a full sent_check_give_up
+        # again: a long downtime is no reason to give up on the first failed search.
+        conn.execute(
+            "UPDATE outbound SET in_doubt_since = ? WHERE in_doubt_since IS NOT NULL", (now,)
+        )
         rows = conn.execute("SELECT id, account FROM outbound WHERE state = 'sending'").fetchall()
         for message_id, account in rows:
             if account in policy.sent_check:
@@ -971,20 +1007,50 @@ def _recover(conn: sqlite3.Connection, now: float, policy: _Policy) -> tuple[int
                     " last_error = 'interrupted while sending; sending again' WHERE id = ?",
                     (now, message_id),
                 )
+                _undefer(conn, message_id)
     return checked, resent
+
+
+def _undefer(conn: sqlite3.Connection, message_id: str) -> None:
+    """The attempt's outcome is settled: its deferred recipients are simply pending again."""
+    conn.execute(
+        "UPDATE outbound_recipients SET state = 'pending' WHERE message_id = ?"
+        " AND state = 'deferred'",
+        (message_id,),
+    )
+
+
+def _recordRefusals(
+    conn: sqlite3.Connection, message_id: str, refused: list[RecipientOutcome]
+) -> None:
+    """Record recipients refused at RCPT before the content goes out (synced: rare, and
+    a lost record would let a copy in Sent count for them)."""
+    with transaction(conn):
+        for r in refused:
+            state = "failed" if r.status == outcomes.PERMANENT else "deferred"
+            conn.execute(
+                "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
+                " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
+                " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
+                (state, r.code or None, r.text, message_id, r.address),
+            )
 
 
 def _dueInDoubt(
     conn: sqlite3.Connection, account: str, now: float, limit: int
-) -> list[tuple[str, bytes]]:
-    """The due messages in doubt, with their header section (all a probe needs)."""
+) -> list[tuple[str, bytes, float | None]]:
+    """The due messages in doubt: id, header section (all a probe needs), earlier acceptance."""
     rows = conn.execute(
-        "SELECT id, message FROM outbound WHERE account = ? AND state = 'queued'"
-        " AND in_doubt_since IS NOT NULL AND next_attempt_at <= ?"
-        " ORDER BY next_attempt_at LIMIT ?",
-        (account, now, limit),
+        "SELECT id, substr(message, 1, ?), provider_accepted_at FROM outbound"
+        " WHERE account = ? AND state = 'queued' AND in_doubt_since IS NOT NULL"
+        " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+        (_HEADER_READ, account, now, limit),
     ).fetchall()
-    return [(message_id, headerBlock(bytes(message))) for message_id, message in rows]
+    return [(i, headerBlock(bytes(start)), accepted) for i, start, accepted in rows]
+
+
+#: Bytes of a message read to find its header section (a longer header is not probed).
+_HEADER_READ = 256 * 1024
 
 
 def _clearDoubt(conn: sqlite3.Connection, ids: list[str], last_error: str | None) -> None:
@@ -994,6 +1060,8 @@ def _clearDoubt(conn: sqlite3.Connection, ids: list[str], last_error: str | None
             " last_error = COALESCE(?, last_error) WHERE id = ?",
             [(last_error, message_id) for message_id in ids],
         )
+        for message_id in ids:
+            _undefer(conn, message_id)
 
 
 def _stillInDoubt(
@@ -1015,6 +1083,7 @@ def _stillInDoubt(
                     "UPDATE outbound SET in_doubt_since = NULL, last_error = ? WHERE id = ?",
                     (cleanText(f"{reason}; sending again"), message_id),
                 )
+                _undefer(conn, message_id)
             else:
                 conn.execute(
                     "UPDATE outbound SET next_attempt_at = ?, last_error = ? WHERE id = ?",
@@ -1027,9 +1096,14 @@ _FOUND_IN_SENT = "found in the Sent folder: the provider had accepted it before 
 
 
 def _settle(
-    conn: sqlite3.Connection, found: list[str], missing: list[str], now: float
+    conn: sqlite3.Connection, found: list[str], missing: list[str], now: float, policy: _Policy
 ) -> list[DeliveryStatus]:
-    """Record what Sent showed: found means sent, missing means send again."""
+    """Record what Sent showed: found means sent, missing means send again.
+
+    Found: the recipients of the attempt in doubt (``pending``) got it; those it
+    refused for now (``deferred``) are tried again; the message is final (with
+    its bounce, if some failed) when none is left.
+    """
     with transaction(conn):
         for message_id in found:
             conn.execute(
@@ -1037,26 +1111,42 @@ def _settle(
                 " WHERE message_id = ? AND state = 'pending'",
                 (_FOUND_IN_SENT, message_id),
             )
+            _undefer(conn, message_id)
             conn.execute(
-                "UPDATE outbound SET in_doubt_since = NULL, attempts = attempts + 1,"
+                "UPDATE outbound SET in_doubt_since = NULL,"
                 " provider_accepted_at = COALESCE(provider_accepted_at, ?) WHERE id = ?",
                 (now, message_id),
             )
-            _finish(conn, message_id, None)
-        conn.executemany(
-            "UPDATE outbound SET in_doubt_since = NULL, last_error ="
-            " 'not found in Sent: sending again' WHERE id = ?",
-            [(message_id,) for message_id in missing],
-        )
+            (pending,) = conn.execute(
+                "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ?"
+                " AND state = 'pending'",
+                (message_id,),
+            ).fetchone()
+            if pending:
+                _retryOrGiveUp(conn, message_id, _FOUND_IN_SENT + "; others refused", now, policy)
+            else:
+                conn.execute(
+                    "UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,)
+                )
+                _finish(conn, message_id, None, now, policy)
+        for message_id in missing:
+            conn.execute(
+                "UPDATE outbound SET in_doubt_since = NULL, last_error ="
+                " 'not found in Sent: sending again' WHERE id = ?",
+                (message_id,),
+            )
+            _undefer(conn, message_id)
     return [s for s in (_status(conn, message_id) for message_id in found) if s is not None]
 
 
-def _makeDue(conn: sqlite3.Connection, account: str, now: float) -> int:
+def _makeDue(conn: sqlite3.Connection, account: str, now: float, delay: float = 0.0) -> int:
     with transaction(conn):
+        # A message in doubt still waits for the provider to file its copy.
         cursor = conn.execute(
-            "UPDATE outbound SET next_attempt_at = ? WHERE account = ? AND state = 'queued'"
-            " AND next_attempt_at > ?",
-            (now, account, now),
+            "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN ?"
+            " ELSE MAX(?, in_doubt_since + ?) END"
+            " WHERE account = ? AND state = 'queued' AND next_attempt_at > ?",
+            (now, now, delay, account, now),
         )
     return cursor.rowcount
 
@@ -1092,7 +1182,7 @@ def _fetchDue(
             r[0]
             for r in conn.execute(
                 "SELECT recipient FROM outbound_recipients WHERE message_id = ?"
-                " AND state = 'pending' ORDER BY position",
+                " AND state IN ('pending', 'deferred') ORDER BY position",
                 (message_id,),
             )
         )
@@ -1217,7 +1307,7 @@ def _retryOrGiveUp(
         )
         conn.execute(
             "UPDATE outbound_recipients SET state = 'failed', last_text = ?"
-            " WHERE message_id = ? AND state = 'pending'",
+            " WHERE message_id = ? AND state IN ('pending', 'deferred')",
             (cleanText(why), message_id),
         )
         conn.execute("UPDATE outbound SET attempts = ? WHERE id = ?", (attempts, message_id))
@@ -1247,23 +1337,26 @@ def _applyOutcome(
 ) -> bool:
     """Write one outcome (the caller owns the transaction); False if it changed nothing."""
     message_id = outcome.message_id
-    row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
+    row = conn.execute("SELECT state, account FROM outbound WHERE id = ?", (message_id,)).fetchone()
     if row is None or row[0] in FINAL_STATES:
         return False
     failures = []
     temporary = []
+    doubtful = outcome.in_doubt and row[1] in policy.sent_check
     for r in outcome.recipients:
         status = r.status
         state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(status, "pending")
+        if doubtful and state == "pending" and r.code:
+            state = "deferred"  # refused at RCPT: not among those who may have it
         conn.execute(
             "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
             " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
-            " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
+            " AND recipient = ? AND state IN ('pending', 'deferred') ORDER BY position LIMIT 1)",
             (state, r.code or None, r.text, message_id, r.address),
         )
         if state == "failed":
             failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-        elif state == "pending":
+        elif state in ("pending", "deferred"):
             temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
     if outcome.accepted:
         conn.execute(
@@ -1271,21 +1364,20 @@ def _applyOutcome(
             " WHERE id = ?",
             (now, message_id),
         )
-    elif outcome.in_doubt:
-        (account,) = conn.execute(
-            "SELECT account FROM outbound WHERE id = ?", (message_id,)
-        ).fetchone()
-        if account in policy.sent_check:
-            conn.execute(
-                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?) WHERE id = ?",
-                (now, message_id),
-            )
     (pending,) = conn.execute(
-        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'pending'",
+        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ?"
+        " AND state IN ('pending', 'deferred')",
         (message_id,),
     ).fetchone()
     if pending:
         _retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
+        if doubtful:
+            # Looked for in Sent first, once the provider had time to file its copy.
+            conn.execute(
+                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?),"
+                " next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'queued'",
+                (now, now + policy.sent_check_delay, message_id),
+            )
     else:
         conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
         _finish(conn, message_id, cleanText("; ".join(failures)) if failures else None, now, policy)
@@ -1301,6 +1393,7 @@ def _recordFailure(
             row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] in FINAL_STATES:
                 continue
+            _undefer(conn, message_id)
             _retryOrGiveUp(conn, message_id, reason, now, policy)
     for message_id in ids:
         status = _status(conn, message_id)

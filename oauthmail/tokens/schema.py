@@ -101,7 +101,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 5: an outbound message the provider may already have taken (a crash or a
     # lost connection after its final dot) is looked for in Sent before it is
     # sent again (oauthmail.smtp.queue, ISentFolder): since when it is in doubt.
-    ("ALTER TABLE outbound ADD COLUMN in_doubt_since REAL",),
+    (
+        "ALTER TABLE outbound ADD COLUMN in_doubt_since REAL",
+        "CREATE INDEX outbound_in_doubt ON outbound (account, next_attempt_at)"
+        " WHERE in_doubt_since IS NOT NULL",
+    ),
 )
 
 #: The version a fully migrated file is at.
