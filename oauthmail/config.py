@@ -1047,7 +1047,7 @@ class _Loader:
                 profile = replace(profile, imap=server)
         smtp = None
         if "smtp" in a:
-            smtp, server = self.accountSmtp(a["smtp"], profile)
+            smtp, server = self.accountSmtp(a["smtp"], profile, grant)
             if server != profile.smtp:  # keep one shared object unless overridden
                 profile = replace(profile, smtp=server)
         account = AccountConfig(
@@ -1142,7 +1142,7 @@ class _Loader:
         return imap, server
 
     def accountSmtp(
-        self, at: _Node, profile: ProfileConfig
+        self, at: _Node, profile: ProfileConfig, grant: str = "authorization_code"
     ) -> tuple[AccountSmtpConfig, ServerConfig]:
         if at.isNull:
             m = _Map(at, {})
@@ -1153,8 +1153,10 @@ class _Loader:
         server = self.accountServer(at, m, profile, "smtp")
         mechanism = self.mechanism(m["mechanism"], profile)
         # Gmail and Microsoft 365 file every message they accept in Sent; a generic
-        # provider may not, so there looking is asked for explicitly.
-        default = "auto" if profile.kind in ("google", "microsoft") else "none"
+        # provider may not, so there looking is asked for explicitly. An app-only
+        # (client_credentials) token is often allowed to send but not to read.
+        looks = profile.kind in ("google", "microsoft") and grant != "client_credentials"
+        default = "auto" if looks else "none"
         sentFolder = m["sent_folder"].nonEmpty(default, what="a mailbox name, auto or none")
         sentFolder = sentFolder.strip()
         if sentFolder.lower() in ("auto", "none"):

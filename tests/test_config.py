@@ -569,7 +569,7 @@ def test_sent_folder_defaults_follow_the_provider():
     text = (
         "profiles:\n"
         "  g: {provider: google, client_id: x}\n"
-        "  m: {provider: microsoft, client_id: x}\n"
+        "  m: {provider: microsoft, client_id: x, client_secret: s, tenant: t.example}\n"
         "  p: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
         "      authorization_endpoint: 'https://t.example/auth', scopes: [mail],\n"
         "      imap: {host: imap.example.com}, smtp: {host: smtp.example.com}}\n"
@@ -579,9 +579,18 @@ def test_sent_folder_defaults_follow_the_provider():
         "  - {name: p, address: p@example.com, profile: p, smtp: {}}\n"
         "  - {name: named, address: n@example.com, profile: p, smtp: {sent_folder: Sent Items}}\n"
         "  - {name: off, address: o@example.com, profile: g, smtp: {sent_folder: NONE}}\n"
+        "  - {name: app, address: a@example.com, profile: m, grant: client_credentials,\n"
+        "     smtp: {}}\n"
         "queue: {sent_check_delay: 0s, sent_check_give_up: 2h}\n"
     )
     config = parseConfig(text, "x.yaml", {})
     folders = {a.name: a.smtp.sent_folder for a in config.accounts}
-    assert folders == {"g": "auto", "m": "auto", "p": "none", "named": "Sent Items", "off": "none"}
+    assert folders == {
+        "g": "auto",
+        "m": "auto",
+        "p": "none",
+        "named": "Sent Items",
+        "off": "none",
+        "app": "none",  # app-only tokens are often allowed to send but not to read
+    }
     assert (config.queue.sent_check_delay, config.queue.sent_check_give_up) == (0.0, 7200.0)
