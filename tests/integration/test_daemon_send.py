@@ -54,17 +54,26 @@ def relayedIDs(final_hop: Any, tag: str) -> Counter[bytes]:
 
 
 def makeDaemon(
-    tmp_path: Any, provider: Any, dovecot: Any, sender: str, sentFolder: str = "none"
+    tmp_path: Any,
+    provider: Any,
+    dovecot: Any,
+    sender: str,
+    sentFolder: str = "none",
+    smtpPort: int | None = None,
 ) -> Daemon:
     """A daemon with a sending account, a second account, and one submission user.
 
     ``sentFolder`` is the sending account's ``smtp.sent_folder`` (``auto`` makes it
     look in Sent, as it would at Gmail, before resending a message in doubt).
+    ``smtpPort`` sends through another port (a proxy) to Dovecot's submissions.
     """
+    testProfile = profile(provider, dovecot)
+    if smtpPort is not None:
+        testProfile["smtp"]["port"] = smtpPort
     return Daemon(
         tmp_path / "daemon",
         {
-            "profiles": {"test": profile(provider, dovecot)},
+            "profiles": {"test": testProfile},
             "accounts": [
                 {
                     "name": "sender",
@@ -356,3 +365,88 @@ async def test_bad_input_gets_the_right_codes(dovecot, oauth_provider, tmp_path)
         "not allowed": 550,
         "too big": 552,
     }
+
+
+class CuttableProxy:
+    """A TCP relay to Dovecot (Twisted's portforward) whose connections a test can cut."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from twisted.internet import reactor
+        from twisted.protocols import portforward
+
+        proxy = self
+
+        class Server(portforward.ProxyServer):
+            def connectionMade(self) -> None:
+                proxy.connections.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Any) -> None:
+                proxy.connections.discard(self)
+                super().connectionLost(reason)
+
+        factory = portforward.ProxyFactory(host, port)
+        factory.protocol = Server
+        self.connections: set[Any] = set()
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+
+    def cut(self) -> None:
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
+
+    def stop(self) -> Any:
+        self.cut()
+        return self.listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_lost_after_the_provider_took_it_is_not_sent_again(
+    dovecot, oauth_provider, final_hop, tmp_path
+):
+    """Connection cut between the provider's acceptance and its 250: found in Sent, once.
+
+    The same window as a kill, without one: the daemon sees the connection drop
+    after its final dot, and looks in Sent before trying again.
+    """
+    sender = "daemon-cut@example.com"
+    proxy = CuttableProxy(dovecot.host, dovecot.ports.submissions)
+    filer = SentFiler(dovecot)
+    taken: defer.Deferred[None] = defer.Deferred()
+    answer: defer.Deferred[None] = defer.Deferred()
+
+    def fileThenHold(m: Any) -> Any:
+        d = filer(m)
+        if b"<cut-0@client.test>" in m.data and not taken.called:
+            d.addCallback(lambda _: taken.callback(None))
+            d.addCallback(lambda _: answer)
+        return d
+
+    final_hop.fileSent = fileThenHold
+    daemon = await started(
+        makeDaemon(
+            tmp_path, oauth_provider, dovecot, sender, sentFolder="auto", smtpPort=proxy.port
+        ),
+        oauth_provider,
+        sender,
+    )
+    try:
+        await threads.deferToThread(sendAll, daemon, sender, [message(sender, "cut", 0)])
+        assert await waitFor(lambda: taken.called, 15.0), daemon.log()[-3000:]
+        proxy.cut()  # the 250 can no longer reach the daemon
+        answer.callback(None)
+        assert await waitFor(lambda: "it may have arrived" in daemon.log(), 15.0)
+        assert await waitFor(lambda: "1 already accepted" in daemon.log(), 30.0), daemon.log()[
+            -3000:
+        ]
+        await threads.deferToThread(sendAll, daemon, sender, [message(sender, "cut", 1)])
+        assert await waitFor(lambda: len(relayedIDs(final_hop, "cut")) == 2, 15.0)
+        await waitFor(lambda: False, 1.0)  # let a duplicate that is on its way arrive
+        assert set(relayedIDs(final_hop, "cut").values()) == {1}
+    finally:
+        final_hop.fileSent = None
+        if not answer.called:
+            answer.callback(None)
+        await proxy.stop()
+        await threads.deferToThread(filer.close)
+        await finished(daemon)
