@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from oauthmail.config import ProfileConfig, ServerConfig
+from oauthmail.secret import Secret
 from oauthmail.testing.certs import TestCertificates, generateTestCertificates
 from oauthmail.testing.dovecot import (
     DovecotServer,
@@ -37,6 +39,33 @@ from .finalhop import FinalHop
 TEMPLATES = Path(__file__).resolve().parent.parent / "dovecot"
 CLIENT_ID = "oauthmail-integration"
 CLIENT_SECRET = "integration-client-secret"
+
+
+def makeProfile(
+    *,
+    imap: ServerConfig | None = None,
+    smtp: ServerConfig | None = None,
+    provider: TestOAuthProvider | None = None,
+) -> ProfileConfig:
+    """A ``generic`` profile for :data:`CLIENT_ID` with the given servers.
+
+    With ``provider``, its endpoints and the client secret are filled in (for
+    tests whose tokens are refreshed for real); without, placeholders.
+    """
+    return ProfileConfig(
+        name="test",
+        kind="generic",
+        authorization_endpoint=provider.authorization_endpoint if provider else None,
+        token_endpoint=provider.token_endpoint if provider else "https://t",
+        device_endpoint=None,
+        revocation_endpoint=None,
+        introspection_endpoint=None,
+        client_id=CLIENT_ID,
+        client_secret=Secret(CLIENT_SECRET) if provider else None,
+        scopes=("mail",),
+        imap=imap,
+        smtp=smtp,
+    )
 
 
 def requireDovecot() -> None:

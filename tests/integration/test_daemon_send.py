@@ -213,6 +213,27 @@ async def test_sigkill_during_burst_loses_and_duplicates_nothing(
         await finished(daemon)
 
 
+class HeldAnswer:
+    """A final-hop hook: file in Sent, keep the message, but hold the 250 for one of them.
+
+    ``taken`` fires once that message is in Sent; the 250 goes out when the test
+    fires ``answer`` (after it killed the daemon or cut its connection).
+    """
+
+    def __init__(self, filer: SentFiler, marker: bytes) -> None:
+        self.filer = filer
+        self.marker = marker
+        self.taken: defer.Deferred[None] = defer.Deferred()
+        self.answer: defer.Deferred[None] = defer.Deferred()
+
+    def __call__(self, m: Any) -> Any:
+        d = self.filer(m)
+        if self.marker in m.data and not self.taken.called:
+            d.addCallback(lambda _: self.taken.callback(None))
+            d.addCallback(lambda _: self.answer)
+        return d
+
+
 @pytest_twisted.ensureDeferred
 async def test_killed_after_the_provider_took_it_sends_it_once(
     dovecot, oauth_provider, final_hop, tmp_path
@@ -225,17 +246,8 @@ async def test_killed_after_the_provider_took_it_sends_it_once(
     """
     sender = "daemon-window@example.com"
     filer = SentFiler(dovecot)
-    taken: defer.Deferred[None] = defer.Deferred()
-    answer: defer.Deferred[None] = defer.Deferred()
-
-    def fileThenHold(m: Any) -> Any:
-        d = filer(m)
-        if b"<window-0@client.test>" in m.data and not taken.called:
-            d.addCallback(lambda _: taken.callback(None))
-            d.addCallback(lambda _: answer)
-        return d
-
-    final_hop.fileSent = fileThenHold
+    held = HeldAnswer(filer, b"<window-0@client.test>")
+    final_hop.fileSent = held
     daemon = await started(
         makeDaemon(tmp_path, oauth_provider, dovecot, sender, sentFolder="auto"),
         oauth_provider,
@@ -244,9 +256,9 @@ async def test_killed_after_the_provider_took_it_sends_it_once(
     try:
         await threads.deferToThread(sendAll, daemon, sender, [message(sender, "window", 0)])
         # In Sent now; the 250 is held back.
-        assert await waitFor(lambda: taken.called, 15.0), daemon.log()[-3000:]
+        assert await waitFor(lambda: held.taken.called, 15.0), daemon.log()[-3000:]
         daemon.kill()
-        answer.callback(None)  # the final hop keeps it; nobody hears the 250
+        held.answer.callback(None)  # the final hop keeps it; nobody hears the 250
         assert await waitFor(lambda: relayedIDs(final_hop, "window"), 15.0)
         daemon.start()
         await daemon.waitReady()
@@ -260,8 +272,8 @@ async def test_killed_after_the_provider_took_it_sends_it_once(
         assert set(relayedIDs(final_hop, "window").values()) == {1}
     finally:
         final_hop.fileSent = None
-        if not answer.called:
-            answer.callback(None)
+        if not held.answer.called:
+            held.answer.callback(None)
         await threads.deferToThread(filer.close)
         await finished(daemon)
 
@@ -412,17 +424,8 @@ async def test_answer_lost_after_the_provider_took_it_is_not_sent_again(
     sender = "daemon-cut@example.com"
     proxy = CuttableProxy(dovecot.host, dovecot.ports.submissions)
     filer = SentFiler(dovecot)
-    taken: defer.Deferred[None] = defer.Deferred()
-    answer: defer.Deferred[None] = defer.Deferred()
-
-    def fileThenHold(m: Any) -> Any:
-        d = filer(m)
-        if b"<cut-0@client.test>" in m.data and not taken.called:
-            d.addCallback(lambda _: taken.callback(None))
-            d.addCallback(lambda _: answer)
-        return d
-
-    final_hop.fileSent = fileThenHold
+    held = HeldAnswer(filer, b"<cut-0@client.test>")
+    final_hop.fileSent = held
     daemon = await started(
         makeDaemon(
             tmp_path, oauth_provider, dovecot, sender, sentFolder="auto", smtpPort=proxy.port
@@ -432,9 +435,9 @@ async def test_answer_lost_after_the_provider_took_it_is_not_sent_again(
     )
     try:
         await threads.deferToThread(sendAll, daemon, sender, [message(sender, "cut", 0)])
-        assert await waitFor(lambda: taken.called, 15.0), daemon.log()[-3000:]
+        assert await waitFor(lambda: held.taken.called, 15.0), daemon.log()[-3000:]
         proxy.cut()  # the 250 can no longer reach the daemon
-        answer.callback(None)
+        held.answer.callback(None)
         assert await waitFor(lambda: "it may have arrived" in daemon.log(), 15.0)
         assert await waitFor(lambda: "1 already accepted" in daemon.log(), 30.0), daemon.log()[
             -3000:
@@ -445,8 +448,8 @@ async def test_answer_lost_after_the_provider_took_it_is_not_sent_again(
         assert set(relayedIDs(final_hop, "cut").values()) == {1}
     finally:
         final_hop.fileSent = None
-        if not answer.called:
-            answer.callback(None)
+        if not held.answer.called:
+            held.answer.callback(None)
         await proxy.stop()
         await threads.deferToThread(filer.close)
         await finished(daemon)

@@ -18,7 +18,6 @@ from oauthmail.config import (
     AccountConfig,
     AccountImapConfig,
     FolderConfig,
-    ProfileConfig,
     ServerConfig,
     SinkConfig,
 )
@@ -28,7 +27,7 @@ from oauthmail.imap.watcher import FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.sinks.maildir import MaildirSink
 
-from .conftest import CLIENT_ID
+from .conftest import CLIENT_ID, makeProfile
 
 pytestmark = pytest.mark.integration
 
@@ -68,19 +67,7 @@ def server(dovecot, security="implicit", ca=None) -> ServerConfig:
 
 
 def account(user, srv, mechanism="xoauth2", disposition="seen", move_to=None) -> AccountConfig:
-    profile = ProfileConfig(
-        name="test",
-        kind="generic",
-        authorization_endpoint=None,
-        token_endpoint="https://t",
-        device_endpoint=None,
-        revocation_endpoint=None,
-        introspection_endpoint=None,
-        client_id=CLIENT_ID,
-        client_secret=None,
-        scopes=("mail",),
-        imap=srv,
-    )
+    profile = makeProfile(imap=srv)
     imap = AccountImapConfig(
         folders=(FolderConfig("INBOX", disposition, move_to),),
         sink=SinkConfig("maildir", path="unused"),

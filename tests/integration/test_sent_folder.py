@@ -12,12 +12,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
+from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
 from oauthmail.imap.sentfolder import IMAPSentFolder
 from oauthmail.secret import Secret
 from oauthmail.smtp.trace import SentCheckError, SentProbe, stamp
 
-from .conftest import CLIENT_ID
+from .conftest import CLIENT_ID, makeProfile
 
 pytestmark = pytest.mark.integration
 
@@ -54,19 +54,7 @@ def account(dovecot, user: str, sent_folder: str, security: str = "implicit", me
     server = ServerConfig(
         dovecot.host, port, security, ca_file=str(dovecot.caFile), server_name="mail.test"
     )
-    profile = ProfileConfig(
-        name="test",
-        kind="generic",
-        authorization_endpoint=None,
-        token_endpoint="https://t",
-        device_endpoint=None,
-        revocation_endpoint=None,
-        introspection_endpoint=None,
-        client_id=CLIENT_ID,
-        client_secret=None,
-        scopes=("mail",),
-        imap=server,
-    )
+    profile = makeProfile(imap=server)
     return AccountConfig(
         name=user.split("@")[0],
         address=user,

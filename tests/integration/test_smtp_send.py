@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
+from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
 from oauthmail.secret import Secret
 from oauthmail.smtp.api import send
 from oauthmail.smtp.queue import OutboundQueue
@@ -26,7 +26,7 @@ from oauthmail.tokens.records import TokenSet
 from oauthmail.tokens.source import TokenSource
 from oauthmail.tokens.store import SQLiteTokenStore
 
-from .conftest import CLIENT_ID, CLIENT_SECRET
+from .conftest import CLIENT_ID, makeProfile
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +41,8 @@ def _reactor():
 
 def accountFor(user, oauth_provider, server, security="starttls", mechanism="xoauth2"):
     port = server.ports.submission if security == "starttls" else server.ports.submissions
-    profile = ProfileConfig(
-        name="test",
-        kind="generic",
-        authorization_endpoint=oauth_provider.authorization_endpoint,
-        token_endpoint=oauth_provider.token_endpoint,
-        device_endpoint=None,
-        revocation_endpoint=None,
-        introspection_endpoint=None,
-        client_id=CLIENT_ID,
-        client_secret=Secret(CLIENT_SECRET),
-        scopes=("mail",),
+    profile = makeProfile(
+        provider=oauth_provider,
         smtp=ServerConfig(
             server.host, port, security, ca_file=str(server.caFile), server_name="mail.test"
         ),
