@@ -9,6 +9,8 @@ sees the value.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
+from typing import Any
 
 
 class Secret:
@@ -48,3 +50,24 @@ class Secret:
 
     def __reduce__(self):  # pragma: no cover - pickling a secret is a bug
         raise TypeError("a Secret is not pickled")
+
+
+def plain(value: Any) -> str:
+    """The text of a token however it came (``Secret``, ``str`` or ``bytes``); ``""`` if none."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret in ``secrets`` replaced by ``<secret>``.
+
+    Defence in depth for texts that come from elsewhere (a server's error line,
+    an exception): servers should not echo a token, but some do.
+    """
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "<secret>")
+    return text

@@ -32,7 +32,7 @@ from twisted.mail.imap4 import (
 from twisted.python.failure import Failure
 
 from oauthmail import sasl
-from oauthmail.secret import Secret
+from oauthmail.secret import plain, scrub
 
 __all__ = [
     "CleartextAuthenticationRefused",
@@ -118,14 +118,6 @@ def _words(line: bytes | str) -> str:
     if isinstance(line, bytes):
         return line.decode("utf-8", "replace")
     return str(line)
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """Remove every secret from ``text`` (defence in depth: servers should not echo)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<secret>")
-    return text
 
 
 def _parseIdleEvent(rest: bytes) -> IdleEvent | None:
@@ -296,11 +288,8 @@ class OAuthIMAP4Client(IMAP4Client):
         refused = self._refuseCleartext()
         if refused is not None:
             return defer.fail(refused)
-        reveal = token.reveal() if isinstance(token, Secret) else token
-        if isinstance(reveal, bytes):
-            reveal = reveal.decode("ascii", "replace")
         response = base64.b64encode(raw)
-        secrets = (reveal, response.decode("ascii"))
+        secrets = (plain(token), response.decode("ascii"))
 
         d = self.getCapabilities()
         d.addCallback(self._cbOAuthCapabilities, mech, response, secrets)
@@ -337,14 +326,14 @@ class OAuthIMAP4Client(IMAP4Client):
         if not failure.check(IMAP4Exception) or failure.check(IMAPServerBye):
             return failure
         line = failure.value.args[0] if failure.value.args else b""
-        words = _scrub(_words(line).strip(), secrets)
+        words = scrub(_words(line).strip(), secrets)
         upper = words.upper()
         serverError = exchange.serverError
         mechName = exchange.mechanism.decode("ascii")
         message = f"{mechName} authentication failed: {words or '(no text)'}"
         if serverError:
             status = serverError.get("status", serverError.get("raw"))
-            message += _scrub(f" (server error: {status})", secrets)
+            message += scrub(f" (server error: {status})", secrets)
         tokenRejected = sasl.isTokenRejected(serverError) or "[AUTHENTICATIONFAILED]" in upper
         temporary = "[UNAVAILABLE]" in upper
         return Failure(
@@ -411,3 +400,37 @@ class OAuthIMAP4Client(IMAP4Client):
         if self.byeText is not None:
             reason = Failure(IMAPServerBye(self.byeText))
         super().connectionLost(reason)
+
+
+async def authenticateRefreshingOnce(
+    client: OAuthIMAP4Client,
+    tokens: Any,
+    account_name: str,
+    mechanism: str,
+    user: str,
+    token: Any,
+    host: str | None,
+    port: int | None,
+    who: str,
+    onRefreshed: Callable[[Any], object] | None = None,
+) -> Any:
+    """``AUTHENTICATE``; a token the server refuses is refreshed once and tried again.
+
+    Fires with the token that worked. Fails with the server's
+    :class:`IMAPAuthenticationError`: ``token_rejected`` on it then means that
+    even a freshly refreshed token was refused (a real account problem, not an
+    expired token). ``who`` names the caller in the log line; ``onRefreshed``
+    sees the new token (to scrub it from later error texts).
+    """
+    try:
+        await client.authenticateOAuth(mechanism, user, token, host, port)
+        return token
+    except IMAPAuthenticationError as e:
+        if not e.token_rejected:
+            raise
+    _log.info("{who}: token rejected, refreshing once", who=who)
+    token = await tokens.forceRefresh(account_name)
+    if onRefreshed is not None:
+        onRefreshed(token)
+    await client.authenticateOAuth(mechanism, user, token, host, port)
+    return token

@@ -34,9 +34,9 @@ from zope.interface import implementer
 
 from oauthmail.config import AccountConfig, ServerConfig
 from oauthmail.imap.connect import connectIMAP
-from oauthmail.imap.protocol import IMAPAuthenticationError
+from oauthmail.imap.protocol import authenticateRefreshingOnce
 from oauthmail.interfaces import ISentFolder, ITokenSource
-from oauthmail.secret import Secret
+from oauthmail.secret import plain, scrub
 from oauthmail.smtp.trace import SentCheckError, SentProbe, carriesQueueId
 from oauthmail.tokens.errors import cleanText
 
@@ -59,13 +59,6 @@ def findSentMailbox(mailboxes: Iterable[tuple[tuple[str, ...], str]]) -> str | N
     return None
 
 
-def _reveal(token: Any) -> str:
-    value = token.reveal() if isinstance(token, Secret) else token
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return value if isinstance(value, str) else ""
-
-
 def _describe(value: BaseException, secrets: Iterable[str]) -> str:
     """One printable line for an exception (IMAP4Exception carries the server's bytes)."""
     args = getattr(value, "args", ())
@@ -77,10 +70,7 @@ def _describe(value: BaseException, secrets: Iterable[str]) -> str:
         text = args[0].decode("utf-8", "replace")
     else:
         text = str(value)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<secret>")
-    text = " ".join(text.split())
+    text = " ".join(scrub(text, secrets).split())
     return cleanText(text or type(value).__name__)
 
 
@@ -96,6 +86,10 @@ class _Call:
 
     def error(self, what: str) -> SentCheckError:
         return SentCheckError(f"Sent check for account {self.name} on {self.where}: {what}")
+
+    def refreshed(self, token: Any) -> None:
+        self.secrets.append(plain(token))
+        self.step = "authenticating with a refreshed token"
 
     def failed(self, value: BaseException) -> SentCheckError:
         return self.error(f"failed while {self.step}: {_describe(value, self.secrets)}")
@@ -186,7 +180,7 @@ class IMAPSentFolder:
     ) -> tuple[set[str], str]:
         call.step = "getting an access token"
         token = await self.tokens.accessToken(call.name)
-        call.secrets.append(_reveal(token))
+        call.secrets.append(plain(token))
         call.step = "connecting"
         client = call.client = await self._connect(self.reactor, server, self.timeout)
         client.commandTimeout = self.timeout
@@ -224,22 +218,18 @@ class IMAPSentFolder:
         mech = account.imap.mechanism if account.imap is not None else None
         if mech is None:
             mech = account.smtp.mechanism if account.smtp is not None else "xoauth2"
-        host = server.server_name or server.host
-        user = account.sasl_user
-        try:
-            await client.authenticateOAuth(mech, user, token, host, server.port)
-            return
-        except IMAPAuthenticationError as e:
-            if not e.token_rejected:
-                raise
-        _log.info(
-            "Sent check for account {account}: token rejected, refreshing once", account=call.name
+        await authenticateRefreshingOnce(
+            client,
+            self.tokens,
+            call.name,
+            mech,
+            account.sasl_user,
+            token,
+            server.server_name or server.host,
+            server.port,
+            f"Sent check for account {call.name}",
+            onRefreshed=call.refreshed,
         )
-        call.step = "refreshing the refused token"
-        token = await self.tokens.forceRefresh(call.name)
-        call.secrets.append(_reveal(token))
-        call.step = "authenticating with a refreshed token"
-        await client.authenticateOAuth(mech, user, token, host, server.port)
 
     async def _search(self, call: _Call, client: Any, probes: list[SentProbe]) -> set[str]:
         """The queue ids of ``probes`` with a traced copy in the open mailbox."""

@@ -53,7 +53,12 @@ from oauthmail.config import AccountConfig, FolderConfig
 from oauthmail.digest import messageDigest
 from oauthmail.imap.connect import connectIMAP
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
-from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
+from oauthmail.imap.protocol import (
+    IdleEvent,
+    IMAPAuthenticationError,
+    IMAPServerBye,
+    authenticateRefreshingOnce,
+)
 from oauthmail.interfaces import IDeliveryLedger, IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 from oauthmail.tokens.errors import AccountNotAuthorised
@@ -321,20 +326,23 @@ class FolderWatcher:
         mech = self.imap.mechanism
         user = self.account.sasl_user
         try:
-            await client.authenticateOAuth(mech, user, token, host, self.server.port)
+            await authenticateRefreshingOnce(
+                client,
+                self.tokens,
+                name,
+                mech,
+                user,
+                token,
+                host,
+                self.server.port,
+                f"IMAP {self.name}",
+            )
         except IMAPAuthenticationError as e:
             if not e.token_rejected:
                 raise
-            _log.info("IMAP {name}: token rejected, refreshing once", name=self.name)
-            token = await self.tokens.forceRefresh(name)
-            try:
-                await client.authenticateOAuth(mech, user, token, host, self.server.port)
-            except IMAPAuthenticationError as e2:
-                if not e2.token_rejected:
-                    raise
-                message = f"IMAP server refused a freshly refreshed token: {e2}"
-                await self._setAccountState("error", message)
-                raise TokenRejected(message) from None
+            message = f"IMAP server refused a freshly refreshed token: {e}"
+            await self._setAccountState("error", message)
+            raise TokenRejected(message) from None
         if self._markedError:
             await self._setAccountState("ok", None)
 

@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 from oauthmail.config import AccountConfig, ServerConfig
 from oauthmail.imap.connect import TLSCertificateError, describeTLSFailure, tlsOptions
 from oauthmail.sasl import OAuthBearerAuthenticator, XOAuth2Authenticator, normaliseMechanism
-from oauthmail.secret import Secret
+from oauthmail.secret import Secret, scrub
 from oauthmail.smtp import outcomes
 from oauthmail.tokens.errors import cleanText
 
@@ -783,13 +783,7 @@ def _scrubber(token: Secret, authenticator: Any) -> Callable[[str], str]:
             authenticator.lastError = None
             authenticator.challenged = False
 
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, "<secret>")
-        return text
-
-    return scrub
+    return lambda text: scrub(text, secrets)
 
 
 class _OneClient(Factory):
