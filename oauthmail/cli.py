@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from oauthmail.config import AccountConfig, Config, ConfigError, loadConfig
+from oauthmail.text import cleanText, describeWhen
 
 #: Where ``--config``/``FILE`` points when the user gives nothing.
 DEFAULT_CONFIG = "conf/app.yaml"
@@ -239,7 +240,6 @@ class _Session:
 
 
 def _when(when: float | None, now: float) -> str:
-    from oauthmail.web.status import describeWhen
 
     if when is None:
         return "—"
@@ -261,7 +261,6 @@ def accounts(args: argparse.Namespace) -> int:
     async def work(reactor: Any) -> int:
         from oauthmail.tokens.store import openStore
         from oauthmail.web.console import STATE_LABELS, collectStatuses
-        from oauthmail.web.status import describeWhen
 
         store = await openStore(config.store, clock=reactor, reactor=reactor)
         try:
@@ -290,17 +289,10 @@ def accounts(args: argparse.Namespace) -> int:
         print(f"{titles}  LAST ERROR / NEXT STEP")
         for row in rows:
             cells = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
-            print(f"{cells}  {cleanLine(row[-1])}".rstrip())
+            print(f"{cells}  {cleanText(row[-1])}".rstrip())
         return EXIT_OK
 
     return runInReactor(work)
-
-
-def cleanLine(text: str) -> str:
-    """Store text is untrusted: one printable line."""
-    from oauthmail.tokens.errors import cleanText
-
-    return cleanText(text)
 
 
 @subcommand(

@@ -26,6 +26,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from oauthmail.loopback import isLoopbackHost
 from oauthmail.secret import Secret
 from oauthmail.smtp.passwords import parseHash
 from oauthmail.smtp.users import SubmissionConfig, SubmissionUser
@@ -470,16 +471,6 @@ def _suggest(word: str, options: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _isLoopback(host: str) -> bool:
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _Node:
     """A YAML node (or an absent key) with its key path, to read one typed value.
 
@@ -673,7 +664,7 @@ class _Node:
             host = None
         if parts.scheme.lower() not in ("https", "http") or not host:
             self.fail(f"expected an https URL, got {self._safeUrl(value)!r}")
-        if parts.scheme.lower() == "http" and not _isLoopback(host):
+        if parts.scheme.lower() == "http" and not isLoopbackHost(host):
             self.fail(
                 f"http is only allowed on a loopback host (127.0.0.0/8, ::1, localhost);"
                 f" use https for {host!r}"

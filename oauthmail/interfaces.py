@@ -201,10 +201,10 @@ class ISentFolder(Interface):
     def findSent(account_name, probes):
         """Fire with the set of ``queue_id`` values among ``probes`` that have a copy in Sent.
 
-        ``probes`` is a sequence of :class:`oauthmail.smtp.trace.SentProbe`. A
+        ``probes`` is a sequence of :class:`oauthmail.mail.trace.SentProbe`. A
         copy counts only if it has the probe's Message-ID *and* carries its
         queue id in the ``Received:`` line oauthmail added: a copy that the
         user's mail program stored in Sent itself proves nothing. Fail with
-        :class:`oauthmail.smtp.trace.SentCheckError` (one line, no token) when
+        :class:`oauthmail.mail.trace.SentCheckError` (one line, no token) when
         the folder could not be searched; the caller waits and asks again.
         """

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from oauthmail.config import Config
 from oauthmail.interfaces import ITokenStore
+from oauthmail.text import describeFailure
 
 
 class OAuthMailService(MultiService):
@@ -146,7 +147,7 @@ class OAuthMailService(MultiService):
             ledger = SQLDeliveryLedger.fromStore(self.store, self.reactor)
             watcher = AccountWatcher(account, self.tokens, ledger, sink, self.reactor, self.store)
         except Exception as e:
-            reason = f"cannot receive mail: {_oneLine(e)}"
+            reason = f"cannot receive mail: {describeFailure(e)}"
             self.log.error("account {account}: {reason}", account=account.name, reason=reason)
             await self.store.setAccountState(account.name, "error", reason)
             return
@@ -211,7 +212,7 @@ class OAuthMailService(MultiService):
         )
 
     def _startFailed(self, failure: Any) -> None:
-        self.log.critical("oauthmail could not start: {reason}", reason=_oneLine(failure))
+        self.log.critical("oauthmail could not start: {reason}", reason=describeFailure(failure))
         ready, self._ready = self._ready, []
         for d in ready:
             d.errback(failure)
@@ -245,10 +246,3 @@ class OAuthMailService(MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: defer.ensureDeferred(self._stop()))
         return d
-
-
-def _oneLine(failure: Any) -> str:
-    """The exception's own message, without the traceback an operator can't use."""
-    value = getattr(failure, "value", failure)
-    text = str(value) or value.__class__.__name__
-    return " ".join(text.split())

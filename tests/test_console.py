@@ -11,9 +11,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from oauthmail.config import AccountConfig, Config, ProfileConfig
 from oauthmail.secret import Secret
 from oauthmail.testing.memory_store import MemoryTokenStore
+from oauthmail.text import describeWhen
 from oauthmail.tokens.records import TokenSet
 from oauthmail.web.console import ConsoleResource, renderStatusPage
-from oauthmail.web.status import accountStatus, describeWhen
+from oauthmail.web.status import accountStatus
 
 
 def _profile(name: str, client_id: str = "cid") -> ProfileConfig:

@@ -23,12 +23,12 @@ from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
 from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
+from oauthmail.mail.trace import SentCheckError, SentProbe
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
 from oauthmail.smtp.queue import OutboundQueue, UnknownAccount
-from oauthmail.smtp.trace import SentCheckError, SentProbe
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.tokens import schema
 from oauthmail.tokens.errors import AccountNotAuthorised

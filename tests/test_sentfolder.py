@@ -29,8 +29,8 @@ from oauthmail.config import (
 from oauthmail.imap.fetch import WatcherIMAP4Client
 from oauthmail.imap.sentfolder import IMAPSentFolder, findSentMailbox
 from oauthmail.interfaces import ISentFolder
+from oauthmail.mail.trace import SentCheckError, SentProbe, stamp
 from oauthmail.secret import Secret
-from oauthmail.smtp.trace import SentCheckError, SentProbe, stamp
 
 SERVER = ServerConfig("127.0.0.1", 993, "implicit", server_name="mail.test")
 CAPS = b"IMAP4rev1 SASL-IR AUTH=XOAUTH2 AUTH=OAUTHBEARER IDLE UIDPLUS"

@@ -7,7 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oauthmail.smtp.trace import (
+from oauthmail.mail.trace import (
     SentProbe,
     carriesQueueId,
     headerBlock,

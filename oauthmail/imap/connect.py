@@ -1,97 +1,27 @@
 """Connecting to an IMAP server as configured: implicit TLS or STARTTLS, always verified.
 
-Twisted's client silently upgrades with a context that does not verify
-certificates when it has none, and Dovecot accepts authentication over
-cleartext on loopback: only the client can make TLS mandatory. So every
-connection built here carries ``optionsForClientTLS(server name, trustRoot)``
-(the configured ``ca_file`` or the platform's trust store), and the
-``insecure`` mode has to be spelt out in the configuration and is logged loudly.
-
-A refused certificate becomes :class:`TLSCertificateError` with one readable
-line naming the address, the expected name and the reason ("not valid for
-mail.test", "not trusted: unknown CA"), instead of an OpenSSL error list.
+The TLS options and the one-line certificate errors come from
+:mod:`oauthmail.tls`, shared with the SMTP client. A refused certificate
+fails the connection with :class:`oauthmail.tls.TLSCertificateError`.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    optionsForClientTLS,
-    platformTrust,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.config import ServerConfig
 from oauthmail.imap.fetch import WatcherIMAP4Client
+from oauthmail.tls import describeTLSFailure, tlsOptions
 
-__all__ = ["TLSCertificateError", "connectIMAP", "describeTLSFailure", "tlsOptions"]
+__all__ = ["connectIMAP"]
 
 _log = Logger()
-
-
-class TLSCertificateError(Exception):
-    """The server's TLS certificate was refused (wrong name, unknown CA, expired...)."""
-
-
-def tlsOptions(server: ServerConfig) -> Any:
-    """The client TLS options for ``server`` (a verifying creator unless ``tls: insecure``)."""
-    name = server.server_name or server.host
-    if server.tls == "insecure":
-        _log.warn(
-            "TLS certificate verification is OFF for {host}:{port} (tls: insecure):"
-            " anyone on the path can read the OAuth token and the mail",
-            host=server.host,
-            port=server.port,
-        )
-        return CertificateOptions(verify=False)
-    trustRoot: Any = _caCertificate(server.ca_file) if server.ca_file else platformTrust()
-    return optionsForClientTLS(name, trustRoot=trustRoot)
-
-
-@functools.lru_cache(maxsize=32)
-def _caCertificate(path: str) -> Certificate:
-    """The private CA of ``ca_file``, read once per process rather than per connection."""
-    with open(path, "rb") as f:
-        return Certificate.loadPEM(f.read())
-
-
-def describeTLSFailure(failure: Failure, server: ServerConfig) -> Failure:
-    """Turn an OpenSSL/service_identity failure into a one-line :class:`TLSCertificateError`."""
-    name = server.server_name or server.host
-    where = f"{server.host}:{server.port}"
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover - service_identity is a dependency
-        VerificationError = ()  # type: ignore[assignment,misc]  # noqa: N806
-    from OpenSSL import SSL
-
-    if VerificationError and failure.check(VerificationError):
-        return Failure(
-            TLSCertificateError(
-                f"TLS certificate of {where} is not valid for {name}: {failure.value}"
-            )
-        )
-    if failure.check(SSL.Error):
-        text = str(failure.value)
-        if "certificate verify failed" in text:
-            reason = "not trusted: unknown CA"
-            if "expired" in text:
-                reason = "not trusted: certificate expired"
-            elif "self-signed" in text or "self signed" in text:
-                reason = "not trusted: self-signed certificate"
-            return Failure(
-                TLSCertificateError(f"TLS certificate of {where} for {name} is {reason}")
-            )
-        return Failure(TLSCertificateError(f"TLS handshake with {where} failed: {text[:200]}"))
-    return failure
 
 
 class _Factory(Factory):
@@ -140,7 +70,7 @@ def connectIMAP(
     The client has a ``lost`` Deferred that fires with the reason when the
     connection ends. ``timeout`` bounds the TCP connect, the greeting and the
     TLS handshake together. Certificate problems fail with
-    :class:`TLSCertificateError`.
+    :class:`oauthmail.tls.TLSCertificateError`.
     """
     options = tlsOptions(server)
     make = clientFactory or _Greeted

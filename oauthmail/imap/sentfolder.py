@@ -10,13 +10,13 @@ question: token, connect (TLS, verified), ``AUTHENTICATE``, find the folder,
 hits, ``LOGOUT``.
 
 A hit counts only when its header carries the queue id in oauthmail's
-``Received:`` line (:func:`oauthmail.smtp.trace.carriesQueueId`): the user's
+``Received:`` line (:func:`oauthmail.mail.trace.carriesQueueId`): the user's
 mail program may have put its own copy, with the same Message-ID, in Sent
 before the provider ever saw the message.
 
 Every failure, whatever its layer (refused connection, certificate,
 authentication, ``NO``/``BAD``, a server that stops answering, garbage),
-becomes one :class:`~oauthmail.smtp.trace.SentCheckError` line naming the
+becomes one :class:`~oauthmail.mail.trace.SentCheckError` line naming the
 account, the server and the step; the queue waits and asks again. The whole
 call is bounded by ``deadline`` on top of the per-command deadline of
 :class:`~oauthmail.imap.fetch.WatcherIMAP4Client`.
@@ -36,9 +36,9 @@ from oauthmail.config import AccountConfig, ServerConfig
 from oauthmail.imap.connect import connectIMAP
 from oauthmail.imap.protocol import authenticateRefreshingOnce
 from oauthmail.interfaces import ISentFolder, ITokenSource
+from oauthmail.mail.trace import SentCheckError, SentProbe, carriesQueueId
 from oauthmail.secret import plain, scrub
-from oauthmail.smtp.trace import SentCheckError, SentProbe, carriesQueueId
-from oauthmail.tokens.errors import cleanText
+from oauthmail.text import cleanText
 
 __all__ = ["IMAPSentFolder", "findSentMailbox"]
 

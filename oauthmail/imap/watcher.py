@@ -61,6 +61,7 @@ from oauthmail.imap.protocol import (
 )
 from oauthmail.interfaces import IDeliveryLedger, IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
+from oauthmail.text import describeFailure
 from oauthmail.tokens.errors import AccountNotAuthorised
 
 __all__ = ["AccountWatcher", "FolderWatcher", "TokenRejected"]
@@ -104,16 +105,6 @@ async def _locked(lock: defer.DeferredLock) -> Any:
         yield
     finally:
         lock.release()
-
-
-def _text(failure: Failure | BaseException) -> str:
-    value = failure.value if isinstance(failure, Failure) else failure
-    text = str(value) or type(value).__name__
-    if isinstance(text, bytes):  # IMAP4Exception carries the server's bytes
-        text = text.decode("utf-8", "replace")
-    if text.startswith("b'") or text.startswith('b"'):
-        text = text[2:-1]
-    return " ".join(text.split())[:300]
 
 
 class FolderWatcher:
@@ -244,7 +235,7 @@ class FolderWatcher:
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
-                self._error(_text(Failure(e)))
+                self._error(describeFailure(e))
             if self._stopping:
                 break
             delay = self.retryPolicy(self._attempt)
@@ -530,13 +521,13 @@ class FolderWatcher:
             except SinkError as e:
                 return [e] * len(bodies)
             except Exception as e:
-                return [TemporarySinkError(_text(Failure(e)))] * len(bodies)
+                return [TemporarySinkError(describeFailure(e))] * len(bodies)
             out: list[SinkError | None] = []
             for r in results:
                 if isinstance(r, SinkError):
                     out.append(r)
                 elif isinstance(r, BaseException):
-                    out.append(TemporarySinkError(_text(Failure(r))))
+                    out.append(TemporarySinkError(describeFailure(r)))
                 else:
                     out.append(None)
             return out
@@ -548,7 +539,7 @@ class FolderWatcher:
             except SinkError as e:
                 verdicts.append(e)
             except Exception as e:
-                verdicts.append(TemporarySinkError(_text(Failure(e))))
+                verdicts.append(TemporarySinkError(describeFailure(e)))
         return verdicts
 
     async def _dispose(
@@ -587,7 +578,7 @@ class FolderWatcher:
         try:
             await action()
         except IMAP4Exception as e:
-            if "TRYCREATE" not in _text(e).upper():
+            if "TRYCREATE" not in describeFailure(e).upper():
                 raise
             await client.createMailbox(target)
             await action()

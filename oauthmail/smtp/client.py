@@ -61,11 +61,11 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig, ServerConfig
-from oauthmail.imap.connect import TLSCertificateError, describeTLSFailure, tlsOptions
 from oauthmail.sasl import OAuthBearerAuthenticator, XOAuth2Authenticator, normaliseMechanism
 from oauthmail.secret import Secret, scrub
 from oauthmail.smtp import outcomes
-from oauthmail.tokens.errors import cleanText
+from oauthmail.text import cleanText
+from oauthmail.tls import TLSCertificateError, describeTLSFailure, tlsOptions
 
 __all__ = [
     "MessageOutcome",

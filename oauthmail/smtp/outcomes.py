@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from oauthmail.tokens.errors import cleanText
+from oauthmail.text import cleanText
 
 __all__ = [
     "OK",

@@ -37,7 +37,7 @@ Exactly once, as far as SMTP allows:
   default for Gmail and Microsoft 365), the loop asks an
   :class:`~oauthmail.interfaces.ISentFolder` before it claims anything: a
   message found there (its Message-ID *and* the queue id in the ``Received:``
-  line :func:`~oauthmail.smtp.trace.stamp` put on it at enqueue) is recorded
+  line :func:`~oauthmail.mail.trace.stamp` put on it at enqueue) is recorded
   ``sent`` and never sent again; one not found is sent again. While Sent
   cannot be searched the message waits (it is never sent blind) for up to
   ``sent_check_give_up``, then it is sent again: at least once beats at most
@@ -80,6 +80,8 @@ from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
 from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
+from oauthmail.mail.trace import SentProbe, headerBlock, probeFor, stamp
+from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.bounce import buildBounce, isBounce
@@ -91,8 +93,8 @@ from oauthmail.smtp.client import (
     SessionResult,
     sendBatch,
 )
-from oauthmail.smtp.trace import SentProbe, headerBlock, probeFor, stamp
-from oauthmail.tokens.errors import AccountNotAuthorised, cleanText
+from oauthmail.text import cleanText
+from oauthmail.tokens.errors import AccountNotAuthorised
 from oauthmail.tokens.store import transaction
 
 __all__ = [
@@ -183,8 +185,7 @@ class _Policy:
         deadline = created_at + self.max_age
         if now >= deadline:
             return None
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
-        delay = ceiling / 2 + self.random.random() * ceiling / 2
+        delay = jitteredDelay(attempts, self.backoff_base, self.backoff_max, self.random)
         return min(now + delay, deadline)
 
 

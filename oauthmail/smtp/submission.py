@@ -12,7 +12,7 @@ The server keeps the message exactly as the client sent it, after SMTP's own
 transparency rules: lines end in CRLF and a leading ``.`` that the client
 doubled is removed. It never ends the data on a bare-LF ``.`` (no SMTP
 smuggling through this hop). The queue, not this server, adds the one trace
-line (:mod:`oauthmail.smtp.trace`), so mail from the Python API gets it too.
+line (:mod:`oauthmail.mail.trace`), so mail from the Python API gets it too.
 
 Passwords and AUTH payloads are never logged, not even when something fails.
 AUTH is offered in cleartext, which is why the default is to listen on
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ from twisted.mail.interfaces import IChallengeResponse, IMessageDelivery, IMessa
 from zope.interface import implementer
 
 from oauthmail.interfaces import ISubmissionQueue
+from oauthmail.loopback import isLoopbackHost
 from oauthmail.smtp.users import SubmissionConfig, SubmissionUser, SubmissionUserChecker
 
 _log = Logger()
@@ -287,12 +287,7 @@ CHALLENGERS = {b"PLAIN": PlainCredentials, b"LOGIN": smtp.LOGINCredentials}
 
 def _isLoopback(address) -> bool:
     host = getattr(address, "host", None)
-    if not isinstance(host, str):
-        return False
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
+    return isinstance(host, str) and isLoopbackHost(host)
 
 
 class SubmissionESMTP(smtp.ESMTP):
@@ -866,7 +861,7 @@ def listenSubmission(
     if config.tls_cert is not None and config.tls_key is not None:
         contextFactory = tlsOptionsFromFiles(config.tls_cert, config.tls_key)
     factory = SubmissionFactory(portal, config, reactor=reactor, contextFactory=contextFactory)
-    if not config.require_tls and not _isLoopbackName(config.bind):
+    if not config.require_tls and not isLoopbackHost(config.bind):
         _log.warn(
             "submission: listening on {bind} without require_tls: passwords cross the"
             " network in cleartext",
@@ -877,10 +872,3 @@ def listenSubmission(
     else:
         endpoint = endpoints.TCP4ServerEndpoint(reactor, config.port, interface=config.bind)
     return endpoint.listen(factory)
-
-
-def _isLoopbackName(bind: str) -> bool:
-    try:
-        return ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        return bind == "localhost"

@@ -32,17 +32,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from oauthmail.config import AccountConfig
+from oauthmail.text import cleanText, describeWhen
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
     AuthorizationFailed,
     TokenEndpointError,
     TokenError,
     TransientTokenError,
-    cleanText,
 )
 from oauthmail.tokens.grants import AuthorizationRequest, DeviceAuthorization
 from oauthmail.tokens.records import TokenRecord, TokenSet
-from oauthmail.web.status import describeWhen
 
 log = Logger()
 

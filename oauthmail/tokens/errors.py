@@ -10,17 +10,7 @@ verifier or client secret: the code that raises them only ever sees those as
 
 from __future__ import annotations
 
-import re
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def cleanText(text: object, limit: int = 300) -> str:
-    """One printable line of at most ``limit`` characters (provider text is untrusted)."""
-    line = _UNPRINTABLE.sub(" ", str(text)).strip()
-    if len(line) > limit:
-        line = line[: limit - 1] + "…"
-    return line
+from oauthmail.text import cleanText
 
 
 class TokenError(Exception):

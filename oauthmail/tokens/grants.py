@@ -38,12 +38,12 @@ from twisted.python.failure import Failure
 from oauthmail.config import ProfileConfig
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.secret import Secret
+from oauthmail.text import cleanText
 from oauthmail.tokens.errors import (
     AuthorizationFailed,
     InvalidGrant,
     TokenEndpointError,
     TransientTokenError,
-    cleanText,
 )
 from oauthmail.tokens.http import HTTPResponse, InsecureEndpointError, checkEndpointURL
 from oauthmail.tokens.records import TokenSet

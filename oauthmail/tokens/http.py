@@ -12,7 +12,6 @@ value that the pure parsing code in :mod:`oauthmail.tokens.grants` works on.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -36,6 +35,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTT
 from zope.interface import implementer
 
 from oauthmail.interfaces import IHTTPTransport
+from oauthmail.loopback import isLoopbackHost
 
 #: Idle keep-alive connections per endpoint: above the refresher's default concurrency (10).
 DEFAULT_MAX_PERSISTENT_PER_HOST = 16
@@ -54,16 +54,6 @@ class TransportError(Exception):
 
 class ResponseTooLarge(TransportError):  # noqa: N818
     """The answer was bigger than the configured cap; the connection was dropped."""
-
-
-def isLoopbackHost(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=64)

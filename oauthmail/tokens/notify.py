@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.environment import childEnvironment
-from oauthmail.tokens.errors import cleanText
+from oauthmail.text import cleanText
 
 log = Logger()
 

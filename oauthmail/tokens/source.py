@@ -37,13 +37,14 @@ from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
 from oauthmail.interfaces import IHTTPTransport, ITokenSource, ITokenStore
+from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
+from oauthmail.text import cleanText
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
     InvalidGrant,
     TokenEndpointError,
     TransientTokenError,
-    cleanText,
 )
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
@@ -474,8 +475,7 @@ class TokenSource:
         """
         if retry_after is not None and retry_after > self._backoff_max:
             return None
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        delay = ceiling / 2 + self._random.random() * ceiling / 2
+        delay = jitteredDelay(attempt, self._backoff_base, self._backoff_max, self._random)
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from oauthmail.config import Config
 from oauthmail.interfaces import ITokenStore
+from oauthmail.text import describeWhen
 from oauthmail.web.authorize import (
     AuthorizeResource,
     CallbackResource,
@@ -33,7 +34,7 @@ from oauthmail.web.authorize import (
     DevicePage,
     actionForm,
 )
-from oauthmail.web.status import AccountStatus, accountStatus, describeWhen
+from oauthmail.web.status import AccountStatus, accountStatus
 
 #: The button's label per state; states not listed get no button.
 BUTTON_LABELS = {

@@ -94,21 +94,3 @@ def accountStatus(
         oldest_queued_age=sending.oldest_age if sending is not None else None,
         failed_sends=sending.failed if sending is not None else None,
     )
-
-
-def describeWhen(when: float | None, now: float) -> str:
-    """``in 42 min`` / ``3 h ago``: what a person reads at a glance."""
-    if when is None:
-        return "—"
-    delta = when - now
-    future = delta >= 0
-    seconds = abs(delta)
-    if seconds < 90:
-        amount = f"{int(seconds)} s"
-    elif seconds < 90 * 60:
-        amount = f"{int(seconds // 60)} min"
-    elif seconds < 48 * 3600:
-        amount = f"{seconds / 3600:.1f} h"
-    else:
-        amount = f"{seconds / 86400:.1f} days"
-    return f"in {amount}" if future else f"{amount} ago"

@@ -21,11 +21,12 @@ from oauthmail.config import (
     ServerConfig,
     SinkConfig,
 )
-from oauthmail.imap.connect import TLSCertificateError, connectIMAP
+from oauthmail.imap.connect import connectIMAP
 from oauthmail.imap.ledger import MemoryDeliveryLedger
 from oauthmail.imap.watcher import FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.sinks.maildir import MaildirSink
+from oauthmail.tls import TLSCertificateError
 
 from .conftest import CLIENT_ID, makeProfile
 

@@ -14,8 +14,8 @@ from twisted.internet import defer, threads
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
 from oauthmail.imap.sentfolder import IMAPSentFolder
+from oauthmail.mail.trace import SentCheckError, SentProbe, stamp
 from oauthmail.secret import Secret
-from oauthmail.smtp.trace import SentCheckError, SentProbe, stamp
 
 from .conftest import CLIENT_ID, makeProfile
 

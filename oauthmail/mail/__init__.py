@@ -1,0 +1,1 @@
+"""What receiving and sending share about a message itself (no protocol, no store)."""
