@@ -178,7 +178,7 @@ def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
     """The daemon's configuration: one sending account, one submission user, a private store."""
     import yaml
 
-    from oauthmail.smtp.passwords import hashPassword
+    from oauthmail.passwords import hashPassword
     from oauthmail.tokens.crypto import generateKey
 
     server = rig.server()

@@ -503,7 +503,7 @@ def hashPasswordCommand(args: argparse.Namespace) -> int:
     """Read the password (prompt on a terminal, else one line of stdin); print its hash."""
     import getpass
 
-    from oauthmail.smtp.passwords import hashPassword
+    from oauthmail.passwords import hashPassword
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")

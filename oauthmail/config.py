@@ -27,9 +27,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from oauthmail.loopback import isLoopbackHost
+from oauthmail.passwords import parseHash
 from oauthmail.secret import Secret
-from oauthmail.smtp.passwords import parseHash
-from oauthmail.smtp.users import SubmissionConfig, SubmissionUser
 
 
 class ConfigError(Exception):
@@ -280,6 +279,65 @@ class QueueConfig:
     sent_check_delay: float = 30.0
     #: How long the Sent folder may stay unreachable before a doubtful message is sent again.
     sent_check_give_up: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SubmissionUser:
+    """A local login: ``name``, an scrypt ``password_hash`` and the accounts it may send as."""
+
+    name: str
+    password_hash: str = field(repr=False)
+    allowed_senders: tuple[str, ...] = ()  # oauthmail account names
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
+            raise ValueError("a submission user needs a name without surrounding spaces")
+        try:
+            parseHash(self.password_hash)
+        except ValueError as e:
+            raise ValueError(f"submission user {self.name!r}: {e}") from None
+        if isinstance(self.allowed_senders, str) or not all(
+            isinstance(s, str) and s for s in self.allowed_senders
+        ):
+            raise ValueError(
+                f"submission user {self.name!r}: allowed_senders is a list of account names"
+            )
+        object.__setattr__(self, "allowed_senders", tuple(self.allowed_senders))
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """The ``submission:`` section: where to listen, who may log in, limits and TLS."""
+
+    bind: str = "127.0.0.1"
+    port: int = 1587
+    users: tuple[SubmissionUser, ...] = ()
+    allow_unauthenticated_loopback: bool = False
+    max_message_size: int = 35 * 1024 * 1024
+    tls_cert: str | None = None  # PEM: the certificate, then any intermediates
+    tls_key: str | None = None
+    require_tls: bool = False  # refuse AUTH and MAIL before STARTTLS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "users", tuple(self.users))
+        if not 0 <= self.port <= 65535:
+            raise ValueError("submission port must be between 0 and 65535")
+        if self.max_message_size < 1024:
+            raise ValueError("submission max_message_size must be at least 1024 bytes")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("submission tls_cert and tls_key go together")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("submission require_tls needs tls_cert and tls_key")
+        names = [user.name for user in self.users]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"submission users named twice: {', '.join(duplicates)}")
+
+    def user(self, name: str) -> SubmissionUser | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 
 from oauthmail.config import loadConfig
+from oauthmail.passwords import verifyPassword
 from oauthmail.secret import Secret
-from oauthmail.smtp.passwords import verifyPassword
 from oauthmail.testing.provider import DEFAULT_USER, TestOAuthProvider
 from oauthmail.tokens.records import TokenSet
 from oauthmail.tokens.store import openStore

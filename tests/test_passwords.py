@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oauthmail.smtp import passwords as passwords_module
-from oauthmail.smtp.passwords import (
+from oauthmail.passwords import (
     DEFAULT_PARAMETERS,
     ScryptParameters,
     formatHash,
@@ -19,6 +18,7 @@ from oauthmail.smtp.passwords import (
     parseHash,
     verifyPassword,
 )
+from oauthmail import passwords as passwords_module
 
 FAST = ScryptParameters(n=16, r=1, p=1)
 _SOURCE = inspect.getsource(passwords_module)

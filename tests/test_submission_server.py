@@ -32,7 +32,8 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from oauthmail.smtp.passwords import ScryptParameters, hashPassword, parseHash
+from oauthmail.config import SubmissionConfig, SubmissionUser
+from oauthmail.passwords import ScryptParameters, hashPassword, parseHash
 from oauthmail.smtp.submission import (
     ISubmissionQueue,
     QueuedMessage,
@@ -43,7 +44,7 @@ from oauthmail.smtp.submission import (
     buildSubmissionPortal,
     listenSubmission,
 )
-from oauthmail.smtp.users import SubmissionConfig, SubmissionUser, SubmissionUserChecker
+from oauthmail.smtp.users import SubmissionUserChecker
 from oauthmail.testing.certs import generateTestCertificates
 
 FAST = ScryptParameters(n=16, r=1, p=1)  # production uses n=2**14, r=8
@@ -622,7 +623,7 @@ async def test_checker_hashes_a_dummy_for_unknown_users_off_the_reactor_thread()
 
     def spy(password: bytes, encoded: str) -> bool:
         calls.append((encoded, threading.current_thread() is threading.main_thread()))
-        from oauthmail.smtp.passwords import verifyPassword
+        from oauthmail.passwords import verifyPassword
 
         return verifyPassword(password, encoded)
 

@@ -40,9 +40,10 @@ from twisted.mail._except import IllegalClientResponse
 from twisted.mail.interfaces import IChallengeResponse, IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
+from oauthmail.config import SubmissionConfig, SubmissionUser
 from oauthmail.interfaces import ISubmissionQueue
 from oauthmail.loopback import isLoopbackHost
-from oauthmail.smtp.users import SubmissionConfig, SubmissionUser, SubmissionUserChecker
+from oauthmail.smtp.users import SubmissionUserChecker
 
 _log = Logger()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
@@ -26,68 +25,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from oauthmail.smtp.passwords import DEFAULT_PARAMETERS, formatHash, parseHash, verifyPassword
+from oauthmail.config import SubmissionUser
+from oauthmail.passwords import DEFAULT_PARAMETERS, formatHash, parseHash, verifyPassword
 
 _log = Logger()
-
-
-@dataclass(frozen=True)
-class SubmissionUser:
-    """A local login: ``name``, an scrypt ``password_hash`` and the accounts it may send as."""
-
-    name: str
-    password_hash: str = field(repr=False)
-    allowed_senders: tuple[str, ...] = ()  # oauthmail account names
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
-            raise ValueError("a submission user needs a name without surrounding spaces")
-        try:
-            parseHash(self.password_hash)
-        except ValueError as e:
-            raise ValueError(f"submission user {self.name!r}: {e}") from None
-        if isinstance(self.allowed_senders, str) or not all(
-            isinstance(s, str) and s for s in self.allowed_senders
-        ):
-            raise ValueError(
-                f"submission user {self.name!r}: allowed_senders is a list of account names"
-            )
-        object.__setattr__(self, "allowed_senders", tuple(self.allowed_senders))
-
-
-@dataclass(frozen=True)
-class SubmissionConfig:
-    """The ``submission:`` section: where to listen, who may log in, limits and TLS."""
-
-    bind: str = "127.0.0.1"
-    port: int = 1587
-    users: tuple[SubmissionUser, ...] = ()
-    allow_unauthenticated_loopback: bool = False
-    max_message_size: int = 35 * 1024 * 1024
-    tls_cert: str | None = None  # PEM: the certificate, then any intermediates
-    tls_key: str | None = None
-    require_tls: bool = False  # refuse AUTH and MAIL before STARTTLS
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "users", tuple(self.users))
-        if not 0 <= self.port <= 65535:
-            raise ValueError("submission port must be between 0 and 65535")
-        if self.max_message_size < 1024:
-            raise ValueError("submission max_message_size must be at least 1024 bytes")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("submission tls_cert and tls_key go together")
-        if self.require_tls and self.tls_cert is None:
-            raise ValueError("submission require_tls needs tls_cert and tls_key")
-        names = [user.name for user in self.users]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"submission users named twice: {', '.join(duplicates)}")
-
-    def user(self, name: str) -> SubmissionUser | None:
-        for user in self.users:
-            if user.name == name:
-                return user
-        return None
 
 
 def _dummyHash(users: Iterable[SubmissionUser]) -> str:

@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from oauthmail.smtp.passwords import ScryptParameters, hashPassword
+from oauthmail.passwords import ScryptParameters, hashPassword
 from oauthmail.testing.dovecot import DovecotServer
 
 from .conftest import TEMPLATES
