@@ -257,7 +257,7 @@ def startRig(
         if withFinalHop:
             if str(ROOT) not in sys.path:
                 sys.path.insert(0, str(ROOT))
-            from tests.integration.finalhop import FinalHop
+            from oauthmail.testing.finalhop import FinalHop
 
             hop = FinalHop()
             hop.listen(reactor)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oauthmail import passwords as passwords_module
 from oauthmail.passwords import (
     DEFAULT_PARAMETERS,
     ScryptParameters,
@@ -18,7 +19,6 @@ from oauthmail.passwords import (
     parseHash,
     verifyPassword,
 )
-from oauthmail import passwords as passwords_module
 
 FAST = ScryptParameters(n=16, r=1, p=1)
 _SOURCE = inspect.getsource(passwords_module)

@@ -32,9 +32,8 @@ from oauthmail.testing.dovecot import (
     findDoveadm,
     findDovecot,
 )
+from oauthmail.testing.finalhop import FinalHop
 from oauthmail.testing.provider import TestOAuthProvider
-
-from .finalhop import FinalHop
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "dovecot"
 CLIENT_ID = "oauthmail-integration"

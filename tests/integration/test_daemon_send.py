@@ -21,10 +21,10 @@ from twisted.internet import defer, threads
 
 from oauthmail.passwords import ScryptParameters, hashPassword
 from oauthmail.testing.dovecot import DovecotServer
+from oauthmail.testing.finalhop import SentFiler
 
 from .conftest import TEMPLATES
 from .daemon import Daemon, freePort, profile, waitFor
-from .finalhop import SentFiler
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,10 @@ while Dovecot asks an introspection endpoint served by the *same* reactor must
 run in a thread (``twisted.internet.threads.deferToThread``), or the reactor
 cannot answer and the login times out.
 
-Users of oauthmail can use the same class in their own tests; see
-``docs/dovecot-tests.md``.
+Users of oauthmail can use the same class in their own tests, with the
+templates shipped in this package (:data:`PACKAGED_TEMPLATES`) or their own;
+see ``docs/dovecot-tests.md``. ``python -m oauthmail.testing.dovecot`` starts
+one from the command line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from oauthmail.testing.certs import SERVER_NAME, TestCertificates
 
 #: The loopback address every listener binds to.
 LOOPBACK = "127.0.0.1"
+
+#: The templates shipped with oauthmail (the project's own tests keep theirs in ``tests/dovecot``).
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 _TEMPLATE = "dovecot.conf.in"
 _OAUTH2_TEMPLATE = "dovecot-oauth2.conf.in"
@@ -206,6 +211,27 @@ def _untraversable(path: Path) -> Path | None:
         if not directory.stat().st_mode & 0o001:
             return directory
     return None
+
+
+def _reapGroup(pgid: int, grace: float) -> None:
+    """Wait until no process is left in group ``pgid``; SIGKILL what outlives ``grace``.
+
+    The master's children get the same SIGTERM but may still be finishing a
+    write when the master has gone: "stopped" must mean that none is left.
+    """
+    for sig in (None, signal.SIGKILL):
+        if sig is not None:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def render(template: str, values: dict[str, object]) -> str:
@@ -505,6 +531,7 @@ class DovecotServer:
                 except ProcessLookupError:
                     pass
                 process.wait(timeout)
+            _reapGroup(process.pid, grace)
         if self._ownWorkDir and self.workDir is not None:
             shutil.rmtree(self.workDir, ignore_errors=True)
             self.workDir = None

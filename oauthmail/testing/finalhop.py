@@ -1,24 +1,26 @@
-"""A final-hop SMTP server that Dovecot's submission service relays to.
+"""A final-hop SMTP server that a private Dovecot's submission service relays to.
 
 Dovecot's submission service does not deliver mail itself: it forwards each
-message to ``submission_relay_host:submission_relay_port``. The integration
-tests point that at this server, which runs on the test reactor and simply
-keeps what it receives, so a test can check that a message sent through
-oauthmail (or smtplib) really left Dovecot.
+message to ``submission_relay_host:submission_relay_port``. Tests (ours and
+yours) point that at this server, which runs on the reactor next to the test
+OAuth provider and keeps what it receives, so a test can check that a
+message sent through oauthmail (or smtplib) really left Dovecot.
 
-Built on ``twisted.mail.smtp.ESMTP`` so it runs on pytest-twisted's reactor
-next to the test OAuth provider, without a thread of its own.
+Built on ``twisted.mail.smtp.ESMTP`` through its public hooks only.
 
-It can also play the part of Gmail and Microsoft 365 that matters to the
-outbound queue: :attr:`FinalHop.fileSent` stores a copy of every accepted
-message in the sender's Sent folder (through :class:`SentFiler`, as Dovecot's
-master user) *before* the ``250`` goes back, as those providers do.
+It can also play the parts of Gmail and Microsoft 365 that matter to
+oauthmail, through :attr:`FinalHop.fileSent` (called before the ``250`` goes
+back): :class:`SentFiler` stores a copy of every accepted message in the
+sender's Sent folder, as those providers do, and :class:`InboxDeliverer`
+delivers it into each recipient's INBOX on the same Dovecot, so that mail
+sent through oauthmail can be received by it again (the demo does that).
+Both log in as Dovecot's master user (no token, no introspection call).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,36 +178,30 @@ class FinalHop:
         return defer.maybeDeferred(port.stopListening)
 
 
-class SentFiler:
-    """Files relayed messages in their sender's ``Sent`` mailbox, like Gmail does.
+class _MasterUserAppender:
+    """APPENDs messages into a Dovecot's mailboxes as its master user, in a thread.
 
-    Uses one IMAP connection per mail user, logged in as Dovecot's master user
-    (no token, so no introspection call), in a thread: APPEND is blocking.
+    One blocking ``imaplib`` connection per mail user, kept open; a lock keeps
+    the threads from sharing one at the same time.
     """
 
-    def __init__(self, dovecot: Any, mailbox: str = "Sent") -> None:
+    def __init__(self, dovecot: Any) -> None:
         self._dovecot = dovecot
-        self._mailbox = mailbox
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         #: How many copies were filed.
         self.filed = 0
 
-    def __call__(self, message: RelayedMessage) -> defer.Deferred[None]:
-        from twisted.internet import threads
-
-        return threads.deferToThread(self._append, message.mailFrom, message.data)
-
-    def _append(self, user: str, data: bytes) -> None:
+    def _append(self, user: str, mailbox: str, data: bytes) -> None:
         with self._lock:
             client = self._clients.get(user)
             if client is None:
                 client = self._dovecot.imapClient()
                 client.login(f"{user}*{self._dovecot.masterUser}", self._dovecot.masterPassword)
                 self._clients[user] = client
-            status, reply = client.append(self._mailbox, None, None, data)
+            status, reply = client.append(mailbox, None, None, data)
             if status != "OK":
-                raise RuntimeError(f"APPEND to {self._mailbox} failed: {reply!r}")
+                raise RuntimeError(f"APPEND to {mailbox} of {user} failed: {reply!r}")
             self.filed += 1
 
     def close(self) -> None:
@@ -216,3 +212,49 @@ class SentFiler:
                 except Exception:  # noqa: S110 - best effort at the end of a test
                     pass
             self._clients.clear()
+
+
+class SentFiler(_MasterUserAppender):
+    """Files relayed messages in their sender's ``Sent`` mailbox, like Gmail does."""
+
+    def __init__(self, dovecot: Any, mailbox: str = "Sent") -> None:
+        super().__init__(dovecot)
+        self._mailbox = mailbox
+
+    def __call__(self, message: RelayedMessage) -> defer.Deferred[None]:
+        from twisted.internet import threads
+
+        return threads.deferToThread(self._append, message.mailFrom, self._mailbox, message.data)
+
+
+class InboxDeliverer(_MasterUserAppender):
+    """Delivers relayed messages into each recipient's INBOX on the same Dovecot.
+
+    Only recipients in ``domains`` (lower case) are delivered; mail for other
+    domains is kept by the final hop as usual and goes nowhere else.
+    """
+
+    def __init__(self, dovecot: Any, domains: Iterable[str]) -> None:
+        super().__init__(dovecot)
+        self._domains = frozenset(d.lower() for d in domains)
+
+    def __call__(self, message: RelayedMessage) -> defer.Deferred[None]:
+        from twisted.internet import threads
+
+        local = [r for r in message.rcptTos if r.rpartition("@")[2].lower() in self._domains]
+
+        def deliver() -> None:
+            for recipient in local:
+                self._append(recipient, "INBOX", message.data)
+
+        return threads.deferToThread(deliver)
+
+
+def fileWith(*hooks: Callable[[RelayedMessage], Any]) -> Callable[[RelayedMessage], Any]:
+    """One :attr:`FinalHop.fileSent` hook that runs ``hooks`` one after the other."""
+
+    async def run(message: RelayedMessage) -> None:
+        for hook in hooks:
+            await defer.maybeDeferred(hook, message)
+
+    return lambda message: defer.ensureDeferred(run(message))
