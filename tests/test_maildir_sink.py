@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -264,3 +265,21 @@ async def test_find_delivered_by_digest_in_new_and_cur(tmp_path, reactor, thread
     wanted = {messageDigest(b"first\r\n"), messageDigest(b"second\r\n"), messageDigest(b"x")}
     found = await sink.findDelivered(wanted)
     assert found == {messageDigest(b"first\r\n"), messageDigest(b"second\r\n")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_tmp_leftovers_are_removed(
+    tmp_path, reactor, threadpool
+):
+    """Files a crash left in tmp/ over a day ago go; a young one (a writer mid-rename) stays."""
+    maildir = tmp_path / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    stale, young = maildir / "tmp" / "stale", maildir / "tmp" / "young"
+    stale.write_bytes(b"half a message")
+    young.write_bytes(b"being written")
+    dayAndAHalfAgo = time.time() - 36 * 3600
+    os.utime(stale, (dayAndAHalfAgo, dayAndAHalfAgo))
+    sink = makeSink(tmp_path, reactor, threadpool)
+    await sink.deliver(b"Subject: x\r\n\r\nbody\r\n", "acct", "INBOX")
+    assert listing(sink.path, "tmp") == ["young"]

@@ -49,6 +49,9 @@ from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkE
 
 SUBDIRECTORIES = ("tmp", "new", "cur")
 
+#: Files older than this in ``tmp/`` were left by a process that died mid-write.
+STALE_TMP_AGE = 24 * 3600.0
+
 #: What ``deliverBatch`` gives back for each message, in order: the final
 #: path in ``new/`` or the error that message met.
 BatchResult = Union[str, SinkError]
@@ -343,4 +346,25 @@ class MaildirSink:
         if created:
             self._syncDirectory(self.path)
             self._syncDirectory(os.path.dirname(self.path))
+        else:
+            self._removeStaleTemporaries()
         self._ready = True
+
+    def _removeStaleTemporaries(self) -> None:
+        """Delete files left in ``tmp/`` for over :data:`STALE_TMP_AGE` (a crash's leftovers).
+
+        A message is in ``tmp/`` only between its write and its rename; one
+        that stayed a day belongs to a process that died there. Maildir
+        readers clean these up (the spec says after 36 hours); we do it once
+        per process, before our first write, and never touch a young file
+        another writer may still be renaming.
+        """
+        cutoff = self._clock() - STALE_TMP_AGE
+        try:
+            entries = list(os.scandir(self._tmp))
+        except OSError:
+            return
+        for entry in entries:
+            with suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
