@@ -14,18 +14,13 @@ hash or the password: both may end up in a log or on a terminal.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import os
 import re
-import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 SCHEME = "scrypt"
 SALT_BYTES = 16
@@ -168,42 +163,3 @@ def verifyPassword(password: str | bytes, encoded: str) -> bool:
         _passwordBytes(password), parsed.salt, parsed.parameters, len(parsed.digest)
     )
     return hmac.compare_digest(candidate, parsed.digest)
-
-
-def main_hash(
-    argv: Sequence[str] | None = None,
-    *,
-    readPassword: Callable[[str], str] = getpass.getpass,
-    stdin: TextIO | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """``oauthmail hash-password``: read a password, print its hash for the config file.
-
-    The password is asked twice on the terminal (never echoed, never an
-    argument, which would land in the shell history and in ``ps``); with
-    ``--stdin`` it is the first line of standard input, for scripts.
-    """
-    stdin = stdin if stdin is not None else sys.stdin
-    stdout = stdout if stdout is not None else sys.stdout
-    stderr = stderr if stderr is not None else sys.stderr
-    parser = argparse.ArgumentParser(
-        prog="oauthmail hash-password",
-        description="Print an scrypt hash of a submission user's password.",
-    )
-    parser.add_argument(
-        "--stdin", action="store_true", help="read the password from the first line of stdin"
-    )
-    options = parser.parse_args(argv)
-    if options.stdin:
-        password = stdin.readline().rstrip("\r\n")
-    else:
-        password = readPassword("Password: ")
-        if readPassword("Password again: ") != password:
-            print("oauthmail: the passwords do not match", file=stderr)
-            return 1
-    if not password:
-        print("oauthmail: the password is empty", file=stderr)
-        return 1
-    print(hashPassword(password), file=stdout)
-    return 0

@@ -268,9 +268,7 @@ async def test_find_delivered_by_digest_in_new_and_cur(tmp_path, reactor, thread
 
 
 @pytest_twisted.ensureDeferred
-async def test_stale_tmp_leftovers_are_removed(
-    tmp_path, reactor, threadpool
-):
+async def test_stale_tmp_leftovers_are_removed(tmp_path, reactor, threadpool):
     """Files a crash left in tmp/ over a day ago go; a young one (a writer mid-rename) stays."""
     maildir = tmp_path / "Maildir"
     for sub in ("tmp", "new", "cur"):

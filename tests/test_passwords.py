@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oauthmail import passwords as passwords_module
+from oauthmail.cli import EXIT_USAGE, readAndHashPassword
 from oauthmail.passwords import (
     DEFAULT_PARAMETERS,
     ScryptParameters,
     formatHash,
     hashPassword,
-    main_hash,
     parseHash,
     verifyPassword,
 )
@@ -108,34 +108,61 @@ def test_parsed_hash_repr_hides_bytes() -> None:
     assert "sss" not in repr(parsed) and "ddd" not in repr(parsed)
 
 
-def test_main_hash_prints_a_verifiable_hash() -> None:
+def test_hash_password_prints_a_verifiable_hash() -> None:
     """The CLI asks twice and prints a hash of the password, never the password."""
     answers = iter(["correct horse", "correct horse"])
     out, err = io.StringIO(), io.StringIO()
-    assert main_hash([], readPassword=lambda prompt: next(answers), stdout=out, stderr=err) == 0
+    code = readAndHashPassword(
+        fromStdin=False,
+        stdin=io.StringIO(),
+        readPassword=lambda prompt: next(answers),
+        stdout=out,
+        stderr=err,
+    )
+    assert code == 0
     printed = out.getvalue().strip()
     assert "correct horse" not in out.getvalue() + err.getvalue()
     assert verifyPassword("correct horse", printed)
 
 
-def test_main_hash_refuses_a_mismatch() -> None:
-    """Two different answers print nothing on stdout and exit 1."""
+def test_hash_password_refuses_a_mismatch() -> None:
+    """Two different answers print nothing on stdout and exit with the usage status."""
     answers = iter(["one", "two"])
     out, err = io.StringIO(), io.StringIO()
-    assert main_hash([], readPassword=lambda prompt: next(answers), stdout=out, stderr=err) == 1
+    code = readAndHashPassword(
+        fromStdin=False,
+        stdin=io.StringIO(),
+        readPassword=lambda prompt: next(answers),
+        stdout=out,
+        stderr=err,
+    )
+    assert code == EXIT_USAGE
     assert out.getvalue() == ""
     assert "do not match" in err.getvalue()
 
 
-def test_main_hash_reads_stdin_when_asked() -> None:
+def test_hash_password_reads_stdin_when_asked() -> None:
     """--stdin takes the first line of standard input (for scripts)."""
     out = io.StringIO()
-    code = main_hash(["--stdin"], stdin=io.StringIO("from-a-script\n"), stdout=out)
+    code = readAndHashPassword(
+        fromStdin=True,
+        stdin=io.StringIO("from-a-script\n"),
+        readPassword=input,
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     assert code == 0
     assert verifyPassword("from-a-script", out.getvalue().strip())
 
 
-def test_main_hash_refuses_empty() -> None:
+def test_hash_password_refuses_empty() -> None:
     """An empty password is refused."""
     err = io.StringIO()
-    assert main_hash(["--stdin"], stdin=io.StringIO("\n"), stdout=io.StringIO(), stderr=err) == 1
+    code = readAndHashPassword(
+        fromStdin=True,
+        stdin=io.StringIO("\n"),
+        readPassword=input,
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+    assert code == EXIT_USAGE
