@@ -208,3 +208,20 @@ class ISentFolder(Interface):
         :class:`oauthmail.mail.trace.SentCheckError` (one line, no token) when
         the folder could not be searched; the caller waits and asks again.
         """
+
+
+class IAccountHealth(Interface):
+    """The one owner of account state: parts report, the account is the worst of them.
+
+    See :mod:`oauthmail.health`. Tokens, each watched IMAP folder and SMTP
+    report their own condition; nothing else writes an account's state.
+    """
+
+    def report(account, part, state, error=None, advice=None, until=None):
+        """Record ``part``'s condition (``ok``, ``retrying``, ``error``, ...) for ``account``."""
+
+    def view(account):
+        """The account's derived health (an :class:`oauthmail.health.AccountView`)."""
+
+    def listen(listener):
+        """Call ``listener(account, before, after)`` when an account's derived state changes."""
