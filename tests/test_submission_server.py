@@ -23,24 +23,24 @@ from hypothesis import strategies as st
 from twisted.cred import credentials, error
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import ITCPTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
-from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import SubmissionConfig, SubmissionUser
+from oauthmail.interfaces import ISubmissionQueue
 from oauthmail.passwords import ScryptParameters, hashPassword, parseHash
 from oauthmail.smtp.submission import (
-    ISubmissionQueue,
-    QueuedMessage,
+    ISubmitter,
     SenderDirectory,
-    SubmissionDelivery,
     SubmissionFactory,
+    SubmissionLimits,
     SubmissionRealm,
+    Submitter,
     buildSubmissionPortal,
     listenSubmission,
 )
@@ -87,6 +87,10 @@ class MemoryQueue:
         return defer.succeed(f"id-{len(self.stored)}")
 
 
+#: Real-socket tests answer failed logins after milliseconds, not Dovecot-like seconds.
+FAST_LIMITS = SubmissionLimits(auth_penalty_base=0.01, auth_penalty_max=0.02)
+
+
 def _config(**kw) -> SubmissionConfig:
     kw.setdefault("users", USERS)
     return SubmissionConfig(port=0, **kw)
@@ -95,12 +99,20 @@ def _config(**kw) -> SubmissionConfig:
 class Running:
     """A listening submission server for one test; stops listening on exit."""
 
-    def __init__(self, config: SubmissionConfig, queue: MemoryQueue | None = None) -> None:
+    def __init__(
+        self,
+        config: SubmissionConfig,
+        queue: MemoryQueue | None = None,
+        limits: SubmissionLimits = FAST_LIMITS,
+    ) -> None:
         self.config = config
         self.queue = queue if queue is not None else MemoryQueue()
+        self.limits = limits
 
     async def __aenter__(self) -> Running:
-        self.port = await listenSubmission(reactor, self.config, SENDERS, self.queue)
+        self.port = await listenSubmission(
+            reactor, self.config, SENDERS, self.queue, limits=self.limits
+        )
         self.number = self.port.getHost().port
         return self
 
@@ -360,20 +372,40 @@ async def test_sender_not_allowed_gets_550() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_recipient_syntax_gets_553() -> None:
-    """A recipient without a domain or with a broken domain is refused; good ones pass."""
+async def test_bad_recipient_syntax_gets_501_5_1_3() -> None:
+    """A recipient without a domain or with a broken domain is refused at RCPT; good ones pass."""
     async with Running(_config()) as server:
 
         def talk():
             s = server.client()
             s.login("app", APP_PASSWORD)
             s.mail("alerts@example.com")
-            codes = [s.rcpt(r)[0] for r in ("bob", "bob@", "bob@-x-.com", "bob@example.net")]
+            replies = [s.rcpt(r) for r in ("bob", "bob@", "bob@-x-.com", "bob@example.net")]
             s.quit()
-            return codes
+            return replies
 
-        codes = await inThread(talk)
-    assert codes == [553, 553, 553, 250]
+        replies = await inThread(talk)
+    assert [code for code, _ in replies] == [501, 501, 501, 250]
+    assert replies[0][1] == b"5.1.3 Bad recipient address syntax: no domain"
+    assert replies[2][1] == b"5.1.3 Bad recipient address syntax: bad domain"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_sender_syntax_gets_501_5_1_7() -> None:
+    """A sender that is not an RFC 5321 mailbox is refused at MAIL with 501 5.1.7."""
+    async with Running(_config()) as server:
+
+        def talk():
+            s = server.client()
+            s.login("app", APP_PASSWORD)
+            senders = ("alerts", "alerts@exa mple.com", "a..b@example.com", "alerts@example.com.")
+            replies = [s.docmd("MAIL", f"FROM:<{sender}>") for sender in senders]
+            s.quit()
+            return replies
+
+        replies = await inThread(talk)
+    assert [code for code, _ in replies] == [501, 501, 501, 501]
+    assert all(reply.startswith(b"5.1.7 Bad sender address syntax: ") for _, reply in replies)
 
 
 @pytest_twisted.ensureDeferred
@@ -536,10 +568,17 @@ class FakeTLSTransport(StringTransport):
     def startTLS(self, contextFactory, normal=True) -> None:
         self.tlsStarted = True
 
+    def setTcpNoDelay(self, enabled) -> None:
+        pass
 
-def _protocol(config: SubmissionConfig, queue: MemoryQueue, peer: str, transport=None):
+
+def _protocol(
+    config: SubmissionConfig, queue: MemoryQueue, peer: str, transport=None, limits=FAST_LIMITS
+):
     portal = buildSubmissionPortal(config, SENDERS, queue, reactor=reactor)
-    factory = SubmissionFactory(portal, config, reactor=task.Clock(), contextFactory=object())
+    factory = SubmissionFactory(
+        portal, config, reactor=task.Clock(), contextFactory=object(), limits=limits
+    )
     proto = factory.buildProtocol(None)
     transport = transport or StringTransport()
     transport.peerAddr = IPv4Address("TCP", peer, 40000)
@@ -595,7 +634,7 @@ def test_overlong_line_closes_the_connection_without_queueing() -> None:
         b"EHLO x\r\nMAIL FROM:<alerts@example.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n"
     )
     transport.clear()
-    proto.dataReceived(b"x" * (proto.MAX_LENGTH + 10) + b"\r\n.\r\n")
+    proto.dataReceived(b"x" * (FAST_LIMITS.max_line + 10) + b"\r\n.\r\n")
     assert transport.value().startswith(b"500 5.5.6")
     assert transport.disconnecting and queue.stored == []
 
@@ -604,16 +643,15 @@ def test_overlong_line_closes_the_connection_without_queueing() -> None:
 
 
 def test_implementations_provide_their_interfaces() -> None:
-    """Queue fake, checker, realm, delivery and message keep their interface promises."""
+    """Queue fake, checker, realm and the submitter avatar keep their interface promises."""
     from twisted.cred.checkers import ICredentialsChecker
     from twisted.cred.portal import IRealm
 
     queue = MemoryQueue()
     verifyObject(ISubmissionQueue, queue)
     verifyObject(ICredentialsChecker, SubmissionUserChecker(USERS, reactor=reactor))
-    verifyObject(IRealm, SubmissionRealm(USERS, SENDERS, queue, 1024))
-    verifyObject(IMessageDelivery, SubmissionDelivery("x", None, SENDERS, queue, 1024))
-    verifyObject(IMessageSMTP, QueuedMessage(queue, "a", "a@b.c", ["x@y.z"], 1024))
+    verifyObject(IRealm, SubmissionRealm(USERS, SENDERS, queue))
+    verifyObject(ISubmitter, Submitter("x", None, SENDERS, queue))
 
 
 @pytest_twisted.ensureDeferred
@@ -645,7 +683,7 @@ def test_realm_refuses_users_naming_unknown_accounts() -> None:
     """A user allowed to send as an account that does not exist is a configuration error."""
     user = SubmissionUser("x", hashPassword("pw", FAST), ("nonexistent",))
     with pytest.raises(ValueError, match="nonexistent"):
-        SubmissionRealm((user,), SENDERS, MemoryQueue(), 1024)
+        SubmissionRealm((user,), SENDERS, MemoryQueue())
 
 
 def test_configuration_is_checked() -> None:
@@ -677,6 +715,7 @@ def test_address_parsing_agrees_with_twisted() -> None:
 def test_replies_are_not_delayed_by_nagle() -> None:
     """The server switches Nagle off on each accepted connection."""
 
+    @implementer(ITCPTransport)
     class NoDelayTransport(StringTransport):
         noDelay = False
 
