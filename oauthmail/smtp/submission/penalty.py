@@ -83,6 +83,11 @@ class AuthPenalty:
         self._random = random if random is not None else _random.Random()  # noqa: S311 - jitter
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
+    @property
+    def tracked(self) -> int:
+        """How many client addresses are remembered now."""
+        return len(self._records)
+
     def blockedFor(self, key: str) -> float:
         """Seconds for which ``key``'s AUTH is still refused (0 when it is not)."""
         record = self._records.get(key)
@@ -112,6 +117,8 @@ class AuthPenalty:
 
         def done(result: object) -> object:
             record.users -= 1
+            if len(self._records) > self._limits.tracked_addresses:
+                self._trim(self._limits.tracked_addresses)
             return result
 
         return ensureDeferred(self._check(key, record, login, wanted)).addBoth(done)
@@ -167,21 +174,25 @@ class AuthPenalty:
         if record is not None:
             self._records.move_to_end(key)
             return record
-        if len(self._records) >= self._limits.tracked_addresses:
-            self._dropOne()
+        self._trim(self._limits.tracked_addresses - 1)
         limits = self._limits
         record = _Record(limits.auth_checks_per_address, limits.auth_failures_before_block)
         self._records[key] = record
         return record
 
-    def _dropOne(self) -> None:
-        """Forget the least recently seen address that has no check running or waiting."""
+    def _trim(self, size: int) -> None:
+        """Forget the least recently seen addresses with no check running or waiting.
+
+        Unblocked ones go first. Records in use stay, so while many checks are
+        in flight (at most one per open connection) there may be more for a while.
+        """
         now = self._clock.seconds()
-        for key, record in self._records.items():
-            if record.users == 0 and record.blockedUntil <= now:
-                del self._records[key]
+        for blockedToo in (False, True):
+            if len(self._records) <= size:
                 return
-        for key, record in self._records.items():
-            if record.users == 0:
+            for key in [
+                key
+                for key, record in self._records.items()
+                if record.users == 0 and (blockedToo or record.blockedUntil <= now)
+            ][: len(self._records) - size]:
                 del self._records[key]
-                return
