@@ -163,7 +163,7 @@ def test_queue_refusal_is_passed_on_exactly_and_odd_codes_become_451() -> None:
     assert reply == b"552 5.2.2 Mailbox full second line"
     queue.fail = SMTPServerError(250, "2.0.0 pretend it went")
     reply = session.say(ENVELOPE + b"DATA\r\nhi\r\n.\r\n")[-1]
-    assert reply == b"451 2.0.0 pretend it went"
+    assert reply == b"451 4.3.0 Local error in processing"
 
 
 def test_blocked_address_gets_421_at_auth() -> None:

@@ -9,7 +9,10 @@ the envelope sender address to an account and then checks this list.
 
 The checker verifies scrypt hashes in a thread pool because scrypt is slow on
 purpose, and it spends the same work on unknown users as on known ones so that
-the answer time does not tell which user names exist.
+the answer time does not tell which user names exist. Its concurrency limit is
+shared by every client; fairness between client addresses (one check at a time
+per address, delays after failures) is the submission server's AUTH penalty
+(:mod:`oauthmail.smtp.submission.penalty`), which calls the checker.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ class Conversation(Protocol, TimeoutMixin):
         self._pos = 0  # where unread input starts in _input
         self._draining = False
         self._paused = False
+        self._timeoutHeld = False  # the idle timeout is off while we owe an answer
         self._peer = "?"  # host:port, for the log
 
     @property
@@ -184,7 +185,6 @@ class Conversation(Protocol, TimeoutMixin):
         further answer); reading resumes once it has.
         """
         self._state = State.WAITING
-        self.setTimeout(None)  # the client waits for us now, not we for it
 
         def settle(result: object) -> None:
             if isinstance(result, Failure):
@@ -193,11 +193,17 @@ class Conversation(Protocol, TimeoutMixin):
                 onResult(result)  # type: ignore[arg-type]
 
         d.addBoth(settle).addErrback(self._internalError).addBoth(self._resume)
+        if self._state is State.WAITING and not self._timeoutHeld:
+            # Really waiting (not answered at once): the client waits for us now.
+            self._timeoutHeld = True
+            self.setTimeout(None)
 
     def _resume(self, ignored: object) -> None:
         if self._state is State.WAITING or self._state is State.CLOSED:
             return  # closed, or a further answer to wait for
-        self.setTimeout(self._limits.idle_timeout)
+        if self._timeoutHeld:
+            self._timeoutHeld = False
+            self.setTimeout(self._limits.idle_timeout)
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()

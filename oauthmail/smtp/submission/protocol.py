@@ -148,9 +148,15 @@ class SubmissionServer(Conversation):
         self._close(421, b"4.4.2 " + self._ctx.hostname + b" Idle for too long, closing")
 
     def _refuse(self, error: SMTPServerError) -> None:
-        """A refusal from the queue or the realm: its code if it is one, its text cleaned."""
-        code = error.code if isinstance(error.code, int) and 400 <= error.code < 600 else 451
-        self._reply(code, cleanText(error.resp, limit=400))
+        """A refusal from the queue or the realm: its code and its text, cleaned.
+
+        A "refusal" whose code is no 4xx or 5xx is a bug there, never a success here.
+        """
+        if isinstance(error.code, int) and 400 <= error.code < 600:
+            self._reply(error.code, cleanText(error.resp, limit=400))
+        else:
+            _log.error("submission: a refusal with code {code!r} taken as 451", code=error.code)
+            self._reply(451, "4.3.0 Local error in processing")
 
     def _lineTooLong(self) -> None:
         self._reader = self._message = None
