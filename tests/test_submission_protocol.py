@@ -8,9 +8,13 @@ time on a ``task.Clock``. The wire-level tests with real clients are in
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_submission_server import (
+    APP_PASSWORD,
     FAST_LIMITS,
     SENDERS,
     MemoryQueue,
@@ -241,3 +245,44 @@ def test_connection_counts_are_released_when_connections_close() -> None:
     assert counter.total == 1
     session.proto.connectionLost(None)
     assert counter.total == 0
+
+
+_WORDS = st.sampled_from(
+    [
+        b"EHLO x\r\n",
+        b"MAIL FROM:<alerts@example.com>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"RCPT TO:<a@example.net>\r\n",
+        b"RCPT TO:<bob>\r\n",
+        b"DATA\r\n",
+        b".\r\n",
+        b"..\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AUTH PLAIN " + base64.b64encode(b"\0app\0" + APP_PASSWORD.encode()) + b"\r\n",
+        b"*\r\n",
+        b"STARTTLS\r\n",
+        b"\r\n",
+        b"\r",
+        b"\n",
+        b"\xff\x00",
+        b"x" * 100,
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_WORDS, st.binary(max_size=30)), max_size=30), st.integers(1, 64))
+def test_arbitrary_input_never_breaks_the_conversation(words: list[bytes], readSize: int) -> None:
+    """Any bytes in any reads: no exception, only well-formed replies, bounded buffers."""
+    limits = SubmissionLimits(max_line=200, auth_penalty_base=0.01, auth_penalty_max=0.01)
+    session = Session(limits=limits, max_message_size=1024)
+    stream = b"".join(words)
+    for i in range(0, len(stream), readSize):
+        session.proto.dataReceived(stream[i : i + readSize])
+        session.clock.advance(1)
+    for line in session.transport.value().split(b"\r\n")[:-1]:
+        assert re.fullmatch(rb"[2-5][0-9][0-9][ -][\x20-\x7e]*", line), line
+    assert len(session.proto._input) <= 4 * (limits.pause_after_bytes + limits.max_line)
+    assert session.proto.state in State
