@@ -1,15 +1,15 @@
-"""SASL XOAUTH2 and OAUTHBEARER: pure encoders, the error parser, and Twisted adapters.
+"""SASL XOAUTH2 and OAUTHBEARER: pure encoders and the error-challenge parser.
 
 Both mechanisms carry a bearer token in one initial client response. They differ in
 the framing (XOAUTH2 is Google's ``user=...`` form, OAUTHBEARER is RFC 7628 with a
 GS2 header) and in how a client answers the server's error continuation (an empty
-response for XOAUTH2, a single ``\\x01`` for OAUTHBEARER). The encoders are pure so
-they can be property-tested; the :class:`XOAuth2Authenticator` and
-:class:`OAuthBearerAuthenticator` adapters plug them into Twisted's
-``IClientAuthentication`` so that ``ESMTPClient`` (and, with
-:mod:`oauthmail.imap.protocol`, the IMAP client) can use them.
+response for XOAUTH2, a single ``\\x01`` for OAUTHBEARER). The IMAP client
+(:mod:`oauthmail.imap.protocol`) and the SMTP client (:mod:`oauthmail.smtp.esmtp.session`)
+call these functions from their own state machines.
 
-No function here ever puts a token into an exception message.
+Rules a reader must not break: everything here is pure and imports nothing from
+Twisted (an import-graph test enforces it), so it can be property-tested; no
+function here ever puts a token into an exception message.
 """
 
 from __future__ import annotations
@@ -19,16 +19,11 @@ import binascii
 import json
 from typing import Any, Union
 
-from twisted.mail.interfaces import IClientAuthentication
-from zope.interface import implementer
-
 from oauthmail.secret import Secret
 
 __all__ = [
     "OAUTHBEARER_ERROR_RESPONSE",
     "XOAUTH2_ERROR_RESPONSE",
-    "OAuthBearerAuthenticator",
-    "XOAuth2Authenticator",
     "errorResponse",
     "isTokenRejected",
     "normaliseMechanism",
@@ -206,8 +201,8 @@ def parseErrorChallenge(challenge: bytes | str | None) -> dict[str, Any] | None:
     """Decode the server's error continuation into a dict; never raise on server garbage.
 
     Accepts the payload either still base64-encoded (as it appears after ``+ `` or
-    ``334 ``) or already decoded (Twisted's clients decode before calling
-    ``challengeResponse``). Returns ``None`` for an empty challenge, the JSON object
+    ``334 ``) or already decoded (by a client that decodes continuations itself).
+    Returns ``None`` for an empty challenge, the JSON object
     when there is one (``{"status": "401", "schemes": "bearer", ...}``), and otherwise
     ``{"raw": <text>}`` (shortened) so a caller can still show what the server said.
     """
@@ -250,102 +245,3 @@ def isTokenRejected(error: dict[str, Any] | None) -> bool:
     if status is None or isinstance(status, (dict, list)):
         return False
     return str(status).strip() in TOKEN_REJECTED_STATUSES
-
-
-class _OAuthAuthenticator:
-    """Shared logic of both adapters.
-
-    Twisted's two clients call ``challengeResponse`` differently, and one class must
-    serve both:
-
-    - ``IMAP4Client`` sends ``AUTHENTICATE MECH``, base64-decodes each ``+``
-      continuation and passes the bytes (``b""`` for the first, bare ``+``).
-    - ``ESMTPClient`` sends ``AUTH MECH``, base64-decodes each ``334`` text and passes
-      the bytes (``b""`` for the first). Only for ``PLAIN`` does it pass the ints
-      ``1``/``2``; those are treated like the initial call too.
-
-    So an empty (or non-bytes) challenge asks for the initial response, and a
-    non-empty one is the server's error report: it is parsed into :attr:`lastError`
-    and answered with the mechanism's error response so the server can send its
-    final ``NO``/``535``.
-    """
-
-    name: bytes = b""
-
-    def __init__(self) -> None:
-        #: The parsed error challenge of the last exchange (``None`` if none came).
-        self.lastError: dict[str, Any] | None = None
-        #: Whether the last exchange got a non-empty challenge at all.
-        self.challenged = False
-
-    def getName(self) -> bytes:
-        """The SASL mechanism name, as the clients look it up."""
-        return self.name
-
-    @property
-    def tokenRejected(self) -> bool:
-        """True if the last error challenge said: refresh the token and retry."""
-        return isTokenRejected(self.lastError)
-
-    def _initial(self, token: TokenLike) -> bytes:
-        raise NotImplementedError
-
-    def _error(self) -> bytes:
-        raise NotImplementedError
-
-    def challengeResponse(self, secret: TokenLike, chal: object) -> bytes:
-        """Answer one server challenge; ``secret`` is the access token."""
-        if not isinstance(chal, (bytes, bytearray)) or not chal:
-            self.lastError = None
-            self.challenged = False
-            return self._initial(secret)
-        self.challenged = True
-        self.lastError = parseErrorChallenge(bytes(chal))
-        return self._error()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name.decode('ascii')}>"
-
-
-@implementer(IClientAuthentication)
-class XOAuth2Authenticator(_OAuthAuthenticator):
-    """``IClientAuthentication`` for XOAUTH2 (Google, Microsoft)."""
-
-    name = XOAUTH2
-
-    def __init__(self, user: str | bytes) -> None:
-        super().__init__()
-        _text(user, "user name")
-        self.user = user
-
-    def _initial(self, token: TokenLike) -> bytes:
-        return xoauth2InitialResponse(self.user, token)
-
-    def _error(self) -> bytes:
-        return XOAUTH2_ERROR_RESPONSE
-
-
-@implementer(IClientAuthentication)
-class OAuthBearerAuthenticator(_OAuthAuthenticator):
-    """``IClientAuthentication`` for OAUTHBEARER (RFC 7628)."""
-
-    name = OAUTHBEARER
-
-    def __init__(
-        self,
-        user: str | bytes | None,
-        host: str | bytes | None = None,
-        port: int | str | None = None,
-    ) -> None:
-        super().__init__()
-        if user is not None:
-            _text(user, "user name")
-        self.user = user
-        self.host = host
-        self.port = port
-
-    def _initial(self, token: TokenLike) -> bytes:
-        return oauthbearerInitialResponse(self.user, token, self.host, self.port)
-
-    def _error(self) -> bytes:
-        return OAUTHBEARER_ERROR_RESPONSE

@@ -1,4 +1,8 @@
-"""Tests for oauthmail.sasl: XOAUTH2/OAUTHBEARER encoders, error parser and adapters."""
+"""Tests for oauthmail.sasl: XOAUTH2/OAUTHBEARER encoders and the error parser.
+
+The exchanges over real protocols are tested with their clients:
+``test_smtp_client.py`` (SMTP) and ``test_imap_protocol.py`` (IMAP).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,6 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.testing import StringTransport
-from twisted.mail import imap4, smtp
-from twisted.mail.interfaces import IClientAuthentication
-from zope.interface.verify import verifyObject
 
 from oauthmail import sasl
 from oauthmail.secret import Secret
@@ -271,133 +271,43 @@ def test_oauthbearer_round_trip(user, token, host, port):
     assert parsed.get("port") == (None if port is None else str(port))
 
 
-# ---- IClientAuthentication adapters ----
+# ---- what a client sends in the SASL exchange (the former adapters' behaviour) ----
 
 
-@pytest.mark.parametrize(
-    "auth",
-    [sasl.XOAuth2Authenticator("u@example.com"), sasl.OAuthBearerAuthenticator("u@example.com")],
-)
-def test_adapters_provide_iclientauthentication(auth):
-    """Both adapters are verified IClientAuthentication providers."""
-    assert verifyObject(IClientAuthentication, auth)
+def test_sasl_imports_nothing_from_twisted():
+    """oauthmail.sasl is pure: no import of twisted or zope, directly or at all."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(sasl))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    assert not {n for n in names if n.split(".")[0] in ("twisted", "zope")}
 
 
-def test_xoauth2_adapter_initial_then_error():
-    """Empty challenge → initial response; error JSON → empty answer and lastError."""
-    auth = sasl.XOAuth2Authenticator("u@example.com")
-    assert auth.getName() == b"XOAUTH2"
-    assert auth.challengeResponse("tok", b"") == b"user=u@example.com\x01auth=Bearer tok\x01\x01"
-    assert auth.lastError is None and not auth.tokenRejected
-    assert auth.challengeResponse("tok", GOOGLE_ERROR_JSON) == b""
-    assert auth.lastError["status"] == "401"
-    assert auth.tokenRejected
-    # A new exchange (new initial call) forgets the previous error.
-    auth.challengeResponse(Secret("tok"), b"")
-    assert auth.lastError is None
+def test_xoauth2_exchange_initial_then_error():
+    """XOAUTH2: the initial response, then an empty answer to a 401 error report."""
+    assert (
+        sasl.initialResponse("xoauth2", "u@example.com", "tok")
+        == b"user=u@example.com\x01auth=Bearer tok\x01\x01"
+    )
+    report = sasl.parseErrorChallenge(GOOGLE_ERROR_JSON)
+    assert report["status"] == "401"
+    assert sasl.isTokenRejected(report)
+    assert sasl.errorResponse("xoauth2") == b""
+    assert sasl.parseErrorChallenge(b"") is None  # an empty challenge is no error report
 
 
-def test_oauthbearer_adapter_initial_then_error():
-    """OAUTHBEARER answers the error challenge with ^A and records invalid_token."""
-    auth = sasl.OAuthBearerAuthenticator("user@example.com", "server.example.com", 143)
-    assert auth.getName() == b"OAUTHBEARER"
-    first = auth.challengeResponse(RFC7628_TOKEN.encode(), b"")
+def test_oauthbearer_exchange_initial_then_error():
+    """OAUTHBEARER answers the error challenge with ^A and reports invalid_token."""
+    first = sasl.initialResponse(
+        "oauthbearer", "user@example.com", RFC7628_TOKEN.encode(), "server.example.com", 143
+    )
     assert base64.b64encode(first) == RFC7628_B64
-    assert auth.challengeResponse(RFC7628_TOKEN, base64.b64decode(RFC7628_ERROR_B64)) == b"\x01"
-    assert auth.tokenRejected
-
-
-def test_adapter_treats_plain_style_int_challenge_as_initial():
-    """ESMTPClient's PLAIN-only int challenges still produce the initial response."""
-    auth = sasl.XOAuth2Authenticator("u")
-    assert auth.challengeResponse("t", 1) == b"user=u\x01auth=Bearer t\x01\x01"
-
-
-def test_adapter_repr_has_no_secret():
-    """An adapter's repr names the mechanism only."""
-    auth = sasl.XOAuth2Authenticator("u")
-    auth.challengeResponse("SECRETTOKEN", b"")
-    assert "SECRETTOKEN" not in repr(auth)
-
-
-# ---- the same adapter object works inside Twisted's own clients ----
-
-
-class _ESMTPClient(smtp.ESMTPClient):
-    """An ESMTPClient that sends nothing and records its errors."""
-
-    debug = False
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.errors = []
-
-    def getMailFrom(self):
-        return None
-
-    def sendError(self, exc):
-        self.errors.append(exc)
-
-
-def _esmtpUpToAuth(auth):
-    client = _ESMTPClient(b"tok", None, identity=b"client")
-    client.registerAuthenticator(auth)
-    transport = StringTransport()
-    client.makeConnection(transport)
-    client.dataReceived(b"220 smtp.example.com ESMTP\r\n")
-    client.dataReceived(b"250-smtp.example.com\r\n250 AUTH XOAUTH2 OAUTHBEARER\r\n")
-    assert transport.value() == b"EHLO client\r\n" + b"AUTH " + auth.getName() + b"\r\n"
-    transport.clear()
-    client.dataReceived(b"334 \r\n")
-    return client, transport
-
-
-def test_xoauth2_adapter_in_esmtpclient_error_dance():
-    """ESMTPClient: 334 → one-line XOAUTH2 response; 334 <json> → empty line; 535 fails."""
-    auth = sasl.XOAuth2Authenticator("u@example.com")
-    client, transport = _esmtpUpToAuth(auth)
-    assert transport.value() == sasl.xoauth2InitialResponseB64("u@example.com", "tok") + b"\r\n"
-    transport.clear()
-    client.dataReceived(b"334 " + base64.b64encode(GOOGLE_ERROR_JSON) + b"\r\n")
-    assert transport.value() == b"\r\n"
-    client.dataReceived(b"535 5.7.8 Username and Password not accepted\r\n")
-    assert len(client.errors) == 1
-    assert auth.tokenRejected
-
-
-def test_oauthbearer_adapter_in_esmtpclient_error_dance():
-    """ESMTPClient: the OAUTHBEARER error challenge is answered with AQ==."""
-    auth = sasl.OAuthBearerAuthenticator("u@example.com", "smtp.example.com", 587)
-    client, transport = _esmtpUpToAuth(auth)
-    expected = sasl.oauthbearerInitialResponseB64("u@example.com", "tok", "smtp.example.com", 587)
-    assert transport.value() == expected + b"\r\n"
-    transport.clear()
-    client.dataReceived(b"334 " + RFC7628_ERROR_B64 + b"\r\n")
-    assert transport.value() == b"AQ==\r\n"
-    assert auth.lastError["status"] == "invalid_token"
-
-
-def test_adapter_in_stock_imap4client():
-    """IMAP4Client.authenticate: bare '+' → initial response; error '+' → empty answer.
-
-    (A short token keeps the stock client's encodebytes on one line; real tokens need
-    oauthmail.imap.protocol.OAuthIMAP4Client.)
-    """
-    auth = sasl.XOAuth2Authenticator("u")
-    client = imap4.IMAP4Client()
-    client.registerAuthenticator(auth)
-    transport = StringTransport()
-    client.makeConnection(transport)
-    client.dataReceived(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n")
-    d = client.authenticate(b"t")
-    assert transport.value() == b"0001 AUTHENTICATE XOAUTH2\r\n"
-    transport.clear()
-    client.dataReceived(b"+\r\n")
-    assert transport.value() == base64.b64encode(b"user=u\x01auth=Bearer t\x01\x01") + b"\r\n"
-    transport.clear()
-    client.dataReceived(b"+ " + base64.b64encode(GOOGLE_ERROR_JSON) + b"\r\n")
-    assert transport.value() == b"\r\n"
-    client.dataReceived(b"0001 NO [AUTHENTICATIONFAILED] Invalid credentials\r\n")
-    failures = []
-    d.addErrback(failures.append)
-    assert failures and auth.tokenRejected
+    assert sasl.errorResponse("OAUTHBEARER") == b"\x01"
+    assert sasl.isTokenRejected(sasl.parseErrorChallenge(base64.b64decode(RFC7628_ERROR_B64)))
+    assert sasl.isTokenRejected(sasl.parseErrorChallenge(RFC7628_ERROR_B64))
