@@ -129,6 +129,7 @@ class ESMTPClientProtocol(Protocol):
         self._handlers: deque[ReplyHandler] = deque()
         self._deadline: IDelayedCall | None = None
         self._upgraded = False
+        self._quitSent = False
         #: Kept wrapped, so that no repr of this protocol shows them.
         self._secrets = tuple(Secret(value) for value in login.secrets())
         self.where = f"{server.host}:{server.port}" if server is not None else "the server"
@@ -197,12 +198,11 @@ class ESMTPClientProtocol(Protocol):
         handler(reply)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        quitting = self.phase is Phase.QUITTING
         self.phase = Phase.CLOSED
         self._disarm()
         self._handlers.clear()
         self.pipeline.lost()
-        if self.result.error is None and (not quitting or self.pipeline.unfinished):
+        if self.result.error is None and (not self._quitSent or self.pipeline.unfinished):
             self.result.error = self._lostError(reason)
         if not self.finished.called:
             self.finished.callback(self.result)
@@ -284,6 +284,7 @@ class ESMTPClientProtocol(Protocol):
 
     def _quit(self) -> None:
         self.phase = Phase.QUITTING
+        self._quitSent = True
         self._handlers.append(self._quitReply)
         self.transport.write(b"QUIT" + _CRLF)
         self._arm()
