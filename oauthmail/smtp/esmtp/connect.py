@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
@@ -59,7 +59,7 @@ class _OneClient(Factory):
     def __init__(self, client: ESMTPClientProtocol) -> None:
         self.client = client
 
-    def buildProtocol(self, addr: Any) -> ESMTPClientProtocol:
+    def buildProtocol(self, addr: IAddress) -> ESMTPClientProtocol:
         self.client.factory = self
         return self.client
 
@@ -69,7 +69,7 @@ def _failed(action: str, reason: str, **kw: Any) -> defer.Deferred[SessionResult
 
 
 def sendBatch(
-    reactor: Any,
+    reactor: IReactorTime,
     account: AccountConfig,
     token: Secret,
     messages: Sequence[OutgoingMessage],
@@ -83,6 +83,8 @@ def sendBatch(
     identity: str | None = None,
 ) -> defer.Deferred[SessionResult]:
     """Connect to the account's SMTP server, send ``messages``, fire with a :class:`SessionResult`.
+
+    ``reactor`` provides ``IReactorTime`` and ``IReactorTCP``.
 
     Never fails (every problem is in ``SessionResult.error``) except when
     cancelled, which aborts the connection. ``timeout`` bounds the whole

@@ -31,7 +31,6 @@ import enum
 import io
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -111,7 +110,7 @@ class ESMTPClientProtocol(Protocol):
         *,
         clock: IReactorTime,
         identity: str = "localhost",
-        contextFactory: Any = None,
+        contextFactory: object | None = None,
         replyTimeout: float = 300.0,
         beforeData: BeforeData | None = None,
         onOutcome: Callable[[MessageOutcome], None] | None = None,
@@ -143,7 +142,7 @@ class ESMTPClientProtocol(Protocol):
             self,
             login,
             identity=identity,
-            contextFactory=contextFactory,
+            canStartTLS=contextFactory is not None,
             onOpened=self._opened,
         )
         self.pipeline = MailPipeline(
@@ -372,7 +371,7 @@ class ESMTPClientProtocol(Protocol):
         )
 
 
-def _noDelay(transport: Any) -> None:
+def _noDelay(transport: object) -> None:
     """Switch Nagle off on the TCP connection under ``transport`` (TLS or not).
 
     SMTP is request/reply with small writes (a command group, the final dot);

@@ -26,7 +26,6 @@ import base64
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from oauthmail import sasl
 from oauthmail.secret import Secret
@@ -106,7 +105,7 @@ class SessionOpening:
     :param channel: the connection.
     :param login: the mechanism, user and token.
     :param identity: the name said in EHLO.
-    :param contextFactory: TLS options for STARTTLS (``None`` on implicit TLS).
+    :param canStartTLS: whether the connection can be upgraded (TLS options are at hand).
     :param onOpened: called with the extensions of the last EHLO once AUTH succeeded.
     """
 
@@ -116,13 +115,13 @@ class SessionOpening:
         login: Login,
         *,
         identity: str,
-        contextFactory: Any,
+        canStartTLS: bool,
         onOpened: Callable[[dict[bytes, bytes]], None],
     ) -> None:
         self._channel = channel
         self._login = login
         self._identity = identity.encode("ascii", "replace")
-        self._contextFactory = contextFactory
+        self._canStartTLS = canStartTLS
         self._onOpened = onOpened
         self._extensions: dict[bytes, bytes] = {}
         self._tokenRejected = False
@@ -152,7 +151,7 @@ class SessionOpening:
             return
         self._extensions = parseExtensions(reply)
         if not self._channel.secure:
-            if b"STARTTLS" not in self._extensions or self._contextFactory is None:
+            if b"STARTTLS" not in self._extensions or not self._canStartTLS:
                 self._fail(
                     outcomes.PERMANENT,
                     f"{self._channel.where} does not offer STARTTLS:"
