@@ -681,3 +681,28 @@ def test_a_token_that_cannot_be_sent_never_reaches_the_wire():
     s.lose()
     assert s.result.error.auth and s.result.error.action == outcomes.REFRESH
     assert "two words" not in s.result.error.reason
+
+
+def test_the_client_uses_only_public_twisted_names():
+    """No private Twisted module, name or attribute in the client; no twisted.mail.smtp at all."""
+    import ast
+    from pathlib import Path
+
+    import oauthmail.smtp.esmtp as package
+
+    root = Path(package.__file__).parent
+    files = [*root.glob("*.py"), root.parent / "client.py", root.parent / "outcomes.py"]
+    twistedPrivates = {"_expected", "_okresponse", "_failresponse", "_from", "_buffer"}
+    twistedPrivates |= {"_disconnectFromServer", "_capCache", "_fail", "_cbToValidate"}
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("twisted"):
+                assert not any(part.startswith("_") for part in node.module.split(".")), path
+                assert not any(alias.name.startswith("_") for alias in node.names), path
+                assert node.module != "twisted.mail.smtp", path
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("twisted.mail"), path
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in twistedPrivates, (path, node.attr)

@@ -15,11 +15,16 @@ from collections.abc import Callable
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
 from oauthmail.secret import Secret
 from oauthmail.smtp.api import send
+from oauthmail.smtp.client import OutgoingMessage
+from oauthmail.smtp.esmtp.connect import loginFor
+from oauthmail.smtp.esmtp.protocol import ESMTPClientProtocol
 from oauthmail.smtp.queue import OutboundQueue
+from oauthmail.tls import tlsOptions
 from oauthmail.tokens.crypto import TokenCipher
 from oauthmail.tokens.http import AgentTransport
 from oauthmail.tokens.records import TokenSet
@@ -249,3 +254,46 @@ async def test_provider_down_is_retried_until_it_is_back(dovecot, oauth_provider
         oauth_provider.setIntrospectionFault()
     status = await sender.delivered(message_id)
     assert status.state == "sent"
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+@pytest_twisted.ensureDeferred
+async def test_a_batch_on_one_session_in_both_modes(
+    dovecot, oauth_provider, final_hop, issue_token, pipelining
+):
+    """Three messages on one Dovecot session arrive byte for byte, pipelined and in lock-step."""
+    reactor = _reactor()
+    mode = "pipelined" if pipelining else "lock-step"
+    user = f"batch-{mode}@example.com"
+    account = accountFor(user, oauth_provider, dovecot)
+    server = account.profile.smtp
+    messages = [
+        OutgoingMessage(
+            f"{mode}-{i}",
+            user,
+            ("a@example.net", "b@example.net"),
+            f"Subject: batch-{mode}-{i}\r\n\r\n.dot first\r\nline {i}\r\n".encode(),
+        )
+        for i in range(3)
+    ]
+    client = ESMTPClientProtocol(
+        loginFor(account, Secret(issue_token(user))),
+        messages,
+        clock=reactor,
+        identity="client.test",
+        contextFactory=tlsOptions(server),
+        server=server,
+        pipelining=pipelining,
+    )
+    endpoint = HostnameEndpoint(reactor, server.host.encode(), server.port, timeout=TIMEOUT)
+    await connectProtocol(endpoint, client)
+    result = await client.finished.addTimeout(TIMEOUT, reactor)
+    assert result.error is None, result.error
+    assert client.pipeline.pipelined is pipelining
+    assert [o.message_id for o in result.outcomes] == [m.id for m in messages]
+    assert all(o.accepted for o in result.outcomes)
+    for m in messages:
+        subject = m.data.split(b"\r\n")[0][len(b"Subject: ") :].decode()
+        relayed = await waitFor(lambda subject=subject: relayedWith(final_hop, subject))
+        assert relayed.data.endswith(m.data)
+        assert relayed.rcptTos == ("a@example.net", "b@example.net")

@@ -152,7 +152,7 @@ class SessionOpening:
         self._extensions = parseExtensions(reply)
         if not self._channel.secure:
             if b"STARTTLS" not in self._extensions or not self._canStartTLS:
-                self._fail(
+                self._endWith(
                     outcomes.PERMANENT,
                     f"{self._channel.where} does not offer STARTTLS:"
                     " the token is never sent in cleartext",
@@ -167,7 +167,7 @@ class SessionOpening:
     def _startTLSReply(self, reply: Reply) -> None:
         if reply.code != 220:
             text = self._channel.clean(reply.text)
-            self._fail(
+            self._endWith(
                 outcomes.TEMPORARY,
                 f"STARTTLS refused by {self._channel.where}: {outcomes.describe(reply.code, text)}",
                 tls=True,
@@ -182,7 +182,7 @@ class SessionOpening:
         offered = self._extensions.get(b"AUTH", b"").upper().split()
         if mechanism not in offered:
             name = mechanism.decode("ascii")
-            self._fail(
+            self._endWith(
                 outcomes.PERMANENT,
                 f"the server does not offer AUTH {name}: check smtp.mechanism",
                 auth=True,
@@ -191,7 +191,7 @@ class SessionOpening:
         try:
             self._initial = base64.b64encode(self._login.initialResponse())
         except ValueError as e:  # sasl's messages never quote the token
-            self._fail(outcomes.REFRESH, f"the access token cannot be sent: {e}", auth=True)
+            self._endWith(outcomes.REFRESH, f"the access token cannot be sent: {e}", auth=True)
             return
         self.state = Opening.AUTH
         self._channel.send(b"AUTH " + mechanism, self._authReply)
@@ -217,7 +217,7 @@ class SessionOpening:
 
     def _authErrorReply(self, reply: Reply) -> None:
         if reply.code == 334:
-            self._fail(
+            self._endWith(
                 outcomes.TEMPORARY,
                 f"authentication failed: {self._channel.where} kept challenging",
                 auth=True,
@@ -234,14 +234,14 @@ class SessionOpening:
         text = self._channel.clean(reply.text)
         if not 400 <= reply.code < 600:
             described = outcomes.describe(reply.code, text)
-            self._fail(
+            self._endWith(
                 outcomes.TEMPORARY,
                 f"authentication failed: {described} (unexpected reply to AUTH)",
                 auth=True,
             )
             return
         verdict = outcomes.classifyAuthFailure(reply.code, text, self._tokenRejected)
-        self._fail(
+        self._endWith(
             verdict.action,
             f"authentication failed: {verdict.reason}",
             auth=True,
@@ -256,9 +256,9 @@ class SessionOpening:
         reason = f"{what}: {outcomes.describe(reply.code, text)}"
         if verdict.words and verdict.words not in reason:
             reason = f"{reason} ({verdict.words})"
-        self._fail(verdict.kind, reason, pause=verdict.pause)
+        self._endWith(verdict.kind, reason, pause=verdict.pause)
 
-    def _fail(
+    def _endWith(
         self,
         action: str,
         reason: str,
