@@ -262,6 +262,7 @@ OPENING_CASES = [
     ([], b"220 mail.test ESMTP", [b"EHLO client.test"], None, ""),
     ([], b"421 4.7.0 Try again later, closing connection.", [QUIT], QUOTA, ""),
     ([], b"421 mail.test busy", [QUIT], TEMPORARY, ""),
+    ([], b"432 4.3.2 Concurrent connections limit exceeded.", [QUIT], QUOTA, ""),
     ([], b"554 5.7.1 go away", [QUIT], PERMANENT, ""),
     ([], b"250 hello?", [QUIT], TEMPORARY, ""),
     ([b"220 hi"], b"250 mail.test", [QUIT], PERMANENT, "auth"),  # no AUTH offered
