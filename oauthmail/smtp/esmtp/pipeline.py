@@ -250,7 +250,7 @@ class MailPipeline:
         def failed(f: Failure) -> None:
             log.failure("waiting to send message {id} failed", f, id=message.id)
             if self._channel.open and self._current is txn:
-                heldBack(f"could not record earlier outcomes: {cleanText(f.value)}")
+                heldBack(self._clean(f"could not record earlier outcomes: {cleanText(f.value)}"))
 
         d.addCallbacks(go, failed)
 
