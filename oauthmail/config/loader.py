@@ -1,0 +1,112 @@
+"""Configuration: YAML in, frozen and validated objects out.
+
+Every error names the file, the line and the key, in one line, because the
+person reading it is an operator at a terminal, not a Python programmer.
+:func:`parseConfig` composes the YAML into nodes (``nodes.py``), then reads
+one section at a time (``profiles.py``, ``accounts.py``, ``sections.py``).
+
+Rule: the first error stops the load, so sections are read in a fixed order
+and the broken-file table (``tests/configs/broken/``) pins which error a file
+with several gets. The complete reference of keys, types and defaults is
+``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import yaml
+from yaml.nodes import Node as YamlNode
+
+from oauthmail.config.accounts import readAccounts
+from oauthmail.config.errors import ConfigError
+from oauthmail.config.model import Config
+from oauthmail.config.nodes import Document
+from oauthmail.config.profiles import readProfiles
+from oauthmail.config.schema import TOP_KEYS
+from oauthmail.config.sections import (
+    readQueue,
+    readRefresher,
+    readStore,
+    readSubmission,
+    readWeb,
+)
+
+__all__ = ["loadConfig", "parseConfig"]
+
+
+def loadConfig(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``; raise ``ConfigError`` with one line.
+
+    ``environ`` (default ``os.environ``) feeds ``${NAME}`` interpolation; tests
+    pass their own mapping instead of patching the process environment.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"{source}: cannot read the configuration file: {reason}", source=source
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}:{line}: invalid YAML: the file is not UTF-8 text", source=source, line=line
+        ) from None
+    return parseConfig(text, source, os.environ if environ is None else environ)
+
+
+def parseConfig(text: str, source: str, environ: Mapping[str, str]) -> Config:
+    """Validate YAML ``text``; ``source`` is only used to name it in errors."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        detail = " ".join(str(e.problem or e.context or "syntax error").split())
+        if (
+            e.context
+            and e.problem
+            and e.context_mark is not None
+            and e.context_mark.line + 1 != line
+        ):
+            detail += f" ({' '.join(e.context.split())} at line {e.context_mark.line + 1})"
+        raise ConfigError(
+            f"{source}:{line}: invalid YAML: {detail}", source=source, line=line
+        ) from None
+    except yaml.YAMLError as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{source}:1: invalid YAML: {detail}", source=source, line=1) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{source}:1: invalid YAML: nested too deeply", source=source, line=1
+        ) from None
+    return _read(Document(source, environ), root)
+
+
+def _read(document: Document, root: YamlNode | None) -> Config:
+    """The whole file, section by section."""
+    top = document.root(root)
+    if top.isNull:
+        top.fail(
+            "the configuration is empty; expected a mapping with profiles and accounts"
+            " (see conf/app.yaml)"
+        )
+    sections = top.mapping(TOP_KEYS)
+    profiles = readProfiles(sections["profiles"])
+    accounts = tuple(account for account, _ in readAccounts(sections["accounts"], profiles))
+    return Config(
+        source=document.source,
+        profiles={name: profile for name, (profile, _) in profiles.items()},
+        accounts=accounts,
+        store=readStore(sections["store"]),
+        web=readWeb(sections["web"]),
+        refresher=readRefresher(sections["refresher"]),
+        queue=readQueue(sections["queue"]),
+        submission=readSubmission(sections["submission"], accounts),
+    )

@@ -1,0 +1,297 @@
+"""The configuration as values: frozen dataclasses the loader fills in.
+
+Rules: these classes hold plain values (strings, numbers, tuples, ``Secret``)
+and small derived facts about them; they never do I/O, never import a
+protocol, the token store or the web console, and every other room may import
+them. What a value may be is checked by the loader (``loader.py`` and
+``rules.py``), where the error can name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from oauthmail.passwords import parseHash
+from oauthmail.secret import Secret
+
+__all__ = [
+    "CLIENT_AUTH",
+    "GOOGLE_CLIENT_TYPES",
+    "AccountConfig",
+    "AccountImapConfig",
+    "AccountSmtpConfig",
+    "Config",
+    "FolderConfig",
+    "ProfileConfig",
+    "QueueConfig",
+    "RefresherConfig",
+    "ServerConfig",
+    "SinkConfig",
+    "StoreConfig",
+    "SubmissionConfig",
+    "SubmissionUser",
+    "WebConfig",
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One IMAP or SMTP server endpoint."""
+
+    host: str
+    port: int
+    security: str  # "implicit" (TLS from the first byte) or "starttls"
+    tls: str = "verify"  # "verify" (default) or "insecure", only when spelt out
+    ca_file: str | None = None  # extra trust root for private CAs
+    server_name: str | None = None  # TLS name to verify when host is an address
+
+
+#: How a client proves itself at the token endpoint: ``secret`` (a confidential
+#: client sends its client secret) or ``none`` (a public client sends only its id).
+CLIENT_AUTH = ("secret", "none")
+
+#: The kinds of Google OAuth client: ``desktop`` accepts any loopback redirect
+#: port; ``web`` accepts only the redirect URIs registered for it, exactly.
+GOOGLE_CLIENT_TYPES = ("desktop", "web")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A reusable OAuth 2.0 profile: provider endpoints, client, scopes, servers."""
+
+    name: str
+    kind: str  # "google", "microsoft" or "generic"
+    authorization_endpoint: str | None
+    token_endpoint: str
+    device_endpoint: str | None
+    revocation_endpoint: str | None
+    introspection_endpoint: str | None
+    client_id: str  # may be "" in the shipped example: the account is "not configured"
+    client_secret: Secret | None
+    scopes: tuple[str, ...]
+    extra_authorization_params: tuple[tuple[str, str], ...] = ()
+    redirect_uri: str | None = None
+    tenant: str | None = None
+    imap: ServerConfig | None = None
+    smtp: ServerConfig | None = None
+    #: ``secret`` or ``none`` (see :data:`CLIENT_AUTH`); left out, it follows
+    #: the secret: a profile with a client secret is a confidential client.
+    client_auth: str | None = None
+    #: Google only: ``desktop`` (the default) or ``web`` (see :data:`GOOGLE_CLIENT_TYPES`).
+    client_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.client_auth is None:
+            object.__setattr__(self, "client_auth", "secret" if self.client_secret else "none")
+        if self.client_auth not in CLIENT_AUTH:
+            raise ValueError(f"client_auth must be secret or none, not {self.client_auth!r}")
+
+    @property
+    def sendsSecret(self) -> bool:
+        """Whether token requests carry the client secret (never for a public client).
+
+        Microsoft answers ``AADSTS700025`` when a public client sends one, so
+        the grants ask this rather than whether a secret happens to be set.
+        """
+        return self.client_auth == "secret" and bool(self.client_secret)
+
+    @property
+    def missingSetting(self) -> str | None:
+        """``client_id`` or ``client_secret`` while one is still empty; ``None`` when complete."""
+        if not self.client_id:
+            return "client_id"
+        if self.client_auth == "secret" and not self.client_secret:
+            return "client_secret"
+        return None
+
+    @property
+    def configured(self) -> bool:
+        """The profile names its client (and, for a confidential client, its secret)."""
+        return self.missingSetting is None
+
+    def redirectURIFor(self, port: int) -> str | None:
+        """The redirect URI to send when the console listens on ``port``.
+
+        ``redirect_uri`` when the profile has one; for Microsoft,
+        ``http://localhost:{port}/callback`` (the portal accepts http only for
+        ``localhost``, not for 127.0.0.1); otherwise ``None``: the console's own.
+        """
+        if self.redirect_uri is not None:
+            return self.redirect_uri
+        if self.kind == "microsoft" and port:
+            return f"http://localhost:{port}/callback"
+        return None
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kind: str  # "maildir", "command", "webhook" or "python"
+    path: str | None = None
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    object: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    name: str
+    disposition: str = "seen"  # "keep", "seen", "move" or "delete"
+    move_to: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountImapConfig:
+    folders: tuple[FolderConfig, ...]
+    sink: SinkConfig
+    mechanism: str = "xoauth2"  # or "oauthbearer"
+    idle: bool = True
+    poll_interval: float = 60.0
+    batch_size: int = 100
+
+
+@dataclass(frozen=True)
+class AccountSmtpConfig:
+    mechanism: str = "xoauth2"
+    #: Where the provider files what it accepted: "auto" (the mailbox marked
+    #: \\Sent, RFC 6154), a mailbox name, or "none". The queue looks there before
+    #: sending again a message that the provider may already have taken.
+    sent_folder: str = "none"
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str  # the account id used everywhere (store, console, CLI)
+    address: str
+    profile: ProfileConfig
+    grant: str = "authorization_code"  # or "device_code", "client_credentials"
+    user: str | None = None  # SASL user when it differs (shared mailbox)
+    imap: AccountImapConfig | None = None
+    smtp: AccountSmtpConfig | None = None
+
+    @property
+    def sasl_user(self) -> str:
+        return self.user or self.address
+
+    @property
+    def configured(self) -> bool:
+        return self.profile.configured
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"  # or "postgresql"
+    path: str = "var/oauthmail.sqlite"
+    dsn: Secret | None = None
+    key: Secret | None = None  # Fernet key; else $OAUTHMAIL_KEY; else key_file
+    key_file: str = "var/oauthmail.key"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8025
+
+
+@dataclass(frozen=True)
+class RefresherConfig:
+    interval: float = 60.0
+    margin: float = 900.0
+    concurrency: int = 10
+    notify_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The durable outbound queue: how long to keep trying, how fast to retry."""
+
+    max_age: float = 5 * 86400.0
+    retry_min: float = 60.0
+    retry_max: float = 3600.0
+    bounce: bool = False  # tell the envelope sender (RFC 3464) when a message fails for good
+    #: After a crash, how long to wait before looking in Sent (the provider files asynchronously).
+    sent_check_delay: float = 30.0
+    #: How long the Sent folder may stay unreachable before a doubtful message is sent again.
+    sent_check_give_up: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SubmissionUser:
+    """A local login: ``name``, an scrypt ``password_hash`` and the accounts it may send as."""
+
+    name: str
+    password_hash: str = field(repr=False)
+    allowed_senders: tuple[str, ...] = ()  # oauthmail account names
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
+            raise ValueError("a submission user needs a name without surrounding spaces")
+        try:
+            parseHash(self.password_hash)
+        except ValueError as e:
+            raise ValueError(f"submission user {self.name!r}: {e}") from None
+        if isinstance(self.allowed_senders, str) or not all(
+            isinstance(s, str) and s for s in self.allowed_senders
+        ):
+            raise ValueError(
+                f"submission user {self.name!r}: allowed_senders is a list of account names"
+            )
+        object.__setattr__(self, "allowed_senders", tuple(self.allowed_senders))
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """The ``submission:`` section: where to listen, who may log in, limits and TLS."""
+
+    bind: str = "127.0.0.1"
+    port: int = 1587
+    users: tuple[SubmissionUser, ...] = ()
+    allow_unauthenticated_loopback: bool = False
+    max_message_size: int = 35 * 1024 * 1024
+    tls_cert: str | None = None  # PEM: the certificate, then any intermediates
+    tls_key: str | None = None
+    require_tls: bool = False  # refuse AUTH and MAIL before STARTTLS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "users", tuple(self.users))
+        if not 0 <= self.port <= 65535:
+            raise ValueError("submission port must be between 0 and 65535")
+        if self.max_message_size < 1024:
+            raise ValueError("submission max_message_size must be at least 1024 bytes")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("submission tls_cert and tls_key go together")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("submission require_tls needs tls_cert and tls_key")
+        names = [user.name for user in self.users]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"submission users named twice: {', '.join(duplicates)}")
+
+    def user(self, name: str) -> SubmissionUser | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file: profiles, accounts and the daemon's sections."""
+
+    source: str  # the file it was read from, for messages
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    accounts: tuple[AccountConfig, ...] = ()
+    store: StoreConfig = StoreConfig()
+    web: WebConfig = WebConfig()
+    refresher: RefresherConfig = RefresherConfig()
+    queue: QueueConfig = QueueConfig()
+    submission: SubmissionConfig | None = None  # no local submission server unless asked
+    #: Facts worth telling the operator that are not errors, one line each in
+    #: the errors' form (``FILE:LINE: KEY.PATH: text``); ``check-config`` prints them.
+    notes: tuple[str, ...] = ()
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)

@@ -1,0 +1,115 @@
+"""Reading the ``profiles`` section: a provider's preset with the client over it.
+
+A profile names a provider kind; the preset of that kind (``presets.py``)
+supplies endpoints, scopes and servers, and every key the profile writes
+overrides the preset's value.
+
+Rule: what a profile means for the accounts that use it (which grants, which
+client type) is checked in ``rules.py``, where the account is known.
+"""
+
+from __future__ import annotations
+
+import re
+
+from yaml.nodes import MappingNode, ScalarNode
+
+from oauthmail.config.model import ProfileConfig
+from oauthmail.config.nodes import OAUTH1_MESSAGE, Map, Node
+from oauthmail.config.presets import PROVIDERS, preset
+from oauthmail.config.schema import ENDPOINTS, PROFILE_KEYS
+from oauthmail.config.servers import readServer
+
+__all__ = ["readProfiles"]
+
+
+def readProfiles(at: Node) -> dict[str, tuple[ProfileConfig, Map]]:
+    """Every profile by name, each with its checked mapping (for later rules)."""
+    if at.isNull:
+        return {}
+    node = at.node
+    if not isinstance(node, MappingNode):
+        at.fail(f"expected a mapping of profile names to profiles, {at.describe()}")
+    # profile names are free: read the keys without a whitelist
+    names = [str(k.value) for k, _ in node.value if isinstance(k, ScalarNode)]
+    entries = at.mapping(names)
+    return {name: readProfile(name, entries[name]) for name in entries.entries}
+
+
+def readProfile(name: str, at: Node) -> tuple[ProfileConfig, Map]:
+    p = at.mapping(PROFILE_KEYS, what="a profile mapping")
+    if "oauth_version" in p:
+        version = p["oauth_version"]
+        text = version.string(what="2").strip().lower()
+        if text in ("1", "1.0", "1.0a", "1a"):
+            version.fail(OAUTH1_MESSAGE)
+        if text not in ("2", "2.0"):
+            version.fail(f"expected 2 (OAuth 2.0), {version.describe()}")
+    kind = p["provider"].choice(PROVIDERS, what="provider")
+    tenant = None
+    if "tenant" in p:
+        if kind != "microsoft":
+            p["tenant"].fail("tenant is only used with provider: microsoft")
+        tenant = p["tenant"].nonEmpty(what="a tenant id, organizations, consumers or common")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", tenant):
+            p["tenant"].fail(
+                f"expected a tenant id, domain, organizations, consumers or common, got {tenant!r}"
+            )
+    base = preset(kind, tenant)
+
+    client_id = p["client_id"].string(what="a client id (may be empty)").strip()
+    if "client_secret" in p and "client_secret_file" in p:
+        p["client_secret_file"].fail("give client_secret or client_secret_file, not both")
+    client_secret = p["client_secret"].secret()
+    if p.present("client_secret_file"):
+        client_secret = p["client_secret_file"].secretFile()
+
+    endpoints: dict[str, str | None] = {}
+    for key in ENDPOINTS:
+        endpoints[key] = p[key].url(getattr(base, key)) if key in p else getattr(base, key)
+    if not endpoints["token_endpoint"]:
+        p["token_endpoint"].fail(
+            "required key is missing" if "token_endpoint" not in p else "expected an https URL"
+        )
+
+    if p.present("scopes"):
+        scopes = p["scopes"].stringList(
+            what="a list of scopes (or one space-separated string)", allowString=True
+        )
+    else:
+        scopes = base.scopes
+    if not scopes:
+        p["scopes"].fail("expected at least one scope")
+
+    extra = dict(base.extra_authorization_params)
+    if p.present("extra_authorization_params"):
+        params = p["extra_authorization_params"]
+        given = params.mapping(
+            [str(k.value) for k, _ in params.node.value if isinstance(k, ScalarNode)]
+            if isinstance(params.node, MappingNode)
+            else []
+        )
+        for key, value in given.entries.items():
+            extra[key] = value.string()
+
+    redirect_uri = p["redirect_uri"].url(None)
+    imap = readServer(p["imap"], base.imap, "imap")
+    smtp = readServer(p["smtp"], base.smtp, "smtp")
+    profile = ProfileConfig(
+        name=name,
+        kind=kind,
+        authorization_endpoint=endpoints["authorization_endpoint"],
+        token_endpoint=endpoints["token_endpoint"],  # type: ignore[arg-type]
+        device_endpoint=endpoints["device_endpoint"],
+        revocation_endpoint=endpoints["revocation_endpoint"],
+        introspection_endpoint=endpoints["introspection_endpoint"],
+        client_id=client_id,
+        client_secret=client_secret,
+        scopes=tuple(scopes),
+        extra_authorization_params=tuple(extra.items()),
+        redirect_uri=redirect_uri,
+        tenant=base.tenant,
+        imap=imap,
+        smtp=smtp,
+    )
+    return profile, p

@@ -1,0 +1,66 @@
+"""What the file may say: the keys of every section and the words a value may be.
+
+Rule: a key is accepted only when it is listed here; ``docs/configuration.md``
+describes each one, and a new key goes in both places.
+"""
+
+from __future__ import annotations
+
+GRANTS = ("authorization_code", "device_code", "client_credentials")
+MECHANISMS = ("xoauth2", "oauthbearer")
+SECURITY = ("implicit", "starttls")
+TLS = ("verify", "insecure")
+DISPOSITIONS = ("keep", "seen", "move", "delete")
+SINK_KINDS = ("maildir", "command", "webhook", "python")
+BACKENDS = ("sqlite", "postgresql")
+ENDPOINTS = (
+    "authorization_endpoint",
+    "token_endpoint",
+    "device_endpoint",
+    "revocation_endpoint",
+    "introspection_endpoint",
+)
+
+TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher", "queue", "submission")
+PROFILE_KEYS = (
+    "provider",
+    "tenant",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    *ENDPOINTS,
+    "scopes",
+    "extra_authorization_params",
+    "redirect_uri",
+    "imap",
+    "smtp",
+    "oauth_version",
+)
+SERVER_KEYS = ("host", "port", "security", "tls", "ca_file", "server_name")
+ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp")
+ACCOUNT_IMAP_KEYS = ("mechanism", "folders", "sink", "idle", "poll_interval", "batch_size")
+ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder")
+FOLDER_KEYS = ("name", "disposition", "move_to")
+SINK_KEYS = (*SINK_KINDS, "timeout")
+STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
+WEB_KEYS = ("bind", "port")
+REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
+QUEUE_KEYS = (
+    "max_age",
+    "retry_min",
+    "retry_max",
+    "bounce",
+    "sent_check_delay",
+    "sent_check_give_up",
+)
+SUBMISSION_KEYS = (
+    "bind",
+    "port",
+    "users",
+    "allow_unauthenticated_loopback",
+    "max_message_size",
+    "tls_cert",
+    "tls_key",
+    "require_tls",
+)
+SUBMISSION_USER_KEYS = ("name", "password_hash", "allowed_senders")
