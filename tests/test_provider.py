@@ -32,8 +32,8 @@ from oauthmail.secret import Secret
 from oauthmail.testing.provider import (
     DEVICE_GRANT,
     TestOAuthProvider,
-    _normaliseUserCode,
-    _verifierMatches,
+    normaliseUserCode,
+    verifierMatches,
 )
 
 # Twisted's readBody warns about the Agent's own response transport; not our concern.
@@ -554,7 +554,7 @@ async def test_latency_delays_but_answers(provider):
     d = defer.ensureDeferred(refresh(provider, rt))
     answer = await d
     assert answer.status == 200
-    assert not provider._delayed
+    assert provider.delayedAnswers == 0
 
 
 async def waitForHung(p, count=1):
@@ -650,7 +650,7 @@ async def test_introspection_faults_are_separate(provider):
     provider.setIntrospectionFault(hang=True)
     d = defer.ensureDeferred(introspect(provider, at))
     for _ in range(1000):
-        if provider._hung_introspection:
+        if provider.hungIntrospections:
             break
         await task.deferLater(reactor, 0.005, lambda: None)
     assert not d.called
@@ -770,16 +770,16 @@ def test_s256_matches_rfc7636(verifier):
     """The S256 check accepts BASE64URL(SHA256(verifier)) and nothing else."""
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     challenge = challenge.rstrip(b"=").decode()
-    assert _verifierMatches(verifier, challenge, "S256")
-    assert not _verifierMatches(verifier + "x", challenge, "S256")
-    assert _verifierMatches(verifier, verifier, "plain")
+    assert verifierMatches(verifier, challenge, "S256")
+    assert not verifierMatches(verifier + "x", challenge, "S256")
+    assert verifierMatches(verifier, verifier, "plain")
 
 
 @given(st.text(alphabet="BCDFGHJKLMNPQRSTVWXZ", min_size=8, max_size=8))
 def test_user_codes_survive_how_people_type_them(raw):
     """Case, dashes and spaces do not matter when a person types the user code."""
     shown = f"{raw[:4]}-{raw[4:]}"
-    assert _normaliseUserCode(shown) == _normaliseUserCode(f" {raw[:4].lower()} {raw[4:]} ")
+    assert normaliseUserCode(shown) == normaliseUserCode(f" {raw[:4].lower()} {raw[4:]} ")
 
 
 # ---------------------------------------------------------------------- command line

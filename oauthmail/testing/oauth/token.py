@@ -1,0 +1,96 @@
+"""``POST /token``: counts the request, applies the faults, then answers the grant.
+
+Rules: a request is counted when it arrives, faults or not (tests assert how
+many requests a client made); the grant handlers are given as callables so
+that the provider (and a test wrapping one) decides which code answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web import server
+
+from oauthmail.testing.oauth.errors import OAuthError
+from oauthmail.testing.oauth.http import (
+    finishJSON,
+    gone,
+    params,
+    requireForm,
+    retryAfter,
+    track,
+)
+from oauthmail.testing.oauth.records import DEVICE_GRANT, Client, digest
+from oauthmail.testing.oauth.state import Authority
+from oauthmail.testing.oauth.waiting import WaitingRoom
+
+__all__ = ["TokenEndpoint"]
+
+GrantHandler = Callable[[Client, dict[str, str]], dict[str, Any]]
+
+
+class TokenEndpoint:
+    """``POST /token``, with the hang, latency and error-rate faults."""
+
+    def __init__(
+        self, authority: Authority, handlers: dict[str, GrantHandler], room: WaitingRoom
+    ) -> None:
+        self.authority = authority
+        self.handlers = handlers
+        self.room = room
+
+    def render(self, request: server.Request) -> int:
+        authority = self.authority
+        authority.requests["token"] += 1
+        args = request.args or {}
+        grant_values = args.get(b"grant_type") or [b""]
+        grant_type = grant_values[0].decode("utf-8", "replace")
+        short = "device_code" if grant_type == DEVICE_GRANT else grant_type or "none"
+        authority.requests[f"token:{short}"] += 1
+        if grant_type == "refresh_token":
+            for value in args.get(b"refresh_token", []):
+                authority.refresh_presentations[digest(value)] += 1
+        track(request)
+        faults = authority.faults
+        if faults.hang:
+            self.room.hold(request)
+        elif faults.latency > 0 and authority.reactor is not None:
+            self.room.later(authority.reactor, faults.latency, self.answer, request)
+        else:
+            self.answer(request)
+        return server.NOT_DONE_YET
+
+    def answer(self, request: server.Request) -> None:
+        """Answer one request now: an injected error, or the grant's answer."""
+        if gone(request):
+            return
+        faults = self.authority.faults
+        if faults.error_rate > 0 and faults.rng.random() < faults.error_rate:
+            status = faults.status
+            error = "temporarily_unavailable" if status in (429, 503) else "server_error"
+            headers = {}
+            if faults.retry_after is not None and status in (429, 503):
+                headers["Retry-After"] = retryAfter(faults.retry_after)
+            body = {"error": error, "error_description": f"injected fault ({status})"}
+            finishJSON(request, status, body, headers)
+            return
+        try:
+            body = self.grant(request)
+        except OAuthError as e:
+            finishJSON(request, e.status, e.body(), e.headers)
+        else:
+            finishJSON(request, 200, body)
+
+    def grant(self, request: server.Request) -> dict[str, Any]:
+        requireForm(request)
+        form = params(request)
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            raise OAuthError("invalid_request", "grant_type is missing")
+        handler = self.handlers.get(grant_type)
+        if handler is None:
+            raise OAuthError("unsupported_grant_type", "this grant type is not supported")
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        client = self.authority.authenticateClient(header, form)
+        return handler(client, form)

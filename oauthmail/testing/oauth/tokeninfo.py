@@ -1,0 +1,98 @@
+"""What a resource server asks about a token: introspection (RFC 7662) and revocation (RFC 7009).
+
+Introspection is what Dovecot's ``oauth2`` passdb calls to validate the
+bearer token of an IMAP login; it accepts the token as Dovecot sends it in
+each of its modes (form field, query parameter, ``Authorization: Bearer``).
+
+Rules: only a live access token is ever ``active``; revocation answers 200
+even for a token it does not know, and a revoked refresh token takes its whole
+consent with it.
+"""
+
+from __future__ import annotations
+
+from twisted.web import server
+
+from oauthmail.testing.oauth.errors import OAuthError
+from oauthmail.testing.oauth.http import answerJSON, finishJSON, gone, params, track
+from oauthmail.testing.oauth.records import digest
+from oauthmail.testing.oauth.state import Authority
+from oauthmail.testing.oauth.waiting import WaitingRoom
+
+__all__ = ["IntrospectionEndpoint", "renderRevoke"]
+
+
+class IntrospectionEndpoint:
+    """``POST``/``GET /introspect``, with its own hang and status faults."""
+
+    def __init__(self, authority: Authority, room: WaitingRoom) -> None:
+        self.authority = authority
+        self.room = room
+
+    def render(self, request: server.Request) -> int:
+        self.authority.requests["introspect"] += 1
+        track(request)
+        if self.authority.faults.introspection_hang:
+            self.room.hold(request)
+        else:
+            self.answer(request)
+        return server.NOT_DONE_YET
+
+    def answer(self, request: server.Request) -> None:
+        if gone(request):
+            return
+        status = self.authority.faults.introspection_status
+        if status is not None:
+            body = {"error": "temporarily_unavailable", "error_description": "injected fault"}
+            finishJSON(request, status, body)
+            return
+        try:
+            form = params(request, allow_raw_body=True)
+            header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+            token = form.get("token")
+            if token is None and header[:7].lower() == "bearer ":
+                token = header[7:].strip()  # Dovecot's introspection_mode = auth
+            if self.authority.require_introspection_auth:
+                self.authenticateIntrospector(header, form)
+            if not token:
+                raise OAuthError("invalid_request", "token is missing")
+        except OAuthError as e:
+            finishJSON(request, e.status, e.body(), e.headers)
+            return
+        finishJSON(request, 200, self.authority.introspect(token))
+
+    def authenticateIntrospector(self, header: str, form: dict[str, str]) -> None:
+        """Client auth for ``/introspect``: Basic, or the body fields Dovecot sends.
+
+        Dovecot's ``post`` mode appends ``client_id`` and ``client_secret`` to
+        the body, empty when they are not configured, and may also send Basic
+        credentials taken from the URL; Basic wins and empty fields are ignored.
+        """
+        creds: dict[str, str] = {}
+        if header[:6].lower() != "basic ":
+            header = ""
+            creds = {k: form[k] for k in ("client_id", "client_secret") if form.get(k)}
+        client = self.authority.authenticateClient(header, creds)
+        if client.public:
+            raise OAuthError("invalid_client", "introspection needs a confidential client", 401)
+
+
+def renderRevoke(authority: Authority, request: server.Request) -> bytes:
+    """``POST /revoke``: always 200 (RFC 7009 section 2.2)."""
+    authority.requests["revoke"] += 1
+    try:
+        form = params(request)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is missing")
+    except OAuthError as e:
+        return answerJSON(request, e.status, e.body())
+    key = digest(token)
+    refresh = authority.refresh.get(key)
+    if refresh is not None:
+        refresh.state = "revoked"
+        refresh.grant.revoked = True  # RFC 7009: the grant's tokens go with it
+    access = authority.access.get(key)
+    if access is not None:
+        access.revoked = True
+    return answerJSON(request, 200, {})
