@@ -16,17 +16,26 @@ import select
 import subprocess
 import sys
 import urllib.request
-from io import BytesIO
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from providerclient import (  # tests/providerclient.py, shared with the other provider tests
+    REDIRECT,
+    authorize,
+    basic,
+    codeTokens,
+    http,
+    introspect,
+    pkce,
+    redirected,
+    refresh,
+)
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.web.client import Agent, FileBodyProducer, ResponseNeverReceived, readBody
-from twisted.web.http_headers import Headers
+from twisted.web.client import ResponseNeverReceived
 
 from oauthmail.secret import Secret
 from oauthmail.testing.provider import (
@@ -39,51 +48,7 @@ from oauthmail.testing.provider import (
 # Twisted's readBody warns about the Agent's own response transport; not our concern.
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 
-REDIRECT = "http://127.0.0.1/callback"
 DAY = 86400.0
-
-
-class Answer:
-    """One HTTP answer: status, headers and body (JSON decoded when it is JSON)."""
-
-    def __init__(self, status: int, headers: Headers, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[0] if values else None
-
-    @property
-    def json(self):
-        return json.loads(self.body)
-
-
-async def http(method, url, form=None, headers=None, raw=None, content_type=None) -> Answer:
-    """Send one request through a fresh Agent and read the whole answer."""
-    hdrs = Headers({k: [v] for k, v in (headers or {}).items()})
-    producer = None
-    if form is not None:
-        raw = urlencode(form).encode()
-        content_type = content_type or "application/x-www-form-urlencoded"
-    if raw is not None:
-        producer = FileBodyProducer(BytesIO(raw))
-    if content_type:
-        hdrs.setRawHeaders("Content-Type", [content_type])
-    response = await Agent(reactor).request(method.encode(), url.encode(), hdrs, producer)
-    body = await readBody(response)
-    return Answer(response.code, response.headers, body)
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @pytest.fixture
@@ -99,56 +64,6 @@ async def provider(clock):
     p.listen(reactor)
     yield p
     await p.stop()
-
-
-async def authorize(p, client="pub", challenge=None, method="S256", **extra) -> Answer:
-    params = {
-        "response_type": "code",
-        "client_id": client,
-        "redirect_uri": REDIRECT,
-        "scope": "mail offline_access",
-        "state": "xyz",
-        **extra,
-    }
-    if challenge is not None:
-        params.update(code_challenge=challenge, code_challenge_method=method)
-    return await http("GET", p.authorization_endpoint + "?" + urlencode(params))
-
-
-def redirected(answer: Answer) -> dict[str, str]:
-    assert answer.status == 302
-    location = answer.header("Location")
-    assert location.startswith(REDIRECT)
-    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-
-
-async def codeTokens(p, **extra) -> dict:
-    verifier, challenge = pkce()
-    code = redirected(await authorize(p, challenge=challenge, **extra))["code"]
-    answer = await http(
-        "POST",
-        p.token_endpoint,
-        {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": REDIRECT,
-            "client_id": "pub",
-            "code_verifier": verifier,
-        },
-    )
-    assert answer.status == 200, answer.body
-    return answer.json
-
-
-async def refresh(p, token, client="pub", **extra) -> Answer:
-    form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client, **extra}
-    return await http("POST", p.token_endpoint, form)
-
-
-async def introspect(p, token) -> dict:
-    answer = await http("POST", p.introspection_endpoint, {"token": token})
-    assert answer.status == 200
-    return answer.json
 
 
 # ---------------------------------------------------------------------- authorization code

@@ -2,8 +2,10 @@
 
 One job per module: ``records`` (what is remembered), ``state`` (the server
 without HTTP), ``authorize``, ``token`` + ``grants``, ``device``,
-``tokeninfo`` (introspection, revocation), ``faults`` and ``waiting`` (the
-failures it can be told to produce), ``http`` (site and answers),
+``tokeninfo`` (introspection, userinfo, revocation), ``identity`` (ID tokens
+and the key that signs them), ``styles`` (answering like Microsoft or Google),
+``faults`` and ``waiting`` (the failures it can be told to produce), ``http``
+(site and answers),
 ``provider`` (:class:`TestOAuthProvider`: the HTTP side and the test API) and
 ``main`` (the command line). ``oauthmail.testing.provider`` is the historical
 entry point and re-exports the same names.

@@ -61,6 +61,7 @@ class AuthorizeEndpoint:
             query = params(request)
         except OAuthError as e:
             return page(request, 400, "Bad request", e.description)
+        authority.authorization_requests.append(dict(query))
         client = authority.clients.get(query.get("client_id", ""))
         if client is None:
             return page(request, 400, "Unknown client", "client_id is missing or unknown.")
@@ -82,7 +83,13 @@ class AuthorizeEndpoint:
             "state": state or "",
             "challenge": challenge or "",
             "method": method or "",
-            "user": query.get("user") or query.get("login_hint") or DEFAULT_USER,
+            # The person who consents: whoever is signed in at the provider
+            # (consent_as), else the one the client hinted at.
+            "user": authority.consent_as
+            or query.get("user")
+            or query.get("login_hint")
+            or DEFAULT_USER,
+            "nonce": query.get("nonce") or "",
         }
         if authority.auto_approve:
             return self.approve(request, asked)
@@ -113,7 +120,7 @@ class AuthorizeEndpoint:
         if form.get("decision") != "approve":
             body = {"error": "access_denied", "error_description": "the user said no"}
             return redirect(request, asked["redirect_uri"], {**body, "state": asked["state"]})
-        asked["user"] = form.get("user") or asked["user"]
+        asked["user"] = self.authority.consent_as or form.get("user") or asked["user"]
         return self.approve(request, asked)
 
     def approve(self, request: server.Request, asked: dict[str, str]) -> bytes:
@@ -127,6 +134,7 @@ class AuthorizeEndpoint:
             challenge=asked["challenge"] or None,
             method=asked["method"] or None,
             expires_at=self.authority.now() + CODE_LIFETIME,
+            nonce=asked["nonce"] or None,
         )
         answer = {"code": code, "state": asked["state"] or None}
         return redirect(request, asked["redirect_uri"], answer)

@@ -28,6 +28,7 @@ from oauthmail.testing.oauth.records import (
     normaliseUserCode,
 )
 from oauthmail.testing.oauth.state import Authority
+from oauthmail.testing.oauth.token import clientIdOf
 
 __all__ = ["DeviceEndpoint"]
 
@@ -49,7 +50,11 @@ class DeviceEndpoint:
             form = params(request)
             header = (request.getHeader(b"authorization") or b"").decode("latin-1")
             client = authority.authenticateClient(header, form)
+            refused = authority.style.deviceScopeProblem(form.get("scope") or "")
+            if refused is not None:
+                raise refused
         except OAuthError as e:
+            e = authority.shape(e, clientIdOf(request))
             return answerJSON(request, e.status, e.body(), e.headers)
         device_code = secrets.token_urlsafe(32)
         user_code = self.newUserCode()
@@ -100,7 +105,8 @@ class DeviceEndpoint:
             if query.get("action") == "deny":
                 authority.denyDevice(user_code)
                 return page(request, 200, "Denied", "The device was refused.")
-            authority.approveDevice(user_code, query.get("user") or DEFAULT_USER)
+            # the person signed in at the provider (consent_as) approves
+            authority.approveDevice(user_code, authority.consent_as or query.get("user"))
         except (KeyError, ValueError):
             return page(request, 400, "Unknown code", "That code is unknown or expired.")
         return page(request, 200, "Approved", "You can return to your device.")

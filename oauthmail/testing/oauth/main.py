@@ -7,9 +7,9 @@ else takes the reactor it is given.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from oauthmail.testing.oauth.provider import TestOAuthProvider
+from oauthmail.testing.oauth.styles import STYLES
 
 __all__ = ["main"]
 
@@ -35,6 +35,18 @@ def _parseArgs(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redirect-uri", action="append", default=[], help="registered redirect URI (all clients)"
     )
+    parser.add_argument(
+        "--style",
+        choices=sorted(STYLES),
+        default="rfc6749",
+        help="word the answers like this provider (default: plain RFC 6749)",
+    )
+    parser.add_argument(
+        "--consent-as",
+        metavar="USER",
+        default=None,
+        help="every consent is given by USER, whoever the client asked for",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         access_token_lifetime=options.access_lifetime,
         refresh_token_lifetime=options.refresh_lifetime,
         device_interval=options.device_interval,
+        style=options.style,
+        consent_as=options.consent_as,
     )
     clients = options.client or ["test-client"]
     for spec in clients:
@@ -60,12 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         f"authorize={provider.authorization_endpoint} token={provider.token_endpoint} "
         f"device={provider.device_endpoint} introspect={provider.introspection_endpoint} "
         f"revoke={provider.revocation_endpoint} verification={provider.verification_uri} "
-        f"faults={provider.faults_endpoint} clients={names}",
+        f"faults={provider.faults_endpoint} userinfo={provider.userinfo_endpoint} "
+        f"jwks={provider.jwks_uri} style={provider.style.name} clients={names}",
         flush=True,
     )
     reactor.run()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,10 +35,15 @@ from oauthmail.testing.oauth.authorize import AuthorizeEndpoint
 from oauthmail.testing.oauth.device import DeviceEndpoint
 from oauthmail.testing.oauth.faults import FAULT_KEYS
 from oauthmail.testing.oauth.http import Router, Site, answerJSON
+from oauthmail.testing.oauth.identity import jwks
 from oauthmail.testing.oauth.records import DEVICE_GRANT, Client
 from oauthmail.testing.oauth.state import Authority
 from oauthmail.testing.oauth.token import TokenEndpoint
-from oauthmail.testing.oauth.tokeninfo import IntrospectionEndpoint, renderRevoke
+from oauthmail.testing.oauth.tokeninfo import (
+    IntrospectionEndpoint,
+    renderRevoke,
+    renderUserinfo,
+)
 from oauthmail.testing.oauth.waiting import WaitingRoom
 
 __all__ = ["TestOAuthProvider"]
@@ -68,6 +73,8 @@ class TestOAuthProvider(Authority):
         self.revocation_endpoint = ""
         self.verification_uri = ""
         self.faults_endpoint = ""
+        self.userinfo_endpoint = ""
+        self.jwks_uri = ""
         self._authorize = AuthorizeEndpoint(self)
         self._token = TokenEndpoint(
             self,
@@ -103,6 +110,8 @@ class TestOAuthProvider(Authority):
         self.revocation_endpoint = self.base_url + "/revoke"
         self.verification_uri = self.base_url + "/device"
         self.faults_endpoint = self.base_url + "/_faults"
+        self.userinfo_endpoint = self.base_url + "/userinfo"
+        self.jwks_uri = self.base_url + "/jwks"
         self._device.verification_uri = self.verification_uri
         return self._port
 
@@ -169,6 +178,10 @@ class TestOAuthProvider(Authority):
             "introspection_status": f.introspection_status,
             "introspection_hang": f.introspection_hang,
             "failed_users": sorted(self.failedUsers),
+            "failed_user_reasons": dict(sorted(self.failedUsers.items())),
+            "consent_as": self.consent_as,
+            "reject_public_secrets": self.reject_public_secrets,
+            "style": self.style.name,
             "reused_refresh_tokens": self.reused_refresh_tokens,
             "requests": dict(self.requests),
         }
@@ -205,7 +218,11 @@ class TestOAuthProvider(Authority):
         if "latency" in payload:
             self.setLatency(payload["latency"])
         if "fail_users" in payload:
-            self.failUsers(*payload["fail_users"])
+            self.failUsers(*payload["fail_users"], reason=payload.get("fail_reason", "reauth"))
+        if "consent_as" in payload:
+            self.consent_as = payload["consent_as"] or None
+        if "reject_public_secrets" in payload:
+            self.reject_public_secrets = bool(payload["reject_public_secrets"])
         if "restore_users" in payload:
             self.restoreUsers(*payload["restore_users"])
         if "revoke_user" in payload:
@@ -249,9 +266,15 @@ class TestOAuthProvider(Authority):
             "/device": {"GET": self._device.renderPage},
             "/introspect": {"POST": self._introspection.render, "GET": self._introspection.render},
             "/revoke": {"POST": lambda request: renderRevoke(self, request)},
+            "/userinfo": {
+                "GET": lambda request: renderUserinfo(self, request),
+                "POST": lambda request: renderUserinfo(self, request),
+            },
+            "/jwks": {"GET": lambda request: answerJSON(request, 200, jwks())},
             "/_faults": {"POST": self._renderFaults, "GET": self._renderFaults},
             "/": {"GET": self._renderMetadata},
             "/.well-known/oauth-authorization-server": {"GET": self._renderMetadata},
+            "/.well-known/openid-configuration": {"GET": self._renderMetadata},
         }
 
     def _renderFaults(self, request: server.Request) -> bytes:
@@ -286,6 +309,12 @@ class TestOAuthProvider(Authority):
             ],
             "code_challenge_methods_supported": ["S256", "plain"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "userinfo_endpoint": self.userinfo_endpoint,
+            "jwks_uri": self.jwks_uri,
+            "scopes_supported": ["openid", "email", "profile", "offline_access"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "claims_supported": ["sub", "email", "email_verified", "preferred_username", "name"],
         }
 
     def _renderMetadata(self, request: server.Request) -> bytes:

@@ -91,6 +91,7 @@ class Grant:
     scope: str
     revoked: bool = False
     nonce: str | None = None  # OpenID Connect: echoed in the ID token
+    person: bool = True  # False for client credentials: nobody to name in an ID token
 
 
 @dataclass

@@ -25,8 +25,9 @@ from urllib.parse import unquote_plus
 
 from twisted.internet.interfaces import IReactorTime
 
-from oauthmail.testing.oauth.errors import OAuthError
+from oauthmail.testing.oauth.errors import USER_FAULTS, OAuthError
 from oauthmail.testing.oauth.faults import Faults
+from oauthmail.testing.oauth.identity import idToken
 from oauthmail.testing.oauth.records import (
     DEFAULT_SCOPE,
     DEFAULT_USER,
@@ -40,6 +41,7 @@ from oauthmail.testing.oauth.records import (
     digest,
     normaliseUserCode,
 )
+from oauthmail.testing.oauth.styles import Style, styleNamed
 
 __all__ = ["Authority"]
 
@@ -58,6 +60,9 @@ class Authority:
         auto_approve: bool = True,
         require_introspection_auth: bool = False,
         revoke_on_code_reuse: bool = True,
+        style: str = "rfc6749",
+        consent_as: str | None = None,
+        reject_public_secrets: bool | None = None,
     ) -> None:
         self._clock = clock
         #: the reactor ``listen()`` was given: answers are delayed on it
@@ -71,6 +76,16 @@ class Authority:
         self.auto_approve = auto_approve
         self.require_introspection_auth = require_introspection_auth
         self.revoke_on_code_reuse = revoke_on_code_reuse
+        #: how answers are worded: ``rfc6749``, ``microsoft`` or ``google`` (styles.py)
+        self.style: Style = styleNamed(style)
+        #: every consent (page, device approval) is given by this person, whoever was asked for
+        self.consent_as = consent_as
+        #: refuse a client secret sent by a public client (Microsoft: AADSTS700025)
+        self.reject_public_secrets = (
+            self.style.rejectsPublicSecrets
+            if reject_public_secrets is None
+            else bool(reject_public_secrets)
+        )
 
         self.clients: dict[str, Client] = {}
         self.access: dict[str, Access] = {}
@@ -78,12 +93,14 @@ class Authority:
         self.codes: dict[str, Code] = {}
         self.devices: dict[str, Device] = {}
         self.userCodes: dict[str, str] = {}  # normalised user code -> device digest
-        self.failedUsers: set[str] = set()
+        self.failedUsers: dict[str, str] = {}  # user -> reason (USER_FAULTS)
         self.faults = Faults()
 
         self.refresh_presentations: TokenCounter = TokenCounter()
         self.reused_refresh_tokens = 0
         self.requests: collections.Counter[str] = collections.Counter()
+        #: each ``/authorize`` request's parameters as received (no secret travels there)
+        self.authorization_requests: list[dict[str, str]] = []
         self.issuer = ""
 
     # ------------------------------------------------------------------ time
@@ -133,26 +150,39 @@ class Authority:
         grant = Grant(user=user, client_id=client_id, scope=scope)
         return self.mint(grant, scope, with_refresh)
 
-    def approveDevice(self, user_code: str, user: str = DEFAULT_USER) -> None:
-        """What the person does at ``verification_uri``: approve a pending device code."""
+    def approveDevice(self, user_code: str, user: str | None = None) -> None:
+        """What the person does at ``verification_uri``: approve a pending device code.
+
+        Without ``user`` the person is ``consent_as`` when set, else ``user@example.com``.
+        """
         device = self.deviceByUserCode(user_code)
         if self.now() >= device.expires_at:
             raise ValueError("that user code has expired")
-        device.user = user
+        device.user = user or self.consent_as or DEFAULT_USER
         device.denied = False
 
     def denyDevice(self, user_code: str) -> None:
         """The person refuses at ``verification_uri``: the device gets ``access_denied``."""
         self.deviceByUserCode(user_code).denied = True
 
-    def failUsers(self, *users: str) -> None:
-        """Refresh-token grants for these users fail with ``invalid_grant`` from now on."""
-        self.failedUsers.update(users)
+    def failUsers(self, *users: str, reason: str = "reauth") -> None:
+        """Refresh-token grants for these users fail from now on.
+
+        ``reason`` says why (each a "needs a person again"): ``reauth``
+        (``invalid_grant``), ``interaction_required`` (multi-factor
+        authentication), ``consent_required`` or ``admin_policy_enforced``
+        (Google Workspace policy); the style words the answer.
+        """
+        if reason not in USER_FAULTS:
+            raise ValueError(f"reason must be one of {', '.join(USER_FAULTS)}, not {reason!r}")
+        for user in users:
+            self.failedUsers[user] = reason
 
     def restoreUsers(self, *users: str) -> None:
         """Undo :meth:`failUsers` (for all users when none is named)."""
         if users:
-            self.failedUsers.difference_update(users)
+            for user in users:
+                self.failedUsers.pop(user, None)
         else:
             self.failedUsers.clear()
 
@@ -177,6 +207,11 @@ class Authority:
             return None
         return access
 
+    @property
+    def login_hints(self) -> list[str | None]:
+        """The ``login_hint`` of each ``/authorize`` request, ``None`` where there was none."""
+        return [asked.get("login_hint") for asked in self.authorization_requests]
+
     def introspect(self, token: Any) -> dict[str, Any]:
         """The introspection answer for a token, without HTTP (``token`` may be a Secret)."""
         access = self.liveAccess(token)
@@ -185,7 +220,7 @@ class Authority:
         return {
             "active": True,
             "username": access.grant.user,
-            "sub": access.grant.user,
+            "sub": self.style.subject(access.grant.user),
             "scope": access.scope,
             "client_id": access.grant.client_id,
             "token_type": "Bearer",
@@ -221,7 +256,27 @@ class Authority:
         }
         if with_refresh:
             body["refresh_token"] = self.mintRefresh(grant, grant.scope)
+        if grant.person and "openid" in scope.split():
+            body["id_token"] = self.idTokenFor(grant, scope)
         return body
+
+    def idTokenFor(self, grant: Grant, scope: str) -> str:
+        """The OpenID Connect ID token of a person's grant (``identity.py``)."""
+        now = self.now()
+        claims = {
+            "iss": self.issuer,
+            "aud": grant.client_id,
+            "iat": self.epoch(now),
+            "exp": self.epoch(now + self.access_token_lifetime),
+            **self.style.claims(grant.user, scope, grant.client_id),
+        }
+        if grant.nonce:
+            claims["nonce"] = grant.nonce
+        return idToken(claims)
+
+    def shape(self, error: OAuthError, client_id: str | None = None) -> OAuthError:
+        """``error`` in the words of the provider's style."""
+        return self.style.shape(error, client_id=client_id, epoch=self.wallNow())
 
     def mintRefresh(self, grant: Grant, scope: str) -> str:
         refresh = secrets.token_urlsafe(48)
@@ -266,11 +321,33 @@ class Authority:
         given = basic_secret if basic_id is not None else form.get("client_secret")
         client = self.clients.get(client_id or "")
         if client is None:
-            raise OAuthError("invalid_client", "unknown client", 401, challenge)
+            raise OAuthError(
+                "invalid_client", "unknown client", 401, challenge, reason="client_unknown"
+            )
         if client.public:
+            if given and self.reject_public_secrets:
+                raise OAuthError(
+                    "invalid_client",
+                    "a public client must not send a client secret",
+                    401,
+                    challenge,
+                    reason="public_client_secret",
+                )
             return client
-        if given is None or not hmac.compare_digest(
-            given.encode("utf-8"), (client.secret or "").encode("utf-8")
-        ):
-            raise OAuthError("invalid_client", "client authentication failed", 401, challenge)
+        if given is None:
+            raise OAuthError(
+                "invalid_client",
+                "client authentication failed",
+                401,
+                challenge,
+                reason="secret_missing",
+            )
+        if not hmac.compare_digest(given.encode("utf-8"), (client.secret or "").encode("utf-8")):
+            raise OAuthError(
+                "invalid_client",
+                "client authentication failed",
+                401,
+                challenge,
+                reason="secret_wrong",
+            )
         return client

@@ -7,8 +7,11 @@ that the provider (and a test wrapping one) decides which code answers.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from twisted.web import server
 
@@ -25,9 +28,24 @@ from oauthmail.testing.oauth.records import DEVICE_GRANT, Client, digest
 from oauthmail.testing.oauth.state import Authority
 from oauthmail.testing.oauth.waiting import WaitingRoom
 
-__all__ = ["TokenEndpoint"]
+__all__ = ["TokenEndpoint", "clientIdOf"]
 
 GrantHandler = Callable[[Client, dict[str, str]], dict[str, Any]]
+
+
+def clientIdOf(request: server.Request) -> str | None:
+    """The client id a request names (body field or Basic), for the wording of errors."""
+    values = (request.args or {}).get(b"client_id")
+    if values:
+        return values[0].decode("utf-8", "replace")
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    if header[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return unquote_plus(decoded.partition(":")[0])
+    return None
 
 
 class TokenEndpoint:
@@ -78,6 +96,7 @@ class TokenEndpoint:
         try:
             body = self.grant(request)
         except OAuthError as e:
+            e = self.authority.shape(e, clientIdOf(request))
             finishJSON(request, e.status, e.body(), e.headers)
         else:
             finishJSON(request, 200, body)

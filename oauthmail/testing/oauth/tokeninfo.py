@@ -1,8 +1,12 @@
-"""What a resource server asks about a token: introspection (RFC 7662) and revocation (RFC 7009).
+"""What others ask about a token: introspection (RFC 7662), userinfo (OIDC), revocation (RFC 7009).
 
 Introspection is what Dovecot's ``oauth2`` passdb calls to validate the
 bearer token of an IMAP login; it accepts the token as Dovecot sends it in
 each of its modes (form field, query parameter, ``Authorization: Bearer``).
+
+The userinfo endpoint (OpenID Connect Core 1.0, section 5.3) says who an
+access token belongs to, with the same claims as the ID token; it needs the
+``openid`` or ``email`` scope, as Google's and Microsoft's do.
 
 Rules: only a live access token is ever ``active``; revocation answers 200
 even for a token it does not know, and a revoked refresh token takes its whole
@@ -19,7 +23,7 @@ from oauthmail.testing.oauth.records import digest
 from oauthmail.testing.oauth.state import Authority
 from oauthmail.testing.oauth.waiting import WaitingRoom
 
-__all__ = ["IntrospectionEndpoint", "renderRevoke"]
+__all__ = ["IntrospectionEndpoint", "renderRevoke", "renderUserinfo"]
 
 
 class IntrospectionEndpoint:
@@ -96,3 +100,22 @@ def renderRevoke(authority: Authority, request: server.Request) -> bytes:
     if access is not None:
         access.revoked = True
     return answerJSON(request, 200, {})
+
+
+def renderUserinfo(authority: Authority, request: server.Request) -> bytes:
+    """``GET``/``POST /userinfo`` with ``Authorization: Bearer``: the person's claims."""
+    authority.requests["userinfo"] += 1
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    access = authority.liveAccess(token) if token else None
+    if access is None or not access.grant.person:
+        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        body = {"error": "invalid_token", "error_description": "the access token is not valid"}
+        return answerJSON(request, 401, body, challenge)
+    scopes = access.scope.split()
+    if "openid" not in scopes and "email" not in scopes:
+        challenge = {"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'}
+        body = {"error": "insufficient_scope", "error_description": "ask for the openid scope"}
+        return answerJSON(request, 403, body, challenge)
+    claims = authority.style.claims(access.grant.user, access.scope, access.grant.client_id)
+    return answerJSON(request, 200, claims)
