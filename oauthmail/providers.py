@@ -11,6 +11,7 @@ from __future__ import annotations
 from oauthmail.config.presets import (
     GOOGLE_MAIL_SCOPE,
     MICROSOFT_APP_ONLY_SCOPES,
+    MICROSOFT_CONSUMERS,
     MICROSOFT_DELEGATED_SCOPES,
     MICROSOFT_MULTI_TENANTS,
     PROVIDERS,
@@ -20,14 +21,18 @@ from oauthmail.config.presets import (
     microsoft,
     preset,
 )
+from oauthmail.config.rules import allowsDeviceGrant, deviceGrantProblem
 
 __all__ = [
     "GOOGLE_MAIL_SCOPE",
+    "MICROSOFT_CONSUMERS",
     "MICROSOFT_APP_ONLY_SCOPES",
     "MICROSOFT_DELEGATED_SCOPES",
     "MICROSOFT_MULTI_TENANTS",
     "PROVIDERS",
     "Preset",
+    "allowsDeviceGrant",
+    "deviceGrantProblem",
     "generic",
     "google",
     "microsoft",

@@ -114,7 +114,7 @@ def test_main_summary_lists_accounts(tmp_path, capsys):
     path = tmp_path / "app.yaml"
     path.write_text(
         "profiles:\n"
-        "  g: {provider: google, client_id: abc}\n"
+        "  g: {provider: google, client_id: abc, client_secret: s}\n"
         "  m: {provider: microsoft, client_id: ''}\n"
         "accounts:\n"
         "  - {name: helpdesk, address: helpdesk@example.com, profile: g, imap: {}}\n"
@@ -155,3 +155,19 @@ def test_subcommand_registry():
     assert "check-config" in cli.SUBCOMMANDS
     with pytest.raises(ValueError):
         cli.subcommand("check-config", help="again")(lambda args: 0)
+
+
+def test_subprocess_shipped_example_with_the_secrets_set():
+    """conf/app.yaml checks out with MS_CLIENT_SECRET and GOOGLE_CLIENT_ID set (issue 16)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "check-config"],
+        capture_output=True,
+        text=True,
+        env=childEnv(MS_CLIENT_SECRET="ms-secret", GOOGLE_CLIENT_ID="1234.apps.example"),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "ms-secret" not in result.stdout
+    assert "profile microsoft-device (microsoft, device_code" in result.stdout

@@ -23,7 +23,10 @@ from oauthmail.config import (
     ConfigError,
     DurationError,
     InterpolationError,
+    ProfileConfig,
     ServerConfig,
+    allowsDeviceGrant,
+    deviceGrantProblem,
     interpolate,
     loadConfig,
     parseConfig,
@@ -329,7 +332,7 @@ def test_empty_client_id_is_not_configured():
     )
     assert config.account("a").configured is False
     config = parseConfig(
-        "profiles:\n  g: {provider: google, client_id: '${GID:-}'}\n"
+        "profiles:\n  g: {provider: google, client_id: '${GID:-}', client_secret: s}\n"
         "accounts:\n  - {name: a, address: a@example.com, profile: g}\n",
         "x.yaml",
         {"GID": "id"},
@@ -377,7 +380,7 @@ def test_shipped_example_configured_by_environment():
     """Setting the client id variables makes the example's accounts configured."""
     config = loadConfig(
         str(ROOT / "conf" / "app.yaml"),
-        environ={"GOOGLE_CLIENT_ID": "g-id", "MS_CLIENT_ID": "m-id"},
+        environ={"GOOGLE_CLIENT_ID": "g-id", "GOOGLE_CLIENT_SECRET": "g-s", "MS_CLIENT_ID": "m-id"},
     )
     assert all(account.configured for account in config.accounts)
 
@@ -544,7 +547,7 @@ def test_any_text_fails_only_with_config_error(text):
 def test_accounts_share_their_profile_object(full):
     """Accounts without overrides share the profile object; an override makes a new one."""
     config = parseConfig(
-        "profiles:\n  g: {provider: google, client_id: x}\n"
+        "profiles:\n  g: {provider: google, client_id: x, client_secret: s}\n"
         "accounts:\n"
         "  - {name: a, address: a@example.com, profile: g, imap: {}, smtp: {}}\n"
         "  - {name: b, address: b@example.com, profile: g, imap: {folders: [X]}}\n",
@@ -568,7 +571,7 @@ def test_sent_folder_defaults_follow_the_provider():
     """Google and Microsoft look in Sent by default (they file what they accept); generic not."""
     text = (
         "profiles:\n"
-        "  g: {provider: google, client_id: x}\n"
+        "  g: {provider: google, client_id: x, client_secret: s}\n"
         "  m: {provider: microsoft, client_id: x, client_secret: s, tenant: t.example}\n"
         "  p: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
         "      authorization_endpoint: 'https://t.example/auth', scopes: [mail],\n"
@@ -594,3 +597,198 @@ def test_sent_folder_defaults_follow_the_provider():
         "app": "none",  # app-only tokens are often allowed to send but not to read
     }
     assert (config.queue.sent_check_delay, config.queue.sent_check_give_up) == (0.0, 7200.0)
+
+
+# --- the providers as they are (issue 16) ---------------------------------------
+
+
+def profileOf(text: str, name: str, environ: dict[str, str] | None = None) -> ProfileConfig:
+    """Profile ``name`` of a configuration given as YAML text."""
+    return parseConfig(text, "x.yaml", environ or {}).profiles[name]
+
+
+def test_client_auth_defaults_from_provider_and_secret():
+    """Google clients send their secret; others are public unless a secret is given."""
+    text = (
+        "profiles:\n"
+        "  g: {provider: google, client_id: x, client_secret: s}\n"
+        "  m: {provider: microsoft, client_id: x, client_secret: s}\n"
+        "  pub: {provider: microsoft, client_id: x, client_secret: '${MS_SECRET:-}'}\n"
+        "  gen: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
+        "        scopes: [mail]}\n"
+    )
+    config = parseConfig(text, "x.yaml", {})
+    auth = {name: (p.client_auth, p.sendsSecret) for name, p in config.profiles.items()}
+    assert auth == {
+        "g": ("secret", True),
+        "m": ("secret", True),
+        "pub": ("none", False),
+        "gen": ("none", False),
+    }
+    explicit = profileOf(
+        "profiles:\n  m: {provider: microsoft, client_id: x, client_auth: none}\n", "m"
+    )
+    assert (explicit.client_auth, explicit.sendsSecret, explicit.configured) == (
+        "none",
+        False,
+        True,
+    )
+
+
+def test_profile_config_built_in_code_keeps_its_meaning():
+    """A ProfileConfig made in code without client_auth follows its secret, as before."""
+    common = dict(
+        name="p", kind="generic", authorization_endpoint=None, token_endpoint="https://t/",
+        device_endpoint=None, revocation_endpoint=None, introspection_endpoint=None,
+        client_id="id", scopes=("mail",),
+    )  # fmt: skip
+    assert ProfileConfig(client_secret=None, **common).client_auth == "none"
+    confidential = ProfileConfig(client_secret=Secret("s"), **common)
+    assert confidential.client_auth == "secret" and confidential.sendsSecret
+    assert confidential.configured and confidential.missingSetting is None
+    with pytest.raises(ValueError):
+        ProfileConfig(client_secret=None, client_auth="maybe", **common)
+
+
+def test_google_secret_left_empty_by_the_environment_is_not_configured():
+    """A Google client_secret that expands empty leaves the account not configured, not broken."""
+    text = (
+        "profiles:\n"
+        "  g: {provider: google, client_id: '${GID:-}', client_secret: '${GSECRET:-}'}\n"
+        "accounts:\n  - {name: a, address: a@example.com, profile: g}\n"
+    )
+    account = parseConfig(text, "x.yaml", {"GID": "id"}).account("a")
+    assert not account.configured
+    assert account.profile.missingSetting == "client_secret"
+    account = parseConfig(text, "x.yaml", {"GID": "id", "GSECRET": "s"}).account("a")
+    assert account.configured and account.profile.sendsSecret
+
+
+def test_google_auth_code_profile_without_secret_is_refused():
+    """Google needs the secret at code exchange: a profile that has none is an error."""
+    text = (
+        "profiles:\n  g: {provider: google, client_id: id}\n"
+        "accounts:\n  - {name: a, address: a@example.com, profile: g}\n"
+    )
+    with pytest.raises(ConfigError, match=r"x.yaml:2: profiles.g: Google requires the client"):
+        parseConfig(text, "x.yaml", {})
+    # not configured yet (no client id): it loads, the operator fills both in
+    assert not parseConfig(text.replace("id}", "''}"), "x.yaml", {}).account("a").configured
+
+
+def test_microsoft_device_code_on_a_confidential_profile_is_refused():
+    """Finding 1: a device-code account cannot share a profile that sends a secret."""
+    text = (
+        "profiles:\n"
+        "  m: {provider: microsoft, client_id: id, client_secret: '${MS_CLIENT_SECRET:-}'}\n"
+        "accounts:\n  - {name: r, address: r@example.com, profile: m, grant: device_code}\n"
+    )
+    assert parseConfig(text, "x.yaml", {}).account("r").profile.client_auth == "none"
+    with pytest.raises(ConfigError) as info:
+        parseConfig(text, "x.yaml", {"MS_CLIENT_SECRET": SECRET_MARKER})
+    message = str(info.value)
+    assert message.startswith("x.yaml:4: accounts[0].grant: Microsoft's device flow is for public")
+    assert "use a separate profile without client_secret" in message
+    assert SECRET_MARKER not in message
+
+
+def test_device_grant_rule_is_one_function_for_every_entry_point():
+    """deviceGrantProblem says why a profile cannot use the device grant, in the loader's words."""
+    text = (
+        "profiles:\n"
+        "  g: {provider: google, client_id: x, client_secret: s}\n"
+        "  ms: {provider: microsoft, client_id: x, client_secret: s}\n"
+        "  mp: {provider: microsoft, client_id: x}\n"
+        "  gen: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
+        "        scopes: [mail]}\n"
+    )
+    profiles = parseConfig(text, "x.yaml", {}).profiles
+    assert "Google's device flow does not grant the Gmail scope" in deviceGrantProblem(
+        profiles["g"]
+    )
+    assert "(AADSTS700025)" in deviceGrantProblem(profiles["ms"])
+    assert deviceGrantProblem(profiles["mp"]) is None and allowsDeviceGrant(profiles["mp"])
+    assert (
+        deviceGrantProblem(profiles["gen"])
+        == "grant device_code needs profiles.gen.device_endpoint"
+    )
+    assert not allowsDeviceGrant(profiles["g"])
+    assert providers.deviceGrantProblem is deviceGrantProblem
+
+
+def test_microsoft_redirect_uri_defaults_to_localhost():
+    """Microsoft profiles redirect to http://localhost:{web.port}/callback (not 127.0.0.1)."""
+    m = profileOf("profiles:\n  m: {provider: microsoft, client_id: x}\n", "m")
+    assert m.redirect_uri == "http://localhost:8025/callback"
+    text = "profiles:\n  m: {provider: microsoft, client_id: x}\nweb: {port: 8026}\n"
+    assert profileOf(text, "m").redirect_uri == "http://localhost:8026/callback"
+    # port 0: the console's port is known only once it listens
+    text = "profiles:\n  m: {provider: microsoft, client_id: x}\nweb: {port: 0}\n"
+    anyPort = profileOf(text, "m")
+    assert anyPort.redirect_uri is None
+    assert anyPort.redirectURIFor(40123) == "http://localhost:40123/callback"
+    own = "profiles:\n  m: {provider: microsoft, client_id: x,\n    redirect_uri: 'https://mail.example.com/cb'}\n"
+    assert profileOf(own, "m").redirectURIFor(8025) == "https://mail.example.com/cb"
+    g = profileOf("profiles:\n  g: {provider: google, client_id: x, client_secret: s}\n", "g")
+    assert g.redirect_uri is None and g.redirectURIFor(8025) is None  # the console's own
+
+
+def test_google_client_type_and_port_zero():
+    """Google clients are desktop unless web; port 0 is fine for desktop, refused for web."""
+    base = "profiles:\n  g: {provider: google, client_id: x, client_secret: s%s}\nweb: {port: 0}\n"
+    assert profileOf(base % "", "g").client_type == "desktop"
+    with pytest.raises(ConfigError, match=r"x.yaml:3: web.port: profiles.g is a Google Web client"):
+        parseConfig(base % ", client_type: web", "x.yaml", {})
+    fixed = base.replace("port: 0", "port: 8025") % ", client_type: web"
+    assert profileOf(fixed, "g").client_type == "web"
+    assert (
+        profileOf("profiles:\n  m: {provider: microsoft, client_id: x}\n", "m").client_type is None
+    )
+
+
+def test_outlook_com_preset_and_note():
+    """Outlook.com sends through smtp-mail.outlook.com and is told that IMAP starts off."""
+    text = (
+        "profiles:\n  o: {provider: microsoft, tenant: consumers, client_id: x}\n"
+        "accounts:\n  - {name: a, address: a@outlook.com, profile: o, imap: {}, smtp: {}}\n"
+    )
+    config = parseConfig(text, "x.yaml", {})
+    outlook = config.profiles["o"]
+    assert outlook.smtp == ServerConfig("smtp-mail.outlook.com", 587, "starttls")
+    assert outlook.imap == ServerConfig("outlook.office365.com", 993, "implicit")
+    assert config.notes == (
+        "x.yaml:4: accounts[0].imap: Outlook.com turns IMAP off until the mailbox owner turns on"
+        " 'Let devices and apps use IMAP' (Outlook.com Settings, Mail, Forwarding and IMAP)",
+    )
+    work = profileOf(
+        "profiles:\n  m: {provider: microsoft, tenant: contoso.com, client_id: x}\n", "m"
+    )
+    assert work.smtp.host == "smtp.office365.com"
+    assert providers.preset("microsoft", "organizations").smtp.host == "smtp.office365.com"
+
+
+def test_microsoft_redirect_on_an_address_is_noted():
+    """An http redirect URI on an address needs a manifest edit at Microsoft: a note says so."""
+    text = (
+        "profiles:\n  m: {provider: microsoft, client_id: x,\n"
+        "    redirect_uri: 'http://127.0.0.1:8025/callback'}\n"
+    )
+    config = parseConfig(text, "x.yaml", {})
+    assert len(config.notes) == 1
+    assert config.notes[0].startswith("x.yaml:3: profiles.m.redirect_uri: Microsoft's app")
+    assert parseConfig(text.replace("127.0.0.1", "localhost"), "x.yaml", {}).notes == ()
+
+
+def test_shipped_example_passes_with_the_secrets_set():
+    """conf/app.yaml loads with MS_CLIENT_SECRET and GOOGLE_CLIENT_ID set (issue 16)."""
+    environ = {"MS_CLIENT_SECRET": "ms-s", "GOOGLE_CLIENT_ID": "g-id", "MS_CLIENT_ID": "m-id"}
+    config = loadConfig(str(ROOT / "conf" / "app.yaml"), environ=environ)
+    reports = config.account("reports")
+    assert reports.grant == "device_code" and reports.profile.client_auth == "none"
+    assert config.profiles["microsoft"].sendsSecret
+    assert config.profiles["microsoft"].redirect_uri == "http://localhost:8025/callback"
+    helpdesk = config.account("helpdesk")
+    assert helpdesk.profile.missingSetting == "client_secret"  # GOOGLE_CLIENT_SECRET unset
+    for account in config.accounts:
+        if account.grant == "device_code":
+            assert allowsDeviceGrant(account.profile)

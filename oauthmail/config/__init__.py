@@ -18,6 +18,8 @@ from oauthmail.config.errors import ConfigError, DurationError, InterpolationErr
 from oauthmail.config.interpolate import interpolate
 from oauthmail.config.loader import loadConfig, parseConfig
 from oauthmail.config.model import (
+    CLIENT_AUTH,
+    GOOGLE_CLIENT_TYPES,
     AccountConfig,
     AccountImapConfig,
     AccountSmtpConfig,
@@ -33,10 +35,12 @@ from oauthmail.config.model import (
     SubmissionUser,
     WebConfig,
 )
-from oauthmail.config.rules import deviceGrantProblem
+from oauthmail.config.rules import allowsDeviceGrant, deviceGrantProblem
 from oauthmail.config.values import parseDuration
 
 __all__ = [
+    "CLIENT_AUTH",
+    "GOOGLE_CLIENT_TYPES",
     "AccountConfig",
     "AccountImapConfig",
     "AccountSmtpConfig",
@@ -54,6 +58,7 @@ __all__ = [
     "SubmissionConfig",
     "SubmissionUser",
     "WebConfig",
+    "allowsDeviceGrant",
     "deviceGrantProblem",
     "interpolate",
     "loadConfig",

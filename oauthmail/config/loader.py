@@ -24,7 +24,8 @@ from oauthmail.config.errors import ConfigError
 from oauthmail.config.model import Config
 from oauthmail.config.nodes import Document
 from oauthmail.config.profiles import readProfiles
-from oauthmail.config.schema import TOP_KEYS
+from oauthmail.config.rules import checkClients, notesFor
+from oauthmail.config.schema import TOP_KEYS, WEB_KEYS
 from oauthmail.config.sections import (
     readQueue,
     readRefresher,
@@ -98,15 +99,23 @@ def _read(document: Document, root: YamlNode | None) -> Config:
             " (see conf/app.yaml)"
         )
     sections = top.mapping(TOP_KEYS)
-    profiles = readProfiles(sections["profiles"])
-    accounts = tuple(account for account, _ in readAccounts(sections["accounts"], profiles))
-    return Config(
+    web = readWeb(sections["web"])  # first: profiles take their redirect URI from it
+    profiles = readProfiles(sections["profiles"], web)
+    read = readAccounts(sections["accounts"], profiles)
+    accounts = tuple(account for account, _ in read)
+    config = Config(
         source=document.source,
         profiles={name: profile for name, (profile, _) in profiles.items()},
         accounts=accounts,
         store=readStore(sections["store"]),
-        web=readWeb(sections["web"]),
+        web=web,
         refresher=readRefresher(sections["refresher"]),
         queue=readQueue(sections["queue"]),
         submission=readSubmission(sections["submission"], accounts),
+        notes=notesFor(read, profiles),
     )
+    # Rules across sections come last, so that a file with a plain mistake
+    # reports that mistake first.
+    portAt = sections["web"].mapping(WEB_KEYS)["port"] if web.port == 0 else sections["web"]
+    checkClients(read, profiles, web, portAt)
+    return config

@@ -120,11 +120,16 @@ class Node:
             isinstance(self.node, ScalarNode) and self.node.tag == TAG + "null"
         )
 
-    def fail(self, message: str, line: int | None = None) -> NoReturn:
+    def locate(self, message: str, line: int | None = None) -> str:
+        """``FILE:LINE: KEY.PATH: message`` for this node (errors and notes alike)."""
         line = self.line if line is None else line
         where = self.path or "(top level)"
+        return f"{self.document.source}:{line}: {where}: {message}"
+
+    def fail(self, message: str, line: int | None = None) -> NoReturn:
+        line = self.line if line is None else line
         raise ConfigError(
-            f"{self.document.source}:{line}: {where}: {message}",
+            self.locate(message, line),
             source=self.document.source,
             line=line,
             key=self.path,

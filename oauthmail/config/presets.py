@@ -71,13 +71,22 @@ def google() -> Preset:
     )
 
 
+#: The tenant of personal Microsoft accounts (Outlook.com, Hotmail, Live).
+MICROSOFT_CONSUMERS = "consumers"
+
+
 def microsoft(tenant: str = "common") -> Preset:
     """Exchange Online / Microsoft 365 and Outlook.com through Entra ID.
 
     ``offline_access`` is in the delegated scopes because without it there is
-    no refresh token and the account dies within the hour.
+    no refresh token and the account dies within the hour. Outlook.com
+    (``tenant: consumers``) submits through ``smtp-mail.outlook.com``, not
+    Exchange Online's ``smtp.office365.com``; both read through
+    ``outlook.office365.com`` (Microsoft's "POP, IMAP, and SMTP settings for
+    Outlook.com").
     """
     base = f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+    smtpHost = "smtp-mail.outlook.com" if tenant == MICROSOFT_CONSUMERS else "smtp.office365.com"
     return Preset(
         kind="microsoft",
         authorization_endpoint=f"{base}/authorize",
@@ -88,7 +97,7 @@ def microsoft(tenant: str = "common") -> Preset:
         scopes=MICROSOFT_DELEGATED_SCOPES,
         extra_authorization_params=(),
         imap=ServerConfig(host="outlook.office365.com", port=993, security="implicit"),
-        smtp=ServerConfig(host="smtp.office365.com", port=587, security="starttls"),
+        smtp=ServerConfig(host=smtpHost, port=587, security="starttls"),
         tenant=tenant,
         app_only_scopes=MICROSOFT_APP_ONLY_SCOPES,
     )

@@ -14,17 +14,22 @@ import re
 
 from yaml.nodes import MappingNode, ScalarNode
 
-from oauthmail.config.model import ProfileConfig
+from oauthmail.config.model import CLIENT_AUTH, GOOGLE_CLIENT_TYPES, ProfileConfig, WebConfig
 from oauthmail.config.nodes import OAUTH1_MESSAGE, Map, Node
 from oauthmail.config.presets import PROVIDERS, preset
 from oauthmail.config.schema import ENDPOINTS, PROFILE_KEYS
 from oauthmail.config.servers import readServer
+from oauthmail.secret import Secret
 
 __all__ = ["readProfiles"]
 
 
-def readProfiles(at: Node) -> dict[str, tuple[ProfileConfig, Map]]:
-    """Every profile by name, each with its checked mapping (for later rules)."""
+def readProfiles(at: Node, web: WebConfig) -> dict[str, tuple[ProfileConfig, Map]]:
+    """Every profile by name, each with its checked mapping (for later rules).
+
+    ``web`` is the console's section: a Microsoft profile's redirect URI
+    defaults to ``http://localhost:{web.port}/callback``.
+    """
     if at.isNull:
         return {}
     node = at.node
@@ -33,10 +38,10 @@ def readProfiles(at: Node) -> dict[str, tuple[ProfileConfig, Map]]:
     # profile names are free: read the keys without a whitelist
     names = [str(k.value) for k, _ in node.value if isinstance(k, ScalarNode)]
     entries = at.mapping(names)
-    return {name: readProfile(name, entries[name]) for name in entries.entries}
+    return {name: readProfile(name, entries[name], web) for name in entries.entries}
 
 
-def readProfile(name: str, at: Node) -> tuple[ProfileConfig, Map]:
+def readProfile(name: str, at: Node, web: WebConfig) -> tuple[ProfileConfig, Map]:
     p = at.mapping(PROFILE_KEYS, what="a profile mapping")
     if "oauth_version" in p:
         version = p["oauth_version"]
@@ -92,7 +97,21 @@ def readProfile(name: str, at: Node) -> tuple[ProfileConfig, Map]:
         for key, value in given.entries.items():
             extra[key] = value.string()
 
+    client_auth = _clientAuth(p, kind, client_secret)
+    client_type = None
+    if "client_type" in p:
+        if kind != "google":
+            p["client_type"].fail(
+                "client_type is only used with provider: google (for Microsoft, client_auth"
+                " says whether the app is a public or a confidential client)"
+            )
+    if kind == "google":
+        client_type = p["client_type"].choice(GOOGLE_CLIENT_TYPES, "desktop", what="client type")
+
     redirect_uri = p["redirect_uri"].url(None)
+    if redirect_uri is None and kind == "microsoft" and web.port:
+        # Entra accepts an http redirect URI only for localhost, not for 127.0.0.1.
+        redirect_uri = f"http://localhost:{web.port}/callback"
     imap = readServer(p["imap"], base.imap, "imap")
     smtp = readServer(p["smtp"], base.smtp, "smtp")
     profile = ProfileConfig(
@@ -111,5 +130,29 @@ def readProfile(name: str, at: Node) -> tuple[ProfileConfig, Map]:
         tenant=base.tenant,
         imap=imap,
         smtp=smtp,
+        client_auth=client_auth,
+        client_type=client_type,
     )
     return profile, p
+
+
+def _clientAuth(p: Map, kind: str, client_secret: Secret | None) -> str:
+    """``client_auth``: as written, else ``secret`` for Google, else whether a secret is set."""
+    at = p["client_auth"]
+    if "client_auth" not in p:
+        return "secret" if kind == "google" or client_secret else "none"
+    client_auth = at.choice(CLIENT_AUTH, what="client_auth")
+    if client_auth == "none":
+        if kind == "google":
+            at.fail(
+                "Google requires the client secret at code exchange, for Desktop and Web"
+                " clients alike; use client_auth: secret with client_secret"
+            )
+        if client_secret:
+            at.fail(
+                "client_auth none is a public client, which sends no secret; remove"
+                " client_secret (or set client_auth: secret)"
+            )
+    elif "client_secret" not in p and "client_secret_file" not in p:
+        at.fail("client_auth secret needs client_secret or client_secret_file")
+    return client_auth

@@ -13,28 +13,57 @@ allowed (:func:`deviceGrantProblem`) is public, so that every entry point
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from urllib.parse import urlsplit
 
-from oauthmail.config.model import ProfileConfig
+from oauthmail.config.model import AccountConfig, ProfileConfig, WebConfig
 from oauthmail.config.nodes import Map, Node
 from oauthmail.config.presets import (
     GOOGLE_MAIL_SCOPE,
     MICROSOFT_APP_ONLY_SCOPES,
+    MICROSOFT_CONSUMERS,
     MICROSOFT_MULTI_TENANTS,
 )
 from oauthmail.config.schema import MECHANISMS
+from oauthmail.config.values import isAddress
 
-__all__ = ["checkGrant", "deviceGrantProblem", "readMechanism"]
+__all__ = [
+    "allowsDeviceGrant",
+    "checkClients",
+    "checkGrant",
+    "deviceGrantProblem",
+    "notesFor",
+    "readMechanism",
+]
 
 
 def deviceGrantProblem(profile: ProfileConfig) -> str | None:
-    """Why ``profile`` cannot use the device grant, in one line; ``None`` when it can."""
+    """Why ``profile`` cannot use the device grant, in one line; ``None`` when it can.
+
+    The loader refuses a ``device_code`` account with this sentence, and
+    ``oauthmail authorize --device`` must refuse with it too: Google answers
+    ``invalid_scope`` (``https://mail.google.com/`` is not a device-flow
+    scope), and Microsoft's device flow is for public clients only
+    (``AADSTS700025`` when a secret comes along).
+    """
     pname = f"profiles.{profile.name}"
     if not profile.device_endpoint:
         return f"grant device_code needs {pname}.device_endpoint"
     if profile.kind == "google" and GOOGLE_MAIL_SCOPE in profile.scopes:
         return "Google's device flow does not grant the Gmail scope; use grant: authorization_code"
+    if profile.kind == "microsoft" and profile.client_auth == "secret":
+        return (
+            f"Microsoft's device flow is for public clients and {pname} has a client secret"
+            " (AADSTS700025); use a separate profile without client_secret for device-code"
+            " accounts (Microsoft public client)"
+        )
     return None
+
+
+def allowsDeviceGrant(profile: ProfileConfig) -> bool:
+    """Whether ``profile`` may use the device grant (see :func:`deviceGrantProblem`)."""
+    return deviceGrantProblem(profile) is None
 
 
 def checkGrant(at: Node, grant: str, profile: ProfileConfig, p: Map) -> ProfileConfig:
@@ -79,3 +108,68 @@ def readMechanism(at: Node, profile: ProfileConfig) -> str:
     if mechanism == "oauthbearer" and profile.kind == "microsoft":
         at.fail("Microsoft servers offer only xoauth2")
     return mechanism
+
+
+def checkClients(
+    accounts: Sequence[tuple[AccountConfig, Map]],
+    profiles: Mapping[str, tuple[ProfileConfig, Map]],
+    web: WebConfig,
+    portAt: Node,
+) -> None:
+    """The client each provider needs, once the whole file is read.
+
+    Google exchanges an authorization code only with the client secret (Web
+    and Desktop clients alike), and a Google Web client accepts only the exact
+    redirect URI it registered, which ``web.port: 0`` cannot promise. A
+    ``client_secret`` key whose value is empty (``${GOOGLE_CLIENT_SECRET:-}``
+    unset) is not an error: the account is "not configured" until it is set.
+    """
+    for account, _ in accounts:
+        profile, p = profiles[account.profile.name]
+        if account.grant != "authorization_code" or profile.kind != "google":
+            continue
+        if profile.client_id and "client_secret" not in p and "client_secret_file" not in p:
+            p.owner.fail(
+                "Google requires the client secret at code exchange, for Desktop and Web"
+                " clients alike: add client_secret (or client_secret_file)"
+            )
+    if web.port == 0:
+        for profile, _ in profiles.values():
+            if profile.kind == "google" and profile.client_type == "web":
+                portAt.fail(
+                    f"profiles.{profile.name} is a Google Web client, which accepts only the"
+                    " exact redirect URI it registered; set a fixed port (or use"
+                    " client_type: desktop, which accepts any loopback port)"
+                )
+
+
+def notesFor(
+    accounts: Sequence[tuple[AccountConfig, Map]],
+    profiles: Mapping[str, tuple[ProfileConfig, Map]],
+) -> tuple[str, ...]:
+    """What an operator should know about a valid file, one located line each."""
+    notes = []
+    for profile, p in profiles.values():
+        uri = profile.redirect_uri
+        if profile.kind == "microsoft" and "redirect_uri" in p and uri:
+            parts = urlsplit(uri)
+            if parts.scheme == "http" and parts.hostname and isAddress(parts.hostname):
+                notes.append(
+                    p["redirect_uri"].locate(
+                        "Microsoft's app registration accepts http redirect URIs only for"
+                        " localhost; an address needs an edit of the app manifest"
+                        " (or use http://localhost)"
+                    )
+                )
+    for account, a in accounts:
+        profile = account.profile
+        if profile.kind == "microsoft" and profile.tenant == MICROSOFT_CONSUMERS:
+            if account.imap is not None:
+                notes.append(
+                    a["imap"].locate(
+                        "Outlook.com turns IMAP off until the mailbox owner turns on 'Let"
+                        " devices and apps use IMAP' (Outlook.com Settings, Mail, Forwarding"
+                        " and IMAP)"
+                    )
+                )
+    return tuple(notes)

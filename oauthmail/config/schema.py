@@ -28,6 +28,8 @@ PROFILE_KEYS = (
     "client_id",
     "client_secret",
     "client_secret_file",
+    "client_auth",
+    "client_type",
     *ENDPOINTS,
     "scopes",
     "extra_authorization_params",
