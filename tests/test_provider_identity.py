@@ -9,12 +9,17 @@ introspection.
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from providerclient import REDIRECT, authorize, codeTokens, http, introspect, pkce, redirected
 from twisted.internet import reactor, task
 
-from oauthmail.testing.oauth.identity import jwks, keyId, readToken
+from oauthmail.testing.oauth.identity import idToken, jwks, keyId, readToken
 from oauthmail.testing.provider import DEVICE_GRANT, TestOAuthProvider
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
@@ -167,3 +172,20 @@ async def test_the_three_ways_agree_on_sub(clock):
             assert claims[field] == info[field] == BOB
         finally:
             await p.stop()
+
+
+CLAIM_VALUES = st.one_of(
+    st.text(max_size=30), st.integers(-(2**53), 2**53), st.booleans(), st.none()
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12), CLAIM_VALUES, max_size=6))
+def test_id_tokens_round_trip_and_resist_tampering(claims):
+    """Any claims come back from the signed token unchanged; a changed body is refused."""
+    token = idToken(claims)
+    assert readToken(token) == claims
+    head, body, signature = token.split(".")
+    other = base64.urlsafe_b64encode(json.dumps({**claims, "x": 1}).encode()).rstrip(b"=")
+    with pytest.raises(ValueError):
+        readToken(f"{head}.{other.decode()}.{signature}")

@@ -122,6 +122,14 @@ async def test_microsoft_confidential_client_errors(microsoft):
 
 
 @pytest_twisted.ensureDeferred
+async def test_microsoft_public_client_cannot_use_client_credentials(microsoft):
+    """App-only tokens need a secret: a public client asking gets AADSTS7000218."""
+    form = {"grant_type": "client_credentials", "client_id": "pub", "scope": "mail"}
+    answer = await http("POST", microsoft.token_endpoint, form)
+    assert (answer.status, answer.json["error"], aadsts(answer)) == (401, "invalid_client", 7000218)
+
+
+@pytest_twisted.ensureDeferred
 async def test_microsoft_interaction_and_consent_required(microsoft):
     """MFA is interaction_required AADSTS50076; lost consent invalid_grant 65001 + suberror."""
     mfa = microsoft.issueTokens("mfa@contoso.test", "pub")["refresh_token"]

@@ -186,6 +186,14 @@ _MICROSOFT: dict[str, tuple[str, int, str, int, str | None]] = {
         401,
         None,
     ),
+    "public_client_credentials": (
+        "invalid_client",
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or"
+        " 'client_secret'.",
+        401,
+        None,
+    ),
     "public_client_secret": (
         "invalid_client",
         700025,
