@@ -408,7 +408,7 @@ async def buildOurReceiver(
     **accountArgs: Any,
 ) -> tuple[Any, Any]:
     """oauthmail's receiver as ``OAuthMailService`` wires it: ``AccountWatcher`` + the real
-    ``MaildirSink`` + ``SQLDeliveryLedger`` in a fresh SQLite store under ``stateDir``.
+    ``MaildirSink`` + the SQLite delivery ledger in a fresh SQLite store under ``stateDir``.
 
     Everything is imported and the store is open when this returns, but the
     watcher is not started: time from ``watcher.startService()``, as a running
@@ -421,13 +421,13 @@ async def buildOurReceiver(
     import time
 
     from oauthmail.config import StoreConfig
-    from oauthmail.imap.ledger import MemoryDeliveryLedger, SQLDeliveryLedger
+    from oauthmail.db.open import openStores
     from oauthmail.imap.watcher import AccountWatcher
     from oauthmail.secret import Secret
     from oauthmail.sinks.errors import SinkError
     from oauthmail.sinks.maildir import MaildirSink
+    from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
     from oauthmail.tokens import crypto
-    from oauthmail.tokens.store import openStore
 
     class CountingMaildirSink(MaildirSink):
         """The real sink; only reports when each batch's files are durable."""
@@ -446,12 +446,13 @@ async def buildOurReceiver(
         key=Secret(crypto.generateKey()),
         key_file=os.path.join(stateDir, "oauthmail.key"),
     )
-    store = await openStore(storeConfig, reactor, reactor)
+    stores = await openStores(storeConfig, reactor, reactor)
+    store = stores.tokens
     await store.ensureAccount(account.name, "bench")
     if ledger == "memory":
         deliveries: Any = MemoryDeliveryLedger(reactor)
     else:
-        deliveries = SQLDeliveryLedger.fromStore(store, reactor)
+        deliveries = stores.ledger
     sink = CountingMaildirSink(payload["maildir"], reactor)
     tokens = StaticTokens(payload["token"])
     watcher = AccountWatcher(account, tokens, deliveries, sink, reactor, store)

@@ -6,7 +6,7 @@ private Dovecot, then empties one with oauthmail and the other with a plain
 RSS is its own:
 
 * **ours**: the real ``AccountWatcher``/``FolderWatcher`` with the real
-  ``MaildirSink`` (group commit) and the real ``SQLDeliveryLedger`` in a fresh
+  ``MaildirSink`` (group commit) and the real SQLite delivery ledger in a fresh
   SQLite store, disposition ``keep`` (no STORE round trip: the baseline sets
   no flags either, it fetches with ``BODY.PEEK[]``), batches of 100. Timed
   from ``startService()`` until all messages are durably in ``new/``.

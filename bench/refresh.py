@@ -171,9 +171,9 @@ async def fillStore(
     Through the public store API, 50 operations in flight at a time (they run
     one by one in the store's thread anyway).
     """
+    from oauthmail.db.sqlite.tokens import SQLiteTokenStore
     from oauthmail.secret import Secret
     from oauthmail.tokens.records import TokenSet
-    from oauthmail.tokens.store import SQLiteTokenStore
 
     store = SQLiteTokenStore(path, key, clock=reactor, reactor=reactor)
     await store.open()
@@ -204,11 +204,11 @@ async def fillStore(
 async def runOurs(reactor: Any, params: dict[str, Any]) -> dict[str, Any]:
     """One refresher pass with the real token source, transport and store."""
     from oauthmail.config import AccountConfig, ProfileConfig
+    from oauthmail.db.sqlite.tokens import SQLiteTokenStore
     from oauthmail.secret import Secret
     from oauthmail.tokens.http import AgentTransport
     from oauthmail.tokens.refresher import TokenRefresher
     from oauthmail.tokens.source import TokenSource
-    from oauthmail.tokens.store import SQLiteTokenStore
 
     count = params["count"]
     profile = ProfileConfig(
@@ -258,7 +258,7 @@ async def runOurs(reactor: Any, params: dict[str, Any]) -> dict[str, Any]:
     def versions(conn: Any) -> list[tuple[int, int]]:
         return conn.execute("SELECT version, COUNT(*) FROM tokens GROUP BY version").fetchall()
 
-    rows = dict(await store.runWithConnection(versions))
+    rows = dict(await store.database.runRead(versions))
     await transport.close()
     await store.close()
     return {

@@ -138,13 +138,13 @@ class OAuthMailService(MultiService):
         self.refresher.setServiceParent(self)
 
     async def _startWatcher(self, account: Any) -> None:
-        from oauthmail.imap.ledger import SQLDeliveryLedger
+        from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
         from oauthmail.imap.watcher import AccountWatcher
         from oauthmail.sinks.factory import makeSink
 
         try:
             sink = makeSink(account.imap.sink, self.reactor)
-            ledger = SQLDeliveryLedger.fromStore(self.store, self.reactor)
+            ledger = SQLiteDeliveryLedger(self.store.database, self.reactor)
             watcher = AccountWatcher(account, self.tokens, ledger, sink, self.reactor, self.store)
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"

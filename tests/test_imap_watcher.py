@@ -19,11 +19,12 @@ from oauthmail.config import (
     SinkConfig,
 )
 from oauthmail.imap.fetch import SelectInfo
-from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED, MemoryDeliveryLedger
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED
 from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
 from oauthmail.imap.watcher import AccountWatcher, FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
+from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
 from oauthmail.testing.memory_store import MemoryTokenStore
 
 

@@ -22,6 +22,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
+from oauthmail.db.sqlite.migrate import migrate
+from oauthmail.db.sqlite.schema import SCHEMAS
 from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
 from oauthmail.mail.trace import SentCheckError, SentProbe
 from oauthmail.secret import Secret
@@ -30,7 +32,6 @@ from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
 from oauthmail.smtp.queue import OutboundQueue, UnknownAccount
 from oauthmail.testing.memory_store import MemoryTokenStore
-from oauthmail.tokens import schema
 from oauthmail.tokens.errors import AccountNotAuthorised
 
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -61,11 +62,7 @@ class SyncStore(MemoryTokenStore):
         super().__init__(clock)
         self.conn = sqlite3.connect(str(path), isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
-        version = schema.currentVersion(self.conn)
-        for number, statements in schema.pending(version):
-            self.conn.execute("BEGIN IMMEDIATE")
-            schema.applyMigration(self.conn, number, statements, 0.0)
-            self.conn.execute("COMMIT")
+        migrate(self.conn, str(path), SCHEMAS, 0.0)
 
     def runWithConnection(self, func, *args):
         try:
@@ -456,8 +453,8 @@ async def test_queue_in_the_real_token_store(tmp_path):
     """Migration 3 creates the tables in the SQLite token store; enqueue is synced to disk."""
     from twisted.internet import reactor
 
+    from oauthmail.db.sqlite.tokens import SQLiteTokenStore
     from oauthmail.tokens.crypto import TokenCipher
-    from oauthmail.tokens.store import SQLiteTokenStore
 
     cipher = TokenCipher.coerce(__import__("cryptography.fernet").fernet.Fernet.generate_key())
     store = SQLiteTokenStore(str(tmp_path / "t.sqlite"), cipher, reactor, reactor)
@@ -481,8 +478,8 @@ async def test_migration_3_applies_to_a_version_2_file(tmp_path):
     """A token store at schema version 2 gains the outbound tables and keeps its accounts."""
     from twisted.internet import reactor
 
+    from oauthmail.db.sqlite.tokens import SQLiteTokenStore
     from oauthmail.tokens.crypto import TokenCipher
-    from oauthmail.tokens.store import SQLiteTokenStore
 
     cipher = TokenCipher.coerce(__import__("cryptography.fernet").fernet.Fernet.generate_key())
     path = str(tmp_path / "t.sqlite")
@@ -494,8 +491,7 @@ async def test_migration_3_applies_to_a_version_2_file(tmp_path):
     with raw:
         raw.execute("DROP TABLE outbound_recipients")
         raw.execute("DROP TABLE outbound")
-        raw.execute("DROP INDEX deliveries_digest")
-        raw.execute("DELETE FROM schema_version WHERE version > 2")
+        raw.execute("DELETE FROM schema_migrations WHERE owner = 'outbox'")
     raw.close()
     store = SQLiteTokenStore(path, cipher, reactor, reactor)
     await store.open()
@@ -508,7 +504,8 @@ async def test_migration_3_applies_to_a_version_2_file(tmp_path):
         await store.close()
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == schema.LATEST
+        rows = raw.execute("SELECT version FROM schema_migrations WHERE owner = 'outbox'")
+        assert [r[0] for r in rows] == [1, 2]
     finally:
         raw.close()
 

@@ -59,7 +59,7 @@ async def test_service_starts_every_part_and_stops_cleanly(tmp_path: Path) -> No
     assert service.console_port is None
     assert service.transport is None
     assert not service.queue.running
-    assert service.store._pool is None
+    assert not service.store.database.isOpen
 
 
 @pytest_twisted.ensureDeferred

@@ -1,6 +1,6 @@
-"""The token stores: one contract for the in-memory and SQLite stores, then SQLite's own promises.
+"""The SQLite token store's own promises (the shared ones are ``tests/contracts/``).
 
-SQLite tests use real files under ``tmp_path`` and always close the pool.
+Tests use real files under ``tmp_path`` and always close the database.
 """
 
 from __future__ import annotations
@@ -19,22 +19,19 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import StoreConfig
+from oauthmail.db.errors import StoreError, VersionConflict, WrongKeyError
+from oauthmail.db.sqlite.schema import SCHEMAS
+from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 from oauthmail.interfaces import ITokenStore
 from oauthmail.secret import Secret
-from oauthmail.testing.memory_store import MemoryTokenStore
-from oauthmail.tokens import schema
 from oauthmail.tokens.crypto import TokenCipher, generateKey
-from oauthmail.tokens.records import ACCOUNT_STATES, TokenSet
-from oauthmail.tokens.store import (
-    SQLiteTokenStore,
-    StoreError,
-    VersionConflict,
-    WrongKeyError,
-    openStore,
-)
+from oauthmail.tokens.records import TokenSet
+from oauthmail.tokens.store import openStore
 
 ACCESS = "ya29.ACCESS-canary-7f3e9a1b5c2d"
 REFRESH = "1//REFRESH-canary-0d4c8b2a6e1f"
+#: Every (owner, migration) a new file gets, in the order they are applied.
+ALL_MIGRATIONS = [(s.owner, n) for s in SCHEMAS for n in range(1, s.latest + 1)]
 
 
 def mode(path) -> int:
@@ -65,143 +62,22 @@ def dbpath(tmp_path):
     return str(tmp_path / "var" / "oauthmail.sqlite")
 
 
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
-async def store(request, clock, key, dbpath):
-    if request.param == "memory":
-        s = MemoryTokenStore(clock)
-    else:
-        s = SQLiteTokenStore(dbpath, key, clock)
-    await s.open()
-    yield s
-    await s.close()
+def makeStore(path, keys, clock, **kwargs):
+    from twisted.internet import reactor
+
+    return SQLiteTokenStore(path, keys, clock, reactor, **kwargs)
 
 
 async def reopen(path, key, clock):
-    s = SQLiteTokenStore(path, key, clock)
+    s = makeStore(path, key, clock)
     await s.open()
     return s
 
 
-# -- the contract -------------------------------------------------------------
-
-
-def test_memory_provides_interface(clock):
-    """MemoryTokenStore provides ITokenStore."""
-    assert verifyObject(ITokenStore, MemoryTokenStore(clock))
-
-
 def test_sqlite_provides_interface(clock, key, dbpath):
     """SQLiteTokenStore provides ITokenStore (constructing it touches no file)."""
-    assert verifyObject(ITokenStore, SQLiteTokenStore(dbpath, key, clock))
+    assert verifyObject(ITokenStore, makeStore(dbpath, key, clock))
     assert not os.path.exists(dbpath)
-
-
-@pytest_twisted.ensureDeferred
-async def test_ensure_account(store, clock):
-    """A new account is unauthorised, stamped by the clock; ensuring it again changes nothing."""
-    clock.advance(100)
-    account = await store.ensureAccount("alice", "google")
-    assert (account.id, account.provider, account.state) == ("alice", "google", "unauthorised")
-    assert account.created_at == account.updated_at == 100
-    assert account.last_error is None and account.last_refresh_at is None
-    clock.advance(5)
-    assert await store.ensureAccount("alice", "google") == account
-    assert await store.getAccount("alice") == account
-    assert await store.getAccount("nobody") is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_token_round_trip(store, clock):
-    """Tokens put at version 0 come back equal, at version 1, stamped by the clock."""
-    await store.ensureAccount("alice", "google")
-    assert await store.getTokens("alice") is None
-    clock.advance(42)
-    put = await store.putTokens("alice", tokens(), 0)
-    got = await store.getTokens("alice")
-    assert put == got
-    assert got.version == 1 and got.updated_at == 42
-    assert got.access_token.reveal() == ACCESS
-    assert got.refresh_token.reveal() == REFRESH
-    assert got.expires_at == 3600.0 and got.scope == "https://mail.google.com/"
-    assert got.tokenSet().access_token == Secret(ACCESS)
-    assert (await store.getAccount("alice")).last_refresh_at == 42
-
-
-@pytest_twisted.ensureDeferred
-async def test_token_without_refresh_token(store):
-    """A token set without refresh token (client credentials) round-trips with None."""
-    await store.ensureAccount("svc", "microsoft")
-    await store.putTokens("svc", tokens(refresh=None, expires=None), 0)
-    got = await store.getTokens("svc")
-    assert got.refresh_token is None and got.expires_at is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_compare_and_swap(store):
-    """putTokens with a stale version fails with VersionConflict and changes nothing."""
-    await store.ensureAccount("alice", "google")
-    await store.putTokens("alice", tokens("first"), 0)
-    with pytest.raises(VersionConflict) as info:
-        await store.putTokens("alice", tokens("second"), 0)
-    assert "second" not in str(info.value)
-    assert (await store.getTokens("alice")).access_token.reveal() == "first"
-    two = await store.putTokens("alice", tokens("third"), 1)
-    assert two.version == 2
-    with pytest.raises(VersionConflict):
-        await store.putTokens("alice", tokens("fourth"), 1)
-    got = await store.getTokens("alice")
-    assert (got.version, got.access_token.reveal()) == (2, "third")
-
-
-@pytest_twisted.ensureDeferred
-async def test_put_without_account(store):
-    """Tokens for an account that was never ensured are refused."""
-    with pytest.raises(StoreError):
-        await store.putTokens("ghost", tokens(), 0)
-    assert await store.getTokens("ghost") is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_account_states(store, clock):
-    """Every state in ACCOUNT_STATES is recorded with its last error; others are refused."""
-    await store.ensureAccount("alice", "google")
-    for state in ACCOUNT_STATES:
-        clock.advance(1)
-        record = await store.setAccountState("alice", state, f"because {state}")
-        assert (record.state, record.last_error, record.updated_at) == (
-            state,
-            f"because {state}",
-            clock.seconds(),
-        )
-        assert await store.getAccount("alice") == record
-    cleared = await store.setAccountState("alice", "ok")
-    assert cleared.last_error is None
-    with pytest.raises(ValueError):
-        await store.setAccountState("alice", "sleepy")
-    assert (await store.getAccount("alice")).state == "ok"
-    with pytest.raises(StoreError):
-        await store.setAccountState("ghost", "ok")
-
-
-@pytest_twisted.ensureDeferred
-async def test_list_accounts_sorted(store):
-    """listAccounts returns every account sorted by id."""
-    assert await store.listAccounts() == []
-    for name in ["carol", "alice", "bob"]:
-        await store.ensureAccount(name, "generic")
-    assert [a.id for a in await store.listAccounts()] == ["alice", "bob", "carol"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_delete_tokens(store):
-    """Deleted tokens are gone, the account stays, and a new start is at version 0."""
-    await store.ensureAccount("alice", "google")
-    await store.putTokens("alice", tokens(), 0)
-    await store.deleteTokens("alice")
-    assert await store.getTokens("alice") is None
-    assert await store.getAccount("alice") is not None
-    await store.deleteTokens("alice")  # idempotent
-    assert (await store.putTokens("alice", tokens(), 0)).version == 1
 
 
 # -- SQLite only ----------------------------------------------------------------
@@ -237,10 +113,12 @@ async def test_file_modes(tmp_path, clock, key, loose_umask):
 @pytest_twisted.ensureDeferred
 async def test_open_store_creates_key_file(tmp_path, clock, loose_umask):
     """openStore generates a 0600 key file in a 0700 directory and reuses it next time."""
+    from twisted.internet import reactor
+
     config = StoreConfig(
         path=str(tmp_path / "var" / "db.sqlite"), key_file=str(tmp_path / "keys" / "k")
     )
-    s = await openStore(config, clock, environ={})
+    s = await openStore(config, clock, reactor, environ={})
     try:
         assert verifyObject(ITokenStore, s)
         await s.open()  # already open: nothing happens
@@ -251,7 +129,7 @@ async def test_open_store_creates_key_file(tmp_path, clock, loose_umask):
     assert mode(tmp_path / "keys") == 0o700
     assert mode(tmp_path / "keys" / "k") == 0o600
     assert [p.name for p in (tmp_path / "keys").iterdir()] == ["k"]
-    s = await openStore(config, clock, environ={})
+    s = await openStore(config, clock, reactor, environ={})
     try:
         assert (await s.getTokens("alice")).access_token.reveal() == ACCESS
     finally:
@@ -261,8 +139,10 @@ async def test_open_store_creates_key_file(tmp_path, clock, loose_umask):
 @pytest_twisted.ensureDeferred
 async def test_open_store_rejects_unknown_backend(clock):
     """A backend other than sqlite fails with a StoreError."""
+    from twisted.internet import reactor
+
     with pytest.raises(StoreError, match="postgresql"):
-        await openStore(StoreConfig(backend="postgresql"), clock, environ={})
+        await openStore(StoreConfig(backend="postgresql"), clock, reactor, environ={})
 
 
 def _encodings(secret: str) -> list[bytes]:
@@ -303,7 +183,7 @@ async def test_wrong_key_changes_nothing(tmp_path, clock, key):
     await s.close()
     before = Path(path).read_bytes()
     other = generateKey()
-    wrong = SQLiteTokenStore(path, other, clock)
+    wrong = makeStore(path, other, clock)
     with pytest.raises(WrongKeyError) as info:
         await wrong.open()
     message = str(info.value)
@@ -394,24 +274,26 @@ async def test_refresh_read_decrypts_access_token_on_use(tmp_path, clock, key):
 
 @pytest_twisted.ensureDeferred
 async def test_migration_from_empty_and_reopen(tmp_path, clock, key):
-    """An empty file gets every migration once; reopening applies nothing again."""
+    """An empty file gets every owner's migrations once; reopening applies nothing again."""
     path = str(tmp_path / "db.sqlite")
     for _ in range(2):
         s = await reopen(path, key, clock)
         await s.close()
     raw = sqlite3.connect(path)
     try:
-        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY 1")]
-        assert versions == list(range(1, schema.LATEST + 1))
+        applied = raw.execute(
+            "SELECT owner, version FROM schema_migrations ORDER BY applied_at, rowid"
+        ).fetchall()
+        assert sorted(applied) == sorted(ALL_MIGRATIONS)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "accounts", "tokens", "folders", "deliveries"} <= tables
+        assert {"meta", "accounts", "tokens", "folders", "deliveries", "outbound"} <= tables
     finally:
         raw.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_migration_from_previous_version(tmp_path, clock, key):
-    """A file at version 1 with data is brought up to date and keeps its data."""
+async def test_migration_of_one_owner(tmp_path, clock, key):
+    """A file missing one owner's later migration gets it and keeps every row."""
     path = str(tmp_path / "db.sqlite")
     s = await reopen(path, key, clock)
     await s.ensureAccount("alice", "google")
@@ -419,13 +301,8 @@ async def test_migration_from_previous_version(tmp_path, clock, key):
     await s.close()
     raw = sqlite3.connect(path)
     with raw:
-        later = raw.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'"
-            " AND name NOT IN ('meta', 'accounts', 'tokens', 'schema_version')"
-        ).fetchall()
-        for (table,) in later:
-            raw.execute(f"DROP TABLE {table}")
-        raw.execute("DELETE FROM schema_version WHERE version > 1")
+        raw.execute("DROP INDEX deliveries_digest")
+        raw.execute("DELETE FROM schema_migrations WHERE owner = 'ledger' AND version = 2")
     raw.close()
     s = await reopen(path, key, clock)
     try:
@@ -434,26 +311,37 @@ async def test_migration_from_previous_version(tmp_path, clock, key):
         await s.close()
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == schema.LATEST
-        raw.execute("SELECT account, folder, uidvalidity, last_delivered_uid FROM folders")
+        assert raw.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'deliveries_digest'"
+        ).fetchone()
+        assert len(raw.execute("SELECT * FROM schema_migrations").fetchall()) == len(ALL_MIGRATIONS)
     finally:
         raw.close()
 
 
+@pytest.mark.parametrize(
+    "newer",
+    [
+        "INSERT INTO schema_version VALUES (99, 0)",
+        "INSERT INTO schema_migrations VALUES ('outbox', 99, 0)",
+        "INSERT INTO schema_migrations VALUES ('leases', 1, 0)",
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_newer_schema_refused(tmp_path, clock, key):
-    """A file from a newer oauthmail is refused and left alone."""
+async def test_newer_schema_refused(tmp_path, clock, key, newer):
+    """A file from a newer oauthmail (newer version, unknown owner) is refused and left alone."""
     path = str(tmp_path / "db.sqlite")
     s = await reopen(path, key, clock)
     await s.close()
     raw = sqlite3.connect(path)
     with raw:
-        raw.execute("INSERT INTO schema_version VALUES (99, 0)")
+        raw.execute(newer)
     raw.close()
     before = Path(path).read_bytes()
-    newer = SQLiteTokenStore(path, key, clock)
-    with pytest.raises(StoreError, match="newer"):
-        await newer.open()
+    newerStore = makeStore(path, key, clock)
+    with pytest.raises(StoreError, match="newer") as info:
+        await newerStore.open()
+    assert "nothing was changed" in str(info.value)
     assert open(path, "rb").read() == before  # noqa: ASYNC230
 
 
@@ -527,7 +415,7 @@ def test_fernet_instance_accepted(tmp_path, clock):
     """The store takes a Fernet, a list of keys, or a TokenCipher."""
     key = Fernet.generate_key()
     for keys in (Fernet(key), [key.decode()], TokenCipher.coerce(key.decode())):
-        assert SQLiteTokenStore(str(tmp_path / "x"), keys, clock)._cipher.keyCount == 1
+        assert makeStore(str(tmp_path / "x"), keys, clock)._cipher.keyCount == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -535,7 +423,7 @@ async def test_uncreatable_path(tmp_path, clock, key):
     """A database path that cannot be created fails with one StoreError line, pool closed."""
     (tmp_path / "afile").write_text("")
     before = set(threading.enumerate())
-    s = SQLiteTokenStore(str(tmp_path / "afile" / "db.sqlite"), key, clock)
+    s = makeStore(str(tmp_path / "afile" / "db.sqlite"), key, clock)
     with pytest.raises(StoreError, match="cannot create the token database"):
         await s.open()
     assert set(threading.enumerate()) <= before
@@ -547,7 +435,7 @@ async def test_uncreatable_path(tmp_path, clock, key):
 async def test_locked_database_is_a_store_error(tmp_path, clock, key):
     """A write blocked by another process's lock fails as StoreError, and nothing is written."""
     path = str(tmp_path / "db.sqlite")
-    s = SQLiteTokenStore(path, key, clock, busy_timeout=0.01)
+    s = makeStore(path, key, clock, busy_timeout=0.01)
     await s.open()
     try:
         await s.ensureAccount("alice", "google")
@@ -574,7 +462,8 @@ async def test_open_logs_migrations_and_loose_modes(tmp_path, clock, key):
     with capturedLogs() as events:
         s = await reopen(str(path), key, clock)
         await s.close()
-    assert [e["number"] for e in events if "number" in e] == list(range(1, schema.LATEST + 1))
+    applied = [(e["owner"], e["number"]) for e in events if "number" in e]
+    assert applied == ALL_MIGRATIONS
     path.chmod(0o644)
     with capturedLogs() as events:
         s = await reopen(str(path), key, clock)
@@ -584,69 +473,13 @@ async def test_open_logs_migrations_and_loose_modes(tmp_path, clock, key):
     assert not [e for e in events if "number" in e]
 
 
-# -- the refresher's reads: one listing, state and tokens together ------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_list_expiries(store, clock):
-    """listExpiries gives every account's state and token expiry, sorted, no token value."""
-    for name in ["carol", "alice", "bob", "dave"]:
-        await store.ensureAccount(name, "generic")
-    clock.advance(7)
-    await store.putTokens("alice", tokens(expires=100.0), 0)
-    await store.putTokens("bob", tokens(refresh=None, expires=None), 0)
-    await store.putTokens("dave", tokens(), 0)
-    await store.setAccountState("dave", "needs_reauth", "revoked")
-    rows = await store.listExpiries()
-    assert [tuple(r) for r in rows] == [
-        ("alice", "unauthorised", True, 100.0, True, 7.0),
-        ("bob", "unauthorised", True, None, False, 7.0),
-        ("carol", "unauthorised", False, None, False, None),
-        ("dave", "needs_reauth", True, 3600.0, True, 7.0),
-    ]
-    assert rows[0].expires_at == 100.0 and rows[0].has_refresh
-    assert ACCESS not in repr(rows) and REFRESH not in repr(rows)
-
-
-@pytest_twisted.ensureDeferred
-async def test_get_account_with_tokens(store):
-    """getAccountWithTokens answers like getAccount and getTokens together."""
-    assert await store.getAccountWithTokens("ghost") == (None, None)
-    await store.ensureAccount("alice", "google")
-    assert await store.getAccountWithTokens("alice") == (await store.getAccount("alice"), None)
-    await store.putTokens("alice", tokens(), 0)
-    account, record = await store.getAccountWithTokens("alice")
-    assert account == await store.getAccount("alice")
-    assert record == await store.getTokens("alice")
-    assert record.refresh_token.reveal() == REFRESH
-
-
-@pytest_twisted.ensureDeferred
-async def test_concurrent_reads_coalesced(store):
-    """Many concurrent getAccountWithTokens calls each get their own account's answer."""
-    from twisted.internet import defer
-
-    names = [f"u{i}" for i in range(20)]
-    for name in names:
-        await store.ensureAccount(name, "generic")
-        await store.putTokens(name, tokens(f"access-{name}"), 0)
-    asked = [*names, "ghost", "u3"]
-    answers = await defer.gatherResults([store.getAccountWithTokens(n) for n in asked])
-    for name, (account, record) in zip(asked, answers, strict=True):
-        if name == "ghost":
-            assert (account, record) == (None, None)
-        else:
-            assert account.id == record.account == name
-            assert record.access_token.reveal() == f"access-{name}"
-
-
 # -- group commit -------------------------------------------------------------
 
 
 def _blockWriter(s):
     """Occupy the store's writing thread until the returned event is set."""
     release = threading.Event()
-    done = s.runWithConnection(lambda conn: release.wait(10))
+    done = s.database.runWrite(lambda conn: release.wait(10))
     return release, done
 
 
@@ -662,7 +495,7 @@ async def test_group_commit_one_transaction_conflict_fails_alone(tmp_path, clock
             await s.ensureAccount(name, "generic")
             await s.putTokens(name, tokens(f"v1-{name}"), 0)
         statements: list[str] = []
-        await s.runWithConnection(lambda conn: conn.set_trace_callback(statements.append))
+        await s.database.runWrite(lambda conn: conn.set_trace_callback(statements.append))
         release, blocked = _blockWriter(s)
         first = s.putTokens("u0", tokens("v2-u0"), 1)  # goes at once, alone
         group = [
@@ -676,7 +509,7 @@ async def test_group_commit_one_transaction_conflict_fails_alone(tmp_path, clock
         await blocked
         await first
         results = await defer.DeferredList(group, consumeErrors=True)
-        await s.runWithConnection(lambda conn: conn.set_trace_callback(None))
+        await s.database.runWrite(lambda conn: conn.set_trace_callback(None))
         assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 2
         assert fired_after == [2] * 5  # every caller heard back after the shared COMMIT
         outcome = dict(zip(names[1:], results, strict=True))
@@ -698,7 +531,7 @@ async def test_group_commit_failure_fails_every_caller(tmp_path, clock, key):
     from twisted.internet import defer
 
     path = str(tmp_path / "db.sqlite")
-    s = SQLiteTokenStore(path, key, clock, busy_timeout=0.01)
+    s = makeStore(path, key, clock, busy_timeout=0.01)
     await s.open()
     try:
         for name in ["a", "b", "c"]:

@@ -79,6 +79,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.sqlite.connection import transaction
 from oauthmail.interfaces import ISentFolder, ISubmissionQueue, ITokenSource
 from oauthmail.mail.trace import SentProbe, headerBlock, probeFor, stamp
 from oauthmail.retry import jitteredDelay
@@ -95,7 +96,6 @@ from oauthmail.smtp.client import (
 )
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import AccountNotAuthorised
-from oauthmail.tokens.store import transaction
 
 __all__ = [
     "DeliveryStatus",

@@ -13,9 +13,15 @@ from typing import Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.db.errors import StoreError, VersionConflict
 from oauthmail.interfaces import ITokenStore
-from oauthmail.tokens.records import ACCOUNT_STATES, AccountRecord, TokenRecord, TokenSet
-from oauthmail.tokens.store import StoreError, TokenExpiry, VersionConflict
+from oauthmail.tokens.records import (
+    ACCOUNT_STATES,
+    AccountRecord,
+    TokenExpiry,
+    TokenRecord,
+    TokenSet,
+)
 
 
 class _Clock(Protocol):

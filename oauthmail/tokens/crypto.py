@@ -39,13 +39,13 @@ import stat
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Union
+from typing import Any, Union
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from twisted.logger import Logger
 
+from oauthmail.db.errors import StoreError, WrongKeyError
 from oauthmail.secret import Secret
-from oauthmail.tokens.store import StoreError
 
 log = Logger()
 
@@ -194,6 +194,58 @@ class TokenCipher:
 
 
 CipherLike = Union[TokenCipher, Fernet, MultiFernet, str, bytes, Secret, Iterable["CipherLike"]]
+
+#: What a store keeps, encrypted, to tell the right key from a wrong one before
+#: it changes anything (``meta.key_check`` in SQLite).
+KEY_CHECK_PLAINTEXT = b"oauthmail token store key check"
+
+
+def sealKeyCheck(cipher: TokenCipher) -> bytes:
+    """The key check value a new store keeps."""
+    return cipher.encryptBytes(KEY_CHECK_PLAINTEXT)
+
+
+def verifyKeyCheck(cipher: TokenCipher, sealed: bytes, where: str) -> bool:
+    """Raise ``WrongKeyError`` unless ``cipher`` opens ``sealed``; ``True`` when it must rotate.
+
+    Rotation is due when only an older key (not the first) opens it.
+    """
+    try:
+        plain = cipher.decryptBytes(bytes(sealed))
+    except DecryptionError:
+        plain = None
+    if plain != KEY_CHECK_PLAINTEXT:
+        raise WrongKeyError(
+            f"{where} was encrypted with a different key (the key in use comes from "
+            f"{cipher.source}); nothing was changed"
+        )
+    return not cipher.decryptsWithPrimary(bytes(sealed))
+
+
+class SealedSecret(Secret):
+    """A stored access token, decrypted (in the thread that first uses it) on demand.
+
+    Looks and behaves like any :class:`~oauthmail.secret.Secret`: ``reveal()``,
+    truth, equality and hashing decrypt first, and ``repr`` shows ``<secret>``.
+    A refresh reads a record for its refresh token and version; the access
+    token it is about to replace is needed only if the refresh turns out to be
+    unnecessary or fails. A value that does not decrypt raises
+    ``DecryptionError`` where it is first used.
+    """
+
+    __slots__ = ("_cipher", "_account", "_sealed")
+
+    def __init__(self, cipher: TokenCipher, account: str, sealed: bytes) -> None:
+        self._cipher = cipher
+        self._account = account
+        self._sealed = sealed
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_value":
+            raise AttributeError(name)
+        value = self._cipher.decrypt(self._account, "access_token", self._sealed).reveal()
+        self._value = value
+        return value
 
 
 def _ensurePrivateDirectory(directory: str) -> None:

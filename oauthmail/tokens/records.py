@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from oauthmail.secret import Secret
 
@@ -51,3 +52,18 @@ class AccountRecord:
 
     def replace(self, **changes: object) -> AccountRecord:
         return replace(self, **changes)
+
+
+class TokenExpiry(NamedTuple):
+    """One account as the refresher's schedule sees it: no token value, nothing decrypted.
+
+    ``has_tokens`` is False (and the token fields ``None``/False) for an account
+    that has no tokens yet; ``updated_at`` is when its tokens were last written.
+    """
+
+    account: str
+    state: str
+    has_tokens: bool
+    expires_at: float | None
+    has_refresh: bool
+    updated_at: float | None

@@ -22,10 +22,10 @@ from oauthmail.config import (
     SinkConfig,
 )
 from oauthmail.imap.connect import connectIMAP
-from oauthmail.imap.ledger import MemoryDeliveryLedger
 from oauthmail.imap.watcher import FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.sinks.maildir import MaildirSink
+from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
 from oauthmail.tls import TLSCertificateError
 
 from .conftest import CLIENT_ID, makeProfile

@@ -1,36 +1,19 @@
-"""Tests for oauthmail.imap.ledger: the in-memory and the SQLite deliveries ledger agree."""
+"""The ``IDeliveryLedger`` contract: every ledger (memory, SQLite, ...) keeps these promises.
+
+The ``ledger`` fixture (``tests/contracts/conftest.py``) runs each test once per
+implementation; the states are :mod:`oauthmail.imap.ledger`'s.
+"""
 
 from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from oauthmail.imap.ledger import (
-    DELIVERED,
-    FAILED_PERMANENT,
-    IDeliveryLedger,
-    MemoryDeliveryLedger,
-    SQLDeliveryLedger,
-)
-from oauthmail.tokens.crypto import generateKey
-from oauthmail.tokens.store import SQLiteTokenStore
+from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
+from oauthmail.interfaces import IDeliveryLedger
 
-ACCOUNT = "alice"
-
-
-@pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
-async def ledger(request, tmp_path):
-    clock = Clock()
-    if request.param == "memory":
-        yield MemoryDeliveryLedger(clock)
-        return
-    store = SQLiteTokenStore(str(tmp_path / "db.sqlite"), generateKey(), clock)
-    await store.open()
-    await store.ensureAccount(ACCOUNT, "generic")
-    yield SQLDeliveryLedger.fromStore(store, clock)
-    await store.close()
+from .conftest import ACCOUNT
 
 
 def test_provides_interface(ledger):

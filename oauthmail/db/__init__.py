@@ -1,0 +1,19 @@
+"""The database: every durable thing oauthmail keeps, behind one interface per thing.
+
+The stored things and their owners are ``tokens`` (accounts and encrypted
+OAuth tokens, :class:`~oauthmail.interfaces.ITokenStore`), ``ledger`` (the IMAP
+delivery ledger, :class:`~oauthmail.interfaces.IDeliveryLedger`) and ``outbox``
+(the outbound queue, :class:`~oauthmail.interfaces.IOutbox`). Each backend
+implements all three over one database and registers each owner's migrations
+separately (:mod:`oauthmail.db.migrations`).
+
+Rules a reader must not break:
+
+- Only this package writes SQL. The rest of oauthmail talks to the interfaces;
+  :func:`oauthmail.db.open.openStores` is the one place that picks a backend.
+- A backend lives in its own subpackage (``sqlite/`` today; ``postgresql/``
+  beside it later) and never changes what an interface promises: the contract
+  suites under ``tests/contracts/`` run against every backend and the memory
+  twins in :mod:`oauthmail.testing`.
+- Every call returns a Deferred and never blocks the reactor thread.
+"""

@@ -1,0 +1,30 @@
+"""The errors every store raises, whatever its backend.
+
+One small module with no imports of its own, so that the stores, the key
+handling in :mod:`oauthmail.tokens.crypto` and every caller share one
+vocabulary without importing each other.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StoreError", "StoreUnwritable", "VersionConflict", "WrongKeyError"]
+
+
+class StoreError(Exception):
+    """The store cannot be used (bad key, unreadable file, ...): one readable line."""
+
+
+class WrongKeyError(StoreError):
+    """The database was encrypted with another key; nothing was changed."""
+
+
+class VersionConflict(StoreError):  # noqa: N818 - the name other modules already use
+    """``putTokens`` was given a stale ``expected_version``; nothing was changed."""
+
+
+class StoreUnwritable(StoreError):  # noqa: N818 - reads better at the call site
+    """A write failed because the store cannot be written now (disk full, read-only, I/O).
+
+    Callers that accept work (the submission server) answer ``451`` and the
+    queue stops claiming until a write succeeds again.
+    """

@@ -1,0 +1,116 @@
+"""Open the stores a configuration names: the one place that picks a backend.
+
+:func:`openStores` loads the encryption key (:mod:`oauthmail.tokens.crypto`),
+opens the database with the key check, and fires with a :class:`Stores`: the
+token store, the delivery ledger and the outbox over that one database. The
+daemon (``service.py``) and the command-line tools both open their stores here.
+
+Adding a backend: give it a subpackage of :mod:`oauthmail.db` implementing the
+three interfaces, and a branch in :func:`_open` and :func:`preflightStores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer, threads
+
+from oauthmail.db.errors import StoreError
+from oauthmail.interfaces import IDeliveryLedger, ITokenStore
+from oauthmail.tokens import crypto
+
+__all__ = ["Stores", "openStores", "preflightStores"]
+
+BACKENDS = ("sqlite",)
+
+
+class _Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+class _StoreConfig(Protocol):
+    """What is read of :class:`oauthmail.config.StoreConfig`."""
+
+    backend: str
+    path: str
+    key: Any
+    key_file: str
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every store of one open database; :meth:`close` closes the database."""
+
+    tokens: ITokenStore
+    ledger: IDeliveryLedger
+
+    def close(self) -> defer.Deferred[None]:
+        """Write what was asked for, then close the database (closing twice does nothing)."""
+        return self.tokens.close()
+
+
+def _checkBackend(store_config: _StoreConfig) -> None:
+    if store_config.backend not in BACKENDS:
+        raise StoreError(f"store backend {store_config.backend!r} is not supported yet")
+
+
+def openStores(
+    store_config: _StoreConfig,
+    clock: _Clock,
+    reactor: Any,
+    environ: Mapping[str, str] | None = None,
+) -> defer.Deferred[Stores]:
+    """Load the key, open (create, migrate, key-check) the database, fire with its ``Stores``.
+
+    Key loading may read or create the key file, so it runs in a thread too.
+    """
+    try:
+        _checkBackend(store_config)
+    except StoreError as e:
+        return defer.fail(e)
+    notices: list[crypto.Notice] = []
+    d = threads.deferToThreadPool(
+        reactor,
+        reactor.getThreadPool(),
+        crypto.loadCipher,
+        store_config.key,
+        store_config.key_file,
+        environ,
+        notices,
+    )
+
+    def loaded(cipher: crypto.TokenCipher) -> defer.Deferred[Stores]:
+        crypto.emitNotices(notices)
+        return _open(store_config, cipher, clock, reactor)
+
+    d.addCallback(loaded)
+    return d
+
+
+def _open(
+    store_config: _StoreConfig, cipher: crypto.TokenCipher, clock: _Clock, reactor: Any
+) -> defer.Deferred[Stores]:
+    from oauthmail.db.sqlite.database import SQLiteDatabase
+    from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+    from oauthmail.db.sqlite.tokens import SQLiteTokenStore
+
+    database = SQLiteDatabase(store_config.path, reactor)
+    tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
+    stores = Stores(tokens, SQLiteDeliveryLedger(database, clock))
+    return tokens.open().addCallback(lambda _: stores)
+
+
+def preflightStores(store_config: _StoreConfig, environ: Mapping[str, str] | None = None) -> None:
+    """Check, before the reactor runs, that the key opens an existing store (blocking).
+
+    ``twistd oauthmail`` calls it while parsing options, so a wrong or
+    malformed key stops the daemon with one line and exit status 2. It
+    changes nothing; the real (asynchronous) open checks again.
+    """
+    _checkBackend(store_config)
+    cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ)
+    from oauthmail.db.sqlite.preflight import preflight
+
+    preflight(store_config.path, cipher)

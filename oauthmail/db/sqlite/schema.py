@@ -1,0 +1,138 @@
+"""The SQLite tables of every owner, as migrations (see :mod:`oauthmail.db.migrations`).
+
+Never edit or reorder a migration that has shipped: append. One statement per
+string (``executescript`` would commit the surrounding transaction behind the
+runner's back), no ``BEGIN``/``COMMIT``.
+
+Secrets never go in plain columns: token values are ``BLOB``s written by
+:class:`oauthmail.tokens.crypto.TokenCipher`.
+
+Files written before migrations were kept per owner (oauthmail up to schema
+version 5) recorded one global number in ``schema_version``;
+:data:`LEGACY_VERSIONS` says which owner's migration each of those numbers
+was. The statements below are those same migrations, unchanged.
+"""
+
+from __future__ import annotations
+
+from oauthmail.db.migrations import OwnerSchema
+
+__all__ = ["LEDGER", "LEGACY_HANDOVER", "LEGACY_VERSIONS", "OUTBOX", "SCHEMAS", "TOKENS"]
+
+TOKENS = OwnerSchema(
+    "tokens",
+    (
+        # 1: accounts, their tokens, and the key check (meta).
+        (
+            """CREATE TABLE meta (
+                key TEXT PRIMARY KEY,
+                value BLOB NOT NULL
+            )""",
+            """CREATE TABLE accounts (
+                id TEXT PRIMARY KEY,
+                provider TEXT NOT NULL,
+                state TEXT NOT NULL,
+                last_error TEXT,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                last_refresh_at REAL
+            )""",
+            """CREATE TABLE tokens (
+                account TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+                access_token BLOB NOT NULL,
+                refresh_token BLOB,
+                expires_at REAL,
+                scope TEXT NOT NULL DEFAULT '',
+                version INTEGER NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+        ),
+    ),
+)
+
+LEDGER = OwnerSchema(
+    "ledger",
+    (
+        # 1: per-folder state and one row per message handed to a sink.
+        (
+            """CREATE TABLE folders (
+                account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                folder TEXT NOT NULL,
+                uidvalidity INTEGER NOT NULL,
+                last_delivered_uid INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (account, folder)
+            )""",
+            """CREATE TABLE deliveries (
+                account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                folder TEXT NOT NULL,
+                uidvalidity INTEGER NOT NULL,
+                uid INTEGER NOT NULL,
+                digest TEXT,
+                delivered_at REAL,
+                state TEXT NOT NULL,
+                PRIMARY KEY (account, folder, uidvalidity, uid)
+            )""",
+        ),
+        # 2: every batch's digests are checked against the ledger (deduplication
+        # across UIDVALIDITY changes and moves between watched folders).
+        ("CREATE INDEX deliveries_digest ON deliveries (account, digest)",),
+    ),
+)
+
+OUTBOX = OwnerSchema(
+    "outbox",
+    (
+        # 1: messages are kept in the row (a BLOB) so that one transaction
+        # stores envelope and body together.
+        (
+            """CREATE TABLE outbound (
+                id TEXT PRIMARY KEY,
+                account TEXT NOT NULL,
+                mail_from TEXT NOT NULL,
+                message BLOB NOT NULL,
+                size INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL NOT NULL,
+                created_at REAL NOT NULL,
+                last_error TEXT,
+                provider_accepted_at REAL
+            )""",
+            "CREATE INDEX outbound_due ON outbound (account, state, next_attempt_at)",
+            """CREATE TABLE outbound_recipients (
+                message_id TEXT NOT NULL REFERENCES outbound (id) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                recipient TEXT NOT NULL,
+                state TEXT NOT NULL,
+                last_code INTEGER,
+                last_text TEXT,
+                PRIMARY KEY (message_id, position)
+            )""",
+        ),
+        # 2: a message the provider may already have taken (a crash or a lost
+        # connection after its final dot) is looked for in Sent before it is
+        # sent again: since when it is in doubt.
+        (
+            "ALTER TABLE outbound ADD COLUMN in_doubt_since REAL",
+            "CREATE INDEX outbound_in_doubt ON outbound (account, next_attempt_at)"
+            " WHERE in_doubt_since IS NOT NULL",
+        ),
+    ),
+)
+
+#: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
+SCHEMAS = (TOKENS, LEDGER, OUTBOX)
+
+#: ``schema_version`` number (oauthmail up to version 5) -> (owner, that owner's migration).
+LEGACY_VERSIONS = {
+    1: ("tokens", 1),
+    2: ("ledger", 1),
+    3: ("outbox", 1),
+    4: ("ledger", 2),
+    5: ("outbox", 2),
+}
+
+#: Recorded in ``schema_version`` once ``schema_migrations`` keeps the versions: an
+#: oauthmail that knows only the global numbers (up to 5) then refuses the file as
+#: "written by a newer oauthmail" and changes nothing, instead of misreading it.
+LEGACY_HANDOVER = 6

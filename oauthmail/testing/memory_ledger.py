@@ -1,0 +1,143 @@
+"""An in-memory ``IDeliveryLedger`` for tests (and the reference behaviour).
+
+It keeps the promises of :mod:`oauthmail.imap.ledger` (the same states and the
+same rules as the SQLite ledger, proved by one contract suite) and answers with
+already-fired Deferreds, so tests need no threads and no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.imap.ledger import (
+    DELIVERED,
+    DISPOSED,
+    HANDED,
+    HOLDS,
+    SETTLED,
+    checkRecordable,
+    finalStates,
+)
+from oauthmail.interfaces import IDeliveryLedger
+
+__all__ = ["MemoryDeliveryLedger"]
+
+
+class _Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+@implementer(IDeliveryLedger)
+class MemoryDeliveryLedger:
+    """The ledger in two dicts; ``transactions`` counts the writes that would be one each."""
+
+    def __init__(self, clock: _Clock | None = None) -> None:
+        self._clock = clock
+        self.folders: dict[tuple[str, str], tuple[int, int]] = {}
+        #: (account, folder, uidvalidity, uid) -> (digest, state)
+        self.rows: dict[tuple[str, str, int, int], tuple[str | None, str]] = {}
+        self.transactions = 0
+
+    def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
+        return defer.succeed(self.folders.get((account, folder)))
+
+    def setFolderState(
+        self, account: str, folder: str, uidvalidity: int, last_delivered_uid: int
+    ) -> defer.Deferred[None]:
+        self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
+        return defer.succeed(None)
+
+    def recordDeliveries(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
+    ) -> defer.Deferred[None]:
+        try:
+            checkRecordable(entries)
+        except ValueError as e:
+            return defer.fail(e)
+        self.transactions += 1
+        for uid, digest, state in finalStates(entries, disposed):
+            self.rows[(account, folder, uidvalidity, uid)] = (digest, state)
+        if last_delivered_uid is not None:
+            self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
+        return defer.succeed(None)
+
+    def isDelivered(
+        self, account: str, folder: str, uidvalidity: int, uid: int
+    ) -> defer.Deferred[bool]:
+        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
+        return d.addCallback(lambda found: uid in found)
+
+    def deliveredUIDs(
+        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+    ) -> defer.Deferred[set[int]]:
+        rows = self.rows
+        return defer.succeed(
+            {
+                u
+                for u in uids
+                if (account, folder, uidvalidity, u) in rows
+                and rows[(account, folder, uidvalidity, u)][1] in SETTLED
+            }
+        )
+
+    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
+        found = any(
+            key[0] == account and value[0] == digest and value[1] in HOLDS
+            for key, value in self.rows.items()
+        )
+        return defer.succeed(found)
+
+    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return defer.succeed(self._digestsIn(account, digests, HOLDS))
+
+    def recordHanded(
+        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+    ) -> defer.Deferred[None]:
+        self.transactions += 1
+        for uid, digest in entries:
+            self.rows[(account, folder, uidvalidity, uid)] = (digest, HANDED)
+        return defer.succeed(None)
+
+    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return defer.succeed(self._digestsIn(account, digests, (HANDED,)))
+
+    def _digestsIn(self, account: str, digests: Iterable[str], states: Sequence[str]) -> set[str]:
+        wanted = set(digests)
+        return {
+            value[0]
+            for key, value in self.rows.items()
+            if key[0] == account
+            and value[0] is not None
+            and value[0] in wanted
+            and value[1] in states
+        }
+
+    def markDisposed(
+        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+    ) -> defer.Deferred[None]:
+        for uid in uids:
+            key = (account, folder, uidvalidity, uid)
+            row = self.rows.get(key)
+            if row is not None and row[1] == DELIVERED:
+                self.rows[key] = (row[0], DISPOSED)
+        return defer.succeed(None)
+
+    def pendingDisposition(
+        self, account: str, folder: str, uidvalidity: int
+    ) -> defer.Deferred[list[int]]:
+        uids = [
+            key[3]
+            for key, value in self.rows.items()
+            if key[:3] == (account, folder, uidvalidity) and value[1] == DELIVERED
+        ]
+        return defer.succeed(sorted(uids))

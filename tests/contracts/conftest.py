@@ -1,0 +1,93 @@
+"""Every implementation of every store interface, as fixtures the contract suites share.
+
+One suite per interface (``test_*_contract.py``) runs once per implementation
+listed here: the memory twins of :mod:`oauthmail.testing` and the SQLite
+backend today. A new backend (PostgreSQL) adds its name to :data:`BACKENDS`
+and a branch to :func:`openBackend`; the suites stay as they are.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from oauthmail.secret import Secret
+from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
+from oauthmail.testing.memory_store import MemoryTokenStore
+from oauthmail.tokens.crypto import generateKey
+from oauthmail.tokens.records import TokenSet
+
+#: Every implementation the suites run against.
+BACKENDS = ["memory", "sqlite"]
+
+ACCESS = "ya29.ACCESS-canary-7f3e9a1b5c2d"
+REFRESH = "1//REFRESH-canary-0d4c8b2a6e1f"
+#: The account the ledger and outbox suites work with (it exists in every backend).
+ACCOUNT = "alice"
+
+
+def tokens(access: str = ACCESS, refresh: str | None = REFRESH, expires: float = 3600.0):
+    return TokenSet(
+        access_token=Secret(access),
+        expires_at=expires,
+        refresh_token=None if refresh is None else Secret(refresh),
+        scope="https://mail.google.com/",
+    )
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+class Opened:
+    """One backend's stores over one database (the memory twins share nothing)."""
+
+    def __init__(self, name, tokens, ledger, outbox, close):
+        self.name = name
+        self.tokens = tokens
+        self.ledger = ledger
+        self.outbox = outbox
+        self.close = close
+
+
+async def openBackend(name, clock, tmp_path) -> Opened:
+    """Open ``name``'s stores on a fresh database."""
+    if name == "memory":
+        store = MemoryTokenStore(clock)
+        await store.open()
+        return Opened(name, store, MemoryDeliveryLedger(clock), None, store.close)
+    if name == "sqlite":
+        from twisted.internet import reactor
+
+        from oauthmail.db.sqlite.database import SQLiteDatabase
+        from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+        from oauthmail.db.sqlite.tokens import SQLiteTokenStore
+
+        path = str(tmp_path / "var" / "oauthmail.sqlite")
+        database = SQLiteDatabase(path, reactor)
+        store = SQLiteTokenStore(path, generateKey(), clock, reactor, database=database)
+        await store.open()
+        return Opened(name, store, SQLiteDeliveryLedger(database, clock), None, store.close)
+    raise ValueError(name)
+
+
+@pytest_twisted.async_yield_fixture(params=BACKENDS)
+async def backend(request, clock, tmp_path):
+    opened = await openBackend(request.param, clock, tmp_path)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def store(backend):
+    """The token store of each backend, open."""
+    return backend.tokens
+
+
+@pytest_twisted.async_fixture
+async def ledger(backend):
+    """The delivery ledger of each backend, with ``ACCOUNT`` known to its store."""
+    await backend.tokens.ensureAccount(ACCOUNT, "generic")
+    return backend.ledger

@@ -1,0 +1,187 @@
+"""The ``ITokenStore`` contract: every token store (memory, SQLite, ...) keeps these promises.
+
+The ``store`` fixture (``tests/contracts/conftest.py``) runs each test once per
+implementation; a new backend is added there and must pass every test here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from oauthmail.db.errors import StoreError, VersionConflict
+from oauthmail.interfaces import ITokenStore
+from oauthmail.secret import Secret
+from oauthmail.tokens.records import ACCOUNT_STATES
+
+from .conftest import ACCESS, REFRESH, tokens
+
+
+def test_provides_interface(store):
+    """Every token store provides ITokenStore."""
+    assert verifyObject(ITokenStore, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_account(store, clock):
+    """A new account is unauthorised, stamped by the clock; ensuring it again changes nothing."""
+    clock.advance(100)
+    account = await store.ensureAccount("alice", "google")
+    assert (account.id, account.provider, account.state) == ("alice", "google", "unauthorised")
+    assert account.created_at == account.updated_at == 100
+    assert account.last_error is None and account.last_refresh_at is None
+    clock.advance(5)
+    assert await store.ensureAccount("alice", "google") == account
+    assert await store.getAccount("alice") == account
+    assert await store.getAccount("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_round_trip(store, clock):
+    """Tokens put at version 0 come back equal, at version 1, stamped by the clock."""
+    await store.ensureAccount("alice", "google")
+    assert await store.getTokens("alice") is None
+    clock.advance(42)
+    put = await store.putTokens("alice", tokens(), 0)
+    got = await store.getTokens("alice")
+    assert put == got
+    assert got.version == 1 and got.updated_at == 42
+    assert got.access_token.reveal() == ACCESS
+    assert got.refresh_token.reveal() == REFRESH
+    assert got.expires_at == 3600.0 and got.scope == "https://mail.google.com/"
+    assert got.tokenSet().access_token == Secret(ACCESS)
+    assert (await store.getAccount("alice")).last_refresh_at == 42
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_without_refresh_token(store):
+    """A token set without refresh token (client credentials) round-trips with None."""
+    await store.ensureAccount("svc", "microsoft")
+    await store.putTokens("svc", tokens(refresh=None, expires=None), 0)
+    got = await store.getTokens("svc")
+    assert got.refresh_token is None and got.expires_at is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_compare_and_swap(store):
+    """putTokens with a stale version fails with VersionConflict and changes nothing."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens("first"), 0)
+    with pytest.raises(VersionConflict) as info:
+        await store.putTokens("alice", tokens("second"), 0)
+    assert "second" not in str(info.value)
+    assert (await store.getTokens("alice")).access_token.reveal() == "first"
+    two = await store.putTokens("alice", tokens("third"), 1)
+    assert two.version == 2
+    with pytest.raises(VersionConflict):
+        await store.putTokens("alice", tokens("fourth"), 1)
+    got = await store.getTokens("alice")
+    assert (got.version, got.access_token.reveal()) == (2, "third")
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_without_account(store):
+    """Tokens for an account that was never ensured are refused."""
+    with pytest.raises(StoreError):
+        await store.putTokens("ghost", tokens(), 0)
+    assert await store.getTokens("ghost") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_states(store, clock):
+    """Every state in ACCOUNT_STATES is recorded with its last error; others are refused."""
+    await store.ensureAccount("alice", "google")
+    for state in ACCOUNT_STATES:
+        clock.advance(1)
+        record = await store.setAccountState("alice", state, f"because {state}")
+        assert (record.state, record.last_error, record.updated_at) == (
+            state,
+            f"because {state}",
+            clock.seconds(),
+        )
+        assert await store.getAccount("alice") == record
+    cleared = await store.setAccountState("alice", "ok")
+    assert cleared.last_error is None
+    with pytest.raises(ValueError):
+        await store.setAccountState("alice", "sleepy")
+    assert (await store.getAccount("alice")).state == "ok"
+    with pytest.raises(StoreError):
+        await store.setAccountState("ghost", "ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_accounts_sorted(store):
+    """listAccounts returns every account sorted by id."""
+    assert await store.listAccounts() == []
+    for name in ["carol", "alice", "bob"]:
+        await store.ensureAccount(name, "generic")
+    assert [a.id for a in await store.listAccounts()] == ["alice", "bob", "carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_tokens(store):
+    """Deleted tokens are gone, the account stays, and a new start is at version 0."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    await store.deleteTokens("alice")
+    assert await store.getTokens("alice") is None
+    assert await store.getAccount("alice") is not None
+    await store.deleteTokens("alice")  # idempotent
+    assert (await store.putTokens("alice", tokens(), 0)).version == 1
+
+
+# -- the refresher's reads: one listing, state and tokens together ------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_expiries(store, clock):
+    """listExpiries gives every account's state and token expiry, sorted, no token value."""
+    for name in ["carol", "alice", "bob", "dave"]:
+        await store.ensureAccount(name, "generic")
+    clock.advance(7)
+    await store.putTokens("alice", tokens(expires=100.0), 0)
+    await store.putTokens("bob", tokens(refresh=None, expires=None), 0)
+    await store.putTokens("dave", tokens(), 0)
+    await store.setAccountState("dave", "needs_reauth", "revoked")
+    rows = await store.listExpiries()
+    assert [tuple(r) for r in rows] == [
+        ("alice", "unauthorised", True, 100.0, True, 7.0),
+        ("bob", "unauthorised", True, None, False, 7.0),
+        ("carol", "unauthorised", False, None, False, None),
+        ("dave", "needs_reauth", True, 3600.0, True, 7.0),
+    ]
+    assert rows[0].expires_at == 100.0 and rows[0].has_refresh
+    assert ACCESS not in repr(rows) and REFRESH not in repr(rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_account_with_tokens(store):
+    """getAccountWithTokens answers like getAccount and getTokens together."""
+    assert await store.getAccountWithTokens("ghost") == (None, None)
+    await store.ensureAccount("alice", "google")
+    assert await store.getAccountWithTokens("alice") == (await store.getAccount("alice"), None)
+    await store.putTokens("alice", tokens(), 0)
+    account, record = await store.getAccountWithTokens("alice")
+    assert account == await store.getAccount("alice")
+    assert record == await store.getTokens("alice")
+    assert record.refresh_token.reveal() == REFRESH
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reads_coalesced(store):
+    """Many concurrent getAccountWithTokens calls each get their own account's answer."""
+    from twisted.internet import defer
+
+    names = [f"u{i}" for i in range(20)]
+    for name in names:
+        await store.ensureAccount(name, "generic")
+        await store.putTokens(name, tokens(f"access-{name}"), 0)
+    asked = [*names, "ghost", "u3"]
+    answers = await defer.gatherResults([store.getAccountWithTokens(n) for n in asked])
+    for name, (account, record) in zip(asked, answers, strict=True):
+        if name == "ghost":
+            assert (account, record) == (None, None)
+        else:
+            assert account.id == record.account == name
+            assert record.access_token.reveal() == f"access-{name}"
