@@ -206,18 +206,20 @@ class _Session:
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
+        self.stores: Any = None
         self.store: Any = None
         self.transport: Any = None
         self.tokens: Any = None
         self.authorizer: Any = None
 
     async def open(self) -> _Session:
+        from oauthmail.db.open import openStores
         from oauthmail.tokens.authorize import Authorizer
         from oauthmail.tokens.http import AgentTransport
         from oauthmail.tokens.source import TokenSource
-        from oauthmail.tokens.store import openStore
 
-        self.store = await openStore(self.config.store, clock=self.reactor, reactor=self.reactor)
+        self.stores = await openStores(self.config.store, clock=self.reactor, reactor=self.reactor)
+        self.store = self.stores.tokens
         self.transport = AgentTransport(self.reactor)
         configured = {a.name: a for a in self.config.accounts if a.configured}
         self.tokens = TokenSource(
@@ -475,11 +477,13 @@ def sendCommand(args: argparse.Namespace) -> int:
 
     async def work(reactor: Any) -> int:
         from oauthmail.smtp.api import sendFromCLI
-        from oauthmail.smtp.queue import OutboundQueue
+        from oauthmail.smtp.queue.service import OutboundQueue
 
         session = await _Session(config, reactor).open()
         try:
-            queue = OutboundQueue(session.store, session.tokens, {account.name: account}, reactor)
+            queue = OutboundQueue(
+                session.stores.outbox, session.tokens, {account.name: account}, reactor
+            )
             try:
                 message_id, _ = await sendFromCLI(
                     queue, account, message, to=args.to, mail_from=args.mail_from

@@ -21,7 +21,7 @@ class ITokenStore(Interface):
     def open():
         """Create or migrate the schema and check the encryption key.
 
-        Fails with ``oauthmail.tokens.store.WrongKeyError`` when the database
+        Fails with ``oauthmail.db.errors.WrongKeyError`` when the database
         was written with another key; nothing is changed in that case.
         """
 
@@ -55,7 +55,7 @@ class ITokenStore(Interface):
     def listExpiries():
         """Fire with a ``TokenExpiry`` for every account, sorted by id, decrypting nothing.
 
-        ``oauthmail.tokens.store.TokenExpiry``: ``(account, state, has_tokens,
+        ``oauthmail.tokens.records.TokenExpiry``: ``(account, state, has_tokens,
         expires_at, has_refresh, updated_at)``. The refresher plans a pass from
         this one listing rather than reading (and decrypting) every account.
         """
@@ -225,3 +225,152 @@ class IAccountHealth(Interface):
 
     def listen(listener):
         """Call ``listener(account, before, after)`` when an account's derived state changes."""
+
+
+class IDeliveryPolicy(Interface):
+    """The queue's rules that an outbox applies inside its own transactions.
+
+    Called in the database's thread: implementations are pure (no Twisted, no
+    I/O) and answer at once.
+    """
+
+    max_age = Attribute("Seconds after its creation when a message still not sent fails.")
+    bounce = Attribute("True when a failure for good queues a bounce (see ``bounceFor``).")
+    sent_check = Attribute("The account names whose provider files accepted mail in Sent.")
+    sent_check_delay = Attribute("Seconds to let the provider file its copy before searching.")
+
+    def nextAttempt(attempts, created_at, now):
+        """The time of the next attempt after ``attempts`` (backoff), or ``None`` past max_age."""
+
+    def bounceFor(account, data, mail_from, failures, now):
+        """The bounce to queue for a message that failed for good, or ``None``.
+
+        ``failures`` is ``[(recipient, code, text)]``. Returns an
+        :class:`oauthmail.smtp.queue.records.QueuedMessage` from ``<>`` to
+        ``mail_from`` (``None`` for a message that is itself a bounce). May
+        raise: the outbox then keeps the failure and notes that no bounce went.
+        """
+
+
+class IOutbox(Interface):
+    """The outbound queue's durable storage: messages, recipients, attempts, doubts.
+
+    Every method returns a Deferred. Values are those of
+    :mod:`oauthmail.smtp.queue.records`. An outbox applies the queue's
+    :class:`IDeliveryPolicy` inside its transactions, so that a recorded
+    failure and its bounce, or an outcome and its next attempt, are one write.
+
+    Written for one node today (SQLite: ``claimDue`` marks messages
+    ``sending``; ``recover`` at start returns them). A backend shared by
+    several nodes claims with ``FOR UPDATE SKIP LOCKED`` and a claim expiry,
+    and its ``recover`` returns the expired claims of any node: the rest of the
+    contract stays as it is.
+    """
+
+    def enqueue(message):
+        """Store a ``QueuedMessage`` (all recipients ``pending``, due now).
+
+        Fires only once the message is durable (a synced commit): the
+        submission server answers ``250`` after this.
+        """
+
+    def recover(now, policy):
+        """Put messages left ``sending`` by a crash back in the queue; fire with ``Recovery``.
+
+        Those of accounts in ``policy.sent_check`` are in doubt (looked for in
+        Sent after ``policy.sent_check_delay``), the others are due now. Every
+        message already in doubt gets a new ``in_doubt_since`` of ``now``.
+        """
+
+    def dueAccounts(now):
+        """Fire with the names of the accounts that have a message due at ``now``."""
+
+    def nextDue(account):
+        """Fire with the earliest next attempt of the account's queued messages, or ``None``."""
+
+    def claimDue(account, now, limit):
+        """Claim at most ``limit`` due messages not in doubt, oldest due first.
+
+        They are ``sending`` (claimed for one session) when this fires with
+        ``[OutboxMessage]``, each with the recipients still to send to. One
+        write for the whole claim; it need not be synced (a claim lost in a
+        power failure is only a message queued again).
+        """
+
+    def dueInDoubt(account, now, limit):
+        """Fire with up to ``limit`` due messages in doubt, as ``[DoubtfulMessage]``."""
+
+    def clearDoubt(ids, last_error=None):
+        """These messages are no longer in doubt (they will be sent again as they are)."""
+
+    def stillInDoubt(ids, reason, now, wait, give_up):
+        """Sent could not be searched: look again after ``wait`` seconds.
+
+        A message in doubt for ``give_up`` seconds or more is no longer in doubt
+        (sent again: at least once beats at most once). Fire with how many gave up.
+        """
+
+    def settleDoubt(found, missing, now, policy):
+        """Record what Sent showed: ``found`` ids are sent, ``missing`` ids are sent again.
+
+        For a found message the recipients of the attempt in doubt are
+        ``sent``; those refused for now are tried again. Fire with the
+        ``DeliveryStatus`` of each found message.
+        """
+
+    def recordRefusals(message_id, refused):
+        """Record recipients refused at ``RCPT`` (``[RecipientReply]``) before the content goes.
+
+        Synced: a lost record would let a copy in Sent count for them.
+        """
+
+    def recordOutcomes(outcomes, now, policy):
+        """Record several ``AttemptOutcome`` in ONE write (group commit; need not be synced).
+
+        A recipient with ``OK`` is ``sent`` and never sent to again; with
+        ``PERMANENT`` ``failed``; else retried (``policy.nextAttempt``), and an
+        outcome ``in_doubt`` of a ``policy.sent_check`` account puts the message
+        in doubt. A message with no recipient left is final (its bounce queued
+        in the same write). Fire with the ``DeliveryStatus`` of each message
+        that changed.
+        """
+
+    def recordFailure(ids, reason, now, policy):
+        """A session failed before these messages got an answer: retry or give up.
+
+        Fire with their ``DeliveryStatus``.
+        """
+
+    def makeDue(account, now, delay):
+        """Make every queued message of the account due now; fire with how many.
+
+        A message in doubt stays not due before ``in_doubt_since + delay``.
+        """
+
+    def status(message_id):
+        """Fire with the message's ``DeliveryStatus``, or ``None`` for an unknown id."""
+
+    def listStatuses(account):
+        """Fire with every message of the account as ``DeliveryStatus``, oldest first."""
+
+    def messageData(message_id):
+        """Fire with the stored bytes of the message (with its trace line), or ``None``."""
+
+    def stats():
+        """Fire with ``[AccountFigures]``, one per account that has messages, sorted."""
+
+
+class IMessageSender(Interface):
+    """How the queue hands claimed messages to a provider (SMTP today; API transports later)."""
+
+    def send(account, token, messages, beforeData, onOutcome, more):
+        """Send ``messages`` (``[OutboxMessage]``) through ``account``, one session.
+
+        Fire with an :class:`oauthmail.smtp.client.SessionResult` (``outcomes``
+        and ``error``); fail only when cancelled. ``beforeData(message,
+        refused)`` is called before each message's content goes out and may
+        return a Deferred to wait for; ``onOutcome(outcome)`` gets every
+        :class:`~oauthmail.smtp.queue.records.AttemptOutcome` as it comes;
+        ``more()`` fires with more messages to send in the same session (an
+        empty list ends it).
+        """

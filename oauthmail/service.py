@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 
 from oauthmail.config import Config
+from oauthmail.db.open import Stores
 from oauthmail.interfaces import ITokenStore
 from oauthmail.text import describeFailure
 
@@ -35,7 +36,7 @@ class OAuthMailService(MultiService):
         self,
         config: Config,
         reactor: Any = None,
-        store: ITokenStore | None = None,
+        stores: Stores | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -44,7 +45,8 @@ class OAuthMailService(MultiService):
             reactor = _reactor
         self.config = config
         self.reactor = reactor
-        self.store = store
+        self.stores = stores
+        self.store: ITokenStore | None = None if stores is None else stores.tokens
         self.console_port = None
         self.transport: Any = None
         self.tokens: Any = None
@@ -72,14 +74,15 @@ class OAuthMailService(MultiService):
         self._starting.addErrback(self._startFailed)
 
     async def _start(self) -> None:
-        if self.store is None:
-            from oauthmail.tokens.store import openStore
+        if self.stores is None:
+            from oauthmail.db.open import openStores
 
-            self.store = await openStore(
+            self.stores = await openStores(
                 self.config.store, clock=self.reactor, reactor=self.reactor
             )
+            self.store = self.stores.tokens
         else:
-            await self.store.open()
+            await self.stores.tokens.open()
         for account in self.config.accounts:
             await self.store.ensureAccount(account.name, account.profile.kind)
         self._startTokens()
@@ -138,13 +141,12 @@ class OAuthMailService(MultiService):
         self.refresher.setServiceParent(self)
 
     async def _startWatcher(self, account: Any) -> None:
-        from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
         from oauthmail.imap.watcher import AccountWatcher
         from oauthmail.sinks.factory import makeSink
 
         try:
             sink = makeSink(account.imap.sink, self.reactor)
-            ledger = SQLiteDeliveryLedger(self.store.database, self.reactor)
+            ledger = self.stores.ledger
             watcher = AccountWatcher(account, self.tokens, ledger, sink, self.reactor, self.store)
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"
@@ -157,7 +159,7 @@ class OAuthMailService(MultiService):
 
     def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
-        from oauthmail.smtp.queue import OutboundQueue
+        from oauthmail.smtp.queue.service import OutboundQueue
 
         sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
         looking = {
@@ -167,10 +169,11 @@ class OAuthMailService(MultiService):
         }
         queue = self.config.queue
         self.queue = OutboundQueue(
-            self.store,
+            self.stores.outbox,
             self.tokens,
             sending,
             self.reactor,
+            store=self.store,
             max_age=queue.max_age,
             backoff_base=queue.retry_min,
             backoff_max=queue.retry_max,
@@ -239,8 +242,8 @@ class OAuthMailService(MultiService):
         if self.transport is not None:
             await self.transport.close()
             self.transport = None
-        if self.store is not None:
-            await self.store.close()
+        if self.stores is not None:
+            await self.stores.close()
 
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(super().stopService)

@@ -153,7 +153,7 @@ class _FakeQueue:
 @pytest_twisted.ensureDeferred
 async def test_outbox_shows_depth_age_and_send_errors() -> None:
     """The outbox column shows queue depth, oldest age and the last send error."""
-    from oauthmail.smtp.queue import QueueStats
+    from oauthmail.smtp.queue.records import QueueStats
     from oauthmail.web.console import LiveParts
 
     clock = Clock()

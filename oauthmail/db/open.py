@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, threads
 
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import IDeliveryLedger, ITokenStore
+from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
 from oauthmail.tokens import crypto
 
 __all__ = ["Stores", "openStores", "preflightStores"]
@@ -45,6 +45,7 @@ class Stores:
 
     tokens: ITokenStore
     ledger: IDeliveryLedger
+    outbox: IOutbox
 
     def close(self) -> defer.Deferred[None]:
         """Write what was asked for, then close the database (closing twice does nothing)."""
@@ -94,11 +95,12 @@ def _open(
 ) -> defer.Deferred[Stores]:
     from oauthmail.db.sqlite.database import SQLiteDatabase
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+    from oauthmail.db.sqlite.outbox import SQLiteOutbox
     from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
     database = SQLiteDatabase(store_config.path, reactor)
     tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
-    stores = Stores(tokens, SQLiteDeliveryLedger(database, clock))
+    stores = Stores(tokens, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database))
     return tokens.open().addCallback(lambda _: stores)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from oauthmail.smtp.queue import DeliveryStatus, OutboundQueue
+from oauthmail.smtp.queue.records import DeliveryStatus
+from oauthmail.smtp.queue.service import OutboundQueue
 
 __all__ = ["envelopeRecipients", "send", "sendFromCLI"]
 

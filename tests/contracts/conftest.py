@@ -55,21 +55,26 @@ class Opened:
 async def openBackend(name, clock, tmp_path) -> Opened:
     """Open ``name``'s stores on a fresh database."""
     if name == "memory":
+        from oauthmail.testing.memory_outbox import MemoryOutbox
+
         store = MemoryTokenStore(clock)
         await store.open()
-        return Opened(name, store, MemoryDeliveryLedger(clock), None, store.close)
+        return Opened(name, store, MemoryDeliveryLedger(clock), MemoryOutbox(), store.close)
     if name == "sqlite":
         from twisted.internet import reactor
 
         from oauthmail.db.sqlite.database import SQLiteDatabase
         from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+        from oauthmail.db.sqlite.outbox import SQLiteOutbox
         from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
         path = str(tmp_path / "var" / "oauthmail.sqlite")
         database = SQLiteDatabase(path, reactor)
         store = SQLiteTokenStore(path, generateKey(), clock, reactor, database=database)
         await store.open()
-        return Opened(name, store, SQLiteDeliveryLedger(database, clock), None, store.close)
+        return Opened(
+            name, store, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database), store.close
+        )
     raise ValueError(name)
 
 
@@ -91,3 +96,9 @@ async def ledger(backend):
     """The delivery ledger of each backend, with ``ACCOUNT`` known to its store."""
     await backend.tokens.ensureAccount(ACCOUNT, "generic")
     return backend.ledger
+
+
+@pytest.fixture
+def outbox(backend):
+    """The outbox of each backend."""
+    return backend.outbox

@@ -18,18 +18,19 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
+from oauthmail.db.sqlite.outbox import SQLiteOutbox
+from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 from oauthmail.secret import Secret
 from oauthmail.smtp.api import send
 from oauthmail.smtp.client import OutgoingMessage
 from oauthmail.smtp.esmtp.connect import loginFor
 from oauthmail.smtp.esmtp.protocol import ESMTPClientProtocol
-from oauthmail.smtp.queue import OutboundQueue
+from oauthmail.smtp.queue.service import OutboundQueue
 from oauthmail.tls import tlsOptions
 from oauthmail.tokens.crypto import TokenCipher
 from oauthmail.tokens.http import AgentTransport
 from oauthmail.tokens.records import TokenSet
 from oauthmail.tokens.source import TokenSource
-from oauthmail.tokens.store import SQLiteTokenStore
 
 from .conftest import CLIENT_ID, makeProfile
 
@@ -72,10 +73,11 @@ class Sender:
         self.http = AgentTransport(reactor)
         self.tokens = TokenSource(self.store, {account.name: account}, self.http, reactor)
         self.queue = OutboundQueue(
-            self.store,
+            SQLiteOutbox(self.store.database),
             self.tokens,
             {account.name: account},
             reactor,
+            store=self.store,
             backoff_base=0.3,
             backoff_max=1.0,
             poll_interval=5.0,

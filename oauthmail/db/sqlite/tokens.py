@@ -118,10 +118,6 @@ class SQLiteTokenStore:
         self._reads.flush()
         return self._database.close()
 
-    def runWithConnection(self, func: Any, *args: object) -> defer.Deferred[Any]:
-        """Interim: the queue's SQL until it talks to an outbox."""
-        return self._database.runWrite(func, *args)
-
     def _run(self, func: Any, *args: object) -> defer.Deferred[Any]:
         return self._database.runWrite(func, *args)
 

@@ -1,0 +1,199 @@
+"""The delivery loop of one account: never two sessions for one account at once.
+
+A loop is woken by an enqueue, by a timer at the next due retry and by the
+queue's periodic poll. A run settles the doubts first (:mod:`.doubt`), then
+claims due messages, gets a token, sends them over one session
+(:mod:`.session`) and repeats while more are due; it ends by saying when to
+look again. A refused token is refreshed once (``forceRefresh``) and the
+batch tried once more; a second refusal puts the account in ``error`` — the
+messages stay queued and go out once the account works again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oauthmail.config import AccountConfig
+from oauthmail.secret import Secret
+from oauthmail.smtp import outcomes
+from oauthmail.smtp.client import SessionError
+from oauthmail.smtp.queue.doubt import settleDoubts
+from oauthmail.smtp.queue.parts import QueueParts
+from oauthmail.smtp.queue.records import OutboxMessage
+from oauthmail.smtp.queue.session import sendSession, unanswered
+from oauthmail.text import cleanText
+from oauthmail.tokens.errors import AccountNotAuthorised
+
+__all__ = ["ACCOUNT_ERROR_PREFIX", "AccountLoop"]
+
+log = Logger()
+
+#: ``last_error`` of an account that this queue set to ``error`` starts with this.
+ACCOUNT_ERROR_PREFIX = "SMTP: "
+
+
+class AccountLoop:
+    """One account's loop: at most one run at a time, woken by :meth:`kick`."""
+
+    def __init__(self, account: AccountConfig, parts: QueueParts) -> None:
+        self.account = account
+        self.name = account.name
+        self._parts = parts
+        self.done: defer.Deferred[Any] | None = None
+        self.sending: defer.Deferred[Any] | None = None
+        #: Every message handed to the current session (the batch and what it claimed later).
+        self.claimed: list[OutboxMessage] = []
+        #: Fired by a wake-up while the session lingers for new messages.
+        self.wakeup: defer.Deferred[None] | None = None
+        self.timer: Any = None
+        self.again = False
+
+    def __repr__(self) -> str:
+        return f"<AccountLoop {self.name}>"
+
+    def kick(self) -> None:
+        """Run now, or, if a run is in progress, once more after it (waking a lingering one)."""
+        if self.done is not None:
+            self.again = True
+            if self.wakeup is not None and not self.wakeup.called:
+                self.wakeup.callback(None)
+            return
+        self._cancelTimer()
+        self.again = False
+        self.done = d = defer.ensureDeferred(self._run())
+        d.addBoth(self._finished)
+
+    def stop(self) -> defer.Deferred[Any] | None:
+        """Cancel the timer and what is in flight; the run's end, if one is in progress."""
+        self._cancelTimer()
+        if self.sending is not None:
+            self.sending.cancel()
+        return self.done
+
+    def _cancelTimer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _finished(self, nextAt: float | None | Failure) -> None:
+        parts = self._parts
+        self.done = None
+        self.sending = None
+        if isinstance(nextAt, Failure):
+            log.failure("outbound delivery for {account} failed", nextAt, account=self.name)
+            nextAt = parts.clock.seconds() + parts.settings.poll_interval
+        if not parts.running():
+            return
+        if self.again:
+            self.kick()
+        elif nextAt is not None:
+            delay = max(0.0, nextAt - parts.clock.seconds())
+            self.timer = parts.clock.callLater(delay, self.kick)
+
+    async def _run(self) -> float | None:
+        """Send batches while there are due ones; return when to look again (or ``None``)."""
+        parts = self._parts
+        while parts.running():
+            self.again = False
+            await settleDoubts(parts, self)
+            if not parts.running():
+                break
+            batch = await parts.outbox.claimDue(
+                self.name, parts.clock.seconds(), parts.settings.batch_size
+            )
+            if not batch:
+                break
+            if not await self._deliver(batch):
+                break
+        return await parts.outbox.nextDue(self.name)
+
+    async def _deliver(self, batch: list[OutboxMessage]) -> bool:
+        """Send one batch (refreshing a refused token once); True if the session ended well."""
+        name = self.name
+        token = await self._token(refresh=False)
+        if isinstance(token, SessionError):
+            await self._sessionFailed(batch, token)
+            return False
+        result = await sendSession(self._parts, self, self.account, token, batch)
+        if result is None:  # stopped: what was claimed stays 'sending' until the next start
+            return False
+        remaining = unanswered(self.claimed, result)
+        error = result.error
+        if error is not None and error.auth and error.action == outcomes.REFRESH and remaining:
+            log.info(
+                "{account}: the SMTP server refused the token; refreshing it once", account=name
+            )
+            token = await self._token(refresh=True)
+            if isinstance(token, SessionError):
+                await self._sessionFailed(remaining, token)
+                return False
+            result = await sendSession(self._parts, self, self.account, token, remaining)
+            if result is None:
+                return False
+            remaining = unanswered(self.claimed, result)
+            error = result.error
+        if error is None:
+            self._parts.lastError[name] = None
+            await self._accountRecovered()
+            if remaining:  # the server ended the session politely without answering
+                error = SessionError(outcomes.TEMPORARY, "the session ended early")
+        if error is not None:
+            if (error.auth and error.action in (outcomes.REFRESH, outcomes.PERMANENT)) or error.tls:
+                await self._accountError(error.reason)
+            await self._sessionFailed(remaining, error)
+            return False
+        return True
+
+    async def _token(self, refresh: bool) -> Secret | SessionError:
+        tokens = self._parts.tokens
+        try:
+            if refresh:
+                return await tokens.forceRefresh(self.name)
+            return await tokens.accessToken(self.name)
+        except AccountNotAuthorised as e:
+            return SessionError(outcomes.TEMPORARY, f"no token: {e.reason}")
+        except Exception as e:
+            return SessionError(outcomes.TEMPORARY, f"no token: {cleanText(e)}")
+
+    async def _sessionFailed(self, messages: Sequence[OutboxMessage], error: SessionError) -> None:
+        parts = self._parts
+        parts.lastError[self.name] = error.reason
+        log.warn("{account}: sending failed: {why}", account=self.name, why=error.reason)
+        if not messages:
+            return
+        statuses = await parts.outbox.recordFailure(
+            [m.id for m in messages], error.reason, parts.clock.seconds(), parts.policy
+        )
+        parts.notify(statuses)
+
+    async def _accountError(self, reason: str) -> None:
+        store = self._parts.accountStates
+        if store is None:
+            return
+        try:
+            record = await store.getAccount(self.name)
+            if record is not None and record.state == "needs_reauth":
+                return  # the token source already asked a person; keep that
+            await store.setAccountState(self.name, "error", ACCOUNT_ERROR_PREFIX + reason)
+        except Exception as e:
+            log.error("could not record the state of {account}: {why}", account=self.name, why=e)
+
+    async def _accountRecovered(self) -> None:
+        store = self._parts.accountStates
+        if store is None:
+            return
+        try:
+            record = await store.getAccount(self.name)
+            if (
+                record is not None
+                and record.state == "error"
+                and (record.last_error or "").startswith(ACCOUNT_ERROR_PREFIX)
+            ):
+                await store.setAccountState(self.name, "ok", None)
+        except Exception as e:
+            log.error("could not record the state of {account}: {why}", account=self.name, why=e)

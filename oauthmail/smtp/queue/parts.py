@@ -1,0 +1,51 @@
+"""What every part of the queue shares: its collaborators and settings, in one value.
+
+The service builds one :class:`QueueParts`; each account's loop, its sessions
+and its Sent searches read it. Nothing here acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IReactorTime
+
+from oauthmail.interfaces import IMessageSender, IOutbox, ISentFolder, ITokenSource, ITokenStore
+from oauthmail.smtp.queue.policy import DeliveryPolicy
+from oauthmail.smtp.queue.records import DeliveryStatus
+
+__all__ = ["QueueParts", "QueueSettings"]
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the loops pace themselves; see ``OutboundQueue``'s parameters."""
+
+    batch_size: int = 100
+    session_limit: int = 1000
+    max_unrecorded: int = 0
+    linger: float = 0.5
+    poll_interval: float = 60.0
+    sent_check_give_up: float = 3600.0
+
+
+@dataclass
+class QueueParts:
+    """The collaborators of one queue and the callbacks into its service."""
+
+    outbox: IOutbox
+    tokens: ITokenSource
+    sender: IMessageSender
+    policy: DeliveryPolicy
+    clock: IReactorTime
+    settings: QueueSettings
+    #: Where a session's finished messages are announced (waiters, failure log).
+    notify: Callable[[Iterable[DeliveryStatus]], None]
+    #: Whether the service runs (a stopped queue starts no new work).
+    running: Callable[[], bool]
+    sentFolder: ISentFolder | None = None
+    #: Where the account's SMTP condition is recorded (``None``: nowhere, e.g. the CLI).
+    accountStates: ITokenStore | None = None
+    #: The last error of each account's sending, for the console.
+    lastError: dict[str, str | None] = field(default_factory=dict)

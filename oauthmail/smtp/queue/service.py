@@ -1,0 +1,378 @@
+"""The outbound queue as a service: the API (enqueue, status, stats) and the loops' life cycle.
+
+See :mod:`oauthmail.smtp.queue` for the rules. This module wires the parts:
+storage is an :class:`~oauthmail.interfaces.IOutbox`, sending an
+:class:`~oauthmail.interfaces.IMessageSender`, and each configured account
+gets one :class:`~oauthmail.smtp.queue.loop.AccountLoop`.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from oauthmail.config import AccountConfig
+from oauthmail.interfaces import (
+    IMessageSender,
+    IOutbox,
+    ISentFolder,
+    ISubmissionQueue,
+    ITokenSource,
+    ITokenStore,
+)
+from oauthmail.mail.trace import stamp
+from oauthmail.smtp.queue.loop import AccountLoop
+from oauthmail.smtp.queue.parts import QueueParts, QueueSettings
+from oauthmail.smtp.queue.policy import DeliveryPolicy
+from oauthmail.smtp.queue.records import (
+    AccountFigures,
+    DeliveryStatus,
+    QueuedMessage,
+    QueueStats,
+    Recovery,
+)
+from oauthmail.smtp.queue.sender import SMTPSender
+
+__all__ = ["OutboundQueue", "UnknownAccount"]
+
+log = Logger()
+
+
+class UnknownAccount(ValueError):  # noqa: N818 - reads better at the call site
+    """``enqueue`` was asked to send through an account that is not configured."""
+
+
+@implementer(ISubmissionQueue)
+class OutboundQueue(service.Service):
+    """The outbound queue and its delivery loops; an ``IService``.
+
+    :param outbox: where the messages are kept (stop this service before
+        closing its database).
+    :param tokens: the ``ITokenSource`` that hands out access tokens.
+    :param accounts: configured accounts by name; only these can send.
+    :param reactor: for connections and timers (``clock`` defaults to it).
+    :param store: where an account's SMTP condition (``error`` after a refused
+        token, ``ok`` again after a good session) is recorded; ``None``: nowhere.
+    :param sender: the ``IMessageSender``; an :class:`SMTPSender` by default.
+    :param max_age: seconds after which a message still not sent fails.
+    :param backoff_base: first retry delay (doubled per attempt, jittered).
+    :param backoff_max: the longest delay between two attempts.
+    :param batch_size: messages claimed at a time (one write marks them ``sending``).
+    :param session_limit: messages per connection at most; a session that has sent
+        its batch claims more due messages (those queued meanwhile) up to this.
+    :param max_unrecorded: how many messages the provider may have answered
+        without their outcome being committed yet before the client waits for
+        the commit ahead of the next message's content. ``0`` keeps the
+        at-least-once window at one message.
+    :param linger: seconds an idle session waits for newly queued messages
+        before it says ``QUIT`` (``0``: at once).
+    :param poll_interval: how often to look for due messages anyway.
+    :param bounce: when a message fails for good (``5xx`` for some recipients, or
+        ``max_age``), queue an RFC 3464 notification from ``<>`` to its envelope
+        sender through the same account, in the write that records the failure
+        (so it is queued exactly once, even across a restart). Never for a
+        message that is itself a bounce.
+    :param sent_folder: the ``ISentFolder`` to ask about messages in doubt,
+        for the accounts whose ``smtp.sent_folder`` is not ``none``.
+    :param sent_check_delay: after a restart, how long to wait before looking
+        in Sent for the messages that were being sent.
+    :param sent_check_give_up: how long Sent may stay unsearchable before a
+        message in doubt is sent again anyway (at least once beats at most once).
+    """
+
+    name = "outbound-queue"
+
+    def __init__(
+        self,
+        outbox: IOutbox,
+        tokens: ITokenSource,
+        accounts: Mapping[str, AccountConfig],
+        reactor: Any,
+        *,
+        store: ITokenStore | None = None,
+        clock: IReactorTime | None = None,
+        sender: IMessageSender | None = None,
+        max_age: float = 5 * 86400.0,
+        backoff_base: float = 60.0,
+        backoff_max: float = 3600.0,
+        batch_size: int = 100,
+        session_limit: int = 1000,
+        max_unrecorded: int = 0,
+        linger: float = 0.5,
+        poll_interval: float = 60.0,
+        random: _random.Random | None = None,
+        bounce: bool = False,
+        sent_folder: ISentFolder | None = None,
+        sent_check_delay: float = 30.0,
+        sent_check_give_up: float = 3600.0,
+    ) -> None:
+        self._outbox = outbox
+        self._accounts = dict(accounts)
+        self._clock = clock if clock is not None else reactor
+        self._policy = DeliveryPolicy(
+            backoff_base,
+            backoff_max,
+            max_age,
+            random if random is not None else _random.Random(),  # noqa: S311 - jitter
+            bounce=bounce,
+            addresses={name: account.address for name, account in self._accounts.items()},
+            sent_check=frozenset(
+                name
+                for name, account in self._accounts.items()
+                if sent_folder is not None
+                and account.smtp is not None
+                and account.smtp.sent_folder != "none"
+            ),
+            sent_check_delay=sent_check_delay,
+        )
+        self.settings = QueueSettings(
+            batch_size=batch_size,
+            session_limit=max(batch_size, session_limit),
+            max_unrecorded=max_unrecorded,
+            linger=linger,
+            poll_interval=poll_interval,
+            sent_check_give_up=sent_check_give_up,
+        )
+        self._parts = QueueParts(
+            outbox=outbox,
+            tokens=tokens,
+            sender=sender if sender is not None else SMTPSender(reactor),
+            policy=self._policy,
+            clock=self._clock,
+            settings=self.settings,
+            notify=self._notify,
+            running=lambda: bool(self.running),
+            sentFolder=sent_folder,
+            accountStates=store,
+        )
+        self._loops: dict[str, AccountLoop] = {}
+        self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
+        self._poll: task.LoopingCall | None = None
+        self._recheck: Any = None
+        self._warnedUnknown: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<OutboundQueue {len(self._accounts)} accounts>"
+
+    @property
+    def sent_check_give_up(self) -> float:
+        return self.settings.sent_check_give_up
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def startService(self) -> defer.Deferred[None]:
+        """Put messages left ``sending`` by a crash back in the queue, then start the loops."""
+        service.Service.startService(self)
+        d = self._outbox.recover(self._clock.seconds(), self._policy)
+        d.addCallback(self._started)
+        return d
+
+    def _started(self, recovery: Recovery) -> None:
+        if recovery.checked:
+            log.warn(
+                "{count} message(s) were being sent when oauthmail stopped; each is"
+                " looked for in its account's Sent folder and sent again only if the"
+                " provider does not have it",
+                count=recovery.checked,
+            )
+        if recovery.resent:
+            log.warn(
+                "{count} message(s) were being sent when oauthmail stopped; they will be"
+                " sent again (the provider may already have some of them: their"
+                " accounts have smtp.sent_folder: none)",
+                count=recovery.resent,
+            )
+        if not self.running:
+            return
+        self._poll = task.LoopingCall(self._pollDue)
+        self._poll.clock = self._clock
+        self._poll.start(self.settings.poll_interval, now=True).addErrback(
+            lambda f: log.failure("outbound poll stopped", f)
+        )
+        if recovery.checked:  # not due yet: look for them when they are, not at the next poll
+            self._recheck = self._clock.callLater(self._policy.sent_check_delay, self._pollDue)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
+        service.Service.stopService(self)
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        if self._recheck is not None and self._recheck.active():
+            self._recheck.cancel()
+        self._recheck = None
+        waits = [d for d in (loop.stop() for loop in self._loops.values()) if d is not None]
+        d = defer.DeferredList(waits, consumeErrors=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    # -- the API ---------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        account_name: str,
+        mail_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+    ) -> defer.Deferred[str]:
+        """Store a message durably; fire with its id once it is on disk, then wake the loop."""
+        if account_name not in self._accounts:
+            return defer.fail(UnknownAccount(f"no account {account_name!r} is configured"))
+        recipients = [str(r) for r in recipients]
+        if not recipients:
+            return defer.fail(ValueError("a message needs at least one recipient"))
+        if not isinstance(message, (bytes, bytearray)):
+            return defer.fail(TypeError("the message must be bytes"))
+        message_id = uuid.uuid4().hex
+        now = self._clock.seconds()
+        queued = QueuedMessage(
+            message_id,
+            account_name,
+            str(mail_from),
+            tuple(recipients),
+            stamp(bytes(message), message_id, now, str(mail_from)),
+            now,
+        )
+
+        def stored(_: object) -> str:
+            # No log line per message: at hundreds a second it costs more than the
+            # rest of this path; sessions log what the provider accepted, in sum.
+            self.wake(account_name)
+            return message_id
+
+        return self._outbox.enqueue(queued).addCallback(stored)
+
+    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        """Fire with the message's :class:`DeliveryStatus` (``None`` if unknown)."""
+        return self._outbox.status(message_id)
+
+    def whenDelivered(self, message_id: str) -> defer.Deferred[DeliveryStatus]:
+        """Fire once the message is ``sent`` or ``failed`` (at once if it already is).
+
+        Fails with ``KeyError`` for an unknown id. Only outcomes reached in this
+        process are noticed; a message sent by another process is seen on the
+        next call.
+        """
+        waiter: defer.Deferred[DeliveryStatus] = defer.Deferred()
+        self._waiters.setdefault(message_id, []).append(waiter)
+
+        def check(status: DeliveryStatus | None) -> None:
+            if waiter.called:
+                return
+            if status is None:
+                self._dropWaiter(message_id, waiter)
+                waiter.errback(KeyError(message_id))
+            elif status.final:
+                self._dropWaiter(message_id, waiter)
+                waiter.callback(status)
+
+        def failed(f: Failure) -> None:
+            if not waiter.called:
+                self._dropWaiter(message_id, waiter)
+                waiter.errback(f)
+
+        self.status(message_id).addCallbacks(check, failed)
+        return waiter
+
+    def stats(self) -> defer.Deferred[dict[str, QueueStats]]:
+        """Per-account queue depth, oldest message age, failures and last error."""
+        now = self._clock.seconds()
+        lastError = self._parts.lastError
+
+        def build(rows: list[AccountFigures]) -> dict[str, QueueStats]:
+            result = {}
+            byName = {row.account: row for row in rows}
+            for name in sorted(set(self._accounts) | set(byName)):
+                row = byName.get(name, AccountFigures(name, 0, None, 0, None))
+                oldest = row.oldest_created_at
+                result[name] = QueueStats(
+                    name,
+                    row.depth,
+                    None if oldest is None else max(0.0, now - oldest),
+                    row.failed,
+                    lastError.get(name) or (row.last_error if row.depth else None),
+                )
+            return result
+
+        return self._outbox.stats().addCallback(build)
+
+    def wake(self, account_name: str | None = None) -> None:
+        """Look for due messages now (one account, or all of them)."""
+        names = [account_name] if account_name is not None else list(self._accounts)
+        for name in names:
+            self._kick(name)
+
+    def retryNow(self, account_name: str) -> defer.Deferred[int]:
+        """Make every queued message of the account due now and wake its loop.
+
+        For when the reason of the backoff is gone: the account was just
+        re-authorised, or an operator pressed "retry" on the console. Fires with
+        the number of messages made due.
+        """
+        d = self._outbox.makeDue(account_name, self._clock.seconds(), self._policy.sent_check_delay)
+
+        def woke(count: int) -> int:
+            self.wake(account_name)
+            return count
+
+        return d.addCallback(woke)
+
+    def _dropWaiter(self, message_id: str, waiter: defer.Deferred[Any]) -> None:
+        waiters = self._waiters.get(message_id)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[message_id]
+
+    def _notify(self, statuses: Iterable[DeliveryStatus]) -> None:
+        for status in statuses:
+            if not status.final:
+                continue
+            if status.state == "failed":
+                log.warn(
+                    "message {id} from {account} failed: {why}",
+                    id=status.id,
+                    account=status.account,
+                    why=status.last_error,
+                )
+            for waiter in self._waiters.pop(status.id, []):
+                if not waiter.called:
+                    waiter.callback(status)
+
+    # -- the loops -------------------------------------------------------------------
+
+    def _pollDue(self) -> defer.Deferred[None]:
+        def kick(names: list[str]) -> None:
+            for name in names:
+                self._kick(name)
+
+        d = self._outbox.dueAccounts(self._clock.seconds())
+        d.addCallback(kick)
+        d.addErrback(lambda f: log.failure("looking for due outbound messages failed", f))
+        return d
+
+    def _kick(self, name: str) -> None:
+        if not self.running:
+            return
+        account = self._accounts.get(name)
+        if account is None:
+            if name not in self._warnedUnknown:
+                self._warnedUnknown.add(name)
+                log.warn(
+                    "messages are queued for {account}, which is not configured; they wait",
+                    account=name,
+                )
+            return
+        loop = self._loops.get(name)
+        if loop is None:
+            loop = self._loops[name] = AccountLoop(account, self._parts)
+        loop.kick()

@@ -1,0 +1,411 @@
+"""An in-memory ``IOutbox`` for tests of the queue (and the reference behaviour).
+
+It keeps the promises of :class:`~oauthmail.interfaces.IOutbox` exactly as the
+SQLite outbox does (one contract suite holds both to them) and answers with
+already-fired Deferreds, so queue tests run under a ``Clock`` without threads
+or files. "Restarting" is building a new queue on the same outbox: what a
+crash leaves ``sending`` stays so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import count
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.interfaces import IDeliveryPolicy, IOutbox
+from oauthmail.mail.trace import headerBlock
+from oauthmail.smtp import outcomes
+from oauthmail.smtp.queue.records import (
+    FINAL_STATES,
+    FOUND_IN_SENT,
+    AccountFigures,
+    AttemptOutcome,
+    DeliveryStatus,
+    DoubtfulMessage,
+    OutboxMessage,
+    QueuedMessage,
+    RecipientReply,
+    RecipientStatus,
+    Recovery,
+)
+from oauthmail.text import cleanText
+
+__all__ = ["MemoryOutbox"]
+
+_OPEN = ("pending", "deferred")
+
+
+@dataclass
+class _Recipient:
+    address: str
+    state: str = "pending"
+    code: int | None = None
+    text: str | None = None
+
+
+@dataclass
+class _Message:
+    id: str
+    account: str
+    mail_from: str
+    data: bytes
+    created_at: float
+    next_attempt_at: float
+    order: int
+    recipients: list[_Recipient] = field(default_factory=list)
+    state: str = "queued"
+    attempts: int = 0
+    last_error: str | None = None
+    provider_accepted_at: float | None = None
+    in_doubt_since: float | None = None
+
+    def open(self) -> list[_Recipient]:
+        return [r for r in self.recipients if r.state in _OPEN]
+
+    def status(self) -> DeliveryStatus:
+        return DeliveryStatus(
+            self.id,
+            self.account,
+            self.mail_from,
+            self.state,
+            self.attempts,
+            self.created_at,
+            self.next_attempt_at,
+            self.last_error,
+            self.provider_accepted_at,
+            tuple(RecipientStatus(r.address, r.state, r.code, r.text) for r in self.recipients),
+        )
+
+    def undefer(self) -> None:
+        for r in self.recipients:
+            if r.state == "deferred":
+                r.state = "pending"
+
+    def firstOpen(self, address: str, states: Sequence[str]) -> _Recipient | None:
+        for r in self.recipients:
+            if r.address == address and r.state in states:
+                return r
+        return None
+
+
+@implementer(IOutbox)
+class MemoryOutbox:
+    """Messages in a dict; ``writes`` counts the calls that would each be one transaction."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, _Message] = {}
+        self.writes = 0
+        self._order = count()
+
+    def __repr__(self) -> str:
+        return f"<MemoryOutbox {len(self.messages)} messages>"
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _queued(self, account: str) -> list[_Message]:
+        return [m for m in self.messages.values() if m.account == account and m.state == "queued"]
+
+    def _store(self, message: QueuedMessage) -> None:
+        self.messages[message.id] = _Message(
+            message.id,
+            message.account,
+            message.mail_from,
+            bytes(message.data),
+            message.queued_at,
+            message.queued_at,
+            next(self._order),
+            [_Recipient(r) for r in message.recipients],
+        )
+
+    def _final(
+        self,
+        m: _Message,
+        last_error: str | None,
+        now: float | None = None,
+        policy: IDeliveryPolicy | None = None,
+    ) -> None:
+        m.state = "sent" if any(r.state == "sent" for r in m.recipients) else "failed"
+        m.last_error = last_error
+        if policy is not None and policy.bounce and now is not None:
+            failures = [(r.address, r.code, r.text) for r in m.recipients if r.state == "failed"]
+            try:
+                bounce = policy.bounceFor(m.account, m.data, m.mail_from, failures, now)
+            except Exception as e:  # a report we cannot build must not lose the failure
+                note = cleanText(f"no bounce sent: {e}")
+                m.last_error = note if m.last_error is None else f"{m.last_error}; {note}"
+                return
+            if bounce is not None:
+                self._store(bounce)
+
+    def _retryOrGiveUp(self, m: _Message, reason: str, now: float, policy: IDeliveryPolicy) -> None:
+        attempts = m.attempts + 1
+        nextAt = policy.nextAttempt(attempts, m.created_at, now)
+        if nextAt is None:
+            why = (
+                f"gave up after {attempts} attempt(s) over {policy.max_age / 86400:g} day(s):"
+                f" {reason}"
+            )
+            for r in m.open():
+                r.state, r.text = "failed", cleanText(why)
+            m.attempts = attempts
+            self._final(m, cleanText(why), now, policy)
+            return
+        m.state, m.attempts, m.next_attempt_at, m.last_error = "queued", attempts, nextAt, reason
+
+    def _statuses(self, ids: Sequence[str]) -> list[DeliveryStatus]:
+        return [self.messages[i].status() for i in ids if i in self.messages]
+
+    # -- IOutbox --------------------------------------------------------------------
+
+    def enqueue(self, message: QueuedMessage) -> defer.Deferred[None]:
+        self.writes += 1
+        self._store(message)
+        return defer.succeed(None)
+
+    def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred[Recovery]:
+        self.writes += 1
+        checked = resent = 0
+        for m in self.messages.values():
+            if m.in_doubt_since is not None:
+                m.in_doubt_since = now
+        for m in sorted(self.messages.values(), key=lambda m: m.order):
+            if m.state != "sending":
+                continue
+            m.state = "queued"
+            if m.account in policy.sent_check:
+                checked += 1
+                m.next_attempt_at = now + policy.sent_check_delay
+                if m.in_doubt_since is None:
+                    m.in_doubt_since = now
+                m.last_error = "interrupted while sending; looking in Sent before sending again"
+            else:
+                resent += 1
+                m.next_attempt_at = now
+                m.last_error = "interrupted while sending; sending again"
+                m.undefer()
+        return defer.succeed(Recovery(checked, resent))
+
+    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
+        due = {
+            m.account
+            for m in self.messages.values()
+            if m.state == "queued" and m.next_attempt_at <= now
+        }
+        return defer.succeed(sorted(due))
+
+    def nextDue(self, account: str) -> defer.Deferred[float | None]:
+        return defer.succeed(min((m.next_attempt_at for m in self._queued(account)), default=None))
+
+    def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
+        due = sorted(
+            (
+                m
+                for m in self._queued(account)
+                if m.next_attempt_at <= now and m.in_doubt_since is None
+            ),
+            key=lambda m: (m.next_attempt_at, m.created_at, m.order),
+        )[:limit]
+        batch = []
+        for m in due:
+            recipients = tuple(r.address for r in m.open())
+            if not recipients:  # a final state is written with the last one
+                self._final(m, None)
+                continue
+            batch.append(OutboxMessage(m.id, m.mail_from, recipients, m.data))
+        if batch:
+            self.writes += 1
+            for message in batch:
+                self.messages[message.id].state = "sending"
+        return defer.succeed(batch)
+
+    def dueInDoubt(
+        self, account: str, now: float, limit: int
+    ) -> defer.Deferred[list[DoubtfulMessage]]:
+        due = sorted(
+            (
+                m
+                for m in self._queued(account)
+                if m.in_doubt_since is not None and m.next_attempt_at <= now
+            ),
+            key=lambda m: (m.next_attempt_at, m.order),
+        )[:limit]
+        return defer.succeed(
+            [
+                DoubtfulMessage(m.id, headerBlock(m.data), m.provider_accepted_at is not None)
+                for m in due
+            ]
+        )
+
+    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
+        self.writes += 1
+        for message_id in ids:
+            m = self.messages.get(message_id)
+            if m is None:
+                continue
+            m.in_doubt_since = None
+            if last_error is not None:
+                m.last_error = last_error
+            m.undefer()
+        return defer.succeed(None)
+
+    def stillInDoubt(
+        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
+    ) -> defer.Deferred[int]:
+        self.writes += 1
+        given_up = 0
+        for message_id in ids:
+            m = self.messages.get(message_id)
+            if m is None or m.state != "queued" or m.in_doubt_since is None:
+                continue
+            if now - m.in_doubt_since >= give_up:
+                given_up += 1
+                m.in_doubt_since = None
+                m.last_error = cleanText(f"{reason}; sending again")
+                m.undefer()
+            else:
+                m.next_attempt_at, m.last_error = now + wait, reason
+        return defer.succeed(given_up)
+
+    def settleDoubt(
+        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        self.writes += 1
+        for message_id in found:
+            m = self.messages.get(message_id)
+            if m is None:
+                continue
+            for r in m.recipients:
+                if r.state == "pending":
+                    r.state, r.code, r.text = "sent", None, FOUND_IN_SENT
+            m.undefer()
+            m.in_doubt_since = None
+            if m.provider_accepted_at is None:
+                m.provider_accepted_at = now
+            if any(r.state == "pending" for r in m.recipients):
+                self._retryOrGiveUp(m, FOUND_IN_SENT + "; others refused", now, policy)
+            else:
+                m.attempts += 1
+                self._final(m, None, now, policy)
+        for message_id in missing:
+            m = self.messages.get(message_id)
+            if m is None:
+                continue
+            m.in_doubt_since = None
+            m.last_error = "not found in Sent: sending again"
+            m.undefer()
+        return defer.succeed(self._statuses(found))
+
+    def recordRefusals(
+        self, message_id: str, refused: Sequence[RecipientReply]
+    ) -> defer.Deferred[None]:
+        self.writes += 1
+        m = self.messages.get(message_id)
+        for reply in refused if m is not None else ():
+            r = m.firstOpen(reply.address, ("pending",))
+            if r is not None:
+                r.state = "failed" if reply.status == outcomes.PERMANENT else "deferred"
+                r.code, r.text = reply.code or None, reply.text
+        return defer.succeed(None)
+
+    def recordOutcomes(
+        self, outcomes_: Sequence[AttemptOutcome], now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        self.writes += 1
+        changed = [o.message_id for o in outcomes_ if self._applyOutcome(o, now, policy)]
+        return defer.succeed(self._statuses(changed))
+
+    def _applyOutcome(self, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy) -> bool:
+        m = self.messages.get(outcome.message_id)
+        if m is None or m.state in FINAL_STATES:
+            return False
+        failures = []
+        temporary = []
+        doubtful = outcome.in_doubt and m.account in policy.sent_check
+        for reply in outcome.recipients:
+            state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(reply.status, "pending")
+            if doubtful and state == "pending" and reply.code:
+                state = "deferred"  # refused at RCPT: not among those who may have it
+            r = m.firstOpen(reply.address, _OPEN)
+            if r is not None:
+                r.state, r.code, r.text = state, reply.code or None, reply.text
+            described = f"{reply.address}: {outcomes.describe(reply.code, reply.text)}"
+            if state == "failed":
+                failures.append(described)
+            elif state in _OPEN:
+                temporary.append(described)
+        if outcome.accepted and m.provider_accepted_at is None:
+            m.provider_accepted_at = now
+        if m.open():
+            self._retryOrGiveUp(m, cleanText("; ".join(temporary)), now, policy)
+            if doubtful and m.state == "queued":
+                # Looked for in Sent first, once the provider had time to file its copy.
+                if m.in_doubt_since is None:
+                    m.in_doubt_since = now
+                m.next_attempt_at = max(m.next_attempt_at, now + policy.sent_check_delay)
+        else:
+            m.attempts += 1
+            self._final(m, cleanText("; ".join(failures)) if failures else None, now, policy)
+        return True
+
+    def recordFailure(
+        self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        self.writes += 1
+        for message_id in ids:
+            m = self.messages.get(message_id)
+            if m is None or m.state in FINAL_STATES:
+                continue
+            m.undefer()
+            self._retryOrGiveUp(m, reason, now, policy)
+        return defer.succeed(self._statuses(ids))
+
+    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
+        self.writes += 1
+        made = 0
+        for m in self._queued(account):
+            if m.next_attempt_at > now:
+                made += 1
+                # A message in doubt still waits for the provider to file its copy.
+                m.next_attempt_at = (
+                    now if m.in_doubt_since is None else max(now, m.in_doubt_since + delay)
+                )
+        return defer.succeed(made)
+
+    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        m = self.messages.get(message_id)
+        return defer.succeed(None if m is None else m.status())
+
+    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
+        mine = sorted(
+            (m for m in self.messages.values() if m.account == account),
+            key=lambda m: (m.created_at, m.order),
+        )
+        return defer.succeed([m.status() for m in mine])
+
+    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
+        m = self.messages.get(message_id)
+        return defer.succeed(None if m is None else m.data)
+
+    def stats(self) -> defer.Deferred[list[AccountFigures]]:
+        figures = []
+        for account in sorted({m.account for m in self.messages.values()}):
+            mine = [m for m in self.messages.values() if m.account == account]
+            waiting = [m for m in mine if m.state in ("queued", "sending")]
+            errors = sorted(
+                (m for m in waiting if m.last_error is not None),
+                key=lambda m: (m.next_attempt_at, m.order),
+            )
+            figures.append(
+                AccountFigures(
+                    account,
+                    len(waiting),
+                    min((m.created_at for m in waiting), default=None),
+                    sum(1 for m in mine if m.state == "failed"),
+                    errors[-1].last_error if errors else None,
+                )
+            )
+        return defer.succeed(figures)
