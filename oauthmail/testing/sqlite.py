@@ -10,7 +10,6 @@ blocks the caller for every query.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -18,7 +17,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.db.migrations import OwnerSchema
-from oauthmail.db.sqlite.connection import createPrivateDatabase, sqliteError, writerSetup
+from oauthmail.db.sqlite.connection import connectWriter, createPrivateDatabase, sqliteError
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.db.sqlite.migrate import migrate
 from oauthmail.db.sqlite.schema import SCHEMAS
@@ -37,8 +36,7 @@ class InlineSQLiteDatabase:
     ) -> None:
         self.path = path
         createPrivateDatabase(path)
-        self.connection = sqlite3.connect(path, check_same_thread=False)
-        writerSetup(5.0)(self.connection)
+        self.connection = connectWriter(path)
         migrate(self.connection, path, schemas, now)
         self._sqliteError = sqliteError(path)
 

@@ -25,6 +25,7 @@ from oauthmail.db.errors import StoreError
 from oauthmail.tokens.crypto import Notice, warnIfShared
 
 __all__ = [
+    "connectWriter",
     "createPrivateDatabase",
     "readerSetup",
     "sqliteError",
@@ -96,6 +97,17 @@ def writerSetup(busy_timeout: float) -> Callable[[sqlite3.Connection], None]:
         setJournal(conn)
 
     return setup
+
+
+def connectWriter(path: str, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """A writing connection to ``path`` set up as the writing pool's (blocking).
+
+    For tools and tests that run SQL in their own thread; the daemon uses
+    :class:`~oauthmail.db.sqlite.database.SQLiteDatabase`.
+    """
+    conn = sqlite3.connect(path, check_same_thread=False)
+    writerSetup(busy_timeout)(conn)
+    return conn
 
 
 def readerSetup(busy_timeout: float) -> Callable[[sqlite3.Connection], None]:
