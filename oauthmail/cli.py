@@ -250,6 +250,26 @@ def _when(when: float | None, now: float) -> str:
 
 
 @subcommand(
+    "init-store",
+    help="create the store (and its key) where the configuration says, or check it",
+    arguments=configOption,
+)
+def initStoreCommand(args: argparse.Namespace) -> int:
+    """Create a missing store or replace an empty file; an existing store is only checked."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.db.open import initStore
+
+        print(await initStore(config.store, clock=reactor, reactor=reactor))
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+@subcommand(
     "accounts",
     help="list the accounts with their state and token expiry (never a token)",
     arguments=configOption,

@@ -246,7 +246,7 @@ class IDeliveryPolicy(Interface):
         """The bounce to queue for a message that failed for good, or ``None``.
 
         ``failures`` is ``[(recipient, code, text)]``. Returns an
-        :class:`oauthmail.smtp.queue.records.QueuedMessage` from ``<>`` to
+        :class:`oauthmail.smtp.queue.records.OutboxEntry` from ``<>`` to
         ``mail_from`` (``None`` for a message that is itself a bounce). May
         raise: the outbox then keeps the failure and notes that no bounce went.
         """
@@ -268,7 +268,7 @@ class IOutbox(Interface):
     """
 
     def enqueue(message):
-        """Store a ``QueuedMessage`` (all recipients ``pending``, due now).
+        """Store a ``OutboxEntry`` (all recipients ``pending``, due now).
 
         Fires only once the message is durable (a synced commit): the
         submission server answers ``250`` after this.

@@ -34,7 +34,7 @@ from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.api import envelopeRecipients, send, sendFromCLI
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
-from oauthmail.smtp.queue.records import QueuedMessage
+from oauthmail.smtp.queue.records import OutboxEntry
 from oauthmail.smtp.queue.sender import SMTPSender
 from oauthmail.smtp.queue.service import OutboundQueue, UnknownAccount
 from oauthmail.smtp.queue.writer import OutcomeWriter
@@ -818,7 +818,7 @@ def crashWhileSending(storage, sentFolder, *recipients, behaviour="hang", untrac
     rig = Rig(storage, behaviour, start=False, sent_folder=sentFolder)
     if untraced:
         message_id = "untraced-1"
-        queued = QueuedMessage(
+        queued = OutboxEntry(
             message_id,
             "alice",
             "alice@example.com",

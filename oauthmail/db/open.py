@@ -21,7 +21,7 @@ from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
 from oauthmail.tokens import crypto
 
-__all__ = ["Stores", "openStores", "preflightStores"]
+__all__ = ["Stores", "initStore", "openStores", "preflightStores"]
 
 BACKENDS = ("sqlite",)
 
@@ -91,14 +91,18 @@ def openStores(
 
 
 def _open(
-    store_config: _StoreConfig, cipher: crypto.TokenCipher, clock: _Clock, reactor: Any
+    store_config: _StoreConfig,
+    cipher: crypto.TokenCipher,
+    clock: _Clock,
+    reactor: Any,
+    replaceEmpty: bool = False,
 ) -> defer.Deferred[Stores]:
     from oauthmail.db.sqlite.database import SQLiteDatabase
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
     from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
-    database = SQLiteDatabase(store_config.path, reactor)
+    database = SQLiteDatabase(store_config.path, reactor, replaceEmpty=replaceEmpty)
     tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
     stores = Stores(tokens, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database))
     return tokens.open().addCallback(lambda _: stores)
@@ -116,3 +120,50 @@ def preflightStores(store_config: _StoreConfig, environ: Mapping[str, str] | Non
     from oauthmail.db.sqlite.preflight import preflight
 
     preflight(store_config.path, cipher)
+
+
+def initStore(
+    store_config: _StoreConfig,
+    clock: _Clock,
+    reactor: Any,
+    environ: Mapping[str, str] | None = None,
+) -> defer.Deferred[str]:
+    """``oauthmail init-store``: create the store (and its key) on purpose; fire with what was done.
+
+    A missing store is created; an empty (0-byte) file is replaced by a new
+    store; an existing store is key-checked and migrated; anything else is
+    refused (``StoreError``) and left alone.
+    """
+    try:
+        _checkBackend(store_config)
+    except StoreError as e:
+        return defer.fail(e)
+    from oauthmail.db.sqlite.storefile import EmptyStoreFile, checkStoreFile
+
+    path = store_config.path
+
+    def inspect() -> tuple[crypto.TokenCipher, str, list[crypto.Notice]]:
+        notices: list[crypto.Notice] = []
+        try:
+            found = "store" if checkStoreFile(path) else "missing"
+        except EmptyStoreFile:
+            found = "empty"
+        cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ, notices)
+        return cipher, found, notices
+
+    def opened(stores: Stores, found: str, cipher: crypto.TokenCipher) -> defer.Deferred[str]:
+        said = {
+            "missing": f"created a new store {path} (key from {cipher.source})",
+            "empty": f"replaced the empty file {path} with a new store (key from {cipher.source})",
+            "store": f"{path} is an oauthmail store already; its key and schema are in order",
+        }[found]
+        return stores.close().addCallback(lambda _: said)
+
+    def make(found: tuple[crypto.TokenCipher, str, list[crypto.Notice]]) -> defer.Deferred[str]:
+        cipher, what, notices = found
+        crypto.emitNotices(notices)
+        d = _open(store_config, cipher, clock, reactor, replaceEmpty=what == "empty")
+        return d.addCallback(opened, what, cipher)
+
+    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), inspect)
+    return d.addCallback(make)

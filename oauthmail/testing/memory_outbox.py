@@ -26,8 +26,8 @@ from oauthmail.smtp.queue.records import (
     AttemptOutcome,
     DeliveryStatus,
     DoubtfulMessage,
+    OutboxEntry,
     OutboxMessage,
-    QueuedMessage,
     RecipientReply,
     RecipientStatus,
     Recovery,
@@ -109,7 +109,7 @@ class MemoryOutbox:
     def _queued(self, account: str) -> list[_Message]:
         return [m for m in self.messages.values() if m.account == account and m.state == "queued"]
 
-    def _store(self, message: QueuedMessage) -> None:
+    def _store(self, message: OutboxEntry) -> None:
         self.messages[message.id] = _Message(
             message.id,
             message.account,
@@ -161,7 +161,7 @@ class MemoryOutbox:
 
     # -- IOutbox --------------------------------------------------------------------
 
-    def enqueue(self, message: QueuedMessage) -> defer.Deferred[None]:
+    def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
         self.writes += 1
         self._store(message)
         return defer.succeed(None)

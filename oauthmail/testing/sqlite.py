@@ -17,10 +17,11 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.db.migrations import OwnerSchema
-from oauthmail.db.sqlite.connection import connectWriter, createPrivateDatabase, sqliteError
+from oauthmail.db.sqlite.connection import connectWriter, sqliteError
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.db.sqlite.migrate import migrate
 from oauthmail.db.sqlite.schema import SCHEMAS
+from oauthmail.db.sqlite.storefile import prepareStoreFile
 
 __all__ = ["InlineSQLiteDatabase"]
 
@@ -35,7 +36,7 @@ class InlineSQLiteDatabase:
         self, path: str, now: float = 0.0, schemas: Sequence[OwnerSchema] = SCHEMAS
     ) -> None:
         self.path = path
-        createPrivateDatabase(path)
+        prepareStoreFile(path, schemas, now)
         self.connection = connectWriter(path)
         migrate(self.connection, path, schemas, now)
         self._sqliteError = sqliteError(path)

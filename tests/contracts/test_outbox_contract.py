@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome
-from oauthmail.smtp.queue.records import FOUND_IN_SENT, QueuedMessage
+from oauthmail.smtp.queue.records import FOUND_IN_SENT, OutboxEntry
 
 from .conftest import ACCOUNT
 
@@ -45,13 +45,11 @@ class FixedPolicy:
         if mail_from == "":
             return None
         text = "; ".join(f"{r} {code}" for r, code, _ in failures).encode()
-        return QueuedMessage(f"bounce-{now:g}", account, "", (mail_from,), text, now)
+        return OutboxEntry(f"bounce-{now:g}", account, "", (mail_from,), text, now)
 
 
 def queued(message_id="m1", *recipients, at=NOW, account=ACCOUNT, mail_from="a@example.com"):
-    return QueuedMessage(
-        message_id, account, mail_from, recipients or ("bob@example.net",), DATA, at
-    )
+    return OutboxEntry(message_id, account, mail_from, recipients or ("bob@example.net",), DATA, at)
 
 
 def outcome(message_id, *replies, accepted=None, in_doubt=False):

@@ -1,8 +1,4 @@
-"""SQLite connections as oauthmail runs them: private file, WAL, explicit transactions.
-
-The file is created with mode 0600 *before* SQLite opens it, because SQLite
-gives its ``-wal``/``-shm``/``-journal`` files the database file's mode:
-creating it private once keeps every file private.
+"""SQLite connections as oauthmail runs them: WAL, busy timeout, explicit transactions.
 
 Connections run with ``isolation_level=None``: no statement starts a
 transaction implicitly. Every write is an explicit :func:`transaction`
@@ -14,19 +10,16 @@ failure only means "work done again".
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from twisted.python.failure import Failure
 
-from oauthmail.db.errors import StoreError
-from oauthmail.tokens.crypto import Notice, warnIfShared
+from oauthmail.db.errors import StoreError, StoreUnwritable
 
 __all__ = [
     "connectWriter",
-    "createPrivateDatabase",
     "readerSetup",
     "sqliteError",
     "transaction",
@@ -62,30 +55,6 @@ def unsynced(conn: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         conn.execute("PRAGMA synchronous = FULL")
-
-
-def createPrivateDatabase(path: str) -> list[Notice]:
-    """Create ``path`` empty with mode 0600 (its directory 0700) unless it exists.
-
-    Blocking: runs in the writing thread before SQLite first opens the file.
-    """
-    notices: list[Notice] = []
-    directory = os.path.dirname(path)
-    try:
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            warnIfShared(path, "token database", notices)
-            return notices
-        os.close(fd)
-        # O_CREAT's mode is filtered by the umask, which only removes bits; make it exact.
-        os.chmod(path, 0o600)
-    except OSError as e:
-        raise StoreError(f"cannot create the token database {path}: {e.strerror}") from None
-    return notices
 
 
 def writerSetup(busy_timeout: float) -> Callable[[sqlite3.Connection], None]:
@@ -127,16 +96,41 @@ def setJournal(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = FULL")
 
 
+#: SQLite result codes that mean "the file cannot be written now" (not a bug in a query).
+_UNWRITABLE = ("SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_BUSY")
+#: The same, by message, for Pythons whose sqlite3 errors do not carry the code name.
+_UNWRITABLE_TEXT = (
+    "readonly database",
+    "disk is full",
+    "disk i/o error",
+    "unable to open",
+    "locked",
+)
+
+
+def isUnwritable(error: BaseException) -> bool:
+    """Whether an SQLite error says the store cannot be written now (full, read-only, I/O, lock)."""
+    name = getattr(error, "sqlite_errorname", None)
+    if name:
+        return name.startswith(_UNWRITABLE)
+    text = str(error).lower()
+    return any(part in text for part in _UNWRITABLE_TEXT)
+
+
 def sqliteError(path: str) -> Callable[[Failure], Failure]:
     """An errback turning SQLite's own errors into ``StoreError`` (one family for callers).
 
-    SQLite messages name tables and constraints, never bound values, so they
-    carry no token.
+    ``StoreUnwritable`` when the file cannot be written now (see
+    :func:`isUnwritable`). SQLite messages name tables and constraints, never
+    bound values, so they carry no token.
     """
 
     def convert(failure: Failure) -> Failure:
-        if failure.check(sqlite3.Error) is None:
+        error = failure.value
+        if not isinstance(error, sqlite3.Error):
             return failure
-        raise StoreError(f"{path}: {failure.value}")
+        if isUnwritable(error):
+            raise StoreUnwritable(f"{path}: {error}")
+        raise StoreError(f"{path}: {error}")
 
     return convert

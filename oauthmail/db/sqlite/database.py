@@ -25,14 +25,10 @@ from zope.interface import Attribute, Interface, implementer
 
 from oauthmail.db.errors import StoreError
 from oauthmail.db.migrations import OwnerSchema
-from oauthmail.db.sqlite.connection import (
-    createPrivateDatabase,
-    readerSetup,
-    sqliteError,
-    writerSetup,
-)
+from oauthmail.db.sqlite.connection import readerSetup, sqliteError, writerSetup
 from oauthmail.db.sqlite.migrate import SchemaGuard, migrate
 from oauthmail.db.sqlite.schema import SCHEMAS
+from oauthmail.db.sqlite.storefile import prepareStoreFile
 from oauthmail.tokens.crypto import Notice, emitNotices
 
 __all__ = ["ISQLiteDatabase", "SQLiteDatabase"]
@@ -60,7 +56,9 @@ class SQLiteDatabase:
 
     ``reactor`` runs the pools' threads; ``busy_timeout`` is how many seconds
     a write waits for another process's write lock before failing with
-    ``StoreError``; ``schemas`` are the owners migrated on :meth:`open`.
+    ``StoreError``; ``schemas`` are the owners migrated on :meth:`open`;
+    ``replaceEmpty`` takes an empty file for a missing one (``oauthmail
+    init-store``; see :mod:`~oauthmail.db.sqlite.storefile`).
     """
 
     def __init__(
@@ -69,8 +67,10 @@ class SQLiteDatabase:
         reactor: Any,
         busy_timeout: float = 5.0,
         schemas: Sequence[OwnerSchema] = SCHEMAS,
+        replaceEmpty: bool = False,
     ) -> None:
         self.path = path
+        self._replaceEmpty = replaceEmpty
         self._reactor = reactor
         self._busy_timeout = busy_timeout
         self._schemas = tuple(schemas)
@@ -88,7 +88,7 @@ class SQLiteDatabase:
     # -- life cycle ---------------------------------------------------------
 
     def open(self, now: float, guard: SchemaGuard | None = None) -> defer.Deferred[None]:
-        """Create the file (mode 0600) or migrate it, then start the reading thread.
+        """Create the file (complete, mode 0600) or migrate it, then start the reading thread.
 
         ``guard`` checks the file before anything is written (the token
         store's key check). Opening an open database does nothing: calls made
@@ -110,7 +110,14 @@ class SQLiteDatabase:
         # the first connection, in order.
         pool.start()
         d = threads.deferToThreadPool(
-            self._reactor, pool.threadpool, createPrivateDatabase, self.path
+            self._reactor,
+            pool.threadpool,
+            prepareStoreFile,
+            self.path,
+            self._schemas,
+            now,
+            guard,
+            self._replaceEmpty,
         )
 
         def migrated(notices: list[Notice]) -> defer.Deferred[None]:

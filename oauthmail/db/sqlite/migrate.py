@@ -87,6 +87,13 @@ def readVersions(conn: sqlite3.Connection, where: str) -> tuple[dict[str, int], 
             )
         rows = conn.execute("SELECT owner, MAX(version) FROM schema_migrations GROUP BY owner")
         return {owner: int(version) for owner, version in rows}, None
+    if "schema_version" not in tables:
+        (count,) = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if count:
+            raise StoreError(
+                f"{where} is an SQLite database but not an oauthmail store (it has tables"
+                " of its own): move it away or point store.path at the store"
+            )
     unknown = sorted(v for v, _ in legacy if v not in LEGACY_VERSIONS)
     if unknown:
         raise StoreError(

@@ -40,8 +40,8 @@ from oauthmail.smtp.queue.records import (
     AccountFigures,
     AttemptOutcome,
     DeliveryStatus,
+    OutboxEntry,
     OutboxMessage,
-    QueuedMessage,
     RecipientReply,
 )
 from oauthmail.text import cleanText
@@ -64,7 +64,7 @@ class SQLiteOutbox:
     def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         return self._database.runWrite(func, *args)
 
-    def enqueue(self, message: QueuedMessage) -> defer.Deferred[None]:
+    def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
         return self._run(_enqueue, message)
 
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
@@ -129,7 +129,7 @@ class SQLiteOutbox:
 # -- SQL (runs in the database's writing thread) ----------------------------------------
 
 
-def _enqueue(conn: sqlite3.Connection, message: QueuedMessage) -> None:
+def _enqueue(conn: sqlite3.Connection, message: OutboxEntry) -> None:
     conn.execute("PRAGMA synchronous = FULL")  # the commit below reaches the disk
     with transaction(conn):
         conn.execute(

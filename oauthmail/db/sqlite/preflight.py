@@ -13,6 +13,7 @@ import sqlite3
 import urllib.parse
 
 from oauthmail.db.errors import StoreError
+from oauthmail.db.sqlite.storefile import checkStoreFile
 from oauthmail.db.sqlite.tokens import KEY_CHECK
 from oauthmail.tokens.crypto import TokenCipher, verifyKeyCheck
 
@@ -22,9 +23,9 @@ __all__ = ["preflight"]
 def preflight(path: str, cipher: TokenCipher) -> None:
     """Raise ``WrongKeyError``/``StoreError`` if ``cipher`` cannot open the file at ``path``.
 
-    A missing file, or one created but never migrated, passes: the open makes it.
+    A missing file passes (the open creates it); an empty or foreign one does not.
     """
-    if not os.path.exists(path):
+    if not checkStoreFile(path):
         return
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import StoreUnwritable
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionError
@@ -85,7 +86,10 @@ class AccountLoop:
         self.done = None
         self.sending = None
         if isinstance(nextAt, Failure):
-            log.failure("outbound delivery for {account} failed", nextAt, account=self.name)
+            if nextAt.check(StoreUnwritable):
+                parts.condition.failed(nextAt.value)
+            else:
+                log.failure("outbound delivery for {account} failed", nextAt, account=self.name)
             nextAt = parts.clock.seconds() + parts.settings.poll_interval
         if not parts.running():
             return
@@ -106,6 +110,7 @@ class AccountLoop:
             batch = await parts.outbox.claimDue(
                 self.name, parts.clock.seconds(), parts.settings.batch_size
             )
+            parts.condition.worked()  # a claim is a write: the store can be written
             if not batch:
                 break
             if not await self._deliver(batch):

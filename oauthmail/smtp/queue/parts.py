@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorTime
 
 from oauthmail.interfaces import IMessageSender, IOutbox, ISentFolder, ITokenSource, ITokenStore
+from oauthmail.smtp.queue.condition import StoreCondition
 from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import DeliveryStatus
 
@@ -49,3 +50,5 @@ class QueueParts:
     accountStates: ITokenStore | None = None
     #: The last error of each account's sending, for the console.
     lastError: dict[str, str | None] = field(default_factory=dict)
+    #: Whether the outbox can be written (no claims while it cannot).
+    condition: StoreCondition = field(default_factory=StoreCondition)

@@ -18,7 +18,7 @@ from oauthmail.interfaces import IDeliveryPolicy
 from oauthmail.mail.trace import stamp
 from oauthmail.retry import jitteredDelay
 from oauthmail.smtp.bounce import buildBounce, isBounce
-from oauthmail.smtp.queue.records import QueuedMessage
+from oauthmail.smtp.queue.records import OutboxEntry
 
 __all__ = ["DeliveryPolicy"]
 
@@ -56,7 +56,7 @@ class DeliveryPolicy:
         mail_from: str,
         failures: Sequence[tuple[str, int | None, str | None]],
         now: float,
-    ) -> QueuedMessage | None:
+    ) -> OutboxEntry | None:
         """The RFC 3464 notification of ``failures`` to ``mail_from``, from ``<>``.
 
         ``None`` for a message that is itself a bounce (two systems must never
@@ -73,4 +73,4 @@ class DeliveryPolicy:
         )
         bounce_id = uuid.uuid4().hex
         report = stamp(report, bounce_id, now)
-        return QueuedMessage(bounce_id, account, "", (mail_from,), report, now)
+        return OutboxEntry(bounce_id, account, "", (mail_from,), report, now)

@@ -22,9 +22,9 @@ __all__ = [
     "AttemptOutcome",
     "DeliveryStatus",
     "DoubtfulMessage",
+    "OutboxEntry",
     "OutboxMessage",
     "QueueStats",
-    "QueuedMessage",
     "RecipientReply",
     "RecipientStatus",
     "Recovery",
@@ -46,7 +46,7 @@ FOUND_IN_SENT = "found in the Sent folder: the provider had accepted it before t
 
 
 @dataclass(frozen=True)
-class QueuedMessage:
+class OutboxEntry:
     """A message to store (``IOutbox.enqueue``): its queue id, envelope and bytes."""
 
     id: str

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import StoreUnwritable
 from oauthmail.interfaces import (
     IMessageSender,
     IOutbox,
@@ -30,19 +31,21 @@ from oauthmail.interfaces import (
     ITokenStore,
 )
 from oauthmail.mail.trace import stamp
+from oauthmail.smtp.queue.condition import QueueUnavailable
 from oauthmail.smtp.queue.loop import AccountLoop
 from oauthmail.smtp.queue.parts import QueueParts, QueueSettings
 from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import (
     AccountFigures,
     DeliveryStatus,
-    QueuedMessage,
+    OutboxEntry,
     QueueStats,
     Recovery,
 )
 from oauthmail.smtp.queue.sender import SMTPSender
+from oauthmail.text import cleanText
 
-__all__ = ["OutboundQueue", "UnknownAccount"]
+__all__ = ["OutboundQueue", "QueueUnavailable", "UnknownAccount"]
 
 log = Logger()
 
@@ -234,7 +237,7 @@ class OutboundQueue(service.Service):
             return defer.fail(TypeError("the message must be bytes"))
         message_id = uuid.uuid4().hex
         now = self._clock.seconds()
-        queued = QueuedMessage(
+        queued = OutboxEntry(
             message_id,
             account_name,
             str(mail_from),
@@ -243,13 +246,22 @@ class OutboundQueue(service.Service):
             now,
         )
 
+        condition = self._parts.condition
+
         def stored(_: object) -> str:
             # No log line per message: at hundreds a second it costs more than the
             # rest of this path; sessions log what the provider accepted, in sum.
+            condition.worked()
             self.wake(account_name)
             return message_id
 
-        return self._outbox.enqueue(queued).addCallback(stored)
+        def unwritable(failure: Failure) -> Failure:
+            if failure.check(StoreUnwritable) is None:
+                return failure
+            condition.failed(failure.value)
+            raise QueueUnavailable(cleanText(failure.value))
+
+        return self._outbox.enqueue(queued).addCallbacks(stored, unwritable)
 
     def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
         """Fire with the message's :class:`DeliveryStatus` (``None`` if unknown)."""

@@ -98,7 +98,11 @@ async def sendSession(
         return outer
 
     async def claimMore() -> list[OutboxMessage]:
-        if not parts.running() or len(loop.claimed) >= settings.session_limit:
+        if (
+            not parts.running()
+            or parts.condition.unwritable is not None
+            or len(loop.claimed) >= settings.session_limit
+        ):
             return []
         limit = min(settings.batch_size, settings.session_limit - len(loop.claimed))
         more = await claim(limit)

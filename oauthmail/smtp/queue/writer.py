@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from oauthmail.db.errors import StoreUnwritable
+from oauthmail.smtp.queue.condition import StoreCondition
 from oauthmail.smtp.queue.records import AttemptOutcome, DeliveryStatus
 
 __all__ = ["OutcomeWriter"]
@@ -31,11 +33,16 @@ class OutcomeWriter:
     """Writes one session's outcomes with ``record(batch)``; tells ``notify`` what changed."""
 
     def __init__(
-        self, account: str, record: Record, notify: Callable[[Iterable[DeliveryStatus]], None]
+        self,
+        account: str,
+        record: Record,
+        notify: Callable[[Iterable[DeliveryStatus]], None],
+        condition: StoreCondition | None = None,
     ) -> None:
         self._account = account
         self._record = record
         self._notify = notify
+        self._condition = condition if condition is not None else StoreCondition()
         self._waiting: list[AttemptOutcome] = []
         self._writing = 0
         self._running = False
@@ -76,6 +83,8 @@ class OutcomeWriter:
                 self._writing = len(batch)
                 try:
                     statuses = await self._record(batch)
+                except StoreUnwritable as e:
+                    self._condition.failed(e)
                 except Exception:
                     log.failure(
                         "{account}: recording {n} outcome(s) failed",
@@ -83,6 +92,7 @@ class OutcomeWriter:
                         n=len(batch),
                     )
                 else:
+                    self._condition.worked()
                     self._notify(statuses)
                 finally:
                     self._writing = 0
