@@ -24,6 +24,7 @@ from zope.interface.verify import verifyObject
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
 from oauthmail.interfaces import (
+    IDeliveryPolicy,
     IMessageSender,
     ISentFolder,
     ISubmissionQueue,
@@ -621,7 +622,7 @@ def test_outcome_writer_merges_outcomes_queued_during_a_write(storage):
         return d
 
     def record(d, batch):
-        real = rig.outbox.recordOutcomes(batch, rig.clock.seconds(), rig.queue._policy)
+        real = rig.outbox.recordOutcomes(batch, rig.clock.seconds(), rig.queue.policy)
         real.chainDeferred(d)
 
     writer = OutcomeWriter("alice", slow, lambda statuses: None)
@@ -647,6 +648,20 @@ def test_senders_provide_the_interface():
     """The SMTP sender and the tests' fake keep the IMessageSender promise."""
     assert verifyObject(IMessageSender, SMTPSender(None))
     assert verifyObject(IMessageSender, FakeSender())
+
+
+def test_policy_provides_the_interface(storage):
+    """The queue's DeliveryPolicy is what an outbox applies (IDeliveryPolicy)."""
+    rig = Rig(storage, start=False)
+    assert verifyObject(IDeliveryPolicy, rig.queue.policy)
+
+
+def test_databases_provide_the_interface(tmp_path):
+    """The threaded SQLite database and its synchronous twin keep the ISQLiteDatabase promise."""
+    from oauthmail.db.sqlite.database import ISQLiteDatabase, SQLiteDatabase
+
+    assert verifyObject(ISQLiteDatabase, SQLiteDatabase(str(tmp_path / "a.sqlite"), None))
+    assert verifyObject(ISQLiteDatabase, InlineSQLiteDatabase(str(tmp_path / "b.sqlite")))
 
 
 # -- bounces (queue.bounce) -------------------------------------------------------------

@@ -1,7 +1,11 @@
 """The SQLite backend: one file, one writing thread, one reading thread.
 
+``storefile`` refuses what is not a store and creates a new one whole;
 ``database`` opens the file (private mode, WAL, busy timeout) and runs
-functions on its connections; ``migrate`` brings the file's schema up to date
-owner by owner; ``schema`` holds each owner's tables; ``tokens``, ``ledger`` and
-``outbox`` implement the three store interfaces over one :class:`SQLiteDatabase`.
+functions on its connections (``connection``: their setup, transactions and
+error translation); ``migrate`` brings the schema up to date owner by owner
+(``schema``: each owner's tables); ``tokens``, ``ledger`` and ``outbox`` (with
+``outbox_rows`` and ``outbox_doubt``) implement the three store interfaces
+over one :class:`~oauthmail.db.sqlite.database.SQLiteDatabase`; ``preflight``
+checks a key against a file without changing it.
 """

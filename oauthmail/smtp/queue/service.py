@@ -167,6 +167,11 @@ class OutboundQueue(service.Service):
         return f"<OutboundQueue {len(self._accounts)} accounts>"
 
     @property
+    def policy(self) -> DeliveryPolicy:
+        """The retry, give-up, bounce and Sent-search rules this queue hands its outbox."""
+        return self._policy
+
+    @property
     def sent_check_give_up(self) -> float:
         return self.settings.sent_check_give_up
 
