@@ -374,3 +374,96 @@ class IMessageSender(Interface):
         ``more()`` fires with more messages to send in the same session (an
         empty list ends it).
         """
+
+
+class IIMAPSession(Interface):
+    """One authenticated-or-not IMAP connection, as the watcher and the Sent check use it.
+
+    Every method returns a Deferred. A session that ends (``BYE``, a protocol
+    violation, a lost connection, a missed deadline) fails every pending and
+    later call with the reason, which :meth:`whenLost` also gives.
+    ``oauthmail.imap.session.IMAPSession`` is the implementation.
+    """
+
+    capabilities = Attribute(
+        "Upper-case capability atoms (frozenset of bytes, e.g. b'IDLE'), or None if unknown."
+    )
+    existsSeen = Attribute("How many untagged EXISTS responses this connection has seen.")
+    byeText = Attribute("The text of the server's BYE, or None.")
+    lastAlert = Attribute("The text of the last [ALERT] response code, or None.")
+    commandTimeout = Attribute("Seconds a command may go without an answer (0: no deadline).")
+    onUntagged = Attribute("None, or a callable given an IdleEvent for EXISTS/EXPUNGE.")
+
+    def whenLost():
+        """Fire, once the connection is gone, with the exception that says why."""
+
+    def close():
+        """Close the connection politely."""
+
+    def abort():
+        """Drop the connection at once."""
+
+    def capability():
+        """Ask CAPABILITY again; fire with the capability atoms."""
+
+    def authenticate(mechanism, user, token, host=None, port=None, providerKind="generic"):
+        """OAuth AUTHENTICATE (XOAUTH2/OAUTHBEARER); fire with the capabilities asked again.
+
+        Fails with ``oauthmail.imap.errors.IMAPAuthenticationError`` (with
+        ``token_rejected``/``temporary``), ``CleartextAuthenticationRefused``
+        or ``MechanismNotOffered``.
+        """
+
+    def selectFolder(name):
+        """SELECT; fire with a ``SelectInfo`` (uidvalidity, exists, uidnext)."""
+
+    def examineFolder(name):
+        """EXAMINE (read-only SELECT); fire with a ``SelectInfo``."""
+
+    def uidSearchFrom(first):
+        """Fire with the sorted UIDs >= ``first`` in the selected folder."""
+
+    def uidSearchHeader(field, value):
+        """Fire with the sorted UIDs whose header ``field`` contains ``value``."""
+
+    def uidSearchGmailRaw(query):
+        """Fire with the sorted UIDs Gmail's ``X-GM-RAW`` search finds (needs X-GM-EXT-1)."""
+
+    def fetchSizes(uids):
+        """Fire with ``{uid: RFC822.SIZE}`` for the UIDs the server still has."""
+
+    def fetchMessages(uids):
+        """Fire with ``[(uid, exact bytes)]``; UIDs answered without a body are absent."""
+
+    def fetchHeaders(uids):
+        """Fire with ``[(uid, header section bytes)]``."""
+
+    def uidStore(uids, flags, add=True):
+        """Add (or remove) ``flags`` on the UIDs, silently."""
+
+    def uidCopy(uids, mailbox):
+        """Copy the UIDs to ``mailbox``."""
+
+    def uidMove(uids, mailbox):
+        """Move the UIDs to ``mailbox`` (RFC 6851)."""
+
+    def uidExpunge(uids):
+        """Expunge only these UIDs (RFC 4315)."""
+
+    def expunge():
+        """Expunge every ``\\Deleted`` message of the selected folder."""
+
+    def createMailbox(mailbox):
+        """Create ``mailbox``; an existing one is not an error."""
+
+    def listMailboxes():
+        """Fire with ``[(attributes, name)]`` of every mailbox."""
+
+    def idle(onEvent):
+        """Start IDLE; fire with an ``IdleSession`` (``whenEnded()``, ``done()``, ``ended``)."""
+
+    def noop():
+        """NOOP."""
+
+    def logout():
+        """LOGOUT, then close."""

@@ -1,4 +1,4 @@
-"""Tests for oauthmail.imap.fetch: the fast UID FETCH path and the watcher's UID commands."""
+"""Tests for oauthmail.imap.fetch and .session: the fast UID FETCH path and the UID commands."""
 
 from __future__ import annotations
 
@@ -7,23 +7,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
-from twisted.mail.imap4 import IMAP4Exception
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
-from oauthmail.imap.fetch import FetchResponseParser, WatcherIMAP4Client, formatUIDSet
+from oauthmail.imap.errors import IMAPCommandError, IMAPTimeoutError
+from oauthmail.imap.fetch import FetchResponseParser, formatUIDSet
+from oauthmail.imap.session import IMAPSession
 
 CAPS = b"IMAP4rev1 AUTH=XOAUTH2 IDLE MOVE UIDPLUS"
 
 
-def connect() -> tuple[WatcherIMAP4Client, StringTransport]:
+def connect() -> tuple[IMAPSession, StringTransport]:
     """A client past the greeting, on a 'TLS' StringTransport."""
-    client = WatcherIMAP4Client()
+    client = IMAPSession()
     transport = StringTransport()
     directlyProvides(transport, ISSLTransport)
     client.makeConnection(transport)
     client.dataReceived(b"* OK [CAPABILITY " + CAPS + b"] ready\r\n")
-    client.state = "auth"
     transport.clear()
     return client, transport
 
@@ -54,7 +54,7 @@ def fetchResponse(seq: int, uid: int, body: bytes, uidFirst: bool = True) -> byt
     )
 
 
-def feed(client: WatcherIMAP4Client, data: bytes, cuts: list[int]) -> None:
+def feed(client: IMAPSession, data: bytes, cuts: list[int]) -> None:
     """Deliver ``data`` split at the given offsets (as TCP may)."""
     last = 0
     for cut in sorted(set(c % (len(data) + 1) for c in cuts)) + [len(data)]:
@@ -97,19 +97,20 @@ def test_fetch_round_trips_exact_bytes(bodies, cuts, uidFirst):
 def test_parser_quoted_body_and_unsolicited_flags():
     """A body sent as a quoted string is unescaped; a FETCH without body is skipped."""
     parser = FetchResponseParser()
-    parser.line(b'* 1 FETCH (UID 4 BODY[] "a \\"b\\" \\\\c")')
-    parser.line(b"* 2 FETCH (FLAGS (\\Seen))")
-    parser.line(b"* 3 FETCH (UID 6 FLAGS (\\Seen))")
+    parser.feed([b'* 1 FETCH (UID 4 BODY[] "a \\"b\\" \\\\c")'], [])
+    parser.feed([b"* 2 FETCH (FLAGS (\\Seen))"], [])
+    parser.feed([b"* 3 FETCH (UID 6 FLAGS (\\Seen))"], [])
     assert parser.messages == [(4, b'a "b" \\c')]
+    assert parser.seen == {4, 6}
 
 
 def test_zero_length_literal():
     """An empty message (``{0}``) is a message with no bytes."""
-    parser = FetchResponseParser()
-    parser.line(b"* 1 FETCH (UID 4 BODY[] {0}")
-    assert parser.pending == 0
-    parser.line(b")")
-    assert parser.messages == [(4, b"")]
+    client, transport = connect()
+    d = client.fetchMessages([4])
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(b"* 1 FETCH (UID 4 BODY[] {0}\r\n)\r\n" + tag + b" OK done\r\n")
+    assert result(d) == [(4, b"")]
 
 
 def test_untagged_exists_during_fetch_notifies_listener():
@@ -197,7 +198,7 @@ def test_a_command_without_answer_times_out_and_drops_the_connection():
     clock.advance(119)
     assert not d.called
     clock.advance(1)
-    with pytest.raises(IMAP4Exception, match="did not answer UID SEARCH within 120 s"):
+    with pytest.raises(IMAPTimeoutError, match="did not answer UID SEARCH within 120 s"):
         result(d)
     assert transport.disconnecting
 
@@ -216,7 +217,7 @@ def test_idle_has_no_deadline():
 # -- the commands the Sent-folder check uses ------------------------------------------
 
 
-def answer(client: WatcherIMAP4Client, transport: StringTransport, untagged: bytes) -> None:
+def answer(client: IMAPSession, transport: StringTransport, untagged: bytes) -> None:
     """Answer the command in flight with ``untagged`` lines and a tagged OK."""
     tag = transport.value().split(b" ", 1)[0]
     client.dataReceived(untagged + tag + b" OK done\r\n")
@@ -264,7 +265,7 @@ def test_examine_no_fails():
     d = client.examineFolder("Nope")
     tag = transport.value().split(b" ", 1)[0]
     client.dataReceived(tag + b" NO Mailbox doesn't exist: Nope\r\n")
-    with pytest.raises(IMAP4Exception, match="Mailbox doesn't exist"):
+    with pytest.raises(IMAPCommandError, match="Mailbox doesn't exist"):
         result(d)
 
 
@@ -355,13 +356,9 @@ def test_fetch_headers_round_trips(headers, cuts):
 def test_fetch_headers_ignores_full_bodies_and_fetch_messages_ignores_headers():
     """Each fetch keeps only its own section: BODY[] is not a header, BODY[HEADER] not a body."""
     parser = FetchResponseParser(b"HEADER")
-    parser.line(b"* 1 FETCH (UID 4 BODY[] {2}")
-    parser.literalData(b"hi")
-    parser.line(b")")
-    parser.line(b'* 2 FETCH (UID 5 BODY[HEADER] "A: b")')
+    parser.feed([b"* 1 FETCH (UID 4 BODY[] {2}", b")"], [b"hi"])
+    parser.feed([b'* 2 FETCH (UID 5 BODY[HEADER] "A: b")'], [])
     assert parser.messages == [(5, b"A: b")]
     plain = FetchResponseParser()
-    plain.line(b"* 1 FETCH (UID 4 BODY[HEADER] {2}")
-    plain.literalData(b"hi")
-    plain.line(b")")
+    plain.feed([b"* 1 FETCH (UID 4 BODY[HEADER] {2}", b")"], [b"hi"])
     assert plain.messages == []

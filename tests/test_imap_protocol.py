@@ -1,4 +1,4 @@
-"""Tests for oauthmail.imap.protocol: OAuth AUTHENTICATE, IDLE and BYE on a StringTransport."""
+"""Tests for oauthmail.imap.protocol: OAuth AUTHENTICATE, IDLE, BYE, routing (StringTransport)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import StringTransport
-from twisted.mail.imap4 import IMAP4Exception, NoSupportedAuthentication
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer
 
 from oauthmail import sasl
-from oauthmail.imap.protocol import (
+from oauthmail.imap.errors import (
     CleartextAuthenticationRefused,
-    IdleEvent,
     IMAPAuthenticationError,
+    IMAPError,
     IMAPServerBye,
-    OAuthIMAP4Client,
+    MechanismNotOffered,
 )
+from oauthmail.imap.idle import IdleEvent
+from oauthmail.imap.protocol import IMAPClientProtocol
 from oauthmail.secret import Secret
 
 # Long enough that Twisted's encodebytes would split the response over two lines.
@@ -50,7 +51,7 @@ class StartTLSTransport(StringTransport):
 
 def connect(caps=CAPS, transport=None, allow_cleartext=False):
     """A client that has read the greeting (with ``caps`` unless None)."""
-    client = OAuthIMAP4Client(allow_cleartext=allow_cleartext)
+    client = IMAPClientProtocol(allow_cleartext=allow_cleartext)
     transport = tlsTransport() if transport is None else transport
     client.makeConnection(transport)
     if caps is None:
@@ -107,31 +108,31 @@ def finishCapabilities(client, transport, tag=b"0002", caps=b"IMAP4rev1 IDLE MOV
 def test_sasl_ir_sends_one_line():
     """With SASL-IR the whole XOAUTH2 response goes on the AUTHENTICATE line, unbroken."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     expected = b"0001 AUTHENTICATE XOAUTH2 " + sasl.xoauth2InitialResponseB64(USER, TOKEN)
     assert sent(transport) == [expected]
     notFired(d)
     client.dataReceived(b"0001 OK Logged in\r\n")
     finishCapabilities(client, transport)
     caps = result(d)
-    assert b"IDLE" in caps and b"MOVE" in caps
+    assert b"IDLE" in caps and b"MOVE" in caps and b"UIDPLUS" in caps
 
 
 def test_capabilities_refetched_after_auth():
     """After success the client asks CAPABILITY again instead of using the greeting's."""
     client, transport = connect()
-    d = client.authenticateOAuth("xoauth2", USER, Secret(TOKEN))
+    d = client.authenticate("xoauth2", USER, Secret(TOKEN))
     sent(transport)
     client.dataReceived(b"0001 OK [CAPABILITY IMAP4rev1] Logged in\r\n")
     finishCapabilities(client, transport, caps=b"IMAP4rev1 IDLE")
-    assert result(d) == {b"IMAP4rev1": None, b"IDLE": None}
-    assert client._capCache == {b"IMAP4rev1": None, b"IDLE": None}
+    assert result(d) == {b"IMAP4REV1", b"IDLE"}
+    assert client.capabilities == {b"IMAP4REV1", b"IDLE"}
 
 
 def test_without_sasl_ir_waits_for_continuation():
     """Without SASL-IR: AUTHENTICATE XOAUTH2, wait for '+', then the response on ONE line."""
     client, transport = connect(caps=b"IMAP4rev1 AUTH=XOAUTH2")
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     assert sent(transport) == [b"0001 AUTHENTICATE XOAUTH2"]
     client.dataReceived(b"+ \r\n")
     assert sent(transport) == [sasl.xoauth2InitialResponseB64(USER, TOKEN)]
@@ -143,7 +144,7 @@ def test_without_sasl_ir_waits_for_continuation():
 def test_oauthbearer_without_sasl_ir():
     """OAUTHBEARER sends the RFC 7628 response with host and port after '+'."""
     client, transport = connect(caps=b"IMAP4rev1 AUTH=OAUTHBEARER")
-    d = client.authenticateOAuth("OAUTHBEARER", USER, TOKEN, "imap.example.com", 993)
+    d = client.authenticate("OAUTHBEARER", USER, TOKEN, "imap.example.com", 993)
     assert sent(transport) == [b"0001 AUTHENTICATE OAUTHBEARER"]
     client.dataReceived(b"+\r\n")
     expected = sasl.oauthbearerInitialResponseB64(USER, TOKEN, "imap.example.com", 993)
@@ -156,7 +157,7 @@ def test_oauthbearer_without_sasl_ir():
 def test_capabilities_fetched_when_greeting_has_none():
     """If the greeting lists no capabilities the client asks before authenticating."""
     client, transport = connect(caps=None)
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     assert sent(transport) == [b"0001 CAPABILITY"]
     client.dataReceived(b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\n0001 OK done\r\n")
     assert sent(transport) == [
@@ -170,7 +171,7 @@ def test_capabilities_fetched_when_greeting_has_none():
 def test_xoauth2_error_dance():
     """'+ <json>' → empty line → NO: token_rejected, server words, no token in the message."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     sent(transport)
     client.dataReceived(b"+ " + GOOGLE_ERROR + b"\r\n")
     assert sent(transport) == [b""]
@@ -187,7 +188,7 @@ def test_xoauth2_error_dance():
 def test_xoauth2_json_401_alone_means_token_rejected():
     """A 401 error challenge marks the token rejected even with a plain NO."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     client.dataReceived(b"+ " + GOOGLE_ERROR + b"\r\n")
     client.dataReceived(b"0001 NO Authentication failed.\r\n")
     err = failure(d, IMAPAuthenticationError).value
@@ -197,7 +198,7 @@ def test_xoauth2_json_401_alone_means_token_rejected():
 def test_oauthbearer_error_dance():
     """OAUTHBEARER answers the error continuation with AQ== and reports invalid_token."""
     client, transport = connect()
-    d = client.authenticateOAuth("OAUTHBEARER", USER, TOKEN)
+    d = client.authenticate("OAUTHBEARER", USER, TOKEN)
     assert sent(transport) == [
         b"0001 AUTHENTICATE OAUTHBEARER " + sasl.oauthbearerInitialResponseB64(USER, TOKEN)
     ]
@@ -213,7 +214,7 @@ def test_oauthbearer_error_dance():
 def test_unavailable_is_temporary():
     """NO [UNAVAILABLE] (Dovecot: token endpoint down) is temporary, not a rejected token."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     client.dataReceived(b"0001 NO [UNAVAILABLE] Temporary authentication failure. [host:1]\r\n")
     err = failure(d, IMAPAuthenticationError).value
     assert err.temporary is True
@@ -224,7 +225,7 @@ def test_unavailable_is_temporary():
 def test_plain_microsoft_failure():
     """A plain 'NO AUTHENTICATE failed.' is neither temporary nor flagged as a token issue."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     client.dataReceived(b"0001 NO AUTHENTICATE failed.\r\n")
     err = failure(d, IMAPAuthenticationError).value
     assert (err.temporary, err.token_rejected, err.server_error) == (False, False, None)
@@ -234,7 +235,7 @@ def test_plain_microsoft_failure():
 def test_server_echoing_token_is_scrubbed():
     """Even if a server echoed the token, the exception message does not contain it."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     b64 = sasl.xoauth2InitialResponseB64(USER, TOKEN)
     client.dataReceived(b"0001 BAD bad input " + TOKEN.encode() + b" " + b64 + b"\r\n")
     err = failure(d, IMAPAuthenticationError).value
@@ -245,7 +246,7 @@ def test_server_echoing_token_is_scrubbed():
 def test_third_continuation_cancels():
     """A continuation after the error response is answered with '*' (cancel)."""
     client, transport = connect()
-    client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    client.authenticate("XOAUTH2", USER, TOKEN)
     sent(transport)
     client.dataReceived(b"+ " + GOOGLE_ERROR + b"\r\n")
     client.dataReceived(b"+ " + GOOGLE_ERROR + b"\r\n")
@@ -255,7 +256,7 @@ def test_third_continuation_cancels():
 def test_refuses_cleartext_transport():
     """Without TLS nothing is sent and the Deferred fails with a clear error."""
     client, transport = connect(transport=StringTransport())
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     err = failure(d, CleartextAuthenticationRefused).value
     assert "TLS" in str(err)
     assert transport.value() == b""
@@ -264,24 +265,24 @@ def test_refuses_cleartext_transport():
 def test_allow_cleartext_for_tests():
     """allow_cleartext=True lets authentication run on a plain transport."""
     client, transport = connect(transport=StringTransport(), allow_cleartext=True)
-    client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    client.authenticate("XOAUTH2", USER, TOKEN)
     assert sent(transport)[0].startswith(b"0001 AUTHENTICATE XOAUTH2 ")
 
 
 def test_starttls_then_authenticate():
     """After STARTTLS the transport is TLS and authentication proceeds."""
-    client = OAuthIMAP4Client(contextFactory=object())
+    client = IMAPClientProtocol(contextFactory=object())
     transport = StartTLSTransport()
     client.makeConnection(transport)
     client.dataReceived(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n")
-    failure(client.authenticateOAuth("XOAUTH2", USER, TOKEN), CleartextAuthenticationRefused)
+    failure(client.authenticate("XOAUTH2", USER, TOKEN), CleartextAuthenticationRefused)
     tls = client.startTLS()
     assert sent(transport) == [b"0001 STARTTLS"]
     client.dataReceived(b"0001 OK Begin TLS\r\n")
     assert sent(transport) == [b"0002 CAPABILITY"]
     client.dataReceived(b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\n0002 OK done\r\n")
     result(tls)
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     assert sent(transport)[0].startswith(b"0003 AUTHENTICATE XOAUTH2 ")
     notFired(d)
 
@@ -289,15 +290,15 @@ def test_starttls_then_authenticate():
 def test_mechanism_not_offered():
     """A mechanism missing from AUTH= fails without sending the token."""
     client, transport = connect(caps=b"IMAP4rev1 AUTH=PLAIN")
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
-    failure(d, NoSupportedAuthentication)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
+    failure(d, MechanismNotOffered)
     assert transport.value() == b""
 
 
 def test_invalid_token_value_fails_without_leaking():
     """A token with a control character fails with ValueError before anything is sent."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, "SECRETTOKEN\x01")
+    d = client.authenticate("XOAUTH2", USER, "SECRETTOKEN\x01")
     err = failure(d, ValueError).value
     assert "SECRETTOKEN" not in str(err)
     assert transport.value() == b""
@@ -306,22 +307,24 @@ def test_invalid_token_value_fails_without_leaking():
 def test_unknown_mechanism_fails():
     """Only XOAUTH2 and OAUTHBEARER are accepted."""
     client, transport = connect()
-    failure(client.authenticateOAuth("PLAIN", USER, TOKEN), ValueError)
+    failure(client.authenticate("PLAIN", USER, TOKEN), ValueError)
 
 
 def test_pending_command_repr_hides_token():
     """The queued AUTHENTICATE command's repr never shows the response."""
     client, transport = connect()
-    client.authenticateOAuth("XOAUTH2", USER, TOKEN)
-    assert "SECRETTOKEN" not in repr(client.tags)
+    client.authenticate("XOAUTH2", USER, TOKEN)
+    pending = repr([client._current, *client._queue])
+    assert "AUTHENTICATE" in pending
+    assert "SECRETTOKEN" not in pending
     b64 = sasl.xoauth2InitialResponseB64(USER, TOKEN).decode()
-    assert b64[:40] not in repr(client.tags)
+    assert b64[:40] not in pending
 
 
 def test_bye_during_authentication():
     """A BYE then a closed connection fail the exchange with IMAPServerBye."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     client.dataReceived(b"* BYE Too many connections\r\n")
     client.connectionLost(Failure(ConnectionDone()))
     err = failure(d, IMAPServerBye).value
@@ -334,7 +337,7 @@ def test_bye_during_authentication():
 def authenticated(caps=b"IMAP4rev1 IDLE"):
     """A client that has authenticated (next tag 0003)."""
     client, transport = connect()
-    d = client.authenticateOAuth("XOAUTH2", USER, TOKEN)
+    d = client.authenticate("XOAUTH2", USER, TOKEN)
     sent(transport)
     client.dataReceived(b"0001 OK Logged in\r\n")
     finishCapabilities(client, transport, caps=caps)
@@ -406,21 +409,21 @@ def test_idle_rejected():
     client, transport = authenticated()
     d = client.idle(lambda event: None)
     client.dataReceived(b"0003 NO not now\r\n")
-    failure(d, IMAP4Exception)
+    failure(d, IMAPError)
     assert client._idle is None
 
 
 def test_idle_not_offered():
     """idle() fails at once when the server's capabilities lack IDLE."""
     client, transport = authenticated(caps=b"IMAP4rev1")
-    failure(client.idle(lambda event: None), IMAP4Exception)
+    failure(client.idle(lambda event: None), IMAPError)
     assert transport.value() == b""
 
 
 def test_done_when_not_idling():
     """done() without IDLE fails."""
     client, transport = authenticated()
-    failure(client.done(), IMAP4Exception)
+    failure(client.done(), IMAPError)
 
 
 def test_idle_callback_error_does_not_break_protocol():
@@ -442,7 +445,7 @@ def test_idle_callback_error_does_not_break_protocol():
 def test_no_line_break_in_any_sent_line(mechanism):
     """Every line sent during a long-token exchange is a single CRLF-terminated line."""
     client, transport = connect(caps=b"IMAP4rev1 AUTH=XOAUTH2 AUTH=OAUTHBEARER")
-    client.authenticateOAuth(mechanism, USER, "t" * 4000)
+    client.authenticate(mechanism, USER, "t" * 4000)
     client.dataReceived(b"+\r\n")
     lines = sent(transport)
     assert len(lines) == 2

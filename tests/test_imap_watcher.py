@@ -1,4 +1,6 @@
 """Tests for oauthmail.imap.watcher: the folder state machine against an in-memory IMAP fake."""
+# The fake session below stands in for oauthmail.imap.session.IMAPSession behind
+# IIMAPSession; tests/test_imap_hostile.py runs the real one against real sockets.
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from dataclasses import replace
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
-from twisted.mail.imap4 import IMAP4Exception
 from twisted.python.failure import Failure
 
 from oauthmail.config import (
@@ -18,9 +19,10 @@ from oauthmail.config import (
     ServerConfig,
     SinkConfig,
 )
-from oauthmail.imap.fetch import SelectInfo
+from oauthmail.imap.errors import IMAPAuthenticationError, IMAPCommandError, IMAPServerBye
+from oauthmail.imap.idle import IdleEvent
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED
-from oauthmail.imap.protocol import IdleEvent, IMAPAuthenticationError, IMAPServerBye
+from oauthmail.imap.session import SelectInfo
 from oauthmail.imap.watcher import AccountWatcher, FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
@@ -65,7 +67,7 @@ class FakeServer:
         self.valid = set()
         self.auths = []
         self.clients = []
-        self.caps = {b"IDLE": None, b"MOVE": None, b"UIDPLUS": None}
+        self.caps = {b"IDLE", b"MOVE", b"UIDPLUS"}
         self.failDispose = False
 
     def add(self, body: bytes, folder="INBOX") -> int:
@@ -86,7 +88,7 @@ class FakeServer:
             self.flags[self.nextUID] = self.flags.pop(uid, set())
             self.nextUID += 1
 
-    def connect(self, reactor, server, timeout):
+    def connect(self, reactor, server, timeout, **kw):
         client = FakeClient(self)
         self.clients.append(client)
         return defer.succeed(client)
@@ -125,15 +127,30 @@ class FakeIdle:
 
 
 class FakeClient:
+    """An in-memory IIMAPSession over a FakeServer."""
+
     def __init__(self, server: FakeServer):
         self.server = server
         self.transport = FakeTransport(self)
         self.lost = defer.Deferred()
         self.existsSeen = 0
         self.byeText = None
+        self.lastAlert = None
+        self.capabilities = None
         self.session = None
         self.connected = True
         self.selected = None
+        self.sizeOverride = {}  # uid -> RFC822.SIZE to report instead of the real one
+
+    def whenLost(self):
+        d = defer.Deferred()
+        self.lost.addCallback(lambda reason: d.callback(reason) or reason)
+        return d
+
+    def close(self):
+        self.transport.loseConnection()
+
+    abort = close
 
     def notifyExists(self):
         self.existsSeen += 1
@@ -147,7 +164,7 @@ class FakeClient:
         self.server.clients.remove(self)
         if self.session is not None:
             self.session.finish(Failure(reason))
-        self.lost.callback(None)
+        self.lost.callback(reason)
 
     def bye(self, text):
         self.byeText = text
@@ -157,15 +174,16 @@ class FakeClient:
         if not self.connected:
             raise ConnectionLost("gone")
 
-    def authenticateOAuth(self, mech, user, token, host, port):
+    def authenticate(self, mech, user, token, host=None, port=None, providerKind="generic"):
         value = token.reveal()
         self.server.auths.append(value)
         if value not in self.server.valid:
             return defer.fail(IMAPAuthenticationError("AUTHENTICATIONFAILED", token_rejected=True))
         return defer.succeed({})
 
-    def getCapabilities(self, useCache=True):
-        return defer.succeed(dict(self.server.caps))
+    def capability(self):
+        self.capabilities = frozenset(self.server.caps)
+        return defer.succeed(self.capabilities)
 
     def selectFolder(self, name):
         self.selected = name
@@ -175,6 +193,13 @@ class FakeClient:
     def uidSearchFrom(self, first):
         self._check()
         return defer.succeed(sorted(u for u in self.server.folders[self.selected] if u >= first))
+
+    def fetchSizes(self, uids):
+        self._check()
+        box = self.server.folders[self.selected]
+        return defer.succeed(
+            {u: self.sizeOverride.get(u, len(box[u])) for u in sorted(uids) if u in box}
+        )
 
     def fetchMessages(self, uids):
         self._check()
@@ -487,7 +512,7 @@ def test_imap_error_in_round_reconnects():
     def failing(self, first):
         calls.append(first)
         if len(calls) == 1:
-            return defer.fail(IMAP4Exception(b"NO busy"))
+            return defer.fail(IMAPCommandError("UID SEARCH", "NO", "busy"))
         return client_search(self, first)
 
     FakeClient.uidSearchFrom = failing
@@ -601,19 +626,65 @@ def test_handed_batch_after_a_crash_is_not_delivered_again():
     watcher.stop()
 
 
-def test_a_body_missing_from_fetch_is_reported():
-    """A UID the server returns no body for is named in the error, not skipped silently."""
+def test_a_body_missing_from_fetch_is_fetched_again_then_left_on_the_server():
+    """A UID answered without a body is fetched again next round; after 3 empty answers it
+    is reported once, recorded and left on the server, and never blocks the others."""
     watcher, server, tokens, ledger, sink, clock = setup()
     server.add(b"one")
+    server.add(b"two")
+    fetched = []
     original = FakeClient.fetchMessages
 
-    def dropFirst(self, uids):
-        return original(self, uids).addCallback(lambda messages: messages[1:])
+    def withoutUID1(self, uids):
+        fetched.append(list(uids))
+        return original(self, uids).addCallback(lambda ms: [m for m in ms if m[0] != 1])
 
-    FakeClient.fetchMessages = dropFirst
+    FakeClient.fetchMessages = withoutUID1
     try:
         watcher.start()
-        assert "no body for UID(s) 1" in watcher.lastError
+        assert sink.messages == [b"two"]  # the others are not held back
+        assert watcher.lastError is None  # not reported yet: it may come next time
+        assert ledger.folders[("alice", "INBOX")] == (1, 0)  # the bound waits below UID 1
+        clock.advance(5.0)  # the next round comes by itself, without new mail
+        assert fetched[-1] == [1]
+        assert watcher.lastError is None
+        clock.advance(10.0)
+        assert fetched[-1] == [1]
+        assert "no body for UID(s) 1 3 times; left on the server" in watcher.lastError
+        assert ledger.rows[("alice", "INBOX", 1, 1)] == (None, FAILED_PERMANENT)
+        assert 1 not in server.flags  # left untouched for a person to look at
+        assert watcher.status()["unfetchable"] == [1]
+        count = len(fetched)
+        server.add(b"three")
+        assert sink.messages == [b"two", b"three"]
+        assert [1] not in fetched[count:]  # never fetched again
+    finally:
+        FakeClient.fetchMessages = original
+        watcher.stop()
+
+
+def test_a_body_that_comes_back_resets_the_count():
+    """Two empty answers, then the body: delivered, nothing reported."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"one")
+    empty = [2]
+    original = FakeClient.fetchMessages
+
+    def flaky(self, uids):
+        if empty[0]:
+            empty[0] -= 1
+            return defer.succeed([])
+        return original(self, uids)
+
+    FakeClient.fetchMessages = flaky
+    try:
+        watcher.start()
+        clock.advance(5.0)
+        assert sink.messages == []
+        clock.advance(10.0)
+        assert sink.messages == [b"one"]
+        assert watcher.lastError is None
+        assert server.flags[1] == {b"\\Seen"}
     finally:
         FakeClient.fetchMessages = original
         watcher.stop()

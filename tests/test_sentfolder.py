@@ -1,6 +1,6 @@
 """Tests for oauthmail.imap.sentfolder: finding queued mail in the Sent folder over IMAP.
 
-The client under test is the real :class:`WatcherIMAP4Client` on a
+The client under test is the real :class:`IMAPSession` on a
 StringTransport; a small scripted server answers each command line, so every
 command that goes out is the one a real server would see.
 """
@@ -26,8 +26,8 @@ from oauthmail.config import (
     ProfileConfig,
     ServerConfig,
 )
-from oauthmail.imap.fetch import WatcherIMAP4Client
 from oauthmail.imap.sentfolder import IMAPSentFolder, findSentMailbox
+from oauthmail.imap.session import IMAPSession
 from oauthmail.interfaces import ISentFolder
 from oauthmail.mail.trace import SentCheckError, SentProbe, stamp
 from oauthmail.secret import Secret
@@ -85,15 +85,14 @@ class FakeServer:
         self.commands: list[bytes] = []
         self.silentOn: bytes | None = None  # a command word the server never answers
         self.answers: dict[bytes, bytes] = {}  # command word -> forced tagged answer
-        self.client: WatcherIMAP4Client | None = None
+        self.client: IMAPSession | None = None
         self.transport: StringTransport | None = None
         self.literal: tuple[bytes, bytes] | None = None
         self.lost = False
 
-    def connect(self, reactor, server, timeout):
+    def connect(self, reactor, server, timeout, **kw):
         """The ``connect`` seam: a greeted client on a 'TLS' StringTransport."""
-        client = WatcherIMAP4Client()
-        client.clock = reactor
+        client = IMAPSession(clock=reactor)
         transport = StringTransport()
         directlyProvides(transport, ISSLTransport)
         client.makeConnection(transport)

@@ -1,436 +1,519 @@
-"""The IMAP client protocol: OAuth 2.0 authentication and IDLE on top of Twisted's client.
+"""The IMAP4rev1 client protocol, owned end to end on Twisted's public ``Protocol`` API.
 
-Twisted's ``IMAP4Client.authenticate`` base64-encodes SASL responses with
-``encodebytes``, which breaks every real XOAUTH2/OAUTHBEARER response into two
-lines, and real servers (Dovecot, Gmail) then reject the token. It also cannot tell
-"the token was refused, refresh it" from "the token endpoint behind the server is
-down". :class:`OAuthIMAP4Client` drives the whole ``AUTHENTICATE`` exchange itself
-(one line, SASL-IR when offered), answers the error continuation correctly, and
-fails with a typed :class:`IMAPAuthenticationError` a watcher can act on.
+:class:`IMAPClientProtocol` frames the server's bytes with a bounded
+:class:`~oauthmail.imap.wire.ResponseReader`, allocates tags, runs one
+command at a time (later ones wait in a queue), and routes every response:
 
-It also adds IDLE (RFC 2177), which the stock client lacks, and turns an untagged
-``BYE`` (``Session invalidated - AccessTokenExpired``) into :class:`IMAPServerBye`
-so a watcher knows to reconnect with a fresh token.
+* tagged ``OK``/``NO``/``BAD`` end the command in flight (``NO``/``BAD`` fail
+  it with :class:`~oauthmail.imap.errors.IMAPCommandError`);
+* ``+`` goes to the command that asked for it (SASL, IDLE, a literal argument);
+* untagged responses are either collected by the command that wants them
+  (``SEARCH``, ``LIST``, ``FETCH``: counted and capped per command) or handled
+  here silently: ``EXISTS``/``EXPUNGE`` (counted, passed to IDLE or
+  ``onUntagged``), ``CAPABILITY``, response codes (``[COPYUID ...]``,
+  ``[UIDNEXT ...]``, ``[ALERT]`` kept as ``lastAlert``), ``BYE`` (ends the
+  session with its text), and whatever else a server volunteers.
+
+It also runs CAPABILITY (asked again after STARTTLS and after
+authentication), STARTTLS (``transport.startTLS``; bytes sent in clear after
+the server's OK end the session), OAuth ``AUTHENTICATE`` (:mod:`.auth`),
+IDLE (:mod:`.idle`), NOOP and LOGOUT. The mailbox commands live in
+:class:`~oauthmail.imap.session.IMAPSession`.
+
+Rules a reader must not break:
+
+* a broken rule of the protocol or of a bound ends the session with ONE
+  :class:`~oauthmail.imap.errors.IMAPProtocolError` that every pending command
+  (and :meth:`whenLost`) fails with; nothing here logs it;
+* no token leaves this module in any text (the AUTHENTICATE command's ``repr``
+  hides its argument);
+* a command waits at most ``commandTimeout`` seconds without hearing from the
+  server (IDLE excepted), then the connection is dropped.
 """
 
 from __future__ import annotations
 
 import base64
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ISSLTransport
-from twisted.logger import Logger
-from twisted.mail.imap4 import (
-    Command,
-    IMAP4Client,
-    IMAP4Exception,
-    NoSupportedAuthentication,
-)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from oauthmail import sasl
-from oauthmail.secret import plain, scrub
+from oauthmail.imap.auth import AuthExchange, refusalError
+from oauthmail.imap.command import Command, CommandResult
+from oauthmail.imap.errors import (
+    CleartextAuthenticationRefused,
+    IMAPCommandError,
+    IMAPError,
+    IMAPProtocolError,
+    IMAPServerBye,
+    IMAPTimeoutError,
+    MechanismNotOffered,
+)
+from oauthmail.imap.idle import IdleEvent, IdleSession
+from oauthmail.imap.limits import IMAPLimits
+from oauthmail.imap.parse import ResponseCode, splitResponseCode
+from oauthmail.imap.wire import ResponseReader
+from oauthmail.secret import plain
+from oauthmail.text import cleanText
 
-__all__ = [
-    "CleartextAuthenticationRefused",
-    "IMAPAuthenticationError",
-    "IMAPServerBye",
-    "IdleEvent",
-    "IdleSession",
-    "OAuthIMAP4Client",
-]
+__all__ = ["Command", "CommandResult", "IMAPClientProtocol"]
 
-_log = Logger()
+#: Response codes kept per command (a server could send thousands of ``* OK [X]``).
+_MAX_CODES = 64
+_STATUS = (b"OK", b"NO", b"BAD")
 
 
-class IMAPAuthenticationError(IMAP4Exception):
-    """The server refused an OAuth ``AUTHENTICATE``.
+class IMAPClientProtocol(Protocol):
+    """The client side of one IMAP connection; see the module docstring.
 
-    ``token_rejected``: the token itself was refused (a 400/401/``invalid_token``
-    error challenge or ``[AUTHENTICATIONFAILED]``): refresh it once and retry.
-    ``temporary``: the server could not check the token right now (``[UNAVAILABLE]``,
-    e.g. Dovecot's token endpoint is down): retry later, keep the token.
-    ``server_error``: the parsed error challenge, if the server sent one.
-    The message quotes the server, never the token.
+    ``contextFactory`` is the TLS client options for STARTTLS;
+    ``allow_cleartext=True`` lets authentication run without TLS (tests only);
+    ``limits`` bounds what the server can make us hold; ``clock`` runs the
+    command deadlines (none without one).
     """
+
+    #: Seconds a command may go without hearing from the server; 0 turns it off.
+    commandTimeout = 120.0
 
     def __init__(
         self,
-        message: str,
-        server_error: dict[str, Any] | None = None,
-        token_rejected: bool = False,
-        temporary: bool = False,
+        contextFactory: Any = None,
+        allow_cleartext: bool = False,
+        limits: IMAPLimits | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.server_error = server_error
-        self.token_rejected = token_rejected
-        self.temporary = temporary
+        self.contextFactory = contextFactory
+        self.allow_cleartext = allow_cleartext
+        self.limits = limits or IMAPLimits()
+        self.clock = clock
+        self.reader = ResponseReader(
+            self._response, self.limits.maxLine, self.limits.maxSmallLiteral
+        )
+        #: Upper-case capability atoms (``b"IDLE"``, ``b"AUTH=XOAUTH2"``), None if unknown.
+        self.capabilities: frozenset[bytes] | None = None
+        #: The text of the last untagged ``BYE`` (None if none came).
+        self.byeText: str | None = None
+        #: The last ``[ALERT]`` text (RFC 3501 says a person should see it).
+        self.lastAlert: str | None = None
+        #: ``EXISTS`` responses seen on this connection, and the last number announced.
+        self.existsSeen = 0
+        self.exists = 0
+        #: Called with an IdleEvent for untagged EXISTS/EXPUNGE outside IDLE.
+        self.onUntagged: Callable[[IdleEvent], object] | None = None
+        self._greeted = False
+        self._greetingObservers: list[defer.Deferred[frozenset[bytes] | None]] = []
+        self._lostObservers: list[defer.Deferred[BaseException]] = []
+        self._lostReason: BaseException | None = None
+        self._ended: IMAPError | None = None
+        self._queue: deque[Command] = deque()
+        self._current: Command | None = None
+        self._nextTag = 1
+        self._idle: IdleSession | None = None
+        self._timer: IDelayedCall | None = None
+        self._activity = 0.0
 
-    def __str__(self) -> str:
-        return self.message
+    # -- connection life ------------------------------------------------------------
 
-
-class CleartextAuthenticationRefused(IMAP4Exception):
-    """Authentication was asked for on a connection that is not protected by TLS."""
-
-
-class IMAPServerBye(IMAP4Exception):
-    """The server said ``BYE`` and closed the connection.
-
-    ``token_expired`` is True for Exchange Online's
-    ``Session invalidated - AccessTokenExpired``: reconnect with a fresh token.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-        self.token_expired = "accesstokenexpired" in text.replace(" ", "").lower()
-
-    def __str__(self) -> str:
-        return f"server said BYE: {self.text}"
-
-
-@dataclass(frozen=True)
-class IdleEvent:
-    """One untagged response seen while idling.
-
-    ``kind`` is ``"EXISTS"``, ``"EXPUNGE"`` (with ``number``) or ``"BYE"`` (with
-    ``text``).
-    """
-
-    kind: str
-    number: int | None = None
-    text: str = ""
-
-
-class _OAuthCommand(Command):
-    """An ``AUTHENTICATE`` command whose ``repr`` hides the initial response."""
-
-    def __repr__(self) -> str:
-        return f"<imap4.Command {self.command!r} <secret>>"
-
-
-def _words(line: bytes | str) -> str:
-    if isinstance(line, bytes):
-        return line.decode("utf-8", "replace")
-    return str(line)
-
-
-def _parseIdleEvent(rest: bytes) -> IdleEvent | None:
-    """An :class:`IdleEvent` from an untagged response (without ``* ``), or None."""
-    parts = rest.split(None, 2)
-    if not parts:
-        return None
-    if parts[0].upper() == b"BYE":
-        return IdleEvent("BYE", text=_words(rest[3:].strip()))
-    if len(parts) >= 2 and parts[0].isdigit():
-        kind = parts[1].upper()
-        if kind in (b"EXISTS", b"EXPUNGE"):
-            return IdleEvent(kind.decode("ascii"), number=int(parts[0]))
-    return None
-
-
-class _AuthExchange:
-    """The client side of one ``AUTHENTICATE`` exchange (its continuation handler)."""
-
-    def __init__(
-        self, client: OAuthIMAP4Client, mechanism: bytes, response: bytes, sentInitial: bool
-    ) -> None:
-        self.client = client
-        self.mechanism = mechanism
-        self.response = response
-        self.sentInitial = sentInitial
-        self.answeredError = False
-        self.serverError: dict[str, Any] | None = None
-
-    def continuation(self, rest: bytes) -> None:
-        """Answer one ``+`` line: initial response, error response, then cancel."""
-        if not self.sentInitial:
-            self.sentInitial = True
-            self.client.sendLine(self.response)
-        elif not self.answeredError:
-            self.answeredError = True
-            self.serverError = sasl.parseErrorChallenge(rest)
-            self.client.sendLine(base64.b64encode(sasl.errorResponse(self.mechanism)))
-        else:
-            # A third round is not part of either mechanism: cancel (RFC 3501 6.2.2).
-            self.client.sendLine(b"*")
-
-
-class IdleSession:
-    """One IDLE command in progress; obtained from :meth:`OAuthIMAP4Client.idle`."""
-
-    def __init__(self, client: OAuthIMAP4Client, onEvent: Callable[[IdleEvent], object]) -> None:
-        self.client = client
-        self.onEvent = onEvent
-        self.command: Command | None = None
-        self.started = False
-        self.doneSent = False
-        self.doneRequested = False
-        self.ended = False
-        self._startD: defer.Deferred[IdleSession] = defer.Deferred()
-        self._endResult: Any = None
-        self._observers: list[defer.Deferred[None]] = []
-
-    def whenEnded(self) -> defer.Deferred[None]:
-        """Fire (with None) when the tagged OK ends IDLE; fail if it ends any other way.
-
-        Failures: :class:`IMAPServerBye` (reconnect), ``ConnectionLost``, or an
-        ``IMAP4Exception`` for a ``NO``/``BAD``.
-        """
-        d: defer.Deferred[None] = defer.Deferred()
-        if self.ended:
-            self._fire(d)
-        else:
-            self._observers.append(d)
+    def whenGreeted(self) -> defer.Deferred[frozenset[bytes] | None]:
+        """Fire with the greeting's capabilities (None when it listed none)."""
+        if self._greeted:
+            return defer.succeed(self.capabilities)
+        if self._lostReason is not None or self._ended is not None:
+            return defer.fail(self._ended or self._lostReason)
+        d: defer.Deferred[frozenset[bytes] | None] = defer.Deferred()
+        self._greetingObservers.append(d)
         return d
 
-    def done(self) -> defer.Deferred[None]:
-        """Send ``DONE`` (as soon as the server's ``+`` came) and wait for the tagged OK."""
-        if not self.ended:
-            if self.started:
-                self._sendDone()
-            else:
-                self.doneRequested = True
-        return self.whenEnded()
+    def whenLost(self) -> defer.Deferred[BaseException]:
+        """Fire, once the connection is gone, with why: BYE, a violation, or the TCP reason."""
+        if self._lostReason is not None:
+            return defer.succeed(self._lostReason)
+        d: defer.Deferred[BaseException] = defer.Deferred()
+        self._lostObservers.append(d)
+        return d
 
-    def _sendDone(self) -> None:
-        if not self.doneSent:
-            self.doneSent = True
-            self.client.sendLine(b"DONE")
+    def close(self) -> None:
+        """Close politely (after what was written); no deadline runs any more."""
+        self._stopTimer()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
-    def _fire(self, d: defer.Deferred[None]) -> None:
-        if isinstance(self._endResult, Failure):
-            d.errback(self._endResult)
-        else:
-            d.callback(None)
+    def abort(self) -> None:
+        """Drop the connection now."""
+        self._stopTimer()
+        if self.transport is not None:
+            self.transport.abortConnection()
 
-    def _continuation(self, rest: bytes) -> None:
-        if self.started:
+    def _stopTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._ended is not None:
             return
-        self.started = True
-        if self.doneRequested:
-            self._sendDone()
-        self._startD.callback(self)
-
-    def _event(self, event: IdleEvent) -> None:
+        if self._current is not None and self.clock is not None:
+            self._activity = self.clock.seconds()
         try:
-            self.onEvent(event)
-        except Exception:
-            _log.failure("IDLE event handler failed for {kind}", kind=event.kind)
+            self.reader.feed(data)
+        except IMAPProtocolError as e:
+            self._endSession(self._attribute(e))
 
-    def _finished(self, result: Any) -> None:
-        self.ended = True
-        if self.client._idle is self:
-            self.client._idle = None
-        self._endResult = result if isinstance(result, Failure) else None
-        if not self.started:
-            self.started = True
-            if isinstance(result, Failure):
-                self._startD.errback(result)
-                return
-            self._startD.callback(self)
-        observers, self._observers = self._observers, []
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopTimer()
+        error: BaseException
+        if self._ended is not None:
+            error = self._ended
+        elif self.byeText is not None:
+            error = IMAPServerBye(self.byeText)
+        else:
+            error = reason.value
+        self._lostReason = error
+        failure = reason if error is reason.value else Failure(error)
+        self._failAll(failure)
+        observers, self._lostObservers = self._lostObservers, []
         for d in observers:
-            self._fire(d)
+            d.callback(error)
 
+    def _endSession(self, error: IMAPError) -> None:
+        """A broken rule or a deadline: fail everything with ``error``, drop the connection."""
+        if self._ended is not None:
+            return
+        self._ended = error
+        self._failAll(Failure(error))
+        self.abort()
 
-class OAuthIMAP4Client(IMAP4Client):
-    """``IMAP4Client`` with OAuth 2.0 ``AUTHENTICATE``, IDLE and ``BYE`` reporting.
+    def _failAll(self, failure: Failure) -> None:
+        observers, self._greetingObservers = self._greetingObservers, []
+        for d in observers:
+            d.errback(failure)
+        pending = [self._current] if self._current is not None else []
+        pending.extend(self._queue)
+        self._current = None
+        self._queue.clear()
+        for cmd in pending:
+            cmd.deferred.errback(failure)
 
-    ``allow_cleartext=True`` lets authentication run on a transport without TLS;
-    only tests should set it.
-    """
+    def _attribute(self, error: IMAPProtocolError) -> IMAPProtocolError:
+        """Hook: name the message a refused literal belonged to (the session knows how)."""
+        return error
 
-    def __init__(self, contextFactory: Any = None, allow_cleartext: bool = False) -> None:
-        super().__init__(contextFactory)
-        self.allow_cleartext = allow_cleartext
-        #: The text of the last untagged ``BYE`` (``None`` if none came).
-        self.byeText: str | None = None
-        self._idle: IdleSession | None = None
+    # -- commands -----------------------------------------------------------------------
 
-    # -- authentication -------------------------------------------------------
+    def execute(self, command: Command) -> defer.Deferred[CommandResult]:
+        """Send ``command`` now, or after the commands before it; fire with its result."""
+        if self._ended is not None or self._lostReason is not None:
+            return defer.fail(self._ended or self._lostReason)
+        if self._current is None and self._greeted:
+            self._send(command)
+        else:
+            self._queue.append(command)
+        return command.deferred
 
-    def _refuseCleartext(self) -> Failure | None:
-        if self.allow_cleartext or ISSLTransport.providedBy(self.transport):
-            return None
-        return Failure(
-            CleartextAuthenticationRefused(
-                "refusing to send an OAuth token over a connection without TLS "
-                "(use implicit TLS or STARTTLS first)"
+    def _send(self, cmd: Command) -> None:
+        cmd.tag = b"%04d" % self._nextTag
+        self._nextTag += 1
+        self._current = cmd
+        limits = self.limits
+        self.reader.maxLine = cmd.maxLine or limits.maxLine
+        self.reader.maxLiteral = cmd.maxLiteral or limits.maxSmallLiteral
+        line = cmd.tag + b" " + cmd.name + (b" " + cmd.args if cmd.args else b"") + b"\r\n"
+        self.transport.write(line)
+        if cmd.deadline and self.commandTimeout > 0 and self.clock is not None:
+            self._activity = self.clock.seconds()
+            if self._timer is None or not self._timer.active():
+                self._timer = self.clock.callLater(self.commandTimeout, self._checkDeadline)
+
+    def _next(self) -> None:
+        self._current = None
+        self.reader.maxLine = self.limits.maxLine
+        self.reader.maxLiteral = self.limits.maxSmallLiteral
+        if self._queue and self._ended is None:
+            self._send(self._queue.popleft())
+
+    def _checkDeadline(self) -> None:
+        self._timer = None
+        cmd = self._current
+        if cmd is None or not cmd.deadline or self.clock is None or self._ended is not None:
+            return
+        quiet = self.clock.seconds() - self._activity
+        if quiet < self.commandTimeout:
+            self._timer = self.clock.callLater(self.commandTimeout - quiet, self._checkDeadline)
+            return
+        self._endSession(
+            IMAPTimeoutError(
+                f"the IMAP server did not answer {cmd.title} within {self.commandTimeout:g} s"
             )
         )
 
-    def authenticateOAuth(
+    def sendLine(self, line: bytes) -> None:
+        """Write one line (an answer to ``+``); CRLF is added."""
+        if self.transport is not None:
+            self.transport.write(line + b"\r\n")
+
+    # -- responses ----------------------------------------------------------------------
+
+    def _response(self, texts: list[bytes], literals: list[bytes]) -> None:
+        first = texts[0]
+        try:
+            if first[:2] == b"* ":
+                self._untagged(first, texts, literals)
+            elif first[:1] == b"+":
+                self._continuation(first)
+            elif not self._greeted:
+                raise IMAPProtocolError("the server did not start with a greeting")
+            else:
+                self._tagged(first, literals)
+        except ValueError as e:
+            raise IMAPProtocolError(f"the server sent a malformed response: {e}") from None
+
+    def _tagged(self, first: bytes, literals: list[bytes]) -> None:
+        cmd = self._current
+        tag, _, rest = first.partition(b" ")
+        if cmd is None or tag != cmd.tag:
+            raise IMAPProtocolError("the server sent a line that answers no command of ours")
+        status, _, text = rest.partition(b" ")
+        status = status.upper()
+        if status not in _STATUS or literals:
+            raise IMAPProtocolError(f"the server answered {cmd.title} with neither OK, NO nor BAD")
+        code, _ = splitResponseCode(text)
+        if code is not None:
+            self._code(code, cmd)
+        if status == b"OK":
+            cmd.result.text = text
+            if cmd.onOK is not None:
+                cmd.onOK()
+            self._next()
+            cmd.deferred.callback(cmd.result)
+            return
+        self._next()
+        words = cleanText(text)
+        cmd.deferred.errback(
+            IMAPCommandError(
+                cmd.title, status.decode(), words, code.name if code else None, raw=text
+            )
+        )
+
+    def _continuation(self, first: bytes) -> None:
+        cmd = self._current
+        if cmd is None or cmd.continuation is None:
+            raise IMAPProtocolError("the server sent a continuation request nobody asked for")
+        cmd.continuation(first[2:] if first[1:2] == b" " else first[1:])
+
+    def _untagged(self, first: bytes, texts: list[bytes], literals: list[bytes]) -> None:
+        if not self._greeted and self._current is None:
+            if first[2:].split(b" ", 1)[0].upper() not in (b"OK", b"PREAUTH", b"BYE"):
+                raise IMAPProtocolError("the server did not start with a greeting")
+        rest = first[2:]
+        word, _, after = rest.partition(b" ")
+        if word.isdigit():
+            kind, _, _ = after.partition(b" ")
+            kind = kind.upper()
+            if kind == b"FETCH":
+                self._collect(kind, texts, literals)
+            elif kind in (b"EXISTS", b"EXPUNGE"):
+                self._numberEvent(kind, int(word) if len(word) < 12 else 0)
+            return  # RECENT and unknown numbered responses: nothing to do
+        kind = word.upper()
+        if kind in (b"OK", b"NO", b"BAD", b"PREAUTH", b"BYE"):
+            self._status(kind, after)
+        elif kind == b"CAPABILITY":
+            self.capabilities = frozenset(a.upper() for a in after.split())
+        elif kind in (b"SEARCH", b"LIST", b"ESEARCH"):
+            self._collect(kind, texts, literals)
+        # FLAGS, ENABLED, ID, NAMESPACE, STATUS...: nothing oauthmail needs.
+
+    def _collect(self, kind: bytes, texts: list[bytes], literals: list[bytes]) -> None:
+        cmd = self._current
+        if cmd is None or kind not in cmd.wants or cmd.collect is None:
+            return  # unsolicited (a flag change): dropped, it holds nothing
+        cmd.count += 1
+        cmd.bytes += sum(map(len, texts)) + sum(map(len, literals))
+        limits = self.limits
+        if cmd.count > limits.maxUntagged:
+            raise IMAPProtocolError(f"more than {limits.maxUntagged} responses to one {cmd.title}")
+        maxBytes = cmd.maxBytes or limits.maxCollectedBytes
+        if cmd.bytes > maxBytes:
+            raise IMAPProtocolError(f"more than {maxBytes} bytes of responses to one {cmd.title}")
+        cmd.collect(kind, texts, literals)
+
+    def _numberEvent(self, kind: bytes, number: int) -> None:
+        if kind == b"EXISTS":
+            self.existsSeen += 1
+            self.exists = number
+        event = IdleEvent(kind.decode("ascii"), number=number)
+        if self._idle is not None:
+            self._idle.event(event)
+        elif self.onUntagged is not None:
+            try:
+                self.onUntagged(event)
+            except Exception:  # noqa: S110 - a listener's bug must not break the protocol
+                pass
+
+    def _status(self, kind: bytes, after: bytes) -> None:
+        code, text = splitResponseCode(after)
+        if code is not None:
+            self._code(code, self._current)
+        if not self._greeted and kind != b"BYE":
+            self._greeted = True
+            observers, self._greetingObservers = self._greetingObservers, []
+            for d in observers:
+                d.callback(self.capabilities)
+            if self._queue and self._current is None and self._ended is None:
+                self._send(self._queue.popleft())
+            return
+        if kind == b"BYE":
+            self.byeText = cleanText(text) or "(no text)"
+            if self._idle is not None:
+                self._idle.event(IdleEvent("BYE", text=self.byeText))
+            current = self._current
+            if current is None or current.name != b"LOGOUT":
+                self.close()
+
+    def _code(self, code: ResponseCode, cmd: Command | None) -> None:
+        if code.name == "CAPABILITY":
+            self.capabilities = frozenset(a.upper() for a in code.args.split())
+        elif code.name == "ALERT":
+            self.lastAlert = cleanText(code.args) or None
+        if cmd is not None and len(cmd.result.codes) < _MAX_CODES:
+            cmd.result.codes.append(code)
+
+    # -- CAPABILITY, STARTTLS, NOOP, LOGOUT --------------------------------------------
+
+    def capability(self) -> defer.Deferred[frozenset[bytes]]:
+        """Ask CAPABILITY now (never from a cache); fire with the atoms, upper-cased."""
+        d = self.execute(Command(b"CAPABILITY"))
+
+        def known(_: CommandResult) -> frozenset[bytes]:
+            if self.capabilities is None:
+                self.capabilities = frozenset()
+            return self.capabilities
+
+        return d.addCallback(known)
+
+    def startTLS(self, contextFactory: Any = None) -> defer.Deferred[frozenset[bytes]]:
+        """STARTTLS, switch the transport to TLS, ask CAPABILITY again; fire with it."""
+        options = contextFactory if contextFactory is not None else self.contextFactory
+        if options is None:
+            return defer.fail(IMAPError("STARTTLS needs TLS client options"))
+        caps = self.capabilities
+        if caps is not None and b"STARTTLS" not in caps:
+            return defer.fail(IMAPError("the server does not offer STARTTLS"))
+
+        def switch() -> None:
+            self.reader.expectSilence = True
+            self.capabilities = None
+            self.transport.startTLS(options)
+
+        d = self.execute(Command(b"STARTTLS", onOK=switch))
+        return d.addCallback(lambda _: self.capability())
+
+    def noop(self) -> defer.Deferred[None]:
+        """NOOP: lets the server report news (EXISTS) and proves the link is alive."""
+        return self.execute(Command(b"NOOP")).addCallback(lambda _: None)
+
+    def logout(self) -> defer.Deferred[None]:
+        """LOGOUT; the connection is closed after the server's OK."""
+
+        def closed(_: object) -> None:
+            self.close()
+
+        return self.execute(Command(b"LOGOUT")).addCallback(closed)
+
+    # -- AUTHENTICATE -------------------------------------------------------------------
+
+    def _refuseCleartext(self) -> None:
+        if self.allow_cleartext or ISSLTransport.providedBy(self.transport):
+            return
+        raise CleartextAuthenticationRefused(
+            "refusing to send an OAuth token over a connection without TLS "
+            "(use implicit TLS or STARTTLS first)"
+        )
+
+    def authenticate(
         self,
         mechanism: str | bytes,
         user: str,
         token: sasl.TokenLike,
         host: str | None = None,
         port: int | None = None,
-    ) -> defer.Deferred[dict[bytes, Any]]:
+        providerKind: str = "generic",
+    ) -> defer.Deferred[frozenset[bytes]]:
         """Authenticate with ``XOAUTH2`` or ``OAUTHBEARER`` and the access ``token``.
 
-        Fires with the capabilities fetched again after success (they change once
+        Fires with the capabilities asked again after success (they change once
         authenticated), or fails with :class:`IMAPAuthenticationError`,
-        :class:`CleartextAuthenticationRefused`, ``NoSupportedAuthentication`` (the
-        server does not offer the mechanism) or ``ValueError`` (unusable input).
+        :class:`CleartextAuthenticationRefused`, :class:`MechanismNotOffered`
+        or ``ValueError`` (unusable input; nothing was sent).
         """
-        try:
-            mech = sasl.normaliseMechanism(mechanism)
-            raw = sasl.initialResponse(mech, user, token, host, port)
-        except (TypeError, ValueError) as e:
-            return defer.fail(e)
-        refused = self._refuseCleartext()
-        if refused is not None:
-            return defer.fail(refused)
+        return defer.ensureDeferred(
+            self._authenticate(mechanism, user, token, host, port, providerKind)
+        )
+
+    async def _authenticate(
+        self,
+        mechanism: str | bytes,
+        user: str,
+        token: sasl.TokenLike,
+        host: str | None,
+        port: int | None,
+        providerKind: str,
+    ) -> frozenset[bytes]:
+        mech = sasl.normaliseMechanism(mechanism)
+        raw = sasl.initialResponse(mech, user, token, host, port)
+        self._refuseCleartext()
         response = base64.b64encode(raw)
         secrets = (plain(token), response.decode("ascii"))
-
-        d = self.getCapabilities()
-        d.addCallback(self._cbOAuthCapabilities, mech, response, secrets)
-        return d
-
-    def _cbOAuthCapabilities(
-        self, caps: dict[bytes, Any], mech: bytes, response: bytes, secrets: tuple[str, ...]
-    ) -> defer.Deferred[dict[bytes, Any]]:
-        caps = caps or {}
-        offered = [a.upper() for a in (caps.get(b"AUTH") or ()) if a]
-        if mech not in offered:
-            return defer.fail(NoSupportedAuthentication(offered, [mech]))
-        refused = self._refuseCleartext()
-        if refused is not None:
-            return defer.fail(refused)
+        caps = self.capabilities
+        if caps is None:
+            caps = await self.capability()
+        if b"AUTH=" + mech not in caps:
+            offered = sorted(c[5:].decode("ascii", "replace") for c in caps if c[:5] == b"AUTH=")
+            raise MechanismNotOffered(mech.decode("ascii"), offered)
+        self._refuseCleartext()
         saslIR = b"SASL-IR" in caps
-        exchange = _AuthExchange(self, mech, response, sentInitial=saslIR)
+        exchange = AuthExchange(mech, response, saslIR, self.sendLine)
         args = mech + b" " + response if saslIR else mech
-        d = self.sendCommand(_OAuthCommand(b"AUTHENTICATE", args, (), exchange.continuation))
-        d.addCallbacks(
-            self._cbOAuthAuthenticated,
-            self._ebOAuthAuthenticate,
-            errbackArgs=(exchange, secrets),
-        )
-        return d
+        try:
+            await self.execute(Command(b"AUTHENTICATE", args, continuation=exchange.continuation))
+        except IMAPCommandError as e:
+            raise refusalError(e, exchange, secrets, providerKind) from None
+        self.capabilities = None
+        return await self.capability()
 
-    def _cbOAuthAuthenticated(self, result: object) -> defer.Deferred[dict[bytes, Any]]:
-        self.state = "auth"
-        return self.getCapabilities(useCache=False)
-
-    def _ebOAuthAuthenticate(
-        self, failure: Failure, exchange: _AuthExchange, secrets: tuple[str, ...]
-    ) -> Failure:
-        if not failure.check(IMAP4Exception) or failure.check(IMAPServerBye):
-            return failure
-        line = failure.value.args[0] if failure.value.args else b""
-        words = scrub(_words(line).strip(), secrets)
-        upper = words.upper()
-        serverError = exchange.serverError
-        mechName = exchange.mechanism.decode("ascii")
-        message = f"{mechName} authentication failed: {words or '(no text)'}"
-        if serverError:
-            status = serverError.get("status", serverError.get("raw"))
-            message += scrub(f" (server error: {status})", secrets)
-        tokenRejected = sasl.isTokenRejected(serverError) or "[AUTHENTICATIONFAILED]" in upper
-        temporary = "[UNAVAILABLE]" in upper
-        return Failure(
-            IMAPAuthenticationError(
-                message,
-                server_error=serverError,
-                token_rejected=tokenRejected,
-                temporary=temporary,
-            )
-        )
-
-    # -- IDLE (RFC 2177) --------------------------------------------------------
+    # -- IDLE ---------------------------------------------------------------------------
 
     def idle(self, onEvent: Callable[[IdleEvent], object]) -> defer.Deferred[IdleSession]:
         """Start IDLE; fire with the :class:`IdleSession` once the server sent ``+``.
 
-        While idling, every untagged ``EXISTS``, ``EXPUNGE`` and ``BYE`` is passed to
-        ``onEvent`` (other untagged lines are dropped so a long IDLE holds no memory).
-        End it with :meth:`done`; re-issue it well under 29 minutes (the caller's job).
+        While idling, every untagged ``EXISTS``, ``EXPUNGE`` and ``BYE`` is passed
+        to ``onEvent``. End it with ``done()``.
         """
         if self._idle is not None:
-            return defer.fail(IMAP4Exception("already idling"))
-        caps = self._capCache
+            return defer.fail(IMAPError("already idling"))
+        caps = self.capabilities
         if caps is not None and b"IDLE" not in caps:
-            return defer.fail(IMAP4Exception("the server does not offer IDLE"))
-        session = IdleSession(self, onEvent)
-        cmd = Command(b"IDLE", None, (), session._continuation)
-        session.command = cmd
+            return defer.fail(IMAPError("the server does not offer IDLE"))
+        session = IdleSession(onEvent, lambda: self.sendLine(b"DONE"))
         self._idle = session
-        d = self.sendCommand(cmd)
-        d.addBoth(session._finished)
-        return session._startD
+
+        def ended(result: object) -> None:
+            if self._idle is session:
+                self._idle = None
+            session.finished(result)
+
+        cmd = Command(b"IDLE", continuation=lambda _: session.continued(), deadline=False)
+        self.execute(cmd).addBoth(ended)
+        return session.startDeferred
 
     def done(self) -> defer.Deferred[None]:
         """End the current IDLE with ``DONE``; fire when the tagged OK arrives."""
         if self._idle is None:
-            return defer.fail(IMAP4Exception("not idling"))
+            return defer.fail(IMAPError("not idling"))
         return self._idle.done()
-
-    # -- untagged responses and connection end ------------------------------------
-
-    def _defaultHandler(self, tag: bytes, rest: bytes) -> None:
-        if tag == b"*":
-            first = rest.split(None, 1)
-            if first and first[0].upper() == b"BYE":
-                self.byeText = _words(rest[3:].strip())
-            session = self._idle
-            if (
-                session is not None
-                and self.waiting is not None
-                and self.tags is not None
-                and self.tags.get(self.waiting) is session.command
-            ):
-                event = _parseIdleEvent(rest)
-                if event is not None:
-                    session._event(event)
-                    if event.kind == "BYE" and self.transport is not None:
-                        self.transport.loseConnection()
-                return
-        super()._defaultHandler(tag, rest)
-
-    def connectionLost(self, reason: Failure) -> None:
-        """Fail pending commands with :class:`IMAPServerBye` if the server said BYE."""
-        if self.byeText is not None:
-            reason = Failure(IMAPServerBye(self.byeText))
-        super().connectionLost(reason)
-
-
-async def authenticateRefreshingOnce(
-    client: OAuthIMAP4Client,
-    tokens: Any,
-    account_name: str,
-    mechanism: str,
-    user: str,
-    token: Any,
-    host: str | None,
-    port: int | None,
-    who: str,
-    onRefreshed: Callable[[Any], object] | None = None,
-) -> Any:
-    """``AUTHENTICATE``; a token the server refuses is refreshed once and tried again.
-
-    Fires with the token that worked. Fails with the server's
-    :class:`IMAPAuthenticationError`: ``token_rejected`` on it then means that
-    even a freshly refreshed token was refused (a real account problem, not an
-    expired token). ``who`` names the caller in the log line; ``onRefreshed``
-    sees the new token (to scrub it from later error texts).
-    """
-    try:
-        await client.authenticateOAuth(mechanism, user, token, host, port)
-        return token
-    except IMAPAuthenticationError as e:
-        if not e.token_rejected:
-            raise
-    _log.info("{who}: token rejected, refreshing once", who=who)
-    token = await tokens.forceRefresh(account_name)
-    if onRefreshed is not None:
-        onRefreshed(token)
-    await client.authenticateOAuth(mechanism, user, token, host, port)
-    return token

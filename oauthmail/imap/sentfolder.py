@@ -6,8 +6,11 @@ message in Sent, so :class:`IMAPSentFolder` (the IMAP side of
 :class:`~oauthmail.interfaces.ISentFolder`) opens one short session per
 question: token, connect (TLS, verified), ``AUTHENTICATE``, find the folder,
 ``EXAMINE`` it (read-only: the check must not change the user's mailbox),
-``UID SEARCH HEADER Message-ID`` per probe, ``BODY.PEEK[HEADER]`` of the
-hits, ``LOGOUT``.
+one search per probe, ``BODY.PEEK[HEADER]`` of the hits, ``LOGOUT``.
+
+The search is ``UID SEARCH HEADER Message-ID <id>``, except on Gmail
+(``X-GM-EXT-1`` advertised), whose header search misses some IDs and whose
+documented way is ``UID SEARCH X-GM-RAW "rfc822msgid:<id>"``.
 
 A hit counts only when its header carries the queue id in oauthmail's
 ``Received:`` line (:func:`oauthmail.mail.trace.carriesQueueId`): the user's
@@ -19,7 +22,7 @@ authentication, ``NO``/``BAD``, a server that stops answering, garbage),
 becomes one :class:`~oauthmail.mail.trace.SentCheckError` line naming the
 account, the server and the step; the queue waits and asks again. The whole
 call is bounded by ``deadline`` on top of the per-command deadline of
-:class:`~oauthmail.imap.fetch.WatcherIMAP4Client`.
+the :class:`~oauthmail.interfaces.IIMAPSession`.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig, ServerConfig
+from oauthmail.imap.auth import authenticateRefreshingOnce
 from oauthmail.imap.connect import connectIMAP
-from oauthmail.imap.protocol import authenticateRefreshingOnce
-from oauthmail.interfaces import ISentFolder, ITokenSource
+from oauthmail.interfaces import IIMAPSession, ISentFolder, ITokenSource
 from oauthmail.mail.trace import SentCheckError, SentProbe, carriesQueueId
 from oauthmail.secret import plain, scrub
 from oauthmail.text import cleanText
@@ -82,7 +85,7 @@ class _Call:
         self.where = f"{server.host}:{server.port}" if server is not None else "(no IMAP server)"
         self.step = "starting"
         self.secrets: list[str] = []
-        self.client: Any = None
+        self.client: IIMAPSession | None = None
 
     def error(self, what: str) -> SentCheckError:
         return SentCheckError(f"Sent check for account {self.name} on {self.where}: {what}")
@@ -100,7 +103,7 @@ class IMAPSentFolder:
     """:class:`~oauthmail.interfaces.ISentFolder` over IMAP: one session per ``findSent``.
 
     ``connect(reactor, server, timeout)`` opens a TLS-protected, greeted
-    :class:`~oauthmail.imap.fetch.WatcherIMAP4Client` (tests pass fakes).
+    :class:`~oauthmail.interfaces.IIMAPSession` (tests pass fakes).
     ``timeout`` bounds the connection and each command; ``deadline`` (default
     four times ``timeout``) the whole call, however many probes it has.
     """
@@ -110,7 +113,7 @@ class IMAPSentFolder:
         reactor: Any,
         accounts: Mapping[str, AccountConfig],
         tokens: ITokenSource,
-        connect: Callable[..., defer.Deferred[Any]] = connectIMAP,
+        connect: Callable[..., defer.Deferred[IIMAPSession]] = connectIMAP,
         timeout: float = 30.0,
         deadline: float | None = None,
     ) -> None:
@@ -200,7 +203,8 @@ class IMAPSentFolder:
                 mailbox = folder
             call.step = f"opening mailbox {mailbox!r}"
             await client.examineFolder(mailbox)
-            found = await self._search(call, client, probes)
+            gmail = b"X-GM-EXT-1" in (client.capabilities or ())
+            found = await self._search(call, client, probes, gmail)
             call.step = "logging out"
             try:
                 await client.logout()
@@ -212,7 +216,12 @@ class IMAPSentFolder:
             _close(client, gracefully=done)
 
     async def _authenticate(
-        self, call: _Call, client: Any, account: AccountConfig, server: ServerConfig, token: Any
+        self,
+        call: _Call,
+        client: IIMAPSession,
+        account: AccountConfig,
+        server: ServerConfig,
+        token: Any,
     ) -> None:
         """``AUTHENTICATE``; a refused token is refreshed once and tried again (as the watcher)."""
         mech = account.imap.mechanism if account.imap is not None else None
@@ -229,9 +238,12 @@ class IMAPSentFolder:
             server.port,
             f"Sent check for account {call.name}",
             onRefreshed=call.refreshed,
+            providerKind=account.profile.kind,
         )
 
-    async def _search(self, call: _Call, client: Any, probes: list[SentProbe]) -> set[str]:
+    async def _search(
+        self, call: _Call, client: IIMAPSession, probes: list[SentProbe], gmail: bool
+    ) -> set[str]:
         """The queue ids of ``probes`` with a traced copy in the open mailbox."""
         call.step = "searching by Message-ID"
         hits: dict[int, list[SentProbe]] = {}
@@ -240,7 +252,11 @@ class IMAPSentFolder:
             byMessageID.setdefault(probe.message_id, []).append(probe)
         for messageID, group in byMessageID.items():
             try:
-                uids = await client.uidSearchHeader("Message-ID", messageID)
+                if gmail:
+                    bare = messageID.strip().removeprefix("<").removesuffix(">")
+                    uids = await client.uidSearchGmailRaw(f"rfc822msgid:{bare}")
+                else:
+                    uids = await client.uidSearchHeader("Message-ID", messageID)
             except ValueError as e:
                 # Cannot be searched for, so cannot be found: the caller sends it again.
                 _log.warn(
@@ -265,13 +281,9 @@ class IMAPSentFolder:
         return found
 
 
-def _close(client: Any, gracefully: bool) -> None:
+def _close(client: IIMAPSession, gracefully: bool) -> None:
     """Close the connection: politely after LOGOUT, at once after an error or a cancel."""
-    transport = getattr(client, "transport", None)
-    if transport is None:
-        return
-    abort = getattr(transport, "abortConnection", None)
-    if gracefully or abort is None:
-        transport.loseConnection()
+    if gracefully:
+        client.close()
     else:
-        abort()
+        client.abort()

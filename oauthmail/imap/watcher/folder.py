@@ -1,0 +1,347 @@
+"""One folder of one account, watched over its own connection, forever, until stopped.
+
+A folder watcher is an explicit state machine (``state`` is shown on the
+console)::
+
+    connecting → authenticating → selecting → syncing → waiting ─┐
+        ▲                                        ▲               │ EXISTS / timer
+        │ backoff (growing, capped, jittered)    └───────────────┘
+        └── connection lost, BYE, protocol errors;  "error": the token was refused twice
+
+Rules a reader must not break:
+
+* the backoff only shrinks back after a session has **completed a sync round
+  and stayed up** ``healthyAfter`` seconds (60 by default): a server that
+  accepts and then drops us (after SELECT, after one batch) gets an ever
+  longer wait, never a reset. A refused token costs at most one forced
+  refresh per session, so refreshes follow the same backoff;
+* every account-state write goes through :meth:`FolderWatcher.setAccountState`
+  (one owner of account health will take it over: keep it the only one);
+* one session's failure is one log line (:class:`~.report.FolderReport`).
+
+The round itself is :mod:`.sync`, the waiting :mod:`.wait`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from oauthmail.config import AccountConfig, FolderConfig
+from oauthmail.imap.auth import authenticateRefreshingOnce
+from oauthmail.imap.connect import connectIMAP
+from oauthmail.imap.errors import IMAPAuthenticationError, IMAPProtocolError
+from oauthmail.imap.limits import IMAPLimits
+from oauthmail.imap.watcher.deliver import BatchDelivery
+from oauthmail.imap.watcher.dispose import Disposer
+from oauthmail.imap.watcher.report import FolderReport
+from oauthmail.imap.watcher.sync import FolderSync
+from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
+from oauthmail.interfaces import IDeliveryLedger, IIMAPSession, ISink, ITokenSource
+from oauthmail.retry import Backoff
+from oauthmail.text import describeFailure
+from oauthmail.tokens.errors import AccountNotAuthorised
+
+__all__ = ["FolderWatcher", "TokenRejected"]
+
+_log = Logger()
+
+#: A fetch batch holds at most this many bytes of messages (and at least one message).
+DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+
+
+class TokenRejected(Exception):  # noqa: N818 - reads as what happened
+    """The server refused the token, and again after a forced refresh."""
+
+
+class _PolicyBackoff:
+    """A :class:`~oauthmail.retry.Backoff` look-alike over ``policy(attempt)`` (tests, tools)."""
+
+    def __init__(self, policy: Callable[[int], float]) -> None:
+        self.policy = policy
+        self.attempts = 0
+
+    def next(self) -> float:
+        self.attempts += 1
+        return self.policy(self.attempts - 1)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class FolderWatcher:
+    """Receives one folder of one account over one connection; see the module docstring.
+
+    ``connect(reactor, server, timeout, limits=...)`` returns a Deferred
+    :class:`~oauthmail.interfaces.IIMAPSession` (the
+    :func:`~oauthmail.imap.connect.connectIMAP` signature; tests pass fakes).
+    ``retryPolicy(attempt)`` replaces the jittered backoff with fixed delays
+    (tests); ``limits`` bounds what the server may make us hold (its
+    ``maxMessageSize`` is the account's maximum message size).
+    """
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        folder: FolderConfig,
+        tokens: ITokenSource,
+        ledger: IDeliveryLedger,
+        sink: ISink,
+        reactor: Any,
+        store: Any = None,
+        connect: Callable[..., defer.Deferred[IIMAPSession]] = connectIMAP,
+        retryPolicy: Callable[[int], float] | None = None,
+        connectTimeout: float = 30.0,
+        accountLock: defer.DeferredLock | None = None,
+        limits: IMAPLimits | None = None,
+        healthyAfter: float = 60.0,
+        batchBytes: int = DEFAULT_BATCH_BYTES,
+        backoffBase: float = 1.0,
+        backoffCap: float = 300.0,
+    ) -> None:
+        assert account.imap is not None and account.profile.imap is not None
+        self.account = account
+        self.folder = folder
+        self.tokens = tokens
+        self.reactor = reactor
+        self.store = store
+        self._connect = connect
+        self.connectTimeout = connectTimeout
+        self.limits = limits or IMAPLimits()
+        self.healthyAfter = healthyAfter
+        self.imap = account.imap
+        self.server = account.profile.imap
+        #: How often an unauthorised account looks again for tokens (no server traffic).
+        self.unauthorisedRecheck = 30.0
+        if retryPolicy is not None:
+            self.backoff: Backoff | _PolicyBackoff = _PolicyBackoff(retryPolicy)
+            self.retryBackoff: Backoff | _PolicyBackoff = _PolicyBackoff(retryPolicy)
+        else:
+            self.backoff = Backoff(backoffBase, backoffCap)
+            self.retryBackoff = Backoff(backoffBase, backoffCap)
+        self.report = FolderReport(
+            f"{account.name}/{folder.name}", folder.name, f"{self.server.host}:{self.server.port}"
+        )
+        disposer = Disposer(account.name, folder, ledger, self.report)
+        keep = folder.disposition == "keep"
+        delivery = BatchDelivery(
+            account.name, folder.name, ledger, sink, reactor, self.report, keep
+        )
+        self.sync = FolderSync(
+            account,
+            folder,
+            ledger,
+            delivery,
+            disposer,
+            self.report,
+            accountLock if accountLock is not None else defer.DeferredLock(),
+            self.limits.maxMessageSize,
+            batchBytes,
+            self.retryBackoff.next,
+            self.retryBackoff.reset,
+            self._checkStopping,
+        )
+        self.ledger = ledger
+        self.waiter = MailWaiter(reactor, account.imap)
+        #: The session in use (None between sessions).
+        self.client: IIMAPSession | None = None
+        self._stopping = False
+        self._running: defer.Deferred[None] | None = None
+        self._sleep: defer.Deferred[None] | None = None
+        self._markedError = False
+
+    @property
+    def name(self) -> str:
+        return self.report.name
+
+    # The console counters, as attributes for the callers that read them so.
+    @property
+    def state(self) -> str:
+        return self.report.state
+
+    @property
+    def delivered(self) -> int:
+        return self.report.delivered
+
+    @property
+    def failedPermanent(self) -> int:
+        return self.report.failedPermanent
+
+    @property
+    def lastError(self) -> str | None:
+        return self.report.lastError
+
+    @property
+    def sessions(self) -> int:
+        return self.report.sessions
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching (idempotent)."""
+        if self._running is not None:
+            return
+        self._stopping = False
+        self._running = defer.ensureDeferred(self._run())
+        self._running.addErrback(
+            lambda f: _log.failure("folder watcher {name} crashed", f, name=self.name)
+        )
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop: end the connection and any wait; fire once the loop has ended."""
+        self._stopping = True
+        running, self._running = self._running, None
+        self.waiter.cancel()
+        if self._sleep is not None and not self._sleep.called:
+            self._sleep.cancel()
+        if self.client is not None:
+            self.client.close()
+        if running is None:
+            return defer.succeed(None)
+        return running
+
+    def status(self) -> dict[str, Any]:
+        """What the console shows for this folder."""
+        return self.report.asDict()
+
+    # -- the outer loop: sessions and backoff --------------------------------------------
+
+    async def _run(self) -> None:
+        report = self.report
+        while not self._stopping:
+            try:
+                await self._session()
+            except Stopped:
+                break
+            except defer.CancelledError:
+                if self._stopping:
+                    break
+                report.error("cancelled")
+            except AccountNotAuthorised as e:
+                # Nothing a reconnect can fix: a person must authorise the account.
+                # Say so once, then look again now and then (no server round trips).
+                if report.lastError != str(e):
+                    report.error(str(e))
+                report.state = "unauthorised"
+                try:
+                    await self._sleepFor(self.unauthorisedRecheck)
+                except defer.CancelledError:
+                    break
+                continue
+            except IMAPProtocolError as e:
+                if self._stopping:
+                    break
+                report.error(f"the server broke the IMAP protocol: {e}")
+            except Exception as e:  # every failure ends in a reconnect, never a crash
+                if self._stopping:
+                    break
+                report.error(describeFailure(e))
+            if self._stopping:
+                break
+            report.state = "backoff"
+            try:
+                await self._sleepFor(self.backoff.next())
+            except defer.CancelledError:
+                break
+        report.state = "stopped"
+
+    def _sleepFor(self, seconds: float) -> defer.Deferred[None]:
+        self._sleep = sleep(self.reactor, seconds)
+        return self._sleep
+
+    def _checkStopping(self) -> None:
+        if self._stopping:
+            raise Stopped()
+
+    async def _session(self) -> None:
+        # Ask for a token before opening a connection: an account that is not
+        # authorised (or needs a person) never bothers the server.
+        report = self.report
+        report.state = "connecting"
+        token = await self.tokens.accessToken(self.account.name)
+        self._checkStopping()
+        client = await self._connect(
+            self.reactor, self.server, self.connectTimeout, limits=self.limits
+        )
+        self.client = client
+        report.sessions += 1
+        started = self.reactor.seconds()
+        healthy: IDelayedCall | None = None
+        try:
+            self._checkStopping()
+            report.state = "authenticating"
+            await self._authenticate(client, token)
+            self._checkStopping()
+            caps = await client.capability()
+            report.state = "selecting"
+            info = await client.selectFolder(self.folder.name)
+            report.lastError = None
+            await self._noteUIDValidity(info.uidvalidity)
+            while True:
+                self._checkStopping()
+                report.state = "syncing"
+                retry = await self.sync.round(client, info.uidvalidity, caps)
+                report.alert = client.lastAlert
+                if healthy is None:
+                    # A completed round: the session proves healthy once it also stays up.
+                    wait = max(0.0, started + self.healthyAfter - self.reactor.seconds())
+                    healthy = self.reactor.callLater(wait, self.backoff.reset)
+                self._checkStopping()
+                report.state = "waiting"
+                await self.waiter.wait(client, caps, retry)
+        finally:
+            if healthy is not None and healthy.active():
+                healthy.cancel()
+            self.client = None
+            client.close()
+
+    # -- authentication and the account's state ---------------------------------------------
+
+    async def _authenticate(self, client: IIMAPSession, token: Any) -> None:
+        host = self.server.server_name or self.server.host
+        try:
+            await authenticateRefreshingOnce(
+                client,
+                self.tokens,
+                self.account.name,
+                self.imap.mechanism,
+                self.account.sasl_user,
+                token,
+                host,
+                self.server.port,
+                f"IMAP {self.name}",
+                providerKind=self.account.profile.kind,
+            )
+        except IMAPAuthenticationError as e:
+            if not e.token_rejected:
+                raise
+            message = f"IMAP server refused a freshly refreshed token: {e}"
+            await self.setAccountState("error", message)
+            raise TokenRejected(message) from None
+        if self._markedError:
+            await self.setAccountState("ok", None)
+
+    async def setAccountState(self, state: str, error: str | None) -> None:
+        """The ONE place this watcher writes the account's state (and last error)."""
+        self._markedError = state == "error"
+        if self.store is None:
+            return
+        try:
+            await self.store.setAccountState(self.account.name, state, error)
+        except Exception:
+            _log.failure("could not record the state of account {a}", a=self.account.name)
+
+    async def _noteUIDValidity(self, uidvalidity: int) -> None:
+        account, folder = self.account.name, self.folder.name
+        state = await self.ledger.folderState(account, folder)
+        if state is None or state[0] != uidvalidity:
+            if state is not None:
+                self.report.notice(
+                    f"UIDVALIDITY changed from {state[0]} to {uidvalidity}; messages are"
+                    " matched by content so none is delivered twice"
+                )
+            await self.ledger.setFolderState(account, folder, uidvalidity, 0)

@@ -1,0 +1,81 @@
+"""What one folder watcher tells people: its state, counters, and one log line per event.
+
+Every log line of a folder watcher goes through :meth:`FolderReport.error`
+(or :meth:`FolderReport.notice`), so each names the account, the folder and
+the server the same way, and a hostile server costs at most one line per
+session. The console reads :meth:`FolderReport.asDict`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+__all__ = ["FolderReport"]
+
+_log = Logger()
+
+#: Messages left on the server that the console lists (the log has them all).
+_SHOWN = 20
+
+
+class FolderReport:
+    """The state and counters of one folder watcher, for the console and the log.
+
+    ``name`` is ``account/folder``; ``where`` is ``host:port`` of the server.
+    """
+
+    def __init__(self, name: str, folder: str, where: str) -> None:
+        self.name = name
+        self.folder = folder
+        self.where = where
+        self.state = "stopped"
+        self.delivered = 0
+        self.failedPermanent = 0
+        self.lastDeliveryAt: float | None = None
+        self.lastError: str | None = None
+        self.sessions = 0
+        self.alert: str | None = None
+        #: UID → size of messages left on the server for being too large.
+        self.oversize: dict[int, int] = {}
+        self.oversizeLimit: int | None = None
+        #: UIDs left on the server because the server never gave their body.
+        self.unfetchable: list[int] = []
+
+    def error(self, text: str) -> None:
+        """A failure a person may have to act on: remembered for the console, logged once."""
+        self.lastError = text
+        _log.warn("IMAP {name} on {where}: {error}", name=self.name, where=self.where, error=text)
+
+    def notice(self, text: str) -> None:
+        """Something worth one log line that is not the folder's current error."""
+        _log.info("IMAP {name} on {where}: {text}", name=self.name, where=self.where, text=text)
+
+    def leftTooLarge(self, uid: int, size: int, limit: int) -> None:
+        self.oversizeLimit = limit
+        self.oversize[uid] = size
+        while len(self.oversize) > _SHOWN:
+            del self.oversize[next(iter(self.oversize))]
+
+    def leftUnfetchable(self, uids: list[int]) -> None:
+        self.unfetchable = (self.unfetchable + uids)[-_SHOWN:]
+
+    def asDict(self) -> dict[str, Any]:
+        """What the console shows for this folder."""
+        return {
+            "folder": self.folder,
+            "state": self.state,
+            "delivered": self.delivered,
+            "failed_permanent": self.failedPermanent,
+            "last_delivery_at": self.lastDeliveryAt,
+            "last_error": self.lastError,
+            "sessions": self.sessions,
+            "server": self.where,
+            "alert": self.alert,
+            "too_large": [
+                {"uid": uid, "size": size, "limit": self.oversizeLimit}
+                for uid, size in self.oversize.items()
+            ],
+            "unfetchable": list(self.unfetchable),
+        }

@@ -1,0 +1,216 @@
+"""Framing of IMAP server responses: bytes in, whole responses out, every buffer bounded.
+
+An IMAP response is text lines ended by CRLF, except that a line ending in
+``{n}`` announces a *literal*: exactly ``n`` bytes follow, then the response
+goes on with more text. :class:`ResponseReader` turns the byte stream into
+whole responses, each given to its ``onResponse`` callback as
+``(texts, literals)``: ``texts[i]`` is the i-th text segment (without CRLF),
+and when ``literals[i]`` exists it came right after ``texts[i]`` (which ends
+with its ``{n}``).
+
+This is the hot path of receiving mail, so:
+
+* a literal is kept as the chunks that arrived and joined once (a 20 KB
+  message costs one ``join``, not a Python loop over its bytes);
+* a text line is searched for CRLF once; a line split over several reads is
+  collected in a ``bytearray`` (no quadratic re-copying of long lines).
+
+And a hostile server cannot make it hold more than it allows: a text line is
+at most ``maxLine`` bytes, a literal at most ``maxLiteral`` (checked on the
+announcement, before a byte of it is buffered), a response at most
+``maxParts`` literals. Both limits may be changed between responses (the
+protocol sets them per command). Breaking a bound, or anything that is not
+IMAP framing, raises :class:`~oauthmail.imap.errors.IMAPProtocolError`
+naming the rule, never quoting the bytes.
+
+Pure: no transport, no reactor; property tests feed it arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from oauthmail.imap.errors import IMAPProtocolError
+
+__all__ = ["ResponseReader", "describeSize"]
+
+_LITERAL = re.compile(rb"\{(\d{1,20})\}\Z")
+
+ResponseCallback = Callable[[list[bytes], list[bytes]], None]
+
+
+def describeSize(n: int) -> str:
+    """``64 MiB`` / ``512 KiB`` / ``17 bytes``: a bound as a person reads it."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+class ResponseReader:
+    """Turns the bytes a server sends into whole responses; see the module docstring.
+
+    ``onResponse(texts, literals)`` is called for each complete response; it
+    may change ``maxLine``/``maxLiteral`` for the next one, or set
+    ``expectSilence`` (after a ``STARTTLS`` OK: any byte still buffered was
+    sent in clear after the server agreed to TLS, an injection attempt).
+    """
+
+    def __init__(
+        self,
+        onResponse: ResponseCallback,
+        maxLine: int = 64 * 1024,
+        maxLiteral: int = 1024 * 1024,
+        maxParts: int = 64,
+    ) -> None:
+        self.onResponse = onResponse
+        self.maxLine = maxLine
+        self.maxLiteral = maxLiteral
+        self.maxParts = maxParts
+        self.expectSilence = False
+        #: An unfinished text line (bytes seen, no CRLF yet).
+        self._partial = bytearray()
+        #: The response being assembled.
+        self._texts: list[bytes] = []
+        self._literals: list[bytes] = []
+        #: Literal bytes still expected, and the chunks of it seen so far.
+        self._pending = 0
+        self._chunks: list[bytes] = []
+        self._broken: IMAPProtocolError | None = None
+
+    @property
+    def pendingLiteral(self) -> int:
+        """Bytes of the current literal still expected (0 when reading text)."""
+        return self._pending
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the response being assembled (what the bounds cap)."""
+        return (
+            len(self._partial)
+            + sum(len(t) for t in self._texts)
+            + sum(len(x) for x in self._literals)
+            + sum(len(c) for c in self._chunks)
+        )
+
+    @property
+    def idle(self) -> bool:
+        """True between responses (nothing of a next one has been seen)."""
+        return not (self._partial or self._texts or self._pending)
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes from the server; raise IMAPProtocolError on a broken rule.
+
+        After an error the reader stays broken: every later call raises it again.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            self._feed(data)
+        except IMAPProtocolError as e:
+            self._broken = e
+            self._partial = bytearray()
+            self._texts, self._literals, self._chunks = [], [], []
+            self._pending = 0
+            raise
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            if self._pending:
+                need = self._pending
+                if len(data) < need:
+                    self._chunks.append(data)
+                    self._pending = need - len(data)
+                    return
+                self._chunks.append(data[:need] if len(data) > need else data)
+                data = data[need:]
+                self._pending = 0
+                chunks, self._chunks = self._chunks, []
+                self._literals.append(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                continue
+            data = self._lines(data)
+
+    def _lines(self, data: bytes) -> bytes:
+        """Consume text lines from ``data``; return what follows a literal announcement."""
+        start = 0
+        if self._partial:
+            partial = self._partial
+            if partial[-1:] == b"\r" and data[:1] == b"\n":
+                del partial[-1]
+                line = bytes(partial)
+                start = 1
+            else:
+                end = data.find(b"\r\n")
+                if end < 0:
+                    partial += data
+                    if len(partial) > self.maxLine + 1:
+                        raise self._tooLong()
+                    return b""
+                partial += data[:end]
+                line = bytes(partial)
+                start = end + 2
+            self._partial = bytearray()
+            if len(line) > self.maxLine:
+                raise self._tooLong()
+            size = self._line(line)
+            if size:
+                return data[start:]
+            if self.expectSilence:
+                self._silent(data[start:])
+        maxLine = self.maxLine
+        find = data.find
+        while True:
+            end = find(b"\r\n", start)
+            if end < 0:
+                rest = data[start:]
+                if rest:
+                    if len(rest) > maxLine + 1:
+                        raise self._tooLong()
+                    self._partial = bytearray(rest)
+                return b""
+            if end - start > maxLine:
+                raise self._tooLong()
+            size = self._line(data[start:end])
+            start = end + 2
+            if size:
+                return data[start:]
+            if self.expectSilence:
+                self._silent(data[start:])
+            maxLine = self.maxLine  # the callback may have changed it
+
+    def _line(self, line: bytes) -> int:
+        """One text segment; return the size of the literal it announces (0: none, or empty)."""
+        if line[-1:] == b"}":
+            m = _LITERAL.search(line)
+            if m is not None:
+                size = int(m.group(1))
+                if size > self.maxLiteral:
+                    raise IMAPProtocolError(
+                        f"the server announced a literal of {size} bytes, more than the"
+                        f" {describeSize(self.maxLiteral)} allowed here",
+                        size=size,
+                        context=line[:200],
+                    )
+                if len(self._literals) >= self.maxParts:
+                    raise IMAPProtocolError(f"a response with more than {self.maxParts} literals")
+                self._texts.append(line)
+                if size == 0:
+                    self._literals.append(b"")
+                    return 0
+                self._pending = size
+                return size
+        self._texts.append(line)
+        texts, literals = self._texts, self._literals
+        self._texts, self._literals = [], []
+        self.onResponse(texts, literals)
+        return 0
+
+    def _tooLong(self) -> IMAPProtocolError:
+        return IMAPProtocolError(f"the server sent a line longer than {describeSize(self.maxLine)}")
+
+    def _silent(self, rest: bytes) -> None:
+        """After the STARTTLS OK nothing may follow in clear; later bytes come through TLS."""
+        self.expectSilence = False
+        if rest:
+            raise IMAPProtocolError("the server sent data in clear after agreeing to STARTTLS")
