@@ -33,6 +33,17 @@ GOOGLE_ERROR = base64.b64encode(
 OAUTHBEARER_ERROR = base64.b64encode(b'{"status":"invalid_token","scope":"mail"}')
 
 
+@pytest.fixture
+def caplog_events():
+    """Every log event emitted while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
 def tlsTransport() -> StringTransport:
     """A StringTransport that claims to be TLS-protected."""
     transport = StringTransport()
@@ -450,3 +461,150 @@ def test_no_line_break_in_any_sent_line(mechanism):
     lines = sent(transport)
     assert len(lines) == 2
     assert all(b"\n" not in line and b"\r" not in line for line in lines)
+
+
+# ---- provider-specific refusals ----
+
+
+@pytest.mark.parametrize(
+    "kind,rejected", [("microsoft", True), ("generic", False), ("google", False)]
+)
+def test_exchange_bare_refusal_is_a_token_rejection_for_microsoft(kind, rejected):
+    """Exchange's bare 'NO AUTHENTICATE failed.' is a refused token on Microsoft profiles only."""
+    client, transport = connect()
+    d = client.authenticate("XOAUTH2", USER, TOKEN, providerKind=kind)
+    client.dataReceived(b"0001 NO AUTHENTICATE failed.\r\n")
+    err = failure(d, IMAPAuthenticationError).value
+    assert (err.token_rejected, err.temporary) == (rejected, False)
+
+
+def test_microsoft_other_refusals_keep_the_general_rule():
+    """On a Microsoft profile, a NO with other words or a response code is not reclassified."""
+    for line in (b"0001 NO [UNAVAILABLE] AUTHENTICATE failed.", b"0001 NO Server busy"):
+        client, transport = connect()
+        d = client.authenticate("XOAUTH2", USER, TOKEN, providerKind="microsoft")
+        client.dataReceived(line + b"\r\n")
+        err = failure(d, IMAPAuthenticationError).value
+        assert not err.token_rejected
+
+
+# ---- routing of untagged responses, response codes and violations ----
+
+
+def test_copyuid_and_other_untagged_responses_are_handled_silently(caplog_events):
+    """COPYUID, UIDNEXT, RECENT, FLAGS, ENABLED... are routed without a single log line."""
+    client, transport = authenticated()
+    d = client.noop()
+    client.dataReceived(
+        b"* OK [COPYUID 7 1:3 10:12] Moved\r\n* 3 RECENT\r\n* FLAGS (\\Seen)\r\n"
+        b"* ENABLED\r\n* ID NIL\r\n* OK [UIDNEXT 13] next\r\n* 4 FETCH (FLAGS (\\Seen))\r\n"
+        b"* OK [HIGHESTMODSEQ 9] x\r\n0003 OK [COPYUID 7 4 13] done\r\n"
+    )
+    assert result(d) is None
+    assert caplog_events == []
+
+
+def test_alert_is_kept_for_people():
+    """An [ALERT] text is kept (RFC 3501 says a person should see it)."""
+    client, transport = authenticated()
+    client.noop()
+    client.dataReceived(b"* OK [ALERT] Mailbox is at 95% of quota\r\n0003 OK done\r\n")
+    assert client.lastAlert == "Mailbox is at 95% of quota"
+
+
+def test_capability_response_updates_capabilities():
+    """An untagged CAPABILITY (or the code) replaces what the client knows."""
+    client, transport = authenticated()
+    d = client.capability()
+    client.dataReceived(b"* CAPABILITY IMAP4rev1 X-GM-EXT-1 Move\r\n0003 OK done\r\n")
+    assert result(d) == {b"IMAP4REV1", b"X-GM-EXT-1", b"MOVE"}
+
+
+def test_bye_during_a_command_ends_the_session_with_its_text():
+    """An unsolicited BYE closes the link; the pending command fails with the server's words."""
+    client, transport = authenticated()
+    d = client.noop()
+    lost = client.whenLost()
+    client.dataReceived(b"* BYE Session invalidated - AccessTokenExpired\r\n")
+    assert transport.disconnecting
+    client.connectionLost(Failure(ConnectionDone()))
+    err = failure(d, IMAPServerBye).value
+    assert err.token_expired and "AccessTokenExpired" in str(err)
+    assert isinstance(result(lost), IMAPServerBye)
+
+
+@pytest.mark.parametrize(
+    "line,words",
+    [
+        (b"9999 OK not ours", "answers no command of ours"),
+        (b"garbage", "answers no command of ours"),
+        (b"+ go on", "continuation request nobody asked for"),
+        (b"0003 MAYBE later", "neither OK, NO nor BAD"),
+    ],
+)
+def test_protocol_violations_end_the_session(line, words):
+    """A line that is not a valid answer ends the session with one IMAPProtocolError."""
+    from oauthmail.imap.errors import IMAPProtocolError
+
+    client, transport = authenticated()
+    d = client.noop()
+    later = client.noop()
+    client.dataReceived(line + b"\r\n")
+    err = failure(d, IMAPProtocolError).value
+    assert words in str(err)
+    failure(later, IMAPProtocolError)
+    assert transport.disconnecting
+    failure(client.noop(), IMAPProtocolError)  # nothing more is sent
+
+
+def test_data_before_the_greeting_is_a_violation():
+    """A server that does not start with '* OK' / '* PREAUTH' / '* BYE' is refused."""
+    from oauthmail.imap.errors import IMAPProtocolError
+
+    client = IMAPClientProtocol()
+    transport = tlsTransport()
+    client.makeConnection(transport)
+    greeted = client.whenGreeted()
+    client.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
+    failure(greeted, IMAPProtocolError)
+    assert transport.disconnecting
+
+
+def test_starttls_refuses_data_injected_after_the_ok():
+    """Bytes sent in clear right after the STARTTLS OK are an injection: the session ends."""
+    from oauthmail.imap.errors import IMAPProtocolError
+
+    client = IMAPClientProtocol(contextFactory=object())
+    transport = StartTLSTransport()
+    client.makeConnection(transport)
+    client.dataReceived(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n")
+    d = client.startTLS()
+    client.dataReceived(b"0001 OK Begin TLS\r\n* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\n")
+    failure(d, IMAPProtocolError)
+    assert transport.disconnecting
+
+
+def test_commands_wait_for_the_greeting_and_run_one_at_a_time():
+    """Commands issued early wait for the greeting, then go out one after another."""
+    client = IMAPClientProtocol()
+    transport = tlsTransport()
+    client.makeConnection(transport)
+    first, second = client.noop(), client.noop()
+    assert transport.value() == b""
+    client.dataReceived(b"* OK ready\r\n")
+    assert sent(transport) == [b"0001 NOOP"]
+    client.dataReceived(b"0001 OK done\r\n")
+    assert result(first) is None
+    assert sent(transport) == [b"0002 NOOP"]
+    client.dataReceived(b"0002 OK done\r\n")
+    assert result(second) is None
+
+
+def test_the_session_provides_its_interface():
+    """IMAPSession provides IIMAPSession (the watcher's seam)."""
+    from zope.interface.verify import verifyObject
+
+    from oauthmail.imap.session import IMAPSession
+    from oauthmail.interfaces import IIMAPSession
+
+    verifyObject(IIMAPSession, IMAPSession())

@@ -714,3 +714,188 @@ def test_idle_is_reissued_before_25_minutes():
     finally:
         FakeClient.idle = original
         watcher.stop()
+
+
+# ---- bounds: message size, protocol errors, backoff ----
+
+
+def test_a_message_over_the_size_limit_is_left_on_the_server_and_reported_once():
+    """RFC822.SIZE above the limit: never fetched, recorded, reported once, bound moves on."""
+    from oauthmail.imap.limits import IMAPLimits
+
+    clock = Clock()
+    server = FakeServer()
+    ledger = MemoryDeliveryLedger(clock)
+    account = makeAccount()
+    sink = FakeSink()
+    watcher = FolderWatcher(
+        account,
+        account.imap.folders[0],
+        FakeTokens(server),
+        ledger,
+        sink,
+        clock,
+        connect=server.connect,
+        retryPolicy=lambda attempt: 5.0,
+        limits=IMAPLimits(maxMessageSize=100),
+    )
+    server.add(b"small")
+    server.add(b"x" * 101)
+    server.add(b"also small")
+    fetched = []
+    original = FakeClient.fetchMessages
+
+    def recording(self, uids):
+        fetched.append(list(uids))
+        return original(self, uids)
+
+    FakeClient.fetchMessages = recording
+    try:
+        watcher.start()
+        assert sink.messages == [b"small", b"also small"]
+        assert all(2 not in batch for batch in fetched)
+        assert ledger.rows[("alice", "INBOX", 1, 2)] == (None, FAILED_PERMANENT)
+        assert ledger.folders[("alice", "INBOX")] == (1, 3)
+        assert "UID 2 (101 bytes) larger than the limit of 100 bytes" in watcher.lastError
+        assert watcher.status()["too_large"] == [{"uid": 2, "size": 101, "limit": 100}]
+        assert 2 not in server.flags
+        server.add(b"later")  # a new round: the big one is not looked at again
+        assert sink.messages[-1] == b"later"
+        assert all(2 not in batch for batch in fetched)
+    finally:
+        FakeClient.fetchMessages = original
+        watcher.stop()
+
+
+def test_a_literal_over_the_limit_ends_the_session_and_the_message_is_skipped():
+    """A server whose RFC822.SIZE lied: the refused literal's UID is recorded, the next
+    session delivers the others."""
+    from oauthmail.imap.errors import IMAPProtocolError
+
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"liar")
+    server.add(b"fine")
+    original = FakeClient.fetchMessages
+
+    def refusing(self, uids):
+        if 1 in uids:
+            self.drop(ConnectionLost("aborted"))
+            return defer.fail(
+                IMAPProtocolError("literal of 999999999999 bytes", uid=1, size=999999999999)
+            )
+        return original(self, uids)
+
+    FakeClient.fetchMessages = refusing
+    try:
+        watcher.start()
+        assert watcher.state == "backoff"
+        assert "broke the IMAP protocol" in watcher.lastError
+        assert ledger.rows[("alice", "INBOX", 1, 1)] == (None, FAILED_PERMANENT)
+        clock.advance(5.0)
+        assert sink.messages == [b"fine"]
+        assert watcher.state == "waiting"
+    finally:
+        FakeClient.fetchMessages = original
+        watcher.stop()
+
+
+def test_a_server_that_closes_after_select_never_resets_the_backoff():
+    """Closing right after SELECT, again and again: the delay keeps growing (issue 14)."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    original = FakeClient.selectFolder
+
+    def selectThenClose(self, name):
+        d = original(self, name)
+        self.drop(ConnectionLost("closed after SELECT"))
+        return d
+
+    FakeClient.selectFolder = selectThenClose
+    try:
+        watcher.start()
+        starts = [clock.seconds()]
+        for _ in range(5):
+            before = len(server.auths)
+            while len(server.auths) == before:
+                clock.advance(1.0)
+            starts.append(clock.seconds())
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert gaps == [5.0, 10.0, 15.0, 20.0, 25.0]  # retryPolicy(attempt) grows, never resets
+        assert watcher.backoff.attempts == 6
+    finally:
+        FakeClient.selectFolder = original
+        watcher.stop()
+
+
+def test_backoff_resets_only_after_a_sync_and_a_minute_up():
+    """A session that synced and stayed up 60 s proves healthy: the next failure starts over."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    watcher.backoff.attempts = 4  # earlier failures
+    watcher.start()
+    assert watcher.state == "waiting"
+    clock.advance(59.0)
+    assert watcher.backoff.attempts == 4
+    server.clients[0].drop(ConnectionLost("flap"))
+    assert watcher.backoff.attempts == 5  # up 59 s: not healthy yet
+    clock.advance(25.0)  # policy(4) = 25 s
+    assert watcher.state == "waiting"
+    clock.advance(60.0)
+    assert watcher.backoff.attempts == 0
+    watcher.stop()
+
+
+def test_a_refused_token_costs_one_refresh_per_backoff_step():
+    """Refused again and again: exactly one forced refresh per session, sessions back off."""
+    server = FakeServer()
+    tokens = FakeTokens(server, refreshWorks=False)
+    server.valid.clear()
+    watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens)
+    watcher.start()
+    for _ in range(120):
+        clock.advance(1.0)
+    # delays 5, 10, 15, 20, 25, 30 (sum 105) fit in 120 s: 7 sessions in all.
+    assert len(server.auths) == 14
+    assert tokens.refreshes == 7
+    watcher.stop()
+
+
+def test_account_state_has_one_writer(monkeypatch):
+    """Every account-state write of the watcher goes through FolderWatcher.setAccountState."""
+    server = FakeServer()
+    tokens = FakeTokens(server, refreshWorks=False)
+    server.valid.clear()
+    clock = Clock()
+    store = MemoryTokenStore(clock)
+    store.ensureAccount("alice", "generic")
+    writes = []
+    original = store.setAccountState
+
+    def recording(*args, **kw):
+        writes.append(args)
+        return original(*args, **kw)
+
+    store.setAccountState = recording
+    watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens, store=store)
+    via = []
+    method = FolderWatcher.setAccountState
+
+    async def counted(self, state, error):
+        via.append(state)
+        await method(self, state, error)
+
+    monkeypatch.setattr(FolderWatcher, "setAccountState", counted)
+    watcher.start()
+    tokens.refreshWorks = True
+    clock.advance(5.0)
+    assert [w[1] for w in writes] == ["error", "ok"]
+    assert via == ["error", "ok"]
+    watcher.stop()
+
+
+def test_plan_batches_by_count_and_bytes():
+    """Batches hold at most N messages and B bytes; a message larger than B goes alone."""
+    from oauthmail.imap.watcher.sync import planBatches
+
+    sizes = {1: 10, 2: 10, 3: 50, 4: 10, 5: 10, 6: 10}
+    assert planBatches([1, 2, 3, 4, 5, 6], sizes, 3, 30) == [[1, 2], [3], [4, 5, 6]]
+    assert planBatches([1, 2, 3, 4, 5, 6], sizes, 2, 1000) == [[1, 2], [3, 4], [5, 6]]
+    assert planBatches([], sizes, 2, 10) == []

@@ -89,6 +89,8 @@ class FakeServer:
         self.transport: StringTransport | None = None
         self.literal: tuple[bytes, bytes] | None = None
         self.lost = False
+        self.caps = CAPS
+        self.refusal = b"NO [AUTHENTICATIONFAILED] Authentication failed."
 
     def connect(self, reactor, server, timeout, **kw):
         """The ``connect`` seam: a greeted client on a 'TLS' StringTransport."""
@@ -96,7 +98,7 @@ class FakeServer:
         transport = StringTransport()
         directlyProvides(transport, ISSLTransport)
         client.makeConnection(transport)
-        client.dataReceived(b"* OK [CAPABILITY " + CAPS + b"] ready\r\n")
+        client.dataReceived(b"* OK [CAPABILITY " + self.caps + b"] ready\r\n")
         self.client, self.transport = client, transport
         return defer.succeed(client)
 
@@ -148,7 +150,7 @@ class FakeServer:
         self.client.dataReceived(data)
 
     def _CAPABILITY(self, tag, rest):
-        self._reply(tag, b"* CAPABILITY " + CAPS + b"\r\n" + tag + b" OK done\r\n")
+        self._reply(tag, b"* CAPABILITY " + self.caps + b"\r\n" + tag + b" OK done\r\n")
 
     def _AUTHENTICATE(self, tag, rest):
         raw = base64.b64decode(rest.split(b" ")[2])
@@ -156,7 +158,7 @@ class FakeServer:
         if token in self.accepted:
             self._reply(tag, tag + b" OK Logged in\r\n")
         else:
-            self._reply(tag, tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            self._reply(tag, tag + b" " + self.refusal + b"\r\n")
 
     def _LIST(self, tag, rest):
         lines = b"".join(
@@ -186,6 +188,8 @@ class FakeServer:
             self._reply(tag, b"+ OK\r\n")
             return
         value = re.search(rb'"((?:[^"\\]|\\.)*)"\Z', rest).group(1)
+        if b"X-GM-RAW" in rest:
+            value = value.removeprefix(b"rfc822msgid:")
         value = re.sub(rb"\\(.)", rb"\1", value)
         self._reply(tag, self._search(value) + tag + b" OK Search completed\r\n")
 
@@ -558,3 +562,27 @@ def test_find_sent_mailbox():
     """The first selectable \\Sent mailbox wins; none gives None."""
     assert findSentMailbox([(("\\Sent", "\\NonExistent"), "x"), (("\\sent",), "y")]) == "y"
     assert findSentMailbox([(("\\Drafts",), "x")]) is None
+
+
+def test_gmail_searches_with_x_gm_raw():
+    """With X-GM-EXT-1 advertised, the search is X-GM-RAW "rfc822msgid:<id>" (Gmail's way)."""
+    server = FakeServer(sent={3: header("<m1@x>", "q1")})
+    server.caps = CAPS + b" X-GM-EXT-1"
+    outcome, _ = run(server, [SentProbe("q1", "<m1@x>")])
+    assert value(outcome) == {"q1"}
+    assert b'UID SEARCH X-GM-RAW "rfc822msgid:m1@x"' in server.commands
+    assert not any(c.startswith(b"UID SEARCH HEADER") for c in server.commands)
+
+
+def test_microsoft_bare_refusal_is_refreshed_once():
+    """Exchange's bare 'NO AUTHENTICATE failed.' on a Microsoft profile: one refresh, retried."""
+    from dataclasses import replace
+
+    acct = account()
+    acct = replace(acct, profile=replace(acct.profile, kind="microsoft"))
+    server = FakeServer(accepted=("tok-2",), sent={1: header("<a@b>", "q")})
+    server.refusal = b"NO AUTHENTICATE failed."
+    tokens = Tokens()
+    outcome, _ = run(server, [SentProbe("q", "<a@b>")], acct=acct, tokens=tokens)
+    assert value(outcome) == {"q"}
+    assert tokens.refreshes == 1

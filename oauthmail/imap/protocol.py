@@ -282,9 +282,9 @@ class IMAPClientProtocol(Protocol):
         status = status.upper()
         if status not in _STATUS or literals:
             raise IMAPProtocolError(f"the server answered {cmd.title} with neither OK, NO nor BAD")
-        code, _ = splitResponseCode(text)
+        code, words = splitResponseCode(text)
         if code is not None:
-            self._code(code, cmd)
+            self._code(code, cmd, words)
         if status == b"OK":
             cmd.result.text = text
             if cmd.onOK is not None:
@@ -359,7 +359,7 @@ class IMAPClientProtocol(Protocol):
     def _status(self, kind: bytes, after: bytes) -> None:
         code, text = splitResponseCode(after)
         if code is not None:
-            self._code(code, self._current)
+            self._code(code, self._current, text)
         if not self._greeted and kind != b"BYE":
             self._greeted = True
             observers, self._greetingObservers = self._greetingObservers, []
@@ -376,11 +376,11 @@ class IMAPClientProtocol(Protocol):
             if current is None or current.name != b"LOGOUT":
                 self.close()
 
-    def _code(self, code: ResponseCode, cmd: Command | None) -> None:
+    def _code(self, code: ResponseCode, cmd: Command | None, text: bytes) -> None:
         if code.name == "CAPABILITY":
             self.capabilities = frozenset(a.upper() for a in code.args.split())
         elif code.name == "ALERT":
-            self.lastAlert = cleanText(code.args) or None
+            self.lastAlert = cleanText(text) or None
         if cmd is not None and len(cmd.result.codes) < _MAX_CODES:
             cmd.result.codes.append(code)
 
