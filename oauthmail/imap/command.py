@@ -18,8 +18,8 @@ from oauthmail.imap.parse import ResponseCode
 
 __all__ = ["Collector", "Command", "CommandResult"]
 
-#: ``collect(kind, texts, literals)``: one untagged response the command wants.
-Collector = Callable[[bytes, list[bytes], list[bytes]], None]
+#: ``collect(texts, literals)``: one untagged response of a kind the command wants.
+Collector = Callable[[list[bytes], list[bytes]], None]
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Command:
     """One command to send: name, arguments, and what it collects while in flight.
 
     ``wants``: the untagged kinds (``b"SEARCH"``, ``b"FETCH"``...) given to
-    ``collect(kind, texts, literals)``; ``continuation(text)`` answers ``+``;
+    ``collect(texts, literals)``; ``continuation(text)`` answers ``+``;
     ``onOK`` runs synchronously on the tagged OK (STARTTLS must switch before
     another byte is read); ``maxLine``/``maxLiteral``/``maxBytes`` override the
     limits while this command is in flight; ``deadline=False`` exempts it from

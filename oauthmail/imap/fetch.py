@@ -24,6 +24,10 @@ from oauthmail.imap.parse import Token, parseFetchItems, tokenize
 
 __all__ = ["FetchResponseParser", "formatUIDSet"]
 
+#: Exactly what Dovecot writes for ``(UID RFC822.SIZE BODY.PEEK[])``: one match, no more.
+_DOVECOT_HEAD = re.compile(
+    rb"\* \d{1,10} FETCH \(UID (\d{1,10}) RFC822\.SIZE (\d{1,20}) BODY\[\] \{"
+)
 _FAST_HEAD = re.compile(
     rb"\* \d{1,10} FETCH \(((?:[A-Za-z0-9.\-]+ (?:\d{1,20}|\([^()\"{}\[\]]*\)) )*)"
     rb"BODY\[(HEADER)?\] \{\d{1,20}\}\Z",
@@ -81,6 +85,15 @@ class FetchResponseParser:
     def feed(self, texts: list[bytes], literals: list[bytes]) -> None:
         """One whole untagged FETCH response."""
         if len(texts) == 2 and len(literals) == 1:
+            if texts[1] == b")" and not self.section:
+                first = texts[0]
+                head = _DOVECOT_HEAD.match(first)
+                if head is not None and head.end() == first.rfind(b"{") + 1:
+                    number = int(head.group(1))
+                    self.seen.add(number)
+                    self.sizes[number] = int(head.group(2))
+                    self.messages.append((number, literals[0]))
+                    return
             head = _FAST_HEAD.match(texts[0])
             if head is not None and (head.group(2) is not None) == (self.section == b"HEADER"):
                 tail = _FAST_TAIL.match(texts[1])
@@ -99,6 +112,17 @@ class FetchResponseParser:
         self._general(texts, literals)
 
     def _general(self, texts: list[bytes], literals: list[bytes]) -> None:
+        try:
+            self._items(texts, literals)
+        except ValueError as e:
+            if literals:
+                raise ValueError(
+                    "a FETCH response that does not end where its literal said"
+                    " (a literal longer or shorter than announced?)"
+                ) from None
+            raise ValueError(f"a FETCH response that cannot be read ({e})") from None
+
+    def _items(self, texts: list[bytes], literals: list[bytes]) -> None:
         tokens = tokenize(texts, literals)
         if (
             len(tokens) != 4
@@ -109,16 +133,11 @@ class FetchResponseParser:
             or tokens[2].upper() != b"FETCH"
             or not isinstance(tokens[3], list)
         ):
-            raise ValueError(
-                "a FETCH response that does not end where it should"
-                " (a literal longer than announced?)"
-            )
+            raise ValueError("not '* n FETCH (items)'")
         items = parseFetchItems(tokens[3])
         for name, value in items.items():
             if not _FETCH_ITEM.match(name):
-                raise ValueError(
-                    "a FETCH response with an unknown item (a literal longer than announced?)"
-                )
+                raise ValueError("an item that is not a FETCH item")
             if name in (b"UID", b"RFC822.SIZE") and not (
                 isinstance(value, bytes) and _NUMBER.match(value)
             ):

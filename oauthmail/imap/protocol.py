@@ -334,25 +334,33 @@ class IMAPClientProtocol(Protocol):
         if cmd is None or kind not in cmd.wants or cmd.collect is None:
             return  # unsolicited (a flag change): dropped, it holds nothing
         cmd.count += 1
-        cmd.bytes += sum(map(len, texts)) + sum(map(len, literals))
+        size = len(texts[0])
+        if len(texts) > 1 or literals:
+            size = sum(map(len, texts)) + sum(map(len, literals))
+        cmd.bytes += size
+        limits = self.limits
+        if cmd.count > limits.maxUntagged or cmd.bytes > (cmd.maxBytes or limits.maxCollectedBytes):
+            self._overCollected(cmd)
+        cmd.collect(texts, literals)
+
+    def _overCollected(self, cmd: Command) -> None:
         limits = self.limits
         if cmd.count > limits.maxUntagged:
             raise IMAPProtocolError(f"more than {limits.maxUntagged} responses to one {cmd.title}")
-        maxBytes = cmd.maxBytes or limits.maxCollectedBytes
-        if cmd.bytes > maxBytes:
-            raise IMAPProtocolError(f"more than {maxBytes} bytes of responses to one {cmd.title}")
-        cmd.collect(kind, texts, literals)
+        raise IMAPProtocolError(
+            f"more than {cmd.maxBytes or limits.maxCollectedBytes} bytes of responses"
+            f" to one {cmd.title}"
+        )
 
     def _numberEvent(self, kind: bytes, number: int) -> None:
         if kind == b"EXISTS":
             self.existsSeen += 1
             self.exists = number
-        event = IdleEvent(kind.decode("ascii"), number=number)
         if self._idle is not None:
-            self._idle.event(event)
+            self._idle.event(IdleEvent(kind.decode("ascii"), number=number))
         elif self.onUntagged is not None:
             try:
-                self.onUntagged(event)
+                self.onUntagged(IdleEvent(kind.decode("ascii"), number=number))
             except Exception:  # noqa: S110 - a listener's bug must not break the protocol
                 pass
 

@@ -108,10 +108,9 @@ class IMAPSession(IMAPClientProtocol):
     def _search(self, args: bytes, literal: bytes | None = None) -> defer.Deferred[list[int]]:
         found: set[int] = set()
 
-        def collect(kind: bytes, texts: list[bytes], literals: list[bytes]) -> None:
-            line = texts[0]
-            if kind == b"SEARCH" and not literals:
-                found.update(parseSearch(line[9:]))
+        def collect(texts: list[bytes], literals: list[bytes]) -> None:
+            if not literals:
+                found.update(parseSearch(texts[0][9:]))
 
         continuation = None
         if literal is not None:
@@ -178,15 +177,11 @@ class IMAPSession(IMAPClientProtocol):
         except ValueError as e:
             return defer.fail(e)
         parser = FetchResponseParser(section)
-
-        def collect(kind: bytes, texts: list[bytes], literals: list[bytes]) -> None:
-            parser.feed(texts, literals)
-
         cmd = Command(
             b"UID FETCH",
             uidSet + b" " + items,
             wants=(b"FETCH",),
-            collect=collect,
+            collect=parser.feed,
             maxLiteral=self.limits.maxMessageSize if body else None,
         )
         return self.execute(cmd).addCallback(lambda _: parser)
@@ -264,9 +259,7 @@ class IMAPSession(IMAPClientProtocol):
         mailboxes: list[tuple[tuple[str, ...], str]] = []
         skipped: list[int] = []
 
-        def collect(kind: bytes, texts: list[bytes], literals: list[bytes]) -> None:
-            if kind != b"LIST":
-                return
+        def collect(texts: list[bytes], literals: list[bytes]) -> None:
             try:
                 attributes, raw = parseList(texts, literals)
                 mailboxes.append((attributes, mutf7.decode(raw)))

@@ -28,14 +28,11 @@ Pure: no transport, no reactor; property tests feed it arbitrary bytes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from oauthmail.imap.errors import IMAPProtocolError
 
 __all__ = ["ResponseReader", "describeSize"]
-
-_LITERAL = re.compile(rb"\{(\d{1,20})\}\Z")
 
 ResponseCallback = Callable[[list[bytes], list[bytes]], None]
 
@@ -116,75 +113,74 @@ class ResponseReader:
             raise
 
     def _feed(self, data: bytes) -> None:
-        while data:
-            if self._pending:
-                need = self._pending
-                if len(data) < need:
-                    self._chunks.append(data)
-                    self._pending = need - len(data)
+        # One pass with an offset: each byte of a literal is copied once (into its
+        # chunk; a literal split over reads is joined once more at its end).
+        pos = 0
+        n = len(data)
+        if self._partial:
+            pos = self._endPartial(data)
+            if pos < 0:
+                return
+        while pos < n:
+            need = self._pending
+            if need:
+                if n - pos < need:
+                    self._chunks.append(data[pos:] if pos else data)
+                    self._pending = need - (n - pos)
                     return
-                self._chunks.append(data[:need] if len(data) > need else data)
-                data = data[need:]
+                end = pos + need
+                self._chunks.append(data if pos == 0 and end == n else data[pos:end])
+                pos = end
                 self._pending = 0
-                chunks, self._chunks = self._chunks, []
+                chunks = self._chunks
+                self._chunks = []
                 self._literals.append(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 continue
-            data = self._lines(data)
-
-    def _lines(self, data: bytes) -> bytes:
-        """Consume text lines from ``data``; return what follows a literal announcement."""
-        start = 0
-        if self._partial:
-            partial = self._partial
-            if partial[-1:] == b"\r" and data[:1] == b"\n":
-                del partial[-1]
-                line = bytes(partial)
-                start = 1
-            else:
-                end = data.find(b"\r\n")
-                if end < 0:
-                    partial += data
-                    if len(partial) > self.maxLine + 1:
-                        raise self._tooLong()
-                    return b""
-                partial += data[:end]
-                line = bytes(partial)
-                start = end + 2
-            self._partial = bytearray()
-            if len(line) > self.maxLine:
-                raise self._tooLong()
-            size = self._line(line)
-            if size:
-                return data[start:]
-            if self.expectSilence:
-                self._silent(data[start:])
-        maxLine = self.maxLine
-        find = data.find
-        while True:
-            end = find(b"\r\n", start)
+            end = data.find(b"\r\n", pos)
             if end < 0:
-                rest = data[start:]
-                if rest:
-                    if len(rest) > maxLine + 1:
-                        raise self._tooLong()
-                    self._partial = bytearray(rest)
-                return b""
-            if end - start > maxLine:
+                if n - pos > self.maxLine + 1:
+                    raise self._tooLong()
+                self._partial = bytearray(data[pos:])
+                return
+            if end - pos > self.maxLine:
                 raise self._tooLong()
-            size = self._line(data[start:end])
-            start = end + 2
-            if size:
-                return data[start:]
-            if self.expectSilence:
-                self._silent(data[start:])
-            maxLine = self.maxLine  # the callback may have changed it
+            line = data[pos:end]
+            pos = end + 2
+            self._line(line)
+            if self.expectSilence and not self._pending and not self._texts:
+                self._silent(data[pos:])
+
+    def _endPartial(self, data: bytes) -> int:
+        """Finish the line begun in an earlier read; return where ``data`` goes on (-1: not yet)."""
+        partial = self._partial
+        if partial[-1:] == b"\r" and data[:1] == b"\n":
+            del partial[-1]
+            pos = 1
+        else:
+            end = data.find(b"\r\n")
+            if end < 0:
+                partial += data
+                if len(partial) > self.maxLine + 1:
+                    raise self._tooLong()
+                return -1
+            partial += data[:end]
+            pos = end + 2
+        line = bytes(partial)
+        self._partial = bytearray()
+        if len(line) > self.maxLine:
+            raise self._tooLong()
+        self._line(line)
+        if self.expectSilence and not self._pending and not self._texts:
+            self._silent(data[pos:])
+        return pos
 
     def _line(self, line: bytes) -> int:
         """One text segment; return the size of the literal it announces (0: none, or empty)."""
-        if line[-1:] == b"}":
-            m = _LITERAL.search(line)
-            if m is not None:
-                size = int(m.group(1))
+        if line.endswith(b"}"):
+            brace = line.rfind(b"{", -23)
+            digits = line[brace + 1 : -1]
+            if brace >= 0 and digits.isdigit():
+                size = int(digits)
                 if size > self.maxLiteral:
                     raise IMAPProtocolError(
                         f"the server announced a literal of {size} bytes, more than the"
