@@ -40,7 +40,7 @@ class _Factory(Factory):
 
 
 def connectIMAP(
-    reactor: Any,
+    reactor: Any,  # IReactorTCP and IReactorTime
     server: ServerConfig,
     timeout: float = 30.0,
     clientFactory: Callable[..., IMAPSession] | None = None,

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -110,7 +111,7 @@ class IMAPSentFolder:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         accounts: Mapping[str, AccountConfig],
         tokens: ITokenSource,
         connect: Callable[..., defer.Deferred[IIMAPSession]] = connectIMAP,

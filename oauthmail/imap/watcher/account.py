@@ -15,10 +15,11 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from oauthmail.config import AccountConfig
 from oauthmail.imap.watcher.folder import FolderWatcher
-from oauthmail.interfaces import IDeliveryLedger, ISink, ITokenSource
+from oauthmail.interfaces import IDeliveryLedger, ISink, ITokenSource, ITokenStore
 
 __all__ = ["AccountWatcher"]
 
@@ -35,8 +36,8 @@ class AccountWatcher(MultiService):
         tokens: ITokenSource,
         ledger: IDeliveryLedger,
         sink: ISink,
-        reactor: Any,
-        store: Any = None,
+        reactor: IReactorTime,
+        store: ITokenStore | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()

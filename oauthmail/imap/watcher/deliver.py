@@ -17,7 +17,8 @@ person to look at: it was not delivered, so flagging or deleting it would lose i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from oauthmail.digest import messageDigest
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
@@ -41,7 +42,7 @@ class BatchDelivery:
         folder: str,
         ledger: IDeliveryLedger,
         sink: ISink,
-        clock: Any,
+        clock: IReactorTime,
         report: FolderReport,
         keep: bool,
     ) -> None:

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from oauthmail.config import AccountConfig, FolderConfig
@@ -41,9 +42,9 @@ from oauthmail.imap.watcher.dispose import Disposer
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.imap.watcher.sync import FolderSync
 from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
-from oauthmail.interfaces import IDeliveryLedger, IIMAPSession, ISink, ITokenSource
+from oauthmail.interfaces import IDeliveryLedger, IIMAPSession, ISink, ITokenSource, ITokenStore
 from oauthmail.retry import Backoff
-from oauthmail.text import describeFailure
+from oauthmail.text import cleanText, describeFailure
 from oauthmail.tokens.errors import AccountNotAuthorised
 
 __all__ = ["FolderWatcher", "TokenRejected"]
@@ -91,8 +92,8 @@ class FolderWatcher:
         tokens: ITokenSource,
         ledger: IDeliveryLedger,
         sink: ISink,
-        reactor: Any,
-        store: Any = None,
+        reactor: IReactorTime,
+        store: ITokenStore | None = None,
         connect: Callable[..., defer.Deferred[IIMAPSession]] = connectIMAP,
         retryPolicy: Callable[[int], float] | None = None,
         connectTimeout: float = 30.0,
@@ -236,6 +237,12 @@ class FolderWatcher:
                 if self._stopping:
                     break
                 report.error(f"the server broke the IMAP protocol: {e}")
+            except (ConnectionDone, ConnectionLost) as e:
+                if self._stopping:
+                    break
+                how = "closed" if isinstance(e, ConnectionDone) else "lost"
+                why = f" ({cleanText(e.args[0])})" if e.args and isinstance(e.args[0], str) else ""
+                report.error(f"the connection was {how} while {report.state}{why}")
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
@@ -276,7 +283,10 @@ class FolderWatcher:
             report.state = "authenticating"
             await self._authenticate(client, token)
             self._checkStopping()
-            caps = await client.capability()
+            # Authenticating asked CAPABILITY again (they change once authenticated).
+            caps = client.capabilities
+            if caps is None:
+                caps = await client.capability()
             report.state = "selecting"
             info = await client.selectFolder(self.folder.name)
             report.lastError = None
