@@ -307,10 +307,8 @@ class _Stopper:
 
 @pytest_twisted.ensureDeferred
 async def test_exists_flood_holds_no_memory():
-    """2 MB of untagged EXISTS during UID SEARCH: nothing piles up, the search completes.
-
-    (Twisted's stock client kept every line of the command: +335 MB for 16 MB.)
-    """
+    """2 MB of untagged EXISTS during UID SEARCH: nothing piles up, the search completes."""
+    # Twisted's stock client kept every line of the command: +335 MB for 16 MB.
 
     class Flood(World):
         def search(self, server, tag, first):
@@ -346,8 +344,7 @@ async def test_exists_flood_holds_no_memory():
 
 @pytest_twisted.ensureDeferred
 async def test_literal_longer_than_announced_is_one_line_without_content():
-    """{5} then 'hello secret-words)': one line per session, no traceback, no message text,
-    and the sessions back off."""
+    """{5} then 'hello secret-words)': one line per session, no traceback, no message text."""
 
     class Longer(World):
         def fetchBody(self, server, seq, uid):

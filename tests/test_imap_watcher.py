@@ -627,8 +627,7 @@ def test_handed_batch_after_a_crash_is_not_delivered_again():
 
 
 def test_a_body_missing_from_fetch_is_fetched_again_then_left_on_the_server():
-    """A UID answered without a body is fetched again next round; after 3 empty answers it
-    is reported once, recorded and left on the server, and never blocks the others."""
+    """An empty FETCH is retried; after 3 it is reported once and left, never blocking others."""
     watcher, server, tokens, ledger, sink, clock = setup()
     server.add(b"one")
     server.add(b"two")
@@ -768,8 +767,7 @@ def test_a_message_over_the_size_limit_is_left_on_the_server_and_reported_once()
 
 
 def test_a_literal_over_the_limit_ends_the_session_and_the_message_is_skipped():
-    """A server whose RFC822.SIZE lied: the refused literal's UID is recorded, the next
-    session delivers the others."""
+    """RFC822.SIZE lied: the refused literal's UID is recorded, the next session goes on."""
     from oauthmail.imap.errors import IMAPProtocolError
 
     watcher, server, tokens, ledger, sink, clock = setup()

@@ -174,8 +174,7 @@ imapish = st.lists(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunks=imapish, commands=st.integers(0, 3))
 def test_protocol_fuzz_no_exception_escapes(chunks, commands):
-    """Arbitrary (and IMAP-looking) bytes into a live session: nothing escapes dataReceived,
-    every pending command ends or waits, and the session holds no more than its bounds."""
+    """Arbitrary bytes into a live session: nothing escapes, commands end, buffers stay bounded."""
     limits = IMAPLimits(maxLine=512, maxSmallLiteral=1024, maxMessageSize=2048, maxUntagged=50)
     client = IMAPSession(limits=limits)
     transport = StringTransport()
@@ -304,11 +303,9 @@ def test_fetch_that_does_not_end_where_it_should_is_refused(tail):
 
 @given(st.text())
 def test_mutf7_round_trip_and_agrees_with_twisted(name):
-    """Any name survives encode/decode, the wire form is printable ASCII, as Twisted writes it.
-
-    (Twisted's codec writes control characters as ``&-``, which reads back as
-    ``&``: those names are compared with the round trip only.)
-    """
+    """Any name survives encode/decode as printable ASCII, written as Twisted writes it."""
+    # Twisted's codec writes control characters as "&-", which reads back as "&":
+    # those names are checked by the round trip only.
     raw = mutf7.encode(name)
     assert all(0x20 <= b <= 0x7E for b in raw)
     assert mutf7.decode(raw) == name
