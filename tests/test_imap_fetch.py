@@ -362,3 +362,21 @@ def test_fetch_headers_ignores_full_bodies_and_fetch_messages_ignores_headers():
     plain = FetchResponseParser()
     plain.feed([b"* 1 FETCH (UID 4 BODY[HEADER] {2}", b")"], [b"hi"])
     assert plain.messages == []
+
+
+def test_done_without_answer_hits_the_deadline():
+    """After DONE the server owes an answer: a dead link is noticed within the deadline."""
+    from twisted.internet.task import Clock
+
+    client, transport = connect()
+    client.clock = clock = Clock()
+    events = []
+    started = client.idle(events.append)
+    client.dataReceived(b"+ idling\r\n")
+    idling = result(started)
+    ended = idling.done()
+    assert transport.value().endswith(b"DONE\r\n")
+    clock.advance(client.commandTimeout)
+    with pytest.raises(IMAPTimeoutError, match="did not answer IDLE"):
+        result(ended)
+    assert transport.disconnecting

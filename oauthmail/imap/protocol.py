@@ -225,7 +225,11 @@ class IMAPClientProtocol(Protocol):
         self.reader.maxLiteral = cmd.maxLiteral or limits.maxSmallLiteral
         line = cmd.tag + b" " + cmd.name + (b" " + cmd.args if cmd.args else b"") + b"\r\n"
         self.transport.write(line)
-        if cmd.deadline and self.commandTimeout > 0 and self.clock is not None:
+        if cmd.deadline:
+            self._armDeadline()
+
+    def _armDeadline(self) -> None:
+        if self.commandTimeout > 0 and self.clock is not None:
             self._activity = self.clock.seconds()
             if self._timer is None or not self._timer.active():
                 self._timer = self.clock.callLater(self.commandTimeout, self._checkDeadline)
@@ -508,7 +512,17 @@ class IMAPClientProtocol(Protocol):
         caps = self.capabilities
         if caps is not None and b"IDLE" not in caps:
             return defer.fail(IMAPError("the server does not offer IDLE"))
-        session = IdleSession(onEvent, lambda: self.sendLine(b"DONE"))
+        cmd = Command(b"IDLE", deadline=False)
+
+        def sendDone() -> None:
+            # From DONE on, the server owes an answer: a dead link is noticed in time.
+            self.sendLine(b"DONE")
+            if self._current is cmd:
+                cmd.deadline = True
+                self._armDeadline()
+
+        session = IdleSession(onEvent, sendDone)
+        cmd.continuation = lambda _: session.continued()
         self._idle = session
 
         def ended(result: object) -> None:
@@ -516,7 +530,6 @@ class IMAPClientProtocol(Protocol):
                 self._idle = None
             session.finished(result)
 
-        cmd = Command(b"IDLE", continuation=lambda _: session.continued(), deadline=False)
         self.execute(cmd).addBoth(ended)
         return session.startDeferred
 
