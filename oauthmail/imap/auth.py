@@ -21,19 +21,28 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from oauthmail import sasl
-from oauthmail.imap.errors import IMAPAuthenticationError, IMAPCommandError
+from oauthmail.imap.command import Command
+from oauthmail.imap.errors import (
+    CleartextAuthenticationRefused,
+    IMAPAuthenticationError,
+    IMAPCommandError,
+    MechanismNotOffered,
+)
 from oauthmail.interfaces import ITokenSource
-from oauthmail.secret import scrub
+from oauthmail.secret import plain, scrub
 from oauthmail.text import cleanText
 
 if TYPE_CHECKING:
+    from oauthmail.imap.protocol import IMAPClientProtocol
     from oauthmail.interfaces import IIMAPSession
 
 __all__ = [
     "AuthExchange",
+    "authenticateOAuth",
     "authenticateRefreshingOnce",
     "classifyRefusal",
     "refusalError",
@@ -125,6 +134,52 @@ def refusalError(
     return IMAPAuthenticationError(
         message, server_error=serverError, token_rejected=rejected, temporary=temporary
     )
+
+
+def _refuseCleartext(protocol: IMAPClientProtocol) -> None:
+    if protocol.allow_cleartext or ISSLTransport.providedBy(protocol.transport):
+        return
+    raise CleartextAuthenticationRefused(
+        "refusing to send an OAuth token over a connection without TLS "
+        "(use implicit TLS or STARTTLS first)"
+    )
+
+
+async def authenticateOAuth(
+    protocol: IMAPClientProtocol,
+    mechanism: str | bytes,
+    user: str,
+    token: sasl.TokenLike,
+    host: str | None,
+    port: int | None,
+    providerKind: str,
+) -> frozenset[bytes]:
+    """The ``AUTHENTICATE`` exchange on ``protocol``; the capabilities asked again after it.
+
+    Nothing is sent when the input is unusable (``ValueError``), the
+    connection is not TLS-protected, or the server lacks the mechanism.
+    """
+    mech = sasl.normaliseMechanism(mechanism)
+    raw = sasl.initialResponse(mech, user, token, host, port)
+    _refuseCleartext(protocol)
+    response = base64.b64encode(raw)
+    secrets = (plain(token), response.decode("ascii"))
+    caps = protocol.capabilities
+    if caps is None:
+        caps = await protocol.capability()
+    if b"AUTH=" + mech not in caps:
+        offered = sorted(c[5:].decode("ascii", "replace") for c in caps if c[:5] == b"AUTH=")
+        raise MechanismNotOffered(mech.decode("ascii"), offered)
+    _refuseCleartext(protocol)
+    saslIR = b"SASL-IR" in caps
+    exchange = AuthExchange(mech, response, saslIR, protocol.sendLine)
+    args = mech + b" " + response if saslIR else mech
+    try:
+        await protocol.execute(Command(b"AUTHENTICATE", args, continuation=exchange.continuation))
+    except IMAPCommandError as e:
+        raise refusalError(e, exchange, secrets, providerKind) from None
+    protocol.capabilities = None
+    return await protocol.capability()
 
 
 async def authenticateRefreshingOnce(

@@ -33,33 +33,29 @@ Rules a reader must not break:
 
 from __future__ import annotations
 
-import base64
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from oauthmail import sasl
-from oauthmail.imap.auth import AuthExchange, refusalError
+from oauthmail.imap.auth import authenticateOAuth
 from oauthmail.imap.command import Command, CommandResult
 from oauthmail.imap.errors import (
-    CleartextAuthenticationRefused,
     IMAPCommandError,
     IMAPError,
     IMAPProtocolError,
     IMAPServerBye,
     IMAPTimeoutError,
-    MechanismNotOffered,
 )
 from oauthmail.imap.idle import IdleEvent, IdleSession
 from oauthmail.imap.limits import IMAPLimits
 from oauthmail.imap.parse import ResponseCode, splitResponseCode
 from oauthmail.imap.wire import ResponseReader
-from oauthmail.secret import plain
 from oauthmail.text import cleanText
 
 __all__ = ["Command", "CommandResult", "IMAPClientProtocol"]
@@ -440,14 +436,6 @@ class IMAPClientProtocol(Protocol):
 
     # -- AUTHENTICATE -------------------------------------------------------------------
 
-    def _refuseCleartext(self) -> None:
-        if self.allow_cleartext or ISSLTransport.providedBy(self.transport):
-            return
-        raise CleartextAuthenticationRefused(
-            "refusing to send an OAuth token over a connection without TLS "
-            "(use implicit TLS or STARTTLS first)"
-        )
-
     def authenticate(
         self,
         mechanism: str | bytes,
@@ -462,42 +450,11 @@ class IMAPClientProtocol(Protocol):
         Fires with the capabilities asked again after success (they change once
         authenticated), or fails with :class:`IMAPAuthenticationError`,
         :class:`CleartextAuthenticationRefused`, :class:`MechanismNotOffered`
-        or ``ValueError`` (unusable input; nothing was sent).
+        or ``ValueError`` (unusable input; nothing was sent). See :mod:`.auth`.
         """
         return defer.ensureDeferred(
-            self._authenticate(mechanism, user, token, host, port, providerKind)
+            authenticateOAuth(self, mechanism, user, token, host, port, providerKind)
         )
-
-    async def _authenticate(
-        self,
-        mechanism: str | bytes,
-        user: str,
-        token: sasl.TokenLike,
-        host: str | None,
-        port: int | None,
-        providerKind: str,
-    ) -> frozenset[bytes]:
-        mech = sasl.normaliseMechanism(mechanism)
-        raw = sasl.initialResponse(mech, user, token, host, port)
-        self._refuseCleartext()
-        response = base64.b64encode(raw)
-        secrets = (plain(token), response.decode("ascii"))
-        caps = self.capabilities
-        if caps is None:
-            caps = await self.capability()
-        if b"AUTH=" + mech not in caps:
-            offered = sorted(c[5:].decode("ascii", "replace") for c in caps if c[:5] == b"AUTH=")
-            raise MechanismNotOffered(mech.decode("ascii"), offered)
-        self._refuseCleartext()
-        saslIR = b"SASL-IR" in caps
-        exchange = AuthExchange(mech, response, saslIR, self.sendLine)
-        args = mech + b" " + response if saslIR else mech
-        try:
-            await self.execute(Command(b"AUTHENTICATE", args, continuation=exchange.continuation))
-        except IMAPCommandError as e:
-            raise refusalError(e, exchange, secrets, providerKind) from None
-        self.capabilities = None
-        return await self.capability()
 
     # -- IDLE ---------------------------------------------------------------------------
 
