@@ -29,10 +29,11 @@ from oauthmail.config import (
     SinkConfig,
 )
 from oauthmail.imap.connect import connectIMAP
-from oauthmail.imap.ledger import FAILED_PERMANENT, MemoryDeliveryLedger
+from oauthmail.imap.ledger import FAILED_PERMANENT
 from oauthmail.imap.limits import IMAPLimits
 from oauthmail.imap.watcher import FolderWatcher
 from oauthmail.secret import Secret
+from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
 
 CAPS = b"IMAP4rev1 AUTH=XOAUTH2 SASL-IR IDLE UIDPLUS MOVE"
 #: Bytes of untagged EXISTS the flooding server sends during one command.
