@@ -113,7 +113,8 @@ class TokenSource:
         self._backoff_max = backoff_max
         self._random = random if random is not None else _random.Random()  # noqa: S311 - jitter
         self._grants: dict[str, GrantClient] = {}
-        self._inflight: dict[str, list[defer.Deferred[Secret]]] = {}
+        # Callers waiting for each account's refresh in flight: (waiter, strict).
+        self._inflight: dict[str, list[tuple[defer.Deferred[Secret], bool]]] = {}
         # Tokens the provider gave us that the store refused: (expected version, tokens).
         self._pending: dict[str, tuple[int, TokenSet]] = {}
         # Retry-After longer than one call may wait: no request before this time.
@@ -202,7 +203,7 @@ class TokenSource:
         self._pending.pop(account_id, None)
         self._not_before.pop(account_id, None)
         self._reported.discard(account_id)
-        await self._store.setAccountState(account_id, "ok", None)
+        await self._recordState(account_id, "ok", None)
         log.info("account {account} authorised", account=account_id)
         return record
 
@@ -226,247 +227,177 @@ class TokenSource:
         return await self._joinRefresh(account, min_valid)
 
     def _joinRefresh(
-        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None = None
+        self,
+        account: AccountConfig,
+        min_valid: float | None,
+        limiter: Limiter | None = None,
+        *,
+        strict: bool = False,
     ) -> defer.Deferred[Secret]:
+        """Join the account's refresh in flight, or start it.
+
+        ``strict`` callers (the refresher) learn that a refresh failed even when
+        the token it was to replace is still valid; everybody else gets that token.
+        """
         waiter: defer.Deferred[Secret] = defer.Deferred()
         waiters = self._inflight.get(account.name)
         if waiters is not None:
-            waiters.append(waiter)
+            waiters.append((waiter, strict))
             return waiter
-        self._inflight[account.name] = [waiter]
+        self._inflight[account.name] = [(waiter, strict)]
         try:
-            d = self._refresh(account, min_valid, limiter)
+            d = self._refresh(_Refresh(account, min_valid, limiter))
         except Exception:
             d = defer.fail()
         d.addBoth(self._fanOut, account.name)
         return waiter
 
-    def _fanOut(self, result: Secret | Failure, name: str) -> None:
-        for waiter in self._inflight.pop(name, []):
+    def _fanOut(self, result: Secret | _StillValid | Failure, name: str) -> None:
+        for waiter, strict in self._inflight.pop(name, ()):
             if waiter.called:  # cancelled by its caller
                 continue
-            if isinstance(result, Failure):
+            if isinstance(result, _StillValid):
+                if strict:
+                    waiter.errback(result.error)
+                else:
+                    waiter.callback(result.token)
+            elif isinstance(result, Failure):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
 
-    # -- the refresh -----------------------------------------------------------------
+    # -- the refresh: read, ask, write ---------------------------------------------------
+    #
+    # Every refresh takes these steps, and each rule lives in one of them. They are
+    # callbacks rather than one coroutine: every due account comes through here once
+    # per token lifetime, and at 10,000 accounts a coroutine's resumptions cost more
+    # than all the rest of our side of a refresh (bench/refresh). The rare branches
+    # (tokens a failed store still holds, refusals, a failing store) are coroutines.
 
-    def _refresh(
-        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None = None
-    ) -> defer.Deferred[Secret]:
-        """Read, ask the provider, write: the everyday refresh as one callback chain.
-
-        Every due account goes through here once per token lifetime, and at
-        10,000 accounts the awaits of nested coroutines cost more than the
-        request itself (bench/refresh). So the common case (account row present,
-        nothing pending or waited for, a refresh token) is plain callbacks; every
-        other case, and every failure, continues in the coroutines below, which
-        keep the rules in one readable place.
-        """
+    def _refresh(self, job: _Refresh) -> defer.Deferred[Secret | _StillValid]:
         # One read for state and tokens. The daemon creates every configured account's
-        # row at start-up, so the ensureAccount write transaction is only for the rare
-        # account that has none yet.
-        d = defer.ensureDeferred(self._store.getAccountWithTokens(account.name))
-        return d.addCallback(self._afterRead, account, min_valid, limiter)
+        # row at start-up, so the ensureAccount write is only for the rare account
+        # that has none yet.
+        d = self._store.getAccountWithTokens(job.account.name)
+        return d.addCallback(self._read, job)
 
-    def _afterRead(
-        self,
-        read: tuple[AccountRecord | None, TokenRecord | None],
-        account: AccountConfig,
-        min_valid: float | None,
-        limiter: Limiter | None,
-    ) -> Secret | defer.Deferred[Secret]:
+    def _read(
+        self, read: tuple[AccountRecord | None, TokenRecord | None], job: _Refresh
+    ) -> Secret | _StillValid | defer.Deferred[Secret | _StillValid]:
         state, record = read
-        name = account.name
-        if (
-            state is None
-            or record is None
-            or record.refresh_token is None
-            or state.state == "needs_reauth"
-            or account.grant == "client_credentials"
-            or name in self._pending
-            or name in self._not_before
-        ):
-            return defer.ensureDeferred(
-                self._refreshSlow(account, min_valid, limiter, state, record)
-            )
-        if min_valid is not None and self._valid(record, min_valid):
+        name = job.account.name
+        if state is None:
+            d = self._store.ensureAccount(name, job.account.profile.kind)
+            return d.addCallback(lambda state: self._read((state, record), job))
+        job.state = state
+        if name in self._pending:
+            d = defer.ensureDeferred(self._retryPendingWrite(name, record))
+            return d.addCallback(self._decide, job)
+        return self._decide((record, None), job)
+
+    def _decide(
+        self, current: tuple[TokenRecord | None, TokenSet | None], job: _Refresh
+    ) -> Secret | _StillValid | defer.Deferred[Secret | _StillValid]:
+        """Whether to ask the provider at all, and with which refresh token."""
+        record, pending = current
+        job.record = record
+        if pending is None and job.min_valid is not None and self._valid(record, job.min_valid):
             return record.access_token  # somebody refreshed while we waited
-        refresh_token = record.refresh_token
-        grants = self.grantClient(name)
-        if limiter is not None:
-            d = limiter.acquire()
-            d.addCallback(self._send, grants, refresh_token, limiter)
+        job.refresh_token = self._refreshTokenOf(job.account, job.state, record, pending)
+        not_before = self._not_before.get(job.account.name)
+        if not_before is not None:
+            wait = not_before - self._clock.seconds()
+            if wait > 0:
+                error = TransientTokenError("the provider asked us to wait", retry_after=wait)
+                return defer.ensureDeferred(self._giveUp(job, error))
+        return self._ask(job)
+
+    @staticmethod
+    def _refreshTokenOf(
+        account: AccountConfig,
+        state: AccountRecord,
+        record: TokenRecord | None,
+        pending: TokenSet | None,
+    ) -> Secret | None:
+        """The refresh token to present (``None`` for app-only accounts), or why there is none."""
+        if account.grant == "client_credentials":
+            return None
+        name = account.name
+        if state.state == "needs_reauth":
+            raise AccountNotAuthorised(
+                name, f"needs re-authorisation: {state.last_error}", needs_reauth=True
+            )
+        if pending is not None:
+            refresh_token = pending.refresh_token
         else:
-            d = grants.refresh(refresh_token)
+            refresh_token = record.refresh_token if record is not None else None
+        if refresh_token is None:
+            raise AccountNotAuthorised(
+                name, "not authorised yet: authorise it on the console or with the CLI"
+            )
+        return refresh_token
+
+    def _ask(self, job: _Refresh) -> defer.Deferred[Secret | _StillValid]:
+        """One request to the provider; its answer is written, its failure handled."""
+        grants = self.grantClient(job.account.name)
+        limiter = job.limiter
+        if limiter is None:
+            d = self._request(None, grants, job.refresh_token, None)
+        else:
+            d = limiter.acquire().addCallback(self._request, grants, job.refresh_token, limiter)
         return d.addCallbacks(
-            self._obtained,
-            self._askFailed,
-            callbackArgs=(name, state, record, refresh_token),
-            errbackArgs=(name, state, record, min_valid, refresh_token, limiter),
+            self._obtained, self._askFailed, callbackArgs=(job,), errbackArgs=(job,)
         )
 
     @staticmethod
-    def _send(
-        _: object, grants: GrantClient, refresh_token: Secret, limiter: Limiter
+    def _request(
+        _: object, grants: GrantClient, refresh_token: Secret | None, limiter: Limiter | None
     ) -> defer.Deferred[TokenSet]:
-        """The request, holding the ``limiter`` slot just that long."""
-        try:
-            d = grants.refresh(refresh_token)
-        except BaseException:
-            limiter.release()
-            raise
-        return d.addBoth(_release, limiter)
+        """The request, holding the ``limiter`` slot (if any) just that long.
 
-    def _obtained(
-        self,
-        tokens: TokenSet,
-        name: str,
-        state: AccountRecord,
-        record: TokenRecord,
-        refresh_token: Secret,
-    ) -> defer.Deferred[Secret]:
-        if tokens.refresh_token is None:
-            tokens = replace(tokens, refresh_token=refresh_token)  # provider did not rotate
-        return self._write(name, state, record, tokens)
+        The refresher caps the requests its pass has at the provider, not the local
+        reads and fsync'd writes around them, nor the backoff sleeps between attempts.
+        """
+        try:
+            if refresh_token is None:
+                d = defer.ensureDeferred(grants.clientCredentials())
+            else:
+                d = grants.refresh(refresh_token)
+        except Exception:
+            d = defer.fail()
+        if limiter is not None:
+            d.addBoth(_release, limiter)
+        return d
 
     def _askFailed(
-        self,
-        failure: Failure,
-        name: str,
-        state: AccountRecord,
-        record: TokenRecord,
-        min_valid: float | None,
-        refresh_token: Secret,
-        limiter: Limiter | None,
-    ) -> defer.Deferred[Secret]:
-        """The first request failed: retries and error handling as the slow path does them."""
-        return defer.ensureDeferred(
-            self._obtainAndWrite(
-                name, state, record, min_valid, False, refresh_token, limiter, failure
+        self, failure: Failure, job: _Refresh
+    ) -> Failure | defer.Deferred[Secret | _StillValid]:
+        """Retry a transient failure (a bounded number of times); handle a refusal."""
+        error = failure.value
+        name = job.account.name
+        if isinstance(error, TransientTokenError):
+            job.attempt += 1
+            delay = self.backoff(job.attempt, error.retry_after)
+            if job.attempt >= self._max_attempts or delay is None:
+                return defer.ensureDeferred(self._giveUp(job, error))
+            log.info(
+                "refresh of {account} failed ({why}); retry {attempt} in {delay:.1f} s",
+                account=name,
+                why=error.reason,
+                attempt=job.attempt,
+                delay=delay,
             )
-        )
+            return task.deferLater(self._clock, delay, self._ask, job)
+        if isinstance(error, InvalidGrant):
+            return defer.ensureDeferred(self._needsReauth(name, error))
+        if isinstance(error, TokenEndpointError):
+            return defer.ensureDeferred(self._refused(name, error))
+        return failure
 
-    async def _refreshSlow(
-        self,
-        account: AccountConfig,
-        min_valid: float | None,
-        limiter: Limiter | None,
-        state: AccountRecord | None,
-        record: TokenRecord | None,
-    ) -> Secret:
-        name = account.name
-        if state is None:
-            state = await self._store.ensureAccount(name, account.profile.kind)
-        record, pending = await self._retryPendingWrite(name, record)
-        if pending is None and min_valid is not None and self._valid(record, min_valid):
-            return record.access_token  # somebody refreshed while we waited
-        app_only = account.grant == "client_credentials"
-        refresh_token = None
-        if not app_only:
-            if state.state == "needs_reauth":
-                raise AccountNotAuthorised(
-                    name, f"needs re-authorisation: {state.last_error}", needs_reauth=True
-                )
-            source = pending or (record.tokenSet() if record is not None else None)
-            refresh_token = source.refresh_token if source is not None else None
-            if refresh_token is None:
-                raise AccountNotAuthorised(
-                    name, "not authorised yet: authorise it on the console or with the CLI"
-                )
-        now = self._clock.seconds()
-        not_before = self._not_before.get(name, 0.0)
-        if now < not_before:
-            error = TransientTokenError(
-                "the provider asked us to wait", retry_after=not_before - now
-            )
-            return await self._giveUp(name, state, record, error, min_valid)
-        return await self._obtainAndWrite(
-            name, state, record, min_valid, app_only, refresh_token, limiter
-        )
-
-    async def _obtainAndWrite(
-        self,
-        name: str,
-        state: AccountRecord,
-        record: TokenRecord | None,
-        min_valid: float | None,
-        app_only: bool,
-        refresh_token: Secret | None,
-        limiter: Limiter | None,
-        first: Failure | None = None,
-    ) -> Secret:
-        """Ask the provider (``first``: the outcome of a first request already made),
-        handle its refusals, store the tokens."""
-        try:
-            tokens = await self._obtain(name, app_only, refresh_token, limiter, first)
-        except InvalidGrant as e:
-            await self._needsReauth(name, e)
-            raise AccountNotAuthorised(
-                name, f"needs re-authorisation: {e.description}", needs_reauth=True
-            ) from None
-        except TransientTokenError as e:
-            return await self._giveUp(name, state, record, e, min_valid)
-        except TokenEndpointError as e:
-            log.error("refresh of {account} refused: {why}", account=name, why=str(e))
-            await self._setState(name, "error", str(e))
-            raise
-        if not app_only and tokens.refresh_token is None:
-            tokens = replace(tokens, refresh_token=refresh_token)  # provider did not rotate
-        return await self._write(name, state, record, tokens)
-
-    async def _obtain(
-        self,
-        name: str,
-        app_only: bool,
-        refresh_token: Secret | None,
-        limiter: Limiter | None = None,
-        first: Failure | None = None,
-    ) -> TokenSet:
-        """Ask the provider, retrying transient failures a bounded number of times.
-
-        ``first`` is the failure of a first attempt the caller already made.
-        """
-        grants = self.grantClient(name)
-        attempt = 0
-        while True:
-            try:
-                if first is not None:
-                    failure, first = first, None
-                    failure.raiseException()
-                return await self._ask(grants, app_only, refresh_token, limiter)
-            except TransientTokenError as e:
-                attempt += 1
-                delay = self.backoff(attempt, e.retry_after)
-                if attempt >= self._max_attempts or delay is None:
-                    raise
-                log.info(
-                    "refresh of {account} failed ({why}); retry {attempt} in {delay:.1f} s",
-                    account=name,
-                    why=e.reason,
-                    attempt=attempt,
-                    delay=delay,
-                )
-                await task.deferLater(self._clock, delay, lambda: None)
-
-    @staticmethod
-    async def _ask(
-        grants: GrantClient,
-        app_only: bool,
-        refresh_token: Secret | None,
-        limiter: Limiter | None,
-    ) -> TokenSet:
-        """One request to the provider, holding a ``limiter`` slot for just that long."""
-        if limiter is not None:
-            await limiter.acquire()
-        try:
-            if app_only:
-                return await grants.clientCredentials()
-            return await grants.refresh(refresh_token)
-        finally:
-            if limiter is not None:
-                limiter.release()
+    def _obtained(self, tokens: TokenSet, job: _Refresh) -> defer.Deferred[Secret]:
+        if job.refresh_token is not None and tokens.refresh_token is None:
+            tokens = replace(tokens, refresh_token=job.refresh_token)  # provider did not rotate
+        return self._write(job, tokens)
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float | None:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential, jittered, >= Retry-After.
@@ -480,27 +411,25 @@ class TokenSource:
             delay = max(delay, retry_after)
         return delay
 
-    def _write(
-        self, name: str, state: AccountRecord, record: TokenRecord | None, tokens: TokenSet
-    ) -> defer.Deferred[Secret]:
+    def _write(self, job: _Refresh, tokens: TokenSet) -> defer.Deferred[Secret]:
         """Compare-and-swap the new tokens into the store; only then hand them out."""
-        expected = record.version if record is not None else 0
-        d = defer.ensureDeferred(self._store.putTokens(name, tokens, expected))
+        expected = job.record.version if job.record is not None else 0
+        d = self._store.putTokens(job.account.name, tokens, expected)
         return d.addCallbacks(
             self._written,
             self._writeFailed,
-            callbackArgs=(name, state),
-            errbackArgs=(name, expected, tokens),
+            callbackArgs=(job,),
+            errbackArgs=(job.account.name, expected, tokens),
         )
 
-    def _written(
-        self, stored: TokenRecord, name: str, state: AccountRecord
-    ) -> Secret | defer.Deferred[Secret]:
+    def _written(self, stored: TokenRecord, job: _Refresh) -> Secret | defer.Deferred[Secret]:
+        name = job.account.name
         self._pending.pop(name, None)
         self._not_before.pop(name, None)
         self._reported.discard(name)
         # No log event per refresh: at 10,000 accounts it costs more than the JSON
-        # parse; the refresher logs one summary per pass, failures are logged below.
+        # parse; the refresher logs one summary per pass, failures are logged.
+        state = job.state
         if state.state != "ok" or state.last_error:
             d = defer.ensureDeferred(self._setState(name, "ok", None))
             return d.addCallback(lambda _: stored.access_token)
@@ -515,9 +444,8 @@ class TokenSource:
         self, failure: Failure, name: str, expected: int, tokens: TokenSet
     ) -> Secret:
         """The store did not take the new tokens: theirs win, or ours wait in memory."""
-        try:
-            failure.raiseException()
-        except VersionConflict:
+        error = failure.value
+        if isinstance(error, VersionConflict):
             # Somebody else (a re-authorisation, another node) wrote newer tokens: theirs win.
             log.warn(
                 "tokens of {account} changed during the refresh; using the stored ones",
@@ -526,13 +454,12 @@ class TokenSource:
             current = await self._store.getTokens(name)
             if self._valid(current, 0):
                 return current.access_token
-            raise TransientTokenError("tokens changed during the refresh; try again") from None
-        except Exception as e:
-            self._pending[name] = (expected, tokens)
-            why = f"could not save refreshed tokens: {cleanText(e)}"
-            log.error("{account}: {why}", account=name, why=why)
-            await self._setState(name, "error", why)
-            raise
+            raise TransientTokenError("tokens changed during the refresh; try again")
+        self._pending[name] = (expected, tokens)
+        why = f"could not save refreshed tokens: {cleanText(error)}"
+        log.error("{account}: {why}", account=name, why=why)
+        await self._setState(name, "error", why)
+        failure.raiseException()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _retryPendingWrite(
@@ -543,10 +470,7 @@ class TokenSource:
         Returns the record to use and, if they still could not be written, the pending
         tokens (whose refresh token is the one the provider now expects).
         """
-        pending = self._pending.get(name)
-        if pending is None:
-            return record, None
-        expected, tokens = pending
+        expected, tokens = self._pending[name]
         if (record.version if record is not None else 0) != expected:
             self._pending.pop(name, None)  # somebody stored newer tokens meanwhile
             return record, None
@@ -563,49 +487,62 @@ class TokenSource:
         log.info("{account}: refreshed tokens saved on a second attempt", account=name)
         return stored, None
 
-    async def _giveUp(
-        self,
-        name: str,
-        state: AccountRecord,
-        record: TokenRecord | None,
-        error: TransientTokenError,
-        min_valid: float | None,
-    ) -> Secret:
+    async def _giveUp(self, job: _Refresh, error: TransientTokenError) -> _StillValid:
         """A transient failure outlasted this call: keep every token, maybe use the old one."""
+        name, record = job.account.name, job.record
         if error.retry_after is not None:
             until = self._clock.seconds() + error.retry_after
             self._not_before[name] = max(self._not_before.get(name, 0.0), until)
-        if min_valid is not None and self._valid(record, 0):
+        if job.min_valid is not None and self._valid(record, 0):
             log.warn(
                 "refresh of {account} failed for now ({why}); the current token is still valid",
                 account=name,
                 why=str(error),
             )
-            return record.access_token
+            return _StillValid(record.access_token, error)
         why = f"refresh failed, will retry: {error}"
         log.warn("{account}: {why}", account=name, why=why)
-        if state.state != "error" or state.last_error != why:
+        if job.state.state != "error" or job.state.last_error != why:
             await self._setState(name, "error", why)
         raise error
 
-    async def _needsReauth(self, name: str, error: InvalidGrant) -> None:
+    async def _refused(self, name: str, error: TokenEndpointError) -> Secret:
+        """A permanent refusal: the configuration (or the provider) must change."""
+        log.error("refresh of {account} refused: {why}", account=name, why=str(error))
+        await self._setState(name, "error", str(error))
+        raise error
+
+    async def _needsReauth(self, name: str, error: InvalidGrant) -> Secret:
+        """The grant is gone: ask a person, once, and send nothing more until they act."""
         await self._setState(name, "needs_reauth", error.description)
-        if name in self._reported:
-            return
-        self._reported.add(name)
-        log.warn(
-            "account {account} needs re-authorisation: {why}", account=name, why=error.description
+        if name not in self._reported:
+            self._reported.add(name)
+            log.warn(
+                "account {account} needs re-authorisation: {why}",
+                account=name,
+                why=error.description,
+            )
+            d = defer.maybeDeferred(self._notifier.notify, name, error.description)
+            d.addErrback(lambda f: log.failure("notifier failed for {account}", f, account=name))
+            if not d.called:
+                self.pendingNotifications.add(d)
+                d.addBoth(lambda _: self.pendingNotifications.discard(d))
+        raise AccountNotAuthorised(
+            name, f"needs re-authorisation: {error.description}", needs_reauth=True
         )
-        d = defer.maybeDeferred(self._notifier.notify, name, error.description)
-        d.addErrback(lambda f: log.failure("notifier failed for {account}", f, account=name))
-        if not d.called:
-            self.pendingNotifications.add(d)
-            d.addBoth(lambda _: self.pendingNotifications.discard(d))
+
+    # -- account state ---------------------------------------------------------------
+
+    def _recordState(
+        self, name: str, state: str, last_error: str | None
+    ) -> defer.Deferred[AccountRecord]:
+        """The token source's only write of an account's state (one owner will take it over)."""
+        return self._store.setAccountState(name, state, last_error)
 
     async def _setState(self, name: str, state: str, last_error: str | None) -> None:
         """Record a state; a failing store is logged, the original outcome still wins."""
         try:
-            await self._store.setAccountState(name, state, last_error)
+            await self._recordState(name, state, last_error)
         except Exception as e:
             log.error(
                 "could not record state {state} for {account}: {why}",
@@ -613,3 +550,30 @@ class TokenSource:
                 account=name,
                 why=cleanText(e),
             )
+
+
+class _Refresh:
+    """One refresh in progress: what its steps have learnt so far."""
+
+    __slots__ = ("account", "min_valid", "limiter", "state", "record", "refresh_token", "attempt")
+
+    def __init__(
+        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None
+    ) -> None:
+        self.account = account
+        self.min_valid = min_valid  # None: forced
+        self.limiter = limiter
+        self.state: AccountRecord
+        self.record: TokenRecord | None = None
+        self.refresh_token: Secret | None = None  # None: app-only (client credentials)
+        self.attempt = 0  # failed requests so far
+
+
+class _StillValid:
+    """A refresh that failed for now while the token it was to replace is still valid."""
+
+    __slots__ = ("token", "error")
+
+    def __init__(self, token: Secret, error: TransientTokenError) -> None:
+        self.token = token
+        self.error = error
