@@ -22,6 +22,7 @@ from oauthmail.interfaces import IHTTPTransport
 from oauthmail.secret import Secret
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.testing.provider import TestOAuthProvider
+from oauthmail.tokens.answers import MAX_RETRY_AFTER, classifyTokenResponse, parseRetryAfter
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
     AuthorizationFailed,
@@ -30,7 +31,7 @@ from oauthmail.tokens.errors import (
     TokenError,
     TransientTokenError,
 )
-from oauthmail.tokens.grants import GrantClient, classifyTokenResponse, parseRetryAfter
+from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.http import AgentTransport, HTTPResponse, InsecureEndpointError
 from oauthmail.tokens.notify import RecordingNotifier
 from oauthmail.tokens.source import TokenSource
@@ -106,8 +107,8 @@ def test_classificationNeverLeaksTokens(status, error, description, extra):
 
 @given(st.integers(min_value=0, max_value=10**7))
 def test_retryAfterSeconds(seconds):
-    """Any delta-seconds value comes back as that many seconds."""
-    assert parseRetryAfter(str(seconds), 123.0) == seconds
+    """Any delta-seconds value comes back as that many seconds, at most MAX_RETRY_AFTER."""
+    assert parseRetryAfter(str(seconds), 123.0) == min(seconds, MAX_RETRY_AFTER)
 
 
 def _profile(endpoint="https://login.example.com/token", **kw) -> ProfileConfig:
@@ -465,7 +466,7 @@ def test_refreshBodyEqualsOauthlib(refresh, client_id, secret, kind, scopes):
 
 def _viaOauthlib(body: bytes, now: float, scope: str):
     """classifyTokenResponse with the fast path switched off: oauthlib parses everything."""
-    from oauthmail.tokens import grants
+    from oauthmail.tokens import answers as grants
 
     original = grants._plainTokenAnswer
     grants._plainTokenAnswer = lambda text: None
@@ -497,3 +498,61 @@ def test_tokenAnswerFastPathEqualsOauthlib(fields, now):
     except Exception as e:  # noqa: BLE001 - compared by type and message
         ours = (type(e), str(e))
     assert ours == _viaOauthlib(body, now, "mail")
+
+
+@implementer(IHTTPTransport)
+class _OneAnswer:
+    """Answers every request with one fixed response."""
+
+    def __init__(self, response: HTTPResponse) -> None:
+        self.response = response
+
+    def request(self, method, url, headers, body):
+        return defer.succeed(self.response)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"expires_in": float("nan")},
+        {"interval": "soon"},
+        {"verification_uri": "javascript:alert(1)"},
+        {"verification_uri_complete": "http://evil.example.com/x"},
+        {"device_code": 5},
+        {"user_code": None, "device_code": None},
+    ],
+)
+def test_hostileDeviceAuthorizationAnswer(change):
+    """A device authorization answer with unusable values is a malformed answer."""
+    good = {
+        "device_code": "dc",
+        "user_code": "ABCD",
+        "verification_uri": "https://login.example.com/device",
+        "expires_in": 900,
+        "interval": 5,
+    }
+    body = json.dumps({**good, **change}).encode()
+    client = GrantClient(_profile(), _OneAnswer(HTTPResponse(200, {}, body)), task.Clock())
+    d = defer.ensureDeferred(client.startDeviceAuthorization())
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].check(TokenEndpointError), failure
+
+
+def test_deviceAuthorizationValuesBounded():
+    """Device lifetime and polling interval are kept within reason; shown texts are cleaned."""
+    body = {
+        "device_code": "dc",
+        "user_code": "AB\r\nCD",
+        "verification_uri": "https://login.example.com/device",
+        "expires_in": 1e300,
+        "interval": 0,
+    }
+    clock = task.Clock()
+    response = HTTPResponse(200, {}, json.dumps(body).encode())
+    client = GrantClient(_profile(), _OneAnswer(response), clock)
+    authorization = []
+    defer.ensureDeferred(client.startDeviceAuthorization()).addCallback(authorization.append)
+    [device] = authorization
+    assert device.expires_at == 3600.0 and device.interval == 1.0
+    assert device.user_code == "AB CD"

@@ -496,3 +496,67 @@ def test_refreshDueValidTokenNoRequest():
     seed(store, clock, expires_in=3600.0)
     assert result(source.refreshDue("alice", 900.0)) == Secret("access-0")
     assert transport.requests == []
+
+
+@pytest.mark.parametrize(
+    "error", ["interaction_required", "consent_required", "admin_policy_enforced"]
+)
+def test_providerReauthErrorsNeedReauthOnce(error):
+    """Microsoft and Google "a person must sign in" errors mark needs_reauth and notify once."""
+    notifier = RecordingNotifier()
+    transport = ScriptedTransport(errorAnswer(400, error, "AADSTS50076: use MFA"))
+    source, store, clock = makeSource(transport, notifier=notifier)
+    seed(store, clock, expires_in=0)
+    e = failure(source.accessToken("alice"), AccountNotAuthorised)
+    assert e.needs_reauth and error in str(e) and "AADSTS50076" in str(e)
+    state = result(store.getAccount("alice"))
+    assert state.state == "needs_reauth"
+    assert state.last_error == f"{error}: AADSTS50076: use MFA"
+    failure(source.forceRefresh("alice"), AccountNotAuthorised)
+    assert len(transport.requests) == 1
+    assert notifier.calls == [("alice", f"{error}: AADSTS50076: use MFA")]
+
+
+def test_invalidClientKeptWithAdvice():
+    """invalid_client is a configuration error naming what to fix, kept as the last error."""
+    description = "AADSTS7000215: Invalid client secret provided."
+    transport = ScriptedTransport(*[errorAnswer(401, "invalid_client", description)] * 2)
+    source, store, clock = makeSource(transport, notifier=RecordingNotifier())
+    seed(store, clock, expires_in=0)
+    for _ in range(2):
+        error = failure(source.accessToken("alice"), TokenEndpointError)
+        state = result(store.getAccount("alice"))
+        assert state.state == "error" and state.last_error == str(error)
+        assert "AADSTS7000215" in state.last_error
+        assert "fix client_id and client_secret" in state.last_error
+        assert "Authorise" not in state.last_error
+    assert source._notifier.calls == []
+
+
+@pytest.mark.parametrize("expires_in", ["1e20", "1e300", "Infinity", "NaN", "-60", '"x"'])
+def test_malformedExpiryIsAnErrorNotACrash(expires_in):
+    """An absurd expires_in: the account shows a malformed-answer error, its tokens stay."""
+    body = b'{"access_token": "new", "refresh_token": "r-new", "expires_in": '
+    answer = HTTPResponse(200, {}, body + expires_in.encode() + b"}")
+    transport = ScriptedTransport(answer)
+    source, store, clock = makeSource(transport)
+    seed(store, clock, expires_in=-1)
+    error = failure(source.accessToken("alice"), TokenEndpointError)
+    assert "malformed" in str(error) and "expires_in" in str(error)
+    state = result(store.getAccount("alice"))
+    assert state.state == "error" and "expires_in" in state.last_error
+    stored = result(store.getTokens("alice"))
+    assert stored.access_token == Secret("access-0") and stored.version == 1
+
+
+def test_hugeRetryAfterHoldsAnHourOnly():
+    """Retry-After: 999999 stops this account's requests for an hour, not eleven days."""
+    transport = ScriptedTransport(errorAnswer(429, "slow", retry_after="999999"), tokenAnswer(1))
+    source, store, clock = makeSource(transport)
+    seed(store, clock, expires_in=-1)
+    failure(source.accessToken("alice"), TransientTokenError)
+    clock.advance(3599)
+    failure(source.accessToken("alice"), TransientTokenError)
+    assert len(transport.requests) == 1
+    clock.advance(1)
+    assert result(source.accessToken("alice")) == Secret("access-1")

@@ -15,12 +15,12 @@ are avoided on purpose, without touching the process environment:
 * client credentials are added to the refresh body explicitly (client_secret_post).
 
 The classification of answers is the part that matters most for an operator: see
-:mod:`oauthmail.tokens.errors`.
+:mod:`oauthmail.tokens.answers` (which also scrubs every provider text of the secrets
+each method here passes it as ``hidden``) and :mod:`oauthmail.tokens.errors`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -28,8 +28,7 @@ from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 from oauthlib.common import add_params_to_qs, add_params_to_uri
 from oauthlib.oauth2 import BackendApplicationClient, DeviceClient, WebApplicationClient
-from oauthlib.oauth2.rfc6749.errors import OAuth2Error
-from oauthlib.oauth2.rfc6749.parameters import parse_token_response, prepare_token_request
+from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -38,10 +37,9 @@ from twisted.python.failure import Failure
 from oauthmail.config import ProfileConfig
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.secret import Secret
-from oauthmail.text import cleanText
+from oauthmail.tokens.answers import classifyTokenResponse, providerText
 from oauthmail.tokens.errors import (
     AuthorizationFailed,
-    InvalidGrant,
     TokenEndpointError,
     TransientTokenError,
 )
@@ -54,9 +52,6 @@ FORM_HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "Accept": "application/json",
 }
-
-#: Errors in a 4xx body that still mean "try again later" (RFC 6749 §4.1.2.1 spirit).
-TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 
 #: RFC 8628 §3.5: ``slow_down`` adds five seconds to the polling interval.
 SLOW_DOWN_STEP = 5.0
@@ -86,148 +81,12 @@ class DeviceAuthorization:
     scopes: tuple[str, ...] = ()
 
 
-def parseRetryAfter(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _errorFields(response: HTTPResponse) -> tuple[str | None, str | None]:
-    """``error`` and ``error_description`` from a JSON (or form) error body, if any."""
-    text = response.body.decode("utf-8", "replace")
-    try:
-        fields = json.loads(text)
-    except ValueError:
-        fields = dict(parse_qsl(text)) if "=" in text and "<" not in text else {}
-    if not isinstance(fields, dict):
-        return None, None
-    error = fields.get("error")
-    description = fields.get("error_description")
-    return (
-        cleanText(error, 80) if isinstance(error, str) else None,
-        cleanText(description) if isinstance(description, str) else None,
-    )
-
-
-def classifyTokenResponse(
-    response: HTTPResponse, grant: str, now: float, requested_scope: str = ""
-) -> TokenSet:
-    """Turn a token endpoint answer into a ``TokenSet`` or the right error.
-
-    ``grant`` is ``"refresh_token"``, ``"authorization_code"``, ``"device_code"`` or
-    ``"client_credentials"``: ``invalid_grant`` means "the refresh token is dead" only for
-    a refresh, and "this authorisation failed" for a code.
-    """
-    status = response.status
-    if status == 429 or status >= 500:
-        retry_after = parseRetryAfter(response.header("retry-after"), now)
-        error, description = _errorFields(response)
-        reason = f"token endpoint answered HTTP {status}"
-        if error:
-            reason += f" ({error}{': ' + description if description else ''})"
-        raise TransientTokenError(reason, retry_after)
-    if status != 200:
-        error, description = _errorFields(response)
-        if error is None:
-            if status in (408, 425):
-                raise TransientTokenError(f"token endpoint answered HTTP {status}")
-            raise TokenEndpointError(f"HTTP {status}", None, status)
-        if error in TRANSIENT_ERRORS:
-            retry_after = parseRetryAfter(response.header("retry-after"), now)
-            raise TransientTokenError(f"{error}: {description or ''}", retry_after)
-        if error == "invalid_grant":
-            if grant == "refresh_token":
-                raise InvalidGrant(description)
-            if grant in ("authorization_code", "device_code"):
-                raise AuthorizationFailed(f"invalid_grant: {description or 'code rejected'}")
-        raise TokenEndpointError(error, description, status)
-    text = response.body.decode("utf-8", "replace")
-    params = _plainTokenAnswer(text)
-    if params is None:
-        try:
-            params = parse_token_response(text)
-        except OAuth2Error as e:
-            # A 200 answer carrying an error (seen in the wild): classify it like a 400.
-            raise TokenEndpointError(e.error, e.description, status) from None
-        except (ValueError, TypeError) as e:
-            raise TokenEndpointError("malformed_response", type(e).__name__, status) from None
-    access = params.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise TokenEndpointError("malformed_response", "no access_token", status)
-    expires_in = params.get("expires_in")
-    refresh = params.get("refresh_token")
-    scope = params.get("scope")
-    return TokenSet(
-        access_token=Secret(access),
-        expires_at=now + float(expires_in) if expires_in is not None else None,
-        refresh_token=Secret(refresh) if isinstance(refresh, str) and refresh else None,
-        scope=" ".join(scope) if isinstance(scope, list) else requested_scope,
-        token_type=str(params.get("token_type") or "Bearer"),
-    )
-
-
-def _plainTokenAnswer(text: str) -> dict[str, object] | None:
-    """The fields of an ordinary token answer, as ``parse_token_response`` gives them.
-
-    Every refresh of every account parses one answer, and oauthlib's parser
-    (``OAuth2Token``, scope bookkeeping, ``expires_at`` guessing) costs several
-    times the JSON decoding itself. This handles only the everyday shape: a JSON
-    object without ``error`` or ``expires_at``, whose ``access_token`` and
-    ``refresh_token`` are strings, ``expires_in`` a number and ``scope`` a string.
-    For it, the result equals oauthlib's (``tests/test_grants.py`` checks that
-    with generated answers); for anything else it returns ``None`` and the caller
-    uses oauthlib, with all its checks and errors.
-    """
-    if not text.startswith("{"):
-        return None
-    try:
-        params = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(params, dict) or "error" in params or "expires_at" in params:
-        return None
-    access = params.get("access_token")
-    if type(access) is not str or not access:
-        return None
-    refresh = params.get("refresh_token")
-    if refresh is not None and type(refresh) is not str:
-        return None
-    if "expires_in" in params:
-        expires_in = params["expires_in"]
-        kind = type(expires_in)
-        if kind is float:
-            expires_in = int(expires_in)
-        elif kind is not int:
-            return None
-        if expires_in:
-            params["expires_in"] = expires_in
-        else:
-            del params["expires_in"]  # oauthlib drops a zero expires_in: no known expiry
-    if "scope" in params:
-        scope = params["scope"]
-        if type(scope) is not str:
-            return None
-        params["scope"] = scope.strip().split(" ")
-    return params
-
-
-def _unreachable(failure: Failure, what: str) -> Failure:
+def _unreachable(failure: Failure, what: str, hidden: tuple[Secret, ...]) -> Failure:
     """A transport failure is worth a retry later (cancellation stays what it is)."""
     if failure.check(defer.CancelledError):
         return failure
-    raise TransientTokenError(f"{what} endpoint unreachable: {cleanText(failure.value)}")
+    why = providerText(failure.getErrorMessage(), hidden)
+    raise TransientTokenError(f"{what} endpoint unreachable: {why}")
 
 
 class GrantClient:
@@ -237,11 +96,16 @@ class GrantClient:
     becomes ``TransientTokenError``. Nothing here stores anything: the caller decides.
     """
 
-    def __init__(self, profile: ProfileConfig, transport: IHTTPTransport, clock: IReactorTime):
+    def __init__(
+        self, profile: ProfileConfig, transport: IHTTPTransport, clock: IReactorTime
+    ) -> None:
         self.profile = profile
         self._transport = transport
         self._clock = clock
         self._refresh_form: tuple[str, str, str] | None = None
+        secret = profile.client_secret
+        #: Secrets every provider text is scrubbed of, whatever the request.
+        self._client_hidden: tuple[Secret, ...] = (secret,) if secret else ()
 
     def __repr__(self) -> str:
         return f"<GrantClient {self.profile.name}>"
@@ -258,7 +122,13 @@ class GrantClient:
             fields["client_secret"] = self.profile.client_secret.reveal()
         return fields
 
-    async def _post(self, url: str | None, body: str, what: str) -> HTTPResponse:
+    def _hidden(self, *secrets_: Secret | None) -> tuple[Secret, ...]:
+        """The secrets of one request: the client's and ``secrets_`` (the caller's)."""
+        return self._client_hidden + tuple(s for s in secrets_ if s)
+
+    async def _post(
+        self, url: str | None, body: str, what: str, hidden: tuple[Secret, ...]
+    ) -> HTTPResponse:
         if not url:
             raise TokenEndpointError("not_configured", f"profile has no {what} endpoint")
         checkEndpointURL(url)
@@ -267,11 +137,14 @@ class GrantClient:
         except defer.CancelledError:
             raise
         except Exception as e:  # every transport failure is worth a retry later
-            raise TransientTokenError(f"{what} endpoint unreachable: {cleanText(e)}") from None
+            why = providerText(e, hidden)
+            raise TransientTokenError(f"{what} endpoint unreachable: {why}") from None
 
-    async def _tokenRequest(self, body: str, grant: str, scope: str) -> TokenSet:
-        response = await self._post(self.profile.token_endpoint, body, "token")
-        return classifyTokenResponse(response, grant, self._clock.seconds(), scope)
+    async def _tokenRequest(
+        self, body: str, grant: str, scope: str, hidden: tuple[Secret, ...]
+    ) -> TokenSet:
+        response = await self._post(self.profile.token_endpoint, body, "token", hidden)
+        return classifyTokenResponse(response, grant, self._clock.seconds(), scope, hidden)
 
     # -- authorization code + PKCE ---------------------------------------------------
 
@@ -315,7 +188,9 @@ class GrantClient:
             include_client_id=True,
             **{k: v for k, v in self._credentials().items() if k != "client_id"},
         )
-        return await self._tokenRequest(body, "authorization_code", " ".join(request.scopes))
+        hidden = self._hidden(code, request.code_verifier)
+        scope = " ".join(request.scopes)
+        return await self._tokenRequest(body, "authorization_code", scope, hidden)
 
     async def completeAuthorization(
         self, request: AuthorizationRequest, redirect_url: str
@@ -333,10 +208,11 @@ class GrantClient:
                 "the redirect does not belong to this authorisation (state mismatch); start again"
             )
         if "error" in query:
+            hidden = self._hidden(request.code_verifier, Secret(query.get("code", "")))
             description = query.get("error_description")
             raise AuthorizationFailed(
-                f"the provider refused: {query['error']}"
-                + (f": {description}" if description else "")
+                f"the provider refused: {providerText(query['error'], hidden, 80)}"
+                + (f": {providerText(description, hidden)}" if description else "")
             )
         code = query.get("code")
         if not code:
@@ -349,8 +225,13 @@ class GrantClient:
         """Microsoft needs ``scope`` on refresh; others get the RFC's implicit same scope."""
         return self.profile.kind == "microsoft"
 
-    def refresh(self, refresh_token: Secret) -> defer.Deferred[TokenSet]:
-        """Use a refresh token. ``InvalidGrant`` means it is dead; a person must act.
+    def refresh(
+        self, refresh_token: Secret, *, access_token: Secret | None = None
+    ) -> defer.Deferred[TokenSet]:
+        """Use a refresh token. ``NeedsReauthorisation`` means a person must act.
+
+        ``access_token`` is the one the refresh replaces: not sent, but scrubbed from
+        the provider's texts like the refresh token and the client secret.
 
         A plain Deferred chain rather than a coroutine: every account takes this
         path once per token lifetime, and a coroutine's awaits cost more than the
@@ -373,12 +254,19 @@ class GrantClient:
             return defer.fail(e)
         except Exception as e:
             d = defer.fail(e)
+        hidden = self._hidden(refresh_token, access_token)
         return d.addCallbacks(
-            self._classifyRefresh, _unreachable, callbackArgs=(scope,), errbackArgs=("token",)
+            self._classifyRefresh,
+            _unreachable,
+            callbackArgs=(scope, hidden),
+            errbackArgs=("token", hidden),
         )
 
-    def _classifyRefresh(self, response: HTTPResponse, scope: str) -> TokenSet:
-        return classifyTokenResponse(response, "refresh_token", self._clock.seconds(), scope)
+    def _classifyRefresh(
+        self, response: HTTPResponse, scope: str, hidden: tuple[Secret, ...]
+    ) -> TokenSet:
+        now = self._clock.seconds()
+        return classifyTokenResponse(response, "refresh_token", now, scope, hidden)
 
     def _refreshForm(self) -> tuple[str, str, str]:
         """The refresh body's fixed parts (before and after the token) and the scope.
@@ -406,7 +294,7 @@ class GrantClient:
         body = client.prepare_request_body(
             scope=scope or None, include_client_id=True, **credentials
         )
-        return await self._tokenRequest(body, "client_credentials", scope)
+        return await self._tokenRequest(body, "client_credentials", scope, self._hidden())
 
     # -- device authorization (RFC 8628) ---------------------------------------------
 
@@ -418,33 +306,15 @@ class GrantClient:
         fields = list(self._credentials().items())
         if scopes:
             fields.append(("scope", " ".join(scopes)))
+        hidden = self._hidden()
+        body = add_params_to_qs("", fields)
         response = await self._post(
-            self.profile.device_endpoint, add_params_to_qs("", fields), "device authorization"
+            self.profile.device_endpoint, body, "device authorization", hidden
         )
         now = self._clock.seconds()
         if response.status != 200:
-            classifyTokenResponse(response, "device_authorization", now)
-        try:
-            answer = json.loads(response.body.decode("utf-8", "replace"))
-            device_code = answer["device_code"]
-            user_code = answer["user_code"]
-            # Google says verification_url; RFC 8628 says verification_uri.
-            uri = answer.get("verification_uri") or answer["verification_url"]
-            expires_in = float(answer.get("expires_in", 900))
-            interval = float(answer.get("interval", 5))
-        except (ValueError, KeyError, TypeError) as e:
-            raise TokenEndpointError(
-                "malformed_response", f"device authorization answer: {type(e).__name__}"
-            ) from None
-        return DeviceAuthorization(
-            device_code=Secret(str(device_code)),
-            user_code=str(user_code),
-            verification_uri=str(uri),
-            verification_uri_complete=answer.get("verification_uri_complete"),
-            expires_at=now + expires_in,
-            interval=max(interval, 1.0),
-            scopes=scopes,
-        )
+            classifyTokenResponse(response, "device_authorization", now, "", hidden)
+        return _deviceAuthorization(response, now, scopes, hidden)
 
     async def pollDevice(self, authorization: DeviceAuthorization) -> TokenSet:
         """Poll until a person approves, honouring ``interval`` and ``slow_down``."""
@@ -454,13 +324,14 @@ class GrantClient:
             authorization.device_code.reveal(), include_client_id=True, **credentials
         )
         scope = " ".join(authorization.scopes)
+        hidden = self._hidden(authorization.device_code)
         interval = authorization.interval
         while True:
             await task.deferLater(self._clock, interval, lambda: None)
             if self._clock.seconds() >= authorization.expires_at:
                 raise AuthorizationFailed("the device code expired before it was approved")
             try:
-                return await self._tokenRequest(body, "device_code", scope)
+                return await self._tokenRequest(body, "device_code", scope, hidden)
             except TransientTokenError as e:
                 log.info("device flow: transient error, polling on: {reason}", reason=e.reason)
                 if e.retry_after:
@@ -478,3 +349,52 @@ class GrantClient:
                 if e.error == "access_denied":
                     raise AuthorizationFailed("the person declined the authorisation") from None
                 raise
+
+
+#: RFC 8628 §3.2: how long a device code lives and how often to poll, within reason.
+DEVICE_LIFETIME = (60.0, 3600.0)
+DEVICE_INTERVAL = (1.0, 60.0)
+
+
+def _deviceAuthorization(
+    response: HTTPResponse, now: float, scopes: tuple[str, ...], hidden: tuple[Secret, ...]
+) -> DeviceAuthorization:
+    """An RFC 8628 §3.2 answer, with what a person is shown cleaned and checked."""
+    try:
+        answer = json.loads(response.body.decode("utf-8", "replace"))
+        device_code = answer["device_code"]
+        user_code = answer["user_code"]
+        # Google says verification_url; RFC 8628 says verification_uri.
+        uri = answer.get("verification_uri") or answer["verification_url"]
+        complete = answer.get("verification_uri_complete")
+        expires_in = _within(answer.get("expires_in", 900), DEVICE_LIFETIME)
+        interval = _within(answer.get("interval", 5), DEVICE_INTERVAL)
+        if not isinstance(device_code, str) or not device_code:
+            raise ValueError("device_code")
+        for link in (uri, complete):
+            if link is not None:
+                checkEndpointURL(str(link))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise TokenEndpointError(
+            "malformed_response", f"device authorization answer: {type(e).__name__}"
+        ) from None
+    return DeviceAuthorization(
+        device_code=Secret(device_code),
+        user_code=providerText(user_code, hidden, 40),
+        verification_uri=providerText(uri, hidden, 2000),
+        verification_uri_complete=providerText(complete, hidden, 2000) if complete else None,
+        expires_at=now + expires_in,
+        interval=interval,
+        scopes=scopes,
+    )
+
+
+def _within(value: object, bounds: tuple[float, float]) -> float:
+    """A provider's number of seconds, inside ``bounds`` (``ValueError`` if no number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError("not a number")
+    seconds = float(value)
+    if seconds != seconds:  # NaN
+        raise ValueError("not a number")
+    low, high = bounds
+    return min(max(seconds, low), high)

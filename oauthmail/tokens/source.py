@@ -14,9 +14,13 @@ tools learnt from their users (see ``docs/protocols.md``):
   with exponential backoff and jitter, honouring ``Retry-After``; after a bounded number of
   attempts the call gives up (the refresher tries again later) and a still-valid token
   keeps being handed out;
-* **ask a person once** — ``invalid_grant`` on a refresh marks the account
-  ``needs_reauth`` with the provider's description, logs it once and runs the
-  notification command; no further refresh is attempted until somebody re-authorises.
+* **ask a person once** — ``invalid_grant`` on a refresh (and the other answers that
+  ``oauthmail.tokens.answers.ERROR_CLASSES`` says need a person, such as Microsoft's
+  ``interaction_required``) marks the account ``needs_reauth`` with the provider's
+  description, logs it once and runs the notification command; no further refresh is
+  attempted until somebody re-authorises;
+* **a refusal is remembered** — any other refusal (``invalid_client``, ...) puts the
+  account in ``error`` with the provider's text and what to fix as its last error.
 
 The account state ``refreshing`` is not written for each refresh: it would double the
 store writes and a crash would leave it behind; the in-flight map is the truth.
@@ -42,7 +46,7 @@ from oauthmail.secret import Secret
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
-    InvalidGrant,
+    NeedsReauthorisation,
     TokenEndpointError,
     TransientTokenError,
 )
@@ -342,16 +346,16 @@ class TokenSource:
         grants = self.grantClient(job.account.name)
         limiter = job.limiter
         if limiter is None:
-            d = self._request(None, grants, job.refresh_token, None)
+            d = self._request(None, grants, job, None)
         else:
-            d = limiter.acquire().addCallback(self._request, grants, job.refresh_token, limiter)
+            d = limiter.acquire().addCallback(self._request, grants, job, limiter)
         return d.addCallbacks(
             self._obtained, self._askFailed, callbackArgs=(job,), errbackArgs=(job,)
         )
 
     @staticmethod
     def _request(
-        _: object, grants: GrantClient, refresh_token: Secret | None, limiter: Limiter | None
+        _: object, grants: GrantClient, job: _Refresh, limiter: Limiter | None
     ) -> defer.Deferred[TokenSet]:
         """The request, holding the ``limiter`` slot (if any) just that long.
 
@@ -359,10 +363,12 @@ class TokenSource:
         reads and fsync'd writes around them, nor the backoff sleeps between attempts.
         """
         try:
-            if refresh_token is None:
+            if job.refresh_token is None:
                 d = defer.ensureDeferred(grants.clientCredentials())
             else:
-                d = grants.refresh(refresh_token)
+                record = job.record  # its access token is scrubbed from provider texts
+                access = record.access_token if record is not None else None
+                d = grants.refresh(job.refresh_token, access_token=access)
         except Exception:
             d = defer.fail()
         if limiter is not None:
@@ -388,7 +394,7 @@ class TokenSource:
                 delay=delay,
             )
             return task.deferLater(self._clock, delay, self._ask, job)
-        if isinstance(error, InvalidGrant):
+        if isinstance(error, NeedsReauthorisation):
             return defer.ensureDeferred(self._needsReauth(name, error))
         if isinstance(error, TokenEndpointError):
             return defer.ensureDeferred(self._refused(name, error))
@@ -512,23 +518,23 @@ class TokenSource:
         await self._setState(name, "error", str(error))
         raise error
 
-    async def _needsReauth(self, name: str, error: InvalidGrant) -> Secret:
+    async def _needsReauth(self, name: str, error: NeedsReauthorisation) -> Secret:
         """The grant is gone: ask a person, once, and send nothing more until they act."""
-        await self._setState(name, "needs_reauth", error.description)
+        await self._setState(name, "needs_reauth", error.reason)
         if name not in self._reported:
             self._reported.add(name)
             log.warn(
                 "account {account} needs re-authorisation: {why}",
                 account=name,
-                why=error.description,
+                why=error.reason,
             )
-            d = defer.maybeDeferred(self._notifier.notify, name, error.description)
+            d = defer.maybeDeferred(self._notifier.notify, name, error.reason)
             d.addErrback(lambda f: log.failure("notifier failed for {account}", f, account=name))
             if not d.called:
                 self.pendingNotifications.add(d)
                 d.addBoth(lambda _: self.pendingNotifications.discard(d))
         raise AccountNotAuthorised(
-            name, f"needs re-authorisation: {error.description}", needs_reauth=True
+            name, f"needs re-authorisation: {error.reason}", needs_reauth=True
         )
 
     # -- account state ---------------------------------------------------------------
