@@ -6,7 +6,9 @@ import json
 import random
 from urllib.parse import parse_qsl
 
+import pytest
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig, ProfileConfig
@@ -15,7 +17,7 @@ from oauthmail.secret import Secret
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.tokens.http import HTTPResponse
 from oauthmail.tokens.records import TokenSet
-from oauthmail.tokens.refresher import TokenRefresher
+from oauthmail.tokens.refresher import PASS_SHARE, TokenRefresher
 from oauthmail.tokens.source import TokenSource
 
 PROFILE = ProfileConfig(
@@ -249,3 +251,145 @@ def test_stopDropsRefreshesWaitingForARequestSlot():
     assert transport.count == 1
     assert (refresher.refreshed, refresher.failures) == (1, 0)
     assert [store.getTokens(f"acct{i}").result.version for i in range(3)] == [2, 1, 1]
+
+
+HANGING = ProfileConfig(
+    name="hanging",
+    kind="generic",
+    authorization_endpoint=None,
+    token_endpoint="https://hang.example.net/token",
+    device_endpoint=None,
+    revocation_endpoint=None,
+    introspection_endpoint=None,
+    client_id="client-2",
+    client_secret=Secret("s3cret-2"),
+    scopes=("mail",),
+)
+
+
+@implementer(IHTTPTransport)
+class RoutedTransport:
+    """Never answers the hanging endpoint; answers every other request at once."""
+
+    def __init__(self) -> None:
+        self.hanging: list[str] = []
+        self.answered: list[str] = []
+
+    def request(self, method, url, headers, body):
+        form = dict(parse_qsl(body.decode()))
+        if "hang.example.net" in url:
+            self.hanging.append(form["refresh_token"])
+            return defer.Deferred()
+        self.answered.append(form["refresh_token"])
+        n = form["refresh_token"].split("-")[-1]
+        answer = {"access_token": f"a-{n}x", "refresh_token": f"r-{n}x", "expires_in": 3600}
+        return defer.succeed(HTTPResponse(200, {}, json.dumps(answer).encode()))
+
+
+def mixedSetup(hanging: int, healthy: int, **kw):
+    clock = task.Clock()
+    store = MemoryTokenStore(clock)
+    accts = [AccountConfig(f"h{i}", f"h{i}@example.net", HANGING) for i in range(hanging)]
+    accts += [AccountConfig(f"ok{i}", f"ok{i}@example.com", PROFILE) for i in range(healthy)]
+    for a in accts:
+        store.ensureAccount(a.name, "generic")
+        store.putTokens(a.name, TokenSet(Secret(f"a-{a.name}"), 0, Secret(f"r-{a.name}")), 0)
+        store.setAccountState(a.name, "ok")
+    transport = RoutedTransport()
+    source = TokenSource(store, {a.name: a for a in accts}, transport, clock, margin=900)
+    kw.setdefault("random", random.Random(3))
+    refresher = TokenRefresher(source, store, accts, clock, interval=60, margin=900, **kw)
+    return refresher, transport, store, clock
+
+
+def test_hangingEndpointHoldsOnlyItsOwnSlots():
+    """A token endpoint that never answers holds its own request slots, not the others'."""
+    refresher, transport, store, clock = mixedSetup(30, 3, concurrency=2, jitter=0)
+    refresher.startService()
+    assert len(transport.hanging) == 2  # its own cap
+    assert sorted(transport.answered) == ["r-ok0", "r-ok1", "r-ok2"]
+    assert [store.getTokens(f"ok{i}").result.version for i in range(3)] == [2, 2, 2]
+    refresher.stopService()
+
+
+def test_passDoesNotWaitForStragglers():
+    """The next pass starts on time beside a hanging one, and leaves its accounts alone."""
+    refresher, transport, store, clock = mixedSetup(3, 1, concurrency=1, jitter=0)
+    with capturedLogs() as events:
+        refresher.startService()
+        assert transport.hanging == ["r-h0"] and transport.answered == ["r-ok0"]
+        store.putTokens("ok0", TokenSet(Secret("a"), clock.seconds() + 60, Secret("r-ok0y")), 2)
+        clock.advance(60 * PASS_SHARE)  # the first pass gives up waiting ...
+        assert refresher.passes == 1
+        clock.advance(60 * (1 - PASS_SHARE))  # ... and the second starts on time
+        assert refresher.passes == 2
+        assert transport.answered == ["r-ok0", "r-ok0y"]  # refreshed on time
+        assert transport.hanging == ["r-h0"]  # no second request for a claimed account
+    summaries = [formatEvent(e) for e in events if "refresher pass" in e["log_format"]]
+    assert summaries[0].startswith("token refresher pass: 1 of 4 due token(s) refreshed")
+    assert "3 still refreshing" in summaries[0]
+    assert "1 of 4 due token(s) refreshed, 0 failed, 0 skipped, 3 still refreshing" in summaries[1]
+    d = refresher.stopService()
+    assert d is not None and not d.called  # the hanging request is still in flight
+
+
+@implementer(IHTTPTransport)
+class FailingFor:
+    """Answers 503 for the refresh tokens named, tokens for the others."""
+
+    def __init__(self, *failing: str, status: int = 503, error: str = "server_error") -> None:
+        self.failing = set(failing)
+        self.status, self.error = status, error
+
+    def request(self, method, url, headers, body):
+        token = dict(parse_qsl(body.decode()))["refresh_token"]
+        if token in self.failing:
+            body = json.dumps({"error": self.error}).encode()
+            return defer.succeed(HTTPResponse(self.status, {}, body))
+        answer = {"access_token": "a-new", "refresh_token": token + "x", "expires_in": 3600}
+        return defer.succeed(HTTPResponse(200, {}, json.dumps(answer).encode()))
+
+
+@pytest.mark.parametrize(
+    ("transport", "valid_for"),
+    [
+        (FailingFor("r-acct1"), 600.0),  # still valid: callers keep the old token
+        (FailingFor("r-acct1"), -5.0),  # expired
+        (FailingFor("r-acct1", status=400, error="invalid_grant"), 600.0),
+        (FailingFor("r-acct1", status=401, error="invalid_client"), 600.0),
+    ],
+)
+def test_passCountsFailuresHonestly(transport, valid_for):
+    """The pass summary counts a failed refresh as failed, whatever the old token's state."""
+    clock = task.Clock()
+    store = MemoryTokenStore(clock)
+    accts = accounts(2)
+    for a in accts:
+        store.ensureAccount(a.name, "generic")
+        store.putTokens(a.name, TokenSet(Secret("a"), valid_for, Secret(f"r-{a.name}")), 0)
+        store.setAccountState(a.name, "ok")
+    source = TokenSource(store, {a.name: a for a in accts}, transport, clock, max_attempts=1)
+    refresher = TokenRefresher(source, store, accts, clock, interval=60, margin=900, jitter=0)
+    with capturedLogs() as events:
+        refresher.startService()
+        refresher.stopService()
+    [summary] = [e for e in events if "refresher pass" in e["log_format"]]
+    assert formatEvent(summary).startswith(
+        "token refresher pass: 1 of 2 due token(s) refreshed, 1 failed, 0 skipped"
+    )
+    assert summary["log_level"] == LogLevel.warn
+    assert (refresher.refreshed, refresher.failures) == (1, 1)
+
+
+def test_passCountsSkippedAccounts():
+    """An account that lost its tokens after the listing is skipped, not failed nor refreshed."""
+    refresher, transport, store, clock = setup(2, 0, jitter=5)
+    with capturedLogs() as events:
+        refresher.startService()
+        store.deleteTokens("acct1")
+        clock.advance(5)
+        transport.answerAll()
+    [summary] = [e for e in events if "refresher pass" in e["log_format"]]
+    assert "1 of 2 due token(s) refreshed, 0 failed, 1 skipped" in formatEvent(summary)
+    assert summary["log_level"] == LogLevel.info
+    refresher.stopService()

@@ -12,16 +12,28 @@ and Google), every refresh token is used (and, at Microsoft, rotated) far more o
 its 90-day idle limit requires. Tokens without an expiry are refreshed when they are older
 than ``max_age`` (seven days by default) for the same reason.
 
-Each pass has at most ``concurrency`` requests at the provider at once, each after a random delay
-of up to ``jitter`` seconds so that a hundred accounts do not hit the provider in the same
-second. One account's failure never stops the loop: every item is caught, and should the
-loop itself fail, its errback logs and restarts it.
+Rules a reader must not break:
+
+* **One provider cannot hold up the others.** Each token endpoint (scheme, host, port)
+  has its own ``concurrency`` request slots and its own workers, so a hanging or slow
+  endpoint holds only its own accounts' refreshes. A pass waits for its refreshes at
+  most ``PASS_SHARE`` of the interval; what is still running then goes on in the
+  background, and later passes leave those accounts alone until it ends (no account is
+  in two refreshes of the refresher at once).
+* **Spread, capped requests.** Each refresh starts after a random delay of up to
+  ``jitter`` seconds, so a hundred accounts do not hit the provider in the same second.
+* **Honest counts.** A refresh that failed is counted (and logged in the pass summary)
+  as failed even when the token it was to replace is still valid and callers keep
+  getting it; accounts that wait for a person are counted as skipped, not refreshed.
+* **Nothing kills the loop.** Every item is caught, and should the loop itself fail,
+  its errback logs and restarts it.
 """
 
 from __future__ import annotations
 
 import random as _random
 from collections.abc import Iterable, Iterator
+from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -47,9 +59,25 @@ SKIPPED_STATES = frozenset({"needs_reauth"})
 #: (~2,900/s) and the commits get bigger. A worker is one small coroutine.
 PIPELINE = 16
 
+#: A pass waits for its refreshes at most this share of the interval, so that the
+#: next pass starts on time (``LoopingCall`` skips a tick a call overran).
+PASS_SHARE = 0.9
+
+
+def tokenEndpointOf(account: AccountConfig) -> str:
+    """The token endpoint (scheme, host and port) an account's refreshes go to."""
+    try:
+        parts = urlsplit(account.profile.token_endpoint or "")
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:
+        return account.profile.token_endpoint or ""
+
 
 class TokenRefresher(Service):
-    """A ``Service`` that keeps every account's token fresh in the background."""
+    """A ``Service`` that keeps every account's token fresh in the background.
+
+    :param concurrency: requests at once per token endpoint (provider host).
+    """
 
     name = "token-refresher"
 
@@ -70,6 +98,7 @@ class TokenRefresher(Service):
         self._source = source
         self._store = store
         self._accounts = tuple(accounts)
+        self._endpoints = {account.name: tokenEndpointOf(account) for account in self._accounts}
         self._clock = clock
         self.interval = interval
         self.margin = margin
@@ -79,7 +108,10 @@ class TokenRefresher(Service):
         self.max_age = max_age
         self._random = random if random is not None else _random.Random()  # noqa: S311
         self._loop: task.LoopingCall | None = None
-        self._running_pass: defer.Deferred[None] | None = None
+        self._slots: dict[str, _RequestSlots] = {}
+        #: Accounts in a pass's queue or refresh; later passes leave them alone.
+        self._claimed: set[str] = set()
+        self._workers: set[defer.Deferred[None]] = set()
         self._sleeping: set[defer.Deferred[None]] = set()
         #: Statistics for the console and the tests.
         self.passes = 0
@@ -104,12 +136,10 @@ class TokenRefresher(Service):
         self._loop = None
         for sleeper in list(self._sleeping):  # refreshes not yet started are dropped
             sleeper.cancel()
-        running = self._running_pass
-        if running is not None and not running.called:
+        if self._workers:
             # Let the refreshes in flight finish: their tokens must reach the store.
-            waiter: defer.Deferred[None] = defer.Deferred()
-            running.addBoth(lambda result: (waiter.callback(None), result)[1])
-            return waiter
+            working = defer.DeferredList(list(self._workers), consumeErrors=True)
+            return working.addCallback(lambda _: None)
         return None
 
     def _startLoop(self) -> None:
@@ -126,7 +156,6 @@ class TokenRefresher(Service):
     def _tick(self) -> defer.Deferred[None]:
         d = defer.ensureDeferred(self.runOnce())
         d.addErrback(lambda f: log.failure("token refresher pass failed", f))
-        self._running_pass = d
         return d
 
     # -- one pass --------------------------------------------------------------------
@@ -172,60 +201,90 @@ class TokenRefresher(Service):
         return due
 
     async def runOnce(self) -> None:
-        """One pass: refresh every due account, ``concurrency`` requests at a time, with jitter.
+        """One pass: refresh every due account, ``concurrency`` requests per endpoint at once.
 
-        ``concurrency`` caps the requests at the provider, which is what it protects.
-        ``PIPELINE`` times as many workers take the due accounts from one queue, so
-        that while some wait for the provider, others read the store or wait for the
-        group commit of their new tokens (an fsync) without holding a request slot.
-        A fixed set of workers, rather than one coroutine per due account, keeps a
-        pass over 10,000 accounts from building (and tearing down) 10,000 of them.
+        ``concurrency`` caps the requests at each token endpoint, which is what it
+        protects. ``PIPELINE`` times as many workers per endpoint take its due
+        accounts from one queue, so that while some wait for the provider, others
+        read the store or wait for the group commit of their new tokens (an fsync)
+        without holding a request slot. A fixed set of workers, rather than one
+        coroutine per due account, keeps a pass over 10,000 accounts from building
+        (and tearing down) 10,000 of them.
 
         With jitter, each account gets a random start time within ``jitter`` seconds
-        of the pass; the queue is ordered by start time and a worker waits for its
+        of the pass; each queue is ordered by start time and a worker waits for its
         next account's time, so no refresh starts before it.
         """
+        started = self._clock.seconds()
         self.passes += 1
         due = await self._due()
-        if not due:
+        tally = _Tally()
+        queues: dict[str, list[tuple[float, AccountConfig, bool]]] = {}
+        uniform, jitter = self._random.uniform, self.jitter
+        for account, byAge in due:
+            if account.name in self._claimed:
+                tally.busy += 1  # still refreshing since an earlier pass
+                continue
+            self._claimed.add(account.name)
+            delay = uniform(0, jitter) if jitter > 0 else 0.0
+            queues.setdefault(self._endpoints[account.name], []).append((delay, account, byAge))
+        if not queues:
+            if tally.busy:
+                log.info(
+                    "token refresher pass: {busy} due token(s) still refreshing", busy=tally.busy
+                )
             return
-        started = self._clock.seconds()
-        refreshed, failures = self.refreshed, self.failures
-        if self.jitter > 0:
-            uniform, jitter = self._random.uniform, self.jitter
-            plan = sorted(
-                ((uniform(0, jitter), account, byAge) for account, byAge in due),
-                key=_startTime,
-            )
-        else:
-            plan = [(0.0, account, byAge) for account, byAge in due]
-        queue = iter(plan)
-        requests = _RequestSlots(self, self.concurrency)
-        workers = min(len(plan), self.concurrency * PIPELINE)
-        await defer.DeferredList(
-            [self._work(queue, started, requests) for _ in range(workers)],
-            consumeErrors=True,
-        )
-        log.info(
+        work = []
+        for endpoint, plan in queues.items():
+            plan.sort(key=_startTime)
+            queue = iter(plan)
+            slots = self._slotsFor(endpoint)
+            for _ in range(min(len(plan), self.concurrency * PIPELINE)):
+                work.append(self._work(queue, started, slots, tally))
+        done = defer.DeferredList(work, consumeErrors=True)
+        if not done.called:
+            timer = task.deferLater(self._clock, self.interval * PASS_SHARE, lambda: None)
+            await defer.DeferredList([done, timer], fireOnOneCallback=True, consumeErrors=True)
+            if not timer.called:
+                timer.cancel()
+        self._summarise(tally, len(due), started)
+
+    def _summarise(self, tally: _Tally, due: int, started: float) -> None:
+        """One line per pass, saying what happened (a warning when something failed)."""
+        emit = log.warn if tally.failed else log.info
+        emit(
             "token refresher pass: {refreshed} of {due} due token(s) refreshed, "
-            "{failed} failed, in {seconds:.1f} s",
-            refreshed=self.refreshed - refreshed,
-            due=len(due),
-            failed=self.failures - failures,
+            "{failed} failed, {skipped} skipped, {running} still refreshing, in {seconds:.1f} s",
+            refreshed=tally.refreshed,
+            due=due,
+            failed=tally.failed,
+            skipped=tally.skipped,
+            running=due - tally.refreshed - tally.failed - tally.skipped - tally.dropped,
             seconds=self._clock.seconds() - started,
         )
+
+    def _slotsFor(self, endpoint: str) -> _RequestSlots:
+        slots = self._slots.get(endpoint)
+        if slots is None:
+            slots = self._slots[endpoint] = _RequestSlots(self, self.concurrency)
+        return slots
 
     def _work(
         self,
         queue: Iterator[tuple[float, AccountConfig, bool]],
         started: float,
-        requests: _RequestSlots,
+        slots: _RequestSlots,
+        tally: _Tally,
     ) -> defer.Deferred[None]:
         """One worker of a pass: refresh accounts from ``queue`` until it is empty."""
-        return _Worker(self, queue, started, requests).run()
+        d = _Worker(self, queue, started, slots, tally).run()
+        if not d.called:
+            self._workers.add(d)
+            d.addBoth(lambda result: (self._workers.discard(d), result)[1])
+        return d
 
     def _refreshOne(
-        self, account: AccountConfig, requests: _RequestSlots, force: bool = False
+        self, account: AccountConfig, slots: _RequestSlots, tally: _Tally, force: bool = False
     ) -> defer.Deferred[None]:
         """Refresh one account; every outcome is counted and none escapes.
 
@@ -233,27 +292,44 @@ class TokenRefresher(Service):
         """
         min_valid = None if force else self.margin + self.interval
         try:
-            d = self._source.refreshDue(account.name, min_valid, limiter=requests)
+            d = self._source.refreshDue(account.name, min_valid, limiter=slots)
         except Exception:
             d = defer.fail()
-        return d.addCallbacks(self._counted, self._failed, errbackArgs=(account,))
+        return d.addCallbacks(
+            self._counted, self._failed, callbackArgs=(account, tally), errbackArgs=(account, tally)
+        )
 
-    def _counted(self, _: object) -> None:
+    def _counted(self, _: object, account: AccountConfig, tally: _Tally) -> None:
+        self._claimed.discard(account.name)
+        tally.refreshed += 1
         self.refreshed += 1
 
-    def _failed(self, failure: Failure, account: AccountConfig) -> None:
+    def _failed(self, failure: Failure, account: AccountConfig, tally: _Tally) -> None:
+        self._claimed.discard(account.name)
         e = failure.value
         if isinstance(e, defer.CancelledError):
-            return  # the service stopped before this refresh's request was sent
-        if isinstance(e, AccountNotAuthorised):
+            tally.dropped += 1  # the service stopped before this refresh's request was sent
+            return
+        if isinstance(e, AccountNotAuthorised) and not e.needs_reauth:
+            tally.skipped += 1  # not configured or never authorised: nothing to refresh
             log.debug("refresher skips {account}: {why}", account=account.name, why=e.reason)
             return
+        tally.failed += 1
         self.failures += 1
         if isinstance(e, (TokenError, StoreError)):
             # The token source has logged and recorded it; the next pass tries again.
             log.debug("refresh of {account} failed: {why}", account=account.name, why=str(e))
         else:
             log.failure("unexpected error refreshing {account}", failure, account=account.name)
+
+
+class _Tally:
+    """What became of one pass's due accounts."""
+
+    __slots__ = ("refreshed", "failed", "skipped", "dropped", "busy")
+
+    def __init__(self) -> None:
+        self.refreshed = self.failed = self.skipped = self.dropped = self.busy = 0
 
 
 class _Worker:
@@ -268,12 +344,14 @@ class _Worker:
         refresher: TokenRefresher,
         queue: Iterator[tuple[float, AccountConfig, bool]],
         started: float,
-        requests: _RequestSlots,
+        slots: _RequestSlots,
+        tally: _Tally,
     ) -> None:
         self._refresher = refresher
         self._queue = queue
         self._started = started
-        self._requests = requests
+        self._slots = slots
+        self._tally = tally
         self._done: defer.Deferred[None] = defer.Deferred()
 
     def run(self) -> defer.Deferred[None]:
@@ -281,6 +359,11 @@ class _Worker:
         return self._done
 
     def _finish(self) -> None:
+        if not self._refresher.running:
+            # The service is stopping: accounts not started are dropped (and unclaimed).
+            for _, account, _ in self._queue:
+                self._refresher._claimed.discard(account.name)
+                self._tally.dropped += 1
         if not self._done.called:
             self._done.callback(None)
 
@@ -289,14 +372,16 @@ class _Worker:
         clock = refresher._clock
         for delay, account, force in self._queue:
             if not refresher.running:
-                return self._finish()  # the service is stopping: accounts not started are dropped
+                refresher._claimed.discard(account.name)
+                self._tally.dropped += 1
+                return self._finish()
             wait = self._started + delay - clock.seconds()
             if wait > 0:
                 sleeper = task.deferLater(clock, wait, lambda: None)
                 refresher._sleeping.add(sleeper)
                 sleeper.addBoth(self._woke, sleeper, account, force)
                 return None
-            d = refresher._refreshOne(account, self._requests, force)
+            d = refresher._refreshOne(account, self._slots, self._tally, force)
             if not d.called:
                 d.addCallback(self._next)
                 return None
@@ -308,8 +393,10 @@ class _Worker:
         refresher = self._refresher
         refresher._sleeping.discard(sleeper)
         if isinstance(result, Failure) or not refresher.running:
+            refresher._claimed.discard(account.name)
+            self._tally.dropped += 1
             return self._finish()
-        d = refresher._refreshOne(account, self._requests, force)
+        d = refresher._refreshOne(account, self._slots, self._tally, force)
         d.addCallback(self._next)
         return None
 
@@ -319,11 +406,11 @@ def _startTime(item: tuple[float, AccountConfig, bool]) -> float:
 
 
 class _RequestSlots:
-    """A pass's cap on requests at the provider (the token source holds a slot per request).
+    """One token endpoint's cap on requests (the token source holds a slot per request).
 
-    It keeps the refresher's ``peak_concurrency`` statistic and hands out no slot
-    once the service is stopping: such a refresh fails with ``CancelledError``
-    before anything is sent, and its tokens stay as they are.
+    It keeps the refresher's ``peak_concurrency`` statistic (over all endpoints) and
+    hands out no slot once the service is stopping: such a refresh fails with
+    ``CancelledError`` before anything is sent, and its tokens stay as they are.
     """
 
     def __init__(self, refresher: TokenRefresher, size: int) -> None:

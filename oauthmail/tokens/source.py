@@ -159,12 +159,15 @@ class TokenSource:
         request to the provider, and only then: the refresher caps the requests its
         pass has at the provider, not the local reads and fsync'd writes around
         them, nor the backoff sleeps between attempts.
+
+        Unlike ``accessToken``, a refresh that failed fails here even when the token
+        it was to replace is still valid: the refresher counts what it did.
         """
         try:
             account = self.account(account_id)
         except AccountNotAuthorised as e:
             return defer.fail(e)
-        return self._joinRefresh(account, min_valid, limiter)
+        return self._joinRefresh(account, min_valid, limiter, strict=True)
 
     def isRefreshing(self, account_id: str) -> bool:
         return account_id in self._inflight
