@@ -19,6 +19,7 @@ from oauthmail.tokens.http import (
     ResponseTooLarge,
     TransportError,
     checkEndpointURL,
+    hostHeader,
 )
 
 
@@ -213,3 +214,34 @@ async def test_endpointBuiltOncePerHost():
     finally:
         await transport.close()
         await port.stopListening()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "header"),
+    [
+        (b"https", b"login.example.com", 443, b"login.example.com"),
+        (b"http", b"127.0.0.1", 80, b"127.0.0.1"),
+        (b"https", b"h.example", 8443, b"h.example:8443"),
+        (b"http", b"::1", 8080, b"[::1]:8080"),
+        (b"http", b"::1", 80, b"[::1]"),
+    ],
+)
+def test_hostHeader(scheme, host, port, header):
+    """The Host header carries the port only when it is not the default, IPv6 in brackets."""
+    assert hostHeader(scheme, host, port) == header
+
+
+@pytest.mark.parametrize(
+    "module", ["source", "refresher", "grants", "answers", "http", "errors", "notify"]
+)
+def test_noGlobalReactor(module):
+    """The token lifecycle modules take their reactor or clock; none imports the global one."""
+    import ast
+    import importlib
+
+    tree = ast.parse(open(importlib.import_module(f"oauthmail.tokens.{module}").__file__).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "twisted.internet":
+            assert "reactor" not in [alias.name for alias in node.names]
+        if isinstance(node, ast.Import):
+            assert "twisted.internet.reactor" not in [alias.name for alias in node.names]

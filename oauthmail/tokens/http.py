@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -187,6 +187,18 @@ class _CappedBodyReader(Protocol):
             )
 
 
+def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
+    """The ``Host`` header for a request (RFC 9110 §7.2), as ``Agent`` itself writes it.
+
+    The port only when it is not the scheme's default; an IPv6 literal in brackets.
+    """
+    if b":" in host:
+        host = b"[" + host + b"]"
+    if (scheme, port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, port)
+
+
 @implementer(IAgentEndpointFactory)
 class _CachingEndpointFactory:
     """Twisted's standard endpoints (TCP for http, TCP+TLS for https), made once per host.
@@ -198,7 +210,9 @@ class _CachingEndpointFactory:
     of connections, so each is built once and kept.
     """
 
-    def __init__(self, reactor, policy: IPolicyForHTTPS, connect_timeout: float | None) -> None:
+    def __init__(
+        self, reactor: IReactorTCP, policy: IPolicyForHTTPS, connect_timeout: float | None
+    ) -> None:
         self._reactor = reactor
         self._policy = policy
         self._connect_timeout = connect_timeout
@@ -230,8 +244,9 @@ class _CachingEndpointFactory:
 class AgentTransport:
     """``IHTTPTransport`` over a Twisted ``Agent`` with verified TLS and hard limits.
 
-    :param reactor: the reactor the connections run on.
-    :param clock: the clock for the whole-request timeout (the reactor by default).
+    :param reactor: the reactor the connections run on (TCP, time, name resolution),
+        always the caller's: nothing here falls back to the global reactor.
+    :param clock: the clock for the whole-request timeout (``reactor`` by default).
     :param ca_file: a PEM file with an extra trust root (private CAs, tests); by default
         the platform's trust store is used. Read once, at construction (start-up).
     :param maxPersistentPerHost: idle keep-alive connections kept per token endpoint.
@@ -241,7 +256,7 @@ class AgentTransport:
 
     def __init__(
         self,
-        reactor,
+        reactor: IReactorTCP,
         *,
         clock: IReactorTime | None = None,
         connect_timeout: float = 10.0,
@@ -309,8 +324,7 @@ class AgentTransport:
                 raw.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
             if not raw.hasHeader(b"host"):
                 uri = URI.fromBytes(url.encode("ascii"))
-                host = self._agent._computeHostValue(uri.scheme, uri.host, uri.port)
-                raw.addRawHeader(b"host", host)
+                raw.addRawHeader(b"host", hostHeader(uri.scheme, uri.host, uri.port))
             if len(self._headers) >= 64:
                 self._headers.clear()
             self._headers[key] = raw

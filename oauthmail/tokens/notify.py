@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IReactorProcess
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,11 +45,15 @@ class _Collector(protocol.ProcessProtocol):
 
 
 class CommandNotifier:
-    """Runs ``command + [account, reason]`` for each account that needs a person."""
+    """Runs ``command + [account, reason]`` for each account that needs a person.
+
+    ``reactor`` spawns the command and times it out (``IReactorProcess`` and
+    ``IReactorTime``); it is always the caller's, never the global one.
+    """
 
     def __init__(
         self,
-        reactor,
+        reactor: IReactorProcess,
         command: Sequence[str],
         *,
         timeout: float = 60.0,
