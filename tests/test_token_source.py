@@ -521,7 +521,8 @@ def test_invalidClientKeptWithAdvice():
     """invalid_client is a configuration error naming what to fix, kept as the last error."""
     description = "AADSTS7000215: Invalid client secret provided."
     transport = ScriptedTransport(*[errorAnswer(401, "invalid_client", description)] * 2)
-    source, store, clock = makeSource(transport, notifier=RecordingNotifier())
+    notifier = RecordingNotifier()
+    source, store, clock = makeSource(transport, notifier=notifier)
     seed(store, clock, expires_in=0)
     for _ in range(2):
         error = failure(source.accessToken("alice"), TokenEndpointError)
@@ -530,7 +531,7 @@ def test_invalidClientKeptWithAdvice():
         assert "AADSTS7000215" in state.last_error
         assert "fix client_id and client_secret" in state.last_error
         assert "Authorise" not in state.last_error
-    assert source._notifier.calls == []
+    assert notifier.calls == []
 
 
 @pytest.mark.parametrize("expires_in", ["1e20", "1e300", "Infinity", "NaN", "-60", '"x"'])
@@ -560,3 +561,17 @@ def test_hugeRetryAfterHoldsAnHourOnly():
     assert len(transport.requests) == 1
     clock.advance(1)
     assert result(source.accessToken("alice")) == Secret("access-1")
+
+
+def test_rememberRefusalKeepsConfigurationErrors():
+    """An authorisation's invalid_client is kept as the last error; other failures are not."""
+    source, store, clock = makeSource(ScriptedTransport())
+    store.ensureAccount("alice", "generic")
+    error = TokenEndpointError("invalid_client", "bad secret", 401, "fix client_id")
+    result(source.rememberRefusal("alice", TransientTokenError("timeout")))
+    assert result(store.getAccount("alice")).last_error is None
+    result(source.rememberRefusal("alice", error))
+    state = result(store.getAccount("alice"))
+    assert state.state == "error" and state.last_error == str(error)
+    assert "fix client_id" in state.last_error
+    result(source.rememberRefusal("nobody", error))  # unknown accounts: nothing to keep

@@ -44,6 +44,7 @@ from oauthmail.interfaces import IHTTPTransport, ITokenSource, ITokenStore
 from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
 from oauthmail.text import cleanText
+from oauthmail.tokens.condition import Notifier, TokenCondition
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
     NeedsReauthorisation,
@@ -53,12 +54,9 @@ from oauthmail.tokens.errors import (
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
 from oauthmail.tokens.store import VersionConflict
+from oauthmail.tokens.unsaved import UnsavedTokens
 
 log = Logger()
-
-
-class Notifier(Protocol):
-    def notify(self, account: str, reason: str) -> defer.Deferred[None]: ...
 
 
 class Limiter(Protocol):
@@ -72,11 +70,6 @@ class Limiter(Protocol):
 def _release(result: object, limiter: Limiter) -> object:
     limiter.release()
     return result
-
-
-class _NoNotifier:
-    def notify(self, account: str, reason: str) -> defer.Deferred[None]:
-        return defer.succeed(None)
 
 
 @implementer(ITokenSource)
@@ -111,7 +104,8 @@ class TokenSource:
         self._transport = transport
         self._clock = clock
         self.margin = margin
-        self._notifier: Notifier = notifier if notifier is not None else _NoNotifier()
+        #: The token part of each account's condition: state writes and notifications.
+        self.condition = TokenCondition(store, notifier)
         self._max_attempts = max(1, max_attempts)
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -119,16 +113,17 @@ class TokenSource:
         self._grants: dict[str, GrantClient] = {}
         # Callers waiting for each account's refresh in flight: (waiter, strict).
         self._inflight: dict[str, list[tuple[defer.Deferred[Secret], bool]]] = {}
-        # Tokens the provider gave us that the store refused: (expected version, tokens).
-        self._pending: dict[str, tuple[int, TokenSet]] = {}
+        self._unsaved = UnsavedTokens(store)
         # Retry-After longer than one call may wait: no request before this time.
         self._not_before: dict[str, float] = {}
-        self._reported: set[str] = set()
-        #: Notification commands still running (tests wait for them).
-        self.pendingNotifications: set[defer.Deferred[None]] = set()
 
     def __repr__(self) -> str:
         return f"<TokenSource {len(self._accounts)} accounts>"
+
+    @property
+    def pendingNotifications(self) -> set[defer.Deferred[None]]:
+        """Notification commands still running (tests wait for them)."""
+        return self.condition.pendingNotifications
 
     # -- public API ------------------------------------------------------------------
 
@@ -207,12 +202,25 @@ class TokenSource:
             break
         else:
             raise VersionConflict(f"tokens of {account_id!r} keep changing; try again")
-        self._pending.pop(account_id, None)
+        self._unsaved.forget(account_id)
         self._not_before.pop(account_id, None)
-        self._reported.discard(account_id)
-        await self._recordState(account_id, "ok", None)
+        self.condition.healthy(account_id)
+        await self.condition.record(account_id, "ok", None)
         log.info("account {account} authorised", account=account_id)
         return record
+
+    def rememberRefusal(self, account_id: str, error: Exception) -> defer.Deferred[None]:
+        """Keep a configuration error met outside a refresh as the account's last error.
+
+        For the authorisation flows: ``invalid_client`` at a code exchange means no
+        authorisation can work until the configuration changes, and the console, the
+        CLI and ``/health`` should say so (with the fix) rather than forget it. Other
+        errors are about that one attempt and are not kept.
+        """
+        if not isinstance(error, TokenEndpointError) or account_id not in self._accounts:
+            return defer.succeed(None)
+        log.error("{account}: {why}", account=account_id, why=str(error))
+        return defer.ensureDeferred(self.condition.report(account_id, "error", str(error)))
 
     # -- single flight ---------------------------------------------------------------
 
@@ -297,8 +305,8 @@ class TokenSource:
             d = self._store.ensureAccount(name, job.account.profile.kind)
             return d.addCallback(lambda state: self._read((state, record), job))
         job.state = state
-        if name in self._pending:
-            d = defer.ensureDeferred(self._retryPendingWrite(name, record))
+        if name in self._unsaved:
+            d = defer.ensureDeferred(self._unsaved.save(name, record))
             return d.addCallback(self._decide, job)
         return self._decide((record, None), job)
 
@@ -400,7 +408,7 @@ class TokenSource:
         if isinstance(error, NeedsReauthorisation):
             return defer.ensureDeferred(self._needsReauth(name, error))
         if isinstance(error, TokenEndpointError):
-            return defer.ensureDeferred(self._refused(name, error))
+            return defer.ensureDeferred(self._refused(job, error))
         return failure
 
     def _obtained(self, tokens: TokenSet, job: _Refresh) -> defer.Deferred[Secret]:
@@ -433,14 +441,14 @@ class TokenSource:
 
     def _written(self, stored: TokenRecord, job: _Refresh) -> Secret | defer.Deferred[Secret]:
         name = job.account.name
-        self._pending.pop(name, None)
+        self._unsaved.forget(name)
         self._not_before.pop(name, None)
-        self._reported.discard(name)
+        self.condition.healthy(name)
         # No log event per refresh: at 10,000 accounts it costs more than the JSON
         # parse; the refresher logs one summary per pass, failures are logged.
         state = job.state
         if state.state != "ok" or state.last_error:
-            d = defer.ensureDeferred(self._setState(name, "ok", None))
+            d = defer.ensureDeferred(self.condition.report(name, "ok", None))
             return d.addCallback(lambda _: stored.access_token)
         return stored.access_token
 
@@ -464,37 +472,12 @@ class TokenSource:
             if self._valid(current, 0):
                 return current.access_token
             raise TransientTokenError("tokens changed during the refresh; try again")
-        self._pending[name] = (expected, tokens)
+        self._unsaved.keep(name, expected, tokens)
         why = f"could not save refreshed tokens: {cleanText(error)}"
         log.error("{account}: {why}", account=name, why=why)
-        await self._setState(name, "error", why)
+        await self.condition.report(name, "error", why)
         failure.raiseException()
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _retryPendingWrite(
-        self, name: str, record: TokenRecord | None
-    ) -> tuple[TokenRecord | None, TokenSet | None]:
-        """Write tokens a failed store refused last time, so the rotated refresh token lives.
-
-        Returns the record to use and, if they still could not be written, the pending
-        tokens (whose refresh token is the one the provider now expects).
-        """
-        expected, tokens = self._pending[name]
-        if (record.version if record is not None else 0) != expected:
-            self._pending.pop(name, None)  # somebody stored newer tokens meanwhile
-            return record, None
-        try:
-            stored = await self._store.putTokens(name, tokens, expected)
-        except Exception as e:
-            log.warn(
-                "{account}: the store still refuses the refreshed tokens: {why}",
-                account=name,
-                why=cleanText(e),
-            )
-            return record, tokens
-        self._pending.pop(name, None)
-        log.info("{account}: refreshed tokens saved on a second attempt", account=name)
-        return stored, None
 
     async def _giveUp(self, job: _Refresh, error: TransientTokenError) -> _StillValid:
         """A transient failure outlasted this call: keep every token, maybe use the old one."""
@@ -512,53 +495,26 @@ class TokenSource:
         why = f"refresh failed, will retry: {error}"
         log.warn("{account}: {why}", account=name, why=why)
         if job.state.state != "error" or job.state.last_error != why:
-            await self._setState(name, "error", why)
+            await self.condition.report(name, "error", why)
         raise error
 
-    async def _refused(self, name: str, error: TokenEndpointError) -> Secret:
-        """A permanent refusal: the configuration (or the provider) must change."""
-        log.error("refresh of {account} refused: {why}", account=name, why=str(error))
-        await self._setState(name, "error", str(error))
+    async def _refused(self, job: _Refresh, error: TokenEndpointError) -> Secret:
+        """A permanent refusal: the configuration (or the provider) must change.
+
+        Logged and recorded when it is news; every later pass meets it again.
+        """
+        name, why = job.account.name, str(error)
+        if job.state.state != "error" or job.state.last_error != why:
+            log.error("refresh of {account} refused: {why}", account=name, why=why)
+            await self.condition.report(name, "error", why)
         raise error
 
     async def _needsReauth(self, name: str, error: NeedsReauthorisation) -> Secret:
         """The grant is gone: ask a person, once, and send nothing more until they act."""
-        await self._setState(name, "needs_reauth", error.reason)
-        if name not in self._reported:
-            self._reported.add(name)
-            log.warn(
-                "account {account} needs re-authorisation: {why}",
-                account=name,
-                why=error.reason,
-            )
-            d = defer.maybeDeferred(self._notifier.notify, name, error.reason)
-            d.addErrback(lambda f: log.failure("notifier failed for {account}", f, account=name))
-            if not d.called:
-                self.pendingNotifications.add(d)
-                d.addBoth(lambda _: self.pendingNotifications.discard(d))
+        await self.condition.needsPerson(name, error.reason)
         raise AccountNotAuthorised(
             name, f"needs re-authorisation: {error.reason}", needs_reauth=True
         )
-
-    # -- account state ---------------------------------------------------------------
-
-    def _recordState(
-        self, name: str, state: str, last_error: str | None
-    ) -> defer.Deferred[AccountRecord]:
-        """The token source's only write of an account's state (one owner will take it over)."""
-        return self._store.setAccountState(name, state, last_error)
-
-    async def _setState(self, name: str, state: str, last_error: str | None) -> None:
-        """Record a state; a failing store is logged, the original outcome still wins."""
-        try:
-            await self._recordState(name, state, last_error)
-        except Exception as e:
-            log.error(
-                "could not record state {state} for {account}: {why}",
-                state=state,
-                account=name,
-                why=cleanText(e),
-            )
 
 
 class _Refresh:

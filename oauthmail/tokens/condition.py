@@ -1,0 +1,84 @@
+"""The token part of an account's condition, reported in one place.
+
+The token source says how an account's tokens are: ``ok``, ``error`` (with what went
+wrong and what to fix) or ``needs_reauth`` (a person must sign in again; they are told
+once, through the notifier). Rules a reader must not break:
+
+* **One writer.** :meth:`TokenCondition.record` is the token source's only write of
+  account state. Today it is ``ITokenStore.setAccountState``; when account health gets
+  its single owner (issue 10), that one call is what changes.
+* **A failing store never hides the outcome.** :meth:`TokenCondition.report` logs a
+  store that refuses the state and lets the refresh's own result (token or error) stand.
+* **Ask a person once.** :meth:`TokenCondition.needsPerson` runs the notifier the first
+  time an account needs a person, not on every later refusal; :meth:`TokenCondition.healthy`
+  forgets that once the account has working tokens again.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from oauthmail.interfaces import ITokenStore
+from oauthmail.text import cleanText
+from oauthmail.tokens.records import AccountRecord
+
+log = Logger()
+
+__all__ = ["Notifier", "TokenCondition"]
+
+
+class Notifier(Protocol):
+    """Tells a person that an account needs them (``CommandNotifier``, ``RecordingNotifier``)."""
+
+    def notify(self, account: str, reason: str) -> defer.Deferred[None]: ...
+
+
+class TokenCondition:
+    """Records how an account's tokens are, and notifies when a person is needed."""
+
+    def __init__(self, store: ITokenStore, notifier: Notifier | None = None) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._reported: set[str] = set()
+        #: Notification commands still running (tests wait for them).
+        self.pendingNotifications: set[defer.Deferred[None]] = set()
+
+    def record(
+        self, name: str, state: str, last_error: str | None
+    ) -> defer.Deferred[AccountRecord]:
+        """Write the account's state (the one write; its failure is the caller's)."""
+        return self._store.setAccountState(name, state, last_error)
+
+    async def report(self, name: str, state: str, last_error: str | None) -> None:
+        """Record a state; a failing store is logged, the caller's outcome still wins."""
+        try:
+            await self.record(name, state, last_error)
+        except Exception as e:
+            log.error(
+                "could not record state {state} for {account}: {why}",
+                state=state,
+                account=name,
+                why=cleanText(e),
+            )
+
+    def healthy(self, name: str) -> None:
+        """The account has working tokens: a later need for a person is news again."""
+        self._reported.discard(name)
+
+    async def needsPerson(self, name: str, reason: str) -> None:
+        """``needs_reauth`` with ``reason``; the first time, log it and run the notifier."""
+        await self.report(name, "needs_reauth", reason)
+        if name in self._reported:
+            return
+        self._reported.add(name)
+        log.warn("account {account} needs re-authorisation: {why}", account=name, why=reason)
+        if self._notifier is None:
+            return
+        d = defer.maybeDeferred(self._notifier.notify, name, reason)
+        d.addErrback(lambda f: log.failure("notifier failed for {account}", f, account=name))
+        if not d.called:
+            self.pendingNotifications.add(d)
+            d.addBoth(lambda _: self.pendingNotifications.discard(d))
