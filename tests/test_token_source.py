@@ -575,3 +575,25 @@ def test_rememberRefusalKeepsConfigurationErrors():
     assert state.state == "error" and state.last_error == str(error)
     assert "fix client_id" in state.last_error
     result(source.rememberRefusal("nobody", error))  # unknown accounts: nothing to keep
+
+
+def test_refreshDoesNotRevealTheOldAccessToken():
+    """A successful refresh never reveals the access token it replaces (stores decrypt lazily)."""
+
+    class Sealed(Secret):
+        revealed = 0
+
+        def reveal(self):
+            Sealed.revealed += 1
+            return super().reveal()
+
+        def __bool__(self):
+            Sealed.revealed += 1
+            return super().__bool__()
+
+    transport = ScriptedTransport(tokenAnswer(1))
+    source, store, clock = makeSource(transport)
+    store.ensureAccount("alice", "generic")
+    store.putTokens("alice", TokenSet(Sealed("access-0"), 0.0, Secret("refresh-0")), 0)
+    assert result(source.refreshDue("alice", 900.0)) == Secret("access-1")
+    assert Sealed.revealed == 0

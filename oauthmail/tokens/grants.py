@@ -123,8 +123,13 @@ class GrantClient:
         return fields
 
     def _hidden(self, *secrets_: Secret | None) -> tuple[Secret, ...]:
-        """The secrets of one request: the client's and ``secrets_`` (the caller's)."""
-        return self._client_hidden + tuple(s for s in secrets_ if s)
+        """The secrets of one request: the client's and ``secrets_`` (the caller's).
+
+        Not looked at here (``is not None`` only): a stored access token is decrypted
+        when first revealed, and that should happen only if a provider text needs
+        scrubbing, not on every refresh.
+        """
+        return self._client_hidden + tuple(s for s in secrets_ if s is not None)
 
     async def _post(
         self, url: str | None, body: str, what: str, hidden: tuple[Secret, ...]
