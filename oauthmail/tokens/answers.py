@@ -205,14 +205,14 @@ def classifyTokenResponse(
     if status == 200:
         return _tokenSet(response.body, now, requested_scope, grant, hidden)
     fields = _fields(response.body.decode("utf-8", "replace"))
-    error = fields.get("error")
-    if status == 429 or status >= 500 or (not error and status in (408, 425)):
+    named = isinstance(fields.get("error"), str) and bool(fields["error"])
+    if status == 429 or status >= 500 or (not named and status in (408, 425)):
         reason = f"token endpoint answered HTTP {status}"
-        if isinstance(error, str) and error:
+        if named:
             error, description = _errorText(fields, hidden)
             reason += f" ({error}{': ' + description if description else ''})"
         raise TransientTokenError(reason, parseRetryAfter(response.header("retry-after"), now))
-    if not isinstance(error, str) or not error:
+    if not named:
         raise TokenEndpointError(f"HTTP {status}", None, status)
     raise _refusal(fields, status, grant, now, response.header("retry-after"), hidden)
 
