@@ -42,10 +42,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens.errors import AccountNotAuthorised, TokenError
 from oauthmail.tokens.source import TokenSource
-from oauthmail.tokens.store import StoreError
 
 log = Logger()
 

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import VersionConflict
 from oauthmail.interfaces import IHTTPTransport, ITokenSource, ITokenStore
 from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
@@ -53,7 +54,6 @@ from oauthmail.tokens.errors import (
 )
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
-from oauthmail.tokens.store import VersionConflict
 from oauthmail.tokens.unsaved import UnsavedTokens
 
 log = Logger()
