@@ -43,6 +43,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
+from oauthmail.health import AccountHealth
 from oauthmail.testing.certs import TestCertificates, generateTestCertificates
 from oauthmail.testing.dovecot import DovecotServer
 from oauthmail.testing.provider import TestOAuthProvider
@@ -455,7 +456,9 @@ async def buildOurReceiver(
         deliveries = stores.ledger
     sink = CountingMaildirSink(payload["maildir"], reactor)
     tokens = StaticTokens(payload["token"])
-    watcher = AccountWatcher(account, tokens, deliveries, sink, reactor, store)
+    watcher = AccountWatcher(
+        account, tokens, deliveries, sink, reactor, health=AccountHealth(store, reactor)
+    )
     # Import what the first session needs now, not inside the timed window.
     import oauthmail.imap.connect  # noqa: F401
     import oauthmail.imap.fetch  # noqa: F401

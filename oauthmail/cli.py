@@ -475,11 +475,12 @@ def sendArguments(parser: argparse.ArgumentParser) -> None:
     arguments=sendArguments,
 )
 def sendCommand(args: argparse.Namespace) -> int:
-    """Put a message in the durable queue; the running daemon sends it.
+    """Put a message in the durable queue, then wake the running daemon to send it.
 
     The command only stores the message (synced to disk before it says
-    "queued"): the daemon's queue picks it up within its poll interval and
-    owns every retry, so a message is never sent by two processes at once.
+    "queued") and asks the daemon over its control socket to send now; the
+    daemon owns every attempt and retry, so a message is never sent by two
+    processes at once. With no daemon running it says so: the message waits.
     """
     config = readConfig(args.config)
     if config is None:
@@ -513,7 +514,15 @@ def sendCommand(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         finally:
             await session.close()
-        print(f"queued as {message_id}; the running oauthmail daemon sends it")
+        from twisted.internet import threads
+
+        from oauthmail.control import wakeDaemon
+
+        why = await threads.deferToThread(wakeDaemon, config.queue.control_socket, account.name)
+        if why is None:
+            print(f"queued as {message_id}; the oauthmail daemon is sending it now")
+        else:
+            print(f"queued as {message_id}; {why}: it is sent once the daemon runs")
         return EXIT_OK
 
     return runInReactor(work)

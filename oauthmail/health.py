@@ -139,7 +139,9 @@ def derive(parts: Mapping[str, Condition]) -> AccountView:
     condition = parts[worst]
     if condition.state == "ok":
         return AccountView("ok", parts=dict(parts))
-    error = f"{partLabel(worst)}: {condition.error}" if condition.error else None
+    error = condition.error
+    if error and worst != PART_TOKENS:  # token errors name the token endpoint themselves
+        error = f"{partLabel(worst)}: {error}"
     return AccountView(condition.state, error, condition.advice, worst, dict(parts))
 
 
@@ -176,16 +178,19 @@ class AccountHealth:
             known.setdefault(part, Condition("starting", since=now))
 
     def restore(self, account: str, state: str, error: str | None = None) -> None:
-        """Seed the tokens part from what the store remembers, without writing it back.
+        """Seed the tokens part from the state the store remembers, without writing it back.
 
-        Only what outlives a restart is kept: an account that needs a person
-        (``unauthorised``, ``needs_reauth``) still does. Everything else
-        starts over and is reported again by the part itself.
+        An account that needs a person (``unauthorised``, ``needs_reauth``)
+        still does after a restart; any other stored state means its tokens
+        were working, so the tokens part starts ``ok`` (the refresher reports
+        otherwise at its next pass). Everything else starts over and is
+        reported again by the part itself.
         """
-        if state in ("unauthorised", "needs_reauth"):
-            self._parts.setdefault(account, {})[PART_TOKENS] = Condition(
-                state, error, since=self._clock.seconds()
-            )
+        tokens = state if state in ("unauthorised", "needs_reauth") else "ok"
+        kept = error if tokens != "ok" else None
+        self._parts.setdefault(account, {})[PART_TOKENS] = Condition(
+            tokens, kept, since=self._clock.seconds()
+        )
         view = self.view(account)
         self._written[account] = (_stored(view.state), view.error)
 
@@ -197,8 +202,12 @@ class AccountHealth:
         error: str | None = None,
         advice: str | None = None,
         until: float | None = None,
-    ) -> None:
-        """Record ``part``'s own condition; persist and announce the account's if it changed."""
+    ) -> defer.Deferred[None]:
+        """Record ``part``'s own condition; persist and announce the account's if it changed.
+
+        Fires once the store holds the account's resulting state (at once when
+        it did not change); never fails (a store that refuses is logged).
+        """
         if state not in _RANK:
             raise ValueError(f"unknown part state {state!r}")
         parts = self._parts.setdefault(account, {})
@@ -220,6 +229,7 @@ class AccountHealth:
                     listener(account, before, after)
                 except Exception:
                     _log.failure("an account health listener failed for {account}", account=account)
+        return self.whenWritten(account)
 
     def forget(self, account: str, part: str) -> None:
         """A part that no longer exists (a folder no longer watched) stops counting."""

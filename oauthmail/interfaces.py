@@ -218,7 +218,10 @@ class IAccountHealth(Interface):
     """
 
     def report(account, part, state, error=None, advice=None, until=None):
-        """Record ``part``'s condition (``ok``, ``retrying``, ``error``, ...) for ``account``."""
+        """Record ``part``'s condition (``ok``, ``retrying``, ``error``, ...) for ``account``.
+
+        Fires once the account's resulting state is stored; never fails.
+        """
 
     def view(account):
         """The account's derived health (an :class:`oauthmail.health.AccountView`)."""

@@ -1,11 +1,20 @@
 """The oauthmail service tree: what ``twistd oauthmail`` runs and what a ``.tac`` embeds.
 
-``OAuthMailService`` owns the token store and starts the parts that need it
-(token source and refresher, one IMAP watcher per receiving account, the web
-console) only once the store is open, so that nothing ever runs against a
-store whose key was not checked. An account whose part cannot be built (a
-sink command that does not exist, say) is marked ``error`` with the reason;
-the other accounts start as usual.
+Start-up order, and why:
+
+1. **Ports first** (``privilegedStartService``): the console and the
+   submission server are bound before anything else, so a port that is taken
+   stops the daemon with one line naming the configuration key
+   (:class:`~oauthmail.listeners.StartupError`) before any mailbox is touched.
+2. **Stores**: opened (and the key checked) before any part that needs them.
+3. **Account health** (:mod:`oauthmail.health`): one owner of every account's
+   state; each part (tokens, each IMAP folder, SMTP) reports to it.
+4. **Tokens, watchers, queue**, then the ports' protocols are attached and the
+   control socket listens.
+
+An account whose part cannot be built (a sink command that does not exist,
+say) reports that part as ``error`` with the reason; the other accounts start
+as usual. A new authorisation wakes the account's watchers and queue at once.
 """
 
 from __future__ import annotations
@@ -14,13 +23,29 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
-from oauthmail.config import Config
+from oauthmail.config import AccountConfig, Config
 from oauthmail.db.open import Stores
+from oauthmail.health import PART_TOKENS, AccountHealth, imapPart
 from oauthmail.interfaces import ITokenStore
+from oauthmail.listeners import LateFactory, StartupError, bindEarly
 from oauthmail.text import describeFailure
+
+__all__ = ["OAuthMailService", "StartupError"]
+
+
+def accountParts(account: AccountConfig) -> list[str]:
+    """The parts that must report before an account is ok: its tokens and watched folders.
+
+    SMTP is not among them: it has nothing to say until there is mail to
+    send, and then it reports (``ok``, ``retrying``, ``error``, ``paused``).
+    """
+    parts = [PART_TOKENS]
+    if account.imap is not None:
+        parts += [imapPart(folder.name) for folder in account.imap.folders]
+    return parts
 
 
 class OAuthMailService(MultiService):
@@ -32,29 +57,24 @@ class OAuthMailService(MultiService):
 
     log = Logger()
 
-    def __init__(
-        self,
-        config: Config,
-        reactor: Any = None,
-        stores: Stores | None = None,
-    ) -> None:
+    def __init__(self, config: Config, reactor: Any, stores: Stores | None = None) -> None:
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
         self.config = config
         self.reactor = reactor
         self.stores = stores
         self.store: ITokenStore | None = None if stores is None else stores.tokens
-        self.console_port = None
+        self.health: AccountHealth | None = None
+        self.console_port: IListeningPort | None = None
         self.transport: Any = None
         self.tokens: Any = None
         self.refresher: Any = None
         self.watchers: dict[str, Any] = {}
         self.queue: Any = None
-        self.submission_port: Any = None
+        self.submission_port: IListeningPort | None = None
+        self.control_port: IListeningPort | None = None
         self.authorizer: Any = None
+        self._consoleFactory: LateFactory | None = None
+        self._submissionFactory: LateFactory | None = None
         self._sinks: list[Any] = []
         self._ready: list[defer.Deferred] = []
         self._is_ready = False
@@ -68,12 +88,40 @@ class OAuthMailService(MultiService):
         self._ready.append(d)
         return d
 
+    # -- start-up -------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind the listening ports; :class:`StartupError` (one line) if one is taken."""
+        self.bindPorts()
+        super().privilegedStartService()
+
+    def bindPorts(self) -> None:
+        """Bind the console's and the submission server's ports now (idempotent)."""
+        if self._consoleFactory is not None:
+            return
+        web = self.config.web
+        self.console_port, self._consoleFactory = bindEarly(
+            self.reactor, "web.port", web.bind, web.port
+        )
+        submission = self.config.submission
+        if submission is not None:
+            try:
+                self.submission_port, self._submissionFactory = bindEarly(
+                    self.reactor, "submission.port", submission.bind, submission.port
+                )
+            except StartupError:
+                port, self.console_port, self._consoleFactory = self.console_port, None, None
+                if port is not None:
+                    port.stopListening()
+                raise
+
     def startService(self) -> None:
         super().startService()
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addErrback(self._startFailed)
 
     async def _start(self) -> None:
+        self.bindPorts()  # already done under twistd; an embedding may not have called it
         if self.stores is None:
             from oauthmail.db.open import openStores
 
@@ -83,26 +131,39 @@ class OAuthMailService(MultiService):
             self.store = self.stores.tokens
         else:
             await self.stores.tokens.open()
-        for account in self.config.accounts:
-            await self.store.ensureAccount(account.name, account.profile.kind)
+        assert self.store is not None
+        await self._startHealth()
         self._startTokens()
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
                 await self._startWatcher(account)
         self._startQueue()
-        if self.config.submission is not None:
-            await self._listenSubmission()
-        self._listenConsole()
+        if self._submissionFactory is not None:
+            self._attachSubmission()
+        self._attachConsole()
+        self._listenControl()
         self.log.info(
             "oauthmail ready: {count} account(s), console on http://{bind}:{port}/",
             count=len(self.config.accounts),
             bind=self.config.web.bind,
-            port=self.console_port.getHost().port,
+            port=self.console_port.getHost().port if self.console_port else "?",
         )
         self._is_ready = True
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(self)
+
+    async def _startHealth(self) -> None:
+        """One owner of account state, seeded from what the store remembers."""
+        assert self.store is not None
+        self.health = health = AccountHealth(self.store, self.reactor)
+        for account in self.config.accounts:
+            await self.store.ensureAccount(account.name, account.profile.kind)
+        for record in await self.store.listAccounts():
+            health.restore(record.id, record.state, record.last_error)
+        for account in self.config.accounts:
+            if account.configured:
+                health.declare(account.name, accountParts(account))
 
     def _startTokens(self) -> None:
         from oauthmail.tokens.http import AgentTransport
@@ -128,7 +189,9 @@ class OAuthMailService(MultiService):
             self.reactor,
             margin=refresher.margin,
             notifier=notifier,
+            health=self.health,
         )
+        self.tokens.onAuthorised(self._authorised)
         self.refresher = TokenRefresher(
             self.tokens,
             self.store,
@@ -140,18 +203,44 @@ class OAuthMailService(MultiService):
         )
         self.refresher.setServiceParent(self)
 
-    async def _startWatcher(self, account: Any) -> None:
+    def _authorised(self, account: str) -> None:
+        """A person just authorised ``account``: its watchers and its mail go now."""
+        watcher = self.watchers.get(account)
+        if watcher is not None:
+            watcher.wake()
+        if self.queue is not None:
+            d = self.queue.retryNow(account)
+            d.addErrback(
+                lambda f: self.log.warn(
+                    "{account} authorised, but its outbound mail could not be woken: {why}",
+                    account=account,
+                    why=describeFailure(f),
+                )
+            )
+
+    async def _startWatcher(self, account: AccountConfig) -> None:
+        from oauthmail.imap.limits import IMAPLimits
         from oauthmail.imap.watcher import AccountWatcher
         from oauthmail.sinks.factory import makeSink
 
+        assert account.imap is not None and self.stores is not None
         try:
             sink = makeSink(account.imap.sink, self.reactor)
-            ledger = self.stores.ledger
-            watcher = AccountWatcher(account, self.tokens, ledger, sink, self.reactor, self.store)
+            watcher = AccountWatcher(
+                account,
+                self.tokens,
+                self.stores.ledger,
+                sink,
+                self.reactor,
+                health=self.health,
+                limits=IMAPLimits(maxMessageSize=account.imap.max_message_size),
+            )
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"
             self.log.error("account {account}: {reason}", account=account.name, reason=reason)
-            await self.store.setAccountState(account.name, "error", reason)
+            assert self.health is not None
+            for folder in account.imap.folders:
+                await self.health.report(account.name, imapPart(folder.name), "error", reason)
             return
         self._sinks.append(sink)
         self.watchers[account.name] = watcher
@@ -161,6 +250,7 @@ class OAuthMailService(MultiService):
         from oauthmail.imap.sentfolder import IMAPSentFolder
         from oauthmail.smtp.queue.service import OutboundQueue
 
+        assert self.stores is not None
         sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
         looking = {
             name: a
@@ -173,7 +263,7 @@ class OAuthMailService(MultiService):
             self.tokens,
             sending,
             self.reactor,
-            store=self.store,
+            health=self.health,
             max_age=queue.max_age,
             backoff_base=queue.retry_min,
             backoff_max=queue.retry_max,
@@ -184,35 +274,55 @@ class OAuthMailService(MultiService):
         )
         self.queue.setServiceParent(self)
 
-    async def _listenSubmission(self) -> None:
-        from oauthmail.smtp.submission import SenderDirectory, listenSubmission
+    def _attachSubmission(self) -> None:
+        from oauthmail.smtp.submission import (
+            SenderDirectory,
+            buildSubmissionFactory,
+            limitsFromConfig,
+        )
 
+        config = self.config.submission
+        assert config is not None and self._submissionFactory is not None
         senders = SenderDirectory.fromAccounts(
             a for a in self.config.accounts if a.configured and a.smtp is not None
         )
-        self.submission_port = await listenSubmission(
-            self.reactor, self.config.submission, senders, self.queue
+        self._submissionFactory.attach(
+            buildSubmissionFactory(
+                self.reactor, config, senders, self.queue, limits=limitsFromConfig(config)
+            )
         )
 
-    def _listenConsole(self) -> None:
+    def _attachConsole(self) -> None:
         from oauthmail.tokens.authorize import Authorizer
         from oauthmail.web.console import ConsoleResource, LiveParts
         from oauthmail.web.site import ConsoleSite
 
-        reactor: IReactorTCP = self.reactor
-        self.authorizer = Authorizer(self.tokens, self.reactor, queue=self.queue)
+        assert self._consoleFactory is not None
+        self.authorizer = Authorizer(self.tokens, self.reactor)
         site = ConsoleSite(
             ConsoleResource(
                 self.config,
                 self.store,
                 clock=self.reactor,
-                live=LiveParts(self.watchers, self.queue),
+                live=LiveParts(self.watchers, self.queue, self.health),
                 authorizer=self.authorizer,
             )
         )
-        self.console_port = reactor.listenTCP(
-            self.config.web.port, site, interface=self.config.web.bind
-        )
+        self._consoleFactory.attach(site)
+
+    def _listenControl(self) -> None:
+        from oauthmail.control import listenControl
+
+        path = self.config.queue.control_socket
+        try:
+            self.control_port = listenControl(self.reactor, path, self.queue.wake)
+        except Exception as e:  # oauthmail send then waits for the poll: say so, go on
+            self.log.warn(
+                "no control socket at {path} ({why}): 'oauthmail send' cannot wake the queue;"
+                " its mail leaves at the next poll",
+                path=path,
+                why=describeFailure(e),
+            )
 
     def _startFailed(self, failure: Any) -> None:
         self.log.critical("oauthmail could not start: {reason}", reason=describeFailure(failure))
@@ -223,15 +333,17 @@ class OAuthMailService(MultiService):
         if getattr(self.reactor, "running", False):
             clock.callLater(0, self.reactor.stop)
 
+    # -- shutting down ----------------------------------------------------------------------
+
     async def _stop(self) -> None:
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
-        if self.submission_port is not None:
-            await self.submission_port.stopListening()
-            self.submission_port = None
-        if self.console_port is not None:
-            await self.console_port.stopListening()
-            self.console_port = None
+        for name in ("control_port", "submission_port", "console_port"):
+            port = getattr(self, name)
+            if port is not None:
+                setattr(self, name, None)
+                await port.stopListening()
+        self._consoleFactory = self._submissionFactory = None
         if self.authorizer is not None:
             self.authorizer.stop()
         for sink in self._sinks:
@@ -242,6 +354,8 @@ class OAuthMailService(MultiService):
         if self.transport is not None:
             await self.transport.close()
             self.transport = None
+        if self.health is not None:
+            await self.health.whenWritten()
         if self.stores is not None:
             await self.stores.close()
 

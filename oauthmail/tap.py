@@ -8,14 +8,17 @@ half-started daemon.
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from oauthmail.config import ConfigError, loadConfig
-from oauthmail.service import OAuthMailService
-from oauthmail.tokens.store import StoreError, preflightStore
+from oauthmail.db.errors import StoreError
+from oauthmail.db.open import preflightStores
+from oauthmail.service import OAuthMailService, StartupError
 
 
 class Options(usage.Options):
@@ -31,13 +34,42 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self["loaded"] = config = loadConfig(self["config"])
-            preflightStore(config.store)
+            preflightStores(config.store)
         except (ConfigError, StoreError) as e:
             sys.stderr.write(f"{e}\n")
             raise SystemExit(2) from None
 
 
+class DaemonService(OAuthMailService):
+    """The service as twistd runs it: a start-up failure ends the process, non-zero.
+
+    A port that cannot be bound stops twistd before the reactor runs, with the
+    one line naming the key (exit status 1). A failure after that (the store
+    refused at open) stops the reactor and exits 1 once it has stopped, so a
+    supervisor sees the daemon did not start.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            raise SystemExit(f"oauthmail: {e}") from None
+
+    def _startFailed(self, failure: Any) -> None:
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
+        super()._startFailed(failure)
+
+
+def _exitFailed() -> None:
+    """After the reactor stopped: leave with status 1 (twistd would exit 0)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def makeService(options: Options | dict) -> IService:
     """Build the service tree; also what a ``.tac`` file calls."""
+    from twisted.internet import reactor  # the composition root: the one global reactor
+
     config = options.get("loaded") or loadConfig(options["config"])
-    return OAuthMailService(config)
+    return DaemonService(config, reactor)

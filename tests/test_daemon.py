@@ -190,3 +190,41 @@ def test_wheel_adds_only_our_plugin_module(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     twisted_files = [n for n in names if n.startswith("twisted/")]
     assert twisted_files == ["twisted/plugins/oauthmail_plugin.py"]
+
+
+@pytest.mark.parametrize("taken", ["web.port", "submission.port"])
+def test_daemon_with_a_taken_port_exits_at_once_and_starts_nothing(
+    tmp_path: Path, taken: str
+) -> None:
+    """A port already in use stops twistd non-zero, within 5 s, naming the key; no watcher runs."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    busy = blocker.getsockname()[1]
+    web = busy if taken == "web.port" else _freePort()
+    config = _writeConfig(tmp_path, web)
+    submission = busy if taken == "submission.port" else _freePort()
+    config.write_text(
+        config.read_text()
+        + f"submission:\n  port: {submission}\n  allow_unauthenticated_loopback: true\n"
+    )
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=tmp_path,
+            timeout=30,
+        )
+    finally:
+        blocker.close()
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert elapsed < 5, elapsed
+    assert f"{taken}: cannot listen on 127.0.0.1:{busy}" in output
+    assert "Traceback" not in output
+    assert "IMAP" not in output and "oauthmail ready" not in output
+    assert not (tmp_path / "var" / "oauthmail.sqlite").exists()

@@ -128,8 +128,10 @@ def test_restoreKeepsOnlyWhatNeedsAPerson() -> None:
     health, store, _ = make()
     health.restore("alice", "needs_reauth", "invalid_grant")
     health.restore("bob", "error", "IMAP INBOX: refused")
+    health.declare("bob", [PART_TOKENS, INBOX])
     assert health.view("alice").state == "needs_reauth"
-    assert health.view("bob").state == "starting"
+    assert health.condition("bob", PART_TOKENS) == Condition("ok", since=0.0)
+    assert health.view("bob").state == "starting" and health.view("bob").worst == INBOX
     assert store.writes == []
 
 

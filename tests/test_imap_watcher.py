@@ -19,6 +19,7 @@ from oauthmail.config import (
     ServerConfig,
     SinkConfig,
 )
+from oauthmail.health import AccountHealth
 from oauthmail.imap.errors import IMAPAuthenticationError, IMAPCommandError, IMAPServerBye
 from oauthmail.imap.idle import IdleEvent
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED
@@ -303,7 +304,7 @@ def setup(account=None, ledger=None, tokens=None, server=None, store=None):
         ledger,
         sink,
         clock,
-        store=store,
+        health=AccountHealth(store, clock) if store is not None else None,
         connect=server.connect,
         retryPolicy=lambda attempt: 5.0 * (attempt + 1),
     )
@@ -857,7 +858,7 @@ def test_a_refused_token_costs_one_refresh_per_backoff_step():
 
 
 def test_account_state_has_one_writer(monkeypatch):
-    """Every account-state write of the watcher goes through FolderWatcher.setAccountState."""
+    """Every report of the folder's condition goes through FolderWatcher.reportCondition."""
     server = FakeServer()
     tokens = FakeTokens(server, refreshWorks=False)
     server.valid.clear()
@@ -874,13 +875,13 @@ def test_account_state_has_one_writer(monkeypatch):
     store.setAccountState = recording
     watcher, server, tokens, ledger, sink, clock = setup(server=server, tokens=tokens, store=store)
     via = []
-    method = FolderWatcher.setAccountState
+    method = FolderWatcher.reportCondition
 
-    async def counted(self, state, error):
+    def counted(self, state, error, advice=None):
         via.append(state)
-        await method(self, state, error)
+        return method(self, state, error, advice)
 
-    monkeypatch.setattr(FolderWatcher, "setAccountState", counted)
+    monkeypatch.setattr(FolderWatcher, "reportCondition", counted)
     watcher.start()
     tokens.refreshWorks = True
     clock.advance(5.0)

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
+from oauthmail.health import AccountHealth
 from oauthmail.interfaces import (
     IDeliveryPolicy,
     IMessageSender,
@@ -216,7 +217,7 @@ class Rig:
             self.tokens,
             {"alice": account(sent_folder="auto" if sent_folder is not None else "none")},
             reactor=None,
-            store=self.store,
+            health=AccountHealth(self.store, self.clock),
             clock=self.clock,
             sender=self.sender,
             max_age=max_age,
@@ -404,7 +405,9 @@ def test_refused_twice_puts_account_in_error_and_keeps_messages(storage):
     assert status.state == "queued"
     record = rig.result(rig.store.getAccount("alice"))
     assert record.state == "error" and "535" in record.last_error
-    rig.clock.advance(status.next_attempt_at - rig.clock.seconds())
+    # The account is held for one backoff step (<= backoff_base here), the message
+    # waits for its own next attempt; whichever is later, it goes out then.
+    rig.clock.advance(max(status.next_attempt_at - rig.clock.seconds(), 60.0))
     assert rig.status(message_id).state == "sent"
     assert rig.result(rig.store.getAccount("alice")).state == "ok"
 
@@ -1109,3 +1112,38 @@ def test_a_sent_folder_that_raises_is_treated_as_unreachable(storage):
     again.queue.startService()
     status = again.status(message_id)
     assert status.state == "queued" and "could not look in Sent" in status.last_error
+
+
+def test_refused_token_holds_the_account_with_growing_steps(storage):
+    """A token refused after its refresh holds all sending: one refresh per growing step."""
+    refused = SessionError(outcomes.REFRESH, "535 5.7.8 refused", auth=True)
+    rig = Rig(storage, *([refused] * 40))
+    rig.enqueue()
+    refreshes = []
+    for _ in range(6):
+        before = rig.tokens.calls.count("refresh")
+        rig.clock.advance(4 * 3600.0 / 6)
+        refreshes.append(rig.tokens.calls.count("refresh") - before)
+        record = rig.result(rig.store.getAccount("alice"))
+        assert record.state == "error"
+    total = rig.tokens.calls.count("refresh")
+    # Steps of 60 s doubling to the 3600 s cap: about 10 in 4 h, never one per poll.
+    assert 3 <= total <= 14, refreshes
+
+
+def test_quota_reply_pauses_the_account_and_keeps_the_message(storage):
+    """A quota reply pauses sending (no bounce, no failure); the message goes out after."""
+    quota = SessionError(outcomes.QUOTA, "554 5.2.0 SubmissionQuotaExceededException", pause=3600.0)
+    rig = Rig(storage, quota, accept, bounce=True)
+    message_id = rig.enqueue()
+    status = rig.status(message_id)
+    assert status.state == "queued"
+    record = rig.result(rig.store.getAccount("alice"))
+    assert record.state == "paused" and "SubmissionQuota" in record.last_error
+    rig.clock.advance(1800)
+    assert rig.status(message_id).state == "queued"
+    assert len(rig.sender.sessions) == 1
+    rig.clock.advance(3 * 3600)
+    assert rig.status(message_id).state == "sent"
+    assert len(rig.sender.sessions) == 2
+    assert rig.result(rig.store.getAccount("alice")).state == "ok"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from oauthmail.smtp.submission.addresses import AddressSyntaxError, checkMailbox
+from oauthmail.mail.addresses import AddressSyntaxError, checkMailbox
 
 # -- the reference: RFC 5321 §4.1.2 and §4.1.3, transcribed ------------------------------
 

@@ -151,6 +151,9 @@ def _accountImap(
         idle=m["idle"].boolean(True),
         poll_interval=m["poll_interval"].duration(60.0, positive=True),
         batch_size=m["batch_size"].integer(1, 100000, 100),
+        max_message_size=m["max_message_size"].integer(
+            1024, 2**40, AccountImapConfig.max_message_size
+        ),
     )
     return imap, server
 

@@ -148,6 +148,8 @@ class AccountImapConfig:
     idle: bool = True
     poll_interval: float = 60.0
     batch_size: int = 100
+    #: A larger message is left on the server (reported once), never fetched.
+    max_message_size: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ class QueueConfig:
     sent_check_delay: float = 30.0
     #: How long the Sent folder may stay unreachable before a doubtful message is sent again.
     sent_check_give_up: float = 3600.0
+    #: The daemon's control socket: ``oauthmail send`` wakes the queue through it.
+    control_socket: str = "var/oauthmail.sock"
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,16 @@ class SubmissionConfig:
     tls_cert: str | None = None  # PEM: the certificate, then any intermediates
     tls_key: str | None = None
     require_tls: bool = False  # refuse AUTH and MAIL before STARTTLS
+    #: Abuse limits (see docs/submission.md): connections at once, in total and per
+    #: client address; an idle connection's lifetime; the AUTH failure penalty.
+    max_connections: int = 100
+    max_connections_per_address: int = 10
+    idle_timeout: float = 600.0
+    auth_penalty_base: float = 2.0
+    auth_penalty_max: float = 15.0
+    auth_failures_before_block: int = 10
+    auth_failure_window: float = 600.0
+    auth_block: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "users", tuple(self.users))

@@ -40,7 +40,15 @@ PROFILE_KEYS = (
 )
 SERVER_KEYS = ("host", "port", "security", "tls", "ca_file", "server_name")
 ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp")
-ACCOUNT_IMAP_KEYS = ("mechanism", "folders", "sink", "idle", "poll_interval", "batch_size")
+ACCOUNT_IMAP_KEYS = (
+    "mechanism",
+    "folders",
+    "sink",
+    "idle",
+    "poll_interval",
+    "batch_size",
+    "max_message_size",
+)
 ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder")
 FOLDER_KEYS = ("name", "disposition", "move_to")
 SINK_KEYS = (*SINK_KINDS, "timeout")
@@ -54,6 +62,7 @@ QUEUE_KEYS = (
     "bounce",
     "sent_check_delay",
     "sent_check_give_up",
+    "control_socket",
 )
 SUBMISSION_KEYS = (
     "bind",
@@ -64,5 +73,13 @@ SUBMISSION_KEYS = (
     "tls_cert",
     "tls_key",
     "require_tls",
+    "max_connections",
+    "max_connections_per_address",
+    "idle_timeout",
+    "auth_penalty_base",
+    "auth_penalty_max",
+    "auth_failures_before_block",
+    "auth_failure_window",
+    "auth_block",
 )
 SUBMISSION_USER_KEYS = ("name", "password_hash", "allowed_senders")

@@ -118,6 +118,9 @@ def readQueue(at: Node) -> QueueConfig:
         sent_check_give_up=q["sent_check_give_up"].duration(
             defaults.sent_check_give_up, positive=True
         ),
+        control_socket=q["control_socket"].nonEmpty(
+            defaults.control_socket, what="a file name for the control socket"
+        ),
     )
 
 
@@ -163,6 +166,10 @@ def readSubmission(at: Node, accounts: Iterable[AccountConfig]) -> SubmissionCon
     require_tls = m["require_tls"].boolean(defaults.require_tls)
     if require_tls and cert is None:
         m["require_tls"].fail("require_tls needs tls_cert and tls_key")
+    penaltyBase = m["auth_penalty_base"].duration(defaults.auth_penalty_base)
+    penaltyMax = m["auth_penalty_max"].duration(defaults.auth_penalty_max)
+    if penaltyMax < penaltyBase:
+        m["auth_penalty_max"].fail("must not be shorter than auth_penalty_base")
     return SubmissionConfig(
         bind=bind,
         port=m["port"].integer(0, 65535, defaults.port),
@@ -174,4 +181,18 @@ def readSubmission(at: Node, accounts: Iterable[AccountConfig]) -> SubmissionCon
         tls_cert=cert,
         tls_key=key,
         require_tls=require_tls,
+        max_connections=m["max_connections"].integer(1, 100000, defaults.max_connections),
+        max_connections_per_address=m["max_connections_per_address"].integer(
+            1, 100000, defaults.max_connections_per_address
+        ),
+        idle_timeout=m["idle_timeout"].duration(defaults.idle_timeout, positive=True),
+        auth_penalty_base=penaltyBase,
+        auth_penalty_max=penaltyMax,
+        auth_failures_before_block=m["auth_failures_before_block"].integer(
+            1, 100000, defaults.auth_failures_before_block
+        ),
+        auth_failure_window=m["auth_failure_window"].duration(
+            defaults.auth_failure_window, positive=True
+        ),
+        auth_block=m["auth_block"].duration(defaults.auth_block),
     )

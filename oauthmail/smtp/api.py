@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from oauthmail.mail.addresses import AddressSyntaxError, checkMailbox
 from oauthmail.smtp.queue.records import DeliveryStatus
 from oauthmail.smtp.queue.service import OutboundQueue
 
@@ -36,11 +37,26 @@ def send(
 
     ``recipients`` is the envelope (``To``/``Cc``/``Bcc`` headers are not
     read); ``message`` the complete message with headers, any line ends.
-    Fails with ``UnknownAccount``, ``ValueError`` (no recipients) or a store
-    error; nothing is queued then.
+    Fails with ``UnknownAccount``, ``ValueError`` (no recipients, or an
+    address that is not an RFC 5321 mailbox: a recipient without a domain is
+    refused now rather than failing at the provider later) or a store error;
+    nothing is queued then. ``mail_from`` may be empty (the null reverse-path).
     """
     if isinstance(recipients, str):
         recipients = [recipients]
+    try:
+        if mail_from:
+            try:
+                checkMailbox(mail_from.encode("utf-8"))
+            except AddressSyntaxError as e:
+                raise AddressSyntaxError(f"sender {mail_from!r}: {e}") from None
+        for recipient in recipients:
+            try:
+                checkMailbox(recipient.encode("utf-8"))
+            except AddressSyntaxError as e:
+                raise AddressSyntaxError(f"recipient {recipient!r}: {e}") from None
+    except AddressSyntaxError as e:
+        return defer.fail(e)
     return queue.enqueue(account, mail_from, list(recipients), message)
 
 

@@ -46,9 +46,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
 from twisted.internet import defer, protocol, threads
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ConnectError, ProcessDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import Agent, FileBodyProducer, ResponseNeverReceived, readBody
 from twisted.web.http_headers import Headers
 
 from oauthmail.testing.certs import generateTestCertificates
@@ -275,11 +275,8 @@ class Demo:
             try:
                 if await check():
                     return
-            except (ConnectionError, OSError):
-                pass
-            except Exception as e:  # a refused connection surfaces as Twisted's own errors
-                if "refused" not in str(e).lower() and "ConnectError" not in type(e).__name__:
-                    raise
+            except (ConnectionError, OSError, ConnectError, ResponseNeverReceived):
+                pass  # not listening yet, or listening but not serving yet
             if time.monotonic() > deadline:
                 raise DemoFailed(f"no {what} after {STEP_TIMEOUT:.0f}s: {self._logTail()}")
             await _sleep(self.reactor, interval)

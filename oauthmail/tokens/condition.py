@@ -4,9 +4,9 @@ The token source says how an account's tokens are: ``ok``, ``error`` (with what 
 wrong and what to fix) or ``needs_reauth`` (a person must sign in again; they are told
 once, through the notifier). Rules a reader must not break:
 
-* **One writer.** :meth:`TokenCondition.record` is the token source's only write of
-  account state. Today it is ``ITokenStore.setAccountState``; when account health gets
-  its single owner (issue 10), that one call is what changes.
+* **One writer.** :meth:`TokenCondition.record` is the token source's only report of
+  account state: the ``tokens`` part of the account's health
+  (:class:`~oauthmail.interfaces.IAccountHealth`), which alone writes the store.
 * **A failing store never hides the outcome.** :meth:`TokenCondition.report` logs a
   store that refuses the state and lets the refresh's own result (token or error) stand.
 * **Ask a person once.** :meth:`TokenCondition.needsPerson` runs the notifier the first
@@ -21,9 +21,9 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from oauthmail.interfaces import ITokenStore
+from oauthmail.health import PART_TOKENS
+from oauthmail.interfaces import IAccountHealth
 from oauthmail.text import cleanText
-from oauthmail.tokens.records import AccountRecord
 
 log = Logger()
 
@@ -39,18 +39,16 @@ class Notifier(Protocol):
 class TokenCondition:
     """Records how an account's tokens are, and notifies when a person is needed."""
 
-    def __init__(self, store: ITokenStore, notifier: Notifier | None = None) -> None:
-        self._store = store
+    def __init__(self, health: IAccountHealth, notifier: Notifier | None = None) -> None:
+        self._health = health
         self._notifier = notifier
         self._reported: set[str] = set()
         #: Notification commands still running (tests wait for them).
         self.pendingNotifications: set[defer.Deferred[None]] = set()
 
-    def record(
-        self, name: str, state: str, last_error: str | None
-    ) -> defer.Deferred[AccountRecord]:
-        """Write the account's state (the one write; its failure is the caller's)."""
-        return self._store.setAccountState(name, state, last_error)
+    def record(self, name: str, state: str, last_error: str | None) -> defer.Deferred[None]:
+        """Report the tokens part's state (the one report); fires once it is stored."""
+        return self._health.report(name, PART_TOKENS, state, last_error)
 
     async def report(self, name: str, state: str, last_error: str | None) -> None:
         """Record a state; a failing store is logged, the caller's outcome still wins."""

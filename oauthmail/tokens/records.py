@@ -7,8 +7,18 @@ from typing import NamedTuple
 
 from oauthmail.secret import Secret
 
-#: An account is in exactly one of these states.
-ACCOUNT_STATES = ("unauthorised", "ok", "refreshing", "needs_reauth", "error")
+#: An account is in exactly one of these states: the worst of its parts'
+#: (see :mod:`oauthmail.health`), written by the one owner of account health.
+ACCOUNT_STATES = (
+    "unauthorised",
+    "ok",
+    "refreshing",
+    "needs_reauth",
+    "error",
+    "starting",
+    "retrying",
+    "paused",
+)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ store writes and a crash would leave it behind; the in-flight map is the truth.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -41,7 +41,8 @@ from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
 from oauthmail.db.errors import VersionConflict
-from oauthmail.interfaces import IHTTPTransport, ITokenSource, ITokenStore
+from oauthmail.health import AccountHealth
+from oauthmail.interfaces import IAccountHealth, IHTTPTransport, ITokenSource, ITokenStore
 from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
 from oauthmail.text import cleanText
@@ -83,6 +84,10 @@ class TokenSource:
     :param backoff_max: longest wait inside one call; a longer ``Retry-After`` ends the
         call and no request is sent for that account before the time has passed.
     :param random: a ``random.Random`` for jitter (inject a seeded one in tests).
+    :param health: the one owner of account state; the token source reports the
+        ``tokens`` part there. Without one it gets a private
+        :class:`~oauthmail.health.AccountHealth` over ``store`` (the state still
+        lands in the store; a daemon passes the shared one).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class TokenSource:
         backoff_base: float = 2.0,
         backoff_max: float = 30.0,
         random: _random.Random | None = None,
+        health: IAccountHealth | None = None,
     ) -> None:
         self._store = store
         self._accounts = dict(accounts_by_name)
@@ -105,7 +111,8 @@ class TokenSource:
         self._clock = clock
         self.margin = margin
         #: The token part of each account's condition: state writes and notifications.
-        self.condition = TokenCondition(store, notifier)
+        self.health = health if health is not None else AccountHealth(store, clock)
+        self.condition = TokenCondition(self.health, notifier)
         self._max_attempts = max(1, max_attempts)
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -116,6 +123,7 @@ class TokenSource:
         self._unsaved = UnsavedTokens(store)
         # Retry-After longer than one call may wait: no request before this time.
         self._not_before: dict[str, float] = {}
+        self._authorisedListeners: list[Callable[[str], object]] = []
 
     def __repr__(self) -> str:
         return f"<TokenSource {len(self._accounts)} accounts>"
@@ -207,7 +215,20 @@ class TokenSource:
         self.condition.healthy(account_id)
         await self.condition.record(account_id, "ok", None)
         log.info("account {account} authorised", account=account_id)
+        for listener in list(self._authorisedListeners):
+            try:
+                listener(account_id)
+            except Exception:
+                log.failure("a listener of new authorisations failed for {a}", a=account_id)
         return record
+
+    def onAuthorised(self, listener: Callable[[str], object]) -> None:
+        """Call ``listener(account)`` each time a person's new tokens are stored.
+
+        What waited for the account (a watcher rechecking for tokens, a queue
+        holding its mail) can go at once instead of at its next timer.
+        """
+        self._authorisedListeners.append(listener)
 
     def rememberRefusal(self, account_id: str, error: Exception) -> defer.Deferred[None]:
         """Keep a configuration error met outside a refresh as the account's last error.

@@ -52,6 +52,9 @@ STATE_LABELS = {
     "refreshing": "refreshing",
     "needs_reauth": "needs re-authorisation",
     "error": "error",
+    "starting": "starting",
+    "retrying": "retrying",
+    "paused": "paused",
 }
 
 _STYLE = """
@@ -70,16 +73,18 @@ class LiveParts:
     """The running parts the console reports on besides the store.
 
     ``watchers`` maps account names to their IMAP ``AccountWatcher`` (with a
-    ``status()`` dict); ``queue`` is the ``OutboundQueue`` (with ``stats()``).
-    Both are optional so the console also runs over a bare store.
+    ``status()`` dict); ``queue`` is the ``OutboundQueue`` (with ``stats()``);
+    ``health`` the daemon's :class:`~oauthmail.interfaces.IAccountHealth`. All
+    are optional so the console also runs over a bare store.
     """
 
     watchers: Mapping[str, Any] = field(default_factory=dict)
     queue: Any = None
+    health: Any = None
 
 
 async def collectStatuses(
-    config: Config, store: ITokenStore, live: LiveParts | None = None
+    config: Config, store: ITokenStore, live: LiveParts | None = None, now: float | None = None
 ) -> list[AccountStatus]:
     """Every configured account's status, in configuration order."""
     live = live or LiveParts()
@@ -90,8 +95,9 @@ async def collectStatuses(
         tokens = await store.getTokens(account.name)
         watcher = live.watchers.get(account.name)
         receiving = watcher.status() if watcher is not None else None
+        view = live.health.view(account.name) if live.health is not None else None
         statuses.append(
-            accountStatus(account, record, tokens, receiving, sending.get(account.name))
+            accountStatus(account, record, tokens, receiving, sending.get(account.name), view, now)
         )
     return statuses
 
@@ -146,7 +152,7 @@ class StatusPage(_AsyncPage):
     csrf: Any = None
 
     async def body(self, request: Any) -> bytes:
-        statuses = await collectStatuses(self.config, self.store, self.live)
+        statuses = await collectStatuses(self.config, self.store, self.live, self.clock.seconds())
         buttons = None
         if self.csrf is not None:
             buttons = {}
@@ -159,17 +165,26 @@ class StatusPage(_AsyncPage):
 
 
 class HealthPage(_AsyncPage):
-    """Machine-readable status for monitoring: 200 when every configured account is ok."""
+    """Machine-readable status for monitoring.
+
+    200 ``ok`` only when there is at least one configured account and every
+    configured account is fully ok (tokens, every folder, SMTP); 503
+    ``degraded`` otherwise; 503 ``unconfigured`` when no account is
+    configured at all (a daemon that can do nothing is not healthy).
+    """
 
     content_type = b"application/json"
 
     async def body(self, request: Any) -> bytes:
-        statuses = await collectStatuses(self.config, self.store, self.live)
-        healthy = all(s.state in ("ok", "refreshing", "not_configured") for s in statuses)
+        now = self.clock.seconds()
+        statuses = await collectStatuses(self.config, self.store, self.live, now)
+        configured = [s for s in statuses if s.state != "not_configured"]
+        healthy = bool(configured) and all(s.state in ("ok", "refreshing") for s in configured)
         if not healthy:
             request.setResponseCode(503)
+        status = "ok" if healthy else "degraded" if configured else "unconfigured"
         payload = {
-            "status": "ok" if healthy else "degraded",
+            "status": status,
             "now": self.clock.seconds(),
             "accounts": [s.asJSON() for s in statuses],
         }
@@ -225,6 +240,14 @@ def _received(s: AccountStatus, now: float) -> str:
     return html.escape(f"{when} ({s.delivered} since start)")
 
 
+def _partsHint(s: AccountStatus) -> str:
+    """The parts that are not ok, under the account's state: where to look."""
+    troubled = [f"{p.part}: {p.state}" for p in s.parts if p.state != "ok"]
+    if not troubled:
+        return ""
+    return f"<div class='hint'>{html.escape(', '.join(troubled))}</div>"
+
+
 def _outbox(s: AccountStatus, now: float) -> str:
     if s.queued is None:
         return "—"
@@ -253,7 +276,8 @@ def renderStatusPage(
             "<tr>"
             f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
             f"<td>{e(s.profile)}</td>"
-            f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}</td>"
+            f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}"
+            f"{_partsHint(s)}</td>"
             f"<td title='{e(_isoTime(s.expires_at))}'>{e(describeWhen(s.expires_at, now))}</td>"
             f"<td title='{e(_isoTime(s.last_refresh_at))}'>"
             f"{e(describeWhen(s.last_refresh_at, now))}</td>"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from oauthmail.config import AccountConfig
+from oauthmail.health import AccountView, partLabel
+from oauthmail.text import describeWhen
 from oauthmail.tokens.records import AccountRecord, TokenRecord
 
 #: What the operator should do next, per state.
@@ -22,7 +24,23 @@ NEXT_STEP = {
     "refreshing": "",
     "needs_reauth": "the provider refused the refresh token: authorise the account again",
     "error": "see the last error; oauthmail keeps retrying",
+    "starting": "",
+    "retrying": "oauthmail retries by itself; see the last error if it lasts",
+    "paused": "sending resumes by itself; the messages stay queued",
 }
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    """One part of an account (its tokens, an IMAP folder, SMTP) as the console shows it."""
+
+    part: str
+    state: str
+    error: str | None = None
+    until: float | None = None
+
+    def asJSON(self) -> dict:
+        return {"part": self.part, "state": self.state, "error": self.error, "until": self.until}
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class AccountStatus:
     queued: int | None = None
     oldest_queued_age: float | None = None
     failed_sends: int | None = None
+    parts: tuple[PartStatus, ...] = ()
 
     def asJSON(self) -> dict:
         return {
@@ -56,6 +75,7 @@ class AccountStatus:
             "queued": self.queued,
             "oldest_queued_age": self.oldest_queued_age,
             "failed_sends": self.failed_sends,
+            "parts": [p.asJSON() for p in self.parts],
         }
 
 
@@ -65,19 +85,42 @@ def accountStatus(
     tokens: TokenRecord | None,
     receiving: dict | None = None,
     sending: Any = None,
+    view: AccountView | None = None,
+    now: float | None = None,
 ) -> AccountStatus:
-    """Merge what the config says with what the store, the IMAP watcher and the queue know.
+    """Merge what the config says with what the store, the parts and the queue know.
 
-    ``sending`` is the account's ``QueueStats``; its last error shows when the
-    account itself has none (a token problem outranks a delivery problem).
+    ``view`` is the account's live health (the running daemon's; the CLI has
+    only the store's record of it). ``sending`` is the account's
+    ``QueueStats``; its last error shows when the account itself has none. An
+    access token past its expiry is never shown as ``ok``.
     """
+    error = record.last_error if record is not None else None
+    advice = None
     if not account.configured:
         state = "not_configured"
+    elif view is not None:
+        state, error, advice = view.state, view.error, view.advice
     elif record is None:
         state = "unauthorised"
     else:
         state = record.state
-    step = NEXT_STEP.get(state, "").format(profile=account.profile.name, account=account.name)
+    expires = tokens.expires_at if tokens is not None else None
+    if state in ("ok", "refreshing") and expires is not None and now is not None and expires < now:
+        state = "error"
+        error = (
+            f"the access token expired {describeWhen(expires, now)} and was not refreshed"
+            " (see the log for the token endpoint's answers)"
+        )
+    step = advice or NEXT_STEP.get(state, "").format(
+        profile=account.profile.name, account=account.name
+    )
+    parts = ()
+    if view is not None and account.configured:
+        parts = tuple(
+            PartStatus(partLabel(name), c.state, c.error, c.until)
+            for name, c in sorted(view.parts.items())
+        )
     return AccountStatus(
         name=account.name,
         address=account.address,
@@ -85,12 +128,12 @@ def accountStatus(
         state=state,
         expires_at=tokens.expires_at if tokens is not None else None,
         last_refresh_at=record.last_refresh_at if record is not None else None,
-        last_error=(record.last_error if record is not None else None)
-        or (sending.last_error if sending is not None else None),
+        last_error=error or (sending.last_error if sending is not None else None),
         next_step=step,
         delivered=receiving["delivered"] if receiving else None,
         last_delivery_at=receiving["last_delivery_at"] if receiving else None,
         queued=sending.depth if sending is not None else None,
         oldest_queued_age=sending.oldest_age if sending is not None else None,
         failed_sends=sending.failed if sending is not None else None,
+        parts=parts,
     )

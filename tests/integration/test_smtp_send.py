@@ -20,6 +20,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ServerConfig
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
 from oauthmail.db.sqlite.tokens import SQLiteTokenStore
+from oauthmail.health import AccountHealth
 from oauthmail.secret import Secret
 from oauthmail.smtp.api import send
 from oauthmail.smtp.client import OutgoingMessage
@@ -71,13 +72,16 @@ class Sender:
             reactor,
         )
         self.http = AgentTransport(reactor)
-        self.tokens = TokenSource(self.store, {account.name: account}, self.http, reactor)
+        self.health = AccountHealth(self.store, reactor)
+        self.tokens = TokenSource(
+            self.store, {account.name: account}, self.http, reactor, health=self.health
+        )
         self.queue = OutboundQueue(
             SQLiteOutbox(self.store.database),
             self.tokens,
             {account.name: account},
             reactor,
-            store=self.store,
+            health=self.health,
             backoff_base=0.3,
             backoff_max=1.0,
             poll_interval=5.0,
@@ -238,7 +242,11 @@ async def test_revoked_token_keeps_messages_until_reauthorised(
 
 @pytest_twisted.ensureDeferred
 async def test_provider_down_is_retried_until_it_is_back(dovecot, oauth_provider, sender_for):
-    """Dovecot answers 454 while introspection fails; the message goes out once it is healed."""
+    """Dovecot answers 454 while introspection fails; the message goes out once it is healed.
+
+    The account shows ``retrying`` meanwhile (sending does not work, but nothing
+    needs a person: not ``error``, not ``needs_reauth``), and ``ok`` after.
+    """
     sender = await sender_for(accountFor("down@example.com", oauth_provider, dovecot))
     oauth_provider.setIntrospectionFault(status=503)
     try:
@@ -251,11 +259,17 @@ async def test_provider_down_is_retried_until_it_is_back(dovecot, oauth_provider
         status = await sender.queue.status(message_id)
         assert status.state == "queued" and "454" in status.last_error, status.last_error
         record = await sender.store.getAccount(sender.account.name)
-        assert record.state == "ok"
+        assert record.state == "retrying" and "454" in record.last_error
     finally:
         oauth_provider.setIntrospectionFault()
     status = await sender.delivered(message_id)
     assert status.state == "sent"
+
+    async def backToOk():
+        return (await sender.store.getAccount(sender.account.name)).state == "ok"
+
+    await waitFor(backToOk)
+    assert await backToOk()
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from oauthmail.config import AccountConfig
 from oauthmail.imap.watcher.folder import FolderWatcher
-from oauthmail.interfaces import IDeliveryLedger, ISink, ITokenSource, ITokenStore
+from oauthmail.interfaces import IAccountHealth, IDeliveryLedger, ISink, ITokenSource
 
 __all__ = ["AccountWatcher"]
 
@@ -37,7 +37,7 @@ class AccountWatcher(MultiService):
         ledger: IDeliveryLedger,
         sink: ISink,
         reactor: IReactorTime,
-        store: ITokenStore | None = None,
+        health: IAccountHealth | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -54,7 +54,7 @@ class AccountWatcher(MultiService):
                 ledger,
                 sink,
                 reactor,
-                store=store,
+                health=health,
                 accountLock=lock,
                 **kwargs,
             )
@@ -62,6 +62,11 @@ class AccountWatcher(MultiService):
         ]
         for watcher in self.folders:
             _FolderService(watcher).setServiceParent(self)
+
+    def wake(self) -> None:
+        """The account was just authorised: every folder tries now."""
+        for watcher in self.folders:
+            watcher.wake()
 
     def status(self) -> dict[str, Any]:
         """Counters for the console: totals plus one entry per folder."""

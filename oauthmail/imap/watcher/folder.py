@@ -15,8 +15,10 @@ Rules a reader must not break:
   accepts and then drops us (after SELECT, after one batch) gets an ever
   longer wait, never a reset. A refused token costs at most one forced
   refresh per session, so refreshes follow the same backoff;
-* every account-state write goes through :meth:`FolderWatcher.setAccountState`
-  (one owner of account health will take it over: keep it the only one);
+* the folder's condition (its part of the account's health, see
+  :mod:`oauthmail.health`) is reported through :meth:`FolderWatcher.reportCondition`
+  only: ``ok`` once a folder is selected, ``retrying`` after a failed session,
+  ``error`` when the server refused a freshly refreshed token;
 * one session's failure is one log line (:class:`~.report.FolderReport`).
 
 The round itself is :mod:`.sync`, the waiting :mod:`.wait`.
@@ -33,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from oauthmail.config import AccountConfig, FolderConfig
+from oauthmail.health import imapPart
 from oauthmail.imap.auth import authenticateRefreshingOnce
 from oauthmail.imap.connect import connectIMAP
 from oauthmail.imap.errors import IMAPAuthenticationError, IMAPProtocolError
@@ -42,7 +45,13 @@ from oauthmail.imap.watcher.dispose import Disposer
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.imap.watcher.sync import FolderSync
 from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
-from oauthmail.interfaces import IDeliveryLedger, IIMAPSession, ISink, ITokenSource, ITokenStore
+from oauthmail.interfaces import (
+    IAccountHealth,
+    IDeliveryLedger,
+    IIMAPSession,
+    ISink,
+    ITokenSource,
+)
 from oauthmail.retry import Backoff
 from oauthmail.text import cleanText, describeFailure
 from oauthmail.tokens.errors import AccountNotAuthorised
@@ -53,6 +62,22 @@ _log = Logger()
 
 #: A fetch batch holds at most this many bytes of messages (and at least one message).
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+
+
+def refusedTokenAdvice(account: AccountConfig) -> str:
+    """What to check when a server refuses a token the provider just issued."""
+    user = account.sasl_user
+    advice = (
+        f"check that the tokens belong to {user} (authorise again signed in as {user}),"
+        " that IMAP is enabled for the mailbox, and that the profile's scopes allow IMAP"
+    )
+    if account.profile.kind == "microsoft":
+        advice += (
+            " (Exchange: IMAP.AccessAsUser.All, and Set-CASMailbox -ImapEnabled $true;"
+            " app-only tokens need IMAP.AccessAsApp and a service principal with"
+            " mailbox permission)"
+        )
+    return advice
 
 
 class TokenRejected(Exception):  # noqa: N818 - reads as what happened
@@ -93,7 +118,7 @@ class FolderWatcher:
         ledger: IDeliveryLedger,
         sink: ISink,
         reactor: IReactorTime,
-        store: ITokenStore | None = None,
+        health: IAccountHealth | None = None,
         connect: Callable[..., defer.Deferred[IIMAPSession]] = connectIMAP,
         retryPolicy: Callable[[int], float] | None = None,
         connectTimeout: float = 30.0,
@@ -109,7 +134,8 @@ class FolderWatcher:
         self.folder = folder
         self.tokens = tokens
         self.reactor = reactor
-        self.store = store
+        self.health = health
+        self.part = imapPart(folder.name)
         self._connect = connect
         self.connectTimeout = connectTimeout
         self.limits = limits or IMAPLimits()
@@ -153,7 +179,6 @@ class FolderWatcher:
         self._stopping = False
         self._running: defer.Deferred[None] | None = None
         self._sleep: defer.Deferred[None] | None = None
-        self._markedError = False
 
     @property
     def name(self) -> str:
@@ -205,6 +230,17 @@ class FolderWatcher:
             return defer.succeed(None)
         return running
 
+    def wake(self) -> None:
+        """What kept us waiting is gone (a new authorisation): try now, from a fresh backoff.
+
+        Ends a backoff sleep or the recheck of an unauthorised account; a
+        session that runs is not disturbed.
+        """
+        self.backoff.reset()
+        sleeping = self._sleep
+        if sleeping is not None and not sleeping.called:
+            sleeping.callback(None)
+
     def status(self) -> dict[str, Any]:
         """What the console shows for this folder."""
         return self.report.asDict()
@@ -233,20 +269,23 @@ class FolderWatcher:
                 except defer.CancelledError:
                     break
                 continue
+            except TokenRejected:
+                if self._stopping:
+                    break  # reported as "error" where it was raised
             except IMAPProtocolError as e:
                 if self._stopping:
                     break
-                report.error(f"the server broke the IMAP protocol: {e}")
+                await self._failed(f"the server broke the IMAP protocol: {e}")
             except (ConnectionDone, ConnectionLost) as e:
                 if self._stopping:
                     break
                 how = "closed" if isinstance(e, ConnectionDone) else "lost"
                 why = f" ({cleanText(e.args[0])})" if e.args and isinstance(e.args[0], str) else ""
-                report.error(f"the connection was {how} while {report.state}{why}")
+                await self._failed(f"the connection was {how} while {report.state}{why}")
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
-                report.error(describeFailure(e))
+                await self._failed(describeFailure(e))
             if self._stopping:
                 break
             report.state = "backoff"
@@ -255,6 +294,11 @@ class FolderWatcher:
             except defer.CancelledError:
                 break
         report.state = "stopped"
+
+    async def _failed(self, text: str) -> None:
+        """A session failed and will be retried after the backoff: log it once, report it."""
+        self.report.error(text)
+        await self.reportCondition("retrying", text)
 
     def _sleepFor(self, seconds: float) -> defer.Deferred[None]:
         self._sleep = sleep(self.reactor, seconds)
@@ -290,6 +334,7 @@ class FolderWatcher:
             report.state = "selecting"
             info = await client.selectFolder(self.folder.name)
             report.lastError = None
+            await self.reportCondition("ok", None)
             await self._noteUIDValidity(info.uidvalidity)
             while True:
                 self._checkStopping()
@@ -329,21 +374,18 @@ class FolderWatcher:
         except IMAPAuthenticationError as e:
             if not e.token_rejected:
                 raise
-            message = f"IMAP server refused a freshly refreshed token: {e}"
-            await self.setAccountState("error", message)
+            message = f"the server refused a freshly refreshed token: {e}"
+            self.report.error(message)
+            await self.reportCondition("error", message, refusedTokenAdvice(self.account))
             raise TokenRejected(message) from None
-        if self._markedError:
-            await self.setAccountState("ok", None)
 
-    async def setAccountState(self, state: str, error: str | None) -> None:
-        """The ONE place this watcher writes the account's state (and last error)."""
-        self._markedError = state == "error"
-        if self.store is None:
-            return
-        try:
-            await self.store.setAccountState(self.account.name, state, error)
-        except Exception:
-            _log.failure("could not record the state of account {a}", a=self.account.name)
+    def reportCondition(
+        self, state: str, error: str | None, advice: str | None = None
+    ) -> defer.Deferred[None]:
+        """The ONE place this watcher reports its folder's condition (its part of the account)."""
+        if self.health is None:
+            return defer.succeed(None)
+        return self.health.report(self.account.name, self.part, state, error, advice)
 
     async def _noteUIDValidity(self, uidvalidity: int) -> None:
         account, folder = self.account.name, self.folder.name

@@ -5,12 +5,25 @@ queue's periodic poll. A run settles the doubts first (:mod:`.doubt`), then
 claims due messages, gets a token, sends them over one session
 (:mod:`.session`) and repeats while more are due; it ends by saying when to
 look again. A refused token is refreshed once (``forceRefresh``) and the
-batch tried once more; a second refusal puts the account in ``error`` — the
-messages stay queued and go out once the account works again.
+batch tried once more.
+
+Rules a reader must not break:
+
+* the loop reports its account's ``smtp`` part and nothing else (see
+  :mod:`oauthmail.health`): ``ok`` after a good session, ``retrying`` after a
+  failed one, ``error`` when the server refused a freshly refreshed token or
+  TLS failed, ``paused`` after a provider quota or rate reply;
+* after a refused fresh token, a TLS failure or a quota reply the whole
+  account is *held*: no claim, no session, no refresh until the hold ends.
+  Holds grow (jittered, capped: ``backoff_max`` for refusals, 24 h for
+  quotas) while the cause persists and end at the first good session or an
+  operator's retry; the messages stay queued, and a quota reply never fails
+  or bounces one.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +33,8 @@ from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
 from oauthmail.db.errors import StoreUnwritable
+from oauthmail.health import PART_SMTP
+from oauthmail.retry import Backoff
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionError
@@ -30,12 +45,28 @@ from oauthmail.smtp.queue.session import sendSession, unanswered
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import AccountNotAuthorised
 
-__all__ = ["ACCOUNT_ERROR_PREFIX", "AccountLoop"]
+__all__ = ["QUOTA_PAUSE_MAX", "AccountLoop", "refusedTokenAdvice"]
 
 log = Logger()
 
-#: ``last_error`` of an account that this queue set to ``error`` starts with this.
-ACCOUNT_ERROR_PREFIX = "SMTP: "
+#: The longest pause after quota replies: providers reset daily quotas within 24 h.
+QUOTA_PAUSE_MAX = 24 * 3600.0
+
+
+def refusedTokenAdvice(account: AccountConfig) -> str:
+    """What to check when the SMTP server refuses a token the provider just issued."""
+    user = account.sasl_user
+    advice = (
+        f"check that the tokens belong to {user} (authorise again signed in as {user}),"
+        " that SMTP AUTH is allowed for the mailbox, and that the profile's scopes allow"
+        " sending"
+    )
+    if account.profile.kind == "microsoft":
+        advice += (
+            " (Exchange: SMTP.Send, and SMTP AUTH enabled for the mailbox:"
+            " Set-CASMailbox -SmtpClientAuthenticationDisabled $false)"
+        )
+    return advice
 
 
 class AccountLoop:
@@ -53,6 +84,12 @@ class AccountLoop:
         self.wakeup: defer.Deferred[None] | None = None
         self.timer: Any = None
         self.again = False
+        #: No claim and no session before this time (a refused token, TLS, a quota).
+        self.heldUntil: float | None = None
+        self._refusals = Backoff(
+            parts.policy.backoff_base, parts.policy.backoff_max, parts.policy.random
+        )
+        self._quotaStreak = 0
 
     def __repr__(self) -> str:
         return f"<AccountLoop {self.name}>"
@@ -68,6 +105,12 @@ class AccountLoop:
         self.again = False
         self.done = d = defer.ensureDeferred(self._run())
         d.addBoth(self._finished)
+
+    def release(self) -> None:
+        """End a hold now (an operator's retry, a new authorisation); the next run sends."""
+        self.heldUntil = None
+        self._refusals.reset()
+        self._quotaStreak = 0
 
     def stop(self) -> defer.Deferred[Any] | None:
         """Cancel the timer and what is in flight; the run's end, if one is in progress."""
@@ -102,6 +145,10 @@ class AccountLoop:
     async def _run(self) -> float | None:
         """Send batches while there are due ones; return when to look again (or ``None``)."""
         parts = self._parts
+        if self.heldUntil is not None:
+            if parts.clock.seconds() < self.heldUntil:
+                return self.heldUntil
+            self.heldUntil = None
         while parts.running():
             self.again = False
             await settleDoubts(parts, self)
@@ -144,15 +191,51 @@ class AccountLoop:
             error = result.error
         if error is None:
             self._parts.lastError[name] = None
-            await self._accountRecovered()
+            self._refusals.reset()
+            self._quotaStreak = 0
+            await self._report("ok")
             if remaining:  # the server ended the session politely without answering
                 error = SessionError(outcomes.TEMPORARY, "the session ended early")
         if error is not None:
-            if (error.auth and error.action in (outcomes.REFRESH, outcomes.PERMANENT)) or error.tls:
-                await self._accountError(error.reason)
+            await self._reportFailure(error)
             await self._sessionFailed(remaining, error)
             return False
         return True
+
+    async def _reportFailure(self, error: SessionError) -> None:
+        """Report a failed session, holding the account where retrying soon cannot help."""
+        now = self._parts.clock.seconds()
+        if error.action == outcomes.QUOTA:
+            self._quotaStreak += 1
+            hint = error.pause or 3600.0
+            pause = min(QUOTA_PAUSE_MAX, hint * 2 ** min(self._quotaStreak - 1, 16))
+            pause *= 1.0 + 0.1 * self._parts.policy.random.random()
+            self.heldUntil = now + pause
+            await self._report(
+                "paused",
+                error.reason,
+                advice=f"the provider's sending quota or rate limit: sending resumes by itself"
+                f" at {_clockTime(self.heldUntil)}; the messages stay queued",
+                until=self.heldUntil,
+            )
+        elif (error.auth and error.action in (outcomes.REFRESH, outcomes.PERMANENT)) or error.tls:
+            self.heldUntil = now + self._refusals.next()
+            advice = refusedTokenAdvice(self.account) if error.auth else None
+            await self._report("error", error.reason, advice=advice, until=self.heldUntil)
+        else:
+            await self._report("retrying", error.reason)
+
+    async def _report(
+        self,
+        state: str,
+        error: str | None = None,
+        advice: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        """The ONE place this loop reports the account's ``smtp`` part."""
+        health = self._parts.health
+        if health is not None:
+            await health.report(self.name, PART_SMTP, state, error, advice, until)
 
     async def _token(self, refresh: bool) -> Secret | SessionError:
         tokens = self._parts.tokens
@@ -176,29 +259,6 @@ class AccountLoop:
         )
         parts.notify(statuses)
 
-    async def _accountError(self, reason: str) -> None:
-        store = self._parts.accountStates
-        if store is None:
-            return
-        try:
-            record = await store.getAccount(self.name)
-            if record is not None and record.state == "needs_reauth":
-                return  # the token source already asked a person; keep that
-            await store.setAccountState(self.name, "error", ACCOUNT_ERROR_PREFIX + reason)
-        except Exception as e:
-            log.error("could not record the state of {account}: {why}", account=self.name, why=e)
 
-    async def _accountRecovered(self) -> None:
-        store = self._parts.accountStates
-        if store is None:
-            return
-        try:
-            record = await store.getAccount(self.name)
-            if (
-                record is not None
-                and record.state == "error"
-                and (record.last_error or "").startswith(ACCOUNT_ERROR_PREFIX)
-            ):
-                await store.setAccountState(self.name, "ok", None)
-        except Exception as e:
-            log.error("could not record the state of {account}: {why}", account=self.name, why=e)
+def _clockTime(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))

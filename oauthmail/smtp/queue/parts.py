@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import IReactorTime
 
-from oauthmail.interfaces import IMessageSender, IOutbox, ISentFolder, ITokenSource, ITokenStore
+from oauthmail.interfaces import (
+    IAccountHealth,
+    IMessageSender,
+    IOutbox,
+    ISentFolder,
+    ITokenSource,
+)
 from oauthmail.smtp.queue.condition import StoreCondition
 from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import DeliveryStatus
@@ -46,8 +52,8 @@ class QueueParts:
     #: Whether the service runs (a stopped queue starts no new work).
     running: Callable[[], bool]
     sentFolder: ISentFolder | None = None
-    #: Where the account's SMTP condition is recorded (``None``: nowhere, e.g. the CLI).
-    accountStates: ITokenStore | None = None
+    #: Where each account's ``smtp`` part is reported (``None``: nowhere, e.g. the CLI).
+    health: IAccountHealth | None = None
     #: The last error of each account's sending, for the console.
     lastError: dict[str, str | None] = field(default_factory=dict)
     #: Whether the outbox can be written (no claims while it cannot).

@@ -23,12 +23,12 @@ from zope.interface import implementer
 from oauthmail.config import AccountConfig
 from oauthmail.db.errors import StoreUnwritable
 from oauthmail.interfaces import (
+    IAccountHealth,
     IMessageSender,
     IOutbox,
     ISentFolder,
     ISubmissionQueue,
     ITokenSource,
-    ITokenStore,
 )
 from oauthmail.mail.trace import stamp
 from oauthmail.smtp.queue.condition import QueueUnavailable
@@ -63,8 +63,9 @@ class OutboundQueue(service.Service):
     :param tokens: the ``ITokenSource`` that hands out access tokens.
     :param accounts: configured accounts by name; only these can send.
     :param reactor: for connections and timers (``clock`` defaults to it).
-    :param store: where an account's SMTP condition (``error`` after a refused
-        token, ``ok`` again after a good session) is recorded; ``None``: nowhere.
+    :param health: where each account's ``smtp`` part is reported (``ok``,
+        ``retrying``, ``error`` after a refused token, ``paused`` after a quota
+        reply); ``None``: nowhere (the CLI).
     :param sender: the ``IMessageSender``; an :class:`SMTPSender` by default.
     :param max_age: seconds after which a message still not sent fails.
     :param backoff_base: first retry delay (doubled per attempt, jittered).
@@ -101,7 +102,7 @@ class OutboundQueue(service.Service):
         accounts: Mapping[str, AccountConfig],
         reactor: Any,
         *,
-        store: ITokenStore | None = None,
+        health: IAccountHealth | None = None,
         clock: IReactorTime | None = None,
         sender: IMessageSender | None = None,
         max_age: float = 5 * 86400.0,
@@ -155,7 +156,7 @@ class OutboundQueue(service.Service):
             notify=self._notify,
             running=lambda: bool(self.running),
             sentFolder=sent_folder,
-            accountStates=store,
+            health=health,
         )
         self._loops: dict[str, AccountLoop] = {}
         self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
@@ -335,6 +336,9 @@ class OutboundQueue(service.Service):
         re-authorised, or an operator pressed "retry" on the console. Fires with
         the number of messages made due.
         """
+        loop = self._loops.get(account_name)
+        if loop is not None:
+            loop.release()
         d = self._outbox.makeDue(account_name, self._clock.seconds(), self._policy.sent_check_delay)
 
         def woke(count: int) -> int:

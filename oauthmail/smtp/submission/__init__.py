@@ -20,7 +20,7 @@ AUTH is offered in cleartext, which is why the default is to listen on
 
 The rooms, one job each:
 
-- :mod:`.addresses`  RFC 5321 address syntax (pure)
+- :mod:`oauthmail.mail.addresses`  RFC 5321 address syntax (pure, shared with the Python API)
 - :mod:`.commands`   command lines: verbs, MAIL/RCPT paths and parameters (pure)
 - :mod:`.data`       the DATA reader (chunked dot-unstuffing) and the message buffer (pure)
 - :mod:`.auth`       the AUTH PLAIN / LOGIN exchange (pure)
@@ -34,6 +34,8 @@ The rooms, one job each:
 from oauthmail.smtp.submission.limits import SubmissionLimits
 from oauthmail.smtp.submission.listen import (
     SubmissionFactory,
+    buildSubmissionFactory,
+    limitsFromConfig,
     listenSubmission,
     tlsOptionsFromFiles,
 )
@@ -52,7 +54,9 @@ __all__ = [
     "SubmissionLimits",
     "SubmissionRealm",
     "Submitter",
+    "buildSubmissionFactory",
     "buildSubmissionPortal",
+    "limitsFromConfig",
     "listenSubmission",
     "tlsOptionsFromFiles",
 ]

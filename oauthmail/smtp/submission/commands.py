@@ -12,7 +12,7 @@ Rules a reader must not break:
   space after ``FROM:``, a path without ``<>``, a source route, which RFC 5321
   says to accept and ignore); strict about parameters: an extension that was
   not advertised is refused with ``555`` (RFC 5321 §4.1.1.11), never ignored.
-- Address syntax is :mod:`.addresses`' job; this module only cuts the path out.
+- Address syntax is :mod:`oauthmail.mail.addresses`' job; this module only cuts the path out.
 """
 
 from __future__ import annotations

@@ -94,6 +94,52 @@ def tlsOptionsFromFiles(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     )
 
 
+def buildSubmissionFactory(
+    reactor,
+    config: SubmissionConfig,
+    portal_or_senders: Portal | SenderDirectory,
+    queue: ISubmissionQueue | None,
+    *,
+    threadpool: ThreadPool | None = None,
+    limits: SubmissionLimits | None = None,
+) -> SubmissionFactory:
+    """The factory serving ``config`` (see :func:`listenSubmission` for the arguments)."""
+    if isinstance(portal_or_senders, Portal):
+        portal = portal_or_senders
+    else:
+        if queue is None:
+            raise ValueError("a submission server needs a queue unless given a portal")
+        portal = buildSubmissionPortal(
+            config, portal_or_senders, queue, reactor=reactor, threadpool=threadpool
+        )
+    contextFactory = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        contextFactory = tlsOptionsFromFiles(config.tls_cert, config.tls_key)
+    if not config.require_tls and not isLoopbackHost(config.bind):
+        _log.warn(
+            "submission: listening on {bind} without require_tls: passwords cross the"
+            " network in cleartext",
+            bind=config.bind,
+        )
+    return SubmissionFactory(
+        portal, config, reactor=reactor, contextFactory=contextFactory, limits=limits
+    )
+
+
+def limitsFromConfig(config: SubmissionConfig) -> SubmissionLimits:
+    """The abuse limits the ``submission:`` section sets (the rest keep their defaults)."""
+    return SubmissionLimits(
+        max_connections=config.max_connections,
+        max_connections_per_address=config.max_connections_per_address,
+        idle_timeout=config.idle_timeout,
+        auth_penalty_base=config.auth_penalty_base,
+        auth_penalty_max=config.auth_penalty_max,
+        auth_failures_before_block=config.auth_failures_before_block,
+        auth_failure_window=config.auth_failure_window,
+        auth_block=config.auth_block,
+    )
+
+
 def listenSubmission(
     reactor,
     config: SubmissionConfig,
@@ -109,28 +155,16 @@ def listenSubmission(
     :class:`.realm.ISubmitter` avatars (``queue`` is then unused), or the
     :class:`SenderDirectory` of the configured accounts, from which the portal
     for ``config.users`` is built around ``queue``. ``limits`` defaults to
-    :class:`SubmissionLimits`' defaults.
+    what ``config`` says (:func:`limitsFromConfig`).
     """
-    if isinstance(portal_or_senders, Portal):
-        portal = portal_or_senders
-    else:
-        if queue is None:
-            raise ValueError("listenSubmission needs a queue unless given a portal")
-        portal = buildSubmissionPortal(
-            config, portal_or_senders, queue, reactor=reactor, threadpool=threadpool
-        )
-    contextFactory = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        contextFactory = tlsOptionsFromFiles(config.tls_cert, config.tls_key)
-    factory = SubmissionFactory(
-        portal, config, reactor=reactor, contextFactory=contextFactory, limits=limits
+    factory = buildSubmissionFactory(
+        reactor,
+        config,
+        portal_or_senders,
+        queue,
+        threadpool=threadpool,
+        limits=limits if limits is not None else limitsFromConfig(config),
     )
-    if not config.require_tls and not isLoopbackHost(config.bind):
-        _log.warn(
-            "submission: listening on {bind} without require_tls: passwords cross the"
-            " network in cleartext",
-            bind=config.bind,
-        )
     if ":" in config.bind:
         endpoint = endpoints.TCP6ServerEndpoint(reactor, config.port, interface=config.bind)
     else:

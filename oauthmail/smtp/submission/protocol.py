@@ -4,7 +4,7 @@ One :class:`SubmissionServer` per connection, on the :class:`.conversation.Conve
 engine (input framing, the :class:`State` machine, answers kept in order). This
 module decides, command by command, what is allowed in which state, what is
 answered, and which state comes next; the pure parts it calls are
-:mod:`.commands` (MAIL/RCPT syntax), :mod:`.addresses` (RFC 5321 mailboxes),
+:mod:`.commands` (MAIL/RCPT syntax), :mod:`oauthmail.mail.addresses` (RFC 5321 mailboxes),
 :mod:`.auth` (the SASL exchange) and :mod:`.data` (the DATA reader).
 
 Rules a reader must not break:
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 
 from oauthmail.config import SubmissionConfig
 from oauthmail.loopback import isLoopbackHost
-from oauthmail.smtp.submission.addresses import AddressSyntaxError, checkMailbox
+from oauthmail.mail.addresses import AddressSyntaxError, checkMailbox
 from oauthmail.smtp.submission.auth import MECHANISMS, AuthError, AuthExchange, Challenge, Proof
 from oauthmail.smtp.submission.commands import CommandError, parseMail, parseRecipient, splitCommand
 from oauthmail.smtp.submission.conversation import Conversation, State
