@@ -108,9 +108,16 @@ class Console:
         await self.transport.close()
 
     async def request(
-        self, method: str, url: str, form: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], str]:
+        sent = headers or {}
         headers = Headers()
+        for name, value in sent.items():
+            headers.addRawHeader(name.encode(), value.encode())
         body = None
         if form is not None:
             from io import BytesIO
@@ -300,7 +307,7 @@ async def test_device_flow_from_the_console() -> None:
         assert status == 200
         assert c.provider.verification_uri in text
         assert "http-equiv='refresh'" in text
-        user_code = re.search(r"<code>([A-Z-]+)</code>", text).group(1)
+        user_code = re.search(r"<code class='usercode'>([A-Z-]+)</code>", text).group(1)
         c.provider.approveDevice(user_code)
         await c.authorizer.devices["dev"].finished
         _, _, text = await c.request("GET", "/device/dev")
@@ -359,5 +366,92 @@ async def test_pending_authorisations_expire_are_capped_and_work_once() -> None:
         with pytest.raises(AuthorizationFailed, match="unknown, already used or expired"):
             await authorizer.complete(redirect)
         assert c.provider.requests["token"] == 1
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_origin_or_referer_starts_nothing() -> None:
+    """A POST with the right token but another site's Origin (or Referer) is refused, no flow."""
+    from twisted.internet import reactor
+
+    c = Console(reactor)
+    try:
+        csrf = await c.csrf()
+        for headers in (
+            {"origin": "http://evil.example"},
+            {"origin": "null"},
+            {"origin": c.base.replace("127.0.0.1", "evil.example")},
+            {"referer": "http://evil.example/page"},
+            {"origin": c.base, "host": "evil.example"},
+        ):
+            status, found, text = await c.request(
+                "POST", "/authorize/helpdesk", {"csrf": csrf}, headers
+            )
+            assert status in (403, 421), headers
+            assert "location" not in found
+        assert c.authorizer._pending == {}
+        assert c.authorizer.devices == {}
+        assert c.provider.requests["authorize"] == 0
+        status, _, _ = await c.request("POST", "/authorize/app", {"csrf": csrf}, {"origin": "null"})
+        assert status == 403
+        assert await c.store.getTokens("app") is None
+        for origin in (c.base, c.base.replace("127.0.0.1", "localhost")):
+            status, _, _ = await c.request(
+                "POST", "/authorize/helpdesk", {"csrf": csrf}, {"origin": origin}
+            )
+            assert status == 303
+        status, _, _ = await c.request(
+            "POST", "/authorize/helpdesk", {"csrf": csrf}, {"referer": c.base + "/"}
+        )
+        assert status == 303
+        assert len(c.authorizer._pending) == 3
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_providers_error_description_is_shown_escaped() -> None:
+    """An IdP error_description holding markup appears on the callback page as text."""
+    from twisted.internet import reactor
+
+    c = Console(reactor)
+    try:
+        provider_url = await c.toProvider("helpdesk")
+        state = dict(parse_qsl(urlsplit(provider_url).query))["state"]
+        query = urlencode(
+            {
+                "error": "access_denied<b>",
+                "error_description": "<script>alert('x')</script> & <img src=x>",
+                "state": state,
+            }
+        )
+        status, headers, text = await c.request("GET", f"/callback?{query}")
+        assert status == 400
+        assert "<script" not in text and "<img" not in text and "<b>" not in text
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;img src=x&gt;" in text
+        assert "default-src 'none'" in headers["content-security-policy"]
+        assert await c.store.getTokens("helpdesk") is None
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_and_callback_answer_on_localhost() -> None:
+    """The console answers as localhost too: the redirect URI Microsoft accepts over http."""
+    from twisted.internet import reactor
+
+    c = Console(reactor)
+    try:
+        local = c.base.replace("127.0.0.1", "localhost")
+        status, _, page = await c.request("GET", local + "/", headers={"host": local[7:]})
+        assert status == 200 and ">Authorise</button>" in _row(page, "helpdesk")
+        callback = await c.toCallback(await c.toProvider("helpdesk"))
+        on_localhost = callback.replace(c.base, local)
+        status, _, text = await c.request("GET", on_localhost, headers={"host": local[7:]})
+        assert status == 200
+        assert "helpdesk is authorised" in text
+        status, _, _ = await c.request("GET", "/", headers={"host": "localhost.evil.example"})
+        assert status == 421
     finally:
         await c.stop()

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, Config, ProfileConfig
+from oauthmail.passwords import ScryptParameters, hashPassword
 from oauthmail.secret import Secret
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.text import describeWhen
 from oauthmail.tokens.records import TokenSet
 from oauthmail.web.console import ConsoleResource, renderStatusPage
+from oauthmail.web.guard import ConsoleAccess
+from oauthmail.web.login import IAdminPassword, ScryptAdminPassword
 from oauthmail.web.status import accountStatus
+
+TINY = ScryptParameters(n=16, r=1, p=1)
 
 
 def _profile(name: str, client_id: str = "cid") -> ProfileConfig:
@@ -46,11 +55,26 @@ def _config() -> Config:
     )
 
 
-async def _render(resource: ConsoleResource, path: bytes) -> tuple[int, bytes]:
-    request = DummyRequest([path] if path else [b""])
+class _Request(DummyRequest):
+    """A DummyRequest that asks for the console by its name, as a browser on loopback does."""
+
+    def __init__(self, postpath: list[bytes], host: bytes = b"127.0.0.1:80") -> None:
+        super().__init__(postpath)
+        self.requestHeaders.addRawHeader(b"host", host)
+
+    def isSecure(self) -> bool:
+        return False
+
+
+async def _render(
+    resource: ConsoleResource, path: bytes, host: bytes = b"127.0.0.1:80"
+) -> tuple[int, bytes]:
+    request = _Request([path] if path else [b""], host)
     child = resource.getChildWithDefault(path, request)
     finished = request.notifyFinish()
-    child.render(request)
+    body = child.render(request)
+    if isinstance(body, bytes):
+        return request.responseCode or 200, body
     await finished
     return request.responseCode or 200, b"".join(request.written)
 
@@ -178,3 +202,279 @@ async def test_outbox_shows_depth_age_and_send_errors() -> None:
     status, body = await _render(resource, b"health")
     helpdesk = json.loads(body)["accounts"][0]
     assert (helpdesk["queued"], helpdesk["oldest_queued_age"]) == (3, 1200.0)
+
+
+# --- the guard: Host, headers, login ---------------------------------------------------
+
+
+def _guarded(host: bytes | None, local: tuple[str, int] = ("127.0.0.1", 80)) -> _Request:
+    request = _Request([b""])
+    request.requestHeaders.removeHeader(b"host")
+    if host is not None:
+        request.requestHeaders.addRawHeader(b"host", host)
+    request.getHost = lambda: IPv4Address("TCP", *local)
+    return request
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_host_is_refused_before_any_page_runs() -> None:
+    """A request whose Host is not the console's (DNS rebinding) gets 421 and reads no state."""
+    clock = Clock()
+    store = MemoryTokenStore(clock=clock)
+    config = _config()
+    resource = ConsoleResource(config, store, clock)
+    for host in (b"evil.example", b"evil.example:80", None, b"127.0.0.1:8025"):
+        request = _guarded(host)
+        child = resource.getChildWithDefault(b"health", request)
+        body = child.render(request)
+        assert request.responseCode == 421
+        assert body == b"Misdirected request: this server does not answer to that name\n"
+        assert request.responseHeaders.getRawHeaders(b"x-frame-options") == [b"DENY"]
+    for host in (b"127.0.0.1", b"localhost:80", b"LOCALHOST"):
+        status, _ = await _render(resource, b"health", host)
+        assert status == 503
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_response_carries_the_security_headers() -> None:
+    """Pages, JSON and refusals carry CSP without script, no framing, no sniffing, no-store."""
+    clock = Clock()
+    store = MemoryTokenStore(clock=clock)
+    resource = ConsoleResource(_config(), store, clock)
+    for path in (b"", b"health", b"nothing-here"):
+        request = _Request([path])
+        child = resource.getChildWithDefault(path, request)
+        finished = request.notifyFinish()
+        if not isinstance(child.render(request), bytes):
+            await finished
+        headers = dict(request.responseHeaders.getAllRawHeaders())
+        csp = headers[b"Content-Security-Policy"][0].decode()
+        assert "default-src 'none'" in csp and "script-src" not in csp
+        assert "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "form-action 'self' https://auth.example" in csp and "base-uri 'none'" in csp
+        assert headers[b"X-Frame-Options"] == [b"DENY"]
+        assert headers[b"X-Content-Type-Options"] == [b"nosniff"]
+        assert headers[b"Referrer-Policy"] == [b"no-referrer"]
+        assert headers[b"Cache-Control"] == [b"no-store"]
+    page = (await _render(resource, b""))[1].decode()
+    assert "<style" not in page and "style=" not in page and "<script" not in page
+    assert "<link rel='stylesheet' href='/style.css'>" in page
+    status, css = await _render(resource, b"style.css")
+    assert status == 200 and b".ok {" in css
+
+
+class _Browserish:
+    """A console on loopback and an HTTP client that keeps the session cookie."""
+
+    def __init__(self, reactor, resource: ConsoleResource) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from oauthmail.web.site import ConsoleSite
+
+        self.port = reactor.listenTCP(0, ConsoleSite(resource), interface="127.0.0.1")
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self.cookie: bytes | None = None
+
+    async def request(self, method: str, path: str, form=None, headers=None, body=None):
+        from io import BytesIO
+        from urllib.parse import urlencode
+
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+
+        sent = Headers()
+        for name, value in (headers or {}).items():
+            sent.addRawHeader(name.encode(), value.encode())
+        if self.cookie is not None:
+            sent.addRawHeader(b"cookie", self.cookie)
+        if form is not None:
+            sent.addRawHeader(b"content-type", b"application/x-www-form-urlencoded")
+            body = urlencode(form).encode()
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+        response = await self.agent.request(
+            method.encode(), (self.base + path).encode(), sent, producer
+        )
+        text = (await _readAll(response)).decode("utf-8", "replace")
+        found = {k.decode().lower(): v for k, v in response.headers.getAllRawHeaders()}
+        return response.code, found, text
+
+    async def login(self, password: str) -> tuple[int, dict, str]:
+        status, _, page = await self.request("GET", "/login")
+        assert status == 200
+        csrf = re.search(r"name='csrf' value='([^']+)'", page).group(1)
+        status, headers, text = await self.request(
+            "POST", "/login", {"csrf": csrf, "password": password}
+        )
+        if "set-cookie" in headers:
+            self.cookie = headers["set-cookie"][0].split(b";")[0]
+        return status, headers, text
+
+
+def _readAll(response):
+    from twisted.internet import defer, protocol
+
+    done = defer.Deferred()
+
+    class Collect(protocol.Protocol):
+        def __init__(self):
+            self.chunks = []
+
+        def dataReceived(self, data):
+            self.chunks.append(data)
+
+        def connectionLost(self, reason=None):
+            done.callback(b"".join(self.chunks))
+
+    response.deliverBody(Collect())
+    return done
+
+
+@implementer(IAdminPassword)
+class _Password:
+    """The admin password "right horse", checked at once."""
+
+    def check(self, password: str):
+        from twisted.internet import defer
+
+        return defer.succeed(password == "right horse")
+
+
+def _offLoopback(clock, lifetime: float = 3600.0) -> ConsoleResource:
+    access = ConsoleAccess(
+        bind="0.0.0.0",  # noqa: S104 - the point: bound off loopback
+        admin_password_hash=hashPassword("right horse", TINY),
+        session_lifetime=lifetime,
+    )
+    store = MemoryTokenStore(clock=clock)
+    return ConsoleResource(_config(), store, clock, access=access, admin_password=_Password())
+
+
+@pytest_twisted.ensureDeferred
+async def test_off_loopback_every_page_but_health_needs_a_login() -> None:
+    """Bound off loopback: the console redirects to /login; /health and the stylesheet stay open."""
+    from twisted.internet import reactor
+
+    c = _Browserish(reactor, _offLoopback(Clock()))
+    try:
+        status, headers, _ = await c.request("GET", "/")
+        assert (status, headers["location"]) == (303, [b"/login"])
+        for path in ("/authorize/helpdesk", "/device/helpdesk", "/nothing"):
+            assert (await c.request("GET", path))[0] == 303
+        assert (await c.request("GET", "/health"))[0] == 503
+        assert (await c.request("GET", "/style.css"))[0] == 200
+        status, headers, page = await c.request("GET", "/login")
+        assert status == 200 and "type='password'" in page
+        assert headers["referrer-policy"] == [b"same-origin"]
+        status, _, _ = await c.request("POST", "/logout", {"csrf": "x"})
+        assert status == 403
+    finally:
+        await c.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_session_cookie_expiry_and_logout() -> None:
+    """The right password starts an HttpOnly SameSite=Strict session until expiry or logout."""
+    from twisted.internet import reactor
+
+    clock = Clock()
+    c = _Browserish(reactor, _offLoopback(clock, lifetime=600))
+    try:
+        status, headers, _ = await c.login("right horse")
+        assert (status, headers["location"]) == (303, [b"/"])
+        (cookie,) = headers["set-cookie"]
+        attributes = {a.strip().lower() for a in cookie.split(b";")[1:]}
+        assert {b"httponly", b"samesite=strict", b"path=/"} <= attributes
+        assert b"secure" not in attributes  # plain HTTP here; Secure over TLS
+        status, headers, page = await c.request("GET", "/")
+        assert status == 200 and "id='logout'" in page
+        assert headers["referrer-policy"] == [b"same-origin"]
+        assert (await c.request("GET", "/login"))[0] == 303
+        session_csrf = re.search(r"name='csrf' value='([^']+)'", page).group(1)
+        assert len(session_csrf) >= 43
+        status, _, _ = await c.request("POST", "/logout", {"csrf": "stale"})
+        assert status == 403
+        clock.advance(601)
+        assert (await c.request("GET", "/"))[0] == 303  # expired on the server
+        await c.login("right horse")
+        _, _, page = await c.request("GET", "/")
+        csrf = re.search(r"name='csrf' value='([^']+)'", page).group(1)
+        old = c.cookie
+        status, headers, _ = await c.request("POST", "/logout", {"csrf": csrf})
+        assert (status, headers["location"]) == (303, [b"/login"])
+        assert b"max-age=0" in headers["set-cookie"][0].lower()
+        c.cookie = old
+        assert (await c.request("GET", "/"))[0] == 303  # the old cookie is worth nothing
+    finally:
+        await c.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_passwords_make_the_address_wait_longer() -> None:
+    """A wrong password is refused; the next try from that address waits, then may try again."""
+    from twisted.internet import reactor
+
+    clock = Clock()
+    c = _Browserish(reactor, _offLoopback(clock))
+    try:
+        status, headers, text = await c.login("wrong")
+        assert status == 403 and "Wrong password" in text and "set-cookie" not in headers
+        status, headers, text = await c.login("right horse")
+        assert status == 429 and "Too many failed logins" in text
+        assert int(headers["retry-after"][0]) >= 1
+        assert c.cookie is None
+        clock.advance(1)
+        assert (await c.login("wrong"))[0] == 403
+        status, _, text = await c.login("right horse")
+        assert status == 429
+        wait = int(re.search(r"try again in (\d+) s", text).group(1))
+        assert 1 <= wait <= 2
+        clock.advance(2)
+        assert (await c.login("right horse"))[0] == 303
+        c.cookie = None
+        status, _, text = await c.login("x" * 5000)  # refused without hashing 5 kB
+        assert status == 403 and "Wrong password" in text
+    finally:
+        await c.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrypt_admin_password_is_checked_in_a_thread() -> None:
+    """The real check verifies the scrypt hash off the reactor thread."""
+    import threading
+
+    from twisted.internet import reactor
+
+    from oauthmail.web import login
+
+    seen = []
+    real = login.verifyPassword
+
+    def spy(password, encoded):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return real(password, encoded)
+
+    login.verifyPassword = spy
+    try:
+        checker = ScryptAdminPassword(hashPassword("right horse", TINY), reactor)
+        assert verifyObject(IAdminPassword, checker)
+        assert await checker.check("right horse") is True
+        assert await checker.check("wrong") is False
+    finally:
+        login.verifyPassword = real
+    assert seen == [False, False]
+    assert "scrypt" not in repr(checker)
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_body_is_refused_unread() -> None:
+    """A POST body over the bound is answered 413 and reaches no page."""
+    from twisted.internet import reactor
+
+    c = _Browserish(reactor, ConsoleResource(_config(), MemoryTokenStore(clock=Clock()), Clock()))
+    try:
+        status, _, text = await c.request("POST", "/", body=b"csrf=" + b"x" * 70_000)
+        assert status == 413 and "too large" in text
+        assert (await c.request("GET", "/health"))[0] == 503
+    finally:
+        await c.port.stopListening()

@@ -6,26 +6,22 @@ request on the spot (client credentials). ``GET /callback`` is the loopback redi
 it finishes the browser flow and shows a plain sentence — the account is authorised and
 when its token expires, or what went wrong and what to do — and never a token or code.
 
-The POST forms carry a per-process CSRF token, so that another site open in the same
-browser cannot start (or replace) an authorisation behind the operator's back. Pages are
-served with ``no-store``, ``no-referrer`` and ``frame-ancestors 'none'``: the callback URL
-carries a code, which must not travel on in a ``Referer`` header or sit in a cache.
+The guard (:mod:`oauthmail.web.guard`) has checked the Host, the Origin and the CSRF
+token of every POST before it reaches these pages, so another site open in the same
+browser cannot start (or replace) an authorisation behind the operator's back. The
+callback URL carries a code: the guard's ``no-referrer`` and ``no-store`` keep it out of
+Referer headers and caches, and every provider-supplied text is escaped on the page.
 """
 
 from __future__ import annotations
 
-import hmac
 import html
-import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from oauthmail.config import Config
 from oauthmail.tokens.authorize import (
@@ -35,39 +31,22 @@ from oauthmail.tokens.authorize import (
     explain,
 )
 from oauthmail.tokens.errors import AuthorizationFailed
+from oauthmail.web.csrf import CSRFToken
+from oauthmail.web.pages import page, renderAsync
+
+__all__ = [
+    "AuthorizeResource",
+    "CSRFToken",
+    "CallbackResource",
+    "DevicePage",
+    "actionForm",
+    "callbackURI",
+]
 
 log = Logger()
 
 #: Seconds between reloads of the device code page while the person has not answered.
 DEVICE_PAGE_REFRESH = 5
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 42em; }
-.ok { color: #17692a; } .failed { color: #a11; }
-code { font-size: 1.4em; letter-spacing: .1em; }
-"""
-
-
-class CSRFToken:
-    """One random token per process, put in every form and checked on every POST."""
-
-    def __init__(self, value: str | None = None) -> None:
-        self.value = value or secrets.token_urlsafe(32)
-
-    def __repr__(self) -> str:
-        return "<CSRFToken>"
-
-    def check(self, given: bytes | str | None) -> bool:
-        """Whether ``given`` is the token (constant-time comparison)."""
-        if given is None:
-            return False
-        if isinstance(given, str):
-            given = given.encode("utf-8", "replace")
-        return hmac.compare_digest(given, self.value.encode("ascii"))
-
-    def field(self) -> str:
-        """The hidden form field."""
-        return f"<input type='hidden' name='csrf' value='{html.escape(self.value)}'>"
 
 
 def callbackURI(config: Config, request: Any = None) -> str:
@@ -83,61 +62,20 @@ def callbackURI(config: Config, request: Any = None) -> str:
     return f"http://{host}:{port}/callback"
 
 
-def actionForm(account: str, csrf: CSRFToken, label: str) -> str:
-    """The POST form of an account's Authorise / Re-authorise button (escaped)."""
+def actionForm(account: str, field: str, label: str) -> str:
+    """The POST form of an account's Authorise / Re-authorise button.
+
+    ``field`` is the hidden CSRF field (already HTML); the rest is escaped here.
+    """
     action = "/authorize/" + quote(account, safe="")
     return (
-        f"<form method='post' action='{html.escape(action)}' style='margin:0'>"
-        f"{csrf.field()}<button type='submit'>{html.escape(label)}</button></form>"
+        f"<form class='inline' method='post' action='{html.escape(action)}'>"
+        f"{field}<button type='submit'>{html.escape(label)}</button></form>"
     )
-
-
-def page(title: str, paragraphs: list[str], css: str = "", refresh: int | None = None) -> bytes:
-    """A plain page; ``paragraphs`` are HTML the caller has already escaped."""
-    head = f"<meta http-equiv='refresh' content='{int(refresh)}'>" if refresh else ""
-    body = "".join(f"<p>{p}</p>" for p in paragraphs)
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)} — oauthmail</title>{head}"
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1 class='{html.escape(css)}'>{html.escape(title)}</h1>{body}"
-        "<p><a href='/'>Back to the console</a></p></body></html>"
-    ).encode()
 
 
 def _headers(request: Any) -> None:
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"referrer-policy", b"no-referrer")
-    request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"x-frame-options", b"DENY")
-    request.setHeader(b"content-security-policy", b"frame-ancestors 'none'")
-
-
-def _renderAsync(request: Any, produce: Callable[[], Awaitable[bytes | None]]) -> Any:
-    """Run ``produce`` and write what it returns; a crash is a plain 500."""
-    _headers(request)
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def written(data: bytes | None) -> None:
-        if gone:
-            return
-        if data:
-            request.write(data)
-        request.finish()
-
-    def failed(failure: Any) -> None:
-        log.failure("authorisation page failed", failure)
-        if gone:
-            return
-        request.setResponseCode(500)
-        request.write(page("Internal error", ["See the oauthmail log."], "failed"))
-        request.finish()
-
-    d = defer.ensureDeferred(produce())  # type: ignore[arg-type]
-    d.addCallbacks(written, failed)
-    return NOT_DONE_YET
 
 
 def _failurePage(request: Any, status: int, account: str | None, why: str) -> bytes:
@@ -161,13 +99,10 @@ class AuthorizeResource(Resource):
 
     isLeaf = True
 
-    def __init__(
-        self, authorizer: Authorizer, config: Config, csrf: CSRFToken, clock: IReactorTime
-    ) -> None:
+    def __init__(self, authorizer: Authorizer, config: Config, clock: IReactorTime) -> None:
         super().__init__()
         self.authorizer = authorizer
         self.config = config
-        self.csrf = csrf
         self.clock = clock
 
     def render_GET(self, request: Any) -> bytes:
@@ -177,15 +112,6 @@ class AuthorizeResource(Resource):
         return page("Use the button", ["Start an authorisation from the console."], "failed")
 
     def render_POST(self, request: Any) -> Any:
-        args = request.args or {}
-        if not self.csrf.check((args.get(b"csrf") or [None])[0]):
-            _headers(request)
-            request.setResponseCode(403)
-            return page(
-                "Forbidden",
-                ["This form is stale or did not come from the console: reload the console."],
-                "failed",
-            )
         segments = [s for s in request.postpath if s]
         name = segments[0].decode("utf-8", "replace") if len(segments) == 1 else ""
         try:
@@ -203,9 +129,9 @@ class AuthorizeResource(Resource):
                 "failed",
             )
         if account.grant == "device_code":
-            return _renderAsync(request, lambda: self._device(request, name))
+            return renderAsync(request, lambda: self._device(request, name))
         if account.grant == "client_credentials":
-            return _renderAsync(request, lambda: self._app(request, name))
+            return renderAsync(request, lambda: self._app(request, name))
         _headers(request)
         try:
             url, _ = self.authorizer.begin(name, callbackURI(self.config, request))
@@ -243,7 +169,7 @@ class CallbackResource(Resource):
         self.clock = clock
 
     def render_GET(self, request: Any) -> Any:
-        return _renderAsync(request, lambda: self._complete(request))
+        return renderAsync(request, lambda: self._complete(request))
 
     async def _complete(self, request: Any) -> bytes:
         url = request.uri.decode("utf-8", "replace")
@@ -300,7 +226,8 @@ class DevicePage(Resource):
         return page(
             f"Authorise {name}",
             [
-                f"Open {shown} and enter the code <code>{e(auth.user_code)}</code>.",
+                f"Open {shown} and enter the code"
+                f" <code class='usercode'>{e(auth.user_code)}</code>.",
                 e(
                     f"The code is valid for {left // 60} more minutes. This page reloads"
                     " by itself and shows the result."

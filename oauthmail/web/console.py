@@ -7,6 +7,11 @@ It binds to loopback by default. When it is given an ``Authorizer`` each
 configured account gets an Authorise / Re-authorise button (a POST form with
 a CSRF token) and the authorisation pages of :mod:`oauthmail.web.authorize`
 are mounted; without one the pages are read-only.
+
+Every request passes the guard (:mod:`oauthmail.web.guard`: Host, Origin, login,
+CSRF, security headers) in :meth:`ConsoleResource.getChildWithDefault` before any
+page runs, whatever ``Site`` serves the resource. Off loopback (or with an admin
+password set) the login pages of :mod:`oauthmail.web.login` are mounted too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -30,10 +36,20 @@ from oauthmail.text import describeWhen
 from oauthmail.web.authorize import (
     AuthorizeResource,
     CallbackResource,
-    CSRFToken,
     DevicePage,
     actionForm,
 )
+from oauthmail.web.csrf import CSRFToken
+from oauthmail.web.guard import ConsoleAccess, Guard, formActions
+from oauthmail.web.login import (
+    IAdminPassword,
+    LoginPage,
+    LogoutResource,
+    ScryptAdminPassword,
+    logoutForm,
+)
+from oauthmail.web.pages import StylesheetResource, formPage, htmlDocument
+from oauthmail.web.sessions import LoginThrottle, SessionStore
 from oauthmail.web.status import AccountStatus, accountStatus
 
 #: The button's label per state; states not listed get no button.
@@ -56,16 +72,6 @@ STATE_LABELS = {
     "retrying": "retrying",
     "paused": "paused",
 }
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; }
-th, td { text-align: left; padding: .4em .8em; border-bottom: 1px solid #ddd; vertical-align: top; }
-.state { font-weight: bold; }
-.ok { color: #17692a; } .needs_reauth, .error { color: #a11; }
-.not_configured, .unauthorised { color: #8a5a00; }
-.hint { color: #555; font-size: .9em; }
-"""
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,6 @@ class _AsyncPage(Resource):
 
     def render_GET(self, request: Any) -> Any:
         request.setHeader(b"content-type", self.content_type)
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"x-frame-options", b"DENY")
         d = defer.ensureDeferred(self.body(request))
 
         def written(data: bytes) -> None:
@@ -148,20 +151,27 @@ class _AsyncPage(Resource):
 
 
 class StatusPage(_AsyncPage):
-    #: Set by ``ConsoleResource`` when authorisation is possible: forms carry it.
-    csrf: Any = None
+    #: Set by ``ConsoleResource``: what the guard found (the CSRF field, the session).
+    guard: Guard | None = None
+    #: Set by ``ConsoleResource`` when authorisation is possible (Authorise buttons).
+    buttons = False
 
     async def body(self, request: Any) -> bytes:
         statuses = await collectStatuses(self.config, self.store, self.live, self.clock.seconds())
+        access = self.guard.accessOf(request) if self.guard is not None else None
         buttons = None
-        if self.csrf is not None:
+        if self.buttons and access is not None:
             buttons = {}
-            for account in self.config.accounts:
-                status = next(s for s in statuses if s.name == account.name)
+            for status in statuses:
                 label = BUTTON_LABELS.get(status.state)
                 if label is not None:
-                    buttons[account.name] = actionForm(account.name, self.csrf, label)
-        return renderStatusPage(statuses, self.clock.seconds(), buttons).encode("utf-8")
+                    buttons[status.name] = actionForm(status.name, access.field(), label)
+        logout = ""
+        if access is not None and access.session is not None:
+            logout = logoutForm(access.field())
+        if buttons or logout:
+            formPage(request)
+        return renderStatusPage(statuses, self.clock.seconds(), buttons, logout).encode()
 
 
 class HealthPage(_AsyncPage):
@@ -197,6 +207,9 @@ class ConsoleResource(Resource):
     ``authorizer`` (an :class:`oauthmail.tokens.authorize.Authorizer`) turns on the
     Authorise buttons and mounts ``/authorize/<account>``, ``/callback`` and
     ``/device/<account>``; ``csrf`` may be given to share one token (tests).
+    ``access`` says who may use the console (default: ``web.bind`` from ``config``,
+    no password); ``admin_password`` replaces the scrypt check of
+    ``access.admin_password_hash`` (tests), which runs in ``clock``'s thread pool.
     """
 
     def __init__(
@@ -206,23 +219,48 @@ class ConsoleResource(Resource):
         clock: IReactorTime,
         live: LiveParts | None = None,
         authorizer: Any = None,
-        csrf: Any = None,
+        csrf: CSRFToken | None = None,
+        *,
+        access: ConsoleAccess | None = None,
+        admin_password: IAdminPassword | None = None,
     ) -> None:
         super().__init__()
+        self.access = access if access is not None else ConsoleAccess(bind=config.web.bind)
+        self.csrf = csrf if csrf is not None else CSRFToken()
+        self.sessions = SessionStore(clock, self.access.session_lifetime)
+        endpoints = (p.authorization_endpoint for p in config.profiles.values())
+        self.guard = Guard(self.access, self.csrf, self.sessions, formActions(endpoints))
         self._status = StatusPage(config, store, clock, live)
+        self._status.guard = self.guard
         self.putChild(b"health", HealthPage(config, store, clock, live))
-        self.csrf = None
+        self.putChild(b"style.css", StylesheetResource())
         if authorizer is not None:
-            self.csrf = csrf if csrf is not None else CSRFToken()
-            self._status.csrf = self.csrf
-            self.putChild(b"authorize", AuthorizeResource(authorizer, config, self.csrf, clock))
+            self._status.buttons = True
+            self.putChild(b"authorize", AuthorizeResource(authorizer, config, clock))
             self.putChild(b"callback", CallbackResource(authorizer, clock))
             self.putChild(b"device", DevicePage(authorizer, clock))
+        if self.access.login_required:
+            if admin_password is None:
+                assert self.access.admin_password_hash is not None  # ConsoleAccess checked
+                admin_password = ScryptAdminPassword(
+                    self.access.admin_password_hash,
+                    clock,  # type: ignore[arg-type]
+                )
+            throttle = LoginThrottle(clock)
+            login = LoginPage(self.guard, admin_password, self.sessions, throttle)
+            self.putChild(b"login", login)
+            self.putChild(b"logout", LogoutResource(self.guard, self.sessions))
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        refused = self.guard.check(path, request)
+        if refused is not None:
+            return refused
+        return super().getChildWithDefault(path, request)
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
             return self._status
-        return super().getChild(path, request)
+        return notFound("No such page", "The console has no page at this address.")
 
 
 def _isoTime(when: float | None) -> str:
@@ -262,11 +300,15 @@ def _outbox(s: AccountStatus, now: float) -> str:
 
 
 def renderStatusPage(
-    statuses: list[AccountStatus], now: float, buttons: Mapping[str, str] | None = None
+    statuses: list[AccountStatus],
+    now: float,
+    buttons: Mapping[str, str] | None = None,
+    logout: str = "",
 ) -> str:
     """The HTML page; every value from config or the store is escaped.
 
-    ``buttons`` maps an account to the (already escaped) HTML of its action form.
+    ``buttons`` maps an account to the (already escaped) HTML of its action form;
+    ``logout`` is the (already escaped) Log out form, shown in a logged-in session.
     """
     e = html.escape
     rows = []
@@ -289,11 +331,9 @@ def renderStatusPage(
         )
     if not rows:
         rows.append("<tr><td colspan='8'>No accounts are configured yet.</td></tr>")
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<title>oauthmail</title>"
-        f"<style>{_STYLE}</style></head><body>"
-        "<h1>oauthmail</h1>"
+    return htmlDocument(
+        "oauthmail",
+        f"<header><h1>oauthmail</h1>{logout}</header>"
         "<table><thead><tr><th>Account</th><th>Profile</th><th>State</th>"
         "<th>Token expires</th><th>Last refresh</th><th>Last mail</th><th>Outbox</th>"
         "<th>Last error / next step</th>"
@@ -302,6 +342,5 @@ def renderStatusPage(
         + "".join(rows)
         + "</tbody></table>"
         f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
-        "<a href='/health'>/health</a></p>"
-        "</body></html>"
+        "<a href='/health'>/health</a></p>",
     )
