@@ -228,7 +228,7 @@ async def test_foreign_host_is_refused_before_any_page_runs() -> None:
         child = resource.getChildWithDefault(b"health", request)
         body = child.render(request)
         assert request.responseCode == 421
-        assert body == b"Misdirected request: this server does not answer to that name\n"
+        assert body == b"Misdirected request: this server does not answer to that name.\n"
         assert request.responseHeaders.getRawHeaders(b"x-frame-options") == [b"DENY"]
     for host in (b"127.0.0.1", b"localhost:80", b"LOCALHOST"):
         status, _ = await _render(resource, b"health", host)

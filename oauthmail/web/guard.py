@@ -194,17 +194,17 @@ class Guard:
         host = request.requestHeaders.getRawHeaders(b"host") or []
         secure = bool(request.isSecure())
         if len(host) != 1 or not self.hosts.allowsHost(host[0], local.host, local.port, secure):
-            return Refusal(421, "Misdirected request", "this server does not answer to that name")
+            return Refusal(421, "Misdirected request", "this server does not answer to that name.")
         post = request.method not in (b"GET", b"HEAD")
         if post and not self._sameOrigin(request, local):
-            return Refusal(403, "Forbidden", "this form did not come from the console")
+            return Refusal(403, "Forbidden", "This form did not come from the console.")
         session = None
         if self.access.login_required:
             cookie = request.getCookie(COOKIE)
             session = self.sessions.find(cookie)
             if session is None and segment not in OPEN_PATHS:
                 if post:
-                    return Refusal(403, "Log in first", "your session has ended: log in again")
+                    return Refusal(403, "Log in first", "Your session has ended: log in again.")
                 return Refusal(303, "Log in", "Log in first.", location=b"/login")
         found = RequestAccess(self.csrf, session, self.access.login_required)
         self._found[request] = found
@@ -213,7 +213,7 @@ class Guard:
             return Refusal(
                 403,
                 "Forbidden",
-                "this form is stale or did not come from the console: reload the console",
+                "This form is stale or did not come from the console: reload the console.",
             )
         return None
 

@@ -43,7 +43,7 @@ header { display: flex; align-items: baseline; gap: 1.5em; }
 code.usercode { font-size: 1.4em; letter-spacing: .1em; }
 label { display: block; margin: .6em 0 .2em; }
 input[type=password] { font-size: 1.1em; padding: .3em; width: 18em; }
-button { font-size: 1em; padding: .3em .9em; }
+button { font-size: 1em; padding: .3em .9em; white-space: nowrap; }
 """
 
 
