@@ -226,8 +226,7 @@ class DevicePage(Resource):
         return page(
             f"Authorise {name}",
             [
-                f"Open {shown} and enter the code"
-                f" <code class='usercode'>{e(auth.user_code)}</code>.",
+                f"Open {shown} and enter the code <code>{e(auth.user_code)}</code>.",
                 e(
                     f"The code is valid for {left // 60} more minutes. This page reloads"
                     " by itself and shows the result."

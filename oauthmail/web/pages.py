@@ -40,7 +40,7 @@ th, td { text-align: left; padding: .4em .8em; border-bottom: 1px solid #ddd; ve
 .hint { color: #555; font-size: .9em; }
 form.inline { margin: 0; display: inline; }
 header { display: flex; align-items: baseline; gap: 1.5em; }
-code.usercode { font-size: 1.4em; letter-spacing: .1em; }
+a + code { font-size: 1.4em; letter-spacing: .1em; }  /* the device page's user code */
 label { display: block; margin: .6em 0 .2em; }
 input[type=password] { font-size: 1.1em; padding: .3em; width: 18em; }
 button { font-size: 1em; padding: .3em .9em; white-space: nowrap; }

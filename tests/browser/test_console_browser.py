@@ -38,6 +38,7 @@ profiles:
     provider: generic
     authorization_endpoint: {provider.authorization_endpoint}
     token_endpoint: {provider.token_endpoint}
+    device_endpoint: {provider.device_endpoint}
     client_id: {CLIENT_ID}
     client_secret: {CLIENT_SECRET}
     scopes: [mail]
@@ -48,6 +49,10 @@ accounts:
   - name: alerts
     address: alerts@example.com
     profile: local
+  - name: dev
+    address: dev@example.com
+    profile: local
+    grant: device_code
 store: {{path: {tmp_path}/var/db.sqlite, key_file: {tmp_path}/var/key}}
 web: {{bind: "{bind}", port: 0}}
 """,
@@ -57,7 +62,7 @@ web: {{bind: "{bind}", port: 0}}
 
 
 def _provider() -> TestOAuthProvider:
-    provider = TestOAuthProvider(auto_approve=False)
+    provider = TestOAuthProvider(auto_approve=False, device_interval=1)
     provider.registerClient(CLIENT_ID, CLIENT_SECRET)
     provider.listen(reactor)
     return provider
@@ -81,7 +86,7 @@ def _stateOf(driver, account: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_authorise_an_account_through_the_consent_page(tmp_path, browser_factory) -> None:
-    """Authorise → the provider's consent page → Allow → callback → the account shows ok."""
+    """Authorise → consent page → Allow → callback → ok; a device account shows its code."""
     provider = _provider()
     service = OAuthMailService(_config(tmp_path, provider), reactor)
     service.startService()
@@ -92,6 +97,7 @@ async def test_authorise_an_account_through_the_consent_page(tmp_path, browser_f
 
         def person() -> dict:
             from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.wait import WebDriverWait
 
             seen: dict = {}
             driver.get(console + "/")
@@ -117,14 +123,27 @@ async def test_authorise_an_account_through_the_consent_page(tmp_path, browser_f
             seen["helpdesk"] = _stateOf(driver, "helpdesk")
             seen["alerts"] = _stateOf(driver, "alerts")
             shot("console-ok")
+            _follow(
+                driver, driver.find_element(By.XPATH, "//form[@action='/authorize/dev']/button")
+            )
+            code = driver.find_element(By.CSS_SELECTOR, "a + code")
+            seen["code_size"] = code.value_of_css_property("font-size")
+            shot("device-code")
+            threads.blockingCallFromThread(reactor, provider.approveDevice, code.text)
+            WebDriverWait(driver, 20).until(lambda d: "is authorised" in d.page_source)
+            seen["device"] = driver.find_element(By.TAG_NAME, "body").text
+            shot("device-authorised")
             return seen
 
         seen = await threads.deferToThread(person)
         assert int(seen["weight"]) >= 700
         assert "helpdesk is authorised; its token expires in 59 min" in seen["callback"]
         assert (seen["helpdesk"], seen["alerts"]) == ("ok", "unauthorised")
+        assert float(seen["code_size"].removesuffix("px")) > 16  # bigger than the text
+        assert "dev is authorised; its token expires in 59 min" in seen["device"]
+        assert (await service.store.getAccount("dev")).state == "ok"
         assert (await service.store.getAccount("helpdesk")).state == "ok"
-        assert provider.requests["token"] == 1
+        assert provider.requests["token"] >= 2
     finally:
         await service.stopService()
         await provider.stop()
