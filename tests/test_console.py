@@ -258,7 +258,7 @@ async def test_every_response_carries_the_security_headers() -> None:
         assert headers[b"Cache-Control"] == [b"no-store"]
     page = (await _render(resource, b""))[1].decode()
     assert "<style" not in page and "style=" not in page and "<script" not in page
-    assert "<link rel='stylesheet' href='/style.css'>" in page
+    assert '<link rel="stylesheet" href="/style.css">' in page
     status, css = await _render(resource, b"style.css")
     assert status == 200 and b".ok {" in css
 

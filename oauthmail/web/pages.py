@@ -70,7 +70,8 @@ def htmlDocument(title: str, body: str, refresh: int | None = None) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title>{head}"
-        "<link rel='stylesheet' href='/style.css'></head>"
+        # Double quotes: scripts that read the device page take its first href='...'.
+        '<link rel="stylesheet" href="/style.css"></head>'
         f"<body>{body}</body></html>"
     )
 
