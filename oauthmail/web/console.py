@@ -59,6 +59,9 @@ BUTTON_LABELS = {
     "error": "Re-authorise",
     "ok": "Re-authorise",
     "refreshing": "Re-authorise",
+    "starting": "Re-authorise",
+    "retrying": "Re-authorise",
+    "paused": "Re-authorise",
 }
 
 STATE_LABELS = {
@@ -319,13 +322,14 @@ def renderStatusPage(
             f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
             f"<td>{e(s.profile)}</td>"
             f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}"
-            f"{_partsHint(s)}</td>"
+            "</td>"
             f"<td title='{e(_isoTime(s.expires_at))}'>{e(describeWhen(s.expires_at, now))}</td>"
             f"<td title='{e(_isoTime(s.last_refresh_at))}'>"
             f"{e(describeWhen(s.last_refresh_at, now))}</td>"
             f"<td>{_received(s, now)}</td>"
             f"<td>{_outbox(s, now)}</td>"
-            f"<td>{e(s.last_error or '')}<div class='hint'>{e(s.next_step)}</div></td>"
+            f"<td>{e(s.last_error or '')}<div class='hint'>{e(s.next_step)}</div>"
+            f"{_partsHint(s)}</td>"
             + (f"<td>{action}</td>" if buttons is not None else "")
             + "</tr>"
         )
