@@ -172,7 +172,9 @@ def test_google_preset_applied(full):
     assert gmail.token_endpoint == "https://oauth2.googleapis.com/token"
     assert gmail.revocation_endpoint == "https://oauth2.googleapis.com/revoke"
     assert gmail.device_endpoint == "https://oauth2.googleapis.com/device/code"
-    assert gmail.scopes == ("https://mail.google.com/",)
+    # openid email: the token answer's ID token says who consented
+    assert gmail.scopes == ("https://mail.google.com/", "openid", "email")
+    assert gmail.userinfo_endpoint == "https://openidconnect.googleapis.com/v1/userinfo"
     assert dict(gmail.extra_authorization_params) == {
         "access_type": "offline",
         "prompt": "consent",
@@ -201,6 +203,15 @@ def test_microsoft_preset_with_tenant(full):
     assert work.device_endpoint == f"{base}/devicecode"
     assert work.tenant == "contoso.onmicrosoft.com"
     assert work.scopes == providers.MICROSOFT_DELEGATED_SCOPES
+    assert work.scopes == (
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "https://outlook.office.com/SMTP.Send",
+        "offline_access",
+        "openid",
+        "email",
+        "profile",
+    )
+    assert work.userinfo_endpoint is None  # the ID token says it (preferred_username, email)
     assert work.imap == ServerConfig("outlook.office365.com", 993, "implicit")
     assert work.smtp == ServerConfig("smtp.office365.com", 587, "starttls")
     assert work.client_secret == Secret("ms-secret-value")
@@ -235,6 +246,7 @@ def test_generic_profile_on_loopback(full):
     assert local.introspection_endpoint == "https://auth.example.com/introspect"
     assert local.client_id == "local-client"  # ${VAR:-default} with VAR empty
     assert local.scopes == ("mail", "offline_access")
+    assert local.userinfo_endpoint is None  # generic: only when the profile names one
     assert local.extra_authorization_params == (("audience", "mail"),)
     assert local.redirect_uri == "http://127.0.0.1:8025/callback"
     assert local.imap.port == 10993  # an unquoted ${...} that expands to a number is a number
@@ -792,3 +804,24 @@ def test_shipped_example_passes_with_the_secrets_set():
     for account in config.accounts:
         if account.grant == "device_code":
             assert allowsDeviceGrant(account.profile)
+
+
+def test_userinfo_endpoint_from_the_profile_or_the_google_preset():
+    """userinfo_endpoint is read like the other endpoints; Google's preset has one."""
+    text = (
+        "profiles:\n"
+        "  g: {provider: google, client_id: x, client_secret: s}\n"
+        "  own: {provider: google, client_id: x, client_secret: s,\n"
+        "        userinfo_endpoint: 'https://id.example.com/userinfo'}\n"
+        "  p: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
+        "      userinfo_endpoint: 'https://t.example/userinfo', scopes: [mail]}\n"
+        "  q: {provider: generic, client_id: x, token_endpoint: 'https://t.example/token',\n"
+        "      scopes: [mail]}\n"
+    )
+    from oauthmail.config.presets import GOOGLE_USERINFO
+
+    profiles = parseConfig(text, "x.yaml", {}).profiles
+    assert profiles["g"].userinfo_endpoint == GOOGLE_USERINFO
+    assert profiles["own"].userinfo_endpoint == "https://id.example.com/userinfo"
+    assert profiles["p"].userinfo_endpoint == "https://t.example/userinfo"
+    assert profiles["q"].userinfo_endpoint is None

@@ -152,6 +152,45 @@ def test_insecureEndpointRefused():
         client.authorizationRequest()
 
 
+def test_authorizationRequestCarriesTheLoginHint():
+    """login_hint goes into the authorization URL for every kind, replacing a profile's own."""
+    for kind in ("generic", "google", "microsoft"):
+        profile = _profile(kind=kind, extra_authorization_params=(("login_hint", "x@y"),))
+        request = GrantClient(profile, None, task.Clock()).authorizationRequest(
+            login_hint="Bob@Example.com"
+        )
+        assert parse_qs(urlsplit(request.url).query)["login_hint"] == ["Bob@Example.com"]
+    plain = GrantClient(_profile(), None, task.Clock()).authorizationRequest()
+    assert "login_hint" not in parse_qs(urlsplit(plain.url).query)
+
+
+@implementer(IHTTPTransport)
+class RecordingTransport:
+    """Answers every request with ``answer`` and remembers the form bodies."""
+
+    def __init__(self, answer: HTTPResponse) -> None:
+        self.answer = answer
+        self.forms: list[dict[str, list[str]]] = []
+
+    def request(self, method, url, headers, body):
+        self.forms.append(parse_qs((body or b"").decode()))
+        return defer.succeed(self.answer)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("kind,sent", [("generic", True), ("microsoft", False), ("google", False)])
+async def test_deviceAuthorizationLoginHintWhereDocumented(kind, sent):
+    """The device request carries login_hint for generic servers only.
+
+    RFC 8628 3.1, Google and Microsoft's /devicecode document client_id and scope only.
+    """
+    body = {"device_code": "D", "user_code": "U", "verification_uri": "https://x.example/d"}
+    transport = RecordingTransport(answer(200, body))
+    client = GrantClient(_profile(kind=kind), transport, task.Clock())
+    await client.startDeviceAuthorization(login_hint="bob@example.com")
+    assert (transport.forms[0].get("login_hint") == ["bob@example.com"]) is sent
+
+
 # -- against the test provider -----------------------------------------------------------
 
 

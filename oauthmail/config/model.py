@@ -79,6 +79,8 @@ class ProfileConfig:
     client_auth: str | None = None
     #: Google only: ``desktop`` (the default) or ``web`` (see :data:`GOOGLE_CLIENT_TYPES`).
     client_type: str | None = None
+    #: OpenID Connect userinfo endpoint: who consented, when no ID token says it.
+    userinfo_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.client_auth is None:

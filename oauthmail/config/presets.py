@@ -24,10 +24,18 @@ PROVIDERS = ("google", "microsoft", "generic")
 MICROSOFT_MULTI_TENANTS = ("common", "organizations", "consumers")
 
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
+#: OpenID Connect scopes: with them the token answer carries an ID token that says
+#: who consented (``oauthmail.tokens.identity`` compares it with the account).
+GOOGLE_IDENTITY_SCOPES = ("openid", "email")
+GOOGLE_SCOPES = (GOOGLE_MAIL_SCOPE, *GOOGLE_IDENTITY_SCOPES)
+#: Google's OpenID Connect userinfo endpoint (its discovery document's ``userinfo_endpoint``).
+GOOGLE_USERINFO = "https://openidconnect.googleapis.com/v1/userinfo"
+MICROSOFT_IDENTITY_SCOPES = ("openid", "email", "profile")
 MICROSOFT_DELEGATED_SCOPES = (
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/SMTP.Send",
     "offline_access",
+    *MICROSOFT_IDENTITY_SCOPES,
 )
 MICROSOFT_APP_ONLY_SCOPES = ("https://outlook.office365.com/.default",)
 
@@ -49,13 +57,16 @@ class Preset:
     tenant: str | None = None
     #: scopes for the client-credentials grant (app-only), when they differ
     app_only_scopes: tuple[str, ...] | None = None
+    #: OpenID Connect userinfo: who an access token belongs to (when no ID token says it)
+    userinfo_endpoint: str | None = None
 
 
 def google() -> Preset:
     """Gmail and Google Workspace.
 
     ``access_type=offline`` and ``prompt=consent`` are what make Google hand
-    out a refresh token on every authorisation, not only the first one.
+    out a refresh token on every authorisation, not only the first one;
+    ``openid email`` makes it say in an ID token who consented.
     """
     return Preset(
         kind="google",
@@ -64,10 +75,11 @@ def google() -> Preset:
         device_endpoint="https://oauth2.googleapis.com/device/code",
         revocation_endpoint="https://oauth2.googleapis.com/revoke",
         introspection_endpoint=None,
-        scopes=(GOOGLE_MAIL_SCOPE,),
+        scopes=GOOGLE_SCOPES,
         extra_authorization_params=(("access_type", "offline"), ("prompt", "consent")),
         imap=ServerConfig(host="imap.gmail.com", port=993, security="implicit"),
         smtp=ServerConfig(host="smtp.gmail.com", port=587, security="starttls"),
+        userinfo_endpoint=GOOGLE_USERINFO,
     )
 
 
@@ -79,7 +91,9 @@ def microsoft(tenant: str = "common") -> Preset:
     """Exchange Online / Microsoft 365 and Outlook.com through Entra ID.
 
     ``offline_access`` is in the delegated scopes because without it there is
-    no refresh token and the account dies within the hour. Outlook.com
+    no refresh token and the account dies within the hour; ``openid email
+    profile`` make the token answer carry an ID token that says who consented
+    (``preferred_username``, ``email``). Outlook.com
     (``tenant: consumers``) submits through ``smtp-mail.outlook.com``, not
     Exchange Online's ``smtp.office365.com``; both read through
     ``outlook.office365.com`` (Microsoft's "POP, IMAP, and SMTP settings for

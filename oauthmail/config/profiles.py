@@ -132,6 +132,7 @@ def readProfile(name: str, at: Node, web: WebConfig) -> tuple[ProfileConfig, Map
         smtp=smtp,
         client_auth=client_auth,
         client_type=client_type,
+        userinfo_endpoint=endpoints["userinfo_endpoint"],
     )
     return profile, p
 

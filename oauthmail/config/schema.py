@@ -19,6 +19,7 @@ ENDPOINTS = (
     "device_endpoint",
     "revocation_endpoint",
     "introspection_endpoint",
+    "userinfo_endpoint",
 )
 
 TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher", "queue", "submission")

@@ -56,6 +56,14 @@ FORM_HEADERS = {
 #: RFC 8628 §3.5: ``slow_down`` adds five seconds to the polling interval.
 SLOW_DOWN_STEP = 5.0
 
+#: Provider kinds whose device authorization request carries ``login_hint``. RFC 8628
+#: §3.1 defines only ``client_id`` and ``scope`` there, and so do Google's ("OAuth 2.0
+#: for TV and Limited-Input Device Applications") and Microsoft's (``/devicecode``)
+#: documentation: for them the hint goes only where they document it, the
+#: authorization endpoint (OpenID Connect Core §3.1.2.1). A generic server ignores a
+#: parameter it does not know, and some (MSC4198 servers) pre-fill the sign-in with it.
+DEVICE_LOGIN_HINT_KINDS = ("generic",)
+
 
 @dataclass(frozen=True)
 class AuthorizationRequest:
@@ -110,6 +118,11 @@ class GrantClient:
     def __repr__(self) -> str:
         return f"<GrantClient {self.profile.name}>"
 
+    @property
+    def transport(self) -> IHTTPTransport:
+        """The HTTP transport of this profile's requests (the identity look-ups share it)."""
+        return self._transport
+
     # -- helpers ---------------------------------------------------------------------
 
     def _scopes(self, scopes: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -154,9 +167,19 @@ class GrantClient:
     # -- authorization code + PKCE ---------------------------------------------------
 
     def authorizationRequest(
-        self, redirect_uri: str | None = None, scopes: tuple[str, ...] | None = None
+        self,
+        redirect_uri: str | None = None,
+        scopes: tuple[str, ...] | None = None,
+        *,
+        login_hint: str | None = None,
     ) -> AuthorizationRequest:
-        """A fresh browser authorisation: PKCE S256 verifier and a random ``state``."""
+        """A fresh browser authorisation: PKCE S256 verifier and a random ``state``.
+
+        ``login_hint`` (the account's identity) pre-selects the person at the
+        provider's sign-in; it does not enforce it (the identity is checked after
+        the grant, :mod:`oauthmail.tokens.identity`). It replaces a ``login_hint``
+        in the profile's ``extra_authorization_params``: the account knows better.
+        """
         endpoint = self.profile.authorization_endpoint
         if not endpoint:
             raise TokenEndpointError("not_configured", "profile has no authorization endpoint")
@@ -178,7 +201,13 @@ class GrantClient:
             ("code_challenge", challenge),
             ("code_challenge_method", "S256"),
         ]
-        params += [(k, v) for k, v in self.profile.extra_authorization_params if v]
+        params += [
+            (k, v)
+            for k, v in self.profile.extra_authorization_params
+            if v and not (login_hint and k == "login_hint")
+        ]
+        if login_hint:
+            params.append(("login_hint", login_hint))
         url = add_params_to_uri(endpoint, [(k, v) for k, v in params if v])
         return AuthorizationRequest(url, state, Secret(verifier), redirect_uri, scopes)
 
@@ -304,13 +333,19 @@ class GrantClient:
     # -- device authorization (RFC 8628) ---------------------------------------------
 
     async def startDeviceAuthorization(
-        self, scopes: tuple[str, ...] | None = None
+        self, scopes: tuple[str, ...] | None = None, *, login_hint: str | None = None
     ) -> DeviceAuthorization:
-        """Ask for a user code; show it, then call :meth:`pollDevice`."""
+        """Ask for a user code; show it, then call :meth:`pollDevice`.
+
+        ``login_hint`` is sent only to providers that take it here
+        (:data:`DEVICE_LOGIN_HINT_KINDS`).
+        """
         scopes = self._scopes(scopes)
         fields = list(self._credentials().items())
         if scopes:
             fields.append(("scope", " ".join(scopes)))
+        if login_hint and self.profile.kind in DEVICE_LOGIN_HINT_KINDS:
+            fields.append(("login_hint", login_hint))
         hidden = self._hidden()
         body = add_params_to_qs("", fields)
         response = await self._post(
