@@ -285,6 +285,7 @@ def _tokenSet(
         raise MalformedAnswer("refresh_token is not a usable token")
     lifetime = _lifetime(params.get("expires_in"))
     scope = params.get("scope")
+    id_token = params.get("id_token")  # an unusable one is no answer to who consented
     return TokenSet(
         access_token=Secret(access),
         expires_at=now + lifetime if lifetime is not None else None,
@@ -293,6 +294,7 @@ def _tokenSet(
         if isinstance(scope, list)
         else requested_scope,
         token_type=cleanText(params.get("token_type") or "Bearer", 40),
+        id_token=Secret(id_token) if _isToken(id_token) else None,
     )
 
 

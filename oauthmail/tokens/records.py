@@ -23,13 +23,18 @@ ACCOUNT_STATES = (
 
 @dataclass(frozen=True)
 class TokenSet:
-    """What a token endpoint gave us (or what we give the store)."""
+    """What a token endpoint gave us (or what we give the store).
+
+    ``id_token`` is the OpenID Connect ID token of the answer, if any: read once to
+    learn who consented (``oauthmail.tokens.identity``), never stored.
+    """
 
     access_token: Secret
     expires_at: float | None
     refresh_token: Secret | None = None
     scope: str = ""
     token_type: str = "Bearer"
+    id_token: Secret | None = None
 
 
 @dataclass(frozen=True)
