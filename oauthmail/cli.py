@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from oauthmail.config import AccountConfig, Config, ConfigError, loadConfig
+from oauthmail.config import AccountConfig, Config, ConfigError, deviceGrantProblem, loadConfig
 from oauthmail.text import cleanText, describeWhen
 
 #: Where ``--config``/``FILE`` points when the user gives nothing.
@@ -87,10 +87,10 @@ def readConfig(path: str, stderr: TextIO | None = None) -> Config | None:
 
 def accountStatus(config: Config, name: str) -> str:
     """``configured``, or what to do so that the account is."""
-    account = config.account(name)
-    if account.configured:
+    profile = config.account(name).profile
+    if profile.configured:
         return "configured"
-    return f"not configured: set client_id in profiles.{account.profile.name}"
+    return f"not configured: set {profile.missingSetting} in profiles.{profile.name}"
 
 
 @subcommand(
@@ -122,6 +122,8 @@ def checkConfig(args: argparse.Namespace) -> int:
             f"  {accountStatus(config, account.name)}",
             file=out,
         )
+    for note in config.notes:
+        print(f"note: {note}", file=out)
     return EXIT_OK
 
 
@@ -162,10 +164,7 @@ def pickAccount(config: Config, name: str) -> AccountConfig | None:
         print(f"{config.source}: no account named {name!r} (accounts: {known})", file=sys.stderr)
         return None
     if not account.configured:
-        print(
-            f"account {name} is not configured: set client_id in profiles.{account.profile.name}",
-            file=sys.stderr,
-        )
+        print(f"account {name} is {accountStatus(config, name)}", file=sys.stderr)
         return None
     return account
 
@@ -330,11 +329,9 @@ def authorize(args: argparse.Namespace) -> int:
     account = pickAccount(config, args.account)
     if account is None:
         return EXIT_USAGE
-    if args.device and not account.profile.device_endpoint:
-        print(
-            f"profile {account.profile.name} has no device_endpoint: --device cannot be used",
-            file=sys.stderr,
-        )
+    problem = deviceGrantProblem(account.profile) if args.device else None
+    if problem is not None:
+        print(f"--device cannot be used for {account.name}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
@@ -342,7 +339,8 @@ def authorize(args: argparse.Namespace) -> int:
         from oauthmail.tokens.errors import AuthorizationFailed
 
         session = await _Session(config, reactor).open()
-        try:
+        try:  # the row first, as the daemon's start-up makes it: a refusal is kept there
+            await session.store.ensureAccount(account.name, account.profile.kind)
             result = await _authorizeWith(session, account, args.device)
         except AuthorizationFailed as e:
             print(f"authorisation of {account.name} failed: {e.reason}", file=sys.stderr)

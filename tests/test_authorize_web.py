@@ -58,7 +58,7 @@ class RecordingQueue:
 class Console:
     """A provider, a token source and the console site, all on loopback."""
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, scopes: tuple[str, ...] = ("mail",)) -> None:
         self.reactor = reactor
         self.provider = TestOAuthProvider(device_interval=1)
         self.provider.registerClient(CLIENT_ID, CLIENT_SECRET)
@@ -74,7 +74,7 @@ class Console:
             introspection_endpoint=None,
             client_id=CLIENT_ID,
             client_secret=Secret(CLIENT_SECRET),
-            scopes=("mail",),
+            scopes=scopes,
         )
         later = replace(ready, name="later", client_id="")
         self.config = Config(
@@ -331,6 +331,100 @@ async def test_client_credentials_account_is_authorised_on_the_spot() -> None:
         record = await c.store.getTokens("app")
         assert record.access_token.reveal() not in text
         assert CLIENT_SECRET not in text
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consent_given_as_another_person_stores_nothing() -> None:
+    """The provider consents as carol for helpdesk: the page says so (escaped), nothing stored."""
+    from twisted.internet import reactor
+
+    c = Console(reactor, scopes=("mail", "openid", "email"))
+    c.provider.consent_as = "carol<b>@example.com"
+    try:
+        status, _, text = await c.request("GET", await c.toCallback(await c.toProvider("helpdesk")))
+        assert status == 400
+        assert (
+            "You consented as carol&lt;b&gt;@example.com, this account is helpdesk@example.com:"
+            " sign in as helpdesk@example.com and try again." in text
+        )
+        assert "Nothing was stored" in text and "<b>" not in text
+        assert c.provider.login_hints == ["helpdesk@example.com"]
+        assert await c.store.getTokens("helpdesk") is None
+        assert c.queue.woken == []
+        c.provider.consent_as = None  # the account's own person, as login_hint asked
+        status, _, text = await c.request("GET", await c.toCallback(await c.toProvider("helpdesk")))
+        assert status == 200
+        assert "consent given as helpdesk@example.com" in text
+        assert (await c.store.getAccount("helpdesk")).state == "ok"
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_code_approved_by_another_person_stores_nothing() -> None:
+    """dev's code approved as carol: the device page says so; approved as dev it is stored."""
+    from twisted.internet import reactor
+
+    c = Console(reactor, scopes=("mail", "openid", "email"))
+    try:
+        for user, ok in (("carol@example.com", False), ("dev@example.com", True)):
+            status, _, _ = await c.request("POST", "/authorize/dev", {"csrf": await c.csrf()})
+            assert status == 303
+            _, _, text = await c.request("GET", "/device/dev")
+            c.provider.approveDevice(re.search(r"<code>([A-Z-]+)</code>", text).group(1), user)
+            await c.authorizer.devices["dev"].finished
+            _, _, text = await c.request("GET", "/device/dev")
+            if ok:
+                assert "dev is authorised" in text and "consent given as dev@example.com" in text
+            else:
+                assert "You consented as carol@example.com, this account is dev@example.com" in text
+                assert await c.store.getTokens("dev") is None
+        assert (await c.store.getAccount("dev")).state == "ok"
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_client_secret_is_kept_and_not_retried_blindly() -> None:
+    """invalid_client at the callback: the fix, no "press Authorise again", kept as last error."""
+    from twisted.internet import reactor
+
+    c = Console(reactor)
+    c.provider.registerClient(CLIENT_ID, "a-rotated-secret")
+    try:
+        await c.store.ensureAccount("helpdesk", "generic")  # as the daemon does at start-up
+        status, _, text = await c.request("GET", await c.toCallback(await c.toProvider("helpdesk")))
+        assert status == 400
+        assert "invalid_client" in text and "fix client_id and client_secret" in text
+        assert "configuration error" in text and "press Authorise" not in text
+        account = await c.store.getAccount("helpdesk")
+        assert account.state == "error" and "invalid_client" in account.last_error
+        assert await c.store.getTokens("helpdesk") is None
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_start_refuses_a_profile_without_the_device_grant() -> None:
+    """A device_code account whose profile cannot use it is refused before any request."""
+    from twisted.internet import reactor
+
+    from oauthmail.tokens.authorize import FIX_CONFIGURATION, AccountAuthorizationFailed
+
+    c = Console(reactor)
+    try:
+        google = replace(
+            c.config.profiles["local"], kind="google", scopes=("https://mail.google.com/",)
+        )
+        account = AccountConfig("g", "g@example.com", google, grant="device_code")
+        tokens = TokenSource(c.store, {"g": account}, c.transport, reactor)
+        with pytest.raises(AccountAuthorizationFailed) as info:
+            await Authorizer(tokens, reactor).startDevice("g")
+        assert info.value.remedy == FIX_CONFIGURATION
+        assert "Google's device flow does not grant the Gmail scope" in info.value.reason
+        assert c.provider.requests["device_authorization"] == 0
     finally:
         await c.stop()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest_twisted
-from test_cli_accounts import CLIWorld
+from test_cli_accounts import CLIENT_ID, CLIWorld
 from twisted.web.client import Agent, HTTPConnectionPool
 
 
@@ -146,5 +146,148 @@ async def test_client_credentials_account_just_fetches_a_token(tmp_path) -> None
         record, tokens = await world.stored("app")
         assert record.state == "ok" and tokens is not None
         world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+# -- who consented (issue 9) -----------------------------------------------------------------
+
+CAROL = "carol@example.com"
+REFUSED = "you consented as carol@example.com, this account is {0}: sign in as {0} and try again"
+
+
+def withIdentityScopes(world: CLIWorld) -> None:
+    """Ask for openid email, so that the provider's ID token says who consented."""
+    text = world.path.read_text()
+    world.path.write_text(
+        text.replace("scopes: [mail]\n  later:", "scopes: [mail, openid, email]\n  later:")
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_pasted_redirect_of_another_person_stores_nothing(tmp_path) -> None:
+    """Consent given as carol for helpdesk: exit 1 with the sentence, no tokens; login_hint sent."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    withIdentityScopes(world)
+    world.provider.consent_as = CAROL
+    try:
+        child = world.spawn("authorize", "helpdesk", "-c", str(world.path))
+        url = (await child.waitFor(r"(http://\S+/authorize\?\S+)\n")).group(1).decode()
+        await child.waitFor(r"Paste it here")
+        redirect = await browse(reactor, url)
+        world.secrets.append(dict(parse_qsl(urlsplit(redirect).query))["code"])
+        child.write(redirect + "\n")
+        assert await child.ended == 1
+        assert child.err.decode().splitlines() == [
+            "authorisation of helpdesk failed: " + REFUSED.format("helpdesk@example.com")
+        ]
+        assert world.provider.login_hints == ["helpdesk@example.com"]
+        assert world.provider.requests["token:authorization_code"] == 1
+        record, tokens = await world.stored("helpdesk")
+        assert tokens is None and (record is None or record.state != "ok")
+        world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pasted_redirect_of_the_account_is_stored_and_named(tmp_path) -> None:
+    """Consent given as the account (the login_hint's person) is stored and said so."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    withIdentityScopes(world)
+    try:
+        child = world.spawn("authorize", "helpdesk", "-c", str(world.path))
+        url = (await child.waitFor(r"(http://\S+/authorize\?\S+)\n")).group(1).decode()
+        assert dict(parse_qsl(urlsplit(url).query))["login_hint"] == "helpdesk@example.com"
+        await child.waitFor(r"Paste it here")
+        child.write(await browse(reactor, url) + "\n")
+        assert await child.ended == 0, child.output
+        assert "consent given as helpdesk@example.com" in child.out.decode()
+        record, tokens = await world.stored("helpdesk")
+        assert record.state == "ok" and tokens is not None
+        world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_code_approved_by_another_person_stores_nothing(tmp_path) -> None:
+    """bob's device code approved as carol: exit 1 with the sentence, no tokens stored."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    withIdentityScopes(world)
+    world.provider.consent_as = CAROL
+    try:
+        child = world.spawn("authorize", "dev", "-c", str(world.path))
+        user_code = (await child.waitFor(r"enter the code: (\S+)\n")).group(1).decode()
+        world.provider.approveDevice(user_code)
+        assert await child.ended == 1
+        assert child.err.decode().splitlines() == [
+            "authorisation of dev failed: " + REFUSED.format("dev@example.com")
+        ]
+        _, tokens = await world.stored("dev")
+        assert tokens is None
+        world.provider.consent_as = None
+        child = world.spawn("authorize", "dev", "-c", str(world.path))
+        user_code = (await child.waitFor(r"enter the code: (\S+)\n")).group(1).decode()
+        world.provider.approveDevice(user_code, "dev@example.com")
+        assert await child.ended == 0, child.output
+        assert "consent given as dev@example.com" in child.out.decode()
+        record, tokens = await world.stored("dev")
+        assert record.state == "ok" and tokens is not None
+        world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_client_secret_is_kept_with_the_fix(tmp_path) -> None:
+    """invalid_client at the code exchange says what to fix and stays the account's last error."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    world.provider.registerClient(CLIENT_ID, "the-secret-was-changed")
+    try:
+        child = world.spawn("authorize", "helpdesk", "-c", str(world.path))
+        url = (await child.waitFor(r"(http://\S+/authorize\?\S+)\n")).group(1).decode()
+        await child.waitFor(r"Paste it here")
+        redirect = await browse(reactor, url)
+        world.secrets.append(dict(parse_qsl(urlsplit(redirect).query))["code"])
+        child.write(redirect + "\n")
+        assert await child.ended == 1
+        err = child.err.decode()
+        assert "authorisation of helpdesk failed: the provider said: invalid_client" in err
+        assert "fix client_id and client_secret of the account's profile" in err
+        record, tokens = await world.stored("helpdesk")
+        assert tokens is None
+        assert record.state == "error" and "invalid_client" in record.last_error
+        assert "fix client_id and client_secret" in record.last_error
+        world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_flag_refused_where_the_profile_cannot_use_it(tmp_path) -> None:
+    """`authorize --device` on a profile without a device endpoint: exit 2, the fix, no request."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    text = world.path.read_text()
+    text = text.replace("    device_endpoint: ", "    # device_endpoint: ")
+    world.path.write_text(text.replace("  - {name: dev,", "  # - {name: dev,"))
+    try:
+        code, out, err = await world.run("authorize", "helpdesk", "--device", "-c", str(world.path))
+        assert (code, out) == (2, "")
+        assert err.splitlines() == [
+            "--device cannot be used for helpdesk: grant device_code needs"
+            " profiles.local.device_endpoint"
+        ]
+        assert world.provider.requests["device_authorization"] == 0
     finally:
         await world.stop()

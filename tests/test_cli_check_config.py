@@ -171,3 +171,24 @@ def test_subprocess_shipped_example_with_the_secrets_set():
     assert result.stderr == ""
     assert "ms-secret" not in result.stdout
     assert "profile microsoft-device (microsoft, device_code" in result.stdout
+
+
+def test_main_prints_the_notes_and_the_missing_secret(tmp_path, capsys):
+    """Notes follow the account list, one line each; a missing secret is named as such."""
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        "profiles:\n"
+        "  o: {provider: microsoft, tenant: consumers, client_id: x}\n"
+        "  s: {provider: microsoft, client_id: x, client_auth: secret, client_secret: ''}\n"
+        "accounts:\n"
+        "  - {name: a, address: a@outlook.com, profile: o, imap: {}}\n"
+        "  - {name: b, address: b@example.com, profile: s}\n"
+    )
+    assert cli.main(["check-config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("  not configured: set client_secret in profiles.s")
+    assert lines[3:] == [
+        f"note: {path}:5: accounts[0].imap: Outlook.com turns IMAP off until the mailbox owner"
+        " turns on 'Let devices and apps use IMAP' (Outlook.com Settings, Mail, Forwarding"
+        " and IMAP)"
+    ]

@@ -13,34 +13,47 @@ Three grants are supported, chosen by the account's ``grant``:
   that in the background with :meth:`Authorizer.startDevice`;
 * ``client_credentials`` — :meth:`Authorizer.authorizeApp` just asks for a token.
 
+The browser and device requests carry ``login_hint`` (the account's identity), and the
+tokens a person obtained are stored only once :func:`oauthmail.tokens.identity.verifyConsent`
+found that they belong to the account: consent given as somebody else stores nothing and
+says "you consented as alice@…, this account is bob@…: sign in as bob@… and try again".
+Client credentials involve no person and are not checked.
+
 Every success goes through ``TokenSource.storeAuthorized`` (which sets the account
 ``ok``) and then wakes the outbound mail queue, so that mail held back while the account
 was unauthorised leaves at once. Every failure is an :class:`AuthorizationFailed` whose
 message is a sentence for a person ("the provider said: invalid_grant (authorization code
-expired)") and never carries a code, verifier or token.
+expired)") and never carries a code, verifier or token; an
+:class:`AccountAuthorizationFailed` also says what to do next (its ``remedy``), because
+pressing Authorise again cures an expired code but not a wrong client secret. A refusal
+that only a configuration change cures (``invalid_client``, ...) is kept as the account's
+last error (``TokenSource.rememberRefusal``).
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from oauthmail.config import AccountConfig
+from oauthmail.config import AccountConfig, deviceGrantProblem
 from oauthmail.text import cleanText, describeWhen
 from oauthmail.tokens.errors import (
     AccountNotAuthorised,
     AuthorizationFailed,
+    MalformedAnswer,
     TokenEndpointError,
     TokenError,
     TransientTokenError,
 )
 from oauthmail.tokens.grants import AuthorizationRequest, DeviceAuthorization
+from oauthmail.tokens.http import InsecureEndpointError
+from oauthmail.tokens.identity import IdentityMismatch, accountIdentity, verifyConsent
 from oauthmail.tokens.records import TokenRecord, TokenSet
 
 log = Logger()
@@ -51,24 +64,53 @@ PENDING_LIFETIME = 600.0
 #: At most this many browser authorisations wait at once (the oldest go first).
 MAX_PENDING = 64
 
+#: What a person does after a failed authorisation (``AccountAuthorizationFailed.remedy``):
+#: try again (an expired code, a refusal at the consent screen, a network failure) ...
+RETRY = "retry"
+#: ... change the configuration first (a wrong client secret: trying again fails alike) ...
+FIX_CONFIGURATION = "configuration"
+#: ... or try again signed in at the provider as the account's identity.
+SIGN_IN_AS_ACCOUNT = "identity"
+
 __all__ = [
+    "FIX_CONFIGURATION",
     "MAX_PENDING",
     "PENDING_LIFETIME",
+    "RETRY",
+    "SIGN_IN_AS_ACCOUNT",
     "AccountAuthorizationFailed",
     "AuthorizationFailed",
     "Authorized",
     "Authorizer",
     "DeviceFlow",
     "PendingAuthorization",
+    "remedyOf",
 ]
 
 
 class AccountAuthorizationFailed(AuthorizationFailed):  # noqa: N818 - like its base
-    """An authorisation of a known account failed (the page can name the account)."""
+    """An authorisation of a known account failed (the page can name the account).
 
-    def __init__(self, account: str, reason: str) -> None:
+    ``remedy`` is :data:`RETRY`, :data:`FIX_CONFIGURATION` or :data:`SIGN_IN_AS_ACCOUNT`.
+    """
+
+    def __init__(self, account: str, reason: str, remedy: str = RETRY) -> None:
         super().__init__(reason)
         self.account = account
+        self.remedy = remedy
+
+
+def remedyOf(error: BaseException) -> str:
+    """What a person must do after ``error`` before an authorisation can succeed."""
+    if isinstance(error, AccountAuthorizationFailed):
+        return error.remedy
+    if isinstance(error, IdentityMismatch):
+        return SIGN_IN_AS_ACCOUNT
+    if isinstance(error, MalformedAnswer):
+        return RETRY  # nobody refused anything: the endpoint answered nonsense this time
+    if isinstance(error, (TokenEndpointError, InsecureEndpointError)):
+        return FIX_CONFIGURATION
+    return RETRY
 
 
 @dataclass(frozen=True)
@@ -82,23 +124,32 @@ class PendingAuthorization:
 
 @dataclass(frozen=True)
 class Authorized:
-    """The outcome of a successful authorisation: which account, until when."""
+    """The outcome of a successful authorisation: which account, until when, as whom.
+
+    ``identity`` is who consented when the provider said it; when nobody could tell
+    (the tokens were stored all the same), ``unverified`` is the account's identity,
+    which it should have been. Both are ``None`` for client credentials (no person).
+    """
 
     account: str
     expires_at: float | None
+    identity: str | None = None
+    unverified: str | None = None
 
 
 @dataclass
 class DeviceFlow:
     """A device authorisation the console polls in the background.
 
-    ``state`` is ``pending``, ``ok`` or ``failed``; ``message`` says what happened.
+    ``state`` is ``pending``, ``ok`` or ``failed``; ``message`` says what happened and
+    ``remedy`` (see :func:`remedyOf`) what to do after a failure.
     """
 
     account: str
     authorization: DeviceAuthorization = field(repr=False)
     state: str = "pending"
     message: str = ""
+    remedy: str = RETRY
     result: Authorized | None = None
     finished: defer.Deferred[Any] | None = field(default=None, repr=False)
 
@@ -118,6 +169,8 @@ def explain(error: Exception) -> str:
         said = f"the provider said: {error.error}"
         if error.description:
             said += f" ({error.description})"
+        if error.advice:
+            said += f"; {error.advice}"
         return said
     if isinstance(error, TransientTokenError):
         return f"the provider could not be reached or is failing for now: {error.reason}"
@@ -172,8 +225,65 @@ class Authorizer:
         for state in [s for s, p in self._pending.items() if p.expires_at <= now]:
             del self._pending[state]
 
-    async def _finish(self, account_name: str, tokens: TokenSet) -> Authorized:
-        """Store the tokens (account becomes ``ok``), then let waiting mail go."""
+    async def _failed(self, account_name: str, error: Exception, what: str) -> NoReturn:
+        """Log a failed flow, keep a configuration error as the account's last error, raise.
+
+        The failure becomes an :class:`AccountAuthorizationFailed` with its remedy.
+        """
+        why = explain(error)
+        log.warn("{what} of {account} failed: {why}", what=what, account=account_name, why=why)
+        if isinstance(error, TokenEndpointError):
+            try:
+                await self.tokens.rememberRefusal(account_name, error)
+            except Exception as e:  # the refusal is the news; a store failure is logged
+                log.error(
+                    "could not keep the error of {account}: {why}",
+                    account=account_name,
+                    why=cleanText(e),
+                )
+        raise AccountAuthorizationFailed(account_name, why, remedyOf(error)) from None
+
+    async def _consentedAs(
+        self, account_name: str, tokens: TokenSet
+    ) -> tuple[str | None, str | None]:
+        """Who consented (or whom to check for); fail when it is somebody else.
+
+        ``(identity, None)`` or, when no source said it, ``(None, the account's identity)``.
+        See :mod:`oauthmail.tokens.identity`: the tokens of another person are dropped
+        here, before anything is stored (``AccountAuthorizationFailed``).
+        """
+        account = self.account(account_name)
+        transport = self.tokens.grantClient(account_name).transport
+        try:
+            identity = await verifyConsent(account, tokens, transport, self.clock.seconds())
+        except IdentityMismatch as e:
+            log.warn(
+                "authorisation of {account} refused: {why}", account=account_name, why=e.reason
+            )
+            raise AccountAuthorizationFailed(account_name, e.reason, SIGN_IN_AS_ACCOUNT) from None
+        if identity.known:
+            log.info(
+                "{account}: consent given as {who} (said by the {source})",
+                account=account_name,
+                who=identity.shown,
+                source=identity.source,
+            )
+            return identity.shown, None
+        expected = accountIdentity(account)
+        log.warn(
+            "authorisation of {account}: could not verify who consented ({why}); the tokens"
+            " are stored: make sure it was {expected}",
+            account=account_name,
+            why="; ".join(identity.notes),
+            expected=expected,
+        )
+        return None, expected
+
+    async def _finish(self, account_name: str, tokens: TokenSet, person: bool = True) -> Authorized:
+        """Check who consented (``person``), store the tokens (``ok``), let waiting mail go."""
+        identity = unverified = None
+        if person:
+            identity, unverified = await self._consentedAs(account_name, tokens)
         try:
             record: TokenRecord = await self.tokens.storeAuthorized(account_name, tokens)
         except Exception as e:
@@ -194,7 +304,7 @@ class Authorizer:
                     account=account_name,
                     why=cleanText(e),
                 )
-        return Authorized(account_name, record.expires_at)
+        return Authorized(account_name, record.expires_at, identity, unverified)
 
     # -- authorization code + PKCE ---------------------------------------------------
 
@@ -214,10 +324,10 @@ class Authorizer:
             )
         try:
             request = self.tokens.grantClient(account_name).authorizationRequest(
-                account.profile.redirect_uri or redirect_uri
+                account.profile.redirect_uri or redirect_uri, login_hint=accountIdentity(account)
             )
-        except TokenError as e:
-            raise AuthorizationFailed(explain(e)) from None
+        except (TokenError, InsecureEndpointError) as e:
+            raise AccountAuthorizationFailed(account_name, explain(e), remedyOf(e)) from None
         self._purge()
         while len(self._pending) >= self.max_pending:
             self._pending.popitem(last=False)
@@ -265,36 +375,41 @@ class Authorizer:
         except defer.CancelledError:
             raise
         except Exception as e:
-            why = explain(e)
-            log.warn("authorisation of {account} failed: {why}", account=name, why=why)
-            raise AccountAuthorizationFailed(name, why) from None
+            await self._failed(name, e, "authorisation")
         return await self._finish(name, tokens)
 
     # -- device authorization --------------------------------------------------------
 
     async def beginDevice(self, account_name: str) -> DeviceAuthorization:
-        """Ask the provider for a user code to show (``user_code``, ``verification_uri``)."""
+        """Ask the provider for a user code to show (``user_code``, ``verification_uri``).
+
+        A profile that cannot use the device grant is refused before anything is sent,
+        with the sentence the configuration loader uses (``deviceGrantProblem``).
+        """
         account = self.account(account_name)
-        if not account.profile.device_endpoint:
-            raise AuthorizationFailed(
-                f"profile {account.profile.name} has no device_endpoint: the device flow"
-                " cannot be used"
+        problem = deviceGrantProblem(account.profile)
+        if problem is not None:
+            raise AccountAuthorizationFailed(
+                account_name, f"the device flow cannot be used: {problem}", FIX_CONFIGURATION
             )
+        client = self.tokens.grantClient(account_name)
         try:
-            return await self.tokens.grantClient(account_name).startDeviceAuthorization()
-        except TokenError as e:
-            raise AuthorizationFailed(explain(e)) from None
+            return await client.startDeviceAuthorization(login_hint=accountIdentity(account))
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            await self._failed(account_name, e, "device authorisation")
 
     async def completeDevice(
         self, account_name: str, authorization: DeviceAuthorization
     ) -> Authorized:
-        """Poll (interval, ``slow_down``) until the person approves, then store."""
+        """Poll (interval, ``slow_down``) until the person approves, then check and store."""
         try:
             tokens = await self.tokens.grantClient(account_name).pollDevice(authorization)
         except defer.CancelledError:
             raise
         except Exception as e:
-            raise AuthorizationFailed(explain(e)) from None
+            await self._failed(account_name, e, "device authorisation")
         return await self._finish(account_name, tokens)
 
     async def startDevice(self, account_name: str) -> DeviceFlow:
@@ -318,11 +433,7 @@ class Authorizer:
                 flow.state, flow.message = "failed", "cancelled"
                 return
             flow.state, flow.message = "failed", explain(failure.value)
-            log.warn(
-                "device authorisation of {account} failed: {why}",
-                account=account_name,
-                why=flow.message,
-            )
+            flow.remedy = remedyOf(failure.value)
 
         d = defer.ensureDeferred(self.completeDevice(account_name, authorization))
         d.addCallbacks(done, failed)
@@ -346,13 +457,19 @@ class Authorizer:
         except defer.CancelledError:
             raise
         except Exception as e:
-            raise AuthorizationFailed(explain(e)) from None
-        return await self._finish(account_name, tokens)
+            await self._failed(account_name, e, "authorisation")
+        return await self._finish(account_name, tokens, person=False)  # nobody consented
 
 
 def describeAuthorized(result: Authorized, now: float) -> str:
-    """``helpdesk is authorised; its token expires in 59 min``."""
+    """``helpdesk is authorised; its token expires in 59 min; consent given as helpdesk@…``."""
+    said = f"{result.account} is authorised; its token "
     if result.expires_at is None:
-        return f"{result.account} is authorised; its token does not expire"
-    when = describeWhen(result.expires_at, now)
-    return f"{result.account} is authorised; its token expires {when}"
+        said += "does not expire"
+    else:
+        said += f"expires {describeWhen(result.expires_at, now)}"
+    if result.identity is not None:
+        said += f"; consent given as {result.identity}"
+    elif result.unverified is not None:
+        said += f"; could not verify who consented: make sure it was {result.unverified}"
+    return said

@@ -25,10 +25,14 @@ from twisted.web.resource import Resource
 
 from oauthmail.config import Config
 from oauthmail.tokens.authorize import (
+    FIX_CONFIGURATION,
+    RETRY,
+    SIGN_IN_AS_ACCOUNT,
     AccountAuthorizationFailed,
     Authorizer,
     describeAuthorized,
     explain,
+    remedyOf,
 )
 from oauthmail.tokens.errors import AuthorizationFailed
 from oauthmail.web.csrf import CSRFToken
@@ -78,18 +82,31 @@ def _headers(request: Any) -> None:
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
 
 
-def _failurePage(request: Any, status: int, account: str | None, why: str) -> bytes:
+#: The page's "What to do" for each remedy (``oauthmail.tokens.authorize.remedyOf``).
+_WHAT_TO_DO = {
+    RETRY: "What to do: go back to the console and press Authorise (or Re-authorise)"
+    " again. If you started with <code>oauthmail authorize</code> on the command"
+    " line, copy this page's address from the address bar and paste it there.",
+    FIX_CONFIGURATION: "What to do: this is a configuration error, and trying again fails"
+    " the same way. Fix what is said above in the configuration file (or the app's"
+    " registration at the provider), restart oauthmail, then authorise again.",
+    SIGN_IN_AS_ACCOUNT: "Nothing was stored. What to do: press Authorise (or Re-authorise)"
+    " again and, at the provider, choose or sign in to the account named above; if the"
+    " provider picks another account by itself, sign out of it there first (or use a"
+    " private browser window).",
+}
+
+
+def _failurePage(
+    request: Any, status: int, account: str | None, why: str, remedy: str = RETRY
+) -> bytes:
+    """The failure sentence (escaped: provider text) and what to do about it."""
     request.setResponseCode(status)
     e = html.escape
     what = f"Authorisation of {account} failed" if account else "Authorisation failed"
     return page(
         what,
-        [
-            e(why[:1].upper() + why[1:]) + ".",
-            "What to do: go back to the console and press Authorise (or Re-authorise)"
-            " again. If you started with <code>oauthmail authorize</code> on the command"
-            " line, copy this page's address from the address bar and paste it there.",
-        ],
+        [e(why[:1].upper() + why[1:]) + ".", _WHAT_TO_DO.get(remedy, _WHAT_TO_DO[RETRY])],
         "failed",
     )
 
@@ -123,9 +140,10 @@ class AuthorizeResource(Resource):
         if not account.configured:
             _headers(request)
             request.setResponseCode(409)
+            missing = account.profile.missingSetting
             return page(
                 "Not configured",
-                [html.escape(f"Set client_id in profiles.{account.profile.name} first.")],
+                [html.escape(f"Set {missing} in profiles.{account.profile.name} first.")],
                 "failed",
             )
         if account.grant == "device_code":
@@ -136,7 +154,7 @@ class AuthorizeResource(Resource):
         try:
             url, _ = self.authorizer.begin(name, callbackURI(self.config, request))
         except AuthorizationFailed as e:
-            return _failurePage(request, 400, name, e.reason)
+            return _failurePage(request, 400, name, e.reason, remedyOf(e))
         request.setResponseCode(303)
         request.setHeader(b"location", url.encode("utf-8"))
         return page("Continue at the provider", ["Your browser should go there now."])
@@ -145,7 +163,7 @@ class AuthorizeResource(Resource):
         try:
             await self.authorizer.startDevice(name)
         except AuthorizationFailed as e:
-            return _failurePage(request, 400, name, e.reason)
+            return _failurePage(request, 400, name, e.reason, remedyOf(e))
         request.setResponseCode(303)
         request.setHeader(b"location", b"/device/" + quote(name, safe="").encode("ascii"))
         return page("Device authorisation", ["Continue on the device page."])
@@ -154,7 +172,7 @@ class AuthorizeResource(Resource):
         try:
             result = await self.authorizer.authorizeApp(name)
         except AuthorizationFailed as e:
-            return _failurePage(request, 400, name, e.reason)
+            return _failurePage(request, 400, name, e.reason, remedyOf(e))
         return page("Authorised", [html.escape(describeAuthorized(result, self.clock.seconds()))])
 
 
@@ -180,7 +198,7 @@ class CallbackResource(Resource):
         try:
             result = await self.authorizer.complete(url)
         except AccountAuthorizationFailed as e:
-            return _failurePage(request, 400, e.account, e.reason)
+            return _failurePage(request, 400, e.account, e.reason, e.remedy)
         except AuthorizationFailed as e:
             return _failurePage(request, 400, None, e.reason)
         except Exception as e:  # never a traceback, never the URL (it carries the code)
@@ -216,7 +234,7 @@ class DevicePage(Resource):
         if flow.state == "ok":
             return page("Authorised", [e(flow.message)], "ok")
         if flow.state == "failed":
-            return _failurePage(request, 200, name, flow.message)
+            return _failurePage(request, 200, name, flow.message, flow.remedy)
         auth = flow.authorization
         uri = auth.verification_uri
         shown = e(uri)
