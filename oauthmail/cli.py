@@ -380,10 +380,11 @@ def readLine(reactor: Any) -> Any:
 
 async def _authorizeWith(session: _Session, account: AccountConfig, device: bool) -> Any:
     """Run the flow for the account's grant; ``None`` if the person gave no answer."""
+    from oauthmail.tokens.identity import accountIdentity
     from oauthmail.web.authorize import callbackURI
 
     authorizer = session.authorizer
-    name = account.name
+    name, person = account.name, accountIdentity(account)
     if account.grant == "client_credentials":
         print(f"{name} uses client credentials: asking for a token...", flush=True)
         return await authorizer.authorizeApp(name)
@@ -393,10 +394,10 @@ async def _authorizeWith(session: _Session, account: AccountConfig, device: bool
         print(f"and enter the code: {auth.user_code}", flush=True)
         if auth.verification_uri_complete:
             print(f"(or open {auth.verification_uri_complete})", flush=True)
-        print("Waiting for the approval (Ctrl-C to give up)...", flush=True)
+        print(f"Sign in there as {person}. Waiting (Ctrl-C to give up)...", flush=True)
         return await authorizer.completeDevice(name, auth)
     url, pending = authorizer.begin(name, callbackURI(session.config))
-    print(f"To authorise {name}, open this address in a browser and sign in:\n", flush=True)
+    print(f"To authorise {name}, open this address in a browser, sign in as {person}:\n")
     print(url, flush=True)
     print(
         f"\nThe browser then goes to {pending.request.redirect_uri}. If that page does not"
