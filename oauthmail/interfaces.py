@@ -73,6 +73,39 @@ class ITokenStore(Interface):
     def deleteTokens(account_id):
         """Forget an account's tokens (on revocation by a person only)."""
 
+    def refreshLocked(account_id, fresh_enough, refresh):
+        """Refresh the account's tokens at most once among every node sharing this store.
+
+        Holds the account's refresh lock (PostgreSQL: its tokens row, ``SELECT
+        … FOR UPDATE`` in one transaction; a store used by one process needs
+        none) while it:
+
+        1. reads the stored ``TokenRecord`` (``None`` when there is none)
+           AFTER getting the lock;
+        2. if ``fresh_enough(record)`` is true, fires with
+           ``LockedRefresh(record, refreshed=False)``: another node refreshed
+           meanwhile, use that, ask the provider nothing;
+        3. else calls ``refresh(record)``, which asks the provider ONCE and
+           returns (a Deferred firing with) a ``TokenSet``; stores it
+           compare-and-swap on ``record``'s version (as ``putTokens``) in the
+           same transaction; fires with ``LockedRefresh(new record,
+           refreshed=True)`` once it is durable.
+
+        ``fresh_enough`` and ``refresh`` run on the reactor thread. ``refresh``
+        must not write this account's tokens itself (it would wait for the
+        lock it runs under) and should not retry with backoff while the lock
+        is held: a store bounds how long it holds the lock.
+
+        A failing ``refresh`` writes nothing, releases the lock and fails the
+        call with its error. Fails with ``oauthmail.db.errors.RefreshBusy``
+        when the lock could not be had in time (nothing asked, nothing
+        changed), ``StoreError`` for an unknown account (before any
+        ``refresh``), and ``VersionConflict``/``StoreError``/``StoreUnwritable``
+        when the write failed after ``refresh`` answered: the caller still
+        has the ``TokenSet`` its ``refresh`` returned and keeps it as it does
+        after a failed ``putTokens``.
+        """
+
 
 class ITokenSource(Interface):
     """The only thing that hands out access tokens."""

@@ -138,11 +138,13 @@ async def test_open_store_creates_key_file(tmp_path, clock, loose_umask):
 
 @pytest_twisted.ensureDeferred
 async def test_open_store_rejects_unknown_backend(clock):
-    """A backend other than sqlite fails with a StoreError."""
+    """An unknown backend, or postgresql without a dsn, fails with a StoreError."""
     from twisted.internet import reactor
 
     with pytest.raises(StoreError, match="postgresql"):
         await openStore(StoreConfig(backend="postgresql"), clock, reactor, environ={})
+    with pytest.raises(StoreError, match="'mysql' is not supported"):
+        await openStore(StoreConfig(backend="mysql"), clock, reactor, environ={})
 
 
 def _encodings(secret: str) -> list[bytes]:

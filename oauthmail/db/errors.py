@@ -7,7 +7,7 @@ vocabulary without importing each other.
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreUnwritable", "VersionConflict", "WrongKeyError"]
+__all__ = ["RefreshBusy", "StoreError", "StoreUnwritable", "VersionConflict", "WrongKeyError"]
 
 
 class StoreError(Exception):
@@ -27,4 +27,12 @@ class StoreUnwritable(StoreError):  # noqa: N818 - reads better at the call site
 
     Callers that accept work (the submission server) answer ``451`` and the
     queue stops claiming until a write succeeds again.
+    """
+
+
+class RefreshBusy(StoreError):  # noqa: N818 - reads better at the call site
+    """``refreshLocked`` waited too long for the account's lock (another node refreshes it).
+
+    Nothing was changed and nothing was asked of the provider: try again
+    later, when the other node's refresh has most likely been stored.
     """

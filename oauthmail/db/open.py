@@ -5,13 +5,15 @@ opens the database with the key check, and fires with a :class:`Stores`: the
 token store, the delivery ledger and the outbox over that one database. The
 daemon (``service.py``) and the command-line tools both open their stores here.
 
-Adding a backend: give it a subpackage of :mod:`oauthmail.db` implementing the
-three interfaces, and a branch in :func:`_open` and :func:`preflightStores`.
+The backends are ``sqlite`` (one file, the default) and ``postgresql`` (a
+DSN; several nodes may share the database). Adding a backend: give it a
+subpackage of :mod:`oauthmail.db` implementing the three interfaces, and a
+branch in :func:`_open`, :func:`preflightStores` and :func:`initStore`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,11 +21,12 @@ from twisted.internet import defer, threads
 
 from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
+from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
 __all__ = ["Stores", "initStore", "openStores", "preflightStores"]
 
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
 
 
 class _Clock(Protocol):
@@ -35,6 +38,7 @@ class _StoreConfig(Protocol):
 
     backend: str
     path: str
+    dsn: Any  # a Secret (or None for sqlite)
     key: Any
     key_file: str
 
@@ -54,7 +58,9 @@ class Stores:
 
 def _checkBackend(store_config: _StoreConfig) -> None:
     if store_config.backend not in BACKENDS:
-        raise StoreError(f"store backend {store_config.backend!r} is not supported yet")
+        raise StoreError(f"store backend {store_config.backend!r} is not supported")
+    if store_config.backend == "postgresql" and not plain(store_config.dsn):
+        raise StoreError("store backend postgresql needs a dsn such as ${OAUTHMAIL_DSN}")
 
 
 def openStores(
@@ -97,6 +103,8 @@ def _open(
     reactor: Any,
     replaceEmpty: bool = False,
 ) -> defer.Deferred[Stores]:
+    if store_config.backend == "postgresql":
+        return _openPostgreSQL(store_config, cipher, clock, reactor)
     from oauthmail.db.sqlite.database import SQLiteDatabase
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
@@ -105,6 +113,23 @@ def _open(
     database = SQLiteDatabase(store_config.path, reactor, replaceEmpty=replaceEmpty)
     tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
     stores = Stores(tokens, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database))
+    return tokens.open().addCallback(lambda _: stores)
+
+
+def _openPostgreSQL(
+    store_config: _StoreConfig, cipher: crypto.TokenCipher, clock: _Clock, reactor: Any
+) -> defer.Deferred[Stores]:
+    from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
+    from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
+
+    try:
+        database = PostgreSQLDatabase(store_config.dsn, reactor)
+    except StoreError as e:
+        return defer.fail(e)
+    tokens = PostgreSQLTokenStore(database, cipher, clock)
+    stores = Stores(tokens, PostgreSQLDeliveryLedger(database, clock), PostgreSQLOutbox(database))
     return tokens.open().addCallback(lambda _: stores)
 
 
@@ -117,6 +142,12 @@ def preflightStores(store_config: _StoreConfig, environ: Mapping[str, str] | Non
     """
     _checkBackend(store_config)
     cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ)
+    if store_config.backend == "postgresql":
+        from oauthmail.db.postgresql import preflight as pg
+        from oauthmail.db.postgresql.driver import parseTarget
+
+        pg.preflight(parseTarget(plain(store_config.dsn)), cipher)
+        return
     from oauthmail.db.sqlite.preflight import preflight
 
     preflight(store_config.path, cipher)
@@ -136,24 +167,20 @@ def initStore(
     """
     try:
         _checkBackend(store_config)
+        path, look = _storeLooker(store_config)
     except StoreError as e:
         return defer.fail(e)
-    from oauthmail.db.sqlite.storefile import EmptyStoreFile, checkStoreFile
-
-    path = store_config.path
 
     def inspect() -> tuple[crypto.TokenCipher, str, list[crypto.Notice]]:
         notices: list[crypto.Notice] = []
-        try:
-            found = "store" if checkStoreFile(path) else "missing"
-        except EmptyStoreFile:
-            found = "empty"
+        found = look()
         cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ, notices)
         return cipher, found, notices
 
     def opened(stores: Stores, found: str, cipher: crypto.TokenCipher) -> defer.Deferred[str]:
         said = {
             "missing": f"created a new store {path} (key from {cipher.source})",
+            "empty database": f"created the oauthmail tables in {path} (key from {cipher.source})",
             "empty": f"replaced the empty file {path} with a new store (key from {cipher.source})",
             "store": f"{path} is an oauthmail store already; its key and schema are in order",
         }[found]
@@ -167,3 +194,26 @@ def initStore(
 
     d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), inspect)
     return d.addCallback(make)
+
+
+def _storeLooker(store_config: _StoreConfig) -> tuple[str, Callable[[], str]]:
+    """The store's name for messages, and a blocking look at what is there now.
+
+    The look answers ``missing`` or ``empty`` (a file) or ``empty database``,
+    or ``store``, and refuses what is not an oauthmail store.
+    """
+    if store_config.backend == "postgresql":
+        from oauthmail.db.postgresql.driver import parseTarget
+        from oauthmail.db.postgresql.preflight import inspect
+
+        target = parseTarget(plain(store_config.dsn))
+        return target.where, lambda: "store" if inspect(target) else "empty database"
+    from oauthmail.db.sqlite.storefile import EmptyStoreFile, checkStoreFile
+
+    def lookAtFile() -> str:
+        try:
+            return "store" if checkStoreFile(store_config.path) else "missing"
+        except EmptyStoreFile:
+            return "empty"
+
+    return store_config.path, lookAtFile

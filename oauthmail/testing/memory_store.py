@@ -14,6 +14,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.db.errors import StoreError, VersionConflict
+from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh, refreshByCompareAndSwap
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
@@ -138,3 +139,9 @@ class MemoryTokenStore:
     def deleteTokens(self, account_id: str) -> defer.Deferred[None]:
         self._tokens.pop(account_id, None)
         return defer.succeed(None)
+
+    def refreshLocked(
+        self, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+    ) -> defer.Deferred[LockedRefresh]:
+        """Read, decide, refresh, compare-and-swap: one process needs no lock."""
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh)

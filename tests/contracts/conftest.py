@@ -1,9 +1,10 @@
 """Every implementation of every store interface, as fixtures the contract suites share.
 
 One suite per interface (``test_*_contract.py``) runs once per implementation
-listed here: the memory twins of :mod:`oauthmail.testing` and the SQLite
-backend today. A new backend (PostgreSQL) adds its name to :data:`BACKENDS`
-and a branch to :func:`openBackend`; the suites stay as they are.
+listed here: the memory twins of :mod:`oauthmail.testing`, the SQLite backend
+and the PostgreSQL backend (on the session's private cluster, each test in a
+schema of its own: see ``tests/conftest.py``). A new backend adds its name to
+:data:`BACKENDS` and a branch to :func:`openBackend`; the suites stay as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from oauthmail.tokens.crypto import generateKey
 from oauthmail.tokens.records import TokenSet
 
 #: Every implementation the suites run against.
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgresql"]
 
 ACCESS = "ya29.ACCESS-canary-7f3e9a1b5c2d"
 REFRESH = "1//REFRESH-canary-0d4c8b2a6e1f"
@@ -52,8 +53,8 @@ class Opened:
         self.close = close
 
 
-async def openBackend(name, clock, tmp_path) -> Opened:
-    """Open ``name``'s stores on a fresh database."""
+async def openBackend(name, clock, tmp_path, request=None) -> Opened:
+    """Open ``name``'s stores on a fresh database (``request``: for PostgreSQL's fixtures)."""
     if name == "memory":
         from oauthmail.testing.memory_outbox import MemoryOutbox
 
@@ -75,12 +76,34 @@ async def openBackend(name, clock, tmp_path) -> Opened:
         return Opened(
             name, store, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database), store.close
         )
+    if name == "postgresql":
+        return await openPostgreSQL(request.getfixturevalue("postgres_dsn"), clock)
     raise ValueError(name)
+
+
+async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
+    """The PostgreSQL stores on ``dsn`` (``node``: the outbox's name for its claims)."""
+    from twisted.internet import reactor
+
+    from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
+    from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
+
+    key = options.pop("key", None) or generateKey()
+    claim_expiry = options.pop("claim_expiry", 300.0)
+    database = PostgreSQLDatabase(dsn, reactor, pool_size=2, lock_pool_size=2)
+    store = PostgreSQLTokenStore(database, key, clock, **options)
+    await store.open()
+    outbox = PostgreSQLOutbox(database, node=node, claim_expiry=claim_expiry)
+    return Opened(
+        "postgresql", store, PostgreSQLDeliveryLedger(database, clock), outbox, store.close
+    )
 
 
 @pytest_twisted.async_yield_fixture(params=BACKENDS)
 async def backend(request, clock, tmp_path):
-    opened = await openBackend(request.param, clock, tmp_path)
+    opened = await openBackend(request.param, clock, tmp_path, request)
     yield opened
     await opened.close()
 

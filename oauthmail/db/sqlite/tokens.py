@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from oauthmail.db.batch import Batcher
 from oauthmail.db.errors import StoreError, VersionConflict
+from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh, refreshByCompareAndSwap
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import SQLiteDatabase
 from oauthmail.interfaces import ITokenStore
@@ -459,3 +460,15 @@ class SQLiteTokenStore:
     def _deleteTokens(conn: sqlite3.Connection, account_id: str) -> None:
         with transaction(conn):
             conn.execute("DELETE FROM tokens WHERE account = ?", (account_id,))
+
+    def refreshLocked(
+        self, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+    ) -> defer.Deferred[LockedRefresh]:
+        """See ``ITokenStore.refreshLocked``: one process per file, so no lock is held.
+
+        The token source shares one refresh per account within the process and
+        ``putTokens`` is compare-and-swap: the write is refused if the tokens
+        changed meanwhile. Holding the one writing thread across a request to
+        the provider would stop every other write for that long.
+        """
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh)

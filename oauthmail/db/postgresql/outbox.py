@@ -1,0 +1,345 @@
+"""The outbound queue's storage in PostgreSQL (owner ``outbox``), shared by several nodes.
+
+The same promises as :mod:`oauthmail.db.sqlite.outbox`, and claims that hold
+with several nodes on one database:
+
+- ``claimDue`` marks due messages ``sending`` for THIS node in one statement,
+  ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …``:
+  two nodes never claim the same message, and neither waits for the other.
+  The claim carries the node's name and an expiry by the DATABASE's clock
+  (``now()``), never a node's.
+- ``recover`` takes back this node's own claims (it restarted), unowned ones,
+  and any node's expired ones (a dead node's): see :mod:`.outbox_doubt`.
+- ``enqueue`` commits with ``synchronous_commit`` as the server has it (on by
+  default: the message is on disk before the submission server answers
+  ``250``); claims and outcomes commit with ``synchronous_commit = off`` (a
+  claim or outcome lost in a server crash only means a message queued again),
+  as SQLite's unsynced commits do.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.db.postgresql.database import IPostgreSQLDatabase
+from oauthmail.db.postgresql.outbox_doubt import (
+    clearDoubt,
+    dueInDoubt,
+    recover,
+    settleDoubt,
+    stillInDoubt,
+)
+from oauthmail.db.postgresql.outbox_rows import (
+    insertMessage,
+    retryOrGiveUp,
+    status,
+    undefer,
+    writeFinal,
+)
+from oauthmail.interfaces import IDeliveryPolicy, IOutbox
+from oauthmail.smtp import outcomes
+from oauthmail.smtp.queue.records import (
+    FINAL_STATES,
+    AccountFigures,
+    AttemptOutcome,
+    DeliveryStatus,
+    OutboxEntry,
+    OutboxMessage,
+    RecipientReply,
+)
+from oauthmail.text import cleanText
+
+__all__ = ["DEFAULT_CLAIM_EXPIRY", "PostgreSQLOutbox", "defaultNode"]
+
+#: Seconds a claim lasts before another node may take the message back (``recover``).
+DEFAULT_CLAIM_EXPIRY = 300.0
+
+
+def defaultNode() -> str:
+    """This machine's name: one node per machine unless each is given a name of its own."""
+    return socket.gethostname() or "oauthmail"
+
+
+@implementer(IOutbox)
+class PostgreSQLOutbox:
+    """An :class:`~oauthmail.interfaces.IOutbox` in an opened PostgreSQL database.
+
+    ``node`` names this node in its claims (nodes sharing the database need
+    distinct names); ``claim_expiry`` is how many seconds a claim lasts.
+    """
+
+    def __init__(
+        self,
+        database: IPostgreSQLDatabase,
+        node: str | None = None,
+        claim_expiry: float = DEFAULT_CLAIM_EXPIRY,
+    ) -> None:
+        self._database = database
+        self.node = node or defaultNode()
+        self.claim_expiry = claim_expiry
+
+    def __repr__(self) -> str:
+        return f"<PostgreSQLOutbox {self._database.where} node={self.node!r}>"
+
+    def _run(self, func: Any, *args: object) -> defer.Deferred[Any]:
+        return self._database.runWrite(func, *args)
+
+    def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
+        return self._run(insertMessage, message)
+
+    def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
+        return self._run(recover, self.node, now, policy)
+
+    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
+        return self._database.runRead(_dueAccounts, now)
+
+    def nextDue(self, account: str) -> defer.Deferred[float | None]:
+        return self._database.runRead(_nextDue, account)
+
+    def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
+        return self._run(_claimDue, self.node, self.claim_expiry, account, now, limit)
+
+    def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
+        return self._database.runRead(dueInDoubt, account, now, limit)
+
+    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
+        return self._run(clearDoubt, list(ids), last_error)
+
+    def stillInDoubt(
+        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
+    ) -> defer.Deferred[int]:
+        return self._run(stillInDoubt, list(ids), reason, now, wait, give_up)
+
+    def settleDoubt(
+        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._run(settleDoubt, list(found), list(missing), now, policy)
+
+    def recordRefusals(
+        self, message_id: str, refused: Sequence[RecipientReply]
+    ) -> defer.Deferred[None]:
+        return self._run(_recordRefusals, message_id, list(refused))
+
+    def recordOutcomes(
+        self, outcomes: Sequence[AttemptOutcome], now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._run(_recordOutcomes, list(outcomes), now, policy)
+
+    def recordFailure(
+        self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._run(_recordFailure, list(ids), reason, now, policy)
+
+    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
+        return self._run(_makeDue, account, now, delay)
+
+    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        return self._database.runRead(status, message_id)
+
+    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._database.runRead(_listStatuses, account)
+
+    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
+        return self._database.runRead(_messageData, message_id)
+
+    def stats(self) -> defer.Deferred[list[AccountFigures]]:
+        return self._database.runRead(_stats)
+
+
+# -- SQL (runs in a pool thread, inside the database's transaction) -----------------------
+
+
+def _unsynced(conn: Any) -> None:
+    """This transaction's commit need not wait for the disk (see the module docstring)."""
+    conn.execute("SET LOCAL synchronous_commit = off")
+
+
+def _recordRefusals(conn: Any, message_id: str, refused: list[RecipientReply]) -> None:
+    for r in refused:
+        state = "failed" if r.status == outcomes.PERMANENT else "deferred"
+        _answerRecipient(conn, message_id, r.address, state, r.code, r.text, ("pending",))
+
+
+def _answerRecipient(
+    conn: Any,
+    message_id: str,
+    address: str,
+    state: str,
+    code: int | None,
+    text: str | None,
+    among: tuple[str, ...],
+) -> None:
+    """Give the first recipient ``address`` still in one of ``among`` its answer."""
+    conn.execute(
+        "UPDATE outbound_recipients SET state = %s, last_code = %s, last_text = %s"
+        " WHERE message_id = %s AND position = (SELECT position FROM outbound_recipients"
+        " WHERE message_id = %s AND recipient = %s AND state = ANY(%s)"
+        " ORDER BY position LIMIT 1)",
+        (state, code or None, text, message_id, message_id, address, list(among)),
+    )
+
+
+def _makeDue(conn: Any, account: str, now: float, delay: float) -> int:
+    # A message in doubt still waits for the provider to file its copy.
+    cursor = conn.execute(
+        "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
+        " ELSE GREATEST(%s, in_doubt_since + %s) END"
+        " WHERE account = %s AND state = 'queued' AND next_attempt_at > %s",
+        (now, now, delay, account, now),
+    )
+    return cursor.rowcount
+
+
+def _dueAccounts(conn: Any, now: float) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT account FROM outbound WHERE state = 'queued' AND next_attempt_at <= %s",
+        (now,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _nextDue(conn: Any, account: str) -> float | None:
+    (at,) = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM outbound WHERE account = %s AND state = 'queued'",
+        (account,),
+    ).fetchone()
+    return at
+
+
+def _claimDue(
+    conn: Any, node: str, expiry: float, account: str, now: float, limit: int
+) -> list[OutboxMessage]:
+    """Claim the due messages (at most ``limit``) for ``node``, oldest due first."""
+    _unsynced(conn)
+    rows = conn.execute(
+        "UPDATE outbound SET state = 'sending', claimed_by = %s,"
+        " claim_expires = now() + make_interval(secs => %s)"
+        " WHERE id IN (SELECT id FROM outbound WHERE account = %s AND state = 'queued'"
+        " AND next_attempt_at <= %s AND in_doubt_since IS NULL"
+        " ORDER BY next_attempt_at, created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, mail_from, message, next_attempt_at, created_at, seq",
+        (node, expiry, account, now, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    rows.sort(key=lambda row: (row[3], row[4], row[5]))
+    recipients: dict[str, list[str]] = {}
+    for message_id, address in conn.execute(
+        "SELECT message_id, recipient FROM outbound_recipients WHERE message_id = ANY(%s)"
+        " AND state IN ('pending', 'deferred') ORDER BY message_id, position",
+        ([row[0] for row in rows],),
+    ).fetchall():
+        recipients.setdefault(message_id, []).append(address)
+    batch = []
+    for message_id, mail_from, message, *_ in rows:
+        open_ = recipients.get(message_id)
+        if not open_:  # pragma: no cover - a final state is written with the last one
+            writeFinal(conn, message_id, None)
+            continue
+        batch.append(OutboxMessage(message_id, mail_from, tuple(open_), bytes(message)))
+    return batch
+
+
+def _recordOutcomes(
+    conn: Any, batch: list[AttemptOutcome], now: float, policy: IDeliveryPolicy
+) -> list[DeliveryStatus]:
+    """Record several messages' outcomes in one (unsynced) transaction: group commit."""
+    _unsynced(conn)
+    changed = [o.message_id for o in batch if _applyOutcome(conn, o, now, policy)]
+    return [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
+
+
+def _applyOutcome(conn: Any, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy) -> bool:
+    """Write one outcome (in the caller's transaction); False if it changed nothing."""
+    message_id = outcome.message_id
+    row = conn.execute(
+        "SELECT state, account FROM outbound WHERE id = %s FOR UPDATE", (message_id,)
+    ).fetchone()
+    if row is None or row[0] in FINAL_STATES:
+        return False
+    failures = []
+    temporary = []
+    doubtful = outcome.in_doubt and row[1] in policy.sent_check
+    for r in outcome.recipients:
+        state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(r.status, "pending")
+        if doubtful and state == "pending" and r.code:
+            state = "deferred"  # refused at RCPT: not among those who may have it
+        _answerRecipient(
+            conn, message_id, r.address, state, r.code, r.text, ("pending", "deferred")
+        )
+        if state == "failed":
+            failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+        elif state in ("pending", "deferred"):
+            temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
+    if outcome.accepted:
+        conn.execute(
+            "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, %s)"
+            " WHERE id = %s",
+            (now, message_id),
+        )
+    (pending,) = conn.execute(
+        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = %s"
+        " AND state IN ('pending', 'deferred')",
+        (message_id,),
+    ).fetchone()
+    if pending:
+        retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
+        if doubtful:
+            # Looked for in Sent first, once the provider had time to file its copy.
+            conn.execute(
+                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, %s),"
+                " next_attempt_at = GREATEST(next_attempt_at, %s)"
+                " WHERE id = %s AND state = 'queued'",
+                (now, now + policy.sent_check_delay, message_id),
+            )
+    else:
+        conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = %s", (message_id,))
+        writeFinal(
+            conn, message_id, cleanText("; ".join(failures)) if failures else None, now, policy
+        )
+    return True
+
+
+def _recordFailure(
+    conn: Any, ids: list[str], reason: str, now: float, policy: IDeliveryPolicy
+) -> list[DeliveryStatus]:
+    for message_id in ids:
+        row = conn.execute(
+            "SELECT state FROM outbound WHERE id = %s FOR UPDATE", (message_id,)
+        ).fetchone()
+        if row is None or row[0] in FINAL_STATES:
+            continue
+        undefer(conn, message_id)
+        retryOrGiveUp(conn, message_id, reason, now, policy)
+    return [s for s in (status(conn, message_id) for message_id in ids) if s is not None]
+
+
+def _listStatuses(conn: Any, account: str) -> list[DeliveryStatus]:
+    ids = conn.execute(
+        "SELECT id FROM outbound WHERE account = %s ORDER BY created_at, seq", (account,)
+    ).fetchall()
+    return [s for s in (status(conn, row[0]) for row in ids) if s is not None]
+
+
+def _messageData(conn: Any, message_id: str) -> bytes | None:
+    row = conn.execute("SELECT message FROM outbound WHERE id = %s", (message_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _stats(conn: Any) -> list[AccountFigures]:
+    rows = conn.execute(
+        "SELECT account,"
+        " COUNT(*) FILTER (WHERE state IN ('queued', 'sending')),"
+        " MIN(created_at) FILTER (WHERE state IN ('queued', 'sending')),"
+        " COUNT(*) FILTER (WHERE state = 'failed'),"
+        " (SELECT o2.last_error FROM outbound o2 WHERE o2.account = o.account"
+        "  AND o2.state IN ('queued', 'sending') AND o2.last_error IS NOT NULL"
+        "  ORDER BY o2.next_attempt_at DESC LIMIT 1)"
+        " FROM outbound o GROUP BY account ORDER BY account"
+    ).fetchall()
+    return [AccountFigures(a, int(d or 0), oldest, int(f or 0), e) for a, d, oldest, f, e in rows]

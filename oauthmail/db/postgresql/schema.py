@@ -1,0 +1,132 @@
+"""The PostgreSQL tables of every owner, as migrations (see :mod:`oauthmail.db.migrations`).
+
+The same owners and the same migration numbers as the SQLite backend
+(:mod:`oauthmail.db.sqlite.schema`), so that a migration added later is number
+N in both; the statements are PostgreSQL's: ``BYTEA`` for sealed values and
+messages, ``DOUBLE PRECISION`` for the times the callers' clocks give, ``BIGINT``
+for IMAP UIDs (up to 2^32 - 1). Never edit or reorder a migration that has
+shipped: append. One statement per string, no ``BEGIN``/``COMMIT``.
+
+The outbox has three columns SQLite does not need: ``seq`` (insertion order,
+SQLite's ``rowid``), ``claimed_by`` and ``claim_expires`` (which node claimed a
+message ``sending``, until when by the database's clock: several nodes share
+the queue).
+"""
+
+from __future__ import annotations
+
+from oauthmail.db.migrations import OwnerSchema
+
+__all__ = ["BOOKKEEPING", "LEDGER", "OUTBOX", "SCHEMAS", "TOKENS"]
+
+#: The table that records, per owner, which migrations a database has had.
+BOOKKEEPING = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    owner TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (owner, version)
+)"""
+
+TOKENS = OwnerSchema(
+    "tokens",
+    (
+        # 1: accounts, their tokens, and the key check (meta).
+        (
+            """CREATE TABLE meta (
+                key TEXT PRIMARY KEY,
+                value BYTEA NOT NULL
+            )""",
+            """CREATE TABLE accounts (
+                id TEXT PRIMARY KEY,
+                provider TEXT NOT NULL,
+                state TEXT NOT NULL,
+                last_error TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                last_refresh_at DOUBLE PRECISION
+            )""",
+            """CREATE TABLE tokens (
+                account TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+                access_token BYTEA NOT NULL,
+                refresh_token BYTEA,
+                expires_at DOUBLE PRECISION,
+                scope TEXT NOT NULL DEFAULT '',
+                version BIGINT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+)
+
+LEDGER = OwnerSchema(
+    "ledger",
+    (
+        # 1: per-folder state and one row per message handed to a sink.
+        (
+            """CREATE TABLE folders (
+                account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                folder TEXT NOT NULL,
+                uidvalidity BIGINT NOT NULL,
+                last_delivered_uid BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (account, folder)
+            )""",
+            """CREATE TABLE deliveries (
+                account TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                folder TEXT NOT NULL,
+                uidvalidity BIGINT NOT NULL,
+                uid BIGINT NOT NULL,
+                digest TEXT,
+                delivered_at DOUBLE PRECISION,
+                state TEXT NOT NULL,
+                PRIMARY KEY (account, folder, uidvalidity, uid)
+            )""",
+        ),
+        # 2: every batch's digests are checked against the ledger.
+        ("CREATE INDEX deliveries_digest ON deliveries (account, digest)",),
+    ),
+)
+
+OUTBOX = OwnerSchema(
+    "outbox",
+    (
+        # 1: messages in the row, with the claim of the node sending them.
+        (
+            """CREATE TABLE outbound (
+                id TEXT PRIMARY KEY,
+                seq BIGINT GENERATED ALWAYS AS IDENTITY,
+                account TEXT NOT NULL,
+                mail_from TEXT NOT NULL,
+                message BYTEA NOT NULL,
+                size BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                last_error TEXT,
+                provider_accepted_at DOUBLE PRECISION,
+                claimed_by TEXT,
+                claim_expires TIMESTAMPTZ
+            )""",
+            "CREATE INDEX outbound_due ON outbound (account, state, next_attempt_at)",
+            "CREATE INDEX outbound_claims ON outbound (claim_expires) WHERE state = 'sending'",
+            """CREATE TABLE outbound_recipients (
+                message_id TEXT NOT NULL REFERENCES outbound (id) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                recipient TEXT NOT NULL,
+                state TEXT NOT NULL,
+                last_code INTEGER,
+                last_text TEXT,
+                PRIMARY KEY (message_id, position)
+            )""",
+        ),
+        # 2: since when a message is in doubt (looked for in Sent before sending again).
+        (
+            "ALTER TABLE outbound ADD COLUMN in_doubt_since DOUBLE PRECISION",
+            "CREATE INDEX outbound_in_doubt ON outbound (account, next_attempt_at)"
+            " WHERE in_doubt_since IS NOT NULL",
+        ),
+    ),
+)
+
+#: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
+SCHEMAS = (TOKENS, LEDGER, OUTBOX)

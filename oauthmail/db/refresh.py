@@ -1,0 +1,60 @@
+"""Refresh-once: the answer of ``ITokenStore.refreshLocked``, and its one-process version.
+
+Several nodes sharing one PostgreSQL store must present an account's refresh
+token once, not once per node: the PostgreSQL store takes the account's row
+lock for the refresh (:mod:`oauthmail.db.postgresql.tokens`), and a node that
+gets the lock after another one refreshed finds fresh tokens and uses them.
+
+A store used by ONE process (SQLite, the memory twin) needs no lock for that:
+the token source already shares one refresh per account within a process
+(single flight), and compare-and-swap refuses a write based on tokens that
+changed meanwhile. :func:`refreshByCompareAndSwap` is that version: read,
+decide, refresh, compare-and-swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from twisted.internet import defer
+
+from oauthmail.db.errors import StoreError
+from oauthmail.tokens.records import TokenRecord, TokenSet
+
+__all__ = ["FreshEnough", "LockedRefresh", "Refresh", "refreshByCompareAndSwap"]
+
+#: ``fresh_enough(record)``: whether the stored tokens (``None``: none) may be used as they are.
+FreshEnough = Callable[[TokenRecord | None], bool]
+#: ``refresh(record)``: ask the provider; a Deferred (or value) firing with a ``TokenSet``.
+Refresh = Callable[[TokenRecord | None], "defer.Deferred[TokenSet] | TokenSet"]
+
+
+class LockedRefresh(NamedTuple):
+    """What ``refreshLocked`` did: the tokens to use, and whether this call refreshed them."""
+
+    record: TokenRecord | None
+    refreshed: bool
+
+
+def refreshByCompareAndSwap(
+    store: Any, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+) -> defer.Deferred[LockedRefresh]:
+    """``refreshLocked`` for a store used by one process: see the module docstring.
+
+    ``store`` provides ``ITokenStore`` (its ``getAccountWithTokens`` and
+    ``putTokens`` are used).
+    """
+
+    async def run() -> LockedRefresh:
+        account, record = await store.getAccountWithTokens(account_id)
+        if account is None:
+            raise StoreError(f"no account {account_id!r}")
+        if fresh_enough(record):
+            return LockedRefresh(record, False)
+        tokens = await defer.maybeDeferred(refresh, record)
+        expected = 0 if record is None else record.version
+        stored = await store.putTokens(account_id, tokens, expected)
+        return LockedRefresh(stored, True)
+
+    return defer.ensureDeferred(run())

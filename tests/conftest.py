@@ -1,0 +1,69 @@
+"""Fixtures every test directory shares: one private PostgreSQL cluster per session.
+
+The cluster (:class:`oauthmail.testing.postgres.PostgresServer`) starts the
+first time a test asks for it and serves the whole run; each test that wants a
+database gets a schema of its own (:func:`postgres_dsn`), so tests stay
+independent without paying for a database each.
+
+PostgreSQL (Debian's ``postgresql`` package) or psycopg missing: the tests that
+need it are skipped, except under ``CI=true``, where that is a broken test
+machine and they fail instead (``scripts/install-peers`` installs the package).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from oauthmail.testing.postgres import PostgresServer, PostgresUnavailable, findPostgres
+
+#: The database the tests' schemas live in.
+TEST_DATABASE = "oauthmail_tests"
+
+_schemas = itertools.count(1)
+
+
+def requirePostgres() -> None:
+    """Skip (or, with ``CI=true``, fail) the calling test when PostgreSQL cannot run here."""
+    try:
+        findPostgres()
+        import psycopg  # noqa: F401 - the driver of the backend under test
+    except (PostgresUnavailable, ImportError) as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but PostgreSQL is unavailable: {e}", pytrace=False)
+        pytest.skip(f"PostgreSQL is not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on a free loopback port, with :data:`TEST_DATABASE`."""
+    requirePostgres()
+    server = PostgresServer().start()
+    try:
+        server.createDatabase(TEST_DATABASE)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(postgres: PostgresServer) -> Iterator[object]:
+    """One autocommit superuser connection to :data:`TEST_DATABASE`, for making schemas."""
+    import psycopg
+
+    conn = psycopg.connect(postgres.dsn(TEST_DATABASE), autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresServer, postgres_admin) -> str:
+    """A DSN whose tables go to a new, empty schema of :data:`TEST_DATABASE` (this test's own)."""
+    schema = f"t{os.getpid()}_{next(_schemas)}"
+    postgres_admin.execute(f"CREATE SCHEMA {schema}")
+    return postgres.dsn(TEST_DATABASE, options=f"-csearch_path={schema}")
