@@ -49,20 +49,46 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_admin(postgres: PostgresServer) -> Iterator[object]:
-    """One autocommit superuser connection to :data:`TEST_DATABASE`, for making schemas."""
-    import psycopg
+class _Admin:
+    """An autocommit superuser connection to :data:`TEST_DATABASE`, made anew when it broke.
 
-    conn = psycopg.connect(postgres.dsn(TEST_DATABASE), autocommit=True)
+    (The restart tests restart the session's cluster.)
+    """
+
+    def __init__(self, server: PostgresServer) -> None:
+        self._server = server
+        self._conn = None
+
+    def execute(self, sql: str) -> None:
+        import psycopg
+
+        for attempt in (1, 2):
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self._server.dsn(TEST_DATABASE), autocommit=True)
+            try:
+                self._conn.execute(sql)
+                return
+            except psycopg.OperationalError:
+                if attempt == 2 or not self._conn.broken:
+                    raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(postgres: PostgresServer) -> Iterator[_Admin]:
+    """Runs superuser statements in :data:`TEST_DATABASE` (making schemas)."""
+    admin = _Admin(postgres)
     try:
-        yield conn
+        yield admin
     finally:
-        conn.close()
+        admin.close()
 
 
 @pytest.fixture
-def postgres_dsn(postgres: PostgresServer, postgres_admin) -> str:
+def postgres_dsn(postgres: PostgresServer, postgres_admin: _Admin) -> str:
     """A DSN whose tables go to a new, empty schema of :data:`TEST_DATABASE` (this test's own)."""
     schema = f"t{os.getpid()}_{next(_schemas)}"
     postgres_admin.execute(f"CREATE SCHEMA {schema}")

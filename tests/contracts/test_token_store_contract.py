@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from oauthmail.db.errors import StoreError, VersionConflict
@@ -185,3 +186,88 @@ async def test_concurrent_reads_coalesced(store):
         else:
             assert account.id == record.account == name
             assert record.access_token.reveal() == f"access-{name}"
+
+
+# -- refresh once: refreshLocked --------------------------------------------------
+
+
+def _never(record):
+    raise AssertionError("refresh must not be called")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_locked_uses_fresh_tokens(store):
+    """refreshLocked hands back stored tokens that are fresh enough, asking nothing."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    seen = []
+
+    def fresh(record):
+        seen.append(record.version)
+        return True
+
+    record, refreshed = await store.refreshLocked("alice", fresh, _never)
+    assert not refreshed and seen == [1]
+    assert record.version == 1 and record.access_token.reveal() == ACCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_locked_refreshes_and_stores(store, clock):
+    """Stale tokens: refresh gets the stored record, its TokenSet is stored at version + 1."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    clock.advance(50)
+    asked = []
+
+    def refresh(record):
+        asked.append(record.refresh_token.reveal())
+        return defer.succeed(tokens("new-access", "new-refresh", 7200.0))
+
+    record, refreshed = await store.refreshLocked("alice", lambda r: False, refresh)
+    assert refreshed and asked == [REFRESH]
+    assert (record.version, record.access_token.reveal(), record.expires_at) == (
+        2,
+        "new-access",
+        7200.0,
+    )
+    stored = await store.getTokens("alice")
+    assert stored == record and stored.refresh_token.reveal() == "new-refresh"
+    assert (await store.getAccount("alice")).last_refresh_at == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_locked_without_tokens(store):
+    """No tokens yet (client credentials): refresh gets None, the result is version 1."""
+    await store.ensureAccount("svc", "microsoft")
+    record, refreshed = await store.refreshLocked(
+        "svc", lambda r: r is not None, lambda r: tokens("app", None, 99.0)
+    )
+    assert refreshed and record.version == 1
+    assert (await store.getTokens("svc")).access_token.reveal() == "app"
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_locked_failure_writes_nothing(store):
+    """A failing refresh fails the call with its error and changes nothing."""
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+
+    class ProviderDownError(Exception):
+        pass
+
+    with pytest.raises(ProviderDownError):
+        await store.refreshLocked(
+            "alice", lambda r: False, lambda r: defer.fail(ProviderDownError())
+        )
+    got = await store.getTokens("alice")
+    assert (got.version, got.access_token.reveal()) == (1, ACCESS)
+    # The lock (where there is one) was released: the next refresh goes through.
+    record, refreshed = await store.refreshLocked("alice", lambda r: False, lambda r: tokens("b"))
+    assert refreshed and record.version == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_locked_unknown_account(store):
+    """An account that was never ensured fails with StoreError before any refresh."""
+    with pytest.raises(StoreError):
+        await store.refreshLocked("ghost", lambda r: False, _never)

@@ -40,6 +40,7 @@ from oauthmail.db.postgresql.driver import (
     driver,
     isConnectionError,
     parseTarget,
+    refusedLogin,
     translate,
 )
 from oauthmail.db.postgresql.migrate import SchemaGuard, migrate
@@ -274,7 +275,9 @@ class PostgreSQLDatabase:
         try:
             return pool.connect()
         except psycopg.Error as e:
-            raise StoreUnwritable(describeError(e, self.target)) from None
+            # A refused login is a configuration to fix; anything else an outage.
+            refused = StoreError if refusedLogin(e) else StoreUnwritable
+            raise refused(describeError(e, self.target)) from None
 
     @staticmethod
     def _abandon(pool: adbapi.ConnectionPool, conn: Any) -> bool:

@@ -10,6 +10,7 @@ password (:func:`describeError`).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -24,6 +25,7 @@ __all__ = [
     "driver",
     "isConnectionError",
     "parseTarget",
+    "refusedLogin",
     "translate",
 ]
 
@@ -35,6 +37,20 @@ RETRYABLE_STATES = frozenset(
 
 #: Class 08 (connection exception) and 57P0x (shutdown) mean "no server now", not a bad query.
 _UNREACHABLE_PREFIXES = ("08", "57P")
+
+#: libpq's words for a login the server refused: a configuration to fix, not an outage.
+_REFUSED = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "password is required",
+)
+
+#: libpq's prefix naming the server, which :attr:`Target.where` says already.
+_SERVER_PREFIX = re.compile(
+    r'connection to server (?:at "[^"]*"(?: \([^)]*\))?, port \d+|on socket "[^"]*") failed: '
+)
 
 
 def driver() -> ModuleType:
@@ -111,7 +127,14 @@ def describeError(error: BaseException, target: Target) -> str:
         lines = lines[:1]
     line = cleanText(" ".join(lines), limit=400)
     line = line.replace("connection failed: ", "cannot connect: ", 1)
+    line = _SERVER_PREFIX.sub("", line).replace("FATAL: ", "")
     return scrub(f"{target.where}: {line}", target.secrets)
+
+
+def refusedLogin(error: BaseException) -> bool:
+    """Whether a failed connection attempt was refused (bad password, no such database)."""
+    text = str(error).lower()
+    return any(phrase in text for phrase in _REFUSED)
 
 
 def translate(error: BaseException, target: Target, broken: bool = False) -> BaseException:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from oauthmail.db.errors import StoreError
-from oauthmail.db.postgresql.driver import Target, driver, translate
+from oauthmail.db.errors import StoreError, StoreUnwritable
+from oauthmail.db.postgresql.driver import Target, describeError, driver, refusedLogin, translate
 from oauthmail.db.postgresql.migrate import readVersions
 from oauthmail.tokens.crypto import TokenCipher, verifyKeyCheck
 
@@ -26,7 +26,8 @@ def _withConnection(target: Target, work: Callable[[Any], T], connect_timeout: i
     try:
         conn = psycopg.connect(target.conninfo, connect_timeout=connect_timeout)
     except psycopg.Error as e:
-        raise translate(e, target) from None
+        refused = StoreError if refusedLogin(e) else StoreUnwritable
+        raise refused(describeError(e, target)) from None
     try:
         return work(conn)
     except psycopg.Error as e:

@@ -1,0 +1,339 @@
+"""The PostgreSQL backend beyond the contract suites: its errors, its key check, its schema,
+and what several nodes on one database need (claims, refresh once).
+
+Every test runs on the session's private cluster (``tests/conftest.py``), in a
+schema of its own.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import pytest_twisted
+from contracts.conftest import ACCESS, REFRESH, openPostgreSQL, tokens
+from contracts.test_outbox_contract import FixedPolicy
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+
+from oauthmail.config import StoreConfig
+from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable, WrongKeyError
+from oauthmail.db.open import initStore, openStores, preflightStores
+from oauthmail.db.postgresql.database import PostgreSQLDatabase
+from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
+from oauthmail.db.postgresql.schema import TOKENS
+from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
+from oauthmail.secret import Secret
+from oauthmail.smtp.queue.records import OutboxEntry
+from oauthmail.testing.postgres import _freePort
+from oauthmail.tokens.crypto import generateKey
+
+NOW = 1_000_000.0
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def pgConfig(dsn: str, key: str | None = None) -> StoreConfig:
+    return StoreConfig(
+        backend="postgresql",
+        dsn=Secret(dsn),
+        key=Secret(key or generateKey()),
+        key_file="unused",
+    )
+
+
+def entry(message_id: str, at: float = NOW) -> OutboxEntry:
+    return OutboxEntry(message_id, "alice", "a@example.com", ("bob@example.net",), b"hi\r\n", at)
+
+
+# -- opening: the store the configuration names, its errors in one line --------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_stores_from_the_configuration(postgres_dsn):
+    """store: {backend: postgresql, dsn} opens the three PostgreSQL stores on one database."""
+    stores = await openStores(pgConfig(postgres_dsn), Clock(), reactor, environ={})
+    try:
+        assert isinstance(stores.tokens, PostgreSQLTokenStore)
+        assert isinstance(stores.ledger, PostgreSQLDeliveryLedger)
+        assert isinstance(stores.outbox, PostgreSQLOutbox)
+        await stores.tokens.ensureAccount("alice", "google")
+        await stores.ledger.setFolderState("alice", "INBOX", 7, 3)
+        await stores.outbox.enqueue(entry("m1"))
+    finally:
+        await stores.close()
+    assert {"accounts", "tokens", "deliveries", "outbound", "schema_migrations"} <= tables(
+        postgres_dsn
+    )
+
+
+def _oneLine(error: BaseException, postgres, dbname: str = "oauthmail_tests") -> str:
+    text = str(error)
+    assert "\n" not in text
+    assert postgres.password not in text
+    assert (
+        f"PostgreSQL 127.0.0.1:{postgres.port}/{dbname}" in text or "PostgreSQL 127.0.0.1:" in text
+    )
+    return text
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors_name_the_server_never_the_password(postgres):
+    """Unreachable, refused login, missing database: one line with host, port, database."""
+    cases = [
+        (postgres.dsn("oauthmail_tests", port=str(_freePort())), "Connection refused"),
+        (postgres.dsn("oauthmail_tests", password="wrong-pw-secret"), "password authentication"),
+        (postgres.dsn("no_such_db"), 'database "no_such_db" does not exist'),
+    ]
+    for dsn, expected in cases:
+        with pytest.raises(StoreError) as info:
+            await openStores(pgConfig(dsn), Clock(), reactor, environ={})
+        text = _oneLine(info.value, postgres)
+        assert expected in text
+        assert "wrong-pw-secret" not in text
+        with pytest.raises(StoreError) as info:
+            preflightStores(pgConfig(dsn), environ={})
+        assert expected in _oneLine(info.value, postgres)
+    with pytest.raises(StoreError) as info:
+        await openStores(pgConfig("host=x password='unterminated"), Clock(), reactor, environ={})
+    assert "unterminated" not in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_is_unwritable(postgres):
+    """A server nobody answers at is StoreUnwritable (the queue then answers 451)."""
+    dsn = postgres.dsn("oauthmail_tests", port=str(_freePort()))
+    with pytest.raises(StoreUnwritable):
+        await openStores(pgConfig(dsn), Clock(), reactor, environ={})
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_key_refused_before_any_change(postgres_dsn):
+    """A wrong key is refused (and preflight refuses it) before a pending migration runs."""
+    key = generateKey()
+    database = PostgreSQLDatabase(postgres_dsn, reactor, schemas=(TOKENS,))
+    store = PostgreSQLTokenStore(database, key, Clock())
+    await store.open()
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    await store.close()
+    before = tables(postgres_dsn)
+    assert "deliveries" not in before
+    with pytest.raises(WrongKeyError):
+        await openStores(pgConfig(postgres_dsn), Clock(), reactor, environ={})
+    with pytest.raises(WrongKeyError):
+        preflightStores(pgConfig(postgres_dsn), environ={})
+    assert tables(postgres_dsn) == before
+    stores = await openStores(pgConfig(postgres_dsn, key), Clock(), reactor, environ={})
+    try:
+        got = await stores.tokens.getTokens("alice")
+        assert got.access_token.reveal() == ACCESS and got.refresh_token.reveal() == REFRESH
+    finally:
+        await stores.close()
+    assert "deliveries" in tables(postgres_dsn)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_are_sealed_at_rest(postgres_dsn):
+    """The server holds only ciphertext: no token, plain, in any column."""
+    opened = await openPostgreSQL(postgres_dsn, Clock())
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(), 0)
+    finally:
+        await opened.close()
+    with psycopg.connect(postgres_dsn) as conn:
+        row = conn.execute("SELECT access_token, refresh_token FROM tokens").fetchone()
+    assert ACCESS.encode() not in bytes(row[0]) and REFRESH.encode() not in bytes(row[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_database_refused(postgres_dsn):
+    """A database with tables of its own and no oauthmail bookkeeping is refused, untouched."""
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StoreError, match="not an oauthmail store"):
+        await openStores(pgConfig(postgres_dsn), Clock(), reactor, environ={})
+    assert tables(postgres_dsn) == {"invoices"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_init_store_creates_then_checks(postgres_dsn):
+    """init-store creates the tables in an empty database, then only checks them."""
+    config = pgConfig(postgres_dsn)
+    said = await initStore(config, Clock(), reactor, environ={})
+    assert said.startswith("created the oauthmail tables in PostgreSQL 127.0.0.1:")
+    said = await initStore(config, Clock(), reactor, environ={})
+    assert "is an oauthmail store already" in said
+    assert "pg-test-secret" not in said
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_starting_together_migrate_once(postgres_dsn):
+    """Three nodes opening one empty database at once: each migration is applied once."""
+    key = generateKey()
+    opened = await defer.gatherResults(
+        [defer.ensureDeferred(openPostgreSQL(postgres_dsn, Clock(), key=key)) for _ in range(3)]
+    )
+    for one in opened:
+        await one.close()
+    with psycopg.connect(postgres_dsn) as conn:
+        rows = conn.execute("SELECT owner, version FROM schema_migrations ORDER BY 1, 2").fetchall()
+        (checks,) = conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+    assert rows == [("ledger", 1), ("ledger", 2), ("outbox", 1), ("outbox", 2), ("tokens", 1)]
+    assert checks == 1
+
+
+# -- the outbox shared by nodes -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_never_claim_the_same_message(postgres_dsn):
+    """Claims from two nodes at once are disjoint (SKIP LOCKED) and cover every due message."""
+    key = generateKey()
+    a = await openPostgreSQL(postgres_dsn, Clock(), node="a", key=key)
+    b = await openPostgreSQL(postgres_dsn, Clock(), node="b", key=key)
+    try:
+        for i in range(30):
+            await a.outbox.enqueue(entry(f"m{i:02}", NOW + i))
+        claimed: dict[str, list[str]] = {"a": [], "b": []}
+        while True:
+            got = await defer.gatherResults(
+                [a.outbox.claimDue("alice", NOW + 100, 4), b.outbox.claimDue("alice", NOW + 100, 4)]
+            )
+            if not got[0] and not got[1]:
+                break
+            claimed["a"] += [m.id for m in got[0]]
+            claimed["b"] += [m.id for m in got[1]]
+        assert not set(claimed["a"]) & set(claimed["b"])
+        assert sorted(claimed["a"] + claimed["b"]) == [f"m{i:02}" for i in range(30)]
+        with psycopg.connect(postgres_dsn) as conn:
+            owners = dict(
+                conn.execute("SELECT claimed_by, COUNT(*) FROM outbound GROUP BY 1").fetchall()
+            )
+        assert owners == {"a": len(claimed["a"]), "b": len(claimed["b"])}
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recover_takes_own_and_expired_claims_only(postgres_dsn):
+    """recover() takes this node's claims at once, another node's only once they expired."""
+    key = generateKey()
+    policy = FixedPolicy()
+    a = await openPostgreSQL(postgres_dsn, Clock(), node="a", key=key, claim_expiry=1.0)
+    b = await openPostgreSQL(postgres_dsn, Clock(), node="b", key=key)
+    try:
+        for i in range(3):
+            await a.outbox.enqueue(entry(f"m{i}"))
+        assert len(await a.outbox.claimDue("alice", NOW, 2)) == 2  # a claims m0, m1
+        assert len(await b.outbox.claimDue("alice", NOW, 5)) == 1  # b claims m2
+        recovery = await b.outbox.recover(NOW, policy)  # b restarts: its own claim only
+        assert (recovery.checked, recovery.resent) == (0, 1)
+        assert (await a.outbox.status("m0")).state == "sending"
+        assert (await b.outbox.status("m2")).state == "queued"
+        await sleep(1.2)  # a's claims expire by the database's clock
+        recovery = await b.outbox.recover(NOW + 2, policy)
+        assert (recovery.checked, recovery.resent) == (0, 2)
+        assert [(await b.outbox.status(f"m{i}")).state for i in range(3)] == ["queued"] * 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- refresh once across nodes ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_once_across_nodes(postgres_dsn):
+    """Two nodes refreshing one account at once: one asks the provider, the other uses it."""
+    key = generateKey()
+    nodes = [await openPostgreSQL(postgres_dsn, Clock(), key=key) for _ in range(2)]
+    try:
+        await nodes[0].tokens.ensureAccount("alice", "google")
+        await nodes[0].tokens.putTokens("alice", tokens(expires=10.0), 0)
+        presented = []
+
+        def refresh(record):
+            presented.append(record.refresh_token.reveal())
+            return sleep(0.3).addCallback(lambda _: tokens("fresh", "rotated", 5000.0))
+
+        def fresh(record):
+            return record is not None and record.expires_at > 100
+
+        results = await defer.gatherResults(
+            [n.tokens.refreshLocked("alice", fresh, refresh) for n in nodes]
+        )
+        assert presented == [REFRESH]
+        assert sorted(r.refreshed for r in results) == [False, True]
+        assert {r.record.version for r in results} == {2}
+        assert {r.record.access_token.reveal() for r in results} == {"fresh"}
+    finally:
+        for n in nodes:
+            await n.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_lock_wait_is_bounded(postgres_dsn):
+    """A node that cannot get the lock in time gets RefreshBusy and asks nothing."""
+    key = generateKey()
+    holder = await openPostgreSQL(postgres_dsn, Clock(), key=key)
+    waiter = await openPostgreSQL(postgres_dsn, Clock(), key=key, lock_timeout=0.2)
+    try:
+        await holder.tokens.ensureAccount("alice", "google")
+        await holder.tokens.putTokens("alice", tokens(), 0)
+        release: defer.Deferred = defer.Deferred()
+        held = holder.tokens.refreshLocked(
+            "alice", lambda r: False, lambda r: release.addCallback(lambda _: tokens("h"))
+        )
+        await sleep(0.2)
+
+        def never(record):
+            raise AssertionError("the waiter must not refresh")
+
+        with pytest.raises(RefreshBusy):
+            await waiter.tokens.refreshLocked("alice", lambda r: False, never)
+        release.callback(None)
+        assert (await held).record.version == 2
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refresh_taking_too_long_releases_the_lock(postgres_dsn):
+    """A refresh that outlasts refresh_timeout is cancelled; nothing is written; lock released."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), refresh_timeout=0.2)
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(), 0)
+        with pytest.raises(defer.TimeoutError):
+            await opened.tokens.refreshLocked("alice", lambda r: False, lambda r: defer.Deferred())
+        assert (await opened.tokens.getTokens("alice")).version == 1
+        record, _ = await opened.tokens.refreshLocked("alice", lambda r: False, lambda r: tokens())
+        assert record.version == 2
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_gives_up_a_waiting_refresh(postgres_dsn):
+    """Closing the store while a refresh waits for the provider cancels it: no thread hangs."""
+    opened = await openPostgreSQL(postgres_dsn, Clock())
+    await opened.tokens.ensureAccount("alice", "google")
+    pending = opened.tokens.refreshLocked("alice", lambda r: False, lambda r: defer.Deferred())
+    await sleep(0.2)
+    await opened.close()
+    with pytest.raises(defer.CancelledError):
+        await pending
