@@ -100,26 +100,37 @@ class Daemon:
     """One oauthmail daemon: its folder, configuration, store, process and log.
 
     ``accounts`` maps an account name to its mail user at the provider; the
-    configuration's ``accounts`` list must use the same names.
+    configuration's ``accounts`` list must use the same names. ``dsn`` puts
+    the store in that PostgreSQL database (the configuration says
+    ``dsn: ${OAUTHMAIL_DSN}`` and the daemon gets the value in its
+    environment, as an operator would do it); without, a SQLite file.
     """
 
-    def __init__(self, workDir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workDir: Path, config: dict[str, Any], dsn: str | None = None) -> None:
         self.workDir = workDir
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.webPort = freePort()
+        self.dsn = dsn
         config = dict(config)
         config["web"] = {"bind": "127.0.0.1", "port": self.webPort}
-        config["store"] = {
-            "path": str(workDir / "var" / "oauthmail.sqlite"),
-            "key_file": str(workDir / "var" / "oauthmail.key"),
-        }
+        key_file = str(workDir / "var" / "oauthmail.key")
+        if dsn is None:
+            config["store"] = {
+                "path": str(workDir / "var" / "oauthmail.sqlite"),
+                "key_file": key_file,
+            }
+            self.storeConfig = StoreConfig(path=config["store"]["path"], key_file=key_file)
+        else:
+            config["store"] = {
+                "backend": "postgresql",
+                "dsn": "${OAUTHMAIL_DSN}",
+                "key_file": key_file,
+            }
+            self.storeConfig = StoreConfig(backend="postgresql", dsn=Secret(dsn), key_file=key_file)
         self.config = config
         self.configPath = workDir / "app.yaml"
         self.configPath.write_text(yaml.safe_dump(config, sort_keys=False))
         self.logPath = workDir / "twistd.log"
-        self.storeConfig = StoreConfig(
-            path=config["store"]["path"], key_file=config["store"]["key_file"]
-        )
         self.process: subprocess.Popen[bytes] | None = None
         #: Every token value the test put into the store or read back from it.
         self.secrets: set[str] = {CLIENT_SECRET}
@@ -170,8 +181,10 @@ class Daemon:
     # -- the process -------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "OAUTHMAIL_KEY"}
+        env = {k: v for k, v in os.environ.items() if k not in ("OAUTHMAIL_KEY", "OAUTHMAIL_DSN")}
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if self.dsn is not None:
+            env["OAUTHMAIL_DSN"] = self.dsn
         return env
 
     def start(self) -> None:

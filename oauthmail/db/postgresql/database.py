@@ -312,8 +312,7 @@ class PostgreSQLDatabase:
                 again = broken or getattr(e, "sqlstate", None) in RETRYABLE_STATES
                 if again and attempt + 1 < attempts:
                     log.info(
-                        "{where}: {why}; trying once more on a new connection",
-                        where=self.where,
+                        "{why}; trying once more on a new connection",
                         why=describeError(e, self.target),
                     )
                     continue
