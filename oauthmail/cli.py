@@ -268,6 +268,37 @@ def initStoreCommand(args: argparse.Namespace) -> int:
     return runInReactor(work)
 
 
+def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
+    configOption(parser)
+    parser.add_argument(
+        "--to",
+        metavar="DSN",
+        required=True,
+        help="the EMPTY PostgreSQL database to copy into (postgresql://USER@HOST:PORT/DB;"
+        " give the password in PGPASSWORD or ~/.pgpass, not here)",
+    )
+
+
+@subcommand(
+    "migrate-store",
+    help="copy the SQLite store (tokens, ledger, queue) into an empty PostgreSQL database",
+    arguments=migrateStoreArguments,
+)
+def migrateStoreCommand(args: argparse.Namespace) -> int:
+    """Stop the daemon first: what it writes during the copy would not be copied."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.db.transfer import copyStore
+
+        print(await copyStore(config.store, args.to, clock=reactor, reactor=reactor))
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
 @subcommand(
     "accounts",
     help="list the accounts with their state and token expiry (never a token)",
