@@ -296,11 +296,12 @@ class IOutbox(Interface):
     :class:`IDeliveryPolicy` inside its transactions, so that a recorded
     failure and its bounce, or an outcome and its next attempt, are one write.
 
-    Written for one node today (SQLite: ``claimDue`` marks messages
-    ``sending``; ``recover`` at start returns them). A backend shared by
-    several nodes claims with ``FOR UPDATE SKIP LOCKED`` and a claim expiry,
-    and its ``recover`` returns the expired claims of any node: the rest of the
-    contract stays as it is.
+    SQLite serves one node: ``claimDue`` marks messages ``sending``;
+    ``recover`` at start returns them. The PostgreSQL outbox is shared by
+    several nodes: it claims with ``FOR UPDATE SKIP LOCKED``, a node name and a
+    claim expiry (the database's clock), and its ``recover`` returns this
+    node's claims and the expired claims of any node: the rest of the contract
+    stays as it is.
     """
 
     def enqueue(message):

@@ -14,11 +14,13 @@ from contracts.conftest import ACCESS, REFRESH, openPostgreSQL, tokens
 from contracts.test_outbox_contract import FixedPolicy
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from zope.interface.verify import verifyObject
 
 from oauthmail.config import StoreConfig
 from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable, WrongKeyError
 from oauthmail.db.open import initStore, openStores, preflightStores
-from oauthmail.db.postgresql.database import PostgreSQLDatabase
+from oauthmail.db.postgresql.database import IPostgreSQLDatabase, PostgreSQLDatabase
 from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
 from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
 from oauthmail.db.postgresql.schema import TOKENS
@@ -141,6 +143,59 @@ async def test_wrong_key_refused_before_any_change(postgres_dsn):
     finally:
         await stores.close()
     assert "deliveries" in tables(postgres_dsn)
+
+
+def test_database_provides_its_interface():
+    """PostgreSQLDatabase keeps the promise its stores rely on; making one connects nowhere."""
+    database = PostgreSQLDatabase("host=127.0.0.1 dbname=nowhere", reactor)
+    assert verifyObject(IPostgreSQLDatabase, database)
+    assert database.where == "PostgreSQL 127.0.0.1:5432/nowhere" and not database.isOpen
+
+
+def test_same_owners_and_migration_numbers_as_sqlite():
+    """Both backends list every owner, in order, with the same number of migrations."""
+    from oauthmail.db.migrations import OWNERS
+    from oauthmail.db.postgresql.schema import SCHEMAS as POSTGRESQL
+    from oauthmail.db.sqlite.schema import SCHEMAS as SQLITE
+
+    assert [s.owner for s in POSTGRESQL] == [s.owner for s in SQLITE] == list(OWNERS)
+    assert [s.latest for s in POSTGRESQL] == [s.latest for s in SQLITE]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newer_schema_is_refused(postgres_dsn):
+    """A database a newer oauthmail migrated further is refused before anything changes."""
+    opened = await openPostgreSQL(postgres_dsn, Clock())
+    await opened.close()
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES ('ledger', 9, 0), ('leases', 1, 0)")
+    with pytest.raises(StoreError, match="written by a newer oauthmail"):
+        await openPostgreSQL(postgres_dsn, Clock())
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_rotation(postgres_dsn):
+    """Opening with [new, old] keys re-encrypts every token with the new one; then old can go."""
+    old, new = generateKey(), generateKey()
+    opened = await openPostgreSQL(postgres_dsn, Clock(), key=old)
+    await opened.tokens.ensureAccount("alice", "google")
+    await opened.tokens.putTokens("alice", tokens(), 0)
+    await opened.tokens.ensureAccount("bob", "google")
+    await opened.tokens.putTokens("bob", tokens("b", None), 0)
+    await opened.close()
+    with capturedLogs() as events:
+        opened = await openPostgreSQL(postgres_dsn, Clock(), key=[new, old])
+        await opened.close()
+    assert any("re-encrypted {count}" in e.get("log_format", "") for e in events)
+    opened = await openPostgreSQL(postgres_dsn, Clock(), key=new)
+    try:
+        got = await opened.tokens.getTokens("alice")
+        assert got.access_token.reveal() == ACCESS and got.refresh_token.reveal() == REFRESH
+        assert (await opened.tokens.getTokens("bob")).refresh_token is None
+    finally:
+        await opened.close()
+    with pytest.raises(WrongKeyError):
+        await openPostgreSQL(postgres_dsn, Clock(), key=old)
 
 
 @pytest_twisted.ensureDeferred

@@ -11,9 +11,12 @@ Rules a reader must not break:
 
 - Only this package writes SQL. The rest of oauthmail talks to the interfaces;
   :func:`oauthmail.db.open.openStores` is the one place that picks a backend.
-- A backend lives in its own subpackage (``sqlite/`` today; ``postgresql/``
-  beside it later) and never changes what an interface promises: the contract
-  suites under ``tests/contracts/`` run against every backend and the memory
-  twins in :mod:`oauthmail.testing`.
+- A backend lives in its own subpackage (``sqlite/``, ``postgresql/``) and
+  never changes what an interface promises: the contract suites under
+  ``tests/contracts/`` run against every backend and the memory twins in
+  :mod:`oauthmail.testing`. Backend-neutral helpers live here: group commit
+  (``batch``), per-owner migrations (``migrations``), refresh-once for
+  one-process stores (``refresh``), and the SQLite-to-PostgreSQL copy
+  (``transfer``).
 - Every call returns a Deferred and never blocks the reactor thread.
 """

@@ -241,9 +241,7 @@ class PostgreSQLDatabase:
             self._lockPool = self._makePool(self._lock_pool_size)
         return self._lockPool.runWithConnection(self._inThread, func, args, False)
 
-    def waitFor(
-        self, timeout: float, func: Callable[..., Any], *args: object
-    ) -> Any:  # pragma: no cover - exercised through the token store's refreshLocked
+    def waitFor(self, timeout: float, func: Callable[..., Any], *args: object) -> Any:
         """From a pool thread: run ``func(*args)`` on the reactor, wait at most ``timeout`` s.
 
         The result (a Deferred's, awaited) comes back to the thread; a Deferred
