@@ -125,6 +125,8 @@ class PostgreSQLDatabase:
         self._pool: adbapi.ConnectionPool | None = None
         self._lockPool: adbapi.ConnectionPool | None = None
         self._waits: set[defer.Deferred[Any]] = set()
+        self._busy = 0
+        self._idle: list[defer.Deferred[None]] = []
         self._shutdownTrigger: Any = None
 
     def __repr__(self) -> str:
@@ -172,7 +174,7 @@ class PostgreSQLDatabase:
             "before", "shutdown", self._cancelWaits
         )
         migration = (self.where, self._schemas, now, guard)
-        d = pool.runWithConnection(self._inThread, migrate, migration, False)
+        d = self._track(pool.runWithConnection(self._inThread, migrate, migration, False))
         d.addCallback(emitNotices, log)
 
         def failed(f: Any) -> Any:
@@ -184,9 +186,12 @@ class PostgreSQLDatabase:
         return d
 
     def close(self) -> defer.Deferred[None]:
-        """Give up waiting refreshes, close every connection, stop the pools' threads.
+        """Refuse new calls, give up waiting refreshes, let the calls in flight end, then
+        close every connection and stop the pools' threads.
 
-        Closing a closed database does nothing.
+        Waiting for the calls in flight first means no connection is closed
+        under a thread still using it, and stopping the (then idle) threads
+        takes no time on the reactor. Closing a closed database does nothing.
         """
         pools = [p for p in (self._lockPool, self._pool) if p is not None]
         self._pool = self._lockPool = None
@@ -194,27 +199,39 @@ class PostgreSQLDatabase:
             self._reactor.removeSystemEventTrigger(self._shutdownTrigger)
             self._shutdownTrigger = None
         self._cancelWaits()
-        d: defer.Deferred[None] = defer.succeed(None)
-        for pool in pools:
-            d.addCallback(lambda _, p=pool: self._closePool(p))
-        return d
 
-    def _closePool(self, pool: adbapi.ConnectionPool) -> defer.Deferred[None]:
-        def disconnect() -> None:
-            # Network work (a goodbye to the server): not on the reactor thread.
-            for conn in list(pool.connections.values()):
-                try:
-                    conn.close()
-                except Exception:  # noqa: S110 - closing a dead connection is no news
-                    pass
+        def stop(_: object) -> None:
+            for pool in pools:
+                pool.close()
 
-        d = threads.deferToThreadPool(self._reactor, pool.threadpool, disconnect)
+        return self._whenIdle().addCallback(stop)
 
-        def stop(result: object) -> None:
-            pool.close()
+    def _track(self, d: defer.Deferred[T]) -> defer.Deferred[T]:
+        """Count ``d`` as in flight until it fires (see :meth:`close`)."""
+        self._busy += 1
 
-        d.addBoth(stop)
-        return d
+        def done(result: T) -> T:
+            self._busy -= 1
+            if not self._busy and self._idle:
+                # After this call's own callbacks, not from inside them.
+                self._reactor.callLater(0, self._wakeIdle)
+            return result
+
+        return d.addBoth(done)
+
+    def _wakeIdle(self) -> None:
+        if self._busy:
+            return
+        idle, self._idle = self._idle, []
+        for waiter in idle:
+            waiter.callback(None)
+
+    def _whenIdle(self) -> defer.Deferred[None]:
+        if not self._busy:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle.append(waiter)
+        return waiter
 
     # -- running work ---------------------------------------------------------
 
@@ -222,7 +239,7 @@ class PostgreSQLDatabase:
         """Run ``func(connection, *args)`` in one transaction, retried once if safe; see module."""
         if self._pool is None:
             return defer.fail(StoreError(f"{self.where} is not open"))
-        return self._pool.runWithConnection(self._inThread, func, args, True)
+        return self._track(self._pool.runWithConnection(self._inThread, func, args, True))
 
     def runRead(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         """Run a read-only ``func(connection, *args)`` (its own transaction, retried if lost)."""
@@ -239,7 +256,7 @@ class PostgreSQLDatabase:
             return defer.fail(StoreError(f"{self.where} is not open"))
         if self._lockPool is None:
             self._lockPool = self._makePool(self._lock_pool_size)
-        return self._lockPool.runWithConnection(self._inThread, func, args, False)
+        return self._track(self._lockPool.runWithConnection(self._inThread, func, args, False))
 
     def waitFor(self, timeout: float, func: Callable[..., Any], *args: object) -> Any:
         """From a pool thread: run ``func(*args)`` on the reactor, wait at most ``timeout`` s.
