@@ -24,7 +24,7 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer, threads
 
@@ -32,6 +32,9 @@ from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.open import openStores
 from oauthmail.db.sqlite.storefile import checkStoreFile
 from oauthmail.secret import Secret, plain
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["TABLES", "copyStore", "copyTables"]
 
@@ -154,7 +157,7 @@ def copyTables(path: str, dsn: str, now: float) -> dict[str, int]:
 
 
 def _copyTable(
-    source: sqlite3.Connection, conn: Any, table: str, columns: tuple[str, ...], order: str
+    source: sqlite3.Connection, conn: Connection, table: str, columns: tuple[str, ...], order: str
 ) -> int:
     """Stream one table's rows into PostgreSQL with ``COPY``; return how many."""
     names = ", ".join(columns)

@@ -25,7 +25,7 @@ change nothing outside the database; psycopg's errors come back as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
@@ -47,6 +47,9 @@ from oauthmail.db.postgresql.migrate import SchemaGuard, migrate
 from oauthmail.db.postgresql.schema import SCHEMAS
 from oauthmail.secret import Secret, plain
 from oauthmail.tokens.crypto import emitNotices
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["IPostgreSQLDatabase", "PostgreSQLDatabase"]
 
@@ -285,7 +288,7 @@ class PostgreSQLDatabase:
 
     # -- in a pool thread ---------------------------------------------------------
 
-    def _connect(self, pool: adbapi.ConnectionPool) -> Any:
+    def _connect(self, pool: adbapi.ConnectionPool) -> Connection:
         psycopg = driver()
         try:
             return pool.connect()
@@ -295,7 +298,7 @@ class PostgreSQLDatabase:
             raise refused(describeError(e, self.target)) from None
 
     @staticmethod
-    def _abandon(pool: adbapi.ConnectionPool, conn: Any) -> bool:
+    def _abandon(pool: adbapi.ConnectionPool, conn: Connection) -> bool:
         """End the failed transaction; drop the connection if it is broken (True then)."""
         if not (conn.broken or conn.closed):
             try:

@@ -13,10 +13,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.secret import scrub
 from oauthmail.text import cleanText
+
+if TYPE_CHECKING:  # psycopg is optional: only type checkers import it here
+    import psycopg
+
+    #: What the stores' functions are given: a psycopg connection in a transaction.
+    Connection = psycopg.Connection[tuple[Any, ...]]
 
 __all__ = [
     "RETRYABLE_STATES",

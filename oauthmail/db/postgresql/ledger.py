@@ -10,7 +10,7 @@ their rules are :mod:`oauthmail.imap.ledger`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -25,6 +25,9 @@ from oauthmail.imap.ledger import (
     finalStates,
 )
 from oauthmail.interfaces import IDeliveryLedger
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["PostgreSQLDeliveryLedger"]
 
@@ -58,7 +61,7 @@ class PostgreSQLDeliveryLedger:
         return f"<PostgreSQLDeliveryLedger {self._database.where}>"
 
     def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
-        def q(conn: Any) -> tuple[int, int] | None:
+        def q(conn: Connection) -> tuple[int, int] | None:
             row = conn.execute(
                 "SELECT uidvalidity, last_delivered_uid FROM folders"
                 " WHERE account = %s AND folder = %s",
@@ -71,7 +74,7 @@ class PostgreSQLDeliveryLedger:
     def setFolderState(
         self, account: str, folder: str, uidvalidity: int, last_delivered_uid: int
     ) -> defer.Deferred[None]:
-        def w(conn: Any) -> None:
+        def w(conn: Connection) -> None:
             conn.execute(_UPSERT_FOLDER, (account, folder, uidvalidity, last_delivered_uid))
 
         return self._database.runWrite(w)
@@ -92,7 +95,7 @@ class PostgreSQLDeliveryLedger:
         rows = finalStates(entries, disposed)
         now = self._clock.seconds()
 
-        def w(conn: Any) -> None:
+        def w(conn: Connection) -> None:
             if rows:
                 conn.cursor().executemany(
                     _UPSERT_DELIVERY,
@@ -115,7 +118,7 @@ class PostgreSQLDeliveryLedger:
     ) -> defer.Deferred[set[int]]:
         wanted = sorted(set(uids))
 
-        def q(conn: Any) -> set[int]:
+        def q(conn: Connection) -> set[int]:
             if not wanted:
                 return set()
             rows = conn.execute(
@@ -144,7 +147,7 @@ class PostgreSQLDeliveryLedger:
         wanted = sorted(set(digests))
         states = list(states)
 
-        def q(conn: Any) -> set[str]:
+        def q(conn: Connection) -> set[str]:
             if not wanted:
                 return set()
             rows = conn.execute(
@@ -162,7 +165,7 @@ class PostgreSQLDeliveryLedger:
         entries = list(entries)
         now = self._clock.seconds()
 
-        def w(conn: Any) -> None:
+        def w(conn: Connection) -> None:
             if entries:
                 conn.cursor().executemany(
                     _UPSERT_DELIVERY,
@@ -176,7 +179,7 @@ class PostgreSQLDeliveryLedger:
     ) -> defer.Deferred[None]:
         wanted = sorted(set(uids))
 
-        def w(conn: Any) -> None:
+        def w(conn: Connection) -> None:
             if wanted:
                 conn.execute(
                     "UPDATE deliveries SET state = %s WHERE account = %s AND folder = %s"
@@ -189,7 +192,7 @@ class PostgreSQLDeliveryLedger:
     def pendingDisposition(
         self, account: str, folder: str, uidvalidity: int
     ) -> defer.Deferred[list[int]]:
-        def q(conn: Any) -> list[int]:
+        def q(conn: Connection) -> list[int]:
             rows = conn.execute(
                 "SELECT uid FROM deliveries WHERE account = %s AND folder = %s"
                 " AND uidvalidity = %s AND state = %s ORDER BY uid",

@@ -20,12 +20,15 @@ Order of work:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from oauthmail.db.errors import StoreError
 from oauthmail.db.migrations import OwnerSchema, checkKnown, pending
 from oauthmail.db.postgresql.schema import BOOKKEEPING
 from oauthmail.tokens.crypto import Notice
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["MIGRATION_LOCK", "SchemaGuard", "createAll", "migrate", "readVersions", "tableNames"]
 
@@ -36,14 +39,14 @@ MIGRATION_LOCK = 0x6F617574686D6C
 class SchemaGuard(Protocol):
     """What an owner checks and seeds while the database is migrated (the key check)."""
 
-    def check(self, conn: Any, versions: Mapping[str, int], notices: list[Notice]) -> None:
+    def check(self, conn: Connection, versions: Mapping[str, int], notices: list[Notice]) -> None:
         """Before anything is written: raise to refuse the database (nothing changes then)."""
 
-    def applied(self, conn: Any, owner: str, number: int) -> None:
+    def applied(self, conn: Connection, owner: str, number: int) -> None:
         """Right after a migration, in its transaction (seed what it created)."""
 
 
-def tableNames(conn: Any, where: str) -> set[str]:
+def tableNames(conn: Connection, where: str) -> set[str]:
     """The tables of the schema oauthmail works in (the first of ``search_path``)."""
     (schema,) = conn.execute("SELECT current_schema()").fetchone()
     if schema is None:
@@ -57,7 +60,7 @@ def tableNames(conn: Any, where: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-def readVersions(conn: Any, where: str) -> dict[str, int]:
+def readVersions(conn: Connection, where: str) -> dict[str, int]:
     """The versions per owner (``{}`` for an empty database); refuse a foreign one. Read-only."""
     tables = tableNames(conn, where)
     if "schema_migrations" not in tables:
@@ -73,7 +76,7 @@ def readVersions(conn: Any, where: str) -> dict[str, int]:
     return {owner: int(version) for owner, version in rows.fetchall()}
 
 
-def _record(conn: Any, owner: str, number: int, now: float) -> None:
+def _record(conn: Connection, owner: str, number: int, now: float) -> None:
     conn.execute(
         "INSERT INTO schema_migrations (owner, version, applied_at) VALUES (%s, %s, %s)",
         (owner, number, now),
@@ -81,7 +84,7 @@ def _record(conn: Any, owner: str, number: int, now: float) -> None:
 
 
 def migrate(
-    conn: Any,
+    conn: Connection,
     where: str,
     schemas: Sequence[OwnerSchema],
     now: float,
@@ -123,7 +126,7 @@ def migrate(
         )
 
 
-def createAll(conn: Any, schemas: Sequence[OwnerSchema], now: float) -> None:
+def createAll(conn: Connection, schemas: Sequence[OwnerSchema], now: float) -> None:
     """Create every owner's tables in the caller's transaction (an empty database only)."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
     conn.execute(BOOKKEEPING)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -53,6 +53,9 @@ from oauthmail.smtp.queue.records import (
     RecipientReply,
 )
 from oauthmail.text import cleanText
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["DEFAULT_CLAIM_EXPIRY", "PostgreSQLOutbox", "defaultNode"]
 
@@ -154,19 +157,19 @@ class PostgreSQLOutbox:
 # -- SQL (runs in a pool thread, inside the database's transaction) -----------------------
 
 
-def _unsynced(conn: Any) -> None:
+def _unsynced(conn: Connection) -> None:
     """This transaction's commit need not wait for the disk (see the module docstring)."""
     conn.execute("SET LOCAL synchronous_commit = off")
 
 
-def _recordRefusals(conn: Any, message_id: str, refused: list[RecipientReply]) -> None:
+def _recordRefusals(conn: Connection, message_id: str, refused: list[RecipientReply]) -> None:
     for r in refused:
         state = "failed" if r.status == outcomes.PERMANENT else "deferred"
         _answerRecipient(conn, message_id, r.address, state, r.code, r.text, ("pending",))
 
 
 def _answerRecipient(
-    conn: Any,
+    conn: Connection,
     message_id: str,
     address: str,
     state: str,
@@ -184,7 +187,7 @@ def _answerRecipient(
     )
 
 
-def _makeDue(conn: Any, account: str, now: float, delay: float) -> int:
+def _makeDue(conn: Connection, account: str, now: float, delay: float) -> int:
     # A message in doubt still waits for the provider to file its copy.
     cursor = conn.execute(
         "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
@@ -195,7 +198,7 @@ def _makeDue(conn: Any, account: str, now: float, delay: float) -> int:
     return cursor.rowcount
 
 
-def _dueAccounts(conn: Any, now: float) -> list[str]:
+def _dueAccounts(conn: Connection, now: float) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT account FROM outbound WHERE state = 'queued' AND next_attempt_at <= %s",
         (now,),
@@ -203,7 +206,7 @@ def _dueAccounts(conn: Any, now: float) -> list[str]:
     return [row[0] for row in rows]
 
 
-def _nextDue(conn: Any, account: str) -> float | None:
+def _nextDue(conn: Connection, account: str) -> float | None:
     (at,) = conn.execute(
         "SELECT MIN(next_attempt_at) FROM outbound WHERE account = %s AND state = 'queued'",
         (account,),
@@ -212,7 +215,7 @@ def _nextDue(conn: Any, account: str) -> float | None:
 
 
 def _claimDue(
-    conn: Any, node: str, expiry: float, account: str, now: float, limit: int
+    conn: Connection, node: str, expiry: float, account: str, now: float, limit: int
 ) -> list[OutboxMessage]:
     """Claim the due messages (at most ``limit``) for ``node``, oldest due first."""
     _unsynced(conn)
@@ -246,7 +249,7 @@ def _claimDue(
 
 
 def _recordOutcomes(
-    conn: Any, batch: list[AttemptOutcome], now: float, policy: IDeliveryPolicy
+    conn: Connection, batch: list[AttemptOutcome], now: float, policy: IDeliveryPolicy
 ) -> list[DeliveryStatus]:
     """Record several messages' outcomes in one (unsynced) transaction: group commit."""
     _unsynced(conn)
@@ -254,7 +257,9 @@ def _recordOutcomes(
     return [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
 
 
-def _applyOutcome(conn: Any, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy) -> bool:
+def _applyOutcome(
+    conn: Connection, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy
+) -> bool:
     """Write one outcome (in the caller's transaction); False if it changed nothing."""
     message_id = outcome.message_id
     row = conn.execute(
@@ -306,7 +311,7 @@ def _applyOutcome(conn: Any, outcome: AttemptOutcome, now: float, policy: IDeliv
 
 
 def _recordFailure(
-    conn: Any, ids: list[str], reason: str, now: float, policy: IDeliveryPolicy
+    conn: Connection, ids: list[str], reason: str, now: float, policy: IDeliveryPolicy
 ) -> list[DeliveryStatus]:
     for message_id in ids:
         row = conn.execute(
@@ -319,19 +324,19 @@ def _recordFailure(
     return [s for s in (status(conn, message_id) for message_id in ids) if s is not None]
 
 
-def _listStatuses(conn: Any, account: str) -> list[DeliveryStatus]:
+def _listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:
     ids = conn.execute(
         "SELECT id FROM outbound WHERE account = %s ORDER BY created_at, seq", (account,)
     ).fetchall()
     return [s for s in (status(conn, row[0]) for row in ids) if s is not None]
 
 
-def _messageData(conn: Any, message_id: str) -> bytes | None:
+def _messageData(conn: Connection, message_id: str) -> bytes | None:
     row = conn.execute("SELECT message FROM outbound WHERE id = %s", (message_id,)).fetchone()
     return None if row is None else bytes(row[0])
 
 
-def _stats(conn: Any) -> list[AccountFigures]:
+def _stats(conn: Connection) -> list[AccountFigures]:
     rows = conn.execute(
         "SELECT account,"
         " COUNT(*) FILTER (WHERE state IN ('queued', 'sending')),"

@@ -9,7 +9,7 @@ live claim of another node. Each function runs in the caller's transaction.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from oauthmail.db.postgresql.outbox_rows import retryOrGiveUp, status, undefer, writeFinal
 from oauthmail.interfaces import IDeliveryPolicy
@@ -22,13 +22,16 @@ from oauthmail.smtp.queue.records import (
 )
 from oauthmail.text import cleanText
 
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
+
 __all__ = ["HEADER_READ", "clearDoubt", "dueInDoubt", "recover", "settleDoubt", "stillInDoubt"]
 
 #: Bytes of a message read to find its header section (a longer header is not probed).
 HEADER_READ = 256 * 1024
 
 
-def recover(conn: Any, node: str, now: float, policy: IDeliveryPolicy) -> Recovery:
+def recover(conn: Connection, node: str, now: float, policy: IDeliveryPolicy) -> Recovery:
     """Queue again what a crash left ``sending``: looked for in Sent first, or sent again."""
     checked = resent = 0
     # Every start gives the messages already in doubt a full sent_check_give_up again.
@@ -62,7 +65,7 @@ def recover(conn: Any, node: str, now: float, policy: IDeliveryPolicy) -> Recove
     return Recovery(checked, resent)
 
 
-def dueInDoubt(conn: Any, account: str, now: float, limit: int) -> list[DoubtfulMessage]:
+def dueInDoubt(conn: Connection, account: str, now: float, limit: int) -> list[DoubtfulMessage]:
     """The due messages in doubt: id, header section, whether an earlier attempt was taken."""
     rows = conn.execute(
         "SELECT id, substring(message from 1 for %s), provider_accepted_at FROM outbound"
@@ -76,7 +79,7 @@ def dueInDoubt(conn: Any, account: str, now: float, limit: int) -> list[Doubtful
     ]
 
 
-def clearDoubt(conn: Any, ids: list[str], last_error: str | None) -> None:
+def clearDoubt(conn: Connection, ids: list[str], last_error: str | None) -> None:
     conn.execute(
         "UPDATE outbound SET in_doubt_since = NULL,"
         " last_error = COALESCE(%s, last_error) WHERE id = ANY(%s)",
@@ -87,7 +90,7 @@ def clearDoubt(conn: Any, ids: list[str], last_error: str | None) -> None:
 
 
 def stillInDoubt(
-    conn: Any, ids: list[str], reason: str, now: float, wait: float, give_up: float
+    conn: Connection, ids: list[str], reason: str, now: float, wait: float, give_up: float
 ) -> int:
     """Sent could not be searched: look again after ``wait``, or resend after ``give_up``."""
     given_up = 0
@@ -114,7 +117,7 @@ def stillInDoubt(
 
 
 def settleDoubt(
-    conn: Any, found: list[str], missing: list[str], now: float, policy: IDeliveryPolicy
+    conn: Connection, found: list[str], missing: list[str], now: float, policy: IDeliveryPolicy
 ) -> list[DeliveryStatus]:
     """Record what Sent showed: found means sent, missing means send again."""
     for message_id in found:

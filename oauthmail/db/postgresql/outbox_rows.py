@@ -6,16 +6,19 @@ they are :mod:`oauthmail.db.sqlite.outbox_rows` in PostgreSQL's dialect.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from oauthmail.interfaces import IDeliveryPolicy
 from oauthmail.smtp.queue.records import DeliveryStatus, OutboxEntry, RecipientStatus
 from oauthmail.text import cleanText
 
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
+
 __all__ = ["insertMessage", "retryOrGiveUp", "status", "undefer", "writeFinal"]
 
 
-def status(conn: Any, message_id: str) -> DeliveryStatus | None:
+def status(conn: Connection, message_id: str) -> DeliveryStatus | None:
     row = conn.execute(
         "SELECT id, account, mail_from, state, attempts, created_at, next_attempt_at,"
         " last_error, provider_accepted_at FROM outbound WHERE id = %s",
@@ -34,7 +37,7 @@ def status(conn: Any, message_id: str) -> DeliveryStatus | None:
     return DeliveryStatus(*row, recipients=recipients)
 
 
-def insertMessage(conn: Any, message: OutboxEntry) -> None:
+def insertMessage(conn: Connection, message: OutboxEntry) -> None:
     """A new message, queued and due at ``queued_at``, every recipient pending."""
     conn.execute(
         "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
@@ -56,7 +59,7 @@ def insertMessage(conn: Any, message: OutboxEntry) -> None:
     )
 
 
-def undefer(conn: Any, message_id: str) -> None:
+def undefer(conn: Connection, message_id: str) -> None:
     """The attempt's outcome is settled: its deferred recipients are simply pending again."""
     conn.execute(
         "UPDATE outbound_recipients SET state = 'pending' WHERE message_id = %s"
@@ -66,7 +69,7 @@ def undefer(conn: Any, message_id: str) -> None:
 
 
 def writeFinal(
-    conn: Any,
+    conn: Connection,
     message_id: str,
     last_error: str | None,
     now: float | None = None,
@@ -85,7 +88,7 @@ def writeFinal(
         _queueBounce(conn, message_id, now, policy)
 
 
-def _queueBounce(conn: Any, message_id: str, now: float, policy: IDeliveryPolicy) -> None:
+def _queueBounce(conn: Connection, message_id: str, now: float, policy: IDeliveryPolicy) -> None:
     """Queue the notification of a message's failed recipients to its envelope sender."""
     account, mail_from, message = conn.execute(
         "SELECT account, mail_from, message FROM outbound WHERE id = %s", (message_id,)
@@ -108,7 +111,7 @@ def _queueBounce(conn: Any, message_id: str, now: float, policy: IDeliveryPolicy
 
 
 def retryOrGiveUp(
-    conn: Any, message_id: str, reason: str, now: float, policy: IDeliveryPolicy
+    conn: Connection, message_id: str, reason: str, now: float, policy: IDeliveryPolicy
 ) -> None:
     """A temporary failure: back off, or fail what is still pending once max_age is over."""
     attempts, created_at = conn.execute(

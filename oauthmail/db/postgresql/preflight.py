@@ -9,19 +9,24 @@ and exit status 2. The real (asynchronous) open checks again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.postgresql.driver import Target, describeError, driver, refusedLogin, translate
 from oauthmail.db.postgresql.migrate import readVersions
 from oauthmail.tokens.crypto import TokenCipher, verifyKeyCheck
 
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
+
 __all__ = ["inspect", "preflight"]
 
 T = TypeVar("T")
 
 
-def _withConnection(target: Target, work: Callable[[Any], T], connect_timeout: int = 10) -> T:
+def _withConnection(
+    target: Target, work: Callable[[Connection], T], connect_timeout: int = 10
+) -> T:
     psycopg = driver()
     try:
         conn = psycopg.connect(target.conninfo, connect_timeout=connect_timeout)
@@ -48,7 +53,7 @@ def preflight(target: Target, cipher: TokenCipher) -> None:
     An empty database passes (the open creates the tables).
     """
 
-    def check(conn: Any) -> None:
+    def check(conn: Connection) -> None:
         versions = readVersions(conn, target.where)
         if versions.get("tokens", 0) < 1:
             return

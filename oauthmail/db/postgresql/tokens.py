@@ -18,7 +18,7 @@ Rules a reader must not break:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -38,6 +38,9 @@ from oauthmail.tokens.records import (
     TokenRecord,
     TokenSet,
 )
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["KEY_CHECK", "PostgreSQLTokenStore"]
 
@@ -59,10 +62,6 @@ class _Clock(Protocol):
 
 def _account(row: tuple[Any, ...]) -> AccountRecord:
     return AccountRecord(*row[:7])
-
-
-def _bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
 
 
 @implementer(ITokenStore)
@@ -121,7 +120,9 @@ class PostgreSQLTokenStore:
 
     # -- opening: the key check (a SchemaGuard, in the first migration transaction) ----
 
-    def check(self, conn: Any, versions: Mapping[str, int], notices: list[crypto.Notice]) -> None:
+    def check(
+        self, conn: Connection, versions: Mapping[str, int], notices: list[crypto.Notice]
+    ) -> None:
         """Refuse a wrong key before anything is written; rotate to the first key if due."""
         if versions.get("tokens", 0) < 1:
             return
@@ -131,7 +132,7 @@ class PostgreSQLTokenStore:
         if crypto.verifyKeyCheck(self._cipher, bytes(row[0]), self.path):
             notices.append(self._rotate(conn))
 
-    def applied(self, conn: Any, owner: str, number: int) -> None:
+    def applied(self, conn: Connection, owner: str, number: int) -> None:
         """Seed the key check with the tables that hold it."""
         if (owner, number) == ("tokens", 1):
             conn.execute(
@@ -139,7 +140,7 @@ class PostgreSQLTokenStore:
                 (KEY_CHECK, crypto.sealKeyCheck(self._cipher)),
             )
 
-    def _rotate(self, conn: Any) -> crypto.Notice:
+    def _rotate(self, conn: Connection) -> crypto.Notice:
         """Re-encrypt everything with the first key, inside the opening transaction."""
         rotate = self._cipher.rotate
         (sealed,) = conn.execute(
@@ -170,7 +171,9 @@ class PostgreSQLTokenStore:
         return self._run(self._ensureAccount, account_id, provider, self._clock.seconds())
 
     @staticmethod
-    def _ensureAccount(conn: Any, account_id: str, provider: str, now: float) -> AccountRecord:
+    def _ensureAccount(
+        conn: Connection, account_id: str, provider: str, now: float
+    ) -> AccountRecord:
         conn.execute(
             "INSERT INTO accounts (id, provider, state, last_error, created_at, updated_at)"
             " VALUES (%s, %s, 'unauthorised', NULL, %s, %s) ON CONFLICT (id) DO NOTHING",
@@ -186,7 +189,7 @@ class PostgreSQLTokenStore:
         return self._database.runRead(self._getAccount, account_id)
 
     @staticmethod
-    def _getAccount(conn: Any, account_id: str) -> AccountRecord | None:
+    def _getAccount(conn: Connection, account_id: str) -> AccountRecord | None:
         row = conn.execute(
             f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = %s",  # noqa: S608
             (account_id,),
@@ -197,7 +200,7 @@ class PostgreSQLTokenStore:
         return self._database.runRead(self._listAccounts)
 
     @staticmethod
-    def _listAccounts(conn: Any) -> list[AccountRecord]:
+    def _listAccounts(conn: Connection) -> list[AccountRecord]:
         rows = conn.execute(
             f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY id"  # noqa: S608
         ).fetchall()
@@ -214,7 +217,7 @@ class PostgreSQLTokenStore:
 
     @staticmethod
     def _setAccountState(
-        conn: Any, account_id: str, state: str, last_error: str | None, now: float
+        conn: Connection, account_id: str, state: str, last_error: str | None, now: float
     ) -> AccountRecord:
         row = conn.execute(
             "UPDATE accounts SET state = %s, last_error = %s, updated_at = %s WHERE id = %s"  # noqa: S608
@@ -230,7 +233,7 @@ class PostgreSQLTokenStore:
     def getTokens(self, account_id: str) -> defer.Deferred[TokenRecord | None]:
         return self._database.runRead(self._getTokens, account_id)
 
-    def _getTokens(self, conn: Any, account_id: str) -> TokenRecord | None:
+    def _getTokens(self, conn: Connection, account_id: str) -> TokenRecord | None:
         row = conn.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE account = %s",  # noqa: S608
             (account_id,),
@@ -270,7 +273,7 @@ class PostgreSQLTokenStore:
         return self._reads.submit(account_id)
 
     def _getManyAccountsWithTokens(
-        self, conn: Any, account_ids: list[str]
+        self, conn: Connection, account_ids: list[str]
     ) -> list[tuple[AccountRecord | None, TokenRecord | None] | Failure]:
         """``getAccountWithTokens`` for a batch of calls, in one query.
 
@@ -304,7 +307,7 @@ class PostgreSQLTokenStore:
         return self._database.runRead(self._listExpiries)
 
     @staticmethod
-    def _listExpiries(conn: Any) -> list[TokenExpiry]:
+    def _listExpiries(conn: Connection) -> list[TokenExpiry]:
         rows = conn.execute(
             "SELECT a.id, a.state, t.account IS NOT NULL, t.expires_at,"
             " t.refresh_token IS NOT NULL, t.updated_at"
@@ -324,7 +327,7 @@ class PostgreSQLTokenStore:
         return self._puts.submit((account_id, tokens, expected_version, self._clock.seconds()))
 
     def _putBatch(
-        self, conn: Any, puts: list[tuple[str, TokenSet, int, float]]
+        self, conn: Connection, puts: list[tuple[str, TokenSet, int, float]]
     ) -> list[TokenRecord | Failure]:
         """Write a batch in one transaction; per write a record or a ``Failure``.
 
@@ -349,7 +352,7 @@ class PostgreSQLTokenStore:
         return results
 
     def _putOne(
-        self, conn: Any, account_id: str, tokens: TokenSet, expected_version: int, now: float
+        self, conn: Connection, account_id: str, tokens: TokenSet, expected_version: int, now: float
     ) -> TokenRecord:
         """One compare-and-swap write (one statement), inside the caller's transaction."""
         access = self._cipher.encrypt(account_id, "access_token", tokens.access_token)
@@ -386,7 +389,7 @@ class PostgreSQLTokenStore:
         )
 
     @staticmethod
-    def _refused(conn: Any, account_id: str, expected_version: int) -> None:
+    def _refused(conn: Connection, account_id: str, expected_version: int) -> None:
         """Say why a compare-and-swap wrote nothing: no account, or another version."""
         row = conn.execute(
             "SELECT t.version FROM accounts AS a LEFT JOIN tokens AS t ON t.account = a.id"
@@ -405,7 +408,7 @@ class PostgreSQLTokenStore:
         return self._run(self._deleteTokens, account_id)
 
     @staticmethod
-    def _deleteTokens(conn: Any, account_id: str) -> None:
+    def _deleteTokens(conn: Connection, account_id: str) -> None:
         conn.execute("DELETE FROM tokens WHERE account = %s", (account_id,))
 
     # -- refresh once across nodes -------------------------------------------------
@@ -440,7 +443,7 @@ class PostgreSQLTokenStore:
 
     def _refreshLocked(
         self,
-        conn: Any,
+        conn: Connection,
         account_id: str,
         fresh_enough: FreshEnough,
         refresh: Refresh,
@@ -475,7 +478,7 @@ class PostgreSQLTokenStore:
             raise translate(e, self._database.target, conn.broken) from None
         return LockedRefresh(stored, True)
 
-    def _lockTokens(self, conn: Any, account_id: str) -> TokenRecord | None:
+    def _lockTokens(self, conn: Connection, account_id: str) -> TokenRecord | None:
         """Take the account's refresh lock and read its tokens after getting it.
 
         The tokens row when there is one; else the account row (``FOR NO KEY
