@@ -7,6 +7,10 @@ schema of its own.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import psycopg
 import pytest
 import pytest_twisted
@@ -31,6 +35,7 @@ from oauthmail.testing.postgres import _freePort
 from oauthmail.tokens.crypto import generateKey
 
 NOW = 1_000_000.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -392,3 +397,30 @@ async def test_close_gives_up_a_waiting_refresh(postgres_dsn):
     await opened.close()
     with pytest.raises(defer.CancelledError):
         await pending
+
+
+def test_psycopg_is_optional(tmp_path):
+    """Without psycopg, SQLite works and a postgresql store says how to install the driver."""
+    script = f"""
+import sys
+sys.modules["psycopg"] = None  # as if it were not installed
+import oauthmail.db.postgresql.database, oauthmail.db.postgresql.tokens, oauthmail.db.transfer
+import oauthmail.service, oauthmail.cli
+from oauthmail.config import StoreConfig
+from oauthmail.db.errors import StoreError
+from oauthmail.db.open import preflightStores
+from oauthmail.secret import Secret
+from oauthmail.tokens.crypto import generateKey
+key = Secret(generateKey())
+preflightStores(StoreConfig(path="{tmp_path}/s.sqlite", key=key), environ={{}})
+pg = StoreConfig(backend="postgresql", dsn=Secret("dbname=x"), key=key)
+try:
+    preflightStores(pg, environ={{}})
+except StoreError as e:
+    print(e)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'oauthmail[postgresql]'" in done.stdout
