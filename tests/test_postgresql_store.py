@@ -179,6 +179,22 @@ async def test_a_newer_schema_is_refused(postgres_dsn):
 
 
 @pytest_twisted.ensureDeferred
+async def test_calls_made_while_opening_wait_for_the_schema(postgres_dsn):
+    """A call made before open() has finished runs once the tables exist."""
+    database = PostgreSQLDatabase(postgres_dsn, reactor)
+    store = PostgreSQLTokenStore(database, generateKey(), Clock())
+    opening = store.open()
+    made = store.ensureAccount("alice", "google")
+    listed = PostgreSQLDeliveryLedger(database, Clock()).folderState("alice", "INBOX")
+    try:
+        await opening
+        assert (await made).id == "alice"
+        assert await listed is None
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_key_rotation(postgres_dsn):
     """Opening with [new, old] keys re-encrypts every token with the new one; then old can go."""
     old, new = generateKey(), generateKey()

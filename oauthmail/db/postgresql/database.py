@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from oauthmail.db.errors import StoreError, StoreUnwritable
@@ -131,6 +132,8 @@ class PostgreSQLDatabase:
         self._busy = 0
         self._idle: list[defer.Deferred[None]] = []
         self._shutdownTrigger: Any = None
+        #: Calls made while the schema is being migrated wait for it (see open()).
+        self._opening: list[defer.Deferred[None]] | None = None
 
     def __repr__(self) -> str:
         return f"<PostgreSQLDatabase {self.where}>"
@@ -177,16 +180,25 @@ class PostgreSQLDatabase:
             "before", "shutdown", self._cancelWaits
         )
         migration = (self.where, self._schemas, now, guard)
+        self._opening = []
         d = self._track(pool.runWithConnection(self._inThread, migrate, migration, False))
         d.addCallback(emitNotices, log)
 
-        def failed(f: Any) -> Any:
+        def failed(f: Failure) -> Failure | defer.Deferred[Failure]:
             if self._pool is not pool:  # closed meanwhile
                 return f
             return self.close().addCallback(lambda _: f)
 
         d.addErrback(failed)
+        d.addBoth(self._opened)
         return d
+
+    def _opened(self, result: T) -> T:
+        """Let the calls that arrived during the migration go (or fail, if it failed)."""
+        waiting, self._opening = self._opening or [], None
+        for waiter in waiting:
+            waiter.callback(None)
+        return result
 
     def close(self) -> defer.Deferred[None]:
         """Refuse new calls, give up waiting refreshes, let the calls in flight end, then
@@ -239,7 +251,14 @@ class PostgreSQLDatabase:
     # -- running work ---------------------------------------------------------
 
     def runWrite(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
-        """Run ``func(connection, *args)`` in one transaction, retried once if safe; see module."""
+        """Run ``func(connection, *args)`` in one transaction, retried once if safe; see module.
+
+        A call made while the database opens runs once the schema is up to date.
+        """
+        if self._opening is not None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._opening.append(waiter)
+            return waiter.addCallback(lambda _: self.runWrite(func, *args))
         if self._pool is None:
             return defer.fail(StoreError(f"{self.where} is not open"))
         return self._track(self._pool.runWithConnection(self._inThread, func, args, True))
@@ -255,6 +274,10 @@ class PostgreSQLDatabase:
         refresh): ``func`` may call :meth:`waitFor`. A lost connection fails
         the call (``StoreUnwritable``); ``func`` decides what is safe to retry.
         """
+        if self._opening is not None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._opening.append(waiter)
+            return waiter.addCallback(lambda _: self.runLocked(func, *args))
         if self._pool is None:
             return defer.fail(StoreError(f"{self.where} is not open"))
         if self._lockPool is None:
