@@ -10,6 +10,22 @@ the token source already shares one refresh per account within a process
 (single flight), and compare-and-swap refuses a write based on tokens that
 changed meanwhile. :func:`refreshByCompareAndSwap` is that version: read,
 decide, refresh, compare-and-swap.
+
+How the token source calls it, where it would otherwise ask the provider and
+then ``putTokens``:
+
+- ``fresh_enough(record)``: for a due refresh, "valid for ``min_valid``
+  seconds" as it checks now; for a forced one (a server rejected the token),
+  "a newer version than the one rejected", so that a node whose token was
+  refused uses the one another node just stored instead of refreshing again.
+- ``refresh(record)``: ONE request with ``record.refresh_token`` (or client
+  credentials), remembering the ``TokenSet`` it returns: if the call then
+  fails with a store error, those tokens (whose refresh token the provider
+  now expects) are kept unsaved, as after a failed ``putTokens``. Transient
+  provider errors end the call; the backoff sleeps run outside the lock, and
+  the next attempt calls ``refreshLocked`` again (which re-reads).
+- ``RefreshBusy``: another node is refreshing; like a transient error (the
+  current token is used while it is still valid).
 """
 
 from __future__ import annotations
