@@ -440,3 +440,31 @@ except StoreError as e:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'oauthmail[postgresql]'" in done.stdout
+
+
+def test_twistd_refuses_an_unusable_database_in_one_line(tmp_path, postgres):
+    """twistd oauthmail, server not answering or password wrong: exit 2, one line."""
+    twistd = str(Path(sys.executable).parent / "twistd")
+    config = tmp_path / "app.yaml"
+    config.write_text(
+        "store:\n  backend: postgresql\n  dsn: ${OAUTHMAIL_DSN}\n"
+        f"  key_file: {tmp_path}/oauthmail.key\n"
+    )
+    for dsn, said in (
+        (postgres.url("oauthmail_tests").replace(str(postgres.port), str(_freePort())), "refused"),
+        (postgres.dsn("oauthmail_tests", password="not-it-secret"), "password authentication"),
+    ):
+        env = {"PATH": "/usr/bin:/bin", "OAUTHMAIL_DSN": dsn, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [twistd, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        output = done.stderr + done.stdout
+        assert said in output and "PostgreSQL 127.0.0.1:" in output
+        assert "Traceback" not in output
+        assert postgres.password not in output and "not-it-secret" not in output
