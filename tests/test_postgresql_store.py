@@ -31,7 +31,7 @@ from oauthmail.db.postgresql.schema import TOKENS
 from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 from oauthmail.secret import Secret
 from oauthmail.smtp.queue.records import OutboxEntry
-from oauthmail.testing.postgres import _freePort
+from oauthmail.testing.postgres import freePort
 from oauthmail.tokens.crypto import generateKey
 
 NOW = 1_000_000.0
@@ -98,7 +98,7 @@ def _oneLine(error: BaseException, postgres, dbname: str = "oauthmail_tests") ->
 async def test_errors_name_the_server_never_the_password(postgres):
     """Unreachable, refused login, missing database: one line with host, port, database."""
     cases = [
-        (postgres.dsn("oauthmail_tests", port=str(_freePort())), "Connection refused"),
+        (postgres.dsn("oauthmail_tests", port=str(freePort())), "Connection refused"),
         (postgres.dsn("oauthmail_tests", password="wrong-pw-secret"), "password authentication"),
         (postgres.dsn("no_such_db"), 'database "no_such_db" does not exist'),
     ]
@@ -119,7 +119,7 @@ async def test_errors_name_the_server_never_the_password(postgres):
 @pytest_twisted.ensureDeferred
 async def test_unreachable_server_is_unwritable(postgres):
     """A server nobody answers at is StoreUnwritable (the queue then answers 451)."""
-    dsn = postgres.dsn("oauthmail_tests", port=str(_freePort()))
+    dsn = postgres.dsn("oauthmail_tests", port=str(freePort()))
     with pytest.raises(StoreUnwritable):
         await openStores(pgConfig(dsn), Clock(), reactor, environ={})
 
@@ -451,7 +451,7 @@ def test_twistd_refuses_an_unusable_database_in_one_line(tmp_path, postgres):
         f"  key_file: {tmp_path}/oauthmail.key\n"
     )
     for dsn, said in (
-        (postgres.url("oauthmail_tests").replace(str(postgres.port), str(_freePort())), "refused"),
+        (postgres.url("oauthmail_tests").replace(str(postgres.port), str(freePort())), "refused"),
         (postgres.dsn("oauthmail_tests", password="not-it-secret"), "password authentication"),
     ):
         env = {"PATH": "/usr/bin:/bin", "OAUTHMAIL_DSN": dsn, "PYTHONPATH": str(ROOT)}

@@ -35,7 +35,9 @@ __all__ = [
     "PostgresServer",
     "PostgresStartError",
     "PostgresUnavailable",
+    "checkIdentifier",
     "findPostgres",
+    "freePort",
 ]
 
 #: The loopback address the cluster listens on.
@@ -81,7 +83,8 @@ def findPostgres() -> Path:
     )
 
 
-def _freePort(host: str = LOOPBACK) -> int:
+def freePort(host: str = LOOPBACK) -> int:
+    """A loopback port the kernel hands out now (nobody listens on it afterwards)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -318,7 +321,7 @@ class PostgresServer:
             )
         finally:
             pwfile.unlink()
-        self.port = _freePort()
+        self.port = freePort()
         settings = {
             "listen_addresses": f"'{self.host}'",
             "port": str(self.port),
