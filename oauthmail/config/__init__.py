@@ -20,6 +20,7 @@ from oauthmail.config.loader import loadConfig, parseConfig
 from oauthmail.config.model import (
     CLIENT_AUTH,
     GOOGLE_CLIENT_TYPES,
+    TRANSPORTS,
     AccountConfig,
     AccountImapConfig,
     AccountSmtpConfig,
@@ -41,6 +42,7 @@ from oauthmail.config.values import parseDuration
 __all__ = [
     "CLIENT_AUTH",
     "GOOGLE_CLIENT_TYPES",
+    "TRANSPORTS",
     "AccountConfig",
     "AccountImapConfig",
     "AccountSmtpConfig",

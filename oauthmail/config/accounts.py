@@ -14,6 +14,7 @@ from dataclasses import replace
 from yaml.nodes import MappingNode
 
 from oauthmail.config.model import (
+    TRANSPORTS,
     AccountConfig,
     AccountImapConfig,
     AccountSmtpConfig,
@@ -23,7 +24,8 @@ from oauthmail.config.model import (
     SinkConfig,
 )
 from oauthmail.config.nodes import Map, Node, choices, suggest
-from oauthmail.config.rules import checkGrant, readMechanism
+from oauthmail.config.presets import GMAIL_API_BASE_URL, GRAPH_BASE_URL
+from oauthmail.config.rules import checkGrant, checkTransport, readMechanism
 from oauthmail.config.schema import (
     ACCOUNT_IMAP_KEYS,
     ACCOUNT_KEYS,
@@ -41,6 +43,9 @@ __all__ = ["readAccounts"]
 
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*\Z")
 _PYTHON_OBJECT = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
+
+#: The provider each API transport belongs to, and its base URL there.
+_API_BASES = {"graph": ("microsoft", GRAPH_BASE_URL), "gmail_api": ("google", GMAIL_API_BASE_URL)}
 
 Profiles = dict[str, tuple[ProfileConfig, Map]]
 
@@ -99,6 +104,12 @@ def readAccount(at: Node, profiles: Profiles) -> tuple[AccountConfig, Map]:
         smtp, server = _accountSmtp(a["smtp"], profile, grant)
         if server != profile.smtp:  # keep one shared object unless overridden
             profile = replace(profile, smtp=server)
+        profile = checkTransport(a, smtp, profile, grant, p)
+    api_scopes: tuple[str, ...] = ()
+    if a.present("api_scopes"):
+        api_scopes = a["api_scopes"].stringList(
+            what="a list of scopes (or one space-separated string)", allowString=True
+        )
     account = AccountConfig(
         name=name,
         address=address,
@@ -107,6 +118,7 @@ def readAccount(at: Node, profiles: Profiles) -> tuple[AccountConfig, Map]:
         user=user.strip() if user else None,
         imap=imap,
         smtp=smtp,
+        api_scopes=api_scopes,
     )
     return account, a
 
@@ -165,14 +177,33 @@ def _accountSmtp(
         m = Map(at, {})
     else:
         m = at.mapping(
-            (*ACCOUNT_SMTP_KEYS, *SERVER_KEYS), what="a mapping (mechanism, sent_folder)"
+            (*ACCOUNT_SMTP_KEYS, *SERVER_KEYS),
+            what="a mapping (transport, mechanism, sent_folder, ...)",
         )
-    server = _accountServer(at, m, profile, "smtp")
-    mechanism = readMechanism(m["mechanism"], profile)
+    transport = m["transport"].choice(TRANSPORTS, "smtp", what="transport")
+    if transport == "smtp":
+        if "base_url" in m:
+            m["base_url"].fail("base_url is only used with transport: graph or gmail_api")
+        server = _accountServer(at, m, profile, "smtp")
+        mechanism = readMechanism(m["mechanism"], profile)
+        base_url = None
+    else:
+        for key in ("mechanism", *SERVER_KEYS):
+            if key in m:
+                m[key].fail(f"{key} is only used with transport: smtp (this one is {transport})")
+        server = profile.smtp
+        mechanism = "xoauth2"
+        kind, default_base = _API_BASES[transport]
+        base_url = m["base_url"].url(default_base if profile.kind == kind else None)
+        if base_url is not None:
+            base_url = base_url.rstrip("/")
     # Gmail and Microsoft 365 file every message they accept in Sent; a generic
     # provider may not, so there looking is asked for explicitly. An app-only
-    # (client_credentials) token is often allowed to send but not to read.
+    # (client_credentials) token is often allowed to send but not to read, and a
+    # Graph token (transport: graph) is not one Exchange's IMAP accepts.
     looks = profile.kind in ("google", "microsoft") and grant != "client_credentials"
+    if profile.kind == "microsoft" and transport == "graph":
+        looks = False
     default = "auto" if looks else "none"
     sentFolder = m["sent_folder"].nonEmpty(default, what="a mailbox name, auto or none")
     sentFolder = sentFolder.strip()
@@ -184,7 +215,9 @@ def _accountSmtp(
             "looking in the Sent folder needs an IMAP server: give the profile an imap"
             " host, or set sent_folder: none"
         )
-    smtp = AccountSmtpConfig(mechanism=mechanism, sent_folder=sentFolder)
+    smtp = AccountSmtpConfig(
+        mechanism=mechanism, sent_folder=sentFolder, transport=transport, base_url=base_url
+    )
     return smtp, server
 
 

@@ -16,6 +16,7 @@ from oauthmail.secret import Secret
 
 __all__ = [
     "CLIENT_AUTH",
+    "TRANSPORTS",
     "GOOGLE_CLIENT_TYPES",
     "AccountConfig",
     "AccountImapConfig",
@@ -81,6 +82,12 @@ class ProfileConfig:
     client_type: str | None = None
     #: OpenID Connect userinfo endpoint: who consented, when no ID token says it.
     userinfo_endpoint: str | None = None
+    #: The outbound HTTP proxy for token requests and API calls: ``None`` follows
+    #: the environment (``https_proxy``, ``no_proxy``), ``"none"`` never uses one,
+    #: else an ``http://host:port`` URL (without credentials: see ``proxy_auth``).
+    proxy: str | None = None
+    #: ``user:password`` for the proxy (from the URL's userinfo), kept out of reprs.
+    proxy_auth: Secret | None = None
 
     def __post_init__(self) -> None:
         if self.client_auth is None:
@@ -154,6 +161,11 @@ class AccountImapConfig:
     max_message_size: int = 64 * 1024 * 1024
 
 
+#: How an account's queued mail leaves: SMTP submission, Microsoft Graph's
+#: ``sendMail`` or the Gmail API's ``messages.send`` (see ``oauthmail.transports``).
+TRANSPORTS = ("smtp", "graph", "gmail_api")
+
+
 @dataclass(frozen=True)
 class AccountSmtpConfig:
     mechanism: str = "xoauth2"
@@ -161,6 +173,10 @@ class AccountSmtpConfig:
     #: \\Sent, RFC 6154), a mailbox name, or "none". The queue looks there before
     #: sending again a message that the provider may already have taken.
     sent_folder: str = "none"
+    #: One of :data:`TRANSPORTS`.
+    transport: str = "smtp"
+    #: The API's base URL for ``graph`` and ``gmail_api`` (the provider's by default).
+    base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,10 +188,19 @@ class AccountConfig:
     user: str | None = None  # SASL user when it differs (shared mailbox)
     imap: AccountImapConfig | None = None
     smtp: AccountSmtpConfig | None = None
+    #: Scopes for HTTP APIs (``AuthorizedAgent``), asked for at authorisation
+    #: on top of the profile's.
+    api_scopes: tuple[str, ...] = ()
 
     @property
     def sasl_user(self) -> str:
         return self.user or self.address
+
+    @property
+    def authorization_scopes(self) -> tuple[str, ...]:
+        """What to ask for at authorisation: the profile's scopes, then ``api_scopes``."""
+        extra = tuple(s for s in dict.fromkeys(self.api_scopes) if s not in self.profile.scopes)
+        return self.profile.scopes + extra
 
     @property
     def configured(self) -> bool:

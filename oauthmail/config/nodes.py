@@ -293,7 +293,7 @@ class Node:
         except ValueError:
             host = None
         if parts.scheme.lower() not in ("https", "http") or not host:
-            self.fail(f"expected an https URL, got {self._safeUrl(value)!r}")
+            self.fail(f"expected an https URL, got {self.safeURL(value)!r}")
         if parts.scheme.lower() == "http" and not isLoopbackHost(host):
             self.fail(
                 f"http is only allowed on a loopback host (127.0.0.0/8, ::1, localhost);"
@@ -310,11 +310,11 @@ class Node:
         except ValueError:
             host = None
         if parts.scheme.lower() not in ("https", "http") or not host:
-            self.fail(f"expected an http or https URL, got {self._safeUrl(value)!r}")
+            self.fail(f"expected an http or https URL, got {self.safeURL(value)!r}")
         return value
 
     @staticmethod
-    def _safeUrl(value: str) -> str:
+    def safeURL(value: str) -> str:
         """A URL shortened to what can be printed: no userinfo, query or fragment."""
         parts = urlsplit(value)
         if parts.netloc and "@" in parts.netloc:

@@ -39,6 +39,17 @@ MICROSOFT_DELEGATED_SCOPES = (
 )
 MICROSOFT_APP_ONLY_SCOPES = ("https://outlook.office365.com/.default",)
 
+#: Microsoft Graph (``transport: graph``): its base URL, and the resource its
+#: scopes name. Entra issues a token for one resource at a time, so an account
+#: sending through Graph holds a Graph token (delegated ``Mail.Send``, or app-only
+#: ``.default``), which Exchange's IMAP and SMTP do not accept.
+GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+GRAPH_RESOURCE = "https://graph.microsoft.com/"
+GRAPH_DELEGATED_SCOPES = (GRAPH_RESOURCE + "Mail.Send", "offline_access")
+GRAPH_APP_ONLY_SCOPES = (GRAPH_RESOURCE + ".default",)
+#: The Gmail API (``transport: gmail_api``); ``https://mail.google.com/`` covers it.
+GMAIL_API_BASE_URL = "https://gmail.googleapis.com"
+
 
 @dataclass(frozen=True)
 class Preset:

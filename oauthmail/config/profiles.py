@@ -11,6 +11,7 @@ client type) is checked in ``rules.py``, where the account is known.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote, urlsplit
 
 from yaml.nodes import MappingNode, ScalarNode
 
@@ -114,6 +115,7 @@ def readProfile(name: str, at: Node, web: WebConfig) -> tuple[ProfileConfig, Map
         redirect_uri = f"http://localhost:{web.port}/callback"
     imap = readServer(p["imap"], base.imap, "imap")
     smtp = readServer(p["smtp"], base.smtp, "smtp")
+    proxy, proxy_auth = _proxy(p["proxy"])
     profile = ProfileConfig(
         name=name,
         kind=kind,
@@ -133,8 +135,41 @@ def readProfile(name: str, at: Node, web: WebConfig) -> tuple[ProfileConfig, Map
         client_auth=client_auth,
         client_type=client_type,
         userinfo_endpoint=endpoints["userinfo_endpoint"],
+        proxy=proxy,
+        proxy_auth=proxy_auth,
     )
     return profile, p
+
+
+def _proxy(at: Node) -> tuple[str | None, Secret | None]:
+    """``proxy``: ``None`` (follow the environment), ``"none"``, or ``http://HOST:PORT``.
+
+    Credentials in the URL (``http://user:password@host:port``) come back apart,
+    as a ``Secret``, and are never repeated in an error.
+    """
+    if at.missing or at.isNull:
+        return None, None
+    value = at.nonEmpty(what="none or a proxy URL such as http://proxy.example.com:3128").strip()
+    if value.lower() == "none":
+        return "none", None
+    parts = urlsplit(value)
+    shown = at.safeURL(value)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        at.fail(f"expected http://HOST:PORT, got {shown!r}")
+    if parts.scheme.lower() != "http":
+        at.fail(
+            "oauthmail talks to the proxy in plain http and tunnels TLS through it"
+            f" (CONNECT): expected http://HOST:PORT, got {shown!r}"
+        )
+    if not host or port is None or parts.path not in ("", "/") or parts.query:
+        at.fail(f"expected http://HOST:PORT, got {shown!r}")
+    auth = None
+    if parts.username is not None:
+        auth = Secret(f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+    shownHost = f"[{host}]" if ":" in host else host
+    return f"http://{shownHost}:{port}", auth
 
 
 def _clientAuth(p: Map, kind: str, client_secret: Secret | None) -> str:

@@ -17,21 +17,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from oauthmail.config.model import AccountConfig, ProfileConfig, WebConfig
+from oauthmail.config.model import AccountConfig, AccountSmtpConfig, ProfileConfig, WebConfig
 from oauthmail.config.nodes import Map, Node
 from oauthmail.config.presets import (
     GOOGLE_MAIL_SCOPE,
+    GRAPH_APP_ONLY_SCOPES,
+    GRAPH_DELEGATED_SCOPES,
+    GRAPH_RESOURCE,
     MICROSOFT_APP_ONLY_SCOPES,
     MICROSOFT_CONSUMERS,
     MICROSOFT_MULTI_TENANTS,
 )
-from oauthmail.config.schema import MECHANISMS
+from oauthmail.config.schema import ACCOUNT_SMTP_KEYS, MECHANISMS, SERVER_KEYS
 from oauthmail.config.values import isAddress
 
 __all__ = [
     "allowsDeviceGrant",
     "checkClients",
     "checkGrant",
+    "checkTransport",
     "deviceGrantProblem",
     "notesFor",
     "readMechanism",
@@ -98,6 +102,61 @@ def checkGrant(at: Node, grant: str, profile: ProfileConfig, p: Map) -> ProfileC
         p["scopes"].fail(
             "Microsoft needs the offline_access scope for a refresh token;"
             " without it the account stops working within the hour"
+        )
+    return profile
+
+
+#: The API transports, the provider each belongs to and its name in messages.
+_API_TRANSPORTS = {
+    "graph": ("microsoft", "Microsoft Graph"),
+    "gmail_api": ("google", "the Gmail API"),
+}
+
+
+def checkTransport(
+    a: Map, smtp: AccountSmtpConfig, profile: ProfileConfig, grant: str, p: Map
+) -> ProfileConfig:
+    """Refuse an API transport its provider does not offer; give Graph its token.
+
+    ``a`` is the account's mapping, ``p`` its profile's. ``graph`` belongs to
+    Microsoft and ``gmail_api`` to Google; a ``generic`` profile may use either
+    against an explicit ``base_url`` (a gateway, or the test fakes). Entra issues
+    a token for one resource at a time: a Microsoft account sending through Graph
+    holds a Graph token, so its profile asks for Graph scopes (app-only: Graph's
+    ``.default`` unless the profile names scopes) and the account cannot also
+    log in to Exchange's IMAP with it.
+    """
+    if smtp.transport not in _API_TRANSPORTS:
+        return profile
+    s = a["smtp"].mapping((*ACCOUNT_SMTP_KEYS, *SERVER_KEYS))
+    at = s["transport"]
+    native, title = _API_TRANSPORTS[smtp.transport]
+    if profile.kind not in (native, "generic"):
+        at.fail(
+            f"transport {smtp.transport} is {title}: use it with provider {native}"
+            " (or generic with base_url)"
+        )
+    if smtp.base_url is None:
+        at.fail(f"transport {smtp.transport} with provider generic needs base_url (the API's URL)")
+    if smtp.transport != "graph" or profile.kind != "microsoft":
+        return profile
+    if grant == "client_credentials" and not p.present("scopes"):
+        profile = replace(profile, scopes=GRAPH_APP_ONLY_SCOPES)
+    if not any(scope.startswith(GRAPH_RESOURCE) for scope in profile.scopes):
+        at.fail(
+            f"transport graph needs a Microsoft Graph token: set profiles.{profile.name}.scopes"
+            f" to [{', '.join(GRAPH_DELEGATED_SCOPES)}] (Entra issues a token for one resource"
+            " at a time)"
+        )
+    if "imap" in a:
+        a["imap"].fail(
+            "an account sending through Graph holds a Graph token, which Exchange's IMAP"
+            " refuses; receive with a second account whose profile has the IMAP scopes"
+        )
+    if smtp.sent_folder != "none":
+        s["sent_folder"].fail(
+            "looking in Sent over IMAP needs an IMAP token and this account holds a Graph"
+            " token; set sent_folder: none"
         )
     return profile
 

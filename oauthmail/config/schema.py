@@ -38,9 +38,10 @@ PROFILE_KEYS = (
     "imap",
     "smtp",
     "oauth_version",
+    "proxy",
 )
 SERVER_KEYS = ("host", "port", "security", "tls", "ca_file", "server_name")
-ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp")
+ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp", "api_scopes")
 ACCOUNT_IMAP_KEYS = (
     "mechanism",
     "folders",
@@ -50,7 +51,7 @@ ACCOUNT_IMAP_KEYS = (
     "batch_size",
     "max_message_size",
 )
-ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder")
+ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder", "transport", "base_url")
 FOLDER_KEYS = ("name", "disposition", "move_to")
 SINK_KEYS = (*SINK_KINDS, "timeout")
 STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
