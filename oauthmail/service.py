@@ -70,6 +70,7 @@ class OAuthMailService(MultiService):
         self.refresher: Any = None
         self.watchers: dict[str, Any] = {}
         self.queue: Any = None
+        self.sender: Any = None
         self.submission_port: IListeningPort | None = None
         self.control_port: IListeningPort | None = None
         self.authorizer: Any = None
@@ -249,6 +250,7 @@ class OAuthMailService(MultiService):
     def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
         from oauthmail.smtp.queue.service import OutboundQueue
+        from oauthmail.transports.dispatch import buildSender
 
         assert self.stores is not None
         sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
@@ -258,12 +260,15 @@ class OAuthMailService(MultiService):
             if a.smtp is not None and a.smtp.sent_folder != "none"
         }
         queue = self.config.queue
+        # SMTP, Graph or the Gmail API, per account (smtp.transport).
+        self.sender = buildSender(self.reactor, sending.values())
         self.queue = OutboundQueue(
             self.stores.outbox,
             self.tokens,
             sending,
             self.reactor,
             health=self.health,
+            sender=self.sender,
             max_age=queue.max_age,
             backoff_base=queue.retry_min,
             backoff_max=queue.retry_max,
@@ -354,6 +359,9 @@ class OAuthMailService(MultiService):
         if self.transport is not None:
             await self.transport.close()
             self.transport = None
+        if self.sender is not None:
+            await self.sender.close()
+            self.sender = None
         if self.health is not None:
             await self.health.whenWritten()
         if self.stores is not None:

@@ -141,12 +141,13 @@ def test_explanations():
 
 
 def test_5_7_139_advice_names_the_causes_and_the_fix():
-    """The 5.7.139 words name tenant/mailbox SMTP AUTH, Security defaults, Conditional Access."""
+    """The 5.7.139 words name the causes and both fixes: transport: graph, or enable SMTP AUTH."""
     words = outcomes.describe(535, "5.7.139 Authentication unsuccessful")
     causes = ("tenant", "mailbox", "Security defaults", "Conditional Access")
     for part in (*causes, "enable SMTP AUTH"):
         assert part in words
     assert "API transport" in words
+    assert "transport: graph" in words  # the fix oauthmail itself offers
 
 
 def test_plain_535_without_json_asks_for_refresh():

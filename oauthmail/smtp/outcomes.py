@@ -67,9 +67,9 @@ QUOTA = "quota"
 SMTP_AUTH_DISABLED = (
     "Microsoft 365 refused SMTP AUTH for this mailbox: SMTP AUTH is off for the tenant or "
     "for the mailbox (SmtpClientAuthenticationDisabled), or Security defaults or a "
-    "Conditional Access policy block it; an administrator must enable SMTP AUTH for the "
-    "mailbox and exempt it from those policies (or use an API transport when one is "
-    "configured)"
+    "Conditional Access policy block it; switch the account to the Graph API transport "
+    "(smtp: {transport: graph}, see docs/configuration.md), or have an administrator "
+    "enable SMTP AUTH for the mailbox and exempt it from those policies"
 )
 #: Exchange (HVE) refuses tokens that expire within a few minutes.
 TOKEN_EXPIRES_SOON = "the provider refused a token about to expire; raise refresher.margin"
