@@ -558,6 +558,27 @@ def sendCommand(args: argparse.Namespace) -> int:
     return runInReactor(work)
 
 
+def apiArguments(parser: argparse.ArgumentParser) -> None:
+    from oauthmail.http.command import addArguments
+
+    addArguments(parser)
+    configOption(parser)
+
+
+@subcommand(
+    "api", help="call an HTTP API with ACCOUNT's token and print the answer", arguments=apiArguments
+)
+def apiCommand(args: argparse.Namespace) -> int:
+    """The body goes to stdout, ``HTTP STATUS`` to stderr; exit 0 only for a 2xx answer."""
+    from oauthmail.http.command import runAPI
+
+    config = readConfig(args.config)
+    account = None if config is None else pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+    return runAPI(args, account, lambda reactor: _Session(config, reactor).open(), runInReactor)
+
+
 def hashPasswordArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stdin",
