@@ -382,3 +382,35 @@ async def waitFor(predicate, bound: float = 10.0) -> bool:
             return True
         await sleep(0.02)
     return predicate()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_queue_cancels_a_hung_request(transport):
+    """A request the API never answers does not hold up stopping the queue."""
+    rig = Rig(transport, timeout=60.0)
+    try:
+        rig.fake.hangNext(times=None)
+        message_id = await rig.send(message(1))
+        assert await waitFor(lambda: rig.fake.attempts == 1)
+        started = reactor.seconds()
+        await rig.queue.stopService()
+        assert reactor.seconds() - started < 5.0
+        assert (await rig.queue.status(message_id)).state in ("queued", "sending")  # kept
+    finally:
+        await rig.stop()
+
+
+def test_each_account_goes_to_its_transport():
+    """The dispatching sender picks SMTP, Graph or the Gmail API by smtp.transport."""
+    from oauthmail.smtp.queue.sender import SMTPSender
+
+    graph, gmail = (
+        account("graph", "http://127.0.0.1:1"),
+        account("gmail_api", "http://127.0.0.1:1"),
+    )
+    smtp = account("smtp", None)
+    sender = buildSender(reactor, [graph, gmail, smtp], environ={})
+    assert isinstance(sender.senderFor(graph), GraphSender)
+    assert isinstance(sender.senderFor(gmail), GmailAPISender)
+    assert isinstance(sender.senderFor(smtp), SMTPSender)
+    assert "graph" not in repr(buildSender(reactor, [smtp], environ={}))
