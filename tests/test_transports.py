@@ -14,6 +14,7 @@ import re
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig
@@ -80,6 +81,22 @@ def message(i: int, to: str = "bob@example.net", size: int = 0) -> bytes:
     ).encode() + body
 
 
+@implementer(IMessageSender)
+class Watching:
+    """Passes sessions on to the real sender and keeps every outcome it reports."""
+
+    def __init__(self, sender: IMessageSender) -> None:
+        self.sender = sender
+        self.outcomes: list = []
+
+    def send(self, account, token, messages, beforeData, onOutcome, more):
+        def seen(outcome):
+            self.outcomes.append(outcome)
+            onOutcome(outcome)
+
+        return self.sender.send(account, token, messages, beforeData, seen, more)
+
+
 class Rig:
     """A provider, one fake, a queue and its sender; ``clock`` times the sender's waits."""
 
@@ -93,17 +110,15 @@ class Rig:
         self.tokens = ProviderTokens(self.provider)
         self.account = account(transport, self.base)
         settings.setdefault("timeout", 10.0)
-        self.sender = buildSender(reactor, [self.account], environ={}, **settings)
-        if clock is not None:  # the API sender's waits on a Clock the test moves
-            api = self.sender.senderFor(self.account)
-            api._clock = clock  # noqa: SLF001 - the test's own object
+        self.sender = buildSender(reactor, [self.account], environ={}, clock=clock, **settings)
+        self.watching = Watching(self.sender)
         self.outbox = MemoryOutbox()
         self.queue = OutboundQueue(
             self.outbox,
             self.tokens,
             {"alice": self.account},
             reactor,
-            sender=self.sender,
+            sender=self.watching,
             linger=0,
             backoff_base=0.05,
             backoff_max=0.1,
@@ -273,20 +288,9 @@ async def test_missing_permission_keeps_the_mail_and_reports_the_account(transpo
 async def test_lost_answer_after_the_message_went_out_is_in_doubt(rig):
     """The connection drops after the fake took the message: reported in doubt, not 'not sent'."""
     rig.fake.dropNext(accept=True)
-    outcomes: list = []
-    real = rig.queue._parts.sender  # noqa: SLF001 - watch what the sender reports
-
-    class Watching:
-        def send(self, account, token, messages, beforeData, onOutcome, more):
-            def seen(outcome):
-                outcomes.append(outcome)
-                onOutcome(outcome)
-
-            return real.send(account, token, messages, beforeData, seen, more)
-
-    rig.queue._parts.sender = Watching()  # noqa: SLF001
     status = await rig.delivered(await rig.send(message(1)))
-    assert outcomes[0].in_doubt is True and outcomes[0].accepted is False
+    first = rig.watching.outcomes[0]
+    assert first.in_doubt is True and first.accepted is False
     # Without a Sent search the message is sent again: at least once.
     assert status.state == "sent" and len(rig.fake.messages) == 2
 

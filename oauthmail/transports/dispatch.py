@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
@@ -81,9 +82,13 @@ def buildSender(
     *,
     environ: Mapping[str, str] | None = None,
     ca_file: str | None = None,
+    clock: IReactorTime | None = None,
     **apiSettings: Any,
 ) -> TransportSender:
-    """The sender for ``accounts``; ``apiSettings`` go to the API senders (``timeout``, ...)."""
+    """The sender for ``accounts``; ``apiSettings`` go to the API senders (``timeout``, ...).
+
+    ``clock`` times the API senders' deadlines and throttling waits (``reactor`` by default).
+    """
     environ = os.environ if environ is None else environ
     senders: dict[str, IMessageSender] = {"smtp": SMTPSender(reactor)}
     used = {a.smtp.transport for a in accounts if a.smtp is not None}
@@ -97,6 +102,7 @@ def buildSender(
             settings[account.name] = proxyFor(account, environ)
         return factory.agent(settings[account.name])
 
-    senders["graph"] = GraphSender(agentFor, reactor, **apiSettings)
-    senders["gmail_api"] = GmailAPISender(agentFor, reactor, **apiSettings)
+    clock = clock if clock is not None else reactor
+    senders["graph"] = GraphSender(agentFor, clock, **apiSettings)
+    senders["gmail_api"] = GmailAPISender(agentFor, clock, **apiSettings)
     return TransportSender(senders, factory)
