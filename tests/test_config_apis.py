@@ -96,9 +96,10 @@ def test_api_scopes_come_after_the_profile_scopes_once():
         "https://mail.google.com/",
     )
     assert account.authorization_scopes == (
-        "https://mail.google.com/",
+        *account.profile.scopes,
         "https://www.googleapis.com/auth/contacts.readonly",
     )
+    assert account.authorization_scopes.count("https://mail.google.com/") == 1
 
 
 def test_proxy_credentials_are_kept_apart_and_hidden():

@@ -207,7 +207,7 @@ class AccountLoop:
         now = self._parts.clock.seconds()
         if error.action == outcomes.QUOTA:
             self._quotaStreak += 1
-            hint = error.pause or 3600.0
+            hint = error.pause if error.pause is not None else 3600.0
             pause = min(QUOTA_PAUSE_MAX, hint * 2 ** min(self._quotaStreak - 1, 16))
             pause *= 1.0 + 0.1 * self._parts.policy.random.random()
             self.heldUntil = now + pause
