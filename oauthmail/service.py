@@ -124,11 +124,9 @@ class OAuthMailService(MultiService):
     async def _start(self) -> None:
         self.bindPorts()  # already done under twistd; an embedding may not have called it
         if self.stores is None:
-            from oauthmail.db.open import openStores
+            from oauthmail.app import openConfiguredStores
 
-            self.stores = await openStores(
-                self.config.store, clock=self.reactor, reactor=self.reactor
-            )
+            self.stores = await openConfiguredStores(self.config, self.reactor)
             self.store = self.stores.tokens
         else:
             await self.stores.tokens.open()
@@ -167,36 +165,20 @@ class OAuthMailService(MultiService):
                 health.declare(account.name, accountParts(account))
 
     def _startTokens(self) -> None:
-        from oauthmail.tokens.http import AgentTransport
-        from oauthmail.tokens.notify import CommandNotifier
+        from oauthmail.app import buildTokenParts
         from oauthmail.tokens.refresher import TokenRefresher
-        from oauthmail.tokens.source import TokenSource
 
+        assert self.stores is not None
         refresher = self.config.refresher
-        configured = [a for a in self.config.accounts if a.configured]
-        # Keep as many connections to the token endpoint as refreshes may run at once.
-        self.transport = AgentTransport(
-            self.reactor, maxPersistentPerHost=max(16, refresher.concurrency)
+        parts = buildTokenParts(
+            self.config, self.stores, self.reactor, health=self.health, notify=True
         )
-        notifier = (
-            CommandNotifier(self.reactor, refresher.notify_command)
-            if refresher.notify_command
-            else None
-        )
-        self.tokens = TokenSource(
-            self.store,
-            {a.name: a for a in configured},
-            self.transport,
-            self.reactor,
-            margin=refresher.margin,
-            notifier=notifier,
-            health=self.health,
-        )
+        self.transport, self.tokens = parts.transport, parts.tokens
         self.tokens.onAuthorised(self._authorised)
         self.refresher = TokenRefresher(
             self.tokens,
             self.store,
-            configured,
+            [a for a in self.config.accounts if a.configured],
             self.reactor,
             interval=refresher.interval,
             margin=refresher.margin,

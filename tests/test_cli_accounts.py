@@ -18,11 +18,11 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 
 from oauthmail.config import loadConfig
+from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.passwords import verifyPassword
 from oauthmail.secret import Secret
 from oauthmail.testing.provider import DEFAULT_USER, TestOAuthProvider
 from oauthmail.tokens.records import TokenSet
-from oauthmail.tokens.store import openStore
 
 ROOT = Path(__file__).parent.parent
 CLIENT_ID = "cli-client"

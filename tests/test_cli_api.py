@@ -12,10 +12,10 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from oauthmail.config import StoreConfig
+from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.secret import Secret
 from oauthmail.testing.graph import GraphFake
 from oauthmail.tokens.records import TokenSet
-from oauthmail.tokens.store import openStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "cli-api-token-0123456789abcdef"

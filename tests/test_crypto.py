@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.logger import capturedLogs
 
+from oauthmail.db.errors import StoreError
 from oauthmail.secret import Secret
 from oauthmail.tokens.crypto import (
     KEY_ENV,
@@ -21,7 +22,6 @@ from oauthmail.tokens.crypto import (
     loadCipher,
     parseKeys,
 )
-from oauthmail.tokens.store import StoreError
 
 CIPHER = TokenCipher([Fernet(generateKey())])
 

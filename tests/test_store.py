@@ -20,13 +20,13 @@ from zope.interface.verify import verifyObject
 
 from oauthmail.config import StoreConfig
 from oauthmail.db.errors import StoreError, VersionConflict, WrongKeyError
+from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.db.sqlite.schema import SCHEMAS
 from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 from oauthmail.interfaces import ITokenStore
 from oauthmail.secret import Secret
 from oauthmail.tokens.crypto import TokenCipher, generateKey
 from oauthmail.tokens.records import TokenSet
-from oauthmail.tokens.store import openStore
 
 ACCESS = "ya29.ACCESS-canary-7f3e9a1b5c2d"
 REFRESH = "1//REFRESH-canary-0d4c8b2a6e1f"

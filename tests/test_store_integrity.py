@@ -26,13 +26,13 @@ from oauthmail.config import (
 )
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.open import initStore, openStores
+from oauthmail.db.open import preflightStores as preflightStore
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
 from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 from oauthmail.secret import Secret
 from oauthmail.smtp.queue.service import OutboundQueue, QueueUnavailable
 from oauthmail.testing.memory_outbox import MemoryOutbox
 from oauthmail.tokens.crypto import generateKey
-from oauthmail.tokens.store import preflightStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n"

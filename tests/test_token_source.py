@@ -15,6 +15,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from oauthmail.config import AccountConfig, ProfileConfig
+from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import IHTTPTransport, ITokenSource
 from oauthmail.secret import Secret
 from oauthmail.testing.memory_store import MemoryTokenStore
@@ -27,7 +28,6 @@ from oauthmail.tokens.http import HTTPResponse
 from oauthmail.tokens.notify import CommandNotifier, RecordingNotifier
 from oauthmail.tokens.records import TokenSet
 from oauthmail.tokens.source import TokenSource
-from oauthmail.tokens.store import StoreError
 
 TOKEN_URL = "https://login.example.com/token"
 

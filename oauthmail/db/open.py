@@ -217,3 +217,16 @@ def _storeLooker(store_config: _StoreConfig) -> tuple[str, Callable[[], str]]:
             return "empty"
 
     return store_config.path, lookAtFile
+
+
+def openTokenStore(
+    store_config: Any,
+    clock: Any,
+    reactor: Any,
+    environ: Mapping[str, str] | None = None,
+) -> defer.Deferred[Any]:
+    """Open the configured stores and fire with the token store alone (tools, tests).
+
+    Closing the token store closes the database.
+    """
+    return openStores(store_config, clock, reactor, environ).addCallback(lambda s: s.tokens)

@@ -32,9 +32,9 @@ import yaml
 from twisted.internet import task, threads
 
 from oauthmail.config import StoreConfig
+from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.secret import Secret
 from oauthmail.tokens.records import TokenSet
-from oauthmail.tokens.store import openStore
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
 

@@ -1,0 +1,93 @@
+"""The ``oauthmail`` command: one small function per subcommand.
+
+Each subcommand lives in a module of this package and registers itself with
+:func:`subcommand`, so adding one means writing one function (and, if it takes
+arguments, one ``arguments`` function) in a module imported here, without
+touching :func:`main`. A subcommand returns the process exit status:
+0 for success, 1 when the operation failed, 2 for bad input (a configuration
+error, a bad argument). Bad input is reported as one line on stderr, never as
+a traceback, because the reader is an operator at a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+# Importing a command module registers its subcommands (--help orders them by HELP_ORDER).
+from oauthmail.cli import accounts as _accounts  # noqa: F401
+from oauthmail.cli import authorize as _authorize  # noqa: F401
+from oauthmail.cli import configuration as _configuration  # noqa: F401
+from oauthmail.cli import passwords as _passwords  # noqa: F401
+from oauthmail.cli import send as _send  # noqa: F401
+from oauthmail.cli.base import (
+    DEFAULT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HELP_ORDER,
+    SUBCOMMANDS,
+    Subcommand,
+    pickAccount,
+    readConfig,
+    runInReactor,
+    subcommand,
+)
+from oauthmail.cli.passwords import readAndHashPassword
+from oauthmail.cli.session import Session
+from oauthmail.config import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "SUBCOMMANDS",
+    "Session",
+    "Subcommand",
+    "buildParser",
+    "main",
+    "pickAccount",
+    "readAndHashPassword",
+    "readConfig",
+    "runInReactor",
+    "subcommand",
+]
+
+
+def _helpPosition(entry: Subcommand) -> tuple[int, str]:
+    known = entry.name in HELP_ORDER
+    return (HELP_ORDER.index(entry.name) if known else len(HELP_ORDER), entry.name)
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="oauthmail",
+        description="IMAP and SMTP through OAuth 2.0 mail providers.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for entry in sorted(SUBCOMMANDS.values(), key=_helpPosition):
+        sub = commands.add_parser(entry.name, help=entry.help, description=entry.help)
+        if entry.arguments is not None:
+            entry.arguments(sub)
+        sub.set_defaults(run=entry.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``oauthmail ARGS``; return the exit status."""
+    parser = buildParser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse reports usage errors itself (exit 2) and --help (0)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

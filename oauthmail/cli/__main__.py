@@ -1,0 +1,5 @@
+"""``python -m oauthmail.cli``: the ``oauthmail`` command."""
+
+from oauthmail.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""What every subcommand shares: the registry, the common arguments, exit statuses.
+
+Subcommands register themselves with :func:`subcommand`; a subcommand returns
+the process exit status: 0 for success, 1 when the operation failed, 2 for
+bad input (a configuration error, a bad argument). Bad input is reported as
+one line on stderr, never as a traceback, because the reader is an operator
+at a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from oauthmail.config import AccountConfig, Config, ConfigError, loadConfig
+from oauthmail.text import describeWhen
+
+#: Where ``--config``/``FILE`` points when the user gives nothing.
+DEFAULT_CONFIG = "conf/app.yaml"
+
+#: Exit statuses.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One entry of the dispatch table."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+#: The dispatch table.
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+#: The order ``--help`` lists the subcommands in (others follow, by name): the
+#: first hour's commands first.
+HELP_ORDER = (
+    "check-config",
+    "init-store",
+    "authorize",
+    "accounts",
+    "refresh",
+    "send",
+    "api",
+    "hash-password",
+    "migrate-store",
+)
+
+
+def subcommand(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register the decorated ``run(args) -> int`` as ``oauthmail NAME``."""
+
+    def register(
+        run: Callable[[argparse.Namespace], int],
+    ) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"subcommand {name!r} is registered twice")
+        SUBCOMMANDS[name] = Subcommand(name=name, help=help, run=run, arguments=arguments)
+        return run
+
+    return register
+
+
+def configArgument(parser: argparse.ArgumentParser) -> None:
+    """The ``FILE`` positional shared by every subcommand that reads the configuration."""
+    parser.add_argument(
+        "config",
+        metavar="FILE",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
+
+
+def readConfig(path: str, stderr: TextIO | None = None) -> Config | None:
+    """Load ``path``; on error print the one-line message and return ``None``.
+
+    Subcommands call this and return :data:`EXIT_USAGE` on ``None``.
+    """
+    try:
+        return loadConfig(path)
+    except ConfigError as e:
+        print(str(e), file=stderr or sys.stderr)
+        return None
+
+
+def accountStatus(config: Config, name: str) -> str:
+    """``configured``, or what to do so that the account is."""
+    profile = config.account(name).profile
+    if profile.configured:
+        return "configured"
+    return f"not configured: set {profile.missingSetting} in profiles.{profile.name}"
+
+
+def configOption(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, with the same default as ``check-config``'s ``FILE``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=DEFAULT_CONFIG,
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
+
+
+def accountArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("account", metavar="ACCOUNT", help="the account name (see: accounts)")
+    configOption(parser)
+
+
+def authorizeArguments(parser: argparse.ArgumentParser) -> None:
+    accountArguments(parser)
+    parser.add_argument(
+        "--device",
+        action="store_true",
+        help="use the device authorization grant (enter a code on another device)",
+    )
+
+
+def pickAccount(config: Config, name: str) -> AccountConfig | None:
+    """The configured account ``name``, or ``None`` after one line on stderr."""
+    try:
+        account = config.account(name)
+    except KeyError:
+        known = ", ".join(a.name for a in config.accounts) or "none"
+        print(f"{config.source}: no account named {name!r} (accounts: {known})", file=sys.stderr)
+        return None
+    if not account.configured:
+        print(f"account {name} is {accountStatus(config, name)}", file=sys.stderr)
+        return None
+    return account
+
+
+def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``work(reactor)`` under ``task.react`` and return its exit status.
+
+    An unexpected exception becomes one line on stderr (its class and the cleaned
+    message of a token or store error, which never carry a secret) and status 1.
+    """
+    from twisted.internet import defer, task
+
+    from oauthmail.db.errors import StoreError
+    from oauthmail.tokens.authorize import explain
+
+    status = [EXIT_FAILED]
+
+    async def run(reactor: Any) -> None:
+        try:
+            status[0] = await work(reactor)
+        except StoreError as e:
+            print(f"oauthmail: the token store cannot be used: {e}", file=sys.stderr)
+            status[0] = EXIT_FAILED
+        except Exception as e:
+            print(f"oauthmail: {explain(e)}", file=sys.stderr)
+            status[0] = EXIT_FAILED
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass
+    return status[0]
+
+
+def formatWhen(when: float | None, now: float) -> str:
+
+    if when is None:
+        return "—"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    return f"{describeWhen(when, now)} ({stamp})"

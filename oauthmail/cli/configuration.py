@@ -1,0 +1,103 @@
+"""``check-config``, ``init-store`` and ``migrate-store``: the configuration and its store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from oauthmail.cli.base import (
+    EXIT_OK,
+    EXIT_USAGE,
+    accountStatus,
+    configArgument,
+    configOption,
+    readConfig,
+    runInReactor,
+    subcommand,
+)
+
+
+@subcommand(
+    "check-config",
+    help="validate the configuration file and list its accounts",
+    arguments=configArgument,
+)
+def checkConfig(args: argparse.Namespace) -> int:
+    """Exit 2 with one line on stderr if the file is wrong; else list the accounts."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+    out = sys.stdout
+    accounts = config.accounts
+    print(
+        f"{config.source}: OK, {len(accounts)} account{'s' if len(accounts) != 1 else ''},"
+        f" {len(config.profiles)} profile{'s' if len(config.profiles) != 1 else ''}",
+        file=out,
+    )
+    if not accounts:
+        print("  no accounts: add one under accounts:", file=out)
+    width = max((len(a.name) for a in accounts), default=0)
+    for account in accounts:
+        services = [s for s in ("imap", "smtp") if getattr(account, s) is not None]
+        print(
+            f"  {account.name:<{width}}  {account.address}  profile {account.profile.name}"
+            f" ({account.profile.kind}, {account.grant}"
+            f"{', ' + '+'.join(services) if services else ''})"
+            f"  {accountStatus(config, account.name)}",
+            file=out,
+        )
+    for note in config.notes:
+        print(f"note: {note}", file=out)
+    return EXIT_OK
+
+
+@subcommand(
+    "init-store",
+    help="create the store (and its key) where the configuration says, or check it",
+    arguments=configOption,
+)
+def initStoreCommand(args: argparse.Namespace) -> int:
+    """Create a missing store or replace an empty file; an existing store is only checked."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.db.open import initStore
+
+        print(await initStore(config.store, clock=reactor, reactor=reactor))
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
+    configOption(parser)
+    parser.add_argument(
+        "--to",
+        metavar="DSN",
+        required=True,
+        help="the EMPTY PostgreSQL database to copy into (postgresql://USER@HOST:PORT/DB;"
+        " give the password in PGPASSWORD or ~/.pgpass, not here)",
+    )
+
+
+@subcommand(
+    "migrate-store",
+    help="copy the SQLite store (tokens, ledger, queue) into an empty PostgreSQL database",
+    arguments=migrateStoreArguments,
+)
+def migrateStoreCommand(args: argparse.Namespace) -> int:
+    """Stop the daemon first: what it writes during the copy would not be copied."""
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.db.transfer import copyStore
+
+        print(await copyStore(config.store, args.to, clock=reactor, reactor=reactor))
+        return EXIT_OK
+
+    return runInReactor(work)

@@ -1,0 +1,117 @@
+"""``send`` and ``api``: queue a message; call an HTTP API with an account's token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from oauthmail.cli.base import (
+    EXIT_OK,
+    EXIT_USAGE,
+    accountArguments,
+    configOption,
+    pickAccount,
+    readConfig,
+    runInReactor,
+    subcommand,
+)
+from oauthmail.cli.session import Session
+
+
+def sendArguments(parser: argparse.ArgumentParser) -> None:
+    accountArguments(parser)
+    parser.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an envelope recipient (repeat for several; default: the To/Cc/Bcc headers)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="mail_from",
+        default=None,
+        metavar="ADDRESS",
+        help="the envelope sender (default: the account's address)",
+    )
+
+
+@subcommand(
+    "send",
+    help="queue the message on standard input for sending through ACCOUNT",
+    arguments=sendArguments,
+)
+def sendCommand(args: argparse.Namespace) -> int:
+    """Put a message in the durable queue, then wake the running daemon to send it.
+
+    The command only stores the message (synced to disk before it says
+    "queued") and asks the daemon over its control socket to send now; the
+    daemon owns every attempt and retry, so a message is never sent by two
+    processes at once. With no daemon running it says so: the message waits.
+    """
+    config = readConfig(args.config)
+    if config is None:
+        return EXIT_USAGE
+    account = pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+    if account.smtp is None:
+        print(f"account {account.name!r} has no smtp section: it cannot send mail", file=sys.stderr)
+        return EXIT_USAGE
+    message = sys.stdin.buffer.read()
+    if not message.strip():
+        print("no message on standard input: nothing was queued", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def work(reactor: Any) -> int:
+        from oauthmail.smtp.api import sendFromCLI
+        from oauthmail.smtp.queue.service import OutboundQueue
+
+        session = await Session(config, reactor).open()
+        try:
+            queue = OutboundQueue(
+                session.stores.outbox, session.tokens, {account.name: account}, reactor
+            )
+            try:
+                message_id, _ = await sendFromCLI(
+                    queue, account, message, to=args.to, mail_from=args.mail_from
+                )
+            except ValueError as e:
+                print(f"nothing was queued: {e}", file=sys.stderr)
+                return EXIT_USAGE
+        finally:
+            await session.close()
+        from twisted.internet import threads
+
+        from oauthmail.control import wakeDaemon
+
+        why = await threads.deferToThread(wakeDaemon, config.queue.control_socket, account.name)
+        if why is None:
+            print(f"queued as {message_id}; the oauthmail daemon is sending it now")
+        else:
+            print(f"queued as {message_id}; {why}: it is sent once the daemon runs")
+        return EXIT_OK
+
+    return runInReactor(work)
+
+
+def apiArguments(parser: argparse.ArgumentParser) -> None:
+    from oauthmail.http.command import addArguments
+
+    addArguments(parser)
+    configOption(parser)
+
+
+@subcommand(
+    "api", help="call an HTTP API with ACCOUNT's token and print the answer", arguments=apiArguments
+)
+def apiCommand(args: argparse.Namespace) -> int:
+    """The body goes to stdout, ``HTTP STATUS`` to stderr; exit 0 only for a 2xx answer."""
+    from oauthmail.http.command import runAPI
+
+    config = readConfig(args.config)
+    account = None if config is None else pickAccount(config, args.account)
+    if account is None:
+        return EXIT_USAGE
+    return runAPI(args, account, lambda reactor: Session(config, reactor).open(), runInReactor)

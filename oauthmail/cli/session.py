@@ -1,0 +1,44 @@
+"""The parts one command needs: the stores, the token source, the authorizer.
+
+Built by :mod:`oauthmail.app`, the same builder the daemon uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oauthmail.config import Config
+
+
+class Session:
+    """The store, transport, token source and authorizer one command needs."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.stores: Any = None
+        self.store: Any = None
+        self.transport: Any = None
+        self.tokens: Any = None
+        self.authorizer: Any = None
+        self._parts: Any = None
+
+    async def open(self) -> Session:
+        from oauthmail.app import buildTokenParts, openConfiguredStores
+        from oauthmail.tokens.authorize import Authorizer
+
+        self.stores = await openConfiguredStores(self.config, self.reactor)
+        self.store = self.stores.tokens
+        self._parts = buildTokenParts(self.config, self.stores, self.reactor)
+        self.transport = self._parts.transport
+        self.tokens = self._parts.tokens
+        self.authorizer = Authorizer(self.tokens, self.reactor)
+        return self
+
+    async def close(self) -> None:
+        if self.authorizer is not None:
+            self.authorizer.stop()
+        if self._parts is not None:
+            await self._parts.close()
+        if self.stores is not None:
+            await self.stores.close()
