@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from oauthmail.hosts import AllowedHosts, HostName, parseAllowedHost, parseHostPort
 from oauthmail.passwords import ScryptParameters, hashPassword
 from oauthmail.web.csrf import CSRFToken
 from oauthmail.web.guard import ConsoleAccess, formActions
-from oauthmail.web.hosts import AllowedHosts, HostName, parseAllowedHost, parseHostPort
 from oauthmail.web.sessions import LoginThrottle, SessionStore
 
 TINY = ScryptParameters(n=16, r=1, p=1)

@@ -220,6 +220,12 @@ class StoreConfig:
 class WebConfig:
     bind: str = "127.0.0.1"
     port: int = 8025
+    #: More names the console answers to (a reverse proxy's), besides its bind address.
+    allowed_hosts: tuple[str, ...] = ()
+    #: scrypt hash of the console's admin password; required off loopback.
+    admin_password_hash: str | None = field(default=None, repr=False)
+    #: Seconds a console login lasts.
+    session_lifetime: float = 8 * 3600.0
 
 
 @dataclass(frozen=True)

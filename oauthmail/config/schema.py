@@ -55,7 +55,7 @@ ACCOUNT_SMTP_KEYS = ("mechanism", "sent_folder", "transport", "base_url")
 FOLDER_KEYS = ("name", "disposition", "move_to")
 SINK_KEYS = (*SINK_KINDS, "timeout")
 STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
-WEB_KEYS = ("bind", "port")
+WEB_KEYS = ("bind", "port", "allowed_hosts", "admin_password_hash", "session_lifetime")
 REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
 QUEUE_KEYS = (
     "max_age",

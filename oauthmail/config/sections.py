@@ -32,6 +32,8 @@ from oauthmail.config.schema import (
     WEB_KEYS,
 )
 from oauthmail.config.values import isAddress, isFernetKey
+from oauthmail.hosts import parseAllowedHost
+from oauthmail.loopback import isLoopbackHost
 from oauthmail.passwords import parseHash
 
 __all__ = ["readQueue", "readRefresher", "readStore", "readSubmission", "readWeb"]
@@ -72,13 +74,43 @@ def readStore(at: Node) -> StoreConfig:
 def readWeb(at: Node) -> WebConfig:
     if at.isNull:
         return WebConfig()
-    w = at.mapping(WEB_KEYS, what="a mapping (bind, port)")
+    w = at.mapping(WEB_KEYS, what="a mapping (bind, port, ...)")
     defaults = WebConfig()
     bind = w["bind"].nonEmpty(defaults.bind, what="an address to listen on").strip()
     if not isAddress(bind) and bind != "localhost":
         w["bind"].fail(f"expected an IP address such as 127.0.0.1, got {bind!r}")
     port = w["port"].integer(0, 65535, defaults.port)
-    return WebConfig(bind=bind, port=port)
+    hosts = (
+        w["allowed_hosts"].stringList(what="a list of host names") if "allowed_hosts" in w else ()
+    )
+    for entry in hosts:
+        try:
+            parseAllowedHost(entry)
+        except ValueError as e:
+            w["allowed_hosts"].fail(str(e))
+    password_hash = None
+    if "admin_password_hash" in w:
+        password_hash = w["admin_password_hash"].nonEmpty(
+            what="an scrypt hash from 'oauthmail hash-password'"
+        )
+        try:
+            parseHash(password_hash)
+        except ValueError:
+            w["admin_password_hash"].fail(
+                "expected an scrypt hash from 'oauthmail hash-password'; the value is not shown"
+            )
+    if not isLoopbackHost(bind) and password_hash is None:
+        w["bind"].fail(
+            f"{bind} is not loopback: set web.admin_password_hash (make one with"
+            " 'oauthmail hash-password') so the console asks for a login, or bind to 127.0.0.1"
+        )
+    return WebConfig(
+        bind=bind,
+        port=port,
+        allowed_hosts=hosts,
+        admin_password_hash=password_hash,
+        session_lifetime=w["session_lifetime"].duration(defaults.session_lifetime, positive=True),
+    )
 
 
 def readRefresher(at: Node) -> RefresherConfig:

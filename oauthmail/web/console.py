@@ -204,6 +204,17 @@ class HealthPage(_AsyncPage):
         return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
 
 
+def accessFromConfig(config: Config) -> ConsoleAccess:
+    """Who may use the console, as the ``web:`` section says."""
+    web = config.web
+    return ConsoleAccess(
+        bind=web.bind,
+        allowed_hosts=web.allowed_hosts,
+        admin_password_hash=web.admin_password_hash,
+        session_lifetime=web.session_lifetime,
+    )
+
+
 class ConsoleResource(Resource):
     """The root of the console site.
 
@@ -228,7 +239,7 @@ class ConsoleResource(Resource):
         admin_password: IAdminPassword | None = None,
     ) -> None:
         super().__init__()
-        self.access = access if access is not None else ConsoleAccess(bind=config.web.bind)
+        self.access = access if access is not None else accessFromConfig(config)
         self.csrf = csrf if csrf is not None else CSRFToken()
         self.sessions = SessionStore(clock, self.access.session_lifetime)
         endpoints = (p.authorization_endpoint for p in config.profiles.values())

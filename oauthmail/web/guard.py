@@ -4,7 +4,7 @@ In this order, for every request:
 
 1. the security headers (CSP without script, no framing, no sniffing, no referrer, no
    caching) go on the response, so that even a refusal carries them;
-2. the ``Host`` check (:mod:`oauthmail.web.hosts`): a foreign name is answered 421;
+2. the ``Host`` check (:mod:`oauthmail.hosts`): a foreign name is answered 421;
 3. for a POST, the ``Origin`` (or ``Referer``) must name the console, then
 4. the login: when one is required (a bind off loopback, or an admin password set), a
    request without a live session goes to ``/login`` (a POST is refused), except
@@ -34,10 +34,10 @@ from urllib.parse import urlsplit
 
 from twisted.web.resource import Resource
 
+from oauthmail.hosts import AllowedHosts
 from oauthmail.loopback import isLoopbackHost
 from oauthmail.passwords import parseHash
 from oauthmail.web.csrf import CSRFToken
-from oauthmail.web.hosts import AllowedHosts
 from oauthmail.web.pages import page
 from oauthmail.web.sessions import SESSION_LIFETIME, Session, SessionStore
 
