@@ -1,15 +1,13 @@
 """Run a private, real Dovecot for tests and demos (see :mod:`.server`)."""
 
-from oauthmail.testing.dovecot.server import (
+from oauthmail.testing.dovecot.server import PACKAGED_TEMPLATES, DovecotServer, render
+from oauthmail.testing.dovecot.system import (
     LOOPBACK,
-    PACKAGED_TEMPLATES,
     DovecotPorts,
-    DovecotServer,
     DovecotStartError,
     DovecotUnavailable,
     findDoveadm,
     findDovecot,
-    render,
     tlsClientContext,
 )
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from oauthmail.testing.certs import SERVER_NAME, generateTestCertificates
-from oauthmail.testing.dovecot.server import (
+from oauthmail.testing.dovecot import (
     PACKAGED_TEMPLATES,
     DovecotServer,
     DovecotStartError,
