@@ -54,6 +54,7 @@ from oauthmail.interfaces import (
 )
 from oauthmail.retry import Backoff
 from oauthmail.text import cleanText, describeFailure
+from oauthmail.tls import TLSCertificateError
 from oauthmail.tokens.errors import AccountNotAuthorised
 
 __all__ = ["FolderWatcher", "TokenRejected"]
@@ -272,6 +273,15 @@ class FolderWatcher:
             except TokenRejected:
                 if self._stopping:
                     break  # reported as "error" where it was raised
+            except TLSCertificateError as e:
+                if self._stopping:
+                    break
+                # Nothing a retry fixes by itself: a person must look (name, CA, expiry).
+                await self._failed(
+                    str(e),
+                    "error",
+                    "check the server's certificate, the server_name and ca_file settings",
+                )
             except IMAPProtocolError as e:
                 if self._stopping:
                     break
@@ -295,10 +305,10 @@ class FolderWatcher:
                 break
         report.state = "stopped"
 
-    async def _failed(self, text: str) -> None:
+    async def _failed(self, text: str, state: str = "retrying", advice: str | None = None) -> None:
         """A session failed and will be retried after the backoff: log it once, report it."""
         self.report.error(text)
-        await self.reportCondition("retrying", text)
+        await self.reportCondition(state, text, advice)
 
     def _sleepFor(self, seconds: float) -> defer.Deferred[None]:
         self._sleep = sleep(self.reactor, seconds)
