@@ -142,6 +142,25 @@ class ISink(Interface):
         """
 
 
+class IBatchSink(ISink):
+    """A sink that takes many messages at once and pays for durability once per batch."""
+
+    def deliverBatch(messages):
+        """Take ``[(message, account, folder)]``; fire with one result per message, in order.
+
+        A result is the message's final place (taken durably) or the
+        ``SinkError`` it met; one failure does not fail the others, and the
+        Deferred itself never fails.
+        """
+
+
+class IClosable(Interface):
+    """Something that holds resources (connections, threads) until it is closed."""
+
+    def close():
+        """Release them; fire once done."""
+
+
 class IRecoverableSink(ISink):
     """A sink that can tell, after a crash, which messages it already holds.
 

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from oauthmail.config import AccountConfig, Config
 from oauthmail.db.open import Stores
 from oauthmail.health import PART_TOKENS, AccountHealth, imapPart
-from oauthmail.interfaces import ITokenStore
+from oauthmail.interfaces import IClosable, ITokenStore
 from oauthmail.listeners import LateFactory, StartupError, bindEarly
 from oauthmail.text import describeFailure
 
@@ -334,9 +334,8 @@ class OAuthMailService(MultiService):
         if self.authorizer is not None:
             self.authorizer.stop()
         for sink in self._sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                await defer.maybeDeferred(close)
+            if IClosable.providedBy(sink):
+                await defer.maybeDeferred(sink.close)
         self._sinks = []
         if self.transport is not None:
             await self.transport.close()

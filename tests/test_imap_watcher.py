@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from oauthmail.config import (
     AccountConfig,
@@ -25,6 +26,7 @@ from oauthmail.imap.idle import IdleEvent
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT, HANDED
 from oauthmail.imap.session import SelectInfo
 from oauthmail.imap.watcher import AccountWatcher, FolderWatcher
+from oauthmail.interfaces import IBatchSink
 from oauthmail.secret import Secret
 from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
 from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
@@ -271,6 +273,7 @@ class FakeTokens:
         return defer.succeed(Secret(self.current))
 
 
+@implementer(IBatchSink)
 class FakeSink:
     def __init__(self):
         self.messages = []

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.digest import messageDigest
-from oauthmail.interfaces import IRecoverableSink
+from oauthmail.interfaces import IBatchSink, IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 
 SUBDIRECTORIES = ("tmp", "new", "cur")
@@ -81,7 +81,7 @@ def _split(items: list, parts: int) -> list[list]:
     return slices
 
 
-@implementer(IRecoverableSink)
+@implementer(IRecoverableSink, IBatchSink)
 class MaildirSink:
     """Writes each message as one file in ``path/new``.
 

@@ -33,7 +33,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from oauthmail.interfaces import ISink
+from oauthmail.interfaces import IClosable, ISink
 from oauthmail.secret import Secret
 from oauthmail.sinks.errors import (
     PermanentSinkError,
@@ -73,7 +73,7 @@ def _headerValue(value: str | Secret) -> bytes:
     return value.replace("\r", " ").replace("\n", " ").encode("utf-8")
 
 
-@implementer(ISink)
+@implementer(ISink, IClosable)
 class WebhookSink:
     """POSTs each message to ``url``.
 

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from oauthmail.digest import messageDigest
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.watcher.report import FolderReport
-from oauthmail.interfaces import IDeliveryLedger, IRecoverableSink, ISink
+from oauthmail.interfaces import IBatchSink, IDeliveryLedger, IRecoverableSink, ISink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 from oauthmail.text import describeFailure
 
@@ -135,10 +135,9 @@ class BatchDelivery:
     async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
         """The sink's verdict per message: None (taken durably) or the SinkError."""
         account, folder = self.account, self.folder
-        batch = getattr(self.sink, "deliverBatch", None)
-        if batch is not None:
+        if IBatchSink.providedBy(self.sink):
             try:
-                results = await batch([(body, account, folder) for body in bodies])
+                results = await self.sink.deliverBatch([(body, account, folder) for body in bodies])
             except SinkError as e:
                 return [e] * len(bodies)
             except Exception as e:
