@@ -7,33 +7,39 @@ and local providers), bounds every request in time (connect timeout plus a timeo
 the whole exchange, on an injected clock) and in size (a provider answering with an
 endless body cannot exhaust memory), and gives back a plain :class:`HTTPResponse`
 value that the pure parsing code in :mod:`oauthmail.tokens.grants` works on.
+
+Token requests honour the outbound proxy of their profile (``proxy:``, else
+``https_proxy``/``no_proxy``): an :class:`AgentTransport` routes its requests with
+:class:`oauthmail.http.agent.RoutingEndpointFactory` (directly, or through a
+``CONNECT`` tunnel with TLS verified end to end), and :class:`TokenTransports` keeps
+one ``AgentTransport`` (one connection pool) per distinct proxy setting, so that
+profiles with different proxies never share a pooled connection.
+
+Rules a reader must not break: request headers are cached by value only when they
+carry no ``Authorization`` (a cache must never hold a bearer token); a proxy's
+credentials never reach a log or an error (:mod:`oauthmail.http.tunnel`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, ssl
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-)
-from twisted.web.error import SchemeNotSupported
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from oauthmail.config import ProfileConfig
+from oauthmail.http.agent import RoutingEndpointFactory, trustPolicy
+from oauthmail.http.proxy import DIRECT, ProxySettings
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.loopback import isLoopbackHost
 
@@ -199,47 +205,6 @@ def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
     return b"%b:%d" % (host, port)
 
 
-@implementer(IAgentEndpointFactory)
-class _CachingEndpointFactory:
-    """Twisted's standard endpoints (TCP for http, TCP+TLS for https), made once per host.
-
-    ``Agent`` asks its endpoint factory on every request, and building a
-    ``HostnameEndpoint`` IDNA-encodes the host name each time: a tenth of the CPU of
-    a refresh over a kept-alive connection. A daemon talks to a handful of token
-    endpoints, and an endpoint (with its TLS connection creator) serves any number
-    of connections, so each is built once and kept.
-    """
-
-    def __init__(
-        self, reactor: IReactorTCP, policy: IPolicyForHTTPS, connect_timeout: float | None
-    ) -> None:
-        self._reactor = reactor
-        self._policy = policy
-        self._connect_timeout = connect_timeout
-        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            if uri.scheme not in (b"http", b"https"):
-                raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-            try:
-                host = uri.host.decode("ascii")
-            except UnicodeDecodeError:
-                raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
-            kwargs = {} if self._connect_timeout is None else {"timeout": self._connect_timeout}
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port, **kwargs)
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(
-                    self._policy.creatorForNetloc(uri.host, uri.port), endpoint
-                )
-            if len(self._endpoints) >= 64:
-                self._endpoints.clear()
-            self._endpoints[key] = endpoint
-        return endpoint
-
-
 @implementer(IHTTPTransport)
 class AgentTransport:
     """``IHTTPTransport`` over a Twisted ``Agent`` with verified TLS and hard limits.
@@ -252,6 +217,8 @@ class AgentTransport:
     :param maxPersistentPerHost: idle keep-alive connections kept per token endpoint.
         Size it to the refresher's concurrency: with fewer, every refresh beyond the
         pool's size opens (and TLS-handshakes) a new connection during a busy pass.
+    :param proxy: the outbound proxy settings every request of this transport follows
+        (:func:`oauthmail.http.proxy.proxySettings`); direct by default.
     """
 
     def __init__(
@@ -265,21 +232,18 @@ class AgentTransport:
         ca_file: str | None = None,
         persistent: bool = True,
         maxPersistentPerHost: int = DEFAULT_MAX_PERSISTENT_PER_HOST,  # noqa: N803 - Twisted's name
+        proxy: ProxySettings = DIRECT,
     ) -> None:
         self._clock = clock if clock is not None else reactor
         self._timeout = timeout
         self._max_body = max_body
-        if ca_file is not None:
-            with open(ca_file, "rb") as f:
-                trust = ssl.Certificate.loadPEM(f.read())
-            policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
-        else:
-            policy = BrowserLikePolicyForHTTPS()
+        self.proxy = proxy
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
         self._pool.maxPersistentPerHost = max(1, maxPersistentPerHost)
-        self._agent = Agent.usingEndpointFactory(
-            reactor, _CachingEndpointFactory(reactor, policy, connect_timeout), pool=self._pool
+        routes = RoutingEndpointFactory(
+            reactor, trustPolicy(ca_file), proxy, connect_timeout, self._clock
         )
+        self._agent = Agent.usingEndpointFactory(reactor, routes, pool=self._pool)
         # Request headers as Twisted wants them, per distinct header mapping (a handful).
         self._headers: dict[tuple[str, tuple[tuple[str, str], ...]], Headers] = {}
 
@@ -314,7 +278,9 @@ class AgentTransport:
 
         They carry ``Host`` (as ``Agent`` would compute it), so ``Agent`` neither
         copies nor extends them and the same object serves every request:
-        nothing downstream changes request headers.
+        nothing downstream changes request headers. Headers that carry
+        ``Authorization`` (a userinfo request's bearer token) are built for the
+        one request and never kept: the cache is keyed by value.
         """
         key = (url, tuple(headers.items()) if headers else ())
         raw = self._headers.get(key)
@@ -325,6 +291,8 @@ class AgentTransport:
             if not raw.hasHeader(b"host"):
                 uri = URI.fromBytes(url.encode("ascii"))
                 raw.addRawHeader(b"host", hostHeader(uri.scheme, uri.host, uri.port))
+            if raw.hasHeader(b"authorization"):
+                return raw
             if len(self._headers) >= 64:
                 self._headers.clear()
             self._headers[key] = raw
@@ -357,3 +325,63 @@ class AgentTransport:
             inner = reasons[0].value
         message = f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
         raise TransportError(message)
+
+
+@implementer(IHTTPTransport)
+class TokenTransports:
+    """One :class:`AgentTransport` per distinct proxy setting, chosen per profile.
+
+    :param settings: each profile's proxy settings by profile name; a profile not
+        listed goes the way of ``default``.
+    :param make: builds the transport for one setting (the caller's limits and CA).
+
+    :meth:`request` itself goes by ``default`` (what a caller that names no profile
+    gets); the token source asks :meth:`forProfile` for each profile's grant client.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, ProxySettings],
+        make: Callable[[ProxySettings], AgentTransport],
+        default: ProxySettings = DIRECT,
+    ) -> None:
+        self._settings = dict(settings)
+        self._make = make
+        self._default = default
+        self._transports: dict[ProxySettings, AgentTransport] = {}
+
+    def __repr__(self) -> str:
+        return f"<TokenTransports {len(self._transports)} pools>"
+
+    def forSettings(self, proxy: ProxySettings) -> AgentTransport:
+        """The transport (and pool) for ``proxy``, made on first use."""
+        transport = self._transports.get(proxy)
+        if transport is None:
+            transport = self._transports[proxy] = self._make(proxy)
+        return transport
+
+    def forProfile(self, profile: ProfileConfig) -> AgentTransport:
+        """The transport for ``profile``'s proxy setting."""
+        return self.forSettings(self._settings.get(profile.name, self._default))
+
+    @property
+    def pools(self) -> int:
+        """How many transports (connection pools) were made so far."""
+        return len(self._transports)
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> defer.Deferred[HTTPResponse]:
+        """A request through the default setting's transport."""
+        return self.forSettings(self._default).request(method, url, headers, body)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close every transport's idle connections."""
+        transports = list(self._transports.values())
+        self._transports.clear()
+        d = defer.gatherResults([t.close() for t in transports], consumeErrors=True)
+        return d.addCallback(lambda _: None)

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oauthmail.config import AccountConfig
+from oauthmail.config import AccountConfig, ProfileConfig
 from oauthmail.db.errors import VersionConflict
 from oauthmail.health import AccountHealth
 from oauthmail.interfaces import IAccountHealth, IHTTPTransport, ITokenSource, ITokenStore
@@ -88,6 +88,9 @@ class TokenSource:
         ``tokens`` part there. Without one it gets a private
         :class:`~oauthmail.health.AccountHealth` over ``store`` (the state still
         lands in the store; a daemon passes the shared one).
+    :param transportFor: the transport of each profile's requests (its proxy
+        setting, :class:`oauthmail.tokens.http.TokenTransports`); ``transport``
+        for every profile when not given.
     """
 
     def __init__(
@@ -104,8 +107,10 @@ class TokenSource:
         backoff_max: float = 30.0,
         random: _random.Random | None = None,
         health: IAccountHealth | None = None,
+        transportFor: Callable[[ProfileConfig], IHTTPTransport] | None = None,
     ) -> None:
         self._store = store
+        self._transportFor = transportFor
         self._accounts = dict(accounts_by_name)
         self._transport = transport
         self._clock = clock
@@ -192,8 +197,16 @@ class TokenSource:
         profile = self.account(account_id).profile
         client = self._grants.get(profile.name)
         if client is None or client.profile is not profile:
-            client = self._grants[profile.name] = GrantClient(profile, self._transport, self._clock)
+            transport = self._transport
+            if self._transportFor is not None:
+                transport = self._transportFor(profile)
+            client = self._grants[profile.name] = GrantClient(profile, transport, self._clock)
         return client
+
+    @property
+    def store(self) -> ITokenStore:
+        """The token store (the authorisation flows read the tokens a new consent replaces)."""
+        return self._store
 
     async def storeAuthorized(self, account_id: str, tokens: TokenSet) -> TokenRecord:
         """Keep the tokens a person just obtained (browser or device flow): state ``ok``."""

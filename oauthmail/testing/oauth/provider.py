@@ -92,16 +92,34 @@ class TestOAuthProvider(Authority):
 
     # ------------------------------------------------------------------ life cycle
 
-    def listen(self, reactor: Any, port: int = 0, interface: str = "127.0.0.1") -> IListeningPort:
-        """Listen on ``interface:port`` now (synchronous ``listenTCP``) and fill in the URLs."""
+    def listen(
+        self,
+        reactor: Any,
+        port: int = 0,
+        interface: str = "127.0.0.1",
+        *,
+        tls: Any = None,
+        hostname: str | None = None,
+    ) -> IListeningPort:
+        """Listen on ``interface:port`` now (synchronous ``listenTCP``) and fill in the URLs.
+
+        With ``tls`` (a server context factory, e.g. ``PrivateCertificate.options()``)
+        it speaks HTTPS; ``hostname`` is the name its URLs use instead of the
+        address (a name only a test's proxy resolves, for example).
+        """
         if self._port is not None:
             raise RuntimeError("the provider is already listening")
         self.reactor = reactor
         self._site = Site(Router(self._routes()), reactor)
-        self._port = reactor.listenTCP(port, self._site, interface=interface)
+        if tls is not None:
+            self._port = reactor.listenSSL(port, self._site, tls, interface=interface)
+        else:
+            self._port = reactor.listenTCP(port, self._site, interface=interface)
         host = self._port.getHost()
-        shown = f"[{host.host}]" if ":" in host.host else host.host
-        self.base_url = f"http://{shown}:{host.port}"
+        name = hostname or host.host
+        shown = f"[{name}]" if ":" in name else name
+        scheme = "https" if tls is not None else "http"
+        self.base_url = f"{scheme}://{shown}:{host.port}"
         self.issuer = self.base_url
         self.authorization_endpoint = self.base_url + "/authorize"
         self.token_endpoint = self.base_url + "/token"
