@@ -13,21 +13,27 @@ Three grants are supported, chosen by the account's ``grant``:
   that in the background with :meth:`Authorizer.startDevice`;
 * ``client_credentials`` — :meth:`Authorizer.authorizeApp` just asks for a token.
 
-The browser and device requests carry ``login_hint`` (the account's identity), and the
+The browser and device requests ask for the account's ``authorization_scopes`` (the
+profile's scopes and the account's ``api_scopes``; a refresh and client credentials stay
+on the profile's) and carry ``login_hint`` (the account's identity), and the
 tokens a person obtained are stored only once :func:`oauthmail.tokens.identity.verifyConsent`
 found that they belong to the account: consent given as somebody else stores nothing and
 says "you consented as alice@…, this account is bob@…: sign in as bob@… and try again".
 Client credentials involve no person and are not checked.
 
 Every success goes through ``TokenSource.storeAuthorized`` (which sets the account
-``ok``) and then wakes the outbound mail queue, so that mail held back while the account
-was unauthorised leaves at once. Every failure is an :class:`AuthorizationFailed` whose
-message is a sentence for a person ("the provider said: invalid_grant (authorization code
-expired)") and never carries a code, verifier or token; an
-:class:`AccountAuthorizationFailed` also says what to do next (its ``remedy``), because
-pressing Authorise again cures an expired code but not a wrong client secret. A refusal
-that only a configuration change cures (``invalid_client``, ...) is kept as the account's
-last error (``TokenSource.rememberRefusal``).
+``ok``), then revokes the refresh token the new one replaces (best effort, logged; see
+:mod:`oauthmail.tokens.revocation` for the providers where it is skipped), then wakes the
+outbound mail queue, so that mail held back while the account was unauthorised leaves at
+once. Tokens consented by the wrong person are revoked as they are dropped.
+
+Every failure is an :class:`AuthorizationFailed` whose message is a sentence for a
+person ("the provider said: invalid_grant (authorization code expired)") and never
+carries a code, verifier or token; an :class:`AccountAuthorizationFailed` also says
+what to do next (its ``remedy``), because pressing Authorise again cures an expired code
+but not a wrong client secret. A refusal that only a configuration change cures
+(``invalid_client``, ...) is kept as the account's last error
+(``TokenSource.rememberRefusal``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from oauthmail.tokens.grants import AuthorizationRequest, DeviceAuthorization
 from oauthmail.tokens.http import InsecureEndpointError
 from oauthmail.tokens.identity import IdentityMismatch, accountIdentity, verifyConsent
 from oauthmail.tokens.records import TokenRecord, TokenSet
+from oauthmail.tokens.revocation import revokeDropped, revokeSuperseded, storedRefreshToken
 
 log = Logger()
 
@@ -260,6 +267,7 @@ class Authorizer:
             log.warn(
                 "authorisation of {account} refused: {why}", account=account_name, why=e.reason
             )
+            await revokeDropped(self.tokens.grantClient(account_name), tokens, e.consented)
             raise AccountAuthorizationFailed(account_name, e.reason, SIGN_IN_AS_ACCOUNT) from None
         if identity.known:
             log.info(
@@ -280,10 +288,15 @@ class Authorizer:
         return None, expected
 
     async def _finish(self, account_name: str, tokens: TokenSet, person: bool = True) -> Authorized:
-        """Check who consented (``person``), store the tokens (``ok``), let waiting mail go."""
+        """Check who consented (``person``), store the tokens (``ok``), let waiting mail go.
+
+        The refresh token the new one replaces is revoked once the new tokens are
+        stored (:func:`~oauthmail.tokens.revocation.revokeSuperseded`).
+        """
         identity = unverified = None
         if person:
             identity, unverified = await self._consentedAs(account_name, tokens)
+        old = await storedRefreshToken(self.tokens.store, account_name)
         try:
             record: TokenRecord = await self.tokens.storeAuthorized(account_name, tokens)
         except Exception as e:
@@ -295,6 +308,7 @@ class Authorizer:
             raise AuthorizationFailed(
                 f"the provider gave tokens but they could not be saved: {cleanText(e)}"
             ) from None
+        await revokeSuperseded(self.tokens.grantClient(account_name), old, tokens)
         if self.queue is not None:
             try:
                 await self.queue.retryNow(account_name)
@@ -324,7 +338,9 @@ class Authorizer:
             )
         try:
             request = self.tokens.grantClient(account_name).authorizationRequest(
-                account.profile.redirect_uri or redirect_uri, login_hint=accountIdentity(account)
+                account.profile.redirect_uri or redirect_uri,
+                scopes=account.authorization_scopes,
+                login_hint=accountIdentity(account),
             )
         except (TokenError, InsecureEndpointError) as e:
             raise AccountAuthorizationFailed(account_name, explain(e), remedyOf(e)) from None
@@ -394,7 +410,9 @@ class Authorizer:
             )
         client = self.tokens.grantClient(account_name)
         try:
-            return await client.startDeviceAuthorization(login_hint=accountIdentity(account))
+            return await client.startDeviceAuthorization(
+                scopes=account.authorization_scopes, login_hint=accountIdentity(account)
+            )
         except defer.CancelledError:
             raise
         except Exception as e:

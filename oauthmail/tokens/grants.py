@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from oauthmail.config import ProfileConfig
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.secret import Secret
-from oauthmail.tokens.answers import classifyTokenResponse, providerText
+from oauthmail.tokens.answers import classifyTokenResponse, parseRetryAfter, providerText
 from oauthmail.tokens.errors import (
     AuthorizationFailed,
     TokenEndpointError,
@@ -389,6 +389,60 @@ class GrantClient:
                 if e.error == "access_denied":
                     raise AuthorizationFailed("the person declined the authorisation") from None
                 raise
+
+    # -- revocation (RFC 7009) ------------------------------------------------------
+
+    async def revoke(self, token: Secret, hint: str = "refresh_token") -> None:
+        """Revoke ``token`` at the profile's revocation endpoint (RFC 7009 §2.1).
+
+        ``hint`` is the ``token_type_hint``: ``refresh_token`` or ``access_token``.
+
+        Fires when the provider says the token is revoked, or that it was no longer
+        valid anyway (Google answers ``400 invalid_token`` for a token already
+        revoked or expired). Fails with ``TokenEndpointError`` (``not_configured``
+        when the profile names no revocation endpoint; a refusal),
+        ``TransientTokenError`` (unreachable, 5xx, 429) or ``InsecureEndpointError``.
+        """
+        fields = [("token", token.reveal()), ("token_type_hint", hint)]
+        fields += list(self._credentials().items())
+        hidden = self._hidden(token)
+        url = self.profile.revocation_endpoint
+        response = await self._post(url, add_params_to_qs("", fields), "revocation", hidden)
+        revocationAnswer(response, self._clock.seconds(), hidden)
+
+
+#: Answers to a revocation that mean the token no longer works: it was revoked or
+#: expired before (Google: ``invalid_token``; some servers say ``invalid_grant``).
+ALREADY_INVALID = ("invalid_token", "invalid_grant")
+
+
+def revocationAnswer(response: HTTPResponse, now: float, hidden: tuple[Secret, ...] = ()) -> None:
+    """Raise unless ``response`` says the token is revoked (or was invalid already).
+
+    RFC 7009 §2.2: 200 whether or not the server knew the token; §2.2.1: 503 (and
+    429, 5xx) means try again later; any other error is a refusal.
+    """
+    status = response.status
+    if status == 200:
+        return
+    try:
+        fields = json.loads(response.body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    error = fields.get("error")
+    error = providerText(error, hidden, 80) if isinstance(error, str) and error else ""
+    description = fields.get("error_description")
+    said = providerText(description, hidden) if isinstance(description, str) else ""
+    if error in ALREADY_INVALID:
+        return
+    if status == 429 or status >= 500 or error in ("temporarily_unavailable", "server_error"):
+        reason = f"revocation endpoint answered HTTP {status}"
+        if error:
+            reason += f" ({error}{': ' + said if said else ''})"
+        raise TransientTokenError(reason, parseRetryAfter(response.header("retry-after"), now))
+    raise TokenEndpointError(error or f"HTTP {status}", said or None, status)
 
 
 #: RFC 8628 §3.2: how long a device code lives and how often to poll, within reason.

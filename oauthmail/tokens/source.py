@@ -203,6 +203,15 @@ class TokenSource:
             client = self._grants[profile.name] = GrantClient(profile, transport, self._clock)
         return client
 
+    def forget(self, account_id: str) -> None:
+        """A person removed the account's tokens: drop what is held for it in memory.
+
+        Tokens the store refused earlier would otherwise be written back at the
+        next refresh, and a provider's "wait until" would outlive the account.
+        """
+        self._unsaved.forget(account_id)
+        self._not_before.pop(account_id, None)
+
     @property
     def store(self) -> ITokenStore:
         """The token store (the authorisation flows read the tokens a new consent replaces)."""

@@ -201,6 +201,7 @@ class TestOAuthProvider(Authority):
             "reject_public_secrets": self.reject_public_secrets,
             "style": self.style.name,
             "reused_refresh_tokens": self.reused_refresh_tokens,
+            "revocations": self.revocations,
             "requests": dict(self.requests),
         }
 

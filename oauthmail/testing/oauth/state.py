@@ -98,6 +98,8 @@ class Authority:
 
         self.refresh_presentations: TokenCounter = TokenCounter()
         self.reused_refresh_tokens = 0
+        #: how many known tokens ``/revoke`` revoked (requests for unknown ones do not count)
+        self.revocations = 0
         self.requests: collections.Counter[str] = collections.Counter()
         #: each ``/authorize`` request's parameters as received (no secret travels there)
         self.authorization_requests: list[dict[str, str]] = []

@@ -41,6 +41,10 @@ class Style:
     name = "rfc6749"
     #: whether a public client that sends a secret is refused without the fault
     rejectsPublicSecrets = False
+    #: whether revoking one token ends the person's whole consent to the client,
+    #: every token of every earlier authorisation with it (Google), or only the
+    #: consent (grant) the token came from (RFC 7009's minimum)
+    revokesWholeConsent = False
 
     def shape(self, error: OAuthError, *, client_id: str | None, epoch: float) -> OAuthError:
         """The error as this provider would answer it."""
@@ -337,6 +341,7 @@ class GoogleStyle(Style):
     """Google's OAuth 2.0 endpoints (accounts.google.com, oauth2.googleapis.com)."""
 
     name = "google"
+    revokesWholeConsent = True  # the app disappears from myaccount.google.com/permissions
 
     def shape(self, error: OAuthError, *, client_id: str | None, epoch: float) -> OAuthError:
         entry = _GOOGLE.get(error.reason or "")

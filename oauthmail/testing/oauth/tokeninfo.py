@@ -82,23 +82,46 @@ class IntrospectionEndpoint:
 
 
 def renderRevoke(authority: Authority, request: server.Request) -> bytes:
-    """``POST /revoke``: always 200 (RFC 7009 section 2.2)."""
+    """``POST /revoke``: 200 for any token (RFC 7009 section 2.2).
+
+    A client that sends credentials (Basic or body fields) is authenticated, and
+    may revoke only its own tokens (section 2.1: ``unauthorized_client``
+    otherwise); a request without credentials is served, as before. A revoked
+    refresh token takes its grant with it, a revoked access token only itself;
+    with the Google style either ends the person's whole consent to the client
+    (every grant of that user and client).
+    """
     authority.requests["revoke"] += 1
     try:
         form = params(request)
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is missing")
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        client = None
+        if header or form.get("client_id"):
+            client = authority.authenticateClient(header, form)
+        key = digest(token)
+        record = authority.refresh.get(key) or authority.access.get(key)
+        if record is not None and client is not None and record.grant.client_id != client.client_id:
+            raise OAuthError("unauthorized_client", "the token was issued to another client")
     except OAuthError as e:
-        return answerJSON(request, e.status, e.body())
-    key = digest(token)
+        return answerJSON(request, e.status, e.body(), e.headers)
+    if record is None:
+        return answerJSON(request, 200, {})
     refresh = authority.refresh.get(key)
     if refresh is not None:
         refresh.state = "revoked"
-        refresh.grant.revoked = True  # RFC 7009: the grant's tokens go with it
+        record.grant.revoked = True  # RFC 7009: the grant's tokens go with it
     access = authority.access.get(key)
     if access is not None:
         access.revoked = True
+    if authority.style.revokesWholeConsent:
+        grant = record.grant
+        for each in authority.grants():
+            if (each.user, each.client_id) == (grant.user, grant.client_id):
+                each.revoked = True
+    authority.revocations += 1
     return answerJSON(request, 200, {})
 
 
