@@ -239,3 +239,41 @@ def test_revocation_refusals_name_the_error_without_the_token():
     assert "tok-123" not in str(e.value)
     with pytest.raises(TokenEndpointError, match="HTTP 404"):
         revocationAnswer(HTTPResponse(404, {}, b"<html>"), 0.0)
+
+
+class _NoCalls:
+    """A grant client that must not be asked: there is nothing to ask."""
+
+    def __init__(self, profile: ProfileConfig) -> None:
+        self.profile = profile
+
+    async def revoke(self, token: Secret, hint: str = "refresh_token") -> None:
+        raise AssertionError("no revocation request may be sent")
+
+
+@pytest_twisted.ensureDeferred
+async def test_microsoft_has_no_revocation_and_the_user_is_told_where_to_go():
+    """Microsoft: nothing is sent; the outcome names myapps and revokeSignInSessions."""
+    from oauthmail.config.presets import microsoft
+    from oauthmail.tokens.revocation import UNSUPPORTED, revokeToken
+
+    assert microsoft().revocation_endpoint is None
+
+    profile = ProfileConfig(
+        name="m365",
+        kind="microsoft",
+        authorization_endpoint=None,
+        token_endpoint="https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        device_endpoint=None,
+        revocation_endpoint=None,
+        introspection_endpoint=None,
+        client_id="c",
+        client_secret=None,
+        scopes=("offline_access",),
+    )
+    revocation = await revokeToken(_NoCalls(profile), Secret("rt"))
+    assert revocation.outcome == UNSUPPORTED and not revocation.revoked
+    assert "no revocation endpoint for v2.0 tokens" in revocation.message
+    assert "https://myapps.microsoft.com" in revocation.message
+    assert "revokeSignInSessions" in revocation.message
+    assert revocation.manual_url == "https://myapps.microsoft.com"

@@ -51,6 +51,7 @@ HELP_ORDER = (
     "refresh",
     "send",
     "api",
+    "remove",
     "hash-password",
     "migrate-store",
 )

@@ -78,6 +78,9 @@ MANUAL_REVOCATION = {
     "microsoft": "https://myapps.microsoft.com",
 }
 
+#: The account's last error once its tokens were removed.
+REMOVED = "its tokens were removed (oauthmail remove): authorise it again to use it"
+
 #: Microsoft's words for :data:`UNSUPPORTED`.
 MICROSOFT_NOTE = (
     "Microsoft has no revocation endpoint for v2.0 tokens, so oauthmail cannot revoke"
@@ -95,11 +98,18 @@ class _Grants(Protocol):
     def revoke(self, token: Secret, hint: str = ...) -> Awaitable[None]: ...
 
 
+class _Condition(Protocol):
+    async def report(self, name: str, state: str, last_error: str | None) -> None: ...
+
+
 class _Source(Protocol):
     """What removal needs of a :class:`oauthmail.tokens.source.TokenSource`."""
 
     @property
     def store(self) -> ITokenStore: ...
+
+    @property
+    def condition(self) -> _Condition: ...
 
     def account(self, account_id: str) -> AccountConfig: ...
 
@@ -192,12 +202,14 @@ async def removeTokens(tokens: _Source, account_id: str) -> Removal:
     """Revoke the account's refresh token (if any), then delete its tokens; report it.
 
     The tokens are deleted whatever the revocation's outcome: a person asked for
-    them to be gone. The account's ``tokens`` part becomes ``unauthorised``.
+    them to be gone. The account's ``tokens`` part becomes ``unauthorised``
+    (reported by the token source's own condition, the part's one reporter).
     """
     account = tokens.account(account_id)
     store = tokens.store
     record = await store.getTokens(account_id)
     if record is None:
+        await tokens.condition.report(account_id, "unauthorised", REMOVED)
         return Removal(account_id, False, Revocation(NOTHING, "there were no tokens"))
     if record.refresh_token is not None:
         revocation = await revokeToken(tokens.grantClient(account_id), record.refresh_token)
@@ -210,6 +222,7 @@ async def removeTokens(tokens: _Source, account_id: str) -> Removal:
         revocation = Revocation(NOTHING, "there was no token to revoke")
     await store.deleteTokens(account_id)
     tokens.forget(account_id)
+    await tokens.condition.report(account_id, "unauthorised", REMOVED)
     log.info(
         "{account}: tokens deleted; revocation: {outcome}",
         account=account.name,

@@ -49,6 +49,7 @@ from oauthmail.web.login import (
     logoutForm,
 )
 from oauthmail.web.pages import StylesheetResource, formPage, htmlDocument
+from oauthmail.web.remove import RemovePage, removeLink
 from oauthmail.web.sessions import LoginThrottle, SessionStore
 from oauthmail.web.status import AccountStatus, accountStatus
 
@@ -169,6 +170,7 @@ class StatusPage(_AsyncPage):
                 label = BUTTON_LABELS.get(status.state)
                 if label is not None:
                     buttons[status.name] = actionForm(status.name, access.field(), label)
+                    buttons[status.name] += removeLink(status.name)
         logout = ""
         if access is not None and access.session is not None:
             logout = logoutForm(access.field())
@@ -253,6 +255,9 @@ class ConsoleResource(Resource):
             self.putChild(b"authorize", AuthorizeResource(authorizer, config, clock))
             self.putChild(b"callback", CallbackResource(authorizer, clock))
             self.putChild(b"device", DevicePage(authorizer, clock))
+            self.putChild(
+                b"remove", RemovePage(authorizer.tokens, live and live.queue, clock, self.guard)
+            )
         if self.access.login_required:
             if admin_password is None:
                 assert self.access.admin_password_hash is not None  # ConsoleAccess checked

@@ -63,7 +63,7 @@ class IntrospectionEndpoint:
         except OAuthError as e:
             finishJSON(request, e.status, e.body(), e.headers)
             return
-        finishJSON(request, 200, self.authority.introspect(token))
+        finishJSON(request, 200, self.authority.introspect(token, form.get("token_type_hint")))
 
     def authenticateIntrospector(self, header: str, form: dict[str, str]) -> None:
         """Client auth for ``/introspect``: Basic, or the body fields Dovecot sends.
