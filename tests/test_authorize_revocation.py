@@ -36,7 +36,15 @@ REDIRECT = "http://127.0.0.1:8025/callback"
 class World:
     """The test provider, one account's token source and its authorizer."""
 
-    def __init__(self, *, style: str = "rfc6749", kind: str = "generic", **account) -> None:
+    def __init__(
+        self,
+        *,
+        style: str = "rfc6749",
+        kind: str = "generic",
+        scopes: tuple[str, ...] = ("mail",),
+        address: str = "box@example.com",
+        **account,
+    ) -> None:
         self.provider = TestOAuthProvider(style=style, device_interval=1)
         self.provider.registerClient(CLIENT_ID, CLIENT_SECRET)
         self.provider.listen(reactor)
@@ -51,10 +59,10 @@ class World:
             introspection_endpoint=None,
             client_id=CLIENT_ID,
             client_secret=Secret(CLIENT_SECRET),
-            scopes=("mail",),
+            scopes=scopes,
         )
         profile = account.pop("profile", self.profile)
-        self.account = AccountConfig("box", "box@example.com", profile, **account)
+        self.account = AccountConfig("box", address, profile, **account)
         self.store = MemoryTokenStore(reactor)
         self.transport = AgentTransport(reactor, persistent=False)
         self.tokens = TokenSource(self.store, {"box": self.account}, self.transport, reactor)
@@ -165,12 +173,7 @@ async def test_a_failed_revocation_does_not_fail_the_reauthorisation():
 @pytest_twisted.ensureDeferred
 async def test_tokens_of_the_wrong_person_are_revoked_as_they_are_dropped():
     """Consent given as carol: nothing is stored, and carol's new refresh token is revoked."""
-    world = World()
-    world.account = replace(
-        world.account, profile=replace(world.profile, scopes=("mail", "openid", "email"))
-    )
-    world.tokens = TokenSource(world.store, {"box": world.account}, world.transport, reactor)
-    world.authorizer = Authorizer(world.tokens, reactor)
+    world = World(scopes=("mail", "openid", "email"))
     world.provider.consent_as = "carol@example.com"
     try:
         url, _ = world.authorizer.begin("box", REDIRECT)

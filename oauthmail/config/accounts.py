@@ -94,6 +94,7 @@ def readAccount(at: Node, profiles: Profiles) -> tuple[AccountConfig, Map]:
     grant = a["grant"].choice(GRANTS, "authorization_code", what="grant")
     profile = checkGrant(a["grant"], grant, profile, p)
     user = a["user"].nonEmpty(None, what="a SASL user name")
+    delegate = _delegate(a, grant)
     imap = None
     if "imap" in a:
         imap, server = _accountImap(a["imap"], name, profile)
@@ -119,8 +120,26 @@ def readAccount(at: Node, profiles: Profiles) -> tuple[AccountConfig, Map]:
         imap=imap,
         smtp=smtp,
         api_scopes=api_scopes,
+        delegate=delegate,
     )
     return account, a
+
+
+def _delegate(a: Map, grant: str) -> str | None:
+    """``delegate``: the person who consents for a shared mailbox (an address)."""
+    if not a.present("delegate"):
+        return None
+    at = a["delegate"]
+    delegate = at.nonEmpty(what="the address of the person who consents").strip()
+    local, at_sign, domain = delegate.rpartition("@")
+    if not at_sign or not local or not domain or " " in delegate:
+        at.fail(f"expected the email address of the person who consents, got {delegate!r}")
+    if grant == "client_credentials":
+        at.fail(
+            "a delegate is the person who consents; grant client_credentials has none"
+            " (an app-only token reaches the mailbox through the app's own permissions)"
+        )
+    return delegate
 
 
 def _accountServer(at: Node, m: Map, profile: ProfileConfig, kind: str) -> ServerConfig:

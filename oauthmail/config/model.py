@@ -185,16 +185,27 @@ class AccountConfig:
     address: str
     profile: ProfileConfig
     grant: str = "authorization_code"  # or "device_code", "client_credentials"
-    user: str | None = None  # SASL user when it differs (shared mailbox)
+    #: The SASL user name when it is not the address (the mailbox logged in to).
+    user: str | None = None
     imap: AccountImapConfig | None = None
     smtp: AccountSmtpConfig | None = None
     #: Scopes for HTTP APIs (``AuthorizedAgent``), asked for at authorisation
     #: on top of the profile's.
     api_scopes: tuple[str, ...] = ()
+    #: A shared mailbox reached through a delegate: the person who consents and
+    #: whose token oauthmail holds, while IMAP and SMTP log in as the mailbox
+    #: (``sasl_user``) and mail is sent from ``address``.
+    delegate: str | None = None
 
     @property
     def sasl_user(self) -> str:
+        """Who IMAP and SMTP log in as: the mailbox (``user``, else the address)."""
         return self.user or self.address
+
+    @property
+    def consenting_identity(self) -> str:
+        """Who must consent at authorisation: the delegate, else the mailbox's login."""
+        return self.delegate or self.sasl_user
 
     @property
     def authorization_scopes(self) -> tuple[str, ...]:

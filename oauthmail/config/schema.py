@@ -41,7 +41,17 @@ PROFILE_KEYS = (
     "proxy",
 )
 SERVER_KEYS = ("host", "port", "security", "tls", "ca_file", "server_name")
-ACCOUNT_KEYS = ("name", "address", "profile", "grant", "user", "imap", "smtp", "api_scopes")
+ACCOUNT_KEYS = (
+    "name",
+    "address",
+    "profile",
+    "grant",
+    "user",
+    "delegate",
+    "imap",
+    "smtp",
+    "api_scopes",
+)
 ACCOUNT_IMAP_KEYS = (
     "mechanism",
     "folders",

@@ -12,7 +12,8 @@ from the first source that says it:
 2. the profile's **userinfo** endpoint (OpenID Connect Core §5.3), the same claims;
 3. the profile's **introspection** endpoint (RFC 7662): ``username``;
 
-and compares it, case-insensitively, with the account's identity (:func:`accountIdentity`).
+and compares it, case-insensitively, with the account's identity (:func:`accountIdentity`:
+the account's ``delegate`` for a shared mailbox, else the name it logs in as).
 The first name a source gives is the one shown; the account matches when any of the
 names the source gives for the person is its identity (Microsoft's ``email`` may be a
 mail address other than the sign-in name, ``preferred_username``). When no source
@@ -100,14 +101,22 @@ class IdentityError(Exception):
 class IdentityMismatch(AuthorizationFailed):  # noqa: N818 - like its base
     """The person who consented is not the account's identity: nothing is stored."""
 
-    def __init__(self, consented: str, expected: str) -> None:
-        super().__init__(mismatchMessage(consented, expected))
+    def __init__(self, consented: str, expected: str, mailbox: str | None = None) -> None:
+        super().__init__(mismatchMessage(consented, expected, mailbox))
         self.consented = consented
         self.expected = expected
 
 
-def mismatchMessage(consented: str, expected: str) -> str:
-    """The sentence the page, the CLI and the log show for a consent by the wrong person."""
+def mismatchMessage(consented: str, expected: str, mailbox: str | None = None) -> str:
+    """The sentence the page, the CLI and the log show for a consent by the wrong person.
+
+    ``mailbox`` is the shared mailbox when ``expected`` is its delegate.
+    """
+    if mailbox is not None:
+        return (
+            f"you consented as {consented}, the mailbox {mailbox} is reached through its"
+            f" delegate {expected}: sign in as {expected} and try again"
+        )
     return (
         f"you consented as {consented}, this account is {expected}:"
         f" sign in as {expected} and try again"
@@ -115,12 +124,13 @@ def mismatchMessage(consented: str, expected: str) -> str:
 
 
 def accountIdentity(account: AccountConfig) -> str:
-    """Who must consent for ``account``: its SASL ``user`` when set, else its address.
+    """Who must consent for ``account``: its ``delegate``, else its login (``user``/address).
 
-    The configuration has no separate "delegate" yet: where a person signs in for a
-    mailbox that is not their own, ``user`` names that person.
+    A shared mailbox reached through a delegate (``delegate:``) logs in to IMAP and
+    SMTP as the mailbox with the delegate's token: the delegate is who consents,
+    whose token oauthmail holds, and whom the identity check compares.
     """
-    return account.user or account.address
+    return account.consenting_identity
 
 
 def sameIdentity(a: str, b: str) -> bool:
@@ -353,5 +363,6 @@ async def verifyConsent(
     identity = await establish(account.profile, tokens, transport, now)
     expected = accountIdentity(account)
     if identity.known and not identity.matches(expected):
-        raise IdentityMismatch(identity.shown, cleanText(expected, _NAME_LIMIT))
+        mailbox = cleanText(account.sasl_user, _NAME_LIMIT) if account.delegate else None
+        raise IdentityMismatch(identity.shown, cleanText(expected, _NAME_LIMIT), mailbox)
     return identity
