@@ -280,3 +280,22 @@ async def test_microsoft_has_no_revocation_and_the_user_is_told_where_to_go():
     assert "https://myapps.microsoft.com" in revocation.message
     assert "revokeSignInSessions" in revocation.message
     assert revocation.manual_url == "https://myapps.microsoft.com"
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_an_app_only_account_revokes_its_access_token():
+    """Client credentials have no refresh token: the access token is revoked instead."""
+    from oauthmail.tokens.revocation import removeTokens
+
+    world = World(grant="client_credentials")
+    try:
+        await world.authorizer.authorizeApp("box")
+        access = (await world.store.getTokens("box")).access_token
+        removal = await removeTokens(world.tokens, "box")
+        assert removal.revocation.revoked
+        assert removal.lines()[0] == "box: the access token was revoked at the provider"
+        assert world.provider.introspect(access) == {"active": False}
+        assert await world.store.getTokens("box") is None
+        assert (await world.store.getAccount("box")).state == "unauthorised"
+    finally:
+        await world.stop()

@@ -134,7 +134,7 @@ async def test_remove_without_a_revocation_endpoint_says_where_to_revoke(tmp_pat
         await world.seed("helpdesk", "ok")
         code, out, err = await world.run("remove", "helpdesk", "-c", str(world.path))
         assert code == 0, out + err
-        assert "names no revocation_endpoint, so the token could not be revoked" in out
+        assert "names no revocation_endpoint, so the refresh token could not be revoked" in out
         assert world.provider.requests["revoke"] == 0
         _, tokens = await world.stored("helpdesk")
         assert tokens is None

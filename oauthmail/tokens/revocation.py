@@ -152,13 +152,14 @@ async def revokeToken(grants: _Grants, token: Secret, hint: str = "refresh_token
     """
     profile = grants.profile
     manual = manualRevocation(profile)
+    what = "refresh token" if hint == "refresh_token" else "access token"
     if not profile.revocation_endpoint:
         if profile.kind == "microsoft":
             return Revocation(UNSUPPORTED, MICROSOFT_NOTE, manual)
         where = f"; revoke it by hand at {manual}" if manual else ""
         return Revocation(
             UNSUPPORTED,
-            f"profile {profile.name} names no revocation_endpoint, so the token could not"
+            f"profile {profile.name} names no revocation_endpoint, so the {what} could not"
             f" be revoked{where}",
             manual,
         )
@@ -171,11 +172,11 @@ async def revokeToken(grants: _Grants, token: Secret, hint: str = "refresh_token
     except Exception as e:  # a revocation that fails must not fail the removal
         why = f"unexpected error ({type(e).__name__})"
     else:
-        return Revocation(DONE, "the refresh token was revoked at the provider")
+        return Revocation(DONE, f"the {what} was revoked at the provider")
     where = manual or "the provider's account settings"
     return Revocation(
         FAILED,
-        f"the revocation did not happen ({why}): the refresh token may still work"
+        f"the revocation did not happen ({why}): the {what} may still work"
         f" until it is revoked by hand at {where}",
         manual,
     )
