@@ -255,9 +255,8 @@ class ConsoleResource(Resource):
             self.putChild(b"authorize", AuthorizeResource(authorizer, config, clock))
             self.putChild(b"callback", CallbackResource(authorizer, clock))
             self.putChild(b"device", DevicePage(authorizer, clock))
-            self.putChild(
-                b"remove", RemovePage(authorizer.tokens, live and live.queue, clock, self.guard)
-            )
+            queue = live.queue if live is not None else None
+            self.putChild(b"remove", RemovePage(authorizer.tokens, queue, clock, self.guard))
         if self.access.login_required:
             if admin_password is None:
                 assert self.access.admin_password_hash is not None  # ConsoleAccess checked

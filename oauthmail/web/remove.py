@@ -85,6 +85,7 @@ class RemovePage(Resource):
         return name
 
     def _unknown(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setResponseCode(404)
         return page("No such account", ["No configured account has that name."], "failed")
 
@@ -97,7 +98,7 @@ class RemovePage(Resource):
     def render_GET(self, request: Any) -> Any:
         name = self._name(request)
         if name is None:
-            return renderAsync(request, lambda: _done(self._unknown(request)))
+            return self._unknown(request)
         return renderAsync(request, lambda: self._confirm(request, name))
 
     async def _confirm(self, request: Any, name: str) -> bytes:
@@ -129,7 +130,7 @@ class RemovePage(Resource):
     def render_POST(self, request: Any) -> Any:
         name = self._name(request)
         if name is None:
-            return renderAsync(request, lambda: _done(self._unknown(request)))
+            return self._unknown(request)
         return renderAsync(request, lambda: self._remove(request, name))
 
     async def _remove(self, request: Any, name: str) -> bytes:
@@ -147,7 +148,3 @@ class RemovePage(Resource):
         failed = removal.revocationFailed
         title = f"{name} removed" + (", not revoked" if failed else "")
         return page(title, [html.escape(line) for line in lines], "failed" if failed else "ok")
-
-
-async def _done(body: bytes) -> bytes:
-    return body
