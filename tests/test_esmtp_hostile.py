@@ -15,8 +15,8 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, ssl, task
-from twisted.protocols.basic import LineOnlyReceiver
+from hostile import HostileFactory, listenSMTP  # tests/hostile.py, shared with the daemon test
+from twisted.internet import defer, ssl
 
 from oauthmail.config import AccountConfig, AccountSmtpConfig, ProfileConfig, ServerConfig
 from oauthmail.secret import Secret
@@ -42,74 +42,6 @@ def serverOptions(tmp_path_factory):
     return options, str(certs.caFile)
 
 
-class HostileServer(LineOnlyReceiver):
-    """Greets, then does what ``behaviour`` says; records every line it receives."""
-
-    MAX_LENGTH = 1 << 20
-
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
-        self.received: list[bytes] = []
-        self.loop: task.LoopingCall | None = None
-
-    def connectionMade(self) -> None:
-        self.factory.connections.append(self)
-        if self.behaviour == "endless":
-            self.loop = task.LoopingCall(self.transport.write, b"220-more and more\r\n" * 200)
-            self.loop.clock = _reactor()
-            self.loop.start(0.001)
-        elif self.behaviour == "endless-long-lines":
-            self.loop = task.LoopingCall(self.transport.write, b"220-" + b"w" * 1800 + b"\r\n")
-            self.loop.clock = _reactor()
-            self.loop.start(0.001)
-        elif self.behaviour == "huge-line":
-            self.transport.write(b"220 " + b"x" * (1 << 20) + b"\r\n")
-        elif self.behaviour == "trickle":
-            self.loop = task.LoopingCall(self.transport.write, b"220-one line a second\r\n")
-            self.loop.clock = _reactor()
-            self.loop.start(1.0)
-        else:
-            self.sendLine(b"220 mail.test ESMTP hostile")
-
-    def connectionLost(self, reason=None) -> None:
-        if self.loop is not None and self.loop.running:
-            self.loop.stop()
-        if not self.factory.lost.called:
-            self.factory.lost.callback(None)
-
-    def lineReceived(self, line: bytes) -> None:
-        self.received.append(line)
-        command = line.split(b" ", 1)[0].upper()
-        if command == b"EHLO":
-            self.sendLine(b"250-mail.test")
-            self.sendLine(b"250 AUTH XOAUTH2")
-        elif command == b"AUTH":
-            self.sendLine(b"334 ")
-        elif self.received[-2:-1] == [b"AUTH XOAUTH2"]:
-            self.sendLine(b"235 2.7.0 ok")
-        elif command in (b"MAIL", b"RCPT", b"RSET"):
-            self.sendLine(b"250 ok")
-        elif command == b"DATA":
-            self.sendLine(b"250 2.0.0 thanks, all done")  # the lie: it should be 354
-        elif command == b"QUIT":
-            self.sendLine(b"221 bye")
-            self.transport.loseConnection()
-        else:
-            self.sendLine(b"250 ok")  # anything else, e.g. a body line, is "fine" too
-
-
-class HostileFactory(protocol.ServerFactory):
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
-        self.connections: list[HostileServer] = []
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def buildProtocol(self, addr):
-        p = HostileServer(self.behaviour)
-        p.factory = self
-        return p
-
-
 @pytest.fixture
 def hostile(serverOptions):
     """Start a hostile server: ``await hostile(behaviour)`` gives (factory, account)."""
@@ -118,7 +50,7 @@ def hostile(serverOptions):
 
     def start(behaviour: str):
         factory = HostileFactory(behaviour)
-        port = _reactor().listenSSL(0, factory, options, interface="127.0.0.1")
+        port = listenSMTP(factory, options)
         ports.append(port)
         server = ServerConfig(
             "127.0.0.1", port.getHost().port, "implicit", ca_file=caFile, server_name="mail.test"

@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, task
+from hostile import (  # tests/hostile.py, shared with the daemon's hostile-world test
+    CloseAfterSelect,
+    ExistsFlood,
+    FetchWithoutBody,
+    HugeLiteral,
+    LongerLiteral,
+    World,
+    listenIMAP,
+)
+from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 
 from oauthmail.config import (
@@ -36,7 +45,6 @@ from oauthmail.imap.watcher import FolderWatcher
 from oauthmail.secret import Secret
 from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
 
-CAPS = b"IMAP4rev1 AUTH=XOAUTH2 SASL-IR IDLE UIDPLUS MOVE"
 #: Bytes of untagged EXISTS the flooding server sends during one command.
 FLOOD = 2 * 1024 * 1024
 
@@ -45,116 +53,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-class World:
-    """What the scripted server knows: the mailbox, and the misbehaviour hooks tests override."""
-
-    def __init__(self, messages: dict[int, bytes]) -> None:
-        self.messages = dict(messages)
-        self.connections: list[float] = []
-        self.lost: list[float] = []
-        self.commands: list[bytes] = []
-
-    def greeting(self, server: ScriptedIMAP) -> None:
-        server.write(b"* OK [CAPABILITY " + CAPS + b"] hostile test server\r\n")
-
-    def select(self, server: ScriptedIMAP, tag: bytes) -> None:
-        server.write(
-            b"* %d EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n" % len(self.messages)
-            + tag
-            + b" OK [READ-WRITE] done\r\n"
-        )
-
-    def search(self, server: ScriptedIMAP, tag: bytes, first: int) -> None:
-        uids = b"".join(b" %d" % u for u in sorted(self.messages) if u >= first)
-        server.write(b"* SEARCH" + uids + b"\r\n" + tag + b" OK done\r\n")
-
-    def fetchBody(self, server: ScriptedIMAP, seq: int, uid: int) -> bytes:
-        body = self.messages[uid]
-        return b"* %d FETCH (UID %d RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\n" % (
-            seq,
-            uid,
-            len(body),
-            len(body),
-            body,
-        )
-
-
-def _uids(spec: bytes) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(b","):
-        a, _, b = part.partition(b":")
-        out.extend(range(int(a), int(b or a) + 1))
-    return out
-
-
-class ScriptedIMAP(protocol.Protocol):
-    """One connection of the scripted server; answers what :class:`World` says."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.buffer = b""
-        self.idleTag: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def connectionMade(self) -> None:
-        self.world.connections.append(time.monotonic())
-        self.world.greeting(self)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.world.lost.append(time.monotonic())
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            self.line(line)
-
-    def line(self, line: bytes) -> None:
-        if self.idleTag is not None and line.upper() == b"DONE":
-            self.write(self.idleTag + b" OK idle done\r\n")
-            self.idleTag = None
-            return
-        tag, _, rest = line.partition(b" ")
-        words = rest.split(b" ")
-        command = words[0].upper()
-        if command == b"UID":
-            command = b"UID " + words[1].upper()
-        self.world.commands.append(command)
-        w = self.world
-        if command == b"CAPABILITY":
-            self.write(b"* CAPABILITY " + CAPS + b"\r\n" + tag + b" OK done\r\n")
-        elif command in (b"AUTHENTICATE", b"NOOP", b"UID STORE", b"UID EXPUNGE"):
-            self.write(tag + b" OK done\r\n")
-        elif command == b"SELECT":
-            w.select(self, tag)
-        elif command == b"UID SEARCH":
-            w.search(self, tag, int(words[3].split(b":")[0]))
-        elif command == b"UID FETCH":
-            uids = [u for u in _uids(words[2]) if u in w.messages]
-            if rest.endswith(b"(UID RFC822.SIZE)"):
-                out = b"".join(
-                    b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (u, u, len(w.messages[u]))
-                    for u in uids
-                )
-                self.write(out + tag + b" OK done\r\n")
-            else:
-                for u in uids:
-                    self.write(w.fetchBody(self, u, u))
-                if self.transport is not None and not self.transport.disconnecting:
-                    self.write(tag + b" OK done\r\n")
-        elif command == b"IDLE":
-            self.idleTag = tag
-            self.write(b"+ idling\r\n")
-        elif command == b"LOGOUT":
-            self.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
-            self.transport.loseConnection()
-        else:
-            self.write(tag + b" BAD unknown\r\n")
 
 
 class CollectingSink:
@@ -192,9 +90,7 @@ class Rig:
 
     async def __aenter__(self) -> Rig:
         reactor = _reactor()
-        factory = protocol.Factory.forProtocol(lambda: ScriptedIMAP(self.world))
-        factory.noisy = False
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = listenIMAP(self.world)
         server = ServerConfig("127.0.0.1", self.port.getHost().port, "implicit")
         profile = ProfileConfig(
             name="p",
@@ -265,18 +161,7 @@ class Rig:
 async def test_huge_literal_ends_the_session_at_once_and_the_message_is_left():
     """{999999999999}: refused on announcement (nothing buffered), UID left, others flow."""
 
-    class Huge(World):
-        def fetchBody(self, server, seq, uid):
-            if uid != 1:
-                return super().fetchBody(server, seq, uid)
-            # Announce a huge literal, then keep streaming garbage while the link is up.
-            stream = task.LoopingCall(lambda: server.write(b"\0" * 256 * 1024))
-            stream.clock = _reactor()
-            stream.start(0.01, now=False).addErrback(lambda f: None)
-            server.transport.registerProducer(_Stopper(stream), True)
-            return b"* 1 FETCH (UID 1 RFC822.SIZE 10 BODY[] {999999999999}\r\n"
-
-    world = Huge({1: b"0123456789", 2: b"second message"})
+    world = HugeLiteral({1: b"0123456789", 2: b"second message"})
     tracemalloc.start()
     try:
         async with Rig(world) as rig:
@@ -291,46 +176,12 @@ async def test_huge_literal_ends_the_session_at_once_and_the_message_is_left():
     assert any("hostile/INBOX on 127.0.0.1:" in line for line in lines)
 
 
-class _Stopper:
-    """Stops the garbage stream when the connection goes (an IPushProducer for the test)."""
-
-    def __init__(self, loop: task.LoopingCall) -> None:
-        self.loop = loop
-
-    def stopProducing(self) -> None:
-        if self.loop.running:
-            self.loop.stop()
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
 @pytest_twisted.ensureDeferred
 async def test_exists_flood_holds_no_memory():
     """2 MB of untagged EXISTS during UID SEARCH: nothing piles up, the search completes."""
     # Twisted's stock client kept every line of the command: +335 MB for 16 MB.
 
-    class Flood(World):
-        def search(self, server, tag, first):
-            chunk = b"* 7 EXISTS\r\n" * (64 * 1024 // 12)
-            sent = [0]
-
-            def tick() -> None:
-                if sent[0] >= FLOOD:
-                    loop.stop()
-                    World.search(self, server, tag, first)
-                    return
-                server.write(chunk)
-                sent[0] += len(chunk)
-
-            loop = task.LoopingCall(tick)
-            loop.clock = _reactor()
-            loop.start(0.005)
-
-    world = Flood({1: b"one"})
+    world = ExistsFlood({1: b"one"}, FLOOD)
     tracemalloc.start()
     try:
         async with Rig(world) as rig:
@@ -349,11 +200,7 @@ async def test_exists_flood_holds_no_memory():
 async def test_literal_longer_than_announced_is_one_line_without_content():
     """{5} then 'hello secret-words)': one line per session, no traceback, no message text."""
 
-    class Longer(World):
-        def fetchBody(self, server, seq, uid):
-            return b"* 1 FETCH (UID 1 RFC822.SIZE 5 BODY[] {5}\r\nhello secret-words)\r\n"
-
-    world = Longer({1: b"hello"})
+    world = LongerLiteral({1: b"hello"})
     async with Rig(world) as rig:
         assert await rig.until(lambda: len(world.connections) >= 3)
         await rig.until(lambda: rig.watcher.state == "backoff")
@@ -368,12 +215,7 @@ async def test_literal_longer_than_announced_is_one_line_without_content():
 async def test_close_after_select_gets_a_growing_backoff():
     """A server that closes right after SELECT: the reconnect delays double (no reset)."""
 
-    class Closer(World):
-        def select(self, server, tag):
-            World.select(self, server, tag)
-            server.transport.loseConnection()
-
-    world = Closer({1: b"one"})
+    world = CloseAfterSelect({1: b"one"})
     async with Rig(world, backoffBase=0.1, backoffCap=10.0) as rig:
         await task.deferLater(_reactor(), 2.5, lambda: None)
     times = world.connections
@@ -388,13 +230,7 @@ async def test_close_after_select_gets_a_growing_backoff():
 async def test_fetch_without_body_is_retried_then_reported_once():
     """A FETCH answered without body: tried 3 times on one connection, then one line, left."""
 
-    class NoBody(World):
-        def fetchBody(self, server, seq, uid):
-            if uid == 1:
-                return b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"
-            return super().fetchBody(server, seq, uid)
-
-    world = NoBody({1: b"never comes", 2: b"two"})
+    world = FetchWithoutBody({1: b"never comes", 2: b"two"})
     async with Rig(world) as rig:
         assert await rig.until(lambda: ("hostile", "INBOX", 1, 1) in rig.ledger.rows)
     assert rig.sink.messages == [b"two"]
