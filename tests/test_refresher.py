@@ -393,3 +393,50 @@ def test_passCountsSkippedAccounts():
     assert "1 of 2 due token(s) refreshed, 0 failed, 1 skipped" in formatEvent(summary)
     assert summary["log_level"] == LogLevel.info
     refresher.stopService()
+
+
+@implementer(IHTTPTransport)
+class CountingFailures:
+    """Refuses ``acct0`` (``invalid_client``), asks ``acct1`` to wait 999999 s; counts requests."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+
+    def request(self, method, url, headers, body):
+        token = dict(parse_qsl(body.decode()))["refresh_token"]
+        self.requests[token] = self.requests.get(token, 0) + 1
+        if token == "r-acct0":
+            answer = HTTPResponse(401, {}, json.dumps({"error": "invalid_client"}).encode())
+        else:
+            body = json.dumps({"error": "temporarily_unavailable"}).encode()
+            answer = HTTPResponse(503, {"retry-after": "999999"}, body)
+        return defer.succeed(answer)
+
+
+@pytest.mark.parametrize("valid_for", [3000.0, 200.0])
+def test_failingAccountsCostOneLineNotOnePerPass(valid_for):
+    """A refused account and one told to wait for days: one log line each over 20 passes."""
+    clock = task.Clock()
+    store = MemoryTokenStore(clock)
+    accts = accounts(2)
+    for a in accts:
+        store.ensureAccount(a.name, "generic")
+        store.putTokens(
+            a.name, TokenSet(Secret(f"access-{a.name}"), valid_for, Secret(f"r-{a.name}")), 0
+        )
+        store.setAccountState(a.name, "ok")
+    transport = CountingFailures()
+    source = TokenSource(store, {a.name: a for a in accts}, transport, clock)
+    refresher = TokenRefresher(source, store, accts, clock, interval=60, margin=3000, jitter=0)
+    with capturedLogs() as events:
+        refresher.startService()
+        clock.pump([60] * 20)  # the token valid for 200 s runs out meanwhile
+        refresher.stopService()
+    assert transport.requests == {"r-acct0": 21, "r-acct1": 1}  # the wait is kept
+    assert refresher.failures == 42
+    lines = [formatEvent(e) for e in events if "refresher pass" not in e["log_format"]]
+    assert len([line for line in lines if "acct0" in line]) == 1, lines
+    # The provider's answer is one line; the old token running out later is news: one more.
+    expected = 1 if valid_for > 20 * 60 else 2
+    assert len([line for line in lines if "acct1" in line]) == expected, lines
+    assert store.getAccount("acct1").result.state == ("ok" if expected == 1 else "error")

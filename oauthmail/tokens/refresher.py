@@ -316,10 +316,9 @@ class TokenRefresher(Service):
             return
         tally.failed += 1
         self.failures += 1
-        if isinstance(e, (TokenError, StoreError)):
-            # The token source has logged and recorded it; the next pass tries again.
-            log.debug("refresh of {account} failed: {why}", account=account.name, why=str(e))
-        else:
+        if not isinstance(e, (TokenError, StoreError)):
+            # A TokenError or StoreError the token source has logged (once, when it was
+            # news) and recorded; a line here on every pass would repeat it forever.
             log.failure("unexpected error refreshing {account}", failure, account=account.name)
 
 

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from oauthmail.config import AccountConfig, ProfileConfig
 from oauthmail.db.errors import VersionConflict
-from oauthmail.health import AccountHealth
+from oauthmail.health import PART_TOKENS, AccountHealth
 from oauthmail.interfaces import IAccountHealth, IHTTPTransport, ITokenSource, ITokenStore
 from oauthmail.retry import jitteredDelay
 from oauthmail.secret import Secret
@@ -367,7 +367,7 @@ class TokenSource:
             wait = not_before - self._clock.seconds()
             if wait > 0:
                 error = TransientTokenError("the provider asked us to wait", retry_after=wait)
-                return defer.ensureDeferred(self._giveUp(job, error))
+                return defer.ensureDeferred(self._giveUp(job, error, asked=False))
         return self._ask(job)
 
     @staticmethod
@@ -522,19 +522,30 @@ class TokenSource:
         failure.raiseException()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _giveUp(self, job: _Refresh, error: TransientTokenError) -> _StillValid:
-        """A transient failure outlasted this call: keep every token, maybe use the old one."""
+    async def _giveUp(
+        self, job: _Refresh, error: TransientTokenError, *, asked: bool = True
+    ) -> _StillValid:
+        """A transient failure outlasted this call: keep every token, maybe use the old one.
+
+        Not ``asked`` (a ``Retry-After`` still holds, no request went out): only news is
+        logged, so a long ``Retry-After`` costs one line, not one per refresher pass.
+        """
         name, record = job.account.name, job.record
         if error.retry_after is not None:
             until = self._clock.seconds() + error.retry_after
             self._not_before[name] = max(self._not_before.get(name, 0.0), until)
         if job.min_valid is not None and self._valid(record, 0):
+            if not asked:
+                return _StillValid(record.access_token, error)
             log.warn(
                 "refresh of {account} failed for now ({why}); the current token is still valid",
                 account=name,
                 why=str(error),
             )
             return _StillValid(record.access_token, error)
+        said = self.health.view(name).parts.get(PART_TOKENS)
+        if not asked and said is not None and said.state == "error":
+            raise error  # said and recorded already; the wait goes on
         why = f"refresh failed, will retry: {error}"
         log.warn("{account}: {why}", account=name, why=why)
         if job.state.state != "error" or job.state.last_error != why:
