@@ -396,6 +396,19 @@ def listenSMTP(factory: HostileFactory, tlsOptions: Any, reactor: Any = None) ->
 TOKEN_BEHAVIOURS = ("huge-expiry", "echo", "hang", "retry-after")
 
 
+class _Parked:
+    """A request the hanging endpoint holds; ``waiting`` until answered or disconnected."""
+
+    def __init__(self, request: Any, body: bytes) -> None:
+        self.request = request
+        self.body = body
+        self.waiting = True
+        request.notifyFinish().addBoth(self._ended)
+
+    def _ended(self, _: object) -> None:
+        self.waiting = False
+
+
 class _TokenResource(resource.Resource):
     isLeaf = True
 
@@ -407,33 +420,10 @@ class _TokenResource(resource.Resource):
         endpoint = self.endpoint
         endpoint.requests.append(time.monotonic())
         body = request.content.read()
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        behaviour = endpoint.behaviour
-        if behaviour == "hang":
-            endpoint.hung.append(request)
+        if endpoint.behaviour == "hang":
+            endpoint.hung.append(_Parked(request, body))
             return server.NOT_DONE_YET
-        if behaviour == "retry-after":
-            request.setResponseCode(503)
-            request.setHeader(b"Retry-After", b"999999")
-            return json.dumps({"error": "temporarily_unavailable"}).encode()
-        if behaviour == "echo":
-            # Everything the client sent, secrets included, as providers sometimes do.
-            auth = request.getHeader(b"authorization") or b""
-            echoed = f"bad request: {auth.decode('latin-1')} {body.decode('latin-1')}"
-            request.setResponseCode(400)
-            return json.dumps({"error": "invalid_request", "error_description": echoed}).encode()
-        # huge-expiry
-        endpoint.issued += 1
-        return json.dumps(
-            {
-                "access_token": f"huge-expiry-access-{endpoint.issued}",
-                "token_type": "Bearer",
-                "expires_in": 1e300,
-                "refresh_token": f"huge-expiry-refresh-{endpoint.issued}",
-                "scope": "mail",
-            }
-        ).encode()
+        return endpoint.answer(request, body)
 
 
 class _QuietSite(server.Site):
@@ -479,6 +469,44 @@ class HostileTokenEndpoint:
         self._factory = _CountingFactory(self, _QuietSite(_TokenResource(self)))
         self._port: IListeningPort | None = None
         self.url = ""
+
+    def answer(self, request: Any, body: bytes) -> bytes:
+        """Set the status and headers of ``request`` and return the body to answer."""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self.behaviour == "retry-after":
+            request.setResponseCode(503)
+            request.setHeader(b"Retry-After", b"999999")
+            return json.dumps({"error": "temporarily_unavailable"}).encode()
+        if self.behaviour == "echo":
+            # Everything the client sent, secrets included, as providers sometimes do.
+            auth = request.getHeader(b"authorization") or b""
+            echoed = f"bad request: {auth.decode('latin-1')} {body.decode('latin-1')}"
+            request.setResponseCode(400)
+            return json.dumps({"error": "invalid_request", "error_description": echoed}).encode()
+        self.issued += 1  # huge-expiry
+        return json.dumps(
+            {
+                "access_token": f"huge-expiry-access-{self.issued}",
+                "token_type": "Bearer",
+                "expires_in": 1e300,
+                "refresh_token": f"huge-expiry-refresh-{self.issued}",
+                "scope": "mail",
+            }
+        ).encode()
+
+    def become(self, behaviour: str) -> None:
+        """Behave as ``behaviour`` from now on; hung requests get that answer now."""
+        if behaviour not in TOKEN_BEHAVIOURS:
+            raise ValueError(f"unknown token endpoint behaviour {behaviour!r}")
+        self.behaviour = behaviour
+        if behaviour == "hang":
+            return
+        hung, self.hung = self.hung, []
+        for parked in hung:
+            if parked.waiting:
+                parked.request.write(self.answer(parked.request, parked.body))
+                parked.request.finish()
 
     def listen(self, reactor: Any = None) -> HostileTokenEndpoint:
         self._port = (reactor or _reactor()).listenTCP(0, self._factory, interface="127.0.0.1")
