@@ -24,6 +24,14 @@ died under it) is *in doubt*: it may have arrived, but never twice.
 
 The seed is printed (``OAUTHMAIL_CHAOS_SEED=N`` replays a plan), and so is one
 line of figures at the end.
+
+The provider does not rotate refresh tokens (as Google): with single-use
+rotation, a SIGKILL after the provider answered a refresh and before the
+answer reached the store loses the grant (the old refresh token is dead, the
+new one never arrived), which no client can prevent and a person must
+authorise again. The plan makes that likely (a hung ``/token`` released right
+before a kill), and its cost is a re-authorisation, not mail: this test is
+about the mail.
 """
 
 from __future__ import annotations
