@@ -1147,3 +1147,29 @@ def test_quota_reply_pauses_the_account_and_keeps_the_message(storage):
     assert rig.status(message_id).state == "sent"
     assert len(rig.sender.sessions) == 2
     assert rig.result(rig.store.getAccount("alice")).state == "ok"
+
+
+def test_an_account_needing_a_person_is_held_and_said_once(storage):
+    """No token: the messages wait, the account is asked at most once a minute, logged once."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        rig = Rig(storage, start=False)
+        rig.tokens.error = AccountNotAuthorised(
+            "alice", "needs re-authorisation", needs_reauth=True
+        )
+        rig.queue.startService()
+        ids = [rig.enqueue() for _ in range(5)]
+        for _ in range(60):
+            rig.clock.advance(60)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    asked = rig.tokens.calls.count("access")
+    assert 1 <= asked <= 62, asked  # an hour: once a minute at the most, not once per retry
+    said = [e for e in events if "sending failed" in str(e.get("log_format", ""))]
+    assert len(said) == 1
+    rig.tokens.error = None
+    assert rig.result(rig.queue.retryNow("alice")) == 5
+    assert {rig.status(m).state for m in ids} == {"sent"}

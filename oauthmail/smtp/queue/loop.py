@@ -49,6 +49,9 @@ __all__ = ["QUOTA_PAUSE_MAX", "AccountLoop", "refusedTokenAdvice"]
 
 log = Logger()
 
+#: ``SessionError.action`` when the account has no usable token (a person must authorise it).
+NO_TOKEN = "no_token"
+
 #: The longest pause after quota replies: providers reset daily quotas within 24 h.
 QUOTA_PAUSE_MAX = 24 * 3600.0
 
@@ -169,6 +172,12 @@ class AccountLoop:
         name = self.name
         token = await self._token(refresh=False)
         if isinstance(token, SessionError):
+            if token.action == NO_TOKEN:
+                # Nothing to try until a person authorises the account (a new
+                # authorisation releases the hold at once): look again now and then.
+                self.heldUntil = self._parts.clock.seconds() + max(
+                    self._parts.settings.poll_interval, 60.0
+                )
             await self._sessionFailed(batch, token)
             return False
         result = await sendSession(self._parts, self, self.account, token, batch)
@@ -244,14 +253,15 @@ class AccountLoop:
                 return await tokens.forceRefresh(self.name)
             return await tokens.accessToken(self.name)
         except AccountNotAuthorised as e:
-            return SessionError(outcomes.TEMPORARY, f"no token: {e.reason}")
+            return SessionError(NO_TOKEN, f"no token: {e.reason}")
         except Exception as e:
             return SessionError(outcomes.TEMPORARY, f"no token: {cleanText(e)}")
 
     async def _sessionFailed(self, messages: Sequence[OutboxMessage], error: SessionError) -> None:
         parts = self._parts
+        if parts.lastError.get(self.name) != error.reason:  # the same failure again: said once
+            log.warn("{account}: sending failed: {why}", account=self.name, why=error.reason)
         parts.lastError[self.name] = error.reason
-        log.warn("{account}: sending failed: {why}", account=self.name, why=error.reason)
         if not messages:
             return
         statuses = await parts.outbox.recordFailure(
