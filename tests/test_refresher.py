@@ -195,6 +195,22 @@ def test_stopWaitsForRefreshInFlight():
     assert store.getTokens("acct0").result.refresh_token == Secret("r-acct0x")
 
 
+def test_stopAbandonsAHangingRefreshAfterItsWait():
+    """A token endpoint that never answers holds a shutdown for SHUTDOWN_WAIT, not forever."""
+    from oauthmail.tokens.refresher import SHUTDOWN_WAIT
+
+    refresher, transport, store, clock = setup(1, 0, jitter=0)
+    refresher.startService()
+    d = refresher.stopService()
+    assert d is not None and not d.called
+    clock.advance(SHUTDOWN_WAIT - 0.1)
+    assert not d.called
+    clock.advance(0.2)
+    assert d.called
+    transport.answerAll()  # an answer that still comes is stored, not lost, and no error
+    assert store.getTokens("acct0").result.refresh_token == Secret("r-acct0x")
+
+
 def test_tokenWithoutExpiryIsRefreshedWhenOld():
     """A token without expiry still has its refresh token used once it is max_age old."""
     refresher, transport, store, clock = setup(1, 0, jitter=0, max_age=7 * 86400.0)

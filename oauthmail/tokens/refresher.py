@@ -49,6 +49,9 @@ from oauthmail.tokens.source import TokenSource
 
 log = Logger()
 
+#: How long stopping waits for refreshes in flight before abandoning them.
+SHUTDOWN_WAIT = 10.0
+
 #: Accounts in these states wait for a person; the refresher leaves them alone.
 SKIPPED_STATES = frozenset({"needs_reauth"})
 
@@ -137,10 +140,31 @@ class TokenRefresher(Service):
         for sleeper in list(self._sleeping):  # refreshes not yet started are dropped
             sleeper.cancel()
         if self._workers:
-            # Let the refreshes in flight finish: their tokens must reach the store.
-            working = defer.DeferredList(list(self._workers), consumeErrors=True)
-            return working.addCallback(lambda _: None)
+            # Let the refreshes in flight finish (a rotated token must reach the store),
+            # but not forever: a hanging token endpoint must not hold up a shutdown.
+            workers = list(self._workers)
+            working = defer.DeferredList(workers, consumeErrors=True)
+            timer = self._clock.callLater(SHUTDOWN_WAIT, self._abandon, workers)
+
+            def done(_: object) -> None:
+                if timer.active():
+                    timer.cancel()
+
+            return working.addCallback(done)
         return None
+
+    def _abandon(self, workers: list[defer.Deferred[None]]) -> None:
+        """Stopping took too long: cancel the refreshes still waiting for their provider."""
+        left = [w for w in workers if not w.called]
+        if left:
+            log.warn(
+                "stopping: {count} token refresh(es) still waiting for the provider after"
+                " {wait:.0f} s were abandoned; their accounts refresh at the next start",
+                count=len(left),
+                wait=SHUTDOWN_WAIT,
+            )
+        for worker in left:
+            worker.cancel()
 
     def _startLoop(self) -> None:
         self._loop = task.LoopingCall(self._tick)
