@@ -129,10 +129,16 @@ class GrantClient:
         return tuple(scopes) if scopes is not None else tuple(self.profile.scopes)
 
     def _credentials(self) -> dict[str, str]:
-        """client_secret_post: public clients send only their id."""
+        """client_secret_post: public clients send only their id.
+
+        Whether the secret goes is the profile's client type (``client_auth``),
+        not whether one happens to be set: a Microsoft public client that sends
+        one is refused (``AADSTS700025``), on every grant.
+        """
         fields = {"client_id": self.profile.client_id}
-        if self.profile.client_secret is not None and self.profile.client_secret:
-            fields["client_secret"] = self.profile.client_secret.reveal()
+        secret = self.profile.client_secret
+        if self.profile.sendsSecret and secret is not None:
+            fields["client_secret"] = secret.reveal()
         return fields
 
     def _hidden(self, *secrets_: Secret | None) -> tuple[Secret, ...]:
