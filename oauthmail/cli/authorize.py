@@ -100,7 +100,7 @@ async def _authorizeWith(session: Session, account: AccountConfig, device: bool)
             print(f"(or open {auth.verification_uri_complete})", flush=True)
         print(f"Sign in there as {person}. Waiting (Ctrl-C to give up)...", flush=True)
         return await authorizer.completeDevice(name, auth)
-    url, pending = authorizer.begin(name, callbackURI(session.config))
+    url, pending = authorizer.begin(name, callbackURI(session.config, profile=account.profile))
     print(f"To authorise {name}, open this address in a browser, sign in as {person}:\n")
     print(url, flush=True)
     print(

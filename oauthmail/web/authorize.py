@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from oauthmail.config import Config
+from oauthmail.config import Config, ProfileConfig
 from oauthmail.tokens.authorize import (
     FIX_CONFIGURATION,
     RETRY,
@@ -53,16 +53,27 @@ log = Logger()
 DEVICE_PAGE_REFRESH = 5
 
 
-def callbackURI(config: Config, request: Any = None) -> str:
-    """``http://{web.bind}:{web.port}/callback``; port 0 means the port we listen on."""
+def callbackURI(config: Config, request: Any = None, profile: ProfileConfig | None = None) -> str:
+    """The redirect URI of an authorisation: where the provider sends the browser back.
+
+    The profile's own when it has one (:meth:`ProfileConfig.redirectURIFor`:
+    an explicit ``redirect_uri``, or ``http://localhost:{port}/callback`` for
+    Microsoft, which accepts ``http`` only for ``localhost``); else
+    ``http://{web.bind}:{web.port}/callback``. Port 0 means the port we listen
+    on (``request``'s), so a Microsoft profile gets its localhost URI then too.
+    """
+    port = config.web.port
+    if not port and request is not None:
+        port = request.getHost().port
+    if profile is not None:
+        own = profile.redirectURIFor(port)
+        if own is not None:
+            return own
     host = config.web.bind
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a wildcard is not an address to visit
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    port = config.web.port
-    if not port and request is not None:
-        port = request.getHost().port
     return f"http://{host}:{port}/callback"
 
 
@@ -152,7 +163,7 @@ class AuthorizeResource(Resource):
             return renderAsync(request, lambda: self._app(request, name))
         _headers(request)
         try:
-            url, _ = self.authorizer.begin(name, callbackURI(self.config, request))
+            url, _ = self.authorizer.begin(name, callbackURI(self.config, request, account.profile))
         except AuthorizationFailed as e:
             return _failurePage(request, 400, name, e.reason, remedyOf(e))
         request.setResponseCode(303)
