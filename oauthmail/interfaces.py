@@ -73,6 +73,18 @@ class ITokenStore(Interface):
     def deleteTokens(account_id):
         """Forget an account's tokens (on revocation by a person only)."""
 
+    def recordSentProof(account_id, kept, folder):
+        """Record what ``oauthmail test --send-to-self`` found (replacing an earlier finding).
+
+        ``kept``: whether the provider's Sent copy kept the trace line;
+        ``folder``: the mailbox looked in. Stamped with the store's clock; fires
+        with the ``oauthmail.tokens.records.SentProof``. ``StoreError`` for an
+        unknown account.
+        """
+
+    def getSentProof(account_id):
+        """Fire with the account's ``SentProof``, or ``None`` when it was never checked."""
+
     def refreshLocked(account_id, fresh_enough, refresh):
         """Refresh the account's tokens at most once among every node sharing this store.
 

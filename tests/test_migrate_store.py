@@ -49,6 +49,8 @@ async def fill(stores) -> None:
     await t.putTokens("alice", tokens("a-access-2", "a-refresh-2", 200.0), 1)
     await t.putTokens("bob", tokens("b-access", None, None), 0)
     await t.setAccountState("carol", "needs_reauth", "revoked by the user")
+    await t.recordSentProof("alice", True, "[Gmail]/Sent Mail")
+    await t.recordSentProof("bob", False, "Sent Items")
     await ledger.recordDeliveries(
         "alice", "INBOX", 7, [(1, "d1", DELIVERED), (2, "d2", FAILED_PERMANENT)], 2
     )
@@ -92,6 +94,7 @@ async def snapshot(stores) -> dict:
     return {
         "accounts": await t.listAccounts(),
         "expiries": await t.listExpiries(),
+        "proofs": [await t.getSentProof(name) for name in ("alice", "bob", "carol")],
         "tokens": tokenValues,
         "folders": [
             await ledger.folderState(a, f)

@@ -43,7 +43,18 @@ TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("meta", ("key", "value"), "key"),
     (
         "accounts",
-        ("id", "provider", "state", "last_error", "created_at", "updated_at", "last_refresh_at"),
+        (
+            "id",
+            "provider",
+            "state",
+            "last_error",
+            "created_at",
+            "updated_at",
+            "last_refresh_at",
+            "sent_proof_kept",
+            "sent_proof_folder",
+            "sent_proof_at",
+        ),
         "id",
     ),
     (

@@ -19,6 +19,7 @@ from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
     AccountRecord,
+    SentProof,
     TokenExpiry,
     TokenRecord,
     TokenSet,
@@ -37,6 +38,7 @@ class MemoryTokenStore:
         self._clock = clock
         self._accounts: dict[str, AccountRecord] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._proofs: dict[str, SentProof] = {}
         self.opened = False
         self.closed = False
 
@@ -78,6 +80,18 @@ class MemoryTokenStore:
         record = record.replace(state=state, last_error=last_error, updated_at=now)
         self._accounts[account_id] = record
         return defer.succeed(record)
+
+    def recordSentProof(
+        self, account_id: str, kept: bool, folder: str
+    ) -> defer.Deferred[SentProof]:
+        if account_id not in self._accounts:
+            return defer.fail(StoreError(f"no account {account_id!r}"))
+        proof = SentProof(account_id, bool(kept), folder, self._clock.seconds())
+        self._proofs[account_id] = proof
+        return defer.succeed(proof)
+
+    def getSentProof(self, account_id: str) -> defer.Deferred[SentProof | None]:
+        return defer.succeed(self._proofs.get(account_id))
 
     def getTokens(self, account_id: str) -> defer.Deferred[TokenRecord | None]:
         return defer.succeed(self._tokens.get(account_id))

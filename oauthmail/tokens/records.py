@@ -69,6 +69,23 @@ class AccountRecord:
         return replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class SentProof:
+    """What ``oauthmail test --send-to-self`` found about an account's Sent folder.
+
+    ``kept`` is true when the provider's Sent copy of a test message kept
+    oauthmail's ``Received:`` trace line with its queue id (so the queue's
+    Sent search can recognise what the provider took); false when the copy
+    lost it or never appeared. ``folder`` is the mailbox looked in;
+    ``checked_at`` when (the store's clock).
+    """
+
+    account: str
+    kept: bool
+    folder: str
+    checked_at: float
+
+
 class TokenExpiry(NamedTuple):
     """One account as the refresher's schedule sees it: no token value, nothing decrypted.
 

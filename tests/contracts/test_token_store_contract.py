@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 from oauthmail.db.errors import StoreError, VersionConflict
 from oauthmail.interfaces import ITokenStore
 from oauthmail.secret import Secret
-from oauthmail.tokens.records import ACCOUNT_STATES
+from oauthmail.tokens.records import ACCOUNT_STATES, SentProof
 
 from .conftest import ACCESS, REFRESH, tokens
 
@@ -271,3 +271,39 @@ async def test_refresh_locked_unknown_account(store):
     """An account that was never ensured fails with StoreError before any refresh."""
     with pytest.raises(StoreError):
         await store.refreshLocked("ghost", lambda r: False, _never)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_proof_round_trip(store, clock):
+    """A Sent proof is unknown until recorded, then read back as written, stamped by the clock."""
+    await store.ensureAccount("alice", "google")
+    assert await store.getSentProof("alice") is None
+    clock.advance(50)
+    recorded = await store.recordSentProof("alice", True, "[Gmail]/Sent Mail")
+    assert recorded == SentProof("alice", True, "[Gmail]/Sent Mail", 50)
+    assert await store.getSentProof("alice") == recorded
+    clock.advance(10)
+    again = await store.recordSentProof("alice", False, "Sent Items")
+    assert again == SentProof("alice", False, "Sent Items", 60)
+    assert await store.getSentProof("alice") == again
+    assert await store.getSentProof("nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_proof_is_per_account_and_leaves_the_rest_alone(store):
+    """Recording a proof changes no other account, no state and no token."""
+    await store.ensureAccount("alice", "google")
+    await store.ensureAccount("bob", "microsoft")
+    await store.putTokens("alice", tokens(), 0)
+    before = await store.getAccount("alice")
+    await store.recordSentProof("alice", True, "Sent")
+    assert await store.getSentProof("bob") is None
+    assert await store.getAccount("alice") == before
+    assert (await store.getTokens("alice")).version == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_proof_of_an_unknown_account_is_refused(store):
+    """Recording a proof for an account that was never ensured fails with StoreError."""
+    with pytest.raises(StoreError):
+        await store.recordSentProof("ghost", True, "Sent")

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from oauthmail.db.batch import Batcher
 from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable, VersionConflict
+from oauthmail.db.postgresql import proofs
 from oauthmail.db.postgresql.database import PostgreSQLDatabase
 from oauthmail.db.postgresql.driver import driver, translate
 from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh
@@ -34,6 +35,7 @@ from oauthmail.tokens import crypto
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
     AccountRecord,
+    SentProof,
     TokenExpiry,
     TokenRecord,
     TokenSet,
@@ -227,6 +229,17 @@ class PostgreSQLTokenStore:
         if row is None:
             raise StoreError(f"no account {account_id!r}")
         return _account(row)
+
+    # -- what ``oauthmail test`` proved about Sent -------------------------------
+
+    def recordSentProof(
+        self, account_id: str, kept: bool, folder: str
+    ) -> defer.Deferred[SentProof]:
+        now = self._clock.seconds()
+        return self._run(proofs.recordSentProof, account_id, bool(kept), folder, now)
+
+    def getSentProof(self, account_id: str) -> defer.Deferred[SentProof | None]:
+        return self._database.runRead(proofs.getSentProof, account_id)
 
     # -- tokens -------------------------------------------------------------
 

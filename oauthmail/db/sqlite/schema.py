@@ -47,6 +47,13 @@ TOKENS = OwnerSchema(
                 updated_at REAL NOT NULL
             )""",
         ),
+        # 2: what `oauthmail test --send-to-self` proved about the account's Sent
+        # folder (does the provider's copy keep the trace line?), and when.
+        (
+            "ALTER TABLE accounts ADD COLUMN sent_proof_kept INTEGER",
+            "ALTER TABLE accounts ADD COLUMN sent_proof_folder TEXT",
+            "ALTER TABLE accounts ADD COLUMN sent_proof_at REAL",
+        ),
     ),
 )
 

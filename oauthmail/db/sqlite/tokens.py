@@ -25,6 +25,7 @@ from zope.interface import implementer
 from oauthmail.db.batch import Batcher
 from oauthmail.db.errors import StoreError, VersionConflict
 from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh, refreshByCompareAndSwap
+from oauthmail.db.sqlite import proofs
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import SQLiteDatabase
 from oauthmail.interfaces import ITokenStore
@@ -32,6 +33,7 @@ from oauthmail.tokens import crypto
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
     AccountRecord,
+    SentProof,
     TokenExpiry,
     TokenRecord,
     TokenSet,
@@ -235,6 +237,17 @@ class SQLiteTokenStore:
                 (account_id,),
             ).fetchone()
         return _account(row)
+
+    # -- what ``oauthmail test`` proved about Sent -------------------------------
+
+    def recordSentProof(
+        self, account_id: str, kept: bool, folder: str
+    ) -> defer.Deferred[SentProof]:
+        now = self._clock.seconds()
+        return self._run(proofs.recordSentProof, account_id, bool(kept), folder, now)
+
+    def getSentProof(self, account_id: str) -> defer.Deferred[SentProof | None]:
+        return self._read(proofs.getSentProof, account_id)
 
     # -- tokens -------------------------------------------------------------
 
