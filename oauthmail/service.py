@@ -136,7 +136,7 @@ class OAuthMailService(MultiService):
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
                 await self._startWatcher(account)
-        self._startQueue()
+        await self._startQueue()
         if self._submissionFactory is not None:
             self._attachSubmission()
         self._attachConsole()
@@ -229,18 +229,19 @@ class OAuthMailService(MultiService):
         self.watchers[account.name] = watcher
         watcher.setServiceParent(self)
 
-    def _startQueue(self) -> None:
+    async def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
+        from oauthmail.smtp.queue.sentsearch import sentSearches
         from oauthmail.smtp.queue.service import OutboundQueue
         from oauthmail.transports.dispatch import buildSender
 
         assert self.stores is not None
         sending = {a.name: a for a in self.config.accounts if a.configured and a.smtp is not None}
-        looking = {
-            name: a
-            for name, a in sending.items()
-            if a.smtp is not None and a.smtp.sent_folder != "none"
-        }
+        # Sent is searched only where 'oauthmail test --send-to-self' proved it works.
+        searches = await sentSearches(self.stores.tokens, sending)
+        for decision in searches.values():
+            self.log.info("{why}", why=decision.why)
+        looking = {name: sending[name] for name, d in searches.items() if d.searches}
         queue = self.config.queue
         # SMTP, Graph or the Gmail API, per account (smtp.transport).
         self.sender = buildSender(self.reactor, sending.values())
@@ -258,6 +259,7 @@ class OAuthMailService(MultiService):
             sent_folder=IMAPSentFolder(self.reactor, looking, self.tokens) if looking else None,
             sent_check_delay=queue.sent_check_delay,
             sent_check_give_up=queue.sent_check_give_up,
+            sent_search=looking,
         )
         self.queue.setServiceParent(self)
 

@@ -145,8 +145,20 @@ class Daemon:
         finally:
             await store.close()
 
+    def _searchesSent(self, name: str) -> bool:
+        for account in self.config.get("accounts", ()):
+            if account.get("name") == name:
+                return (account.get("smtp") or {}).get("sent_folder") == "auto"
+        return False
+
     async def authorise(self, provider: Any, accounts: dict[str, str]) -> None:
-        """Store fresh tokens for each ``account name -> provider user``; state ``ok``."""
+        """Store fresh tokens for each ``account name -> provider user``; state ``ok``.
+
+        An account with ``smtp.sent_folder: auto`` also gets the Sent proof that
+        ``oauthmail test --send-to-self`` records where the provider's Sent copy
+        keeps the trace line (the final hop's ``SentFiler`` and the API fakes
+        keep it): without it the daemon does not search Sent.
+        """
 
         async def put(store: Any) -> None:
             for name, user in accounts.items():
@@ -161,6 +173,8 @@ class Daemon:
                 )
                 await store.putTokens(name, tokens, 0)
                 await store.setAccountState(name, "ok")
+                if self._searchesSent(name):
+                    await store.recordSentProof(name, True, "Sent")
 
         await self._withStore(put)
 

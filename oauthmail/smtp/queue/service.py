@@ -91,6 +91,9 @@ class OutboundQueue(service.Service):
         in Sent for the messages that were being sent.
     :param sent_check_give_up: how long Sent may stay unsearchable before a
         message in doubt is sent again anyway (at least once beats at most once).
+    :param sent_search: the names of the accounts whose Sent folder is searched
+        (:mod:`oauthmail.smtp.queue.sentsearch` decides); ``None``: every
+        account whose ``smtp.sent_folder`` is not ``none``.
     """
 
     name = "outbound-queue"
@@ -118,10 +121,12 @@ class OutboundQueue(service.Service):
         sent_folder: ISentFolder | None = None,
         sent_check_delay: float = 30.0,
         sent_check_give_up: float = 3600.0,
+        sent_search: Iterable[str] | None = None,
     ) -> None:
         self._outbox = outbox
         self._accounts = dict(accounts)
         self._clock = clock if clock is not None else reactor
+        searched = None if sent_search is None else frozenset(sent_search)
         self._policy = DeliveryPolicy(
             backoff_base,
             backoff_max,
@@ -135,6 +140,7 @@ class OutboundQueue(service.Service):
                 if sent_folder is not None
                 and account.smtp is not None
                 and account.smtp.sent_folder != "none"
+                and (searched is None or name in searched)
             ),
             sent_check_delay=sent_check_delay,
         )
@@ -197,7 +203,7 @@ class OutboundQueue(service.Service):
             log.warn(
                 "{count} message(s) were being sent when oauthmail stopped; they will be"
                 " sent again (the provider may already have some of them: their"
-                " accounts have smtp.sent_folder: none)",
+                " accounts do not search Sent, see the start-up lines)",
                 count=recovery.resent,
             )
         if not self.running:
