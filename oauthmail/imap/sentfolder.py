@@ -44,7 +44,7 @@ from oauthmail.mail.trace import SentCheckError, SentProbe, carriesQueueId
 from oauthmail.secret import plain, scrub
 from oauthmail.text import cleanText
 
-__all__ = ["IMAPSentFolder", "findSentMailbox"]
+__all__ = ["IMAPSentFolder", "findSentMailbox", "searchByMessageID", "usesGmailSearch"]
 
 _log = Logger()
 
@@ -61,6 +61,25 @@ def findSentMailbox(mailboxes: Iterable[tuple[tuple[str, ...], str]]) -> str | N
         if "\\sent" in lowered and not lowered & _UNSELECTABLE:
             return name
     return None
+
+
+def searchByMessageID(client: IIMAPSession, messageID: str) -> defer.Deferred[list[int]]:
+    """The UIDs of the open mailbox whose Message-ID is ``messageID``, as the Sent check searches.
+
+    Gmail (``X-GM-EXT-1`` advertised) is asked its documented way,
+    ``X-GM-RAW "rfc822msgid:<id>"`` (its header search misses some IDs);
+    other servers ``HEADER Message-ID <id>``. ``ValueError`` (a failed
+    Deferred) for an ID that cannot be sent in a search.
+    """
+    if usesGmailSearch(client):
+        bare = messageID.strip().removeprefix("<").removesuffix(">")
+        return client.uidSearchGmailRaw(f"rfc822msgid:{bare}")
+    return client.uidSearchHeader("Message-ID", messageID)
+
+
+def usesGmailSearch(client: IIMAPSession) -> bool:
+    """Whether the server offers Gmail's extensions (``X-GM-EXT-1``): ask it with X-GM-RAW."""
+    return b"X-GM-EXT-1" in (client.capabilities or ())
 
 
 def _describe(value: BaseException, secrets: Iterable[str]) -> str:
@@ -204,8 +223,7 @@ class IMAPSentFolder:
                 mailbox = folder
             call.step = f"opening mailbox {mailbox!r}"
             await client.examineFolder(mailbox)
-            gmail = b"X-GM-EXT-1" in (client.capabilities or ())
-            found = await self._search(call, client, probes, gmail)
+            found = await self._search(call, client, probes)
             call.step = "logging out"
             try:
                 await client.logout()
@@ -242,9 +260,7 @@ class IMAPSentFolder:
             providerKind=account.profile.kind,
         )
 
-    async def _search(
-        self, call: _Call, client: IIMAPSession, probes: list[SentProbe], gmail: bool
-    ) -> set[str]:
+    async def _search(self, call: _Call, client: IIMAPSession, probes: list[SentProbe]) -> set[str]:
         """The queue ids of ``probes`` with a traced copy in the open mailbox."""
         call.step = "searching by Message-ID"
         hits: dict[int, list[SentProbe]] = {}
@@ -253,11 +269,7 @@ class IMAPSentFolder:
             byMessageID.setdefault(probe.message_id, []).append(probe)
         for messageID, group in byMessageID.items():
             try:
-                if gmail:
-                    bare = messageID.strip().removeprefix("<").removesuffix(">")
-                    uids = await client.uidSearchGmailRaw(f"rfc822msgid:{bare}")
-                else:
-                    uids = await client.uidSearchHeader("Message-ID", messageID)
+                uids = await searchByMessageID(client, messageID)
             except ValueError as e:
                 # Cannot be searched for, so cannot be found: the caller sends it again.
                 _log.warn(
