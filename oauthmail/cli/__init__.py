@@ -22,6 +22,7 @@ from oauthmail.cli import configuration as _configuration  # noqa: F401
 from oauthmail.cli import passwords as _passwords  # noqa: F401
 from oauthmail.cli import remove as _remove  # noqa: F401
 from oauthmail.cli import send as _send  # noqa: F401
+from oauthmail.cli import test as _test  # noqa: F401
 from oauthmail.cli.base import (
     DEFAULT_CONFIG,
     EXIT_FAILED,

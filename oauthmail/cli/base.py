@@ -48,6 +48,7 @@ HELP_ORDER = (
     "init-store",
     "authorize",
     "accounts",
+    "test",
     "refresh",
     "send",
     "api",

@@ -9,6 +9,8 @@ outbound queue) import only these names:
   ``PIPELINING``, reporting one :class:`MessageOutcome` per answered message
   (``onOutcome``) and a :class:`SessionResult`; it never fails except when
   cancelled.
+- :func:`checkLogin` opens the same session (TLS, AUTH) and says ``QUIT``
+  without sending anything: ``oauthmail test`` proves a login with it.
 - :class:`OutgoingMessage`, :class:`MessageOutcome`, :class:`RecipientOutcome`,
   :class:`SessionError`, :class:`SessionResult`: the values it takes and gives.
 - :func:`wireData`: a message as it goes out after ``DATA`` (CRLF, dot-stuffed).
@@ -20,7 +22,7 @@ deadlines) are stated in the modules that keep them.
 
 from __future__ import annotations
 
-from oauthmail.smtp.esmtp.connect import sendBatch
+from oauthmail.smtp.esmtp.connect import checkLogin, sendBatch
 from oauthmail.smtp.esmtp.results import (
     MessageOutcome,
     OutgoingMessage,
@@ -36,6 +38,7 @@ __all__ = [
     "RecipientOutcome",
     "SessionError",
     "SessionResult",
+    "checkLogin",
     "sendBatch",
     "wireData",
 ]

@@ -8,7 +8,8 @@ Rules a reader must not break:
 - The session has an overall deadline (``timeout``) on top of the per-reply
   one, and the TCP connection its own (``connectTimeout``).
 - :func:`sendBatch` never fails: every problem is in ``SessionResult.error``.
-  Only cancelling it fails it (and aborts the connection).
+  Only cancelling it fails it (and aborts the connection). :func:`checkLogin`
+  is the same session with nothing to send (``oauthmail test``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from oauthmail.smtp.esmtp.session import Login
 from oauthmail.text import cleanText
 from oauthmail.tls import tlsOptions
 
-__all__ = ["loginFor", "sendBatch"]
+__all__ = ["checkLogin", "loginFor", "sendBatch"]
 
 
 def loginFor(account: AccountConfig, token: Secret) -> Login:
@@ -165,3 +166,31 @@ def sendBatch(
 
     client.finished.addCallback(done)
     return result
+
+
+def checkLogin(
+    reactor: IReactorTime,
+    account: AccountConfig,
+    token: Secret,
+    *,
+    connectTimeout: float = 30.0,
+    timeout: float = 120.0,
+    replyTimeout: float = 60.0,
+    identity: str | None = None,
+) -> defer.Deferred[SessionResult]:
+    """Connect, say EHLO, upgrade to TLS, authenticate, then ``QUIT``: nothing is sent.
+
+    What ``oauthmail test`` asks of the account's SMTP server: the same session
+    opening as :func:`sendBatch`, with an empty batch. ``SessionResult.error`` is
+    ``None`` when the login worked.
+    """
+    return sendBatch(
+        reactor,
+        account,
+        token,
+        [],
+        connectTimeout=connectTimeout,
+        timeout=timeout,
+        replyTimeout=replyTimeout,
+        identity=identity,
+    )
