@@ -279,10 +279,13 @@ class AccountProbe:
         if result.error is not None and result.error.action == outcomes.REFRESH:
             try:
                 self._token = await self.tokens.forceRefresh(account.name)
-            except TokenError:
-                pass
-            else:
-                result = await checkLogin(self.reactor, account, self._token)
+            except TokenError as e:
+                from oauthmail.tokens.authorize import explain
+
+                why = f"{_where(server)}: {result.error.reason}; refreshing it failed: {explain(e)}"
+                self._report("smtp login", FAILED, why, advice.tokenFix(e, account))
+                return
+            result = await checkLogin(self.reactor, account, self._token)
         if result.error is not None:
             error = result.error
             line = f"{_where(server)}: {error.reason}"
@@ -391,7 +394,7 @@ class AccountProbe:
         header = await imap.waitFor(folder, message_id, self.reactor, deadline)
         how = "X-GM-RAW rfc822msgid" if imap.gmailSearch else "HEADER Message-ID"
         if self.account.profile.kind == "google" and not imap.gmailSearch:
-            how += " (the server offers no X-GM-EXT-1)"
+            how += ", as the server offers no X-GM-EXT-1"
         if header is None:
             self._report(
                 "sent copy",
