@@ -25,7 +25,7 @@ import pytest
 from oauthmail.cli import SUBCOMMANDS, buildParser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKERS = ("<!-- example -->", "<!-- output -->")
 _INLINE = re.compile(r"`(oauthmail [^`]+)`")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
