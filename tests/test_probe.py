@@ -379,3 +379,37 @@ def test_the_self_message_carries_the_trace_line_and_a_message_id() -> None:
     assert carriesQueueId(headerBlock(data), "q123")
     assert messageIdOf(data) == message_id == "<oauthmail-test-q123@example.com>"
     assert b"\r\nTo: <alice@example.com>\r\n" in data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_graph_account_sends_through_graph_and_skips_imap(world) -> None:
+    """transport: graph: no IMAP login (a Graph token opens none); the message goes via Graph."""
+    from oauthmail.testing.graph import GraphFake
+
+    w = world("microsoft")
+    await w.authorise()
+    graph = GraphFake(w.provider)
+    base = graph.listen(_reactor())
+    try:
+        smtp = AccountSmtpConfig(transport="graph", base_url=base)
+        account = replace(w.account, imap=None, smtp=smtp)
+        probe = w.probe(account)
+        results = await probe.run(sendToSelf=True)
+        assert probe.failed == []
+        assert statuses(results) == {
+            "config": OK,
+            "token": OK,
+            "imap login": SKIPPED,
+            "folders": SKIPPED,
+            "smtp login": SKIPPED,
+            "send": OK,
+            "inbox": SKIPPED,
+            "sent copy": SKIPPED,
+            "sent search": SKIPPED,
+        }
+        assert "Graph token, which IMAP refuses" in line(results, "imap login").line
+        assert "sends over HTTPS" in line(results, "smtp login").line
+        (raw,) = graph.raws()
+        assert b"Received: by localhost (oauthmail) id " in raw
+    finally:
+        await graph.stop()

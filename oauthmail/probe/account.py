@@ -97,6 +97,8 @@ class AccountProbe:
         self._imap: MailboxProbe | None = None
         self._sentFolder: str | None = None
         self._smtpWorks = False
+        #: Why there is no IMAP session although none failed (``None``: one was tried).
+        self._imapSkipped: str | None = None
 
     # -- running ---------------------------------------------------------------------
 
@@ -177,22 +179,20 @@ class AccountProbe:
     async def _imapLogin(self, sendToSelf: bool) -> None:
         account, server = self.account, self.account.profile.imap
         if server is None:
-            self._report("imap login", SKIPPED, "the profile has no IMAP server")
-            return
-        searches = account.smtp is not None and account.smtp.sent_folder != "none"
-        if account.imap is None and not searches and not sendToSelf:
-            self._report(
-                "imap login",
-                SKIPPED,
-                "not used: the account watches no folder and searches no Sent",
+            self._imapSkipped = "the profile has no IMAP server"
+        elif account.smtp is not None and account.smtp.transport == "graph":
+            self._imapSkipped = (
+                "the account holds a Microsoft Graph token, which IMAP refuses"
+                " (test the account that receives)"
             )
+        elif account.imap is None and not sendToSelf and not self._searchesSent:
+            self._imapSkipped = "not used: the account watches no folder and searches no Sent"
+        if self._imapSkipped is not None:
+            self._report("imap login", SKIPPED, self._imapSkipped)
             return
-        probe = MailboxProbe(self.reactor, account, self.tokens, timeout=self.timeout)
-        if self._connect is not None:
-            probe = MailboxProbe(
-                self.reactor, account, self.tokens, self._connect, timeout=self.timeout
-            )
-        assert self._token is not None
+        assert server is not None and self._token is not None
+        connect = {"connect": self._connect} if self._connect is not None else {}
+        probe = MailboxProbe(self.reactor, account, self.tokens, timeout=self.timeout, **connect)
         try:
             self._token = await probe.login(self._token)
         except TokenError as e:
@@ -215,10 +215,15 @@ class AccountProbe:
             line += "; offers X-GM-EXT-1"
         self._report("imap login", OK, line)
 
+    @property
+    def _searchesSent(self) -> bool:
+        smtp = self.account.smtp
+        return smtp is not None and smtp.sent_folder != "none"
+
     async def _folders(self, sendToSelf: bool) -> None:
         account, imap = self.account, self._imap
         if imap is None:
-            self._report("folders", SKIPPED, "needs the IMAP login")
+            self._report("folders", SKIPPED, self._imapSkipped or "needs the IMAP login")
             return
         try:
             mailboxes = await imap.mailboxes()
@@ -239,7 +244,7 @@ class AccountProbe:
             parts.append("watches " + ", ".join(watched))
             if targets:
                 parts.append("moves to " + ", ".join(dict.fromkeys(targets)))
-        searches = account.smtp is not None and account.smtp.sent_folder != "none"
+        searches = self._searchesSent
         sent, how = sentMailbox(account, mailboxes)
         self._sentFolder = sent
         if searches or sendToSelf:
@@ -306,7 +311,7 @@ class AccountProbe:
             self._skipRest(SEND_STEPS, "needs a working SMTP login")
             return
         imap = self._imap
-        if imap is None:  # nothing sent that could not be looked for
+        if imap is None and self._imapSkipped is None:  # failed: fix that first
             self._skipRest(SEND_STEPS, "needs the IMAP login to look for the message")
             return
         queue_id = uuid.uuid4().hex
@@ -314,9 +319,17 @@ class AccountProbe:
         if not await self._send(queue_id, data):
             self._skipRest(SEND_STEPS[1:], "needs the message sent")
             return
+        if imap is None:
+            self._skipRest(SEND_STEPS[1:], f"cannot look for it: {self._imapSkipped}")
+            return
         started = self.reactor.seconds()
         deadline = started + self.wait
-        header = await imap.waitFor("INBOX", message_id, self.reactor, deadline)
+        try:
+            header = await imap.waitFor("INBOX", message_id, self.reactor, deadline)
+        except Exception as e:
+            self._report("inbox", FAILED, f"looking in INBOX failed: {describeFailure(e)}")
+            self._skipRest(SEND_STEPS[2:], "needs the IMAP session")
+            return
         took = f"{self.reactor.seconds() - started:.0f} s"
         if header is None:
             self._report(
@@ -364,11 +377,20 @@ class AccountProbe:
                 or outcomes.verdict(outcome.code, outcome.text).kind == outcomes.QUOTA
             ):
                 fix = advice.quotaFix(account)
+            elif self._overAPI:
+                fix = advice.apiFix(account)
             else:
                 fix = advice.smtpFix(SessionError(outcomes.PERMANENT, reply), account)
             return self._report("send", FAILED, f"refused: {reply}", fix)
         error = result.error or SessionError(outcomes.TEMPORARY, "no answer to the message")
+        if self._overAPI and error.action != outcomes.QUOTA:
+            return self._report("send", FAILED, error.reason, advice.apiFix(account))
         return self._report("send", FAILED, error.reason, advice.smtpFix(error, account))
+
+    @property
+    def _overAPI(self) -> bool:
+        smtp = self.account.smtp
+        return smtp is not None and smtp.transport != "smtp"
 
     def _sendOnce(
         self, sender: IMessageSender, message: OutboxMessage
@@ -391,7 +413,12 @@ class AccountProbe:
             await self._sentSearch(False, "")
             return
         started = self.reactor.seconds()
-        header = await imap.waitFor(folder, message_id, self.reactor, deadline)
+        try:
+            header = await imap.waitFor(folder, message_id, self.reactor, deadline)
+        except Exception as e:
+            self._report("sent copy", FAILED, f"looking in {folder!r} failed: {describeFailure(e)}")
+            self._skipRest(SEND_STEPS[3:], "needs the IMAP session")
+            return
         how = "X-GM-RAW rfc822msgid" if imap.gmailSearch else "HEADER Message-ID"
         if self.account.profile.kind == "google" and not imap.gmailSearch:
             how += ", as the server offers no X-GM-EXT-1"

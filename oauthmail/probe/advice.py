@@ -19,7 +19,7 @@ from oauthmail.tokens.errors import (
     TransientTokenError,
 )
 
-__all__ = ["folderFix", "imapFix", "quotaFix", "smtpFix", "tokenFix"]
+__all__ = ["apiFix", "folderFix", "imapFix", "quotaFix", "smtpFix", "tokenFix"]
 
 #: The provider page for each profile kind (``oauthmail/../docs/providers``).
 PAGES = {
@@ -146,6 +146,21 @@ def smtpFix(error: SessionError, account: AccountConfig) -> str:
             )
         return "the server refused the token: check the profile's scopes and the account's user"
     return "check the profile's smtp host and port and that the server is reachable"
+
+
+def apiFix(account: AccountConfig) -> str:
+    """What to do when an API transport (Graph, the Gmail API) refused the test message."""
+    transport = account.smtp.transport if account.smtp is not None else "smtp"
+    if transport == "graph":
+        return (
+            "the token needs Microsoft Graph Mail.Send (delegated), or the application"
+            " permission Mail.Send with the app allowed this mailbox; check smtp.base_url;"
+            f" see {page(account)}"
+        )
+    return (
+        "the token needs https://mail.google.com/ and the project the Gmail API enabled;"
+        f" check smtp.base_url; see {page(account)}"
+    )
 
 
 def quotaFix(account: AccountConfig) -> str:
