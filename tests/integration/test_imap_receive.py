@@ -303,6 +303,9 @@ async def test_real_token_source_refreshes_an_expired_token_first(
             acct.profile,
             token_endpoint=oauth_provider.token_endpoint,
             client_secret=Secret(CLIENT_SECRET),
+            # replace() keeps the client type derived when the profile had no
+            # secret (public): say that this one is confidential now.
+            client_auth="secret",
         ),
     )
     issued = oauth_provider.issueTokens(user, CLIENT_ID)
