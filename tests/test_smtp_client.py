@@ -37,8 +37,9 @@ from oauthmail.smtp.esmtp.session import Login
 
 
 def test_facade_exports_what_the_queue_imports():
-    """oauthmail.smtp.client exports exactly the names the outbound queue relies on."""
+    """oauthmail.smtp.client exports exactly the names the queue and `oauthmail test` rely on."""
     assert set(client.__all__) == {
+        "checkLogin",
         "sendBatch",
         "OutgoingMessage",
         "MessageOutcome",
