@@ -122,7 +122,7 @@ class AccountProbe:
         rest = SEND_STEPS if sendToSelf else ()
         self._config()
         if not await self._tokenStep():
-            self._skipRest(("imap login", "folders", "smtp login", *rest), "needs a token")
+            self._skipRest((*STEPS[2:], *rest), "needs a token")
             return self.results
         try:
             await self._imapLogin(sendToSelf)

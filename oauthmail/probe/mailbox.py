@@ -24,7 +24,7 @@ from oauthmail.imap.sentfolder import findSentMailbox, searchByMessageID, usesGm
 from oauthmail.interfaces import IIMAPSession, ITokenSource
 from oauthmail.secret import Secret
 
-__all__ = ["MailboxProbe", "imapMechanism"]
+__all__ = ["MailboxProbe", "imapMechanism", "sentMailbox"]
 
 
 def imapMechanism(account: AccountConfig) -> str:
