@@ -305,6 +305,10 @@ class FolderWatcher:
                 break
         report.state = "stopped"
 
+    def _provedHealthy(self) -> None:
+        self.backoff.reset()
+        self.report.provedHealthy()
+
     async def _failed(self, text: str, state: str = "retrying", advice: str | None = None) -> None:
         """A session failed and will be retried after the backoff: log it once, report it."""
         self.report.error(text)
@@ -354,7 +358,7 @@ class FolderWatcher:
                 if healthy is None:
                     # A completed round: the session proves healthy once it also stays up.
                     wait = max(0.0, started + self.healthyAfter - self.reactor.seconds())
-                    healthy = self.reactor.callLater(wait, self.backoff.reset)
+                    healthy = self.reactor.callLater(wait, self._provedHealthy)
                 self._checkStopping()
                 report.state = "waiting"
                 await self.waiter.wait(client, caps, retry)

@@ -42,11 +42,25 @@ class FolderReport:
         self.oversizeLimit: int | None = None
         #: UIDs left on the server because the server never gave their body.
         self.unfetchable: list[int] = []
+        #: The failure last written to the log, until a session proves healthy.
+        self._logged: str | None = None
 
     def error(self, text: str) -> None:
-        """A failure a person may have to act on: remembered for the console, logged once."""
+        """A failure a person may have to act on: remembered for the console, logged once.
+
+        A server that fails the same way on every reconnect (closing after
+        SELECT, a broken literal) writes one line, not one per session: the
+        same failure is only logged again after a session has proved healthy.
+        """
         self.lastError = text
+        if text == self._logged:
+            return
+        self._logged = text
         _log.warn("IMAP {name} on {where}: {error}", name=self.name, where=self.where, error=text)
+
+    def provedHealthy(self) -> None:
+        """A session stayed up: the next failure, even a familiar one, is news."""
+        self._logged = None
 
     def notice(self, text: str) -> None:
         """Something worth one log line that is not the folder's current error."""

@@ -22,7 +22,30 @@ from oauthmail.smtp.queue.condition import StoreCondition
 from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import DeliveryStatus
 
-__all__ = ["QueueParts", "QueueSettings"]
+__all__ = ["QueueParts", "QueueSettings", "RepeatFilter"]
+
+
+class RepeatFilter:
+    """Remembers the last few things said, so that an identical failure is logged once.
+
+    A message deferred fifty times by the same reply would otherwise write fifty
+    lines that tell the reader nothing new. The memory is bounded (the oldest
+    entries are forgotten first), so a flood of distinct failures cannot grow it.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._said: dict[object, str] = {}
+
+    def isNew(self, key: object, text: str) -> bool:
+        """True (and remembered) unless exactly this was last said about ``key``."""
+        if self._said.get(key) == text:
+            return False
+        self._said.pop(key, None)
+        self._said[key] = text
+        while len(self._said) > self._limit:
+            del self._said[next(iter(self._said))]
+        return True
 
 
 @dataclass(frozen=True)
@@ -58,3 +81,5 @@ class QueueParts:
     lastError: dict[str, str | None] = field(default_factory=dict)
     #: Whether the outbox can be written (no claims while it cannot).
     condition: StoreCondition = field(default_factory=StoreCondition)
+    #: The refusals already logged, so a retry that meets the same one is quiet.
+    said: RepeatFilter = field(default_factory=RepeatFilter)

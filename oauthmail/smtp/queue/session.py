@@ -151,7 +151,7 @@ async def sendSession(
     accepted = 0
     for outcome in result.outcomes:
         accepted += bool(outcome.accepted)
-        _logOutcome(account.name, outcome)
+        _logOutcome(parts, account.name, outcome)
     if accepted:
         log.info(
             "{account}: the provider accepted {n} message(s) in one session",
@@ -172,15 +172,23 @@ async def _recordRefusals(
     await parts.outbox.recordRefusals(message_id, list(refused))
 
 
-def _logOutcome(name: str, outcome: AttemptOutcome) -> None:
-    """Warn about every recipient that was not accepted (successes are summed up)."""
+def _logOutcome(parts: QueueParts, name: str, outcome: AttemptOutcome) -> None:
+    """Warn about every recipient that was not accepted (successes are summed up).
+
+    A retry that meets the very same reply again is not repeated in the log:
+    the first line said it, and the queue tools show the message's state.
+    """
     for r in outcome.recipients:
-        if r.status != outcomes.OK:
-            log.warn(
-                "{account}: {id} to {rcpt}: {reply} ({status})",
-                account=name,
-                id=outcome.message_id,
-                rcpt=r.address,
-                reply=outcomes.describe(r.code, r.text),
-                status=r.status,
-            )
+        if r.status == outcomes.OK:
+            continue
+        reply = outcomes.describe(r.code, r.text)
+        if not parts.said.isNew((outcome.message_id, r.address), f"{reply} {r.status}"):
+            continue
+        log.warn(
+            "{account}: {id} to {rcpt}: {reply} ({status})",
+            account=name,
+            id=outcome.message_id,
+            rcpt=r.address,
+            reply=reply,
+            status=r.status,
+        )
