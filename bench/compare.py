@@ -1,0 +1,88 @@
+"""Two checkouts' benchmarks side by side, in one run, on one machine.
+
+A change that claims to cost nothing is measured against the commit before
+it, not against figures from another day: the machine's load moves both the
+same way when the two checkouts take turns. For each benchmark this runs the
+old checkout's, then this checkout's, ``--rounds`` times, and prints each
+result line and the median ratio of each side.
+
+Usage::
+
+    git clone . /tmp/old && git -C /tmp/old checkout de05861   # and make its .venv
+    .venv/bin/python -m bench.compare --old /tmp/old
+    .venv/bin/python -m bench.compare --old /tmp/old --rounds 3 refresh smtp_relay
+
+Each checkout runs with its own ``.venv/bin/python``. The last line is
+``bench compare: ...`` with the median ``ratio`` of each benchmark, old and new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+DEFAULT = ["refresh", "smtp_relay", "imap_ingest", "imap_idle"]
+RESULT = re.compile(r"^bench (?P<name>\S+): ratio=(?P<ratio>[\d.]+) ours=(?P<ours>[\d.]+) .*$")
+
+
+def runOne(checkout: Path, name: str, extra: list[str]) -> str | None:
+    """The benchmark's result line, or None (its failure is printed, the run goes on)."""
+    python = checkout / ".venv" / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", f"bench.{name}", *extra],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in done.stdout.splitlines() if RESULT.match(line)]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        print(f"  {checkout.name} {name} failed ({done.returncode}): {' | '.join(tail)}")
+        return None
+    return lines[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="pass --quick to each benchmark")
+    parser.add_argument("names", nargs="*", default=DEFAULT)
+    args = parser.parse_args(argv)
+    extra = ["--quick"] if args.quick else []
+    summary = []
+    for name in args.names:
+        ratios: dict[str, list[float]] = {"old": [], "new": []}
+        ours: dict[str, list[float]] = {"old": [], "new": []}
+        for round_ in range(args.rounds):
+            for side, checkout in (("old", args.old.resolve()), ("new", HERE)):
+                line = runOne(checkout, name, extra)
+                if line is None:
+                    continue
+                print(f"  round {round_ + 1} {side}: {line}", flush=True)
+                found = RESULT.match(line)
+                assert found is not None
+                ratios[side].append(float(found["ratio"]))
+                ours[side].append(float(found["ours"]))
+        medians = {
+            side: (statistics.median(values) if values else float("nan"))
+            for side, values in ratios.items()
+        }
+        spread = {side: f"{min(v):.2f}-{max(v):.2f}" if v else "none" for side, v in ratios.items()}
+        print(
+            f"{name}: ratio old {medians['old']:.2f} ({spread['old']}) "
+            f"new {medians['new']:.2f} ({spread['new']})",
+            flush=True,
+        )
+        summary.append(f"{name}={medians['old']:.2f}->{medians['new']:.2f}")
+    print("bench compare: " + " ".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
