@@ -20,7 +20,13 @@ from .conftest import requireDovecot
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+#: Modules of bench/ that run other benchmarks rather than being one.
+TOOLS = {"compare"}
+SCRIPTS = sorted(
+    p.stem
+    for p in (ROOT / "bench").glob("*.py")
+    if not p.name.startswith("_") and p.stem not in TOOLS
+)
 NUMBER = r"(?:inf|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
 RESULT = re.compile(
     rf"^bench [A-Za-z0-9_.-]+: ratio={NUMBER} ours={NUMBER} baseline={NUMBER}"
