@@ -13,12 +13,13 @@ from oauthmail.cli.base import (
     accountArguments,
     configOption,
     formatWhen,
-    pickAccount,
     readConfig,
     runInReactor,
     subcommand,
+    withAccount,
 )
 from oauthmail.cli.session import Session
+from oauthmail.config import AccountConfig, Config
 from oauthmail.text import cleanText, describeWhen
 
 
@@ -75,28 +76,21 @@ def accounts(args: argparse.Namespace) -> int:
     help="refresh an account's token now and print the new expiry (never the token)",
     arguments=accountArguments,
 )
-def refresh(args: argparse.Namespace) -> int:
+@withAccount
+def refresh(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Force a refresh: what the daemon would do, now."""
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
-    account = pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
         from oauthmail.tokens.authorize import explain
         from oauthmail.tokens.errors import TokenError
 
-        session = await Session(config, reactor).open()
         try:
-            await session.tokens.forceRefresh(account.name)
-            record = await session.store.getTokens(account.name)
+            async with Session(config, reactor) as session:
+                await session.tokens.forceRefresh(account.name)
+                record = await session.store.getTokens(account.name)
         except TokenError as e:
             print(f"refresh of {account.name} failed: {explain(e)}", file=sys.stderr)
             return EXIT_FAILED
-        finally:
-            await session.close()
         expires = record.expires_at if record is not None else None
         if expires is None:
             print(f"{account.name}: refreshed; the new token does not expire")

@@ -11,13 +11,12 @@ from oauthmail.cli.base import (
     EXIT_OK,
     EXIT_USAGE,
     authorizeArguments,
-    pickAccount,
-    readConfig,
     runInReactor,
     subcommand,
+    withAccount,
 )
 from oauthmail.cli.session import Session
-from oauthmail.config import AccountConfig, deviceGrantProblem
+from oauthmail.config import AccountConfig, Config, deviceGrantProblem
 
 
 @subcommand(
@@ -25,14 +24,9 @@ from oauthmail.config import AccountConfig, deviceGrantProblem
     help="authorise an account: open a URL, paste back where the browser ended",
     arguments=authorizeArguments,
 )
-def authorize(args: argparse.Namespace) -> int:
+@withAccount
+def authorize(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Browser (paste the redirect URL), device code, or client credentials."""
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
-    account = pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
     problem = deviceGrantProblem(account.profile) if args.device else None
     if problem is not None:
         print(f"--device cannot be used for {account.name}: {problem}", file=sys.stderr)
@@ -42,15 +36,14 @@ def authorize(args: argparse.Namespace) -> int:
         from oauthmail.tokens.authorize import describeAuthorized
         from oauthmail.tokens.errors import AuthorizationFailed
 
-        session = await Session(config, reactor).open()
-        try:  # the row first, as the daemon's start-up makes it: a refusal is kept there
-            await session.store.ensureAccount(account.name, account.profile.kind)
-            result = await _authorizeWith(session, account, args.device)
+        try:
+            async with Session(config, reactor) as session:
+                # the row first, as the daemon's start-up makes it: a refusal is kept there
+                await session.store.ensureAccount(account.name, account.profile.kind)
+                result = await _authorizeWith(session, account, args.device)
         except AuthorizationFailed as e:
             print(f"authorisation of {account.name} failed: {e.reason}", file=sys.stderr)
             return EXIT_FAILED
-        finally:
-            await session.close()
         if result is None:
             return EXIT_FAILED
         print(describeAuthorized(result, reactor.seconds()), flush=True)

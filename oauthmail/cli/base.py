@@ -10,6 +10,7 @@ at a terminal.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -144,6 +145,27 @@ def pickAccount(config: Config, name: str) -> AccountConfig | None:
         print(f"account {name} is {accountStatus(config, name)}", file=sys.stderr)
         return None
     return account
+
+
+def withAccount(
+    run: Callable[[argparse.Namespace, Config, AccountConfig], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A subcommand that takes ``ACCOUNT``: ``run(args, config, account)``.
+
+    The configuration ``args.config`` and its account ``args.account`` are read
+    first; when either cannot be, one line on stderr (:func:`readConfig`,
+    :func:`pickAccount`) and :data:`EXIT_USAGE`, and ``run`` is not called.
+    """
+
+    @functools.wraps(run)
+    def withConfigAndAccount(args: argparse.Namespace) -> int:
+        config = readConfig(args.config)
+        account = None if config is None else pickAccount(config, args.account)
+        if config is None or account is None:
+            return EXIT_USAGE
+        return run(args, config, account)
+
+    return withConfigAndAccount
 
 
 def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:

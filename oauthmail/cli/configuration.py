@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from oauthmail.cli.base import (
@@ -16,6 +17,7 @@ from oauthmail.cli.base import (
     runInReactor,
     subcommand,
 )
+from oauthmail.config import StoreConfig
 
 
 @subcommand(
@@ -59,17 +61,13 @@ def checkConfig(args: argparse.Namespace) -> int:
 )
 def initStoreCommand(args: argparse.Namespace) -> int:
     """Create a missing store or replace an empty file; an existing store is only checked."""
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
 
-    async def work(reactor: Any) -> int:
+    async def initialise(store: StoreConfig, reactor: Any) -> str:
         from oauthmail.db.open import initStore
 
-        print(await initStore(config.store, clock=reactor, reactor=reactor))
-        return EXIT_OK
+        return await initStore(store, clock=reactor, reactor=reactor)
 
-    return runInReactor(work)
+    return _reportOnStore(args, initialise)
 
 
 def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
@@ -90,14 +88,25 @@ def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
 )
 def migrateStoreCommand(args: argparse.Namespace) -> int:
     """Stop the daemon first: what it writes during the copy would not be copied."""
+
+    async def copy(store: StoreConfig, reactor: Any) -> str:
+        from oauthmail.db.transfer import copyStore
+
+        return await copyStore(store, args.to, clock=reactor, reactor=reactor)
+
+    return _reportOnStore(args, copy)
+
+
+def _reportOnStore(
+    args: argparse.Namespace, operation: Callable[[StoreConfig, Any], Awaitable[str]]
+) -> int:
+    """Read the configuration, run ``operation`` on its store, print the report it returns."""
     config = readConfig(args.config)
     if config is None:
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
-        from oauthmail.db.transfer import copyStore
-
-        print(await copyStore(config.store, args.to, clock=reactor, reactor=reactor))
+        print(await operation(config.store, reactor))
         return EXIT_OK
 
     return runInReactor(work)

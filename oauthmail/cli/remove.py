@@ -15,14 +15,13 @@ from typing import Any
 from oauthmail.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     accountArguments,
-    pickAccount,
-    readConfig,
     runInReactor,
     subcommand,
+    withAccount,
 )
 from oauthmail.cli.session import Session
+from oauthmail.config import AccountConfig, Config
 
 
 def removeArguments(parser: argparse.ArgumentParser) -> None:
@@ -39,20 +38,14 @@ def removeArguments(parser: argparse.ArgumentParser) -> None:
     help="revoke ACCOUNT's refresh token at the provider and delete its tokens",
     arguments=removeArguments,
 )
-def removeCommand(args: argparse.Namespace) -> int:
+@withAccount
+def removeCommand(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Revoke, delete, report: one line per fact, never a token."""
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
-    account = pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
         from oauthmail.removal import removeAccount
 
-        session = await Session(config, reactor).open()
-        try:
+        async with Session(config, reactor) as session:
             removal = await removeAccount(
                 session.tokens,
                 session.stores.outbox,
@@ -60,8 +53,6 @@ def removeCommand(args: argparse.Namespace) -> int:
                 drop_queue=args.drop_queue,
                 now=reactor.seconds(),
             )
-        finally:
-            await session.close()
         for line in removal.lines():
             print(line)
         return EXIT_FAILED if removal.revocationFailed else EXIT_OK

@@ -11,12 +11,12 @@ from oauthmail.cli.base import (
     EXIT_USAGE,
     accountArguments,
     configOption,
-    pickAccount,
-    readConfig,
     runInReactor,
     subcommand,
+    withAccount,
 )
 from oauthmail.cli.session import Session
+from oauthmail.config import AccountConfig, Config
 
 
 def sendArguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,8 @@ def sendArguments(parser: argparse.ArgumentParser) -> None:
     help="queue the message on standard input for sending through ACCOUNT",
     arguments=sendArguments,
 )
-def sendCommand(args: argparse.Namespace) -> int:
+@withAccount
+def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Put a message in the durable queue, then wake the running daemon to send it.
 
     The command only stores the message (synced to disk before it says
@@ -50,12 +51,6 @@ def sendCommand(args: argparse.Namespace) -> int:
     daemon owns every attempt and retry, so a message is never sent by two
     processes at once. With no daemon running it says so: the message waits.
     """
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
-    account = pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
     if account.smtp is None:
         print(f"account {account.name!r} has no smtp section: it cannot send mail", file=sys.stderr)
         return EXIT_USAGE
@@ -68,8 +63,7 @@ def sendCommand(args: argparse.Namespace) -> int:
         from oauthmail.smtp.api import sendFromCLI
         from oauthmail.smtp.queue.service import OutboundQueue
 
-        session = await Session(config, reactor).open()
-        try:
+        async with Session(config, reactor) as session:
             queue = OutboundQueue(
                 session.stores.outbox, session.tokens, {account.name: account}, reactor
             )
@@ -80,8 +74,6 @@ def sendCommand(args: argparse.Namespace) -> int:
             except ValueError as e:
                 print(f"nothing was queued: {e}", file=sys.stderr)
                 return EXIT_USAGE
-        finally:
-            await session.close()
         from twisted.internet import threads
 
         from oauthmail.control import wakeDaemon
@@ -106,12 +98,9 @@ def apiArguments(parser: argparse.ArgumentParser) -> None:
 @subcommand(
     "api", help="call an HTTP API with ACCOUNT's token and print the answer", arguments=apiArguments
 )
-def apiCommand(args: argparse.Namespace) -> int:
+@withAccount
+def apiCommand(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """The body goes to stdout, ``HTTP STATUS`` to stderr; exit 0 only for a 2xx answer."""
     from oauthmail.http.command import runAPI
 
-    config = readConfig(args.config)
-    account = None if config is None else pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
     return runAPI(args, account, lambda reactor: Session(config, reactor).open(), runInReactor)

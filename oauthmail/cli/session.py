@@ -11,7 +11,11 @@ from oauthmail.config import Config
 
 
 class Session:
-    """The store, transport, token source and authorizer one command needs."""
+    """The store, transport, token source and authorizer one command needs.
+
+    ``async with Session(config, reactor) as session:`` opens the parts and
+    closes them however the command ends (what it opened, if opening failed).
+    """
 
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
@@ -34,6 +38,16 @@ class Session:
         self.tokens = self._parts.tokens
         self.authorizer = Authorizer(self.tokens, self.reactor)
         return self
+
+    async def __aenter__(self) -> Session:
+        try:
+            return await self.open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self.authorizer is not None:

@@ -16,12 +16,12 @@ from oauthmail.cli.base import (
     EXIT_OK,
     EXIT_USAGE,
     accountArguments,
-    pickAccount,
-    readConfig,
     runInReactor,
     subcommand,
+    withAccount,
 )
 from oauthmail.cli.session import Session
+from oauthmail.config import AccountConfig, Config
 
 #: How long, by default, the test message may take to show in INBOX and in Sent.
 DEFAULT_WAIT = 120.0
@@ -49,14 +49,9 @@ def testArguments(parser: argparse.ArgumentParser) -> None:
     help="prove an account: token, IMAP and SMTP logins, folders (and --send-to-self)",
     arguments=testArguments,
 )
-def test(args: argparse.Namespace) -> int:
+@withAccount
+def test(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Run the steps against the real provider; print one line each."""
-    config = readConfig(args.config)
-    if config is None:
-        return EXIT_USAGE
-    account = pickAccount(config, args.account)
-    if account is None:
-        return EXIT_USAGE
     if args.wait <= 0:
         print("--wait must be a number of seconds above 0", file=sys.stderr)
         return EXIT_USAGE
@@ -68,14 +63,11 @@ def test(args: argparse.Namespace) -> int:
             for line in formatResult(result):
                 print(line, flush=True)
 
-        session = await Session(config, reactor).open()
-        try:
+        async with Session(config, reactor) as session:
             probe = AccountProbe(
                 account, session.tokens, session.store, reactor, emit=emit, wait=args.wait
             )
             await probe.run(sendToSelf=args.send_to_self)
-        finally:
-            await session.close()
         failed = probe.failed
         if failed:
             steps = ", ".join(f"'{step}'" for step in failed)
