@@ -1,4 +1,4 @@
-"""Request bodies that can be sent again, and answers read into a bounded buffer.
+"""Request bodies that can be sent again, and answers read whole into a bounded buffer.
 
 A request may be sent twice (a refreshed token, a redirect that keeps the
 method) only if its body can be produced again: :class:`BytesBody` can, and
@@ -11,6 +11,7 @@ replayed; callers using them get no retry.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer
@@ -23,6 +24,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 __all__ = [
+    "Answer",
     "BytesBody",
     "HeaderMap",
     "IReplayableBody",
@@ -85,6 +87,24 @@ class BytesBody:
         pass
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A complete HTTP answer: status, headers (lower-case names) and body.
+
+    Its ``repr`` never shows the body: a token answer's body is secret.
+    """
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def __repr__(self) -> str:
+        return f"<Answer {self.status} {len(self.body)} bytes>"
+
+
 class ResponseTooLarge(Exception):  # noqa: N818 - reads better where it is raised
     """An answer body grew past its cap; the connection was dropped."""
 
@@ -143,24 +163,34 @@ def discardBody(response: IResponse, limit: int = 64 * 1024) -> defer.Deferred[N
 
 
 class HeaderMap(Mapping[str, str]):
-    """Response headers by lower-case name, repeated ones joined with ``", "``."""
+    """Response headers by lower-case name, repeated ones joined with ``", "``.
 
-    __slots__ = ("_headers",)
+    Converted on first look: most answers (a token refresh's) are read for
+    their body only, and building the dictionary for each was work nobody used.
+    """
+
+    __slots__ = ("_raw", "_headers")
 
     def __init__(self, raw: Headers) -> None:
-        self._headers = {
-            name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-            for name, values in raw.getAllRawHeaders()
-        }
+        self._raw = raw
+        self._headers: dict[str, str] | None = None
+
+    def _converted(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {
+                name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+                for name, values in self._raw.getAllRawHeaders()
+            }
+        return self._headers
 
     def __getitem__(self, name: str) -> str:
-        return self._headers[name.lower()]
+        return self._converted()[name.lower()]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._headers)
+        return iter(self._converted())
 
     def __len__(self) -> int:
-        return len(self._headers)
+        return len(self._converted())
 
     def __repr__(self) -> str:
-        return f"<HeaderMap {sorted(self._headers)}>"
+        return f"<HeaderMap {sorted(self._converted())}>"

@@ -18,7 +18,6 @@ Failure texts are one line; they never hold a header value or a body.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -29,7 +28,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
-from oauthmail.http.body import BytesBody, HeaderMap, IncompleteAnswer, readBounded
+from oauthmail.http.body import Answer, BytesBody, HeaderMap, IncompleteAnswer, readBounded
 from oauthmail.http.tunnel import TunnelError
 from oauthmail.text import cleanText
 
@@ -37,21 +36,6 @@ __all__ = ["Answer", "ExchangeFailed", "exchange"]
 
 #: Mail API answers are small JSON documents; anything far bigger is a broken peer.
 DEFAULT_MAX_ANSWER = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A complete HTTP answer: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def __repr__(self) -> str:
-        return f"<Answer {self.status} {len(self.body)} bytes>"
 
 
 class ExchangeFailed(Exception):  # noqa: N818 - reads better at the call site

@@ -23,22 +23,21 @@ credentials never reach a log or an error (:mod:`oauthmail.http.tunnel`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from oauthmail.config import ProfileConfig
 from oauthmail.http.agent import RoutingEndpointFactory, trustPolicy
+from oauthmail.http.body import Answer, BytesBody, HeaderMap, IncompleteAnswer, readBounded
+from oauthmail.http.body import ResponseTooLarge as TooLargeBody
 from oauthmail.http.proxy import DIRECT, ProxySettings
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.loopback import isLoopbackHost
@@ -90,107 +89,11 @@ def checkEndpointURL(url: str) -> str:
     raise InsecureEndpointError(f"URL must use https: {shown}")
 
 
-class _ResponseHeaders(Mapping[str, str]):
-    """A response's headers as ``HTTPResponse`` shows them, converted on first look.
+#: A complete answer as the token side calls it (the grant parsers read it).
+HTTPResponse = Answer
 
-    A token answer's headers are read only when it is an error (``Retry-After``):
-    building the dictionary for every refresh was work nobody used.
-    """
-
-    __slots__ = ("_raw", "_dict")
-
-    def __init__(self, raw: Headers) -> None:
-        self._raw = raw
-        self._dict: dict[str, str] | None = None
-
-    def _headers(self) -> dict[str, str]:
-        if self._dict is None:
-            self._dict = {
-                name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-                for name, values in self._raw.getAllRawHeaders()
-            }
-        return self._dict
-
-    def __getitem__(self, name: str) -> str:
-        return self._headers()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._headers())
-
-    def __len__(self) -> int:
-        return len(self._headers())
-
-    def __repr__(self) -> str:
-        return repr(self._headers())
-
-
-@dataclass(frozen=True)
-class HTTPResponse:
-    """A complete HTTP answer. Header names are lower-case; repeated headers are joined."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def __repr__(self) -> str:  # a token answer's body is secret: never show it
-        return f"<HTTPResponse {self.status} {len(self.body)} bytes>"
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """Writes a small request body at once (``FileBodyProducer`` would need the global reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer):
-        consumer.write(self._body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _CappedBodyReader(Protocol):
-    """Collects a response body, dropping the connection once it exceeds ``limit``."""
-
-    def __init__(self, finished: defer.Deferred[bytes], limit: int) -> None:
-        self._finished = finished
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._finished.called:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._finished.errback(
-                ResponseTooLarge(f"response body larger than {self._limit} bytes")
-            )
-            self.transport.stopProducing()
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        if self._finished.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self._finished.callback(b"".join(self._chunks))
-        else:
-            self._finished.errback(
-                TransportError(f"response body incomplete: {reason.getErrorMessage()}")
-            )
+#: What ``oauthmail.sinks.webhook`` sends its body with (the same bytes producer).
+BytesProducer = BytesBody
 
 
 def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
@@ -203,6 +106,15 @@ def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
     if (scheme, port) in ((b"http", 80), (b"https", 443)):
         return host
     return b"%b:%d" % (host, port)
+
+
+def _bodyFailure(failure: Failure) -> Failure:
+    """The body reader's failures as this transport's: a :class:`TransportError`."""
+    if failure.check(TooLargeBody):
+        raise ResponseTooLarge(failure.getErrorMessage())
+    if failure.check(IncompleteAnswer):
+        raise TransportError(failure.getErrorMessage())
+    return failure
 
 
 @implementer(IHTTPTransport)
@@ -266,7 +178,7 @@ class AgentTransport:
         if isinstance(method, str):
             method = method.encode("ascii")
         raw = self._rawHeaders(url, headers)
-        producer = BytesProducer(body) if body is not None else None
+        producer = BytesBody(body) if body is not None else None
         d = self._agent.request(method, url.encode("ascii"), raw, producer)
         d.addCallback(self._readResponse)
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timedOut)
@@ -298,17 +210,10 @@ class AgentTransport:
             self._headers[key] = raw
         return raw
 
-    def _readResponse(self, response) -> defer.Deferred[HTTPResponse]:
-        reader: _CappedBodyReader | None = None
-
-        def cancel(d: defer.Deferred[bytes]) -> None:
-            if reader is not None and reader.transport is not None:
-                reader.transport.stopProducing()
-
-        finished: defer.Deferred[bytes] = defer.Deferred(cancel)
-        reader = _CappedBodyReader(finished, self._max_body)
-        response.deliverBody(reader)
-        headers = _ResponseHeaders(response.headers)
+    def _readResponse(self, response: IResponse) -> defer.Deferred[HTTPResponse]:
+        headers = HeaderMap(response.headers)
+        finished = readBounded(response, self._max_body)
+        finished.addErrback(_bodyFailure)
         return finished.addCallback(lambda body: HTTPResponse(response.code, headers, body))
 
     def _timedOut(self, result: object, timeout: float) -> object:
