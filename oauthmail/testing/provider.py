@@ -10,27 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from oauthmail.testing.oauth import (
-    DEFAULT_USER,
-    DEVICE_GRANT,
-    OAuthError,
-    TestOAuthProvider,
-    TokenCounter,
-    main,
-    normaliseUserCode,
-    verifierMatches,
-)
+from oauthmail.testing import oauth
+from oauthmail.testing.oauth import *  # noqa: F403 - this module is the package, by its old name
+from oauthmail.testing.oauth import main
 
-__all__ = [
-    "DEFAULT_USER",
-    "DEVICE_GRANT",
-    "OAuthError",
-    "TestOAuthProvider",
-    "TokenCounter",
-    "main",
-    "normaliseUserCode",
-    "verifierMatches",
-]
+__all__ = oauth.__all__
 
 if __name__ == "__main__":
     sys.exit(main())

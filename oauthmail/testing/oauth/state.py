@@ -235,27 +235,24 @@ class Authority:
             refresh = self.liveRefresh(token)
             if refresh is None:
                 return {"active": False}
-            return {
-                "active": True,
-                "username": refresh.grant.user,
-                "sub": self.style.subject(refresh.grant.user),
-                "scope": refresh.scope,
-                "client_id": refresh.grant.client_id,
-                "token_type": "refresh_token",
-                "iss": self.issuer,
-            }
+            return self._activeAnswer(refresh.grant, refresh.scope, "refresh_token")
         access = self.liveAccess(token)
         if access is None:
             return {"active": False}
+        answer = self._activeAnswer(access.grant, access.scope, "Bearer")
+        answer["exp"] = self.epoch(access.expires_at)
+        answer["iat"] = self.epoch(access.issued_at)
+        return answer
+
+    def _activeAnswer(self, grant: Grant, scope: str, token_type: str) -> dict[str, Any]:
+        """What introspection says of any live token: whose it is, for what, from whom."""
         return {
             "active": True,
-            "username": access.grant.user,
-            "sub": self.style.subject(access.grant.user),
-            "scope": access.scope,
-            "client_id": access.grant.client_id,
-            "token_type": "Bearer",
-            "exp": self.epoch(access.expires_at),
-            "iat": self.epoch(access.issued_at),
+            "username": grant.user,
+            "sub": self.style.subject(grant.user),
+            "scope": scope,
+            "client_id": grant.client_id,
+            "token_type": token_type,
             "iss": self.issuer,
         }
 

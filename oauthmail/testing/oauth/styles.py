@@ -72,6 +72,16 @@ class Style:
         return claims
 
 
+#: AADSTS70008: Microsoft's one answer for an expired code and an expired refresh token.
+_MICROSOFT_INACTIVE = (
+    "invalid_grant",
+    70008,
+    "The provided authorization code or refresh token has expired due to inactivity."
+    " Send a new interactive authorization request for this user and resource.",
+    400,
+    None,
+)
+
 #: reason -> (error, AADSTS number, text, status, suberror)
 _MICROSOFT: dict[str, tuple[str, int, str, int, str | None]] = {
     "code_invalid": (
@@ -89,22 +99,8 @@ _MICROSOFT: dict[str, tuple[str, int, str, int, str | None]] = {
         400,
         None,
     ),
-    "code_expired": (
-        "invalid_grant",
-        70008,
-        "The provided authorization code or refresh token has expired due to inactivity."
-        " Send a new interactive authorization request for this user and resource.",
-        400,
-        None,
-    ),
-    "refresh_expired": (
-        "invalid_grant",
-        70008,
-        "The provided authorization code or refresh token has expired due to inactivity."
-        " Send a new interactive authorization request for this user and resource.",
-        400,
-        None,
-    ),
+    "code_expired": _MICROSOFT_INACTIVE,
+    "refresh_expired": _MICROSOFT_INACTIVE,
     "refresh_revoked": (
         "invalid_grant",
         50173,
