@@ -58,9 +58,6 @@ OAUTH1_KEYS = frozenset(
 
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*\Z")
 _PYTHON_OBJECT = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
-_HOSTNAME = re.compile(
-    r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?\Z"
-)
 
 TAG = "tag:yaml.org,2002:"
 SCALAR_TAGS = frozenset(

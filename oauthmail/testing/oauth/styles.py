@@ -82,6 +82,16 @@ _MICROSOFT_INACTIVE = (
     None,
 )
 
+#: AADSTS7000218: Microsoft's one answer for a token request without a secret, from a
+#: confidential client and from a public one asking for client credentials alike.
+_MICROSOFT_NO_SECRET = (
+    "invalid_client",
+    7000218,
+    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+    401,
+    None,
+)
+
 #: reason -> (error, AADSTS number, text, status, suberror)
 _MICROSOFT: dict[str, tuple[str, int, str, int, str | None]] = {
     "code_invalid": (
@@ -178,22 +188,8 @@ _MICROSOFT: dict[str, tuple[str, int, str, int, str | None]] = {
         401,
         None,
     ),
-    "secret_missing": (
-        "invalid_client",
-        7000218,
-        "The request body must contain the following parameter: 'client_assertion' or"
-        " 'client_secret'.",
-        401,
-        None,
-    ),
-    "public_client_credentials": (
-        "invalid_client",
-        7000218,
-        "The request body must contain the following parameter: 'client_assertion' or"
-        " 'client_secret'.",
-        401,
-        None,
-    ),
+    "secret_missing": _MICROSOFT_NO_SECRET,
+    "public_client_credentials": _MICROSOFT_NO_SECRET,
     "public_client_secret": (
         "invalid_client",
         700025,
