@@ -10,13 +10,12 @@ from oauthmail.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    accountArguments,
+    accountSubcommand,
     configOption,
     formatWhen,
     readConfig,
     runInReactor,
     subcommand,
-    withAccount,
 )
 from oauthmail.cli.session import Session
 from oauthmail.config import AccountConfig, Config
@@ -71,12 +70,10 @@ def accounts(args: argparse.Namespace) -> int:
     return runInReactor(work)
 
 
-@subcommand(
+@accountSubcommand(
     "refresh",
     help="refresh an account's token now and print the new expiry (never the token)",
-    arguments=accountArguments,
 )
-@withAccount
 def refresh(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Force a refresh: what the daemon would do, now."""
 

@@ -10,21 +10,26 @@ from oauthmail.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    authorizeArguments,
+    accountSubcommand,
     runInReactor,
-    subcommand,
-    withAccount,
 )
 from oauthmail.cli.session import Session
 from oauthmail.config import AccountConfig, Config, deviceGrantProblem
 
 
-@subcommand(
+def deviceArgument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        action="store_true",
+        help="use the device authorization grant (enter a code on another device)",
+    )
+
+
+@accountSubcommand(
     "authorize",
     help="authorise an account: open a URL, paste back where the browser ended",
-    arguments=authorizeArguments,
+    arguments=deviceArgument,
 )
-@withAccount
 def authorize(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Browser (paste the redirect URL), device code, or client credentials."""
     problem = deviceGrantProblem(account.profile) if args.device else None

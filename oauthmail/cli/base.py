@@ -124,15 +124,6 @@ def accountArguments(parser: argparse.ArgumentParser) -> None:
     configOption(parser)
 
 
-def authorizeArguments(parser: argparse.ArgumentParser) -> None:
-    accountArguments(parser)
-    parser.add_argument(
-        "--device",
-        action="store_true",
-        help="use the device authorization grant (enter a code on another device)",
-    )
-
-
 def pickAccount(config: Config, name: str) -> AccountConfig | None:
     """The configured account ``name``, or ``None`` after one line on stderr."""
     try:
@@ -166,6 +157,33 @@ def withAccount(
         return run(args, config, account)
 
     return withConfigAndAccount
+
+
+def accountSubcommand(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> Callable[
+    [Callable[[argparse.Namespace, Config, AccountConfig], int]],
+    Callable[[argparse.Namespace], int],
+]:
+    """Register the decorated ``run(args, config, account)`` as ``oauthmail NAME ACCOUNT``.
+
+    ``ACCOUNT`` and ``--config`` come from here (:func:`accountArguments`, then
+    ``arguments`` adds the command's own); ``run`` gets what :func:`withAccount` reads.
+    """
+
+    def allArguments(parser: argparse.ArgumentParser) -> None:
+        accountArguments(parser)
+        if arguments is not None:
+            arguments(parser)
+
+    def register(
+        run: Callable[[argparse.Namespace, Config, AccountConfig], int],
+    ) -> Callable[[argparse.Namespace], int]:
+        return subcommand(name, help, allArguments)(withAccount(run))
+
+    return register
 
 
 def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:

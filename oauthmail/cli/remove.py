@@ -15,17 +15,14 @@ from typing import Any
 from oauthmail.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
-    accountArguments,
+    accountSubcommand,
     runInReactor,
-    subcommand,
-    withAccount,
 )
 from oauthmail.cli.session import Session
 from oauthmail.config import AccountConfig, Config
 
 
 def removeArguments(parser: argparse.ArgumentParser) -> None:
-    accountArguments(parser)
     parser.add_argument(
         "--drop-queue",
         action="store_true",
@@ -33,12 +30,11 @@ def removeArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@subcommand(
+@accountSubcommand(
     "remove",
     help="revoke ACCOUNT's refresh token at the provider and delete its tokens",
     arguments=removeArguments,
 )
-@withAccount
 def removeCommand(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Revoke, delete, report: one line per fact, never a token."""
 

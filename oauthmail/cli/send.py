@@ -9,7 +9,7 @@ from typing import Any
 from oauthmail.cli.base import (
     EXIT_OK,
     EXIT_USAGE,
-    accountArguments,
+    accountSubcommand,
     configOption,
     runInReactor,
     subcommand,
@@ -20,7 +20,6 @@ from oauthmail.config import AccountConfig, Config
 
 
 def sendArguments(parser: argparse.ArgumentParser) -> None:
-    accountArguments(parser)
     parser.add_argument(
         "--to",
         action="append",
@@ -37,12 +36,11 @@ def sendArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@subcommand(
+@accountSubcommand(
     "send",
     help="queue the message on standard input for sending through ACCOUNT",
     arguments=sendArguments,
 )
-@withAccount
 def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Put a message in the durable queue, then wake the running daemon to send it.
 

@@ -15,10 +15,8 @@ from oauthmail.cli.base import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    accountArguments,
+    accountSubcommand,
     runInReactor,
-    subcommand,
-    withAccount,
 )
 from oauthmail.cli.session import Session
 from oauthmail.config import AccountConfig, Config
@@ -28,7 +26,6 @@ DEFAULT_WAIT = 120.0
 
 
 def testArguments(parser: argparse.ArgumentParser) -> None:
-    accountArguments(parser)
     parser.add_argument(
         "--send-to-self",
         action="store_true",
@@ -44,12 +41,11 @@ def testArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@subcommand(
+@accountSubcommand(
     "test",
     help="prove an account: token, IMAP and SMTP logins, folders (and --send-to-self)",
     arguments=testArguments,
 )
-@withAccount
 def test(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Run the steps against the real provider; print one line each."""
     if args.wait <= 0:
