@@ -97,24 +97,46 @@ def _figure(value: float) -> str:
     return f"{value:.4g}"
 
 
-def resultLine(name: str, ours: float, baseline: float, unit: str, rss_mb: float) -> str:
-    """``bench NAME: ratio=R ours=X baseline=Y unit=U rss_mb=M`` with R = ours / baseline.
+def resultLine(
+    name: str,
+    ours: float,
+    baseline: float,
+    unit: str,
+    rss_mb: float,
+    *,
+    ratio: float | None = None,
+    **extra: object,
+) -> str:
+    """``bench NAME: ratio=R ours=X baseline=Y unit=U rss_mb=M [key=value ...]``.
 
-    Every benchmark states ``ours`` and ``baseline`` so that higher is better
-    (messages/s, 1/s for latencies); the unit says so.
+    R = ours / baseline unless the benchmark's issue defines it otherwise
+    (``ratio``). Every benchmark states ``ours`` and ``baseline`` so that
+    higher is better (messages/s, 1/s for latencies) unless its unit says
+    otherwise; ``extra`` fields follow ``rss_mb`` in the order given.
     """
-    ratio = ours / baseline if baseline else float("inf")
+    if ratio is None:
+        ratio = ours / baseline if baseline else float("inf")
+    tail = "".join(f" {key}={value}" for key, value in extra.items())
     return (
         f"bench {name}: ratio={ratio:.3f} ours={_figure(ours)} baseline={_figure(baseline)}"
-        f" unit={unit} rss_mb={rss_mb:.1f}"
+        f" unit={unit} rss_mb={rss_mb:.1f}{tail}"
     )
 
 
-def printResult(name: str, ours: float, baseline: float, unit: str, rss_mb: float) -> None:
+def printResult(
+    name: str,
+    ours: float,
+    baseline: float,
+    unit: str,
+    rss_mb: float,
+    *,
+    ratio: float | None = None,
+    **extra: object,
+) -> None:
     """Print the result line; call it last, nothing may be printed after it."""
     sys.stdout.flush()
     sys.stderr.flush()
-    print(resultLine(name, ours, baseline, unit, rss_mb), flush=True)
+    print(resultLine(name, ours, baseline, unit, rss_mb, ratio=ratio, **extra), flush=True)
 
 
 def makeMessage(i: int, tag: str, size: int = 20 * 1024) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import threading
 import time
 
@@ -115,7 +116,9 @@ async def test_concurrent_delivers_share_directory_syncs(tmp_path, reactor, thre
     os.makedirs(tmp_path / "Maildir" / "tmp")
     os.makedirs(tmp_path / "Maildir" / "cur")
     counter = SyncCounter()
-    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=None
+    )
     messages = [b"message %d\r\n" % i for i in range(100)]
     paths = await defer.gatherResults([sink.deliver(m, "a", "INBOX") for m in messages])
     assert counter.files == 100
@@ -130,7 +133,9 @@ async def test_concurrent_delivers_share_directory_syncs(tmp_path, reactor, thre
 async def test_calls_during_a_batch_join_the_next(tmp_path, reactor, threadpool):
     """Calls made while a batch is being written are committed together afterwards."""
     counter = SyncCounter()
-    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=None
+    )
     await sink.deliver(b"warm-up", "a", "INBOX")  # creates the directories
     before = counter.directories
     first = sink.deliver(b"first", "a", "INBOX")
@@ -153,6 +158,7 @@ async def test_max_batch_splits(tmp_path, reactor, threadpool):
         threadpool,
         fsync=counter.fsync,
         datasync=counter.datasync,
+        syncfs=None,
         maxBatch=10,
     )
     await sink.deliver(b"warm-up", "a", "INBOX")
@@ -165,7 +171,9 @@ async def test_max_batch_splits(tmp_path, reactor, threadpool):
 async def test_deliver_batch_one_failure(tmp_path, reactor, threadpool):
     """A failing write (ENOSPC) fails only its own message, as a temporary error."""
     counter = SyncCounter(failSize=len(b"bad one"))
-    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=None
+    )
     batch = [(b"good %d" % i, "a", "INBOX") for i in range(5)]
     batch.insert(2, (b"bad one", "a", "INBOX"))
     results = await sink.deliverBatch(batch)
@@ -185,7 +193,9 @@ async def test_deliver_batch_one_failure(tmp_path, reactor, threadpool):
 async def test_deliver_failure_is_per_caller(tmp_path, reactor, threadpool):
     """In a coalesced batch, only the caller whose write failed gets the error."""
     counter = SyncCounter(failSize=3)
-    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=None
+    )
     ok = sink.deliver(b"fine", "a", "INBOX")
     bad = sink.deliver(b"bad", "a", "INBOX")
     assert os.path.exists(await ok)
@@ -200,7 +210,9 @@ async def test_directory_sync_failure_is_temporary(tmp_path, reactor, threadpool
     os.makedirs(tmp_path / "Maildir" / "tmp")
     os.makedirs(tmp_path / "Maildir" / "cur")
     counter = SyncCounter(failDirectories=True)
-    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync)
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=None
+    )
     results = await sink.deliverBatch([(b"one", "a", "F"), (b"two", "a", "F")])
     assert all(isinstance(r, TemporarySinkError) for r in results)
     assert listing(sink.path, "new") == []
@@ -281,3 +293,128 @@ async def test_stale_tmp_leftovers_are_removed(tmp_path, reactor, threadpool):
     sink = makeSink(tmp_path, reactor, threadpool)
     await sink.deliver(b"Subject: x\r\n\r\nbody\r\n", "acct", "INBOX")
     assert listing(sink.path, "tmp") == ["young"]
+
+
+class SyncfsCounter:
+    """A ``syncfs`` that checks what a batch's one sync must see, then syncs for real."""
+
+    def __init__(self, tmp: str, new: str, fail: bool = False) -> None:
+        self.tmp, self.new, self.fail = tmp, new, fail
+        self.calls = 0
+        self.seen: list[tuple[int, int]] = []  # files in tmp/ and new/ at each call
+
+    def __call__(self, fd: int) -> None:
+        info = os.fstat(fd)
+        assert stat.S_ISDIR(info.st_mode)
+        assert (info.st_dev, info.st_ino) == (os.stat(self.tmp).st_dev, os.stat(self.tmp).st_ino)
+        self.calls += 1
+        self.seen.append((len(os.listdir(self.tmp)), len(os.listdir(self.new))))
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        os.sync()
+
+
+def makeMaildir(tmp_path):
+    for sub in ("new", "tmp", "cur"):
+        os.makedirs(tmp_path / "Maildir" / sub)
+    return str(tmp_path / "Maildir" / "tmp"), str(tmp_path / "Maildir" / "new")
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_syncfs_per_batch_before_any_rename(tmp_path, reactor, threadpool):
+    """With syncfs a batch costs one file-system sync, made while every file is still in tmp/."""
+    syncfs = SyncfsCounter(*makeMaildir(tmp_path))
+    counter = SyncCounter()
+    sink = makeSink(
+        tmp_path, reactor, threadpool, fsync=counter.fsync, datasync=counter.datasync, syncfs=syncfs
+    )
+    messages = [b"message %d\r\n" % i for i in range(100)]
+    paths = await defer.gatherResults([sink.deliver(m, "a", "INBOX") for m in messages])
+    assert syncfs.calls == 1
+    assert syncfs.seen == [(100, 0)]  # all written, none renamed yet
+    assert counter.files == 0
+    assert counter.directories == 2  # new/ and tmp/, once
+    for path, message in zip(paths, messages, strict=True):
+        with open(path, "rb") as f:
+            assert f.read() == message
+    assert len(listing(sink.path, "new")) == 100
+    assert listing(sink.path, "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncfs_failure_fails_the_whole_batch(tmp_path, reactor, threadpool):
+    """A failed syncfs reports every message of the batch temporary; nothing reaches new/."""
+    syncfs = SyncfsCounter(*makeMaildir(tmp_path), fail=True)
+    sink = makeSink(tmp_path, reactor, threadpool, syncfs=syncfs)
+    results = await sink.deliverBatch([(b"one", "a", "F"), (b"two", "a", "F")])
+    assert all(isinstance(r, TemporarySinkError) for r in results)
+    assert "cannot sync" in str(results[0])
+    assert listing(sink.path, "new") == []
+    assert listing(sink.path, "tmp") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_directory_sync_failure_with_syncfs_empties_new(tmp_path, reactor, threadpool):
+    """If new/ cannot be synced after the renames, nothing is reported taken and new/ is emptied."""
+    syncfs = SyncfsCounter(*makeMaildir(tmp_path))
+    counter = SyncCounter(failDirectories=True)
+    sink = makeSink(tmp_path, reactor, threadpool, fsync=counter.fsync, syncfs=syncfs)
+    results = await sink.deliverBatch([(b"one", "a", "F"), (b"two", "a", "F")])
+    assert all(isinstance(r, TemporarySinkError) for r in results)
+    assert listing(sink.path, "new") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_failure_with_syncfs_is_per_message(tmp_path, reactor, threadpool, monkeypatch):
+    """With syncfs too, a write that fails (ENOSPC) fails only its own message."""
+    syncfs = SyncfsCounter(*makeMaildir(tmp_path))
+    sink = makeSink(tmp_path, reactor, threadpool, syncfs=syncfs)
+    realWrite = os.write
+    bad = b"this one does not fit"
+
+    def write(fd, data):
+        if bytes(data) == bad:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return realWrite(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    results = await sink.deliverBatch(
+        [(b"good 1", "a", "F"), (bad, "a", "F"), (b"good 2", "a", "F")]
+    )
+    monkeypatch.undo()
+    assert isinstance(results[1], TemporarySinkError)
+    assert "No space left" in str(results[1])
+    assert all(isinstance(results[i], str) for i in (0, 2))
+    assert syncfs.calls == 1
+    assert len(listing(sink.path, "new")) == 2
+    assert listing(sink.path, "tmp") == []
+
+
+def test_kernel_release_parsing():
+    """syncfs is trusted from Linux 5.8 on, whatever suffix the release carries."""
+    from oauthmail.sinks.maildir import _kernelAtLeast
+
+    assert _kernelAtLeast("5.8.0-63-generic", (5, 8))
+    assert _kernelAtLeast("6.1.0", (5, 8))
+    assert _kernelAtLeast("5.10", (5, 8))
+    assert not _kernelAtLeast("5.4.0-1-amd64", (5, 8))
+    assert not _kernelAtLeast("4.19.0", (5, 8))
+    assert not _kernelAtLeast("garbage", (5, 8))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="syncfs is Linux's")
+def test_syncfs_found_on_this_kernel(tmp_path):
+    """On Linux 5.8 or later the default sink uses syncfs, and it syncs a real directory."""
+    from oauthmail.sinks.maildir import SYNCFS, _kernelAtLeast
+
+    if not _kernelAtLeast(os.uname().release, (5, 8)):
+        assert SYNCFS is None
+        return
+    assert SYNCFS is not None
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        SYNCFS(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        SYNCFS(-1)
