@@ -58,6 +58,7 @@ PYTHON = sys.executable
 CHILD_RESULT = "BENCH-CHILD-RESULT "
 
 __all__ = [
+    "BusyCore",
     "CLIENT_ID",
     "CLIENT_SECRET",
     "PYTHON",
@@ -353,6 +354,31 @@ def emitChildResult(result: dict[str, Any]) -> None:
     result = dict(result)
     result.setdefault("rss_mb", peakRSSMB())
     print(CHILD_RESULT + json.dumps(result), flush=True)
+
+
+class BusyCore:
+    """A child process that keeps one core busy (``--busy``): the benchmark beside other work.
+
+    It spins in pure Python until stopped, at normal priority, so the
+    scheduler shares the machine between it and both sides of the benchmark
+    the way it would share it with any other busy program. Use as a context
+    manager around the whole run, baseline included, so both sides pay alike.
+    """
+
+    SPIN = "import itertools\nfor _ in itertools.count():\n    pass\n"
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BusyCore:
+        self._proc = subprocess.Popen([PYTHON, "-c", self.SPIN], stdin=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 # -- oauthmail's own IMAP receiver, as the daemon builds it ------------------------------

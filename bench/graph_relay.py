@@ -52,6 +52,7 @@ from bench.smtp_relay import (
     TIMEOUT,
     DaemonProcess,
     _messages,
+    describeCPU,
 )
 
 NAME = "graph_relay"
@@ -199,6 +200,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         )
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
+        cpu = d.cpu
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
@@ -212,6 +214,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             f"after {result['submitted']:.2f} s",
             file=sys.stderr,
         )
+    print(f"graph_relay: {describeCPU(cpu, count)}", file=sys.stderr)
     if options.profile:
         import pstats
 
@@ -227,6 +230,11 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
     parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="keep one core busy with another process for the whole run (both sides)",
+    )
     parser.add_argument(
         "--dir",
         default=None,
@@ -244,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     options = parseArgs(argv)
     if options.role == "client":
         return runHTTPClient()
-    task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
+    if options.busy:
+        with _rig.BusyCore():
+            task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
+    else:
+        task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
     return 0
 
 

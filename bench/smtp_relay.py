@@ -162,16 +162,26 @@ def runDaemon() -> int:
             reactor.callFromThread(stdinClosed.callback, None)
 
         threading.Thread(target=waitForEOF, daemon=True).start()
+        cpuBefore = _cpuSeconds()
         print(json.dumps({"port": service.submission_port.getHost().port}), flush=True)
         await stdinClosed
+        cpu = [after - before for after, before in zip(_cpuSeconds(), cpuBefore, strict=True)]
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(params["profile"])
         await service.stopService()
-        print(json.dumps({"rss_mb": _rig.peakRSSMB()}), flush=True)
+        print(json.dumps({"rss_mb": _rig.peakRSSMB(), "cpu_s": cpu}), flush=True)
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     return 0
+
+
+def _cpuSeconds() -> tuple[float, float]:
+    """User and system CPU seconds of this process so far (all its threads)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
@@ -219,6 +229,15 @@ def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
     path.chmod(0o600)
 
 
+def describeCPU(cpu: tuple[float, float], count: int) -> str:
+    """The daemon's CPU use, in all and per message (user + system)."""
+    user, system = cpu
+    return (
+        f"the daemon used {user + system:.2f} s of CPU ({user:.2f} user, {system:.2f} system),"
+        f" {1000 * (user + system) / count:.2f} ms per message"
+    )
+
+
 class DaemonProcess:
     """The parent's handle on the daemon child."""
 
@@ -250,7 +269,12 @@ class DaemonProcess:
         return json.loads(line)["port"]
 
     def stop(self) -> float:
-        """Blocking: close its stdin, wait for it, return its peak RSS in MiB."""
+        """Blocking: close its stdin, wait for it, return its peak RSS in MiB.
+
+        :attr:`cpu` is then the (user, system) CPU seconds it used after it
+        was ready (``nan`` if it did not say).
+        """
+        self.cpu = (float("nan"), float("nan"))
         try:
             out, _ = self._proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -258,7 +282,11 @@ class DaemonProcess:
             self._proc.wait()
             return float("nan")
         lines = [line for line in out.splitlines() if line.strip()]
-        return json.loads(lines[-1])["rss_mb"] if lines else float("nan")
+        if not lines:
+            return float("nan")
+        last = json.loads(lines[-1])
+        self.cpu = tuple(last.get("cpu_s", self.cpu))
+        return last["rss_mb"]
 
 
 # -- the parent ----------------------------------------------------------------------------
@@ -327,6 +355,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         )
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
+        cpu = d.cpu
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
@@ -339,6 +368,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             f"after {result['submitted']:.2f} s",
             file=sys.stderr,
         )
+    print(f"smtp_relay: {describeCPU(cpu, count)}", file=sys.stderr)
     if options.profile:
         import pstats
 
@@ -354,6 +384,11 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
     parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="keep one core busy with another process for the whole run (both sides)",
+    )
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.messages is None:
@@ -367,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         return runClient()
     if options.role == "daemon":
         return runDaemon()
-    task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
+    if options.busy:
+        with _rig.BusyCore():
+            task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
+    else:
+        task.react(lambda reactor: defer.ensureDeferred(measure(reactor, options)))
     return 0
 
 

@@ -12,18 +12,31 @@ Durability, as the queue's rules need it (see :mod:`oauthmail.smtp.queue`):
 - Claims and outcomes commit without fsync (:func:`unsynced`): a killed
   process keeps them; a power failure may lose those written since the last
   synced commit, and such a message is simply ``queued`` again.
+
+Group commit: the hot writes (``enqueue``, ``claimDue``, ``recordOutcomes``)
+go through one :class:`~oauthmail.db.batch.Batcher`. A lone write goes at
+once; the writes asked for while a batch is in the writing thread go
+together next, in ONE transaction, synced if any of them must be (so an
+enqueue and the outcomes waiting beside it share one fsync), each in a
+savepoint of its own so that one failing for a reason of its own is undone
+and failed alone. An error that says the file cannot be written fails the
+whole batch, whose ``COMMIT`` would fail anyway. Each caller's Deferred fires
+after the shared ``COMMIT``. The other writes are rare and go alone.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oauthmail.db.sqlite.connection import transaction, unsynced
+from oauthmail.db.batch import Batcher
+from oauthmail.db.sqlite.connection import isUnwritable, sqliteError, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.db.sqlite.outbox_doubt import (
     clearDoubt,
@@ -57,6 +70,8 @@ class SQLiteOutbox:
 
     def __init__(self, database: ISQLiteDatabase) -> None:
         self._database = database
+        convert = sqliteError(database.path)
+        self._writes = Batcher(database.runWrite, lambda conn, ops: _writeBatch(conn, ops, convert))
 
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self._database.path}>"
@@ -64,8 +79,12 @@ class SQLiteOutbox:
     def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         return self._database.runWrite(func, *args)
 
+    def _write(self, func: Callable[..., T], synced: bool, *args: object) -> defer.Deferred[T]:
+        """A hot write, committed together with the others asked for meanwhile."""
+        return self._writes.submit((func, args, synced))
+
     def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
-        return self._run(_enqueue, message)
+        return self._write(_insert, True, message)
 
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
         return self._run(recover, now, policy)
@@ -77,7 +96,7 @@ class SQLiteOutbox:
         return self._run(_nextDue, account)
 
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
-        return self._run(_claimDue, account, now, limit)
+        return self._write(_claim, False, account, now, limit)
 
     def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
         return self._run(dueInDoubt, account, now, limit)
@@ -103,7 +122,7 @@ class SQLiteOutbox:
     def recordOutcomes(
         self, outcomes: Sequence[AttemptOutcome], now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(_recordOutcomes, list(outcomes), now, policy)
+        return self._write(_applyOutcomes, False, list(outcomes), now, policy)
 
     def recordFailure(
         self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
@@ -128,28 +147,72 @@ class SQLiteOutbox:
 
 # -- SQL (runs in the database's writing thread) ----------------------------------------
 
+#: One hot write: the function run inside the batch's transaction, its arguments,
+#: and whether its commit must reach the disk.
+_Op = tuple[Callable[..., Any], tuple[Any, ...], bool]
 
-def _enqueue(conn: sqlite3.Connection, message: OutboxEntry) -> None:
-    conn.execute("PRAGMA synchronous = FULL")  # the commit below reaches the disk
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
-            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (
-                message.id,
-                message.account,
-                message.mail_from,
-                message.data,
-                len(message.data),
-                message.queued_at,
-                message.queued_at,
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO outbound_recipients (message_id, position, recipient, state)"
-            " VALUES (?, ?, ?, 'pending')",
-            [(message.id, i, r) for i, r in enumerate(message.recipients)],
-        )
+
+def _writeBatch(
+    conn: sqlite3.Connection, ops: list[_Op], convert: Callable[[Failure], Failure]
+) -> list[Any]:
+    """Run ``ops`` in ONE transaction; per op its result or its ``Failure``.
+
+    Synced (``FULL``) if any op must be. A lone op needs no savepoint: its
+    failure is the whole batch's. Otherwise each op runs in a savepoint, so one
+    that fails is undone alone, unless the error says the file cannot be
+    written (see :func:`isUnwritable`): that fails them all.
+    """
+    if len(ops) == 1 and ops[0][0] is _claim:
+        # Alone, a claim that finds nothing due writes nothing: no transaction.
+        return [_claimDue(conn, *ops[0][1])]
+    synced = any(op[2] for op in ops)
+    if synced:
+        conn.execute("PRAGMA synchronous = FULL")  # the commit below reaches the disk
+    results: list[Any] = []
+    with nullcontext() if synced else unsynced(conn), transaction(conn):
+        if len(ops) == 1:
+            func, args, _ = ops[0]
+            return [func(conn, *args)]
+        for func, args, _ in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                result = func(conn, *args)
+            except Exception as e:
+                if isinstance(e, sqlite3.Error) and isUnwritable(e):
+                    raise
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                failure = Failure(e)
+                try:
+                    results.append(convert(failure))
+                except Exception:  # convert raises the StoreError it made
+                    results.append(Failure())
+                continue
+            conn.execute("RELEASE op")
+            results.append(result)
+    return results
+
+
+def _insert(conn: sqlite3.Connection, message: OutboxEntry) -> None:
+    """Store a queued message (in the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
+        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+        (
+            message.id,
+            message.account,
+            message.mail_from,
+            message.data,
+            len(message.data),
+            message.queued_at,
+            message.queued_at,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO outbound_recipients (message_id, position, recipient, state)"
+        " VALUES (?, ?, ?, 'pending')",
+        [(message.id, i, r) for i, r in enumerate(message.recipients)],
+    )
 
 
 def _recordRefusals(
@@ -195,7 +258,7 @@ def _nextDue(conn: sqlite3.Connection, account: str) -> float | None:
 
 
 def _fetchDue(
-    conn: sqlite3.Connection, account: str, now: float, limit: int
+    conn: sqlite3.Connection, account: str, now: float, limit: int, inTransaction: bool = False
 ) -> list[OutboxMessage]:
     rows = conn.execute(
         "SELECT id, mail_from, message FROM outbound WHERE account = ? AND state = 'queued'"
@@ -214,7 +277,7 @@ def _fetchDue(
             )
         )
         if not recipients:  # pragma: no cover - a final state is written with the last one
-            with transaction(conn):
+            with nullcontext() if inTransaction else transaction(conn):
                 writeFinal(conn, message_id, None)
             continue
         batch.append(OutboxMessage(message_id, mail_from, recipients, bytes(message)))
@@ -224,26 +287,34 @@ def _fetchDue(
 def _claimDue(
     conn: sqlite3.Connection, account: str, now: float, limit: int
 ) -> list[OutboxMessage]:
-    """The due messages (at most ``limit``), marked ``sending`` in one transaction."""
+    """A claim on its own: read first, and mark in an (unsynced) transaction only if due."""
     batch = _fetchDue(conn, account, now, limit)
     if batch:
         with unsynced(conn), transaction(conn):
-            conn.executemany(
-                "UPDATE outbound SET state = 'sending' WHERE id = ? AND state = 'queued'",
-                [(m.id,) for m in batch],
-            )
+            _markSending(conn, batch)
     return batch
 
 
-def _recordOutcomes(
+def _markSending(conn: sqlite3.Connection, batch: list[OutboxMessage]) -> None:
+    conn.executemany(
+        "UPDATE outbound SET state = 'sending' WHERE id = ? AND state = 'queued'",
+        [(m.id,) for m in batch],
+    )
+
+
+def _claim(conn: sqlite3.Connection, account: str, now: float, limit: int) -> list[OutboxMessage]:
+    """The due messages (at most ``limit``), marked ``sending`` (in the caller's transaction)."""
+    batch = _fetchDue(conn, account, now, limit, inTransaction=True)
+    if batch:
+        _markSending(conn, batch)
+    return batch
+
+
+def _applyOutcomes(
     conn: sqlite3.Connection, batch: list[AttemptOutcome], now: float, policy: IDeliveryPolicy
 ) -> list[DeliveryStatus]:
-    """Record several messages' outcomes in one (unsynced) transaction: group commit."""
-    changed = []
-    with unsynced(conn), transaction(conn):
-        for outcome in batch:
-            if _applyOutcome(conn, outcome, now, policy):
-                changed.append(outcome.message_id)
+    """Record several messages' outcomes (in the caller's transaction): the changed statuses."""
+    changed = [o.message_id for o in batch if _applyOutcome(conn, o, now, policy)]
     return [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
 
 

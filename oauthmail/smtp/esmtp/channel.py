@@ -49,6 +49,12 @@ class ICommandChannel(Interface):
     def sendContent(payload: bytes, handler: ReplyHandler) -> None:
         """Send a message's DATA content, final dot included, and wait for the dot's reply."""
 
+    def sendChunk(lines: Sequence[bytes], payload: bytes, handlers: Sequence[ReplyHandler]) -> None:
+        """Send command lines, the last a ``BDAT``, then its ``payload``, in one write.
+
+        One handler per line; the ``BDAT`` line's reply comes after the payload.
+        """
+
     def startTLS() -> None:
         """Switch to TLS now (after the server's ``220`` to STARTTLS)."""
 

@@ -18,6 +18,14 @@ Rules a reader must not break:
   message instead of four. The next group is *not* sent behind the content's
   final dot, although RFC 2920 allows it: Dovecot 2.3's submission service then
   never answers the dot. At most one message is in flight.
+- With ``CHUNKING`` (RFC 3030) as well, a message for ONE recipient goes out as
+  ``MAIL FROM``, ``RCPT TO`` and ``BDAT <size> LAST`` plus its content in one
+  write: one round trip. ``beforeData`` runs before that write. Only for one
+  recipient, because its content leaves before the ``RCPT`` reply is known: a
+  refused single recipient means the server takes nothing (the ``BDAT`` is
+  refused), so no copy can turn up in Sent for it; with several recipients a
+  refused one must be recorded before the content goes out, so those messages
+  take the ``DATA`` way.
 - No ``RSET`` after a completed ``DATA`` (RFC 5321 4.1.1.4: the transaction is
   over); ``RSET`` after a transaction that ended before its content.
 - A quota or rate-limit reply (:data:`oauthmail.smtp.outcomes.QUOTA`) lets the
@@ -45,7 +53,7 @@ from oauthmail.smtp.esmtp.results import (
     SessionError,
 )
 from oauthmail.smtp.esmtp.transaction import Transaction
-from oauthmail.smtp.esmtp.wire import wireData
+from oauthmail.smtp.esmtp.wire import bdatCommand, chunkData, wireData
 from oauthmail.smtp.outcomes import Step
 from oauthmail.text import cleanText
 
@@ -93,15 +101,21 @@ class MailPipeline:
         self._current: Transaction | None = None
         self._stop: SessionError | None = None
         self.pipelined = False
+        self.chunking = False
 
     @property
     def unfinished(self) -> bool:
         """True while a message is in flight or waiting to be sent."""
         return self._current is not None or bool(self._pending)
 
-    def start(self, pipelined: bool) -> None:
-        """The session is open: send the first message (``pipelined``: RFC 2920 groups)."""
+    def start(self, pipelined: bool, chunking: bool = False) -> None:
+        """The session is open: send the first message.
+
+        ``pipelined``: RFC 2920 groups; ``chunking`` (with ``pipelined`` only):
+        one-recipient messages as one ``BDAT ... LAST`` write.
+        """
         self.pipelined = pipelined
+        self.chunking = pipelined and chunking
         self._next()
 
     def lost(self) -> None:
@@ -153,7 +167,9 @@ class MailPipeline:
                 self._record(txn.unsendable())
                 continue
             self._current = txn
-            if self.pipelined:
+            if self.chunking and len(txn.message.recipients) == 1:
+                self._sendChunked(txn)
+            elif self.pipelined:
                 self._sendGroup(txn)
             else:
                 self._lockStart(txn)
@@ -230,6 +246,35 @@ class MailPipeline:
             self._end(txn, txn.noneAccepted(), reset=True)
         else:
             self._end(txn, txn.dataRefused(reply), reset=True)
+
+    # -- one write per message (RFC 3030 with RFC 2920) ----------------------------------
+
+    def _sendChunked(self, txn: Transaction) -> None:
+        def send() -> None:
+            txn.contentSent = True
+            payload = chunkData(txn.message.data)
+            lines = [txn.mailLine, txn.rcptLines[0], bdatCommand(len(payload))]
+            handlers: list[Callable[[Reply], None]] = [
+                txn.mailReply,
+                lambda reply: txn.rcptReply(0, reply),
+                lambda reply: self._chunkReply(txn, reply),
+            ]
+            self._channel.sendChunk(lines, payload, handlers)
+
+        def heldBack(why: str) -> None:
+            self._end(txn, txn.notSent(why))  # nothing went out: nothing to reset
+
+        self._gate(txn, send, heldBack)
+
+    def _chunkReply(self, txn: Transaction, reply: Reply) -> None:
+        """The reply to ``BDAT ... LAST``: what the final dot's reply would have said."""
+        if not txn.mailOk:
+            self._end(txn, txn.mailRefused(), reset=True)
+        elif not txn.accepted:
+            self._end(txn, txn.noneAccepted(), reset=True)
+        else:
+            outcome = txn.completed(reply)
+            self._end(txn, outcome, reset=not outcome.accepted)
 
     # -- shared steps -------------------------------------------------------------------
 

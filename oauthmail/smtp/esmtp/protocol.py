@@ -100,6 +100,8 @@ class ESMTPClientProtocol(Protocol):
     :param more: asked for further messages when the batch runs out.
     :param server: the server's configuration, to name it in errors.
     :param pipelining: use ``PIPELINING`` when the server offers it.
+    :param chunking: with ``PIPELINING``, send one-recipient messages as one
+        ``BDAT ... LAST`` write when the server offers ``CHUNKING``.
     :param limits: the bounds on replies.
     """
 
@@ -117,6 +119,7 @@ class ESMTPClientProtocol(Protocol):
         more: More | None = None,
         server: ServerConfig | None = None,
         pipelining: bool = True,
+        chunking: bool = True,
         limits: ReplyLimits | None = None,
     ) -> None:
         self._clock = clock
@@ -124,6 +127,7 @@ class ESMTPClientProtocol(Protocol):
         self._replyTimeout = replyTimeout
         self._onOutcome = onOutcome
         self._usePipelining = pipelining
+        self._useChunking = chunking
         self._parser = ReplyParser(limits)
         self._handlers: deque[ReplyHandler] = deque()
         self._deadline: IDelayedCall | None = None
@@ -226,12 +230,27 @@ class ESMTPClientProtocol(Protocol):
         self.transport.write(_CRLF.join(lines) + _CRLF)
         self._arm()
 
+    def sendChunk(
+        self, lines: Sequence[bytes], payload: bytes, handlers: Sequence[ReplyHandler]
+    ) -> None:
+        self._handlers.extend(handlers)
+        self._arm()
+        head = _CRLF.join(lines) + _CRLF
+        if len(payload) <= ONE_WRITE:
+            self.transport.write(head + payload)
+            return
+        self.transport.write(head)
+        self._sendLarge(payload)
+
     def sendContent(self, payload: bytes, handler: ReplyHandler) -> None:
         self._handlers.append(handler)
         self._arm()
         if len(payload) <= ONE_WRITE:
             self.transport.write(payload)
             return
+        self._sendLarge(payload)
+
+    def _sendLarge(self, payload: bytes) -> None:
         # Large content goes out chunk by chunk; each chunk taken moves the deadline.
         sender = FileSender()
         d = sender.beginFileTransfer(io.BytesIO(payload), self.transport, self._wrote)
@@ -279,7 +298,10 @@ class ESMTPClientProtocol(Protocol):
 
     def _opened(self, extensions: dict[bytes, bytes]) -> None:
         self.phase = Phase.SENDING
-        self.pipeline.start(self._usePipelining and b"PIPELINING" in extensions)
+        self.pipeline.start(
+            self._usePipelining and b"PIPELINING" in extensions,
+            self._useChunking and b"CHUNKING" in extensions,
+        )
 
     def _quit(self) -> None:
         self.phase = Phase.QUITTING

@@ -11,7 +11,7 @@ Pure functions. Rules a reader must not break:
 
 from __future__ import annotations
 
-__all__ = ["encodeAddress", "mailCommand", "rcptCommand", "wireData"]
+__all__ = ["bdatCommand", "chunkData", "encodeAddress", "mailCommand", "rcptCommand", "wireData"]
 
 _FORBIDDEN = frozenset(range(0x20)) | {0x7F, ord("<"), ord(">")}
 
@@ -36,6 +36,24 @@ def rcptCommand(recipient: str) -> bytes:
     return b"RCPT TO:" + encodeAddress(recipient)
 
 
+def chunkData(message: bytes) -> bytes:
+    """The ``BDAT`` payload for ``message`` (RFC 3030): CRLF line ends, ending in CRLF.
+
+    Line ends as in :func:`wireData`, but no dot-stuffing: ``BDAT`` counts
+    octets, so a line holding only ``.`` is content like any other.
+    """
+    if not message:
+        return b""
+    trailingCR = message.endswith(b"\r")
+    if trailingCR:
+        message = message[:-1]
+    if message.count(b"\n") != message.count(b"\r\n"):  # a bare LF: normalise the line ends
+        message = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if trailingCR or not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message
+
+
 def wireData(message: bytes) -> bytes:
     """The DATA payload for ``message``: CRLF line ends, dot-stuffed, ending in CRLF.
 
@@ -43,15 +61,15 @@ def wireData(message: bytes) -> bytes:
     is, and a CR at the very end ends the last line (it becomes the CRLF).
     The final ``.`` line is not included.
     """
-    if not message:
+    data = chunkData(message)
+    if not data:
         return b""
-    trailingCR = message.endswith(b"\r")
-    if trailingCR:
-        message = message[:-1]
-    data = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if trailingCR or not data.endswith(b"\r\n"):
-        data += b"\r\n"
     data = data.replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         data = b"." + data
     return data
+
+
+def bdatCommand(size: int) -> bytes:
+    """``BDAT <size> LAST``: the whole content as one last chunk."""
+    return b"BDAT %d LAST" % size

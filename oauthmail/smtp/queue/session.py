@@ -77,6 +77,10 @@ async def sendSession(
         return defer.ensureDeferred(_recordRefusals(parts, room, message.id, refused))
 
     writes: list[defer.Deferred[None]] = []
+    # Whether the last claim may have left due messages behind (it took all it
+    # could): only then, or after a wake-up, is it worth asking the outbox again
+    # before lingering. A claim that finds nothing is a database trip for naught.
+    full = [len(batch) >= settings.batch_size]
 
     def claim(limit: int) -> defer.Deferred[list[OutboxMessage]]:
         # What the outbox marked 'sending' reaches loop.claimed even if the
@@ -87,6 +91,7 @@ async def sendSession(
         def landed(result: Any) -> None:
             if not isinstance(result, Failure):
                 loop.claimed.extend(result)
+                full[0] = len(result) >= limit
             if outer.called:
                 return
             if isinstance(result, Failure):
@@ -105,23 +110,29 @@ async def sendSession(
         ):
             return []
         limit = min(settings.batch_size, settings.session_limit - len(loop.claimed))
-        more = await claim(limit)
+        if loop.again or full[0] or settings.linger <= 0:
+            loop.again = False
+            more = await claim(limit)
+        else:
+            more = []  # nothing queued since the last claim, which took everything due
         if not more and settings.linger > 0:
             # Keep the session for messages being queued right now (a burst
-            # from a local client) rather than paying for a new one.
-            loop.again = False
-            loop.wakeup = defer.Deferred()
-            timer = parts.clock.callLater(settings.linger, loop.wakeup.callback, None)
-            try:
-                await loop.wakeup
-            except defer.CancelledError:
-                return []
-            finally:
-                loop.wakeup = None
-                if timer.active():
-                    timer.cancel()
+            # from a local client) rather than paying for a new one. A wake-up
+            # that came during the claim above is not waited for again.
+            if not loop.again:
+                loop.wakeup = defer.Deferred()
+                timer = parts.clock.callLater(settings.linger, loop.wakeup.callback, None)
+                try:
+                    await loop.wakeup
+                except defer.CancelledError:
+                    return []
+                finally:
+                    loop.wakeup = None
+                    if timer.active():
+                        timer.cancel()
             if not parts.running() or not loop.again:
                 return []
+            loop.again = False
             more = await claim(limit)
         return more
 
