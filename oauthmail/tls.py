@@ -49,7 +49,18 @@ def tlsOptions(server: ServerConfig) -> Any:
             port=server.port,
         )
         return CertificateOptions(verify=False)
-    trustRoot: Any = _caCertificate(server.ca_file) if server.ca_file else platformTrust()
+    return _verifyingOptions(name, server.ca_file)
+
+
+@functools.lru_cache(maxsize=64)
+def _verifyingOptions(name: str, caFile: str | None) -> Any:
+    """One verifying ``ClientTLSOptions`` per server name and trust root, shared.
+
+    Each holds an OpenSSL context with the trust store loaded; a connection
+    only takes a new TLS connection object from it. Built per connection, a
+    thousand watched mailboxes carried a thousand contexts.
+    """
+    trustRoot: Any = _caCertificate(caFile) if caFile else platformTrust()
     return optionsForClientTLS(name, trustRoot=trustRoot)
 
 

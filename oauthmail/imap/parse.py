@@ -16,6 +16,7 @@ Rules a reader must not break:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Union
@@ -24,6 +25,7 @@ __all__ = [
     "ResponseCode",
     "Token",
     "astring",
+    "capabilitySet",
     "parseFetchItems",
     "parseList",
     "parseSearch",
@@ -188,3 +190,13 @@ def astring(value: bytes) -> bytes:
     if not _QUOTABLE.match(value):
         raise ValueError("only printable ASCII can be sent as a quoted string")
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+@functools.lru_cache(maxsize=64)
+def capabilitySet(line: bytes) -> frozenset[bytes]:
+    """The upper-cased atoms of a CAPABILITY line.
+
+    Remembered for the last lines seen, so every connection to one server
+    shares one set (about 4 KB) instead of holding a copy per watched mailbox.
+    """
+    return frozenset(a.upper() for a in line.split())

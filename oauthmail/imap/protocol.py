@@ -54,7 +54,7 @@ from oauthmail.imap.errors import (
 )
 from oauthmail.imap.idle import IdleEvent, IdleSession
 from oauthmail.imap.limits import IMAPLimits
-from oauthmail.imap.parse import ResponseCode, splitResponseCode
+from oauthmail.imap.parse import ResponseCode, capabilitySet, splitResponseCode
 from oauthmail.imap.wire import ResponseReader
 from oauthmail.text import cleanText
 
@@ -324,7 +324,7 @@ class IMAPClientProtocol(Protocol):
         if kind in (b"OK", b"NO", b"BAD", b"PREAUTH", b"BYE"):
             self._status(kind, after)
         elif kind == b"CAPABILITY":
-            self.capabilities = frozenset(a.upper() for a in after.split())
+            self.capabilities = capabilitySet(after)
         elif kind in (b"SEARCH", b"LIST", b"ESEARCH"):
             self._collect(kind, texts, literals)
         # FLAGS, ENABLED, ID, NAMESPACE, STATUS...: nothing oauthmail needs.
@@ -386,7 +386,7 @@ class IMAPClientProtocol(Protocol):
 
     def _code(self, code: ResponseCode, cmd: Command | None, text: bytes) -> None:
         if code.name == "CAPABILITY":
-            self.capabilities = frozenset(a.upper() for a in code.args.split())
+            self.capabilities = capabilitySet(code.args)
         elif code.name == "ALERT":
             self.lastAlert = cleanText(text) or None
         if cmd is not None and len(cmd.result.codes) < _MAX_CODES:
