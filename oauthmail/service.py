@@ -69,6 +69,8 @@ class OAuthMailService(MultiService):
         self.tokens: Any = None
         self.refresher: Any = None
         self.watchers: dict[str, Any] = {}
+        #: One gate for every IMAP watcher: sessions are opened a few at a time.
+        self._openingGate: Any = None
         self.queue: Any = None
         self.sender: Any = None
         self.submission_port: IListeningPort | None = None
@@ -204,9 +206,12 @@ class OAuthMailService(MultiService):
     async def _startWatcher(self, account: AccountConfig) -> None:
         from oauthmail.imap.limits import IMAPLimits
         from oauthmail.imap.watcher import AccountWatcher
+        from oauthmail.imap.watcher.gate import OpeningGate
         from oauthmail.sinks.factory import makeSink
 
         assert account.imap is not None and self.stores is not None
+        if self._openingGate is None:
+            self._openingGate = OpeningGate()
         try:
             sink = makeSink(account.imap.sink, self.reactor)
             watcher = AccountWatcher(
@@ -217,6 +222,7 @@ class OAuthMailService(MultiService):
                 self.reactor,
                 health=self.health,
                 limits=IMAPLimits(maxMessageSize=account.imap.max_message_size),
+                gate=self._openingGate,
             )
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"

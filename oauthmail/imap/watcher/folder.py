@@ -19,7 +19,11 @@ Rules a reader must not break:
   :mod:`oauthmail.health`) is reported through :meth:`FolderWatcher.reportCondition`
   only: ``ok`` once a folder is selected, ``retrying`` after a failed session,
   ``error`` when the server refused a freshly refreshed token;
-* one session's failure is one log line (:class:`~.report.FolderReport`).
+* one session's failure is one log line (:class:`~.report.FolderReport`);
+* with an :class:`~.gate.OpeningGate` (shared by the daemon's watchers) a
+  session is opened only in a slot of the gate, held from the connect until
+  the folder is selected or the attempt failed: no thundering herd at start
+  or after a server restart.
 
 The round itself is :mod:`.sync`, the waiting :mod:`.wait`.
 """
@@ -42,6 +46,7 @@ from oauthmail.imap.errors import IMAPAuthenticationError, IMAPProtocolError
 from oauthmail.imap.limits import IMAPLimits
 from oauthmail.imap.watcher.deliver import BatchDelivery
 from oauthmail.imap.watcher.dispose import Disposer
+from oauthmail.imap.watcher.gate import GateTicket, OpeningGate
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.imap.watcher.sync import FolderSync
 from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
@@ -108,7 +113,8 @@ class FolderWatcher:
     :func:`~oauthmail.imap.connect.connectIMAP` signature; tests pass fakes).
     ``retryPolicy(attempt)`` replaces the jittered backoff with fixed delays
     (tests); ``limits`` bounds what the server may make us hold (its
-    ``maxMessageSize`` is the account's maximum message size).
+    ``maxMessageSize`` is the account's maximum message size); ``gate``
+    spaces the openings of sessions out (see the module docstring).
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class FolderWatcher:
         batchBytes: int = DEFAULT_BATCH_BYTES,
         backoffBase: float = 1.0,
         backoffCap: float = 300.0,
+        gate: OpeningGate | None = None,
     ) -> None:
         assert account.imap is not None and account.profile.imap is not None
         self.account = account
@@ -180,6 +187,8 @@ class FolderWatcher:
         self._stopping = False
         self._running: defer.Deferred[None] | None = None
         self._sleep: defer.Deferred[None] | None = None
+        self.gate = gate
+        self._ticket: GateTicket | None = None
 
     @property
     def name(self) -> str:
@@ -225,6 +234,8 @@ class FolderWatcher:
         self.waiter.cancel()
         if self._sleep is not None and not self._sleep.called:
             self._sleep.cancel()
+        if self._ticket is not None:
+            self._ticket.entered.cancel()  # waiting for a slot: stop waiting
         if self.client is not None:
             self.client.close()
         if running is None:
@@ -329,9 +340,20 @@ class FolderWatcher:
         report.state = "connecting"
         token = await self.tokens.accessToken(self.account.name)
         self._checkStopping()
-        client = await self._connect(
-            self.reactor, self.server, self.connectTimeout, limits=self.limits
-        )
+        if self.gate is not None:
+            self._ticket = self.gate.enter()
+            try:
+                await self._ticket.entered
+            except BaseException:
+                self._leaveGate()
+                raise
+        try:
+            client = await self._connect(
+                self.reactor, self.server, self.connectTimeout, limits=self.limits
+            )
+        except BaseException:
+            self._leaveGate()
+            raise
         self.client = client
         report.sessions += 1
         started = self.reactor.seconds()
@@ -347,6 +369,7 @@ class FolderWatcher:
                 caps = await client.capability()
             report.state = "selecting"
             info = await client.selectFolder(self.folder.name)
+            self._leaveGate()
             report.lastError = None
             await self.reportCondition("ok", None)
             await self._noteUIDValidity(info.uidvalidity)
@@ -363,10 +386,17 @@ class FolderWatcher:
                 report.state = "waiting"
                 await self.waiter.wait(client, caps, retry)
         finally:
+            self._leaveGate()
             if healthy is not None and healthy.active():
                 healthy.cancel()
             self.client = None
             client.close()
+
+    def _leaveGate(self) -> None:
+        """Give the opening slot back, if this session holds one (any number of calls)."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.leave()
 
     # -- authentication and the account's state ---------------------------------------------
 
