@@ -45,7 +45,7 @@ from twisted.internet import defer, threads
 
 from oauthmail.health import AccountHealth
 from oauthmail.testing.certs import TestCertificates, generateTestCertificates
-from oauthmail.testing.dovecot import DovecotServer
+from oauthmail.testing.dovecot import DovecotLimits, DovecotServer
 from oauthmail.testing.provider import TestOAuthProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,12 +265,15 @@ def startRig(
     withFinalHop: bool = True,
     authFailureDelay: int = 0,
     accessTokenLifetime: float = 3600.0,
+    connections: int = 100,
 ) -> Rig:
     """Start provider, final hop and Dovecot; returns once Dovecot greets (about 0.2 s).
 
     Synchronous: call it with the reactor running or not. ``authFailureDelay``
     is 0 here (a benchmark measures throughput, not Dovecot's punishment of
-    bad tokens). Always ``await rig.stop()`` (a ``try/finally``).
+    bad tokens); ``connections`` sizes Dovecot's limits
+    (:meth:`~oauthmail.testing.dovecot.DovecotLimits.forConnections`). Always
+    ``await rig.stop()`` (a ``try/finally``).
     """
     provider = TestOAuthProvider(access_token_lifetime=accessTokenLifetime)
     provider.registerClient(CLIENT_ID, CLIENT_SECRET)
@@ -293,6 +296,8 @@ def startRig(
             relayHost="127.0.0.1",
             relayPort=hop.port if hop is not None else None,
             authFailureDelay=authFailureDelay,
+            limits=DovecotLimits.forConnections(connections),
+            startTimeout=30.0,
         )
         dovecot.start()
     except BaseException:

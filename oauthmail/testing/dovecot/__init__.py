@@ -1,5 +1,6 @@
 """Run a private, real Dovecot for tests and demos (see :mod:`.server`)."""
 
+from oauthmail.testing.dovecot.limits import DovecotLimits
 from oauthmail.testing.dovecot.server import PACKAGED_TEMPLATES, DovecotServer, render
 from oauthmail.testing.dovecot.system import (
     LOOPBACK,
@@ -14,6 +15,7 @@ from oauthmail.testing.dovecot.system import (
 __all__ = [
     "LOOPBACK",
     "PACKAGED_TEMPLATES",
+    "DovecotLimits",
     "DovecotPorts",
     "DovecotServer",
     "DovecotStartError",

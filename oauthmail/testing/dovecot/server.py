@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from oauthmail.testing.certs import SERVER_NAME, TestCertificates
+from oauthmail.testing.dovecot.limits import DovecotLimits
 from oauthmail.testing.dovecot.system import (
     LOOPBACK,
     DovecotPorts,
@@ -97,6 +98,8 @@ class DovecotServer:
         0 speeds up tests that fail logins on purpose).
     :param mailUser: system user that owns the mail when run as root
         (default ``nobody``); ignored when not root.
+    :param limits: connection and process limits (:class:`DovecotLimits`;
+        ``DovecotLimits.forConnections(1000)`` for a thousand idling clients).
     """
 
     host = LOOPBACK
@@ -118,6 +121,7 @@ class DovecotServer:
         mailUser: str | None = None,
         startTimeout: float = 10.0,
         ports: DovecotPorts | None = None,
+        limits: DovecotLimits | None = None,
     ) -> None:
         self.templateDir = Path(templateDir)
         #: Fixed ports (to restart "the same server", e.g. after an outage test);
@@ -136,6 +140,7 @@ class DovecotServer:
         self.authFailureDelay = authFailureDelay
         self._mailUserName = mailUser
         self.startTimeout = startTimeout
+        self.limits = limits or DovecotLimits()
         self._process: subprocess.Popen[bytes] | None = None
         self.ports: DovecotPorts | None = None
         self.workDir: Path | None = None
@@ -257,8 +262,9 @@ class DovecotServer:
         masterUsers = self._path("etc", "master-users")
         masterUsers.write_text(f"{self.masterUser}:{{PLAIN}}{self.masterPassword}::::::\n")
         relayPort = self.relayPort if self.relayPort is not None else _freePorts(1)[0]
+        template = (self.templateDir / _TEMPLATE).read_text()
         config = render(
-            (self.templateDir / _TEMPLATE).read_text(),
+            template,
             {
                 "INSTANCE_NAME": f"oauthmail-test-{ports.imap}",
                 "BASE_DIR": self.baseDir,
@@ -281,9 +287,17 @@ class DovecotServer:
                 "SUBMISSIONS_PORT": ports.submissions,
                 "RELAY_HOST": self.relayHost,
                 "RELAY_PORT": relayPort,
+                **self._limitValues(template),
             },
         )
         self.configPath.write_text(config)
+
+    def _limitValues(self, template: str) -> dict[str, object]:
+        """The limits' placeholders; a template from before them still works with the defaults."""
+        values = self.limits.values()
+        if self.limits == DovecotLimits():
+            return {name: v for name, v in values.items() if f"@{name}@" in template}
+        return values
 
     def _waitUntilListening(self) -> None:
         """Block until every listener answers with a greeting.
