@@ -901,3 +901,17 @@ def test_plan_batches_by_count_and_bytes():
     assert planBatches([1, 2, 3, 4, 5, 6], sizes, 3, 30) == [[1, 2], [3], [4, 5, 6]]
     assert planBatches([1, 2, 3, 4, 5, 6], sizes, 2, 1000) == [[1, 2], [3, 4], [5, 6]]
     assert planBatches([], sizes, 2, 10) == []
+
+
+def test_the_waiter_says_whether_the_server_accepted_idle():
+    """waiter.idling is True only while an accepted IDLE runs: not after BYE, not when stopped."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    assert not watcher.waiter.idling
+    watcher.start()
+    assert watcher.waiter.idling
+    server.clients[0].bye("going away")
+    assert watcher.state == "backoff" and not watcher.waiter.idling
+    clock.advance(5.0)
+    assert watcher.waiter.idling
+    watcher.stop()
+    assert not watcher.waiter.idling

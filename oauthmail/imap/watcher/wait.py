@@ -69,6 +69,8 @@ class MailWaiter:
     def __init__(self, clock: IReactorTime, imap: AccountImapConfig) -> None:
         self.clock = clock
         self.imap = imap
+        #: True while the server has accepted our IDLE (its ``+``) and it has not ended.
+        self.idling = False
         self._pending: defer.Deferred[Any] | None = None
 
     def cancel(self) -> None:
@@ -98,6 +100,7 @@ class MailWaiter:
         limit = IDLE_RENEW if retry is None else min(retry, IDLE_RENEW)
         call = self.clock.callLater(limit, lambda: woke.called or woke.callback("timer"))
         ended = idling.whenEnded()
+        self.idling = True
         try:
             await defer.DeferredList(
                 [woke, ended], fireOnOneCallback=True, fireOnOneErrback=True, consumeErrors=True
@@ -105,6 +108,7 @@ class MailWaiter:
         except defer.CancelledError:
             raise Stopped() from None
         finally:
+            self.idling = False
             self._pending = None
             if call.active():
                 call.cancel()
