@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from twisted.internet import defer, threads
 
 from oauthmail.health import AccountHealth
 from oauthmail.testing.certs import TestCertificates, generateTestCertificates
-from oauthmail.testing.dovecot import DovecotLimits, DovecotServer
+from oauthmail.testing.dovecot import DovecotLimits, DovecotPorts, DovecotServer
 from oauthmail.testing.provider import TestOAuthProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,21 @@ class Rig:
     certs: TestCertificates
     certDir: Path
     finalHop: Any = None
+    #: Builds a Dovecot like the first on the same mail (given ports: the same ports).
+    makeDovecot: Callable[[DovecotPorts | None], DovecotServer] | None = None
+    dovecotDir: Path | None = None
     _stopped: bool = field(default=False, repr=False)
+
+    def restartDovecot(self) -> None:
+        """Stop Dovecot (every connection drops), start it again on the same ports and mail.
+
+        Blocking (a second or two); the mailboxes and their UIDs stay.
+        """
+        assert self.makeDovecot is not None
+        ports = self.dovecot.ports
+        self.dovecot.stop()
+        self.dovecot = self.makeDovecot(ports)
+        self.dovecot.start()
 
     def issueToken(self, user: str) -> str:
         """A fresh access token for ``user`` (valid for an hour)."""
@@ -251,6 +265,8 @@ class Rig:
         self._stopped = True
         self.dovecot.stop()
         shutil.rmtree(self.certDir, ignore_errors=True)
+        if self.dovecotDir is not None:
+            shutil.rmtree(self.dovecotDir, ignore_errors=True)
         waits = [self.provider.stop()]
         if self.finalHop is not None:
             waits.append(self.finalHop.stop())
@@ -280,6 +296,7 @@ def startRig(
     provider.listen(reactor)
     hop = None
     certDir = Path(tempfile.mkdtemp(prefix="oauthmail-bench-certs-"))
+    dovecotDir = Path(tempfile.mkdtemp(prefix="oauthmail-bench-dovecot-"))
     try:
         if withFinalHop:
             if str(ROOT) not in sys.path:
@@ -289,24 +306,31 @@ def startRig(
             hop = FinalHop()
             hop.listen(reactor)
         certs = generateTestCertificates(certDir)
-        dovecot = DovecotServer(
-            TEMPLATES,
-            provider.introspection_endpoint,
-            certs,
-            relayHost="127.0.0.1",
-            relayPort=hop.port if hop is not None else None,
-            authFailureDelay=authFailureDelay,
-            limits=DovecotLimits.forConnections(connections),
-            startTimeout=30.0,
-        )
+
+        def makeDovecot(ports: DovecotPorts | None = None) -> DovecotServer:
+            return DovecotServer(
+                TEMPLATES,
+                provider.introspection_endpoint,
+                certs,
+                workDir=dovecotDir,
+                relayHost="127.0.0.1",
+                relayPort=hop.port if hop is not None else None,
+                authFailureDelay=authFailureDelay,
+                limits=DovecotLimits.forConnections(connections),
+                startTimeout=30.0,
+                ports=ports,
+            )
+
+        dovecot = makeDovecot()
         dovecot.start()
     except BaseException:
         provider.stop()
         if hop is not None:
             hop.stop()
         shutil.rmtree(certDir, ignore_errors=True)
+        shutil.rmtree(dovecotDir, ignore_errors=True)
         raise
-    rig = Rig(reactor, provider, dovecot, certs, certDir, hop)
+    rig = Rig(reactor, provider, dovecot, certs, certDir, hop, makeDovecot, dovecotDir)
     # A benchmark stopped by a signal never reaches its ``finally``: stop the
     # private Dovecot when the reactor shuts down so it is never left behind.
     reactor.addSystemEventTrigger("before", "shutdown", rig.stop)

@@ -23,9 +23,20 @@ starts. It measures:
   untagged ``EXISTS`` (``bench.imap_idle``'s baseline side). Dovecot delays
   IDLE notifications by about half a second, which both sides pay.
 
-Afterwards every account's Maildir is counted: each appended message must be
-there exactly once. The line before the result says so (``check: ...``) and
-the script exits with status 1 if not.
+* **reconnect**: then Dovecot is restarted under the idling daemon (same
+  ports, same mail): every connection drops at once. The log says how long
+  until every account idles again and the most sessions opened within one
+  second (the gate and each watcher's jittered backoff spread them).
+
+"Idling" means the server accepted our IDLE (its ``+``:
+:attr:`~oauthmail.imap.watcher.wait.MailWaiter.idling`). Afterwards every
+account's Maildir is counted: each appended message must be there exactly
+once. The line before the result says so (``check: ...``) and the script
+exits with status 1 if not.
+
+``--check`` (the test suite runs it with 50 accounts) measures nothing: a
+message to every account, the restart, one more to every account, then the
+counts; it ends with the ``check:`` line, not a result line.
 
 The last line is ``bench idle_many: ratio=R ours=X baseline=Y unit=ms rss_mb=M
 accounts=N per_account_kb=K connect_s=S`` with ratio = baseline / ours (a
@@ -37,6 +48,7 @@ Usage::
     .venv/bin/python -m bench.idle_many                  # 1,000 accounts, ~2.5 min
     .venv/bin/python -m bench.idle_many --accounts 200
     .venv/bin/python -m bench.idle_many --quick          # 20 accounts, a few seconds
+    .venv/bin/python -m bench.idle_many --check --accounts 50   # counts only (the test)
 """
 
 from __future__ import annotations
@@ -150,12 +162,10 @@ def runDaemon() -> int:
         service.startService()
         await service.whenReady()
         folders = [f for w in service.watchers.values() for f in w.folders]
-        deadline = started + params["connect_timeout"]
-        while True:
-            watching = sum(1 for f in folders if f.state == "waiting")
-            if watching == len(folders) or time.monotonic() > deadline:
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
+        _, openedPerSecond = await _watch(
+            reactor, folders, lambda n: n == len(folders), params["connect_timeout"]
+        )
+        watching = idlingCount(folders)
         connected = time.monotonic() - started
         await task.deferLater(reactor, params["settle"], lambda: None)
         states: dict[str, int] = {}
@@ -169,6 +179,7 @@ def runDaemon() -> int:
             folders=len(folders),
             states=states,
             connect_s=connected,
+            opened_per_s=openedPerSecond,
             rss_before_mb=rssBefore,
             rss_mb=currentRSSMB(),
         )
@@ -190,16 +201,55 @@ def runDaemon() -> int:
                 await task.deferLater(reactor, seconds, lambda: None)
                 used, took = cpuSeconds() - before, time.monotonic() - at
                 say("cpu", cpu_s=used, seconds=took, rss_mb=currentRSSMB())
+            elif command == "restart":  # the parent restarts Dovecot now
+                await _watch(reactor, folders, lambda n: n < len(folders), 60.0)
+                took, peak = await _watch(
+                    reactor, folders, lambda n: n == len(folders), params["connect_timeout"]
+                )
+                say(
+                    "reconnected",
+                    reconnect_s=took,
+                    opened_per_s=peak,
+                    watching=idlingCount(folders),
+                    sessions=sum(f.sessions for f in folders),
+                )
             elif command == "states":
                 states = {}
                 for f in folders:
                     states[f.state] = states.get(f.state, 0) + 1
-                say("states", states=states, rss_mb=currentRSSMB())
+                say("states", states=states, watching=idlingCount(folders), rss_mb=currentRSSMB())
         await service.stopService()
         say("stopped", peak_rss_mb=_rig.peakRSSMB())
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     return 0
+
+
+def idlingCount(folders: list[Any]) -> int:
+    """How many folder watchers have an IDLE the server accepted (``+``) running now."""
+    return sum(1 for f in folders if f.waiter.idling)
+
+
+async def _watch(reactor: Any, folders: list[Any], done: Any, timeout: float) -> tuple[float, int]:
+    """Poll every 50 ms until ``done(idling count)`` or ``timeout`` seconds.
+
+    Returns the seconds it took and the most sessions opened within any one
+    second meanwhile (how staggered the connections were).
+    """
+    started = time.monotonic()
+    samples: list[tuple[float, int]] = []
+    while True:
+        now = time.monotonic()
+        samples.append((now, sum(f.sessions for f in folders)))
+        if done(idlingCount(folders)) or now - started > timeout:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    peak, first = 0, 0
+    for t, opened in samples:
+        while samples[first][0] < t - 1.0:
+            first += 1
+        peak = max(peak, opened - samples[first][1])
+    return time.monotonic() - started, peak
 
 
 def _topAllocations(before: Any, accounts: int, count: int = 25) -> list[str]:
@@ -250,7 +300,10 @@ class DaemonProcess:
                 return report
 
     def stop(self) -> dict[str, Any]:
+        """Stop the service and the process (again: nothing); its last report."""
         assert self._proc.stdin is not None
+        if self._proc.stdin.closed:
+            return {}
         self._proc.stdin.close()
         try:
             report = self.read("stopped")
@@ -316,6 +369,8 @@ def runProbe() -> int:
     from bench.imap_idle import _append, _appender
 
     payload = _rig.readChildInput()
+    if payload.get("burst"):
+        return _burst(payload)
     rng = random.Random(payload["seed"])  # noqa: S311 - a benchmark's shuffle
     order: list[int] = []
     while len(order) < payload["count"]:
@@ -343,6 +398,34 @@ def runProbe() -> int:
     return 0
 
 
+def _burst(payload: dict[str, Any]) -> int:
+    """APPEND ``per_account`` messages to every account back to back, waiting for none."""
+    from bench.imap_idle import _append, _appender
+
+    appended = {}
+    for index in range(payload["accounts"]):
+        appender = _appender({**payload, "user": userName(index)})
+        try:
+            for n in range(payload["per_account"]):
+                tag = f"{payload['burst']}-{index}"
+                _append(appender, _rig.makeMessage(n, tag, payload["size"]))
+        finally:
+            appender.logout()
+        appended[accountName(index)] = payload["per_account"]
+    _rig.emitChildResult({"latencies": [], "appended": appended})
+    return 0
+
+
+def waitDelivered(mail: Path, expected: dict[str, int], timeout: float) -> dict[str, int]:
+    """Count every account's Maildir until each holds ``expected`` (or ``timeout``); blocking."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = countDelivered(mail, len(expected))
+        if all(counts[a] >= n for a, n in expected.items()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
 def countDelivered(mail: Path, accounts: int) -> dict[str, int]:
     """How many files each account's Maildir holds (``new/`` and ``cur/``)."""
     counts = {}
@@ -360,6 +443,7 @@ def countDelivered(mail: Path, accounts: int) -> dict[str, int]:
 
 
 async def measure(reactor: Any, options: argparse.Namespace) -> int:
+    """Start the rig and the daemon, then run the measurements (or, ``--check``, the checks)."""
     accounts = options.accounts
     limit = raiseFileLimit(4 * accounts + 1024)
     log(f"{NAME}: {accounts} accounts; file descriptor limit {limit}")
@@ -387,92 +471,166 @@ async def measure(reactor: Any, options: argparse.Namespace) -> int:
                 log(f"{NAME}: {line}")
         watching = await threads.deferToThread(daemon.read, "watching")
         log(
-            f"{NAME}: {watching['watching']}/{watching['folders']} watching after"
-            f" {watching['connect_s']:.1f} s (states {watching['states']});"
+            f"{NAME}: {watching['watching']}/{watching['folders']} idling after"
+            f" {watching['connect_s']:.1f} s (states {watching['states']}; at most"
+            f" {watching['opened_per_s']} sessions opened in one second);"
             f" RSS {watching['rss_before_mb']:.1f} MB before start,"
             f" {watching['rss_mb']:.1f} MB settled"
         )
-        daemon.send(f"cpu {options.idle_seconds}")
-        cpu = await threads.deferToThread(daemon.read, "cpu")
-        idleShare = cpu["cpu_s"] / cpu["seconds"]
-        log(
-            f"{NAME}: idle daemon used {cpu['cpu_s']:.2f} s of CPU in {cpu['seconds']:.0f} s"
-            f" = {100 * idleShare:.2f} % of a core (goal < 5 %); RSS {cpu['rss_mb']:.1f} MB"
-        )
-        server = rig.server()
-        common = {
-            "server": server,
-            "master_user": rig.dovecot.masterUser,
-            "master_password": rig.dovecot.masterPassword,
-            "size": options.size,
-            "settle": 0.2,
-        }
-        probe = await _rig.runChild(
-            ["-m", "bench.idle_many", "--role", "probe"],
-            {
-                **common,
-                "accounts": accounts,
-                "count": options.messages,
-                "mail": str(workdir / "mail"),
-                "seed": options.seed,
-            },
-        )
-        baseline = await _rig.runChild(
-            ["-m", "bench.imap_idle", "--child", "baseline"],
-            {
-                **common,
-                "user": BASELINE_USER,
-                "token": rig.issueToken(BASELINE_USER),
-                "count": options.messages,
-            },
-        )
-        await task.deferLater(reactor, 2.0, lambda: None)  # a late duplicate would show by now
-        delivered = await threads.deferToThread(countDelivered, workdir / "mail", accounts)
-        daemon.send("states")
-        after = await threads.deferToThread(daemon.read, "states")
-        d, daemon = daemon, None
-        final = await threads.deferToThread(d.stop)
+        run = Run(reactor, options, rig, daemon, workdir)
+        if options.check:
+            return await run.check(watching)
+        return await run.measure(watching)
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
         await rig.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    appended = probe["appended"]
-    missing = sum(max(0, n - delivered.get(a, 0)) for a, n in appended.items())
-    twice = sum(max(0, delivered[a] - appended.get(a, 0)) for a in delivered)
-    exact = sum(1 for a, n in appended.items() if delivered.get(a, 0) == n)
-    ok = watching["watching"] == accounts and missing == 0 and twice == 0
-    ours = statistics.median(probe["latencies"]) * 1000
-    base = statistics.median(baseline["latencies"]) * 1000
-    for side, values in (("ours", probe["latencies"]), ("baseline", baseline["latencies"])):
-        lat = sorted(v * 1000 for v in values)
+
+
+class Run:
+    """One run's steps once every account idles (the daemon, rig and Maildirs are the caller's)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        options: argparse.Namespace,
+        rig: _rig.Rig,
+        daemon: DaemonProcess,
+        workdir: Path,
+    ) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.accounts = options.accounts
+        self.rig = rig
+        self.daemon = daemon
+        self.mail = workdir / "mail"
+        self.appended: dict[str, int] = {}
+
+    def common(self) -> dict[str, Any]:
+        """What an APPENDing child needs (read anew: a restarted Dovecot is a new object)."""
+        return {
+            "server": self.rig.server(),
+            "master_user": self.rig.dovecot.masterUser,
+            "master_password": self.rig.dovecot.masterPassword,
+            "size": self.options.size,
+            "settle": 0.2,
+        }
+
+    def note(self, appended: dict[str, int]) -> None:
+        for name, n in appended.items():
+            self.appended[name] = self.appended.get(name, 0) + n
+
+    async def restart(self) -> dict[str, Any]:
+        """Restart Dovecot under the idling daemon; it reports once every account idles again."""
+        self.daemon.send("restart")
+        await threads.deferToThread(self.rig.restartDovecot)
+        back = await threads.deferToThread(self.daemon.read, "reconnected")
         log(
-            f"{NAME}: {side:8s} APPEND -> {'file' if side == 'ours' else 'EXISTS'}: median"
-            f" {statistics.median(lat):.1f} ms over {len(lat)} (min {lat[0]:.1f},"
-            f" p90 {lat[int(0.9 * (len(lat) - 1))]:.1f}, max {lat[-1]:.1f})"
+            f"{NAME}: Dovecot restarted: {back['watching']}/{self.accounts} idling again after"
+            f" {back['reconnect_s']:.1f} s, at most {back['opened_per_s']} sessions opened"
+            " in one second"
         )
-    log(
-        f"{NAME}: after the run {after['states']}; daemon peak RSS"
-        f" {final.get('peak_rss_mb', float('nan')):.1f} MB"
-    )
-    log(
-        f"check: {watching['watching']}/{accounts} accounts watching;"
-        f" {sum(appended.values())} messages appended to {len(appended)} accounts,"
-        f" {exact} accounts hold exactly theirs ({missing} missing, {twice} twice)"
-    )
-    perAccount = (watching["rss_mb"] - watching["rss_before_mb"]) * 1024 / accounts
-    _rig.printResult(
-        NAME,
-        ours,
-        base,
-        "ms",
-        watching["rss_mb"],
-        ratio=base / ours,
-        accounts=accounts,
-        per_account_kb=f"{perAccount:.1f}",
-        connect_s=f"{watching['connect_s']:.1f}",
-    )
-    return 0 if ok else 1
+        return back
+
+    async def burst(self, tag: str) -> None:
+        """One message to every account, back to back; wait until each has arrived."""
+        result = await _rig.runChild(
+            ["-m", "bench.idle_many", "--role", "probe"],
+            {**self.common(), "accounts": self.accounts, "burst": tag, "per_account": 1},
+        )
+        self.note(result["appended"])
+        await threads.deferToThread(waitDelivered, self.mail, self.appended, 120.0)
+
+    async def verdict(self, watching: dict[str, Any], idleAgain: int) -> bool:
+        """Count every Maildir (after a pause a late duplicate would need); log the check line."""
+        await task.deferLater(self.reactor, 2.0, lambda: None)
+        delivered = await threads.deferToThread(countDelivered, self.mail, self.accounts)
+        missing = sum(max(0, n - delivered.get(a, 0)) for a, n in self.appended.items())
+        twice = sum(max(0, delivered[a] - self.appended.get(a, 0)) for a in delivered)
+        exact = sum(1 for a, n in self.appended.items() if delivered.get(a, 0) == n)
+        log(
+            f"check: {watching['watching']}/{self.accounts} accounts idling, {idleAgain} after"
+            f" the restart; {sum(self.appended.values())} messages appended to"
+            f" {len(self.appended)} accounts, {exact} accounts hold exactly theirs"
+            f" ({missing} missing, {twice} twice)"
+        )
+        return (
+            watching["watching"] == self.accounts
+            and idleAgain == self.accounts
+            and missing == 0
+            and twice == 0
+        )
+
+    async def check(self, watching: dict[str, Any]) -> int:
+        """Counts, not times: a message each, a restart, a message each; all exactly once."""
+        await self.burst("before")
+        back = await self.restart()
+        await self.burst("after")
+        ok = await self.verdict(watching, back["watching"])
+        return 0 if ok else 1
+
+    async def measure(self, watching: dict[str, Any]) -> int:
+        """Idle CPU, latency against the imaplib baseline, a restart; the result line."""
+        options, accounts = self.options, self.accounts
+        self.daemon.send(f"cpu {options.idle_seconds}")
+        cpu = await threads.deferToThread(self.daemon.read, "cpu")
+        idleShare = cpu["cpu_s"] / cpu["seconds"]
+        log(
+            f"{NAME}: idle daemon used {cpu['cpu_s']:.2f} s of CPU in {cpu['seconds']:.0f} s"
+            f" = {100 * idleShare:.2f} % of a core (goal < 5 %); RSS {cpu['rss_mb']:.1f} MB"
+        )
+        probe = await _rig.runChild(
+            ["-m", "bench.idle_many", "--role", "probe"],
+            {
+                **self.common(),
+                "accounts": accounts,
+                "count": options.messages,
+                "mail": str(self.mail),
+                "seed": options.seed,
+            },
+        )
+        self.note(probe["appended"])
+        baseline = await _rig.runChild(
+            ["-m", "bench.imap_idle", "--child", "baseline"],
+            {
+                **self.common(),
+                "user": BASELINE_USER,
+                "token": self.rig.issueToken(BASELINE_USER),
+                "count": options.messages,
+            },
+        )
+        back = await self.restart()
+        ok = await self.verdict(watching, back["watching"])
+        self.daemon.send("states")
+        after = await threads.deferToThread(self.daemon.read, "states")
+        final = await threads.deferToThread(self.daemon.stop)
+        for side, values in (("ours", probe["latencies"]), ("baseline", baseline["latencies"])):
+            lat = sorted(v * 1000 for v in values)
+            log(
+                f"{NAME}: {side:8s} APPEND -> {'file' if side == 'ours' else 'EXISTS'}: median"
+                f" {statistics.median(lat):.1f} ms over {len(lat)} (min {lat[0]:.1f},"
+                f" p90 {lat[int(0.9 * (len(lat) - 1))]:.1f}, max {lat[-1]:.1f})"
+            )
+        log(
+            f"{NAME}: after the run {after['states']}; daemon peak RSS"
+            f" {final.get('peak_rss_mb', float('nan')):.1f} MB"
+        )
+        ours = statistics.median(probe["latencies"]) * 1000
+        base = statistics.median(baseline["latencies"]) * 1000
+        perAccount = (watching["rss_mb"] - watching["rss_before_mb"]) * 1024 / accounts
+        _rig.printResult(
+            NAME,
+            ours,
+            base,
+            "ms",
+            watching["rss_mb"],
+            ratio=base / ours,
+            accounts=accounts,
+            per_account_kb=f"{perAccount:.1f}",
+            connect_s=f"{watching['connect_s']:.1f}",
+        )
+        return 0 if ok else 1
 
 
 def log(text: str) -> None:
@@ -499,11 +657,18 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         help="diagnosis: where the daemon's Python memory per account goes (slows it down)",
     )
     parser.add_argument("--quick", action="store_true", help="20 accounts, 5 messages (smoke)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="counts, not times: a message to each account, a restart, one more each",
+    )
     parser.add_argument("--role", choices=("daemon", "probe"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.quick:
         options.accounts = min(options.accounts, 20)
         options.settle = 1.0
+    if options.check:
+        options.settle = min(options.settle, 0.5)
     if options.messages is None:
         options.messages = 5 if options.quick else 50
     if options.idle_seconds is None:
