@@ -58,7 +58,8 @@ def _verifyingOptions(name: str, caFile: str | None) -> Any:
 
     Each holds an OpenSSL context with the trust store loaded; a connection
     only takes a new TLS connection object from it. Built per connection, a
-    thousand watched mailboxes carried a thousand contexts.
+    thousand watched mailboxes carried a thousand contexts. The price: a
+    ``ca_file`` changed on disk is read again only when the daemon restarts.
     """
     trustRoot: Any = _caCertificate(caFile) if caFile else platformTrust()
     return optionsForClientTLS(name, trustRoot=trustRoot)
