@@ -468,8 +468,8 @@ class IMessageLog(Interface):
     def history(account, queue_id):
         """Fire with every entry of one sent message (a queue id), oldest first."""
 
-    def lastMail():
-        """Fire with ``[LastMail]``: per account, the newest ``delivered`` and ``sent`` times."""
+    def lastMail(accounts):
+        """Fire with a ``LastMail`` per account of ``accounts``: its newest delivery and sending."""
 
     def expire(before, limit):
         """Delete up to ``limit`` entries older than ``before``, oldest first; fire with a count."""
