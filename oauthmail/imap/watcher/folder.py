@@ -49,6 +49,7 @@ from oauthmail.interfaces import (
     IAccountHealth,
     IDeliveryLedger,
     IIMAPSession,
+    IMessageRecorder,
     ISink,
     ITokenSource,
 )
@@ -108,7 +109,8 @@ class FolderWatcher:
     :func:`~oauthmail.imap.connect.connectIMAP` signature; tests pass fakes).
     ``retryPolicy(attempt)`` replaces the jittered backoff with fixed delays
     (tests); ``limits`` bounds what the server may make us hold (its
-    ``maxMessageSize`` is the account's maximum message size).
+    ``maxMessageSize`` is the account's maximum message size); ``recorder``
+    takes the message log's entries.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class FolderWatcher:
         batchBytes: int = DEFAULT_BATCH_BYTES,
         backoffBase: float = 1.0,
         backoffCap: float = 300.0,
+        recorder: IMessageRecorder | None = None,
     ) -> None:
         assert account.imap is not None and account.profile.imap is not None
         self.account = account
@@ -157,7 +160,7 @@ class FolderWatcher:
         disposer = Disposer(account.name, folder, ledger, self.report)
         keep = folder.disposition == "keep"
         delivery = BatchDelivery(
-            account.name, folder.name, ledger, sink, reactor, self.report, keep
+            account.name, folder.name, ledger, sink, reactor, self.report, keep, recorder
         )
         self.sync = FolderSync(
             account,
