@@ -74,6 +74,8 @@ class OAuthMailService(MultiService):
         self.submission_port: IListeningPort | None = None
         self.control_port: IListeningPort | None = None
         self.authorizer: Any = None
+        #: The message log's writer, metrics and notifications (:mod:`oauthmail.operations`).
+        self.operations: Any = None
         self._consoleFactory: LateFactory | None = None
         self._submissionFactory: LateFactory | None = None
         self._sinks: list[Any] = []
@@ -132,6 +134,7 @@ class OAuthMailService(MultiService):
             await self.stores.tokens.open()
         assert self.store is not None
         await self._startHealth()
+        self._startOperations()
         self._startTokens()
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
@@ -164,6 +167,15 @@ class OAuthMailService(MultiService):
             if account.configured:
                 health.declare(account.name, accountParts(account))
 
+    def _startOperations(self) -> None:
+        from oauthmail.logs import checkFormat
+        from oauthmail.operations import buildOperations
+
+        assert self.stores is not None
+        self.operations = buildOperations(self.config, self.stores, self.reactor, self.health)
+        self.operations.sweeper.setServiceParent(self)
+        checkFormat(self.config.log.format)
+
     def _startTokens(self) -> None:
         from oauthmail.app import buildTokenParts
         from oauthmail.tokens.refresher import TokenRefresher
@@ -183,6 +195,7 @@ class OAuthMailService(MultiService):
             interval=refresher.interval,
             margin=refresher.margin,
             concurrency=refresher.concurrency,
+            observer=self.operations.metrics.refreshed,
         )
         self.refresher.setServiceParent(self)
 
@@ -217,6 +230,7 @@ class OAuthMailService(MultiService):
                 self.reactor,
                 health=self.health,
                 limits=IMAPLimits(maxMessageSize=account.imap.max_message_size),
+                recorder=self.operations.recorder,
             )
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"
@@ -231,6 +245,7 @@ class OAuthMailService(MultiService):
 
     async def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
+        from oauthmail.metrics import MeteredSender
         from oauthmail.smtp.queue.sentsearch import sentSearches
         from oauthmail.smtp.queue.service import OutboundQueue
         from oauthmail.transports.dispatch import buildSender
@@ -244,7 +259,9 @@ class OAuthMailService(MultiService):
         looking = {name: sending[name] for name, d in searches.items() if d.searches}
         queue = self.config.queue
         # SMTP, Graph or the Gmail API, per account (smtp.transport).
-        self.sender = buildSender(self.reactor, sending.values())
+        self.sender = MeteredSender(
+            buildSender(self.reactor, sending.values()), self.operations.metrics, self.reactor
+        )
         self.queue = OutboundQueue(
             self.stores.outbox,
             self.tokens,
@@ -260,8 +277,10 @@ class OAuthMailService(MultiService):
             sent_check_delay=queue.sent_check_delay,
             sent_check_give_up=queue.sent_check_give_up,
             sent_search=looking,
+            recorder=self.operations.recorder,
         )
         self.queue.setServiceParent(self)
+        self.operations.attachQueue(self.queue, self.config)
 
     def _attachSubmission(self) -> None:
         from oauthmail.smtp.submission import (
@@ -347,6 +366,8 @@ class OAuthMailService(MultiService):
             self.sender = None
         if self.health is not None:
             await self.health.whenWritten()
+        if self.operations is not None:
+            await self.operations.close()
         if self.stores is not None:
             await self.stores.close()
 

@@ -343,6 +343,7 @@ class FolderWatcher:
             self._checkStopping()
             report.state = "authenticating"
             await self._authenticate(client, token)
+            report.notice(f"logged in as {self.account.sasl_user}")
             self._checkStopping()
             # Authenticating asked CAPABILITY again (they change once authenticated).
             caps = client.capabilities
@@ -364,8 +365,10 @@ class FolderWatcher:
                     healthy = self.reactor.callLater(wait, self._provedHealthy)
                 self._checkStopping()
                 report.state = "waiting"
+                report.idling = self.imap.idle and b"IDLE" in caps
                 await self.waiter.wait(client, caps, retry)
         finally:
+            report.idling = False
             if healthy is not None and healthy.active():
                 healthy.cancel()
             self.client = None
