@@ -312,7 +312,14 @@ class OAuthMailService(MultiService):
                 self.config,
                 self.store,
                 clock=self.reactor,
-                live=LiveParts(self.watchers, self.queue, self.health),
+                live=LiveParts(
+                    self.watchers,
+                    self.queue,
+                    self.health,
+                    messages=self.stores.messages if self.stores is not None else None,
+                    outbox=self.stores.outbox if self.stores is not None else None,
+                    metrics=self.operations.metrics if self.operations is not None else None,
+                ),
                 authorizer=self.authorizer,
             )
         )
