@@ -78,6 +78,7 @@ class _Message:
             self.last_error,
             self.provider_accepted_at,
             tuple(RecipientStatus(r.address, r.state, r.code, r.text) for r in self.recipients),
+            len(self.data),
         )
 
     def undefer(self) -> None:

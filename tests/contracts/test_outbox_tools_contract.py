@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest_twisted
 
 from .conftest import ACCOUNT
-from .test_outbox_contract import NOW, FixedPolicy, outcome, queued, states
+from .test_outbox_contract import DATA, NOW, FixedPolicy, outcome, queued, states
 
 
 @pytest_twisted.ensureDeferred
@@ -28,6 +28,7 @@ async def test_list_messages_by_state_and_account(outbox):
         ("m4", "failed"),
     ]
     assert [s.id for s in await outbox.listMessages(ACCOUNT)] == ["m2", "m4"]
+    assert {s.size for s in listed} == {len(DATA)}
     assert [s.id for s in await outbox.listMessages(None, ("sent",))] == ["m1"]
     assert [s.id for s in await outbox.listMessages(None, limit=1)] == ["m2"]
 
