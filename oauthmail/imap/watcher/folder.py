@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -295,6 +295,10 @@ class FolderWatcher:
                 how = "closed" if isinstance(e, ConnectionDone) else "lost"
                 why = f" ({cleanText(e.args[0])})" if e.args and isinstance(e.args[0], str) else ""
                 await self._failed(f"the connection was {how} while {report.state}{why}")
+            except ConnectError as e:  # refused, unreachable, no such host, timed out
+                if self._stopping:
+                    break
+                await self._failed(f"cannot connect to {report.where}: {describeFailure(e)}")
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
