@@ -415,6 +415,6 @@ def renderStatusPage(
         + "</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
-        f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
-        "<a href='/health'>/health</a></p>",
+        f"<p class='hint'>As of {e(_isoTime(now))}. An account's name leads to its messages."
+        " Machine-readable: <a href='/health'>/health</a>, <a href='/metrics'>/metrics</a></p>",
     )

@@ -71,6 +71,11 @@ def _buttons(queue_id: str, field: str, state: str) -> str:
     return " ".join(out)
 
 
+def _shownState(status: DeliveryStatus) -> str:
+    """``deferred`` for a queued message that has been tried (as ``oauthmail queue`` says)."""
+    return "deferred" if status.state == "queued" and status.attempts else status.state
+
+
 def _reply(code: int | None, text: str | None) -> str:
     return cleanText(" ".join(str(x) for x in (code, text) if x), 300)
 
@@ -158,8 +163,9 @@ class MessagesPage(_Page):
             sent = await self.messages.recent(name, "out", SHOWN)
         rows = []
         for s in waiting:
+            state = _shownState(s)
             rows.append(
-                f"<tr><td>{_outboxLink(s.id)}</td><td class='state {e(s.state)}'>{e(s.state)}</td>"
+                f"<tr><td>{_outboxLink(s.id)}</td><td class='state {e(state)}'>{e(state)}</td>"
                 f"<td>{_when(s.created_at, now)}</td><td>{e(_recipients(s))}</td>"
                 f"<td>{s.attempts}</td><td>{e(s.last_error or '')}"
                 + (
@@ -167,7 +173,7 @@ class MessagesPage(_Page):
                     if s.state == "queued"
                     else ""
                 )
-                + f"</td><td>{_buttons(s.id, field, s.state)}</td></tr>"
+                + f"</td><td class='actions'>{_buttons(s.id, field, s.state)}</td></tr>"
             )
         queue = (
             "<h2>Outbox: waiting and failed</h2><table class='outbox'><thead><tr><th>Queue id</th>"
@@ -180,8 +186,8 @@ class MessagesPage(_Page):
         body = (
             f"<header><h1>{e(name)}: messages</h1><a href='/'>Back to the console</a></header>"
             + queue
-            + _entryTable("Received (newest first)", received, now, "received")
-            + _entryTable("Sent (newest first)", sent, now, "sent")
+            + _entryTable("Incoming (newest first)", received, now, "log-in")
+            + _entryTable("Outgoing (newest first)", sent, now, "log-out")
             + "<p class='hint'>Kept for "
             + e(f"{self.config.messages.retention / 86400:g}")
             + " days (messages.retention). Bodies are never shown.</p>"
@@ -244,7 +250,10 @@ class OutboxPage(_Page):
         facts = [
             ("Account", messagesLink(status.account)),
             ("Queue id", e(status.id)),
-            ("State", f"<span class='state {e(status.state)}'>{e(status.state)}</span>"),
+            (
+                "State",
+                f"<span class='state {e(_shownState(status))}'>{e(_shownState(status))}</span>",
+            ),
             ("Envelope sender", e(status.mail_from or "<> (a bounce)")),
             ("Queued", _when(status.created_at, now)),
             ("Attempts", e(str(status.attempts))),
@@ -262,7 +271,7 @@ class OutboxPage(_Page):
             "<th>State</th><th>Last reply</th></tr></thead><tbody>"
             + recipients
             + "</tbody></table>"
-            + _entryTable("History", history, now, "history")
+            + _entryTable("History", history, now, "log-history")
             + "<h2>Header section</h2><pre class='headers'>"
             + e(header)
             + "</pre><p class='hint'>The body is never shown.</p>"

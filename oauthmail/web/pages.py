@@ -51,6 +51,7 @@ table.facts th { width: 10em; }
 .outcome { font-weight: bold; }
 .delivered, .sent { color: #17692a; } .deferred, .queued, .sending { color: #8a5a00; }
 .refused, .bounced { color: #a11; }
+td.actions { white-space: nowrap; }
 """
 
 
