@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import test_outbound_queue as queue_rig  # the queue's own test rig
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
@@ -248,3 +250,30 @@ def test_watcher_logs_each_message_the_sink_took_or_refused():
     assert log.entries[0].size == len(b"Message-ID: <one@x>\r\n\r\none")
     assert [e.uid for e in log.entries].count(3) <= 1  # told once, when it finally lands
     watcher.stop()
+
+
+_FIELD = st.sampled_from(
+    [
+        b"Subject: hi",
+        b"message-id: <a@b>",
+        b"Message-ID: <c@d>",
+        b"MESSAGE-ID:  <e@f> (x)",
+        b"Message-ID: broken",
+        b"Message-ID:\r\n <folded@x>",
+        b"X-Message-ID: <no@x>",
+        b"Received: by x",
+        b"To: <t@x>",
+    ]
+)
+
+
+@given(fields=st.lists(_FIELD, max_size=6), body=st.binary(max_size=200), crlf=st.booleans())
+def test_message_facts_agree_with_the_trace_parser(fields, body, crlf):
+    """The fast path finds the same Message-ID as oauthmail.mail.trace.messageIdOf."""
+    from oauthmail.mail.trace import messageIdOf
+    from oauthmail.text import cleanText
+
+    nl = b"\r\n" if crlf else b"\n"
+    message = nl.join(f.replace(b"\r\n", nl) for f in fields) + nl + nl + body
+    expected = messageIdOf(message)
+    assert messageFacts(message) == (cleanText(expected, 250) if expected else None, len(message))

@@ -7,6 +7,7 @@ Plain values only (no I/O, no Twisted): shared by every
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from oauthmail.mail.trace import messageIdOf
@@ -105,9 +106,32 @@ class LastMail:
     sent_at: float | None
 
 
+#: How far into a message its header section is looked for.
+_HEADER_LIMIT = 64 * 1024
+_ANGLED = re.compile(rb"<[^<>\s]{1,500}>")
+
+
 def messageFacts(message: bytes) -> tuple[str | None, int]:
-    """``(Message-ID or None, size)`` of a message, reading only its header section."""
-    found = messageIdOf(message)
+    """``(Message-ID or None, size)`` of a message, reading only its header section.
+
+    On the delivery and sending paths, so the common case (a CRLF header with one
+    unfolded ``Message-ID: <...>`` line) is a few byte searches; anything else
+    goes to :func:`oauthmail.mail.trace.messageIdOf` on the header alone.
+    """
+    end = message.find(b"\r\n\r\n", 0, _HEADER_LIMIT)
+    header = message[: end + 2] if end >= 0 else message[:_HEADER_LIMIT]
+    lower = header.lower()
+    at = 0 if lower.startswith(b"message-id:") else lower.find(b"\nmessage-id:") + 1
+    found: str | None = None
+    if at > 0 or lower.startswith(b"message-id:"):
+        stop = header.find(b"\n", at)
+        line = header[at : stop if stop >= 0 else len(header)]
+        following = header[stop + 1 : stop + 2] if stop >= 0 else b""
+        match = _ANGLED.search(line)
+        if match and following not in (b" ", b"\t") and b"\nmessage-id:" not in lower[at + 1 :]:
+            found = match.group(0).decode("utf-8", "replace")
+    if found is None:
+        found = messageIdOf(header if end >= 0 else message)
     return (cleanText(found, 250) if found else None), len(message)
 
 
