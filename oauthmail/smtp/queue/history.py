@@ -32,9 +32,16 @@ def queuedEntry(account: str, queue_id: str, data: bytes, now: float) -> LogEntr
     return LogEntry(now, account, OUT, QUEUED, message_id, size, queue_id=queue_id)
 
 
+def _reply(code: int | None, text: str | None) -> str:
+    """A recipient's answer; refusals get their explanation (what to do), a 250 needs none."""
+    if code is not None and 200 <= code < 300:
+        return f"{code} {text or ''}".rstrip()
+    return outcomes.describe(code or 0, text or "")
+
+
 def _replies(status: DeliveryStatus, state: str) -> str | None:
     texts = [
-        f"{r.address}: {outcomes.describe(r.code or 0, r.text or '')}"
+        f"{r.address}: {_reply(r.code, r.text)}"
         for r in status.recipients
         if r.state == state and (r.code or r.text)
     ]

@@ -180,7 +180,7 @@ def _logOutcome(parts: QueueParts, name: str, outcome: AttemptOutcome, size: int
             id=outcome.message_id,
             size="?" if size is None else size,
             n=len(taken),
-            reply=cleanText(outcomes.describe(taken[0].code, taken[0].text), 60),
+            reply=cleanText(f"{taken[0].code} {taken[0].text}", 60),
         )
     for r in outcome.recipients:
         if r.status == outcomes.OK:
