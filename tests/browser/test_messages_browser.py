@@ -29,6 +29,8 @@ from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.web.console import ConsoleResource, LiveParts
 from oauthmail.web.site import ConsoleSite
 
+from .pages import follow, read, reload, until
+
 pytestmark = pytest.mark.browser
 
 MESSAGE = (
@@ -141,32 +143,28 @@ async def test_see_received_mail_and_retry_a_deferred_message(tmp_path, browser_
 
         def person() -> dict:
             from selenium.webdriver.common.by import By
-            from selenium.webdriver.support.wait import WebDriverWait
 
             seen: dict = {}
             driver.get(console + "/")
             shot("console")
-            driver.find_element(By.LINK_TEXT, "alerts").click()
-            WebDriverWait(driver, 20).until(lambda d: "alerts: messages" in d.title)
-            received = driver.find_element(By.CSS_SELECTOR, "table.log-in").text
-            seen["received"] = received
-            outboxText = driver.find_element(By.CSS_SELECTOR, "table.outbox").text
-            seen["outbox"] = outboxText
+            follow(driver, By.LINK_TEXT, "alerts")
+            assert "alerts: messages" in driver.title
+            seen["received"] = read(driver, By.CSS_SELECTOR, "table.log-in")
+            seen["outbox"] = read(driver, By.CSS_SELECTOR, "table.outbox")
             shot("messages-deferred")
-            button = driver.find_element(By.XPATH, "//button[text()='Retry now']")
-            button.click()
-            WebDriverWait(driver, 20).until(lambda d: "Nothing waits." in d.page_source)
+            follow(driver, By.XPATH, "//button[text()='Retry now']")
+            assert "Nothing waits." in driver.page_source
 
             def sentShown(d) -> bool:
-                d.refresh()
-                return " sent " in f" {d.find_element(By.CSS_SELECTOR, 'table.log-out').text} "
+                reload(d)
+                return " sent " in f" {read(d, By.CSS_SELECTOR, 'table.log-out')} "
 
-            WebDriverWait(driver, 20, poll_frequency=0.3).until(sentShown)
-            seen["sent"] = driver.find_element(By.CSS_SELECTOR, "table.log-out").text
+            until(driver, sentShown)
+            seen["sent"] = read(driver, By.CSS_SELECTOR, "table.log-out")
             shot("messages-sent")
-            driver.find_element(By.XPATH, f"//a[@href='/outbox/{queue_id}']").click()
-            WebDriverWait(driver, 20).until(lambda d: "Header section" in d.page_source)
-            seen["detail"] = driver.find_element(By.TAG_NAME, "body").text
+            follow(driver, By.XPATH, f"//a[@href='/outbox/{queue_id}']")
+            assert "Header section" in driver.page_source
+            seen["detail"] = read(driver, By.TAG_NAME, "body")
             shot("message-detail")
             return seen
 
