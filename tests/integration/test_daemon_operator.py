@@ -227,3 +227,4 @@ async def test_message_log_queue_tools_metrics_and_webhook(
         await daemon.collectStoredSecrets(["sender", "inbox"])
         assert daemon.leakedSecrets() == []
         assert "Traceback" not in daemon.log()
+        assert await daemon.unloggedMessages() == []
