@@ -124,6 +124,9 @@ async def test_message_log_queue_tools_metrics_and_webhook(
     )
     daemon.secrets.update({PASSWORD, HOOK_SECRET})
     await daemon.authorise(oauth_provider, {"sender": sender, "inbox": reader})
+    # Waiting in INBOX before the start: the first sync takes it, whatever IDLE's latency
+    # (Dovecot falls back to a 30 s check when a loaded machine has no inotify to spare).
+    await threads.deferToThread(seed, dovecot, reader, 1, "opsin")
     daemon.start()
     try:
         await daemon.waitReady()
@@ -149,7 +152,6 @@ async def test_message_log_queue_tools_metrics_and_webhook(
         assert await waitFor(lambda: len(hook.requests) >= 2, 20.0), daemon.log()[-2000:]
         final_hop.refusal = None
         # 3. Received into the Maildir.
-        await threads.deferToThread(seed, dovecot, reader, 1, "opsin")
         assert await waitFor(lambda: delivered(maildir) == 1, 15.0)
 
         # The message log has every one of them, with the right outcomes.
