@@ -427,6 +427,60 @@ class IOutbox(Interface):
     def stats():
         """Fire with ``[AccountFigures]``, one per account that has messages, sorted."""
 
+    def listMessages(account=None, states=("queued", "sending", "failed"), limit=1000):
+        """Fire with up to ``limit`` ``DeliveryStatus`` (of ``account``, or all) in ``states``,
+        oldest first: what ``oauthmail queue`` lists."""
+
+    def retryMessage(message_id, now, delay):
+        """An operator's retry (one synced write); fire with the new ``DeliveryStatus`` or ``None``.
+
+        ``queued``: due at ``now`` (in doubt: not before ``in_doubt_since + delay``).
+        ``failed``: queued again, due now, failed recipients pending, attempts and
+        age starting over; ``sent`` recipients never again. Others: left as they are.
+        """
+
+    def deleteMessage(message_id):
+        """Remove it in any state (one synced write); fire with its last ``DeliveryStatus``.
+
+        ``None`` for an unknown id. A later outcome for it changes nothing.
+        """
+
+    def purgeFinished(before, limit):
+        """Delete up to ``limit`` ``sent``/``failed`` messages queued before ``before``; a count."""
+
+
+class IMessageLog(Interface):
+    """What happened to every message in and out (owner ``messages``, :mod:`oauthmail.messagelog`).
+
+    Every method returns a Deferred; values are :mod:`oauthmail.messagelog.records`'.
+    """
+
+    def record(entries):
+        """Store ``[LogEntry]`` in ONE unsynced transaction; an outbound entry without
+        ``message_id``/``size`` takes them from the first entry of its queue id that has them."""
+
+    def recent(account, direction=None, limit=50, before=None):
+        """Fire with the account's newest entries (``in``, ``out`` or both); ``before``: an id."""
+
+    def entry(entry_id):
+        """Fire with the ``LogEntry`` of that id, or ``None``."""
+
+    def history(account, queue_id):
+        """Fire with every entry of one sent message (a queue id), oldest first."""
+
+    def lastMail(accounts):
+        """Fire with a ``LastMail`` per account of ``accounts``: its newest delivery and sending."""
+
+    def expire(before, limit):
+        """Delete up to ``limit`` entries older than ``before``, oldest first; fire with a count."""
+
+
+class IMessageRecorder(Interface):
+    """Where the queue and the watcher hand their log entries (a buffered writer)."""
+
+    def add(entry):
+        """Take one ``LogEntry`` to be written soon; never blocks, never fails."""
+
 
 class IMessageSender(Interface):
     """How the queue hands claimed messages to a provider (SMTP today; API transports later)."""

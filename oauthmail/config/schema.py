@@ -22,7 +22,18 @@ ENDPOINTS = (
     "userinfo_endpoint",
 )
 
-TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher", "queue", "submission")
+TOP_KEYS = (
+    "profiles",
+    "accounts",
+    "store",
+    "web",
+    "refresher",
+    "queue",
+    "submission",
+    "messages",
+    "notify",
+    "log",
+)
 PROFILE_KEYS = (
     "provider",
     "tenant",
@@ -95,3 +106,7 @@ SUBMISSION_KEYS = (
     "auth_block",
 )
 SUBMISSION_USER_KEYS = ("name", "password_hash", "allowed_senders")
+MESSAGES_KEYS = ("retention",)
+NOTIFY_KEYS = ("webhook", "webhook_secret", "mail_to", "mail_account")
+LOG_KEYS = ("format",)
+LOG_FORMATS = ("text", "json")

@@ -2,7 +2,7 @@
 
 :func:`openStores` loads the encryption key (:mod:`oauthmail.tokens.crypto`),
 opens the database with the key check, and fires with a :class:`Stores`: the
-token store, the delivery ledger and the outbox over that one database. The
+token store, the delivery ledger, the outbox and the message log over that one database. The
 daemon (``service.py``) and the command-line tools both open their stores here.
 
 The backends are ``sqlite`` (one file, the default) and ``postgresql`` (a
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, threads
 
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
+from oauthmail.interfaces import IDeliveryLedger, IMessageLog, IOutbox, ITokenStore
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
@@ -50,6 +50,7 @@ class Stores:
     tokens: ITokenStore
     ledger: IDeliveryLedger
     outbox: IOutbox
+    messages: IMessageLog
 
     def close(self) -> defer.Deferred[None]:
         """Write what was asked for, then close the database (closing twice does nothing)."""
@@ -107,12 +108,18 @@ def _open(
         return _openPostgreSQL(store_config, cipher, clock, reactor)
     from oauthmail.db.sqlite.database import SQLiteDatabase
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+    from oauthmail.db.sqlite.messages import SQLiteMessageLog
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
     from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
     database = SQLiteDatabase(store_config.path, reactor, replaceEmpty=replaceEmpty)
     tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
-    stores = Stores(tokens, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database))
+    stores = Stores(
+        tokens,
+        SQLiteDeliveryLedger(database, clock),
+        SQLiteOutbox(database),
+        SQLiteMessageLog(database),
+    )
     return tokens.open().addCallback(lambda _: stores)
 
 
@@ -121,6 +128,7 @@ def _openPostgreSQL(
 ) -> defer.Deferred[Stores]:
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 
@@ -129,7 +137,12 @@ def _openPostgreSQL(
     except StoreError as e:
         return defer.fail(e)
     tokens = PostgreSQLTokenStore(database, cipher, clock)
-    stores = Stores(tokens, PostgreSQLDeliveryLedger(database, clock), PostgreSQLOutbox(database))
+    stores = Stores(
+        tokens,
+        PostgreSQLDeliveryLedger(database, clock),
+        PostgreSQLOutbox(database),
+        PostgreSQLMessageLog(database),
+    )
     return tokens.open().addCallback(lambda _: stores)
 
 

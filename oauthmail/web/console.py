@@ -20,7 +20,7 @@ import datetime
 import html
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -31,8 +31,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oauthmail.config import Config
-from oauthmail.interfaces import ITokenStore
-from oauthmail.text import describeWhen
+from oauthmail.interfaces import IMessageLog, IOutbox, ITokenStore
+from oauthmail.metrics import MetricsPage
+from oauthmail.text import describeFailure, describeWhen
 from oauthmail.web.authorize import (
     AuthorizeResource,
     CallbackResource,
@@ -48,6 +49,7 @@ from oauthmail.web.login import (
     ScryptAdminPassword,
     logoutForm,
 )
+from oauthmail.web.messages import MessagesPage, OutboxPage, messagesLink
 from oauthmail.web.pages import StylesheetResource, formPage, htmlDocument
 from oauthmail.web.remove import RemovePage, removeLink
 from oauthmail.web.sessions import LoginThrottle, SessionStore
@@ -91,6 +93,12 @@ class LiveParts:
     watchers: Mapping[str, Any] = field(default_factory=dict)
     queue: Any = None
     health: Any = None
+    #: The message log (last mail in/out after a restart, the message pages).
+    messages: IMessageLog | None = None
+    #: The outbox (the message pages' queue listing and headers).
+    outbox: IOutbox | None = None
+    #: The daemon's metrics (``/metrics``); ``None``: no such page.
+    metrics: Any = None
 
 
 async def collectStatuses(
@@ -99,6 +107,10 @@ async def collectStatuses(
     """Every configured account's status, in configuration order."""
     live = live or LiveParts()
     sending = await live.queue.stats() if live.queue is not None else {}
+    last = {}
+    if live.messages is not None:
+        names = [a.name for a in config.accounts]
+        last = {m.account: m for m in await live.messages.lastMail(names)}
     statuses = []
     for account in config.accounts:
         record = await store.getAccount(account.name)
@@ -106,9 +118,17 @@ async def collectStatuses(
         watcher = live.watchers.get(account.name)
         receiving = watcher.status() if watcher is not None else None
         view = live.health.view(account.name) if live.health is not None else None
-        statuses.append(
-            accountStatus(account, record, tokens, receiving, sending.get(account.name), view, now)
+        status = accountStatus(
+            account, record, tokens, receiving, sending.get(account.name), view, now
         )
+        mail = last.get(account.name)
+        if mail is not None:  # what the log remembers from before a restart
+            status = replace(
+                status,
+                last_delivery_at=status.last_delivery_at or mail.received_at,
+                last_sent_at=mail.sent_at,
+            )
+        statuses.append(status)
     return statuses
 
 
@@ -185,14 +205,25 @@ class HealthPage(_AsyncPage):
     200 ``ok`` only when there is at least one configured account and every
     configured account is fully ok (tokens, every folder, SMTP); 503
     ``degraded`` otherwise; 503 ``unconfigured`` when no account is
-    configured at all (a daemon that can do nothing is not healthy).
+    configured at all (a daemon that can do nothing is not healthy); 503
+    ``store_unreachable`` when the store does not answer.
     """
 
     content_type = b"application/json"
 
     async def body(self, request: Any) -> bytes:
         now = self.clock.seconds()
-        statuses = await collectStatuses(self.config, self.store, self.live, now)
+        try:
+            statuses = await collectStatuses(self.config, self.store, self.live, now)
+        except Exception as e:  # the store (a PostgreSQL server, a disk) does not answer
+            request.setResponseCode(503)
+            payload = {
+                "status": "store_unreachable",
+                "now": now,
+                "error": describeFailure(e),
+                "accounts": [],
+            }
+            return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
         configured = [s for s in statuses if s.state != "not_configured"]
         healthy = bool(configured) and all(s.state in ("ok", "refreshing") for s in configured)
         if not healthy:
@@ -250,6 +281,7 @@ class ConsoleResource(Resource):
         self._status.guard = self.guard
         self.putChild(b"health", HealthPage(config, store, clock, live))
         self.putChild(b"style.css", StylesheetResource())
+        self._mountOperatorPages(config, store, clock, live)
         if authorizer is not None:
             self._status.buttons = True
             self.putChild(b"authorize", AuthorizeResource(authorizer, config, clock))
@@ -268,6 +300,23 @@ class ConsoleResource(Resource):
             login = LoginPage(self.guard, admin_password, self.sessions, throttle)
             self.putChild(b"login", login)
             self.putChild(b"logout", LogoutResource(self.guard, self.sessions))
+
+    def _mountOperatorPages(
+        self, config: Config, store: ITokenStore, clock: IReactorTime, live: LiveParts | None
+    ) -> None:
+        """The message pages and ``/metrics`` (see :mod:`oauthmail.web.messages`)."""
+        live = live or LiveParts()
+        pages = (live.messages, live.outbox, self.guard, clock, live.queue)
+        self.putChild(b"messages", MessagesPage(config, *pages))
+        self.putChild(b"outbox", OutboxPage(config, *pages))
+        if live.metrics is not None:
+            metrics = live.metrics
+            names = [a.name for a in config.accounts]
+
+            async def gather() -> None:
+                await metrics.refresh(names, store, live.queue, live.watchers, live.health)
+
+            self.putChild(b"metrics", MetricsPage(metrics, gather))
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         refused = self.guard.check(path, request)
@@ -290,10 +339,16 @@ def _isoTime(when: float | None) -> str:
 
 
 def _received(s: AccountStatus, now: float) -> str:
-    if s.delivered is None:
+    if s.delivered is None and s.last_delivery_at is None and s.last_sent_at is None:
         return "—"
-    when = describeWhen(s.last_delivery_at, now) if s.last_delivery_at else "none yet"
-    return html.escape(f"{when} ({s.delivered} since start)")
+    parts = []
+    if s.delivered is not None or s.last_delivery_at is not None:
+        when = describeWhen(s.last_delivery_at, now) if s.last_delivery_at else "none yet"
+        since = f" ({s.delivered} since start)" if s.delivered is not None else ""
+        parts.append(f"in: {when}{since}")
+    if s.last_sent_at is not None:
+        parts.append(f"out: {describeWhen(s.last_sent_at, now)}")
+    return "<br>".join(html.escape(p) for p in parts)
 
 
 def _partsHint(s: AccountStatus) -> str:
@@ -334,7 +389,7 @@ def renderStatusPage(
         action = (buttons or {}).get(s.name, "")
         rows.append(
             "<tr>"
-            f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
+            f"<td>{messagesLink(s.name)}<div class='hint'>{e(s.address)}</div></td>"
             f"<td>{e(s.profile)}</td>"
             f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}"
             "</td>"
@@ -360,6 +415,6 @@ def renderStatusPage(
         + "</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
-        f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
-        "<a href='/health'>/health</a></p>",
+        f"<p class='hint'>As of {e(_isoTime(now))}. An account's name leads to its messages."
+        " Machine-readable: <a href='/health'>/health</a>, <a href='/metrics'>/metrics</a></p>",
     )

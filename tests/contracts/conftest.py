@@ -45,27 +45,37 @@ def clock():
 class Opened:
     """One backend's stores over one database (the memory twins share nothing)."""
 
-    def __init__(self, name, tokens, ledger, outbox, close):
+    def __init__(self, name, tokens, ledger, outbox, close, messages=None):
         self.name = name
         self.tokens = tokens
         self.ledger = ledger
         self.outbox = outbox
         self.close = close
+        self.messages = messages
 
 
 async def openBackend(name, clock, tmp_path, request=None) -> Opened:
     """Open ``name``'s stores on a fresh database (``request``: for PostgreSQL's fixtures)."""
     if name == "memory":
+        from oauthmail.testing.memory_messages import MemoryMessageLog
         from oauthmail.testing.memory_outbox import MemoryOutbox
 
         store = MemoryTokenStore(clock)
         await store.open()
-        return Opened(name, store, MemoryDeliveryLedger(clock), MemoryOutbox(), store.close)
+        return Opened(
+            name,
+            store,
+            MemoryDeliveryLedger(clock),
+            MemoryOutbox(),
+            store.close,
+            MemoryMessageLog(),
+        )
     if name == "sqlite":
         from twisted.internet import reactor
 
         from oauthmail.db.sqlite.database import SQLiteDatabase
         from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+        from oauthmail.db.sqlite.messages import SQLiteMessageLog
         from oauthmail.db.sqlite.outbox import SQLiteOutbox
         from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
@@ -74,7 +84,12 @@ async def openBackend(name, clock, tmp_path, request=None) -> Opened:
         store = SQLiteTokenStore(path, generateKey(), clock, reactor, database=database)
         await store.open()
         return Opened(
-            name, store, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database), store.close
+            name,
+            store,
+            SQLiteDeliveryLedger(database, clock),
+            SQLiteOutbox(database),
+            store.close,
+            SQLiteMessageLog(database),
         )
     if name == "postgresql":
         return await openPostgreSQL(request.getfixturevalue("postgres_dsn"), clock)
@@ -87,6 +102,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
 
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 
@@ -97,7 +113,12 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     await store.open()
     outbox = PostgreSQLOutbox(database, node=node, claim_expiry=claim_expiry)
     return Opened(
-        "postgresql", store, PostgreSQLDeliveryLedger(database, clock), outbox, store.close
+        "postgresql",
+        store,
+        PostgreSQLDeliveryLedger(database, clock),
+        outbox,
+        store.close,
+        PostgreSQLMessageLog(database),
     )
 
 
@@ -125,3 +146,9 @@ async def ledger(backend):
 def outbox(backend):
     """The outbox of each backend."""
     return backend.outbox
+
+
+@pytest.fixture
+def messages(backend):
+    """The message log of each backend."""
+    return backend.messages

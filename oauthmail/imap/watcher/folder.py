@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -54,6 +54,7 @@ from oauthmail.interfaces import (
     IAccountHealth,
     IDeliveryLedger,
     IIMAPSession,
+    IMessageRecorder,
     ISink,
     ITokenSource,
 )
@@ -114,7 +115,8 @@ class FolderWatcher:
     ``retryPolicy(attempt)`` replaces the jittered backoff with fixed delays
     (tests); ``limits`` bounds what the server may make us hold (its
     ``maxMessageSize`` is the account's maximum message size); ``gate``
-    spaces the openings of sessions out (see the module docstring).
+    spaces the openings of sessions out (see the module docstring); ``recorder``
+    takes the message log's entries.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class FolderWatcher:
         backoffBase: float = 1.0,
         backoffCap: float = 300.0,
         gate: OpeningGate | None = None,
+        recorder: IMessageRecorder | None = None,
     ) -> None:
         assert account.imap is not None and account.profile.imap is not None
         self.account = account
@@ -164,7 +167,7 @@ class FolderWatcher:
         disposer = Disposer(account.name, folder, ledger, self.report)
         keep = folder.disposition == "keep"
         delivery = BatchDelivery(
-            account.name, folder.name, ledger, sink, reactor, self.report, keep
+            account.name, folder.name, ledger, sink, reactor, self.report, keep, recorder
         )
         self.sync = FolderSync(
             account,
@@ -303,6 +306,10 @@ class FolderWatcher:
                 how = "closed" if isinstance(e, ConnectionDone) else "lost"
                 why = f" ({cleanText(e.args[0])})" if e.args and isinstance(e.args[0], str) else ""
                 await self._failed(f"the connection was {how} while {report.state}{why}")
+            except ConnectError as e:  # refused, unreachable, no such host, timed out
+                if self._stopping:
+                    break
+                await self._failed(f"cannot connect to {report.where}: {describeFailure(e)}")
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
@@ -362,6 +369,7 @@ class FolderWatcher:
             self._checkStopping()
             report.state = "authenticating"
             await self._authenticate(client, token)
+            report.notice(f"logged in as {self.account.sasl_user}")
             self._checkStopping()
             # Authenticating asked CAPABILITY again (they change once authenticated).
             caps = client.capabilities
@@ -384,9 +392,11 @@ class FolderWatcher:
                     healthy = self.reactor.callLater(wait, self._provedHealthy)
                 self._checkStopping()
                 report.state = "waiting"
+                report.idling = self.imap.idle and b"IDLE" in caps
                 await self.waiter.wait(client, caps, retry)
         finally:
             self._leaveGate()
+            report.idling = False
             if healthy is not None and healthy.active():
                 healthy.cancel()
             self.client = None
