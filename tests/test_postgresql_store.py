@@ -173,7 +173,7 @@ async def test_a_newer_schema_is_refused(postgres_dsn):
     opened = await openPostgreSQL(postgres_dsn, Clock())
     await opened.close()
     with psycopg.connect(postgres_dsn) as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES ('ledger', 9, 0), ('leases', 1, 0)")
+        conn.execute("INSERT INTO schema_migrations VALUES ('ledger', 9, 0), ('later', 1, 0)")
     with pytest.raises(StoreError, match="written by a newer oauthmail"):
         await openPostgreSQL(postgres_dsn, Clock())
 
@@ -270,6 +270,7 @@ async def test_nodes_starting_together_migrate_once(postgres_dsn):
 
     assert rows == sorted((s.owner, n) for s in POSTGRESQL for n in range(1, s.latest + 1))
     assert ("tokens", 1) in rows and ("ledger", 2) in rows and ("outbox", 2) in rows
+    assert ("leases", 1) in rows
     assert checks == 1
 
 

@@ -45,26 +45,31 @@ def clock():
 class Opened:
     """One backend's stores over one database (the memory twins share nothing)."""
 
-    def __init__(self, name, tokens, ledger, outbox, close):
+    def __init__(self, name, tokens, ledger, outbox, close, leases=None):
         self.name = name
         self.tokens = tokens
         self.ledger = ledger
         self.outbox = outbox
         self.close = close
+        self.leases = leases
 
 
 async def openBackend(name, clock, tmp_path, request=None) -> Opened:
     """Open ``name``'s stores on a fresh database (``request``: for PostgreSQL's fixtures)."""
     if name == "memory":
+        from oauthmail.testing.memory_leases import MemoryLeaseStore
         from oauthmail.testing.memory_outbox import MemoryOutbox
 
         store = MemoryTokenStore(clock)
         await store.open()
-        return Opened(name, store, MemoryDeliveryLedger(clock), MemoryOutbox(), store.close)
+        leases = MemoryLeaseStore(clock)
+        ledger = MemoryDeliveryLedger(clock, leases)
+        return Opened(name, store, ledger, MemoryOutbox(), store.close, leases)
     if name == "sqlite":
         from twisted.internet import reactor
 
         from oauthmail.db.sqlite.database import SQLiteDatabase
+        from oauthmail.db.sqlite.leases import SQLiteLeaseStore
         from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
         from oauthmail.db.sqlite.outbox import SQLiteOutbox
         from oauthmail.db.sqlite.tokens import SQLiteTokenStore
@@ -74,7 +79,12 @@ async def openBackend(name, clock, tmp_path, request=None) -> Opened:
         store = SQLiteTokenStore(path, generateKey(), clock, reactor, database=database)
         await store.open()
         return Opened(
-            name, store, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database), store.close
+            name,
+            store,
+            SQLiteDeliveryLedger(database, clock),
+            SQLiteOutbox(database),
+            store.close,
+            SQLiteLeaseStore(database, clock),
         )
     if name == "postgresql":
         return await openPostgreSQL(request.getfixturevalue("postgres_dsn"), clock)
@@ -86,6 +96,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     from twisted.internet import reactor
 
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
@@ -97,7 +108,12 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     await store.open()
     outbox = PostgreSQLOutbox(database, node=node, claim_expiry=claim_expiry)
     return Opened(
-        "postgresql", store, PostgreSQLDeliveryLedger(database, clock), outbox, store.close
+        "postgresql",
+        store,
+        PostgreSQLDeliveryLedger(database, clock),
+        outbox,
+        store.close,
+        PostgreSQLLeaseStore(database),
     )
 
 
@@ -125,3 +141,18 @@ async def ledger(backend):
 def outbox(backend):
     """The outbox of each backend."""
     return backend.outbox
+
+
+@pytest.fixture
+def leases(backend):
+    """The lease store of each backend."""
+    return backend.leases
+
+
+async def elapse(backend, clock, seconds):
+    """Let ``seconds`` pass for ``backend``'s clock (the test clock; PostgreSQL's: real time)."""
+    clock.advance(seconds)
+    if backend.name == "postgresql":
+        from twisted.internet import reactor, task
+
+        await task.deferLater(reactor, seconds, lambda: None)
