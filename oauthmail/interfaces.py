@@ -304,6 +304,29 @@ class ILeaseStore(Interface):
         """Fire with the folder's ``[LeaseTerm]``, oldest epoch first."""
 
 
+class IFolderLease(Interface):
+    """One folder watcher's right to watch its folder (one node's lease, see ``oauthmail.cluster``).
+
+    The watcher carries ``fence`` on every ledger write, calls :meth:`confirm`
+    right before it hands a batch to the sink and before it changes anything
+    on the server, and calls :meth:`lost` when the database refused a write
+    (``StaleLease``); in both cases it stops at once.
+    """
+
+    fence = Attribute("The ``oauthmail.cluster.records.Fence`` its ledger writes carry.")
+
+    def confirm():
+        """Raise ``oauthmail.cluster.records.LeaseLost`` unless the lease is safe to act under.
+
+        Safe means held, and valid (by this node's reckoning, which never
+        runs later than the database's) for long enough to finish the step.
+        Answers at once, without asking the database.
+        """
+
+    def lost(reason):
+        """The lease turned out to be gone (``reason``: one line); the watcher is stopping."""
+
+
 class ISubmissionQueue(Interface):
     """The durable outbound queue, as the submission server and ``send()`` see it."""
 

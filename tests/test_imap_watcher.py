@@ -293,8 +293,8 @@ class FakeSink:
         return defer.succeed(out)
 
 
-def setup(account=None, ledger=None, tokens=None, server=None, store=None):
-    clock = Clock()
+def setup(account=None, ledger=None, tokens=None, server=None, store=None, clock=None):
+    clock = clock or Clock()
     server = server or FakeServer()
     tokens = tokens or FakeTokens(server)
     ledger = ledger or MemoryDeliveryLedger(clock)
@@ -901,3 +901,89 @@ def test_plan_batches_by_count_and_bytes():
     assert planBatches([1, 2, 3, 4, 5, 6], sizes, 3, 30) == [[1, 2], [3], [4, 5, 6]]
     assert planBatches([1, 2, 3, 4, 5, 6], sizes, 2, 1000) == [[1, 2], [3, 4], [5, 6]]
     assert planBatches([], sizes, 2, 10) == []
+
+
+# -- under a lease (several nodes on one database) ----------------------------------------
+
+
+class LeaseOwner:
+    """Stands in for the lease keeper: remembers what the watcher reported."""
+
+    def __init__(self):
+        self.lost = []
+
+    def leaseLost(self, lease, reason):
+        lease.gone = reason
+        self.lost.append(reason)
+
+
+def leased(deadline, disposition="seen"):
+    """A watcher under node a's lease of alice/INBOX (3 s in the store), believed until deadline."""
+    from oauthmail.cluster.keeper import FolderLease
+    from oauthmail.testing.memory_leases import MemoryLeaseStore
+
+    clock = Clock()
+    leases = MemoryLeaseStore(clock)
+    ledger = MemoryDeliveryLedger(clock, leases)
+    (held,) = leases.heartbeat("a", "i1", [("alice", "INBOX")], 3.0).result.held
+    owner = LeaseOwner()
+    lease = FolderLease(held, deadline, 1.0, clock, owner)
+    parts = setup(account=makeAccount(disposition), ledger=ledger, clock=clock)
+    parts[0].lease = lease
+    return (*parts, leases, owner)
+
+
+def test_a_leased_watcher_writes_under_its_fence():
+    """Under a held lease mail flows as usual, every ledger write fenced by its epoch."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=1000.0)
+    server.add(b"one")
+    watcher.start()
+    assert sink.messages == [b"one"] and server.flags == {1: {b"\\Seen"}}
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == "disposed"
+    assert watcher.status()["lease_epoch"] == 1
+    watcher.stop()
+
+
+def test_after_a_takeover_the_old_holder_delivers_and_disposes_nothing():
+    """Another node took the folder: the old holder's write is refused, it stops, mail untouched."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=1000.0)
+    server.add(b"one")
+    watcher.start()
+    clock.advance(4.0)  # the lease expired in the database (this node still believes in it)
+    leases.heartbeat("b", "i2", [("alice", "INBOX")], 3.0)
+    server.add(b"two")
+    assert sink.messages == [b"one"]
+    assert server.flags == {1: {b"\\Seen"}}
+    assert watcher.state == "stopped"
+    assert len(owner.lost) == 1 and "no longer valid" in owner.lost[0]
+    assert ("alice", "INBOX", 1, 2) not in ledger.rows
+    watcher.stop()
+
+
+def test_a_paused_node_hands_nothing_to_the_sink_after_its_lease_ran_out():
+    """Woken after its lease's time: no batch goes to the sink, nothing is flagged."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=5.0)
+    server.add(b"one")
+    watcher.start()
+    clock.advance(10.0)  # paused: the lease ran out meanwhile
+    server.add(b"two")
+    assert sink.messages == [b"one"]
+    assert server.flags == {1: {b"\\Seen"}}
+    assert watcher.state == "stopped"
+    assert "could not be renewed in time" in owner.lost[0]
+    watcher.stop()
+
+
+def test_a_lease_that_ran_out_disposes_nothing_left_from_before():
+    """Delivered but not yet disposed, then the lease runs out: the server is not touched."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=5.0)
+    server.add(b"one")
+    server.failDispose = True  # the connection breaks before the \\Seen flag
+    watcher.start()
+    assert sink.messages == [b"one"] and server.flags == {}
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == "delivered"
+    server.failDispose = False
+    clock.advance(10.0)  # the reconnect comes after the lease's time
+    assert server.flags == {}
+    assert watcher.state == "stopped" and owner.lost
+    watcher.stop()

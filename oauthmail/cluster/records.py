@@ -1,6 +1,7 @@
 """The values of leases and nodes: what a heartbeat answers and what the console shows.
 
-Pure values, no behaviour beyond arithmetic. Seconds are floats; ages and
+Pure values, no behaviour beyond arithmetic (and :class:`LeaseLost`, the one
+error of a lease). Seconds are floats; ages and
 time left are measured by the database's clock at the moment of the read, so
 nodes whose clocks disagree still show the same figures.
 """
@@ -9,10 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Beat", "Fence", "FolderKey", "Lease", "LeaseTerm", "LeaseView", "NodeView"]
+__all__ = [
+    "Beat",
+    "Fence",
+    "FolderKey",
+    "Lease",
+    "LeaseLost",
+    "LeaseTerm",
+    "LeaseView",
+    "NodeView",
+]
 
 #: A watched folder: ``(account, folder)``.
 FolderKey = tuple[str, str]
+
+
+class LeaseLost(Exception):  # noqa: N818 - reads as what happened
+    """A watcher's lease is gone or about to expire: it must not act on its folder any more."""
 
 
 @dataclass(frozen=True)
