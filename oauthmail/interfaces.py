@@ -418,10 +418,15 @@ class IOutbox(Interface):
 
     SQLite serves one node: ``claimDue`` marks messages ``sending``;
     ``recover`` at start returns them. The PostgreSQL outbox is shared by
-    several nodes: it claims with ``FOR UPDATE SKIP LOCKED``, a node name and a
-    claim expiry (the database's clock), and its ``recover`` returns this
-    node's claims and the expired claims of any node: the rest of the contract
-    stays as it is.
+    several nodes: it claims with ``FOR UPDATE SKIP LOCKED``, a node name, a
+    claim number and a claim expiry (the database's clock); its ``recover``
+    returns this node's claims and the expired claims of any node, and
+    :meth:`tendClaims` (every node, every few seconds) renews this node's
+    claims and takes back any node's expired ones. Its writes of a claimed
+    message's outcome (``recordRefusals``, ``recordOutcomes``,
+    ``recordFailure``) are fenced by the claim: a node whose claim expired and
+    was taken back records nothing over the next claimant's (the outcome is
+    dropped, and said so in the log). The rest of the contract stays as it is.
     """
 
     def enqueue(message):
@@ -437,6 +442,14 @@ class IOutbox(Interface):
         Those of accounts in ``policy.sent_check`` are in doubt (looked for in
         Sent after ``policy.sent_check_delay``), the others are due now. Every
         message already in doubt gets a new ``in_doubt_since`` of ``now``.
+        """
+
+    def tendClaims(now, policy):
+        """Renew this node's claims; take back any node's expired claims; fire with ``Recovery``.
+
+        What is taken back goes as in :meth:`recover` (looked for in Sent
+        first, or due now), without touching other messages in doubt. An
+        outbox used by one process has no claim to tend (``Recovery(0, 0)``).
         """
 
     def dueAccounts(now):

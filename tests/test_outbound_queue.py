@@ -540,8 +540,10 @@ async def test_outbox_migrations_apply_to_a_file_without_them(tmp_path):
         await store.close()
     raw = sqlite3.connect(path)
     try:
+        from oauthmail.db.sqlite.schema import OUTBOX
+
         rows = raw.execute("SELECT version FROM schema_migrations WHERE owner = 'outbox'")
-        assert [r[0] for r in rows] == [1, 2]
+        assert [r[0] for r in rows] == list(range(1, OUTBOX.latest + 1))
     finally:
         raw.close()
 
@@ -1173,3 +1175,50 @@ def test_an_account_needing_a_person_is_held_and_said_once(storage):
     rig.tokens.error = None
     assert rig.result(rig.queue.retryNow("alice")) == 5
     assert {rig.status(m).state for m in ids} == {"sent"}
+
+
+def test_claims_are_tended_on_a_shared_outbox():
+    """claim_tend: every tick the queue tends the outbox's claims, then looks for due mail."""
+    from oauthmail.smtp.queue.records import Recovery
+
+    clock = Clock()
+
+    class Tended:
+        """A MemoryOutbox that counts tendClaims and dueAccounts (one dead node's claim first)."""
+
+        def __init__(self):
+            self.memory = MemoryOutbox()
+            self.tends = 0
+            self.polls = 0
+
+        def __getattr__(self, name):
+            return getattr(self.memory, name)
+
+        def tendClaims(self, now, policy):
+            self.tends += 1
+            return defer.succeed(Recovery(0, 1 if self.tends == 1 else 0))
+
+        def dueAccounts(self, now):
+            self.polls += 1
+            return self.memory.dueAccounts(now)
+
+    outbox = Tended()
+    queue = OutboundQueue(
+        outbox,
+        FakeTokens(),
+        {"alice": account()},
+        reactor=None,
+        clock=clock,
+        sender=FakeSender(),
+        poll_interval=60.0,
+        claim_tend=2.0,
+    )
+    queue.startService()
+    polls = outbox.polls
+    clock.advance(2.0)
+    assert (outbox.tends, outbox.polls) == (1, polls + 1)
+    clock.advance(2.0)
+    assert (outbox.tends, outbox.polls) == (2, polls + 2)
+    queue.stopService()
+    clock.advance(10.0)
+    assert outbox.tends == 2

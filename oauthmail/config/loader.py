@@ -27,6 +27,7 @@ from oauthmail.config.profiles import readProfiles
 from oauthmail.config.rules import checkClients, notesFor
 from oauthmail.config.schema import TOP_KEYS, WEB_KEYS
 from oauthmail.config.sections import (
+    readCluster,
     readQueue,
     readRefresher,
     readStore,
@@ -112,6 +113,7 @@ def _read(document: Document, root: YamlNode | None) -> Config:
         refresher=readRefresher(sections["refresher"]),
         queue=readQueue(sections["queue"]),
         submission=readSubmission(sections["submission"], accounts),
+        cluster=readCluster(sections["cluster"]),
         notes=notesFor(read, profiles),
     )
     # Rules across sections come last, so that a file with a plain mistake

@@ -22,7 +22,16 @@ ENDPOINTS = (
     "userinfo_endpoint",
 )
 
-TOP_KEYS = ("profiles", "accounts", "store", "web", "refresher", "queue", "submission")
+TOP_KEYS = (
+    "profiles",
+    "accounts",
+    "store",
+    "web",
+    "refresher",
+    "queue",
+    "submission",
+    "cluster",
+)
 PROFILE_KEYS = (
     "provider",
     "tenant",
@@ -66,6 +75,7 @@ FOLDER_KEYS = ("name", "disposition", "move_to")
 SINK_KEYS = (*SINK_KINDS, "timeout")
 STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
 WEB_KEYS = ("bind", "port", "allowed_hosts", "admin_password_hash", "session_lifetime")
+CLUSTER_KEYS = ("node", "lease_renew", "lease_expiry", "claim_expiry")
 REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
 QUEUE_KEYS = (
     "max_age",

@@ -94,6 +94,10 @@ class OutboundQueue(service.Service):
     :param sent_search: the names of the accounts whose Sent folder is searched
         (:mod:`oauthmail.smtp.queue.sentsearch` decides); ``None``: every
         account whose ``smtp.sent_folder`` is not ``none``.
+    :param claim_tend: with several nodes on one outbox, every this many
+        seconds: renew this node's claims, take back any node's expired claims
+        (:meth:`~oauthmail.interfaces.IOutbox.tendClaims`) and look for due
+        messages (other nodes' submissions among them); ``None``: one node.
     """
 
     name = "outbound-queue"
@@ -122,8 +126,10 @@ class OutboundQueue(service.Service):
         sent_check_delay: float = 30.0,
         sent_check_give_up: float = 3600.0,
         sent_search: Iterable[str] | None = None,
+        claim_tend: float | None = None,
     ) -> None:
         self._outbox = outbox
+        self._claimTend = claim_tend
         self._accounts = dict(accounts)
         self._clock = clock if clock is not None else reactor
         searched = None if sent_search is None else frozenset(sent_search)
@@ -167,6 +173,7 @@ class OutboundQueue(service.Service):
         self._loops: dict[str, AccountLoop] = {}
         self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
         self._poll: task.LoopingCall | None = None
+        self._tend: task.LoopingCall | None = None
         self._recheck: Any = None
         self._warnedUnknown: set[str] = set()
 
@@ -215,13 +222,20 @@ class OutboundQueue(service.Service):
         )
         if recovery.checked:  # not due yet: look for them when they are, not at the next poll
             self._recheck = self._clock.callLater(self._policy.sent_check_delay, self._pollDue)
+        if self._claimTend is not None:
+            self._tend = task.LoopingCall(self._tendClaims)
+            self._tend.clock = self._clock
+            self._tend.start(self._claimTend, now=False).addErrback(
+                lambda f: log.failure("tending outbound claims stopped", f)
+            )
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
         service.Service.stopService(self)
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        self._poll = None
+        for loop in (self._poll, self._tend):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._poll = self._tend = None
         if self._recheck is not None and self._recheck.active():
             self._recheck.cancel()
         self._recheck = None
@@ -385,6 +399,30 @@ class OutboundQueue(service.Service):
         d = self._outbox.dueAccounts(self._clock.seconds())
         d.addCallback(kick)
         d.addErrback(lambda f: log.failure("looking for due outbound messages failed", f))
+        return d
+
+    def _tendClaims(self) -> defer.Deferred[None]:
+        """Several nodes: keep our claims, take back a dead node's, look for due messages."""
+
+        def tended(recovery: Recovery) -> defer.Deferred[None]:
+            if recovery.checked or recovery.resent:
+                log.warn(
+                    "{count} message(s) claimed by a node that stopped renewing its claims are"
+                    " queued again ({checked} looked for in Sent first)",
+                    count=recovery.checked + recovery.resent,
+                    checked=recovery.checked,
+                )
+            if recovery.checked:
+                self._clock.callLater(
+                    self._policy.sent_check_delay, lambda: self.running and self._pollDue()
+                )
+            return self._pollDue()
+
+        d = self._outbox.tendClaims(self._clock.seconds(), self._policy)
+        d.addCallback(tended)
+        d.addErrback(
+            lambda f: log.warn("tending outbound claims failed: {why}", why=cleanText(f.value))
+        )
         return d
 
     def _kick(self, name: str) -> None:
