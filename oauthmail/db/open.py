@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, threads
 
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
+from oauthmail.interfaces import IDeliveryLedger, ILeaseStore, IOutbox, ITokenStore
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
@@ -31,6 +31,13 @@ BACKENDS = ("sqlite", "postgresql")
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
+
+
+class _ClusterConfig(Protocol):
+    """What is read of :class:`oauthmail.config.ClusterConfig` (the outbox's claims)."""
+
+    node: str
+    claim_expiry: float
 
 
 class _StoreConfig(Protocol):
@@ -50,6 +57,10 @@ class Stores:
     tokens: ITokenStore
     ledger: IDeliveryLedger
     outbox: IOutbox
+    #: The folder leases of the nodes sharing this database.
+    leases: ILeaseStore | None = None
+    #: Several nodes may share this database: a folder is watched only under its lease.
+    shared: bool = False
 
     def close(self) -> defer.Deferred[None]:
         """Write what was asked for, then close the database (closing twice does nothing)."""
@@ -68,10 +79,13 @@ def openStores(
     clock: _Clock,
     reactor: Any,
     environ: Mapping[str, str] | None = None,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     """Load the key, open (create, migrate, key-check) the database, fire with its ``Stores``.
 
     Key loading may read or create the key file, so it runs in a thread too.
+    ``cluster`` names this node in the PostgreSQL outbox's claims (and how
+    long they last); without it, the host name and five minutes.
     """
     try:
         _checkBackend(store_config)
@@ -90,7 +104,7 @@ def openStores(
 
     def loaded(cipher: crypto.TokenCipher) -> defer.Deferred[Stores]:
         crypto.emitNotices(notices)
-        return _open(store_config, cipher, clock, reactor)
+        return _open(store_config, cipher, clock, reactor, cluster=cluster)
 
     d.addCallback(loaded)
     return d
@@ -102,24 +116,36 @@ def _open(
     clock: _Clock,
     reactor: Any,
     replaceEmpty: bool = False,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     if store_config.backend == "postgresql":
-        return _openPostgreSQL(store_config, cipher, clock, reactor)
+        return _openPostgreSQL(store_config, cipher, clock, reactor, cluster)
     from oauthmail.db.sqlite.database import SQLiteDatabase
+    from oauthmail.db.sqlite.leases import SQLiteLeaseStore
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
     from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
     database = SQLiteDatabase(store_config.path, reactor, replaceEmpty=replaceEmpty)
     tokens = SQLiteTokenStore(store_config.path, cipher, clock, reactor, database=database)
-    stores = Stores(tokens, SQLiteDeliveryLedger(database, clock), SQLiteOutbox(database))
+    stores = Stores(
+        tokens,
+        SQLiteDeliveryLedger(database, clock),
+        SQLiteOutbox(database),
+        SQLiteLeaseStore(database, clock),
+    )
     return tokens.open().addCallback(lambda _: stores)
 
 
 def _openPostgreSQL(
-    store_config: _StoreConfig, cipher: crypto.TokenCipher, clock: _Clock, reactor: Any
+    store_config: _StoreConfig,
+    cipher: crypto.TokenCipher,
+    clock: _Clock,
+    reactor: Any,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
@@ -129,7 +155,18 @@ def _openPostgreSQL(
     except StoreError as e:
         return defer.fail(e)
     tokens = PostgreSQLTokenStore(database, cipher, clock)
-    stores = Stores(tokens, PostgreSQLDeliveryLedger(database, clock), PostgreSQLOutbox(database))
+    outbox = (
+        PostgreSQLOutbox(database)
+        if cluster is None
+        else PostgreSQLOutbox(database, node=cluster.node, claim_expiry=cluster.claim_expiry)
+    )
+    stores = Stores(
+        tokens,
+        PostgreSQLDeliveryLedger(database, clock),
+        outbox,
+        PostgreSQLLeaseStore(database),
+        shared=True,
+    )
     return tokens.open().addCallback(lambda _: stores)
 
 
