@@ -85,7 +85,7 @@ class ITokenStore(Interface):
     def getSentProof(account_id):
         """Fire with the account's ``SentProof``, or ``None`` when it was never checked."""
 
-    def refreshLocked(account_id, fresh_enough, refresh):
+    def refreshLocked(account_id, fresh_enough, refresh, read=None):
         """Refresh the account's tokens at most once among every node sharing this store.
 
         Holds the account's refresh lock (PostgreSQL: its tokens row, ``SELECT
@@ -116,6 +116,11 @@ class ITokenStore(Interface):
         when the write failed after ``refresh`` answered: the caller still
         has the ``TokenSet`` its ``refresh`` returned and keeps it as it does
         after a failed ``putTokens``.
+
+        ``read`` is the ``TokenRecord`` the caller read just before, if any. A
+        store that needs no lock may take it for step 1 instead of reading
+        again (one process: its single flight and the compare-and-swap make
+        that read as good as one under a lock); a shared store ignores it.
         """
 
 

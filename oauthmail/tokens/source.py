@@ -376,6 +376,7 @@ class TokenSource:
             job.account.name,
             lambda record: self._freshEnough(job, record),
             lambda record: self._askProvider(job, record),
+            job.record,  # what we just read: a store without a lock need not read it again
         )
         return d.addCallbacks(
             self._locked, self._lockFailed, callbackArgs=(job,), errbackArgs=(job,)
