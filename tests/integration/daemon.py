@@ -104,16 +104,24 @@ class Daemon:
     the store in that PostgreSQL database (the configuration says
     ``dsn: ${OAUTHMAIL_DSN}`` and the daemon gets the value in its
     environment, as an operator would do it); without, a SQLite file.
+    ``keyFile`` is the store's key file (nodes sharing one store share it);
+    by default one of its own.
     """
 
-    def __init__(self, workDir: Path, config: dict[str, Any], dsn: str | None = None) -> None:
+    def __init__(
+        self,
+        workDir: Path,
+        config: dict[str, Any],
+        dsn: str | None = None,
+        keyFile: Path | None = None,
+    ) -> None:
         self.workDir = workDir
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.webPort = freePort()
         self.dsn = dsn
         config = dict(config)
         config["web"] = {"bind": "127.0.0.1", "port": self.webPort}
-        key_file = str(workDir / "var" / "oauthmail.key")
+        key_file = str(keyFile or workDir / "var" / "oauthmail.key")
         if dsn is None:
             config["store"] = {
                 "path": str(workDir / "var" / "oauthmail.sqlite"),

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import StoreError
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionResult
@@ -105,7 +106,13 @@ async def sendSession(
         ):
             return []
         limit = min(settings.batch_size, settings.session_limit - len(loop.claimed))
-        more = await claim(limit)
+        try:
+            more = await claim(limit)
+        except StoreError as e:
+            # The store went away mid-session (one line, not a traceback): what is
+            # claimed goes out; the loop retries once the store answers again.
+            parts.condition.failed(e)
+            return []
         if not more and settings.linger > 0:
             # Keep the session for messages being queued right now (a burst
             # from a local client) rather than paying for a new one.
