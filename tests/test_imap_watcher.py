@@ -987,3 +987,52 @@ def test_a_lease_that_ran_out_disposes_nothing_left_from_before():
     assert server.flags == {}
     assert watcher.state == "stopped" and owner.lost
     watcher.stop()
+
+
+def test_a_leased_account_watcher_runs_only_the_folders_it_holds():
+    """leased=True: nothing starts by itself; hold starts a folder, drop and stop end it."""
+    from oauthmail.cluster.keeper import FolderLease
+    from oauthmail.cluster.records import Lease
+
+    server = FakeServer()
+    account = makeAccount()
+    account = replace(
+        account,
+        imap=replace(account.imap, folders=(FolderConfig("INBOX"), FolderConfig("Archive"))),
+    )
+    clock = Clock()
+    service = AccountWatcher(
+        account,
+        FakeTokens(server),
+        MemoryDeliveryLedger(clock),
+        FakeSink(),
+        clock,
+        connect=server.connect,
+        leased=True,
+    )
+    server.add(b"hello")
+    service.startService()
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+    lease = FolderLease(Lease("alice", "Archive", "n1", 4, 30.0), 1000.0, 10.0, clock, LeaseOwner())
+    service.hold("Archive", lease)
+    states = {f["folder"]: (f["state"], f["lease_epoch"]) for f in service.status()["folders"]}
+    assert states == {"INBOX": ("stopped", None), "Archive": ("waiting", 4)}
+    assert service.drop("Archive").called
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+    service.hold("Archive", lease)
+    service.stopService()
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+
+
+def test_the_fenced_ledger_is_a_ledger():
+    """FencedLedger keeps the IDeliveryLedger promise; without a lease it adds no fence."""
+    from zope.interface.verify import verifyObject
+
+    from oauthmail.imap.watcher.lease import FencedLedger
+    from oauthmail.interfaces import IDeliveryLedger
+
+    inner = MemoryDeliveryLedger()
+    ledger = FencedLedger(inner, lambda: None)
+    assert verifyObject(IDeliveryLedger, ledger)
+    ledger.setFolderState("alice", "INBOX", 3, 9)
+    assert inner.folders[("alice", "INBOX")] == (3, 9)
