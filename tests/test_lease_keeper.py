@@ -12,10 +12,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.cluster.keeper import FolderLease, LeaseKeeper
 from oauthmail.cluster.records import Lease, LeaseLost
 from oauthmail.db.errors import StoreUnwritable
-from oauthmail.interfaces import IFolderLease
 from oauthmail.testing.memory_leases import MemoryLeaseStore
 
 FOLDERS = [(f"acct{i}", "INBOX") for i in range(6)]

@@ -4,6 +4,8 @@ Each watched IMAP folder is owned by one node at a time through a lease (a
 row of the ``leases`` owner of :mod:`oauthmail.db`: holder, epoch, expiry by
 the database's clock). The rooms, one job each:
 
+* :mod:`.interfaces`: the seams, :class:`~.interfaces.ILeaseStore` (every
+  backend's) and :class:`~.interfaces.IFolderLease` (a watcher's lease);
 * :mod:`.records`: the values (a lease, a fence, a heartbeat's answer, the
   console's views), pure;
 * :mod:`.keeper`: :class:`~.keeper.LeaseKeeper`, the node's heartbeat: it

@@ -13,9 +13,9 @@ from typing import Protocol
 
 from twisted.internet import defer
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.cluster.records import FolderKey
 from oauthmail.health import imapPart
-from oauthmail.interfaces import IFolderLease
 
 __all__ = ["LeasedFolders"]
 

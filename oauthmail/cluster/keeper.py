@@ -1,7 +1,7 @@
 """The node's heartbeat: keep, take and give back folder leases, and tell the watchers.
 
 :class:`LeaseKeeper` is a ``Service``. Every ``renew`` seconds it sends one
-heartbeat (:meth:`~oauthmail.interfaces.ILeaseStore.heartbeat`): the node is
+heartbeat (:meth:`~oauthmail.cluster.interfaces.ILeaseStore.heartbeat`): the node is
 alive, its leases are renewed, and it takes free or expired leases up to its
 fair share. What the beat answers drives the watchers through an
 :class:`IFolderWatching`: a lease just held starts its folder's watcher
@@ -37,9 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oauthmail.cluster.interfaces import IFolderLease, ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseLost
 from oauthmail.db.leasing import preferred
-from oauthmail.interfaces import IFolderLease, ILeaseStore
 from oauthmail.text import cleanText, describeFailure
 
 __all__ = ["DEFAULT_EXPIRY", "DEFAULT_RENEW", "FolderLease", "IFolderWatching", "LeaseKeeper"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import LeaseView, NodeView
-from oauthmail.interfaces import ILeaseStore
 from oauthmail.text import describeWhen
 
 __all__ = ["ClusterView", "collectCluster", "leaseRows", "nodeRows"]

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 from twisted.internet import defer, threads
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import IDeliveryLedger, ILeaseStore, IOutbox, ITokenStore
+from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 

@@ -17,10 +17,10 @@ from typing import Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken, StaleLease
 from oauthmail.db.leasing import fairShare, preferred
-from oauthmail.interfaces import ILeaseStore
 
 __all__ = ["MemoryLeaseStore"]
 

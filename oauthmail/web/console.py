@@ -30,10 +30,11 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.view import collectCluster
 from oauthmail.config import Config
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import ILeaseStore, ITokenStore
+from oauthmail.interfaces import ITokenStore
 from oauthmail.text import cleanText, describeWhen
 from oauthmail.web.authorize import (
     AuthorizeResource,

@@ -11,9 +11,9 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Fence
 from oauthmail.db.errors import NodeNameTaken
-from oauthmail.interfaces import ILeaseStore
 
 from .conftest import elapse
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken, StaleLease
 from oauthmail.db.leasing import fairShare
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.interfaces import ILeaseStore
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -48,7 +48,7 @@ def _columns(keys: Sequence[FolderKey]) -> tuple[list[str], list[str]]:
 
 @implementer(ILeaseStore)
 class PostgreSQLLeaseStore:
-    """An :class:`~oauthmail.interfaces.ILeaseStore` in an opened PostgreSQL database."""
+    """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened PostgreSQL database."""
 
     def __init__(self, database: IPostgreSQLDatabase) -> None:
         self._database = database

@@ -17,12 +17,12 @@ from typing import Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken, StaleLease
 from oauthmail.db.leasing import fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.interfaces import ILeaseStore
 
 __all__ = ["SQLiteLeaseStore", "checkFence"]
 
@@ -33,7 +33,7 @@ class _Clock(Protocol):
 
 @implementer(ILeaseStore)
 class SQLiteLeaseStore:
-    """An :class:`~oauthmail.interfaces.ILeaseStore` in an opened SQLite database."""
+    """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase, clock: _Clock) -> None:
         self._database = database

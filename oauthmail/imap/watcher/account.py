@@ -21,12 +21,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.config import AccountConfig
 from oauthmail.imap.watcher.folder import FolderWatcher
 from oauthmail.interfaces import (
     IAccountHealth,
     IDeliveryLedger,
-    IFolderLease,
     ISink,
     ITokenSource,
 )

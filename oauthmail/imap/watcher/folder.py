@@ -38,6 +38,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.cluster.records import LeaseLost
 from oauthmail.config import AccountConfig, FolderConfig
 from oauthmail.db.errors import StaleLease
@@ -55,7 +56,6 @@ from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
 from oauthmail.interfaces import (
     IAccountHealth,
     IDeliveryLedger,
-    IFolderLease,
     IIMAPSession,
     ISink,
     ITokenSource,

@@ -1,7 +1,7 @@
 """A folder watcher under a lease: every ledger write fenced, every step on the server confirmed.
 
 When several nodes share one database, a folder watcher runs only while its
-node holds the folder's lease (:class:`~oauthmail.interfaces.IFolderLease`).
+node holds the folder's lease (:class:`~oauthmail.cluster.interfaces.IFolderLease`).
 :class:`FencedLedger` puts the lease's fence on each write the watcher makes
 (the database refuses a stale one: ``StaleLease``) and confirms the lease
 before it, and again after recording a batch as handed (the very next step is
@@ -22,8 +22,9 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.cluster.records import Fence
-from oauthmail.interfaces import IDeliveryLedger, IFolderLease
+from oauthmail.interfaces import IDeliveryLedger
 
 __all__ = ["FencedLedger"]
 
