@@ -178,6 +178,33 @@ def test_a_lease_found_gone_by_its_watcher_is_stopped():
     assert again is not lease and again.valid()
 
 
+def test_a_late_report_of_an_old_lease_leaves_the_next_one_watched():
+    """A watcher's loop that ends after its folder was held again stops nothing of the new term.
+
+    The database went away long enough for the lease to be given up, came back,
+    and the folder was held (and watched) again before the old loop reported
+    its lease lost: the report is about a lease already forgotten.
+    """
+    clock = Clock()
+    store = MemoryLeaseStore(clock)
+    watching = Watching(clock)
+    a = keeper(store, watching, "a", clock, folders=FOLDERS[:1])
+    clock.advance(RENEW)
+    (old,) = a.watching.leases.values()
+    store.failure = StoreUnwritable("connection refused")
+    for _ in range(int(EXPIRY / 0.1) + 10):
+        clock.advance(0.1)
+    assert held(a) == set()
+    store.failure = None
+    clock.advance(RENEW)
+    (new,) = a.watching.leases.values()
+    assert new is not old
+    old.lost("the lease of INBOX could not be renewed in time")
+    assert a.watching.leases == {new.key: new} and a.held == {new.key: new}
+    clock.advance(RENEW)
+    assert a.watching.leases == {new.key: new} and new.valid()
+
+
 def test_a_clean_stop_gives_everything_back_at_once():
     """stopService stops the watchers, then leaves: the other node takes over at its next beat."""
     clock = Clock()

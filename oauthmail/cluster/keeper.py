@@ -295,7 +295,16 @@ class LeaseKeeper(Service):
         return self._serially(lease.key, lambda: self.watching.unwatch(lease.key))
 
     def leaseLost(self, lease: FolderLease, reason: str) -> None:
-        """A watcher found its lease gone (the database refused its write): stop it."""
+        """A watcher found its lease gone (the database refused its write): stop it.
+
+        Only a lease still held is acted on. One already forgotten had its
+        watcher stopped when it was; the folder may be watched again under a
+        newer lease by now, which a late report about the old one must not stop.
+        """
+        if self.held.get(lease.key) is not lease:
+            if lease.gone is None:
+                lease.gone = reason
+            return
         self._forget(lease, reason)
 
     def _giveBack(self, count: int) -> None:
