@@ -237,16 +237,21 @@ class Daemon:
 
     async def health(self) -> dict[str, Any]:
         """The console's ``/health`` JSON (any status code)."""
+        return (await self.healthStatus())[1]
 
-        def get() -> bytes:
+    async def healthStatus(self) -> tuple[int, dict[str, Any]]:
+        """The console's ``/health``: its status code and its JSON."""
+
+        def get() -> tuple[int, bytes]:
             url = f"http://127.0.0.1:{self.webPort}/health"
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-                    return response.read()
+                    return response.status, response.read()
             except urllib.error.HTTPError as e:
-                return e.read()
+                return e.code, e.read()
 
-        return json.loads(await threads.deferToThread(get))
+        status, body = await threads.deferToThread(get)
+        return status, json.loads(body)
 
     async def accountState(self, name: str) -> str | None:
         """One account's state as ``/health`` reports it."""

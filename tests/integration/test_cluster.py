@@ -2,15 +2,18 @@
 
 Each test starts three ``twistd oauthmail`` processes sharing one database,
 one key and one Maildir (leases renewed every second, expiring after three),
-with 30 mailboxes whose mail never stops coming, then breaks something:
+with 30 mailboxes whose mail never stops coming, then breaks something. Two
+tests, not one per fault: each start of a cluster costs seconds, so the
+faults that can follow one another share one run:
 
-* a node is SIGKILLed: its folders are watched again by the others within
-  60 s (here: a few seconds);
+* a node is SIGKILLed while 300 messages go to the three nodes' submission
+  servers: its folders are watched again by the others within 60 s (here: a
+  few seconds), every acknowledged message reaches the final hop once; the
+  node is started again and gets its share back; then PostgreSQL stops in
+  the middle of ingest and relay: every node's ``/health`` answers 503 while
+  it is away, and all of them carry on without a restart once it is back;
 * a node is SIGSTOPped for 45 s, far longer than its leases, then SIGCONTed:
-  it delivers and disposes nothing under the leases it lost, and rejoins;
-* PostgreSQL restarts in the middle of ingest and relay;
-* (outbound) 300 messages go to the three nodes' submission servers while
-  one node is SIGKILLed.
+  it delivers and disposes nothing under the leases it lost, and rejoins.
 
 After each: every Message-ID is in the Maildir exactly once and no mail is
 left on the server; the lease history shows no folder with two holders at
@@ -113,38 +116,6 @@ async def finish(c: Cluster, refreshes: Refreshes) -> None:
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_a_killed_nodes_folders_are_taken_over_and_nothing_is_lost_or_doubled(
-    dovecot, oauth_provider, postgres_dsn, tmp_path
-):
-    """SIGKILL one of three nodes: its folders are watched again within 60 s; exactly once."""
-    refreshes = Refreshes(oauth_provider)
-    c = await cluster(tmp_path, postgres_dsn, oauth_provider, dovecot, "kill")
-    try:
-        feeder = Feeder(dovecot, list(c.users.values()), "kill").start()
-        await sleep(3.0)
-        before = await c.holders()
-        lost = {a for a, (owner, _) in before.items() if owner == "node1"}
-        assert lost
-        c.nodes[1].kill()
-        killedAt = time.time()
-        after = await c.waitSpread([0, 2], TAKEOVER_BOUND)
-        takeover = time.time() - killedAt
-        assert takeover < TAKEOVER_BOUND
-        for account in lost:
-            assert after[account][1] > before[account][1]  # a new epoch
-        await sleep(2.0)  # mail keeps coming to the new holders
-        appended = await settle(c, dovecot, feeder)
-        exactlyOnce(c, appended)
-        assert Cluster.overlaps(await c.history()) == []
-        refreshes.check()
-        print(f"takeover after SIGKILL: {takeover:.1f} s, {len(appended)} messages")
-    finally:
-        refreshes.restore()
-        await finish(c, refreshes)
-
-
-@pytest.mark.slow
-@pytest_twisted.ensureDeferred
 async def test_a_node_paused_longer_than_its_leases_writes_nothing_after_waking(
     dovecot, oauth_provider, postgres_dsn, tmp_path
 ):
@@ -186,53 +157,6 @@ async def test_a_node_paused_longer_than_its_leases_writes_nothing_after_waking(
         await finish(c, refreshes)
 
 
-@pytest.mark.slow
-@pytest_twisted.ensureDeferred
-async def test_a_postgresql_restart_loses_and_doubles_nothing(
-    dovecot, oauth_provider, final_hop, postgres, postgres_dsn, tmp_path
-):
-    """PostgreSQL stops for 3 s during ingest and relay: all nodes carry on, exactly once."""
-    refreshes = Refreshes(oauth_provider)
-    sender = "pg-cluster-sender@example.com"
-    filer = SentFiler(dovecot)
-    final_hop.fileSent = filer
-    c = await cluster(
-        tmp_path,
-        postgres_dsn,
-        oauth_provider,
-        dovecot,
-        "pgr",
-        sender=sender,
-        submission=submissionConfig(),
-    )
-    try:
-        feeder = Feeder(dovecot, list(c.users.values()), "pgr").start()
-        sending = threads.deferToThread(submitAll, c, sender, "pgrout", 60, [0, 1, 2])
-        await sleep(2.0)
-        await threads.deferToThread(postgres.halt)
-        await sleep(3.0)
-        await threads.deferToThread(postgres.resume)
-        acked = await sending
-        assert len(acked) >= 30
-        await c.waitSpread([0, 1, 2], TAKEOVER_BOUND)
-        appended = await settle(c, dovecot, feeder)
-        exactlyOnce(c, appended)
-        assert await waitFor(lambda: set(acked) <= set(relayedIDs(final_hop, "pgrout")), 60.0)
-        await sleep(1.0)
-        relayed = relayedIDs(final_hop, "pgrout")
-        assert sorted(m for m, n in relayed.items() if n > 1) == []
-        assert Cluster.overlaps(await c.history()) == []
-        for node in c.nodes:  # every node works again without a restart
-            health = await node.health()
-            assert health["node"]["ok"], health
-        refreshes.check()
-    finally:
-        final_hop.fileSent = None
-        refreshes.restore()
-        await threads.deferToThread(filer.close)
-        await finish(c, refreshes)
-
-
 # -- outbound ---------------------------------------------------------------------------
 
 
@@ -258,8 +182,12 @@ def outMessage(sender: str, tag: str, i: int) -> bytes:
     ).encode()
 
 
-def submitAll(c: Cluster, sender: str, tag: str, count: int, nodes: list[int]) -> list[bytes]:
+def submitAll(
+    c: Cluster, sender: str, tag: str, count: int, nodes: list[int], pace: float = 0.0
+) -> list[bytes]:
     """Submit ``count`` messages round robin over ``nodes``' submission servers (blocking).
+
+    ``pace``: seconds between two messages (mail that keeps coming).
 
     Returns the Message-IDs answered 250. A message without its 250 (the node died,
     or said 451 while the store was away) is not sent again: a client that did so
@@ -281,6 +209,7 @@ def submitAll(c: Cluster, sender: str, tag: str, count: int, nodes: list[int]) -
                 client.login("app", PASSWORD)
             client.sendmail(sender, ["friend@example.net"], outMessage(sender, tag, i))
             acked.append(f"<{tag}-{i}@client.test>".encode())
+            time.sleep(pace)
         except (smtplib.SMTPException, OSError):
             old = clients.pop(n, None)
             if old is not None:
@@ -297,42 +226,97 @@ def submitAll(c: Cluster, sender: str, tag: str, count: int, nodes: list[int]) -
     return acked
 
 
+async def waitHealth(node: Any, status: int, bound: float) -> dict[str, Any]:
+    """Poll the node's ``/health`` until it answers ``status``; return its JSON."""
+    deadline = time.monotonic() + bound
+    seen: Any = None
+    while time.monotonic() < deadline:
+        try:
+            code, seen = await node.healthStatus()
+        except OSError as e:
+            code, seen = None, str(e)
+        if code == status:
+            return seen
+        await sleep(0.2)
+    raise AssertionError(f"/health did not answer {status} within {bound:g} s: {seen}")
+
+
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_300_submitted_across_three_nodes_while_one_is_killed_arrive_once(
-    dovecot, oauth_provider, final_hop, postgres_dsn, tmp_path
+async def test_a_killed_node_then_a_postgresql_restart_lose_and_double_nothing(
+    dovecot, oauth_provider, final_hop, postgres, postgres_dsn, tmp_path
 ):
-    """300 messages over three submission servers, one node SIGKILLed: each acked one once."""
+    """SIGKILL one of three nodes during ingest and relay, then restart PostgreSQL: once each."""
     refreshes = Refreshes(oauth_provider)
     sender = "cluster-sender@example.com"
     filer = SentFiler(dovecot)
     final_hop.fileSent = filer
-    c = Cluster(
+    c = await cluster(
         tmp_path,
         postgres_dsn,
         oauth_provider,
         dovecot,
-        {},
+        "kill",
         sender=sender,
         submission=submissionConfig(),
     )
-    for node in c.nodes:
-        node.secrets.add(PASSWORD)
     try:
-        await c.authorise()
-        await c.start()
+        feeder = Feeder(dovecot, list(c.users.values()), "kill").start()
+        # 1. 300 messages over the three submission servers; one node is SIGKILLed.
         sending = threads.deferToThread(submitAll, c, sender, "clout", 300, [0, 1, 2])
         assert await waitFor(lambda: len(relayedIDs(final_hop, "clout")) >= 60, 60.0, 0.01)
+        before = await c.holders()
+        lost = {a for a, (owner, _) in before.items() if owner == "node1"}
+        assert lost
         c.nodes[1].kill()
+        killedAt = time.time()
+        after = await c.waitSpread([0, 2], TAKEOVER_BOUND)
+        takeover = time.time() - killedAt
+        assert takeover < TAKEOVER_BOUND
+        for account in lost:
+            assert after[account][1] > before[account][1]  # a new epoch
         acked = await sending
         assert len(acked) >= 290  # all but the few in flight at the kill
-        assert await waitFor(lambda: set(acked) <= set(relayedIDs(final_hop, "clout")), 90.0), (
-            c.logs()
-        )
+        # 2. It is started again and gets its share back.
+        c.nodes[1].start()
+        await c.nodes[1].waitReady(60.0)
+        await c.waitSpread([0, 1, 2], TAKEOVER_BOUND)
+        # 3. PostgreSQL stops in the middle of ingest and relay (for 3 s, as long as a
+        # lease), and comes back.
+        relaying = threads.deferToThread(submitAll, c, sender, "pgrout", 100, [0, 1, 2], 0.05)
+        assert await waitFor(lambda: len(relayedIDs(final_hop, "pgrout")) >= 5, 30.0, 0.01)
+        haltedAt = time.monotonic()
+        await threads.deferToThread(postgres.halt)
+        assert len(relayedIDs(final_hop, "pgrout")) < 100  # relay under way
+        try:
+            for node in c.nodes:  # a node that lost its store says so
+                gone = await waitHealth(node, 503, 15.0)
+                assert gone["status"] == "store unavailable", gone
+            await sleep(max(0.0, 3.0 - (time.monotonic() - haltedAt)))
+        finally:
+            await threads.deferToThread(postgres.resume)
+        acked += await relaying
+        # Every node works again without a restart.
+        await c.waitSpread([0, 1, 2], TAKEOVER_BOUND)
+        for node in c.nodes:
+            health = await waitHealth(node, 200, 30.0)
+            assert health["node"]["ok"], health
+        appended = await settle(c, dovecot, feeder)
+        exactlyOnce(c, appended)
+        wanted = set(acked)
+
+        def relayed() -> Counter[bytes]:
+            return relayedIDs(final_hop, "clout") + relayedIDs(final_hop, "pgrout")
+
+        assert await waitFor(lambda: wanted <= set(relayed()), 90.0), c.logs()
         await sleep(1.0)
-        relayed = relayedIDs(final_hop, "clout")
-        twice = sorted(m for m, n in relayed.items() if n > 1)
+        twice = sorted(m for m, n in relayed().items() if n > 1)
         assert twice == [], f"{len(twice)} relayed more than once, e.g. {twice[:3]}"
+        assert Cluster.overlaps(await c.history()) == []
+        refreshes.check()
+        print(
+            f"takeover after SIGKILL: {takeover:.1f} s; {len(appended)} received, {len(acked)} sent"
+        )
     finally:
         final_hop.fileSent = None
         refreshes.restore()
