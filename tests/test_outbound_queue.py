@@ -1222,3 +1222,58 @@ def test_claims_are_tended_on_a_shared_outbox():
     queue.stopService()
     clock.advance(10.0)
     assert outbox.tends == 2
+
+
+def test_a_store_out_of_reach_is_said_once_per_outage_by_the_polls():
+    """Polls and claim tending failing on a store error: one warning per outage, no traceback."""
+    from twisted.logger import globalLogPublisher
+
+    from oauthmail.db.errors import StoreUnwritable
+    from oauthmail.smtp.queue.records import Recovery
+
+    clock = Clock()
+
+    class Away:
+        """A MemoryOutbox whose shared-store calls fail while ``down``."""
+
+        def __init__(self):
+            self.memory = MemoryOutbox()
+            self.down = False
+
+        def __getattr__(self, name):
+            return getattr(self.memory, name)
+
+        def _fail(self):
+            return defer.fail(StoreUnwritable("PostgreSQL db:5432/mail: cannot connect"))
+
+        def tendClaims(self, now, policy):
+            return self._fail() if self.down else defer.succeed(Recovery(0, 0))
+
+        def dueAccounts(self, now):
+            return self._fail() if self.down else self.memory.dueAccounts(now)
+
+    outbox = Away()
+    queue = OutboundQueue(
+        outbox,
+        FakeTokens(),
+        {"alice": account()},
+        reactor=None,
+        clock=clock,
+        sender=FakeSender(),
+        poll_interval=1.0,
+        claim_tend=1.0,
+    )
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        queue.startService()
+        for down in (True, False, True):
+            outbox.down = down
+            for _ in range(5):
+                clock.advance(1.0)
+        queue.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e for e in events if "outbound queue:" in str(e.get("log_format", ""))]
+    assert len(said) == 2, [e.get("log_format") for e in said]
+    assert [e for e in events if e.get("log_failure") is not None] == []

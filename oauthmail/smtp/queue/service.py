@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
-from oauthmail.db.errors import StoreUnwritable
+from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.interfaces import (
     IAccountHealth,
     IMessageSender,
@@ -176,6 +176,8 @@ class OutboundQueue(service.Service):
         self._tend: task.LoopingCall | None = None
         self._recheck: Any = None
         self._warnedUnknown: set[str] = set()
+        #: The store failure the polls last logged (None: the last poll worked).
+        self._pollTrouble: str | None = None
 
     def __repr__(self) -> str:
         return f"<OutboundQueue {len(self._accounts)} accounts>"
@@ -398,8 +400,21 @@ class OutboundQueue(service.Service):
 
         d = self._outbox.dueAccounts(self._clock.seconds())
         d.addCallback(kick)
-        d.addErrback(lambda f: log.failure("looking for due outbound messages failed", f))
+        d.addCallbacks(self._polled, self._pollFailed, errbackArgs=("looking for due messages",))
         return d
+
+    def _polled(self, _: object = None) -> None:
+        self._pollTrouble = None
+
+    def _pollFailed(self, failure: Failure, doing: str) -> None:
+        """A store that cannot be reached is said once until a poll works; a bug in full."""
+        if not failure.check(StoreError):
+            log.failure("outbound queue: {doing} failed", failure, doing=doing)
+            return
+        why = cleanText(failure.value)
+        if why != self._pollTrouble:
+            self._pollTrouble = why
+            log.warn("outbound queue: {doing} failed: {why}", doing=doing, why=why)
 
     def _tendClaims(self) -> defer.Deferred[None]:
         """Several nodes: keep our claims, take back a dead node's, look for due messages."""
@@ -420,9 +435,7 @@ class OutboundQueue(service.Service):
 
         d = self._outbox.tendClaims(self._clock.seconds(), self._policy)
         d.addCallback(tended)
-        d.addErrback(
-            lambda f: log.warn("tending outbound claims failed: {why}", why=cleanText(f.value))
-        )
+        d.addErrback(self._pollFailed, "tending claims")
         return d
 
     def _kick(self, name: str) -> None:
