@@ -113,7 +113,7 @@ accounts:
     imap: {{folders: [INBOX, Lists], sink: {{maildir: {tmp_path}/mail}}}}
 store: {{backend: postgresql, dsn: "{postgres_dsn}", key_file: {tmp_path}/var/key}}
 web: {{port: 0}}
-cluster: {{node: node-1, lease_renew: 0.3s, lease_expiry: 1s}}
+cluster: {{node: node-1, lease_renew: 1s, lease_expiry: 6s}}
 queue: {{control_socket: {tmp_path}/var/sock}}
 """,
         "test.yaml",
@@ -123,9 +123,9 @@ queue: {{control_socket: {tmp_path}/var/sock}}
     service.startService()
     try:
         await service.whenReady()
-        assert service.keeper is not None and service.queue._claimTend == 0.3
+        assert service.keeper is not None and service.queue._claimTend == 1.0
         folders = service.watchers["helpdesk"].folders
-        for _ in range(50):
+        for _ in range(100):  # the second heartbeat takes them (the first registers)
             if all(f.lease is not None for f in folders):
                 break
             await task.deferLater(reactor, 0.1, lambda: None)
