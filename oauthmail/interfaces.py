@@ -458,6 +458,27 @@ class IOutbox(Interface):
     def stats():
         """Fire with ``[AccountFigures]``, one per account that has messages, sorted."""
 
+    def listMessages(account=None, states=("queued", "sending", "failed"), limit=1000):
+        """Fire with up to ``limit`` ``DeliveryStatus`` (of ``account``, or all) in ``states``,
+        oldest first: what ``oauthmail queue`` lists."""
+
+    def retryMessage(message_id, now, delay):
+        """An operator's retry (one synced write); fire with the new ``DeliveryStatus`` or ``None``.
+
+        ``queued``: due at ``now`` (in doubt: not before ``in_doubt_since + delay``).
+        ``failed``: queued again, due now, failed recipients pending, attempts and
+        age starting over; ``sent`` recipients never again. Others: left as they are.
+        """
+
+    def deleteMessage(message_id):
+        """Remove it in any state (one synced write); fire with its last ``DeliveryStatus``.
+
+        ``None`` for an unknown id. A later outcome for it changes nothing.
+        """
+
+    def purgeFinished(before, limit):
+        """Delete up to ``limit`` ``sent``/``failed`` messages queued before ``before``; a count."""
+
 
 class IMessageSender(Interface):
     """How the queue hands claimed messages to a provider (SMTP today; API transports later)."""

@@ -86,6 +86,8 @@ class OAuthMailService(MultiService):
         self.submission_port: IListeningPort | None = None
         self.control_port: IListeningPort | None = None
         self.authorizer: Any = None
+        #: The message log's writer, metrics and notifications (:mod:`oauthmail.operations`).
+        self.operations: Any = None
         self._consoleFactory: LateFactory | None = None
         self._submissionFactory: LateFactory | None = None
         self._sinks: list[Any] = []
@@ -144,6 +146,7 @@ class OAuthMailService(MultiService):
             await self.stores.tokens.open()
         assert self.store is not None
         await self._startHealth()
+        self._startOperations()
         self._startTokens()
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
@@ -183,6 +186,15 @@ class OAuthMailService(MultiService):
             if account.configured:
                 health.declare(account.name, accountParts(account, leased=self.clustered))
 
+    def _startOperations(self) -> None:
+        from oauthmail.logs import checkFormat
+        from oauthmail.operations import buildOperations
+
+        assert self.stores is not None
+        self.operations = buildOperations(self.config, self.stores, self.reactor, self.health)
+        self.operations.sweeper.setServiceParent(self)
+        checkFormat(self.config.log.format)
+
     def _startTokens(self) -> None:
         from oauthmail.app import buildTokenParts
         from oauthmail.tokens.refresher import TokenRefresher
@@ -202,6 +214,7 @@ class OAuthMailService(MultiService):
             interval=refresher.interval,
             margin=refresher.margin,
             concurrency=refresher.concurrency,
+            observer=self.operations.metrics.refreshed,
         )
         self.refresher.setServiceParent(self)
 
@@ -237,6 +250,7 @@ class OAuthMailService(MultiService):
                 health=self.health,
                 limits=IMAPLimits(maxMessageSize=account.imap.max_message_size),
                 leased=self.clustered,
+                recorder=self.operations.recorder,
             )
         except Exception as e:
             reason = f"cannot receive mail: {describeFailure(e)}"
@@ -279,6 +293,7 @@ class OAuthMailService(MultiService):
 
     async def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
+        from oauthmail.metrics import MeteredSender
         from oauthmail.smtp.queue.sentsearch import sentSearches
         from oauthmail.smtp.queue.service import OutboundQueue
         from oauthmail.transports.dispatch import buildSender
@@ -292,7 +307,9 @@ class OAuthMailService(MultiService):
         looking = {name: sending[name] for name, d in searches.items() if d.searches}
         queue = self.config.queue
         # SMTP, Graph or the Gmail API, per account (smtp.transport).
-        self.sender = buildSender(self.reactor, sending.values())
+        self.sender = MeteredSender(
+            buildSender(self.reactor, sending.values()), self.operations.metrics, self.reactor
+        )
         self.queue = OutboundQueue(
             self.stores.outbox,
             self.tokens,
@@ -309,8 +326,10 @@ class OAuthMailService(MultiService):
             sent_check_give_up=queue.sent_check_give_up,
             sent_search=looking,
             claim_tend=self.config.cluster.lease_renew if self.clustered else None,
+            recorder=self.operations.recorder,
         )
         self.queue.setServiceParent(self)
+        self.operations.attachQueue(self.queue, self.config)
 
     def _attachSubmission(self) -> None:
         from oauthmail.smtp.submission import (
@@ -348,6 +367,9 @@ class OAuthMailService(MultiService):
                     self.health,
                     cluster=self.keeper,
                     leases=self.stores.leases if self.clustered and self.stores else None,
+                    messages=self.stores.messages if self.stores is not None else None,
+                    outbox=self.stores.outbox if self.stores is not None else None,
+                    metrics=self.operations.metrics if self.operations is not None else None,
                 ),
                 authorizer=self.authorizer,
             )
@@ -402,6 +424,8 @@ class OAuthMailService(MultiService):
             self.sender = None
         if self.health is not None:
             await self.health.whenWritten()
+        if self.operations is not None:
+            await self.operations.close()
         if self.stores is not None:
             await self.stores.close()
 

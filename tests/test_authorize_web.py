@@ -154,7 +154,8 @@ class Console:
 
 
 def _row(page: str, account: str) -> str:
-    return next(r for r in page.split("<tr>") if f"<td>{account}<" in r)
+    # The account's name cell links to its message page.
+    return next(r for r in page.split("<tr>") if f"href='/messages/{account}'>{account}<" in r)
 
 
 @pytest_twisted.ensureDeferred

@@ -61,6 +61,16 @@ def test_send_queues_with_header_recipients(tmp_path: Path) -> None:
     assert message.startswith(b"Received: by localhost (oauthmail) id ")
     assert message.endswith(MESSAGE)
     assert sorted(recipients.split()) == ["dev@example.net", "ops@example.net"]
+    # The message log has its "queued" entry, named by the queue id the command printed.
+    queue_id = result.stdout.decode().split()[2].rstrip(";")
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    try:
+        logged = db.execute(
+            "SELECT account, direction, outcome, queue_id, size FROM message_log"
+        ).fetchall()
+    finally:
+        db.close()
+    assert logged == [("alerts", "out", "queued", queue_id, len(message))]
 
 
 def test_send_with_explicit_envelope(tmp_path: Path) -> None:

@@ -537,7 +537,7 @@ async def test_console_shows_the_nodes_and_who_holds_which_folder() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_health_of_a_node_that_lost_its_database_is_503() -> None:
-    """A node whose heartbeat fails answers /health 503 'store unavailable' at once."""
+    """A node whose heartbeat fails answers /health 503 'store_unreachable' at once."""
     from oauthmail.db.errors import StoreUnwritable
 
     clock = Clock()
@@ -546,7 +546,7 @@ async def test_health_of_a_node_that_lost_its_database_is_503() -> None:
     clock.advance(1.0)
     status, body = await _render(resource, b"health")
     health = json.loads(body)
-    assert status == 503 and health["status"] == "store unavailable"
+    assert status == 503 and health["status"] == "store_unreachable"
     assert "connection refused" in health["error"] and health["node"]["ok"] is False
     leases.failure = None
     clock.advance(1.0)

@@ -293,7 +293,9 @@ class FakeSink:
         return defer.succeed(out)
 
 
-def setup(account=None, ledger=None, tokens=None, server=None, store=None, clock=None):
+def setup(
+    account=None, ledger=None, tokens=None, server=None, store=None, recorder=None, clock=None
+):
     clock = clock or Clock()
     server = server or FakeServer()
     tokens = tokens or FakeTokens(server)
@@ -310,6 +312,7 @@ def setup(account=None, ledger=None, tokens=None, server=None, store=None, clock
         health=AccountHealth(store, clock) if store is not None else None,
         connect=server.connect,
         retryPolicy=lambda attempt: 5.0 * (attempt + 1),
+        recorder=recorder,
     )
     return watcher, server, tokens, ledger, sink, clock
 

@@ -203,6 +203,7 @@ class Rig:
         bounce=False,
         sent_folder=None,
         sent_check_delay=0.0,
+        recorder=None,
     ):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -229,6 +230,7 @@ class Rig:
             sent_folder=sent_folder,
             sent_check_delay=sent_check_delay,
             sent_check_give_up=3600.0,
+            recorder=recorder,
         )
         if start:
             self.queue.startService()

@@ -272,6 +272,7 @@ async def test_nodes_starting_together_migrate_once(postgres_dsn):
     assert rows == sorted((s.owner, n) for s in POSTGRESQL for n in range(1, s.latest + 1))
     assert ("tokens", 1) in rows and ("ledger", 2) in rows and ("outbox", 2) in rows
     assert ("leases", 1) in rows
+    assert ("messages", 1) in rows
     assert checks == 1
 
 

@@ -23,6 +23,7 @@ from oauthmail.interfaces import IHTTPTransport
 from oauthmail.secret import Secret
 from oauthmail.testing.certs import SERVER_NAME, generateTestCertificates
 from oauthmail.testing.memory_ledger import MemoryDeliveryLedger
+from oauthmail.testing.memory_messages import MemoryMessageLog
 from oauthmail.testing.memory_outbox import MemoryOutbox
 from oauthmail.testing.memory_store import MemoryTokenStore
 from oauthmail.testing.provider import TestOAuthProvider
@@ -142,7 +143,9 @@ async def test_one_pool_per_distinct_proxy_setting():
         _profile("env", "https://t.example/token"),
     )
     environ = {"https_proxy": "http://other.corp:8080", "no_proxy": "internal.corp"}
-    stores = Stores(MemoryTokenStore(reactor), MemoryDeliveryLedger(), MemoryOutbox())
+    stores = Stores(
+        MemoryTokenStore(reactor), MemoryDeliveryLedger(), MemoryOutbox(), MemoryMessageLog()
+    )
     parts = buildTokenParts(config, stores, reactor, environ=environ)
     transports = parts.transport
     assert isinstance(transports, TokenTransports)

@@ -20,6 +20,7 @@ from oauthmail.cli import accounts as _accounts  # noqa: F401
 from oauthmail.cli import authorize as _authorize  # noqa: F401
 from oauthmail.cli import configuration as _configuration  # noqa: F401
 from oauthmail.cli import passwords as _passwords  # noqa: F401
+from oauthmail.cli import queue as _queue  # noqa: F401
 from oauthmail.cli import remove as _remove  # noqa: F401
 from oauthmail.cli import send as _send  # noqa: F401
 from oauthmail.cli import test as _test  # noqa: F401

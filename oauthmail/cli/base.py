@@ -52,6 +52,7 @@ HELP_ORDER = (
     "test",
     "refresh",
     "send",
+    "queue",
     "api",
     "remove",
     "hash-password",

@@ -58,20 +58,29 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
+        from oauthmail.messagelog.writer import MessageLogWriter
         from oauthmail.smtp.api import sendFromCLI
         from oauthmail.smtp.queue.service import OutboundQueue
 
         async with Session(config, reactor) as session:
-            queue = OutboundQueue(
-                session.stores.outbox, session.tokens, {account.name: account}, reactor
-            )
+            recorder = MessageLogWriter(session.stores.messages, reactor)
             try:
-                message_id, _ = await sendFromCLI(
-                    queue, account, message, to=args.to, mail_from=args.mail_from
+                queue = OutboundQueue(
+                    session.stores.outbox,
+                    session.tokens,
+                    {account.name: account},
+                    reactor,
+                    recorder=recorder,  # the message log's "queued" entry
                 )
-            except ValueError as e:
-                print(f"nothing was queued: {e}", file=sys.stderr)
-                return EXIT_USAGE
+                try:
+                    message_id, _ = await sendFromCLI(
+                        queue, account, message, to=args.to, mail_from=args.mail_from
+                    )
+                except ValueError as e:
+                    print(f"nothing was queued: {e}", file=sys.stderr)
+                    return EXIT_USAGE
+            finally:
+                await recorder.stop()
         from twisted.internet import threads
 
         from oauthmail.control import wakeDaemon

@@ -23,6 +23,7 @@ from oauthmail.config.accounts import readAccounts
 from oauthmail.config.errors import ConfigError
 from oauthmail.config.model import Config
 from oauthmail.config.nodes import Document
+from oauthmail.config.operations import readLog, readMessages, readNotify
 from oauthmail.config.profiles import readProfiles
 from oauthmail.config.rules import checkClients, notesFor
 from oauthmail.config.schema import TOP_KEYS, WEB_KEYS
@@ -114,6 +115,9 @@ def _read(document: Document, root: YamlNode | None) -> Config:
         queue=readQueue(sections["queue"]),
         submission=readSubmission(sections["submission"], accounts),
         cluster=readCluster(sections["cluster"]),
+        messages=readMessages(sections["messages"]),
+        notify=readNotify(sections["notify"], accounts),
+        log=readLog(sections["log"]),
         notes=notesFor(read, profiles),
     )
     # Rules across sections come last, so that a file with a plain mistake

@@ -358,6 +358,35 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True)
+class MessagesConfig:
+    """The ``messages:`` section: how long the message log (and sent mail) is kept."""
+
+    retention: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The ``notify:`` section: who hears about state changes and mail that failed for good.
+
+    ``webhook`` gets a JSON POST per event (signed with HMAC-SHA256 when
+    ``webhook_secret`` is set); ``mail_to`` gets a short mail through the
+    account ``mail_account``.
+    """
+
+    webhook: str | None = None
+    webhook_secret: Secret | None = None
+    mail_to: str | None = None
+    mail_account: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The ``log:`` section: ``format: text`` (one line per event) or ``json`` (one object)."""
+
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file: profiles, accounts and the daemon's sections."""
 
@@ -370,6 +399,9 @@ class Config:
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig | None = None  # no local submission server unless asked
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    messages: MessagesConfig = MessagesConfig()
+    notify: NotifyConfig = NotifyConfig()
+    log: LogConfig = LogConfig()
     #: Facts worth telling the operator that are not errors, one line each in
     #: the errors' form (``FILE:LINE: KEY.PATH: text``); ``check-config`` prints them.
     notes: tuple[str, ...] = ()

@@ -31,6 +31,9 @@ TOP_KEYS = (
     "queue",
     "submission",
     "cluster",
+    "messages",
+    "notify",
+    "log",
 )
 PROFILE_KEYS = (
     "provider",
@@ -105,3 +108,7 @@ SUBMISSION_KEYS = (
     "auth_block",
 )
 SUBMISSION_USER_KEYS = ("name", "password_hash", "allowed_senders")
+MESSAGES_KEYS = ("retention",)
+NOTIFY_KEYS = ("webhook", "webhook_secret", "mail_to", "mail_account")
+LOG_KEYS = ("format",)
+LOG_FORMATS = ("text", "json")

@@ -2,9 +2,10 @@
 
 The stored things and their owners are ``tokens`` (accounts and encrypted
 OAuth tokens, :class:`~oauthmail.interfaces.ITokenStore`), ``ledger`` (the IMAP
-delivery ledger, :class:`~oauthmail.interfaces.IDeliveryLedger`) and ``outbox``
-(the outbound queue, :class:`~oauthmail.interfaces.IOutbox`). Each backend
-implements all three over one database and registers each owner's migrations
+delivery ledger, :class:`~oauthmail.interfaces.IDeliveryLedger`), ``outbox``
+(the outbound queue, :class:`~oauthmail.interfaces.IOutbox`) and ``messages``
+(the message log, :class:`~oauthmail.messagelog.interfaces.IMessageLog`). Each backend
+implements all of them over one database and registers each owner's migrations
 separately (:mod:`oauthmail.db.migrations`).
 
 Rules a reader must not break:

@@ -2,7 +2,7 @@
 
 :func:`openStores` loads the encryption key (:mod:`oauthmail.tokens.crypto`),
 opens the database with the key check, and fires with a :class:`Stores`: the
-token store, the delivery ledger and the outbox over that one database. The
+token store, the delivery ledger, the outbox and the message log over that one database. The
 daemon (``service.py``) and the command-line tools both open their stores here.
 
 The backends are ``sqlite`` (one file, the default) and ``postgresql`` (a
@@ -22,6 +22,7 @@ from twisted.internet import defer, threads
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
@@ -58,6 +59,7 @@ class Stores:
     tokens: ITokenStore
     ledger: IDeliveryLedger
     outbox: IOutbox
+    messages: IMessageLog
     #: The folder leases of the nodes sharing this database.
     leases: ILeaseStore | None = None
     #: Several nodes may share this database: a folder is watched only under its lease.
@@ -124,6 +126,7 @@ def _open(
     from oauthmail.db.sqlite.database import SQLiteDatabase
     from oauthmail.db.sqlite.leases import SQLiteLeaseStore
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+    from oauthmail.db.sqlite.messages import SQLiteMessageLog
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
     from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
@@ -133,6 +136,7 @@ def _open(
         tokens,
         SQLiteDeliveryLedger(database, clock),
         SQLiteOutbox(database),
+        SQLiteMessageLog(database),
         SQLiteLeaseStore(database, clock),
     )
     return tokens.open().addCallback(lambda _: stores)
@@ -148,6 +152,7 @@ def _openPostgreSQL(
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
     from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 
@@ -165,6 +170,7 @@ def _openPostgreSQL(
         tokens,
         PostgreSQLDeliveryLedger(database, clock),
         outbox,
+        PostgreSQLMessageLog(database),
         PostgreSQLLeaseStore(database),
         shared=True,
     )

@@ -2,7 +2,7 @@
 
 Everything goes: accounts, tokens (still sealed: the same key opens them in
 PostgreSQL, so nothing is decrypted or re-encrypted), the key check, the
-delivery ledger and the outbound queue with its messages. Rules a reader must
+delivery ledger, the outbound queue with its messages, and the message log. Rules a reader must
 not break:
 
 - The SQLite file is first opened as the daemon opens it (key check, pending
@@ -98,6 +98,23 @@ TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "outbound_recipients",
         ("message_id", "position", "recipient", "state", "last_code", "last_text"),
         "message_id, position",
+    ),
+    (
+        # PostgreSQL numbers the entries anew, in the same order.
+        "message_log",
+        (
+            "at",
+            "account",
+            "direction",
+            "outcome",
+            "message_id",
+            "size",
+            "folder",
+            "uid",
+            "queue_id",
+            "reply",
+        ),
+        "id",
     ),
 )
 

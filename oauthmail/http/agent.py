@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from oauthmail.http.proxy import DIRECT, ProxySettings
 from oauthmail.http.tunnel import TunnelEndpoint
+from oauthmail.logs import QuietEndpoint
 
 __all__ = ["AgentFactory", "RoutingEndpointFactory", "trustPolicy"]
 
@@ -69,7 +70,7 @@ class RoutingEndpointFactory:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            endpoint = self._build(uri)
+            endpoint = QuietEndpoint(self._build(uri))  # no "Starting factory" per connection
             if len(self._endpoints) >= 64:
                 self._endpoints.clear()
             self._endpoints[key] = endpoint

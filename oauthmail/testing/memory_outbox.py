@@ -78,6 +78,7 @@ class _Message:
             self.last_error,
             self.provider_accepted_at,
             tuple(RecipientStatus(r.address, r.state, r.code, r.text) for r in self.recipients),
+            len(self.data),
         )
 
     def undefer(self) -> None:
@@ -413,3 +414,58 @@ class MemoryOutbox:
                 )
             )
         return defer.succeed(figures)
+
+    # -- operator's tools ---------------------------------------------------------------
+
+    def listMessages(
+        self,
+        account: str | None = None,
+        states: Sequence[str] = ("queued", "sending", "failed"),
+        limit: int = 1000,
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        chosen = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if (account is None or m.account == account) and m.state in states
+            ),
+            key=lambda m: (m.created_at, m.order),
+        )
+        return defer.succeed([m.status() for m in chosen[:limit]])
+
+    def retryMessage(
+        self, message_id: str, now: float, delay: float
+    ) -> defer.Deferred[DeliveryStatus | None]:
+        m = self.messages.get(message_id)
+        if m is None:
+            return defer.succeed(None)
+        self.writes += 1
+        if m.state == "queued":
+            m.next_attempt_at = (
+                now if m.in_doubt_since is None else max(now, m.in_doubt_since + delay)
+            )
+        elif m.state == "failed":
+            for r in m.recipients:
+                if r.state == "failed":
+                    r.state = "pending"
+            m.state, m.attempts, m.created_at, m.next_attempt_at = "queued", 0, now, now
+            m.in_doubt_since = None
+        return defer.succeed(m.status())
+
+    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        m = self.messages.pop(message_id, None)
+        if m is not None:
+            self.writes += 1
+        return defer.succeed(None if m is None else m.status())
+
+    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
+        done = (m for m in self.messages.values() if m.state in FINAL_STATES)
+        old = sorted(
+            (m for m in done if m.created_at < before),
+            key=lambda m: (m.created_at, m.order),
+        )[:limit]
+        for m in old:
+            del self.messages[m.id]
+        if old:
+            self.writes += 1
+        return defer.succeed(len(old))

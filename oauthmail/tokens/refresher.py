@@ -32,7 +32,7 @@ Rules a reader must not break:
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
@@ -81,6 +81,8 @@ class TokenRefresher(Service):
     """A ``Service`` that keeps every account's token fresh in the background.
 
     :param concurrency: requests at once per token endpoint (provider host).
+    :param observer: called ``observer(account, ok, seconds)`` after each refresh of a
+        pass (the daemon's metrics); it must not raise.
     """
 
     name = "token-refresher"
@@ -98,8 +100,10 @@ class TokenRefresher(Service):
         *,
         max_age: float | None = 7 * 86400.0,
         random: _random.Random | None = None,
+        observer: Callable[[str, bool, float], object] | None = None,
     ) -> None:
         self._source = source
+        self._observer = observer
         self._store = store
         self._accounts = tuple(accounts)
         self._endpoints = {account.name: tokenEndpointOf(account) for account in self._accounts}
@@ -322,22 +326,33 @@ class TokenRefresher(Service):
         Callbacks rather than a coroutine: this runs once per due account.
         """
         min_valid = None if force else self.margin + self.interval
+        began = self._clock.seconds()
         try:
             d = self._source.refreshDue(account.name, min_valid, limiter=slots)
         except Exception:
             d = defer.fail()
         return d.addCallbacks(
-            self._counted, self._failed, callbackArgs=(account, tally), errbackArgs=(account, tally)
+            self._counted,
+            self._failed,
+            callbackArgs=(account, tally, began),
+            errbackArgs=(account, tally, began),
         )
 
-    def _counted(self, _: object, account: AccountConfig, tally: _Tally) -> None:
+    def _counted(self, _: object, account: AccountConfig, tally: _Tally, began: float) -> None:
         self._claimed.discard(account.name)
         tally.refreshed += 1
         self.refreshed += 1
+        if self._observer is not None:
+            self._observer(account.name, True, self._clock.seconds() - began)
 
-    def _failed(self, failure: Failure, account: AccountConfig, tally: _Tally) -> None:
+    def _failed(
+        self, failure: Failure, account: AccountConfig, tally: _Tally, began: float
+    ) -> None:
         self._claimed.discard(account.name)
         e = failure.value
+        skipped = isinstance(e, AccountNotAuthorised) and not e.needs_reauth
+        if self._observer is not None and not skipped and not isinstance(e, defer.CancelledError):
+            self._observer(account.name, False, self._clock.seconds() - began)
         if isinstance(e, defer.CancelledError):
             tally.dropped += 1  # the service stopped before this refresh's request was sent
             return

@@ -20,7 +20,7 @@ import datetime
 import html
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -33,9 +33,10 @@ from twisted.web.server import NOT_DONE_YET
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.view import collectCluster
 from oauthmail.config import Config
-from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import ITokenStore
-from oauthmail.text import cleanText, describeWhen
+from oauthmail.interfaces import IOutbox, ITokenStore
+from oauthmail.messagelog.interfaces import IMessageLog
+from oauthmail.metrics import MetricsPage
+from oauthmail.text import describeFailure, describeWhen
 from oauthmail.web.authorize import (
     AuthorizeResource,
     CallbackResource,
@@ -52,6 +53,7 @@ from oauthmail.web.login import (
     ScryptAdminPassword,
     logoutForm,
 )
+from oauthmail.web.messages import MessagesPage, OutboxPage, messagesLink
 from oauthmail.web.pages import StylesheetResource, formPage, htmlDocument
 from oauthmail.web.remove import RemovePage, removeLink
 from oauthmail.web.sessions import LoginThrottle, SessionStore
@@ -97,6 +99,12 @@ class LiveParts:
     watchers: Mapping[str, Any] = field(default_factory=dict)
     queue: Any = None
     health: Any = None
+    #: The message log (last mail in/out after a restart, the message pages).
+    messages: IMessageLog | None = None
+    #: The outbox (the message pages' queue listing and headers).
+    outbox: IOutbox | None = None
+    #: The daemon's metrics (``/metrics``); ``None``: no such page.
+    metrics: Any = None
     cluster: Any = None
     leases: ILeaseStore | None = None
 
@@ -107,6 +115,10 @@ async def collectStatuses(
     """Every configured account's status, in configuration order."""
     live = live or LiveParts()
     sending = await live.queue.stats() if live.queue is not None else {}
+    last = {}
+    if live.messages is not None:
+        names = [a.name for a in config.accounts]
+        last = {m.account: m for m in await live.messages.lastMail(names)}
     statuses = []
     for account in config.accounts:
         record = await store.getAccount(account.name)
@@ -114,9 +126,17 @@ async def collectStatuses(
         watcher = live.watchers.get(account.name)
         receiving = watcher.status() if watcher is not None else None
         view = live.health.view(account.name) if live.health is not None else None
-        statuses.append(
-            accountStatus(account, record, tokens, receiving, sending.get(account.name), view, now)
+        status = accountStatus(
+            account, record, tokens, receiving, sending.get(account.name), view, now
         )
+        mail = last.get(account.name)
+        if mail is not None:  # what the log remembers from before a restart
+            status = replace(
+                status,
+                last_delivery_at=status.last_delivery_at or mail.received_at,
+                last_sent_at=mail.sent_at,
+            )
+        statuses.append(status)
     return statuses
 
 
@@ -196,7 +216,7 @@ class HealthPage(_AsyncPage):
     configured account is fully ok (tokens, every folder, SMTP); 503
     ``degraded`` otherwise; 503 ``unconfigured`` when no account is
     configured at all (a daemon that can do nothing is not healthy); 503
-    ``store unavailable`` when the store cannot be read, or (several nodes)
+    ``store_unreachable`` when the store does not answer, or (several nodes)
     this node's last heartbeat failed: it lost its database, its folders are
     stopping or stopped, other nodes take them over.
     """
@@ -211,8 +231,8 @@ class HealthPage(_AsyncPage):
             return self._unavailable(request, now, node["error"], node)
         try:
             statuses = await collectStatuses(self.config, self.store, self.live, now)
-        except StoreError as e:
-            return self._unavailable(request, now, cleanText(e), node)
+        except Exception as e:  # the store (a PostgreSQL server, a disk) does not answer
+            return self._unavailable(request, now, describeFailure(e), node)
         configured = [s for s in statuses if s.state != "not_configured"]
         healthy = bool(configured) and all(s.state in ("ok", "refreshing") for s in configured)
         if not healthy:
@@ -230,7 +250,13 @@ class HealthPage(_AsyncPage):
     @staticmethod
     def _unavailable(request: Any, now: float, error: str, node: Any) -> bytes:
         request.setResponseCode(503)
-        payload = {"status": "store unavailable", "now": now, "error": error, "node": node}
+        payload = {
+            "status": "store_unreachable",
+            "now": now,
+            "error": error,
+            "node": node,
+            "accounts": [],
+        }
         return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
 
 
@@ -278,6 +304,7 @@ class ConsoleResource(Resource):
         self._status.guard = self.guard
         self.putChild(b"health", HealthPage(config, store, clock, live))
         self.putChild(b"style.css", StylesheetResource())
+        self._mountOperatorPages(config, store, clock, live)
         if authorizer is not None:
             self._status.buttons = True
             self.putChild(b"authorize", AuthorizeResource(authorizer, config, clock))
@@ -296,6 +323,23 @@ class ConsoleResource(Resource):
             login = LoginPage(self.guard, admin_password, self.sessions, throttle)
             self.putChild(b"login", login)
             self.putChild(b"logout", LogoutResource(self.guard, self.sessions))
+
+    def _mountOperatorPages(
+        self, config: Config, store: ITokenStore, clock: IReactorTime, live: LiveParts | None
+    ) -> None:
+        """The message pages and ``/metrics`` (see :mod:`oauthmail.web.messages`)."""
+        live = live or LiveParts()
+        pages = (live.messages, live.outbox, self.guard, clock, live.queue)
+        self.putChild(b"messages", MessagesPage(config, *pages))
+        self.putChild(b"outbox", OutboxPage(config, *pages))
+        if live.metrics is not None:
+            metrics = live.metrics
+            names = [a.name for a in config.accounts]
+
+            async def gather() -> None:
+                await metrics.refresh(names, store, live.queue, live.watchers, live.health)
+
+            self.putChild(b"metrics", MetricsPage(metrics, gather))
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         refused = self.guard.check(path, request)
@@ -318,10 +362,16 @@ def _isoTime(when: float | None) -> str:
 
 
 def _received(s: AccountStatus, now: float) -> str:
-    if s.delivered is None:
+    if s.delivered is None and s.last_delivery_at is None and s.last_sent_at is None:
         return "—"
-    when = describeWhen(s.last_delivery_at, now) if s.last_delivery_at else "none yet"
-    return html.escape(f"{when} ({s.delivered} since start)")
+    parts = []
+    if s.delivered is not None or s.last_delivery_at is not None:
+        when = describeWhen(s.last_delivery_at, now) if s.last_delivery_at else "none yet"
+        since = f" ({s.delivered} since start)" if s.delivered is not None else ""
+        parts.append(f"in: {when}{since}")
+    if s.last_sent_at is not None:
+        parts.append(f"out: {describeWhen(s.last_sent_at, now)}")
+    return "<br>".join(html.escape(p) for p in parts)
 
 
 def _partsHint(s: AccountStatus) -> str:
@@ -364,7 +414,7 @@ def renderStatusPage(
         action = (buttons or {}).get(s.name, "")
         rows.append(
             "<tr>"
-            f"<td>{e(s.name)}<div class='hint'>{e(s.address)}</div></td>"
+            f"<td>{messagesLink(s.name)}<div class='hint'>{e(s.address)}</div></td>"
             f"<td>{e(s.profile)}</td>"
             f"<td class='state {e(s.state)}'>{e(STATE_LABELS.get(s.state, s.state))}"
             "</td>"
@@ -391,6 +441,6 @@ def renderStatusPage(
         + "".join(rows)
         + "</tbody></table>"
         + cluster
-        + f"<p class='hint'>As of {e(_isoTime(now))}. Machine-readable: "
-        "<a href='/health'>/health</a></p>",
+        + f"<p class='hint'>As of {e(_isoTime(now))}. An account's name leads to its messages."
+        " Machine-readable: <a href='/health'>/health</a>, <a href='/metrics'>/metrics</a></p>",
     )

@@ -19,8 +19,10 @@ cross-site redirect, so a login check would always fail. The callback acts only 
 ``state`` that a logged-in POST created (32 random bytes, once, for ten minutes) and
 holds no PKCE verifier: a visitor without a login cannot start, guess or replay one,
 and a code minted for any other request fails at the token endpoint. It never shows a
-token or a code. ``/health`` is open for monitoring, ``/style.css`` and ``/login`` for
-the login page itself.
+token or a code. ``/health`` and ``/metrics`` are open for monitoring (a scraper has no
+session; they show states, counts and times, never a token, a message or an address
+beyond account names), ``/style.css`` and ``/login`` for the login page itself. The Host
+check applies to them as to every page.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ __all__ = ["COOKIE", "OPEN_PATHS", "ConsoleAccess", "Guard", "RequestAccess", "f
 COOKIE = b"oauthmail_session"
 
 #: First path segments reachable without a login (see the module docstring).
-OPEN_PATHS = frozenset({b"health", b"callback", b"style.css", b"login"})
+OPEN_PATHS = frozenset({b"health", b"metrics", b"callback", b"style.css", b"login"})
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,14 @@ a + code { font-size: 1.4em; letter-spacing: .1em; }  /* the device page's user 
 label { display: block; margin: .6em 0 .2em; }
 input[type=password] { font-size: 1.1em; padding: .3em; width: 18em; }
 button { font-size: 1em; padding: .3em .9em; white-space: nowrap; }
+button.danger { color: #a11; }
+h2 { font-size: 1.15em; margin-top: 1.6em; }
+pre.headers { background: #f6f6f6; padding: .8em; overflow-x: auto; white-space: pre-wrap; }
+table.facts th { width: 10em; }
+.outcome { font-weight: bold; }
+.delivered, .sent { color: #17692a; } .deferred, .queued, .sending { color: #8a5a00; }
+.refused, .bounced { color: #a11; }
+td.actions { white-space: nowrap; }
 """
 
 

@@ -64,6 +64,7 @@ class ConsoleSite(Site):
 
     displayTracebacks = False
     requestFactory = BoundedRequest
+    noisy = False  # the port's own "starting on" line says it all
     _log = Logger()
 
     def log(self, request: Any) -> None:

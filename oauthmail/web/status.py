@@ -59,6 +59,8 @@ class AccountStatus:
     oldest_queued_age: float | None = None
     failed_sends: int | None = None
     parts: tuple[PartStatus, ...] = ()
+    #: When the provider last accepted a message of this account (from the message log).
+    last_sent_at: float | None = None
 
     def asJSON(self) -> dict:
         return {
@@ -72,6 +74,7 @@ class AccountStatus:
             "next_step": self.next_step,
             "delivered": self.delivered,
             "last_delivery_at": self.last_delivery_at,
+            "last_sent_at": self.last_sent_at,
             "queued": self.queued,
             "oldest_queued_age": self.oldest_queued_age,
             "failed_sends": self.failed_sends,

@@ -23,6 +23,8 @@ from oauthmail.web.console import ConsoleResource
 from oauthmail.web.guard import ConsoleAccess
 from oauthmail.web.site import ConsoleSite
 
+from .pages import follow, read, until
+
 pytestmark = pytest.mark.browser
 
 CLIENT_ID = "browser-client"
@@ -68,20 +70,11 @@ def _provider() -> TestOAuthProvider:
     return provider
 
 
-def _follow(driver, element) -> None:
-    """Click ``element`` and wait until the browser has left its page (a click does not wait)."""
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
-
-    element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(element))
-
-
 def _stateOf(driver, account: str) -> str:
     from selenium.webdriver.common.by import By
 
-    row = driver.find_element(By.XPATH, f"//tr[td[1][starts-with(., '{account}')]]")
-    return row.find_element(By.CSS_SELECTOR, "td.state").text
+    row = f"//tr[td[1][starts-with(., '{account}')]]"
+    return read(driver, By.XPATH, row, lambda r: r.find_element(By.CSS_SELECTOR, "td.state").text)
 
 
 @pytest_twisted.ensureDeferred
@@ -97,41 +90,43 @@ async def test_authorise_an_account_through_the_consent_page(tmp_path, browser_f
 
         def person() -> dict:
             from selenium.webdriver.common.by import By
-            from selenium.webdriver.support.wait import WebDriverWait
 
             seen: dict = {}
             driver.get(console + "/")
             assert driver.title == "oauthmail"
             assert _stateOf(driver, "helpdesk") == "unauthorised"
             # The stylesheet applied (CSP allows it): the state cell is coloured and bold.
-            seen["weight"] = driver.find_element(By.CSS_SELECTOR, "td.state").value_of_css_property(
-                "font-weight"
+            seen["weight"] = read(
+                driver,
+                By.CSS_SELECTOR,
+                "td.state",
+                lambda e: e.value_of_css_property("font-weight"),
             )
             shot("console-unauthorised")
-            _follow(
-                driver,
-                driver.find_element(By.XPATH, "//form[@action='/authorize/helpdesk']/button"),
-            )
+            follow(driver, By.XPATH, "//form[@action='/authorize/helpdesk']/button")
             assert driver.current_url.startswith(provider.authorization_endpoint)
             assert "Consent" in driver.page_source
             shot("provider-consent")
-            _follow(driver, driver.find_element(By.XPATH, "//button[@value='approve']"))
+            follow(driver, By.XPATH, "//button[@value='approve']")
             assert driver.current_url.startswith(console + "/callback?")
-            seen["callback"] = driver.find_element(By.TAG_NAME, "body").text
+            seen["callback"] = read(driver, By.TAG_NAME, "body")
             shot("callback-authorised")
-            _follow(driver, driver.find_element(By.LINK_TEXT, "Back to the console"))
+            follow(driver, By.LINK_TEXT, "Back to the console")
             seen["helpdesk"] = _stateOf(driver, "helpdesk")
             seen["alerts"] = _stateOf(driver, "alerts")
             shot("console-ok")
-            _follow(
-                driver, driver.find_element(By.XPATH, "//form[@action='/authorize/dev']/button")
+            follow(driver, By.XPATH, "//form[@action='/authorize/dev']/button")
+            # The device page reloads itself every few seconds: read the code in one go.
+            code, seen["code_size"] = read(
+                driver,
+                By.CSS_SELECTOR,
+                "a + code",
+                lambda e: (e.text, e.value_of_css_property("font-size")),
             )
-            code = driver.find_element(By.CSS_SELECTOR, "a + code")
-            seen["code_size"] = code.value_of_css_property("font-size")
             shot("device-code")
-            threads.blockingCallFromThread(reactor, provider.approveDevice, code.text)
-            WebDriverWait(driver, 20).until(lambda d: "is authorised" in d.page_source)
-            seen["device"] = driver.find_element(By.TAG_NAME, "body").text
+            threads.blockingCallFromThread(reactor, provider.approveDevice, code)
+            until(driver, lambda d: "is authorised" in d.page_source)
+            seen["device"] = read(driver, By.TAG_NAME, "body")
             shot("device-authorised")
             return seen
 
@@ -181,18 +176,18 @@ async def test_login_when_bound_off_loopback(tmp_path, browser_factory) -> None:
         seen["first"] = driver.current_url
         shot("login")
         driver.find_element(By.ID, "password").send_keys("not the password")
-        _follow(driver, driver.find_element(By.ID, "login"))
-        seen["wrong"] = driver.find_element(By.TAG_NAME, "body").text
+        follow(driver, By.ID, "login")
+        seen["wrong"] = read(driver, By.TAG_NAME, "body")
         shot("login-wrong-password")
         time.sleep(1.1)  # the first failure's wait is at most one second
         driver.find_element(By.ID, "password").send_keys(PASSWORD)
-        _follow(driver, driver.find_element(By.ID, "login"))
+        follow(driver, By.ID, "login")
         seen["after"] = driver.current_url
         seen["cookies"] = driver.get_cookies()
         seen["buttons"] = len(driver.find_elements(By.XPATH, "//form[@action='/logout']"))
         seen["helpdesk"] = _stateOf(driver, "helpdesk")
         shot("console-logged-in")
-        _follow(driver, driver.find_element(By.ID, "logout"))
+        follow(driver, By.ID, "logout")
         seen["logged_out"] = driver.current_url
         shot("logged-out")
         driver.get(console + "/")
@@ -258,14 +253,14 @@ async def test_another_site_cannot_reach_or_drive_the_console(tmp_path, browser_
 
             seen: dict = {}
             driver.get(f"http://evil.example:{port}/")
-            seen["rebound"] = driver.find_element(By.TAG_NAME, "body").text
+            seen["rebound"] = read(driver, By.TAG_NAME, "body")
             shot("rebound-name-refused")
             driver.get(f"http://evil.example:{port}/health")
-            seen["health"] = driver.find_element(By.TAG_NAME, "body").text
+            seen["health"] = read(driver, By.TAG_NAME, "body")
             driver.get(f"http://evil.example:{hostile.getHost().port}/")
             shot("hostile-page")
-            _follow(driver, driver.find_element(By.ID, "prize"))
-            seen["posted"] = driver.find_element(By.TAG_NAME, "body").text
+            follow(driver, By.ID, "prize")
+            seen["posted"] = read(driver, By.TAG_NAME, "body")
             shot("hostile-post-refused")
             driver.get(f"http://localhost:{port}/")
             seen["localhost"] = _stateOf(driver, "helpdesk")

@@ -45,32 +45,35 @@ def clock():
 class Opened:
     """One backend's stores over one database (the memory twins share nothing)."""
 
-    def __init__(self, name, tokens, ledger, outbox, close, leases=None):
+    def __init__(self, name, tokens, ledger, outbox, close, messages=None, leases=None):
         self.name = name
         self.tokens = tokens
         self.ledger = ledger
         self.outbox = outbox
         self.close = close
         self.leases = leases
+        self.messages = messages
 
 
 async def openBackend(name, clock, tmp_path, request=None) -> Opened:
     """Open ``name``'s stores on a fresh database (``request``: for PostgreSQL's fixtures)."""
     if name == "memory":
         from oauthmail.testing.memory_leases import MemoryLeaseStore
+        from oauthmail.testing.memory_messages import MemoryMessageLog
         from oauthmail.testing.memory_outbox import MemoryOutbox
 
         store = MemoryTokenStore(clock)
         await store.open()
         leases = MemoryLeaseStore(clock)
         ledger = MemoryDeliveryLedger(clock, leases)
-        return Opened(name, store, ledger, MemoryOutbox(), store.close, leases)
+        return Opened(name, store, ledger, MemoryOutbox(), store.close, MemoryMessageLog(), leases)
     if name == "sqlite":
         from twisted.internet import reactor
 
         from oauthmail.db.sqlite.database import SQLiteDatabase
         from oauthmail.db.sqlite.leases import SQLiteLeaseStore
         from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
+        from oauthmail.db.sqlite.messages import SQLiteMessageLog
         from oauthmail.db.sqlite.outbox import SQLiteOutbox
         from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 
@@ -84,6 +87,7 @@ async def openBackend(name, clock, tmp_path, request=None) -> Opened:
             SQLiteDeliveryLedger(database, clock),
             SQLiteOutbox(database),
             store.close,
+            SQLiteMessageLog(database),
             SQLiteLeaseStore(database, clock),
         )
     if name == "postgresql":
@@ -98,6 +102,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
     from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
+    from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
     from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 
@@ -113,6 +118,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
         PostgreSQLDeliveryLedger(database, clock),
         outbox,
         store.close,
+        PostgreSQLMessageLog(database),
         PostgreSQLLeaseStore(database),
     )
 
@@ -141,6 +147,12 @@ async def ledger(backend):
 def outbox(backend):
     """The outbox of each backend."""
     return backend.outbox
+
+
+@pytest.fixture
+def messages(backend):
+    """The message log of each backend."""
+    return backend.messages
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,11 +33,16 @@ import yaml
 from twisted.internet import task, threads
 
 from oauthmail.config import StoreConfig
+from oauthmail.db.open import openStores
 from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.secret import Secret
 from oauthmail.tokens.records import TokenSet
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
+
+#: The daemon's log lines for a message the provider took and one a sink took.
+_ACCEPTED = re.compile(r"\] ([^\s:]+): (\S+) accepted by the provider \(")
+_DELIVERED = re.compile(r"\] ([^\s:]+): (.+?) UID (\d+) delivered: ")
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -142,6 +148,8 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         #: Every token value the test put into the store or read back from it.
         self.secrets: set[str] = {CLIENT_SECRET}
+        #: Whether the process was ever SIGKILLed (its last message-log batch may be lost).
+        self.killed = False
 
     # -- the store ---------------------------------------------------------------------
 
@@ -265,6 +273,7 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+            self.killed = True
 
     async def stop(self, bound: float = 20.0) -> int | None:
         """SIGTERM and wait (without blocking the reactor); SIGKILL after ``bound`` seconds."""
@@ -279,6 +288,38 @@ class Daemon:
     def log(self) -> str:
         """Everything the daemon wrote so far (all runs)."""
         return self.logPath.read_text(errors="replace") if self.logPath.exists() else ""
+
+    async def unloggedMessages(self) -> list[str]:
+        """Messages the daemon's log says were sent or delivered that its message log lacks.
+
+        Every ``ACCOUNT: ID accepted by the provider`` line needs a ``sent`` entry
+        of that queue id, every ``ACCOUNT: FOLDER UID N delivered`` line a
+        ``delivered`` one. Call it after a clean stop: the log is written in
+        batches, and a SIGKILL may lose the last one (allowed: it is a history).
+        """
+        text = self.log()
+        sent = set(_ACCEPTED.findall(text))
+        delivered = {(a, f, int(u)) for a, f, u in _DELIVERED.findall(text)}
+        accounts = {a for a, _ in sent} | {a for a, _, _ in delivered}
+        reactor = _reactor()
+        stores = await openStores(self.storeConfig, reactor, reactor, environ={})
+        found: set[tuple] = set()
+        try:
+            for account in accounts:
+                before = None
+                while True:
+                    page = await stores.messages.recent(account, None, 500, before)
+                    for e in page:
+                        if e.outcome == "sent":
+                            found.add((account, e.queue_id))
+                        elif e.outcome == "delivered":
+                            found.add((account, e.folder, e.uid))
+                    if len(page) < 500:
+                        break
+                    before = page[-1].id
+        finally:
+            await stores.close()
+        return sorted(" ".join(map(str, m)) for m in (sent | delivered) - found)
 
     def leakedSecrets(self) -> list[str]:
         """Which known secrets appear in the log, described without repeating them."""

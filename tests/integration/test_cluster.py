@@ -291,7 +291,7 @@ async def test_a_killed_node_then_a_postgresql_restart_lose_and_double_nothing(
         try:
             for node in c.nodes:  # a node that lost its store says so
                 gone = await waitHealth(node, 503, 15.0)
-                assert gone["status"] == "store unavailable", gone
+                assert gone["status"] == "store_unreachable", gone
             await sleep(max(0.0, 3.0 - (time.monotonic() - haltedAt)))
         finally:
             await threads.deferToThread(postgres.resume)

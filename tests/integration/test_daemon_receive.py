@@ -212,3 +212,4 @@ async def test_revoked_account_needs_reauth_other_keeps_receiving(
     assert "oauthmail ready" in daemon.log()
     assert daemon.leakedSecrets() == []
     assert "Traceback" not in daemon.log()
+    assert await daemon.unloggedMessages() == []  # every delivered message is logged

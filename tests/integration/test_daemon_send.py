@@ -114,6 +114,8 @@ async def finished(daemon: Daemon) -> None:
     assert "oauthmail ready" in daemon.log()
     assert daemon.leakedSecrets() == []
     assert "Traceback" not in daemon.log()
+    if not daemon.killed:  # every message the provider took is in the message log
+        assert await daemon.unloggedMessages() == []
 
 
 def connect(daemon: Daemon, login: bool = True) -> smtplib.SMTP:

@@ -117,9 +117,17 @@ def peakRSS(pid: int) -> int:
 
 
 def linesNaming(log: str, account: str) -> list[str]:
-    """The daemon's log lines that name ``account`` (as a whole word)."""
+    """The daemon's log lines about trouble that name ``account`` (as a whole word).
+
+    A session's login and a message landing in the sink are logged too: those
+    are the mail flowing, not what a hostile peer costs, so they do not count.
+    """
     pattern = re.compile(rf"(?<![\w-]){re.escape(account)}(?![\w-])")
-    return [line for line in log.splitlines() if pattern.search(line)]
+    return [line for line in log.splitlines() if pattern.search(line) and not _FLOWING.search(line)]
+
+
+#: A login, a message landed in the sink (``ACCOUNT: FOLDER UID N delivered: ...``).
+_FLOWING = re.compile(r": logged in as \S+$|: \S.* UID \d+ delivered: ")
 
 
 class Refreshes:

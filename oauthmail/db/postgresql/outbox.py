@@ -51,6 +51,12 @@ from oauthmail.db.postgresql.outbox_rows import (
     undefer,
     writeFinal,
 )
+from oauthmail.db.postgresql.outbox_tools import (
+    deleteMessage,
+    listMessages,
+    purgeFinished,
+    retryMessage,
+)
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.queue.records import (
@@ -205,6 +211,25 @@ class PostgreSQLOutbox:
 
     def stats(self) -> defer.Deferred[list[AccountFigures]]:
         return self._database.runRead(_stats)
+
+    def listMessages(
+        self,
+        account: str | None = None,
+        states: Sequence[str] = ("queued", "sending", "failed"),
+        limit: int = 1000,
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._database.runRead(listMessages, account, list(states), limit)
+
+    def retryMessage(
+        self, message_id: str, now: float, delay: float
+    ) -> defer.Deferred[DeliveryStatus | None]:
+        return self._run(retryMessage, message_id, now, delay)
+
+    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        return self._run(deleteMessage, message_id)
+
+    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
+        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in a pool thread, inside the database's transaction) -----------------------

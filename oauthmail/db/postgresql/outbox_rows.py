@@ -21,7 +21,7 @@ __all__ = ["insertMessage", "retryOrGiveUp", "status", "undefer", "writeFinal"]
 def status(conn: Connection, message_id: str) -> DeliveryStatus | None:
     row = conn.execute(
         "SELECT id, account, mail_from, state, attempts, created_at, next_attempt_at,"
-        " last_error, provider_accepted_at FROM outbound WHERE id = %s",
+        " last_error, provider_accepted_at, size FROM outbound WHERE id = %s",
         (message_id,),
     ).fetchone()
     if row is None:
@@ -34,7 +34,7 @@ def status(conn: Connection, message_id: str) -> DeliveryStatus | None:
             (message_id,),
         ).fetchall()
     )
-    return DeliveryStatus(*row, recipients=recipients)
+    return DeliveryStatus(*row[:9], recipients=recipients, size=row[9])
 
 
 def insertMessage(conn: Connection, message: OutboxEntry) -> None:

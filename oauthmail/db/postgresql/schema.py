@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from oauthmail.db.migrations import OwnerSchema
 
-__all__ = ["BOOKKEEPING", "LEASES", "LEDGER", "OUTBOX", "SCHEMAS", "TOKENS"]
+__all__ = ["BOOKKEEPING", "LEASES", "LEDGER", "MESSAGES", "OUTBOX", "SCHEMAS", "TOKENS"]
 
 #: The table that records, per owner, which migrations a database has had.
 BOOKKEEPING = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -178,5 +178,29 @@ LEASES = OwnerSchema(
     ),
 )
 
+MESSAGES = OwnerSchema(
+    "messages",
+    (
+        # 1: the message log, one row per event (see oauthmail.messagelog).
+        (
+            """CREATE TABLE message_log (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                account TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                message_id TEXT,
+                size BIGINT,
+                folder TEXT,
+                uid BIGINT,
+                queue_id TEXT,
+                reply TEXT
+            )""",
+            "CREATE INDEX message_log_recent ON message_log (account, direction, id)",
+            "CREATE INDEX message_log_queue ON message_log (queue_id) WHERE queue_id IS NOT NULL",
+        ),
+    ),
+)
+
 #: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
-SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES)
+SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES, MESSAGES)

@@ -33,6 +33,12 @@ from oauthmail.db.sqlite.outbox_doubt import (
     stillInDoubt,
 )
 from oauthmail.db.sqlite.outbox_rows import retryOrGiveUp, status, undefer, writeFinal
+from oauthmail.db.sqlite.outbox_tools import (
+    deleteMessage,
+    listMessages,
+    purgeFinished,
+    retryMessage,
+)
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.queue.records import (
@@ -129,6 +135,25 @@ class SQLiteOutbox:
 
     def stats(self) -> defer.Deferred[list[AccountFigures]]:
         return self._run(_stats)
+
+    def listMessages(
+        self,
+        account: str | None = None,
+        states: Sequence[str] = ("queued", "sending", "failed"),
+        limit: int = 1000,
+    ) -> defer.Deferred[list[DeliveryStatus]]:
+        return self._run(listMessages, account, list(states), limit)
+
+    def retryMessage(
+        self, message_id: str, now: float, delay: float
+    ) -> defer.Deferred[DeliveryStatus | None]:
+        return self._run(retryMessage, message_id, now, delay)
+
+    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        return self._run(deleteMessage, message_id)
+
+    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
+        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in the database's writing thread) ----------------------------------------

@@ -17,7 +17,7 @@ __all__ = ["retryOrGiveUp", "status", "undefer", "writeFinal"]
 def status(conn: sqlite3.Connection, message_id: str) -> DeliveryStatus | None:
     row = conn.execute(
         "SELECT id, account, mail_from, state, attempts, created_at, next_attempt_at,"
-        " last_error, provider_accepted_at FROM outbound WHERE id = ?",
+        " last_error, provider_accepted_at, size FROM outbound WHERE id = ?",
         (message_id,),
     ).fetchone()
     if row is None:
@@ -30,7 +30,7 @@ def status(conn: sqlite3.Connection, message_id: str) -> DeliveryStatus | None:
             (message_id,),
         )
     )
-    return DeliveryStatus(*row, recipients=recipients)
+    return DeliveryStatus(*row[:9], recipients=recipients, size=row[9])
 
 
 def undefer(conn: sqlite3.Connection, message_id: str) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "LEDGER",
     "LEGACY_HANDOVER",
     "LEGACY_VERSIONS",
+    "MESSAGES",
     "OUTBOX",
     "SCHEMAS",
     "TOKENS",
@@ -177,8 +178,35 @@ LEASES = OwnerSchema(
     ),
 )
 
+MESSAGES = OwnerSchema(
+    "messages",
+    (
+        # 1: the message log, one row per event (see oauthmail.messagelog). No
+        # foreign key: the history of an account outlives its configuration.
+        # Rows are found newest first per account and direction, by queue id,
+        # and expired oldest first by id (ids grow with time).
+        (
+            """CREATE TABLE message_log (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at REAL NOT NULL,
+                account TEXT NOT NULL,
+                direction TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                message_id TEXT,
+                size INTEGER,
+                folder TEXT,
+                uid INTEGER,
+                queue_id TEXT,
+                reply TEXT
+            )""",
+            "CREATE INDEX message_log_recent ON message_log (account, direction, id)",
+            "CREATE INDEX message_log_queue ON message_log (queue_id) WHERE queue_id IS NOT NULL",
+        ),
+    ),
+)
+
 #: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
-SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES)
+SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES, MESSAGES)
 
 #: ``schema_version`` number (oauthmail up to version 5) -> (owner, that owner's migration).
 LEGACY_VERSIONS = {

@@ -12,6 +12,10 @@ disposition only afterwards.
 A temporary sink failure leaves the message unrecorded (it is fetched again);
 a permanent one is recorded ``failed_permanent`` and left on the server for a
 person to look at: it was not delivered, so flagging or deleting it would lose it.
+
+Only after the ledger's record does each message delivered (or refused for
+good) get its log line and its message-log entry, handed to a buffered
+:class:`~oauthmail.messagelog.interfaces.IMessageRecorder`: nothing here waits for the log.
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from oauthmail.digest import messageDigest
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.interfaces import IBatchSink, IDeliveryLedger, IRecoverableSink, ISink
+from oauthmail.messagelog.interfaces import IMessageRecorder
+from oauthmail.messagelog.records import DELIVERED as LOG_DELIVERED
+from oauthmail.messagelog.records import IN, REFUSED, LogEntry, cleanReply, messageFacts
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 from oauthmail.text import describeFailure
 
 __all__ = ["BatchDelivery", "Entry"]
+
+log = Logger()
 
 #: ``(uid, digest or None, state)`` as the ledger records it.
 Entry = tuple[int, "str | None", str]
@@ -45,6 +55,7 @@ class BatchDelivery:
         clock: IReactorTime,
         report: FolderReport,
         keep: bool,
+        recorder: IMessageRecorder | None = None,
     ) -> None:
         self.account = account
         self.folder = folder
@@ -54,6 +65,7 @@ class BatchDelivery:
         self.report = report
         #: ``keep``: nothing to do on the server, so delivered rows are recorded disposed.
         self.keep = keep
+        self.recorder = recorder
 
     async def deliverAndRecord(
         self,
@@ -130,7 +142,42 @@ class BatchDelivery:
         if delivered:
             self.report.delivered += delivered
             self.report.lastDeliveryAt = self.clock.seconds()
+        self._tell(leaders, outcome)
         return entries, temporary
+
+    def _tell(
+        self, leaders: dict[str, tuple[int, bytes]], outcome: dict[str, SinkError | None]
+    ) -> None:
+        """One log line and one message-log entry per message the sink took or refused."""
+        now = self.clock.seconds()
+        for digest, (uid, body) in leaders.items():
+            error = outcome[digest]
+            if error is not None and not isinstance(error, PermanentSinkError):
+                continue  # fetched again later: told then
+            message_id, size = messageFacts(body)
+            if error is None:
+                log.info(
+                    "{account}: {folder} UID {uid} delivered: {message_id}, {size} bytes",
+                    account=self.account,
+                    folder=self.folder,
+                    uid=uid,
+                    message_id=message_id or "(no Message-ID)",
+                    size=size,
+                )
+            if self.recorder is not None:
+                self.recorder.add(
+                    LogEntry(
+                        now,
+                        self.account,
+                        IN,
+                        LOG_DELIVERED if error is None else REFUSED,
+                        message_id,
+                        size,
+                        self.folder,
+                        uid,
+                        reply=None if error is None else cleanReply(error),
+                    )
+                )
 
     async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
         """The sink's verdict per message: None (taken durably) or the SinkError."""

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -53,13 +53,8 @@ from oauthmail.imap.watcher.lease import FencedLedger
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.imap.watcher.sync import FolderSync
 from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
-from oauthmail.interfaces import (
-    IAccountHealth,
-    IDeliveryLedger,
-    IIMAPSession,
-    ISink,
-    ITokenSource,
-)
+from oauthmail.interfaces import IAccountHealth, IDeliveryLedger, IIMAPSession, ISink, ITokenSource
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.retry import Backoff
 from oauthmail.text import cleanText, describeFailure
 from oauthmail.tls import TLSCertificateError
@@ -116,9 +111,10 @@ class FolderWatcher:
     :func:`~oauthmail.imap.connect.connectIMAP` signature; tests pass fakes).
     ``retryPolicy(attempt)`` replaces the jittered backoff with fixed delays
     (tests); ``limits`` bounds what the server may make us hold (its
-    ``maxMessageSize`` is the account's maximum message size). ``lease`` is
-    set (by the account watcher) before each start when the folder is watched
-    under a lease, ``None`` when the node is alone.
+    ``maxMessageSize`` is the account's maximum message size); ``recorder``
+    takes the message log's entries. ``lease`` is set (by the account watcher)
+    before each start when the folder is watched under a lease, ``None`` when
+    the node is alone.
     """
 
     def __init__(
@@ -139,6 +135,7 @@ class FolderWatcher:
         batchBytes: int = DEFAULT_BATCH_BYTES,
         backoffBase: float = 1.0,
         backoffCap: float = 300.0,
+        recorder: IMessageRecorder | None = None,
     ) -> None:
         assert account.imap is not None and account.profile.imap is not None
         self.account = account
@@ -170,7 +167,7 @@ class FolderWatcher:
         disposer = Disposer(account.name, folder, ledger, self.report, self._confirmLease)
         keep = folder.disposition == "keep"
         delivery = BatchDelivery(
-            account.name, folder.name, ledger, sink, reactor, self.report, keep
+            account.name, folder.name, ledger, sink, reactor, self.report, keep, recorder
         )
         self.sync = FolderSync(
             account,
@@ -314,6 +311,10 @@ class FolderWatcher:
                 how = "closed" if isinstance(e, ConnectionDone) else "lost"
                 why = f" ({cleanText(e.args[0])})" if e.args and isinstance(e.args[0], str) else ""
                 await self._failed(f"the connection was {how} while {report.state}{why}")
+            except ConnectError as e:  # refused, unreachable, no such host, timed out
+                if self._stopping:
+                    break
+                await self._failed(f"cannot connect to {report.where}: {describeFailure(e)}")
             except Exception as e:  # every failure ends in a reconnect, never a crash
                 if self._stopping:
                     break
@@ -368,6 +369,7 @@ class FolderWatcher:
             self._checkStopping()
             report.state = "authenticating"
             await self._authenticate(client, token)
+            report.notice(f"logged in as {self.account.sasl_user}")
             self._checkStopping()
             # Authenticating asked CAPABILITY again (they change once authenticated).
             caps = client.capabilities
@@ -389,8 +391,10 @@ class FolderWatcher:
                     healthy = self.reactor.callLater(wait, self._provedHealthy)
                 self._checkStopping()
                 report.state = "waiting"
+                report.idling = self.imap.idle and b"IDLE" in caps
                 await self.waiter.wait(client, caps, retry)
         finally:
+            report.idling = False
             if healthy is not None and healthy.active():
                 healthy.cancel()
             self.client = None

@@ -31,6 +31,8 @@ class FolderReport:
         self.folder = folder
         self.where = where
         self.state = "stopped"
+        #: Waiting in IDLE (not polling) right now.
+        self.idling = False
         self.delivered = 0
         self.failedPermanent = 0
         self.lastDeliveryAt: float | None = None
@@ -80,6 +82,7 @@ class FolderReport:
         return {
             "folder": self.folder,
             "state": self.state,
+            "idle": self.idling,
             "delivered": self.delivered,
             "failed_permanent": self.failedPermanent,
             "last_delivery_at": self.lastDeliveryAt,

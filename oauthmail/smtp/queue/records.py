@@ -148,6 +148,8 @@ class DeliveryStatus:
     last_error: str | None
     provider_accepted_at: float | None
     recipients: tuple[RecipientStatus, ...]
+    #: The stored message's size in bytes (with its trace line).
+    size: int | None = None
 
     @property
     def final(self) -> bool:

@@ -31,7 +31,9 @@ from oauthmail.interfaces import (
     ITokenSource,
 )
 from oauthmail.mail.trace import stamp
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.smtp.queue.condition import QueueUnavailable
+from oauthmail.smtp.queue.history import queuedEntry, statusEntries
 from oauthmail.smtp.queue.loop import AccountLoop
 from oauthmail.smtp.queue.parts import QueueParts, QueueSettings
 from oauthmail.smtp.queue.policy import DeliveryPolicy
@@ -98,6 +100,8 @@ class OutboundQueue(service.Service):
         seconds: renew this node's claims, take back any node's expired claims
         (:meth:`~oauthmail.interfaces.IOutbox.tendClaims`) and look for due
         messages (other nodes' submissions among them); ``None``: one node.
+    :param recorder: where each message's events go for the message log (a
+        buffered writer: nothing on the sending path waits for it).
     """
 
     name = "outbound-queue"
@@ -127,9 +131,11 @@ class OutboundQueue(service.Service):
         sent_check_give_up: float = 3600.0,
         sent_search: Iterable[str] | None = None,
         claim_tend: float | None = None,
+        recorder: IMessageRecorder | None = None,
     ) -> None:
         self._outbox = outbox
         self._claimTend = claim_tend
+        self._recorder = recorder
         self._accounts = dict(accounts)
         self._clock = clock if clock is not None else reactor
         searched = None if sent_search is None else frozenset(sent_search)
@@ -280,6 +286,8 @@ class OutboundQueue(service.Service):
             # No log line per message: at hundreds a second it costs more than the
             # rest of this path; sessions log what the provider accepted, in sum.
             condition.worked()
+            if self._recorder is not None:
+                self._recorder.add(queuedEntry(account_name, message_id, queued.data, now))
             self.wake(account_name)
             return message_id
 
@@ -369,6 +377,33 @@ class OutboundQueue(service.Service):
 
         return d.addCallback(woke)
 
+    def retryMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        """An operator's retry of one message (see ``IOutbox.retryMessage``); its loop wakes now."""
+        d = self._outbox.retryMessage(
+            message_id, self._clock.seconds(), self._policy.sent_check_delay
+        )
+
+        def woke(status: DeliveryStatus | None) -> DeliveryStatus | None:
+            if status is not None and status.state == "queued":
+                loop = self._loops.get(status.account)
+                if loop is not None:
+                    loop.release()
+                self.wake(status.account)
+            return status
+
+        return d.addCallback(woke)
+
+    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
+        """Remove one message (see ``IOutbox.deleteMessage``); whoever waits for it hears so."""
+
+        def deleted(status: DeliveryStatus | None) -> DeliveryStatus | None:
+            for waiter in self._waiters.pop(message_id, []):
+                if not waiter.called:
+                    waiter.errback(KeyError(message_id))
+            return status
+
+        return self._outbox.deleteMessage(message_id).addCallback(deleted)
+
     def _dropWaiter(self, message_id: str, waiter: defer.Deferred[Any]) -> None:
         waiters = self._waiters.get(message_id)
         if waiters and waiter in waiters:
@@ -377,15 +412,19 @@ class OutboundQueue(service.Service):
                 del self._waiters[message_id]
 
     def _notify(self, statuses: Iterable[DeliveryStatus]) -> None:
+        recorder, now = self._recorder, self._clock.seconds()
         for status in statuses:
+            if recorder is not None:
+                for entry in statusEntries(status, now, self._policy.bounce):
+                    recorder.add(entry)
             if not status.final:
                 continue
             if status.state == "failed":
                 log.warn(
-                    "message {id} from {account} failed: {why}",
+                    "{account}: {id} failed for good: {why}",
                     id=status.id,
                     account=status.account,
-                    why=status.last_error,
+                    why=cleanText(status.last_error or "", 100),
                 )
             for waiter in self._waiters.pop(status.id, []):
                 if not waiter.called:

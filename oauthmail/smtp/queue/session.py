@@ -28,6 +28,7 @@ from oauthmail.smtp.client import SessionResult
 from oauthmail.smtp.queue.parts import QueueParts
 from oauthmail.smtp.queue.records import AttemptOutcome, OutboxMessage, RecipientReply
 from oauthmail.smtp.queue.writer import OutcomeWriter
+from oauthmail.text import cleanText
 
 __all__ = ["sendSession", "unanswered"]
 
@@ -155,16 +156,9 @@ async def sendSession(
                 pending.cancel()
         await defer.DeferredList(claims + writes, consumeErrors=True)
         await writer.settled()
-    accepted = 0
+    sizes = {m.id: len(m.data) for m in loop.claimed}
     for outcome in result.outcomes:
-        accepted += bool(outcome.accepted)
-        _logOutcome(parts, account.name, outcome)
-    if accepted:
-        log.info(
-            "{account}: the provider accepted {n} message(s) in one session",
-            account=account.name,
-            n=accepted,
-        )
+        _logOutcome(parts, account.name, outcome, sizes.get(outcome.message_id))
     return result
 
 
@@ -179,12 +173,22 @@ async def _recordRefusals(
     await parts.outbox.recordRefusals(message_id, list(refused))
 
 
-def _logOutcome(parts: QueueParts, name: str, outcome: AttemptOutcome) -> None:
-    """Warn about every recipient that was not accepted (successes are summed up).
+def _logOutcome(parts: QueueParts, name: str, outcome: AttemptOutcome, size: int | None) -> None:
+    """One line per message the provider accepted (with its queue id), a warning per refusal.
 
     A retry that meets the very same reply again is not repeated in the log:
     the first line said it, and the queue tools show the message's state.
     """
+    taken = [r for r in outcome.recipients if r.status == outcomes.OK]
+    if outcome.accepted and taken:
+        log.info(
+            "{account}: {id} accepted by the provider ({size} bytes, {n} recipient(s)): {reply}",
+            account=name,
+            id=outcome.message_id,
+            size="?" if size is None else size,
+            n=len(taken),
+            reply=cleanText(f"{taken[0].code} {taken[0].text}", 60),
+        )
     for r in outcome.recipients:
         if r.status == outcomes.OK:
             continue

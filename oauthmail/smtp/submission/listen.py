@@ -42,6 +42,7 @@ class SubmissionFactory(Factory):
     """Builds a :class:`SubmissionServer` per connection, all sharing one :class:`ServerContext`."""
 
     protocol = SubmissionServer
+    noisy = False  # the port's own "starting on" line says it all
 
     def __init__(
         self,

@@ -1,0 +1,167 @@
+"""The message log in PostgreSQL (owner ``messages``: table ``message_log``).
+
+The same promises as :mod:`oauthmail.db.sqlite.messages`. Writes commit with
+``synchronous_commit = off``: a log entry lost in a server crash is a missing
+line of history, never a message. Several nodes may write to one log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.db.postgresql.database import IPostgreSQLDatabase
+from oauthmail.messagelog.interfaces import IMessageLog
+from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
+
+__all__ = ["PostgreSQLMessageLog"]
+
+_COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
+
+
+def _entry(row: Sequence) -> LogEntry:
+    entry_id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply = row
+    return LogEntry(
+        at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply, entry_id
+    )
+
+
+@implementer(IMessageLog)
+class PostgreSQLMessageLog:
+    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened PostgreSQL database."""
+
+    def __init__(self, database: IPostgreSQLDatabase) -> None:
+        self._database = database
+
+    def __repr__(self) -> str:
+        return f"<PostgreSQLMessageLog {self._database.where}>"
+
+    def record(self, entries: Sequence[LogEntry]) -> defer.Deferred[None]:
+        return self._database.runWrite(_record, list(entries))
+
+    def recent(
+        self,
+        account: str,
+        direction: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> defer.Deferred[list[LogEntry]]:
+        return self._database.runRead(_recent, account, direction, limit, before)
+
+    def entry(self, entry_id: int) -> defer.Deferred[LogEntry | None]:
+        return self._database.runRead(_one, entry_id)
+
+    def history(self, account: str, queue_id: str) -> defer.Deferred[list[LogEntry]]:
+        return self._database.runRead(_history, account, queue_id)
+
+    def lastMail(self, accounts: Sequence[str]) -> defer.Deferred[list[LastMail]]:
+        return self._database.runRead(_lastMail, list(accounts))
+
+    def expire(self, before: float, limit: int) -> defer.Deferred[int]:
+        return self._database.runWrite(_expire, before, limit)
+
+
+def _record(conn: Connection, entries: list[LogEntry]) -> None:
+    if not entries:
+        return
+    conn.execute("SET LOCAL synchronous_commit = off")
+    rows = []
+    known: dict[tuple[str, str], tuple[str | None, int | None]] = {}
+    for e in entries:
+        message_id, size = e.message_id, e.size
+        key = (e.account, e.queue_id or "")
+        if e.direction == OUT and e.queue_id and message_id is not None:
+            known.setdefault(key, (message_id, size))
+        found: Sequence | None = None
+        if e.direction == OUT and e.queue_id and (message_id is None or size is None):
+            found = (
+                known.get(key)
+                or conn.execute(
+                    "SELECT message_id, size FROM message_log WHERE queue_id = %s"
+                    " AND account = %s AND message_id IS NOT NULL ORDER BY id LIMIT 1",
+                    (e.queue_id, e.account),
+                ).fetchone()
+            )
+            if found is not None:
+                message_id = message_id if message_id is not None else found[0]
+                size = size if size is not None else found[1]
+        rows.append(
+            (
+                e.at,
+                e.account,
+                e.direction,
+                e.outcome,
+                message_id,
+                size,
+                e.folder,
+                e.uid,
+                e.queue_id,
+                e.reply,
+            )
+        )
+    conn.cursor().executemany(
+        "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
+        " folder, uid, queue_id, reply) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        rows,
+    )
+
+
+def _recent(
+    conn: Connection, account: str, direction: str | None, limit: int, before: int | None
+) -> list[LogEntry]:
+    upper = before if before is not None else 2**62
+    directions = [direction] if direction is not None else [IN, OUT]
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM message_log WHERE account = %s"  # noqa: S608
+        " AND direction = ANY(%s) AND id < %s ORDER BY id DESC LIMIT %s",
+        (account, directions, upper, limit),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def _one(conn: Connection, entry_id: int) -> LogEntry | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM message_log WHERE id = %s",  # noqa: S608
+        (entry_id,),
+    ).fetchone()
+    return None if row is None else _entry(row)
+
+
+def _history(conn: Connection, account: str, queue_id: str) -> list[LogEntry]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM message_log WHERE queue_id = %s AND account = %s"  # noqa: S608
+        " ORDER BY id",
+        (queue_id, account),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def _newest(conn: Connection, account: str, direction: str, outcome: str) -> float | None:
+    row = conn.execute(
+        "SELECT at FROM message_log WHERE account = %s AND direction = %s AND outcome = %s"
+        " ORDER BY id DESC LIMIT 1",
+        (account, direction, outcome),
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def _lastMail(conn: Connection, accounts: list[str]) -> list[LastMail]:
+    return [
+        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
+    ]
+
+
+def _expire(conn: Connection, before: float, limit: int) -> int:
+    conn.execute("SET LOCAL synchronous_commit = off")
+    cursor = conn.execute(
+        "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < %s"
+        " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)",
+        (before, limit),
+    )
+    return cursor.rowcount

@@ -1,0 +1,78 @@
+"""The operator's tools on the PostgreSQL outbox: list, retry, delete, purge (see ``IOutbox``).
+
+:mod:`oauthmail.db.sqlite.outbox_tools` in PostgreSQL's dialect. Each runs in
+one transaction of the database's; the row is locked (``FOR UPDATE``) before a
+retry so that a node recording an outcome meanwhile waits for it. The purge
+commits without waiting for the disk (one lost is done again at the next sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from oauthmail.db.postgresql.outbox_rows import status
+from oauthmail.smtp.queue.records import DeliveryStatus
+
+if TYPE_CHECKING:
+    from oauthmail.db.postgresql.driver import Connection
+
+__all__ = ["deleteMessage", "listMessages", "purgeFinished", "retryMessage"]
+
+
+def listMessages(
+    conn: Connection, account: str | None, states: Sequence[str], limit: int
+) -> list[DeliveryStatus]:
+    rows = conn.execute(
+        "SELECT id FROM outbound WHERE (%s::text IS NULL OR account = %s) AND state = ANY(%s)"
+        " ORDER BY created_at, seq LIMIT %s",
+        (account, account, list(states), limit),
+    ).fetchall()
+    return [s for s in (status(conn, row[0]) for row in rows) if s is not None]
+
+
+def retryMessage(
+    conn: Connection, message_id: str, now: float, delay: float
+) -> DeliveryStatus | None:
+    row = conn.execute(
+        "SELECT state FROM outbound WHERE id = %s FOR UPDATE", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] == "queued":
+        conn.execute(
+            "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
+            " ELSE GREATEST(%s, in_doubt_since + %s) END WHERE id = %s",
+            (now, now, delay, message_id),
+        )
+    elif row[0] == "failed":
+        conn.execute(
+            "UPDATE outbound_recipients SET state = 'pending' WHERE message_id = %s"
+            " AND state = 'failed'",
+            (message_id,),
+        )
+        conn.execute(
+            "UPDATE outbound SET state = 'queued', attempts = 0, created_at = %s,"
+            " next_attempt_at = %s, in_doubt_since = NULL, claimed_by = NULL,"
+            " claim_expires = NULL WHERE id = %s",
+            (now, now, message_id),
+        )
+    return status(conn, message_id)
+
+
+def deleteMessage(conn: Connection, message_id: str) -> DeliveryStatus | None:
+    found = status(conn, message_id)
+    if found is not None:
+        conn.execute("DELETE FROM outbound WHERE id = %s", (message_id,))  # recipients cascade
+    return found
+
+
+def purgeFinished(conn: Connection, before: float, limit: int) -> int:
+    conn.execute("SET LOCAL synchronous_commit = off")
+    cursor = conn.execute(
+        "DELETE FROM outbound WHERE id IN (SELECT id FROM outbound"
+        " WHERE state IN ('sent', 'failed') AND created_at < %s"
+        " ORDER BY created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)",
+        (before, limit),
+    )
+    return cursor.rowcount

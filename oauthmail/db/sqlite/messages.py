@@ -1,0 +1,158 @@
+"""The message log in SQLite (owner ``messages``: table ``message_log``).
+
+Writes run in the database's writing thread, in transactions that are not
+synced (:func:`~oauthmail.db.sqlite.connection.unsynced`): a log entry lost to a
+power failure is a missing line of history, never a message, and the queue's
+and the ledger's synced commits must not wait behind the log's. Reads run on
+the reading connection and wait for no writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.db.sqlite.connection import transaction, unsynced
+from oauthmail.db.sqlite.database import ISQLiteDatabase
+from oauthmail.messagelog.interfaces import IMessageLog
+from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+
+__all__ = ["SQLiteMessageLog"]
+
+_COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
+
+
+def _entry(row: tuple) -> LogEntry:
+    entry_id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply = row
+    return LogEntry(
+        at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply, entry_id
+    )
+
+
+@implementer(IMessageLog)
+class SQLiteMessageLog:
+    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened SQLite database."""
+
+    def __init__(self, database: ISQLiteDatabase) -> None:
+        self._database = database
+
+    def __repr__(self) -> str:
+        return f"<SQLiteMessageLog {self._database.path}>"
+
+    def record(self, entries: Sequence[LogEntry]) -> defer.Deferred[None]:
+        return self._database.runWrite(_record, list(entries))
+
+    def recent(
+        self,
+        account: str,
+        direction: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> defer.Deferred[list[LogEntry]]:
+        return self._database.runRead(_recent, account, direction, limit, before)
+
+    def entry(self, entry_id: int) -> defer.Deferred[LogEntry | None]:
+        return self._database.runRead(_one, entry_id)
+
+    def history(self, account: str, queue_id: str) -> defer.Deferred[list[LogEntry]]:
+        return self._database.runRead(_history, account, queue_id)
+
+    def lastMail(self, accounts: Sequence[str]) -> defer.Deferred[list[LastMail]]:
+        return self._database.runRead(_lastMail, list(accounts))
+
+    def expire(self, before: float, limit: int) -> defer.Deferred[int]:
+        return self._database.runWrite(_expire, before, limit)
+
+
+def _record(conn: sqlite3.Connection, entries: list[LogEntry]) -> None:
+    if not entries:
+        return
+    with unsynced(conn), transaction(conn):
+        for e in entries:
+            message_id, size = e.message_id, e.size
+            if e.direction == OUT and e.queue_id and (message_id is None or size is None):
+                row = conn.execute(
+                    "SELECT message_id, size FROM message_log WHERE queue_id = ?"
+                    " AND account = ? AND message_id IS NOT NULL ORDER BY id LIMIT 1",
+                    (e.queue_id, e.account),
+                ).fetchone()
+                if row is not None:
+                    message_id = message_id if message_id is not None else row[0]
+                    size = size if size is not None else row[1]
+            conn.execute(
+                "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
+                " folder, uid, queue_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    e.at,
+                    e.account,
+                    e.direction,
+                    e.outcome,
+                    message_id,
+                    size,
+                    e.folder,
+                    e.uid,
+                    e.queue_id,
+                    e.reply,
+                ),
+            )
+
+
+def _recent(
+    conn: sqlite3.Connection, account: str, direction: str | None, limit: int, before: int | None
+) -> list[LogEntry]:
+    upper = before if before is not None else 2**62
+    directions = (direction,) if direction is not None else (IN, OUT)
+    rows: list[tuple] = []
+    for d in directions:  # each direction walks its own index range, newest first
+        rows += conn.execute(
+            f"SELECT {_COLUMNS} FROM message_log WHERE account = ? AND direction = ?"  # noqa: S608
+            " AND id < ? ORDER BY id DESC LIMIT ?",
+            (account, d, upper, limit),
+        ).fetchall()
+    rows.sort(key=lambda row: row[0], reverse=True)
+    return [_entry(row) for row in rows[:limit]]
+
+
+def _one(conn: sqlite3.Connection, entry_id: int) -> LogEntry | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM message_log WHERE id = ?",  # noqa: S608
+        (entry_id,),
+    ).fetchone()
+    return None if row is None else _entry(row)
+
+
+def _history(conn: sqlite3.Connection, account: str, queue_id: str) -> list[LogEntry]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
+        " ORDER BY id",
+        (queue_id, account),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def _newest(conn: sqlite3.Connection, account: str, direction: str, outcome: str) -> float | None:
+    row = conn.execute(
+        "SELECT at FROM message_log WHERE account = ? AND direction = ? AND outcome = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (account, direction, outcome),
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def _lastMail(conn: sqlite3.Connection, accounts: list[str]) -> list[LastMail]:
+    return [
+        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
+    ]
+
+
+def _expire(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    with unsynced(conn), transaction(conn):
+        cursor = conn.execute(
+            "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < ?"
+            " ORDER BY id LIMIT ?)",
+            (before, limit),
+        )
+    return cursor.rowcount
