@@ -27,7 +27,7 @@ __all__ = ["TokenParts", "buildTokenParts", "openConfiguredStores", "tokenTransp
 
 def openConfiguredStores(config: Config, reactor: Any) -> Any:
     """Open (creating or migrating) the stores the configuration names; fires with ``Stores``."""
-    return openStores(config.store, clock=reactor, reactor=reactor)
+    return openStores(config.store, clock=reactor, reactor=reactor, cluster=config.cluster)
 
 
 class TokenParts:

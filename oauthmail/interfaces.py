@@ -85,7 +85,7 @@ class ITokenStore(Interface):
     def getSentProof(account_id):
         """Fire with the account's ``SentProof``, or ``None`` when it was never checked."""
 
-    def refreshLocked(account_id, fresh_enough, refresh):
+    def refreshLocked(account_id, fresh_enough, refresh, read=None):
         """Refresh the account's tokens at most once among every node sharing this store.
 
         Holds the account's refresh lock (PostgreSQL: its tokens row, ``SELECT
@@ -116,6 +116,11 @@ class ITokenStore(Interface):
         when the write failed after ``refresh`` answered: the caller still
         has the ``TokenSet`` its ``refresh`` returned and keeps it as it does
         after a failed ``putTokens``.
+
+        ``read`` is the ``TokenRecord`` the caller read just before, if any. A
+        store that needs no lock may take it for step 1 instead of reading
+        again (one process: its single flight and the compare-and-swap make
+        that read as good as one under a lock); a shared store ignores it.
         """
 
 
@@ -187,16 +192,29 @@ class IRecoverableSink(ISink):
 
 
 class IDeliveryLedger(Interface):
-    """Durable bookkeeping for exactly-once IMAP delivery; every method returns a Deferred."""
+    """Durable bookkeeping for exactly-once IMAP delivery; every method returns a Deferred.
+
+    **Fences.** Every write takes an optional ``fence``
+    (:class:`oauthmail.cluster.records.Fence`: the folder's lease holder and
+    epoch, see :class:`oauthmail.cluster.interfaces.ILeaseStore`). With one,
+    the write is made only if that lease is still held by that node under that
+    epoch and has not expired, checked in the write's own transaction;
+    otherwise it fails with
+    ``oauthmail.db.errors.StaleLease`` and changes nothing, so a node that was
+    paused and lost the folder to another cannot record or dispose anything
+    after waking. ``None`` writes unconditionally (one node alone: SQLite,
+    tools). A fence for another account or folder than the write's is a
+    ``ValueError``.
+    """
 
     def folderState(account, folder):
         """Fire with ``(uidvalidity, last_delivered_uid)`` or ``None`` if never seen."""
 
-    def setFolderState(account, folder, uidvalidity, last_delivered_uid):
+    def setFolderState(account, folder, uidvalidity, last_delivered_uid, fence=None):
         """Remember the folder's UIDVALIDITY and the highest UID dealt with."""
 
     def recordDeliveries(
-        account, folder, uidvalidity, entries, last_delivered_uid=None, disposed=False
+        account, folder, uidvalidity, entries, last_delivered_uid=None, disposed=False, fence=None
     ):
         """Record ``[(uid, digest, state)]`` in ONE transaction (state delivered|failed_permanent).
 
@@ -220,10 +238,10 @@ class IDeliveryLedger(Interface):
     def knownDigests(account, digests):
         """Fire with the subset of ``digests`` already delivered for the account (bulk)."""
 
-    def markDisposed(account, folder, uidvalidity, uids):
+    def markDisposed(account, folder, uidvalidity, uids, fence=None):
         """The disposition of these delivered UIDs was applied on the server."""
 
-    def recordHanded(account, folder, uidvalidity, entries):
+    def recordHanded(account, folder, uidvalidity, entries, fence=None):
         """Record ``[(uid, digest)]`` as handed to the sink, outcome unknown (one transaction).
 
         A handed row does not count as delivered: the message is fetched again
@@ -329,10 +347,15 @@ class IOutbox(Interface):
 
     SQLite serves one node: ``claimDue`` marks messages ``sending``;
     ``recover`` at start returns them. The PostgreSQL outbox is shared by
-    several nodes: it claims with ``FOR UPDATE SKIP LOCKED``, a node name and a
-    claim expiry (the database's clock), and its ``recover`` returns this
-    node's claims and the expired claims of any node: the rest of the contract
-    stays as it is.
+    several nodes: it claims with ``FOR UPDATE SKIP LOCKED``, a node name, a
+    claim number and a claim expiry (the database's clock); its ``recover``
+    returns this node's claims and the expired claims of any node, and
+    :meth:`tendClaims` (every node, every few seconds) renews this node's
+    claims and takes back any node's expired ones. Its writes of a claimed
+    message's outcome (``recordRefusals``, ``recordOutcomes``,
+    ``recordFailure``) are fenced by the claim: a node whose claim expired and
+    was taken back records nothing over the next claimant's (the outcome is
+    dropped, and said so in the log). The rest of the contract stays as it is.
     """
 
     def enqueue(message):
@@ -348,6 +371,14 @@ class IOutbox(Interface):
         Those of accounts in ``policy.sent_check`` are in doubt (looked for in
         Sent after ``policy.sent_check_delay``), the others are due now. Every
         message already in doubt gets a new ``in_doubt_since`` of ``now``.
+        """
+
+    def tendClaims(now, policy):
+        """Renew this node's claims; take back any node's expired claims; fire with ``Recovery``.
+
+        What is taken back goes as in :meth:`recover` (looked for in Sent
+        first, or due now), without touching other messages in doubt. An
+        outbox used by one process has no claim to tend (``Recovery(0, 0)``).
         """
 
     def dueAccounts(now):
@@ -447,39 +478,6 @@ class IOutbox(Interface):
 
     def purgeFinished(before, limit):
         """Delete up to ``limit`` ``sent``/``failed`` messages queued before ``before``; a count."""
-
-
-class IMessageLog(Interface):
-    """What happened to every message in and out (owner ``messages``, :mod:`oauthmail.messagelog`).
-
-    Every method returns a Deferred; values are :mod:`oauthmail.messagelog.records`'.
-    """
-
-    def record(entries):
-        """Store ``[LogEntry]`` in ONE unsynced transaction; an outbound entry without
-        ``message_id``/``size`` takes them from the first entry of its queue id that has them."""
-
-    def recent(account, direction=None, limit=50, before=None):
-        """Fire with the account's newest entries (``in``, ``out`` or both); ``before``: an id."""
-
-    def entry(entry_id):
-        """Fire with the ``LogEntry`` of that id, or ``None``."""
-
-    def history(account, queue_id):
-        """Fire with every entry of one sent message (a queue id), oldest first."""
-
-    def lastMail(accounts):
-        """Fire with a ``LastMail`` per account of ``accounts``: its newest delivery and sending."""
-
-    def expire(before, limit):
-        """Delete up to ``limit`` entries older than ``before``, oldest first; fire with a count."""
-
-
-class IMessageRecorder(Interface):
-    """Where the queue and the watcher hand their log entries (a buffered writer)."""
-
-    def add(entry):
-        """Take one ``LogEntry`` to be written soon; never blocks, never fails."""
 
 
 class IMessageSender(Interface):

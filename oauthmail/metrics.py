@@ -34,12 +34,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from oauthmail.interfaces import (
-    IAccountHealth,
-    IMessageRecorder,
-    IMessageSender,
-    ITokenStore,
-)
+from oauthmail.interfaces import IAccountHealth, IMessageSender, ITokenStore
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.records import DEFERRED, DELIVERED, FAILED, IN, SENT, LogEntry
 from oauthmail.text import describeFailure
 

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from oauthmail.config import Config
 from oauthmail.db.open import Stores
-from oauthmail.interfaces import IAccountHealth, IMessageRecorder
+from oauthmail.interfaces import IAccountHealth
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.sweep import MessageLogSweeper
 from oauthmail.messagelog.writer import MessageLogWriter
 from oauthmail.metrics import DaemonMetrics, MeteredRecorder

@@ -15,6 +15,14 @@ Start-up order, and why:
 An account whose part cannot be built (a sink command that does not exist,
 say) reports that part as ``error`` with the reason; the other accounts start
 as usual. A new authorisation wakes the account's watchers and queue at once.
+
+**Several nodes** (a shared PostgreSQL store, :attr:`Stores.shared
+<oauthmail.db.open.Stores.shared>`): a folder is watched only while this node
+holds its lease. The watchers are built for every configured folder but
+started by the :class:`~oauthmail.cluster.keeper.LeaseKeeper` (``cluster:``
+timings), each folder becoming a part of its account's health while it is
+held here; the queue tends its claims every heartbeat. One node on SQLite
+watches every folder at once, as it always did.
 """
 
 from __future__ import annotations
@@ -36,14 +44,16 @@ from oauthmail.text import describeFailure
 __all__ = ["OAuthMailService", "StartupError"]
 
 
-def accountParts(account: AccountConfig) -> list[str]:
+def accountParts(account: AccountConfig, leased: bool = False) -> list[str]:
     """The parts that must report before an account is ok: its tokens and watched folders.
 
     SMTP is not among them: it has nothing to say until there is mail to
     send, and then it reports (``ok``, ``retrying``, ``error``, ``paused``).
+    Nor, with ``leased`` folders, are the folders: each becomes a part while
+    this node holds its lease.
     """
     parts = [PART_TOKENS]
-    if account.imap is not None:
+    if account.imap is not None and not leased:
         parts += [imapPart(folder.name) for folder in account.imap.folders]
     return parts
 
@@ -71,6 +81,8 @@ class OAuthMailService(MultiService):
         self.watchers: dict[str, Any] = {}
         #: One gate for every IMAP watcher: sessions are opened a few at a time.
         self._openingGate: Any = None
+        #: The node's lease keeper (several nodes on one database), else None.
+        self.keeper: Any = None
         self.queue: Any = None
         self.sender: Any = None
         self.submission_port: IListeningPort | None = None
@@ -141,6 +153,8 @@ class OAuthMailService(MultiService):
         for account in self.config.accounts:
             if account.configured and account.imap is not None:
                 await self._startWatcher(account)
+        if self.clustered:
+            self._startKeeper()
         await self._startQueue()
         if self._submissionFactory is not None:
             self._attachSubmission()
@@ -157,6 +171,11 @@ class OAuthMailService(MultiService):
         for d in ready:
             d.callback(self)
 
+    @property
+    def clustered(self) -> bool:
+        """Several nodes may share the store: folders are watched under leases."""
+        return self.stores is not None and self.stores.shared and self.stores.leases is not None
+
     async def _startHealth(self) -> None:
         """One owner of account state, seeded from what the store remembers."""
         assert self.store is not None
@@ -167,7 +186,7 @@ class OAuthMailService(MultiService):
             health.restore(record.id, record.state, record.last_error)
         for account in self.config.accounts:
             if account.configured:
-                health.declare(account.name, accountParts(account))
+                health.declare(account.name, accountParts(account, leased=self.clustered))
 
     def _startOperations(self) -> None:
         from oauthmail.logs import checkFormat
@@ -236,6 +255,7 @@ class OAuthMailService(MultiService):
                 health=self.health,
                 limits=IMAPLimits(maxMessageSize=account.imap.max_message_size),
                 gate=self._openingGate,
+                leased=self.clustered,
                 recorder=self.operations.recorder,
             )
         except Exception as e:
@@ -248,6 +268,34 @@ class OAuthMailService(MultiService):
         self._sinks.append(sink)
         self.watchers[account.name] = watcher
         watcher.setServiceParent(self)
+
+    def _startKeeper(self) -> None:
+        """This node's share of the folder leases: it starts and stops the folder watchers."""
+        from oauthmail.cluster.folders import LeasedFolders
+        from oauthmail.cluster.keeper import LeaseKeeper
+
+        assert self.stores is not None and self.stores.leases is not None
+        cluster = self.config.cluster
+        folders = [
+            (name, watcher.folder.name)
+            for name, account in self.watchers.items()
+            for watcher in account.folders
+        ]
+        self.keeper = LeaseKeeper(
+            self.stores.leases,
+            cluster.node,
+            folders,
+            LeasedFolders(self.watchers, self.health),
+            self.reactor,
+            renew=cluster.lease_renew,
+            expiry=cluster.lease_expiry,
+        )
+        self.keeper.setServiceParent(self)
+        self.log.info(
+            "node {node} shares the store's folders with the other nodes ({count} configured)",
+            node=cluster.node,
+            count=len(folders),
+        )
 
     async def _startQueue(self) -> None:
         from oauthmail.imap.sentfolder import IMAPSentFolder
@@ -283,6 +331,7 @@ class OAuthMailService(MultiService):
             sent_check_delay=queue.sent_check_delay,
             sent_check_give_up=queue.sent_check_give_up,
             sent_search=looking,
+            claim_tend=self.config.cluster.lease_renew if self.clustered else None,
             recorder=self.operations.recorder,
         )
         self.queue.setServiceParent(self)
@@ -322,6 +371,8 @@ class OAuthMailService(MultiService):
                     self.watchers,
                     self.queue,
                     self.health,
+                    cluster=self.keeper,
+                    leases=self.stores.leases if self.clustered and self.stores else None,
                     messages=self.stores.messages if self.stores is not None else None,
                     outbox=self.stores.outbox if self.stores is not None else None,
                     metrics=self.operations.metrics if self.operations is not None else None,

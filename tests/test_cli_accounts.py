@@ -298,3 +298,46 @@ async def test_hash_password_reads_stdin_and_prints_a_verifiable_hash(tmp_path) 
         assert err.splitlines() == ["refusing to hash an empty password"]
     finally:
         await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_on_a_shared_store_shows_the_nodes_and_their_folders(
+    tmp_path, postgres_dsn
+) -> None:
+    """On PostgreSQL, `accounts` also prints each node and which node holds which folder."""
+    from twisted.internet import reactor
+
+    from oauthmail.db.open import openStores
+
+    world = CLIWorld(reactor, tmp_path)
+    try:
+        text = world.path.read_text().replace(
+            f"store: {{path: {tmp_path}/store.sqlite, key_file: {tmp_path}/store.key}}",
+            f"store: {{backend: postgresql, dsn: '{postgres_dsn}', key_file: {tmp_path}/k}}",
+        )
+        world.path.write_text(text)
+        config = loadConfig(str(world.path))
+        stores = await openStores(config.store, reactor, reactor, environ={})
+        try:
+            folders = [("helpdesk", "INBOX"), ("helpdesk", "Lists")]
+            await stores.leases.heartbeat("node-1", "i1", folders, 60.0)
+            await stores.leases.heartbeat("node-2", "i2", folders, 60.0, take=False)
+        finally:
+            await stores.close()
+        code, out, err = await world.run("accounts", "--config", str(world.path))
+        assert code == 0, err
+        nodes, leases = out.split("\n\n")[1:3]
+        assert nodes.splitlines()[0].split() == [
+            "NODE",
+            "STATE",
+            "STARTED",
+            "LAST",
+            "HEARTBEAT",
+            "FOLDERS",
+        ]
+        assert re.search(r"^node-1 +live .* 2$", nodes, re.MULTILINE), nodes
+        assert re.search(r"^node-2 +live .* 0$", nodes, re.MULTILINE), nodes
+        assert re.search(r"^helpdesk/INBOX +node-1 +1 .* in \d+ s$", leases, re.MULTILINE), leases
+        assert "helpdesk/Lists" in leases
+    finally:
+        await world.stop()

@@ -825,3 +825,25 @@ def test_userinfo_endpoint_from_the_profile_or_the_google_preset():
     assert profiles["own"].userinfo_endpoint == "https://id.example.com/userinfo"
     assert profiles["p"].userinfo_endpoint == "https://t.example/userinfo"
     assert profiles["q"].userinfo_endpoint is None
+
+
+def test_cluster_section_defaults_and_values():
+    """cluster: the host name and 10 s / 30 s / 5 min by default; durations as given."""
+    import socket
+
+    base = "profiles: {g: {provider: google, client_id: abc}}\naccounts: []\n"
+    plain = parseConfig(base, "c.yaml", {})
+    assert plain.cluster.node == (socket.gethostname() or "oauthmail")
+    assert (plain.cluster.lease_renew, plain.cluster.lease_expiry) == (10.0, 30.0)
+    assert plain.cluster.claim_expiry == 300.0
+    given = parseConfig(
+        base + "cluster: {node: n2, lease_renew: 1s, lease_expiry: 3s, claim_expiry: 5s}\n",
+        "c.yaml",
+        {},
+    )
+    assert (given.cluster.node, given.cluster.lease_renew, given.cluster.lease_expiry) == (
+        "n2",
+        1.0,
+        3.0,
+    )
+    assert given.cluster.claim_expiry == 5.0

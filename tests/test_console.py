@@ -478,3 +478,78 @@ async def test_oversized_body_is_refused_unread() -> None:
         assert (await c.request("GET", "/health"))[0] == 503
     finally:
         await c.port.stopListening()
+
+
+# -- several nodes on one store -------------------------------------------------------------
+
+
+async def _clusterConsole(clock):
+    """A console over a store whose folders two nodes share (node a's keeper is this node)."""
+    from twisted.internet import defer
+
+    from oauthmail.cluster.keeper import LeaseKeeper
+    from oauthmail.testing.memory_leases import MemoryLeaseStore
+    from oauthmail.web.console import LiveParts
+
+    store = MemoryTokenStore(clock=clock)
+    config = _config()
+    for account in config.accounts:
+        await store.ensureAccount(account.name, account.profile.name)
+        await store.setAccountState(account.name, "ok")
+    leases = MemoryLeaseStore(clock)
+    folders = [("helpdesk", "INBOX"), ("alerts", "<b>INBOX</b>")]
+
+    class Watching:
+        def watch(self, lease):
+            pass
+
+        def unwatch(self, key):
+            return defer.succeed(None)
+
+    keeper = LeaseKeeper(leases, "node-a", folders, Watching(), clock, renew=1.0, expiry=3.0)
+    keeper.startService()
+    await leases.heartbeat("node-b", "ib", folders, 3.0, take=False)
+    clock.advance(1.0)
+    await leases.heartbeat("node-b", "ib", folders, 3.0)
+    live = LiveParts(cluster=keeper, leases=leases)
+    return ConsoleResource(config, store, clock, live=live), keeper, leases
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_shows_the_nodes_and_who_holds_which_folder() -> None:
+    """The page lists each node and each folder's holder and lease; /health names this node."""
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    resource, keeper, leases = await _clusterConsole(clock)
+    status, body = await _render(resource, b"")
+    page = body.decode()
+    assert status == 200
+    assert "<h2>Nodes</h2>" in page and "<h2>Folders</h2>" in page
+    assert "node-a (this node)" in page and "node-b" in page
+    assert "helpdesk/INBOX" in page and "alerts/&lt;b&gt;INBOX&lt;/b&gt;" in page
+    assert "in 3 s" in page  # a lease's time left
+    status, body = await _render(resource, b"health")
+    health = json.loads(body)
+    assert status == 200 and health["node"]["node"] == "node-a"
+    assert health["node"]["leases"] == 1 and health["node"]["live_nodes"] == 2
+    keeper.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_of_a_node_that_lost_its_database_is_503() -> None:
+    """A node whose heartbeat fails answers /health 503 'store_unreachable' at once."""
+    from oauthmail.db.errors import StoreUnwritable
+
+    clock = Clock()
+    resource, keeper, leases = await _clusterConsole(clock)
+    leases.failure = StoreUnwritable("PostgreSQL 127.0.0.1:5432/oauthmail: connection refused")
+    clock.advance(1.0)
+    status, body = await _render(resource, b"health")
+    health = json.loads(body)
+    assert status == 503 and health["status"] == "store_unreachable"
+    assert "connection refused" in health["error"] and health["node"]["ok"] is False
+    leases.failure = None
+    clock.advance(1.0)
+    status, body = await _render(resource, b"health")
+    assert status == 200
+    keeper.stopService()

@@ -293,8 +293,10 @@ class FakeSink:
         return defer.succeed(out)
 
 
-def setup(account=None, ledger=None, tokens=None, server=None, store=None, recorder=None):
-    clock = Clock()
+def setup(
+    account=None, ledger=None, tokens=None, server=None, store=None, recorder=None, clock=None
+):
+    clock = clock or Clock()
     server = server or FakeServer()
     tokens = tokens or FakeTokens(server)
     ledger = ledger or MemoryDeliveryLedger(clock)
@@ -916,3 +918,138 @@ def test_the_waiter_says_whether_the_server_accepted_idle():
     assert watcher.waiter.idling
     watcher.stop()
     assert not watcher.waiter.idling
+
+
+# -- under a lease (several nodes on one database) ----------------------------------------
+
+
+class LeaseOwner:
+    """Stands in for the lease keeper: remembers what the watcher reported."""
+
+    def __init__(self):
+        self.lost = []
+
+    def leaseLost(self, lease, reason):
+        lease.gone = reason
+        self.lost.append(reason)
+
+
+def leased(deadline, disposition="seen"):
+    """A watcher under node a's lease of alice/INBOX (3 s in the store), believed until deadline."""
+    from oauthmail.cluster.keeper import FolderLease
+    from oauthmail.testing.memory_leases import MemoryLeaseStore
+
+    clock = Clock()
+    leases = MemoryLeaseStore(clock)
+    ledger = MemoryDeliveryLedger(clock, leases)
+    (held,) = leases.heartbeat("a", "i1", [("alice", "INBOX")], 3.0).result.held
+    owner = LeaseOwner()
+    lease = FolderLease(held, deadline, 1.0, clock, owner)
+    parts = setup(account=makeAccount(disposition), ledger=ledger, clock=clock)
+    parts[0].lease = lease
+    return (*parts, leases, owner)
+
+
+def test_a_leased_watcher_writes_under_its_fence():
+    """Under a held lease mail flows as usual, every ledger write fenced by its epoch."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=1000.0)
+    server.add(b"one")
+    watcher.start()
+    assert sink.messages == [b"one"] and server.flags == {1: {b"\\Seen"}}
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == "disposed"
+    assert watcher.status()["lease_epoch"] == 1
+    watcher.stop()
+
+
+def test_after_a_takeover_the_old_holder_delivers_and_disposes_nothing():
+    """Another node took the folder: the old holder's write is refused, it stops, mail untouched."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=1000.0)
+    server.add(b"one")
+    watcher.start()
+    clock.advance(4.0)  # the lease expired in the database (this node still believes in it)
+    leases.heartbeat("b", "i2", [("alice", "INBOX")], 3.0)
+    server.add(b"two")
+    assert sink.messages == [b"one"]
+    assert server.flags == {1: {b"\\Seen"}}
+    assert watcher.state == "stopped"
+    assert len(owner.lost) == 1 and "no longer valid" in owner.lost[0]
+    assert ("alice", "INBOX", 1, 2) not in ledger.rows
+    watcher.stop()
+
+
+def test_a_paused_node_hands_nothing_to_the_sink_after_its_lease_ran_out():
+    """Woken after its lease's time: no batch goes to the sink, nothing is flagged."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=5.0)
+    server.add(b"one")
+    watcher.start()
+    clock.advance(10.0)  # paused: the lease ran out meanwhile
+    server.add(b"two")
+    assert sink.messages == [b"one"]
+    assert server.flags == {1: {b"\\Seen"}}
+    assert watcher.state == "stopped"
+    assert "could not be renewed in time" in owner.lost[0]
+    watcher.stop()
+
+
+def test_a_lease_that_ran_out_disposes_nothing_left_from_before():
+    """Delivered but not yet disposed, then the lease runs out: the server is not touched."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=5.0)
+    server.add(b"one")
+    server.failDispose = True  # the connection breaks before the \\Seen flag
+    watcher.start()
+    assert sink.messages == [b"one"] and server.flags == {}
+    assert ledger.rows[("alice", "INBOX", 1, 1)][1] == "delivered"
+    server.failDispose = False
+    clock.advance(10.0)  # the reconnect comes after the lease's time
+    assert server.flags == {}
+    assert watcher.state == "stopped" and owner.lost
+    watcher.stop()
+
+
+def test_a_leased_account_watcher_runs_only_the_folders_it_holds():
+    """leased=True: nothing starts by itself; hold starts a folder, drop and stop end it."""
+    from oauthmail.cluster.keeper import FolderLease
+    from oauthmail.cluster.records import Lease
+
+    server = FakeServer()
+    account = makeAccount()
+    account = replace(
+        account,
+        imap=replace(account.imap, folders=(FolderConfig("INBOX"), FolderConfig("Archive"))),
+    )
+    clock = Clock()
+    service = AccountWatcher(
+        account,
+        FakeTokens(server),
+        MemoryDeliveryLedger(clock),
+        FakeSink(),
+        clock,
+        connect=server.connect,
+        leased=True,
+    )
+    server.add(b"hello")
+    service.startService()
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+    lease = FolderLease(Lease("alice", "Archive", "n1", 4, 30.0), 1000.0, 10.0, clock, LeaseOwner())
+    service.hold("Archive", lease)
+    states = {f["folder"]: (f["state"], f["lease_epoch"]) for f in service.status()["folders"]}
+    assert states == {"INBOX": ("stopped", None), "Archive": ("waiting", 4)}
+    assert service.drop("Archive").called
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+    service.hold("Archive", lease)
+    service.stopService()
+    assert [f["state"] for f in service.status()["folders"]] == ["stopped", "stopped"]
+
+
+def test_the_fenced_ledger_is_a_ledger():
+    """FencedLedger keeps the IDeliveryLedger promise; without a lease it adds no fence."""
+    from zope.interface.verify import verifyObject
+
+    from oauthmail.imap.watcher.lease import FencedLedger
+    from oauthmail.interfaces import IDeliveryLedger
+
+    inner = MemoryDeliveryLedger()
+    ledger = FencedLedger(inner, lambda: None)
+    assert verifyObject(IDeliveryLedger, ledger)
+    ledger.setFolderState("alice", "INBOX", 3, 9)
+    assert inner.folders[("alice", "INBOX")] == (3, 9)

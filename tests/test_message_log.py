@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from oauthmail.interfaces import IMessageRecorder
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.records import (
     BOUNCED,
     DEFERRED,

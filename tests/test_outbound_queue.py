@@ -542,8 +542,10 @@ async def test_outbox_migrations_apply_to_a_file_without_them(tmp_path):
         await store.close()
     raw = sqlite3.connect(path)
     try:
+        from oauthmail.db.sqlite.schema import OUTBOX
+
         rows = raw.execute("SELECT version FROM schema_migrations WHERE owner = 'outbox'")
-        assert [r[0] for r in rows] == [1, 2]
+        assert [r[0] for r in rows] == list(range(1, OUTBOX.latest + 1))
     finally:
         raw.close()
 
@@ -1175,3 +1177,105 @@ def test_an_account_needing_a_person_is_held_and_said_once(storage):
     rig.tokens.error = None
     assert rig.result(rig.queue.retryNow("alice")) == 5
     assert {rig.status(m).state for m in ids} == {"sent"}
+
+
+def test_claims_are_tended_on_a_shared_outbox():
+    """claim_tend: every tick the queue tends the outbox's claims, then looks for due mail."""
+    from oauthmail.smtp.queue.records import Recovery
+
+    clock = Clock()
+
+    class Tended:
+        """A MemoryOutbox that counts tendClaims and dueAccounts (one dead node's claim first)."""
+
+        def __init__(self):
+            self.memory = MemoryOutbox()
+            self.tends = 0
+            self.polls = 0
+
+        def __getattr__(self, name):
+            return getattr(self.memory, name)
+
+        def tendClaims(self, now, policy):
+            self.tends += 1
+            return defer.succeed(Recovery(0, 1 if self.tends == 1 else 0))
+
+        def dueAccounts(self, now):
+            self.polls += 1
+            return self.memory.dueAccounts(now)
+
+    outbox = Tended()
+    queue = OutboundQueue(
+        outbox,
+        FakeTokens(),
+        {"alice": account()},
+        reactor=None,
+        clock=clock,
+        sender=FakeSender(),
+        poll_interval=60.0,
+        claim_tend=2.0,
+    )
+    queue.startService()
+    polls = outbox.polls
+    clock.advance(2.0)
+    assert (outbox.tends, outbox.polls) == (1, polls + 1)
+    clock.advance(2.0)
+    assert (outbox.tends, outbox.polls) == (2, polls + 2)
+    queue.stopService()
+    clock.advance(10.0)
+    assert outbox.tends == 2
+
+
+def test_a_store_out_of_reach_is_said_once_per_outage_by_the_polls():
+    """Polls and claim tending failing on a store error: one warning per outage, no traceback."""
+    from twisted.logger import globalLogPublisher
+
+    from oauthmail.db.errors import StoreUnwritable
+    from oauthmail.smtp.queue.records import Recovery
+
+    clock = Clock()
+
+    class Away:
+        """A MemoryOutbox whose shared-store calls fail while ``down``."""
+
+        def __init__(self):
+            self.memory = MemoryOutbox()
+            self.down = False
+
+        def __getattr__(self, name):
+            return getattr(self.memory, name)
+
+        def _fail(self):
+            return defer.fail(StoreUnwritable("PostgreSQL db:5432/mail: cannot connect"))
+
+        def tendClaims(self, now, policy):
+            return self._fail() if self.down else defer.succeed(Recovery(0, 0))
+
+        def dueAccounts(self, now):
+            return self._fail() if self.down else self.memory.dueAccounts(now)
+
+    outbox = Away()
+    queue = OutboundQueue(
+        outbox,
+        FakeTokens(),
+        {"alice": account()},
+        reactor=None,
+        clock=clock,
+        sender=FakeSender(),
+        poll_interval=1.0,
+        claim_tend=1.0,
+    )
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        queue.startService()
+        for down in (True, False, True):
+            outbox.down = down
+            for _ in range(5):
+                clock.advance(1.0)
+        queue.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e for e in events if "outbound queue:" in str(e.get("log_format", ""))]
+    assert len(said) == 2, [e.get("log_format") for e in said]
+    assert [e for e in events if e.get("log_failure") is not None] == []

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import pytest_twisted
 from contracts.conftest import ACCESS, REFRESH, openPostgreSQL, tokens
-from contracts.test_outbox_contract import FixedPolicy
+from contracts.test_outbox_contract import FixedPolicy, outcome
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -30,6 +30,7 @@ from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
 from oauthmail.db.postgresql.schema import TOKENS
 from oauthmail.db.postgresql.tokens import PostgreSQLTokenStore
 from oauthmail.secret import Secret
+from oauthmail.smtp.client import RecipientOutcome
 from oauthmail.smtp.queue.records import OutboxEntry
 from oauthmail.testing.postgres import freePort
 from oauthmail.tokens.crypto import generateKey
@@ -173,7 +174,7 @@ async def test_a_newer_schema_is_refused(postgres_dsn):
     opened = await openPostgreSQL(postgres_dsn, Clock())
     await opened.close()
     with psycopg.connect(postgres_dsn) as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES ('ledger', 9, 0), ('leases', 1, 0)")
+        conn.execute("INSERT INTO schema_migrations VALUES ('ledger', 9, 0), ('later', 1, 0)")
     with pytest.raises(StoreError, match="written by a newer oauthmail"):
         await openPostgreSQL(postgres_dsn, Clock())
 
@@ -270,6 +271,7 @@ async def test_nodes_starting_together_migrate_once(postgres_dsn):
 
     assert rows == sorted((s.owner, n) for s in POSTGRESQL for n in range(1, s.latest + 1))
     assert ("tokens", 1) in rows and ("ledger", 2) in rows and ("outbox", 2) in rows
+    assert ("leases", 1) in rows
     assert ("messages", 1) in rows
     assert checks == 1
 
@@ -327,6 +329,66 @@ async def test_recover_takes_own_and_expired_claims_only(postgres_dsn):
         recovery = await b.outbox.recover(NOW + 2, policy)
         assert (recovery.checked, recovery.resent) == (0, 2)
         assert [(await b.outbox.status(f"m{i}")).state for i in range(3)] == ["queued"] * 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_node_keeps_its_claims_and_a_dead_ones_are_taken_back(postgres_dsn):
+    """tendClaims renews this node's claims; any node's tendClaims takes back expired ones."""
+    key = generateKey()
+    policy = FixedPolicy(sent_check=frozenset({"alice"}))
+    a = await openPostgreSQL(postgres_dsn, Clock(), node="a", key=key, claim_expiry=0.8)
+    b = await openPostgreSQL(postgres_dsn, Clock(), node="b", key=key, claim_expiry=0.8)
+    try:
+        for i in range(2):
+            await a.outbox.enqueue(entry(f"m{i}"))
+        assert len(await a.outbox.claimDue("alice", NOW, 1)) == 1  # m0
+        assert len(await b.outbox.claimDue("alice", NOW, 1)) == 1  # m1
+        taken = []
+        for _ in range(5):  # a lives (it renews), b is dead (it does not)
+            await sleep(0.35)
+            recovery = await a.outbox.tendClaims(NOW + 2, policy)
+            taken.append((recovery.checked, recovery.resent))
+        assert sorted(taken)[-1] == (1, 0) and sum(c for c, _ in taken) == 1  # b's m1, once
+        m0, m1 = [await a.outbox.status(f"m{i}") for i in range(2)]
+        assert (m0.state, m1.state) == ("sending", "queued")
+        assert m1.next_attempt_at == NOW + 2 + policy.sent_check_delay
+        assert [d.id for d in await a.outbox.dueInDoubt("alice", NOW + 100, 10)] == ["m1"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_whose_claim_was_taken_back_records_nothing(postgres_dsn):
+    """After its claim expired and another node claimed the message, a late outcome is dropped."""
+    key = generateKey()
+    policy = FixedPolicy()
+    a = await openPostgreSQL(postgres_dsn, Clock(), node="a", key=key, claim_expiry=0.5)
+    b = await openPostgreSQL(postgres_dsn, Clock(), node="b", key=key, claim_expiry=30.0)
+    try:
+        two = ("x@example.net", "y@example.net")
+        await a.outbox.enqueue(OutboxEntry("m0", "alice", "a@example.com", two, b"hi\r\n", NOW))
+        assert len(await a.outbox.claimDue("alice", NOW, 1)) == 1
+        await sleep(0.7)  # a is paused: its claim expires
+        assert (await b.outbox.tendClaims(NOW + 1, policy)).resent == 1
+        (again,) = await b.outbox.claimDue("alice", NOW + 1, 1)
+        assert again.id == "m0"
+        # a wakes up and reports what its old session heard: nothing of it is written.
+        await a.outbox.recordRefusals("m0", [RecipientOutcome("x@example.net", 550, "no")])
+        late = await a.outbox.recordOutcomes(
+            [outcome("m0", ("y@example.net", 250))], NOW + 2, policy
+        )
+        assert late == []
+        assert (await a.outbox.recordFailure(["m0"], "cut", NOW + 2, policy))[0].state == "sending"
+        status = await b.outbox.status("m0")
+        assert status.state == "sending" and {r.state for r in status.recipients} == {"pending"}
+        (mine,) = await b.outbox.recordOutcomes(
+            [outcome("m0", ("x@example.net", 250), ("y@example.net", 250))], NOW + 3, policy
+        )
+        assert mine.state == "sent"
     finally:
         await a.close()
         await b.close()

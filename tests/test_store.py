@@ -326,7 +326,7 @@ async def test_migration_of_one_owner(tmp_path, clock, key):
     [
         "INSERT INTO schema_version VALUES (99, 0)",
         "INSERT INTO schema_migrations VALUES ('outbox', 99, 0)",
-        "INSERT INTO schema_migrations VALUES ('leases', 1, 0)",
+        "INSERT INTO schema_migrations VALUES ('future_owner', 1, 0)",
     ],
 )
 @pytest_twisted.ensureDeferred

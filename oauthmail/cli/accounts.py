@@ -28,20 +28,23 @@ from oauthmail.text import cleanText, describeWhen
     arguments=configOption,
 )
 def accounts(args: argparse.Namespace) -> int:
-    """A table of every account, as the console shows it."""
+    """A table of every account, as the console shows it (and, on a shared store, the nodes)."""
     config = readConfig(args.config)
     if config is None:
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
-        from oauthmail.db.open import openTokenStore as openStore
+        from oauthmail.app import openConfiguredStores
+        from oauthmail.cli.cluster import printCluster
+        from oauthmail.cluster.view import collectCluster
         from oauthmail.web.console import STATE_LABELS, collectStatuses
 
-        store = await openStore(config.store, clock=reactor, reactor=reactor)
+        stores = await openConfiguredStores(config, reactor)
         try:
-            statuses = await collectStatuses(config, store)
+            statuses = await collectStatuses(config, stores.tokens)
+            cluster = await collectCluster(stores.leases) if stores.shared else None
         finally:
-            await store.close()
+            await stores.close()
         now = reactor.seconds()
         header = ("ACCOUNT", "ADDRESS", "PROFILE", "STATE", "TOKEN EXPIRES", "LAST REFRESH")
         rows = [
@@ -65,6 +68,8 @@ def accounts(args: argparse.Namespace) -> int:
         for row in rows:
             cells = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
             print(f"{cells}  {cleanText(row[-1])}".rstrip())
+        if cluster is not None:
+            printCluster(cluster, sys.stdout)
         return EXIT_OK
 
     return runInReactor(work)

@@ -28,6 +28,7 @@ from oauthmail.config.profiles import readProfiles
 from oauthmail.config.rules import checkClients, notesFor
 from oauthmail.config.schema import TOP_KEYS, WEB_KEYS
 from oauthmail.config.sections import (
+    readCluster,
     readQueue,
     readRefresher,
     readStore,
@@ -113,6 +114,7 @@ def _read(document: Document, root: YamlNode | None) -> Config:
         refresher=readRefresher(sections["refresher"]),
         queue=readQueue(sections["queue"]),
         submission=readSubmission(sections["submission"], accounts),
+        cluster=readCluster(sections["cluster"]),
         messages=readMessages(sections["messages"]),
         notify=readNotify(sections["notify"], accounts),
         log=readLog(sections["log"]),

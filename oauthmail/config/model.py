@@ -21,6 +21,7 @@ __all__ = [
     "AccountConfig",
     "AccountImapConfig",
     "AccountSmtpConfig",
+    "ClusterConfig",
     "Config",
     "FolderConfig",
     "ProfileConfig",
@@ -263,6 +264,30 @@ class QueueConfig:
     control_socket: str = "var/oauthmail.sock"
 
 
+def _hostName() -> str:
+    import socket
+
+    return socket.gethostname() or "oauthmail"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes on one PostgreSQL store: this node's name, its lease and claim timings.
+
+    Used only with ``store.backend: postgresql``; one node on SQLite watches
+    every folder without leases.
+    """
+
+    #: This node's name in leases and claims (distinct per node; default: the host name).
+    node: str = field(default_factory=_hostName)
+    #: Seconds between heartbeats (lease renewals).
+    lease_renew: float = 10.0
+    #: Seconds a lease lasts without a heartbeat; another node takes the folder after.
+    lease_expiry: float = 30.0
+    #: Seconds an outbound claim lasts without renewal before another node takes the message.
+    claim_expiry: float = 300.0
+
+
 @dataclass(frozen=True)
 class SubmissionUser:
     """A local login: ``name``, an scrypt ``password_hash`` and the accounts it may send as."""
@@ -373,6 +398,7 @@ class Config:
     refresher: RefresherConfig = RefresherConfig()
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig | None = None  # no local submission server unless asked
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     messages: MessagesConfig = MessagesConfig()
     notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()

@@ -30,6 +30,7 @@ TOP_KEYS = (
     "refresher",
     "queue",
     "submission",
+    "cluster",
     "messages",
     "notify",
     "log",
@@ -77,6 +78,7 @@ FOLDER_KEYS = ("name", "disposition", "move_to")
 SINK_KEYS = (*SINK_KINDS, "timeout")
 STORE_KEYS = ("backend", "path", "dsn", "key", "key_file")
 WEB_KEYS = ("bind", "port", "allowed_hosts", "admin_password_hash", "session_lifetime")
+CLUSTER_KEYS = ("node", "lease_renew", "lease_expiry", "claim_expiry")
 REFRESHER_KEYS = ("interval", "margin", "concurrency", "notify_command")
 QUEUE_KEYS = (
     "max_age",

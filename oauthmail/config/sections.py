@@ -1,4 +1,5 @@
-"""Reading the daemon's own sections: ``store``, ``web``, ``refresher``, ``queue``, ``submission``.
+"""Reading the daemon's own sections: ``store``, ``web``, ``refresher``, ``queue``, ``submission``,
+``cluster``.
 
 Each reader takes the section's node and returns its frozen value with the
 documented defaults filled in; an absent section is all defaults (and no
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 
 from oauthmail.config.model import (
     AccountConfig,
+    ClusterConfig,
     QueueConfig,
     RefresherConfig,
     StoreConfig,
@@ -24,6 +26,7 @@ from oauthmail.config.model import (
 from oauthmail.config.nodes import Node, suggest
 from oauthmail.config.schema import (
     BACKENDS,
+    CLUSTER_KEYS,
     QUEUE_KEYS,
     REFRESHER_KEYS,
     STORE_KEYS,
@@ -36,7 +39,14 @@ from oauthmail.hosts import parseAllowedHost
 from oauthmail.loopback import isLoopbackHost
 from oauthmail.passwords import parseHash
 
-__all__ = ["readQueue", "readRefresher", "readStore", "readSubmission", "readWeb"]
+__all__ = [
+    "readCluster",
+    "readQueue",
+    "readRefresher",
+    "readStore",
+    "readSubmission",
+    "readWeb",
+]
 
 
 def readStore(at: Node) -> StoreConfig:
@@ -153,6 +163,29 @@ def readQueue(at: Node) -> QueueConfig:
         control_socket=q["control_socket"].nonEmpty(
             defaults.control_socket, what="a file name for the control socket"
         ),
+    )
+
+
+def readCluster(at: Node) -> ClusterConfig:
+    if at.isNull:
+        return ClusterConfig()
+    c = at.mapping(CLUSTER_KEYS, what="a mapping (node, lease_renew, lease_expiry, claim_expiry)")
+    defaults = ClusterConfig()
+    node = c["node"].nonEmpty(defaults.node, what="a node name")
+    if node != node.strip() or any(ch.isspace() or ch == "/" for ch in node):
+        c["node"].fail(f"expected a name without spaces or '/', got {node!r}")
+    renew = c["lease_renew"].duration(defaults.lease_renew, positive=True)
+    expiry = c["lease_expiry"].duration(defaults.lease_expiry, positive=True)
+    if expiry < 2 * renew:
+        (c["lease_expiry"] if c.present("lease_expiry") else c["lease_renew"]).fail(
+            f"a lease must last at least two heartbeats: lease_expiry ({expiry:g} s) must be"
+            f" at least twice lease_renew ({renew:g} s)"
+        )
+    return ClusterConfig(
+        node=node,
+        lease_renew=renew,
+        lease_expiry=expiry,
+        claim_expiry=c["claim_expiry"].duration(defaults.claim_expiry, positive=True),
     )
 
 

@@ -4,7 +4,7 @@ The stored things and their owners are ``tokens`` (accounts and encrypted
 OAuth tokens, :class:`~oauthmail.interfaces.ITokenStore`), ``ledger`` (the IMAP
 delivery ledger, :class:`~oauthmail.interfaces.IDeliveryLedger`), ``outbox``
 (the outbound queue, :class:`~oauthmail.interfaces.IOutbox`) and ``messages``
-(the message log, :class:`~oauthmail.interfaces.IMessageLog`). Each backend
+(the message log, :class:`~oauthmail.messagelog.interfaces.IMessageLog`). Each backend
 implements all of them over one database and registers each owner's migrations
 separately (:mod:`oauthmail.db.migrations`).
 

@@ -7,7 +7,15 @@ vocabulary without importing each other.
 
 from __future__ import annotations
 
-__all__ = ["RefreshBusy", "StoreError", "StoreUnwritable", "VersionConflict", "WrongKeyError"]
+__all__ = [
+    "NodeNameTaken",
+    "RefreshBusy",
+    "StaleLease",
+    "StoreError",
+    "StoreUnwritable",
+    "VersionConflict",
+    "WrongKeyError",
+]
 
 
 class StoreError(Exception):
@@ -35,4 +43,20 @@ class RefreshBusy(StoreError):  # noqa: N818 - reads better at the call site
 
     Nothing was changed and nothing was asked of the provider: try again
     later, when the other node's refresh has most likely been stored.
+    """
+
+
+class StaleLease(StoreError):  # noqa: N818 - reads better at the call site
+    """A fenced write's lease is no longer held under its epoch (taken over, expired, released).
+
+    Nothing was written. The writer lost the folder: it must stop watching it
+    at once (another node may be watching it now).
+    """
+
+
+class NodeNameTaken(StoreError):  # noqa: N818 - reads better at the call site
+    """Another live process heartbeats under this node name; nothing was changed.
+
+    Nodes sharing a database need distinct names (``cluster.node``). A node
+    restarted after a crash meets this until its old registration expires.
     """

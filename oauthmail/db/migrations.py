@@ -1,7 +1,7 @@
 """Migrations registered per owner, whatever the backend.
 
-Each stored thing (its *owner*: ``tokens``, ``ledger``, ``outbox``, ``messages``;
-later ``leases``) has its own numbered list of migrations, written by each backend in
+Each stored thing (its *owner*: ``tokens``, ``ledger``, ``outbox``, ``leases``,
+``messages``) has its own numbered list of migrations, written by each backend in
 its own dialect (:mod:`oauthmail.db.sqlite.schema`). A database records, per
 owner, which migrations it has had; opening one applies whatever is missing,
 owner by owner in :data:`OWNERS` order (the ledger's tables refer to the
@@ -23,7 +23,7 @@ from oauthmail.db.errors import StoreError
 __all__ = ["OWNERS", "OwnerSchema", "checkKnown", "pending"]
 
 #: Every owner, in the order its migrations are applied.
-OWNERS = ("tokens", "ledger", "outbox", "messages")
+OWNERS = ("tokens", "ledger", "outbox", "leases", "messages")
 
 
 @dataclass(frozen=True)

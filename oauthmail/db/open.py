@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 from twisted.internet import defer, threads
 
+from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.db.errors import StoreError
-from oauthmail.interfaces import IDeliveryLedger, IMessageLog, IOutbox, ITokenStore
+from oauthmail.interfaces import IDeliveryLedger, IOutbox, ITokenStore
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
@@ -31,6 +33,13 @@ BACKENDS = ("sqlite", "postgresql")
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
+
+
+class _ClusterConfig(Protocol):
+    """What is read of :class:`oauthmail.config.ClusterConfig` (the outbox's claims)."""
+
+    node: str
+    claim_expiry: float
 
 
 class _StoreConfig(Protocol):
@@ -51,6 +60,10 @@ class Stores:
     ledger: IDeliveryLedger
     outbox: IOutbox
     messages: IMessageLog
+    #: The folder leases of the nodes sharing this database.
+    leases: ILeaseStore | None = None
+    #: Several nodes may share this database: a folder is watched only under its lease.
+    shared: bool = False
 
     def close(self) -> defer.Deferred[None]:
         """Write what was asked for, then close the database (closing twice does nothing)."""
@@ -69,10 +82,13 @@ def openStores(
     clock: _Clock,
     reactor: Any,
     environ: Mapping[str, str] | None = None,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     """Load the key, open (create, migrate, key-check) the database, fire with its ``Stores``.
 
     Key loading may read or create the key file, so it runs in a thread too.
+    ``cluster`` names this node in the PostgreSQL outbox's claims (and how
+    long they last); without it, the host name and five minutes.
     """
     try:
         _checkBackend(store_config)
@@ -91,7 +107,7 @@ def openStores(
 
     def loaded(cipher: crypto.TokenCipher) -> defer.Deferred[Stores]:
         crypto.emitNotices(notices)
-        return _open(store_config, cipher, clock, reactor)
+        return _open(store_config, cipher, clock, reactor, cluster=cluster)
 
     d.addCallback(loaded)
     return d
@@ -103,10 +119,12 @@ def _open(
     clock: _Clock,
     reactor: Any,
     replaceEmpty: bool = False,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     if store_config.backend == "postgresql":
-        return _openPostgreSQL(store_config, cipher, clock, reactor)
+        return _openPostgreSQL(store_config, cipher, clock, reactor, cluster)
     from oauthmail.db.sqlite.database import SQLiteDatabase
+    from oauthmail.db.sqlite.leases import SQLiteLeaseStore
     from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
     from oauthmail.db.sqlite.messages import SQLiteMessageLog
     from oauthmail.db.sqlite.outbox import SQLiteOutbox
@@ -119,14 +137,20 @@ def _open(
         SQLiteDeliveryLedger(database, clock),
         SQLiteOutbox(database),
         SQLiteMessageLog(database),
+        SQLiteLeaseStore(database, clock),
     )
     return tokens.open().addCallback(lambda _: stores)
 
 
 def _openPostgreSQL(
-    store_config: _StoreConfig, cipher: crypto.TokenCipher, clock: _Clock, reactor: Any
+    store_config: _StoreConfig,
+    cipher: crypto.TokenCipher,
+    clock: _Clock,
+    reactor: Any,
+    cluster: _ClusterConfig | None = None,
 ) -> defer.Deferred[Stores]:
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
     from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
@@ -137,11 +161,18 @@ def _openPostgreSQL(
     except StoreError as e:
         return defer.fail(e)
     tokens = PostgreSQLTokenStore(database, cipher, clock)
+    outbox = (
+        PostgreSQLOutbox(database)
+        if cluster is None
+        else PostgreSQLOutbox(database, node=cluster.node, claim_expiry=cluster.claim_expiry)
+    )
     stores = Stores(
         tokens,
         PostgreSQLDeliveryLedger(database, clock),
-        PostgreSQLOutbox(database),
+        outbox,
         PostgreSQLMessageLog(database),
+        PostgreSQLLeaseStore(database),
+        shared=True,
     )
     return tokens.open().addCallback(lambda _: stores)
 

@@ -54,23 +54,51 @@ class LockedRefresh(NamedTuple):
 
 
 def refreshByCompareAndSwap(
-    store: Any, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+    store: Any,
+    account_id: str,
+    fresh_enough: FreshEnough,
+    refresh: Refresh,
+    read: TokenRecord | None = None,
 ) -> defer.Deferred[LockedRefresh]:
     """``refreshLocked`` for a store used by one process: see the module docstring.
 
     ``store`` provides ``ITokenStore`` (its ``getAccountWithTokens`` and
-    ``putTokens`` are used).
+    ``putTokens`` are used). ``read``, the record the caller just read, saves
+    reading it again (every due refresh comes through here: callbacks, no
+    coroutine, and no second read on the hot path).
     """
+    if read is not None:
+        return _decide(read, store, account_id, fresh_enough, refresh)
 
-    async def run() -> LockedRefresh:
-        account, record = await store.getAccountWithTokens(account_id)
+    def found(pair: tuple[Any, TokenRecord | None]) -> defer.Deferred[LockedRefresh]:
+        account, record = pair
         if account is None:
             raise StoreError(f"no account {account_id!r}")
-        if fresh_enough(record):
-            return LockedRefresh(record, False)
-        tokens = await defer.maybeDeferred(refresh, record)
-        expected = 0 if record is None else record.version
-        stored = await store.putTokens(account_id, tokens, expected)
-        return LockedRefresh(stored, True)
+        return _decide(record, store, account_id, fresh_enough, refresh)
 
-    return defer.ensureDeferred(run())
+    return store.getAccountWithTokens(account_id).addCallback(found)
+
+
+def _decide(
+    record: TokenRecord | None,
+    store: Any,
+    account_id: str,
+    fresh_enough: FreshEnough,
+    refresh: Refresh,
+) -> defer.Deferred[LockedRefresh]:
+    """Fresh enough: use it; else refresh and compare-and-swap on ``record``'s version."""
+    try:
+        if fresh_enough(record):
+            return defer.succeed(LockedRefresh(record, False))
+    except Exception:
+        return defer.fail()
+    expected = 0 if record is None else record.version
+
+    def write(tokens: TokenSet) -> defer.Deferred[LockedRefresh]:
+        return store.putTokens(account_id, tokens, expected).addCallback(_refreshed)
+
+    return defer.maybeDeferred(refresh, record).addCallback(write)
+
+
+def _refreshed(stored: TokenRecord) -> LockedRefresh:
+    return LockedRefresh(stored, True)

@@ -15,7 +15,7 @@ Rules a reader must not break:
   later, many per transaction, and drops them (with one warning) rather than hold
   up a delivery or grow without bound. A log entry lost in a crash is a line
   missing from a history, never a message lost.
-- Storage is an :class:`~oauthmail.interfaces.IMessageLog` (owner ``messages`` in
+- Storage is an :class:`~oauthmail.messagelog.interfaces.IMessageLog` (owner ``messages`` in
   :mod:`oauthmail.db`); nothing here writes SQL.
 - Entries carry headers' facts (Message-ID, size) and the provider's cleaned
   reply, never a body and never a token.

@@ -1,7 +1,7 @@
 """The message log's vocabulary: directions, outcomes, one entry, the last mail per account.
 
 Plain values only (no I/O, no Twisted): shared by every
-:class:`~oauthmail.interfaces.IMessageLog`, the writers in ``imap/`` and
+:class:`~oauthmail.messagelog.interfaces.IMessageLog`, the writers in ``imap/`` and
 ``smtp/``, the console and the CLI.
 """
 

@@ -18,7 +18,8 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from oauthmail.interfaces import IMessageLog, IOutbox
+from oauthmail.interfaces import IOutbox
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.text import describeFailure
 
 __all__ = ["DEFAULT_RETENTION", "MessageLogSweeper"]

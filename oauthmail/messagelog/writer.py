@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from oauthmail.interfaces import IMessageLog, IMessageRecorder
+from oauthmail.messagelog.interfaces import IMessageLog, IMessageRecorder
 from oauthmail.messagelog.records import LogEntry
 from oauthmail.text import describeFailure
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from oauthmail.health import AccountView, partLabel
-from oauthmail.interfaces import IMessageRecorder
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.records import FAILED, OUT, LogEntry
 from oauthmail.notifications.events import ACCOUNT_STATE, MESSAGE_FAILED, Notice
 from oauthmail.text import cleanText

@@ -2,7 +2,10 @@
 
 It keeps the promises of :mod:`oauthmail.imap.ledger` (the same states and the
 same rules as the SQLite ledger, proved by one contract suite) and answers with
-already-fired Deferreds, so tests need no threads and no files.
+already-fired Deferreds, so tests need no threads and no files. Fenced writes
+are checked against ``leases`` (a
+:class:`~oauthmail.testing.memory_leases.MemoryLeaseStore`) when one is given;
+without one a fence is taken as it is (one node: nothing to fence off).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.records import Fence
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
@@ -31,12 +35,17 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
+class _Fences(Protocol):
+    def checkFence(self, fence: Fence, account: str, folder: str) -> None: ...
+
+
 @implementer(IDeliveryLedger)
 class MemoryDeliveryLedger:
     """The ledger in two dicts; ``transactions`` counts the writes that would be one each."""
 
-    def __init__(self, clock: _Clock | None = None) -> None:
+    def __init__(self, clock: _Clock | None = None, leases: _Fences | None = None) -> None:
         self._clock = clock
+        self._leases = leases
         self.folders: dict[tuple[str, str], tuple[int, int]] = {}
         #: (account, folder, uidvalidity, uid) -> (digest, state)
         self.rows: dict[tuple[str, str, int, int], tuple[str | None, str]] = {}
@@ -45,9 +54,32 @@ class MemoryDeliveryLedger:
     def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
         return defer.succeed(self.folders.get((account, folder)))
 
+    def _refused(self, fence: Fence | None, account: str, folder: str) -> defer.Deferred | None:
+        """A failed Deferred if the fence does not hold (the write is then not made)."""
+        if fence is None:
+            return None
+        try:
+            if (fence.account, fence.folder) != (account, folder):
+                raise ValueError(
+                    f"a fence for {fence.account}/{fence.folder} on {account}/{folder}"
+                )
+            if self._leases is not None:
+                self._leases.checkFence(fence, account, folder)
+        except Exception as e:
+            return defer.fail(e)
+        return None
+
     def setFolderState(
-        self, account: str, folder: str, uidvalidity: int, last_delivered_uid: int
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        refused = self._refused(fence, account, folder)
+        if refused is not None:
+            return refused
         self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
         return defer.succeed(None)
 
@@ -59,7 +91,11 @@ class MemoryDeliveryLedger:
         entries: Sequence[tuple[int, str | None, str]],
         last_delivered_uid: int | None = None,
         disposed: bool = False,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        refused = self._refused(fence, account, folder)
+        if refused is not None:
+            return refused
         try:
             checkRecordable(entries)
         except ValueError as e:
@@ -101,8 +137,16 @@ class MemoryDeliveryLedger:
         return defer.succeed(self._digestsIn(account, digests, HOLDS))
 
     def recordHanded(
-        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        refused = self._refused(fence, account, folder)
+        if refused is not None:
+            return refused
         self.transactions += 1
         for uid, digest in entries:
             self.rows[(account, folder, uidvalidity, uid)] = (digest, HANDED)
@@ -123,8 +167,16 @@ class MemoryDeliveryLedger:
         }
 
     def markDisposed(
-        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        refused = self._refused(fence, account, folder)
+        if refused is not None:
+            return refused
         for uid in uids:
             key = (account, folder, uidvalidity, uid)
             row = self.rows.get(key)

@@ -1,6 +1,6 @@
 """An in-memory ``IMessageLog`` for tests (and the reference behaviour).
 
-It keeps the promises of :class:`~oauthmail.interfaces.IMessageLog` as the SQLite
+It keeps the promises of :class:`~oauthmail.messagelog.interfaces.IMessageLog` as the SQLite
 and PostgreSQL logs do (one contract suite holds all three to them) and answers
 with already-fired Deferreds, so tests need no threads and no files.
 """
@@ -13,7 +13,7 @@ from dataclasses import replace
 from twisted.internet import defer
 from zope.interface import implementer
 
-from oauthmail.interfaces import IMessageLog
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
 __all__ = ["MemoryMessageLog"]

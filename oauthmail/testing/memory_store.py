@@ -155,7 +155,11 @@ class MemoryTokenStore:
         return defer.succeed(None)
 
     def refreshLocked(
-        self, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+        self,
+        account_id: str,
+        fresh_enough: FreshEnough,
+        refresh: Refresh,
+        read: TokenRecord | None = None,
     ) -> defer.Deferred[LockedRefresh]:
         """Read, decide, refresh, compare-and-swap: one process needs no lock."""
-        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh)
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh, read)

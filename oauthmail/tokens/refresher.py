@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from oauthmail.config import AccountConfig
 from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import ITokenStore
+from oauthmail.text import cleanText
 from oauthmail.tokens.errors import AccountNotAuthorised, TokenError
 from oauthmail.tokens.source import TokenSource
 
@@ -203,6 +204,12 @@ class TokenRefresher(Service):
         horizon = self.margin + self.interval
         try:
             rows = {row.account: row for row in await self._store.listExpiries()}
+        except StoreError as e:  # the database is away (a restart): one line, no traceback
+            log.warn(
+                "refresher could not list the accounts ({why}); trying again next pass",
+                why=cleanText(e),
+            )
+            return []
         except Exception:
             log.failure("refresher could not list the accounts; trying again next pass")
             return []

@@ -6,6 +6,10 @@ tools learnt from their users (see ``docs/protocols.md``):
 
 * **single flight** — concurrent callers for one account share one refresh, so a
   refresh token is never presented twice at once;
+* **once across nodes** — the request is made under the store's refresh lock
+  (``ITokenStore.refreshLocked``: PostgreSQL holds the account's row lock), which reads
+  the tokens again once it has it: tokens another node stored meanwhile are used as
+  they are, and a refresh presents the refresh token it just read, never an older one;
 * **write before use** — the new tokens (with the rotated refresh token, or the old one if
   the provider did not rotate) are stored with compare-and-swap *before* anybody gets the
   new access token; if the store fails, the account shows ``error``, the old tokens stay
@@ -31,7 +35,6 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Protocol
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -40,7 +43,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig, ProfileConfig
-from oauthmail.db.errors import VersionConflict
+from oauthmail.db.errors import RefreshBusy, VersionConflict
+from oauthmail.db.refresh import LockedRefresh
 from oauthmail.health import PART_TOKENS, AccountHealth
 from oauthmail.interfaces import IAccountHealth, IHTTPTransport, ITokenSource, ITokenStore
 from oauthmail.retry import jitteredDelay
@@ -55,22 +59,10 @@ from oauthmail.tokens.errors import (
 )
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
+from oauthmail.tokens.refreshjob import Limiter, RefreshJob, StillValid, refreshTokenOf, release
 from oauthmail.tokens.unsaved import UnsavedTokens
 
 log = Logger()
-
-
-class Limiter(Protocol):
-    """Caps requests in flight (``DeferredSemaphore`` has this shape)."""
-
-    def acquire(self) -> defer.Deferred[object]: ...
-
-    def release(self) -> None: ...
-
-
-def _release(result: object, limiter: Limiter) -> object:
-    limiter.release()
-    return result
 
 
 @implementer(ITokenSource)
@@ -304,17 +296,17 @@ class TokenSource:
             return waiter
         self._inflight[account.name] = [(waiter, strict)]
         try:
-            d = self._refresh(_Refresh(account, min_valid, limiter))
+            d = self._refresh(RefreshJob(account, min_valid, limiter))
         except Exception:
             d = defer.fail()
         d.addBoth(self._fanOut, account.name)
         return waiter
 
-    def _fanOut(self, result: Secret | _StillValid | Failure, name: str) -> None:
+    def _fanOut(self, result: Secret | StillValid | Failure, name: str) -> None:
         for waiter, strict in self._inflight.pop(name, ()):
             if waiter.called:  # cancelled by its caller
                 continue
-            if isinstance(result, _StillValid):
+            if isinstance(result, StillValid):
                 if strict:
                     waiter.errback(result.error)
                 else:
@@ -332,7 +324,7 @@ class TokenSource:
     # than all the rest of our side of a refresh (bench/refresh). The rare branches
     # (tokens a failed store still holds, refusals, a failing store) are coroutines.
 
-    def _refresh(self, job: _Refresh) -> defer.Deferred[Secret | _StillValid]:
+    def _refresh(self, job: RefreshJob) -> defer.Deferred[Secret | StillValid]:
         # One read for state and tokens. The daemon creates every configured account's
         # row at start-up, so the ensureAccount write is only for the rare account
         # that has none yet.
@@ -340,8 +332,8 @@ class TokenSource:
         return d.addCallback(self._read, job)
 
     def _read(
-        self, read: tuple[AccountRecord | None, TokenRecord | None], job: _Refresh
-    ) -> Secret | _StillValid | defer.Deferred[Secret | _StillValid]:
+        self, read: tuple[AccountRecord | None, TokenRecord | None], job: RefreshJob
+    ) -> Secret | StillValid | defer.Deferred[Secret | StillValid]:
         state, record = read
         name = job.account.name
         if state is None:
@@ -354,14 +346,14 @@ class TokenSource:
         return self._decide((record, None), job)
 
     def _decide(
-        self, current: tuple[TokenRecord | None, TokenSet | None], job: _Refresh
-    ) -> Secret | _StillValid | defer.Deferred[Secret | _StillValid]:
+        self, current: tuple[TokenRecord | None, TokenSet | None], job: RefreshJob
+    ) -> Secret | StillValid | defer.Deferred[Secret | StillValid]:
         """Whether to ask the provider at all, and with which refresh token."""
         record, pending = current
-        job.record = record
+        job.record, job.pending = record, pending
         if pending is None and job.min_valid is not None and self._valid(record, job.min_valid):
             return record.access_token  # somebody refreshed while we waited
-        job.refresh_token = self._refreshTokenOf(job.account, job.state, record, pending)
+        job.refresh_token = refreshTokenOf(job.account, job.state, record, pending)
         not_before = self._not_before.get(job.account.name)
         if not_before is not None:
             wait = not_before - self._clock.seconds()
@@ -370,46 +362,71 @@ class TokenSource:
                 return defer.ensureDeferred(self._giveUp(job, error, asked=False))
         return self._ask(job)
 
-    @staticmethod
-    def _refreshTokenOf(
-        account: AccountConfig,
-        state: AccountRecord,
-        record: TokenRecord | None,
-        pending: TokenSet | None,
-    ) -> Secret | None:
-        """The refresh token to present (``None`` for app-only accounts), or why there is none."""
-        if account.grant == "client_credentials":
-            return None
-        name = account.name
-        if state.state == "needs_reauth":
-            raise AccountNotAuthorised(
-                name, f"needs re-authorisation: {state.last_error}", needs_reauth=True
-            )
-        if pending is not None:
-            refresh_token = pending.refresh_token
-        else:
-            refresh_token = record.refresh_token if record is not None else None
-        if refresh_token is None:
-            raise AccountNotAuthorised(
-                name, "not authorised yet: authorise it on the console or with the CLI"
-            )
-        return refresh_token
+    def _ask(self, job: RefreshJob) -> defer.Deferred[Secret | StillValid]:
+        """One request to the provider under the store's refresh lock; its answer is stored.
 
-    def _ask(self, job: _Refresh) -> defer.Deferred[Secret | _StillValid]:
-        """One request to the provider; its answer is written, its failure handled."""
+        The store re-reads the tokens once it holds the lock: if another node
+        refreshed meanwhile they are used and nothing is asked (see
+        :meth:`_freshEnough`); else :meth:`_askProvider` makes the request and
+        the store writes its answer, compare-and-swap, before anybody uses it.
+        Backoff sleeps between attempts run outside the lock.
+        """
+        job.obtained = None
+        d = self._store.refreshLocked(
+            job.account.name,
+            lambda record: self._freshEnough(job, record),
+            lambda record: self._askProvider(job, record),
+            job.record,  # what we just read: a store without a lock need not read it again
+        )
+        return d.addCallbacks(
+            self._locked, self._lockFailed, callbackArgs=(job,), errbackArgs=(job,)
+        )
+
+    def _freshEnough(self, job: RefreshJob, record: TokenRecord | None) -> bool:
+        """Under the lock: may the tokens stored now be used as they are?"""
+        if job.pending is not None:
+            return False  # our unsaved tokens' refresh token is the live one: refresh with it
+        if job.min_valid is not None:
+            return self._valid(record, job.min_valid)
+        # Forced (a server refused our token): only a newer one than it will do.
+        seen = job.record.version if job.record is not None else 0
+        return record is not None and record.version > seen and self._valid(record, 0)
+
+    def _askProvider(self, job: RefreshJob, record: TokenRecord | None) -> defer.Deferred[TokenSet]:
+        """Under the lock: the one request, with the refresh token stored NOW."""
+        before = job.record.version if job.record is not None else 0
+        if (record.version if record is not None else 0) != before:
+            # Another node stored tokens since our first read: theirs are the live ones.
+            job.record, job.pending = record, None
+            job.refresh_token = refreshTokenOf(job.account, job.state, record, None)
         grants = self.grantClient(job.account.name)
         limiter = job.limiter
         if limiter is None:
             d = self._request(None, grants, job, None)
         else:
             d = limiter.acquire().addCallback(self._request, grants, job, limiter)
-        return d.addCallbacks(
-            self._obtained, self._askFailed, callbackArgs=(job,), errbackArgs=(job,)
-        )
+        return d.addCallback(self._obtained, job)
+
+    def _locked(self, done: LockedRefresh, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
+        """Refreshed and stored, or stored fresh by another node: hand it out."""
+        return self._written(done.record, job)
+
+    def _lockFailed(
+        self, failure: Failure, job: RefreshJob
+    ) -> Failure | defer.Deferred[Secret | StillValid]:
+        if job.obtained is not None:
+            # The provider answered (and forgot the old refresh token); the store did not
+            # take the answer: keep it, as after a failed write.
+            expected = job.record.version if job.record is not None else 0
+            return self._writeFailed(failure, job.account.name, expected, job.obtained)
+        if failure.check(RefreshBusy):
+            busy = TransientTokenError("another node is refreshing this account")
+            return self._askFailed(Failure(busy), job)
+        return self._askFailed(failure, job)
 
     @staticmethod
     def _request(
-        _: object, grants: GrantClient, job: _Refresh, limiter: Limiter | None
+        _: object, grants: GrantClient, job: RefreshJob, limiter: Limiter | None
     ) -> defer.Deferred[TokenSet]:
         """The request, holding the ``limiter`` slot (if any) just that long.
 
@@ -426,12 +443,12 @@ class TokenSource:
         except Exception:
             d = defer.fail()
         if limiter is not None:
-            d.addBoth(_release, limiter)
+            d.addBoth(release, limiter)
         return d
 
     def _askFailed(
-        self, failure: Failure, job: _Refresh
-    ) -> Failure | defer.Deferred[Secret | _StillValid]:
+        self, failure: Failure, job: RefreshJob
+    ) -> Failure | defer.Deferred[Secret | StillValid]:
         """Retry a transient failure (a bounded number of times); handle a refusal."""
         error = failure.value
         name = job.account.name
@@ -454,10 +471,12 @@ class TokenSource:
             return defer.ensureDeferred(self._refused(job, error))
         return failure
 
-    def _obtained(self, tokens: TokenSet, job: _Refresh) -> defer.Deferred[Secret]:
+    @staticmethod
+    def _obtained(tokens: TokenSet, job: RefreshJob) -> TokenSet:
         if job.refresh_token is not None and tokens.refresh_token is None:
             tokens = replace(tokens, refresh_token=job.refresh_token)  # provider did not rotate
-        return self._write(job, tokens)
+        job.obtained = tokens
+        return tokens
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float | None:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential, jittered, >= Retry-After.
@@ -471,18 +490,7 @@ class TokenSource:
             delay = max(delay, retry_after)
         return delay
 
-    def _write(self, job: _Refresh, tokens: TokenSet) -> defer.Deferred[Secret]:
-        """Compare-and-swap the new tokens into the store; only then hand them out."""
-        expected = job.record.version if job.record is not None else 0
-        d = self._store.putTokens(job.account.name, tokens, expected)
-        return d.addCallbacks(
-            self._written,
-            self._writeFailed,
-            callbackArgs=(job,),
-            errbackArgs=(job.account.name, expected, tokens),
-        )
-
-    def _written(self, stored: TokenRecord, job: _Refresh) -> Secret | defer.Deferred[Secret]:
+    def _written(self, stored: TokenRecord, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
         name = job.account.name
         self._unsaved.forget(name)
         self._not_before.pop(name, None)
@@ -523,8 +531,8 @@ class TokenSource:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _giveUp(
-        self, job: _Refresh, error: TransientTokenError, *, asked: bool = True
-    ) -> _StillValid:
+        self, job: RefreshJob, error: TransientTokenError, *, asked: bool = True
+    ) -> StillValid:
         """A transient failure outlasted this call: keep every token, maybe use the old one.
 
         Not ``asked`` (a ``Retry-After`` still holds, no request went out): only news is
@@ -536,13 +544,13 @@ class TokenSource:
             self._not_before[name] = max(self._not_before.get(name, 0.0), until)
         if job.min_valid is not None and self._valid(record, 0):
             if not asked:
-                return _StillValid(record.access_token, error)
+                return StillValid(record.access_token, error)
             log.warn(
                 "refresh of {account} failed for now ({why}); the current token is still valid",
                 account=name,
                 why=str(error),
             )
-            return _StillValid(record.access_token, error)
+            return StillValid(record.access_token, error)
         said = self.health.view(name).parts.get(PART_TOKENS)
         if not asked and said is not None and said.state == "error":
             raise error  # said and recorded already; the wait goes on
@@ -552,7 +560,7 @@ class TokenSource:
             await self.condition.report(name, "error", why)
         raise error
 
-    async def _refused(self, job: _Refresh, error: TokenEndpointError) -> Secret:
+    async def _refused(self, job: RefreshJob, error: TokenEndpointError) -> Secret:
         """A permanent refusal: the configuration (or the provider) must change.
 
         Logged and recorded when it is news; every later pass meets it again.
@@ -569,30 +577,3 @@ class TokenSource:
         raise AccountNotAuthorised(
             name, f"needs re-authorisation: {error.reason}", needs_reauth=True
         )
-
-
-class _Refresh:
-    """One refresh in progress: what its steps have learnt so far."""
-
-    __slots__ = ("account", "min_valid", "limiter", "state", "record", "refresh_token", "attempt")
-
-    def __init__(
-        self, account: AccountConfig, min_valid: float | None, limiter: Limiter | None
-    ) -> None:
-        self.account = account
-        self.min_valid = min_valid  # None: forced
-        self.limiter = limiter
-        self.state: AccountRecord
-        self.record: TokenRecord | None = None
-        self.refresh_token: Secret | None = None  # None: app-only (client credentials)
-        self.attempt = 0  # failed requests so far
-
-
-class _StillValid:
-    """A refresh that failed for now while the token it was to replace is still valid."""
-
-    __slots__ = ("token", "error")
-
-    def __init__(self, token: Secret, error: TransientTokenError) -> None:
-        self.token = token
-        self.error = error

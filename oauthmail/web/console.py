@@ -30,8 +30,11 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from oauthmail.cluster.interfaces import ILeaseStore
+from oauthmail.cluster.view import collectCluster
 from oauthmail.config import Config
-from oauthmail.interfaces import IMessageLog, IOutbox, ITokenStore
+from oauthmail.interfaces import IOutbox, ITokenStore
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.metrics import MetricsPage
 from oauthmail.text import describeFailure, describeWhen
 from oauthmail.web.authorize import (
@@ -40,6 +43,7 @@ from oauthmail.web.authorize import (
     DevicePage,
     actionForm,
 )
+from oauthmail.web.cluster import renderCluster
 from oauthmail.web.csrf import CSRFToken
 from oauthmail.web.guard import ConsoleAccess, Guard, formActions
 from oauthmail.web.login import (
@@ -86,8 +90,10 @@ class LiveParts:
 
     ``watchers`` maps account names to their IMAP ``AccountWatcher`` (with a
     ``status()`` dict); ``queue`` is the ``OutboundQueue`` (with ``stats()``);
-    ``health`` the daemon's :class:`~oauthmail.interfaces.IAccountHealth`. All
-    are optional so the console also runs over a bare store.
+    ``health`` the daemon's :class:`~oauthmail.interfaces.IAccountHealth`;
+    with several nodes on one store, ``cluster`` is this node's
+    :class:`~oauthmail.cluster.keeper.LeaseKeeper` and ``leases`` the lease
+    store. All are optional so the console also runs over a bare store.
     """
 
     watchers: Mapping[str, Any] = field(default_factory=dict)
@@ -99,6 +105,8 @@ class LiveParts:
     outbox: IOutbox | None = None
     #: The daemon's metrics (``/metrics``); ``None``: no such page.
     metrics: Any = None
+    cluster: Any = None
+    leases: ILeaseStore | None = None
 
 
 async def collectStatuses(
@@ -196,7 +204,9 @@ class StatusPage(_AsyncPage):
             logout = logoutForm(access.field())
         if buttons or logout:
             formPage(request)
-        return renderStatusPage(statuses, self.clock.seconds(), buttons, logout).encode()
+        live = self.live or LiveParts()
+        cluster = renderCluster(await collectCluster(live.leases, live.cluster))
+        return renderStatusPage(statuses, self.clock.seconds(), buttons, logout, cluster).encode()
 
 
 class HealthPage(_AsyncPage):
@@ -206,33 +216,46 @@ class HealthPage(_AsyncPage):
     configured account is fully ok (tokens, every folder, SMTP); 503
     ``degraded`` otherwise; 503 ``unconfigured`` when no account is
     configured at all (a daemon that can do nothing is not healthy); 503
-    ``store_unreachable`` when the store does not answer.
+    ``store_unreachable`` when the store does not answer, or (several nodes)
+    this node's last heartbeat failed: it lost its database, its folders are
+    stopping or stopped, other nodes take them over.
     """
 
     content_type = b"application/json"
 
     async def body(self, request: Any) -> bytes:
         now = self.clock.seconds()
+        keeper = self.live.cluster if self.live is not None else None
+        node = keeper.status() if keeper is not None else None
+        if keeper is not None and keeper.cutOff:
+            return self._unavailable(request, now, node["error"], node)
         try:
             statuses = await collectStatuses(self.config, self.store, self.live, now)
         except Exception as e:  # the store (a PostgreSQL server, a disk) does not answer
-            request.setResponseCode(503)
-            payload = {
-                "status": "store_unreachable",
-                "now": now,
-                "error": describeFailure(e),
-                "accounts": [],
-            }
-            return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
+            return self._unavailable(request, now, describeFailure(e), node)
         configured = [s for s in statuses if s.state != "not_configured"]
         healthy = bool(configured) and all(s.state in ("ok", "refreshing") for s in configured)
         if not healthy:
             request.setResponseCode(503)
         status = "ok" if healthy else "degraded" if configured else "unconfigured"
-        payload = {
+        payload: dict[str, Any] = {
             "status": status,
             "now": self.clock.seconds(),
             "accounts": [s.asJSON() for s in statuses],
+        }
+        if node is not None:
+            payload["node"] = node
+        return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
+
+    @staticmethod
+    def _unavailable(request: Any, now: float, error: str, node: Any) -> bytes:
+        request.setResponseCode(503)
+        payload = {
+            "status": "store_unreachable",
+            "now": now,
+            "error": error,
+            "node": node,
+            "accounts": [],
         }
         return json.dumps(payload, indent=2).encode("utf-8") + b"\n"
 
@@ -377,11 +400,13 @@ def renderStatusPage(
     now: float,
     buttons: Mapping[str, str] | None = None,
     logout: str = "",
+    cluster: str = "",
 ) -> str:
     """The HTML page; every value from config or the store is escaped.
 
     ``buttons`` maps an account to the (already escaped) HTML of its action form;
-    ``logout`` is the (already escaped) Log out form, shown in a logged-in session.
+    ``logout`` is the (already escaped) Log out form, shown in a logged-in session;
+    ``cluster`` the (already escaped) nodes and folders section, if any.
     """
     e = html.escape
     rows = []
@@ -415,6 +440,7 @@ def renderStatusPage(
         + "</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
-        f"<p class='hint'>As of {e(_isoTime(now))}. An account's name leads to its messages."
+        + cluster
+        + f"<p class='hint'>As of {e(_isoTime(now))}. An account's name leads to its messages."
         " Machine-readable: <a href='/health'>/health</a>, <a href='/metrics'>/metrics</a></p>",
     )

@@ -22,8 +22,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from oauthmail.config import Config
-from oauthmail.interfaces import IMessageLog, IOutbox
+from oauthmail.interfaces import IOutbox
 from oauthmail.mail.trace import headerBlock
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import IN, LogEntry
 from oauthmail.smtp.queue.records import DeliveryStatus
 from oauthmail.text import cleanText, describeWhen

@@ -45,35 +45,33 @@ def clock():
 class Opened:
     """One backend's stores over one database (the memory twins share nothing)."""
 
-    def __init__(self, name, tokens, ledger, outbox, close, messages=None):
+    def __init__(self, name, tokens, ledger, outbox, close, messages=None, leases=None):
         self.name = name
         self.tokens = tokens
         self.ledger = ledger
         self.outbox = outbox
         self.close = close
+        self.leases = leases
         self.messages = messages
 
 
 async def openBackend(name, clock, tmp_path, request=None) -> Opened:
     """Open ``name``'s stores on a fresh database (``request``: for PostgreSQL's fixtures)."""
     if name == "memory":
+        from oauthmail.testing.memory_leases import MemoryLeaseStore
         from oauthmail.testing.memory_messages import MemoryMessageLog
         from oauthmail.testing.memory_outbox import MemoryOutbox
 
         store = MemoryTokenStore(clock)
         await store.open()
-        return Opened(
-            name,
-            store,
-            MemoryDeliveryLedger(clock),
-            MemoryOutbox(),
-            store.close,
-            MemoryMessageLog(),
-        )
+        leases = MemoryLeaseStore(clock)
+        ledger = MemoryDeliveryLedger(clock, leases)
+        return Opened(name, store, ledger, MemoryOutbox(), store.close, MemoryMessageLog(), leases)
     if name == "sqlite":
         from twisted.internet import reactor
 
         from oauthmail.db.sqlite.database import SQLiteDatabase
+        from oauthmail.db.sqlite.leases import SQLiteLeaseStore
         from oauthmail.db.sqlite.ledger import SQLiteDeliveryLedger
         from oauthmail.db.sqlite.messages import SQLiteMessageLog
         from oauthmail.db.sqlite.outbox import SQLiteOutbox
@@ -90,6 +88,7 @@ async def openBackend(name, clock, tmp_path, request=None) -> Opened:
             SQLiteOutbox(database),
             store.close,
             SQLiteMessageLog(database),
+            SQLiteLeaseStore(database, clock),
         )
     if name == "postgresql":
         return await openPostgreSQL(request.getfixturevalue("postgres_dsn"), clock)
@@ -101,6 +100,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     from twisted.internet import reactor
 
     from oauthmail.db.postgresql.database import PostgreSQLDatabase
+    from oauthmail.db.postgresql.leases import PostgreSQLLeaseStore
     from oauthmail.db.postgresql.ledger import PostgreSQLDeliveryLedger
     from oauthmail.db.postgresql.messages import PostgreSQLMessageLog
     from oauthmail.db.postgresql.outbox import PostgreSQLOutbox
@@ -119,6 +119,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
         outbox,
         store.close,
         PostgreSQLMessageLog(database),
+        PostgreSQLLeaseStore(database),
     )
 
 
@@ -152,3 +153,18 @@ def outbox(backend):
 def messages(backend):
     """The message log of each backend."""
     return backend.messages
+
+
+@pytest.fixture
+def leases(backend):
+    """The lease store of each backend."""
+    return backend.leases
+
+
+async def elapse(backend, clock, seconds):
+    """Let ``seconds`` pass for ``backend``'s clock (the test clock; PostgreSQL's: real time)."""
+    clock.advance(seconds)
+    if backend.name == "postgresql":
+        from twisted.internet import reactor, task
+
+        await task.deferLater(reactor, seconds, lambda: None)

@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
+from oauthmail.db.errors import StaleLease
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.interfaces import IDeliveryLedger
 
@@ -91,3 +92,57 @@ async def test_handed_rows_are_not_delivered(ledger):
     await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(5, "d5", "delivered")])
     assert await ledger.handedDigests(ACCOUNT, ["d5"]) == set()
     assert await ledger.isDelivered(ACCOUNT, "INBOX", 7, 5)
+
+
+# -- fences: a write of a lease that is no longer held is refused ---------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_fenced_writes_hold_while_the_lease_does(backend, ledger, clock):
+    """Every write carrying the fence of a held lease is made."""
+    (lease,) = (await backend.leases.heartbeat("n1", "i1", [(ACCOUNT, "INBOX")], 1.0)).held
+    fence = lease.fence
+    await ledger.setFolderState(ACCOUNT, "INBOX", 7, 0, fence=fence)
+    await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(1, "d1")], fence=fence)
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(1, "d1", DELIVERED)], 1, fence=fence)
+    await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1], fence=fence)
+    assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 1)
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_taken_over_lease_fences_off_its_old_holder(backend, ledger, clock):
+    """After a takeover every write of the old epoch is refused and changes nothing."""
+    from .conftest import elapse
+
+    key = (ACCOUNT, "INBOX")
+    (old,) = (await backend.leases.heartbeat("n1", "i1", [key], 1.0)).held
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(1, "d1", DELIVERED)], 1, fence=old.fence)
+    await elapse(backend, clock, 1.2)
+    # Expired, not yet taken: the old holder may not write either.
+    with pytest.raises(StaleLease):
+        await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1], fence=old.fence)
+    (new,) = (await backend.leases.heartbeat("n2", "i2", [key], 1.0)).held
+    assert new.epoch == old.epoch + 1
+    writes = [
+        lambda f: ledger.setFolderState(ACCOUNT, "INBOX", 7, 9, fence=f),
+        lambda f: ledger.recordHanded(ACCOUNT, "INBOX", 7, [(2, "d2")], fence=f),
+        lambda f: ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(2, "d2", DELIVERED)], 2, fence=f),
+        lambda f: ledger.markDisposed(ACCOUNT, "INBOX", 7, [1], fence=f),
+    ]
+    for write in writes:
+        with pytest.raises(StaleLease):
+            await write(old.fence)
+    assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 1)
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1]
+    assert await ledger.handedDigests(ACCOUNT, ["d2"]) == set()
+    await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1], fence=new.fence)
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fence_of_another_folder_is_a_mistake(backend, ledger):
+    """A fence names the folder it guards: using it on another is a ValueError."""
+    (lease,) = (await backend.leases.heartbeat("n1", "i1", [(ACCOUNT, "INBOX")], 5.0)).held
+    with pytest.raises(ValueError):
+        await ledger.setFolderState(ACCOUNT, "Lists", 7, 0, fence=lease.fence)

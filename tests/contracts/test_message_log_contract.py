@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
 
-from oauthmail.interfaces import IMessageLog
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import (
     BOUNCED,
     DEFERRED,

@@ -266,6 +266,19 @@ async def test_recover_after_a_crash(outbox):
 
 
 @pytest_twisted.ensureDeferred
+async def test_tending_live_claims_takes_nothing_back(outbox):
+    """tendClaims leaves the claims of a live node (this one) sending and recovers nothing."""
+    policy = FixedPolicy(sent_check=frozenset({ACCOUNT}))
+    await outbox.enqueue(queued("m1"))
+    await outbox.claimDue(ACCOUNT, NOW, 10)
+    recovery = await outbox.tendClaims(NOW + 1, policy)
+    assert (recovery.checked, recovery.resent) == (0, 0)
+    assert (await outbox.status("m1")).state == "sending"
+    (status,) = await outbox.recordOutcomes([outcome("m1", ("bob@example.net", 250))], NOW, policy)
+    assert status.state == "sent"
+
+
+@pytest_twisted.ensureDeferred
 async def test_lost_answer_puts_the_message_in_doubt(outbox):
     """An outcome in doubt (Sent searched) waits sent_check_delay; RCPT refusals are deferred."""
     policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=500.0)

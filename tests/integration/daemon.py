@@ -110,16 +110,24 @@ class Daemon:
     the store in that PostgreSQL database (the configuration says
     ``dsn: ${OAUTHMAIL_DSN}`` and the daemon gets the value in its
     environment, as an operator would do it); without, a SQLite file.
+    ``keyFile`` is the store's key file (nodes sharing one store share it);
+    by default one of its own.
     """
 
-    def __init__(self, workDir: Path, config: dict[str, Any], dsn: str | None = None) -> None:
+    def __init__(
+        self,
+        workDir: Path,
+        config: dict[str, Any],
+        dsn: str | None = None,
+        keyFile: Path | None = None,
+    ) -> None:
         self.workDir = workDir
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.webPort = freePort()
         self.dsn = dsn
         config = dict(config)
         config["web"] = {"bind": "127.0.0.1", "port": self.webPort}
-        key_file = str(workDir / "var" / "oauthmail.key")
+        key_file = str(keyFile or workDir / "var" / "oauthmail.key")
         if dsn is None:
             config["store"] = {
                 "path": str(workDir / "var" / "oauthmail.sqlite"),
@@ -237,16 +245,21 @@ class Daemon:
 
     async def health(self) -> dict[str, Any]:
         """The console's ``/health`` JSON (any status code)."""
+        return (await self.healthStatus())[1]
 
-        def get() -> bytes:
+    async def healthStatus(self) -> tuple[int, dict[str, Any]]:
+        """The console's ``/health``: its status code and its JSON."""
+
+        def get() -> tuple[int, bytes]:
             url = f"http://127.0.0.1:{self.webPort}/health"
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-                    return response.read()
+                    return response.status, response.read()
             except urllib.error.HTTPError as e:
-                return e.read()
+                return e.code, e.read()
 
-        return json.loads(await threads.deferToThread(get))
+        status, body = await threads.deferToThread(get)
+        return status, json.loads(body)
 
     async def accountState(self, name: str) -> str | None:
         """One account's state as ``/health`` reports it."""

@@ -29,6 +29,7 @@ SCRIPTS = sorted(
     if not p.name.startswith("_") and p.stem not in TOOLS
 )
 NUMBER = r"(?:inf|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+#: A benchmark may add figures of its own after rss_mb (bench.nodes: takeover_s, lost, ...).
 RESULT = re.compile(
     rf"^bench [A-Za-z0-9_.-]+: ratio={NUMBER} ours={NUMBER} baseline={NUMBER}"
     rf" unit=\S+ rss_mb={NUMBER}(?: [a-z_]+={NUMBER})*$"

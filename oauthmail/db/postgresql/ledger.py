@@ -4,7 +4,8 @@ The same promises as :mod:`oauthmail.db.sqlite.ledger`: each write is ONE
 transaction per call (a batch of messages is one call), and a call's Deferred
 fires after its ``COMMIT``, so a watcher that reads after its own write sees
 it. The tables refer to ``accounts``: the account must exist. The states and
-their rules are :mod:`oauthmail.imap.ledger`.
+their rules are :mod:`oauthmail.imap.ledger`. A write given a fence checks it
+first, in its own transaction (:func:`~oauthmail.db.postgresql.leases.checkFence`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.records import Fence
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
+from oauthmail.db.postgresql.leases import checkFence
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
@@ -72,9 +75,16 @@ class PostgreSQLDeliveryLedger:
         return self._database.runRead(q)
 
     def setFolderState(
-        self, account: str, folder: str, uidvalidity: int, last_delivered_uid: int
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         def w(conn: Connection) -> None:
+            if fence is not None:
+                checkFence(conn, fence, account, folder)
             conn.execute(_UPSERT_FOLDER, (account, folder, uidvalidity, last_delivered_uid))
 
         return self._database.runWrite(w)
@@ -87,6 +97,7 @@ class PostgreSQLDeliveryLedger:
         entries: Sequence[tuple[int, str | None, str]],
         last_delivered_uid: int | None = None,
         disposed: bool = False,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         try:
             checkRecordable(entries)
@@ -96,6 +107,8 @@ class PostgreSQLDeliveryLedger:
         now = self._clock.seconds()
 
         def w(conn: Connection) -> None:
+            if fence is not None:
+                checkFence(conn, fence, account, folder)
             if rows:
                 conn.cursor().executemany(
                     _UPSERT_DELIVERY,
@@ -160,12 +173,19 @@ class PostgreSQLDeliveryLedger:
         return self._database.runRead(q)
 
     def recordHanded(
-        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         entries = list(entries)
         now = self._clock.seconds()
 
         def w(conn: Connection) -> None:
+            if fence is not None:
+                checkFence(conn, fence, account, folder)
             if entries:
                 conn.cursor().executemany(
                     _UPSERT_DELIVERY,
@@ -175,11 +195,18 @@ class PostgreSQLDeliveryLedger:
         return self._database.runWrite(w)
 
     def markDisposed(
-        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         wanted = sorted(set(uids))
 
         def w(conn: Connection) -> None:
+            if fence is not None:
+                checkFence(conn, fence, account, folder)
             if wanted:
                 conn.execute(
                     "UPDATE deliveries SET state = %s WHERE account = %s AND folder = %s"

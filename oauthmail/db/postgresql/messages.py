@@ -14,7 +14,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.interfaces import IMessageLog
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def _entry(row: Sequence) -> LogEntry:
 
 @implementer(IMessageLog)
 class PostgreSQLMessageLog:
-    """An :class:`~oauthmail.interfaces.IMessageLog` in an opened PostgreSQL database."""
+    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened PostgreSQL database."""
 
     def __init__(self, database: IPostgreSQLDatabase) -> None:
         self._database = database

@@ -10,6 +10,14 @@ with several nodes on one database:
   (``now()``), never a node's.
 - ``recover`` takes back this node's own claims (it restarted), unowned ones,
   and any node's expired ones (a dead node's): see :mod:`.outbox_doubt`.
+  ``tendClaims``, every few seconds on every node, renews this node's claims
+  and takes back any node's expired ones.
+- A claim has a number (``claim_token``, one more at each claim). The writes
+  of a claimed message's outcome check, under the row's lock, that the
+  message is still ``sending`` under THIS node's claim of that number: a node
+  whose claim expired and was taken back (it was paused, cut off) records
+  nothing over the next claimant's; what it would have written is dropped
+  and logged.
 - ``enqueue`` commits with ``synchronous_commit`` as the server has it (on by
   default: the message is on disk before the submission server answers
   ``250``); claims and outcomes commit with ``synchronous_commit = off`` (a
@@ -24,12 +32,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.outbox_doubt import (
     clearDoubt,
     dueInDoubt,
+    reclaimExpired,
     recover,
     settleDoubt,
     stillInDoubt,
@@ -57,6 +67,7 @@ from oauthmail.smtp.queue.records import (
     OutboxEntry,
     OutboxMessage,
     RecipientReply,
+    Recovery,
 )
 from oauthmail.text import cleanText
 
@@ -64,6 +75,11 @@ if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["DEFAULT_CLAIM_EXPIRY", "PostgreSQLOutbox", "defaultNode"]
+
+log = Logger()
+
+#: ``{message id: claim number}`` of this node's claims, as the fenced writes check them.
+Claims = dict[str, int]
 
 #: Seconds a claim lasts before another node may take the message back (``recover``).
 DEFAULT_CLAIM_EXPIRY = 300.0
@@ -91,6 +107,8 @@ class PostgreSQLOutbox:
         self._database = database
         self.node = node or defaultNode()
         self.claim_expiry = claim_expiry
+        #: The claims this outbox made and has not recorded an outcome for.
+        self._claims: Claims = {}
 
     def __repr__(self) -> str:
         return f"<PostgreSQLOutbox {self._database.where} node={self.node!r}>"
@@ -104,6 +122,29 @@ class PostgreSQLOutbox:
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
         return self._run(recover, self.node, now, policy)
 
+    def tendClaims(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred[Recovery]:
+        return self._run(reclaimExpired, self.node, self.claim_expiry, now, policy)
+
+    def _fenced(self, ids: Sequence[str], done: bool) -> Claims:
+        """The claim numbers the writes of ``ids`` must match (``done``: the claims end)."""
+        claims = {i: self._claims[i] for i in ids if i in self._claims}
+        if done:
+            for i in ids:
+                self._claims.pop(i, None)
+        return claims
+
+    def _dropped(self, result: tuple[Any, list[str]]) -> Any:
+        value, refused = result
+        if refused:
+            log.warn(
+                "node {node} no longer holds the claim on {count} message(s) (it expired and"
+                " was taken back); their outcome is left to the node that holds them now: {ids}",
+                node=self.node,
+                count=len(refused),
+                ids=", ".join(refused[:5]),
+            )
+        return value
+
     def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
         return self._database.runRead(_dueAccounts, now)
 
@@ -111,7 +152,13 @@ class PostgreSQLOutbox:
         return self._database.runRead(_nextDue, account)
 
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
-        return self._run(_claimDue, self.node, self.claim_expiry, account, now, limit)
+        def remember(result: tuple[list[OutboxMessage], Claims]) -> list[OutboxMessage]:
+            batch, claims = result
+            self._claims.update(claims)
+            return batch
+
+        d = self._run(_claimDue, self.node, self.claim_expiry, account, now, limit)
+        return d.addCallback(remember)
 
     def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
         return self._database.runRead(dueInDoubt, account, now, limit)
@@ -132,17 +179,23 @@ class PostgreSQLOutbox:
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]
     ) -> defer.Deferred[None]:
-        return self._run(_recordRefusals, message_id, list(refused))
+        claims = self._fenced([message_id], done=False)
+        d = self._run(_recordRefusals, self.node, claims, message_id, list(refused))
+        return d.addCallback(self._dropped)
 
     def recordOutcomes(
         self, outcomes: Sequence[AttemptOutcome], now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(_recordOutcomes, list(outcomes), now, policy)
+        claims = self._fenced([o.message_id for o in outcomes], done=True)
+        d = self._run(_recordOutcomes, self.node, claims, list(outcomes), now, policy)
+        return d.addCallback(self._dropped)
 
     def recordFailure(
         self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(_recordFailure, list(ids), reason, now, policy)
+        claims = self._fenced(ids, done=True)
+        d = self._run(_recordFailure, self.node, claims, list(ids), reason, now, policy)
+        return d.addCallback(self._dropped)
 
     def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
         return self._run(_makeDue, account, now, delay)
@@ -187,10 +240,41 @@ def _unsynced(conn: Connection) -> None:
     conn.execute("SET LOCAL synchronous_commit = off")
 
 
-def _recordRefusals(conn: Connection, message_id: str, refused: list[RecipientReply]) -> None:
+def _holds(conn: Connection, node: str, claims: Claims, message_id: str) -> tuple[str, str] | None:
+    """Lock the message's row; ``(state, account)``, or None when it is not ours to write.
+
+    A final message is left as it is (None). One in any other state than
+    ``sending`` under this node's claim of the number we hold is another
+    node's now (or queued again): None, and the caller reports it dropped.
+    """
+    row = conn.execute(
+        "SELECT state, account, claimed_by, claim_token FROM outbound WHERE id = %s FOR UPDATE",
+        (message_id,),
+    ).fetchone()
+    if row is None or row[0] in FINAL_STATES:
+        return None
+    state, account, owner, token = row
+    if state != "sending" or owner != node or claims.get(message_id) != token:
+        raise _NotOurs(message_id)
+    return state, account
+
+
+class _NotOurs(Exception):  # noqa: N818 - control flow inside one transaction
+    """The message is no longer claimed by this node under the claim it made."""
+
+
+def _recordRefusals(
+    conn: Connection, node: str, claims: Claims, message_id: str, refused: list[RecipientReply]
+) -> tuple[None, list[str]]:
+    try:
+        if _holds(conn, node, claims, message_id) is None:
+            return None, []
+    except _NotOurs:
+        return None, [message_id]
     for r in refused:
         state = "failed" if r.status == outcomes.PERMANENT else "deferred"
         _answerRecipient(conn, message_id, r.address, state, r.code, r.text, ("pending",))
+    return None, []
 
 
 def _answerRecipient(
@@ -241,20 +325,24 @@ def _nextDue(conn: Connection, account: str) -> float | None:
 
 def _claimDue(
     conn: Connection, node: str, expiry: float, account: str, now: float, limit: int
-) -> list[OutboxMessage]:
-    """Claim the due messages (at most ``limit``) for ``node``, oldest due first."""
+) -> tuple[list[OutboxMessage], Claims]:
+    """Claim the due messages (at most ``limit``) for ``node``, oldest due first.
+
+    Also returns each claim's number (the fence of the writes that follow).
+    """
     _unsynced(conn)
     rows = conn.execute(
-        "UPDATE outbound SET state = 'sending', claimed_by = %s,"
+        "UPDATE outbound SET state = 'sending', claimed_by = %s, claim_token = claim_token + 1,"
         " claim_expires = now() + make_interval(secs => %s)"
         " WHERE id IN (SELECT id FROM outbound WHERE account = %s AND state = 'queued'"
         " AND next_attempt_at <= %s AND in_doubt_since IS NULL"
         " ORDER BY next_attempt_at, created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, mail_from, message, next_attempt_at, created_at, seq",
+        " RETURNING id, mail_from, message, next_attempt_at, created_at, seq, claim_token",
         (node, expiry, account, now, limit),
     ).fetchall()
     if not rows:
-        return []
+        return [], {}
+    claims = {row[0]: int(row[6]) for row in rows}
     rows.sort(key=lambda row: (row[3], row[4], row[5]))
     recipients: dict[str, list[str]] = {}
     for message_id, address in conn.execute(
@@ -270,28 +358,41 @@ def _claimDue(
             writeFinal(conn, message_id, None)
             continue
         batch.append(OutboxMessage(message_id, mail_from, tuple(open_), bytes(message)))
-    return batch
+    return batch, claims
 
 
 def _recordOutcomes(
-    conn: Connection, batch: list[AttemptOutcome], now: float, policy: IDeliveryPolicy
-) -> list[DeliveryStatus]:
+    conn: Connection,
+    node: str,
+    claims: Claims,
+    batch: list[AttemptOutcome],
+    now: float,
+    policy: IDeliveryPolicy,
+) -> tuple[list[DeliveryStatus], list[str]]:
     """Record several messages' outcomes in one (unsynced) transaction: group commit."""
     _unsynced(conn)
-    changed = [o.message_id for o in batch if _applyOutcome(conn, o, now, policy)]
-    return [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
+    changed, refused = [], []
+    for outcome in batch:
+        try:
+            row = _holds(conn, node, claims, outcome.message_id)
+        except _NotOurs:
+            refused.append(outcome.message_id)
+            continue
+        if row is not None and _applyOutcome(conn, outcome, row, now, policy):
+            changed.append(outcome.message_id)
+    statuses = [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
+    return statuses, refused
 
 
 def _applyOutcome(
-    conn: Connection, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy
+    conn: Connection,
+    outcome: AttemptOutcome,
+    row: tuple[str, str],
+    now: float,
+    policy: IDeliveryPolicy,
 ) -> bool:
-    """Write one outcome (in the caller's transaction); False if it changed nothing."""
+    """Write one outcome of a message we hold, locked (in the caller's transaction)."""
     message_id = outcome.message_id
-    row = conn.execute(
-        "SELECT state, account FROM outbound WHERE id = %s FOR UPDATE", (message_id,)
-    ).fetchone()
-    if row is None or row[0] in FINAL_STATES:
-        return False
     failures = []
     temporary = []
     doubtful = outcome.in_doubt and row[1] in policy.sent_check
@@ -336,17 +437,26 @@ def _applyOutcome(
 
 
 def _recordFailure(
-    conn: Connection, ids: list[str], reason: str, now: float, policy: IDeliveryPolicy
-) -> list[DeliveryStatus]:
+    conn: Connection,
+    node: str,
+    claims: Claims,
+    ids: list[str],
+    reason: str,
+    now: float,
+    policy: IDeliveryPolicy,
+) -> tuple[list[DeliveryStatus], list[str]]:
+    refused = []
     for message_id in ids:
-        row = conn.execute(
-            "SELECT state FROM outbound WHERE id = %s FOR UPDATE", (message_id,)
-        ).fetchone()
-        if row is None or row[0] in FINAL_STATES:
+        try:
+            if _holds(conn, node, claims, message_id) is None:
+                continue
+        except _NotOurs:
+            refused.append(message_id)
             continue
         undefer(conn, message_id)
         retryOrGiveUp(conn, message_id, reason, now, policy)
-    return [s for s in (status(conn, message_id) for message_id in ids) if s is not None]
+    statuses = [s for s in (status(conn, message_id) for message_id in ids) if s is not None]
+    return statuses, refused
 
 
 def _listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:

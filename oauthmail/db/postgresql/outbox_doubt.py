@@ -25,7 +25,15 @@ from oauthmail.text import cleanText
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
 
-__all__ = ["HEADER_READ", "clearDoubt", "dueInDoubt", "recover", "settleDoubt", "stillInDoubt"]
+__all__ = [
+    "HEADER_READ",
+    "clearDoubt",
+    "dueInDoubt",
+    "reclaimExpired",
+    "recover",
+    "settleDoubt",
+    "stillInDoubt",
+]
 
 #: Bytes of a message read to find its header section (a longer header is not probed).
 HEADER_READ = 256 * 1024
@@ -33,7 +41,6 @@ HEADER_READ = 256 * 1024
 
 def recover(conn: Connection, node: str, now: float, policy: IDeliveryPolicy) -> Recovery:
     """Queue again what a crash left ``sending``: looked for in Sent first, or sent again."""
-    checked = resent = 0
     # Every start gives the messages already in doubt a full sent_check_give_up again.
     conn.execute("UPDATE outbound SET in_doubt_since = %s WHERE in_doubt_since IS NOT NULL", (now,))
     rows = conn.execute(
@@ -42,6 +49,30 @@ def recover(conn: Connection, node: str, now: float, policy: IDeliveryPolicy) ->
         " ORDER BY seq FOR UPDATE SKIP LOCKED",
         (node,),
     ).fetchall()
+    return _takeBack(conn, rows, now, policy)
+
+
+def reclaimExpired(
+    conn: Connection, node: str, expiry: float, now: float, policy: IDeliveryPolicy
+) -> Recovery:
+    """Renew ``node``'s live claims; queue again any node's expired ones (a dead node's)."""
+    conn.execute(
+        "UPDATE outbound SET claim_expires = now() + make_interval(secs => %s)"
+        " WHERE state = 'sending' AND claimed_by = %s AND claim_expires >= now()",
+        (expiry, node),
+    )
+    rows = conn.execute(
+        "SELECT id, account FROM outbound WHERE state = 'sending' AND claim_expires < now()"
+        " ORDER BY seq FOR UPDATE SKIP LOCKED"
+    ).fetchall()
+    return _takeBack(conn, rows, now, policy)
+
+
+def _takeBack(
+    conn: Connection, rows: list[tuple[str, str]], now: float, policy: IDeliveryPolicy
+) -> Recovery:
+    """Queue the claimed messages ``rows`` again: in doubt (Sent first) or due now."""
+    checked = resent = 0
     for message_id, account in rows:
         if account in policy.sent_check:
             checked += 1

@@ -10,14 +10,16 @@ shipped: append. One statement per string, no ``BEGIN``/``COMMIT``.
 The outbox has three columns SQLite does not need: ``seq`` (insertion order,
 SQLite's ``rowid``), ``claimed_by`` and ``claim_expires`` (which node claimed a
 message ``sending``, until when by the database's clock: several nodes share
-the queue).
+the queue); ``claim_token`` (each claim's number, the queue's fence) is in
+both, unused by SQLite's one node. The ``leases`` owner keeps its times as
+``TIMESTAMPTZ``: they are the database's clock, compared with ``now()``.
 """
 
 from __future__ import annotations
 
 from oauthmail.db.migrations import OwnerSchema
 
-__all__ = ["BOOKKEEPING", "LEDGER", "MESSAGES", "OUTBOX", "SCHEMAS", "TOKENS"]
+__all__ = ["BOOKKEEPING", "LEASES", "LEDGER", "MESSAGES", "OUTBOX", "SCHEMAS", "TOKENS"]
 
 #: The table that records, per owner, which migrations a database has had.
 BOOKKEEPING = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -132,6 +134,47 @@ OUTBOX = OwnerSchema(
             "CREATE INDEX outbound_in_doubt ON outbound (account, next_attempt_at)"
             " WHERE in_doubt_since IS NOT NULL",
         ),
+        # 3: each claim's own number: a node whose claim expired and was taken
+        # back records no outcome over the next claim's (the fence of the queue).
+        ("ALTER TABLE outbound ADD COLUMN claim_token BIGINT NOT NULL DEFAULT 0",),
+    ),
+)
+
+LEASES = OwnerSchema(
+    "leases",
+    (
+        # 1: the nodes, one lease per watched folder, and every epoch of each.
+        (
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                instance TEXT NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL,
+                seen_at TIMESTAMPTZ NOT NULL,
+                expires TIMESTAMPTZ NOT NULL,
+                gone BOOLEAN NOT NULL DEFAULT FALSE
+            )""",
+            """CREATE TABLE leases (
+                account TEXT NOT NULL,
+                folder TEXT NOT NULL,
+                owner TEXT,
+                epoch BIGINT NOT NULL DEFAULT 0,
+                acquired_at TIMESTAMPTZ,
+                renewed_at TIMESTAMPTZ,
+                expires TIMESTAMPTZ,
+                PRIMARY KEY (account, folder)
+            )""",
+            "CREATE INDEX leases_owner ON leases (owner)",
+            """CREATE TABLE lease_history (
+                account TEXT NOT NULL,
+                folder TEXT NOT NULL,
+                epoch BIGINT NOT NULL,
+                owner TEXT NOT NULL,
+                acquired_at TIMESTAMPTZ NOT NULL,
+                valid_until TIMESTAMPTZ,
+                ended TEXT,
+                PRIMARY KEY (account, folder, epoch)
+            )""",
+        ),
     ),
 )
 
@@ -160,4 +203,4 @@ MESSAGES = OwnerSchema(
 )
 
 #: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
-SCHEMAS = (TOKENS, LEDGER, OUTBOX, MESSAGES)
+SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES, MESSAGES)

@@ -427,9 +427,15 @@ class PostgreSQLTokenStore:
     # -- refresh once across nodes -------------------------------------------------
 
     def refreshLocked(
-        self, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+        self,
+        account_id: str,
+        fresh_enough: FreshEnough,
+        refresh: Refresh,
+        read: TokenRecord | None = None,
     ) -> defer.Deferred[LockedRefresh]:
         """See ``ITokenStore.refreshLocked``: the account's row lock held across the refresh.
+
+        ``read`` is not used: the tokens are read again once the lock is held.
 
         A connection lost before ``refresh`` was called is tried once more (no
         request went out); after it, the call fails (``StoreUnwritable``) and

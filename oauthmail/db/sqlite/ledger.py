@@ -6,6 +6,9 @@ asking SQLite for it. Each write is ONE ``BEGIN IMMEDIATE`` transaction per
 call (a batch of messages is one call), so the ledger's fsyncs stay off the
 per-message path. The tables refer to ``accounts`` (foreign keys on): the
 account must exist. The states and their rules are :mod:`oauthmail.imap.ledger`.
+A write given a fence checks it first, in its own transaction, against the
+file's own leases (:mod:`oauthmail.db.sqlite.leases`: one node, whose leases
+never change hands, but the same check).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Protocol, TypeVar
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.cluster.records import Fence
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
+from oauthmail.db.sqlite.leases import checkFence
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
@@ -69,8 +74,27 @@ class SQLiteDeliveryLedger:
     def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         return self._database.runWrite(func, *args)
 
-    def _writeWith(self, work: Callable[[sqlite3.Connection], T]) -> defer.Deferred[T]:
-        return self._run(_write, work)
+    def _writeWith(
+        self, work: Callable[[sqlite3.Connection], T], fence: Fence | None = None
+    ) -> defer.Deferred[T]:
+        if fence is None:
+            return self._run(_write, work)
+        now = self._clock.seconds()
+        account, folder = fence.account, fence.folder
+
+        def fenced(conn: sqlite3.Connection) -> T:
+            checkFence(conn, fence, account, folder, now)
+            return work(conn)
+
+        return self._run(_write, fenced)
+
+    @staticmethod
+    def _wrongFence(fence: Fence | None, account: str, folder: str) -> defer.Deferred | None:
+        if fence is not None and (fence.account, fence.folder) != (account, folder):
+            return defer.fail(
+                ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+            )
+        return None
 
     def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
         def q(conn: sqlite3.Connection) -> tuple[int, int] | None:
@@ -84,12 +108,21 @@ class SQLiteDeliveryLedger:
         return self._run(q)
 
     def setFolderState(
-        self, account: str, folder: str, uidvalidity: int, last_delivered_uid: int
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        wrong = self._wrongFence(fence, account, folder)
+        if wrong is not None:
+            return wrong
+
         def w(conn: sqlite3.Connection) -> None:
             _upsertFolder(conn, account, folder, uidvalidity, last_delivered_uid)
 
-        return self._writeWith(w)
+        return self._writeWith(w, fence)
 
     def recordDeliveries(
         self,
@@ -99,7 +132,11 @@ class SQLiteDeliveryLedger:
         entries: Sequence[tuple[int, str | None, str]],
         last_delivered_uid: int | None = None,
         disposed: bool = False,
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        wrong = self._wrongFence(fence, account, folder)
+        if wrong is not None:
+            return wrong
         try:
             checkRecordable(entries)
         except ValueError as e:
@@ -117,7 +154,7 @@ class SQLiteDeliveryLedger:
             if last_delivered_uid is not None:
                 _upsertFolder(conn, account, folder, uidvalidity, last_delivered_uid)
 
-        return self._writeWith(w)
+        return self._writeWith(w, fence)
 
     def isDelivered(
         self, account: str, folder: str, uidvalidity: int, uid: int
@@ -183,8 +220,16 @@ class SQLiteDeliveryLedger:
         return self._run(q)
 
     def recordHanded(
-        self, account: str, folder: str, uidvalidity: int, entries: Sequence[tuple[int, str]]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        wrong = self._wrongFence(fence, account, folder)
+        if wrong is not None:
+            return wrong
         entries = list(entries)
         now = self._clock.seconds()
 
@@ -196,11 +241,19 @@ class SQLiteDeliveryLedger:
                 [(account, folder, uidvalidity, u, dg, now, HANDED) for u, dg in entries],
             )
 
-        return self._writeWith(w)
+        return self._writeWith(w, fence)
 
     def markDisposed(
-        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
     ) -> defer.Deferred[None]:
+        wrong = self._wrongFence(fence, account, folder)
+        if wrong is not None:
+            return wrong
         rows = [(DISPOSED, account, folder, uidvalidity, u, DELIVERED) for u in uids]
 
         def w(conn: sqlite3.Connection) -> None:
@@ -210,7 +263,7 @@ class SQLiteDeliveryLedger:
                 rows,
             )
 
-        return self._writeWith(w)
+        return self._writeWith(w, fence)
 
     def pendingDisposition(
         self, account: str, folder: str, uidvalidity: int

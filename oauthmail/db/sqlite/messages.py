@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from oauthmail.db.sqlite.connection import transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.interfaces import IMessageLog
+from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
 __all__ = ["SQLiteMessageLog"]
@@ -34,7 +34,7 @@ def _entry(row: tuple) -> LogEntry:
 
 @implementer(IMessageLog)
 class SQLiteMessageLog:
-    """An :class:`~oauthmail.interfaces.IMessageLog` in an opened SQLite database."""
+    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase) -> None:
         self._database = database

@@ -62,6 +62,7 @@ from oauthmail.smtp.queue.records import (
     OutboxEntry,
     OutboxMessage,
     RecipientReply,
+    Recovery,
 )
 from oauthmail.text import cleanText
 
@@ -94,6 +95,10 @@ class SQLiteOutbox:
 
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
         return self._run(recover, now, policy)
+
+    def tendClaims(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred[Recovery]:
+        """One process: its claims never expire while it runs, and nobody else holds any."""
+        return defer.succeed(Recovery(0, 0))
 
     def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
         return self._run(_dueAccounts, now)

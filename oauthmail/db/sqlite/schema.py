@@ -18,6 +18,7 @@ from __future__ import annotations
 from oauthmail.db.migrations import OwnerSchema
 
 __all__ = [
+    "LEASES",
     "LEDGER",
     "LEGACY_HANDOVER",
     "LEGACY_VERSIONS",
@@ -132,6 +133,48 @@ OUTBOX = OwnerSchema(
             "CREATE INDEX outbound_in_doubt ON outbound (account, next_attempt_at)"
             " WHERE in_doubt_since IS NOT NULL",
         ),
+        # 3: each claim's number, PostgreSQL's fence between nodes sharing the
+        # queue; one node has nobody to fence off (kept for the same numbering).
+        ("ALTER TABLE outbound ADD COLUMN claim_token INTEGER NOT NULL DEFAULT 0",),
+    ),
+)
+
+LEASES = OwnerSchema(
+    "leases",
+    (
+        # 1: the nodes, one lease per watched folder, and every epoch of each
+        # (times: seconds of the one process's clock, the "database clock" here).
+        (
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                instance TEXT NOT NULL,
+                started_at REAL NOT NULL,
+                seen_at REAL NOT NULL,
+                expires REAL NOT NULL,
+                gone INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE leases (
+                account TEXT NOT NULL,
+                folder TEXT NOT NULL,
+                owner TEXT,
+                epoch INTEGER NOT NULL DEFAULT 0,
+                acquired_at REAL,
+                renewed_at REAL,
+                expires REAL,
+                PRIMARY KEY (account, folder)
+            )""",
+            "CREATE INDEX leases_owner ON leases (owner)",
+            """CREATE TABLE lease_history (
+                account TEXT NOT NULL,
+                folder TEXT NOT NULL,
+                epoch INTEGER NOT NULL,
+                owner TEXT NOT NULL,
+                acquired_at REAL NOT NULL,
+                valid_until REAL,
+                ended TEXT,
+                PRIMARY KEY (account, folder, epoch)
+            )""",
+        ),
     ),
 )
 
@@ -163,7 +206,7 @@ MESSAGES = OwnerSchema(
 )
 
 #: Every owner's schema, in the order of :data:`oauthmail.db.migrations.OWNERS`.
-SCHEMAS = (TOKENS, LEDGER, OUTBOX, MESSAGES)
+SCHEMAS = (TOKENS, LEDGER, OUTBOX, LEASES, MESSAGES)
 
 #: ``schema_version`` number (oauthmail up to version 5) -> (owner, that owner's migration).
 LEGACY_VERSIONS = {

@@ -475,7 +475,11 @@ class SQLiteTokenStore:
             conn.execute("DELETE FROM tokens WHERE account = ?", (account_id,))
 
     def refreshLocked(
-        self, account_id: str, fresh_enough: FreshEnough, refresh: Refresh
+        self,
+        account_id: str,
+        fresh_enough: FreshEnough,
+        refresh: Refresh,
+        read: TokenRecord | None = None,
     ) -> defer.Deferred[LockedRefresh]:
         """See ``ITokenStore.refreshLocked``: one process per file, so no lock is held.
 
@@ -484,4 +488,4 @@ class SQLiteTokenStore:
         changed meanwhile. Holding the one writing thread across a request to
         the provider would stop every other write for that long.
         """
-        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh)
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh, read)

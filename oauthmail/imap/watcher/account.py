@@ -7,6 +7,10 @@ account's failure never touches another's: each has its own watchers,
 connections and backoff; nothing is shared but the sink and ledger objects,
 and, between the folders of one account, the lock that keeps two of them
 (Gmail labels) from delivering the same bytes twice.
+
+With ``leased`` (several nodes on one database) no folder starts by itself:
+the node's lease keeper calls :meth:`AccountWatcher.hold` with the folder's
+lease and :meth:`AccountWatcher.drop` when it is lost or given back.
 """
 
 from __future__ import annotations
@@ -17,9 +21,15 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.config import AccountConfig
 from oauthmail.imap.watcher.folder import FolderWatcher
-from oauthmail.interfaces import IAccountHealth, IDeliveryLedger, ISink, ITokenSource
+from oauthmail.interfaces import (
+    IAccountHealth,
+    IDeliveryLedger,
+    ISink,
+    ITokenSource,
+)
 
 __all__ = ["AccountWatcher"]
 
@@ -28,6 +38,7 @@ class AccountWatcher(MultiService):
     """Receives one account's mail: a :class:`FolderWatcher` per configured folder.
 
     ``kwargs`` go to every :class:`FolderWatcher` (``limits``, ``connect``...).
+    ``leased``: folders run only while held (:meth:`hold`, :meth:`drop`).
     """
 
     def __init__(
@@ -38,6 +49,7 @@ class AccountWatcher(MultiService):
         sink: ISink,
         reactor: IReactorTime,
         health: IAccountHealth | None = None,
+        leased: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -60,8 +72,33 @@ class AccountWatcher(MultiService):
             )
             for folder in account.imap.folders
         ]
-        for watcher in self.folders:
-            _FolderService(watcher).setServiceParent(self)
+        self.leased = leased
+        self._byFolder = {watcher.folder.name: watcher for watcher in self.folders}
+        if not leased:
+            for watcher in self.folders:
+                _FolderService(watcher).setServiceParent(self)
+
+    def hold(self, folder: str, lease: IFolderLease) -> None:
+        """Watch ``folder`` under ``lease``.
+
+        Only once the :meth:`drop` before it has fired (the lease keeper runs
+        the steps of one folder one after another).
+        """
+        if self.running:
+            watcher = self._byFolder[folder]
+            watcher.lease = lease
+            watcher.start()
+
+    def drop(self, folder: str) -> defer.Deferred[None]:
+        """Stop watching ``folder``; fire once its loop has ended."""
+        return self._byFolder[folder].stop()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        if not self.leased:
+            return d
+        stops = [watcher.stop() for watcher in self.folders]
+        return defer.DeferredList(stops, consumeErrors=True)
 
     def wake(self) -> None:
         """The account was just authorised: every folder tries now."""

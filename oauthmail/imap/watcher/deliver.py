@@ -15,7 +15,7 @@ person to look at: it was not delivered, so flagging or deleting it would lose i
 
 Only after the ledger's record does each message delivered (or refused for
 good) get its log line and its message-log entry, handed to a buffered
-:class:`~oauthmail.interfaces.IMessageRecorder`: nothing here waits for the log.
+:class:`~oauthmail.messagelog.interfaces.IMessageRecorder`: nothing here waits for the log.
 """
 
 from __future__ import annotations
@@ -28,13 +28,8 @@ from twisted.logger import Logger
 from oauthmail.digest import messageDigest
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.watcher.report import FolderReport
-from oauthmail.interfaces import (
-    IBatchSink,
-    IDeliveryLedger,
-    IMessageRecorder,
-    IRecoverableSink,
-    ISink,
-)
+from oauthmail.interfaces import IBatchSink, IDeliveryLedger, IRecoverableSink, ISink
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.records import DELIVERED as LOG_DELIVERED
 from oauthmail.messagelog.records import IN, REFUSED, LogEntry, cleanReply, messageFacts
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError

@@ -6,7 +6,8 @@ uses ``UID MOVE`` when offered, else ``UID COPY`` + delete; a missing target
 folder (``[TRYCREATE]``) is created once. ``delete`` expunges only the
 delivered UIDs (``UID EXPUNGE``, RFC 4315): without UIDPLUS a plain
 ``EXPUNGE`` would also remove what other clients flagged ``\\Deleted``, so the
-messages then stay flagged.
+messages then stay flagged. A watcher under a lease confirms it (``confirm``)
+before it changes anything on the server.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ class Disposer:
     """The disposition of one folder's delivered messages."""
 
     def __init__(
-        self, account: str, folder: FolderConfig, ledger: IDeliveryLedger, report: FolderReport
+        self,
+        account: str,
+        folder: FolderConfig,
+        ledger: IDeliveryLedger,
+        report: FolderReport,
+        confirm: Callable[[], None] | None = None,
     ) -> None:
         self.account = account
+        #: Raises when the watcher's lease is gone (see :mod:`.lease`).
+        self.confirm = confirm
         self.folder = folder
         self.ledger = ledger
         self.report = report
@@ -43,6 +51,8 @@ class Disposer:
         uidvalidity: int,
     ) -> None:
         """Apply the folder's disposition to delivered ``uids``, then mark them disposed."""
+        if self.confirm is not None:
+            self.confirm()
         how = self.folder.disposition
         uids = sorted(uids)
         if how == "seen":

@@ -24,6 +24,10 @@ Rules a reader must not break:
   session is opened only in a slot of the gate, held from the connect until
   the folder is selected or the attempt failed: no thundering herd at start
   or after a server restart.
+* under a lease (:attr:`FolderWatcher.lease`, several nodes on one database)
+  every ledger write is fenced and every step on the server confirmed
+  (:mod:`.lease`); a lease found gone ends the loop at once (state ``lease
+  lost``): the folder is another node's now.
 
 The round itself is :mod:`.sync`, the waiting :mod:`.wait`.
 """
@@ -38,7 +42,10 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from oauthmail.cluster.interfaces import IFolderLease
+from oauthmail.cluster.records import LeaseLost
 from oauthmail.config import AccountConfig, FolderConfig
+from oauthmail.db.errors import StaleLease
 from oauthmail.health import imapPart
 from oauthmail.imap.auth import authenticateRefreshingOnce
 from oauthmail.imap.connect import connectIMAP
@@ -47,17 +54,12 @@ from oauthmail.imap.limits import IMAPLimits
 from oauthmail.imap.watcher.deliver import BatchDelivery
 from oauthmail.imap.watcher.dispose import Disposer
 from oauthmail.imap.watcher.gate import GateTicket, OpeningGate
+from oauthmail.imap.watcher.lease import FencedLedger
 from oauthmail.imap.watcher.report import FolderReport
 from oauthmail.imap.watcher.sync import FolderSync
 from oauthmail.imap.watcher.wait import MailWaiter, Stopped, sleep
-from oauthmail.interfaces import (
-    IAccountHealth,
-    IDeliveryLedger,
-    IIMAPSession,
-    IMessageRecorder,
-    ISink,
-    ITokenSource,
-)
+from oauthmail.interfaces import IAccountHealth, IDeliveryLedger, IIMAPSession, ISink, ITokenSource
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.retry import Backoff
 from oauthmail.text import cleanText, describeFailure
 from oauthmail.tls import TLSCertificateError
@@ -116,7 +118,9 @@ class FolderWatcher:
     (tests); ``limits`` bounds what the server may make us hold (its
     ``maxMessageSize`` is the account's maximum message size); ``gate``
     spaces the openings of sessions out (see the module docstring); ``recorder``
-    takes the message log's entries.
+    takes the message log's entries. ``lease`` is set (by the account watcher)
+    before each start when the folder is watched under a lease, ``None`` when
+    the node is alone.
     """
 
     def __init__(
@@ -164,7 +168,10 @@ class FolderWatcher:
         self.report = FolderReport(
             f"{account.name}/{folder.name}", folder.name, f"{self.server.host}:{self.server.port}"
         )
-        disposer = Disposer(account.name, folder, ledger, self.report)
+        #: The lease this folder is watched under (None: one node alone, no lease).
+        self.lease: IFolderLease | None = None
+        ledger = FencedLedger(ledger, lambda: self.lease)
+        disposer = Disposer(account.name, folder, ledger, self.report, self._confirmLease)
         keep = folder.disposition == "keep"
         delivery = BatchDelivery(
             account.name, folder.name, ledger, sink, reactor, self.report, keep, recorder
@@ -257,8 +264,14 @@ class FolderWatcher:
             sleeping.callback(None)
 
     def status(self) -> dict[str, Any]:
-        """What the console shows for this folder."""
-        return self.report.asDict()
+        """What the console shows for this folder (and the epoch of its lease, if any)."""
+        status = self.report.asDict()
+        status["lease_epoch"] = None if self.lease is None else self.lease.fence.epoch
+        return status
+
+    def _confirmLease(self) -> None:
+        if self.lease is not None:
+            self.lease.confirm()
 
     # -- the outer loop: sessions and backoff --------------------------------------------
 
@@ -268,6 +281,9 @@ class FolderWatcher:
             try:
                 await self._session()
             except Stopped:
+                break
+            except (LeaseLost, StaleLease) as e:
+                self._leaseLost(cleanText(e))
                 break
             except defer.CancelledError:
                 if self._stopping:
@@ -326,6 +342,12 @@ class FolderWatcher:
     def _provedHealthy(self) -> None:
         self.backoff.reset()
         self.report.provedHealthy()
+
+    def _leaseLost(self, why: str) -> None:
+        """The folder is no longer ours to watch: say so once and end the loop."""
+        self.report.notice(f"stopped watching: {why}")
+        if self.lease is not None:
+            self.lease.lost(why)
 
     async def _failed(self, text: str, state: str = "retrying", advice: str | None = None) -> None:
         """A session failed and will be retried after the backoff: log it once, report it."""

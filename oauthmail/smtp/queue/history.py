@@ -1,6 +1,6 @@
 """What the queue tells the message log: one entry per message event, built from its status.
 
-The queue hands these to an :class:`~oauthmail.interfaces.IMessageRecorder`
+The queue hands these to an :class:`~oauthmail.messagelog.interfaces.IMessageRecorder`
 (a buffered writer): building them costs a few attribute reads, and nothing
 here waits for a store. ``queued`` is written at enqueue with the message's
 Message-ID and size; later entries name only the queue id (the log fills in the

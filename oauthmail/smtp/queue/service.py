@@ -21,10 +21,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.config import AccountConfig
-from oauthmail.db.errors import StoreUnwritable
+from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.interfaces import (
     IAccountHealth,
-    IMessageRecorder,
     IMessageSender,
     IOutbox,
     ISentFolder,
@@ -32,6 +31,7 @@ from oauthmail.interfaces import (
     ITokenSource,
 )
 from oauthmail.mail.trace import stamp
+from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.smtp.queue.condition import QueueUnavailable
 from oauthmail.smtp.queue.history import queuedEntry, statusEntries
 from oauthmail.smtp.queue.loop import AccountLoop
@@ -96,6 +96,10 @@ class OutboundQueue(service.Service):
     :param sent_search: the names of the accounts whose Sent folder is searched
         (:mod:`oauthmail.smtp.queue.sentsearch` decides); ``None``: every
         account whose ``smtp.sent_folder`` is not ``none``.
+    :param claim_tend: with several nodes on one outbox, every this many
+        seconds: renew this node's claims, take back any node's expired claims
+        (:meth:`~oauthmail.interfaces.IOutbox.tendClaims`) and look for due
+        messages (other nodes' submissions among them); ``None``: one node.
     :param recorder: where each message's events go for the message log (a
         buffered writer: nothing on the sending path waits for it).
     """
@@ -126,9 +130,11 @@ class OutboundQueue(service.Service):
         sent_check_delay: float = 30.0,
         sent_check_give_up: float = 3600.0,
         sent_search: Iterable[str] | None = None,
+        claim_tend: float | None = None,
         recorder: IMessageRecorder | None = None,
     ) -> None:
         self._outbox = outbox
+        self._claimTend = claim_tend
         self._recorder = recorder
         self._accounts = dict(accounts)
         self._clock = clock if clock is not None else reactor
@@ -173,8 +179,11 @@ class OutboundQueue(service.Service):
         self._loops: dict[str, AccountLoop] = {}
         self._waiters: dict[str, list[defer.Deferred[DeliveryStatus]]] = {}
         self._poll: task.LoopingCall | None = None
+        self._tend: task.LoopingCall | None = None
         self._recheck: Any = None
         self._warnedUnknown: set[str] = set()
+        #: The store failure the polls last logged (None: the last poll worked).
+        self._pollTrouble: str | None = None
 
     def __repr__(self) -> str:
         return f"<OutboundQueue {len(self._accounts)} accounts>"
@@ -221,13 +230,20 @@ class OutboundQueue(service.Service):
         )
         if recovery.checked:  # not due yet: look for them when they are, not at the next poll
             self._recheck = self._clock.callLater(self._policy.sent_check_delay, self._pollDue)
+        if self._claimTend is not None:
+            self._tend = task.LoopingCall(self._tendClaims)
+            self._tend.clock = self._clock
+            self._tend.start(self._claimTend, now=False).addErrback(
+                lambda f: log.failure("tending outbound claims stopped", f)
+            )
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
         service.Service.stopService(self)
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        self._poll = None
+        for loop in (self._poll, self._tend):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._poll = self._tend = None
         if self._recheck is not None and self._recheck.active():
             self._recheck.cancel()
         self._recheck = None
@@ -423,7 +439,42 @@ class OutboundQueue(service.Service):
 
         d = self._outbox.dueAccounts(self._clock.seconds())
         d.addCallback(kick)
-        d.addErrback(lambda f: log.failure("looking for due outbound messages failed", f))
+        d.addCallbacks(self._polled, self._pollFailed, errbackArgs=("looking for due messages",))
+        return d
+
+    def _polled(self, _: object = None) -> None:
+        self._pollTrouble = None
+
+    def _pollFailed(self, failure: Failure, doing: str) -> None:
+        """A store that cannot be reached is said once until a poll works; a bug in full."""
+        if not failure.check(StoreError):
+            log.failure("outbound queue: {doing} failed", failure, doing=doing)
+            return
+        why = cleanText(failure.value)
+        if why != self._pollTrouble:
+            self._pollTrouble = why
+            log.warn("outbound queue: {doing} failed: {why}", doing=doing, why=why)
+
+    def _tendClaims(self) -> defer.Deferred[None]:
+        """Several nodes: keep our claims, take back a dead node's, look for due messages."""
+
+        def tended(recovery: Recovery) -> defer.Deferred[None]:
+            if recovery.checked or recovery.resent:
+                log.warn(
+                    "{count} message(s) claimed by a node that stopped renewing its claims are"
+                    " queued again ({checked} looked for in Sent first)",
+                    count=recovery.checked + recovery.resent,
+                    checked=recovery.checked,
+                )
+            if recovery.checked:
+                self._clock.callLater(
+                    self._policy.sent_check_delay, lambda: self.running and self._pollDue()
+                )
+            return self._pollDue()
+
+        d = self._outbox.tendClaims(self._clock.seconds(), self._policy)
+        d.addCallback(tended)
+        d.addErrback(self._pollFailed, "tending claims")
         return d
 
     def _kick(self, name: str) -> None:

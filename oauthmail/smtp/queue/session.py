@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
+from oauthmail.db.errors import StoreError
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionResult
@@ -113,7 +114,13 @@ async def sendSession(
         limit = min(settings.batch_size, settings.session_limit - len(loop.claimed))
         if loop.again or full[0] or settings.linger <= 0:
             loop.again = False
-            more = await claim(limit)
+            try:
+                more = await claim(limit)
+            except StoreError as e:
+                # The store went away mid-session (one line, not a traceback): what is
+                # claimed goes out; the loop retries once the store answers again.
+                parts.condition.failed(e)
+                return []
         else:
             more = []  # nothing queued since the last claim, which took everything due
         if not more and settings.linger > 0:

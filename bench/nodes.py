@@ -1,0 +1,492 @@
+"""Benchmark (issue 11): three nodes on one PostgreSQL against one node on SQLite, and a takeover.
+
+Real daemons (``twistd oauthmail``, one process per node), a private
+PostgreSQL (:class:`oauthmail.testing.postgres.PostgresServer`), a private
+Dovecot whose users each have a full INBOX, the test OAuth provider:
+
+* **baseline**: ONE node on SQLite (the default store) empties
+  ``--mailboxes`` INBOXes (``--messages`` each, ``--size`` bytes, disposition
+  ``keep``) into a Maildir;
+* **ours**: ``--nodes`` nodes on PostgreSQL share the same number of
+  mailboxes with byte-identical mail (other Dovecot users, the folders spread
+  by leases) into one shared Maildir.
+
+Each rate is messages / (last file in the Maildir - first file), so the
+one-off start (connecting, the first lease heartbeats) counts for neither.
+Then one node is SIGKILLed: ``takeover_s`` is the time from the kill until
+every folder it held is leased (and watched) by another node; one more
+message per mailbox arrives afterwards. ``lost`` and ``duplicated`` count
+Message-IDs missing from, or more than once in, the cluster's Maildir over
+the whole run; ``rss_mb`` is the largest node's peak RSS (``VmHWM``).
+
+The last line is ``bench nodes: ratio=R ours=X baseline=Y unit=msg/s
+rss_mb=M takeover_s=T lost=L duplicated=D``. Goals: ratio >= 0.8,
+takeover_s <= 60, lost = duplicated = 0.
+
+Usage::
+
+    .venv/bin/python -m bench.nodes                        # 3 nodes, 300 mailboxes x 20
+    .venv/bin/python -m bench.nodes --mailboxes 1000       # the issue's bigger size
+    .venv/bin/python -m bench.nodes --quick                # 12 mailboxes, short leases
+
+Lease timings are the product's defaults (renew 10 s, expire 30 s) unless
+``--renew``/``--expiry`` say otherwise; ``--quick`` uses 1 s / 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and ``oauthmail`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+from twisted.internet import defer, task, threads
+
+from bench import _rig
+from oauthmail.config import StoreConfig
+from oauthmail.db.open import openStores
+from oauthmail.secret import Secret
+from oauthmail.testing.certs import generateTestCertificates
+from oauthmail.testing.dovecot import DovecotServer
+from oauthmail.testing.postgres import PostgresServer, freePort
+from oauthmail.testing.provider import TestOAuthProvider
+from oauthmail.tokens.records import TokenSet
+
+NAME = "nodes"
+TWISTD = str(Path(sys.executable).parent / "twistd")
+_MESSAGE_ID = b"Message-ID: <"
+
+
+def log(text: str) -> None:
+    print(f"nodes: {text}", flush=True)
+
+
+# -- the rig: provider, a Dovecot for hundreds of connections, PostgreSQL -----------------
+
+
+def dovecotTemplates(into: Path) -> Path:
+    """The test templates, with login processes that each serve many connections.
+
+    A connection per watched folder: the defaults (one login process per TLS
+    connection, at most 100 processes of a kind) stop well short of 300.
+    """
+    shutil.copytree(_rig.TEMPLATES, into)
+    conf = into / "dovecot.conf.in"
+    text = conf.read_text()
+    text = text.replace(
+        "service imap-login {\n  chroot =",
+        "service imap-login {\n  chroot =\n  service_count = 0\n  client_limit = 2000\n"
+        "  process_min_avail = 2",
+    )
+    text += "\ndefault_process_limit = 5000\ndefault_client_limit = 10000\n"
+    conf.write_text(text)
+    return into
+
+
+def startRig(reactor: Any, work: Path) -> _rig.Rig:
+    provider = TestOAuthProvider()
+    provider.registerClient(_rig.CLIENT_ID, _rig.CLIENT_SECRET)
+    provider.listen(reactor)
+    certDir = work / "certs"
+    certs = generateTestCertificates(certDir)
+    dovecot = DovecotServer(
+        dovecotTemplates(work / "templates"),
+        provider.introspection_endpoint,
+        certs,
+        authFailureDelay=0,
+        startTimeout=30.0,
+    )
+    dovecot.start()
+    rig = _rig.Rig(reactor, provider, dovecot, certs, certDir, None)
+    reactor.addSystemEventTrigger("before", "shutdown", rig.stop)
+    return rig
+
+
+# -- nodes ------------------------------------------------------------------------------
+
+
+class Node:
+    """One ``twistd oauthmail`` process with its configuration file and log."""
+
+    def __init__(self, work: Path, config: dict[str, Any], dsn: str | None) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.port = freePort()
+        config = dict(config, web={"bind": "127.0.0.1", "port": self.port})
+        config["queue"] = {"control_socket": str(work / "oauthmail.sock")}
+        (work / "app.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.dsn = dsn
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peakMB = 0.0
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("OAUTHMAIL_KEY", "OAUTHMAIL_DSN")}
+        env["PYTHONPATH"] = str(_rig.ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if self.dsn is not None:
+            env["OAUTHMAIL_DSN"] = self.dsn
+        with (self.work / "twistd.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                [TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", "app.yaml"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.work,
+            )
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            url = f"http://127.0.0.1:{self.port}/health"
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
+        except OSError:
+            return None
+
+    async def waitReady(self, bound: float = 120.0) -> None:
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"a node exited early; see {self.work / 'twistd.log'}")
+            if await threads.deferToThread(self.health) is not None:
+                return
+            await sleep(0.2)
+        raise RuntimeError(f"a node did not start; see {self.work / 'twistd.log'}")
+
+    def notePeak(self) -> float:
+        """This node's peak RSS so far, in MiB (VmHWM), remembered for after it ended."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peakMB = max(self.peakMB, int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+        return self.peakMB
+
+    def kill(self) -> None:
+        self.notePeak()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    async def stop(self) -> None:
+        self.notePeak()
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            await sleep(0.2)
+        if process.poll() is None:
+            self.kill()
+
+
+def accountsConfig(users: list[str], maildir: Path, batch: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": accountName(user),
+            "address": user,
+            "profile": "bench",
+            "imap": {
+                "folders": [{"name": "INBOX", "disposition": "keep"}],
+                "sink": {"maildir": str(maildir)},
+                "batch_size": batch,
+            },
+        }
+        for user in users
+    ]
+
+
+def accountName(user: str) -> str:
+    return user.split("@", 1)[0]
+
+
+def profileConfig(rig: _rig.Rig) -> dict[str, Any]:
+    server = rig.server()
+    return {
+        "provider": "generic",
+        "client_id": _rig.CLIENT_ID,
+        "client_secret": _rig.CLIENT_SECRET,
+        "authorization_endpoint": rig.provider.authorization_endpoint,
+        "token_endpoint": rig.provider.token_endpoint,
+        "scopes": ["mail"],
+        "imap": {
+            "host": server["host"],
+            "port": server["imaps"],
+            "security": "implicit",
+            "server_name": server["server_name"],
+            "ca_file": server["ca_file"],
+        },
+    }
+
+
+async def authorise(rig: _rig.Rig, store: StoreConfig, users: list[str]) -> None:
+    """Put fresh tokens for every user into the store, as a person authorising would."""
+    reactor = rig.reactor
+    stores = await openStores(store, reactor, reactor, environ={})
+    try:
+        for user in users:
+            answer = rig.issueTokens(user)
+            name = accountName(user)
+            await stores.tokens.ensureAccount(name, "generic")
+            tokens = TokenSet(
+                Secret(answer["access_token"]),
+                reactor.seconds() + answer["expires_in"],
+                Secret(answer["refresh_token"]),
+                answer["scope"],
+            )
+            await stores.tokens.putTokens(name, tokens, 0)
+            await stores.tokens.setAccountState(name, "ok")
+    finally:
+        await stores.close()
+
+
+# -- mail -------------------------------------------------------------------------------
+
+
+def seed(rig: _rig.Rig, users: list[str], messages: int, size: int, tag: str) -> int:
+    """The same mail for every side: message i of mailbox j is ``tag-j-i``. Blocking."""
+    total = 0
+    for j, user in enumerate(users):
+        batch = [_rig.makeMessage(i, f"{tag}-{j}", size) for i in range(messages)]
+        total += rig.seedMaildir(user, batch)
+    os.sync()
+    return total
+
+
+def maildirIDs(path: Path) -> Counter[bytes]:
+    """How often each Message-ID is in ``path`` (read once, at the end)."""
+    ids: Counter[bytes] = Counter()
+    for sub in ("new", "cur"):
+        folder = path / sub
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            data = f.read_bytes()
+            start = data.find(_MESSAGE_ID)
+            if start >= 0:
+                end = data.find(b">", start)
+                ids[data[start + len(_MESSAGE_ID) : end]] += 1
+    return ids
+
+
+def fileCount(path: Path) -> int:
+    return sum(len(os.listdir(path / sub)) for sub in ("new", "cur") if (path / sub).is_dir())
+
+
+async def sleep(seconds: float) -> None:
+    from twisted.internet import reactor
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def ingest(maildir: Path, total: int, nodes: list[Node], bound: float) -> float:
+    """Wait for ``total`` files; the rate from the first file to the last (msg/s)."""
+    first = last = None
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        count = fileCount(maildir)
+        now = time.monotonic()
+        if count and first is None:
+            first = now
+        if count >= total:
+            last = now
+            break
+        for node in nodes:
+            node.notePeak()
+        await sleep(0.05)
+    if first is None or last is None:
+        raise RuntimeError(f"only {fileCount(maildir)} of {total} messages arrived in {bound} s")
+    return total / max(last - first, 0.05)
+
+
+# -- the two sides ------------------------------------------------------------------------
+
+
+async def baseline(rig: _rig.Rig, work: Path, args: argparse.Namespace, total: int) -> float:
+    users = [f"b{j:04}@example.com" for j in range(args.mailboxes)]
+    await threads.deferToThread(seed, rig, users, args.messages, args.size, "mail")
+    maildir = work / "baseline-maildir"
+    store = {"path": str(work / "baseline" / "oauthmail.sqlite"), "key_file": str(work / "key")}
+    config = {
+        "profiles": {"bench": profileConfig(rig)},
+        "accounts": accountsConfig(users, maildir, args.batch),
+        "store": store,
+    }
+    await authorise(rig, StoreConfig(path=store["path"], key_file=store["key_file"]), users)
+    node = Node(work / "baseline", config, None)
+    node.start()
+    try:
+        await node.waitReady()
+        rate = await ingest(maildir, total, [node], args.timeout)
+    finally:
+        await node.stop()
+    log(f"baseline: 1 node on SQLite, {total} messages at {rate:.1f} msg/s")
+    return rate
+
+
+async def cluster(
+    rig: _rig.Rig, postgres: PostgresServer, work: Path, args: argparse.Namespace, total: int
+) -> dict[str, Any]:
+    users = [f"c{j:04}@example.com" for j in range(args.mailboxes)]
+    await threads.deferToThread(seed, rig, users, args.messages, args.size, "mail")
+    maildir = work / "cluster-maildir"
+    dsn = postgres.dsn("oauthmail_bench")
+    keyFile = str(work / "key")
+    await authorise(
+        rig, StoreConfig(backend="postgresql", dsn=Secret(dsn), key_file=keyFile), users
+    )
+    nodes = []
+    for i in range(args.nodes):
+        config = {
+            "profiles": {"bench": profileConfig(rig)},
+            "accounts": accountsConfig(users, maildir, args.batch),
+            "store": {"backend": "postgresql", "dsn": "${OAUTHMAIL_DSN}", "key_file": keyFile},
+            "cluster": {
+                "node": f"node{i}",
+                "lease_renew": f"{args.renew}s",
+                "lease_expiry": f"{args.expiry}s",
+            },
+        }
+        nodes.append(Node(work / f"node{i}", config, dsn))
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            await node.waitReady()
+        rate = await ingest(maildir, total, nodes, args.timeout)
+        log(f"ours: {args.nodes} nodes on PostgreSQL, {total} messages at {rate:.1f} msg/s")
+        takeover, taken = await killOne(postgres, nodes, args)
+        # One more message in every mailbox taken over: delivered by its new holder.
+        extra = [
+            _rig.makeMessage(args.messages, f"mail-{users.index(u)}", args.size) for u in taken
+        ]
+        for user, message in zip(taken, extra, strict=True):
+            await threads.deferToThread(rig.appendMessages, user, [message])
+        await ingest(maildir, total + len(taken), [n for n in nodes if alive(n)], args.timeout)
+        await sleep(1.0)  # a duplicate on its way arrives
+        ids = await threads.deferToThread(maildirIDs, maildir)
+    finally:
+        for node in nodes:
+            await node.stop()
+    wanted = {
+        f"mail-{j}-{i}@bench.test".encode()
+        for j in range(args.mailboxes)
+        for i in range(args.messages)
+    } | {f"mail-{users.index(u)}-{args.messages}@bench.test".encode() for u in taken}
+    lost = len(wanted - set(ids))
+    duplicated = sum(n - 1 for n in ids.values() if n > 1)
+    rss = max(node.peakMB for node in nodes)
+    return {"rate": rate, "takeover": takeover, "lost": lost, "duplicated": duplicated, "rss": rss}
+
+
+def alive(node: Node) -> bool:
+    return node.process is not None and node.process.poll() is None
+
+
+def holders(postgres: PostgresServer) -> dict[str, tuple[str | None, int]]:
+    import psycopg
+
+    with psycopg.connect(postgres.dsn("oauthmail_bench"), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT account, CASE WHEN expires > now() THEN owner END, epoch FROM leases"
+        ).fetchall()
+    return {account: (owner, int(epoch)) for account, owner, epoch in rows}
+
+
+async def killOne(
+    postgres: PostgresServer, nodes: list[Node], args: argparse.Namespace
+) -> tuple[float, list[str]]:
+    """SIGKILL node 1; seconds until all its folders are leased again, and their users."""
+    before = await threads.deferToThread(holders, postgres)
+    victim = "node1"
+    lost = {a: epoch for a, (owner, epoch) in before.items() if owner == victim}
+    nodes[1].kill()
+    killed = time.monotonic()
+    while time.monotonic() - killed < args.timeout:
+        now = await threads.deferToThread(holders, postgres)
+        if all(now[a][0] not in (None, victim) and now[a][1] > e for a, e in lost.items()):
+            takeover = time.monotonic() - killed
+            log(
+                f"takeover: {len(lost)} folder(s) of the killed node leased again: {takeover:.1f} s"
+            )
+            return takeover, [f"{a}@example.com" for a in sorted(lost)]
+        await sleep(0.2)
+    raise RuntimeError(f"the killed node's folders were not taken over in {args.timeout} s")
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def parent(reactor: Any, args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="oauthmail-bench-nodes-", dir=args.dir))
+    rig = startRig(reactor, work)
+    postgres = PostgresServer()
+    try:
+        await threads.deferToThread(postgres.start)
+        await threads.deferToThread(postgres.createDatabase, "oauthmail_bench")
+        total = args.mailboxes * args.messages
+        log(
+            f"{args.mailboxes} mailboxes x {args.messages} messages of {args.size} bytes;"
+            f" {args.nodes} nodes, leases renewed every {args.renew:g} s, expiring after"
+            f" {args.expiry:g} s"
+        )
+        base = await baseline(rig, work, args, total)
+        ours = await cluster(rig, postgres, work, args, total)
+    finally:
+        await threads.deferToThread(postgres.stop)
+        await rig.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    log(
+        f"goals: ratio >= 0.8 (got {ours['rate'] / base:.2f}), takeover_s <= 60 (got"
+        f" {ours['takeover']:.1f}), lost = duplicated = 0 (got {ours['lost']},"
+        f" {ours['duplicated']})"
+    )
+    line = _rig.resultLine(NAME, ours["rate"], base, "msg/s", ours["rss"])
+    sys.stdout.flush()
+    print(
+        f"{line} takeover_s={ours['takeover']:.1f} lost={ours['lost']}"
+        f" duplicated={ours['duplicated']}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=3, help="nodes sharing PostgreSQL")
+    parser.add_argument("--mailboxes", type=int, default=300, help="Dovecot users per side")
+    parser.add_argument("--messages", type=int, default=20, help="messages per mailbox")
+    parser.add_argument("--size", type=int, default=4096, help="bytes per message")
+    parser.add_argument("--batch", type=int, default=100, help="imap.batch_size")
+    parser.add_argument("--renew", type=float, default=10.0, help="cluster.lease_renew (s)")
+    parser.add_argument("--expiry", type=float, default=30.0, help="cluster.lease_expiry (s)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after (s)")
+    parser.add_argument("--dir", help="where the Maildirs go (default: the system temp dir)")
+    parser.add_argument("--quick", action="store_true", help="12 mailboxes x 5 (smoke test)")
+    args = parser.parse_args(argv)
+    if args.nodes < 2:
+        parser.error("--nodes must be at least 2 (one of them is killed)")
+    if args.quick:
+        args.mailboxes, args.messages, args.renew, args.expiry = 12, 5, 1.0, 3.0
+    task.react(lambda reactor: defer.ensureDeferred(parent(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""A folder watcher under a lease: every ledger write fenced, every step on the server confirmed.
+
+When several nodes share one database, a folder watcher runs only while its
+node holds the folder's lease (:class:`~oauthmail.cluster.interfaces.IFolderLease`).
+:class:`FencedLedger` puts the lease's fence on each write the watcher makes
+(the database refuses a stale one: ``StaleLease``) and confirms the lease
+before it, and again after recording a batch as handed (the very next step is
+handing it to the sink). Without a lease (one node alone) it passes
+everything through unchanged.
+
+The watcher also confirms the lease before it changes anything on the server
+(:mod:`.dispose`). ``LeaseLost`` and ``StaleLease`` (a refused write) end the
+watcher's loop, which tells the lease once: the folder belongs to another
+node now, or will soon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from oauthmail.cluster.interfaces import IFolderLease
+from oauthmail.cluster.records import Fence
+from oauthmail.interfaces import IDeliveryLedger
+
+__all__ = ["FencedLedger"]
+
+
+@implementer(IDeliveryLedger)
+class FencedLedger:
+    """An ``IDeliveryLedger`` whose writes carry the current lease's fence; see the module.
+
+    ``current()`` gives the watcher's lease now (``None``: not leased).
+    """
+
+    def __init__(self, ledger: IDeliveryLedger, current: Callable[[], IFolderLease | None]):
+        self._ledger = ledger
+        self._current = current
+
+    def __repr__(self) -> str:
+        return f"<FencedLedger {self._ledger!r}>"
+
+    def _write(
+        self, write: Callable[[Fence | None], defer.Deferred[Any]], after: bool = False
+    ) -> defer.Deferred[Any]:
+        """Confirm the lease, write with its fence (and confirm again ``after``)."""
+        lease = self._current()
+        if lease is None:
+            return write(None)
+        try:
+            lease.confirm()
+        except Exception:
+            return defer.fail()
+        d = write(lease.fence)
+        if after:
+
+            def confirmed(result: object) -> object:
+                lease.confirm()
+                return result
+
+            d.addCallback(confirmed)
+        return d
+
+    # -- writes: fenced ----------------------------------------------------------
+
+    def setFolderState(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        return self._write(
+            lambda f: self._ledger.setFolderState(
+                account, folder, uidvalidity, last_delivered_uid, fence=fence or f
+            )
+        )
+
+    def recordDeliveries(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        return self._write(
+            lambda f: self._ledger.recordDeliveries(
+                account,
+                folder,
+                uidvalidity,
+                entries,
+                last_delivered_uid,
+                disposed,
+                fence=fence or f,
+            )
+        )
+
+    def recordHanded(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        # Confirmed again afterwards: the next step hands the batch to the sink.
+        return self._write(
+            lambda f: self._ledger.recordHanded(
+                account, folder, uidvalidity, entries, fence=fence or f
+            ),
+            after=True,
+        )
+
+    def markDisposed(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        return self._write(
+            lambda f: self._ledger.markDisposed(
+                account, folder, uidvalidity, uids, fence=fence or f
+            )
+        )
+
+    # -- reads: as they are ----------------------------------------------------------
+
+    def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
+        return self._ledger.folderState(account, folder)
+
+    def isDelivered(
+        self, account: str, folder: str, uidvalidity: int, uid: int
+    ) -> defer.Deferred[bool]:
+        return self._ledger.isDelivered(account, folder, uidvalidity, uid)
+
+    def deliveredUIDs(
+        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+    ) -> defer.Deferred[set[int]]:
+        return self._ledger.deliveredUIDs(account, folder, uidvalidity, uids)
+
+    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
+        return self._ledger.hasDigest(account, digest)
+
+    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._ledger.knownDigests(account, digests)
+
+    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._ledger.handedDigests(account, digests)
+
+    def pendingDisposition(
+        self, account: str, folder: str, uidvalidity: int
+    ) -> defer.Deferred[list[int]]:
+        return self._ledger.pendingDisposition(account, folder, uidvalidity)
