@@ -12,7 +12,11 @@ transaction, so a takeover (which must lock the row ``FOR UPDATE``) waits for
 a write in flight, and every later write of the old holder is refused.
 
 ``lease_history`` keeps one row per epoch (holder, from, valid until): the
-proof that no folder had two holders at once.
+proof that no folder had two holders at once. Its times are the statements'
+(``clock_timestamp()``), not the transactions' start (``now()``): a node whose
+heartbeat began just before another node released a lease takes it only after
+that release committed, and its term must not seem to start before the other
+ended.
 """
 
 from __future__ import annotations
@@ -189,7 +193,7 @@ def _heartbeat(
         if rows:
             conn.cursor().executemany(
                 "INSERT INTO lease_history (account, folder, epoch, owner, acquired_at)"
-                " VALUES (%s, %s, %s, %s, now())",
+                " VALUES (%s, %s, %s, %s, clock_timestamp())",
                 [(a, f, e, node) for a, f, e, *_ in rows],
             )
         for a, f, e, left, *_ in rows:
@@ -202,7 +206,7 @@ def _heartbeat(
 def _closeTerms(conn: Connection, rows: Sequence[tuple[str, str, int]]) -> None:
     if rows:
         conn.cursor().executemany(
-            "UPDATE lease_history SET valid_until = now(), ended = 'released'"
+            "UPDATE lease_history SET valid_until = clock_timestamp(), ended = 'released'"
             " WHERE account = %s AND folder = %s AND epoch = %s AND valid_until IS NULL",
             rows,
         )

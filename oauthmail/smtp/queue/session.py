@@ -114,13 +114,7 @@ async def sendSession(
         limit = min(settings.batch_size, settings.session_limit - len(loop.claimed))
         if loop.again or full[0] or settings.linger <= 0:
             loop.again = False
-            try:
-                more = await claim(limit)
-            except StoreError as e:
-                # The store went away mid-session (one line, not a traceback): what is
-                # claimed goes out; the loop retries once the store answers again.
-                parts.condition.failed(e)
-                return []
+            more = await claimOrStop(limit)
         else:
             more = []  # nothing queued since the last claim, which took everything due
         if not more and settings.linger > 0:
@@ -141,8 +135,17 @@ async def sendSession(
             if not parts.running() or not loop.again:
                 return []
             loop.again = False
-            more = await claim(limit)
+            more = await claimOrStop(limit)
         return more
+
+    async def claimOrStop(limit: int) -> list[OutboxMessage]:
+        try:
+            return await claim(limit)
+        except StoreError as e:
+            # The store went away mid-session (one line, not a traceback): what is
+            # claimed goes out; the loop retries once the store answers again.
+            parts.condition.failed(e)
+            return []
 
     claims: list[defer.Deferred[list[OutboxMessage]]] = []
 
