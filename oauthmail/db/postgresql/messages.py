@@ -10,61 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer
-from zope.interface import implementer
-
+from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
 
 __all__ = ["PostgreSQLMessageLog"]
-
-_COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
-
-
-def _entry(row: Sequence) -> LogEntry:
-    entry_id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply = row
-    return LogEntry(
-        at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply, entry_id
-    )
-
-
-@implementer(IMessageLog)
-class PostgreSQLMessageLog:
-    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened PostgreSQL database."""
-
-    def __init__(self, database: IPostgreSQLDatabase) -> None:
-        self._database = database
-
-    def __repr__(self) -> str:
-        return f"<PostgreSQLMessageLog {self._database.where}>"
-
-    def record(self, entries: Sequence[LogEntry]) -> defer.Deferred[None]:
-        return self._database.runWrite(_record, list(entries))
-
-    def recent(
-        self,
-        account: str,
-        direction: str | None = None,
-        limit: int = 50,
-        before: int | None = None,
-    ) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(_recent, account, direction, limit, before)
-
-    def entry(self, entry_id: int) -> defer.Deferred[LogEntry | None]:
-        return self._database.runRead(_one, entry_id)
-
-    def history(self, account: str, queue_id: str) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(_history, account, queue_id)
-
-    def lastMail(self, accounts: Sequence[str]) -> defer.Deferred[list[LastMail]]:
-        return self._database.runRead(_lastMail, list(accounts))
-
-    def expire(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._database.runWrite(_expire, before, limit)
 
 
 def _record(conn: Connection, entries: list[LogEntry]) -> None:
@@ -118,28 +71,28 @@ def _recent(
     upper = before if before is not None else 2**62
     directions = [direction] if direction is not None else [IN, OUT]
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM message_log WHERE account = %s"  # noqa: S608
+        f"SELECT {COLUMNS} FROM message_log WHERE account = %s"  # noqa: S608
         " AND direction = ANY(%s) AND id < %s ORDER BY id DESC LIMIT %s",
         (account, directions, upper, limit),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [entryFromRow(row) for row in rows]
 
 
 def _one(conn: Connection, entry_id: int) -> LogEntry | None:
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM message_log WHERE id = %s",  # noqa: S608
+        f"SELECT {COLUMNS} FROM message_log WHERE id = %s",  # noqa: S608
         (entry_id,),
     ).fetchone()
-    return None if row is None else _entry(row)
+    return None if row is None else entryFromRow(row)
 
 
 def _history(conn: Connection, account: str, queue_id: str) -> list[LogEntry]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM message_log WHERE queue_id = %s AND account = %s"  # noqa: S608
+        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = %s AND account = %s"  # noqa: S608
         " ORDER BY id",
         (queue_id, account),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [entryFromRow(row) for row in rows]
 
 
 def _newest(conn: Connection, account: str, direction: str, outcome: str) -> float | None:
@@ -165,3 +118,13 @@ def _expire(conn: Connection, before: float, limit: int) -> int:
         (before, limit),
     )
     return cursor.rowcount
+
+
+class PostgreSQLMessageLog(StoredMessageLog):
+    """The message log (:class:`~oauthmail.db.messagelog.StoredMessageLog`) in this SQL."""
+
+    def __init__(self, database: IPostgreSQLDatabase) -> None:
+        super().__init__(database, _QUERIES, database.where)
+
+
+_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)

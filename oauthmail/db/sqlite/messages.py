@@ -10,61 +10,13 @@ the reading connection and wait for no writer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 
-from twisted.internet import defer
-from zope.interface import implementer
-
+from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
 from oauthmail.db.sqlite.connection import transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
 __all__ = ["SQLiteMessageLog"]
-
-_COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
-
-
-def _entry(row: tuple) -> LogEntry:
-    entry_id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply = row
-    return LogEntry(
-        at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply, entry_id
-    )
-
-
-@implementer(IMessageLog)
-class SQLiteMessageLog:
-    """An :class:`~oauthmail.messagelog.interfaces.IMessageLog` in an opened SQLite database."""
-
-    def __init__(self, database: ISQLiteDatabase) -> None:
-        self._database = database
-
-    def __repr__(self) -> str:
-        return f"<SQLiteMessageLog {self._database.path}>"
-
-    def record(self, entries: Sequence[LogEntry]) -> defer.Deferred[None]:
-        return self._database.runWrite(_record, list(entries))
-
-    def recent(
-        self,
-        account: str,
-        direction: str | None = None,
-        limit: int = 50,
-        before: int | None = None,
-    ) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(_recent, account, direction, limit, before)
-
-    def entry(self, entry_id: int) -> defer.Deferred[LogEntry | None]:
-        return self._database.runRead(_one, entry_id)
-
-    def history(self, account: str, queue_id: str) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(_history, account, queue_id)
-
-    def lastMail(self, accounts: Sequence[str]) -> defer.Deferred[list[LastMail]]:
-        return self._database.runRead(_lastMail, list(accounts))
-
-    def expire(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._database.runWrite(_expire, before, limit)
 
 
 def _record(conn: sqlite3.Connection, entries: list[LogEntry]) -> None:
@@ -108,29 +60,29 @@ def _recent(
     rows: list[tuple] = []
     for d in directions:  # each direction walks its own index range, newest first
         rows += conn.execute(
-            f"SELECT {_COLUMNS} FROM message_log WHERE account = ? AND direction = ?"  # noqa: S608
+            f"SELECT {COLUMNS} FROM message_log WHERE account = ? AND direction = ?"  # noqa: S608
             " AND id < ? ORDER BY id DESC LIMIT ?",
             (account, d, upper, limit),
         ).fetchall()
     rows.sort(key=lambda row: row[0], reverse=True)
-    return [_entry(row) for row in rows[:limit]]
+    return [entryFromRow(row) for row in rows[:limit]]
 
 
 def _one(conn: sqlite3.Connection, entry_id: int) -> LogEntry | None:
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM message_log WHERE id = ?",  # noqa: S608
+        f"SELECT {COLUMNS} FROM message_log WHERE id = ?",  # noqa: S608
         (entry_id,),
     ).fetchone()
-    return None if row is None else _entry(row)
+    return None if row is None else entryFromRow(row)
 
 
 def _history(conn: sqlite3.Connection, account: str, queue_id: str) -> list[LogEntry]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
+        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
         " ORDER BY id",
         (queue_id, account),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [entryFromRow(row) for row in rows]
 
 
 def _newest(conn: sqlite3.Connection, account: str, direction: str, outcome: str) -> float | None:
@@ -156,3 +108,13 @@ def _expire(conn: sqlite3.Connection, before: float, limit: int) -> int:
             (before, limit),
         )
     return cursor.rowcount
+
+
+class SQLiteMessageLog(StoredMessageLog):
+    """The message log (:class:`~oauthmail.db.messagelog.StoredMessageLog`) in this SQL."""
+
+    def __init__(self, database: ISQLiteDatabase) -> None:
+        super().__init__(database, _QUERIES, database.path)
+
+
+_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)
