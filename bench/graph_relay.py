@@ -52,7 +52,8 @@ from bench.smtp_relay import (
     TIMEOUT,
     DaemonProcess,
     _messages,
-    describeCPU,
+    relayArguments,
+    reportRelay,
 )
 
 NAME = "graph_relay"
@@ -207,34 +208,14 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         await fake.stop()
         await provider.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    for side, result in (("baseline", baseline), ("ours", ours)):
-        print(
-            f"graph_relay: {side}: {count} messages at the Graph fake after "
-            f"{result['seconds']:.2f} s ({count / result['seconds']:.0f}/s); the client was done "
-            f"after {result['submitted']:.2f} s",
-            file=sys.stderr,
-        )
-    print(f"graph_relay: {describeCPU(cpu, count)}", file=sys.stderr)
-    if options.profile:
-        import pstats
-
-        print(f"graph_relay: profile of the daemon written to {options.profile}", file=sys.stderr)
-        pstats.Stats(options.profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    _rig.printResult(NAME, count / ours["seconds"], count / baseline["seconds"], UNIT, rss)
+    reportRelay(NAME, "the Graph fake", count, baseline, ours, cpu, options.profile, rss, UNIT)
 
 
 def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.graph_relay", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
-    parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
-    parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
-    parser.add_argument(
-        "--busy",
-        action="store_true",
-        help="keep one core busy with another process for the whole run (both sides)",
-    )
+    relayArguments(parser)
     parser.add_argument(
         "--dir",
         default=None,

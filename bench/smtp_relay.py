@@ -361,26 +361,39 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             await threads.deferToThread(daemon.stop)
         await rig.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    reportRelay(NAME, "the final hop", count, baseline, ours, cpu, options.profile, rss)
+
+
+def reportRelay(
+    name: str,
+    where: str,
+    count: int,
+    baseline: dict[str, Any],
+    ours: dict[str, Any],
+    cpu: Any,
+    profile: str | None,
+    rss: float,
+    unit: str = UNIT,
+) -> None:
+    """What both relay benchmarks end with: each side's figures, the CPU, the result line."""
     for side, result in (("baseline", baseline), ("ours", ours)):
         print(
-            f"smtp_relay: {side}: {count} messages at the final hop after "
+            f"{name}: {side}: {count} messages at {where} after "
             f"{result['seconds']:.2f} s ({count / result['seconds']:.0f}/s); the client was done "
             f"after {result['submitted']:.2f} s",
             file=sys.stderr,
         )
-    print(f"smtp_relay: {describeCPU(cpu, count)}", file=sys.stderr)
-    if options.profile:
+    print(f"{name}: {describeCPU(cpu, count)}", file=sys.stderr)
+    if profile:
         import pstats
 
-        print(f"smtp_relay: profile of the daemon written to {options.profile}", file=sys.stderr)
-        pstats.Stats(options.profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    _rig.printResult(NAME, count / ours["seconds"], count / baseline["seconds"], UNIT, rss)
+        print(f"{name}: profile of the daemon written to {profile}", file=sys.stderr)
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    _rig.printResult(name, count / ours["seconds"], count / baseline["seconds"], unit, rss)
 
 
-def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.smtp_relay", description=__doc__.split("\n")[0]
-    )
+def relayArguments(parser: argparse.ArgumentParser) -> None:
+    """The options both relay benchmarks take."""
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
     parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
@@ -389,6 +402,13 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep one core busy with another process for the whole run (both sides)",
     )
+
+
+def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.smtp_relay", description=__doc__.split("\n")[0]
+    )
+    relayArguments(parser)
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.messages is None:
