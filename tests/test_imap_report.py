@@ -39,3 +39,23 @@ def test_the_same_failure_is_logged_once_until_a_session_proves_healthy() -> Non
         "the connection was closed while syncing",
     ]
     assert report.lastError == "the connection was closed while syncing"
+
+
+def test_a_login_is_logged_once_until_a_session_proves_healthy() -> None:
+    """A folder that logs in and fails on every reconnect says "logged in" once."""
+    report = FolderReport("a/INBOX", "INBOX", "127.0.0.1:143")
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_namespace", "").endswith("watcher.report") and "text" in event:
+            seen.append(event["text"])
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        for _ in range(5):  # a server that lets us in, then fails, on every reconnect
+            report.loggedIn("a@example.com")
+        report.provedHealthy()
+        report.loggedIn("a@example.com")  # after a healthy session, a login is news again
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen == ["logged in as a@example.com", "logged in as a@example.com"]

@@ -119,8 +119,10 @@ def peakRSS(pid: int) -> int:
 def linesNaming(log: str, account: str) -> list[str]:
     """The daemon's log lines about trouble that name ``account`` (as a whole word).
 
-    A session's login and a message landing in the sink are logged too: those
-    are the mail flowing, not what a hostile peer costs, so they do not count.
+    A successful login and a message landing in the sink are logged too: those
+    are the mail flowing, not what a hostile peer costs, so they do not count
+    (a login is logged once until a session proves healthy, not once per
+    reconnect: tests/test_imap_report.py).
     """
     pattern = re.compile(rf"(?<![\w-]){re.escape(account)}(?![\w-])")
     return [line for line in log.splitlines() if pattern.search(line) and not _FLOWING.search(line)]

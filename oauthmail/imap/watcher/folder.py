@@ -391,7 +391,7 @@ class FolderWatcher:
             self._checkStopping()
             report.state = "authenticating"
             await self._authenticate(client, token)
-            report.notice(f"logged in as {self.account.sasl_user}")
+            report.loggedIn(self.account.sasl_user)
             self._checkStopping()
             # Authenticating asked CAPABILITY again (they change once authenticated).
             caps = client.capabilities

@@ -46,6 +46,8 @@ class FolderReport:
         self.unfetchable: list[int] = []
         #: The failure last written to the log, until a session proves healthy.
         self._logged: str | None = None
+        #: Whether a login was logged since the last session that proved healthy.
+        self._saidLogin = False
 
     def error(self, text: str) -> None:
         """A failure a person may have to act on: remembered for the console, logged once.
@@ -60,9 +62,16 @@ class FolderReport:
         self._logged = text
         _log.warn("IMAP {name} on {where}: {error}", name=self.name, where=self.where, error=text)
 
+    def loggedIn(self, user: str) -> None:
+        """One line for a login, not one per reconnect of a folder that keeps failing."""
+        if not self._saidLogin:
+            self._saidLogin = True
+            self.notice(f"logged in as {user}")
+
     def provedHealthy(self) -> None:
-        """A session stayed up: the next failure, even a familiar one, is news."""
+        """A session stayed up: the next failure, even a familiar one, is news (a login too)."""
         self._logged = None
+        self._saidLogin = False
 
     def notice(self, text: str) -> None:
         """Something worth one log line that is not the folder's current error."""
