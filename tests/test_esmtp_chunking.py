@@ -149,3 +149,13 @@ def test_chunk_data_is_wire_data_without_the_dot_stuffing(message_):
     unstuffed = wire[1:] if wire.startswith(b"..") else wire
     assert unstuffed.replace(b"\r\n..", b"\r\n.") == chunk
     assert not chunk or chunk.endswith(b"\r\n")
+
+
+def test_421_to_bdat_last_is_in_doubt():
+    """The same 421 to ``BDAT ... LAST`` (CHUNKING): in doubt."""
+    s = chunkingScript([message(1)])
+    s.say(b"235 2.7.0 ok")
+    s.say(b"250 ok", b"250 ok", b"421 4.3.2 Shutting down")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert outcome.in_doubt and outcome.code == 421

@@ -387,3 +387,24 @@ def test_starttls_replies(reply, expected, kind):
         return
     assert s.transport.tlsStartedWith is None
     assert s.result.error.tls and s.result.error.action == kind
+
+
+@pytest.mark.parametrize("mode", ["lock", "pipe"])
+def test_421_to_the_dot_is_in_doubt(mode):
+    """A 421 at the final dot is the server closing, maybe after it relayed the message.
+
+    Found by the chaos test: Dovecot's submission service, restarted while it
+    relayed a message, answered ``421 4.3.2 Shutting down`` after the final hop
+    had taken it; sent again at once, it arrived twice. In doubt, it is looked
+    for in Sent first.
+    """
+    s = opened(mode)
+    play(s, PREFIX["DOT"][mode])
+    s.say(b"421 4.3.2 mail.test Shutting down")
+    s.lose()
+    outcome = first(s)
+    assert outcome.in_doubt and not outcome.accepted
+    assert outcome.code == 421
+    (recipient,) = outcome.recipients
+    assert recipient.status == TEMPORARY and recipient.code == 421
+    assert "Shutting down" in recipient.text and "may have arrived" in recipient.text

@@ -14,6 +14,9 @@ Rules a reader must not break:
   to ``DATA`` included (:func:`oauthmail.smtp.outcomes.forStep`).
 - A recipient refused at ``RCPT`` keeps that reply in every outcome, also in the
   in-doubt one: only the accepted ones may have the message.
+- A ``421`` to the final dot is the server closing, not a verdict on the
+  message: it is in doubt, like a connection lost there (see
+  :meth:`Transaction.completed`).
 - Addresses that cannot be put on the wire are refused here, locally and for
   good, before any command of the message goes out.
 """
@@ -32,6 +35,8 @@ __all__ = ["Transaction"]
 
 #: Why a message whose content went out has no answer.
 IN_DOUBT = "connection lost before the server confirmed the message (it may have arrived)"
+#: Why a message answered ``421`` at the final dot is in doubt.
+CLOSED_IN_DOUBT = "the server closed with the message in its hands (it may have arrived)"
 
 
 class Transaction:
@@ -132,18 +137,29 @@ class Transaction:
         return self._message(reply, accepted=False)
 
     def completed(self, reply: Reply) -> MessageOutcome:
-        """The reply to the final dot: ``2xx`` means sent to every accepted recipient."""
+        """The reply to the final dot: ``2xx`` means sent to every accepted recipient.
+
+        A ``421`` ("service not available, closing") is in doubt: a server that
+        relays the message on (Dovecot's submission service, a provider's front
+        end) may have passed it to the next hop before it was told to shut down
+        and answered ``421`` instead of the ``250``. Seen in the chaos test: the
+        message sent again at once arrived twice. In doubt, it is looked for in
+        Sent before it goes again; where Sent cannot be searched it is simply
+        sent again, as before.
+        """
+        if reply.code == 421:
+            return self.inDoubt(reply.code, f"{self._clean(reply.text)} ({CLOSED_IN_DOUBT})")
         verdict = self._verdict(Step.DOT, reply)
         self._settleAccepted(reply, verdict)
         return self._message(reply, accepted=verdict.kind == outcomes.OK)
 
-    def inDoubt(self) -> MessageOutcome:
-        """The content went out and no reply came: the provider may have the message."""
+    def inDoubt(self, code: int = 0, text: str = IN_DOUBT) -> MessageOutcome:
+        """The content went out and no verdict came: the provider may have the message."""
         for position in self._accepted:
             address = self.message.recipients[position]
-            self._results[position] = RecipientOutcome(address, 0, IN_DOUBT, outcomes.TEMPORARY)
+            self._results[position] = RecipientOutcome(address, code, text, outcomes.TEMPORARY)
         results = self._final()
-        return MessageOutcome(self.message.id, 0, IN_DOUBT, results, False, in_doubt=True)
+        return MessageOutcome(self.message.id, code, text, results, False, in_doubt=True)
 
     def notSent(self, why: str) -> MessageOutcome:
         """The content was held back locally (``beforeData`` failed): try again later."""
