@@ -31,7 +31,8 @@ Exactly once, as far as SMTP allows:
   ``max_unrecorded = 0`` the client does not send a message's content while
   an earlier outcome is still unwritten, so the window stays one message. A
   connection lost after the end of ``DATA`` but before the reply is the same
-  window (the client reports that outcome ``in_doubt``).
+  window, and so is a ``421`` there (a relaying server may have passed the
+  message on before it closed): the client reports that outcome ``in_doubt``.
 - Messages in that window are *in doubt* (``in_doubt_since``). For an account
   whose provider files accepted mail in Sent (``smtp.sent_folder``, on by
   default for Gmail and Microsoft 365), the loop asks an
