@@ -36,7 +36,7 @@ __all__ = ["Transaction"]
 #: Why a message whose content went out has no answer.
 IN_DOUBT = "connection lost before the server confirmed the message (it may have arrived)"
 #: Why a message answered ``421`` at the final dot is in doubt.
-CLOSED_IN_DOUBT = "the server closed with the message in its hands (it may have arrived)"
+CLOSED_IN_DOUBT = "the server closed with the message in its hands: it may have arrived"
 
 
 class Transaction:
@@ -148,7 +148,7 @@ class Transaction:
         sent again, as before.
         """
         if reply.code == 421:
-            return self.inDoubt(reply.code, f"{self._clean(reply.text)} ({CLOSED_IN_DOUBT})")
+            return self.inDoubt(reply.code, f"{self._clean(reply.text)}; {CLOSED_IN_DOUBT}")
         verdict = self._verdict(Step.DOT, reply)
         self._settleAccepted(reply, verdict)
         return self._message(reply, accepted=verdict.kind == outcomes.OK)
