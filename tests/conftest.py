@@ -8,6 +8,11 @@ independent without paying for a database each.
 PostgreSQL (Debian's ``postgresql`` package) or psycopg missing: the tests that
 need it are skipped, except under ``CI=true``, where that is a broken test
 machine and they fail instead (``scripts/install-peers`` installs the package).
+
+A run ended by ``SIGTERM`` (a CI time limit, ``timeout``) runs no teardown, so
+the private servers it started would outlive it: :mod:`oauthmail.testing.reaper`
+kills them first. Its handler is installed now and again once the reactor
+runs (``reactor.run()`` installs a ``SIGTERM`` handler of its own).
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from oauthmail.testing import reaper
 from oauthmail.testing.postgres import PostgresServer, PostgresUnavailable, findPostgres
 
 #: The database the tests' schemas live in.
 TEST_DATABASE = "oauthmail_tests"
 
 _schemas = itertools.count(1)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-twisted installed the reactor it runs
+def pytest_configure(config: pytest.Config) -> None:
+    from twisted.internet import reactor
+
+    reaper.installTerminationHandler()
+    reactor.callWhenRunning(reaper.installTerminationHandler)  # type: ignore[attr-defined]
 
 
 def requirePostgres() -> None:

@@ -36,6 +36,7 @@ from oauthmail.config import StoreConfig
 from oauthmail.db.open import openStores
 from oauthmail.db.open import openTokenStore as openStore
 from oauthmail.secret import Secret
+from oauthmail.testing import reaper
 from oauthmail.tokens.records import TokenSet
 
 from .conftest import CLIENT_ID, CLIENT_SECRET
@@ -146,6 +147,7 @@ class Daemon:
         self.configPath.write_text(yaml.safe_dump(config, sort_keys=False))
         self.logPath = workDir / "twistd.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._reaperTicket: int | None = None
         #: Every token value the test put into the store or read back from it.
         self.secrets: set[str] = {CLIENT_SECRET}
         #: Whether the process was ever SIGKILLed (its last message-log batch may be lost).
@@ -229,6 +231,8 @@ class Daemon:
                 env=self._env(),
                 cwd=self.workDir,
             )
+        reaper.unregister(self._reaperTicket)
+        self._reaperTicket = reaper.register(reaper.killProcess(self.process.pid))
 
     async def waitReady(self, bound: float = 30.0) -> None:
         """Wait until the console answers ``/health`` (the daemon logs "oauthmail ready")."""
@@ -274,15 +278,23 @@ class Daemon:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
             self.killed = True
+        self._forget()
+
+    def _forget(self) -> None:
+        """The process is gone: its pid must not be killed on the run's SIGTERM."""
+        reaper.unregister(self._reaperTicket)
+        self._reaperTicket = None
 
     async def stop(self, bound: float = 20.0) -> int | None:
         """SIGTERM and wait (without blocking the reactor); SIGKILL after ``bound`` seconds."""
         process = self.process
         if process is None or process.poll() is not None:
+            self._forget()
             return None if process is None else process.returncode
         process.send_signal(signal.SIGTERM)
         if not await waitFor(lambda: process.poll() is not None, bound):
             self.kill()
+        self._forget()
         return process.returncode
 
     def log(self) -> str:

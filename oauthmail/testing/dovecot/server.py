@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from oauthmail.testing import reaper
 from oauthmail.testing.certs import SERVER_NAME, TestCertificates
 from oauthmail.testing.dovecot.limits import DovecotLimits
 from oauthmail.testing.dovecot.system import (
@@ -142,6 +143,7 @@ class DovecotServer:
         self.startTimeout = startTimeout
         self.limits = limits or DovecotLimits()
         self._process: subprocess.Popen[bytes] | None = None
+        self._reaperTicket: int | None = None
         self.ports: DovecotPorts | None = None
         self.workDir: Path | None = None
 
@@ -219,6 +221,8 @@ class DovecotServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # A session of its own: its process group is its pid.
+        self._reaperTicket = reaper.register(reaper.killGroup(self._process.pid))
         try:
             self._waitUntilListening()
         except BaseException:
@@ -354,6 +358,8 @@ class DovecotServer:
         that a test still needs.
         """
         process, self._process = self._process, None
+        reaper.unregister(self._reaperTicket)
+        self._reaperTicket = None
         if process is not None and process.poll() is None:
             # With -F the master is our child: its pid (also in master.pid) is
             # known without trusting a file. SIGTERM goes to the whole group,
