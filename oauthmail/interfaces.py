@@ -147,27 +147,36 @@ class ISink(Interface):
     ``deliver`` must fire only once the message is durably taken (for a
     Maildir: written, synced and renamed into ``new/``), because the IMAP
     watcher marks, moves or deletes the message on the server right after.
+
+    ``beforeCommit`` (a watcher under a lease; ``None`` for one node alone)
+    raises when the folder's lease is gone. The sink calls it once, after
+    writing and right before anything becomes visible (a Maildir: before the
+    renames into ``new/``), or before handing anything on if it has no such
+    step. When it raises, the sink makes nothing visible, removes what it
+    wrote, and fails with that exception: a node paused mid-delivery cannot
+    finish it after another node took the folder over.
     """
 
     name = Attribute("A short name used in logs and on the console.")
 
-    def deliver(message, account, folder):
+    def deliver(message, account, folder, beforeCommit=None):
         """Take ``message`` (bytes, exact as on the server).
 
         Fails with ``TemporarySinkError`` (leave the message on the server and
-        retry later) or ``PermanentSinkError`` (record it and move on).
+        retry later), ``PermanentSinkError`` (record it and move on), or what
+        ``beforeCommit`` raised.
         """
 
 
 class IBatchSink(ISink):
     """A sink that takes many messages at once and pays for durability once per batch."""
 
-    def deliverBatch(messages):
+    def deliverBatch(messages, beforeCommit=None):
         """Take ``[(message, account, folder)]``; fire with one result per message, in order.
 
         A result is the message's final place (taken durably) or the
-        ``SinkError`` it met; one failure does not fail the others, and the
-        Deferred itself never fails.
+        ``SinkError`` it met; one failure does not fail the others. The
+        Deferred fails only with what ``beforeCommit`` (once per batch) raised.
         """
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oauthmail.cluster.records import LeaseLost
 from oauthmail.config import (
     AccountConfig,
     AccountImapConfig,
@@ -278,8 +280,12 @@ class FakeSink:
     def __init__(self):
         self.messages = []
         self.verdicts = {}  # body -> exception to raise once (or always if permanent)
+        self.hooks = []  # the beforeCommit of each batch (None: not under a lease)
 
-    def deliverBatch(self, items):
+    def deliverBatch(self, items, beforeCommit=None):
+        self.hooks.append(beforeCommit)
+        if beforeCommit is not None:
+            beforeCommit()  # a refusal fails the batch: nothing is kept
         out = []
         for body, _account, _folder in items:
             error = self.verdicts.get(body)
@@ -959,6 +965,24 @@ def test_a_leased_watcher_writes_under_its_fence():
     assert ledger.rows[("alice", "INBOX", 1, 1)][1] == "disposed"
     assert watcher.status()["lease_epoch"] == 1
     watcher.stop()
+
+
+def test_the_sink_confirms_the_lease_before_commit_and_only_under_one():
+    """Under a lease the sink gets a beforeCommit that confirms it; alone, it gets None."""
+    watcher, server, tokens, ledger, sink, clock, leases, owner = leased(deadline=5.0)
+    server.add(b"one")
+    watcher.start()
+    (hook,) = sink.hooks
+    assert hook is not None and sink.messages == [b"one"]
+    clock.advance(4.5)  # within the lease's safety margin of its deadline
+    with pytest.raises(LeaseLost):
+        hook()
+    watcher.stop()
+    alone = setup()
+    alone[1].add(b"one")
+    alone[0].start()
+    assert alone[4].hooks == [None]
+    alone[0].stop()
 
 
 def test_after_a_takeover_the_old_holder_delivers_and_disposes_nothing():

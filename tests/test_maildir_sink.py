@@ -392,7 +392,7 @@ async def test_write_failure_with_syncfs_is_per_message(tmp_path, reactor, threa
 
 def test_kernel_release_parsing():
     """syncfs is trusted from Linux 5.8 on, whatever suffix the release carries."""
-    from oauthmail.sinks.maildir import _kernelAtLeast
+    from oauthmail.sinks.syncfs import _kernelAtLeast
 
     assert _kernelAtLeast("5.8.0-63-generic", (5, 8))
     assert _kernelAtLeast("6.1.0", (5, 8))
@@ -405,7 +405,7 @@ def test_kernel_release_parsing():
 @pytest.mark.skipif(sys.platform != "linux", reason="syncfs is Linux's")
 def test_syncfs_found_on_this_kernel(tmp_path):
     """On Linux 5.8 or later the default sink uses syncfs, and it syncs a real directory."""
-    from oauthmail.sinks.maildir import SYNCFS, _kernelAtLeast
+    from oauthmail.sinks.syncfs import SYNCFS, _kernelAtLeast
 
     if not _kernelAtLeast(os.uname().release, (5, 8)):
         assert SYNCFS is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
@@ -109,13 +109,31 @@ class CommandSink:
         self._timeout = timeout
         self._environ = environ
 
-    def deliver(self, message: bytes, account: str, folder: str) -> defer.Deferred:
-        """Run the command; fire with ``None`` when it exits 0."""
-        return defer.ensureDeferred(self._deliver(message, account, folder))
+    def deliver(
+        self,
+        message: bytes,
+        account: str,
+        folder: str,
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> defer.Deferred:
+        """Run the command; fire with ``None`` when it exits 0.
 
-    async def _deliver(self, message: bytes, account: str, folder: str) -> None:
+        ``beforeCommit`` (see ``ISink``) is called before the command starts:
+        once it runs, what it does with the message is its own.
+        """
+        return defer.ensureDeferred(self._deliver(message, account, folder, beforeCommit))
+
+    async def _deliver(
+        self,
+        message: bytes,
+        account: str,
+        folder: str,
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> None:
         if not isinstance(message, bytes):
             raise PermanentSinkError(f"{self.name}: a message must be bytes")
+        if beforeCommit is not None:
+            beforeCommit()
         proto = _DeliveryProtocol(message)
         try:
             transport = self._reactor.spawnProcess(

@@ -14,14 +14,18 @@ and later) a whole batch pays for its data with ONE call, on one pool thread:
 3. ``syncfs`` the file system through that descriptor: every byte written in
    step 2, and every file's size and blocks, is on stable storage when it
    returns 0; it fails if any write-back error happened since step 1;
-4. rename each file into ``new/``;
-5. ``fsync`` ``new/`` (the renames are on disk) and ``tmp/`` (no stray copy
+4. when the caller passed ``beforeCommit`` (a watcher under a lease), back
+   on the reactor thread, call it; if it raises, remove the batch's files
+   from ``tmp/`` and fail with its exception: nothing was renamed;
+5. rename each file into ``new/`` (on the pool again);
+6. ``fsync`` ``new/`` (the renames are on disk) and ``tmp/`` (no stray copy
    reappears there after a crash);
-6. only then tell the callers.
+7. only then tell the callers.
 
 Elsewhere each file is ``fdatasync``ed before its rename instead (a few pool
-threads at once, so concurrent syncs share journal commits), and step 5 is
-the same once per batch.
+threads at once, so concurrent syncs share journal commits), and step 6 is
+the same once per batch; with a ``beforeCommit`` every file is synced first,
+then step 4, then the renames. Without one, steps 1-6 are one pool job.
 
 Why no crash can break exactly-once or hand over a torn message (write this
 argument down again if you change the order above):
@@ -30,13 +34,13 @@ argument down again if you change the order above):
   after step 3 succeeded for that very file: whatever survives a crash in
   ``new/`` names complete, durable bytes. Rename is atomic, so ``new/`` never
   holds a half-written file, not even while we run.
-- A crash before step 5 finished (process killed, power cut) may keep any
+- A crash before step 6 finished (process killed, power cut) may keep any
   subset of the renames. Nobody was told, so the server still has every
   message of the batch and the ledger says *handed*, not *delivered*; the
   next run asks :meth:`MaildirSink.findDelivered`, which finds the ones that
   made it by the sha256 in their names (``,D=``) and delivers only the rest.
   That is the same window a per-file ``fdatasync`` leaves, batch for batch.
-- A file that never left ``tmp/`` (crash before step 4, or a failed step 3)
+- A file that never left ``tmp/`` (crash before step 5, or a failed step 3)
   is invisible to readers and removed a day later
   (:meth:`MaildirSink._removeStaleTemporaries`); its message was never
   reported taken, so it is fetched again.
@@ -44,6 +48,12 @@ argument down again if you change the order above):
   the whole batch (``TemporarySinkError``): its files are removed from
   ``tmp/``, nothing is renamed, everything is fetched again. Kernels before
   5.8 do not report such errors from ``syncfs``; they get the per-file way.
+- ``beforeCommit`` comes after every slow step (writes, syncs) and right
+  before the first rename: a node paused while writing (SIGSTOP, a long GC)
+  finds its lease gone when it wakes, and renames nothing; the node that took
+  the folder over has seen nothing of the batch in ``new/`` and delivers it
+  once. Only a pause between step 4 and step 5 longer than the lease's
+  safety margin could still let a late rename through.
 - ``syncfs`` also flushes other programs' dirty data on that file system:
   correct, only slower when something else writes a lot at the same moment.
 
@@ -66,7 +76,6 @@ import itertools
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -80,6 +89,7 @@ from zope.interface import implementer
 from oauthmail.digest import messageDigest
 from oauthmail.interfaces import IBatchSink, IRecoverableSink
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
+from oauthmail.sinks.syncfs import SYNCFS
 
 SUBDIRECTORIES = ("tmp", "new", "cur")
 
@@ -95,52 +105,6 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
-def _kernelAtLeast(release: str, wanted: tuple[int, int]) -> bool:
-    """Whether a Linux ``uname -r`` string names ``wanted`` (major, minor) or later."""
-    numbers = []
-    for part in release.split(".")[:2]:
-        digits = ""
-        for char in part:
-            if not char.isdigit():
-                break
-            digits += char
-        if not digits:
-            return False
-        numbers.append(int(digits))
-    return len(numbers) == 2 and tuple(numbers) >= wanted
-
-
-def findSyncfs() -> Callable[[int], None] | None:
-    """``syncfs(2)`` as a function of a descriptor, where it reports write-back errors.
-
-    Linux 5.8 and later only: before, ``syncfs`` returned 0 even when writing
-    a file back failed, so durability could not be checked. ``None``
-    elsewhere (the sink then syncs each file).
-    """
-    if sys.platform != "linux" or not _kernelAtLeast(os.uname().release, (5, 8)):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = [ctypes.c_int]
-    call.restype = ctypes.c_int
-
-    def syncfs(fd: int) -> None:
-        if call(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-
-    return syncfs
-
-
-#: The platform's :func:`findSyncfs`, looked up once.
-SYNCFS = findSyncfs()
-
-
 def maildirHostname(hostname: str) -> str:
     """``hostname`` made safe for a Maildir file name (the spec's escapes)."""
     return hostname.replace("/", "\\057").replace(":", "\\072")
@@ -148,6 +112,14 @@ def maildirHostname(hostname: str) -> str:
 
 def _describe(error: OSError) -> str:
     return error.strerror or type(error).__name__
+
+
+def _only(results: list[BatchResult]) -> str:
+    """The one result of a one-message batch, raised when it is an error."""
+    (result,) = results
+    if isinstance(result, SinkError):
+        raise result
+    return result
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -219,14 +191,23 @@ class MaildirSink:
 
     # -- ISink ---------------------------------------------------------------
 
-    def deliver(self, message: bytes, account: str, folder: str) -> defer.Deferred:
+    def deliver(
+        self,
+        message: bytes,
+        account: str,
+        folder: str,
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> defer.Deferred:
         """Store ``message``; fire with its final path once it is durable.
 
         The call joins the next batch: every call made in the same reactor
-        turn, or while a batch is being written, is committed together.
+        turn, or while a batch is being written, is committed together. A
+        call with ``beforeCommit`` (see ``ISink``) is a batch of its own.
         """
         if not isinstance(message, bytes):
             return defer.fail(PermanentSinkError(f"{self.name}: a message must be bytes"))
+        if beforeCommit is not None:
+            return self._writeBatch([message], beforeCommit).addCallback(_only)
         waiter: defer.Deferred = defer.Deferred()
         self._queue.append((message, waiter))
         if not self._flushing and self._scheduled is None:
@@ -235,12 +216,17 @@ class MaildirSink:
 
     # -- group commit --------------------------------------------------------
 
-    def deliverBatch(self, messages: Sequence[tuple[bytes, str, str]]) -> defer.Deferred:
+    def deliverBatch(
+        self,
+        messages: Sequence[tuple[bytes, str, str]],
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> defer.Deferred:
         """Store many messages with one directory sync.
 
         Fires with a list holding, for each message in order, its final path
         (``str``) or the :class:`SinkError` it met; one failed write does not
-        fail the others. The Deferred itself never fails.
+        fail the others. The Deferred itself fails only with what
+        ``beforeCommit`` raised (then nothing of the batch is in ``new/``).
         """
         results: list[BatchResult | None] = [None] * len(messages)
         positions, payloads = [], []
@@ -256,7 +242,7 @@ class MaildirSink:
                 results[index] = result
             return results
 
-        return self._writeBatch(payloads).addCallback(merge)
+        return self._writeBatch(payloads, beforeCommit).addCallback(merge)
 
     def _flush(self) -> None:
         self._scheduled = None
@@ -276,11 +262,15 @@ class MaildirSink:
 
         self._writeBatch([message for message, _ in batch]).addCallback(settle)
 
-    def _writeBatch(self, messages: list[bytes]) -> defer.Deferred:
+    def _writeBatch(
+        self, messages: list[bytes], beforeCommit: Callable[[], object] | None = None
+    ) -> defer.Deferred:
         """Write, sync and rename every message, then sync the directories once."""
         if not messages:
             return defer.succeed([])
         jobs = [(message, self._uniqueName(messageDigest(message))) for message in messages]
+        if beforeCommit is not None:
+            return self._writeConfirmed(jobs, beforeCommit)
         if self._syncfs is not None:
             return deferToThreadPool(
                 self._reactor, self._threadpool, self._writeAndSyncfs, jobs
@@ -308,6 +298,40 @@ class MaildirSink:
             ).addCallback(settle)
 
         return gathered.addCallback(commit).addErrback(self._unexpected, len(messages))
+
+    def _writeConfirmed(
+        self, jobs: list[tuple[bytes, str]], beforeCommit: Callable[[], object]
+    ) -> defer.Deferred:
+        """Steps 1-3 on the pool, step 4 (``beforeCommit``) here, steps 5-6 on the pool."""
+        pool = self._threadpool
+        if self._syncfs is not None:
+            written = deferToThreadPool(self._reactor, pool, self._writeDurable, jobs)
+        else:
+            chunks = _split(jobs, min(self._concurrency, len(jobs)))
+            written = defer.gatherResults(
+                [
+                    deferToThreadPool(self._reactor, pool, self._writeChunk, chunk, False)
+                    for chunk in chunks
+                ],
+                consumeErrors=True,
+            ).addCallback(lambda perChunk: [result for chunk in perChunk for result in chunk])
+        written.addErrback(self._unexpected, len(jobs))
+
+        def publish(results: list[BatchResult]) -> defer.Deferred | list[BatchResult]:
+            temporaries = [result for result in results if isinstance(result, str)]
+            if not temporaries:
+                return results  # nothing would become visible
+            try:
+                beforeCommit()
+            except Exception:
+                refused = Failure()
+                removed = deferToThreadPool(self._reactor, pool, self._discard, temporaries)
+                return removed.addBoth(lambda _: refused)
+            return deferToThreadPool(self._reactor, pool, self._publish, results).addErrback(
+                self._unexpected, len(results)
+            )
+
+        return written.addCallback(publish)
 
     def _unexpected(self, failure: Failure, count: int) -> list[BatchResult]:
         """Never leave a caller hanging: anything unforeseen is "try again"."""
@@ -363,7 +387,11 @@ class MaildirSink:
     # -- on a pool thread ----------------------------------------------------
 
     def _writeAndSyncfs(self, jobs: list[tuple[bytes, str]]) -> list[BatchResult]:
-        """Steps 1-5 of the module docstring for one batch: one ``syncfs`` for all files."""
+        """Steps 1-6 of the module docstring (no step 4): one ``syncfs`` for all files."""
+        return self._publish(self._writeDurable(jobs))
+
+    def _writeDurable(self, jobs: list[tuple[bytes, str]]) -> list[BatchResult]:
+        """Steps 1-3: every file durable in ``tmp/``; its path there, or the error it met."""
         try:
             self._ensureDirectories()
             # Opened before the first write: syncfs reports write-back errors
@@ -390,6 +418,10 @@ class MaildirSink:
                     return [error if isinstance(r, str) else r for r in results]
         finally:
             os.close(tmpFD)
+        return results
+
+    def _publish(self, results: list[BatchResult]) -> list[BatchResult]:
+        """Steps 5-6: rename each durable file into ``new/``, then sync the directories."""
         results = [self._rename(r) if isinstance(r, str) else r for r in results]
         finals = [r for r in results if isinstance(r, str)]
         if finals:
@@ -431,15 +463,22 @@ class MaildirSink:
             return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
         return final
 
-    def _writeChunk(self, jobs: list[tuple[bytes, str]]) -> list[BatchResult]:
+    def _discard(self, temporaries: list[str]) -> None:
+        """Remove a refused batch's files from ``tmp/`` (best effort: readers never see them)."""
+        for temporary in temporaries:
+            with suppress(OSError):
+                os.unlink(temporary)
+
+    def _writeChunk(self, jobs: list[tuple[bytes, str]], rename: bool = True) -> list[BatchResult]:
+        """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
         try:
             self._ensureDirectories()
         except OSError as e:
             error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
             return [error] * len(jobs)
-        return [self._writeOne(message, name) for message, name in jobs]
+        return [self._writeOne(message, name, rename) for message, name in jobs]
 
-    def _writeOne(self, message: bytes, name: str) -> BatchResult:
+    def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
         temporary = os.path.join(self._tmp, name)
         final = os.path.join(self._new, name)
         try:
@@ -456,6 +495,8 @@ class MaildirSink:
                 self._datasync(fd)
             finally:
                 os.close(fd)
+            if not rename:
+                return temporary
             os.rename(temporary, final)
         except OSError as e:
             with suppress(OSError):

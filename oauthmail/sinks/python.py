@@ -14,6 +14,7 @@ on the server and the error is shown) rather than silently skipping mail.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -87,8 +88,24 @@ class PythonSink:
         """Load ``config.object`` and wrap it."""
         return cls(loadSink(config), config.object or "")
 
-    def deliver(self, message: bytes, account: str, folder: str) -> defer.Deferred:
-        """Hand the message to the user's sink; normalise how it fails."""
+    def deliver(
+        self,
+        message: bytes,
+        account: str,
+        folder: str,
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> defer.Deferred:
+        """Hand the message to the user's sink; normalise how it fails.
+
+        ``beforeCommit`` (see ``ISink``) is called before the user's code
+        gets the message: what that code makes visible, and when, is its own.
+        Its refusal fails the call as it is, not as a sink error.
+        """
+        if beforeCommit is not None:
+            try:
+                beforeCommit()
+            except Exception:
+                return defer.fail()
         d = defer.maybeDeferred(self.inner.deliver, message, account, folder)
         return d.addErrback(self._normalise)
 

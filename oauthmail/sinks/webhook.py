@@ -18,7 +18,7 @@ a token; extra headers (an ``Authorization`` header, say) may be given as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, protocol
@@ -119,10 +119,24 @@ class WebhookSink:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
 
-    def deliver(self, message: bytes, account: str, folder: str) -> defer.Deferred:
-        """POST the message; fire with the status code once a 2xx comes back."""
+    def deliver(
+        self,
+        message: bytes,
+        account: str,
+        folder: str,
+        beforeCommit: Callable[[], object] | None = None,
+    ) -> defer.Deferred:
+        """POST the message; fire with the status code once a 2xx comes back.
+
+        ``beforeCommit`` (see ``ISink``) is called before the request leaves.
+        """
         if not isinstance(message, bytes):
             return defer.fail(PermanentSinkError(f"{self.name}: a message must be bytes"))
+        if beforeCommit is not None:
+            try:
+                beforeCommit()
+            except Exception:
+                return defer.fail()
         timedOut: list[bool] = []
 
         def onTimeout(result, timeout):

@@ -158,16 +158,11 @@ async def test_a_node_paused_longer_than_its_leases_writes_nothing_after_waking(
         assert "could not be renewed in time" in log or "taken over or expired" in log
         assert lost
         refreshes.check()
-        if twice or stale:
-            # KNOWN GAP (docs/scale-out.md, "Known gap"): a node paused in the middle of
-            # writing a batch into the Maildir finishes that write when it wakes; the
-            # fence refuses its ledger record, but the file is already there, and the
-            # node that took the folder over delivered the message too. Reported as an
-            # expected failure (visible in every run's summary), never as a pass.
-            pytest.xfail(
-                f"known gap: paused mid-write, {len(twice)} duplicate(s) {twice[:3]},"
-                f" {len(stale)} file(s) written under a lost lease {stale[:3]}"
-            )
+        # Fenced at the sink too: a batch the node was writing when it was paused is
+        # never renamed into new/ after it wakes (docs/scale-out.md, "A node paused in
+        # the middle of a Maildir write").
+        assert twice == [], f"{len(twice)} duplicate(s): {twice[:3]}"
+        assert stale == [], f"{len(stale)} file(s) written under a lost lease: {stale[:3]}"
         print(f"paused node wrote {len(late)} message(s) after waking, all under new leases")
     finally:
         refreshes.restore()

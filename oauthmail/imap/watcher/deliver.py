@@ -13,6 +13,14 @@ A temporary sink failure leaves the message unrecorded (it is fetched again);
 a permanent one is recorded ``failed_permanent`` and left on the server for a
 person to look at: it was not delivered, so flagging or deleting it would lose it.
 
+Under a lease (several nodes on one database) the sink gets the lease's
+``confirm`` as its ``beforeCommit`` (see :class:`~oauthmail.interfaces.ISink`):
+it runs right before the batch becomes visible (a Maildir's renames into
+``new/``), so a node paused in the middle of writing a batch finds its lease
+gone when it wakes and the batch never appears; the refusal (``LeaseLost``)
+ends the watcher as a refused ledger write does. Without a lease nothing is
+passed: one node alone pays nothing for it.
+
 Only after the ledger's record does each message delivered (or refused for
 good) get its log line and its message-log entry, handed to a buffered
 :class:`~oauthmail.messagelog.interfaces.IMessageRecorder`: nothing here waits for the log.
@@ -20,11 +28,12 @@ good) get its log line and its message-log entry, handed to a buffered
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.digest import messageDigest
 from oauthmail.imap.ledger import DELIVERED, FAILED_PERMANENT
 from oauthmail.imap.watcher.report import FolderReport
@@ -56,6 +65,7 @@ class BatchDelivery:
         report: FolderReport,
         keep: bool,
         recorder: IMessageRecorder | None = None,
+        lease: Callable[[], IFolderLease | None] = lambda: None,
     ) -> None:
         self.account = account
         self.folder = folder
@@ -66,6 +76,8 @@ class BatchDelivery:
         #: ``keep``: nothing to do on the server, so delivered rows are recorded disposed.
         self.keep = keep
         self.recorder = recorder
+        #: The folder's lease now (None: one node alone, nothing to confirm).
+        self.lease = lease
 
     async def deliverAndRecord(
         self,
@@ -180,11 +192,42 @@ class BatchDelivery:
                 )
 
     async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
-        """The sink's verdict per message: None (taken durably) or the SinkError."""
+        """The sink's verdict per message: None (taken durably) or the SinkError.
+
+        Raises what the lease's confirmation raised when the sink asked it
+        before making anything visible (whatever the sink made of it).
+        """
+        lease = self.lease()
+        if lease is None:
+            return await self._handOver(bodies, {}, [])
+        refused: list[Exception] = []
+
+        def beforeCommit() -> None:
+            try:
+                lease.confirm()
+            except Exception as e:
+                refused.append(e)
+                raise
+
+        try:
+            verdicts = await self._handOver(bodies, {"beforeCommit": beforeCommit}, refused)
+        except Exception:
+            if refused:
+                raise refused[0] from None
+            raise
+        if refused:
+            raise refused[0]
+        return verdicts
+
+    async def _handOver(
+        self, bodies: list[bytes], hook: dict[str, Callable[[], None]], refused: list[Exception]
+    ) -> list[SinkError | None]:
         account, folder = self.account, self.folder
         if IBatchSink.providedBy(self.sink):
             try:
-                results = await self.sink.deliverBatch([(body, account, folder) for body in bodies])
+                results = await self.sink.deliverBatch(
+                    [(body, account, folder) for body in bodies], **hook
+                )
             except SinkError as e:
                 return [e] * len(bodies)
             except Exception as e:
@@ -200,8 +243,10 @@ class BatchDelivery:
             return out
         verdicts: list[SinkError | None] = []
         for body in bodies:
+            if refused:
+                break  # the lease is gone: hand nothing more of the batch on
             try:
-                await self.sink.deliver(body, account, folder)
+                await self.sink.deliver(body, account, folder, **hook)
                 verdicts.append(None)
             except SinkError as e:
                 verdicts.append(e)

@@ -25,9 +25,10 @@ Rules a reader must not break:
   the folder is selected or the attempt failed: no thundering herd at start
   or after a server restart.
 * under a lease (:attr:`FolderWatcher.lease`, several nodes on one database)
-  every ledger write is fenced and every step on the server confirmed
-  (:mod:`.lease`); a lease found gone ends the loop at once (state ``lease
-  lost``): the folder is another node's now.
+  every ledger write is fenced, every step on the server confirmed
+  (:mod:`.lease`), and so is the sink's commit (:mod:`.deliver`); a lease
+  found gone ends the loop at once (state ``lease lost``): the folder is
+  another node's now.
 
 The round itself is :mod:`.sync`, the waiting :mod:`.wait`.
 """
@@ -174,7 +175,15 @@ class FolderWatcher:
         disposer = Disposer(account.name, folder, ledger, self.report, self._confirmLease)
         keep = folder.disposition == "keep"
         delivery = BatchDelivery(
-            account.name, folder.name, ledger, sink, reactor, self.report, keep, recorder
+            account.name,
+            folder.name,
+            ledger,
+            sink,
+            reactor,
+            self.report,
+            keep,
+            recorder,
+            lease=lambda: self.lease,
         )
         self.sync = FolderSync(
             account,

@@ -9,9 +9,10 @@ handing it to the sink). Without a lease (one node alone) it passes
 everything through unchanged.
 
 The watcher also confirms the lease before it changes anything on the server
-(:mod:`.dispose`). ``LeaseLost`` and ``StaleLease`` (a refused write) end the
-watcher's loop, which tells the lease once: the folder belongs to another
-node now, or will soon.
+(:mod:`.dispose`), and the sink confirms it right before it makes a batch
+visible (``beforeCommit``, :mod:`.deliver`). ``LeaseLost`` and
+``StaleLease`` (a refused write) end the watcher's loop, which tells the
+lease once: the folder belongs to another node now, or will soon.
 """
 
 from __future__ import annotations
