@@ -96,7 +96,15 @@ class MailWaiter:
             if event.kind == "EXISTS" and not woke.called:
                 woke.callback("exists")
 
-        idling = await session.idle(onEvent)
+        try:
+            idling = await session.idle(onEvent)
+        except BaseException:
+            # A stop while IDLE was being started cancelled ``woke``, and nothing
+            # will ever wait for it now: consume that, or it is logged as an
+            # "Unhandled error in Deferred" when it is collected.
+            self._pending = None
+            woke.addErrback(lambda f: None)
+            raise
         limit = IDLE_RENEW if retry is None else min(retry, IDLE_RENEW)
         call = self.clock.callLater(limit, lambda: woke.called or woke.callback("timer"))
         ended = idling.whenEnded()
