@@ -3,9 +3,10 @@
 :class:`StoredTokenStore` is the :class:`~oauthmail.interfaces.ITokenStore` of
 both :mod:`oauthmail.db.sqlite.tokens` and :mod:`oauthmail.db.postgresql.tokens`:
 the functions that run in the database's threads (rows to records, decryption,
-the compare-and-swap of ``putTokens`` and its group commit, the key check and
-the rotation to a new key, the Sent proof) are here once, their statements
-written once and spelled by the backend's :class:`~oauthmail.db.dialect.Dialect`.
+the compare-and-swap of ``putTokens`` and its group commit, the Sent proof, and
+through :class:`~oauthmail.db.keycheck.KeyCheck` the key check) are here once,
+their statements written once and spelled by the backend's
+:class:`~oauthmail.db.dialect.Dialect`.
 A backend keeps what really differs: how it reads a batch of accounts, which
 errors fail a whole group commit, and PostgreSQL's row-locked refresh.
 
@@ -27,7 +28,6 @@ Rules a reader must not break:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from oauthmail.db.batch import Batcher
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.errors import StoreError, VersionConflict
+from oauthmail.db.keycheck import KeyCheck
 from oauthmail.tokens import crypto
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
@@ -48,16 +49,12 @@ from oauthmail.tokens.records import (
 
 __all__ = [
     "ACCOUNTS_WITH_TOKENS",
-    "KEY_CHECK",
     "STAMP_REFRESH",
     "StoredTokenStore",
     "accountFromRow",
     "refusal",
     "storedRecord",
 ]
-
-#: The ``meta`` row holding the key check (see :func:`oauthmail.tokens.crypto.verifyKeyCheck`).
-KEY_CHECK = "key_check"
 
 ACCOUNT_COLUMNS = "id, provider, state, last_error, created_at, updated_at, last_refresh_at"
 TOKEN_COLUMNS = "access_token, refresh_token, expires_at, scope, version, updated_at"
@@ -126,7 +123,7 @@ def storedRecord(account_id: str, tokens: TokenSet, version: int, now: float) ->
     )
 
 
-class StoredTokenStore:
+class StoredTokenStore(KeyCheck):
     """Accounts and tokens in an opened database; see the module docstring.
 
     ``where`` names the database in messages. A subclass sets
@@ -175,58 +172,6 @@ class StoredTokenStore:
         self._puts.flush()
         self._reads.flush()
         return self._database.close()
-
-    # -- opening: the key check (a SchemaGuard, in the opening transaction) ------
-
-    def check(
-        self, conn: Connection, versions: Mapping[str, int], notices: list[crypto.Notice]
-    ) -> None:
-        """Refuse a wrong key before anything is written; rotate to the first key if due."""
-        if versions.get("tokens", 0) < 1:
-            return
-        query = self._sql("SELECT value FROM meta WHERE key = ?")
-        row = conn.execute(query, (KEY_CHECK,)).fetchone()
-        if row is None:
-            raise StoreError(f"{self.path} has no key check: not an oauthmail token store?")
-        if crypto.verifyKeyCheck(self._cipher, bytes(row[0]), self.path):
-            notices.append(self._rotate(conn))
-
-    def applied(self, conn: Connection, owner: str, number: int) -> None:
-        """Seed the key check with the tables that hold it."""
-        if (owner, number) == ("tokens", 1):
-            conn.execute(
-                self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"),
-                (KEY_CHECK, crypto.sealKeyCheck(self._cipher)),
-            )
-
-    def _rotate(self, conn: Connection) -> crypto.Notice:
-        """Re-encrypt everything with the first key, inside the opening transaction.
-
-        Runs when the database was written with an older key that now comes
-        after a new one: once it is done, the old key may be dropped from the list.
-        """
-        rotate = self._cipher.rotate
-        (sealed,) = conn.execute(
-            self._sql("SELECT value FROM meta WHERE key = ? FOR UPDATE"), (KEY_CHECK,)
-        ).fetchone()
-        conn.execute(
-            self._sql("UPDATE meta SET value = ? WHERE key = ?"), (rotate(bytes(sealed)), KEY_CHECK)
-        )
-        rows = conn.execute(
-            self._sql("SELECT account, access_token, refresh_token FROM tokens FOR UPDATE")
-        ).fetchall()
-        conn.cursor().executemany(
-            self._sql("UPDATE tokens SET access_token = ?, refresh_token = ? WHERE account = ?"),
-            [
-                (rotate(bytes(a)), None if r is None else rotate(bytes(r)), account)
-                for account, a, r in rows
-            ],
-        )
-        return (
-            "info",
-            "{path}: re-encrypted {count} token row(s) with the first key from {source}",
-            {"path": self.path, "count": len(rows), "source": self._cipher.source},
-        )
 
     # -- accounts -----------------------------------------------------------
 

@@ -25,12 +25,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable
+from oauthmail.db.keycheck import KEY_CHECK
 from oauthmail.db.postgresql.database import PostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL, driver, translate
 from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh
 from oauthmail.db.tokenstore import (
     ACCOUNTS_WITH_TOKENS,
-    KEY_CHECK,
     STAMP_REFRESH,
     StoredTokenStore,
 )

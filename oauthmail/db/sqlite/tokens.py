@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 from zope.interface import implementer
 
+from oauthmail.db.keycheck import KEY_CHECK
 from oauthmail.db.refresh import RefreshByCompareAndSwap
 from oauthmail.db.sqlite.connection import SQLITE
 from oauthmail.db.sqlite.database import SQLiteDatabase
-from oauthmail.db.tokenstore import ACCOUNTS_WITH_TOKENS, KEY_CHECK, StoredTokenStore
+from oauthmail.db.tokenstore import ACCOUNTS_WITH_TOKENS, StoredTokenStore
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens import crypto
 
