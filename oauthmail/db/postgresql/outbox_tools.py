@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from oauthmail.db.postgresql.outbox_rows import status
+from oauthmail.db.postgresql.outbox_rows import ROWS
 from oauthmail.smtp.queue.records import DeliveryStatus
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def listMessages(
         " ORDER BY created_at, seq LIMIT %s",
         (account, account, list(states), limit),
     ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in rows) if s is not None]
+    return ROWS.statuses(conn, [row[0] for row in rows])
 
 
 def retryMessage(
@@ -57,11 +57,11 @@ def retryMessage(
             " claim_expires = NULL WHERE id = %s",
             (now, now, message_id),
         )
-    return status(conn, message_id)
+    return ROWS.status(conn, message_id)
 
 
 def deleteMessage(conn: Connection, message_id: str) -> DeliveryStatus | None:
-    found = status(conn, message_id)
+    found = ROWS.status(conn, message_id)
     if found is not None:
         conn.execute("DELETE FROM outbound WHERE id = %s", (message_id,))  # recipients cascade
     return found

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from oauthmail.db.sqlite.connection import transaction, unsynced
-from oauthmail.db.sqlite.outbox_rows import status
+from oauthmail.db.sqlite.outbox_rows import ROWS
 from oauthmail.smtp.queue.records import DeliveryStatus
 
 __all__ = ["deleteMessage", "listMessages", "purgeFinished", "retryMessage"]
@@ -34,7 +34,7 @@ def listMessages(
             " ORDER BY created_at, rowid LIMIT ?",
             (account, *states, limit),
         ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in rows) if s is not None]
+    return ROWS.statuses(conn, [row[0] for row in rows])
 
 
 def retryMessage(
@@ -61,12 +61,12 @@ def retryMessage(
                 " next_attempt_at = ?, in_doubt_since = NULL WHERE id = ?",
                 (now, now, message_id),
             )
-    return status(conn, message_id)
+    return ROWS.status(conn, message_id)
 
 
 def deleteMessage(conn: sqlite3.Connection, message_id: str) -> DeliveryStatus | None:
     with transaction(conn):
-        found = status(conn, message_id)
+        found = ROWS.status(conn, message_id)
         if found is not None:
             conn.execute("DELETE FROM outbound_recipients WHERE message_id = ?", (message_id,))
             conn.execute("DELETE FROM outbound WHERE id = ?", (message_id,))
