@@ -29,8 +29,8 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
-from oauthmail.db.errors import NodeNameTaken, StaleLease
-from oauthmail.db.leasing import fairShare
+from oauthmail.db.errors import NodeNameTaken
+from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 
 if TYPE_CHECKING:
@@ -97,18 +97,13 @@ def checkFence(conn: Connection, fence: Fence, account: str, folder: str) -> Non
     Runs first in the write's transaction; the ``FOR SHARE`` lock keeps the
     lease as it is until that transaction ends.
     """
-    if (fence.account, fence.folder) != (account, folder):
-        raise ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+    checkFenceKey(fence, account, folder)
     row = conn.execute(
         "SELECT owner, epoch, expires > now() FROM leases"
         " WHERE account = %s AND folder = %s FOR SHARE",
         (account, folder),
     ).fetchone()
-    if row is None or row[0] != fence.node or int(row[1]) != fence.epoch or not row[2]:
-        raise StaleLease(
-            f"{account}/{folder}: the lease of {fence.node} (epoch {fence.epoch}) is no"
-            " longer valid; nothing was written"
-        )
+    checkHeld(fence, row)
 
 
 # -- in a pool thread, inside the database's transaction ---------------------------------

@@ -19,8 +19,8 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
-from oauthmail.db.errors import NodeNameTaken, StaleLease
-from oauthmail.db.leasing import fairShare, preferred
+from oauthmail.db.errors import NodeNameTaken
+from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 
@@ -76,23 +76,12 @@ def checkFence(
     conn: sqlite3.Connection, fence: Fence, account: str, folder: str, now: float
 ) -> None:
     """Refuse (``StaleLease``) a write whose lease is not held by its node under its epoch."""
-    if (fence.account, fence.folder) != (account, folder):
-        raise ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+    checkFenceKey(fence, account, folder)
     row = conn.execute(
         "SELECT owner, epoch, expires FROM leases WHERE account = ? AND folder = ?",
         (account, folder),
     ).fetchone()
-    if (
-        row is None
-        or row[0] != fence.node
-        or int(row[1]) != fence.epoch
-        or row[2] is None
-        or row[2] <= now
-    ):
-        raise StaleLease(
-            f"{account}/{folder}: the lease of {fence.node} (epoch {fence.epoch}) is no"
-            " longer valid; nothing was written"
-        )
+    checkHeld(fence, None if row is None else (row[0], row[1], row[2] is not None and row[2] > now))
 
 
 def _register(
