@@ -21,9 +21,11 @@ Rules a reader must not break:
   (``transfer``).
 - What both backends do alike is written once here, its SQL spelled for each
   by a :class:`~oauthmail.db.dialect.Dialect` (``?`` or ``%s`` marks, row
-  locks): the token store (``tokenstore``, ``keycheck``), the outbox's rows,
-  outcomes and doubts (``outbox_rows``, ``outbox_doubt``) and the message log
-  (``messagelog``). A backend keeps only what really differs; the memory twins
-  use the same rules (compare-and-swap refusals, outcome judging).
+  locks): the token store (``tokenstore``, ``keycheck``), the delivery ledger
+  (``ledgerstore``), the outbox's calls, rows, outcomes and doubts
+  (``outboxstore``, ``outbox_rows``, ``outbox_doubt``) and the message log
+  (``messagelog``), each a ``stored.DatabaseStore``. A backend keeps only what
+  really differs; the memory twins use the same rules (compare-and-swap
+  refusals, fences, outcome judging).
 - Every call returns a Deferred and never blocks the reactor thread.
 """

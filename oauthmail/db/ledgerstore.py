@@ -22,18 +22,17 @@ Rules a reader must not break:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from twisted.internet import defer
 
 from oauthmail.cluster.records import Fence
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.leasing import checkFenceKey
+from oauthmail.db.stored import Database, DatabaseStore
 from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, checkRecordable, finalStates
 
 __all__ = ["StoredDeliveryLedger"]
-
-T = TypeVar("T")
 
 _UPSERT_FOLDER = (
     "INSERT INTO folders (account, folder, uidvalidity, last_delivered_uid)"
@@ -53,33 +52,20 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class _Database(Protocol):
-    def runRead(self, f: Any, *args: Any) -> defer.Deferred[Any]: ...
-
-    def runWrite(self, f: Any, *args: Any) -> defer.Deferred[Any]: ...
-
-
-class StoredDeliveryLedger:
+class StoredDeliveryLedger(DatabaseStore):
     """The ledger in an opened database; see the module docstring.
 
     A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_dispose`,
-    and may send reads elsewhere than :meth:`_read` does (the reading side).
+    and may send reads elsewhere than the reading side (``_read``).
     """
 
-    def __init__(self, database: _Database, dialect: Dialect, clock: _Clock, where: str) -> None:
-        self._database = database
+    def __init__(self, database: Database, dialect: Dialect, clock: _Clock, where: str) -> None:
+        super().__init__(database, where)
         self._dialect = dialect
         self._sql = dialect.sql
         self._clock = clock
-        self._where = where
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._where}>"
 
     # -- what a backend gives -----------------------------------------------------
-
-    def _read(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
-        return self._database.runRead(func, *args)
 
     def _checkFence(
         self, conn: Connection, fence: Fence, account: str, folder: str, now: float
@@ -118,7 +104,7 @@ class StoredDeliveryLedger:
                     self._checkFence(conn, fence, account, folder, now)
                 work(conn)
 
-        return self._database.runWrite(run)
+        return self._run(run)
 
     def setFolderState(
         self,

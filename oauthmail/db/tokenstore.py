@@ -37,6 +37,7 @@ from oauthmail.db.batch import Batcher
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.errors import StoreError, VersionConflict
 from oauthmail.db.keycheck import KeyCheck
+from oauthmail.db.stored import Database, DatabaseStore
 from oauthmail.tokens import crypto
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
@@ -75,17 +76,13 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class _Database(Protocol):
+class _Database(Database, Protocol):
     @property
     def isOpen(self) -> bool: ...
 
     def open(self, now: float, guard: Any) -> defer.Deferred[None]: ...
 
     def close(self) -> defer.Deferred[None]: ...
-
-    def runRead(self, f: Any, *args: Any) -> defer.Deferred[Any]: ...
-
-    def runWrite(self, f: Any, *args: Any) -> defer.Deferred[Any]: ...
 
 
 def accountFromRow(row: tuple[Any, ...]) -> AccountRecord:
@@ -123,7 +120,7 @@ def storedRecord(account_id: str, tokens: TokenSet, version: int, now: float) ->
     )
 
 
-class StoredTokenStore(KeyCheck):
+class StoredTokenStore(KeyCheck, DatabaseStore):
     """Accounts and tokens in an opened database; see the module docstring.
 
     ``where`` names the database in messages. A subclass sets
@@ -145,17 +142,14 @@ class StoredTokenStore(KeyCheck):
         clock: _Clock,
         where: str,
     ) -> None:
+        super().__init__(database, where)
         self.path = where
-        self._database = database
         self._dialect = dialect
         self._cipher = crypto.TokenCipher.coerce(fernet_or_keys)
         self._clock = clock
         # Group commit (see putTokens) and the hot path's coalesced reads.
         self._puts = Batcher(database.runWrite, self._putBatch)
         self._reads = Batcher(database.runRead, self._getManyAccountsWithTokens)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path}>"
 
     def _sql(self, text: str) -> str:
         return self._dialect.sql(text)
@@ -177,7 +171,7 @@ class StoredTokenStore(KeyCheck):
 
     def ensureAccount(self, account_id: str, provider: str) -> defer.Deferred[AccountRecord]:
         now = self._clock.seconds()
-        return self._database.runWrite(self._ensureAccount, account_id, provider, now)
+        return self._run(self._ensureAccount, account_id, provider, now)
 
     def _ensureAccount(
         self, conn: Connection, account_id: str, provider: str, now: float
@@ -195,14 +189,14 @@ class StoredTokenStore(KeyCheck):
         return accountFromRow(row)
 
     def getAccount(self, account_id: str) -> defer.Deferred[AccountRecord | None]:
-        return self._database.runRead(self._getAccount, account_id)
+        return self._read(self._getAccount, account_id)
 
     def _getAccount(self, conn: Connection, account_id: str) -> AccountRecord | None:
         row = conn.execute(self._sql(_SELECT_ACCOUNT), (account_id,)).fetchone()
         return None if row is None else accountFromRow(row)
 
     def listAccounts(self) -> defer.Deferred[list[AccountRecord]]:
-        return self._database.runRead(self._listAccounts)
+        return self._read(self._listAccounts)
 
     @staticmethod
     def _listAccounts(conn: Connection) -> list[AccountRecord]:
@@ -215,7 +209,7 @@ class StoredTokenStore(KeyCheck):
         if state not in ACCOUNT_STATES:
             return defer.fail(ValueError(f"unknown account state {state!r}"))
         now = self._clock.seconds()
-        return self._database.runWrite(self._setAccountState, account_id, state, last_error, now)
+        return self._run(self._setAccountState, account_id, state, last_error, now)
 
     def _setAccountState(
         self, conn: Connection, account_id: str, state: str, last_error: str | None, now: float
@@ -238,7 +232,7 @@ class StoredTokenStore(KeyCheck):
         self, account_id: str, kept: bool, folder: str
     ) -> defer.Deferred[SentProof]:
         now = self._clock.seconds()
-        return self._database.runWrite(self._recordSentProof, account_id, bool(kept), folder, now)
+        return self._run(self._recordSentProof, account_id, bool(kept), folder, now)
 
     def _recordSentProof(
         self, conn: Connection, account_id: str, kept: bool, folder: str, now: float
@@ -256,7 +250,7 @@ class StoredTokenStore(KeyCheck):
         return SentProof(account_id, kept, folder, now)
 
     def getSentProof(self, account_id: str) -> defer.Deferred[SentProof | None]:
-        return self._database.runRead(self._getSentProof, account_id)
+        return self._read(self._getSentProof, account_id)
 
     def _getSentProof(self, conn: Connection, account_id: str) -> SentProof | None:
         row = conn.execute(
@@ -274,7 +268,7 @@ class StoredTokenStore(KeyCheck):
     # -- tokens -------------------------------------------------------------
 
     def getTokens(self, account_id: str) -> defer.Deferred[TokenRecord | None]:
-        return self._database.runRead(self._getTokens, account_id)
+        return self._read(self._getTokens, account_id)
 
     def _getTokens(
         self, conn: Connection, account_id: str, lock: bool = False
@@ -357,7 +351,7 @@ class StoredTokenStore(KeyCheck):
         The refresher decides what is due from this alone: 10,000 accounts cost one
         query instead of 20,000 round trips and 20,000 decryptions.
         """
-        return self._database.runRead(self._listExpiries)
+        return self._read(self._listExpiries)
 
     @staticmethod
     def _listExpiries(conn: Connection) -> list[TokenExpiry]:
@@ -461,7 +455,7 @@ class StoredTokenStore(KeyCheck):
         return storedRecord(account_id, tokens, expected_version, now)
 
     def deleteTokens(self, account_id: str) -> defer.Deferred[None]:
-        return self._database.runWrite(self._deleteTokens, account_id)
+        return self._run(self._deleteTokens, account_id)
 
     def _deleteTokens(self, conn: Connection, account_id: str) -> None:
         with self._dialect.writing(conn):

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+from oauthmail.db.postgresql.driver import POSTGRESQL
+from oauthmail.messagelog.records import IN, OUT, LogEntry
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -78,38 +79,6 @@ def _recent(
     return [entryFromRow(row) for row in rows]
 
 
-def _one(conn: Connection, entry_id: int) -> LogEntry | None:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE id = %s",  # noqa: S608
-        (entry_id,),
-    ).fetchone()
-    return None if row is None else entryFromRow(row)
-
-
-def _history(conn: Connection, account: str, queue_id: str) -> list[LogEntry]:
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = %s AND account = %s"  # noqa: S608
-        " ORDER BY id",
-        (queue_id, account),
-    ).fetchall()
-    return [entryFromRow(row) for row in rows]
-
-
-def _newest(conn: Connection, account: str, direction: str, outcome: str) -> float | None:
-    row = conn.execute(
-        "SELECT at FROM message_log WHERE account = %s AND direction = %s AND outcome = %s"
-        " ORDER BY id DESC LIMIT 1",
-        (account, direction, outcome),
-    ).fetchone()
-    return None if row is None else float(row[0])
-
-
-def _lastMail(conn: Connection, accounts: list[str]) -> list[LastMail]:
-    return [
-        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
-    ]
-
-
 def _expire(conn: Connection, before: float, limit: int) -> int:
     conn.execute("SET LOCAL synchronous_commit = off")
     cursor = conn.execute(
@@ -127,4 +96,4 @@ class PostgreSQLMessageLog(StoredMessageLog):
         super().__init__(database, _QUERIES, database.where)
 
 
-_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)
+_QUERIES = MessageLogQueries(POSTGRESQL, _record, _recent, _expire)

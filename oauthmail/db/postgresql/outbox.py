@@ -35,19 +35,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.outbox_doubt import reclaimExpired, recover
-from oauthmail.db.postgresql.outbox_rows import DOUBT, ROWS
-from oauthmail.db.postgresql.outbox_tools import (
-    deleteMessage,
-    listMessages,
-    purgeFinished,
-    retryMessage,
-)
+from oauthmail.db.postgresql.outbox_rows import ROWS
+from oauthmail.db.postgresql.outbox_tools import QUERIES
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.smtp.queue.records import (
     FINAL_STATES,
-    AccountFigures,
     AttemptOutcome,
     DeliveryStatus,
     OutboxEntry,
@@ -76,7 +71,7 @@ def defaultNode() -> str:
 
 
 @implementer(IOutbox)
-class PostgreSQLOutbox:
+class PostgreSQLOutbox(StoredOutbox):
     """An :class:`~oauthmail.interfaces.IOutbox` in an opened PostgreSQL database.
 
     ``node`` names this node in its claims (nodes sharing the database need
@@ -89,17 +84,14 @@ class PostgreSQLOutbox:
         node: str | None = None,
         claim_expiry: float = DEFAULT_CLAIM_EXPIRY,
     ) -> None:
-        self._database = database
+        super().__init__(database, QUERIES, database.where)
         self.node = node or defaultNode()
         self.claim_expiry = claim_expiry
         #: The claims this outbox made and has not recorded an outcome for.
         self._claims: Claims = {}
 
     def __repr__(self) -> str:
-        return f"<PostgreSQLOutbox {self._database.where} node={self.node!r}>"
-
-    def _run(self, func: Any, *args: object) -> defer.Deferred[Any]:
-        return self._database.runWrite(func, *args)
+        return f"<PostgreSQLOutbox {self._where} node={self.node!r}>"
 
     def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
         return self._run(ROWS.insert, message)
@@ -130,12 +122,6 @@ class PostgreSQLOutbox:
             )
         return value
 
-    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
-        return self._database.runRead(ROWS.dueAccounts, now)
-
-    def nextDue(self, account: str) -> defer.Deferred[float | None]:
-        return self._database.runRead(ROWS.nextDue, account)
-
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
         def remember(result: tuple[list[OutboxMessage], Claims]) -> list[OutboxMessage]:
             batch, claims = result
@@ -144,22 +130,6 @@ class PostgreSQLOutbox:
 
         d = self._run(_claimDue, self.node, self.claim_expiry, account, now, limit)
         return d.addCallback(remember)
-
-    def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
-        return self._database.runRead(DOUBT.dueInDoubt, account, now, limit)
-
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
-        return self._run(DOUBT.clearDoubt, list(ids), last_error)
-
-    def stillInDoubt(
-        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
-    ) -> defer.Deferred[int]:
-        return self._run(DOUBT.stillInDoubt, list(ids), reason, now, wait, give_up)
-
-    def settleDoubt(
-        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(DOUBT.settleDoubt, list(found), list(missing), now, policy)
 
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]
@@ -181,40 +151,6 @@ class PostgreSQLOutbox:
         claims = self._fenced(ids, done=True)
         d = self._run(_recordFailure, self.node, claims, list(ids), reason, now, policy)
         return d.addCallback(self._dropped)
-
-    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
-        return self._run(_makeDue, account, now, delay)
-
-    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._database.runRead(ROWS.status, message_id)
-
-    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._database.runRead(_listStatuses, account)
-
-    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
-        return self._database.runRead(ROWS.messageData, message_id)
-
-    def stats(self) -> defer.Deferred[list[AccountFigures]]:
-        return self._database.runRead(ROWS.stats)
-
-    def listMessages(
-        self,
-        account: str | None = None,
-        states: Sequence[str] = ("queued", "sending", "failed"),
-        limit: int = 1000,
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._database.runRead(listMessages, account, list(states), limit)
-
-    def retryMessage(
-        self, message_id: str, now: float, delay: float
-    ) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(retryMessage, message_id, now, delay)
-
-    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(deleteMessage, message_id)
-
-    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in a pool thread, inside the database's transaction) -----------------------
@@ -258,17 +194,6 @@ def _recordRefusals(
         return None, [message_id]
     ROWS.refuse(conn, message_id, refused)
     return None, []
-
-
-def _makeDue(conn: Connection, account: str, now: float, delay: float) -> int:
-    # A message in doubt still waits for the provider to file its copy.
-    cursor = conn.execute(
-        "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
-        " ELSE GREATEST(%s, in_doubt_since + %s) END"
-        " WHERE account = %s AND state = 'queued' AND next_attempt_at > %s",
-        (now, now, delay, account, now),
-    )
-    return cursor.rowcount
 
 
 def _claimDue(
@@ -352,10 +277,3 @@ def _recordFailure(
         ROWS.undefer(conn, message_id)
         ROWS.retryOrGiveUp(conn, message_id, reason, now, policy)
     return ROWS.statuses(conn, ids), refused
-
-
-def _listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:
-    ids = conn.execute(
-        "SELECT id FROM outbound WHERE account = %s ORDER BY created_at, seq", (account,)
-    ).fetchall()
-    return ROWS.statuses(conn, [row[0] for row in ids])

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sqlite3
 
 from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
-from oauthmail.db.sqlite.connection import transaction, unsynced
+from oauthmail.db.sqlite.connection import SQLITE, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+from oauthmail.messagelog.records import IN, OUT, LogEntry
 
 __all__ = ["SQLiteMessageLog"]
 
@@ -68,38 +68,6 @@ def _recent(
     return [entryFromRow(row) for row in rows[:limit]]
 
 
-def _one(conn: sqlite3.Connection, entry_id: int) -> LogEntry | None:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE id = ?",  # noqa: S608
-        (entry_id,),
-    ).fetchone()
-    return None if row is None else entryFromRow(row)
-
-
-def _history(conn: sqlite3.Connection, account: str, queue_id: str) -> list[LogEntry]:
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
-        " ORDER BY id",
-        (queue_id, account),
-    ).fetchall()
-    return [entryFromRow(row) for row in rows]
-
-
-def _newest(conn: sqlite3.Connection, account: str, direction: str, outcome: str) -> float | None:
-    row = conn.execute(
-        "SELECT at FROM message_log WHERE account = ? AND direction = ? AND outcome = ?"
-        " ORDER BY id DESC LIMIT 1",
-        (account, direction, outcome),
-    ).fetchone()
-    return None if row is None else float(row[0])
-
-
-def _lastMail(conn: sqlite3.Connection, accounts: list[str]) -> list[LastMail]:
-    return [
-        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
-    ]
-
-
 def _expire(conn: sqlite3.Connection, before: float, limit: int) -> int:
     with unsynced(conn), transaction(conn):
         cursor = conn.execute(
@@ -117,4 +85,4 @@ class SQLiteMessageLog(StoredMessageLog):
         super().__init__(database, _QUERIES, database.path)
 
 
-_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)
+_QUERIES = MessageLogQueries(SQLITE, _record, _recent, _expire)

@@ -36,20 +36,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.db.batch import Batcher
+from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.sqlite.connection import isUnwritable, sqliteError, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.db.sqlite.outbox_doubt import recover
-from oauthmail.db.sqlite.outbox_rows import DOUBT, ROWS
-from oauthmail.db.sqlite.outbox_tools import (
-    deleteMessage,
-    listMessages,
-    purgeFinished,
-    retryMessage,
-)
+from oauthmail.db.sqlite.outbox_rows import ROWS
+from oauthmail.db.sqlite.outbox_tools import QUERIES
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.smtp.queue.records import (
     FINAL_STATES,
-    AccountFigures,
     AttemptOutcome,
     DeliveryStatus,
     OutboxEntry,
@@ -64,18 +59,16 @@ T = TypeVar("T")
 
 
 @implementer(IOutbox)
-class SQLiteOutbox:
+class SQLiteOutbox(StoredOutbox):
     """An :class:`~oauthmail.interfaces.IOutbox` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase) -> None:
-        self._database = database
+        super().__init__(database, QUERIES, database.path)
         convert = sqliteError(database.path)
         self._writes = Batcher(database.runWrite, lambda conn, ops: _writeBatch(conn, ops, convert))
 
-    def __repr__(self) -> str:
-        return f"<SQLiteOutbox {self._database.path}>"
-
-    def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+    def _read(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+        """In the writing thread: a read follows every write asked for before it."""
         return self._database.runWrite(func, *args)
 
     def _write(self, func: Callable[..., T], synced: bool, *args: object) -> defer.Deferred[T]:
@@ -92,30 +85,8 @@ class SQLiteOutbox:
         """One process: its claims never expire while it runs, and nobody else holds any."""
         return defer.succeed(Recovery(0, 0))
 
-    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
-        return self._run(ROWS.dueAccounts, now)
-
-    def nextDue(self, account: str) -> defer.Deferred[float | None]:
-        return self._run(ROWS.nextDue, account)
-
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
         return self._write(_claim, False, account, now, limit)
-
-    def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
-        return self._run(DOUBT.dueInDoubt, account, now, limit)
-
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
-        return self._run(DOUBT.clearDoubt, list(ids), last_error)
-
-    def stillInDoubt(
-        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
-    ) -> defer.Deferred[int]:
-        return self._run(DOUBT.stillInDoubt, list(ids), reason, now, wait, give_up)
-
-    def settleDoubt(
-        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(DOUBT.settleDoubt, list(found), list(missing), now, policy)
 
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]
@@ -131,40 +102,6 @@ class SQLiteOutbox:
         self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
         return self._run(_recordFailure, list(ids), reason, now, policy)
-
-    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
-        return self._run(_makeDue, account, now, delay)
-
-    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(ROWS.status, message_id)
-
-    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(_listStatuses, account)
-
-    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
-        return self._run(ROWS.messageData, message_id)
-
-    def stats(self) -> defer.Deferred[list[AccountFigures]]:
-        return self._run(ROWS.stats)
-
-    def listMessages(
-        self,
-        account: str | None = None,
-        states: Sequence[str] = ("queued", "sending", "failed"),
-        limit: int = 1000,
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(listMessages, account, list(states), limit)
-
-    def retryMessage(
-        self, message_id: str, now: float, delay: float
-    ) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(retryMessage, message_id, now, delay)
-
-    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(deleteMessage, message_id)
-
-    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in the database's writing thread) ----------------------------------------
@@ -220,18 +157,6 @@ def _recordRefusals(
 ) -> None:
     with transaction(conn):
         ROWS.refuse(conn, message_id, refused)
-
-
-def _makeDue(conn: sqlite3.Connection, account: str, now: float, delay: float) -> int:
-    with transaction(conn):
-        # A message in doubt still waits for the provider to file its copy.
-        cursor = conn.execute(
-            "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN ?"
-            " ELSE MAX(?, in_doubt_since + ?) END"
-            " WHERE account = ? AND state = 'queued' AND next_attempt_at > ?",
-            (now, now, delay, account, now),
-        )
-    return cursor.rowcount
 
 
 def _fetchDue(
@@ -318,10 +243,3 @@ def _recordFailure(
             ROWS.undefer(conn, message_id)
             ROWS.retryOrGiveUp(conn, message_id, reason, now, policy)
     return ROWS.statuses(conn, ids)
-
-
-def _listStatuses(conn: sqlite3.Connection, account: str) -> list[DeliveryStatus]:
-    ids = conn.execute(
-        "SELECT id FROM outbound WHERE account = ? ORDER BY created_at, rowid", (account,)
-    ).fetchall()
-    return ROWS.statuses(conn, [row[0] for row in ids])
