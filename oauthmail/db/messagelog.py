@@ -24,10 +24,50 @@ from oauthmail.db.stored import Database, DatabaseStore
 from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
-__all__ = ["COLUMNS", "MessageLogQueries", "StoredMessageLog", "entryFromRow"]
+__all__ = [
+    "COLUMNS",
+    "EXPIRE",
+    "INSERT_ENTRY",
+    "KNOWN_MESSAGE",
+    "MessageLogQueries",
+    "StoredMessageLog",
+    "entryFromRow",
+    "entryRow",
+]
 
 #: The columns every read selects, in the order :func:`entryFromRow` takes them.
 COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
+
+
+#: One entry, given :func:`entryRow`'s values.
+INSERT_ENTRY = (
+    "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
+    " folder, uid, queue_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: The Message-ID and size an earlier entry of a queued message recorded
+#: (``queue_id, account``): an outcome logged without them takes them from it.
+KNOWN_MESSAGE = (
+    "SELECT message_id, size FROM message_log WHERE queue_id = ?"
+    " AND account = ? AND message_id IS NOT NULL ORDER BY id LIMIT 1"
+)
+
+
+#: Delete at most ``limit`` entries older than ``before``, oldest first.
+EXPIRE = (
+    "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < ?"
+    " ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)"
+)
+
+
+def entryRow(e: LogEntry, message_id: str | None, size: int | None) -> tuple[Any, ...]:
+    """The values :data:`INSERT_ENTRY` takes for ``e`` (with what was found of its message)."""
+    return (e.at, e.account, e.direction, e.outcome, message_id, size) + (
+        e.folder,
+        e.uid,
+        e.queue_id,
+        e.reply,
+    )
 
 
 def entryFromRow(row: Sequence[Any]) -> LogEntry:

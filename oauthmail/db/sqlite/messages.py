@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import sqlite3
 
-from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
+from oauthmail.db.messagelog import (
+    COLUMNS,
+    EXPIRE,
+    INSERT_ENTRY,
+    KNOWN_MESSAGE,
+    MessageLogQueries,
+    StoredMessageLog,
+    entryFromRow,
+    entryRow,
+)
 from oauthmail.db.sqlite.connection import SQLITE, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.messagelog.records import IN, OUT, LogEntry
@@ -26,30 +35,11 @@ def _record(conn: sqlite3.Connection, entries: list[LogEntry]) -> None:
         for e in entries:
             message_id, size = e.message_id, e.size
             if e.direction == OUT and e.queue_id and (message_id is None or size is None):
-                row = conn.execute(
-                    "SELECT message_id, size FROM message_log WHERE queue_id = ?"
-                    " AND account = ? AND message_id IS NOT NULL ORDER BY id LIMIT 1",
-                    (e.queue_id, e.account),
-                ).fetchone()
+                row = conn.execute(KNOWN_MESSAGE, (e.queue_id, e.account)).fetchone()
                 if row is not None:
                     message_id = message_id if message_id is not None else row[0]
                     size = size if size is not None else row[1]
-            conn.execute(
-                "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
-                " folder, uid, queue_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    e.at,
-                    e.account,
-                    e.direction,
-                    e.outcome,
-                    message_id,
-                    size,
-                    e.folder,
-                    e.uid,
-                    e.queue_id,
-                    e.reply,
-                ),
-            )
+            conn.execute(INSERT_ENTRY, entryRow(e, message_id, size))
 
 
 def _recent(
@@ -70,11 +60,7 @@ def _recent(
 
 def _expire(conn: sqlite3.Connection, before: float, limit: int) -> int:
     with unsynced(conn), transaction(conn):
-        cursor = conn.execute(
-            "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < ?"
-            " ORDER BY id LIMIT ?)",
-            (before, limit),
-        )
+        cursor = conn.execute(SQLITE.sql(EXPIRE), (before, limit))
     return cursor.rowcount
 
 
