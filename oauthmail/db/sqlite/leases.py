@@ -23,6 +23,7 @@ from oauthmail.db.errors import NodeNameTaken
 from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
+from oauthmail.db.stored import DatabaseStore
 
 __all__ = ["SQLiteLeaseStore", "checkFence"]
 
@@ -32,15 +33,12 @@ class _Clock(Protocol):
 
 
 @implementer(ILeaseStore)
-class SQLiteLeaseStore:
+class SQLiteLeaseStore(DatabaseStore):
     """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase, clock: _Clock) -> None:
-        self._database = database
+        super().__init__(database, database.path)
         self._clock = clock
-
-    def __repr__(self) -> str:
-        return f"<SQLiteLeaseStore {self._database.path}>"
 
     def heartbeat(
         self,
@@ -52,24 +50,23 @@ class SQLiteLeaseStore:
     ) -> defer.Deferred[Beat]:
         keys = sorted(set(folders))
         now = self._clock.seconds()
-        path = self._database.path
-        return self._database.runWrite(_heartbeat, path, node, instance, keys, expiry, take, now)
+        return self._run(_heartbeat, self._where, node, instance, keys, expiry, take, now)
 
     def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
         mine = [f for f in fences if f.node == node]
-        return self._database.runWrite(_release, node, mine, self._clock.seconds())
+        return self._run(_release, node, mine, self._clock.seconds())
 
     def leave(self, node: str, instance: str) -> defer.Deferred[int]:
-        return self._database.runWrite(_leave, node, instance, self._clock.seconds())
+        return self._run(_leave, node, instance, self._clock.seconds())
 
     def listNodes(self) -> defer.Deferred[list[NodeView]]:
-        return self._database.runRead(_listNodes, self._clock.seconds())
+        return self._read(_listNodes, self._clock.seconds())
 
     def listLeases(self) -> defer.Deferred[list[LeaseView]]:
-        return self._database.runRead(_listLeases, self._clock.seconds())
+        return self._read(_listLeases, self._clock.seconds())
 
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
-        return self._database.runRead(_history, account, folder)
+        return self._read(_history, account, folder)
 
 
 def checkFence(
