@@ -149,14 +149,14 @@ def test_an_unwritable_file_fails_the_whole_batch(held, monkeypatch):
     """A "cannot write" error from one write fails every write of its batch; none is kept."""
     import oauthmail.db.sqlite.outbox as module
 
-    real = module._insert
+    real = module.ROWS.insert
 
     def insert(conn, message):
         if message.id == "m2":
             raise sqlite3.OperationalError("database or disk is full")
         return real(conn, message)
 
-    monkeypatch.setattr(module, "_insert", insert)
+    monkeypatch.setattr(module.ROWS, "insert", insert)
     outbox = SQLiteOutbox(held)
     outbox.enqueue(entry("m0"))
     doomed = [outbox.enqueue(entry(f"m{i}")) for i in (1, 2)]

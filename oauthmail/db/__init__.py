@@ -19,5 +19,13 @@ Rules a reader must not break:
   (``batch``), per-owner migrations (``migrations``), refresh-once for
   one-process stores (``refresh``), and the SQLite-to-PostgreSQL copy
   (``transfer``).
+- What both backends do alike is written once here, its SQL spelled for each
+  by a :class:`~oauthmail.db.dialect.Dialect` (``?`` or ``%s`` marks, row
+  locks): the token store (``tokenstore``, ``keycheck``), the delivery ledger
+  (``ledgerstore``), the outbox's calls, rows, outcomes and doubts
+  (``outboxstore``, ``outbox_rows``, ``outbox_doubt``) and the message log
+  (``messagelog``), each a ``stored.DatabaseStore``. A backend keeps only what
+  really differs; the memory twins use the same rules (compare-and-swap
+  refusals, fences, outcome judging).
 - Every call returns a Deferred and never blocks the reactor thread.
 """

@@ -1,29 +1,73 @@
-"""The message log over either backend: one class, each backend gives only its SQL.
+"""The message log over either backend: one class, each backend gives only what differs.
 
 :class:`StoredMessageLog` is the :class:`~oauthmail.messagelog.interfaces.IMessageLog`
 of both :mod:`oauthmail.db.sqlite.messages` and :mod:`oauthmail.db.postgresql.messages`:
 it runs each backend's query functions on the database's reading or writing
-side. What differs between the backends (placeholders, how a write avoids a
-sync, locking) stays in their :class:`MessageLogQueries`; the columns and the
-way a row becomes a :class:`~oauthmail.messagelog.records.LogEntry` are here, once.
+side. What differs between the backends (how a write avoids a sync, locking,
+how the newest entries are walked) stays in their :class:`MessageLogQueries`;
+the columns, the way a row becomes a :class:`~oauthmail.messagelog.records.LogEntry`
+and the reads that are the same SQL (spelled by the backend's
+:class:`~oauthmail.db.dialect.Dialect`) are here, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.db.dialect import Connection, Dialect
+from oauthmail.db.stored import Database, DatabaseStore
 from oauthmail.messagelog.interfaces import IMessageLog
-from oauthmail.messagelog.records import LastMail, LogEntry
+from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
 
-__all__ = ["COLUMNS", "MessageLogQueries", "StoredMessageLog", "entryFromRow"]
+__all__ = [
+    "COLUMNS",
+    "EXPIRE",
+    "INSERT_ENTRY",
+    "KNOWN_MESSAGE",
+    "MessageLogQueries",
+    "StoredMessageLog",
+    "entryFromRow",
+    "entryRow",
+]
 
 #: The columns every read selects, in the order :func:`entryFromRow` takes them.
 COLUMNS = "id, at, account, direction, outcome, message_id, size, folder, uid, queue_id, reply"
+
+
+#: One entry, given :func:`entryRow`'s values.
+INSERT_ENTRY = (
+    "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
+    " folder, uid, queue_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: The Message-ID and size an earlier entry of a queued message recorded
+#: (``queue_id, account``): an outcome logged without them takes them from it.
+KNOWN_MESSAGE = (
+    "SELECT message_id, size FROM message_log WHERE queue_id = ?"
+    " AND account = ? AND message_id IS NOT NULL ORDER BY id LIMIT 1"
+)
+
+
+#: Delete at most ``limit`` entries older than ``before``, oldest first.
+EXPIRE = (
+    "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < ?"
+    " ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)"
+)
+
+
+def entryRow(e: LogEntry, message_id: str | None, size: int | None) -> tuple[Any, ...]:
+    """The values :data:`INSERT_ENTRY` takes for ``e`` (with what was found of its message)."""
+    return (e.at, e.account, e.direction, e.outcome, message_id, size) + (
+        e.folder,
+        e.uid,
+        e.queue_id,
+        e.reply,
+    )
 
 
 def entryFromRow(row: Sequence[Any]) -> LogEntry:
@@ -34,38 +78,27 @@ def entryFromRow(row: Sequence[Any]) -> LogEntry:
     )
 
 
-class _Database(Protocol):
-    def runRead(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]: ...
-
-    def runWrite(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]: ...
-
-
 @dataclass(frozen=True)
 class MessageLogQueries:
-    """One backend's query functions; each takes that backend's connection first."""
+    """One backend's dialect and query functions; each takes that backend's connection first."""
 
+    dialect: Dialect
     record: Callable[..., None]
     recent: Callable[..., list[LogEntry]]
-    one: Callable[..., LogEntry | None]
-    history: Callable[..., list[LogEntry]]
-    lastMail: Callable[..., list[LastMail]]
     expire: Callable[..., int]
 
 
 @implementer(IMessageLog)
-class StoredMessageLog:
+class StoredMessageLog(DatabaseStore):
     """The message log in an opened database; writes on its writing side, reads on its reading."""
 
-    def __init__(self, database: _Database, queries: MessageLogQueries, where: str) -> None:
-        self._database = database
+    def __init__(self, database: Database, queries: MessageLogQueries, where: str) -> None:
+        super().__init__(database, where)
         self._queries = queries
-        self._where = where
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._where}>"
+        self._sql = queries.dialect.sql
 
     def record(self, entries: Sequence[LogEntry]) -> defer.Deferred[None]:
-        return self._database.runWrite(self._queries.record, list(entries))
+        return self._run(self._queries.record, list(entries))
 
     def recent(
         self,
@@ -74,16 +107,50 @@ class StoredMessageLog:
         limit: int = 50,
         before: int | None = None,
     ) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(self._queries.recent, account, direction, limit, before)
+        return self._read(self._queries.recent, account, direction, limit, before)
 
     def entry(self, entry_id: int) -> defer.Deferred[LogEntry | None]:
-        return self._database.runRead(self._queries.one, entry_id)
+        return self._read(self._one, entry_id)
 
     def history(self, account: str, queue_id: str) -> defer.Deferred[list[LogEntry]]:
-        return self._database.runRead(self._queries.history, account, queue_id)
+        return self._read(self._history, account, queue_id)
 
     def lastMail(self, accounts: Sequence[str]) -> defer.Deferred[list[LastMail]]:
-        return self._database.runRead(self._queries.lastMail, list(accounts))
+        return self._read(self._lastMail, list(accounts))
 
     def expire(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._database.runWrite(self._queries.expire, before, limit)
+        return self._run(self._queries.expire, before, limit)
+
+    # -- the reads both backends spell alike (in the database's thread) -------------
+
+    def _one(self, conn: Connection, entry_id: int) -> LogEntry | None:
+        query = f"SELECT {COLUMNS} FROM message_log WHERE id = ?"  # noqa: S608
+        row = conn.execute(self._sql(query), (entry_id,)).fetchone()
+        return None if row is None else entryFromRow(row)
+
+    def _history(self, conn: Connection, account: str, queue_id: str) -> list[LogEntry]:
+        rows = conn.execute(
+            self._sql(
+                f"SELECT {COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
+                " ORDER BY id"
+            ),
+            (queue_id, account),
+        ).fetchall()
+        return [entryFromRow(row) for row in rows]
+
+    def _newest(self, conn: Connection, account: str, direction: str, outcome: str) -> float | None:
+        row = conn.execute(
+            self._sql(
+                "SELECT at FROM message_log WHERE account = ? AND direction = ? AND outcome = ?"
+                " ORDER BY id DESC LIMIT 1"
+            ),
+            (account, direction, outcome),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def _lastMail(self, conn: Connection, accounts: list[str]) -> list[LastMail]:
+        newest = self._newest
+        return [
+            LastMail(a, newest(conn, a, IN, DELIVERED), newest(conn, a, OUT, SENT))
+            for a in accounts
+        ]

@@ -38,7 +38,13 @@ from twisted.internet import defer
 from oauthmail.db.errors import StoreError
 from oauthmail.tokens.records import TokenRecord, TokenSet
 
-__all__ = ["FreshEnough", "LockedRefresh", "Refresh", "refreshByCompareAndSwap"]
+__all__ = [
+    "FreshEnough",
+    "LockedRefresh",
+    "Refresh",
+    "RefreshByCompareAndSwap",
+    "refreshByCompareAndSwap",
+]
 
 #: ``fresh_enough(record)``: whether the stored tokens (``None``: none) may be used as they are.
 FreshEnough = Callable[[TokenRecord | None], bool]
@@ -77,6 +83,26 @@ def refreshByCompareAndSwap(
         return _decide(record, store, account_id, fresh_enough, refresh)
 
     return store.getAccountWithTokens(account_id).addCallback(found)
+
+
+class RefreshByCompareAndSwap:
+    """``ITokenStore.refreshLocked`` of a store one process uses (SQLite, the memory twin)."""
+
+    def refreshLocked(
+        self,
+        account_id: str,
+        fresh_enough: FreshEnough,
+        refresh: Refresh,
+        read: TokenRecord | None = None,
+    ) -> defer.Deferred[LockedRefresh]:
+        """See ``ITokenStore.refreshLocked``: one process per store, so no lock is held.
+
+        The token source shares one refresh per account within the process and
+        ``putTokens`` is compare-and-swap: the write is refused if the tokens
+        changed meanwhile. Holding a store's one writing thread across a request
+        to the provider would stop every other write for that long.
+        """
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh, read)
 
 
 def _decide(

@@ -19,8 +19,8 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
-from oauthmail.db.errors import NodeNameTaken, StaleLease
-from oauthmail.db.leasing import fairShare, preferred
+from oauthmail.db.errors import NodeNameTaken
+from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 
 __all__ = ["MemoryLeaseStore"]
 
@@ -191,18 +191,8 @@ class MemoryLeaseStore:
 
     def checkFence(self, fence: Fence, account: str, folder: str) -> None:
         """Raise ``StaleLease`` unless ``fence`` still holds (what a fenced write checks)."""
-        if (fence.account, fence.folder) != (account, folder):
-            raise ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+        checkFenceKey(fence, account, folder)
         row = self.rows.get(fence.key)
         now = self._clock.seconds()
-        if (
-            row is None
-            or row.owner != fence.node
-            or row.epoch != fence.epoch
-            or row.expires is None
-            or row.expires <= now
-        ):
-            raise StaleLease(
-                f"{account}/{folder}: the lease of {fence.node} (epoch {fence.epoch}) is no"
-                " longer valid; nothing was written"
-            )
+        unexpired = row is not None and row.expires is not None and row.expires > now
+        checkHeld(fence, None if row is None else (row.owner, row.epoch, unexpired))

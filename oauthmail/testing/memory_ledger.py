@@ -17,6 +17,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
+from oauthmail.db.leasing import checkFenceKey
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
@@ -59,10 +60,7 @@ class MemoryDeliveryLedger:
         if fence is None:
             return None
         try:
-            if (fence.account, fence.folder) != (account, folder):
-                raise ValueError(
-                    f"a fence for {fence.account}/{fence.folder} on {account}/{folder}"
-                )
+            checkFenceKey(fence, account, folder)
             if self._leases is not None:
                 self._leases.checkFence(fence, account, folder)
         except Exception as e:

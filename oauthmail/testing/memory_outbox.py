@@ -16,9 +16,9 @@ from itertools import count
 from twisted.internet import defer
 from zope.interface import implementer
 
+from oauthmail.db.outbox_rows import OPEN, gaveUpReason, judgeOutcome, refusalState
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
 from oauthmail.mail.trace import headerBlock
-from oauthmail.smtp import outcomes
 from oauthmail.smtp.queue.records import (
     FINAL_STATES,
     FOUND_IN_SENT,
@@ -35,8 +35,6 @@ from oauthmail.smtp.queue.records import (
 from oauthmail.text import cleanText
 
 __all__ = ["MemoryOutbox"]
-
-_OPEN = ("pending", "deferred")
 
 
 @dataclass
@@ -64,7 +62,7 @@ class _Message:
     in_doubt_since: float | None = None
 
     def open(self) -> list[_Recipient]:
-        return [r for r in self.recipients if r.state in _OPEN]
+        return [r for r in self.recipients if r.state in OPEN]
 
     def status(self) -> DeliveryStatus:
         return DeliveryStatus(
@@ -146,14 +144,11 @@ class MemoryOutbox:
         attempts = m.attempts + 1
         nextAt = policy.nextAttempt(attempts, m.created_at, now)
         if nextAt is None:
-            why = (
-                f"gave up after {attempts} attempt(s) over {policy.max_age / 86400:g} day(s):"
-                f" {reason}"
-            )
+            why = gaveUpReason(attempts, policy, reason)
             for r in m.open():
-                r.state, r.text = "failed", cleanText(why)
+                r.state, r.text = "failed", why
             m.attempts = attempts
-            self._final(m, cleanText(why), now, policy)
+            self._final(m, why, now, policy)
             return
         m.state, m.attempts, m.next_attempt_at, m.last_error = "queued", attempts, nextAt, reason
 
@@ -312,7 +307,7 @@ class MemoryOutbox:
         for reply in refused if m is not None else ():
             r = m.firstOpen(reply.address, ("pending",))
             if r is not None:
-                r.state = "failed" if reply.status == outcomes.PERMANENT else "deferred"
+                r.state = refusalState(reply)
                 r.code, r.text = reply.code or None, reply.text
         return defer.succeed(None)
 
@@ -327,25 +322,16 @@ class MemoryOutbox:
         m = self.messages.get(outcome.message_id)
         if m is None or m.state in FINAL_STATES:
             return False
-        failures = []
-        temporary = []
         doubtful = outcome.in_doubt and m.account in policy.sent_check
-        for reply in outcome.recipients:
-            state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(reply.status, "pending")
-            if doubtful and state == "pending" and reply.code:
-                state = "deferred"  # refused at RCPT: not among those who may have it
-            r = m.firstOpen(reply.address, _OPEN)
+        judged = judgeOutcome(outcome, doubtful)
+        for reply, state in judged.answers:
+            r = m.firstOpen(reply.address, OPEN)
             if r is not None:
                 r.state, r.code, r.text = state, reply.code or None, reply.text
-            described = f"{reply.address}: {outcomes.describe(reply.code, reply.text)}"
-            if state == "failed":
-                failures.append(described)
-            elif state in _OPEN:
-                temporary.append(described)
         if outcome.accepted and m.provider_accepted_at is None:
             m.provider_accepted_at = now
         if m.open():
-            self._retryOrGiveUp(m, cleanText("; ".join(temporary)), now, policy)
+            self._retryOrGiveUp(m, judged.temporary, now, policy)
             if doubtful and m.state == "queued":
                 # Looked for in Sent first, once the provider had time to file its copy.
                 if m.in_doubt_since is None:
@@ -353,7 +339,7 @@ class MemoryOutbox:
                 m.next_attempt_at = max(m.next_attempt_at, now + policy.sent_check_delay)
         else:
             m.attempts += 1
-            self._final(m, cleanText("; ".join(failures)) if failures else None, now, policy)
+            self._final(m, judged.failed, now, policy)
         return True
 
     def recordFailure(

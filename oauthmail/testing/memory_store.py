@@ -13,8 +13,9 @@ from typing import Protocol
 from twisted.internet import defer
 from zope.interface import implementer
 
-from oauthmail.db.errors import StoreError, VersionConflict
-from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh, refreshByCompareAndSwap
+from oauthmail.db.errors import StoreError
+from oauthmail.db.refresh import RefreshByCompareAndSwap
+from oauthmail.db.tokenstore import refusal, storedRecord
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens.records import (
     ACCOUNT_STATES,
@@ -31,7 +32,7 @@ class _Clock(Protocol):
 
 
 @implementer(ITokenStore)
-class MemoryTokenStore:
+class MemoryTokenStore(RefreshByCompareAndSwap):
     """Accounts and tokens in two dicts; ``clock.seconds()`` stamps every change."""
 
     def __init__(self, clock: _Clock) -> None:
@@ -125,25 +126,11 @@ class MemoryTokenStore:
     ) -> defer.Deferred[TokenRecord]:
         current = self._tokens.get(account_id)
         version = current.version if current is not None else 0
-        if version != expected_version:
-            return defer.fail(
-                VersionConflict(
-                    f"tokens of {account_id!r} are at version {version}, "
-                    f"not {expected_version}; nothing was changed"
-                )
-            )
-        if account_id not in self._accounts:
-            return defer.fail(StoreError(f"no account {account_id!r}"))
+        exists = account_id in self._accounts
+        if version != expected_version or not exists:
+            return defer.fail(refusal(account_id, exists, version, expected_version))
         now = self._clock.seconds()
-        record = TokenRecord(
-            account=account_id,
-            access_token=tokens.access_token,
-            expires_at=tokens.expires_at,
-            refresh_token=tokens.refresh_token,
-            scope=tokens.scope,
-            version=version + 1,
-            updated_at=now,
-        )
+        record = storedRecord(account_id, tokens, version, now)
         self._tokens[account_id] = record
         self._accounts[account_id] = self._accounts[account_id].replace(
             updated_at=now, last_refresh_at=now
@@ -153,13 +140,3 @@ class MemoryTokenStore:
     def deleteTokens(self, account_id: str) -> defer.Deferred[None]:
         self._tokens.pop(account_id, None)
         return defer.succeed(None)
-
-    def refreshLocked(
-        self,
-        account_id: str,
-        fresh_enough: FreshEnough,
-        refresh: Refresh,
-        read: TokenRecord | None = None,
-    ) -> defer.Deferred[LockedRefresh]:
-        """Read, decide, refresh, compare-and-swap: one process needs no lock."""
-        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh, read)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from oauthmail.db.dialect import Dialect
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.secret import scrub
 from oauthmail.text import cleanText
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # psycopg is optional: only type checkers import it here
     Connection = psycopg.Connection[tuple[Any, ...]]
 
 __all__ = [
+    "POSTGRESQL",
     "RETRYABLE_STATES",
     "Target",
     "describeError",
@@ -41,6 +44,10 @@ __all__ = [
 RETRYABLE_STATES = frozenset(
     {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 )
+
+#: Shared statements as PostgreSQL runs them: ``%s`` marks, row locks, and every write
+#: inside the transaction the database began (the store's function never commits).
+POSTGRESQL = Dialect("postgresql", "%s", rowLocks=True, writing=lambda conn: nullcontext())
 
 #: Class 08 (connection exception) and 57P0x (shutdown) mean "no server now", not a bad query.
 _UNREACHABLE_PREFIXES = ("08", "57P")

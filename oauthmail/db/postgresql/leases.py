@@ -29,9 +29,10 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
-from oauthmail.db.errors import NodeNameTaken, StaleLease
-from oauthmail.db.leasing import fairShare
+from oauthmail.db.errors import NodeNameTaken
+from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
+from oauthmail.db.stored import DatabaseStore
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -51,14 +52,11 @@ def _columns(keys: Sequence[FolderKey]) -> tuple[list[str], list[str]]:
 
 
 @implementer(ILeaseStore)
-class PostgreSQLLeaseStore:
+class PostgreSQLLeaseStore(DatabaseStore):
     """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened PostgreSQL database."""
 
     def __init__(self, database: IPostgreSQLDatabase) -> None:
-        self._database = database
-
-    def __repr__(self) -> str:
-        return f"<PostgreSQLLeaseStore {self._database.where}>"
+        super().__init__(database, database.where)
 
     def heartbeat(
         self,
@@ -69,26 +67,25 @@ class PostgreSQLLeaseStore:
         take: bool = True,
     ) -> defer.Deferred[Beat]:
         keys = sorted(set(folders))
-        where = self._database.where
-        return self._database.runWrite(_heartbeat, where, node, instance, keys, expiry, take)
+        return self._run(_heartbeat, self._where, node, instance, keys, expiry, take)
 
     def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
         mine = [f for f in fences if f.node == node]
         if not mine:
             return defer.succeed(0)
-        return self._database.runWrite(_release, node, mine)
+        return self._run(_release, node, mine)
 
     def leave(self, node: str, instance: str) -> defer.Deferred[int]:
-        return self._database.runWrite(_leave, node, instance)
+        return self._run(_leave, node, instance)
 
     def listNodes(self) -> defer.Deferred[list[NodeView]]:
-        return self._database.runRead(_listNodes)
+        return self._read(_listNodes)
 
     def listLeases(self) -> defer.Deferred[list[LeaseView]]:
-        return self._database.runRead(_listLeases)
+        return self._read(_listLeases)
 
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
-        return self._database.runRead(_history, account, folder)
+        return self._read(_history, account, folder)
 
 
 def checkFence(conn: Connection, fence: Fence, account: str, folder: str) -> None:
@@ -97,18 +94,13 @@ def checkFence(conn: Connection, fence: Fence, account: str, folder: str) -> Non
     Runs first in the write's transaction; the ``FOR SHARE`` lock keeps the
     lease as it is until that transaction ends.
     """
-    if (fence.account, fence.folder) != (account, folder):
-        raise ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+    checkFenceKey(fence, account, folder)
     row = conn.execute(
         "SELECT owner, epoch, expires > now() FROM leases"
         " WHERE account = %s AND folder = %s FOR SHARE",
         (account, folder),
     ).fetchone()
-    if row is None or row[0] != fence.node or int(row[1]) != fence.epoch or not row[2]:
-        raise StaleLease(
-            f"{account}/{folder}: the lease of {fence.node} (epoch {fence.epoch}) is no"
-            " longer valid; nothing was written"
-        )
+    checkHeld(fence, row)
 
 
 # -- in a pool thread, inside the database's transaction ---------------------------------

@@ -1,32 +1,25 @@
 """The IMAP delivery ledger in PostgreSQL (owner ``ledger``: tables ``folders`` and ``deliveries``).
 
-The same promises as :mod:`oauthmail.db.sqlite.ledger`: each write is ONE
-transaction per call (a batch of messages is one call), and a call's Deferred
-fires after its ``COMMIT``, so a watcher that reads after its own write sees
-it. The tables refer to ``accounts``: the account must exist. The states and
-their rules are :mod:`oauthmail.imap.ledger`. A write given a fence checks it
-first, in its own transaction (:func:`~oauthmail.db.postgresql.leases.checkFence`).
+Everything but three statements is :class:`~oauthmail.db.ledgerstore.StoredDeliveryLedger`,
+shared with SQLite: each write is ONE transaction per call, whose Deferred
+fires after its ``COMMIT``; reads run on the reading side. A write given a
+fence checks it first, in its own transaction
+(:func:`~oauthmail.db.postgresql.leases.checkFence`, by the database's clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
+from oauthmail.db.ledgerstore import StoredDeliveryLedger
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
+from oauthmail.db.postgresql.driver import POSTGRESQL
 from oauthmail.db.postgresql.leases import checkFence
-from oauthmail.imap.ledger import (
-    DELIVERED,
-    DISPOSED,
-    HANDED,
-    HOLDS,
-    checkRecordable,
-    finalStates,
-)
+from oauthmail.imap.ledger import DELIVERED, DISPOSED
 from oauthmail.interfaces import IDeliveryLedger
 
 if TYPE_CHECKING:
@@ -34,197 +27,38 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgreSQLDeliveryLedger"]
 
-_UPSERT_FOLDER = (
-    "INSERT INTO folders (account, folder, uidvalidity, last_delivered_uid)"
-    " VALUES (%s, %s, %s, %s) ON CONFLICT (account, folder) DO UPDATE SET"
-    " uidvalidity = excluded.uidvalidity, last_delivered_uid = excluded.last_delivered_uid"
-)
-
-_UPSERT_DELIVERY = (
-    "INSERT INTO deliveries (account, folder, uidvalidity, uid, digest, delivered_at, state)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET"
-    " digest = excluded.digest, delivered_at = excluded.delivered_at, state = excluded.state"
-)
-
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
 @implementer(IDeliveryLedger)
-class PostgreSQLDeliveryLedger:
+class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
     """The ledger in an opened :class:`~oauthmail.db.postgresql.database.PostgreSQLDatabase`."""
 
     def __init__(self, database: IPostgreSQLDatabase, clock: _Clock) -> None:
-        self._database = database
-        self._clock = clock
+        super().__init__(database, POSTGRESQL, clock, database.where)
 
-    def __repr__(self) -> str:
-        return f"<PostgreSQLDeliveryLedger {self._database.where}>"
+    def _checkFence(
+        self, conn: Connection, fence: Fence, account: str, folder: str, now: float
+    ) -> None:
+        checkFence(conn, fence, account, folder)  # the database's clock, not ``now``
 
-    def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
-        def q(conn: Connection) -> tuple[int, int] | None:
-            row = conn.execute(
-                "SELECT uidvalidity, last_delivered_uid FROM folders"
-                " WHERE account = %s AND folder = %s",
-                (account, folder),
-            ).fetchone()
-            return None if row is None else (int(row[0]), int(row[1]))
+    def _digests(
+        self, conn: Connection, account: str, states: Sequence[str], wanted: list[str]
+    ) -> set[str]:
+        rows = conn.execute(
+            "SELECT DISTINCT digest FROM deliveries WHERE account = %s"
+            " AND state = ANY(%s) AND digest = ANY(%s)",
+            (account, list(states), wanted),
+        ).fetchall()
+        return {r[0] for r in rows}
 
-        return self._database.runRead(q)
-
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        def w(conn: Connection) -> None:
-            if fence is not None:
-                checkFence(conn, fence, account, folder)
-            conn.execute(_UPSERT_FOLDER, (account, folder, uidvalidity, last_delivered_uid))
-
-        return self._database.runWrite(w)
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        try:
-            checkRecordable(entries)
-        except ValueError as e:
-            return defer.fail(e)
-        rows = finalStates(entries, disposed)
-        now = self._clock.seconds()
-
-        def w(conn: Connection) -> None:
-            if fence is not None:
-                checkFence(conn, fence, account, folder)
-            if rows:
-                conn.cursor().executemany(
-                    _UPSERT_DELIVERY,
-                    [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
-                )
-            if last_delivered_uid is not None:
-                conn.execute(_UPSERT_FOLDER, (account, folder, uidvalidity, last_delivered_uid))
-
-        return self._database.runWrite(w)
-
-    def isDelivered(
-        self, account: str, folder: str, uidvalidity: int, uid: int
-    ) -> defer.Deferred[bool]:
-        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
-        d.addCallback(lambda found: uid in found)
-        return d
-
-    def deliveredUIDs(
-        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
-    ) -> defer.Deferred[set[int]]:
-        wanted = sorted(set(uids))
-
-        def q(conn: Connection) -> set[int]:
-            if not wanted:
-                return set()
-            rows = conn.execute(
-                "SELECT uid FROM deliveries WHERE account = %s AND folder = %s"
-                " AND uidvalidity = %s AND uid BETWEEN %s AND %s AND state != %s",
-                (account, folder, uidvalidity, wanted[0], wanted[-1], HANDED),
-            ).fetchall()
-            return {int(r[0]) for r in rows}.intersection(wanted)
-
-        return self._database.runRead(q)
-
-    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
-        d = self.knownDigests(account, [digest])
-        d.addCallback(bool)
-        return d
-
-    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._digestsIn(account, digests, HOLDS)
-
-    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._digestsIn(account, digests, (HANDED,))
-
-    def _digestsIn(
-        self, account: str, digests: Iterable[str], states: Sequence[str]
-    ) -> defer.Deferred[set[str]]:
-        wanted = sorted(set(digests))
-        states = list(states)
-
-        def q(conn: Connection) -> set[str]:
-            if not wanted:
-                return set()
-            rows = conn.execute(
-                "SELECT DISTINCT digest FROM deliveries WHERE account = %s"
-                " AND state = ANY(%s) AND digest = ANY(%s)",
-                (account, states, wanted),
-            ).fetchall()
-            return {r[0] for r in rows}
-
-        return self._database.runRead(q)
-
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        entries = list(entries)
-        now = self._clock.seconds()
-
-        def w(conn: Connection) -> None:
-            if fence is not None:
-                checkFence(conn, fence, account, folder)
-            if entries:
-                conn.cursor().executemany(
-                    _UPSERT_DELIVERY,
-                    [(account, folder, uidvalidity, u, dg, now, HANDED) for u, dg in entries],
-                )
-
-        return self._database.runWrite(w)
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        wanted = sorted(set(uids))
-
-        def w(conn: Connection) -> None:
-            if fence is not None:
-                checkFence(conn, fence, account, folder)
-            if wanted:
-                conn.execute(
-                    "UPDATE deliveries SET state = %s WHERE account = %s AND folder = %s"
-                    " AND uidvalidity = %s AND uid = ANY(%s) AND state = %s",
-                    (DISPOSED, account, folder, uidvalidity, wanted, DELIVERED),
-                )
-
-        return self._database.runWrite(w)
-
-    def pendingDisposition(
-        self, account: str, folder: str, uidvalidity: int
-    ) -> defer.Deferred[list[int]]:
-        def q(conn: Connection) -> list[int]:
-            rows = conn.execute(
-                "SELECT uid FROM deliveries WHERE account = %s AND folder = %s"
-                " AND uidvalidity = %s AND state = %s ORDER BY uid",
-                (account, folder, uidvalidity, DELIVERED),
-            ).fetchall()
-            return [int(r[0]) for r in rows]
-
-        return self._database.runRead(q)
+    def _dispose(
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
+    ) -> None:
+        conn.execute(
+            "UPDATE deliveries SET state = %s WHERE account = %s AND folder = %s"
+            " AND uidvalidity = %s AND uid = ANY(%s) AND state = %s",
+            (DISPOSED, account, folder, uidvalidity, uids, DELIVERED),
+        )

@@ -10,9 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
+from oauthmail.db.messagelog import (
+    COLUMNS,
+    EXPIRE,
+    INSERT_ENTRY,
+    KNOWN_MESSAGE,
+    MessageLogQueries,
+    StoredMessageLog,
+    entryFromRow,
+    entryRow,
+)
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+from oauthmail.db.postgresql.driver import POSTGRESQL
+from oauthmail.messagelog.records import IN, OUT, LogEntry
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -35,34 +45,13 @@ def _record(conn: Connection, entries: list[LogEntry]) -> None:
         if e.direction == OUT and e.queue_id and (message_id is None or size is None):
             found = (
                 known.get(key)
-                or conn.execute(
-                    "SELECT message_id, size FROM message_log WHERE queue_id = %s"
-                    " AND account = %s AND message_id IS NOT NULL ORDER BY id LIMIT 1",
-                    (e.queue_id, e.account),
-                ).fetchone()
+                or conn.execute(POSTGRESQL.sql(KNOWN_MESSAGE), (e.queue_id, e.account)).fetchone()
             )
             if found is not None:
                 message_id = message_id if message_id is not None else found[0]
                 size = size if size is not None else found[1]
-        rows.append(
-            (
-                e.at,
-                e.account,
-                e.direction,
-                e.outcome,
-                message_id,
-                size,
-                e.folder,
-                e.uid,
-                e.queue_id,
-                e.reply,
-            )
-        )
-    conn.cursor().executemany(
-        "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
-        " folder, uid, queue_id, reply) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        rows,
-    )
+        rows.append(entryRow(e, message_id, size))
+    conn.cursor().executemany(POSTGRESQL.sql(INSERT_ENTRY), rows)
 
 
 def _recent(
@@ -78,45 +67,9 @@ def _recent(
     return [entryFromRow(row) for row in rows]
 
 
-def _one(conn: Connection, entry_id: int) -> LogEntry | None:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE id = %s",  # noqa: S608
-        (entry_id,),
-    ).fetchone()
-    return None if row is None else entryFromRow(row)
-
-
-def _history(conn: Connection, account: str, queue_id: str) -> list[LogEntry]:
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = %s AND account = %s"  # noqa: S608
-        " ORDER BY id",
-        (queue_id, account),
-    ).fetchall()
-    return [entryFromRow(row) for row in rows]
-
-
-def _newest(conn: Connection, account: str, direction: str, outcome: str) -> float | None:
-    row = conn.execute(
-        "SELECT at FROM message_log WHERE account = %s AND direction = %s AND outcome = %s"
-        " ORDER BY id DESC LIMIT 1",
-        (account, direction, outcome),
-    ).fetchone()
-    return None if row is None else float(row[0])
-
-
-def _lastMail(conn: Connection, accounts: list[str]) -> list[LastMail]:
-    return [
-        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
-    ]
-
-
 def _expire(conn: Connection, before: float, limit: int) -> int:
     conn.execute("SET LOCAL synchronous_commit = off")
-    cursor = conn.execute(
-        "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < %s"
-        " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)",
-        (before, limit),
-    )
+    cursor = conn.execute(POSTGRESQL.sql(EXPIRE), (before, limit))
     return cursor.rowcount
 
 
@@ -127,4 +80,4 @@ class PostgreSQLMessageLog(StoredMessageLog):
         super().__init__(database, _QUERIES, database.where)
 
 
-_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)
+_QUERIES = MessageLogQueries(POSTGRESQL, _record, _recent, _expire)

@@ -35,33 +35,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
-from oauthmail.db.postgresql.outbox_doubt import (
-    clearDoubt,
-    dueInDoubt,
-    reclaimExpired,
-    recover,
-    settleDoubt,
-    stillInDoubt,
-)
-from oauthmail.db.postgresql.outbox_rows import (
-    insertMessage,
-    retryOrGiveUp,
-    status,
-    undefer,
-    writeFinal,
-)
-from oauthmail.db.postgresql.outbox_tools import (
-    deleteMessage,
-    listMessages,
-    purgeFinished,
-    retryMessage,
-)
+from oauthmail.db.postgresql.outbox_doubt import reclaimExpired, recover
+from oauthmail.db.postgresql.outbox_rows import ROWS
+from oauthmail.db.postgresql.outbox_tools import QUERIES
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
-from oauthmail.smtp import outcomes
 from oauthmail.smtp.queue.records import (
     FINAL_STATES,
-    AccountFigures,
     AttemptOutcome,
     DeliveryStatus,
     OutboxEntry,
@@ -69,7 +50,6 @@ from oauthmail.smtp.queue.records import (
     RecipientReply,
     Recovery,
 )
-from oauthmail.text import cleanText
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -91,7 +71,7 @@ def defaultNode() -> str:
 
 
 @implementer(IOutbox)
-class PostgreSQLOutbox:
+class PostgreSQLOutbox(StoredOutbox):
     """An :class:`~oauthmail.interfaces.IOutbox` in an opened PostgreSQL database.
 
     ``node`` names this node in its claims (nodes sharing the database need
@@ -104,20 +84,17 @@ class PostgreSQLOutbox:
         node: str | None = None,
         claim_expiry: float = DEFAULT_CLAIM_EXPIRY,
     ) -> None:
-        self._database = database
+        super().__init__(database, QUERIES, database.where)
         self.node = node or defaultNode()
         self.claim_expiry = claim_expiry
         #: The claims this outbox made and has not recorded an outcome for.
         self._claims: Claims = {}
 
     def __repr__(self) -> str:
-        return f"<PostgreSQLOutbox {self._database.where} node={self.node!r}>"
-
-    def _run(self, func: Any, *args: object) -> defer.Deferred[Any]:
-        return self._database.runWrite(func, *args)
+        return f"<PostgreSQLOutbox {self._where} node={self.node!r}>"
 
     def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
-        return self._run(insertMessage, message)
+        return self._run(ROWS.insert, message)
 
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
         return self._run(recover, self.node, now, policy)
@@ -145,12 +122,6 @@ class PostgreSQLOutbox:
             )
         return value
 
-    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
-        return self._database.runRead(_dueAccounts, now)
-
-    def nextDue(self, account: str) -> defer.Deferred[float | None]:
-        return self._database.runRead(_nextDue, account)
-
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
         def remember(result: tuple[list[OutboxMessage], Claims]) -> list[OutboxMessage]:
             batch, claims = result
@@ -159,22 +130,6 @@ class PostgreSQLOutbox:
 
         d = self._run(_claimDue, self.node, self.claim_expiry, account, now, limit)
         return d.addCallback(remember)
-
-    def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
-        return self._database.runRead(dueInDoubt, account, now, limit)
-
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
-        return self._run(clearDoubt, list(ids), last_error)
-
-    def stillInDoubt(
-        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
-    ) -> defer.Deferred[int]:
-        return self._run(stillInDoubt, list(ids), reason, now, wait, give_up)
-
-    def settleDoubt(
-        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(settleDoubt, list(found), list(missing), now, policy)
 
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]
@@ -196,40 +151,6 @@ class PostgreSQLOutbox:
         claims = self._fenced(ids, done=True)
         d = self._run(_recordFailure, self.node, claims, list(ids), reason, now, policy)
         return d.addCallback(self._dropped)
-
-    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
-        return self._run(_makeDue, account, now, delay)
-
-    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._database.runRead(status, message_id)
-
-    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._database.runRead(_listStatuses, account)
-
-    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
-        return self._database.runRead(_messageData, message_id)
-
-    def stats(self) -> defer.Deferred[list[AccountFigures]]:
-        return self._database.runRead(_stats)
-
-    def listMessages(
-        self,
-        account: str | None = None,
-        states: Sequence[str] = ("queued", "sending", "failed"),
-        limit: int = 1000,
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._database.runRead(listMessages, account, list(states), limit)
-
-    def retryMessage(
-        self, message_id: str, now: float, delay: float
-    ) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(retryMessage, message_id, now, delay)
-
-    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(deleteMessage, message_id)
-
-    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in a pool thread, inside the database's transaction) -----------------------
@@ -271,56 +192,8 @@ def _recordRefusals(
             return None, []
     except _NotOurs:
         return None, [message_id]
-    for r in refused:
-        state = "failed" if r.status == outcomes.PERMANENT else "deferred"
-        _answerRecipient(conn, message_id, r.address, state, r.code, r.text, ("pending",))
+    ROWS.refuse(conn, message_id, refused)
     return None, []
-
-
-def _answerRecipient(
-    conn: Connection,
-    message_id: str,
-    address: str,
-    state: str,
-    code: int | None,
-    text: str | None,
-    among: tuple[str, ...],
-) -> None:
-    """Give the first recipient ``address`` still in one of ``among`` its answer."""
-    conn.execute(
-        "UPDATE outbound_recipients SET state = %s, last_code = %s, last_text = %s"
-        " WHERE message_id = %s AND position = (SELECT position FROM outbound_recipients"
-        " WHERE message_id = %s AND recipient = %s AND state = ANY(%s)"
-        " ORDER BY position LIMIT 1)",
-        (state, code or None, text, message_id, message_id, address, list(among)),
-    )
-
-
-def _makeDue(conn: Connection, account: str, now: float, delay: float) -> int:
-    # A message in doubt still waits for the provider to file its copy.
-    cursor = conn.execute(
-        "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
-        " ELSE GREATEST(%s, in_doubt_since + %s) END"
-        " WHERE account = %s AND state = 'queued' AND next_attempt_at > %s",
-        (now, now, delay, account, now),
-    )
-    return cursor.rowcount
-
-
-def _dueAccounts(conn: Connection, now: float) -> list[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT account FROM outbound WHERE state = 'queued' AND next_attempt_at <= %s",
-        (now,),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-def _nextDue(conn: Connection, account: str) -> float | None:
-    (at,) = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM outbound WHERE account = %s AND state = 'queued'",
-        (account,),
-    ).fetchone()
-    return at
 
 
 def _claimDue(
@@ -355,7 +228,7 @@ def _claimDue(
     for message_id, mail_from, message, *_ in rows:
         open_ = recipients.get(message_id)
         if not open_:  # pragma: no cover - a final state is written with the last one
-            writeFinal(conn, message_id, None)
+            ROWS.writeFinal(conn, message_id, None)
             continue
         batch.append(OutboxMessage(message_id, mail_from, tuple(open_), bytes(message)))
     return batch, claims
@@ -378,62 +251,10 @@ def _recordOutcomes(
         except _NotOurs:
             refused.append(outcome.message_id)
             continue
-        if row is not None and _applyOutcome(conn, outcome, row, now, policy):
+        if row is not None:
+            ROWS.applyOutcome(conn, outcome, row[1], now, policy)
             changed.append(outcome.message_id)
-    statuses = [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
-    return statuses, refused
-
-
-def _applyOutcome(
-    conn: Connection,
-    outcome: AttemptOutcome,
-    row: tuple[str, str],
-    now: float,
-    policy: IDeliveryPolicy,
-) -> bool:
-    """Write one outcome of a message we hold, locked (in the caller's transaction)."""
-    message_id = outcome.message_id
-    failures = []
-    temporary = []
-    doubtful = outcome.in_doubt and row[1] in policy.sent_check
-    for r in outcome.recipients:
-        state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(r.status, "pending")
-        if doubtful and state == "pending" and r.code:
-            state = "deferred"  # refused at RCPT: not among those who may have it
-        _answerRecipient(
-            conn, message_id, r.address, state, r.code, r.text, ("pending", "deferred")
-        )
-        if state == "failed":
-            failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-        elif state in ("pending", "deferred"):
-            temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-    if outcome.accepted:
-        conn.execute(
-            "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, %s)"
-            " WHERE id = %s",
-            (now, message_id),
-        )
-    (pending,) = conn.execute(
-        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = %s"
-        " AND state IN ('pending', 'deferred')",
-        (message_id,),
-    ).fetchone()
-    if pending:
-        retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
-        if doubtful:
-            # Looked for in Sent first, once the provider had time to file its copy.
-            conn.execute(
-                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, %s),"
-                " next_attempt_at = GREATEST(next_attempt_at, %s)"
-                " WHERE id = %s AND state = 'queued'",
-                (now, now + policy.sent_check_delay, message_id),
-            )
-    else:
-        conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = %s", (message_id,))
-        writeFinal(
-            conn, message_id, cleanText("; ".join(failures)) if failures else None, now, policy
-        )
-    return True
+    return ROWS.statuses(conn, changed), refused
 
 
 def _recordFailure(
@@ -453,33 +274,6 @@ def _recordFailure(
         except _NotOurs:
             refused.append(message_id)
             continue
-        undefer(conn, message_id)
-        retryOrGiveUp(conn, message_id, reason, now, policy)
-    statuses = [s for s in (status(conn, message_id) for message_id in ids) if s is not None]
-    return statuses, refused
-
-
-def _listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:
-    ids = conn.execute(
-        "SELECT id FROM outbound WHERE account = %s ORDER BY created_at, seq", (account,)
-    ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in ids) if s is not None]
-
-
-def _messageData(conn: Connection, message_id: str) -> bytes | None:
-    row = conn.execute("SELECT message FROM outbound WHERE id = %s", (message_id,)).fetchone()
-    return None if row is None else bytes(row[0])
-
-
-def _stats(conn: Connection) -> list[AccountFigures]:
-    rows = conn.execute(
-        "SELECT account,"
-        " COUNT(*) FILTER (WHERE state IN ('queued', 'sending')),"
-        " MIN(created_at) FILTER (WHERE state IN ('queued', 'sending')),"
-        " COUNT(*) FILTER (WHERE state = 'failed'),"
-        " (SELECT o2.last_error FROM outbound o2 WHERE o2.account = o.account"
-        "  AND o2.state IN ('queued', 'sending') AND o2.last_error IS NOT NULL"
-        "  ORDER BY o2.next_attempt_at DESC LIMIT 1)"
-        " FROM outbound o GROUP BY account ORDER BY account"
-    ).fetchall()
-    return [AccountFigures(a, int(d or 0), oldest, int(f or 0), e) for a, d, oldest, f, e in rows]
+        ROWS.undefer(conn, message_id)
+        ROWS.retryOrGiveUp(conn, message_id, reason, now, policy)
+    return ROWS.statuses(conn, ids), refused

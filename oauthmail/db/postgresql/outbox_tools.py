@@ -1,4 +1,7 @@
-"""The operator's tools on the PostgreSQL outbox: list, retry, delete, purge (see ``IOutbox``).
+"""The PostgreSQL outbox's own statements: the operator's tools, ``makeDue``, ``listStatuses``.
+
+:data:`QUERIES` gives them, with the shared row and doubt work in PostgreSQL's
+dialect, to :class:`~oauthmail.db.outboxstore.StoredOutbox`.
 
 :mod:`oauthmail.db.sqlite.outbox_tools` in PostgreSQL's dialect. Each runs in
 one transaction of the database's; the row is locked (``FOR UPDATE``) before a
@@ -11,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from oauthmail.db.postgresql.outbox_rows import status
+from oauthmail.db.outboxstore import OutboxQueries
+from oauthmail.db.postgresql.outbox_rows import DOUBT, ROWS
 from oauthmail.smtp.queue.records import DeliveryStatus
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
 
-__all__ = ["deleteMessage", "listMessages", "purgeFinished", "retryMessage"]
+__all__ = ["QUERIES"]
 
 
 def listMessages(
@@ -28,7 +32,7 @@ def listMessages(
         " ORDER BY created_at, seq LIMIT %s",
         (account, account, list(states), limit),
     ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in rows) if s is not None]
+    return ROWS.statuses(conn, [row[0] for row in rows])
 
 
 def retryMessage(
@@ -57,11 +61,11 @@ def retryMessage(
             " claim_expires = NULL WHERE id = %s",
             (now, now, message_id),
         )
-    return status(conn, message_id)
+    return ROWS.status(conn, message_id)
 
 
 def deleteMessage(conn: Connection, message_id: str) -> DeliveryStatus | None:
-    found = status(conn, message_id)
+    found = ROWS.status(conn, message_id)
     if found is not None:
         conn.execute("DELETE FROM outbound WHERE id = %s", (message_id,))  # recipients cascade
     return found
@@ -76,3 +80,27 @@ def purgeFinished(conn: Connection, before: float, limit: int) -> int:
         (before, limit),
     )
     return cursor.rowcount
+
+
+def makeDue(conn: Connection, account: str, now: float, delay: float) -> int:
+    # A message in doubt still waits for the provider to file its copy.
+    cursor = conn.execute(
+        "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
+        " ELSE GREATEST(%s, in_doubt_since + %s) END"
+        " WHERE account = %s AND state = 'queued' AND next_attempt_at > %s",
+        (now, now, delay, account, now),
+    )
+    return cursor.rowcount
+
+
+def listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:
+    ids = conn.execute(
+        "SELECT id FROM outbound WHERE account = %s ORDER BY created_at, seq", (account,)
+    ).fetchall()
+    return ROWS.statuses(conn, [row[0] for row in ids])
+
+
+#: This backend's outbox work for :class:`~oauthmail.db.outboxstore.StoredOutbox`.
+QUERIES = OutboxQueries(
+    ROWS, DOUBT, makeDue, listStatuses, listMessages, retryMessage, deleteMessage, purgeFinished
+)

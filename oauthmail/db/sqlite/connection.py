@@ -16,9 +16,11 @@ from contextlib import contextmanager
 
 from twisted.python.failure import Failure
 
+from oauthmail.db.dialect import Dialect
 from oauthmail.db.errors import StoreError, StoreUnwritable
 
 __all__ = [
+    "SQLITE",
     "connectWriter",
     "readerSetup",
     "sqliteError",
@@ -39,6 +41,11 @@ def transaction(conn: sqlite3.Connection, kind: str = "IMMEDIATE") -> Iterator[N
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+#: Shared statements as SQLite runs them: ``?`` marks, no row locks, a write ends its
+#: own transaction.
+SQLITE = Dialect("sqlite", "?", rowLocks=False, writing=transaction)
 
 
 @contextmanager

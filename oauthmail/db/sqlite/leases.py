@@ -19,10 +19,11 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
-from oauthmail.db.errors import NodeNameTaken, StaleLease
-from oauthmail.db.leasing import fairShare, preferred
+from oauthmail.db.errors import NodeNameTaken
+from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
+from oauthmail.db.stored import DatabaseStore
 
 __all__ = ["SQLiteLeaseStore", "checkFence"]
 
@@ -32,15 +33,12 @@ class _Clock(Protocol):
 
 
 @implementer(ILeaseStore)
-class SQLiteLeaseStore:
+class SQLiteLeaseStore(DatabaseStore):
     """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase, clock: _Clock) -> None:
-        self._database = database
+        super().__init__(database, database.path)
         self._clock = clock
-
-    def __repr__(self) -> str:
-        return f"<SQLiteLeaseStore {self._database.path}>"
 
     def heartbeat(
         self,
@@ -52,47 +50,35 @@ class SQLiteLeaseStore:
     ) -> defer.Deferred[Beat]:
         keys = sorted(set(folders))
         now = self._clock.seconds()
-        path = self._database.path
-        return self._database.runWrite(_heartbeat, path, node, instance, keys, expiry, take, now)
+        return self._run(_heartbeat, self._where, node, instance, keys, expiry, take, now)
 
     def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
         mine = [f for f in fences if f.node == node]
-        return self._database.runWrite(_release, node, mine, self._clock.seconds())
+        return self._run(_release, node, mine, self._clock.seconds())
 
     def leave(self, node: str, instance: str) -> defer.Deferred[int]:
-        return self._database.runWrite(_leave, node, instance, self._clock.seconds())
+        return self._run(_leave, node, instance, self._clock.seconds())
 
     def listNodes(self) -> defer.Deferred[list[NodeView]]:
-        return self._database.runRead(_listNodes, self._clock.seconds())
+        return self._read(_listNodes, self._clock.seconds())
 
     def listLeases(self) -> defer.Deferred[list[LeaseView]]:
-        return self._database.runRead(_listLeases, self._clock.seconds())
+        return self._read(_listLeases, self._clock.seconds())
 
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
-        return self._database.runRead(_history, account, folder)
+        return self._read(_history, account, folder)
 
 
 def checkFence(
     conn: sqlite3.Connection, fence: Fence, account: str, folder: str, now: float
 ) -> None:
     """Refuse (``StaleLease``) a write whose lease is not held by its node under its epoch."""
-    if (fence.account, fence.folder) != (account, folder):
-        raise ValueError(f"a fence for {fence.account}/{fence.folder} on {account}/{folder}")
+    checkFenceKey(fence, account, folder)
     row = conn.execute(
         "SELECT owner, epoch, expires FROM leases WHERE account = ? AND folder = ?",
         (account, folder),
     ).fetchone()
-    if (
-        row is None
-        or row[0] != fence.node
-        or int(row[1]) != fence.epoch
-        or row[2] is None
-        or row[2] <= now
-    ):
-        raise StaleLease(
-            f"{account}/{folder}: the lease of {fence.node} (epoch {fence.epoch}) is no"
-            " longer valid; nothing was written"
-        )
+    checkHeld(fence, None if row is None else (row[0], row[1], row[2] is not None and row[2] > now))
 
 
 def _register(

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import sqlite3
 
-from oauthmail.db.messagelog import COLUMNS, MessageLogQueries, StoredMessageLog, entryFromRow
-from oauthmail.db.sqlite.connection import transaction, unsynced
+from oauthmail.db.messagelog import (
+    COLUMNS,
+    EXPIRE,
+    INSERT_ENTRY,
+    KNOWN_MESSAGE,
+    MessageLogQueries,
+    StoredMessageLog,
+    entryFromRow,
+    entryRow,
+)
+from oauthmail.db.sqlite.connection import SQLITE, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.messagelog.records import DELIVERED, IN, OUT, SENT, LastMail, LogEntry
+from oauthmail.messagelog.records import IN, OUT, LogEntry
 
 __all__ = ["SQLiteMessageLog"]
 
@@ -26,30 +35,11 @@ def _record(conn: sqlite3.Connection, entries: list[LogEntry]) -> None:
         for e in entries:
             message_id, size = e.message_id, e.size
             if e.direction == OUT and e.queue_id and (message_id is None or size is None):
-                row = conn.execute(
-                    "SELECT message_id, size FROM message_log WHERE queue_id = ?"
-                    " AND account = ? AND message_id IS NOT NULL ORDER BY id LIMIT 1",
-                    (e.queue_id, e.account),
-                ).fetchone()
+                row = conn.execute(KNOWN_MESSAGE, (e.queue_id, e.account)).fetchone()
                 if row is not None:
                     message_id = message_id if message_id is not None else row[0]
                     size = size if size is not None else row[1]
-            conn.execute(
-                "INSERT INTO message_log (at, account, direction, outcome, message_id, size,"
-                " folder, uid, queue_id, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    e.at,
-                    e.account,
-                    e.direction,
-                    e.outcome,
-                    message_id,
-                    size,
-                    e.folder,
-                    e.uid,
-                    e.queue_id,
-                    e.reply,
-                ),
-            )
+            conn.execute(INSERT_ENTRY, entryRow(e, message_id, size))
 
 
 def _recent(
@@ -68,45 +58,9 @@ def _recent(
     return [entryFromRow(row) for row in rows[:limit]]
 
 
-def _one(conn: sqlite3.Connection, entry_id: int) -> LogEntry | None:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE id = ?",  # noqa: S608
-        (entry_id,),
-    ).fetchone()
-    return None if row is None else entryFromRow(row)
-
-
-def _history(conn: sqlite3.Connection, account: str, queue_id: str) -> list[LogEntry]:
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM message_log WHERE queue_id = ? AND account = ?"  # noqa: S608
-        " ORDER BY id",
-        (queue_id, account),
-    ).fetchall()
-    return [entryFromRow(row) for row in rows]
-
-
-def _newest(conn: sqlite3.Connection, account: str, direction: str, outcome: str) -> float | None:
-    row = conn.execute(
-        "SELECT at FROM message_log WHERE account = ? AND direction = ? AND outcome = ?"
-        " ORDER BY id DESC LIMIT 1",
-        (account, direction, outcome),
-    ).fetchone()
-    return None if row is None else float(row[0])
-
-
-def _lastMail(conn: sqlite3.Connection, accounts: list[str]) -> list[LastMail]:
-    return [
-        LastMail(a, _newest(conn, a, IN, DELIVERED), _newest(conn, a, OUT, SENT)) for a in accounts
-    ]
-
-
 def _expire(conn: sqlite3.Connection, before: float, limit: int) -> int:
     with unsynced(conn), transaction(conn):
-        cursor = conn.execute(
-            "DELETE FROM message_log WHERE id IN (SELECT id FROM message_log WHERE at < ?"
-            " ORDER BY id LIMIT ?)",
-            (before, limit),
-        )
+        cursor = conn.execute(SQLITE.sql(EXPIRE), (before, limit))
     return cursor.rowcount
 
 
@@ -117,4 +71,4 @@ class SQLiteMessageLog(StoredMessageLog):
         super().__init__(database, _QUERIES, database.path)
 
 
-_QUERIES = MessageLogQueries(_record, _recent, _one, _history, _lastMail, _expire)
+_QUERIES = MessageLogQueries(SQLITE, _record, _recent, _expire)

@@ -36,27 +36,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.db.batch import Batcher
+from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.sqlite.connection import isUnwritable, sqliteError, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
-from oauthmail.db.sqlite.outbox_doubt import (
-    clearDoubt,
-    dueInDoubt,
-    recover,
-    settleDoubt,
-    stillInDoubt,
-)
-from oauthmail.db.sqlite.outbox_rows import retryOrGiveUp, status, undefer, writeFinal
-from oauthmail.db.sqlite.outbox_tools import (
-    deleteMessage,
-    listMessages,
-    purgeFinished,
-    retryMessage,
-)
+from oauthmail.db.sqlite.outbox_doubt import recover
+from oauthmail.db.sqlite.outbox_rows import ROWS
+from oauthmail.db.sqlite.outbox_tools import QUERIES
 from oauthmail.interfaces import IDeliveryPolicy, IOutbox
-from oauthmail.smtp import outcomes
 from oauthmail.smtp.queue.records import (
     FINAL_STATES,
-    AccountFigures,
     AttemptOutcome,
     DeliveryStatus,
     OutboxEntry,
@@ -64,7 +52,6 @@ from oauthmail.smtp.queue.records import (
     RecipientReply,
     Recovery,
 )
-from oauthmail.text import cleanText
 
 __all__ = ["SQLiteOutbox"]
 
@@ -72,18 +59,16 @@ T = TypeVar("T")
 
 
 @implementer(IOutbox)
-class SQLiteOutbox:
+class SQLiteOutbox(StoredOutbox):
     """An :class:`~oauthmail.interfaces.IOutbox` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase) -> None:
-        self._database = database
+        super().__init__(database, QUERIES, database.path)
         convert = sqliteError(database.path)
         self._writes = Batcher(database.runWrite, lambda conn, ops: _writeBatch(conn, ops, convert))
 
-    def __repr__(self) -> str:
-        return f"<SQLiteOutbox {self._database.path}>"
-
-    def _run(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+    def _read(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+        """In the writing thread: a read follows every write asked for before it."""
         return self._database.runWrite(func, *args)
 
     def _write(self, func: Callable[..., T], synced: bool, *args: object) -> defer.Deferred[T]:
@@ -91,7 +76,7 @@ class SQLiteOutbox:
         return self._writes.submit((func, args, synced))
 
     def enqueue(self, message: OutboxEntry) -> defer.Deferred[None]:
-        return self._write(_insert, True, message)
+        return self._write(ROWS.insert, True, message)
 
     def recover(self, now: float, policy: IDeliveryPolicy) -> defer.Deferred:
         return self._run(recover, now, policy)
@@ -100,30 +85,8 @@ class SQLiteOutbox:
         """One process: its claims never expire while it runs, and nobody else holds any."""
         return defer.succeed(Recovery(0, 0))
 
-    def dueAccounts(self, now: float) -> defer.Deferred[list[str]]:
-        return self._run(_dueAccounts, now)
-
-    def nextDue(self, account: str) -> defer.Deferred[float | None]:
-        return self._run(_nextDue, account)
-
     def claimDue(self, account: str, now: float, limit: int) -> defer.Deferred[list[OutboxMessage]]:
         return self._write(_claim, False, account, now, limit)
-
-    def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
-        return self._run(dueInDoubt, account, now, limit)
-
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
-        return self._run(clearDoubt, list(ids), last_error)
-
-    def stillInDoubt(
-        self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float
-    ) -> defer.Deferred[int]:
-        return self._run(stillInDoubt, list(ids), reason, now, wait, give_up)
-
-    def settleDoubt(
-        self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(settleDoubt, list(found), list(missing), now, policy)
 
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]
@@ -139,40 +102,6 @@ class SQLiteOutbox:
         self, ids: Sequence[str], reason: str, now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
         return self._run(_recordFailure, list(ids), reason, now, policy)
-
-    def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
-        return self._run(_makeDue, account, now, delay)
-
-    def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(status, message_id)
-
-    def listStatuses(self, account: str) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(_listStatuses, account)
-
-    def messageData(self, message_id: str) -> defer.Deferred[bytes | None]:
-        return self._run(_messageData, message_id)
-
-    def stats(self) -> defer.Deferred[list[AccountFigures]]:
-        return self._run(_stats)
-
-    def listMessages(
-        self,
-        account: str | None = None,
-        states: Sequence[str] = ("queued", "sending", "failed"),
-        limit: int = 1000,
-    ) -> defer.Deferred[list[DeliveryStatus]]:
-        return self._run(listMessages, account, list(states), limit)
-
-    def retryMessage(
-        self, message_id: str, now: float, delay: float
-    ) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(retryMessage, message_id, now, delay)
-
-    def deleteMessage(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
-        return self._run(deleteMessage, message_id)
-
-    def purgeFinished(self, before: float, limit: int) -> defer.Deferred[int]:
-        return self._run(purgeFinished, before, limit)
 
 
 # -- SQL (runs in the database's writing thread) ----------------------------------------
@@ -223,68 +152,11 @@ def _writeBatch(
     return results
 
 
-def _insert(conn: sqlite3.Connection, message: OutboxEntry) -> None:
-    """Store a queued message (in the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO outbound (id, account, mail_from, message, size, state, attempts,"
-        " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-        (
-            message.id,
-            message.account,
-            message.mail_from,
-            message.data,
-            len(message.data),
-            message.queued_at,
-            message.queued_at,
-        ),
-    )
-    conn.executemany(
-        "INSERT INTO outbound_recipients (message_id, position, recipient, state)"
-        " VALUES (?, ?, ?, 'pending')",
-        [(message.id, i, r) for i, r in enumerate(message.recipients)],
-    )
-
-
 def _recordRefusals(
     conn: sqlite3.Connection, message_id: str, refused: list[RecipientReply]
 ) -> None:
     with transaction(conn):
-        for r in refused:
-            state = "failed" if r.status == outcomes.PERMANENT else "deferred"
-            conn.execute(
-                "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
-                " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
-                " AND recipient = ? AND state = 'pending' ORDER BY position LIMIT 1)",
-                (state, r.code or None, r.text, message_id, r.address),
-            )
-
-
-def _makeDue(conn: sqlite3.Connection, account: str, now: float, delay: float) -> int:
-    with transaction(conn):
-        # A message in doubt still waits for the provider to file its copy.
-        cursor = conn.execute(
-            "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN ?"
-            " ELSE MAX(?, in_doubt_since + ?) END"
-            " WHERE account = ? AND state = 'queued' AND next_attempt_at > ?",
-            (now, now, delay, account, now),
-        )
-    return cursor.rowcount
-
-
-def _dueAccounts(conn: sqlite3.Connection, now: float) -> list[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT account FROM outbound WHERE state = 'queued' AND next_attempt_at <= ?",
-        (now,),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-def _nextDue(conn: sqlite3.Connection, account: str) -> float | None:
-    (at,) = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM outbound WHERE account = ? AND state = 'queued'",
-        (account,),
-    ).fetchone()
-    return at
+        ROWS.refuse(conn, message_id, refused)
 
 
 def _fetchDue(
@@ -308,7 +180,7 @@ def _fetchDue(
         )
         if not recipients:  # pragma: no cover - a final state is written with the last one
             with nullcontext() if inTransaction else transaction(conn):
-                writeFinal(conn, message_id, None)
+                ROWS.writeFinal(conn, message_id, None)
             continue
         batch.append(OutboxMessage(message_id, mail_from, recipients, bytes(message)))
     return batch
@@ -345,101 +217,29 @@ def _applyOutcomes(
 ) -> list[DeliveryStatus]:
     """Record several messages' outcomes (in the caller's transaction): the changed statuses."""
     changed = [o.message_id for o in batch if _applyOutcome(conn, o, now, policy)]
-    return [s for s in (status(conn, message_id) for message_id in changed) if s is not None]
+    return ROWS.statuses(conn, changed)
 
 
 def _applyOutcome(
     conn: sqlite3.Connection, outcome: AttemptOutcome, now: float, policy: IDeliveryPolicy
 ) -> bool:
     """Write one outcome (the caller owns the transaction); False if it changed nothing."""
-    message_id = outcome.message_id
-    row = conn.execute("SELECT state, account FROM outbound WHERE id = ?", (message_id,)).fetchone()
+    query = "SELECT state, account FROM outbound WHERE id = ?"
+    row = conn.execute(query, (outcome.message_id,)).fetchone()
     if row is None or row[0] in FINAL_STATES:
         return False
-    failures = []
-    temporary = []
-    doubtful = outcome.in_doubt and row[1] in policy.sent_check
-    for r in outcome.recipients:
-        state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(r.status, "pending")
-        if doubtful and state == "pending" and r.code:
-            state = "deferred"  # refused at RCPT: not among those who may have it
-        conn.execute(
-            "UPDATE outbound_recipients SET state = ?, last_code = ?, last_text = ?"
-            " WHERE rowid = (SELECT rowid FROM outbound_recipients WHERE message_id = ?"
-            " AND recipient = ? AND state IN ('pending', 'deferred') ORDER BY position LIMIT 1)",
-            (state, r.code or None, r.text, message_id, r.address),
-        )
-        if state == "failed":
-            failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-        elif state in ("pending", "deferred"):
-            temporary.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")
-    if outcome.accepted:
-        conn.execute(
-            "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, ?)"
-            " WHERE id = ?",
-            (now, message_id),
-        )
-    (pending,) = conn.execute(
-        "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ?"
-        " AND state IN ('pending', 'deferred')",
-        (message_id,),
-    ).fetchone()
-    if pending:
-        retryOrGiveUp(conn, message_id, cleanText("; ".join(temporary)), now, policy)
-        if doubtful:
-            # Looked for in Sent first, once the provider had time to file its copy.
-            conn.execute(
-                "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?),"
-                " next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'queued'",
-                (now, now + policy.sent_check_delay, message_id),
-            )
-    else:
-        conn.execute("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?", (message_id,))
-        writeFinal(
-            conn, message_id, cleanText("; ".join(failures)) if failures else None, now, policy
-        )
+    ROWS.applyOutcome(conn, outcome, row[1], now, policy)
     return True
 
 
 def _recordFailure(
     conn: sqlite3.Connection, ids: list[str], reason: str, now: float, policy: IDeliveryPolicy
 ) -> list[DeliveryStatus]:
-    statuses = []
     with transaction(conn):
         for message_id in ids:
             row = conn.execute("SELECT state FROM outbound WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] in FINAL_STATES:
                 continue
-            undefer(conn, message_id)
-            retryOrGiveUp(conn, message_id, reason, now, policy)
-    for message_id in ids:
-        found = status(conn, message_id)
-        if found is not None:
-            statuses.append(found)
-    return statuses
-
-
-def _listStatuses(conn: sqlite3.Connection, account: str) -> list[DeliveryStatus]:
-    ids = conn.execute(
-        "SELECT id FROM outbound WHERE account = ? ORDER BY created_at, rowid", (account,)
-    ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in ids) if s is not None]
-
-
-def _messageData(conn: sqlite3.Connection, message_id: str) -> bytes | None:
-    row = conn.execute("SELECT message FROM outbound WHERE id = ?", (message_id,)).fetchone()
-    return None if row is None else bytes(row[0])
-
-
-def _stats(conn: sqlite3.Connection) -> list[AccountFigures]:
-    rows = conn.execute(
-        "SELECT account,"
-        " SUM(state IN ('queued', 'sending')),"
-        " MIN(CASE WHEN state IN ('queued', 'sending') THEN created_at END),"
-        " SUM(state = 'failed'),"
-        " (SELECT o2.last_error FROM outbound o2 WHERE o2.account = o.account"
-        "  AND o2.state IN ('queued', 'sending') AND o2.last_error IS NOT NULL"
-        "  ORDER BY o2.next_attempt_at DESC LIMIT 1)"
-        " FROM outbound o GROUP BY account ORDER BY account"
-    ).fetchall()
-    return [AccountFigures(a, int(d or 0), oldest, int(f or 0), e) for a, d, oldest, f, e in rows]
+            ROWS.undefer(conn, message_id)
+            ROWS.retryOrGiveUp(conn, message_id, reason, now, policy)
+    return ROWS.statuses(conn, ids)

@@ -1,4 +1,7 @@
-"""The operator's tools on the SQLite outbox: list, retry, delete, purge (see ``IOutbox``).
+"""The SQLite outbox's own statements: the operator's tools, ``makeDue``, ``listStatuses``.
+
+:data:`QUERIES` gives them, with the shared row and doubt work in SQLite's
+dialect, to :class:`~oauthmail.db.outboxstore.StoredOutbox`.
 
 Each runs in the database's writing thread. Retry and delete are synced (an
 operator's decision is not lost to a power failure); the purge is not (a purge
@@ -10,11 +13,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from oauthmail.db.outboxstore import OutboxQueries
 from oauthmail.db.sqlite.connection import transaction, unsynced
-from oauthmail.db.sqlite.outbox_rows import status
+from oauthmail.db.sqlite.outbox_rows import DOUBT, ROWS
 from oauthmail.smtp.queue.records import DeliveryStatus
 
-__all__ = ["deleteMessage", "listMessages", "purgeFinished", "retryMessage"]
+__all__ = ["QUERIES"]
 
 
 def listMessages(
@@ -34,7 +38,7 @@ def listMessages(
             " ORDER BY created_at, rowid LIMIT ?",
             (account, *states, limit),
         ).fetchall()
-    return [s for s in (status(conn, row[0]) for row in rows) if s is not None]
+    return ROWS.statuses(conn, [row[0] for row in rows])
 
 
 def retryMessage(
@@ -61,12 +65,12 @@ def retryMessage(
                 " next_attempt_at = ?, in_doubt_since = NULL WHERE id = ?",
                 (now, now, message_id),
             )
-    return status(conn, message_id)
+    return ROWS.status(conn, message_id)
 
 
 def deleteMessage(conn: sqlite3.Connection, message_id: str) -> DeliveryStatus | None:
     with transaction(conn):
-        found = status(conn, message_id)
+        found = ROWS.status(conn, message_id)
         if found is not None:
             conn.execute("DELETE FROM outbound_recipients WHERE message_id = ?", (message_id,))
             conn.execute("DELETE FROM outbound WHERE id = ?", (message_id,))
@@ -88,3 +92,28 @@ def purgeFinished(conn: sqlite3.Connection, before: float, limit: int) -> int:
         )
         conn.executemany("DELETE FROM outbound WHERE id = ?", [(i,) for i in ids])
     return len(ids)
+
+
+def makeDue(conn: sqlite3.Connection, account: str, now: float, delay: float) -> int:
+    with transaction(conn):
+        # A message in doubt still waits for the provider to file its copy.
+        cursor = conn.execute(
+            "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN ?"
+            " ELSE MAX(?, in_doubt_since + ?) END"
+            " WHERE account = ? AND state = 'queued' AND next_attempt_at > ?",
+            (now, now, delay, account, now),
+        )
+    return cursor.rowcount
+
+
+def listStatuses(conn: sqlite3.Connection, account: str) -> list[DeliveryStatus]:
+    ids = conn.execute(
+        "SELECT id FROM outbound WHERE account = ? ORDER BY created_at, rowid", (account,)
+    ).fetchall()
+    return ROWS.statuses(conn, [row[0] for row in ids])
+
+
+#: This backend's outbox work for :class:`~oauthmail.db.outboxstore.StoredOutbox`.
+QUERIES = OutboxQueries(
+    ROWS, DOUBT, makeDue, listStatuses, listMessages, retryMessage, deleteMessage, purgeFinished
+)

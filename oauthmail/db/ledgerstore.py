@@ -1,0 +1,258 @@
+"""The IMAP delivery ledger over either backend (owner ``ledger``: ``folders``, ``deliveries``).
+
+:class:`StoredDeliveryLedger` is the :class:`~oauthmail.interfaces.IDeliveryLedger`
+of both :mod:`oauthmail.db.sqlite.ledger` and :mod:`oauthmail.db.postgresql.ledger`:
+the methods, the states' rules (:mod:`oauthmail.imap.ledger`) and each
+statement are here once, spelled by the backend's
+:class:`~oauthmail.db.dialect.Dialect`. A backend gives where its reads run,
+how a fence is checked against its leases, and the two statements that take a
+set of values (SQLite: ``IN`` lists; PostgreSQL: ``= ANY``).
+
+Rules a reader must not break:
+
+- Each write is ONE transaction per call (a batch of messages is one call),
+  so the ledger's commits stay off the per-message path, and a call's
+  Deferred fires after its ``COMMIT``: a watcher that reads after its own
+  write sees it.
+- A write given a fence checks it first, in the write's own transaction;
+  a fence for another folder is refused before anything runs.
+- The tables refer to ``accounts``: the account must exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from twisted.internet import defer
+
+from oauthmail.cluster.records import Fence
+from oauthmail.db.dialect import Connection, Dialect
+from oauthmail.db.leasing import checkFenceKey
+from oauthmail.db.stored import Database, DatabaseStore
+from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, checkRecordable, finalStates
+
+__all__ = ["StoredDeliveryLedger"]
+
+_UPSERT_FOLDER = (
+    "INSERT INTO folders (account, folder, uidvalidity, last_delivered_uid)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (account, folder) DO UPDATE SET"
+    " uidvalidity = excluded.uidvalidity, last_delivered_uid = excluded.last_delivered_uid"
+)
+
+_UPSERT_DELIVERY = (
+    "INSERT INTO deliveries (account, folder, uidvalidity, uid, digest, delivered_at, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET"
+    " digest = excluded.digest, delivered_at = excluded.delivered_at, state = excluded.state"
+)
+
+
+class _Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+class StoredDeliveryLedger(DatabaseStore):
+    """The ledger in an opened database; see the module docstring.
+
+    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_dispose`,
+    and may send reads elsewhere than the reading side (``_read``).
+    """
+
+    def __init__(self, database: Database, dialect: Dialect, clock: _Clock, where: str) -> None:
+        super().__init__(database, where)
+        self._dialect = dialect
+        self._sql = dialect.sql
+        self._clock = clock
+
+    # -- what a backend gives -----------------------------------------------------
+
+    def _checkFence(
+        self, conn: Connection, fence: Fence, account: str, folder: str, now: float
+    ) -> None:
+        """Refuse (``StaleLease``) unless ``fence`` holds, in the write's transaction."""
+        raise NotImplementedError
+
+    def _digests(
+        self, conn: Connection, account: str, states: Sequence[str], wanted: list[str]
+    ) -> set[str]:
+        """Those of ``wanted`` (sorted, distinct) in a row of ``account`` in one of ``states``."""
+        raise NotImplementedError
+
+    def _dispose(
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
+    ) -> None:
+        """Mark the ``delivered`` rows of ``uids`` (sorted, distinct) ``disposed``."""
+        raise NotImplementedError
+
+    # -- writes -------------------------------------------------------------------
+
+    def _write(
+        self, work: Callable[[Connection], None], fence: Fence | None, account: str, folder: str
+    ) -> defer.Deferred[None]:
+        """Run ``work`` in one write transaction, fenced first when ``fence`` is given."""
+        if fence is not None:
+            try:
+                checkFenceKey(fence, account, folder)
+            except ValueError as e:
+                return defer.fail(e)
+        now = self._clock.seconds()
+
+        def run(conn: Connection) -> None:
+            with self._dialect.writing(conn):
+                if fence is not None:
+                    self._checkFence(conn, fence, account, folder, now)
+                work(conn)
+
+        return self._run(run)
+
+    def setFolderState(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        folderRow = (account, folder, uidvalidity, last_delivered_uid)
+
+        def w(conn: Connection) -> None:
+            conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
+
+        return self._write(w, fence, account, folder)
+
+    def recordDeliveries(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        try:
+            checkRecordable(entries)
+        except ValueError as e:
+            return defer.fail(e)
+        now = self._clock.seconds()
+        final = finalStates(entries, disposed)
+        rows = [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in final]
+
+        def w(conn: Connection) -> None:
+            if rows:
+                conn.cursor().executemany(self._sql(_UPSERT_DELIVERY), rows)
+            if last_delivered_uid is not None:
+                folderRow = (account, folder, uidvalidity, last_delivered_uid)
+                conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
+
+        return self._write(w, fence, account, folder)
+
+    def recordHanded(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        now = self._clock.seconds()
+        rows = [(account, folder, uidvalidity, u, dg, now, HANDED) for u, dg in entries]
+
+        def w(conn: Connection) -> None:
+            if rows:
+                conn.cursor().executemany(self._sql(_UPSERT_DELIVERY), rows)
+
+        return self._write(w, fence, account, folder)
+
+    def markDisposed(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        wanted = sorted(set(uids))
+
+        def w(conn: Connection) -> None:
+            if wanted:
+                self._dispose(conn, account, folder, uidvalidity, wanted)
+
+        return self._write(w, fence, account, folder)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
+        def q(conn: Connection) -> tuple[int, int] | None:
+            row = conn.execute(
+                self._sql(
+                    "SELECT uidvalidity, last_delivered_uid FROM folders"
+                    " WHERE account = ? AND folder = ?"
+                ),
+                (account, folder),
+            ).fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
+
+        return self._read(q)
+
+    def isDelivered(
+        self, account: str, folder: str, uidvalidity: int, uid: int
+    ) -> defer.Deferred[bool]:
+        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
+        d.addCallback(lambda found: uid in found)
+        return d
+
+    def deliveredUIDs(
+        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+    ) -> defer.Deferred[set[int]]:
+        wanted = sorted(set(uids))
+
+        def q(conn: Connection) -> set[int]:
+            if not wanted:
+                return set()
+            rows = conn.execute(
+                self._sql(
+                    "SELECT uid FROM deliveries WHERE account = ? AND folder = ?"
+                    " AND uidvalidity = ? AND uid BETWEEN ? AND ? AND state != ?"
+                ),
+                (account, folder, uidvalidity, wanted[0], wanted[-1], HANDED),
+            ).fetchall()
+            return {int(r[0]) for r in rows}.intersection(wanted)
+
+        return self._read(q)
+
+    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
+        return self.knownDigests(account, [digest]).addCallback(bool)
+
+    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._digestsIn(account, digests, HOLDS)
+
+    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
+        return self._digestsIn(account, digests, (HANDED,))
+
+    def _digestsIn(
+        self, account: str, digests: Iterable[str], states: Sequence[str]
+    ) -> defer.Deferred[set[str]]:
+        wanted = sorted(set(digests))
+        states = list(states)
+
+        def q(conn: Connection) -> set[str]:
+            return self._digests(conn, account, states, wanted) if wanted else set()
+
+        return self._read(q)
+
+    def pendingDisposition(
+        self, account: str, folder: str, uidvalidity: int
+    ) -> defer.Deferred[list[int]]:
+        def q(conn: Connection) -> list[int]:
+            rows = conn.execute(
+                self._sql(
+                    "SELECT uid FROM deliveries WHERE account = ? AND folder = ?"
+                    " AND uidvalidity = ? AND state = ? ORDER BY uid"
+                ),
+                (account, folder, uidvalidity, DELIVERED),
+            ).fetchall()
+            return [int(r[0]) for r in rows]
+
+        return self._read(q)
