@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from oauthmail import environment
 from oauthmail.interfaces import ISink
+from oauthmail.sinks.commit import BeforeCommit
 from oauthmail.sinks.errors import (
     PermanentSinkError,
     SinkConfigurationError,
@@ -110,11 +111,7 @@ class CommandSink:
         self._environ = environ
 
     def deliver(
-        self,
-        message: bytes,
-        account: str,
-        folder: str,
-        beforeCommit: Callable[[], object] | None = None,
+        self, message: bytes, account: str, folder: str, beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """Run the command; fire with ``None`` when it exits 0.
 
@@ -128,7 +125,7 @@ class CommandSink:
         message: bytes,
         account: str,
         folder: str,
-        beforeCommit: Callable[[], object] | None = None,
+        beforeCommit: BeforeCommit = None,
     ) -> None:
         if not isinstance(message, bytes):
             raise PermanentSinkError(f"{self.name}: a message must be bytes")

@@ -88,6 +88,7 @@ from zope.interface import implementer
 
 from oauthmail.digest import messageDigest
 from oauthmail.interfaces import IBatchSink, IRecoverableSink
+from oauthmail.sinks.commit import BeforeCommit
 from oauthmail.sinks.errors import PermanentSinkError, SinkError, TemporarySinkError
 from oauthmail.sinks.syncfs import SYNCFS
 
@@ -192,11 +193,7 @@ class MaildirSink:
     # -- ISink ---------------------------------------------------------------
 
     def deliver(
-        self,
-        message: bytes,
-        account: str,
-        folder: str,
-        beforeCommit: Callable[[], object] | None = None,
+        self, message: bytes, account: str, folder: str, beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """Store ``message``; fire with its final path once it is durable.
 
@@ -219,7 +216,7 @@ class MaildirSink:
     def deliverBatch(
         self,
         messages: Sequence[tuple[bytes, str, str]],
-        beforeCommit: Callable[[], object] | None = None,
+        beforeCommit: BeforeCommit = None,
     ) -> defer.Deferred:
         """Store many messages with one directory sync.
 
@@ -263,7 +260,7 @@ class MaildirSink:
         self._writeBatch([message for message, _ in batch]).addCallback(settle)
 
     def _writeBatch(
-        self, messages: list[bytes], beforeCommit: Callable[[], object] | None = None
+        self, messages: list[bytes], beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """Write, sync and rename every message, then sync the directories once."""
         if not messages:

@@ -14,7 +14,6 @@ on the server and the error is shown) rather than silently skipping mail.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -23,6 +22,7 @@ from zope.interface import implementer
 
 from oauthmail.config import SinkConfig
 from oauthmail.interfaces import ISink
+from oauthmail.sinks.commit import BeforeCommit
 from oauthmail.sinks.errors import (
     PermanentSinkError,
     SinkConfigurationError,
@@ -89,11 +89,7 @@ class PythonSink:
         return cls(loadSink(config), config.object or "")
 
     def deliver(
-        self,
-        message: bytes,
-        account: str,
-        folder: str,
-        beforeCommit: Callable[[], object] | None = None,
+        self, message: bytes, account: str, folder: str, beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """Hand the message to the user's sink; normalise how it fails.
 

@@ -18,7 +18,7 @@ a token; extra headers (an ``Authorization`` header, say) may be given as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, protocol
@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from oauthmail.interfaces import IClosable, ISink
 from oauthmail.secret import Secret
+from oauthmail.sinks.commit import BeforeCommit
 from oauthmail.sinks.errors import (
     PermanentSinkError,
     SinkConfigurationError,
@@ -120,11 +121,7 @@ class WebhookSink:
         return self._pool.closeCachedConnections()
 
     def deliver(
-        self,
-        message: bytes,
-        account: str,
-        folder: str,
-        beforeCommit: Callable[[], object] | None = None,
+        self, message: bytes, account: str, folder: str, beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """POST the message; fire with the status code once a 2xx comes back.
 
