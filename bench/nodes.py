@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``oauthmail
 import yaml
 from twisted.internet import defer, task, threads
 
-from bench import _rig
+from bench import _cpu, _rig
 from oauthmail.config import StoreConfig
 from oauthmail.db.open import openStores
 from oauthmail.secret import Secret
@@ -297,17 +297,29 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-async def ingest(maildir: Path, total: int, nodes: list[Node], bound: float) -> float:
-    """Wait for ``total`` files; the rate from the first file to the last (msg/s)."""
+async def ingest(
+    maildir: Path, total: int, nodes: list[Node], bound: float, others: dict[str, list[int]]
+) -> float:
+    """Wait for ``total`` files; the rate from the first file to the last (msg/s).
+
+    Also logs the CPU milliseconds per message each part spent meanwhile
+    (``others``: more process trees by name, such as PostgreSQL and Dovecot).
+    """
+    groups = {"nodes": [n.process.pid for n in nodes if n.process is not None], **others}
     first = last = None
+    cpuBefore: dict[str, float] = {}
+    counted = 0
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         count = fileCount(maildir)
         now = time.monotonic()
         if count and first is None:
-            first = now
+            first, counted = now, count
+            cpuBefore = _cpu.cpuSeconds(groups)
         if count >= total:
             last = now
+            cpu = _cpu.describePerMessage(cpuBefore, _cpu.cpuSeconds(groups), count - counted)
+            log(f"cpu ms/msg while ingesting: {cpu}")
             break
         for node in nodes:
             node.notePeak()
@@ -335,7 +347,7 @@ async def baseline(rig: _rig.Rig, work: Path, args: argparse.Namespace, total: i
     node.start()
     try:
         await node.waitReady()
-        rate = await ingest(maildir, total, [node], args.timeout)
+        rate = await ingest(maildir, total, [node], args.timeout, servers(rig, None))
     finally:
         await node.stop()
     log(f"baseline: 1 node on SQLite, {total} messages at {rate:.1f} msg/s")
@@ -371,7 +383,7 @@ async def cluster(
             node.start()
         for node in nodes:
             await node.waitReady()
-        rate = await ingest(maildir, total, nodes, args.timeout)
+        rate = await ingest(maildir, total, nodes, args.timeout, servers(rig, postgres))
         log(f"ours: {args.nodes} nodes on PostgreSQL, {total} messages at {rate:.1f} msg/s")
         takeover, taken = await killOne(postgres, nodes, args)
         # One more message in every mailbox taken over: delivered by its new holder.
@@ -380,7 +392,13 @@ async def cluster(
         ]
         for user, message in zip(taken, extra, strict=True):
             await threads.deferToThread(rig.appendMessages, user, [message])
-        await ingest(maildir, total + len(taken), [n for n in nodes if alive(n)], args.timeout)
+        await ingest(
+            maildir,
+            total + len(taken),
+            [n for n in nodes if alive(n)],
+            args.timeout,
+            servers(rig, postgres),
+        )
         await sleep(1.0)  # a duplicate on its way arrives
         ids = await threads.deferToThread(maildirIDs, maildir)
     finally:
@@ -395,6 +413,15 @@ async def cluster(
     duplicated = sum(n - 1 for n in ids.values() if n > 1)
     rss = max(node.peakMB for node in nodes)
     return {"rate": rate, "takeover": takeover, "lost": lost, "duplicated": duplicated, "rss": rss}
+
+
+def servers(rig: _rig.Rig, postgres: PostgresServer | None) -> dict[str, list[int]]:
+    """The process trees besides the nodes whose CPU time counts: PostgreSQL, Dovecot."""
+    trees = {"dovecot": [pid] if (pid := rig.dovecot.masterPID) else []}
+    if postgres is not None:
+        pid = _cpu.postmasterPID(postgres.dataDir)
+        trees["postgres"] = [pid] if pid else []
+    return trees
 
 
 def alive(node: Node) -> bool:
@@ -438,7 +465,11 @@ async def killOne(
 async def parent(reactor: Any, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="oauthmail-bench-nodes-", dir=args.dir))
     rig = startRig(reactor, work)
-    postgres = PostgresServer()
+    pgDir = None
+    if args.postgres_dir:
+        pgDir = tempfile.mkdtemp(prefix="oauthmail-bench-pg-", dir=args.postgres_dir)
+        os.chmod(pgDir, 0o711)  # noqa: S103 - the server user must reach its folder inside
+    postgres = PostgresServer(workDir=None if pgDir is None else Path(pgDir) / "cluster")
     try:
         await threads.deferToThread(postgres.start)
         await threads.deferToThread(postgres.createDatabase, "oauthmail_bench")
@@ -452,6 +483,8 @@ async def parent(reactor: Any, args: argparse.Namespace) -> None:
         ours = await cluster(rig, postgres, work, args, total)
     finally:
         await threads.deferToThread(postgres.stop)
+        if pgDir is not None:
+            shutil.rmtree(pgDir, ignore_errors=True)
         await rig.stop()
         shutil.rmtree(work, ignore_errors=True)
     log(
@@ -479,6 +512,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expiry", type=float, default=30.0, help="cluster.lease_expiry (s)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after (s)")
     parser.add_argument("--dir", help="where the Maildirs go (default: the system temp dir)")
+    parser.add_argument(
+        "--postgres-dir", help="where PostgreSQL's cluster goes (default: the system temp dir)"
+    )
     parser.add_argument("--quick", action="store_true", help="12 mailboxes x 5 (smoke test)")
     args = parser.parse_args(argv)
     if args.nodes < 2:

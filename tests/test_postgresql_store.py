@@ -196,6 +196,25 @@ async def test_calls_made_while_opening_wait_for_the_schema(postgres_dsn):
 
 
 @pytest_twisted.ensureDeferred
+async def test_reads_autocommit_and_writes_stay_in_one_transaction(postgres_dsn):
+    """runRead pays no BEGIN/COMMIT (autocommit); the connection then writes in a transaction."""
+    database = PostgreSQLDatabase(postgres_dsn, reactor)
+    store = PostgreSQLTokenStore(database, generateKey(), Clock())
+    await store.open()
+    try:
+        seen = []
+        for _ in range(3):  # whichever pooled connection serves each call
+            seen.append(await database.runRead(lambda conn: conn.autocommit))
+            seen.append(await database.runWrite(lambda conn: conn.autocommit))
+        assert seen == [True, False] * 3
+        with pytest.raises(StoreError):
+            await database.runRead(lambda conn: conn.execute("SELECT * FROM missing_table"))
+        assert await database.runWrite(lambda conn: conn.autocommit) is False
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_key_rotation(postgres_dsn):
     """Opening with [new, old] keys re-encrypts every token with the new one; then old can go."""
     old, new = generateKey(), generateKey()

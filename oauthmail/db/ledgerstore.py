@@ -106,6 +106,25 @@ class StoredDeliveryLedger(DatabaseStore):
 
         return self._run(run)
 
+    def _upsertDeliveries(
+        self,
+        conn: Connection,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        now: float,
+        rows: Sequence[tuple[int, str | None, str]],
+    ) -> None:
+        """Insert or overwrite ``[(uid, digest, state)]``; a UID given twice keeps its last row.
+
+        One statement per row: what SQLite's one writer does cheaply in process.
+        PostgreSQL overrides it with one statement per batch.
+        """
+        conn.cursor().executemany(
+            self._sql(_UPSERT_DELIVERY),
+            [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
+        )
+
     def setFolderState(
         self,
         account: str,
@@ -136,12 +155,11 @@ class StoredDeliveryLedger(DatabaseStore):
         except ValueError as e:
             return defer.fail(e)
         now = self._clock.seconds()
-        final = finalStates(entries, disposed)
-        rows = [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in final]
+        rows = finalStates(entries, disposed)
 
         def w(conn: Connection) -> None:
             if rows:
-                conn.cursor().executemany(self._sql(_UPSERT_DELIVERY), rows)
+                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
             if last_delivered_uid is not None:
                 folderRow = (account, folder, uidvalidity, last_delivered_uid)
                 conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
@@ -157,11 +175,11 @@ class StoredDeliveryLedger(DatabaseStore):
         fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         now = self._clock.seconds()
-        rows = [(account, folder, uidvalidity, u, dg, now, HANDED) for u, dg in entries]
+        rows = [(u, dg, HANDED) for u, dg in entries]
 
         def w(conn: Connection) -> None:
             if rows:
-                conn.cursor().executemany(self._sql(_UPSERT_DELIVERY), rows)
+                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
 
         return self._write(w, fence, account, folder)
 

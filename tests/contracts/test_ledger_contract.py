@@ -82,6 +82,20 @@ async def test_record_with_folder_state_and_keep_in_one_call(ledger):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_uid_given_twice_in_one_call_keeps_its_last_row(ledger):
+    """One call's rows are written in order: a UID listed twice ends as its last entry."""
+    await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(1, "d1"), (2, "d2")])
+    await ledger.recordDeliveries(
+        ACCOUNT,
+        "INBOX",
+        7,
+        [(1, "d1", FAILED_PERMANENT), (2, "d2", DELIVERED), (1, "d1", DELIVERED)],
+    )
+    assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1, 2]
+    assert await ledger.handedDigests(ACCOUNT, ["d1", "d2"]) == set()
+
+
+@pytest_twisted.ensureDeferred
 async def test_handed_rows_are_not_delivered(ledger):
     """A 'handed' row is neither delivered nor known, and its digest is reported as handed."""
     await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(5, "d5")])

@@ -2,8 +2,10 @@
 
 Every call runs a function ``func(connection, *args)`` in a thread of an
 :class:`twisted.enterprise.adbapi.ConnectionPool` (``cp_reconnect=True``),
-inside one transaction that this module begins, commits or rolls back. The
-stores' functions only execute statements (``%s`` placeholders).
+inside one transaction that this module begins, commits or rolls back (a
+read, :meth:`PostgreSQLDatabase.runRead`, autocommits instead: under READ
+COMMITTED a transaction around it gives nothing). The stores' functions only
+execute statements (``%s`` placeholders).
 
 **Reconnection.** A PostgreSQL restart breaks every pooled connection. The
 pool's connection factory (:class:`_Handle`) does what adbapi's
@@ -264,8 +266,21 @@ class PostgreSQLDatabase:
         return self._track(self._pool.runWithConnection(self._inThread, func, args, True))
 
     def runRead(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
-        """Run a read-only ``func(connection, *args)`` (its own transaction, retried if lost)."""
-        return self.runWrite(func, *args)
+        """Run a read-only ``func(connection, *args)`` in autocommit mode (retried if lost).
+
+        Under READ COMMITTED (the default, never changed here) every statement
+        sees its own snapshot whether or not a transaction surrounds it, so a
+        read gains nothing from one, and would pay a ``BEGIN`` and a
+        ``COMMIT`` round trip for it. ``func`` must not lock rows or ``SET
+        LOCAL``: that needs :meth:`runWrite`.
+        """
+        if self._opening is not None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._opening.append(waiter)
+            return waiter.addCallback(lambda _: self.runRead(func, *args))
+        if self._pool is None:
+            return defer.fail(StoreError(f"{self.where} is not open"))
+        return self._track(self._pool.runWithConnection(self._inThread, func, args, True, True))
 
     def runLocked(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         """Run ``func(connection, *args)`` in the row-lock pool, in one transaction, never twice.
@@ -332,12 +347,19 @@ class PostgreSQLDatabase:
         pool.disconnect(conn)
         return True
 
-    def _inThread(self, handle: _Handle, func: Callable[..., T], args: tuple, retry: bool) -> T:
+    def _inThread(
+        self,
+        handle: _Handle,
+        func: Callable[..., T],
+        args: tuple,
+        retry: bool,
+        read: bool = False,
+    ) -> T:
         """Run ``func`` in a transaction on this thread's connection; see the module docstring.
 
         ``retry``: run it once more on a fresh connection when that is safe.
         A function that committed its own work (:func:`migrate`) is not
-        committed again.
+        committed again. ``read``: autocommit instead (see :meth:`runRead`).
         """
         psycopg = driver()
         pool = handle.pool
@@ -345,7 +367,13 @@ class PostgreSQLDatabase:
         for attempt in range(attempts):
             conn = self._connect(pool)
             try:
-                result = func(conn, *args)
+                if read:
+                    conn.autocommit = True
+                try:
+                    result = func(conn, *args)
+                finally:
+                    if read and not (conn.broken or conn.closed):
+                        conn.autocommit = False
             except BaseException as e:
                 broken = self._abandon(pool, conn)
                 if not isinstance(e, psycopg.Error):
