@@ -331,6 +331,33 @@ async def test_settle_found_and_missing(outbox):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_421_at_the_final_dot_found_in_sent_is_sent_once(outbox):
+    """The client's outcome for a 421 at the dot, recorded and found in Sent: sent, final.
+
+    Built by the real Transaction, so the two sides cannot drift: a recipient
+    code other than 0 in a doubtful outcome means "refused at RCPT", and a 421
+    once carried there made a message found in Sent go out again (chaos test).
+    """
+    from oauthmail.smtp.esmtp.reply import Reply
+    from oauthmail.smtp.esmtp.results import OutgoingMessage
+    from oauthmail.smtp.esmtp.transaction import Transaction
+
+    policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=30.0)
+    await outbox.enqueue(queued("m1", "a@x.test"))
+    await outbox.claimDue(ACCOUNT, NOW, 10)
+    txn = Transaction(OutgoingMessage("m1", "a@example.com", ("a@x.test",), DATA), str)
+    txn.mailReply(Reply(250, (b"ok",)))
+    txn.rcptReply(0, Reply(250, (b"ok",)))
+    closed = txn.completed(Reply(421, (b"4.3.2 mail.test Shutting down",)))
+    (status,) = await outbox.recordOutcomes([closed], NOW, policy)
+    assert status.state == "queued" and states(status) == {"a@x.test": "pending"}
+    assert [d.id for d in await outbox.dueInDoubt(ACCOUNT, NOW + 1000, 10)] == ["m1"]
+    (found,) = await outbox.settleDoubt(["m1"], [], NOW + 1001, policy)
+    assert found.state == "sent" and found.final
+    assert await outbox.claimDue(ACCOUNT, NOW + 1000, 10) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_settle_found_finishes_the_message(outbox):
     """A found message with nobody left is sent, one attempt more."""
     policy = FixedPolicy(sent_check=frozenset({ACCOUNT}))

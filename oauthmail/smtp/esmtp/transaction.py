@@ -148,18 +148,28 @@ class Transaction:
         sent again, as before.
         """
         if reply.code == 421:
-            return self.inDoubt(reply.code, f"{self._clean(reply.text)}; {CLOSED_IN_DOUBT}")
+            said = outcomes.describe(reply.code, self._clean(reply.text))
+            return self.inDoubt(f"{said}; {CLOSED_IN_DOUBT}")
         verdict = self._verdict(Step.DOT, reply)
         self._settleAccepted(reply, verdict)
         return self._message(reply, accepted=verdict.kind == outcomes.OK)
 
-    def inDoubt(self, code: int = 0, text: str = IN_DOUBT) -> MessageOutcome:
-        """The content went out and no verdict came: the provider may have the message."""
+    def inDoubt(self, text: str = IN_DOUBT) -> MessageOutcome:
+        """The content went out and no verdict came: the provider may have the message.
+
+        Code 0 for every accepted recipient and for the message: "no verdict".
+        The outbox tells the recipients that may have the message (code 0) from
+        those refused at ``RCPT`` (their reply's code) by it, and counts a copy
+        found in Sent only for the former: a 421 here gave a recipient code 421
+        once, was taken for a refusal, and the message found in Sent was sent
+        again (the chaos test's seed 168657). So a server's reply that left
+        the message in doubt goes in the text.
+        """
         for position in self._accepted:
             address = self.message.recipients[position]
-            self._results[position] = RecipientOutcome(address, code, text, outcomes.TEMPORARY)
+            self._results[position] = RecipientOutcome(address, 0, text, outcomes.TEMPORARY)
         results = self._final()
-        return MessageOutcome(self.message.id, code, text, results, False, in_doubt=True)
+        return MessageOutcome(self.message.id, 0, text, results, False, in_doubt=True)
 
     def notSent(self, why: str) -> MessageOutcome:
         """The content was held back locally (``beforeData`` failed): try again later."""
