@@ -18,6 +18,12 @@ checks every token with the provider, in process) run in the parent; the
 client runs in a child process, and the daemon in a child process of its own,
 so ``rss_mb`` is the daemon's peak RSS. No Dovecot is involved.
 
+**Floor**: last, the same client sends the same messages to the smallest
+durable SMTP server Twisted can be (:mod:`bench._floor`: ``250`` once the
+message is ``fdatasync``ed, nothing else). Its rate over the baseline's is the
+best ratio any submission server could reach on this machine; it is printed
+before the result line, so a ratio is read against what is possible.
+
 Usage::
 
     .venv/bin/python -m bench.graph_relay            # 1,000 messages
@@ -202,13 +208,44 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
         cpu = d.cpu
+        floor = await measureFloor(count, options.dir)
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
         await fake.stop()
         await provider.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    rate = count / baseline["seconds"]
+    print(
+        f"{NAME}: floor: the smallest durable Twisted SMTP server (bench/_floor.py) takes the"
+        f" same client's {count} messages at {floor:.0f}/s, so no submission server can do"
+        f" better than ratio={floor / rate:.3f} here",
+        file=sys.stderr,
+    )
     reportRelay(NAME, "the Graph fake", count, baseline, ours, cpu, options.profile, rss, UNIT)
+
+
+async def measureFloor(count: int, directory: str | None) -> float:
+    """Messages per second the same client gets from the floor server (``bench._floor``)."""
+    from twisted.internet import threads
+
+    from bench._floor import FloorServer
+
+    server = await threads.deferToThread(FloorServer, directory)
+    try:
+        result = await _rig.runChild(
+            ["-m", "bench.smtp_relay", "--role", "client"],
+            {
+                "count": count,
+                "tag": "floor",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "password": SUBMISSION_PASSWORD,
+            },
+        )
+    finally:
+        await threads.deferToThread(server.stop)
+    return count / (result["sent"] - result["started"])
 
 
 def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
