@@ -53,24 +53,33 @@ def test_a_stale_version_is_a_conflict_before_a_missing_account():
     assert "changed meanwhile" in str(refusal("a", True, 2, 2))
 
 
-def test_an_attempt_in_doubt_defers_only_those_refused_at_rcpt():
-    """In doubt: a recipient refused at RCPT is deferred; one with no answer stays pending."""
+def test_an_attempt_in_doubt_defers_all_but_the_recipients_marked_in_doubt():
+    """In doubt: only a recipient marked in doubt stays pending; refused or unmarked: deferred."""
 
-    def reply(address, status, code, text):
-        return SimpleNamespace(address=address, status=status, code=code, text=text)
+    def reply(address, status, code, text, in_doubt=False):
+        return SimpleNamespace(
+            address=address, status=status, code=code, text=text, in_doubt=in_doubt
+        )
 
     outcome = SimpleNamespace(
         message_id="m1",
         recipients=(
             reply("a@x", outcomes.OK, 250, "ok"),
             reply("b@x", outcomes.TEMPORARY, 450, "busy"),
-            reply("c@x", outcomes.TEMPORARY, 0, "no answer"),
+            reply("c@x", outcomes.TEMPORARY, 0, "no answer", in_doubt=True),
             reply("d@x", outcomes.PERMANENT, 550, "no such user"),
+            reply("e@x", outcomes.TEMPORARY, 0, "no answer, unmarked"),
         ),
         accepted=False,
         in_doubt=True,
     )
     judged = judgeOutcome(outcome, doubtful=True)
-    assert [state for _, state in judged.answers] == ["sent", "deferred", "pending", "failed"]
+    assert [state for _, state in judged.answers] == [
+        "sent",
+        "deferred",
+        "pending",
+        "failed",
+        "deferred",
+    ]
     assert judged.failed is not None and "d@x" in judged.failed
     assert "b@x" in judged.temporary and "c@x" in judged.temporary

@@ -218,6 +218,7 @@ def test_no_reply_to_the_dot_is_in_doubt(mode):
     s.lose(error.ConnectionAborted())
     outcome = first(s)
     assert outcome.in_doubt and not outcome.accepted
+    assert [r.in_doubt for r in outcome.recipients] == [True]
     assert s.result.error.action == TEMPORARY
 
 
@@ -404,8 +405,8 @@ def test_421_to_the_dot_is_in_doubt(mode):
     s.lose()
     outcome = first(s)
     assert outcome.in_doubt and not outcome.accepted
-    # Code 0: "no verdict", how the outbox knows the recipient may have it.
+    # Code 0: "no verdict"; the mark is what tells the outbox it may have it.
     assert outcome.code == 0
     (recipient,) = outcome.recipients
-    assert recipient.status == TEMPORARY and recipient.code == 0
+    assert recipient.status == TEMPORARY and recipient.code == 0 and recipient.in_doubt
     assert "421 4.3.2" in recipient.text and "may have arrived" in recipient.text

@@ -171,7 +171,10 @@ class FakeSender:
                     m.id,
                     0,
                     why,
-                    tuple(known.get(r, RecipientOutcome(r, 0, why)) for r in m.recipients),
+                    tuple(
+                        known.get(r, RecipientOutcome(r, 0, why, in_doubt=True))
+                        for r in m.recipients
+                    ),
                     False,
                     in_doubt=True,
                 )

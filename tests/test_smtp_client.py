@@ -524,8 +524,8 @@ def test_refused_recipients_reach_before_data_and_the_doubtful_outcome():
     s.lose()
     (outcome,) = s.result.outcomes
     assert outcome.in_doubt and not outcome.accepted
-    got = {r.address: r.code for r in outcome.recipients}
-    assert got == {"a@x.test": 0, "b@x.test": 550, "c@x.test": 452}
+    got = {r.address: (r.code, r.in_doubt) for r in outcome.recipients}
+    assert got == {"a@x.test": (0, True), "b@x.test": (550, False), "c@x.test": (452, False)}
 
 
 def test_lock_step_refusals_reach_before_data():

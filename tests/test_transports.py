@@ -291,6 +291,7 @@ async def test_lost_answer_after_the_message_went_out_is_in_doubt(rig):
     status = await rig.delivered(await rig.send(message(1)))
     first = rig.watching.outcomes[0]
     assert first.in_doubt is True and first.accepted is False
+    assert all(r.in_doubt for r in first.recipients)
     # Without a Sent search the message is sent again: at least once.
     assert status.state == "sent" and len(rig.fake.messages) == 2
 

@@ -54,17 +54,18 @@ class Judged:
 def judgeOutcome(outcome: AttemptOutcome, doubtful: bool) -> Judged:
     """Sort an attempt's answers: sent, failed for good, or open (``pending``/``deferred``).
 
-    ``doubtful``: the attempt is in doubt and will be looked for in Sent; a
-    recipient refused at ``RCPT`` is then ``deferred`` (not among those who
-    may have the message), the others ``pending``.
+    ``doubtful``: the attempt is in doubt and will be looked for in Sent; only
+    the recipients the outcome marks ``in_doubt`` stay ``pending`` (a copy in
+    Sent counts for them); any other open one, refused at ``RCPT`` or unmarked,
+    is ``deferred`` and gets the message again.
     """
     answers = []
     failures = []
     temporary = []
     for r in outcome.recipients:
         state = {outcomes.OK: "sent", outcomes.PERMANENT: "failed"}.get(r.status, "pending")
-        if doubtful and state == "pending" and r.code:
-            state = "deferred"  # refused at RCPT: not among those who may have it
+        if doubtful and state == "pending" and not r.in_doubt:
+            state = "deferred"  # not among those who may have it
         answers.append((r, state))
         if state == "failed":
             failures.append(f"{r.address}: {outcomes.describe(r.code, r.text)}")

@@ -255,7 +255,8 @@ def _outcome(
     message: OutboxMessage, code: int, text: str, kind: str, inDoubt: bool = False
 ) -> MessageOutcome:
     recipients = tuple(
-        RecipientOutcome(address, code, text, kind) for address in message.recipients
+        RecipientOutcome(address, code, text, kind, in_doubt=inDoubt)
+        for address in message.recipients
     )
     return MessageOutcome(
         message.id, code, text, recipients, accepted=kind == outcomes.OK, in_doubt=inDoubt

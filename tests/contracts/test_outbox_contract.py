@@ -52,9 +52,15 @@ def queued(message_id="m1", *recipients, at=NOW, account=ACCOUNT, mail_from="a@e
     return OutboxEntry(message_id, account, mail_from, recipients or ("bob@example.net",), DATA, at)
 
 
-def outcome(message_id, *replies, accepted=None, in_doubt=False):
-    """``replies``: ``(address, code)``; accepted defaults to "some 250"."""
-    recipients = tuple(RecipientOutcome(a, c, f"{c} text") for a, c in replies)
+def outcome(message_id, *replies, accepted=None, in_doubt=False, unanswered=()):
+    """``replies``: ``(address, code)``; accepted defaults to "some 250".
+
+    ``unanswered``: the addresses the content went to without a verdict (their
+    recipient outcome is marked ``in_doubt``).
+    """
+    recipients = tuple(
+        RecipientOutcome(a, c, f"{c} text", in_doubt=a in unanswered) for a, c in replies
+    )
     if accepted is None:
         accepted = any(c == 250 for _, c in replies)
     code = replies[0][1] if replies else 0
@@ -285,7 +291,16 @@ async def test_lost_answer_puts_the_message_in_doubt(outbox):
     await outbox.enqueue(queued("m1", "a@x.test", "b@x.test"))
     await outbox.claimDue(ACCOUNT, NOW, 10)
     (status,) = await outbox.recordOutcomes(
-        [outcome("m1", ("a@x.test", 0), ("b@x.test", 452), accepted=False, in_doubt=True)],
+        [
+            outcome(
+                "m1",
+                ("a@x.test", 0),
+                ("b@x.test", 452),
+                accepted=False,
+                in_doubt=True,
+                unanswered=("a@x.test",),
+            )
+        ],
         NOW,
         policy,
     )
@@ -300,7 +315,9 @@ async def test_lost_answer_puts_the_message_in_doubt(outbox):
     await outbox.enqueue(queued("m2", "a@x.test"))
     await outbox.claimDue(ACCOUNT, NOW, 10)
     (plain,) = await outbox.recordOutcomes(
-        [outcome("m2", ("a@x.test", 0), accepted=False, in_doubt=True)], NOW, FixedPolicy()
+        [outcome("m2", ("a@x.test", 0), accepted=False, in_doubt=True, unanswered=("a@x.test",))],
+        NOW,
+        FixedPolicy(),
     )
     assert plain.next_attempt_at == NOW + 100
     assert [d.id for d in await outbox.dueInDoubt(ACCOUNT, NOW + 1000, 10)] == ["m1"]
@@ -334,9 +351,10 @@ async def test_settle_found_and_missing(outbox):
 async def test_a_421_at_the_final_dot_found_in_sent_is_sent_once(outbox):
     """The client's outcome for a 421 at the dot, recorded and found in Sent: sent, final.
 
-    Built by the real Transaction, so the two sides cannot drift: a recipient
-    code other than 0 in a doubtful outcome means "refused at RCPT", and a 421
-    once carried there made a message found in Sent go out again (chaos test).
+    Built by the real Transaction, so the two sides cannot drift: the outbox
+    once read a recipient code other than 0 in a doubtful outcome as "refused
+    at RCPT", and a 421 carried there made a message found in Sent go out
+    again (chaos test). Now the recipients in doubt are marked as such.
     """
     from oauthmail.smtp.esmtp.reply import Reply
     from oauthmail.smtp.esmtp.results import OutgoingMessage
@@ -355,6 +373,33 @@ async def test_a_421_at_the_final_dot_found_in_sent_is_sent_once(outbox):
     (found,) = await outbox.settleDoubt(["m1"], [], NOW + 1001, policy)
     assert found.state == "sent" and found.final
     assert await outbox.claimDue(ACCOUNT, NOW + 1000, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_doubt_only_a_marked_recipient_counts_as_sent_by_a_copy_in_sent(outbox):
+    """A copy found in Sent counts only for recipients marked in doubt, whatever their code.
+
+    An unmarked recipient with no code (built carelessly) gets the message
+    again: at worst a duplicate. A marked one with a code is still in doubt.
+    """
+    policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=0.0)
+    await outbox.enqueue(queued("m1", "a@x.test", "b@x.test", "c@x.test"))
+    await outbox.claimDue(ACCOUNT, NOW, 10)
+    recorded = outcome(
+        "m1",
+        ("a@x.test", 421),
+        ("b@x.test", 0),
+        ("c@x.test", 452),
+        accepted=False,
+        in_doubt=True,
+        unanswered=("a@x.test",),
+    )
+    (status,) = await outbox.recordOutcomes([recorded], NOW, policy)
+    assert states(status) == {"a@x.test": "pending", "b@x.test": "deferred", "c@x.test": "deferred"}
+    (found,) = await outbox.settleDoubt(["m1"], [], NOW + 1, policy)
+    assert states(found) == {"a@x.test": "sent", "b@x.test": "pending", "c@x.test": "pending"}
+    claimed = await outbox.claimDue(ACCOUNT, NOW + 1000, 10)
+    assert [(m.id, m.recipients) for m in claimed] == [("m1", ("b@x.test", "c@x.test"))]
 
 
 @pytest_twisted.ensureDeferred

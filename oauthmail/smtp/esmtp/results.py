@@ -9,6 +9,10 @@ Rules a reader must not break:
   to ``DATA``) carry an explicit ``kind``.
 - Texts here come from servers: they are cleaned and scrubbed of the token
   before they are put in these values.
+- Only a recipient marked ``in_doubt`` may count as sent when a message in
+  doubt turns up in Sent. The mark is explicit, never read from a code: a
+  recipient built without it is sent again, which at worst duplicates, where
+  a refused recipient taken for one in doubt would silently lose its mail.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class RecipientOutcome:
     code: int
     text: str
     kind: str = ""
+    #: The content went out to this recipient (its ``RCPT`` was accepted) and
+    #: no verdict came: the provider may have the message for it. A recipient
+    #: refused at ``RCPT`` in the same attempt is not in doubt.
+    in_doubt: bool = False
 
     @property
     def status(self) -> str:

@@ -157,17 +157,19 @@ class Transaction:
     def inDoubt(self, text: str = IN_DOUBT) -> MessageOutcome:
         """The content went out and no verdict came: the provider may have the message.
 
-        Code 0 for every accepted recipient and for the message: "no verdict".
-        The outbox tells the recipients that may have the message (code 0) from
-        those refused at ``RCPT`` (their reply's code) by it, and counts a copy
-        found in Sent only for the former: a 421 here gave a recipient code 421
-        once, was taken for a refusal, and the message found in Sent was sent
-        again (the chaos test's seed 168657). So a server's reply that left
-        the message in doubt goes in the text.
+        Every accepted recipient is marked ``in_doubt`` (code 0: "no verdict");
+        those refused at ``RCPT`` keep their reply and no mark. The outbox
+        counts a copy found in Sent only for the marked ones. It once told them
+        apart by their code instead, and a 421 here that gave the accepted
+        recipients code 421 made the copy found in Sent count for nobody: the
+        message went again (the chaos test's seed 168657). The server's reply
+        that left the message in doubt goes in the text.
         """
         for position in self._accepted:
             address = self.message.recipients[position]
-            self._results[position] = RecipientOutcome(address, 0, text, outcomes.TEMPORARY)
+            self._results[position] = RecipientOutcome(
+                address, 0, text, outcomes.TEMPORARY, in_doubt=True
+            )
         results = self._final()
         return MessageOutcome(self.message.id, 0, text, results, False, in_doubt=True)
 

@@ -105,6 +105,10 @@ class RecipientReply(Protocol):
     def status(self) -> str:
         """``oauthmail.smtp.outcomes.OK``, ``TEMPORARY`` or ``PERMANENT``."""
 
+    @property
+    def in_doubt(self) -> bool:
+        """The content went to this recipient unanswered: the provider may have it."""
+
 
 class AttemptOutcome(Protocol):
     """What one attempt at one message produced (``smtp.client.MessageOutcome`` is one).
