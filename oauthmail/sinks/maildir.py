@@ -427,20 +427,22 @@ class MaildirSink:
                 return [error if isinstance(r, str) else r for r in results]
         return results
 
-    def _writeTemporary(self, message: bytes, name: str) -> BatchResult:
-        """Write ``message`` into ``tmp/name`` (no sync); its path, or the error."""
+    def _writeTemporary(self, message: bytes, name: str, sync: bool = False) -> BatchResult:
+        """Write ``message`` into ``tmp/name`` (synced if ``sync``); its path, or the error."""
         temporary = os.path.join(self._tmp, name)
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
         except OSError as e:
             if isinstance(e, FileNotFoundError):
-                self._ready = False
+                self._ready = False  # someone removed tmp/: recreate next time
             return TemporarySinkError(f"{self.name}: cannot create a file: {_describe(e)}")
         try:
             try:
                 view = memoryview(message)
                 while view:
                     view = view[os.write(fd, view) :]
+                if sync:
+                    self._datasync(fd)
             finally:
                 os.close(fd)
         except OSError as e:
@@ -476,30 +478,11 @@ class MaildirSink:
         return [self._writeOne(message, name, rename) for message, name in jobs]
 
     def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
-        temporary = os.path.join(self._tmp, name)
-        final = os.path.join(self._new, name)
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError):
-                self._ready = False  # someone removed tmp/: recreate next time
-            return TemporarySinkError(f"{self.name}: cannot create a file: {_describe(e)}")
-        try:
-            try:
-                view = memoryview(message)
-                while view:
-                    view = view[os.write(fd, view) :]
-                self._datasync(fd)
-            finally:
-                os.close(fd)
-            if not rename:
-                return temporary
-            os.rename(temporary, final)
-        except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
-        return final
+        """Write and sync one file in ``tmp/``, then rename it into ``new/`` unless told not to."""
+        written = self._writeTemporary(message, name, sync=True)
+        if not rename or not isinstance(written, str):
+            return written
+        return self._rename(written)
 
     def _commit(self, finals: list[str]) -> SinkError | None:
         """Sync ``new/`` and ``tmp/``; on failure take the files back out.
