@@ -30,7 +30,7 @@ from oauthmail.cluster.records import Fence
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.leasing import checkFenceKey
 from oauthmail.db.stored import Database, DatabaseStore
-from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, checkRecordable, finalStates
+from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, LedgerWrite, LedgerWrites, Rows
 
 __all__ = ["StoredDeliveryLedger"]
 
@@ -52,10 +52,10 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class StoredDeliveryLedger(DatabaseStore):
+class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
     """The ledger in an opened database; see the module docstring.
 
-    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_dispose`,
+    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_disposeRows`,
     and may send reads elsewhere than the reading side (``_read``).
     """
 
@@ -79,7 +79,7 @@ class StoredDeliveryLedger(DatabaseStore):
         """Those of ``wanted`` (sorted, distinct) in a row of ``account`` in one of ``states``."""
         raise NotImplementedError
 
-    def _dispose(
+    def _disposeRows(
         self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
     ) -> None:
         """Mark the ``delivered`` rows of ``uids`` (sorted, distinct) ``disposed``."""
@@ -107,13 +107,7 @@ class StoredDeliveryLedger(DatabaseStore):
         return self._run(run)
 
     def _upsertDeliveries(
-        self,
-        conn: Connection,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        now: float,
-        rows: Sequence[tuple[int, str | None, str]],
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, now: float, rows: Rows
     ) -> None:
         """Insert or overwrite ``[(uid, digest, state)]``; a UID given twice keeps its last row.
 
@@ -125,77 +119,18 @@ class StoredDeliveryLedger(DatabaseStore):
             [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
         )
 
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        folderRow = (account, folder, uidvalidity, last_delivered_uid)
-
-        def w(conn: Connection) -> None:
-            conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
-
-        return self._write(w, fence, account, folder)
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        try:
-            checkRecordable(entries)
-        except ValueError as e:
-            return defer.fail(e)
+    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        account, folder, uidvalidity = write.account, write.folder, write.uidvalidity
         now = self._clock.seconds()
-        rows = finalStates(entries, disposed)
 
         def w(conn: Connection) -> None:
-            if rows:
-                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
-            if last_delivered_uid is not None:
-                folderRow = (account, folder, uidvalidity, last_delivered_uid)
+            if write.rows:
+                self._upsertDeliveries(conn, account, folder, uidvalidity, now, write.rows)
+            if write.last_delivered_uid is not None:
+                folderRow = (account, folder, uidvalidity, write.last_delivered_uid)
                 conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
-
-        return self._write(w, fence, account, folder)
-
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        now = self._clock.seconds()
-        rows = [(u, dg, HANDED) for u, dg in entries]
-
-        def w(conn: Connection) -> None:
-            if rows:
-                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
-
-        return self._write(w, fence, account, folder)
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        wanted = sorted(set(uids))
-
-        def w(conn: Connection) -> None:
-            if wanted:
-                self._dispose(conn, account, folder, uidvalidity, wanted)
+            if write.disposals:
+                self._disposeRows(conn, account, folder, uidvalidity, list(write.disposals))
 
         return self._write(w, fence, account, folder)
 

@@ -19,7 +19,7 @@ from oauthmail.db.ledgerstore import StoredDeliveryLedger
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL
 from oauthmail.db.postgresql.leases import checkFence
-from oauthmail.imap.ledger import DELIVERED, DISPOSED
+from oauthmail.imap.ledger import DELIVERED, DISPOSED, Rows
 from oauthmail.interfaces import IDeliveryLedger
 
 if TYPE_CHECKING:
@@ -50,13 +50,7 @@ class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
         super().__init__(database, POSTGRESQL, clock, database.where)
 
     def _upsertDeliveries(
-        self,
-        conn: Connection,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        now: float,
-        rows: Sequence[tuple[int, str | None, str]],
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, now: float, rows: Rows
     ) -> None:
         """One statement for the batch; a UID given twice keeps its last row (as one per row)."""
         last = {uid: (digest, state) for uid, digest, state in rows}
@@ -80,7 +74,7 @@ class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
         ).fetchall()
         return {r[0] for r in rows}
 
-    def _dispose(
+    def _disposeRows(
         self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
     ) -> None:
         conn.execute(
