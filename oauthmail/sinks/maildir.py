@@ -406,12 +406,7 @@ class MaildirSink:
                 try:
                     self._syncfs(tmpFD)  # type: ignore[misc] - only called when set
                 except OSError as e:
-                    for temporary in written:
-                        with suppress(OSError):
-                            os.unlink(temporary)
-                    error = TemporarySinkError(
-                        f"{self.name}: cannot sync the Maildir: {_describe(e)}"
-                    )
+                    error = self._undone(written, "cannot sync the Maildir", e)
                     return [error if isinstance(r, str) else r for r in results]
         finally:
             os.close(tmpFD)
@@ -446,9 +441,7 @@ class MaildirSink:
             finally:
                 os.close(fd)
         except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
+            return self._undone([temporary], "cannot write a message", e)
         return temporary
 
     def _rename(self, temporary: str) -> BatchResult:
@@ -457,16 +450,19 @@ class MaildirSink:
         try:
             os.rename(temporary, final)
         except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
+            return self._undone([temporary], "cannot write a message", e)
         return final
 
-    def _discard(self, temporaries: list[str]) -> None:
-        """Remove a refused batch's files from ``tmp/`` (best effort: readers never see them)."""
-        for temporary in temporaries:
+    def _discard(self, paths: list[str]) -> None:
+        """Remove files (best effort): a refused batch's from ``tmp/``, an unsynced one's."""
+        for path in paths:
             with suppress(OSError):
-                os.unlink(temporary)
+                os.unlink(path)
+
+    def _undone(self, paths: list[str], what: str, e: OSError) -> TemporarySinkError:
+        """Remove the files of a write that failed; the error saying ``what`` failed."""
+        self._discard(paths)
+        return TemporarySinkError(f"{self.name}: {what}: {_describe(e)}")
 
     def _writeChunk(self, jobs: list[tuple[bytes, str]], rename: bool = True) -> list[BatchResult]:
         """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
@@ -494,10 +490,7 @@ class MaildirSink:
             self._syncDirectory(self._new)
             self._syncDirectory(self._tmp)
         except OSError as e:
-            for final in finals:
-                with suppress(OSError):
-                    os.unlink(final)
-            return TemporarySinkError(f"{self.name}: cannot sync the Maildir: {_describe(e)}")
+            return self._undone(finals, "cannot sync the Maildir", e)
         return None
 
     def _syncDirectory(self, path: str) -> None:
