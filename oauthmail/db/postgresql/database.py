@@ -33,7 +33,7 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.migrations import OwnerSchema
@@ -48,6 +48,7 @@ from oauthmail.db.postgresql.driver import (
 )
 from oauthmail.db.postgresql.migrate import SchemaGuard, migrate
 from oauthmail.db.postgresql.schema import SCHEMAS
+from oauthmail.db.stored import IDatabase
 from oauthmail.secret import Secret, plain
 from oauthmail.tokens.crypto import emitNotices
 
@@ -61,16 +62,10 @@ log = Logger()
 T = TypeVar("T")
 
 
-class IPostgreSQLDatabase(Interface):
-    """What the PostgreSQL stores need of their database."""
+class IPostgreSQLDatabase(IDatabase):
+    """What the PostgreSQL stores need of their database: each write is one transaction."""
 
     where = Attribute("Host, port and database name, for messages (never a password).")
-
-    def runWrite(func, *args):  # noqa: N805 - zope.interface methods have no self
-        """Run ``func(connection, *args)`` in one transaction; fire with its result."""
-
-    def runRead(func, *args):  # noqa: N805
-        """Run a read-only ``func(connection, *args)``; fire with its result."""
 
 
 class _Handle:
