@@ -8,6 +8,10 @@ statement are here once, spelled by the backend's
 how a fence is checked against its leases, and the two statements that take a
 set of values (SQLite: ``IN`` lists; PostgreSQL: ``= ANY``).
 
+:class:`LedgerWrites` holds the four writes and their rules, each turned into
+one :class:`LedgerWrite`; the stored ledger and the memory twin
+(:mod:`oauthmail.testing.memory_ledger`) both build on it and only apply one.
+
 Rules a reader must not break:
 
 - Each write is ONE transaction per call (a batch of messages is one call),
@@ -22,6 +26,7 @@ Rules a reader must not break:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet import defer
@@ -30,9 +35,15 @@ from oauthmail.cluster.records import Fence
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.leasing import checkFenceKey
 from oauthmail.db.stored import Database, DatabaseStore
-from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, LedgerWrite, LedgerWrites, Rows
+from oauthmail.imap.ledger import (
+    DELIVERED,
+    HANDED,
+    HOLDS,
+    checkRecordable,
+    finalStates,
+)
 
-__all__ = ["StoredDeliveryLedger"]
+__all__ = ["LedgerWrite", "LedgerWrites", "Rows", "StoredDeliveryLedger"]
 
 _UPSERT_FOLDER = (
     "INSERT INTO folders (account, folder, uidvalidity, last_delivered_uid)"
@@ -50,6 +61,91 @@ _UPSERT_DELIVERY = (
 
 class _Clock(Protocol):
     def seconds(self) -> float: ...
+
+
+#: What a write stores: ``[(uid, digest, state)]``, a UID given twice keeps its last row.
+Rows = Sequence[tuple[int, str | None, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerWrite:
+    """One write to a folder's rows: all of it is stored in one transaction, or none."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    #: Rows to insert or overwrite.
+    rows: Rows = ()
+    #: The folder's new ``last_delivered_uid`` (``None``: unchanged).
+    last_delivered_uid: int | None = None
+    #: UIDs (sorted, distinct) whose ``delivered`` rows become ``disposed``.
+    disposals: Sequence[int] = ()
+
+
+class LedgerWrites:
+    """The writes of ``IDeliveryLedger``, each turned into one :class:`LedgerWrite`.
+
+    A subclass gives :meth:`_apply`: ONE write (one transaction in a
+    database) that checks ``fence`` first when it is given and stores nothing
+    when it is refused.
+    """
+
+    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        """Store ``write`` in one transaction, unless ``fence`` (when given) is refused."""
+        raise NotImplementedError
+
+    def setFolderState(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        write = LedgerWrite(account, folder, uidvalidity, (), last_delivered_uid)
+        return self._apply(write, fence)
+
+    def recordDeliveries(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        try:
+            checkRecordable(entries)
+        except ValueError as e:
+            return defer.fail(e)
+        write = LedgerWrite(
+            account, folder, uidvalidity, finalStates(entries, disposed), last_delivered_uid
+        )
+        return self._apply(write, fence)
+
+    def recordHanded(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        rows = [(uid, digest, HANDED) for uid, digest in entries]
+        write = LedgerWrite(account, folder, uidvalidity, rows)
+        return self._apply(write, fence)
+
+    def markDisposed(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        write = LedgerWrite(account, folder, uidvalidity, disposals=sorted(set(uids)))
+        return self._apply(write, fence)
 
 
 class StoredDeliveryLedger(LedgerWrites, DatabaseStore):

@@ -26,9 +26,7 @@ retried, left untouched on the server for a person to look at) or
 separate "disposed" column, so disposal is a state change.
 
 This module holds the ledger's vocabulary (the states and the rules every
-implementation applies to what it is asked to record) and
-:class:`LedgerWrites`, the four writes with those rules applied once, each
-turned into one :class:`LedgerWrite` that a store applies. The implementations
+implementation applies to what it is asked to record). The implementations
 are :class:`oauthmail.db.sqlite.ledger.SQLiteDeliveryLedger` (and a backend's
 own beside it) and the memory twin
 :class:`oauthmail.testing.memory_ledger.MemoryDeliveryLedger`; one contract
@@ -38,14 +36,8 @@ behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from twisted.internet import defer
-
-if TYPE_CHECKING:
-    from oauthmail.cluster.records import Fence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "DELIVERED",
@@ -55,9 +47,6 @@ __all__ = [
     "HOLDS",
     "RECORDABLE",
     "SETTLED",
-    "LedgerWrite",
-    "LedgerWrites",
-    "Rows",
     "checkRecordable",
     "finalStates",
 ]
@@ -88,88 +77,3 @@ def finalStates(
     if not disposed:
         return list(entries)
     return [(u, d, DISPOSED if st == DELIVERED else st) for u, d, st in entries]
-
-
-#: What a write stores: ``[(uid, digest, state)]``, a UID given twice keeps its last row.
-Rows = Sequence[tuple[int, str | None, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerWrite:
-    """One write to a folder's rows: all of it is stored in one transaction, or none."""
-
-    account: str
-    folder: str
-    uidvalidity: int
-    #: Rows to insert or overwrite.
-    rows: Rows = ()
-    #: The folder's new ``last_delivered_uid`` (``None``: unchanged).
-    last_delivered_uid: int | None = None
-    #: UIDs (sorted, distinct) whose ``delivered`` rows become ``disposed``.
-    disposals: Sequence[int] = ()
-
-
-class LedgerWrites:
-    """The writes of ``IDeliveryLedger``, each turned into one :class:`LedgerWrite`.
-
-    A subclass gives :meth:`_apply`: ONE write (one transaction in a
-    database) that checks ``fence`` first when it is given and stores nothing
-    when it is refused.
-    """
-
-    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
-        """Store ``write`` in one transaction, unless ``fence`` (when given) is refused."""
-        raise NotImplementedError
-
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        write = LedgerWrite(account, folder, uidvalidity, (), last_delivered_uid)
-        return self._apply(write, fence)
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        try:
-            checkRecordable(entries)
-        except ValueError as e:
-            return defer.fail(e)
-        write = LedgerWrite(
-            account, folder, uidvalidity, finalStates(entries, disposed), last_delivered_uid
-        )
-        return self._apply(write, fence)
-
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        rows = [(uid, digest, HANDED) for uid, digest in entries]
-        write = LedgerWrite(account, folder, uidvalidity, rows)
-        return self._apply(write, fence)
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        write = LedgerWrite(account, folder, uidvalidity, disposals=sorted(set(uids)))
-        return self._apply(write, fence)

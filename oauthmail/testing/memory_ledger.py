@@ -18,14 +18,13 @@ from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
 from oauthmail.db.leasing import checkFenceKey
+from oauthmail.db.ledgerstore import LedgerWrite, LedgerWrites
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
     HANDED,
     HOLDS,
     SETTLED,
-    LedgerWrite,
-    LedgerWrites,
 )
 from oauthmail.interfaces import IDeliveryLedger
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
-from oauthmail.db.ledgerstore import StoredDeliveryLedger
+from oauthmail.db.ledgerstore import Rows, StoredDeliveryLedger
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL
 from oauthmail.db.postgresql.leases import checkFence
-from oauthmail.imap.ledger import DELIVERED, DISPOSED, Rows
+from oauthmail.imap.ledger import DELIVERED, DISPOSED
 from oauthmail.interfaces import IDeliveryLedger
 
 if TYPE_CHECKING:
