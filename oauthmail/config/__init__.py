@@ -14,60 +14,19 @@ is importable from ``oauthmail.config`` itself.
 
 from __future__ import annotations
 
+from oauthmail.config import model
 from oauthmail.config.errors import ConfigError, DurationError, InterpolationError
 from oauthmail.config.interpolate import interpolate
 from oauthmail.config.loader import loadConfig, parseConfig
-from oauthmail.config.model import (
-    CLIENT_AUTH,
-    GOOGLE_CLIENT_TYPES,
-    TRANSPORTS,
-    AccountConfig,
-    AccountImapConfig,
-    AccountSmtpConfig,
-    ClusterConfig,
-    Config,
-    FolderConfig,
-    LogConfig,
-    MessagesConfig,
-    NotifyConfig,
-    ProfileConfig,
-    QueueConfig,
-    RefresherConfig,
-    ServerConfig,
-    SinkConfig,
-    StoreConfig,
-    SubmissionConfig,
-    SubmissionUser,
-    WebConfig,
-)
+from oauthmail.config.model import *  # noqa: F403 - the names are model.__all__
 from oauthmail.config.rules import allowsDeviceGrant, deviceGrantProblem
 from oauthmail.config.values import parseDuration
 
 __all__ = [
-    "CLIENT_AUTH",
-    "GOOGLE_CLIENT_TYPES",
-    "TRANSPORTS",
-    "AccountConfig",
-    "AccountImapConfig",
-    "AccountSmtpConfig",
-    "ClusterConfig",
-    "Config",
+    *model.__all__,
     "ConfigError",
     "DurationError",
-    "FolderConfig",
-    "LogConfig",
-    "MessagesConfig",
-    "NotifyConfig",
     "InterpolationError",
-    "ProfileConfig",
-    "QueueConfig",
-    "RefresherConfig",
-    "ServerConfig",
-    "SinkConfig",
-    "StoreConfig",
-    "SubmissionConfig",
-    "SubmissionUser",
-    "WebConfig",
     "allowsDeviceGrant",
     "deviceGrantProblem",
     "interpolate",

@@ -9,6 +9,7 @@ the profile object itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 
 from yaml.nodes import MappingNode
@@ -155,16 +156,17 @@ def _accountServer(at: Node, m: Map, profile: ProfileConfig, kind: str) -> Serve
     return default
 
 
+def _mappingOrEmpty(at: Node, keys: Sequence[str], what: str) -> Map:
+    """``at``'s mapping, or an empty one when ``at`` is null (every key at its default)."""
+    return Map(at, {}) if at.isNull else at.mapping(keys, what=what)
+
+
 def _accountImap(
     at: Node, name: str, profile: ProfileConfig
 ) -> tuple[AccountImapConfig, ServerConfig]:
-    if at.isNull:
-        m = Map(at, {})
-    else:
-        m = at.mapping(
-            (*ACCOUNT_IMAP_KEYS, *SERVER_KEYS),
-            what="a mapping (folders, sink, mechanism, ...)",
-        )
+    m = _mappingOrEmpty(
+        at, (*ACCOUNT_IMAP_KEYS, *SERVER_KEYS), "a mapping (folders, sink, mechanism, ...)"
+    )
     server = _accountServer(at, m, profile, "imap")
     mechanism = readMechanism(m["mechanism"], profile)
     if m.present("folders"):
@@ -192,13 +194,9 @@ def _accountImap(
 def _accountSmtp(
     at: Node, profile: ProfileConfig, grant: str = "authorization_code"
 ) -> tuple[AccountSmtpConfig, ServerConfig]:
-    if at.isNull:
-        m = Map(at, {})
-    else:
-        m = at.mapping(
-            (*ACCOUNT_SMTP_KEYS, *SERVER_KEYS),
-            what="a mapping (transport, mechanism, sent_folder, ...)",
-        )
+    m = _mappingOrEmpty(
+        at, (*ACCOUNT_SMTP_KEYS, *SERVER_KEYS), "a mapping (transport, mechanism, sent_folder, ...)"
+    )
     transport = m["transport"].choice(TRANSPORTS, "smtp", what="transport")
     if transport == "smtp":
         if "base_url" in m:

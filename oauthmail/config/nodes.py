@@ -16,7 +16,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -63,6 +63,14 @@ TAG = "tag:yaml.org,2002:"
 SCALAR_TAGS = frozenset(
     TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp", "binary")
 )
+
+
+def _hostOf(parts: SplitResult) -> str | None:
+    """The URL's host; ``None`` when it has none or a broken one (``http://[x/``)."""
+    try:
+        return parts.hostname
+    except ValueError:
+        return None
 
 
 class _Missing:
@@ -285,10 +293,7 @@ class Node:
         parts = urlsplit(value)
         if parts.scheme.lower().startswith("pop"):
             self.fail(POP3_MESSAGE)
-        try:
-            host = parts.hostname
-        except ValueError:
-            host = None
+        host = _hostOf(parts)
         if parts.scheme.lower() not in ("https", "http") or not host:
             self.fail(f"expected an https URL, got {self.safeURL(value)!r}")
         if parts.scheme.lower() == "http" and not isLoopbackHost(host):
@@ -302,10 +307,7 @@ class Node:
         """A webhook URL: ``http`` or ``https`` (the receiver may be on the local network)."""
         value = self.nonEmpty(what="an http or https URL").strip()
         parts = urlsplit(value)
-        try:
-            host = parts.hostname
-        except ValueError:
-            host = None
+        host = _hostOf(parts)
         if parts.scheme.lower() not in ("https", "http") or not host:
             self.fail(f"expected an http or https URL, got {self.safeURL(value)!r}")
         return value

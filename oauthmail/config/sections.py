@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 
+def _passwordHash(node: Node) -> str:
+    """An scrypt hash (checked, never shown in an error) from ``oauthmail hash-password``."""
+    password_hash = node.nonEmpty(what="an scrypt hash from 'oauthmail hash-password'")
+    try:
+        parseHash(password_hash)
+    except ValueError:
+        node.fail("expected an scrypt hash from 'oauthmail hash-password'; the value is not shown")
+    return password_hash
+
+
 def readStore(at: Node) -> StoreConfig:
     if at.isNull:
         return StoreConfig()
@@ -100,15 +110,7 @@ def readWeb(at: Node) -> WebConfig:
             w["allowed_hosts"].fail(str(e))
     password_hash = None
     if "admin_password_hash" in w:
-        password_hash = w["admin_password_hash"].nonEmpty(
-            what="an scrypt hash from 'oauthmail hash-password'"
-        )
-        try:
-            parseHash(password_hash)
-        except ValueError:
-            w["admin_password_hash"].fail(
-                "expected an scrypt hash from 'oauthmail hash-password'; the value is not shown"
-            )
+        password_hash = _passwordHash(w["admin_password_hash"])
     if not isLoopbackHost(bind) and password_hash is None:
         w["bind"].fail(
             f"{bind} is not loopback: set web.admin_password_hash (make one with"
@@ -206,15 +208,7 @@ def readSubmission(at: Node, accounts: Iterable[AccountConfig]) -> SubmissionCon
         if name in seen:
             u["name"].fail(f"user {name!r} is defined twice")
         seen.add(name)
-        password_hash = u["password_hash"].nonEmpty(
-            what="an scrypt hash from 'oauthmail hash-password'"
-        )
-        try:
-            parseHash(password_hash)
-        except ValueError:
-            u["password_hash"].fail(
-                "expected an scrypt hash from 'oauthmail hash-password'; the value is not shown"
-            )
+        password_hash = _passwordHash(u["password_hash"])
         senders = u["allowed_senders"].stringList(what="a list of account names")
         for sender in senders:
             if sender not in known:

@@ -8,6 +8,10 @@ statement are here once, spelled by the backend's
 how a fence is checked against its leases, and the two statements that take a
 set of values (SQLite: ``IN`` lists; PostgreSQL: ``= ANY``).
 
+:class:`LedgerWrites` holds the four writes and their rules, each turned into
+one :class:`LedgerWrite`; the stored ledger and the memory twin
+(:mod:`oauthmail.testing.memory_ledger`) both build on it and only apply one.
+
 Rules a reader must not break:
 
 - Each write is ONE transaction per call (a batch of messages is one call),
@@ -22,6 +26,7 @@ Rules a reader must not break:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet import defer
@@ -30,9 +35,15 @@ from oauthmail.cluster.records import Fence
 from oauthmail.db.dialect import Connection, Dialect
 from oauthmail.db.leasing import checkFenceKey
 from oauthmail.db.stored import Database, DatabaseStore
-from oauthmail.imap.ledger import DELIVERED, HANDED, HOLDS, checkRecordable, finalStates
+from oauthmail.imap.ledger import (
+    DELIVERED,
+    HANDED,
+    HOLDS,
+    checkRecordable,
+    finalStates,
+)
 
-__all__ = ["StoredDeliveryLedger"]
+__all__ = ["LedgerWrite", "LedgerWrites", "Rows", "StoredDeliveryLedger"]
 
 _UPSERT_FOLDER = (
     "INSERT INTO folders (account, folder, uidvalidity, last_delivered_uid)"
@@ -52,10 +63,95 @@ class _Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class StoredDeliveryLedger(DatabaseStore):
+#: What a write stores: ``[(uid, digest, state)]``, a UID given twice keeps its last row.
+Rows = Sequence[tuple[int, str | None, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerWrite:
+    """One write to a folder's rows: all of it is stored in one transaction, or none."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    #: Rows to insert or overwrite.
+    rows: Rows = ()
+    #: The folder's new ``last_delivered_uid`` (``None``: unchanged).
+    last_delivered_uid: int | None = None
+    #: UIDs (sorted, distinct) whose ``delivered`` rows become ``disposed``.
+    disposals: Sequence[int] = ()
+
+
+class LedgerWrites:
+    """The writes of ``IDeliveryLedger``, each turned into one :class:`LedgerWrite`.
+
+    A subclass gives :meth:`_apply`: ONE write (one transaction in a
+    database) that checks ``fence`` first when it is given and stores nothing
+    when it is refused.
+    """
+
+    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        """Store ``write`` in one transaction, unless ``fence`` (when given) is refused."""
+        raise NotImplementedError
+
+    def setFolderState(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        last_delivered_uid: int,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        write = LedgerWrite(account, folder, uidvalidity, (), last_delivered_uid)
+        return self._apply(write, fence)
+
+    def recordDeliveries(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str | None, str]],
+        last_delivered_uid: int | None = None,
+        disposed: bool = False,
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        try:
+            checkRecordable(entries)
+        except ValueError as e:
+            return defer.fail(e)
+        write = LedgerWrite(
+            account, folder, uidvalidity, finalStates(entries, disposed), last_delivered_uid
+        )
+        return self._apply(write, fence)
+
+    def recordHanded(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        entries: Sequence[tuple[int, str]],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        rows = [(uid, digest, HANDED) for uid, digest in entries]
+        write = LedgerWrite(account, folder, uidvalidity, rows)
+        return self._apply(write, fence)
+
+    def markDisposed(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uids: Iterable[int],
+        fence: Fence | None = None,
+    ) -> defer.Deferred[None]:
+        write = LedgerWrite(account, folder, uidvalidity, disposals=sorted(set(uids)))
+        return self._apply(write, fence)
+
+
+class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
     """The ledger in an opened database; see the module docstring.
 
-    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_dispose`,
+    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_disposeRows`,
     and may send reads elsewhere than the reading side (``_read``).
     """
 
@@ -79,7 +175,7 @@ class StoredDeliveryLedger(DatabaseStore):
         """Those of ``wanted`` (sorted, distinct) in a row of ``account`` in one of ``states``."""
         raise NotImplementedError
 
-    def _dispose(
+    def _disposeRows(
         self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
     ) -> None:
         """Mark the ``delivered`` rows of ``uids`` (sorted, distinct) ``disposed``."""
@@ -107,13 +203,7 @@ class StoredDeliveryLedger(DatabaseStore):
         return self._run(run)
 
     def _upsertDeliveries(
-        self,
-        conn: Connection,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        now: float,
-        rows: Sequence[tuple[int, str | None, str]],
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, now: float, rows: Rows
     ) -> None:
         """Insert or overwrite ``[(uid, digest, state)]``; a UID given twice keeps its last row.
 
@@ -125,77 +215,18 @@ class StoredDeliveryLedger(DatabaseStore):
             [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
         )
 
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        folderRow = (account, folder, uidvalidity, last_delivered_uid)
-
-        def w(conn: Connection) -> None:
-            conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
-
-        return self._write(w, fence, account, folder)
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        try:
-            checkRecordable(entries)
-        except ValueError as e:
-            return defer.fail(e)
+    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        account, folder, uidvalidity = write.account, write.folder, write.uidvalidity
         now = self._clock.seconds()
-        rows = finalStates(entries, disposed)
 
         def w(conn: Connection) -> None:
-            if rows:
-                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
-            if last_delivered_uid is not None:
-                folderRow = (account, folder, uidvalidity, last_delivered_uid)
+            if write.rows:
+                self._upsertDeliveries(conn, account, folder, uidvalidity, now, write.rows)
+            if write.last_delivered_uid is not None:
+                folderRow = (account, folder, uidvalidity, write.last_delivered_uid)
                 conn.execute(self._sql(_UPSERT_FOLDER), folderRow)
-
-        return self._write(w, fence, account, folder)
-
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        now = self._clock.seconds()
-        rows = [(u, dg, HANDED) for u, dg in entries]
-
-        def w(conn: Connection) -> None:
-            if rows:
-                self._upsertDeliveries(conn, account, folder, uidvalidity, now, rows)
-
-        return self._write(w, fence, account, folder)
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        wanted = sorted(set(uids))
-
-        def w(conn: Connection) -> None:
-            if wanted:
-                self._dispose(conn, account, folder, uidvalidity, wanted)
+            if write.disposals:
+                self._disposeRows(conn, account, folder, uidvalidity, list(write.disposals))
 
         return self._write(w, fence, account, folder)
 

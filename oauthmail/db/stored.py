@@ -15,18 +15,29 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
+from zope.interface import Interface
 
-__all__ = ["Database", "DatabaseStore"]
+__all__ = ["Database", "DatabaseStore", "IDatabase"]
 
 T = TypeVar("T")
 
 
 class Database(Protocol):
-    """What a store needs of its database (either backend's, or a synchronous twin)."""
+    """:class:`IDatabase` for type checkers (either backend's, or a synchronous twin)."""
 
     def runRead(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]: ...
 
     def runWrite(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]: ...
+
+
+class IDatabase(Interface):
+    """What the stores need of an opened database; each backend's says where calls run."""
+
+    def runWrite(func, *args):  # noqa: N805 - zope.interface methods have no self
+        """Run ``func(connection, *args)`` as one write; fire with its result."""
+
+    def runRead(func, *args):  # noqa: N805
+        """Run a read-only ``func(connection, *args)``; fire with its result."""
 
 
 class DatabaseStore:

@@ -406,12 +406,7 @@ class MaildirSink:
                 try:
                     self._syncfs(tmpFD)  # type: ignore[misc] - only called when set
                 except OSError as e:
-                    for temporary in written:
-                        with suppress(OSError):
-                            os.unlink(temporary)
-                    error = TemporarySinkError(
-                        f"{self.name}: cannot sync the Maildir: {_describe(e)}"
-                    )
+                    error = self._undone(written, "cannot sync the Maildir", e)
                     return [error if isinstance(r, str) else r for r in results]
         finally:
             os.close(tmpFD)
@@ -427,57 +422,9 @@ class MaildirSink:
                 return [error if isinstance(r, str) else r for r in results]
         return results
 
-    def _writeTemporary(self, message: bytes, name: str) -> BatchResult:
-        """Write ``message`` into ``tmp/name`` (no sync); its path, or the error."""
+    def _writeTemporary(self, message: bytes, name: str, sync: bool = False) -> BatchResult:
+        """Write ``message`` into ``tmp/name`` (synced if ``sync``); its path, or the error."""
         temporary = os.path.join(self._tmp, name)
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError):
-                self._ready = False
-            return TemporarySinkError(f"{self.name}: cannot create a file: {_describe(e)}")
-        try:
-            try:
-                view = memoryview(message)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-        except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
-        return temporary
-
-    def _rename(self, temporary: str) -> BatchResult:
-        """Move a durable file from ``tmp/`` into ``new/``; the final path, or the error."""
-        final = os.path.join(self._new, os.path.basename(temporary))
-        try:
-            os.rename(temporary, final)
-        except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
-        return final
-
-    def _discard(self, temporaries: list[str]) -> None:
-        """Remove a refused batch's files from ``tmp/`` (best effort: readers never see them)."""
-        for temporary in temporaries:
-            with suppress(OSError):
-                os.unlink(temporary)
-
-    def _writeChunk(self, jobs: list[tuple[bytes, str]], rename: bool = True) -> list[BatchResult]:
-        """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
-        try:
-            self._ensureDirectories()
-        except OSError as e:
-            error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
-            return [error] * len(jobs)
-        return [self._writeOne(message, name, rename) for message, name in jobs]
-
-    def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
-        temporary = os.path.join(self._tmp, name)
-        final = os.path.join(self._new, name)
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
         except OSError as e:
@@ -489,17 +436,49 @@ class MaildirSink:
                 view = memoryview(message)
                 while view:
                     view = view[os.write(fd, view) :]
-                self._datasync(fd)
+                if sync:
+                    self._datasync(fd)
             finally:
                 os.close(fd)
-            if not rename:
-                return temporary
+        except OSError as e:
+            return self._undone([temporary], "cannot write a message", e)
+        return temporary
+
+    def _rename(self, temporary: str) -> BatchResult:
+        """Move a durable file from ``tmp/`` into ``new/``; the final path, or the error."""
+        final = os.path.join(self._new, os.path.basename(temporary))
+        try:
             os.rename(temporary, final)
         except OSError as e:
-            with suppress(OSError):
-                os.unlink(temporary)
-            return TemporarySinkError(f"{self.name}: cannot write a message: {_describe(e)}")
+            return self._undone([temporary], "cannot write a message", e)
         return final
+
+    def _discard(self, paths: list[str]) -> None:
+        """Remove files (best effort): a refused batch's from ``tmp/``, an unsynced one's."""
+        for path in paths:
+            with suppress(OSError):
+                os.unlink(path)
+
+    def _undone(self, paths: list[str], what: str, e: OSError) -> TemporarySinkError:
+        """Remove the files of a write that failed; the error saying ``what`` failed."""
+        self._discard(paths)
+        return TemporarySinkError(f"{self.name}: {what}: {_describe(e)}")
+
+    def _writeChunk(self, jobs: list[tuple[bytes, str]], rename: bool = True) -> list[BatchResult]:
+        """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
+        try:
+            self._ensureDirectories()
+        except OSError as e:
+            error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
+            return [error] * len(jobs)
+        return [self._writeOne(message, name, rename) for message, name in jobs]
+
+    def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
+        """Write and sync one file in ``tmp/``, then rename it into ``new/`` unless told not to."""
+        written = self._writeTemporary(message, name, sync=True)
+        if not rename or not isinstance(written, str):
+            return written
+        return self._rename(written)
 
     def _commit(self, finals: list[str]) -> SinkError | None:
         """Sync ``new/`` and ``tmp/``; on failure take the files back out.
@@ -511,10 +490,7 @@ class MaildirSink:
             self._syncDirectory(self._new)
             self._syncDirectory(self._tmp)
         except OSError as e:
-            for final in finals:
-                with suppress(OSError):
-                    os.unlink(final)
-            return TemporarySinkError(f"{self.name}: cannot sync the Maildir: {_describe(e)}")
+            return self._undone(finals, "cannot sync the Maildir", e)
         return None
 
     def _syncDirectory(self, path: str) -> None:

@@ -22,23 +22,9 @@ deadlines) are stated in the modules that keep them.
 
 from __future__ import annotations
 
+from oauthmail.smtp.esmtp import results
 from oauthmail.smtp.esmtp.connect import checkLogin, sendBatch
-from oauthmail.smtp.esmtp.results import (
-    MessageOutcome,
-    OutgoingMessage,
-    RecipientOutcome,
-    SessionError,
-    SessionResult,
-)
+from oauthmail.smtp.esmtp.results import *  # noqa: F403 - the names are results.__all__
 from oauthmail.smtp.esmtp.wire import wireData
 
-__all__ = [
-    "MessageOutcome",
-    "OutgoingMessage",
-    "RecipientOutcome",
-    "SessionError",
-    "SessionResult",
-    "checkLogin",
-    "sendBatch",
-    "wireData",
-]
+__all__ = [*results.__all__, "checkLogin", "sendBatch", "wireData"]

@@ -18,14 +18,13 @@ from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
 from oauthmail.db.leasing import checkFenceKey
+from oauthmail.db.ledgerstore import LedgerWrite, LedgerWrites
 from oauthmail.imap.ledger import (
     DELIVERED,
     DISPOSED,
     HANDED,
     HOLDS,
     SETTLED,
-    checkRecordable,
-    finalStates,
 )
 from oauthmail.interfaces import IDeliveryLedger
 
@@ -41,8 +40,8 @@ class _Fences(Protocol):
 
 
 @implementer(IDeliveryLedger)
-class MemoryDeliveryLedger:
-    """The ledger in two dicts; ``transactions`` counts the writes that would be one each."""
+class MemoryDeliveryLedger(LedgerWrites):
+    """The ledger in two dicts; ``transactions`` counts the writes (each would be one)."""
 
     def __init__(self, clock: _Clock | None = None, leases: _Fences | None = None) -> None:
         self._clock = clock
@@ -67,42 +66,21 @@ class MemoryDeliveryLedger:
             return defer.fail(e)
         return None
 
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
+    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        account, folder, uidvalidity = write.account, write.folder, write.uidvalidity
         refused = self._refused(fence, account, folder)
         if refused is not None:
             return refused
-        self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
-        return defer.succeed(None)
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        refused = self._refused(fence, account, folder)
-        if refused is not None:
-            return refused
-        try:
-            checkRecordable(entries)
-        except ValueError as e:
-            return defer.fail(e)
         self.transactions += 1
-        for uid, digest, state in finalStates(entries, disposed):
+        for uid, digest, state in write.rows:
             self.rows[(account, folder, uidvalidity, uid)] = (digest, state)
-        if last_delivered_uid is not None:
-            self.folders[(account, folder)] = (uidvalidity, last_delivered_uid)
+        if write.last_delivered_uid is not None:
+            self.folders[(account, folder)] = (uidvalidity, write.last_delivered_uid)
+        for uid in write.disposals:
+            key = (account, folder, uidvalidity, uid)
+            row = self.rows.get(key)
+            if row is not None and row[1] == DELIVERED:
+                self.rows[key] = (row[0], DISPOSED)
         return defer.succeed(None)
 
     def isDelivered(
@@ -134,22 +112,6 @@ class MemoryDeliveryLedger:
     def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
         return defer.succeed(self._digestsIn(account, digests, HOLDS))
 
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        refused = self._refused(fence, account, folder)
-        if refused is not None:
-            return refused
-        self.transactions += 1
-        for uid, digest in entries:
-            self.rows[(account, folder, uidvalidity, uid)] = (digest, HANDED)
-        return defer.succeed(None)
-
     def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
         return defer.succeed(self._digestsIn(account, digests, (HANDED,)))
 
@@ -163,24 +125,6 @@ class MemoryDeliveryLedger:
             and value[0] in wanted
             and value[1] in states
         }
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        refused = self._refused(fence, account, folder)
-        if refused is not None:
-            return refused
-        for uid in uids:
-            key = (account, folder, uidvalidity, uid)
-            row = self.rows.get(key)
-            if row is not None and row[1] == DELIVERED:
-                self.rows[key] = (row[0], DISPOSED)
-        return defer.succeed(None)
 
     def pendingDisposition(
         self, account: str, folder: str, uidvalidity: int

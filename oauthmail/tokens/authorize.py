@@ -39,8 +39,9 @@ but not a wrong client secret. A refusal that only a configuration change cures
 from __future__ import annotations
 
 import collections
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import defer
@@ -62,6 +63,8 @@ from oauthmail.tokens.http import InsecureEndpointError
 from oauthmail.tokens.identity import IdentityMismatch, accountIdentity, verifyConsent
 from oauthmail.tokens.records import TokenRecord, TokenSet
 from oauthmail.tokens.revocation import revokeDropped, revokeSuperseded, storedRefreshToken
+
+T = TypeVar("T")
 
 log = Logger()
 
@@ -232,6 +235,15 @@ class Authorizer:
         for state in [s for s, p in self._pending.items() if p.expires_at <= now]:
             del self._pending[state]
 
+    async def _asked(self, account_name: str, what: str, ask: Callable[[], Awaitable[T]]) -> T:
+        """What ``ask()`` gives; any failure but a cancellation ends the flow (:meth:`_failed`)."""
+        try:
+            return await ask()
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            await self._failed(account_name, e, what)
+
     async def _failed(self, account_name: str, error: Exception, what: str) -> NoReturn:
         """Log a failed flow, keep a configuration error as the account's last error, raise.
 
@@ -385,13 +397,13 @@ class Authorizer:
         """Finish a browser authorisation from the URL the provider redirected to."""
         pending = self._take(redirect_url)
         name = pending.account
-        try:
-            client = self.tokens.grantClient(name)
-            tokens = await client.completeAuthorization(pending.request, redirect_url)
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            await self._failed(name, e, "authorisation")
+        tokens = await self._asked(
+            name,
+            "authorisation",
+            lambda: self.tokens.grantClient(name).completeAuthorization(
+                pending.request, redirect_url
+            ),
+        )
         return await self._finish(name, tokens)
 
     # -- device authorization --------------------------------------------------------
@@ -409,25 +421,23 @@ class Authorizer:
                 account_name, f"the device flow cannot be used: {problem}", FIX_CONFIGURATION
             )
         client = self.tokens.grantClient(account_name)
-        try:
-            return await client.startDeviceAuthorization(
+        return await self._asked(
+            account_name,
+            "device authorisation",
+            lambda: client.startDeviceAuthorization(
                 scopes=account.authorization_scopes, login_hint=accountIdentity(account)
-            )
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            await self._failed(account_name, e, "device authorisation")
+            ),
+        )
 
     async def completeDevice(
         self, account_name: str, authorization: DeviceAuthorization
     ) -> Authorized:
         """Poll (interval, ``slow_down``) until the person approves, then check and store."""
-        try:
-            tokens = await self.tokens.grantClient(account_name).pollDevice(authorization)
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            await self._failed(account_name, e, "device authorisation")
+        tokens = await self._asked(
+            account_name,
+            "device authorisation",
+            lambda: self.tokens.grantClient(account_name).pollDevice(authorization),
+        )
         return await self._finish(account_name, tokens)
 
     async def startDevice(self, account_name: str) -> DeviceFlow:
@@ -470,12 +480,11 @@ class Authorizer:
     async def authorizeApp(self, account_name: str) -> Authorized:
         """App-only accounts: ask for a token now and store it."""
         self.account(account_name)
-        try:
-            tokens = await self.tokens.grantClient(account_name).clientCredentials()
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            await self._failed(account_name, e, "authorisation")
+        tokens = await self._asked(
+            account_name,
+            "authorisation",
+            lambda: self.tokens.grantClient(account_name).clientCredentials(),
+        )
         return await self._finish(account_name, tokens, person=False)  # nobody consented
 
 

@@ -248,7 +248,7 @@ class SealedSecret(Secret):
         return value
 
 
-def _ensurePrivateDirectory(directory: str) -> None:
+def ensurePrivateDirectory(directory: str) -> None:
     """Create ``directory`` with mode 0700 if it is missing (parents too)."""
     if not directory or os.path.isdir(directory):
         return
@@ -264,7 +264,7 @@ def createPrivateFile(path: str, data: bytes) -> bool:
     when ``path`` already exists (someone else won the race).
     """
     directory = os.path.dirname(path)
-    _ensurePrivateDirectory(directory)
+    ensurePrivateDirectory(directory)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory or ".")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
@@ -277,11 +277,12 @@ def createPrivateFile(path: str, data: bytes) -> bool:
             return False
     finally:
         os.unlink(tmp)
-    _syncDirectory(directory or ".")
+    syncDirectory(directory or ".")
     return True
 
 
-def _syncDirectory(directory: str) -> None:
+def syncDirectory(directory: str) -> None:
+    """Make a new name in ``directory`` durable (fsync the directory; best effort)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds

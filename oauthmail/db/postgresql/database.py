@@ -33,7 +33,7 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
 from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.migrations import OwnerSchema
@@ -48,6 +48,7 @@ from oauthmail.db.postgresql.driver import (
 )
 from oauthmail.db.postgresql.migrate import SchemaGuard, migrate
 from oauthmail.db.postgresql.schema import SCHEMAS
+from oauthmail.db.stored import IDatabase
 from oauthmail.secret import Secret, plain
 from oauthmail.tokens.crypto import emitNotices
 
@@ -61,16 +62,10 @@ log = Logger()
 T = TypeVar("T")
 
 
-class IPostgreSQLDatabase(Interface):
-    """What the PostgreSQL stores need of their database."""
+class IPostgreSQLDatabase(IDatabase):
+    """What the PostgreSQL stores need of their database: each write is one transaction."""
 
     where = Attribute("Host, port and database name, for messages (never a password).")
-
-    def runWrite(func, *args):  # noqa: N805 - zope.interface methods have no self
-        """Run ``func(connection, *args)`` in one transaction; fire with its result."""
-
-    def runRead(func, *args):  # noqa: N805
-        """Run a read-only ``func(connection, *args)``; fire with its result."""
 
 
 class _Handle:
@@ -252,17 +247,25 @@ class PostgreSQLDatabase:
 
     # -- running work ---------------------------------------------------------
 
-    def runWrite(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
-        """Run ``func(connection, *args)`` in one transaction, retried once if safe; see module.
+    def _notNow(self, again: Callable[[], defer.Deferred[T]]) -> defer.Deferred[T] | None:
+        """``None`` when a call can run now; else its Deferred: ``again()`` once open, or failed.
 
-        A call made while the database opens runs once the schema is up to date.
+        A call made while the database opens runs once the schema is up to date;
+        one made while it is closed fails.
         """
         if self._opening is not None:
             waiter: defer.Deferred[None] = defer.Deferred()
             self._opening.append(waiter)
-            return waiter.addCallback(lambda _: self.runWrite(func, *args))
+            return waiter.addCallback(lambda _: again())
         if self._pool is None:
             return defer.fail(StoreError(f"{self.where} is not open"))
+        return None
+
+    def runWrite(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
+        """Run ``func(connection, *args)`` in one transaction, retried once if safe; see module."""
+        notNow = self._notNow(lambda: self.runWrite(func, *args))
+        if notNow is not None:
+            return notNow
         return self._track(self._pool.runWithConnection(self._inThread, func, args, True))
 
     def runRead(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
@@ -274,12 +277,9 @@ class PostgreSQLDatabase:
         ``COMMIT`` round trip for it. ``func`` must not lock rows or ``SET
         LOCAL``: that needs :meth:`runWrite`.
         """
-        if self._opening is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._opening.append(waiter)
-            return waiter.addCallback(lambda _: self.runRead(func, *args))
-        if self._pool is None:
-            return defer.fail(StoreError(f"{self.where} is not open"))
+        notNow = self._notNow(lambda: self.runRead(func, *args))
+        if notNow is not None:
+            return notNow
         return self._track(self._pool.runWithConnection(self._inThread, func, args, True, True))
 
     def runLocked(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
@@ -289,12 +289,9 @@ class PostgreSQLDatabase:
         refresh): ``func`` may call :meth:`waitFor`. A lost connection fails
         the call (``StoreUnwritable``); ``func`` decides what is safe to retry.
         """
-        if self._opening is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._opening.append(waiter)
-            return waiter.addCallback(lambda _: self.runLocked(func, *args))
-        if self._pool is None:
-            return defer.fail(StoreError(f"{self.where} is not open"))
+        notNow = self._notNow(lambda: self.runLocked(func, *args))
+        if notNow is not None:
+            return notNow
         if self._lockPool is None:
             self._lockPool = self._makePool(self._lock_pool_size)
         return self._track(self._lockPool.runWithConnection(self._inThread, func, args, False))

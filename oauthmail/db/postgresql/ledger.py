@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from zope.interface import implementer
 
 from oauthmail.cluster.records import Fence
-from oauthmail.db.ledgerstore import StoredDeliveryLedger
+from oauthmail.db.ledgerstore import Rows, StoredDeliveryLedger
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL
 from oauthmail.db.postgresql.leases import checkFence
@@ -50,13 +50,7 @@ class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
         super().__init__(database, POSTGRESQL, clock, database.where)
 
     def _upsertDeliveries(
-        self,
-        conn: Connection,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        now: float,
-        rows: Sequence[tuple[int, str | None, str]],
+        self, conn: Connection, account: str, folder: str, uidvalidity: int, now: float, rows: Rows
     ) -> None:
         """One statement for the batch; a UID given twice keeps its last row (as one per row)."""
         last = {uid: (digest, state) for uid, digest, state in rows}
@@ -80,7 +74,7 @@ class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
         ).fetchall()
         return {r[0] for r in rows}
 
-    def _dispose(
+    def _disposeRows(
         self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
     ) -> None:
         conn.execute(

@@ -14,6 +14,7 @@ as :class:`~oauthmail.db.errors.StoreError`.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
 from oauthmail.db.errors import StoreError
 from oauthmail.db.migrations import OwnerSchema
@@ -29,6 +30,7 @@ from oauthmail.db.sqlite.connection import readerSetup, sqliteError, writerSetup
 from oauthmail.db.sqlite.migrate import SchemaGuard, migrate
 from oauthmail.db.sqlite.schema import SCHEMAS
 from oauthmail.db.sqlite.storefile import prepareStoreFile
+from oauthmail.db.stored import IDatabase
 from oauthmail.tokens.crypto import Notice, emitNotices
 
 __all__ = ["ISQLiteDatabase", "SQLiteDatabase"]
@@ -38,16 +40,13 @@ log = Logger()
 T = TypeVar("T")
 
 
-class ISQLiteDatabase(Interface):
-    """What the SQLite stores need of their database (the real one or a synchronous twin)."""
+class ISQLiteDatabase(IDatabase):
+    """What the SQLite stores need of their database (the real one or a synchronous twin).
+
+    A write runs where writes run: the one writing connection's thread.
+    """
 
     path = Attribute("The file, for messages.")
-
-    def runWrite(func, *args):  # noqa: N805 - zope.interface methods have no self
-        """Run ``func(connection, *args)`` where writes run; fire with its result."""
-
-    def runRead(func, *args):  # noqa: N805
-        """Run a read-only ``func(connection, *args)``; fire with its result."""
 
 
 @implementer(ISQLiteDatabase)
@@ -96,15 +95,7 @@ class SQLiteDatabase:
         """
         if self._pool is not None:
             return defer.succeed(None)
-        self._pool = pool = adbapi.ConnectionPool(
-            "sqlite3",
-            self.path,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=writerSetup(self._busy_timeout),
-            cp_reactor=self._reactor,
-        )
+        self._pool = pool = self._onePool(writerSetup(self._busy_timeout))
         # The pool's thread pool starts when the reactor runs; start it now
         # (idempotent) so the file can be prepared in its one thread, ahead of
         # the first connection, in order.
@@ -145,16 +136,20 @@ class SQLiteDatabase:
         """Start the reading connection, once the file is migrated and in WAL mode."""
         if self._pool is not pool or self._readPool is not None:
             return  # closed meanwhile
-        self._readPool = adbapi.ConnectionPool(
+        self._readPool = self._onePool(readerSetup(self._busy_timeout))
+        self._readPool.start()
+
+    def _onePool(self, setup: Callable[[sqlite3.Connection], None]) -> adbapi.ConnectionPool:
+        """A pool of ONE connection to the file (one thread), set up by ``setup``."""
+        return adbapi.ConnectionPool(
             "sqlite3",
             self.path,
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=readerSetup(self._busy_timeout),
+            cp_openfun=setup,
             cp_reactor=self._reactor,
         )
-        self._readPool.start()
 
     def close(self) -> defer.Deferred[None]:
         """Close the connections (each in its thread) and stop the pools' threads.

@@ -68,7 +68,7 @@ class SQLiteDeliveryLedger(StoredDeliveryLedger):
             found.update(r[0] for r in rows)
         return found
 
-    def _dispose(
+    def _disposeRows(
         self, conn: sqlite3.Connection, account: str, folder: str, uidvalidity: int, uids: list[int]
     ) -> None:
         conn.executemany(

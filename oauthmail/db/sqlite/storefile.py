@@ -28,7 +28,12 @@ from oauthmail.db.errors import StoreError
 from oauthmail.db.migrations import OwnerSchema
 from oauthmail.db.sqlite.connection import connectWriter
 from oauthmail.db.sqlite.migrate import SchemaGuard, migrate
-from oauthmail.tokens.crypto import Notice, warnIfShared
+from oauthmail.tokens.crypto import (
+    Notice,
+    ensurePrivateDirectory,
+    syncDirectory,
+    warnIfShared,
+)
 
 __all__ = ["SQLITE_HEADER", "checkStoreFile", "prepareStoreFile"]
 
@@ -89,26 +94,6 @@ def _checkTables(path: str) -> None:
         )
 
 
-def _ensureDirectory(directory: str) -> None:
-    if directory and not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # makedirs honours the umask; a private directory must not depend on it.
-        os.chmod(directory, 0o700)
-
-
-def _syncDirectory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _create(
     path: str, schemas: Sequence[OwnerSchema], now: float, guard: SchemaGuard | None
 ) -> list[Notice]:
@@ -128,7 +113,7 @@ def _create(
         for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
-    _syncDirectory(directory)
+    syncDirectory(directory)
     return notices
 
 
@@ -147,7 +132,7 @@ def prepareStoreFile(
     """
     notices: list[Notice] = []
     try:
-        _ensureDirectory(os.path.dirname(path))
+        ensurePrivateDirectory(os.path.dirname(path))
         try:
             exists = checkStoreFile(path)
         except EmptyStoreFile:

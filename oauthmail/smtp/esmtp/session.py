@@ -153,10 +153,12 @@ class SessionOpening:
         if not self._channel.secure:
             if b"STARTTLS" not in self._extensions or not self._canStartTLS:
                 self._endWith(
-                    outcomes.PERMANENT,
-                    f"{self._channel.where} does not offer STARTTLS:"
-                    " the token is never sent in cleartext",
-                    tls=True,
+                    SessionError(
+                        outcomes.PERMANENT,
+                        f"{self._channel.where} does not offer STARTTLS:"
+                        " the token is never sent in cleartext",
+                        tls=True,
+                    )
                 )
                 return
             self.state = Opening.STARTTLS
@@ -166,12 +168,9 @@ class SessionOpening:
 
     def _startTLSReply(self, reply: Reply) -> None:
         if reply.code != 220:
-            text = self._channel.clean(reply.text)
-            self._endWith(
-                outcomes.TEMPORARY,
-                f"STARTTLS refused by {self._channel.where}: {outcomes.describe(reply.code, text)}",
-                tls=True,
-            )
+            described = outcomes.describe(reply.code, self._channel.clean(reply.text))
+            reason = f"STARTTLS refused by {self._channel.where}: {described}"
+            self._endWith(SessionError(outcomes.TEMPORARY, reason, tls=True))
             return
         self._channel.startTLS()
         self._extensions = {}
@@ -183,15 +182,19 @@ class SessionOpening:
         if mechanism not in offered:
             name = mechanism.decode("ascii")
             self._endWith(
-                outcomes.PERMANENT,
-                f"the server does not offer AUTH {name}: check smtp.mechanism",
-                auth=True,
+                SessionError(
+                    outcomes.PERMANENT,
+                    f"the server does not offer AUTH {name}: check smtp.mechanism",
+                    auth=True,
+                )
             )
             return
         try:
             self._initial = base64.b64encode(self._login.initialResponse())
         except ValueError as e:  # sasl's messages never quote the token
-            self._endWith(outcomes.REFRESH, f"the access token cannot be sent: {e}", auth=True)
+            self._endWith(
+                SessionError(outcomes.REFRESH, f"the access token cannot be sent: {e}", auth=True)
+            )
             return
         self.state = Opening.AUTH
         self._channel.send(b"AUTH " + mechanism, self._authReply)
@@ -218,9 +221,11 @@ class SessionOpening:
     def _authErrorReply(self, reply: Reply) -> None:
         if reply.code == 334:
             self._endWith(
-                outcomes.TEMPORARY,
-                f"authentication failed: {self._channel.where} kept challenging",
-                auth=True,
+                SessionError(
+                    outcomes.TEMPORARY,
+                    f"authentication failed: {self._channel.where} kept challenging",
+                    auth=True,
+                ),
                 quit=False,
             )
             return
@@ -235,17 +240,21 @@ class SessionOpening:
         if not 400 <= reply.code < 600:
             described = outcomes.describe(reply.code, text)
             self._endWith(
-                outcomes.TEMPORARY,
-                f"authentication failed: {described} (unexpected reply to AUTH)",
-                auth=True,
+                SessionError(
+                    outcomes.TEMPORARY,
+                    f"authentication failed: {described} (unexpected reply to AUTH)",
+                    auth=True,
+                )
             )
             return
         verdict = outcomes.classifyAuthFailure(reply.code, text, self._tokenRejected)
         self._endWith(
-            verdict.action,
-            f"authentication failed: {verdict.reason}",
-            auth=True,
-            pause=verdict.pause,
+            SessionError(
+                verdict.action,
+                f"authentication failed: {verdict.reason}",
+                auth=True,
+                pause=verdict.pause,
+            )
         )
 
     # -- endings ----------------------------------------------------------------------
@@ -256,18 +265,8 @@ class SessionOpening:
         reason = f"{what}: {outcomes.describe(reply.code, text)}"
         if verdict.words and verdict.words not in reason:
             reason = f"{reason} ({verdict.words})"
-        self._endWith(verdict.kind, reason, pause=verdict.pause)
+        self._endWith(SessionError(verdict.kind, reason, pause=verdict.pause))
 
-    def _endWith(
-        self,
-        action: str,
-        reason: str,
-        *,
-        auth: bool = False,
-        tls: bool = False,
-        pause: float | None = None,
-        quit: bool = True,
-    ) -> None:
+    def _endWith(self, error: SessionError, quit: bool = True) -> None:
         self.state = Opening.FAILED
-        error = SessionError(action, reason, auth=auth, tls=tls, pause=pause)
         self._channel.fail(error, quit)

@@ -11,7 +11,8 @@ faster than its interval (RFC 8628 section 3.5: ``slow_down`` adds 5 s).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
 
 from oauthmail.testing.oauth.authorize import verifierMatches
 from oauthmail.testing.oauth.errors import OAuthError, userFault
@@ -21,13 +22,33 @@ from oauthmail.testing.oauth.state import Authority
 __all__ = ["grantClientCredentials", "grantCode", "grantDevice", "grantRefresh"]
 
 
+class _Issued(Protocol):
+    client_id: str
+
+
+_IssuedT = TypeVar("_IssuedT", bound=_Issued)
+
+
+def _issued(
+    issued: Mapping[str, _IssuedT],
+    form: dict[str, str],
+    field: str,
+    client: Client,
+    what: str,
+    reason: str,
+) -> _IssuedT:
+    """The code ``form[field]`` names, issued to ``client``; else the OAuth error to answer."""
+    value = form.get(field)
+    if not value:
+        raise OAuthError("invalid_request", f"{field} is missing")
+    found = issued.get(digest(value))
+    if found is None or found.client_id != client.client_id:
+        raise OAuthError("invalid_grant", f"unknown {what}", reason=reason)
+    return found
+
+
 def grantCode(authority: Authority, client: Client, form: dict[str, str]) -> dict[str, Any]:
-    code_value = form.get("code")
-    if not code_value:
-        raise OAuthError("invalid_request", "code is missing")
-    code = authority.codes.get(digest(code_value))
-    if code is None or code.client_id != client.client_id:
-        raise OAuthError("invalid_grant", "unknown authorization code", reason="code_invalid")
+    code = _issued(authority.codes, form, "code", client, "authorization code", "code_invalid")
     if code.used:
         if authority.revoke_on_code_reuse and code.grant is not None:
             code.grant.revoked = True  # RFC 6749 section 4.1.2: revoke what it gave
@@ -113,12 +134,9 @@ def grantClientCredentials(
 
 
 def grantDevice(authority: Authority, client: Client, form: dict[str, str]) -> dict[str, Any]:
-    device_code = form.get("device_code")
-    if not device_code:
-        raise OAuthError("invalid_request", "device_code is missing")
-    device = authority.devices.get(digest(device_code))
-    if device is None or device.client_id != client.client_id:
-        raise OAuthError("invalid_grant", "unknown device code", reason="device_invalid")
+    device = _issued(
+        authority.devices, form, "device_code", client, "device code", "device_invalid"
+    )
     if device.redeemed:
         raise OAuthError("invalid_grant", "device code was already used", reason="device_reused")
     now = authority.now()

@@ -71,13 +71,7 @@ class TokenEndpoint:
                 authority.refresh_presentations[digest(value)] += 1
         track(request)
         faults = authority.faults
-        if faults.hang:
-            self.room.hold(request)
-        elif faults.latency > 0 and authority.reactor is not None:
-            self.room.later(authority.reactor, faults.latency, self.answer, request)
-        else:
-            self.answer(request)
-        return server.NOT_DONE_YET
+        return self.room.admit(request, self.answer, faults.hang, authority.reactor, faults.latency)
 
     def answer(self, request: server.Request) -> None:
         """Answer one request now: an injected error, or the grant's answer."""

@@ -36,11 +36,7 @@ class IntrospectionEndpoint:
     def render(self, request: server.Request) -> int:
         self.authority.requests["introspect"] += 1
         track(request)
-        if self.authority.faults.introspection_hang:
-            self.room.hold(request)
-        else:
-            self.answer(request)
-        return server.NOT_DONE_YET
+        return self.room.admit(request, self.answer, self.authority.faults.introspection_hang)
 
     def answer(self, request: server.Request) -> None:
         if gone(request):

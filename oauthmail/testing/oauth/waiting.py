@@ -28,6 +28,26 @@ class WaitingRoom:
     def __len__(self) -> int:
         return len(self.held)
 
+    def admit(
+        self,
+        request: server.Request,
+        answer: Answer,
+        hang: bool = False,
+        reactor: IReactorTime | None = None,
+        latency: float = 0.0,
+    ) -> int:
+        """Hold ``request`` (``hang``), answer it ``latency`` seconds later, or answer it now.
+
+        Returns ``NOT_DONE_YET``: ``answer`` finishes the request in every case.
+        """
+        if hang:
+            self.hold(request)
+        elif latency > 0 and reactor is not None:
+            self.later(reactor, latency, answer, request)
+        else:
+            answer(request)
+        return server.NOT_DONE_YET
+
     def hold(self, request: server.Request) -> None:
         """Keep ``request`` unanswered until :meth:`release`."""
         self.held.append(request)

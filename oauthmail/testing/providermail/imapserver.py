@@ -15,9 +15,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.protocols.basic import LineOnlyReceiver
-
 from oauthmail.mail.trace import headerBlock, headerValues
+from oauthmail.testing.providermail.connection import ScriptedConnection
 
 if TYPE_CHECKING:
     from oauthmail.testing.providermail.servers import ProviderMail
@@ -83,16 +82,11 @@ def _quoted(name: str) -> bytes:
     return b'"' + name.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
 
 
-class ScriptedIMAP(LineOnlyReceiver):
+class ScriptedIMAP(ScriptedConnection):
     """One IMAP connection to a :class:`ProviderMail`."""
 
-    delimiter = b"\r\n"
-    MAX_LENGTH = 64 * 1024
-
     def __init__(self, owner: ProviderMail) -> None:
-        self.owner = owner
-        self.style = owner.style
-        self.user: str | None = None
+        super().__init__(owner)
         self.selected: str | None = None
         self._continuation: Callable[[bytes], None] | None = None
 

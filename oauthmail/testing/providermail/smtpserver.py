@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from twisted.protocols.basic import LineOnlyReceiver
-
 from oauthmail.mail.trace import headerBlock
+from oauthmail.testing.providermail.connection import ScriptedConnection
 from oauthmail.testing.providermail.imapserver import readBearer
 
 if TYPE_CHECKING:
@@ -33,16 +32,11 @@ def withoutTrace(message: bytes) -> bytes:
     return _RECEIVED.sub(b"", header) + message[len(header) :]
 
 
-class ScriptedSMTP(LineOnlyReceiver):
+class ScriptedSMTP(ScriptedConnection):
     """One SMTP submission connection to a :class:`ProviderMail` (implicit TLS)."""
 
-    delimiter = b"\r\n"
-    MAX_LENGTH = 64 * 1024
-
     def __init__(self, owner: ProviderMail) -> None:
-        self.owner = owner
-        self.style = owner.style
-        self.user: str | None = None
+        super().__init__(owner)
         self.mailFrom: str | None = None
         self.recipients: list[str] = []
         self.data: list[bytes] | None = None
