@@ -148,7 +148,11 @@ class GrantClient:
         when first revealed, and that should happen only if a provider text needs
         scrubbing, not on every refresh.
         """
-        return self._client_hidden + tuple(s for s in secrets_ if s is not None)
+        hidden = self._client_hidden
+        for secret in secrets_:
+            if secret is not None:
+                hidden += (secret,)
+        return hidden
 
     async def _post(
         self, url: str | None, body: str, what: str, hidden: tuple[Secret, ...]
