@@ -119,11 +119,21 @@ def _decide(
     except Exception:
         return defer.fail()
     expected = 0 if record is None else record.version
+    # Not maybeDeferred and a closure: this runs once per refresh of every account.
+    try:
+        answer = refresh(record)
+    except Exception:
+        return defer.fail()
+    if not isinstance(answer, defer.Deferred):
+        answer = defer.succeed(answer)
+    return answer.addCallback(_write, store, account_id, expected)
 
-    def write(tokens: TokenSet) -> defer.Deferred[LockedRefresh]:
-        return store.putTokens(account_id, tokens, expected).addCallback(_refreshed)
 
-    return defer.maybeDeferred(refresh, record).addCallback(write)
+def _write(
+    tokens: TokenSet, store: Any, account_id: str, expected: int
+) -> defer.Deferred[LockedRefresh]:
+    """Compare-and-swap the provider's answer in, on the version the refresh read."""
+    return store.putTokens(account_id, tokens, expected).addCallback(_refreshed)
 
 
 def _refreshed(stored: TokenRecord) -> LockedRefresh:

@@ -22,6 +22,7 @@ each method here passes it as ``hidden``) and :mod:`oauthmail.tokens.errors`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote_plus, urlsplit
@@ -47,6 +48,9 @@ from oauthmail.tokens.http import HTTPResponse, InsecureEndpointError, checkEndp
 from oauthmail.tokens.records import TokenSet
 
 log = Logger()
+
+#: Characters ``quote_plus`` never changes: a refresh token made of them is sent as it is.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
 
 FORM_HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
@@ -148,7 +152,11 @@ class GrantClient:
         when first revealed, and that should happen only if a provider text needs
         scrubbing, not on every refresh.
         """
-        return self._client_hidden + tuple(s for s in secrets_ if s is not None)
+        hidden = self._client_hidden
+        for secret in secrets_:
+            if secret is not None:
+                hidden += (secret,)
+        return hidden
 
     async def _post(
         self, url: str | None, body: str, what: str, hidden: tuple[Secret, ...]
@@ -281,7 +289,9 @@ class GrantClient:
         token = refresh_token.reveal()
         # What prepare_token_request("refresh_token", ...) builds (tests compare the
         # two), without re-encoding the client's fixed fields on every refresh.
-        body = f"{head}&refresh_token={quote_plus(token)}{tail}" if token else head + tail
+        if token and not _UNRESERVED.fullmatch(token):
+            token = quote_plus(token)  # a token of unreserved characters reads the same quoted
+        body = f"{head}&refresh_token={token}{tail}" if token else head + tail
         url = self.profile.token_endpoint
         if not url:
             return defer.fail(TokenEndpointError("not_configured", "profile has no token endpoint"))

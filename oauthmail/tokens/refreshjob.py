@@ -19,7 +19,7 @@ from oauthmail.secret import Secret
 from oauthmail.tokens.errors import AccountNotAuthorised, TransientTokenError
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
 
-__all__ = ["Limiter", "RefreshJob", "StillValid", "refreshTokenOf", "release"]
+__all__ = ["Limiter", "RefreshJob", "StillValid", "refreshTokenOf"]
 
 
 class Limiter(Protocol):
@@ -28,12 +28,6 @@ class Limiter(Protocol):
     def acquire(self) -> defer.Deferred[object]: ...
 
     def release(self) -> None: ...
-
-
-def release(result: object, limiter: Limiter) -> object:
-    """Give ``limiter``'s slot back, passing ``result`` on (a ``Deferred`` callback)."""
-    limiter.release()
-    return result
 
 
 def refreshTokenOf(

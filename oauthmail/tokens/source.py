@@ -35,6 +35,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -59,10 +60,27 @@ from oauthmail.tokens.errors import (
 )
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
-from oauthmail.tokens.refreshjob import Limiter, RefreshJob, StillValid, refreshTokenOf, release
+from oauthmail.tokens.refreshjob import Limiter, RefreshJob, StillValid, refreshTokenOf
 from oauthmail.tokens.unsaved import UnsavedTokens
 
 log = Logger()
+
+
+def _answered(
+    result: TokenSet | Failure, job: RefreshJob, limiter: Limiter | None
+) -> TokenSet | Failure:
+    """The provider answered (or the request failed): give the slot back, keep the tokens.
+
+    One callback for both steps: it runs once per refresh of every account.
+    """
+    if limiter is not None:
+        limiter.release()
+    if isinstance(result, Failure):
+        return result
+    if job.refresh_token is not None and result.refresh_token is None:
+        result = replace(result, refresh_token=job.refresh_token)  # provider did not rotate
+    job.obtained = result
+    return result
 
 
 @implementer(ITokenSource)
@@ -104,6 +122,8 @@ class TokenSource:
         self._store = store
         self._transportFor = transportFor
         self._accounts = dict(accounts_by_name)
+        #: Accounts whose (frozen) configuration :meth:`account` found usable.
+        self._usable: set[str] = set()
         self._transport = transport
         self._clock = clock
         self.margin = margin
@@ -177,16 +197,22 @@ class TokenSource:
         account = self._accounts.get(account_id)
         if account is None:
             raise AccountNotAuthorised(account_id, "no such account in the configuration")
-        if not account.configured:
-            raise AccountNotAuthorised(
-                account_id,
-                f"profile {account.profile.name!r} has no client_id: the account is not configured",
-            )
+        if account_id not in self._usable:
+            # Configurations are frozen: once usable, always (checked once, not per refresh).
+            if not account.configured:
+                raise AccountNotAuthorised(
+                    account_id,
+                    f"profile {account.profile.name!r} has no client_id:"
+                    " the account is not configured",
+                )
+            self._usable.add(account_id)
         return account
 
     def grantClient(self, account_id: str) -> GrantClient:
         """The ``GrantClient`` for an account's profile (for the authorise flows)."""
-        profile = self.account(account_id).profile
+        return self._grantClientFor(self.account(account_id).profile)
+
+    def _grantClientFor(self, profile: ProfileConfig) -> GrantClient:
         client = self._grants.get(profile.name)
         if client is None or client.profile is not profile:
             transport = self._transport
@@ -374,8 +400,8 @@ class TokenSource:
         job.obtained = None
         d = self._store.refreshLocked(
             job.account.name,
-            lambda record: self._freshEnough(job, record),
-            lambda record: self._askProvider(job, record),
+            partial(self._freshEnough, job),
+            partial(self._askProvider, job),
             job.record,  # what we just read: a store without a lock need not read it again
         )
         return d.addCallbacks(
@@ -399,13 +425,11 @@ class TokenSource:
             # Another node stored tokens since our first read: theirs are the live ones.
             job.record, job.pending = record, None
             job.refresh_token = refreshTokenOf(job.account, job.state, record, None)
-        grants = self.grantClient(job.account.name)
+        grants = self._grantClientFor(job.account.profile)
         limiter = job.limiter
         if limiter is None:
-            d = self._request(None, grants, job, None)
-        else:
-            d = limiter.acquire().addCallback(self._request, grants, job, limiter)
-        return d.addCallback(self._obtained, job)
+            return self._request(None, grants, job, None)
+        return limiter.acquire().addCallback(self._request, grants, job, limiter)
 
     def _locked(self, done: LockedRefresh, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
         """Refreshed and stored, or stored fresh by another node: hand it out."""
@@ -442,9 +466,7 @@ class TokenSource:
                 d = grants.refresh(job.refresh_token, access_token=access)
         except Exception:
             d = defer.fail()
-        if limiter is not None:
-            d.addBoth(release, limiter)
-        return d
+        return d.addBoth(_answered, job, limiter)
 
     def _askFailed(
         self, failure: Failure, job: RefreshJob
@@ -470,13 +492,6 @@ class TokenSource:
         if isinstance(error, TokenEndpointError):
             return defer.ensureDeferred(self._refused(job, error))
         return failure
-
-    @staticmethod
-    def _obtained(tokens: TokenSet, job: RefreshJob) -> TokenSet:
-        if job.refresh_token is not None and tokens.refresh_token is None:
-            tokens = replace(tokens, refresh_token=job.refresh_token)  # provider did not rotate
-        job.obtained = tokens
-        return tokens
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float | None:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential, jittered, >= Retry-After.
