@@ -12,12 +12,20 @@ from __future__ import annotations
 import re
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+#: A line cleanText gives back unchanged: printable ASCII words, one space apart.
+_CLEAN_LINE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 
 __all__ = ["cleanText", "describeFailure", "describeWhen"]
 
 
 def cleanText(text: object, limit: int = 300) -> str:
-    """One printable line of at most ``limit`` characters (provider text is untrusted)."""
+    """One printable line of at most ``limit`` characters (provider text is untrusted).
+
+    Most texts (a token type, a server's ``250 2.0.0 Ok``) are clean already and
+    are returned as they are: several are cleaned for every message or refresh.
+    """
+    if type(text) is str and len(text) <= limit and _CLEAN_LINE.fullmatch(text):
+        return text
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     line = " ".join(_UNPRINTABLE.sub(" ", str(text)).split())

@@ -20,6 +20,19 @@ def test_cleanTextIsOnePrintableBoundedLine(text: object, limit: int) -> None:
     assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in line)
 
 
+@given(st.text(), st.integers(min_value=2, max_value=80))
+def test_cleanTextsShortcutForCleanLinesChangesNothing(text: str, limit: int) -> None:
+    """A text returned as it is (already clean) is what the full cleaning would give."""
+    slow = " ".join(text.replace("\x7f", " ").translate(_CONTROLS).split())
+    if len(slow) > limit:
+        slow = slow[: limit - 1] + "…"
+    assert cleanText(text, limit) == slow
+    assert cleanText(slow, limit) == slow
+
+
+_CONTROLS = {c: " " for c in range(32)}
+
+
 def test_cleanTextCannotForgeALogLine() -> None:
     """A CR/LF in provider text does not start a second line."""
     assert cleanText("bad\r\n2026-12-03 [oauthmail] account ok") == (

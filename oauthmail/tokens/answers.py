@@ -80,8 +80,6 @@ MAX_TOKEN_LENGTH = 64 * 1024
 _VSCHAR = re.compile(r"[\x20-\x7e]+")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WHOLE = re.compile(r"[0-9]+")
-#: A line ``cleanText`` gives back unchanged: printable ASCII words, one space apart.
-_CLEAN_LINE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 
 
 class Remedy(enum.Enum):
@@ -292,23 +290,12 @@ def _tokenSet(
         access_token=Secret(access),
         expires_at=now + lifetime if lifetime is not None else None,
         refresh_token=Secret(refresh) if refresh else None,
-        scope=_cleanField(" ".join(map(str, scope)), 2000)
+        scope=cleanText(" ".join(map(str, scope)), 2000)
         if isinstance(scope, list)
         else requested_scope,
-        token_type=_cleanField(params.get("token_type") or "Bearer", 40),
+        token_type=cleanText(params.get("token_type") or "Bearer", 40),
         id_token=Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
-
-
-def _cleanField(value: object, limit: int) -> str:
-    """``cleanText(value, limit)``; an everyday clean value (``Bearer``) is used as it is.
-
-    Every refresh cleans two fields of its answer; a value that is printable ASCII
-    words one space apart, within ``limit``, is exactly what ``cleanText`` would return.
-    """
-    if type(value) is str and len(value) <= limit and _CLEAN_LINE.fullmatch(value):
-        return value
-    return cleanText(value, limit)
 
 
 def _isToken(value: object) -> bool:

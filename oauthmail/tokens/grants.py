@@ -22,7 +22,6 @@ each method here passes it as ``hidden``) and :mod:`oauthmail.tokens.errors`.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote_plus, urlsplit
@@ -48,9 +47,6 @@ from oauthmail.tokens.http import HTTPResponse, InsecureEndpointError, checkEndp
 from oauthmail.tokens.records import TokenSet
 
 log = Logger()
-
-#: Characters ``quote_plus`` never changes: a refresh token made of them is sent as it is.
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
 
 FORM_HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
@@ -289,9 +285,7 @@ class GrantClient:
         token = refresh_token.reveal()
         # What prepare_token_request("refresh_token", ...) builds (tests compare the
         # two), without re-encoding the client's fixed fields on every refresh.
-        if token and not _UNRESERVED.fullmatch(token):
-            token = quote_plus(token)  # a token of unreserved characters reads the same quoted
-        body = f"{head}&refresh_token={token}{tail}" if token else head + tail
+        body = f"{head}&refresh_token={quote_plus(token)}{tail}" if token else head + tail
         url = self.profile.token_endpoint
         if not url:
             return defer.fail(TokenEndpointError("not_configured", "profile has no token endpoint"))
