@@ -408,15 +408,16 @@ class IOutbox(Interface):
     def dueInDoubt(account, now, limit):
         """Fire with up to ``limit`` due messages in doubt, as ``[DoubtfulMessage]``."""
 
-    def clearDoubt(ids, last_error=None):
-        """These messages are no longer in doubt (they will be sent again as they are)."""
+    def takeInDoubt(account, now, limit, hold):
+        """Up to ``limit`` due ``[DoubtfulMessage]``, held ``hold`` s; others' rows skipped."""
+
+    def clearDoubt(ids, now, last_error=None):
+        """No longer in doubt: due at ``now`` (this and the two below skip settled ones)."""
 
     def stillInDoubt(ids, reason, now, wait, give_up):
         """Sent could not be searched: look again after ``wait`` seconds.
 
-        A message in doubt for ``give_up`` seconds or more is no longer in doubt
-        (sent again: at least once beats at most once). Fire with how many gave up.
-        """
+        In doubt ``give_up`` s or more: sent again (at least once beats at most once)."""
 
     def settleDoubt(found, missing, now, policy):
         """Record what Sent showed: ``found`` ids are sent, ``missing`` ids are sent again.

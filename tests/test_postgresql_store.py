@@ -381,6 +381,44 @@ async def test_a_live_node_keeps_its_claims_and_a_dead_ones_are_taken_back(postg
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_nodes_share_doubts_without_deadlock(postgres_dsn):
+    """Two nodes take disjoint doubts, and settling many in opposite orders never deadlocks.
+
+    CI once saw a node's restart fail with "deadlock detected": its recovery and
+    another node's settling wrote the same rows in different orders.
+    """
+    key = generateKey()
+    policy = FixedPolicy(sent_check=frozenset({"alice"}), sent_check_delay=0.0)
+    a = await openPostgreSQL(postgres_dsn, Clock(), node="a", key=key)
+    b = await openPostgreSQL(postgres_dsn, Clock(), node="b", key=key)
+    try:
+        ids = [f"m{i:02d}" for i in range(40)]
+        for message_id in ids:
+            await a.outbox.enqueue(entry(message_id))
+        await a.outbox.claimDue("alice", NOW, 40)
+        await a.outbox.recover(NOW, policy)  # all 40 in doubt
+        takes = await defer.gatherResults(
+            [x.outbox.takeInDoubt("alice", NOW, 20, 300.0) for x in (a, b, a, b)]
+        )
+        taken = [d.id for doubts in takes for d in doubts]
+        assert sorted(taken) == ids  # each once
+        for _ in range(5):
+            await defer.gatherResults(
+                [
+                    a.outbox.settleDoubt(ids[::2], ids[1::2], NOW + 1, policy),
+                    b.outbox.settleDoubt(ids[1::2][::-1], ids[::2][::-1], NOW + 1, policy),
+                    a.outbox.recover(NOW + 1, policy),
+                    b.outbox.recover(NOW + 1, policy),
+                ]
+            )
+        statuses = [await a.outbox.status(i) for i in ids]
+        assert all(s.state in ("sent", "queued") for s in statuses)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_node_whose_claim_was_taken_back_records_nothing(postgres_dsn):
     """After its claim expired and another node claimed the message, a late outcome is dropped."""
     key = generateKey()

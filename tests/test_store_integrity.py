@@ -214,6 +214,7 @@ class BrokenOutbox(MemoryOutbox):
         "enqueue",
         "recover",
         "claimDue",
+        "takeInDoubt",
         "clearDoubt",
         "stillInDoubt",
         "settleDoubt",

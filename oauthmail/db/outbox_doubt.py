@@ -40,6 +40,17 @@ class OutboxDoubt:
             " WHERE account = ? AND state = 'queued' AND in_doubt_since IS NOT NULL"
             f" AND next_attempt_at <= ? ORDER BY next_attempt_at, {arrival} LIMIT ?"
         )
+        self._take = dialect.sql(
+            "SELECT id, substr(message, 1, ?), provider_accepted_at FROM outbound"  # noqa: S608
+            " WHERE account = ? AND state = 'queued' AND in_doubt_since IS NOT NULL"
+            f" AND next_attempt_at <= ? ORDER BY next_attempt_at, {arrival} LIMIT ?"
+            " FOR UPDATE SKIP LOCKED"
+        )
+        self._held = dialect.sql("UPDATE outbound SET next_attempt_at = ? WHERE id = ?")
+        self._open = dialect.sql(
+            "SELECT in_doubt_since FROM outbound WHERE id = ? AND state = 'queued'"
+            " AND in_doubt_since IS NOT NULL FOR UPDATE"
+        )
 
     def dueInDoubt(
         self, conn: Connection, account: str, now: float, limit: int
@@ -51,16 +62,48 @@ class OutboxDoubt:
             for i, start, accepted in rows
         ]
 
-    def clearDoubt(self, conn: Connection, ids: list[str], last_error: str | None) -> None:
+    def takeInDoubt(
+        self, conn: Connection, account: str, now: float, limit: int, hold: float
+    ) -> list[DoubtfulMessage]:
+        """The due messages in doubt, held for ``hold`` seconds: no other node searches them.
+
+        Rows another node holds or is writing are skipped, never waited for.
+        """
         with self._dialect.writing(conn):
-            conn.cursor().executemany(
-                self._sql(
-                    "UPDATE outbound SET in_doubt_since = NULL,"
-                    " last_error = COALESCE(?, last_error) WHERE id = ?"
-                ),
-                [(last_error, message_id) for message_id in ids],
-            )
-            for message_id in ids:
+            rows = conn.execute(self._take, (HEADER_READ, account, now, limit)).fetchall()
+            if rows:
+                conn.cursor().executemany(self._held, [(now + hold, row[0]) for row in rows])
+        return [
+            DoubtfulMessage(i, headerBlock(bytes(start)), accepted is not None)
+            for i, start, accepted in rows
+        ]
+
+    def _stillOpen(self, conn: Connection, ids: list[str]) -> list[tuple[str, float]]:
+        """Those of ``ids`` still queued in doubt, locked in id order, with their doubt's start.
+
+        One order for every node's settling writes, so two of them never wait
+        for each other (a deadlock); a message another node settled meanwhile
+        is left alone.
+        """
+        open_ = []
+        for message_id in sorted(set(ids)):
+            row = conn.execute(self._open, (message_id,)).fetchone()
+            if row is not None:
+                open_.append((message_id, row[0]))
+        return open_
+
+    def clearDoubt(
+        self, conn: Connection, ids: list[str], now: float, last_error: str | None
+    ) -> None:
+        with self._dialect.writing(conn):
+            for message_id, _ in self._stillOpen(conn, ids):
+                conn.execute(
+                    self._sql(
+                        "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
+                        " last_error = COALESCE(?, last_error) WHERE id = ?"
+                    ),
+                    (now, last_error, message_id),
+                )
                 self._rows.undefer(conn, message_id)
 
     def stillInDoubt(
@@ -69,22 +112,15 @@ class OutboxDoubt:
         """Sent could not be searched: look again after ``wait``, or resend after ``give_up``."""
         given_up = 0
         with self._dialect.writing(conn):
-            for message_id in ids:
-                row = conn.execute(
-                    self._sql(
-                        "SELECT in_doubt_since FROM outbound WHERE id = ? AND state = 'queued'"
-                    ),
-                    (message_id,),
-                ).fetchone()
-                if row is None or row[0] is None:
-                    continue
-                if now - row[0] >= give_up:
+            for message_id, since in self._stillOpen(conn, ids):
+                if now - since >= give_up:
                     given_up += 1
                     conn.execute(
                         self._sql(
-                            "UPDATE outbound SET in_doubt_since = NULL, last_error = ? WHERE id = ?"
+                            "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
+                            " last_error = ? WHERE id = ?"
                         ),
-                        (cleanText(f"{reason}; sending again"), message_id),
+                        (now, cleanText(f"{reason}; sending again"), message_id),
                     )
                     self._rows.undefer(conn, message_id)
                 else:
@@ -111,8 +147,21 @@ class OutboxDoubt:
         its bounce, if some failed) when none is left.
         """
         rows = self._rows
+        wasFound = set(found)
+        settled = []
         with self._dialect.writing(conn):
-            for message_id in found:
+            for message_id, _ in self._stillOpen(conn, [*found, *missing]):
+                if message_id not in wasFound:
+                    conn.execute(
+                        self._sql(
+                            "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
+                            " last_error = 'not found in Sent: sending again' WHERE id = ?"
+                        ),
+                        (now, message_id),
+                    )
+                    rows.undefer(conn, message_id)
+                    continue
+                settled.append(message_id)
                 conn.execute(
                     self._sql(
                         "UPDATE outbound_recipients SET state = 'sent', last_code = NULL,"
@@ -134,13 +183,4 @@ class OutboxDoubt:
                 else:
                     rows.attempted(conn, message_id)
                     rows.writeFinal(conn, message_id, None, now, policy)
-            for message_id in missing:
-                conn.execute(
-                    self._sql(
-                        "UPDATE outbound SET in_doubt_since = NULL, last_error ="
-                        " 'not found in Sent: sending again' WHERE id = ?"
-                    ),
-                    (message_id,),
-                )
-                rows.undefer(conn, message_id)
-        return rows.statuses(conn, found)
+        return rows.statuses(conn, settled)

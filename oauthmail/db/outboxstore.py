@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
 
@@ -22,7 +23,7 @@ from oauthmail.db.outbox_doubt import OutboxDoubt
 from oauthmail.db.outbox_rows import OutboxRows
 from oauthmail.db.stored import Database, DatabaseStore
 from oauthmail.interfaces import IDeliveryPolicy
-from oauthmail.smtp.queue.records import AccountFigures, DeliveryStatus
+from oauthmail.smtp.queue.records import AccountFigures, DeliveryStatus, DoubtfulMessage
 
 __all__ = ["OutboxQueries", "StoredOutbox"]
 
@@ -67,8 +68,23 @@ class StoredOutbox(DatabaseStore):
     def dueInDoubt(self, account: str, now: float, limit: int) -> defer.Deferred:
         return self._read(self._q.doubt.dueInDoubt, account, now, limit)
 
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
-        return self._run(self._q.doubt.clearDoubt, list(ids), last_error)
+    def takeInDoubt(
+        self, account: str, now: float, limit: int, hold: float
+    ) -> defer.Deferred[list[DoubtfulMessage]]:
+        # A read first: the queue asks before every claim, and it is nearly always empty.
+        d = self._read(self._q.doubt.dueInDoubt, account, now, 1)
+
+        def take(due: list[DoubtfulMessage]) -> Any:
+            if not due:
+                return []
+            return self._run(self._q.doubt.takeInDoubt, account, now, limit, hold)
+
+        return d.addCallback(take)
+
+    def clearDoubt(
+        self, ids: Sequence[str], now: float, last_error: str | None = None
+    ) -> defer.Deferred[None]:
+        return self._run(self._q.doubt.clearDoubt, list(ids), now, last_error)
 
     def stillInDoubt(
         self, ids: Sequence[str], reason: str, now: float, wait: float, give_up: float

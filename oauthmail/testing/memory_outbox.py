@@ -240,13 +240,33 @@ class MemoryOutbox:
             ]
         )
 
-    def clearDoubt(self, ids: Sequence[str], last_error: str | None = None) -> defer.Deferred[None]:
+    def takeInDoubt(
+        self, account: str, now: float, limit: int, hold: float
+    ) -> defer.Deferred[list[DoubtfulMessage]]:
+        d = self.dueInDoubt(account, now, limit)
+        taken: list[DoubtfulMessage] = d.result if d.called else []
+        if taken:
+            self.writes += 1
+            for doubtful in taken:
+                self.messages[doubtful.id].next_attempt_at = now + hold
+        return defer.succeed(taken)
+
+    def _inDoubt(self, ids: Sequence[str]) -> list[_Message]:
+        """Those still queued in doubt (another node may have settled one meanwhile)."""
+        found = (self.messages.get(i) for i in sorted(set(ids)))
+        return [
+            m
+            for m in found
+            if m is not None and m.state == "queued" and m.in_doubt_since is not None
+        ]
+
+    def clearDoubt(
+        self, ids: Sequence[str], now: float, last_error: str | None = None
+    ) -> defer.Deferred[None]:
         self.writes += 1
-        for message_id in ids:
-            m = self.messages.get(message_id)
-            if m is None:
-                continue
+        for m in self._inDoubt(ids):
             m.in_doubt_since = None
+            m.next_attempt_at = now
             if last_error is not None:
                 m.last_error = last_error
             m.undefer()
@@ -257,13 +277,11 @@ class MemoryOutbox:
     ) -> defer.Deferred[int]:
         self.writes += 1
         given_up = 0
-        for message_id in ids:
-            m = self.messages.get(message_id)
-            if m is None or m.state != "queued" or m.in_doubt_since is None:
-                continue
+        for m in self._inDoubt(ids):
             if now - m.in_doubt_since >= give_up:
                 given_up += 1
                 m.in_doubt_since = None
+                m.next_attempt_at = now
                 m.last_error = cleanText(f"{reason}; sending again")
                 m.undefer()
             else:
@@ -274,15 +292,20 @@ class MemoryOutbox:
         self, found: Sequence[str], missing: Sequence[str], now: float, policy: IDeliveryPolicy
     ) -> defer.Deferred[list[DeliveryStatus]]:
         self.writes += 1
-        for message_id in found:
-            m = self.messages.get(message_id)
-            if m is None:
+        settled = []
+        wasFound = set(found)
+        for m in self._inDoubt([*found, *missing]):
+            m.in_doubt_since = None
+            if m.id not in wasFound:
+                m.next_attempt_at = now
+                m.last_error = "not found in Sent: sending again"
+                m.undefer()
                 continue
+            settled.append(m.id)
             for r in m.recipients:
                 if r.state == "pending":
                     r.state, r.code, r.text = "sent", None, FOUND_IN_SENT
             m.undefer()
-            m.in_doubt_since = None
             if m.provider_accepted_at is None:
                 m.provider_accepted_at = now
             if any(r.state == "pending" for r in m.recipients):
@@ -290,14 +313,7 @@ class MemoryOutbox:
             else:
                 m.attempts += 1
                 self._final(m, None, now, policy)
-        for message_id in missing:
-            m = self.messages.get(message_id)
-            if m is None:
-                continue
-            m.in_doubt_since = None
-            m.last_error = "not found in Sent: sending again"
-            m.undefer()
-        return defer.succeed(self._statuses(found))
+        return defer.succeed(self._statuses(settled))
 
     def recordRefusals(
         self, message_id: str, refused: Sequence[RecipientReply]

@@ -433,16 +433,73 @@ async def test_clear_doubt(outbox):
     """clearDoubt ends the doubt (deferred recipients pending again) and may note why."""
     policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=0.0)
     await outbox.enqueue(queued("m1", "a@x.test", "b@x.test"))
+    await outbox.enqueue(queued("m2"))
     await outbox.claimDue(ACCOUNT, NOW, 10)
     await outbox.recordRefusals("m1", [RecipientOutcome("b@x.test", 452, "later")])
     await outbox.recover(NOW, policy)
-    await outbox.clearDoubt(["m1"], None)
+    await outbox.clearDoubt(["m1"], NOW)
     status = await outbox.status("m1")
     assert states(status) == {"a@x.test": "pending", "b@x.test": "pending"}
     assert "looking in Sent" in status.last_error
-    await outbox.clearDoubt(["m1"], "why not")
-    assert (await outbox.status("m1")).last_error == "why not"
-    assert [m.id for m in await outbox.claimDue(ACCOUNT, NOW, 10)] == ["m1"]
+    await outbox.clearDoubt(["m2"], NOW, "why not")
+    assert (await outbox.status("m2")).last_error == "why not"
+    # Settled already: a second clear (another node's, late) changes nothing.
+    await outbox.clearDoubt(["m1"], NOW, "late")
+    assert "looking in Sent" in (await outbox.status("m1")).last_error
+    assert [m.id for m in await outbox.claimDue(ACCOUNT, NOW, 10)] == ["m1", "m2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_search_holds_its_doubts(outbox):
+    """takeInDoubt holds what it returns: nobody else searches for it until the hold ends."""
+    policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=0.0)
+    for i in range(3):
+        await outbox.enqueue(queued(f"m{i}"))
+    await outbox.claimDue(ACCOUNT, NOW, 10)
+    await outbox.recover(NOW, policy)
+    assert await outbox.takeInDoubt(ACCOUNT, NOW - 1, 10, 300.0) == []  # not due yet
+    assert [d.id for d in await outbox.takeInDoubt(ACCOUNT, NOW, 2, 300.0)] == ["m0", "m1"]
+    assert [d.id for d in await outbox.takeInDoubt(ACCOUNT, NOW + 1, 10, 300.0)] == ["m2"]
+    assert await outbox.takeInDoubt(ACCOUNT, NOW + 299, 10, 300.0) == []
+    assert (await outbox.status("m0")).next_attempt_at == NOW + 300
+    # Not found in Sent: due at once, not at the end of the hold.
+    assert await outbox.settleDoubt([], ["m0"], NOW + 2, policy) == []
+    assert [m.id for m in await outbox.claimDue(ACCOUNT, NOW + 2, 10)] == ["m0"]
+    # A holder that died: after the hold, another search takes its messages.
+    assert [d.id for d in await outbox.takeInDoubt(ACCOUNT, NOW + 300, 10, 300.0)] == ["m1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_search_settles_nothing(outbox):
+    """A second search's answer for a doubt already settled is dropped, found or missing."""
+    policy = FixedPolicy(sent_check=frozenset({ACCOUNT}), sent_check_delay=0.0)
+    await outbox.enqueue(queued("m1"))
+    await outbox.enqueue(queued("m2"))
+    await outbox.claimDue(ACCOUNT, NOW, 10)
+    await outbox.recover(NOW, policy)
+    await outbox.settleDoubt([], ["m1", "m2"], NOW + 1, policy)
+    (m1, m2) = await outbox.claimDue(ACCOUNT, NOW + 1, 10)
+    await outbox.recordOutcomes(
+        [
+            outcome(
+                "m1",
+                ("bob@example.net", 0),
+                accepted=False,
+                in_doubt=True,
+                unanswered=("bob@example.net",),
+            ),
+        ],
+        NOW + 2,
+        policy,
+    )  # m1 is in doubt again; m2 is being sent
+    assert await outbox.settleDoubt(["m2"], [], NOW + 3, policy) == []
+    assert (await outbox.status("m2")).state == "sending"
+    await outbox.clearDoubt(["m2"], NOW + 3)
+    assert await outbox.stillInDoubt(["m2"], "late", NOW + 3, 60.0, 0.0) == 0
+    assert (await outbox.status("m2")).state == "sending"
+    # m1's new doubt is settled by its own search, not by the late one's "found".
+    (found,) = await outbox.settleDoubt(["m1"], [], NOW + 4, policy)
+    assert found.id == "m1" and found.state == "sent"
 
 
 @pytest_twisted.ensureDeferred

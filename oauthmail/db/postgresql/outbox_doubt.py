@@ -26,7 +26,13 @@ __all__ = ["reclaimExpired", "recover"]
 def recover(conn: Connection, node: str, now: float, policy: IDeliveryPolicy) -> Recovery:
     """Queue again what a crash left ``sending``: looked for in Sent first, or sent again."""
     # Every start gives the messages already in doubt a full sent_check_give_up again.
-    conn.execute("UPDATE outbound SET in_doubt_since = %s WHERE in_doubt_since IS NOT NULL", (now,))
+    # A row another node is writing (settling that doubt) is skipped, never waited
+    # for: two nodes' writes over many rows in different orders would deadlock.
+    conn.execute(
+        "UPDATE outbound SET in_doubt_since = %s WHERE id IN (SELECT id FROM outbound"
+        " WHERE in_doubt_since IS NOT NULL FOR UPDATE SKIP LOCKED)",
+        (now,),
+    )
     rows = conn.execute(
         "SELECT id, account FROM outbound WHERE state = 'sending'"
         " AND (claimed_by IS NULL OR claimed_by = %s OR claim_expires < now())"

@@ -25,8 +25,12 @@ def recover(conn: sqlite3.Connection, now: float, policy: IDeliveryPolicy) -> Re
     with transaction(conn):
         # Every start gives the messages already in doubt a full sent_check_give_up
         # again: a long downtime is no reason to give up on the first failed search.
+        # A search the stop interrupted held its messages (SENT_SEARCH_HOLD): one
+        # node only, so nobody else holds them; they are looked for again soon.
         conn.execute(
-            "UPDATE outbound SET in_doubt_since = ? WHERE in_doubt_since IS NOT NULL", (now,)
+            "UPDATE outbound SET in_doubt_since = ?, next_attempt_at = MIN(next_attempt_at, ?)"
+            " WHERE in_doubt_since IS NOT NULL",
+            (now, now + policy.sent_check_delay),
         )
         rows = conn.execute("SELECT id, account FROM outbound WHERE state = 'sending'").fetchall()
         for message_id, account in rows:

@@ -22,12 +22,18 @@ from oauthmail.mail.trace import SentProbe, probeFor
 from oauthmail.smtp.queue.parts import QueueParts
 from oauthmail.text import cleanText
 
-__all__ = ["SENT_PROBES_PER_SEARCH", "settleDoubts"]
+__all__ = ["SENT_PROBES_PER_SEARCH", "SENT_SEARCH_HOLD", "settleDoubts"]
 
 log = Logger()
 
 #: How many messages in doubt one Sent search looks for (each is one IMAP SEARCH).
 SENT_PROBES_PER_SEARCH = 20
+
+#: Seconds the messages of one search are held from other searches (other nodes, the
+#: next run). Longer than a search may take (the Sent folder's deadline, 120 s by
+#: default), so two searches never settle the same doubt; a node that dies while
+#: searching leaves its messages to the others after this.
+SENT_SEARCH_HOLD = 300.0
 
 
 class _Loop(Protocol):
@@ -48,11 +54,11 @@ async def settleDoubts(parts: QueueParts, loop: _Loop) -> None:
     outbox = parts.outbox
     while parts.running():
         now = parts.clock.seconds()
-        rows = await outbox.dueInDoubt(name, now, SENT_PROBES_PER_SEARCH)
+        rows = await outbox.takeInDoubt(name, now, SENT_PROBES_PER_SEARCH, SENT_SEARCH_HOLD)
         if not rows:
             return
         if name not in parts.policy.sent_check or parts.sentFolder is None:
-            await outbox.clearDoubt([row.id for row in rows], None)
+            await outbox.clearDoubt([row.id for row in rows], now)
             continue
         probes: list[SentProbe] = []
         blind: list[str] = []
@@ -71,7 +77,7 @@ async def settleDoubts(parts: QueueParts, loop: _Loop) -> None:
                 account=name,
                 n=len(blind),
             )
-            await outbox.clearDoubt(blind, None)
+            await outbox.clearDoubt(blind, now)
         if not probes:
             continue
         ids = [p.queue_id for p in probes]
