@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.mail import smtp
 
 from oauthmail.config import (
@@ -321,6 +321,63 @@ def test_unwritable_store_means_451_no_claims_and_one_log_line():
     assert len([e for e in events if "written again" in e["log_format"]]) == 1
     assert not [e for e in events if "log_failure" in e]
     queue.stopService()
+
+
+def test_a_start_whose_recovery_the_store_refuses_tries_again_and_then_sends():
+    """No claim before the start's recovery is written; it is retried with a growing delay.
+
+    A node whose recovery lost a deadlock once left an unhandled error and a
+    queue that never polled.
+    """
+    from oauthmail.smtp.queue.records import OutboxEntry
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    outbox = BrokenOutbox()
+    outbox.broken = True
+    sender = CountingSender()
+    MemoryOutbox.enqueue(
+        outbox, OutboxEntry("m1", "alice", "alice@example.com", ("x@y.test",), MESSAGE, 0.0)
+    )
+    queue = OutboundQueue(
+        outbox, Tokens(), {"alice": account()}, None, clock=clock, sender=sender, poll_interval=60.0
+    )
+    with capturedLogs() as events:
+        fired: list[object] = []
+        queue.startService().addBoth(fired.append)
+        delays = []
+        for _ in range(4):
+            before = outbox.refused
+            waited = 0.0
+            while outbox.refused == before:
+                clock.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        assert fired == [] and sender.sent == []
+        outbox.broken = False
+        clock.advance(120)
+    assert fired == [None]
+    assert sender.sent == ["m1"]
+    assert delays[-1] > delays[0]  # growing
+    tries = [e for e in events if "trying again" in e.get("log_format", "")]
+    assert len(tries) >= 4 and "disk is full" in formatEvent(tries[0])
+    assert not [e for e in events if "log_failure" in e]
+    queue.stopService()
+
+
+def test_a_queue_stopped_while_its_recovery_waits_stops_trying():
+    """A stop ends the start's wait (its Deferred fires) and nothing is tried again."""
+    clock = Clock()
+    outbox = BrokenOutbox()
+    outbox.broken = True
+    queue = OutboundQueue(outbox, Tokens(), {"alice": account()}, None, clock=clock)
+    fired: list[object] = []
+    queue.startService().addBoth(fired.append)
+    queue.stopService()
+    refused = outbox.refused
+    clock.advance(3600)
+    assert outbox.refused == refused and not clock.getDelayedCalls()
+    assert fired == [None]
 
 
 @pytest_twisted.ensureDeferred

@@ -32,6 +32,7 @@ from oauthmail.interfaces import (
 )
 from oauthmail.mail.trace import stamp
 from oauthmail.messagelog.interfaces import IMessageRecorder
+from oauthmail.retry import Backoff
 from oauthmail.smtp.queue.condition import QueueUnavailable
 from oauthmail.smtp.queue.history import queuedEntry, statusEntries
 from oauthmail.smtp.queue.loop import AccountLoop
@@ -181,6 +182,9 @@ class OutboundQueue(service.Service):
         self._poll: task.LoopingCall | None = None
         self._tend: task.LoopingCall | None = None
         self._recheck: Any = None
+        #: The next try of a start's recovery that the store failed.
+        self._recoverCall: Any = None
+        self._recoverWait: defer.Deferred[None] = defer.succeed(None)
         self._warnedUnknown: set[str] = set()
         #: The store failure the polls last logged (None: the last poll worked).
         self._pollTrouble: str | None = None
@@ -200,11 +204,45 @@ class OutboundQueue(service.Service):
     # -- life cycle ------------------------------------------------------------------
 
     def startService(self) -> defer.Deferred[None]:
-        """Put messages left ``sending`` by a crash back in the queue, then start the loops."""
+        """Put messages left ``sending`` by a crash back in the queue, then start the loops.
+
+        Until that recovery is written nothing is claimed (a message left
+        ``sending`` must not be forgotten): a store that fails it (unreachable,
+        a lost deadlock) is asked again after a growing, jittered delay. The
+        result fires once the loops run, or when the queue stops first.
+        """
         service.Service.startService(self)
+        self._recovering = Backoff(
+            min(1.0, self.settings.poll_interval),
+            max(1.0, self.settings.poll_interval),
+            self._policy.random,
+        )
+        return self._recover()
+
+    def _recover(self) -> defer.Deferred[None]:
+        self._recoverCall = None
         d = self._outbox.recover(self._clock.seconds(), self._policy)
-        d.addCallback(self._started)
+        d.addCallbacks(self._started, self._recoverFailed)
         return d
+
+    def _recoverFailed(self, failure: Failure) -> defer.Deferred[None] | None:
+        if not self.running:
+            return None
+        delay = self._recovering.next()
+        if failure.check(StoreError):
+            log.warn(
+                "outbound queue: cannot queue again what was being sent at the last stop"
+                " ({why}); nothing is sent until that works: trying again in {delay:.1f} s",
+                why=cleanText(failure.value),
+                delay=delay,
+            )
+        else:
+            log.failure("outbound queue: recovery at start failed", failure)
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._recoverCall = self._clock.callLater(delay, waiting.callback, None)
+        self._recoverWait = waiting
+        waiting.addCallback(lambda _: self._recover() if self.running else None)
+        return waiting
 
     def _started(self, recovery: Recovery) -> None:
         if recovery.checked:
@@ -240,6 +278,10 @@ class OutboundQueue(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
         service.Service.stopService(self)
+        if self._recoverCall is not None and self._recoverCall.active():
+            self._recoverCall.cancel()
+            self._recoverWait.callback(None)  # the start is over: it ends here
+        self._recoverCall = None
         for loop in (self._poll, self._tend):
             if loop is not None and loop.running:
                 loop.stop()
