@@ -159,3 +159,23 @@ def test_421_to_bdat_last_is_in_doubt():
     s.lose()
     (outcome,) = s.result.outcomes
     assert outcome.in_doubt and outcome.code == 0 and "421" in outcome.text
+
+
+def test_lost_before_any_reply_to_the_one_write_is_in_doubt_for_the_recipient():
+    """Content out, no reply yet (a server may hold them until BDAT LAST): she may have it."""
+    s = chunkingScript([message(1)])
+    s.say(b"235 2.7.0 ok")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert outcome.in_doubt and not outcome.accepted
+    assert [(r.in_doubt, r.code) for r in outcome.recipients] == [(True, 0)]
+
+
+def test_lost_after_the_sender_was_refused_is_in_doubt_for_nobody():
+    """MAIL refused, then the connection went: the server kept nothing for anyone."""
+    s = chunkingScript([message(1)])
+    s.say(b"235 2.7.0 ok")
+    s.say(b"550 5.7.1 sender refused")
+    s.lose()
+    (outcome,) = s.result.outcomes
+    assert [r.in_doubt for r in outcome.recipients] == [False]

@@ -444,7 +444,9 @@ async def test_answer_lost_after_the_provider_took_it_is_not_sent_again(
         assert await waitFor(lambda: held.taken.called, 15.0), daemon.log()[-3000:]
         proxy.cut()  # the 250 can no longer reach the daemon
         held.answer.callback(None)
-        assert await waitFor(lambda: "it may have arrived" in daemon.log(), 15.0)
+        assert await waitFor(lambda: "it may have arrived" in daemon.log(), 15.0), daemon.log()[
+            -4000:
+        ]
         assert await waitFor(lambda: "1 already accepted" in daemon.log(), 30.0), daemon.log()[
             -3000:
         ]
