@@ -167,7 +167,9 @@ class MemoryOutbox:
         checked = resent = 0
         for m in self.messages.values():
             if m.in_doubt_since is not None:
+                # Like SQLite's: one process, so a held search was this one's, cut short.
                 m.in_doubt_since = now
+                m.next_attempt_at = min(m.next_attempt_at, now + policy.sent_check_delay)
         for m in sorted(self.messages.values(), key=lambda m: m.order):
             if m.state != "sending":
                 continue
