@@ -182,9 +182,9 @@ class OutboundQueue(service.Service):
         self._poll: task.LoopingCall | None = None
         self._tend: task.LoopingCall | None = None
         self._recheck: Any = None
-        #: The next try of a start's recovery that the store failed.
-        self._recoverCall: Any = None
+        #: The wait before the next try of a start's recovery that the store failed.
         self._recoverWait: defer.Deferred[None] = defer.succeed(None)
+        self._recovering = Backoff(1.0, 1.0)
         self._warnedUnknown: set[str] = set()
         #: The store failure the polls last logged (None: the last poll worked).
         self._pollTrouble: str | None = None
@@ -220,7 +220,6 @@ class OutboundQueue(service.Service):
         return self._recover()
 
     def _recover(self) -> defer.Deferred[None]:
-        self._recoverCall = None
         d = self._outbox.recover(self._clock.seconds(), self._policy)
         d.addCallbacks(self._started, self._recoverFailed)
         return d
@@ -238,11 +237,10 @@ class OutboundQueue(service.Service):
             )
         else:
             log.failure("outbound queue: recovery at start failed", failure)
-        waiting: defer.Deferred[None] = defer.Deferred()
-        self._recoverCall = self._clock.callLater(delay, waiting.callback, None)
-        self._recoverWait = waiting
-        waiting.addCallback(lambda _: self._recover() if self.running else None)
-        return waiting
+        self._recoverWait = task.deferLater(self._clock, delay, self._recover)
+        # A stop cancels the wait: the start is over, and ends without an error.
+        self._recoverWait.addErrback(lambda f: f.trap(defer.CancelledError) and None)
+        return self._recoverWait
 
     def _started(self, recovery: Recovery) -> None:
         if recovery.checked:
@@ -278,10 +276,7 @@ class OutboundQueue(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         """Stop timers and abort sessions in flight (their messages stay queued or ``sending``)."""
         service.Service.stopService(self)
-        if self._recoverCall is not None and self._recoverCall.active():
-            self._recoverCall.cancel()
-            self._recoverWait.callback(None)  # the start is over: it ends here
-        self._recoverCall = None
+        self._recoverWait.cancel()  # a fired one ignores it
         for loop in (self._poll, self._tend):
             if loop is not None and loop.running:
                 loop.stop()
