@@ -97,14 +97,20 @@ class OutboxDoubt:
     ) -> None:
         with self._dialect.writing(conn):
             for message_id, _ in self._stillOpen(conn, ids):
-                conn.execute(
-                    self._sql(
-                        "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
-                        " last_error = COALESCE(?, last_error) WHERE id = ?"
-                    ),
-                    (now, last_error, message_id),
-                )
-                self._rows.undefer(conn, message_id)
+                self._sendAgain(conn, message_id, now, last_error)
+
+    def _sendAgain(
+        self, conn: Connection, message_id: str, now: float, last_error: str | None
+    ) -> None:
+        """The doubt ends unsettled: every open recipient gets the message again, now."""
+        conn.execute(
+            self._sql(
+                "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
+                " last_error = COALESCE(?, last_error) WHERE id = ?"
+            ),
+            (now, last_error, message_id),
+        )
+        self._rows.undefer(conn, message_id)
 
     def stillInDoubt(
         self, conn: Connection, ids: list[str], reason: str, now: float, wait: float, give_up: float
@@ -115,14 +121,7 @@ class OutboxDoubt:
             for message_id, since in self._stillOpen(conn, ids):
                 if now - since >= give_up:
                     given_up += 1
-                    conn.execute(
-                        self._sql(
-                            "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
-                            " last_error = ? WHERE id = ?"
-                        ),
-                        (now, cleanText(f"{reason}; sending again"), message_id),
-                    )
-                    self._rows.undefer(conn, message_id)
+                    self._sendAgain(conn, message_id, now, cleanText(f"{reason}; sending again"))
                 else:
                     conn.execute(
                         self._sql(
@@ -152,14 +151,7 @@ class OutboxDoubt:
         with self._dialect.writing(conn):
             for message_id, _ in self._stillOpen(conn, [*found, *missing]):
                 if message_id not in wasFound:
-                    conn.execute(
-                        self._sql(
-                            "UPDATE outbound SET in_doubt_since = NULL, next_attempt_at = ?,"
-                            " last_error = 'not found in Sent: sending again' WHERE id = ?"
-                        ),
-                        (now, message_id),
-                    )
-                    rows.undefer(conn, message_id)
+                    self._sendAgain(conn, message_id, now, "not found in Sent: sending again")
                     continue
                 settled.append(message_id)
                 conn.execute(

@@ -224,10 +224,8 @@ class MemoryOutbox:
                 self.messages[message.id].state = "sending"
         return defer.succeed(batch)
 
-    def dueInDoubt(
-        self, account: str, now: float, limit: int
-    ) -> defer.Deferred[list[DoubtfulMessage]]:
-        due = sorted(
+    def _dueInDoubt(self, account: str, now: float, limit: int) -> list[_Message]:
+        return sorted(
             (
                 m
                 for m in self._queued(account)
@@ -235,23 +233,25 @@ class MemoryOutbox:
             ),
             key=lambda m: (m.next_attempt_at, m.order),
         )[:limit]
-        return defer.succeed(
-            [
-                DoubtfulMessage(m.id, headerBlock(m.data), m.provider_accepted_at is not None)
-                for m in due
-            ]
-        )
+
+    @staticmethod
+    def _doubtful(m: _Message) -> DoubtfulMessage:
+        return DoubtfulMessage(m.id, headerBlock(m.data), m.provider_accepted_at is not None)
+
+    def dueInDoubt(
+        self, account: str, now: float, limit: int
+    ) -> defer.Deferred[list[DoubtfulMessage]]:
+        return defer.succeed([self._doubtful(m) for m in self._dueInDoubt(account, now, limit)])
 
     def takeInDoubt(
         self, account: str, now: float, limit: int, hold: float
     ) -> defer.Deferred[list[DoubtfulMessage]]:
-        d = self.dueInDoubt(account, now, limit)
-        taken: list[DoubtfulMessage] = d.result if d.called else []
-        if taken:
+        due = self._dueInDoubt(account, now, limit)
+        if due:
             self.writes += 1
-            for doubtful in taken:
-                self.messages[doubtful.id].next_attempt_at = now + hold
-        return defer.succeed(taken)
+        for m in due:
+            m.next_attempt_at = now + hold
+        return defer.succeed([self._doubtful(m) for m in due])
 
     def _inDoubt(self, ids: Sequence[str]) -> list[_Message]:
         """Those still queued in doubt (another node may have settled one meanwhile)."""
@@ -262,16 +262,21 @@ class MemoryOutbox:
             if m is not None and m.state == "queued" and m.in_doubt_since is not None
         ]
 
+    @staticmethod
+    def _sendAgain(m: _Message, now: float, last_error: str | None) -> None:
+        """The doubt ends unsettled: every open recipient gets the message again, now."""
+        m.in_doubt_since = None
+        m.next_attempt_at = now
+        if last_error is not None:
+            m.last_error = last_error
+        m.undefer()
+
     def clearDoubt(
         self, ids: Sequence[str], now: float, last_error: str | None = None
     ) -> defer.Deferred[None]:
         self.writes += 1
         for m in self._inDoubt(ids):
-            m.in_doubt_since = None
-            m.next_attempt_at = now
-            if last_error is not None:
-                m.last_error = last_error
-            m.undefer()
+            self._sendAgain(m, now, last_error)
         return defer.succeed(None)
 
     def stillInDoubt(
@@ -282,10 +287,7 @@ class MemoryOutbox:
         for m in self._inDoubt(ids):
             if now - m.in_doubt_since >= give_up:
                 given_up += 1
-                m.in_doubt_since = None
-                m.next_attempt_at = now
-                m.last_error = cleanText(f"{reason}; sending again")
-                m.undefer()
+                self._sendAgain(m, now, cleanText(f"{reason}; sending again"))
             else:
                 m.next_attempt_at, m.last_error = now + wait, reason
         return defer.succeed(given_up)
@@ -297,12 +299,10 @@ class MemoryOutbox:
         settled = []
         wasFound = set(found)
         for m in self._inDoubt([*found, *missing]):
-            m.in_doubt_since = None
             if m.id not in wasFound:
-                m.next_attempt_at = now
-                m.last_error = "not found in Sent: sending again"
-                m.undefer()
+                self._sendAgain(m, now, "not found in Sent: sending again")
                 continue
+            m.in_doubt_since = None
             settled.append(m.id)
             for r in m.recipients:
                 if r.state == "pending":
