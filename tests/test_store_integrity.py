@@ -30,6 +30,7 @@ from oauthmail.db.open import preflightStores as preflightStore
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
 from oauthmail.db.sqlite.tokens import SQLiteTokenStore
 from oauthmail.secret import Secret
+from oauthmail.smtp.queue.records import OutboxEntry
 from oauthmail.smtp.queue.service import OutboundQueue, QueueUnavailable
 from oauthmail.testing.memory_outbox import MemoryOutbox
 from oauthmail.tokens.crypto import generateKey
@@ -278,8 +279,6 @@ def result(d):
 
 def test_unwritable_store_means_451_no_claims_and_one_log_line():
     """While the store cannot be written: 451s, nothing claimed or sent, one line each way."""
-    from oauthmail.smtp.queue.records import OutboxEntry
-
     clock = Clock()
     clock.advance(1_000_000)
     outbox = BrokenOutbox()
