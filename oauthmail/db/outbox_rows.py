@@ -303,10 +303,6 @@ class OutboxRows:
         self, conn: Connection, message_id: str, now: float, policy: IDeliveryPolicy
     ) -> None:
         """Queue the notification of a message's failed recipients to its envelope sender."""
-        account, mail_from, message = conn.execute(
-            self._sql("SELECT account, mail_from, message FROM outbound WHERE id = ?"),
-            (message_id,),
-        ).fetchone()
         failures = conn.execute(
             self._sql(
                 "SELECT recipient, last_code, last_text FROM outbound_recipients"
@@ -314,6 +310,12 @@ class OutboxRows:
             ),
             (message_id,),
         ).fetchall()
+        if not failures:
+            return  # every recipient has it: no report, and no need to read the content back
+        account, mail_from, message = conn.execute(
+            self._sql("SELECT account, mail_from, message FROM outbound WHERE id = ?"),
+            (message_id,),
+        ).fetchone()
         try:
             bounce = policy.bounceFor(account, bytes(message), mail_from, failures, now)
         except Exception as e:  # a report we cannot build must not lose the failure itself
