@@ -131,6 +131,8 @@ class MemoryOutbox:
         m.last_error = last_error
         if policy is not None and policy.bounce and now is not None:
             failures = [(r.address, r.code, r.text) for r in m.recipients if r.state == "failed"]
+            if not failures:
+                return  # every recipient has it: nothing to report (as the SQL stores)
             try:
                 bounce = policy.bounceFor(m.account, m.data, m.mail_from, failures, now)
             except Exception as e:  # a report we cannot build must not lose the failure
