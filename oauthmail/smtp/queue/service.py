@@ -53,6 +53,11 @@ __all__ = ["OutboundQueue", "QueueUnavailable", "UnknownAccount"]
 log = Logger()
 
 
+def _stoppedWaiting(failure: Failure) -> None:
+    """A stop cancelled the wait before a recovery try: the start is over, without an error."""
+    failure.trap(defer.CancelledError)
+
+
 class UnknownAccount(ValueError):  # noqa: N818 - reads better at the call site
     """``enqueue`` was asked to send through an account that is not configured."""
 
@@ -184,7 +189,10 @@ class OutboundQueue(service.Service):
         self._recheck: Any = None
         #: The wait before the next try of a start's recovery that the store failed.
         self._recoverWait: defer.Deferred[None] = defer.succeed(None)
-        self._recovering = Backoff(1.0, 1.0)
+        #: Growing, jittered waits between a start's recovery tries (reset by each start).
+        self._recovering = Backoff(
+            min(1.0, poll_interval), max(1.0, poll_interval), self._policy.random
+        )
         self._warnedUnknown: set[str] = set()
         #: The store failure the polls last logged (None: the last poll worked).
         self._pollTrouble: str | None = None
@@ -212,11 +220,7 @@ class OutboundQueue(service.Service):
         result fires once the loops run, or when the queue stops first.
         """
         service.Service.startService(self)
-        self._recovering = Backoff(
-            min(1.0, self.settings.poll_interval),
-            max(1.0, self.settings.poll_interval),
-            self._policy.random,
-        )
+        self._recovering.reset()
         return self._recover()
 
     def _recover(self) -> defer.Deferred[None]:
@@ -238,8 +242,7 @@ class OutboundQueue(service.Service):
         else:
             log.failure("outbound queue: recovery at start failed", failure)
         self._recoverWait = task.deferLater(self._clock, delay, self._recover)
-        # A stop cancels the wait: the start is over, and ends without an error.
-        self._recoverWait.addErrback(lambda f: f.trap(defer.CancelledError) and None)
+        self._recoverWait.addErrback(_stoppedWaiting)
         return self._recoverWait
 
     def _started(self, recovery: Recovery) -> None:
