@@ -235,17 +235,8 @@ class IDeliveryLedger(Interface):
         per batch keeps the ledger's fsyncs off the delivery path.
         """
 
-    def isDelivered(account, folder, uidvalidity, uid):
-        """Fire with True if that UID's outcome is recorded (any state but ``handed``)."""
-
     def deliveredUIDs(account, folder, uidvalidity, uids):
         """Fire with the subset of ``uids`` whose outcome is recorded (not ``handed``)."""
-
-    def hasDigest(account, digest):
-        """Fire with True if a message with this sha256 was delivered for the account."""
-
-    def knownDigests(account, digests):
-        """Fire with the subset of ``digests`` already delivered for the account (bulk)."""
 
     def markDisposed(account, folder, uidvalidity, uids, fence=None):
         """The disposition of these delivered UIDs was applied on the server."""
@@ -258,8 +249,14 @@ class IDeliveryLedger(Interface):
         already holds it. ``recordDeliveries`` replaces the row with the outcome.
         """
 
-    def handedDigests(account, digests):
-        """Fire with the subset of ``digests`` that were handed to the sink, outcome unknown."""
+    def knownAndHanded(account, digests):
+        """Fire with ``(known, handed)``, two subsets of the sha256 ``digests``, in ONE read.
+
+        ``known``: delivered for the account (in any folder; byte-identical mail
+        is delivered once). ``handed``: of the others, those handed to the sink
+        with the outcome unknown. A batch asks both before it is delivered, and
+        each read is a round trip to the database (over the network, for a cluster).
+        """
 
     def pendingDisposition(account, folder, uidvalidity):
         """Fire with the sorted UIDs delivered but not yet disposed on the server."""

@@ -215,8 +215,8 @@ async def test_a_legacy_store_opens_and_keeps_every_row(tmp_path, cipher, versio
             assert await ledger.folderState("alice", "INBOX") == (9, 12)
             assert await ledger.deliveredUIDs("alice", "INBOX", 9, [11, 12, 13]) == {11, 12}
             assert await ledger.pendingDisposition("alice", "INBOX", 9) == [12]
-            assert await ledger.knownDigests("alice", ["d11", "d12", "d13"]) == {"d11", "d12"}
-            assert await ledger.handedDigests("alice", ["d13"]) == {"d13"}
+            digests = await ledger.knownAndHanded("alice", ["d11", "d12", "d13"])
+            assert digests == ({"d11", "d12"}, {"d13"})
         if version >= 3:
             status = await outbox.status("q1")
             assert (status.state, status.attempts, status.last_error) == ("queued", 2, "451 later")

@@ -340,6 +340,48 @@ def test_delivers_then_marks_seen_in_order():
     assert watcher.state == "stopped"
 
 
+class CountingLedger(MemoryDeliveryLedger):
+    """The memory ledger, counting the reads a session makes of the folder's state."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.stateReads = 0
+
+    def folderState(self, account, folder):
+        self.stateReads += 1
+        return super().folderState(account, folder)
+
+
+def test_mail_arriving_during_delivery_is_taken_in_the_same_round():
+    """Mail that lands while a batch is delivered goes in the same round; the folder's
+    ledger state is read once for the session's first round, not again after each pass."""
+    clock = Clock()
+    ledger = CountingLedger(clock)
+    watcher, server, tokens, ledger, sink, clock = setup(ledger=ledger, clock=clock)
+    server.add(b"one")
+    server.add(b"two")
+    deliverBatch = sink.deliverBatch
+    late = [b"late 1", b"late 2"]
+
+    def arriving(items, beforeCommit=None):
+        if late:
+            server.add(late.pop(0))  # EXISTS while the batch is delivered
+        return deliverBatch(items, beforeCommit)
+
+    sink.deliverBatch = arriving
+    watcher.start()
+    assert sink.messages == [b"one", b"two", b"late 1", b"late 2"]
+    assert watcher.state == "waiting"
+    assert ledger.stateReads == 1
+    assert ledger.folders[("alice", "INBOX")] == (1, 4)
+    assert server.flags == {uid: {b"\\Seen"} for uid in (1, 2, 3, 4)}
+    # A later round (IDLE's EXISTS) reads it again: the ledger is the authority.
+    server.add(b"five")
+    assert sink.messages[-1] == b"five"
+    assert ledger.stateReads == 2
+    watcher.stop()
+
+
 def test_token_rejected_refresh_once_then_success():
     """A rejected token is force-refreshed once and the retry succeeds."""
     server = FakeServer()

@@ -245,13 +245,6 @@ class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
 
         return self._read(q)
 
-    def isDelivered(
-        self, account: str, folder: str, uidvalidity: int, uid: int
-    ) -> defer.Deferred[bool]:
-        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
-        d.addCallback(lambda found: uid in found)
-        return d
-
     def deliveredUIDs(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
     ) -> defer.Deferred[set[int]]:
@@ -271,23 +264,17 @@ class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
 
         return self._read(q)
 
-    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
-        return self.knownDigests(account, [digest]).addCallback(bool)
-
-    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._digestsIn(account, digests, HOLDS)
-
-    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._digestsIn(account, digests, (HANDED,))
-
-    def _digestsIn(
-        self, account: str, digests: Iterable[str], states: Sequence[str]
-    ) -> defer.Deferred[set[str]]:
+    def knownAndHanded(
+        self, account: str, digests: Iterable[str]
+    ) -> defer.Deferred[tuple[set[str], set[str]]]:
         wanted = sorted(set(digests))
-        states = list(states)
 
-        def q(conn: Connection) -> set[str]:
-            return self._digests(conn, account, states, wanted) if wanted else set()
+        def q(conn: Connection) -> tuple[set[str], set[str]]:
+            if not wanted:
+                return set(), set()
+            known = self._digests(conn, account, list(HOLDS), wanted)
+            others = [d for d in wanted if d not in known]
+            return known, self._digests(conn, account, [HANDED], others) if others else set()
 
         return self._read(q)
 

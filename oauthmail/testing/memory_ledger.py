@@ -83,12 +83,6 @@ class MemoryDeliveryLedger(LedgerWrites):
                 self.rows[key] = (row[0], DISPOSED)
         return defer.succeed(None)
 
-    def isDelivered(
-        self, account: str, folder: str, uidvalidity: int, uid: int
-    ) -> defer.Deferred[bool]:
-        d = self.deliveredUIDs(account, folder, uidvalidity, [uid])
-        return d.addCallback(lambda found: uid in found)
-
     def deliveredUIDs(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
     ) -> defer.Deferred[set[int]]:
@@ -102,18 +96,12 @@ class MemoryDeliveryLedger(LedgerWrites):
             }
         )
 
-    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
-        found = any(
-            key[0] == account and value[0] == digest and value[1] in HOLDS
-            for key, value in self.rows.items()
-        )
-        return defer.succeed(found)
-
-    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return defer.succeed(self._digestsIn(account, digests, HOLDS))
-
-    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return defer.succeed(self._digestsIn(account, digests, (HANDED,)))
+    def knownAndHanded(
+        self, account: str, digests: Iterable[str]
+    ) -> defer.Deferred[tuple[set[str], set[str]]]:
+        wanted = set(digests)
+        known = self._digestsIn(account, wanted, HOLDS)
+        return defer.succeed((known, self._digestsIn(account, wanted - known, (HANDED,))))
 
     def _digestsIn(self, account: str, digests: Iterable[str], states: Sequence[str]) -> set[str]:
         wanted = set(digests)

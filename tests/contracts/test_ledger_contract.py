@@ -42,8 +42,8 @@ async def test_record_then_dispose(ledger):
     )
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1, 3]
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1, 2, 3, 4]) == {1, 2, 3}
-    assert await ledger.isDelivered(ACCOUNT, "INBOX", 7, 2)
-    assert not await ledger.isDelivered(ACCOUNT, "INBOX", 8, 2)
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [2]) == {2}
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 8, [2]) == set()
     await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1])
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [3]
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1]) == {1}
@@ -56,10 +56,10 @@ async def test_digests(ledger):
         ACCOUNT, "INBOX", 7, [(1, "d1", DELIVERED), (2, "d2", FAILED_PERMANENT)]
     )
     await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1])
-    assert await ledger.hasDigest(ACCOUNT, "d1")
-    assert not await ledger.hasDigest(ACCOUNT, "d2")
-    assert not await ledger.hasDigest("bob", "d1")
-    assert await ledger.knownDigests(ACCOUNT, ["d1", "d2", "d9"]) == {"d1"}
+    assert await ledger.knownAndHanded(ACCOUNT, ["d1"]) == ({"d1"}, set())
+    assert await ledger.knownAndHanded(ACCOUNT, ["d2"]) == (set(), set())
+    assert await ledger.knownAndHanded("bob", ["d1"]) == (set(), set())
+    assert await ledger.knownAndHanded(ACCOUNT, ["d1", "d2", "d9"]) == ({"d1"}, set())
 
 
 @pytest_twisted.ensureDeferred
@@ -78,7 +78,7 @@ async def test_record_with_folder_state_and_keep_in_one_call(ledger):
     assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 2)
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == []
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [1, 2, 3]) == {1, 2}
-    assert await ledger.knownDigests(ACCOUNT, ["d1", "d2"]) == {"d1"}
+    assert await ledger.knownAndHanded(ACCOUNT, ["d1", "d2"]) == ({"d1"}, set())
 
 
 @pytest_twisted.ensureDeferred
@@ -92,7 +92,7 @@ async def test_a_uid_given_twice_in_one_call_keeps_its_last_row(ledger):
         [(1, "d1", FAILED_PERMANENT), (2, "d2", DELIVERED), (1, "d1", DELIVERED)],
     )
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1, 2]
-    assert await ledger.handedDigests(ACCOUNT, ["d1", "d2"]) == set()
+    assert await ledger.knownAndHanded(ACCOUNT, ["d1", "d2"]) == ({"d1", "d2"}, set())
 
 
 @pytest_twisted.ensureDeferred
@@ -100,12 +100,25 @@ async def test_handed_rows_are_not_delivered(ledger):
     """A 'handed' row is neither delivered nor known, and its digest is reported as handed."""
     await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(5, "d5")])
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [5]) == set()
-    assert not await ledger.isDelivered(ACCOUNT, "INBOX", 7, 5)
-    assert await ledger.knownDigests(ACCOUNT, ["d5"]) == set()
-    assert await ledger.handedDigests(ACCOUNT, ["d5", "x"]) == {"d5"}
+    assert await ledger.knownAndHanded(ACCOUNT, ["d5", "x"]) == (set(), {"d5"})
     await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(5, "d5", "delivered")])
-    assert await ledger.handedDigests(ACCOUNT, ["d5"]) == set()
-    assert await ledger.isDelivered(ACCOUNT, "INBOX", 7, 5)
+    assert await ledger.knownAndHanded(ACCOUNT, ["d5"]) == ({"d5"}, set())
+    assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [5]) == {5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_known_and_handed_in_one_read(ledger, backend):
+    """One read answers both questions a batch asks: known anywhere in the account, else handed."""
+    await backend.tokens.ensureAccount("bob", "generic")
+    assert await ledger.knownAndHanded(ACCOUNT, []) == (set(), set())
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(1, "d1", DELIVERED)])
+    await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(2, "d2")])
+    # The same bytes handed in another folder and delivered here: known, not handed.
+    await ledger.recordHanded(ACCOUNT, "Archive", 3, [(9, "d1")])
+    await ledger.recordHanded("bob", "INBOX", 7, [(4, "d4")])
+    wanted = ["d4", "d2", "d1", "d2", "d3"]
+    known, handed = await ledger.knownAndHanded(ACCOUNT, wanted)
+    assert (known, handed) == ({"d1"}, {"d2"})
 
 
 # -- fences: a write of a lease that is no longer held is refused ---------------------
@@ -149,7 +162,7 @@ async def test_a_taken_over_lease_fences_off_its_old_holder(backend, ledger, clo
             await write(old.fence)
     assert await ledger.folderState(ACCOUNT, "INBOX") == (7, 1)
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == [1]
-    assert await ledger.handedDigests(ACCOUNT, ["d2"]) == set()
+    assert await ledger.knownAndHanded(ACCOUNT, ["d2"]) == (set(), set())
     await ledger.markDisposed(ACCOUNT, "INBOX", 7, [1], fence=new.fence)
     assert await ledger.pendingDisposition(ACCOUNT, "INBOX", 7) == []
 

@@ -94,7 +94,9 @@ class BatchDelivery:
         """
         account, folder = self.account, self.folder
         digests = [messageDigest(body) for _, body in messages]
-        known = await self.ledger.knownDigests(account, digests) if digests else set()
+        known, handed = (
+            await self.ledger.knownAndHanded(account, digests) if digests else (set(), set())
+        )
         entries: list[Entry] = list(extra)
         # One delivery per distinct digest ("leader"); byte-identical copies in
         # the same batch ("followers") share the leader's outcome.
@@ -108,7 +110,6 @@ class BatchDelivery:
             else:
                 leaders[digest] = (uid, body)
         outcome: dict[str, SinkError | None] = {}
-        handed = await self.ledger.handedDigests(account, leaders) if leaders else set()
         if handed and IRecoverableSink.providedBy(self.sink):
             # An earlier run handed these to the sink and died before recording
             # the outcome: whatever the sink holds is delivered, not redone.

@@ -411,11 +411,12 @@ class FolderWatcher:
             self._leaveGate()
             report.lastError = None
             await self.reportCondition("ok", None)
-            await self._noteUIDValidity(info.uidvalidity)
+            state: tuple[int, int] | None = await self._noteUIDValidity(info.uidvalidity)
             while True:
                 self._checkStopping()
                 report.state = "syncing"
-                retry = await self.sync.round(client, info.uidvalidity, caps)
+                retry = await self.sync.round(client, info.uidvalidity, caps, state)
+                state = None  # later rounds read it: the ledger moved on
                 report.alert = client.lastAlert
                 if healthy is None:
                     # A completed round: the session proves healthy once it also stays up.
@@ -472,7 +473,8 @@ class FolderWatcher:
             return defer.succeed(None)
         return self.health.report(self.account.name, self.part, state, error, advice)
 
-    async def _noteUIDValidity(self, uidvalidity: int) -> None:
+    async def _noteUIDValidity(self, uidvalidity: int) -> tuple[int, int]:
+        """Start the folder's ledger state afresh if UIDVALIDITY changed; return the state."""
         account, folder = self.account.name, self.folder.name
         state = await self.ledger.folderState(account, folder)
         if state is None or state[0] != uidvalidity:
@@ -482,3 +484,5 @@ class FolderWatcher:
                     " matched by content so none is delivered twice"
                 )
             await self.ledger.setFolderState(account, folder, uidvalidity, 0)
+            return (uidvalidity, 0)
+        return state

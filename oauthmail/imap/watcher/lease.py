@@ -138,24 +138,15 @@ class FencedLedger:
     def folderState(self, account: str, folder: str) -> defer.Deferred[tuple[int, int] | None]:
         return self._ledger.folderState(account, folder)
 
-    def isDelivered(
-        self, account: str, folder: str, uidvalidity: int, uid: int
-    ) -> defer.Deferred[bool]:
-        return self._ledger.isDelivered(account, folder, uidvalidity, uid)
-
     def deliveredUIDs(
         self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
     ) -> defer.Deferred[set[int]]:
         return self._ledger.deliveredUIDs(account, folder, uidvalidity, uids)
 
-    def hasDigest(self, account: str, digest: str) -> defer.Deferred[bool]:
-        return self._ledger.hasDigest(account, digest)
-
-    def knownDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._ledger.knownDigests(account, digests)
-
-    def handedDigests(self, account: str, digests: Iterable[str]) -> defer.Deferred[set[str]]:
-        return self._ledger.handedDigests(account, digests)
+    def knownAndHanded(
+        self, account: str, digests: Iterable[str]
+    ) -> defer.Deferred[tuple[set[str], set[str]]]:
+        return self._ledger.knownAndHanded(account, digests)
 
     def pendingDisposition(
         self, account: str, folder: str, uidvalidity: int

@@ -138,9 +138,17 @@ class FolderSync:
         self.empties: dict[tuple[int, int], int] = {}
 
     async def round(
-        self, session: IIMAPSession, uidvalidity: int, caps: Collection[bytes]
+        self,
+        session: IIMAPSession,
+        uidvalidity: int,
+        caps: Collection[bytes],
+        state: tuple[int, int] | None = None,
     ) -> float | None:
-        """Run one round; return the seconds until another is due (None: wait for mail)."""
+        """Run one round; return the seconds until another is due (None: wait for mail).
+
+        ``state``: the folder's ledger state as the caller has just read it (the
+        session's first round), so that it is not read again.
+        """
         account, folder = self.account, self.folder.name
         pending = await self.ledger.pendingDisposition(account, folder, uidvalidity)
         if pending:
@@ -148,18 +156,26 @@ class FolderSync:
                 f"applying the disposition of {len(pending)} message(s) delivered earlier"
             )
             await self.disposer.dispose(session, pending, caps, uidvalidity)
+        if state is None:
+            state = await self.ledger.folderState(account, folder)
+        last = state[1] if state is not None and state[0] == uidvalidity else 0
+        # Where the next search starts. After a pass that dealt with every UID it
+        # found, that is above the highest of them: a new message always gets a
+        # higher UID (RFC 3501 2.3.1.1), so the ledger need not be asked again.
+        start = last + 1
         while True:
             self.checkStopping()
             existsBefore = session.existsSeen
-            state = await self.ledger.folderState(account, folder)
-            last = state[1] if state is not None and state[0] == uidvalidity else 0
-            uids = await session.uidSearchFrom(last + 1)
+            found = await session.uidSearchFrom(start)
+            uids = found
             if uids:
                 done = await self.ledger.deliveredUIDs(account, folder, uidvalidity, uids)
                 uids = [u for u in uids if u not in done]
             if not uids:
                 if session.existsSeen == existsBefore:
                     return None
+                if found:
+                    start = found[-1] + 1
                 continue
             try:
                 floor = await self._deliverNew(session, uidvalidity, caps, uids)
@@ -171,6 +187,7 @@ class FolderSync:
                 await self.ledger.setFolderState(account, folder, uidvalidity, max(last, floor - 1))
                 return self.retryDelay()
             self.resetRetry()
+            start = found[-1] + 1
 
     async def _deliverNew(
         self, session: IIMAPSession, uidvalidity: int, caps: Collection[bytes], uids: list[int]
