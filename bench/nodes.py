@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -271,6 +272,9 @@ def seed(rig: _rig.Rig, users: list[str], messages: int, size: int, tag: str) ->
     return total
 
 
+_UNIQUE = re.compile(r"(?P<s>\d+)\.M(?P<us>\d+)P(?P<pid>\d+)")
+
+
 def maildirIDs(path: Path) -> Counter[bytes]:
     """How often each Message-ID is in ``path`` (read once, at the end)."""
     ids: Counter[bytes] = Counter()
@@ -285,6 +289,31 @@ def maildirIDs(path: Path) -> Counter[bytes]:
                 end = data.find(b">", start)
                 ids[data[start + len(_MESSAGE_ID) : end]] += 1
     return ids
+
+
+def fillByWriter(path: Path) -> str:
+    """When each writing process (``P<pid>`` in the file names) wrote its first and last file.
+
+    Seconds from the first file of all, from the names' own clocks: shows
+    whether the nodes filled side by side or one after another.
+    """
+    times: dict[str, list[float]] = {}
+    for sub in ("new", "cur"):
+        folder = path / sub
+        if not folder.is_dir():
+            continue
+        for name in os.listdir(folder):
+            found = _UNIQUE.match(name)
+            if found:
+                at = int(found["s"]) + int(found["us"]) / 1e6
+                times.setdefault(found["pid"], []).append(at)
+    if not times:
+        return "no files"
+    start = min(min(v) for v in times.values())
+    return "; ".join(
+        f"{len(v)} files from +{min(v) - start:.2f} s to +{max(v) - start:.2f} s"
+        for v in sorted(times.values(), key=min)
+    )
 
 
 def fileCount(path: Path) -> int:
@@ -385,6 +414,7 @@ async def cluster(
             await node.waitReady()
         rate = await ingest(maildir, total, nodes, args.timeout, servers(rig, postgres))
         log(f"ours: {args.nodes} nodes on PostgreSQL, {total} messages at {rate:.1f} msg/s")
+        log(f"ours, node by node: {await threads.deferToThread(fillByWriter, maildir)}")
         takeover, taken = await killOne(postgres, nodes, args)
         # One more message in every mailbox taken over: delivered by its new holder.
         extra = [
