@@ -151,7 +151,7 @@ class LedgerWrites:
 class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
     """The ledger in an opened database; see the module docstring.
 
-    A subclass gives :meth:`_checkFence`, :meth:`_digests` and :meth:`_disposeRows`,
+    A subclass gives :meth:`_checkFence`, :meth:`_digestStates` and :meth:`_disposeRows`,
     and may send reads elsewhere than the reading side (``_read``).
     """
 
@@ -169,10 +169,11 @@ class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
         """Refuse (``StaleLease``) unless ``fence`` holds, in the write's transaction."""
         raise NotImplementedError
 
-    def _digests(
+    def _digestStates(
         self, conn: Connection, account: str, states: Sequence[str], wanted: list[str]
-    ) -> set[str]:
-        """Those of ``wanted`` (sorted, distinct) in a row of ``account`` in one of ``states``."""
+    ) -> set[tuple[str, str]]:
+        """``(digest, state)`` of the rows of ``account`` whose digest is among ``wanted``
+        (sorted, distinct) and whose state is among ``states``."""
         raise NotImplementedError
 
     def _disposeRows(
@@ -272,9 +273,9 @@ class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
         def q(conn: Connection) -> tuple[set[str], set[str]]:
             if not wanted:
                 return set(), set()
-            known = self._digests(conn, account, list(HOLDS), wanted)
-            others = [d for d in wanted if d not in known]
-            return known, self._digests(conn, account, [HANDED], others) if others else set()
+            found = self._digestStates(conn, account, [*HOLDS, HANDED], wanted)
+            known = {digest for digest, state in found if state in HOLDS}
+            return known, {digest for digest, state in found if state == HANDED} - known
 
         return self._read(q)
 

@@ -64,15 +64,15 @@ class PostgreSQLDeliveryLedger(StoredDeliveryLedger):
     ) -> None:
         checkFence(conn, fence, account, folder)  # the database's clock, not ``now``
 
-    def _digests(
+    def _digestStates(
         self, conn: Connection, account: str, states: Sequence[str], wanted: list[str]
-    ) -> set[str]:
+    ) -> set[tuple[str, str]]:
         rows = conn.execute(
-            "SELECT DISTINCT digest FROM deliveries WHERE account = %s"
+            "SELECT DISTINCT digest, state FROM deliveries WHERE account = %s"
             " AND state = ANY(%s) AND digest = ANY(%s)",
             (account, list(states), wanted),
         ).fetchall()
-        return {r[0] for r in rows}
+        return {(r[0], r[1]) for r in rows}
 
     def _disposeRows(
         self, conn: Connection, account: str, folder: str, uidvalidity: int, uids: list[int]

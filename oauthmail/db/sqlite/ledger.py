@@ -51,21 +51,21 @@ class SQLiteDeliveryLedger(StoredDeliveryLedger):
     ) -> None:
         checkFence(conn, fence, account, folder, now)
 
-    def _digests(
+    def _digestStates(
         self, conn: sqlite3.Connection, account: str, states: Sequence[str], wanted: list[str]
-    ) -> set[str]:
+    ) -> set[tuple[str, str]]:
         """One query per 500 digests (older SQLite builds bind at most 999 values)."""
         stateMarks = ", ".join("?" * len(states))
-        found: set[str] = set()
+        found: set[tuple[str, str]] = set()
         for i in range(0, len(wanted), 500):
             part = wanted[i : i + 500]
             marks = ", ".join("?" * len(part))
             sql = (
-                "SELECT DISTINCT digest FROM deliveries WHERE account = ?"  # noqa: S608
+                "SELECT DISTINCT digest, state FROM deliveries WHERE account = ?"  # noqa: S608
                 f" AND state IN ({stateMarks}) AND digest IN ({marks})"  # only "?" marks
             )
             rows = conn.execute(sql, (account, *states, *part)).fetchall()
-            found.update(r[0] for r in rows)
+            found.update((r[0], r[1]) for r in rows)
         return found
 
     def _disposeRows(
