@@ -443,6 +443,35 @@ def test_temporary_sink_failure_leaves_message_and_retries():
     watcher.stop()
 
 
+def test_a_temporary_failure_in_a_later_pass_keeps_the_bound_below_it():
+    """Mail landing during a pass fails for now in the next pass of the same round: the
+    folder's bound stays at the last UID the first pass recorded, and the retry delivers it."""
+    watcher, server, tokens, ledger, sink, clock = setup()
+    server.add(b"one")
+    server.add(b"two")
+    deliverBatch = sink.deliverBatch
+    late = [b"late"]
+
+    def arriving(items, beforeCommit=None):
+        if late:
+            body = late.pop(0)
+            sink.verdicts[body] = TemporarySinkError("disk full")
+            server.add(body)  # UID 3, while UIDs 1 and 2 are delivered
+        return deliverBatch(items, beforeCommit)
+
+    sink.deliverBatch = arriving
+    watcher.start()
+    assert sink.messages == [b"one", b"two"]
+    assert ledger.folders[("alice", "INBOX")] == (1, 2)
+    assert ledger.rows[("alice", "INBOX", 1, 3)][1] == HANDED
+    assert 3 not in server.flags
+    clock.advance(5.0)
+    assert sink.messages == [b"one", b"two", b"late"]
+    assert ledger.folders[("alice", "INBOX")] == (1, 3)
+    assert server.flags[3] == {b"\\Seen"}
+    watcher.stop()
+
+
 def test_permanent_failure_recorded_and_folder_continues():
     """A permanent failure is recorded, left unflagged on the server, and later mail flows."""
     watcher, server, tokens, ledger, sink, clock = setup()

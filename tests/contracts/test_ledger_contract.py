@@ -101,6 +101,8 @@ async def test_handed_rows_are_not_delivered(ledger):
     await ledger.recordHanded(ACCOUNT, "INBOX", 7, [(5, "d5")])
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [5]) == set()
     assert await ledger.knownAndHanded(ACCOUNT, ["d5", "x"]) == (set(), {"d5"})
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(5, "d5", FAILED_PERMANENT)])
+    assert await ledger.knownAndHanded(ACCOUNT, ["d5"]) == (set(), set())  # the row replaced
     await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(5, "d5", "delivered")])
     assert await ledger.knownAndHanded(ACCOUNT, ["d5"]) == ({"d5"}, set())
     assert await ledger.deliveredUIDs(ACCOUNT, "INBOX", 7, [5]) == {5}
@@ -116,9 +118,12 @@ async def test_known_and_handed_in_one_read(ledger, backend):
     # The same bytes handed in another folder and delivered here: known, not handed.
     await ledger.recordHanded(ACCOUNT, "Archive", 3, [(9, "d1")])
     await ledger.recordHanded("bob", "INBOX", 7, [(4, "d4")])
-    wanted = ["d4", "d2", "d1", "d2", "d3"]
+    # Refused for good in one folder, handed in another: handed, not known.
+    await ledger.recordDeliveries(ACCOUNT, "INBOX", 7, [(6, "d6", FAILED_PERMANENT)])
+    await ledger.recordHanded(ACCOUNT, "Archive", 3, [(10, "d6")])
+    wanted = ["d4", "d2", "d1", "d2", "d3", "d6"]
     known, handed = await ledger.knownAndHanded(ACCOUNT, wanted)
-    assert (known, handed) == ({"d1"}, {"d2"})
+    assert (known, handed) == ({"d1"}, {"d2", "d6"})
 
 
 # -- fences: a write of a lease that is no longer held is refused ---------------------

@@ -4,8 +4,10 @@ The order inside a round is the whole point:
 
 1. apply the disposition of messages the ledger has as *delivered but not
    disposed* (a crash after the sink took them): never deliver those again;
-2. ``UID SEARCH`` for UIDs above the folder's lower bound, drop those the
-   ledger has, learn their sizes (``RFC822.SIZE``) before fetching a byte of them;
+2. ``UID SEARCH`` for UIDs above the folder's lower bound (for a later pass
+   of the same round: above the highest UID the last pass dealt with), drop
+   those the ledger has, learn their sizes (``RFC822.SIZE``) before fetching
+   a byte of them;
 3. leave on the server (recorded, reported once) what is larger than the
    account's maximum message size; fetch the rest in batches bounded by count
    and by bytes, the next batch fetched while this one is delivered;
