@@ -65,6 +65,8 @@ ACCOUNTS = {"alice": f"alice@{DOMAIN}", "bob": f"bob@{DOMAIN}"}
 
 #: How long each step may take before the demo gives up and says which one failed.
 STEP_TIMEOUT = 90.0
+#: After Ctrl-C, how long the daemon (signalled by the terminal too) may take to end by itself.
+INTERRUPT_GRACE = 5.0
 
 
 class DemoFailed(Exception):  # noqa: N818 - reads as what happened
@@ -403,8 +405,21 @@ class Demo:
 
     # -- stopping ------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Stop whatever was started, newest first; safe to call at any point."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop whatever was started, newest first; safe to call at any point.
+
+        ``grace``: seconds the daemon gets to end by itself first. Ctrl-C in a
+        terminal signals the whole process group, so the daemon is already
+        stopping; a ``TERM`` on top would make Twisted log a traceback
+        ("Can't stop reactor that isn't running") in daemon.log.
+        """
+        deadline = self.reactor.seconds() + grace
+        while (
+            self.daemon is not None
+            and not self.daemon.ended.called
+            and self.reactor.seconds() < deadline
+        ):
+            await _sleep(self.reactor, 0.1)
         if self.daemon is not None and not self.daemon.ended.called:
             try:
                 self._daemonTransport.signalProcess("TERM")
@@ -482,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         options.web_port,
         options.submission_port,
     )
-    outcome = {"code": 0, "stopping": 0}
+    outcome = {"code": 0, "stopping": 0, "signal": 0}
 
     def failed(failure: Failure) -> None:
         outcome["code"] = 1
@@ -498,11 +513,20 @@ def main(argv: list[str] | None = None) -> int:
             reactor.stop()
 
     def started() -> None:
+        def stopping(signum: int, frame: object) -> None:
+            outcome["signal"] = outcome["signal"] or signum
+            reactor.callFromThread(stopOnce)
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: reactor.callFromThread(stopOnce))
+            signal.signal(signum, stopping)
         defer.ensureDeferred(demo.run()).addErrback(failed)
 
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(demo.stop()))
+    def stopDemo() -> defer.Deferred[None]:
+        # After Ctrl-C the daemon got SIGINT too: let it end by itself first.
+        grace = INTERRUPT_GRACE if outcome["signal"] == signal.SIGINT else 0.0
+        return defer.ensureDeferred(demo.stop(grace))
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopDemo)
     reactor.callWhenRunning(started)
     reactor.run()
     return outcome["code"]

@@ -73,6 +73,7 @@ def test_demoShowsMailFlowingAndStopsEverything(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     lines: list[str] = []
     try:
@@ -105,10 +106,12 @@ def test_demoShowsMailFlowingAndStopsEverything(tmp_path: Path) -> None:
         dovecot = int(re.search(r"private Dovecot: .*\(pid (\d+)\)", output).group(1))
         assert _alive(daemon) and _alive(dovecot)
 
-        demo.send_signal(signal.SIGINT)
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group, daemon too
         rest, _ = demo.communicate(timeout=60)
         assert demo.returncode == 0, rest
         assert "stopped: daemon, Dovecot, provider" in rest
+        log = (var / "daemon.log").read_text(errors="replace")
+        assert "Traceback" not in log, log[-2000:]
         time.sleep(0.5)
         assert not _alive(daemon)
         assert not _alive(dovecot)
