@@ -255,11 +255,43 @@ def test_storeFailureKeepsOldTokensAndShowsError():
     state = result(store.getAccount("alice"))
     assert state.state == "error"
     assert "could not save" in state.last_error and "disk full" in state.last_error
-    # The store heals: the rotated tokens from the provider are written, no new request.
+    # The store heals: the rotated tokens from the provider are written, no new request,
+    # and the account is ok again (it does not wait for the next refresh to say so).
     store.broken = False
     assert result(source.accessToken("alice")) == Secret("access-1")
     assert len(transport.requests) == 1
     assert result(store.getTokens("alice")).refresh_token == Secret("refresh-1")
+    state = result(store.getAccount("alice"))
+    assert (state.state, state.last_error) == ("ok", None)
+    assert source.health.view("alice").state == "ok"
+
+
+class DownStore(FailingPutStore):
+    """A store that, while ``broken``, takes neither tokens nor account states (it is down)."""
+
+    def setAccountState(self, account_id, state, last_error=None):
+        if self.broken:
+            return defer.fail(StoreError("cannot connect"))
+        return super().setAccountState(account_id, state, last_error)
+
+
+def test_aStoreBackAfterAnOutageClearsTheErrorItNeverRecorded():
+    """The save failed and so did recording the error: once the store is back and the tokens
+    are saved, the account is ok again, in the health view (the console, /health) and stored."""
+    clock = task.Clock()
+    store = DownStore(clock)
+    transport = ScriptedTransport(tokenAnswer(1))
+    source, store, clock = makeSource(transport, store=store, clock=clock)
+    seed(store, clock, expires_in=0)
+    store.broken = True
+    failure(source.accessToken("alice"), StoreError)
+    assert source.health.view("alice").state == "error"
+    assert result(store.getAccount("alice")).state == "ok"  # the error never reached it
+    store.broken = False
+    assert result(source.accessToken("alice")) == Secret("access-1")
+    assert source.health.view("alice").state == "ok"
+    assert result(store.getAccount("alice")).state == "ok"
+    assert len(transport.requests) == 1
 
 
 def test_storeStillFailingRefreshesWithPendingToken():

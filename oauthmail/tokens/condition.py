@@ -62,6 +62,18 @@ class TokenCondition:
                 why=cleanText(e),
             )
 
+    def settled(self, name: str, storedOk: bool = True) -> defer.Deferred[None] | None:
+        """The tokens work: report ``ok`` unless both the store and the view say so already.
+
+        ``None``: nothing to do. The view is checked as well as the store
+        (``storedOk``): an error reported while the store was down reached only
+        the view, and the view is what the console and ``/health`` show.
+        """
+        said = self._health.view(name).parts.get(PART_TOKENS)
+        if storedOk and (said is None or said.state == "ok"):
+            return None
+        return defer.ensureDeferred(self.report(name, "ok", None))
+
     def healthy(self, name: str) -> None:
         """The account has working tokens: a later need for a person is news again."""
         self._reported.discard(name)

@@ -368,8 +368,15 @@ class TokenSource:
         job.state = state
         if name in self._unsaved:
             d = defer.ensureDeferred(self._unsaved.save(name, record))
-            return d.addCallback(self._decide, job)
+            return d.addCallback(self._saved, job)
         return self._decide((record, None), job)
+
+    def _saved(self, current: tuple, job: RefreshJob) -> object:
+        """Held tokens stored (or newer ones won): their "could not save" error is over."""
+        d = self.condition.settled(job.account.name) if current[1] is None else None
+        if d is None:
+            return self._decide(current, job)
+        return d.addCallback(lambda _: self._decide(current, job))
 
     def _decide(
         self, current: tuple[TokenRecord | None, TokenSet | None], job: RefreshJob
@@ -512,11 +519,8 @@ class TokenSource:
         self.condition.healthy(name)
         # No log event per refresh: at 10,000 accounts it costs more than the JSON
         # parse; the refresher logs one summary per pass, failures are logged.
-        state = job.state
-        if state.state != "ok" or state.last_error:
-            d = defer.ensureDeferred(self.condition.report(name, "ok", None))
-            return d.addCallback(lambda _: stored.access_token)
-        return stored.access_token
+        d = self.condition.settled(name, job.state.state == "ok" and not job.state.last_error)
+        return stored.access_token if d is None else d.addCallback(lambda _: stored.access_token)
 
     def _writeFailed(
         self, failure: Failure, name: str, expected: int, tokens: TokenSet
