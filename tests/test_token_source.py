@@ -240,15 +240,20 @@ def test_notRotatedKeepsRefreshToken():
     assert result(store.getTokens("alice")).refresh_token == Secret("refresh-0")
 
 
-def test_storeFailureKeepsOldTokensAndShowsError():
-    """A failing store: error state, old tokens stay, new ones are saved on the next try."""
+def refreshIntoABrokenStore(storeClass):
+    """A refresh whose rotated tokens ``storeClass`` refuses; the store is still broken."""
     clock = task.Clock()
-    store = FailingPutStore(clock)
     transport = ScriptedTransport(tokenAnswer(1))
-    source, store, clock = makeSource(transport, store=store, clock=clock)
+    source, store, clock = makeSource(transport, store=storeClass(clock), clock=clock)
     seed(store, clock, expires_in=0)
     store.broken = True
     failure(source.accessToken("alice"), StoreError)
+    return source, store, transport
+
+
+def test_storeFailureKeepsOldTokensAndShowsError():
+    """A failing store: error state, old tokens stay, new ones are saved on the next try."""
+    source, store, transport = refreshIntoABrokenStore(FailingPutStore)
     stored = result(store.getTokens("alice"))
     assert stored.access_token == Secret("access-0")
     assert stored.refresh_token == Secret("refresh-0")
@@ -278,13 +283,7 @@ class DownStore(FailingPutStore):
 def test_aStoreBackAfterAnOutageClearsTheErrorItNeverRecorded():
     """The save failed and so did recording the error: once the store is back and the tokens
     are saved, the account is ok again, in the health view (the console, /health) and stored."""
-    clock = task.Clock()
-    store = DownStore(clock)
-    transport = ScriptedTransport(tokenAnswer(1))
-    source, store, clock = makeSource(transport, store=store, clock=clock)
-    seed(store, clock, expires_in=0)
-    store.broken = True
-    failure(source.accessToken("alice"), StoreError)
+    source, store, transport = refreshIntoABrokenStore(DownStore)
     assert source.health.view("alice").state == "error"
     assert result(store.getAccount("alice")).state == "ok"  # the error never reached it
     store.broken = False
