@@ -31,10 +31,14 @@ class RotatingProvider:
 
     def __init__(self, delay: float = 0.3) -> None:
         self.delay = delay
+        #: Called as each request arrives (a test ends a node's session there).
+        self.before = None
         self.presented: Counter[str] = Counter()
         self.issued = 0
 
     def request(self, method, url, headers, body):
+        if self.before is not None:
+            self.before()
         form = dict(parse_qsl(body.decode()))
         self.presented[form["refresh_token"]] += 1
         self.issued += 1
@@ -51,7 +55,7 @@ class RotatingProvider:
         return task.deferLater(reactor, self.delay, lambda: response)
 
 
-async def twoNodes(postgres_dsn, expires_in):
+async def twoNodes(postgres_dsn, expires_in, **options):
     key = generateKey()
     provider = RotatingProvider()
     nodes = [await openPostgreSQL(postgres_dsn, reactor, node=n, key=key) for n in "ab"]
@@ -61,7 +65,8 @@ async def twoNodes(postgres_dsn, expires_in):
     await store.putTokens("alice", tokens, 0)
     await store.setAccountState("alice", "ok")
     sources = [
-        TokenSource(n.tokens, {"alice": account()}, provider, reactor, margin=900.0) for n in nodes
+        TokenSource(n.tokens, {"alice": account()}, provider, reactor, margin=900.0, **options)
+        for n in nodes
     ]
     return nodes, sources, provider
 

@@ -88,7 +88,8 @@ def openStores(
 
     Key loading may read or create the key file, so it runs in a thread too.
     ``cluster`` names this node in the PostgreSQL outbox's claims (and how
-    long they last); without it, the host name and five minutes.
+    long they last) and in its refresh claims; without it, the host name and
+    five minutes.
     """
     try:
         _checkBackend(store_config)
@@ -160,7 +161,9 @@ def _openPostgreSQL(
         database = PostgreSQLDatabase(store_config.dsn, reactor)
     except StoreError as e:
         return defer.fail(e)
-    tokens = PostgreSQLTokenStore(database, cipher, clock)
+    tokens = PostgreSQLTokenStore(
+        database, cipher, clock, node=None if cluster is None else cluster.node
+    )
     outbox = (
         PostgreSQLOutbox(database)
         if cluster is None

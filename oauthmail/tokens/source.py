@@ -9,7 +9,8 @@ tools learnt from their users (see ``docs/protocols.md``):
 * **once across nodes** — the request is made under the store's refresh lock
   (``ITokenStore.refreshLocked``: PostgreSQL holds the account's row lock), which reads
   the tokens again once it has it: tokens another node stored meanwhile are used as
-  they are, and a refresh presents the refresh token it just read, never an older one;
+  they are, and a refresh presents the refresh token it just read, never an older one
+  (nor one whose answer another node holds unsaved: its committed claim says so);
 * **write before use** — the new tokens (with the rotated refresh token, or the old one if
   the provider did not rotate) are stored with compare-and-swap *before* anybody gets the
   new access token; if the store fails, the account shows ``error``, the old tokens stay

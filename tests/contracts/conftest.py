@@ -109,7 +109,7 @@ async def openPostgreSQL(dsn, clock, node=None, **options) -> Opened:
     key = options.pop("key", None) or generateKey()
     claim_expiry = options.pop("claim_expiry", 300.0)
     database = PostgreSQLDatabase(dsn, reactor, pool_size=2, lock_pool_size=2)
-    store = PostgreSQLTokenStore(database, key, clock, **options)
+    store = PostgreSQLTokenStore(database, key, clock, node=node, **options)
     await store.open()
     outbox = PostgreSQLOutbox(database, node=node, claim_expiry=claim_expiry)
     return Opened(

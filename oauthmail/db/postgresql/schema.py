@@ -64,6 +64,18 @@ TOKENS = OwnerSchema(
             "ALTER TABLE accounts ADD COLUMN sent_proof_folder TEXT",
             "ALTER TABLE accounts ADD COLUMN sent_proof_at DOUBLE PRECISION",
         ),
+        # 3: who is asking the provider for an account's tokens right now, committed
+        # before the request (oauthmail.db.postgresql.tokens): a node whose answer
+        # could not be committed holds the only live refresh token, and the others
+        # must wait for it to save it rather than present the old one.
+        (
+            """CREATE TABLE refresh_claims (
+                account TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+                node TEXT NOT NULL,
+                instance TEXT NOT NULL,
+                since TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
     ),
 )
 

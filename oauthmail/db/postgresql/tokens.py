@@ -18,9 +18,13 @@ Rules a reader must not break:
 
 from __future__ import annotations
 
+import socket
+import time
+import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,12 +40,24 @@ from oauthmail.db.tokenstore import (
 )
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens import crypto
-from oauthmail.tokens.records import TokenRecord
+from oauthmail.tokens.records import TokenRecord, TokenSet
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
 
-__all__ = ["KEY_CHECK", "PostgreSQLTokenStore"]
+__all__ = ["CLAIM_TTL", "KEY_CHECK", "PostgreSQLTokenStore"]
+
+log = Logger()
+
+#: Seconds other nodes wait for a refresh whose answer its node could not commit. Below
+#: the token source's margin (15 minutes), so that the access token that node was
+#: replacing still works while they wait; well above a restart of PostgreSQL plus a
+#: refresher interval, in which the node saves the tokens it holds.
+CLAIM_TTL = 600.0
+
+#: Seconds between looks at another node's claim: it is most likely about to take the
+#: row lock for its request (then we wait for its answer); after the last, RefreshBusy.
+CLAIM_PAUSES = (0.05, 0.2, 0.5)
 
 
 class _Clock(Protocol):
@@ -56,7 +72,9 @@ class PostgreSQLTokenStore(StoredTokenStore):
     opens it (checking the key) and closing this store closes it.
     ``lock_timeout`` is how long :meth:`refreshLocked` waits for another
     node's refresh of the same account; ``refresh_timeout`` how long it lets
-    the provider answer while it holds the lock.
+    the provider answer while it holds the lock; ``claim_ttl`` how long other
+    nodes wait for a refresh whose answer this node could not commit (see
+    :meth:`_claim`). ``node`` names this node in its claims.
     """
 
     def __init__(
@@ -67,10 +85,16 @@ class PostgreSQLTokenStore(StoredTokenStore):
         *,
         lock_timeout: float = 60.0,
         refresh_timeout: float = 60.0,
+        claim_ttl: float = CLAIM_TTL,
+        node: str | None = None,
     ) -> None:
         super().__init__(database, POSTGRESQL, fernet_or_keys, clock, database.where)
         self._lock_timeout = lock_timeout
         self._refresh_timeout = refresh_timeout
+        self._claim_ttl = claim_ttl
+        #: Named in the claims other nodes see; the instance tells this process's own.
+        self._node = node or socket.gethostname()
+        self._instance = uuid.uuid4().hex
 
     @property
     def database(self) -> PostgreSQLDatabase:
@@ -125,23 +149,43 @@ class PostgreSQLTokenStore(StoredTokenStore):
         refresh: Refresh,
         asked: list[bool],
     ) -> LockedRefresh:
-        """In a lock-pool thread: lock, re-read, decide, refresh, write; one transaction."""
+        """In a lock-pool thread: decide, claim (committed), refresh, write and unclaim.
+
+        Two transactions, each holding the tokens' row lock. The first commits
+        this store's claim on the account (``refresh_claims``) before anything
+        is asked: should the answer then fail to commit (PostgreSQL restarted),
+        the provider has forgotten the stored refresh token and only this node
+        holds the live one, so other nodes must wait for it
+        (:class:`RefreshBusy`) instead of presenting the old one. The second
+        holds the lock across the request, so that a node waiting for it uses
+        the stored answer, and commits the tokens and the end of the claim
+        together. Only transaction-scoped locks: PgBouncer's transaction mode
+        stays usable.
+        """
         psycopg = driver()
         hold = int((self._lock_timeout + self._refresh_timeout + 30) * 1000)
-        conn.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout * 1000)}")
-        # A node paused while it holds the lock loses it (and its session) after this.
-        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {hold}")
         try:
+            decided = self._decide(conn, account_id, fresh_enough, hold)
+            if decided is not None:
+                return decided
+            self._claim(conn, account_id)
+            conn.commit()
+            self._begin(conn, hold)
             record = self._lockTokens(conn, account_id)
-        except psycopg.errors.LockNotAvailable:
-            raise RefreshBusy(
-                f"{self.path}: tokens of {account_id!r} are being refreshed elsewhere"
-                f" (waited {self._lock_timeout:g} s); nothing was changed"
-            ) from None
-        if self.database.waitFor(self._refresh_timeout, fresh_enough, record):
-            return LockedRefresh(record, False)
+            if not self._claimed(conn, account_id):
+                # New tokens were stored since our claim (a re-authorisation): use them.
+                raise RefreshBusy(
+                    f"{self.path}: tokens of {account_id!r} were stored while this node"
+                    " was about to refresh them; nothing was asked"
+                )
+        except psycopg.Error as e:
+            raise translate(e, self.database.target, conn.broken) from None
         asked.append(True)
-        tokens = self.database.waitFor(self._refresh_timeout, refresh, record)
+        try:
+            tokens = self.database.waitFor(self._refresh_timeout, refresh, record)
+        except BaseException:
+            self._unclaim(conn, account_id)
+            raise
         now = self._clock.seconds()
         expected = 0 if record is None else record.version
         try:
@@ -151,6 +195,37 @@ class PostgreSQLTokenStore(StoredTokenStore):
             raise translate(e, self.database.target, conn.broken) from None
         return LockedRefresh(stored, True)
 
+    def _decide(
+        self, conn: Connection, account_id: str, fresh_enough: FreshEnough, hold: int
+    ) -> LockedRefresh | None:
+        """Under the row lock: the stored tokens to use, or ``None`` (this node may ask).
+
+        Another node's live claim: that node is between its claim and its
+        request (it locks the row again at once: wait for it a moment), or its
+        answer was not committed (:class:`RefreshBusy` until it saves it).
+        """
+        for pause in CLAIM_PAUSES:
+            self._begin(conn, hold)
+            record = self._lockTokens(conn, account_id)
+            if self.database.waitFor(self._refresh_timeout, fresh_enough, record):
+                return LockedRefresh(record, False)
+            holder = self._liveClaim(conn, account_id)
+            if holder is None:
+                return None
+            conn.rollback()
+            time.sleep(pause)  # a lock-pool thread: nothing else waits for it
+        node, since = holder
+        raise RefreshBusy(
+            f"{self.path}: tokens of {account_id!r} were refreshed by node {node!r}"
+            f" at {since}, which has not saved them yet; nothing was asked"
+        )
+
+    def _begin(self, conn: Connection, hold: int) -> None:
+        """The limits of a refresh's transaction: how long to wait for locks, to stay idle."""
+        conn.execute(f"SET LOCAL lock_timeout = {int(self._lock_timeout * 1000)}")
+        # A node paused while it holds the lock loses it (and its session) after this.
+        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {hold}")
+
     def _lockTokens(self, conn: Connection, account_id: str) -> TokenRecord | None:
         """Take the account's refresh lock and read its tokens after getting it.
 
@@ -158,12 +233,85 @@ class PostgreSQLTokenStore(StoredTokenStore):
         UPDATE``, which a tokens row's foreign key does not wait for), then the
         tokens again: another node may have stored some while we waited.
         """
-        record = self._getTokens(conn, account_id, lock=True)
-        if record is None:
-            found = conn.execute(
-                "SELECT 1 FROM accounts WHERE id = %s FOR NO KEY UPDATE", (account_id,)
-            ).fetchone()
-            if found is None:
-                raise StoreError(f"no account {account_id!r}")
+        try:
             record = self._getTokens(conn, account_id, lock=True)
+            if record is None:
+                found = conn.execute(
+                    "SELECT 1 FROM accounts WHERE id = %s FOR NO KEY UPDATE", (account_id,)
+                ).fetchone()
+                if found is None:
+                    raise StoreError(f"no account {account_id!r}")
+                record = self._getTokens(conn, account_id, lock=True)
+        except driver().errors.LockNotAvailable:
+            raise RefreshBusy(
+                f"{self.path}: tokens of {account_id!r} are being refreshed elsewhere"
+                f" (waited {self._lock_timeout:g} s); nothing was changed"
+            ) from None
         return record
+
+    def _liveClaim(self, conn: Connection, account_id: str) -> tuple[str, str] | None:
+        """Another node's claim that still holds: (its node, since when); else ``None``.
+
+        A claim older than ``claim_ttl`` was left by a node that died (or could
+        not reach the database for that long) holding tokens it never saved:
+        it no longer holds, and a warning says so, since the refresh made now
+        may present a refresh token the provider has already rotated.
+        """
+        row = conn.execute(
+            "SELECT node, instance, since > now() - %s * interval '1 second',"
+            " to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ')"
+            " FROM refresh_claims WHERE account = %s",
+            (self._claim_ttl, account_id),
+        ).fetchone()
+        if row is None or row[1] == self._instance:
+            return None
+        node, _, live, since = row
+        if live:
+            return node, since
+        log.warn(
+            "{account}: node {node} began a refresh at {since} and never saved its"
+            " tokens; refreshing now with the stored refresh token",
+            account=account_id,
+            node=node,
+            since=since,
+        )
+        return None
+
+    def _claim(self, conn: Connection, account_id: str) -> None:
+        """Claim the account's next refresh for this store (committed by the caller)."""
+        conn.execute(
+            "INSERT INTO refresh_claims (account, node, instance) VALUES (%s, %s, %s)"
+            " ON CONFLICT (account) DO UPDATE"
+            " SET node = excluded.node, instance = excluded.instance, since = now()",
+            (account_id, self._node, self._instance),
+        )
+
+    def _claimed(self, conn: Connection, account_id: str) -> bool:
+        row = conn.execute(
+            "SELECT instance FROM refresh_claims WHERE account = %s", (account_id,)
+        ).fetchone()
+        return row is not None and row[0] == self._instance
+
+    def _unclaim(self, conn: Connection, account_id: str) -> None:
+        """No tokens came back: nothing to wait for, remove the claim (best effort).
+
+        If the database is gone too, the claim stays until this node's next
+        refresh of the account, or ``claim_ttl``.
+        """
+        try:
+            conn.rollback()
+            conn.execute(
+                "DELETE FROM refresh_claims WHERE account = %s AND instance = %s",
+                (account_id, self._instance),
+            )
+            conn.commit()
+        except driver().Error:
+            log.info("{account}: could not remove this node's refresh claim", account=account_id)
+
+    def _putOne(
+        self, conn: Connection, account_id: str, tokens: TokenSet, expected_version: int, now: float
+    ) -> TokenRecord:
+        """The compare-and-swap write; stored tokens end any refresh claim on the account."""
+        stored = super()._putOne(conn, account_id, tokens, expected_version, now)
+        conn.execute("DELETE FROM refresh_claims WHERE account = %s", (account_id,))
+        return stored

@@ -63,6 +63,16 @@ TOKENS = OwnerSchema(
             "ALTER TABLE accounts ADD COLUMN sent_proof_folder TEXT",
             "ALTER TABLE accounts ADD COLUMN sent_proof_at REAL",
         ),
+        # 3: PostgreSQL's refresh claims (several nodes); one process per SQLite file
+        # never writes it, the table keeps both backends' schemas alike.
+        (
+            """CREATE TABLE refresh_claims (
+                account TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+                node TEXT NOT NULL,
+                instance TEXT NOT NULL,
+                since REAL NOT NULL
+            )""",
+        ),
     ),
 )
 

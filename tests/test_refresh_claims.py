@@ -1,0 +1,166 @@
+"""Refresh claims on PostgreSQL: a refresh whose answer was not committed holds the others off.
+
+The provider forgets a refresh token once it has answered with a new one. When
+the node that asked cannot commit that answer (PostgreSQL restarted, its
+session was ended), it alone holds the live refresh token; another node that
+refreshed with the stored one would present a dead token and the account would
+need a person. The claim committed before each request makes the others wait
+for the first node to save what it holds.
+
+Each test ends the asking node's session from inside the provider's answer:
+``pg_terminate_backend`` of the one session idle in a transaction (the refresh's).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import psycopg
+import pytest
+import pytest_twisted
+from contracts.conftest import REFRESH, openPostgreSQL, tokens
+from test_refresh_across_nodes import twoNodes
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from oauthmail.db.errors import RefreshBusy, StoreUnwritable
+from oauthmail.tokens.crypto import generateKey
+
+
+def endRefreshingSession(dsn: str) -> None:
+    """End the session waiting for the provider's answer, as a PostgreSQL restart would."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE state = 'idle in transaction' AND datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert ended == [(True,)]
+
+
+def claims(dsn: str) -> list[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT account, node FROM refresh_claims").fetchall()
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def never(record):
+    raise AssertionError("this node must not ask the provider")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unsaved_answer_holds_other_nodes_off_until_it_is_saved(postgres_dsn):
+    """Node a's answer is lost with its session: b asks nothing; a saves it; b then uses it."""
+    key = generateKey()
+    a, b = [await openPostgreSQL(postgres_dsn, Clock(), node=n, key=key) for n in "ab"]
+    try:
+        await a.tokens.ensureAccount("alice", "google")
+        await a.tokens.putTokens("alice", tokens(expires=10.0), 0)
+        presented = []
+
+        def answer(record):
+            presented.append(record.refresh_token.reveal())
+            endRefreshingSession(postgres_dsn)
+            return sleep(0.1).addCallback(lambda _: tokens("fresh", "rotated", 5000.0))
+
+        with pytest.raises(StoreUnwritable):
+            await a.tokens.refreshLocked("alice", lambda r: False, answer)
+        assert presented == [REFRESH]
+        assert claims(postgres_dsn) == [("alice", "a")]
+
+        with pytest.raises(RefreshBusy, match="node 'a'.*has not saved them yet"):
+            await b.tokens.refreshLocked("alice", lambda r: False, never)
+
+        stored = await a.tokens.putTokens("alice", tokens("fresh", "rotated", 5000.0), 1)
+        assert stored.version == 2 and claims(postgres_dsn) == []
+        done = await b.tokens.refreshLocked("alice", lambda r: r.version > 1, never)
+        assert not done.refreshed and done.record.refresh_token.reveal() == "rotated"
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_goes_on_from_its_own_claim(postgres_dsn):
+    """The node that holds the live refresh token may refresh again while the store failed."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(expires=10.0), 0)
+
+        def answer(record):
+            endRefreshingSession(postgres_dsn)
+            return tokens("lost", "rotated", 5000.0)
+
+        with pytest.raises(StoreUnwritable):
+            await opened.tokens.refreshLocked("alice", lambda r: False, answer)
+        done = await opened.tokens.refreshLocked(
+            "alice", lambda r: False, lambda r: tokens("fresh", "rotated-2", 5000.0)
+        )
+        assert done.refreshed and done.record.version == 2
+        assert claims(postgres_dsn) == []
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_claim_is_taken_over_and_said(postgres_dsn):
+    """A claim older than claim_ttl (its node died holding tokens) no longer holds; a warning."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), node="b", claim_ttl=60.0)
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(expires=10.0), 0)
+        with psycopg.connect(postgres_dsn) as conn:
+            conn.execute(
+                "INSERT INTO refresh_claims (account, node, instance, since)"
+                " VALUES ('alice', 'gone', 'x', now() - interval '61 seconds')"
+            )
+        with capturedLogs() as logged:
+            done = await opened.tokens.refreshLocked(
+                "alice", lambda r: False, lambda r: tokens("fresh", "rotated", 5000.0)
+            )
+        assert done.refreshed and claims(postgres_dsn) == []
+        said = [e for e in logged if e.get("log_level").name == "warn"]
+        assert len(said) == 1 and said[0]["node"] == "gone"
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_request_leaves_no_claim(postgres_dsn):
+    """The provider failed (nothing to save): the claim goes, the next node may ask."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(), 0)
+        with pytest.raises(ZeroDivisionError):
+            await opened.tokens.refreshLocked("alice", lambda r: False, lambda r: 1 / 0)
+        assert claims(postgres_dsn) == []
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_sources_present_a_refresh_token_once_across_a_lost_commit(postgres_dsn):
+    """Two nodes' token sources: a's refresh is answered but not committed; b waits, a saves."""
+    nodes, (a, b), provider = await twoNodes(postgres_dsn, expires_in=60.0, backoff_base=0.05)
+    provider.before = lambda: endRefreshingSession(postgres_dsn)
+    try:
+        with pytest.raises(StoreUnwritable):
+            await a.accessToken("alice")
+        provider.before = None
+        # b finds the token due too, but a's claim holds: b keeps the valid access-0.
+        assert (await b.accessToken("alice")).reveal() == "access-0"
+        assert provider.presented == Counter({"refresh-0": 1})
+        # a's next call saves what it holds; b then uses it.
+        assert (await a.accessToken("alice")).reveal() == "access-1"
+        assert (await b.accessToken("alice")).reveal() == "access-1"
+        assert provider.presented == Counter({"refresh-0": 1})
+        assert (await nodes[0].tokens.getAccount("alice")).state == "ok"
+    finally:
+        for n in nodes:
+            await n.close()
