@@ -9,10 +9,13 @@ half-started daemon.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
 from twisted.python import usage
 
 from oauthmail.config import ConfigError, loadConfig
@@ -55,9 +58,42 @@ class DaemonService(OAuthMailService):
         except StartupError as e:
             raise SystemExit(f"oauthmail: {e}") from None
 
+    def stopService(self) -> Any:
+        quietSecondSignals(self.reactor)
+        return super().stopService()
+
     def _startFailed(self, failure: Any) -> None:
         self.reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
         super()._startFailed(failure)
+
+
+_log = Logger()
+
+
+def quietSecondSignals(reactor: IReactorThreads) -> None:
+    """While stopping, a second Ctrl-C or SIGTERM gets one line, not Twisted's traceback.
+
+    Twisted's handlers call ``reactor.stop()`` again, which logs
+    ``ReactorNotRunning`` with a traceback. Stopping already writes what is in
+    flight and closes the store; nothing acknowledged is lost by waiting, and
+    SIGKILL still ends the process at once (as a crash would: safely).
+    Outside the main thread (an embedding) the handlers are left alone.
+    """
+
+    def again(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        reactor.callFromThread(
+            _log.info,
+            "{signal} again: oauthmail is already stopping (finishing what is in flight;"
+            " SIGKILL ends it at once)",
+            signal=name,
+        )
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, again)
+        except ValueError:
+            return
 
 
 def _exitFailed() -> None:

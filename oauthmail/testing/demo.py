@@ -410,8 +410,8 @@ class Demo:
 
         ``grace``: seconds the daemon gets to end by itself first. Ctrl-C in a
         terminal signals the whole process group, so the daemon is already
-        stopping; a ``TERM`` on top would make Twisted log a traceback
-        ("Can't stop reactor that isn't running") in daemon.log.
+        stopping; a ``TERM`` on top would only add a line ("SIGTERM again")
+        to daemon.log.
         """
         deadline = self.reactor.seconds() + grace
         while (
