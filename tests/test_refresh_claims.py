@@ -20,12 +20,14 @@ import pytest
 import pytest_twisted
 from contracts.conftest import REFRESH, openPostgreSQL, tokens
 from test_refresh_across_nodes import twoNodes
+from test_token_source import account
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from oauthmail.db.errors import RefreshBusy, StoreUnwritable
 from oauthmail.tokens.crypto import generateKey
+from oauthmail.tokens.refresher import TokenRefresher
 
 
 def endRefreshingSession(dsn: str) -> None:
@@ -72,7 +74,7 @@ async def test_an_unsaved_answer_holds_other_nodes_off_until_it_is_saved(postgre
         assert presented == [REFRESH]
         assert claims(postgres_dsn) == [("alice", "a")]
 
-        with pytest.raises(RefreshBusy, match="node 'a'.*has not saved them yet"):
+        with pytest.raises(RefreshBusy, match="node 'a' claimed the refresh.*not stored"):
             await b.tokens.refreshLocked("alice", lambda r: False, never)
 
         stored = await a.tokens.putTokens("alice", tokens("fresh", "rotated", 5000.0), 1)
@@ -103,6 +105,59 @@ async def test_a_node_goes_on_from_its_own_claim(postgres_dsn):
         )
         assert done.refreshed and done.record.version == 2
         assert claims(postgres_dsn) == []
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_refresh_with_held_tokens_keeps_the_claim(postgres_dsn):
+    """The node that holds the live refresh token keeps its claim when presenting it fails."""
+    key = generateKey()
+    a, b = [await openPostgreSQL(postgres_dsn, Clock(), node=n, key=key) for n in "ab"]
+    try:
+        await a.tokens.ensureAccount("alice", "google")
+        await a.tokens.putTokens("alice", tokens(expires=10.0), 0)
+
+        def answer(record):
+            endRefreshingSession(postgres_dsn)
+            return tokens("held", "rotated", 5000.0)
+
+        def unreachable(record):
+            raise ConnectionRefusedError("the provider is down")
+
+        with pytest.raises(StoreUnwritable):
+            await a.tokens.refreshLocked("alice", lambda r: False, answer)
+        with pytest.raises(ConnectionRefusedError):
+            await a.tokens.refreshLocked("alice", lambda r: False, unreachable)
+        assert claims(postgres_dsn) == [("alice", "a")]
+        with pytest.raises(RefreshBusy):
+            await b.tokens.refreshLocked("alice", lambda r: False, never)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_claim_whose_request_never_went_out_is_removed(postgres_dsn):
+    """Claimed, then the row lock not had again in time: nothing asked, no claim left."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    store = opened.tokens
+    locks = []
+    lockTokens = store._lockTokens
+
+    def secondLockTimesOut(conn, account_id):
+        locks.append(account_id)
+        if len(locks) == 2:
+            raise RefreshBusy("waited too long")
+        return lockTokens(conn, account_id)
+
+    store._lockTokens = secondLockTimesOut
+    try:
+        await store.ensureAccount("alice", "google")
+        await store.putTokens("alice", tokens(), 0)
+        with pytest.raises(RefreshBusy):
+            await store.refreshLocked("alice", lambda r: False, never)
+        assert len(locks) == 2 and claims(postgres_dsn) == []
     finally:
         await opened.close()
 
@@ -161,6 +216,28 @@ async def test_token_sources_present_a_refresh_token_once_across_a_lost_commit(p
         assert (await b.accessToken("alice")).reveal() == "access-1"
         assert provider.presented == Counter({"refresh-0": 1})
         assert (await nodes[0].tokens.getAccount("alice")).state == "ok"
+    finally:
+        for n in nodes:
+            await n.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_next_refresher_pass_stores_held_tokens_of_a_forced_refresh(postgres_dsn):
+    """A forced refresh's lost commit: the token is far from expiry, the next pass stores it."""
+    nodes, (a, b), provider = await twoNodes(postgres_dsn, expires_in=3000.0)
+    provider.before = lambda: endRefreshingSession(postgres_dsn)
+    try:
+        with pytest.raises(StoreUnwritable):
+            await a.forceRefresh("alice")
+        provider.before = None
+        assert a.holdsUnsaved("alice") and claims(postgres_dsn) == [("alice", "a")]
+        refresher = TokenRefresher(a, nodes[0].tokens, [account()], reactor, jitter=0)
+        refresher.running = True  # a pass as the started service makes it (no loop here)
+        await refresher.runOnce()
+        assert not a.holdsUnsaved("alice") and claims(postgres_dsn) == []
+        assert (await nodes[1].tokens.getTokens("alice")).version == 2
+        assert (await b.accessToken("alice")).reveal() == "access-1"
+        assert provider.presented == Counter({"refresh-0": 1})
     finally:
         for n in nodes:
             await n.close()

@@ -224,7 +224,11 @@ class TokenRefresher(Service):
                 if account.grant == "client_credentials":
                     due.append((account, False))  # app-only accounts get their first token here
                 continue  # unauthorised: a person must authorise it first
-            if row.expires_at is not None:
+            if self._source.holdsUnsaved(account.name):
+                # Refreshed tokens the store did not take: store them now (their refresh
+                # token is the live one; other nodes wait for them under our claim).
+                due.append((account, False))
+            elif row.expires_at is not None:
                 if row.expires_at - now <= horizon:
                     due.append((account, False))
             elif (

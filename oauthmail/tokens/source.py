@@ -6,15 +6,13 @@ tools learnt from their users (see ``docs/protocols.md``):
 
 * **single flight** — concurrent callers for one account share one refresh, so a
   refresh token is never presented twice at once;
-* **once across nodes** — the request is made under the store's refresh lock
-  (``ITokenStore.refreshLocked``: PostgreSQL holds the account's row lock), which reads
-  the tokens again once it has it: tokens another node stored meanwhile are used as
-  they are, and a refresh presents the refresh token it just read, never an older one
-  (nor one whose answer another node holds unsaved: its committed claim says so);
+* **once across nodes** — the request is made under the store's refresh lock and claim
+  (``ITokenStore.refreshLocked``), which reads the tokens again: tokens another node
+  stored meanwhile are used, and the refresh token presented is the live one;
 * **write before use** — the new tokens (with the rotated refresh token, or the old one if
   the provider did not rotate) are stored with compare-and-swap *before* anybody gets the
   new access token; if the store fails, the account shows ``error``, the old tokens stay
-  and the unsaved new ones are kept in memory and written (or used) on the next try;
+  and the unsaved new ones are kept in memory and written (or used) on the next pass;
 * **never wipe on a transient error** — network errors, timeouts, 5xx and 429 are retried
   with exponential backoff and jitter, honouring ``Retry-After``; after a bounded number of
   attempts the call gives up (the refresher tries again later) and a still-valid token
@@ -193,6 +191,10 @@ class TokenSource:
     def isRefreshing(self, account_id: str) -> bool:
         return account_id in self._inflight
 
+    def holdsUnsaved(self, account_id: str) -> bool:
+        """Whether refreshed tokens of the account wait here for the store to take them."""
+        return account_id in self._unsaved
+
     def account(self, account_id: str) -> AccountConfig:
         """The configuration of a usable account, or ``AccountNotAuthorised``."""
         account = self._accounts.get(account_id)
@@ -353,8 +355,7 @@ class TokenSource:
 
     def _refresh(self, job: RefreshJob) -> defer.Deferred[Secret | StillValid]:
         # One read for state and tokens. The daemon creates every configured account's
-        # row at start-up, so the ensureAccount write is only for the rare account
-        # that has none yet.
+        # row at start-up: ensureAccount is only for the rare account without one.
         d = self._store.getAccountWithTokens(job.account.name)
         return d.addCallback(self._read, job)
 
@@ -452,7 +453,7 @@ class TokenSource:
             expected = job.record.version if job.record is not None else 0
             return self._writeFailed(failure, job.account.name, expected, job.obtained)
         if failure.check(RefreshBusy):
-            busy = TransientTokenError("another node is refreshing this account")
+            busy = TransientTokenError(f"another node is refreshing it: {failure.value}")
             return self._askFailed(Failure(busy), job)
         return self._askFailed(failure, job)
 

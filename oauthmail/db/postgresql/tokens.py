@@ -21,7 +21,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -31,7 +31,7 @@ from zope.interface import implementer
 from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable
 from oauthmail.db.keycheck import KEY_CHECK
 from oauthmail.db.postgresql.database import PostgreSQLDatabase
-from oauthmail.db.postgresql.driver import POSTGRESQL, driver, translate
+from oauthmail.db.postgresql.driver import POSTGRESQL, describeError, driver, translate
 from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh
 from oauthmail.db.tokenstore import (
     ACCOUNTS_WITH_TOKENS,
@@ -58,6 +58,18 @@ CLAIM_TTL = 600.0
 #: Seconds between looks at another node's claim: it is most likely about to take the
 #: row lock for its request (then we wait for its answer); after the last, RefreshBusy.
 CLAIM_PAUSES = (0.05, 0.2, 0.5)
+
+
+_NONE, _OURS, _LIVE, _STALE = "none", "ours", "live", "stale"
+
+
+class _Found(NamedTuple):
+    """What ``_look`` found of the account's claim, and the tokens read under the lock."""
+
+    kind: str  # _NONE, _OURS (this store's), _LIVE (another node's), _STALE (too old)
+    record: TokenRecord | None
+    node: str | None = None
+    since: str | None = None
 
 
 class _Clock(Protocol):
@@ -126,10 +138,11 @@ class PostgreSQLTokenStore(StoredTokenStore):
         if not self._database.isOpen:
             return defer.fail(StoreError(f"{self.path} is not open"))
         asked: list[bool] = []
+        claimed: list[bool] = []
 
         def attempt() -> defer.Deferred[LockedRefresh]:
             return self.database.runLocked(
-                self._refreshLocked, account_id, fresh_enough, refresh, asked
+                self._refreshLocked, account_id, fresh_enough, refresh, asked, claimed
             )
 
         d = attempt()
@@ -148,6 +161,7 @@ class PostgreSQLTokenStore(StoredTokenStore):
         fresh_enough: FreshEnough,
         refresh: Refresh,
         asked: list[bool],
+        claimed: list[bool],
     ) -> LockedRefresh:
         """In a lock-pool thread: decide, claim (committed), refresh, write and unclaim.
 
@@ -161,30 +175,33 @@ class PostgreSQLTokenStore(StoredTokenStore):
         the stored answer, and commits the tokens and the end of the claim
         together. Only transaction-scoped locks: PgBouncer's transaction mode
         stays usable.
+
+        A claim of this store's that is already there was left by an earlier
+        refresh whose answer may be held unsaved (its refresh token being the
+        live one, presented now): it stays until tokens are stored, whatever
+        this refresh's outcome.
         """
         psycopg = driver()
         hold = int((self._lock_timeout + self._refresh_timeout + 30) * 1000)
         try:
-            decided = self._decide(conn, account_id, fresh_enough, hold)
+            decided, found = self._decide(conn, account_id, fresh_enough, hold)
             if decided is not None:
                 return decided
-            self._claim(conn, account_id)
-            conn.commit()
-            self._begin(conn, hold)
-            record = self._lockTokens(conn, account_id)
-            if not self._claimed(conn, account_id):
-                # New tokens were stored since our claim (a re-authorisation): use them.
-                raise RefreshBusy(
-                    f"{self.path}: tokens of {account_id!r} were stored while this node"
-                    " was about to refresh them; nothing was asked"
-                )
+            record = found.record
+            kept = found.kind == _OURS and not claimed  # not made by an attempt of this call
+            if not kept:
+                claimed.append(True)
+                record = self._claimAndRelock(conn, account_id, fresh_enough, hold, found)
+                if isinstance(record, LockedRefresh):
+                    return record
         except psycopg.Error as e:
             raise translate(e, self.database.target, conn.broken) from None
         asked.append(True)
         try:
             tokens = self.database.waitFor(self._refresh_timeout, refresh, record)
         except BaseException:
-            self._unclaim(conn, account_id)
+            if not kept:
+                self._unclaim(conn, account_id)
             raise
         now = self._clock.seconds()
         expected = 0 if record is None else record.version
@@ -195,30 +212,71 @@ class PostgreSQLTokenStore(StoredTokenStore):
             raise translate(e, self.database.target, conn.broken) from None
         return LockedRefresh(stored, True)
 
+    def _claimAndRelock(
+        self,
+        conn: Connection,
+        account_id: str,
+        fresh_enough: FreshEnough,
+        hold: int,
+        found: _Found,
+    ) -> TokenRecord | None | LockedRefresh:
+        """Commit our claim, then lock the row again for the request: the tokens to refresh.
+
+        Nothing has been asked yet: any failure here removes the claim again
+        (best effort), so that other nodes are not kept waiting for nothing.
+        """
+        self._claim(conn, account_id)
+        conn.commit()
+        if found.kind == _STALE:
+            log.warn(
+                "{account}: node {node} claimed a refresh at {since} and never stored its"
+                " result; refreshing now with the stored refresh token",
+                account=account_id,
+                node=found.node,
+                since=found.since,
+            )
+        try:
+            self._begin(conn, hold)
+            record = self._lockTokens(conn, account_id)
+            if self._claimed(conn, account_id):
+                return record
+            # Tokens were stored since our claim (a re-authorisation): maybe use them.
+            if self.database.waitFor(self._refresh_timeout, fresh_enough, record):
+                return LockedRefresh(record, False)
+            raise RefreshBusy(
+                f"{self.path}: tokens of {account_id!r} were stored while this node"
+                " was about to refresh them; nothing was asked"
+            )
+        except BaseException:
+            self._unclaim(conn, account_id)
+            raise
+
     def _decide(
         self, conn: Connection, account_id: str, fresh_enough: FreshEnough, hold: int
-    ) -> LockedRefresh | None:
+    ) -> tuple[LockedRefresh | None, _Found]:
         """Under the row lock: the stored tokens to use, or ``None`` (this node may ask).
 
         Another node's live claim: that node is between its claim and its
-        request (it locks the row again at once: wait for it a moment), or its
-        answer was not committed (:class:`RefreshBusy` until it saves it).
+        request (it locks the row again at once: wait for it a moment and look
+        again), or its answer was not committed (:class:`RefreshBusy` until it
+        stores it).
         """
-        for pause in CLAIM_PAUSES:
+        for pause in (*CLAIM_PAUSES, None):
             self._begin(conn, hold)
             record = self._lockTokens(conn, account_id)
             if self.database.waitFor(self._refresh_timeout, fresh_enough, record):
-                return LockedRefresh(record, False)
-            holder = self._liveClaim(conn, account_id)
-            if holder is None:
-                return None
+                return LockedRefresh(record, False), _Found(_NONE, record)
+            found = self._look(conn, account_id, record)
+            if found.kind != _LIVE:
+                return None, found
+            if pause is None:
+                raise RefreshBusy(
+                    f"{self.path}: node {found.node!r} claimed the refresh of {account_id!r}"
+                    f" at {found.since} and has not stored its result yet; nothing was asked"
+                )
             conn.rollback()
             time.sleep(pause)  # a lock-pool thread: nothing else waits for it
-        node, since = holder
-        raise RefreshBusy(
-            f"{self.path}: tokens of {account_id!r} were refreshed by node {node!r}"
-            f" at {since}, which has not saved them yet; nothing was asked"
-        )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _begin(self, conn: Connection, hold: int) -> None:
         """The limits of a refresh's transaction: how long to wait for locks, to stay idle."""
@@ -249,13 +307,13 @@ class PostgreSQLTokenStore(StoredTokenStore):
             ) from None
         return record
 
-    def _liveClaim(self, conn: Connection, account_id: str) -> tuple[str, str] | None:
-        """Another node's claim that still holds: (its node, since when); else ``None``.
+    def _look(self, conn: Connection, account_id: str, record: TokenRecord | None) -> _Found:
+        """The account's claim: none, ours, another node's (live), or one left too long.
 
         A claim older than ``claim_ttl`` was left by a node that died (or could
         not reach the database for that long) holding tokens it never saved:
-        it no longer holds, and a warning says so, since the refresh made now
-        may present a refresh token the provider has already rotated.
+        it no longer holds (a warning says so once it is taken over), since the
+        refresh made now may present a refresh token already rotated.
         """
         row = conn.execute(
             "SELECT node, instance, since > now() - %s * interval '1 second',"
@@ -263,19 +321,12 @@ class PostgreSQLTokenStore(StoredTokenStore):
             " FROM refresh_claims WHERE account = %s",
             (self._claim_ttl, account_id),
         ).fetchone()
-        if row is None or row[1] == self._instance:
-            return None
-        node, _, live, since = row
-        if live:
-            return node, since
-        log.warn(
-            "{account}: node {node} began a refresh at {since} and never saved its"
-            " tokens; refreshing now with the stored refresh token",
-            account=account_id,
-            node=node,
-            since=since,
-        )
-        return None
+        if row is None:
+            return _Found(_NONE, record)
+        node, instance, live, since = row
+        if instance == self._instance:
+            return _Found(_OURS, record, node, since)
+        return _Found(_LIVE if live else _STALE, record, node, since)
 
     def _claim(self, conn: Connection, account_id: str) -> None:
         """Claim the account's next refresh for this store (committed by the caller)."""
@@ -293,20 +344,28 @@ class PostgreSQLTokenStore(StoredTokenStore):
         return row is not None and row[0] == self._instance
 
     def _unclaim(self, conn: Connection, account_id: str) -> None:
-        """No tokens came back: nothing to wait for, remove the claim (best effort).
+        """Nothing (more) to wait for: remove our claim, still holding the row lock.
 
-        If the database is gone too, the claim stays until this node's next
-        refresh of the account, or ``claim_ttl``.
+        Best effort: if the database is gone too, the claim stays until this
+        node's next refresh of the account, or ``claim_ttl``.
         """
+        psycopg = driver()
+        if conn.broken or conn.closed:
+            return
         try:
-            conn.rollback()
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
             conn.execute(
                 "DELETE FROM refresh_claims WHERE account = %s AND instance = %s",
                 (account_id, self._instance),
             )
             conn.commit()
-        except driver().Error:
-            log.info("{account}: could not remove this node's refresh claim", account=account_id)
+        except psycopg.Error as e:
+            log.info(
+                "{account}: this node's refresh claim stays until its next refresh: {why}",
+                account=account_id,
+                why=describeError(e, self.database.target),
+            )
 
     def _putOne(
         self, conn: Connection, account_id: str, tokens: TokenSet, expected_version: int, now: float
