@@ -411,7 +411,11 @@ class StoredTokenStore(KeyCheck, DatabaseStore):
                 stamps.append((now, now, account_id))
             if stamps:
                 conn.cursor().executemany(self._sql(STAMP_REFRESH), stamps)
+                self._stored(conn, [account for _, _, account in stamps])
         return results
+
+    def _stored(self, conn: Connection, accounts: list[str]) -> None:
+        """In the writing transaction: what a backend does once these accounts' tokens are in."""
 
     def _putOne(
         self, conn: Connection, account_id: str, tokens: TokenSet, expected_version: int, now: float

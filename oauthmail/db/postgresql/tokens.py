@@ -40,7 +40,7 @@ from oauthmail.db.tokenstore import (
 )
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens import crypto
-from oauthmail.tokens.records import TokenRecord, TokenSet
+from oauthmail.tokens.records import TokenRecord
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -208,6 +208,7 @@ class PostgreSQLTokenStore(StoredTokenStore):
         try:
             stored = self._putOne(conn, account_id, tokens, expected, now)
             conn.execute(self._sql(STAMP_REFRESH), (now, now, account_id))
+            self._stored(conn, [account_id])
         except psycopg.Error as e:
             raise translate(e, self.database.target, conn.broken) from None
         return LockedRefresh(stored, True)
@@ -367,10 +368,6 @@ class PostgreSQLTokenStore(StoredTokenStore):
                 why=describeError(e, self.database.target),
             )
 
-    def _putOne(
-        self, conn: Connection, account_id: str, tokens: TokenSet, expected_version: int, now: float
-    ) -> TokenRecord:
-        """The compare-and-swap write; stored tokens end any refresh claim on the account."""
-        stored = super()._putOne(conn, account_id, tokens, expected_version, now)
-        conn.execute("DELETE FROM refresh_claims WHERE account = %s", (account_id,))
-        return stored
+    def _stored(self, conn: Connection, accounts: list[str]) -> None:
+        """Stored tokens end any refresh claim on their accounts (one statement a batch)."""
+        conn.execute("DELETE FROM refresh_claims WHERE account = ANY(%s)", (accounts,))
