@@ -54,30 +54,38 @@ def never(record):
     raise AssertionError("this node must not ask the provider")
 
 
+async def nodesWithALostCommit(dsn: str, names: str = "ab") -> list:
+    """Nodes ``names`` on one store: the first refreshes alice, and loses the commit.
+
+    Its claim stays; its answer ("held", refresh token "rotated") is what a real
+    provider now expects, and nobody but that node knows it.
+    """
+    key = generateKey()
+    nodes = [await openPostgreSQL(dsn, Clock(), node=n, key=key) for n in names]
+    first = nodes[0].tokens
+    await first.ensureAccount("alice", "google")
+    await first.putTokens("alice", tokens(expires=10.0), 0)
+    presented = []
+
+    def answer(record):
+        presented.append(record.refresh_token.reveal())
+        endRefreshingSession(dsn)
+        return sleep(0.1).addCallback(lambda _: tokens("held", "rotated", 5000.0))
+
+    with pytest.raises(StoreUnwritable):
+        await first.refreshLocked("alice", lambda r: False, answer)
+    assert presented == [REFRESH] and claims(dsn) == [("alice", names[0])]
+    return nodes
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_unsaved_answer_holds_other_nodes_off_until_it_is_saved(postgres_dsn):
     """Node a's answer is lost with its session: b asks nothing; a saves it; b then uses it."""
-    key = generateKey()
-    a, b = [await openPostgreSQL(postgres_dsn, Clock(), node=n, key=key) for n in "ab"]
+    a, b = await nodesWithALostCommit(postgres_dsn)
     try:
-        await a.tokens.ensureAccount("alice", "google")
-        await a.tokens.putTokens("alice", tokens(expires=10.0), 0)
-        presented = []
-
-        def answer(record):
-            presented.append(record.refresh_token.reveal())
-            endRefreshingSession(postgres_dsn)
-            return sleep(0.1).addCallback(lambda _: tokens("fresh", "rotated", 5000.0))
-
-        with pytest.raises(StoreUnwritable):
-            await a.tokens.refreshLocked("alice", lambda r: False, answer)
-        assert presented == [REFRESH]
-        assert claims(postgres_dsn) == [("alice", "a")]
-
         with pytest.raises(RefreshBusy, match="node 'a' claimed the refresh.*not stored"):
             await b.tokens.refreshLocked("alice", lambda r: False, never)
-
-        stored = await a.tokens.putTokens("alice", tokens("fresh", "rotated", 5000.0), 1)
+        stored = await a.tokens.putTokens("alice", tokens("held", "rotated", 5000.0), 1)
         assert stored.version == 2 and claims(postgres_dsn) == []
         done = await b.tokens.refreshLocked("alice", lambda r: r.version > 1, never)
         assert not done.refreshed and done.record.refresh_token.reveal() == "rotated"
@@ -89,44 +97,26 @@ async def test_an_unsaved_answer_holds_other_nodes_off_until_it_is_saved(postgre
 @pytest_twisted.ensureDeferred
 async def test_a_node_goes_on_from_its_own_claim(postgres_dsn):
     """The node that holds the live refresh token may refresh again while the store failed."""
-    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    (a,) = await nodesWithALostCommit(postgres_dsn, "a")
     try:
-        await opened.tokens.ensureAccount("alice", "google")
-        await opened.tokens.putTokens("alice", tokens(expires=10.0), 0)
-
-        def answer(record):
-            endRefreshingSession(postgres_dsn)
-            return tokens("lost", "rotated", 5000.0)
-
-        with pytest.raises(StoreUnwritable):
-            await opened.tokens.refreshLocked("alice", lambda r: False, answer)
-        done = await opened.tokens.refreshLocked(
+        done = await a.tokens.refreshLocked(
             "alice", lambda r: False, lambda r: tokens("fresh", "rotated-2", 5000.0)
         )
         assert done.refreshed and done.record.version == 2
         assert claims(postgres_dsn) == []
     finally:
-        await opened.close()
+        await a.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_failed_refresh_with_held_tokens_keeps_the_claim(postgres_dsn):
     """The node that holds the live refresh token keeps its claim when presenting it fails."""
-    key = generateKey()
-    a, b = [await openPostgreSQL(postgres_dsn, Clock(), node=n, key=key) for n in "ab"]
+    a, b = await nodesWithALostCommit(postgres_dsn)
     try:
-        await a.tokens.ensureAccount("alice", "google")
-        await a.tokens.putTokens("alice", tokens(expires=10.0), 0)
-
-        def answer(record):
-            endRefreshingSession(postgres_dsn)
-            return tokens("held", "rotated", 5000.0)
 
         def unreachable(record):
             raise ConnectionRefusedError("the provider is down")
 
-        with pytest.raises(StoreUnwritable):
-            await a.tokens.refreshLocked("alice", lambda r: False, answer)
         with pytest.raises(ConnectionRefusedError):
             await a.tokens.refreshLocked("alice", lambda r: False, unreachable)
         assert claims(postgres_dsn) == [("alice", "a")]
