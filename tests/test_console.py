@@ -528,10 +528,44 @@ async def test_console_shows_the_nodes_and_who_holds_which_folder() -> None:
     assert "node-a (this node)" in page and "node-b" in page
     assert "helpdesk/INBOX" in page and "alerts/&lt;b&gt;INBOX&lt;/b&gt;" in page
     assert "in 3 s" in page  # a lease's time left
+    assert "Token refreshes" not in page  # no refresh claimed
     status, body = await _render(resource, b"health")
     health = json.loads(body)
     assert status == 200 and health["node"]["node"] == "node-a"
     assert health["node"]["leases"] == 1 and health["node"]["live_nodes"] == 2
+    keeper.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_and_accounts_show_refreshes_claimed_and_not_stored() -> None:
+    """A claim minutes old says the other nodes wait for it; one seconds old is a refresh."""
+    import io
+
+    from twisted.internet.defer import succeed
+
+    from oauthmail.cli.cluster import printCluster
+    from oauthmail.cluster.records import RefreshClaimView
+    from oauthmail.cluster.view import collectCluster
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    resource, keeper, leases = await _clusterConsole(clock)
+    claimed = [
+        RefreshClaimView("alerts", "node-b", 3.0),
+        RefreshClaimView("helpdesk", "node-b", 300),
+    ]
+    leases.listRefreshClaims = lambda: succeed(claimed)
+    _, body = await _render(resource, b"")
+    page = body.decode()
+    assert "<h2>Token refreshes</h2>" in page
+    assert "refreshing" in page and "5 min ago" in page
+    assert "its answer is not stored yet; the other nodes wait for it" in page
+    out = io.StringIO()
+    printCluster(await collectCluster(leases), out)
+    text = out.getvalue()
+    assert "TOKEN REFRESH OF" in text and re.search(r"helpdesk +node-b +5 min ago", text)
+    assert "in 0 s" not in text  # a heartbeat this second was "just now", not in the future
+    assert text.rstrip().endswith("its answer is not stored yet; the other nodes wait for it")
     keeper.stopService()
 
 

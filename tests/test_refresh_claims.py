@@ -85,8 +85,11 @@ async def test_an_unsaved_answer_holds_other_nodes_off_until_it_is_saved(postgre
     try:
         with pytest.raises(RefreshBusy, match="node 'a' claimed the refresh.*not stored"):
             await b.tokens.refreshLocked("alice", lambda r: False, never)
+        (shown,) = await b.leases.listRefreshClaims()  # what operators see, from any node
+        assert (shown.account, shown.node) == ("alice", "a") and 0 <= shown.age < 60
         stored = await a.tokens.putTokens("alice", tokens("held", "rotated", 5000.0), 1)
         assert stored.version == 2 and claims(postgres_dsn) == []
+        assert await b.leases.listRefreshClaims() == []
         done = await b.tokens.refreshLocked("alice", lambda r: r.version > 1, never)
         assert not done.refreshed and done.record.refresh_token.reveal() == "rotated"
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from oauthmail.cluster.view import ClusterView, leaseRows, nodeRows
+from oauthmail.cluster.view import ClusterView, claimRows, leaseRows, nodeRows
 from oauthmail.text import cleanText
 
 __all__ = ["printCluster"]
@@ -24,7 +24,7 @@ def _table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) ->
 
 
 def printCluster(view: ClusterView, out: TextIO) -> None:
-    """Both tables, a blank line before each."""
+    """The tables (nodes, folders, and refreshes claimed if any), a blank line before each."""
     print(file=out)
     if not view.nodes:
         print("NODES: none has started yet", file=out)
@@ -33,5 +33,8 @@ def printCluster(view: ClusterView, out: TextIO) -> None:
     print(file=out)
     if not view.leases:
         print("FOLDERS: no folder is leased yet", file=out)
-        return
-    _table(out, ("FOLDER", "NODE", "EPOCH", "HELD FOR", "LEASE"), leaseRows(view))
+    else:
+        _table(out, ("FOLDER", "NODE", "EPOCH", "HELD FOR", "LEASE"), leaseRows(view))
+    if view.claims:
+        print(file=out)
+        _table(out, ("TOKEN REFRESH OF", "NODE", "CLAIMED", ""), claimRows(view))

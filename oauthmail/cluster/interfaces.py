@@ -64,6 +64,13 @@ class ILeaseStore(Interface):
     def history(account, folder):
         """Fire with the folder's ``[LeaseTerm]``, oldest epoch first."""
 
+    def listRefreshClaims():
+        """Fire with ``[RefreshClaimView]``, the token refreshes claimed and not stored yet.
+
+        By account. Only where several nodes share the tokens (PostgreSQL); a
+        store one process uses has none.
+        """
+
 
 class IFolderLease(Interface):
     """One folder watcher's right to watch its folder (one node's lease, see ``oauthmail.cluster``).

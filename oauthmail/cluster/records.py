@@ -19,6 +19,7 @@ __all__ = [
     "LeaseTerm",
     "LeaseView",
     "NodeView",
+    "RefreshClaimView",
 ]
 
 #: A watched folder: ``(account, folder)``.
@@ -145,3 +146,17 @@ class LeaseTerm:
     acquired_at: float
     valid_until: float | None
     ended: str | None  # None (still held), "released" or "expired"
+
+
+@dataclass(frozen=True)
+class RefreshClaimView:
+    """A token refresh a node claimed and has not stored yet (``age``: seconds since).
+
+    Seconds old: a refresh in flight. Minutes old: a node whose answer the
+    database could not take holds the account's live refresh token, and the
+    other nodes wait for it (see :mod:`oauthmail.db.postgresql.tokens`).
+    """
+
+    account: str
+    node: str
+    age: float

@@ -8,14 +8,17 @@ words. Pure values and text: no page and no terminal here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from oauthmail.cluster.interfaces import ILeaseStore
-from oauthmail.cluster.records import LeaseView, NodeView
+from oauthmail.cluster.records import LeaseView, NodeView, RefreshClaimView
 from oauthmail.text import describeWhen
 
-__all__ = ["ClusterView", "collectCluster", "leaseRows", "nodeRows"]
+__all__ = ["ClusterView", "claimRows", "collectCluster", "leaseRows", "nodeRows"]
+
+#: A claim older than this is not a refresh in flight (one request takes seconds).
+STUCK_CLAIM = 120.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class ClusterView:
     nodes: list[NodeView]
     leases: list[LeaseView]
     here: dict[str, Any] | None = None
+    claims: list[RefreshClaimView] = field(default_factory=list)
 
     def asJSON(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,9 @@ class ClusterView:
                 }
                 for lease in self.leases
             ],
+            "refresh_claims": [
+                {"account": c.account, "node": c.node, "age": round(c.age, 1)} for c in self.claims
+            ],
         }
 
 
@@ -65,11 +72,16 @@ async def collectCluster(leases: ILeaseStore | None, keeper: Any = None) -> Clus
         return None
     nodes = await leases.listNodes()
     held = await leases.listLeases()
-    return ClusterView(nodes, held, keeper.status() if keeper is not None else None)
+    claims = await leases.listRefreshClaims()
+    return ClusterView(nodes, held, keeper.status() if keeper is not None else None, claims)
 
 
 def _ago(seconds: float | None) -> str:
-    return "—" if seconds is None else describeWhen(-max(0.0, seconds), 0.0)
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return "just now"  # not describeWhen's "in 0 s" for a heartbeat this very second
+    return describeWhen(-seconds, 0.0)
 
 
 def nodeRows(view: ClusterView) -> list[tuple[str, str, str, str, str]]:
@@ -97,4 +109,16 @@ def leaseRows(view: ClusterView) -> list[tuple[str, str, str, str, str]]:
             if left is not None and left <= 0:
                 expires = f"expired {describeWhen(left, 0.0)}"
         rows.append((f"{lease.account}/{lease.folder}", node, str(lease.epoch), held, expires))
+    return rows
+
+
+def claimRows(view: ClusterView) -> list[tuple[str, str, str, str]]:
+    """``(account, node, since, what it means)`` per refresh claimed and not stored, as words."""
+    rows = []
+    for claim in view.claims:
+        if claim.age < STUCK_CLAIM:
+            meaning = "refreshing"
+        else:
+            meaning = "its answer is not stored yet; the other nodes wait for it"
+        rows.append((claim.account, claim.node, _ago(claim.age), meaning))
     return rows

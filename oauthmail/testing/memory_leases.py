@@ -18,7 +18,16 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
-from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
+from oauthmail.cluster.records import (
+    Beat,
+    Fence,
+    FolderKey,
+    Lease,
+    LeaseTerm,
+    LeaseView,
+    NodeView,
+    RefreshClaimView,
+)
 from oauthmail.db.errors import NodeNameTaken
 from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 
@@ -188,6 +197,9 @@ class MemoryLeaseStore:
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
         terms = [t for (a, f, _), t in self.terms.items() if (a, f) == (account, folder)]
         return defer.succeed(sorted(terms, key=lambda t: t.epoch))
+
+    def listRefreshClaims(self) -> defer.Deferred[list[RefreshClaimView]]:
+        return defer.succeed([])  # one process: its token source is the only refresher
 
     def checkFence(self, fence: Fence, account: str, folder: str) -> None:
         """Raise ``StaleLease`` unless ``fence`` still holds (what a fenced write checks)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from oauthmail.cluster.view import ClusterView, leaseRows, nodeRows
+from oauthmail.cluster.view import ClusterView, claimRows, leaseRows, nodeRows
 
 __all__ = ["renderCluster"]
 
@@ -33,4 +33,8 @@ def renderCluster(view: ClusterView | None) -> str:
         )
     nodes = _table(("Node", "State", "Started", "Last heartbeat", "Folders"), nodeRows(view))
     leases = _table(("Folder", "Node", "Epoch", "Held for", "Lease"), leaseRows(view))
-    return f"<h2>Nodes</h2>{trouble}{nodes}<h2>Folders</h2>{leases}"
+    claims = ""
+    if view.claims:
+        rows = claimRows(view)
+        claims = "<h2>Token refreshes</h2>" + _table(("Account", "Node", "Claimed", ""), rows)
+    return f"<h2>Nodes</h2>{trouble}{nodes}<h2>Folders</h2>{leases}{claims}"

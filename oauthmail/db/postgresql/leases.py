@@ -28,7 +28,16 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
-from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
+from oauthmail.cluster.records import (
+    Beat,
+    Fence,
+    FolderKey,
+    Lease,
+    LeaseTerm,
+    LeaseView,
+    NodeView,
+    RefreshClaimView,
+)
 from oauthmail.db.errors import NodeNameTaken
 from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
@@ -86,6 +95,11 @@ class PostgreSQLLeaseStore(DatabaseStore):
 
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
         return self._read(_history, account, folder)
+
+    def listRefreshClaims(self) -> defer.Deferred[list[RefreshClaimView]]:
+        # The token store's table (oauthmail.db.postgresql.tokens), read here for
+        # the operators' view of the cluster, beside the nodes and leases.
+        return self._read(_listRefreshClaims)
 
 
 def checkFence(conn: Connection, fence: Fence, account: str, folder: str) -> None:
@@ -269,3 +283,11 @@ def _history(conn: Connection, account: str, folder: str) -> list[LeaseTerm]:
         LeaseTerm(account, folder, int(e), o, float(at), _seconds(until), ended)
         for e, o, at, until, ended in rows
     ]
+
+
+def _listRefreshClaims(conn: Connection) -> list[RefreshClaimView]:
+    rows = conn.execute(
+        "SELECT account, node, EXTRACT(EPOCH FROM now() - since) FROM refresh_claims"
+        " ORDER BY account"
+    ).fetchall()
+    return [RefreshClaimView(a, n, max(0.0, float(age))) for a, n, age in rows]
