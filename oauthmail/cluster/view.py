@@ -84,6 +84,11 @@ def _ago(seconds: float | None) -> str:
     return describeWhen(-seconds, 0.0)
 
 
+def _lasted(seconds: float) -> str:
+    """A duration: ``3 s``, ``5 min``."""
+    return describeWhen(-max(1.0, seconds), 0.0).removesuffix(" ago")
+
+
 def nodeRows(view: ClusterView) -> list[tuple[str, str, str, str, str]]:
     """``(node, state, started, last heartbeat, folders)`` per node, as words."""
     here = view.here["node"] if view.here else None
@@ -103,7 +108,7 @@ def leaseRows(view: ClusterView) -> list[tuple[str, str, str, str, str]]:
             node, held, expires = "nobody", "—", "free"
         else:
             node = lease.node
-            held = "—" if lease.held_for is None else _ago(lease.held_for).replace(" ago", "")
+            held = "—" if lease.held_for is None else _lasted(lease.held_for)
             left = lease.expires_in
             expires = "—" if left is None else describeWhen(left, 0.0)
             if left is not None and left <= 0:
