@@ -316,6 +316,27 @@ def fillByWriter(path: Path) -> str:
     )
 
 
+_LOGIN = re.compile(r"^(\S+?)[+-]\d{4} .* logged in as ")
+
+
+def loginPace(nodes: list[Node]) -> str:
+    """How many IMAP logins the nodes' logs show, and how many a second (whole seconds).
+
+    Every mailbox costs one login before its messages: when the rates of both
+    sides follow this figure, Dovecot's login and the provider's token checks
+    (shared by both sides) set the pace, not the nodes' writing.
+    """
+    stamps = []
+    for node in nodes:
+        with (node.work / "twistd.log").open(errors="replace") as lines:
+            stamps += [found[1] for line in lines if (found := _LOGIN.match(line))]
+    if not stamps:
+        return "no logins logged"
+    seconds = sorted(time.mktime(time.strptime(s, "%Y-%m-%dT%H:%M:%S")) for s in stamps)
+    span = seconds[-1] - seconds[0] + 1
+    return f"{len(stamps)} logins in {span:.0f} s of log ({len(stamps) / span:.1f} a second)"
+
+
 def fileCount(path: Path) -> int:
     return sum(len(os.listdir(path / sub)) for sub in ("new", "cur") if (path / sub).is_dir())
 
@@ -380,6 +401,7 @@ async def baseline(rig: _rig.Rig, work: Path, args: argparse.Namespace, total: i
     finally:
         await node.stop()
     log(f"baseline: 1 node on SQLite, {total} messages at {rate:.1f} msg/s")
+    log(f"baseline: {loginPace([node])}")
     return rate
 
 
@@ -415,6 +437,7 @@ async def cluster(
         rate = await ingest(maildir, total, nodes, args.timeout, servers(rig, postgres))
         log(f"ours: {args.nodes} nodes on PostgreSQL, {total} messages at {rate:.1f} msg/s")
         log(f"ours, node by node: {await threads.deferToThread(fillByWriter, maildir)}")
+        log(f"ours: {loginPace(nodes)}")
         takeover, taken = await killOne(postgres, nodes, args)
         # One more message in every mailbox taken over: delivered by its new holder.
         extra = [
