@@ -77,7 +77,8 @@ def quietSecondSignals(reactor: IReactorThreads) -> None:
     ``ReactorNotRunning`` with a traceback. Stopping already writes what is in
     flight and closes the store; nothing acknowledged is lost by waiting, and
     SIGKILL still ends the process at once (as a crash would: safely).
-    Outside the main thread (an embedding) the handlers are left alone.
+    Only the reactor's own handlers are replaced (an embedding's or a
+    debugger's stay), and only from the main thread.
     """
 
     def again(signum: int, frame: object) -> None:
@@ -90,6 +91,8 @@ def quietSecondSignals(reactor: IReactorThreads) -> None:
         )
 
     for signum in (signal.SIGINT, signal.SIGTERM):
+        if getattr(signal.getsignal(signum), "__self__", None) is not reactor:
+            continue  # not Twisted's handler: whoever installed it keeps it
         try:
             signal.signal(signum, again)
         except ValueError:

@@ -46,6 +46,12 @@ def claims(dsn: str) -> list[tuple[str, str]]:
         return conn.execute("SELECT account, node FROM refresh_claims").fetchall()
 
 
+def ageClaims(dsn: str, seconds: float) -> None:
+    with psycopg.connect(dsn) as conn:
+        older = "UPDATE refresh_claims SET since = now() - make_interval(secs => %s)"
+        conn.execute(older, [seconds])
+
+
 def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
@@ -120,14 +126,40 @@ async def test_a_failed_refresh_with_held_tokens_keeps_the_claim(postgres_dsn):
         def unreachable(record):
             raise ConnectionRefusedError("the provider is down")
 
+        ageClaims(postgres_dsn, 500)
         with pytest.raises(ConnectionRefusedError):
             await a.tokens.refreshLocked("alice", lambda r: False, unreachable)
         assert claims(postgres_dsn) == [("alice", "a")]
+        (claim,) = await b.leases.listRefreshClaims()
+        assert claim.age < 60  # made anew: it lasts claim_ttl from the last attempt
         with pytest.raises(RefreshBusy):
             await b.tokens.refreshLocked("alice", lambda r: False, never)
     finally:
         await a.close()
         await b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_claim_left_with_nothing_held_is_removed_by_the_next_failed_refresh(postgres_dsn):
+    """This node's claim with no tokens held behind it (a removal that failed) blocks nobody."""
+    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    try:
+        await opened.tokens.ensureAccount("alice", "google")
+        await opened.tokens.putTokens("alice", tokens(), 0)
+        with psycopg.connect(postgres_dsn) as conn:
+            conn.execute(
+                "INSERT INTO refresh_claims (account, node, instance) VALUES ('alice', 'a', %s)",
+                (opened.tokens._instance,),
+            )
+
+        def unreachable(record):
+            raise ConnectionRefusedError("the provider is down")
+
+        with pytest.raises(ConnectionRefusedError):
+            await opened.tokens.refreshLocked("alice", lambda r: False, unreachable)
+        assert claims(postgres_dsn) == []
+    finally:
+        await opened.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -271,6 +271,23 @@ def test_storeFailureKeepsOldTokensAndShowsError():
     assert source.health.view("alice").state == "ok"
 
 
+def test_heldTokensAreNotRefreshedAgainWhileTheStoreRefusesThemAndTheOldOneIsValid():
+    """A pass meets held tokens the store still refuses: no new request, the failure counted."""
+    clock = task.Clock()
+    transport = ScriptedTransport(tokenAnswer(1))
+    source, store, clock = makeSource(transport, store=FailingPutStore(clock), clock=clock)
+    seed(store, clock, expires_in=3600)
+    store.broken = True
+    failure(source.forceRefresh("alice"), StoreError)
+    assert source.holdsUnsaved("alice") and len(transport.requests) == 1
+    failure(source.refreshDue("alice", 960.0), TransientTokenError)
+    assert len(transport.requests) == 1  # asking again would not help the store
+    assert result(source.accessToken("alice")) == Secret("access-0")
+    store.broken = False
+    result(source.refreshDue("alice", 960.0))
+    assert not source.holdsUnsaved("alice") and len(transport.requests) == 1
+
+
 class DownStore(FailingPutStore):
     """A store that, while ``broken``, takes neither tokens nor account states (it is down)."""
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import LeaseView, NodeView, RefreshClaimView
+from oauthmail.db.refresh import CLAIM_TTL
 from oauthmail.text import describeWhen
 
 __all__ = ["ClusterView", "claimRows", "collectCluster", "leaseRows", "nodeRows"]
 
-#: A claim older than this is not a refresh in flight (one request takes seconds).
-STUCK_CLAIM = 120.0
+#: A claim older than this is not a refresh in flight: the lock wait (60 s), the
+#: request (60 s) and a margin, the PostgreSQL token store's defaults.
+IN_FLIGHT = 150.0
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,14 @@ def claimRows(view: ClusterView) -> list[tuple[str, str, str, str]]:
     """``(account, node, since, what it means)`` per refresh claimed and not stored, as words."""
     rows = []
     for claim in view.claims:
-        if claim.age < STUCK_CLAIM:
+        if claim.age < IN_FLIGHT:
             meaning = "refreshing"
+        elif claim.age < CLAIM_TTL:
+            meaning = (
+                "not stored (its answer held in memory, or its node stopped);"
+                f" the other nodes wait for it up to {CLAIM_TTL / 60:.0f} min"
+            )
         else:
-            meaning = "its answer is not stored yet; the other nodes wait for it"
+            meaning = "left behind: the next refresh on another node takes it over"
         rows.append((claim.account, claim.node, _ago(claim.age), meaning))
     return rows

@@ -39,12 +39,19 @@ from oauthmail.db.errors import StoreError
 from oauthmail.tokens.records import TokenRecord, TokenSet
 
 __all__ = [
+    "CLAIM_TTL",
     "FreshEnough",
     "LockedRefresh",
     "Refresh",
     "RefreshByCompareAndSwap",
     "refreshByCompareAndSwap",
 ]
+
+#: Seconds other nodes wait for a refresh whose answer its node could not commit. Below
+#: the token source's margin (15 minutes), so that the access token that node was
+#: replacing still works while they wait; well above a restart of PostgreSQL plus a
+#: refresher interval, in which the node saves the tokens it holds.
+CLAIM_TTL = 600.0
 
 #: ``fresh_enough(record)``: whether the stored tokens (``None``: none) may be used as they are.
 FreshEnough = Callable[[TokenRecord | None], bool]

@@ -266,20 +266,15 @@ class TokenSource:
         return record
 
     def onAuthorised(self, listener: Callable[[str], object]) -> None:
-        """Call ``listener(account)`` each time a person's new tokens are stored.
-
-        What waited for the account (a watcher rechecking for tokens, a queue
-        holding its mail) can go at once instead of at its next timer.
-        """
+        """Call ``listener(account)`` on a person's new tokens: what waited for them goes now."""
         self._authorisedListeners.append(listener)
 
     def rememberRefusal(self, account_id: str, error: Exception) -> defer.Deferred[None]:
         """Keep a configuration error met outside a refresh as the account's last error.
 
         For the authorisation flows: ``invalid_client`` at a code exchange means no
-        authorisation can work until the configuration changes, and the console, the
-        CLI and ``/health`` should say so (with the fix) rather than forget it. Other
-        errors are about that one attempt and are not kept.
+        authorisation works until the configuration changes (the console, the CLI and
+        ``/health`` say so, with the fix); other errors concern that one attempt.
         """
         if not isinstance(error, TokenEndpointError) or account_id not in self._accounts:
             return defer.succeed(None)
@@ -386,8 +381,11 @@ class TokenSource:
         """Whether to ask the provider at all, and with which refresh token."""
         record, pending = current
         job.record, job.pending = record, pending
-        if pending is None and job.min_valid is not None and self._valid(record, job.min_valid):
-            return record.access_token  # somebody refreshed while we waited
+        if job.min_valid is not None and self._valid(record, job.min_valid):
+            if pending is None:
+                return record.access_token  # somebody refreshed while we waited
+            refused = TransientTokenError("the store still refuses the refreshed tokens")
+            return StillValid(record.access_token, refused)  # asking again would not help
         job.refresh_token = refreshTokenOf(job.account, job.state, record, pending)
         not_before = self._not_before.get(job.account.name)
         if not_before is not None:

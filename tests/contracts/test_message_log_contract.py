@@ -51,6 +51,17 @@ def test_entries_name_only_known_outcomes():
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_batch_keeps_its_order_whole_number_times_and_empty_columns(messages):
+    """A batch is written in its order; a time given as an int and a column of Nones are fine."""
+    batch = [sent(f"q{i}", QUEUED, at=int(NOW) + i) for i in range(3)] + [received(7, at=NOW + 3)]
+    await messages.record(batch)
+    newest = await messages.recent("alice")
+    assert [e.where for e in newest] == ["INBOX/7", "q2", "q1", "q0"]
+    assert [e.at for e in newest] == [NOW + 3, NOW + 2, NOW + 1, NOW]
+    assert [e.message_id for e in newest[1:]] == [None, None, None]
+
+
+@pytest_twisted.ensureDeferred
 async def test_recent_newest_first_per_account_and_direction(messages):
     """recent lists the account's entries newest first, by direction, in pages."""
     await messages.record([received(1), received(2, at=NOW + 1)])

@@ -65,6 +65,7 @@ def _record(conn: Connection, entries: list[LogEntry]) -> None:
                 size = size if size is not None else found[1]
         rows.append(entryRow(e, message_id, size))
     columns = [list(column) for column in zip(*rows, strict=True)]
+    columns[0] = [float(at) for at in columns[0]]  # psycopg refuses a list of ints and floats
     conn.execute(_INSERT_ENTRIES, columns)
 
 

@@ -28,11 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable
+from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable, VersionConflict
 from oauthmail.db.keycheck import KEY_CHECK
 from oauthmail.db.postgresql.database import PostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL, describeError, driver, translate
-from oauthmail.db.refresh import FreshEnough, LockedRefresh, Refresh
+from oauthmail.db.refresh import CLAIM_TTL, FreshEnough, LockedRefresh, Refresh
 from oauthmail.db.tokenstore import (
     ACCOUNTS_WITH_TOKENS,
     STAMP_REFRESH,
@@ -40,7 +40,7 @@ from oauthmail.db.tokenstore import (
 )
 from oauthmail.interfaces import ITokenStore
 from oauthmail.tokens import crypto
-from oauthmail.tokens.records import TokenRecord
+from oauthmail.tokens.records import TokenRecord, TokenSet
 
 if TYPE_CHECKING:
     from oauthmail.db.postgresql.driver import Connection
@@ -49,11 +49,6 @@ __all__ = ["CLAIM_TTL", "KEY_CHECK", "PostgreSQLTokenStore"]
 
 log = Logger()
 
-#: Seconds other nodes wait for a refresh whose answer its node could not commit. Below
-#: the token source's margin (15 minutes), so that the access token that node was
-#: replacing still works while they wait; well above a restart of PostgreSQL plus a
-#: refresher interval, in which the node saves the tokens it holds.
-CLAIM_TTL = 600.0
 
 #: Seconds between looks at another node's claim: it is most likely about to take the
 #: row lock for its request (then we wait for its answer); after the last, RefreshBusy.
@@ -104,6 +99,9 @@ class PostgreSQLTokenStore(StoredTokenStore):
         self._lock_timeout = lock_timeout
         self._refresh_timeout = refresh_timeout
         self._claim_ttl = claim_ttl
+        #: Accounts whose refreshed tokens this store could not commit (the caller
+        #: holds them): their claim stays until tokens are stored.
+        self._held: set[str] = set()
         #: Named in the claims other nodes see; the instance tells this process's own.
         self._node = node or socket.gethostname()
         self._instance = uuid.uuid4().hex
@@ -138,11 +136,11 @@ class PostgreSQLTokenStore(StoredTokenStore):
         if not self._database.isOpen:
             return defer.fail(StoreError(f"{self.path} is not open"))
         asked: list[bool] = []
-        claimed: list[bool] = []
+        answered: list[bool] = []
 
         def attempt() -> defer.Deferred[LockedRefresh]:
             return self.database.runLocked(
-                self._refreshLocked, account_id, fresh_enough, refresh, asked, claimed
+                self._refreshLocked, account_id, fresh_enough, refresh, asked, answered
             )
 
         d = attempt()
@@ -152,7 +150,26 @@ class PostgreSQLTokenStore(StoredTokenStore):
                 return attempt()
             return failure
 
-        return d.addErrback(again)
+        def settled(result: LockedRefresh | Failure) -> LockedRefresh | Failure:
+            if isinstance(result, Failure):
+                if answered and result.check(StoreError) and not result.check(VersionConflict):
+                    self._held.add(account_id)  # the caller keeps the answer unsaved
+            elif result.refreshed:
+                self._held.discard(account_id)
+            return result
+
+        return d.addErrback(again).addBoth(settled)
+
+    def putTokens(
+        self, account_id: str, tokens: TokenSet, expected_version: int
+    ) -> defer.Deferred[TokenRecord]:
+        """See ``ITokenStore.putTokens``; stored tokens are no longer held unsaved here."""
+
+        def stored(record: TokenRecord) -> TokenRecord:
+            self._held.discard(account_id)
+            return record
+
+        return super().putTokens(account_id, tokens, expected_version).addCallback(stored)
 
     def _refreshLocked(
         self,
@@ -161,7 +178,7 @@ class PostgreSQLTokenStore(StoredTokenStore):
         fresh_enough: FreshEnough,
         refresh: Refresh,
         asked: list[bool],
-        claimed: list[bool],
+        answered: list[bool],
     ) -> LockedRefresh:
         """In a lock-pool thread: decide, claim (committed), refresh, write and unclaim.
 
@@ -176,10 +193,10 @@ class PostgreSQLTokenStore(StoredTokenStore):
         together. Only transaction-scoped locks: PgBouncer's transaction mode
         stays usable.
 
-        A claim of this store's that is already there was left by an earlier
-        refresh whose answer may be held unsaved (its refresh token being the
-        live one, presented now): it stays until tokens are stored, whatever
-        this refresh's outcome.
+        An account whose earlier answer this store could not commit (held
+        unsaved by the caller, its refresh token the live one, presented now)
+        keeps its claim until tokens are stored, whatever this refresh's
+        outcome; the claim is made anew (its age restarts) each time.
         """
         psycopg = driver()
         hold = int((self._lock_timeout + self._refresh_timeout + 30) * 1000)
@@ -187,13 +204,10 @@ class PostgreSQLTokenStore(StoredTokenStore):
             decided, found = self._decide(conn, account_id, fresh_enough, hold)
             if decided is not None:
                 return decided
-            record = found.record
-            kept = found.kind == _OURS and not claimed  # not made by an attempt of this call
-            if not kept:
-                claimed.append(True)
-                record = self._claimAndRelock(conn, account_id, fresh_enough, hold, found)
-                if isinstance(record, LockedRefresh):
-                    return record
+            kept = found.kind == _OURS and account_id in self._held
+            record = self._claimAndRelock(conn, account_id, fresh_enough, hold, found, kept)
+            if isinstance(record, LockedRefresh):
+                return record
         except psycopg.Error as e:
             raise translate(e, self.database.target, conn.broken) from None
         asked.append(True)
@@ -203,6 +217,7 @@ class PostgreSQLTokenStore(StoredTokenStore):
             if not kept:
                 self._unclaim(conn, account_id)
             raise
+        answered.append(True)
         now = self._clock.seconds()
         expected = 0 if record is None else record.version
         try:
@@ -220,11 +235,13 @@ class PostgreSQLTokenStore(StoredTokenStore):
         fresh_enough: FreshEnough,
         hold: int,
         found: _Found,
+        kept: bool,
     ) -> TokenRecord | None | LockedRefresh:
         """Commit our claim, then lock the row again for the request: the tokens to refresh.
 
-        Nothing has been asked yet: any failure here removes the claim again
-        (best effort), so that other nodes are not kept waiting for nothing.
+        Nothing has been asked yet: unless ``kept`` (tokens held unsaved), any
+        failure here removes the claim again (best effort), so that other nodes
+        are not kept waiting for nothing.
         """
         self._claim(conn, account_id)
         conn.commit()
@@ -249,7 +266,8 @@ class PostgreSQLTokenStore(StoredTokenStore):
                 " was about to refresh them; nothing was asked"
             )
         except BaseException:
-            self._unclaim(conn, account_id)
+            if not kept:
+                self._unclaim(conn, account_id)
             raise
 
     def _decide(
