@@ -14,6 +14,9 @@ Rules a reader must not break:
 - A wrong key is refused before anything is written (``check`` runs first
   in the migration's first transaction).
 - Nothing here logs or formats a token value.
+- A refresh's claim (``refresh_claims``) is committed before the provider is
+  asked, and ends in the same commit as the tokens it brought: between the
+  two, the node that asked may hold the only live refresh token.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ log = Logger()
 
 
 #: Seconds between looks at another node's claim: it is most likely about to take the
-#: row lock for its request (then we wait for its answer); after the last, RefreshBusy.
+#: row lock for its request (then we wait for its answer); after the last look, RefreshBusy.
 CLAIM_PAUSES = (0.05, 0.2, 0.5)
 
 
