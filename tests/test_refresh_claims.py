@@ -60,6 +60,14 @@ def never(record):
     raise AssertionError("this node must not ask the provider")
 
 
+async def nodeWithAlice(dsn: str, node: str = "a", expires: float = 3600.0, **options):
+    """One node's stores, the account alice in them with tokens valid ``expires`` seconds."""
+    opened = await openPostgreSQL(dsn, Clock(), node=node, **options)
+    await opened.tokens.ensureAccount("alice", "google")
+    await opened.tokens.putTokens("alice", tokens(expires=expires), 0)
+    return opened
+
+
 async def nodesWithALostCommit(dsn: str, names: str = "ab") -> list:
     """Nodes ``names`` on one store: the first refreshes alice, and loses the commit.
 
@@ -142,10 +150,8 @@ async def test_a_failed_refresh_with_held_tokens_keeps_the_claim(postgres_dsn):
 @pytest_twisted.ensureDeferred
 async def test_a_claim_left_with_nothing_held_is_removed_by_the_next_failed_refresh(postgres_dsn):
     """This node's claim with no tokens held behind it (a removal that failed) blocks nobody."""
-    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    opened = await nodeWithAlice(postgres_dsn, "a")
     try:
-        await opened.tokens.ensureAccount("alice", "google")
-        await opened.tokens.putTokens("alice", tokens(), 0)
         with psycopg.connect(postgres_dsn) as conn:
             conn.execute(
                 "INSERT INTO refresh_claims (account, node, instance) VALUES ('alice', 'a', %s)",
@@ -190,10 +196,8 @@ async def test_a_claim_whose_request_never_went_out_is_removed(postgres_dsn):
 @pytest_twisted.ensureDeferred
 async def test_an_old_claim_is_taken_over_and_said(postgres_dsn):
     """A claim older than claim_ttl (its node died holding tokens) no longer holds; a warning."""
-    opened = await openPostgreSQL(postgres_dsn, Clock(), node="b", claim_ttl=60.0)
+    opened = await nodeWithAlice(postgres_dsn, "b", expires=10.0, claim_ttl=60.0)
     try:
-        await opened.tokens.ensureAccount("alice", "google")
-        await opened.tokens.putTokens("alice", tokens(expires=10.0), 0)
         with psycopg.connect(postgres_dsn) as conn:
             conn.execute(
                 "INSERT INTO refresh_claims (account, node, instance, since)"
@@ -213,10 +217,8 @@ async def test_an_old_claim_is_taken_over_and_said(postgres_dsn):
 @pytest_twisted.ensureDeferred
 async def test_a_failed_request_leaves_no_claim(postgres_dsn):
     """The provider failed (nothing to save): the claim goes, the next node may ask."""
-    opened = await openPostgreSQL(postgres_dsn, Clock(), node="a")
+    opened = await nodeWithAlice(postgres_dsn, "a")
     try:
-        await opened.tokens.ensureAccount("alice", "google")
-        await opened.tokens.putTokens("alice", tokens(), 0)
         with pytest.raises(ZeroDivisionError):
             await opened.tokens.refreshLocked("alice", lambda r: False, lambda r: 1 / 0)
         assert claims(postgres_dsn) == []

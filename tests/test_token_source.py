@@ -240,14 +240,17 @@ def test_notRotatedKeepsRefreshToken():
     assert result(store.getTokens("alice")).refresh_token == Secret("refresh-0")
 
 
-def refreshIntoABrokenStore(storeClass):
-    """A refresh whose rotated tokens ``storeClass`` refuses; the store is still broken."""
+def refreshIntoABrokenStore(storeClass, expires_in=0, forced=False):
+    """A refresh whose rotated tokens ``storeClass`` refuses; the store is still broken.
+
+    ``forced``: a server refused a token that is ``expires_in`` s from expiry.
+    """
     clock = task.Clock()
     transport = ScriptedTransport(tokenAnswer(1))
     source, store, clock = makeSource(transport, store=storeClass(clock), clock=clock)
-    seed(store, clock, expires_in=0)
+    seed(store, clock, expires_in=expires_in)
     store.broken = True
-    failure(source.accessToken("alice"), StoreError)
+    failure((source.forceRefresh if forced else source.accessToken)("alice"), StoreError)
     return source, store, transport
 
 
@@ -273,12 +276,7 @@ def test_storeFailureKeepsOldTokensAndShowsError():
 
 def test_heldTokensAreNotRefreshedAgainWhileTheStoreRefusesThemAndTheOldOneIsValid():
     """A pass meets held tokens the store still refuses: no new request, the failure counted."""
-    clock = task.Clock()
-    transport = ScriptedTransport(tokenAnswer(1))
-    source, store, clock = makeSource(transport, store=FailingPutStore(clock), clock=clock)
-    seed(store, clock, expires_in=3600)
-    store.broken = True
-    failure(source.forceRefresh("alice"), StoreError)
+    source, store, transport = refreshIntoABrokenStore(FailingPutStore, 3600, forced=True)
     assert source.holdsUnsaved("alice") and len(transport.requests) == 1
     failure(source.refreshDue("alice", 960.0), TransientTokenError)
     assert len(transport.requests) == 1  # asking again would not help the store

@@ -18,16 +18,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
-from oauthmail.cluster.records import (
-    Beat,
-    Fence,
-    FolderKey,
-    Lease,
-    LeaseTerm,
-    LeaseView,
-    NodeView,
-    RefreshClaimView,
-)
+from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken
 from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 
@@ -198,7 +189,7 @@ class MemoryLeaseStore:
         terms = [t for (a, f, _), t in self.terms.items() if (a, f) == (account, folder)]
         return defer.succeed(sorted(terms, key=lambda t: t.epoch))
 
-    def listRefreshClaims(self) -> defer.Deferred[list[RefreshClaimView]]:
+    def listRefreshClaims(self) -> defer.Deferred[list]:
         return defer.succeed([])  # one process: its token source is the only refresher
 
     def checkFence(self, fence: Fence, account: str, folder: str) -> None:

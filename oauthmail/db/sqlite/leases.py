@@ -18,16 +18,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import ILeaseStore
-from oauthmail.cluster.records import (
-    Beat,
-    Fence,
-    FolderKey,
-    Lease,
-    LeaseTerm,
-    LeaseView,
-    NodeView,
-    RefreshClaimView,
-)
+from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken
 from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
@@ -77,7 +68,7 @@ class SQLiteLeaseStore(DatabaseStore):
     def history(self, account: str, folder: str) -> defer.Deferred[list[LeaseTerm]]:
         return self._read(_history, account, folder)
 
-    def listRefreshClaims(self) -> defer.Deferred[list[RefreshClaimView]]:
+    def listRefreshClaims(self) -> defer.Deferred[list]:
         return defer.succeed([])  # one process: its token source is the only refresher
 
 
