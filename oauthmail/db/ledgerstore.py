@@ -9,8 +9,9 @@ how a fence is checked against its leases, and the two statements that take a
 set of values (SQLite: ``IN`` lists; PostgreSQL: ``= ANY``).
 
 :class:`LedgerWrites` holds the four writes and their rules, each turned into
-one :class:`LedgerWrite`; the stored ledger and the memory twin
-(:mod:`oauthmail.testing.memory_ledger`) both build on it and only apply one.
+one :class:`LedgerWrite`; the stored ledger, the memory twin
+(:mod:`oauthmail.testing.memory_ledger`) and the watcher's lease-fenced
+ledger (:mod:`oauthmail.imap.watcher.lease`) all build on it and only apply one.
 
 Rules a reader must not break:
 
@@ -85,12 +86,12 @@ class LedgerWrite:
 class LedgerWrites:
     """The writes of ``IDeliveryLedger``, each turned into one :class:`LedgerWrite`.
 
-    A subclass gives :meth:`_apply`: ONE write (one transaction in a
+    A subclass gives :meth:`apply`: ONE write (one transaction in a
     database) that checks ``fence`` first when it is given and stores nothing
     when it is refused.
     """
 
-    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+    def apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
         """Store ``write`` in one transaction, unless ``fence`` (when given) is refused."""
         raise NotImplementedError
 
@@ -103,7 +104,7 @@ class LedgerWrites:
         fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         write = LedgerWrite(account, folder, uidvalidity, (), last_delivered_uid)
-        return self._apply(write, fence)
+        return self.apply(write, fence)
 
     def recordDeliveries(
         self,
@@ -122,7 +123,7 @@ class LedgerWrites:
         write = LedgerWrite(
             account, folder, uidvalidity, finalStates(entries, disposed), last_delivered_uid
         )
-        return self._apply(write, fence)
+        return self.apply(write, fence)
 
     def recordHanded(
         self,
@@ -134,7 +135,7 @@ class LedgerWrites:
     ) -> defer.Deferred[None]:
         rows = [(uid, digest, HANDED) for uid, digest in entries]
         write = LedgerWrite(account, folder, uidvalidity, rows)
-        return self._apply(write, fence)
+        return self.apply(write, fence)
 
     def markDisposed(
         self,
@@ -145,7 +146,7 @@ class LedgerWrites:
         fence: Fence | None = None,
     ) -> defer.Deferred[None]:
         write = LedgerWrite(account, folder, uidvalidity, disposals=sorted(set(uids)))
-        return self._apply(write, fence)
+        return self.apply(write, fence)
 
 
 class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
@@ -216,7 +217,7 @@ class StoredDeliveryLedger(LedgerWrites, DatabaseStore):
             [(account, folder, uidvalidity, u, dg, now, st) for u, dg, st in rows],
         )
 
-    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+    def apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
         account, folder, uidvalidity = write.account, write.folder, write.uidvalidity
         now = self._clock.seconds()
 

@@ -66,7 +66,7 @@ class MemoryDeliveryLedger(LedgerWrites):
             return defer.fail(e)
         return None
 
-    def _apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+    def apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
         account, folder, uidvalidity = write.account, write.folder, write.uidvalidity
         refused = self._refused(fence, account, folder)
         if refused is not None:

@@ -17,7 +17,7 @@ lease once: the folder belongs to another node now, or will soon.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -25,19 +25,21 @@ from zope.interface import implementer
 
 from oauthmail.cluster.interfaces import IFolderLease
 from oauthmail.cluster.records import Fence
+from oauthmail.db.ledgerstore import LedgerWrite, LedgerWrites
+from oauthmail.imap.ledger import HANDED
 from oauthmail.interfaces import IDeliveryLedger
 
 __all__ = ["FencedLedger"]
 
 
 @implementer(IDeliveryLedger)
-class FencedLedger:
+class FencedLedger(LedgerWrites):
     """An ``IDeliveryLedger`` whose writes carry the current lease's fence; see the module.
 
     ``current()`` gives the watcher's lease now (``None``: not leased).
     """
 
-    def __init__(self, ledger: IDeliveryLedger, current: Callable[[], IFolderLease | None]):
+    def __init__(self, ledger: LedgerWrites, current: Callable[[], IFolderLease | None]):
         self._ledger = ledger
         self._current = current
 
@@ -65,73 +67,13 @@ class FencedLedger:
             d.addCallback(confirmed)
         return d
 
-    # -- writes: fenced ----------------------------------------------------------
+    # -- writes: fenced --------------------------------------------------------------
 
-    def setFolderState(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        last_delivered_uid: int,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        return self._write(
-            lambda f: self._ledger.setFolderState(
-                account, folder, uidvalidity, last_delivered_uid, fence=fence or f
-            )
-        )
-
-    def recordDeliveries(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str | None, str]],
-        last_delivered_uid: int | None = None,
-        disposed: bool = False,
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        return self._write(
-            lambda f: self._ledger.recordDeliveries(
-                account,
-                folder,
-                uidvalidity,
-                entries,
-                last_delivered_uid,
-                disposed,
-                fence=fence or f,
-            )
-        )
-
-    def recordHanded(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        entries: Sequence[tuple[int, str]],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        # Confirmed again afterwards: the next step hands the batch to the sink.
-        return self._write(
-            lambda f: self._ledger.recordHanded(
-                account, folder, uidvalidity, entries, fence=fence or f
-            ),
-            after=True,
-        )
-
-    def markDisposed(
-        self,
-        account: str,
-        folder: str,
-        uidvalidity: int,
-        uids: Iterable[int],
-        fence: Fence | None = None,
-    ) -> defer.Deferred[None]:
-        return self._write(
-            lambda f: self._ledger.markDisposed(
-                account, folder, uidvalidity, uids, fence=fence or f
-            )
-        )
+    def apply(self, write: LedgerWrite, fence: Fence | None) -> defer.Deferred[None]:
+        # A batch recorded as handed is confirmed again afterwards: the next step
+        # hands it to the sink.
+        handed = any(state == HANDED for _, _, state in write.rows)
+        return self._write(lambda f: self._ledger.apply(write, fence or f), after=handed)
 
     # -- reads: as they are ----------------------------------------------------------
 
