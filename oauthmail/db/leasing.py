@@ -8,6 +8,11 @@ different folders, and a node that restarts tends to get its folders back.
 
 A fenced write (:func:`checkFenceKey`, :func:`checkHeld`) is made only while
 its lease is held by its node under its epoch and has not expired.
+
+:class:`LeaseCalls` is where every store takes a call's arguments the same way:
+a heartbeat's folders each once (the fair share counts them) and sorted, a
+release limited to the fences of the node that asks (a node never gives back
+another's lease).
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from oauthmail.cluster.records import Fence, FolderKey
+from twisted.internet import defer
+
+from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease
 from oauthmail.db.errors import StaleLease
 
-__all__ = ["checkFenceKey", "checkHeld", "fairShare", "preferred", "preference"]
+__all__ = [
+    "LeaseCalls",
+    "beat",
+    "checkFenceKey",
+    "checkHeld",
+    "fairShare",
+    "preferred",
+    "preference",
+]
 
 
 def fairShare(folders: int, live: int) -> int:
@@ -62,3 +77,39 @@ def checkHeld(fence: Fence, held: tuple[str | None, int, bool] | None) -> None:
             f"{fence.account}/{fence.folder}: the lease of {fence.node} (epoch {fence.epoch})"
             " is no longer valid; nothing was written"
         )
+
+
+def beat(held: list[Lease], taken: list[FolderKey], live: int, share: int) -> Beat:
+    """A heartbeat's ``Beat``: its leases and taken folders in folder order, on every backend."""
+    held.sort(key=lambda lease: lease.key)
+    return Beat(tuple(held), tuple(sorted(taken)), live, share)
+
+
+class LeaseCalls:
+    """``heartbeat`` and ``release`` of an ``ILeaseStore``, arguments taken as the module says.
+
+    A subclass gives :meth:`_beat` and :meth:`_release`.
+    """
+
+    def heartbeat(
+        self,
+        node: str,
+        instance: str,
+        folders: Iterable[FolderKey],
+        expiry: float,
+        take: bool = True,
+    ) -> defer.Deferred[Beat]:
+        return self._beat(node, instance, sorted(set(folders)), expiry, take)
+
+    def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
+        return self._release(node, [fence for fence in fences if fence.node == node])
+
+    def _beat(
+        self, node: str, instance: str, keys: list[FolderKey], expiry: float, take: bool
+    ) -> defer.Deferred[Beat]:
+        """One heartbeat in one transaction, ``keys`` sorted and distinct."""
+        raise NotImplementedError
+
+    def _release(self, node: str, fences: list[Fence]) -> defer.Deferred[int]:
+        """Give back the leases of ``fences``, every one of them ``node``'s."""
+        raise NotImplementedError

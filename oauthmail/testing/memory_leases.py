@@ -10,7 +10,6 @@ asks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,7 +19,7 @@ from zope.interface import implementer
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken
-from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
+from oauthmail.db.leasing import LeaseCalls, beat, checkFenceKey, checkHeld, fairShare, preferred
 
 __all__ = ["MemoryLeaseStore"]
 
@@ -48,7 +47,7 @@ class _Row:
 
 
 @implementer(ILeaseStore)
-class MemoryLeaseStore:
+class MemoryLeaseStore(LeaseCalls):
     """Nodes, leases and their history in dicts; ``beats`` counts heartbeats."""
 
     def __init__(self, clock: _Clock) -> None:
@@ -63,13 +62,8 @@ class MemoryLeaseStore:
     def _failing(self) -> defer.Deferred | None:
         return defer.fail(self.failure) if self.failure is not None else None
 
-    def heartbeat(
-        self,
-        node: str,
-        instance: str,
-        folders: Iterable[FolderKey],
-        expiry: float,
-        take: bool = True,
+    def _beat(
+        self, node: str, instance: str, keys: list[FolderKey], expiry: float, take: bool
     ) -> defer.Deferred[Beat]:
         failing = self._failing()
         if failing is not None:
@@ -84,7 +78,6 @@ class MemoryLeaseStore:
             self.nodes[node] = _Node(instance, now, now, now + expiry)
         else:
             known.seen_at, known.expires, known.gone = now, now + expiry, False
-        keys = sorted(set(folders))
         for key in keys:
             self.rows.setdefault(key, _Row())
         held = []
@@ -108,8 +101,7 @@ class MemoryLeaseStore:
                 self.terms[(*key, row.epoch)] = LeaseTerm(*key, row.epoch, node, now, None, None)
                 held.append(Lease(*key, node, row.epoch, expiry))
                 taken.append(key)
-        held.sort(key=lambda lease: lease.key)
-        return defer.succeed(Beat(tuple(held), tuple(sorted(taken)), live, share))
+        return defer.succeed(beat(held, taken, live, share))
 
     @staticmethod
     def _free(row: _Row, now: float) -> bool:
@@ -127,14 +119,14 @@ class MemoryLeaseStore:
         self._end(key, row.epoch, self._clock.seconds(), "released")
         row.owner = row.expires = None
 
-    def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
+    def _release(self, node: str, fences: list[Fence]) -> defer.Deferred[int]:
         failing = self._failing()
         if failing is not None:
             return failing
         count = 0
         for fence in fences:
             row = self.rows.get(fence.key)
-            if fence.node == node and row is not None and row.owner == node:
+            if row is not None and row.owner == node:
                 if row.epoch == fence.epoch:
                     self._giveBack(fence.key)
                     count += 1

@@ -21,7 +21,7 @@ ended.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -39,7 +39,7 @@ from oauthmail.cluster.records import (
     RefreshClaimView,
 )
 from oauthmail.db.errors import NodeNameTaken
-from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare
+from oauthmail.db.leasing import LeaseCalls, beat, checkFenceKey, checkHeld, fairShare
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.stored import DatabaseStore
 
@@ -61,28 +61,21 @@ def _columns(keys: Sequence[FolderKey]) -> tuple[list[str], list[str]]:
 
 
 @implementer(ILeaseStore)
-class PostgreSQLLeaseStore(DatabaseStore):
+class PostgreSQLLeaseStore(LeaseCalls, DatabaseStore):
     """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened PostgreSQL database."""
 
     def __init__(self, database: IPostgreSQLDatabase) -> None:
         super().__init__(database, database.where)
 
-    def heartbeat(
-        self,
-        node: str,
-        instance: str,
-        folders: Iterable[FolderKey],
-        expiry: float,
-        take: bool = True,
+    def _beat(
+        self, node: str, instance: str, keys: list[FolderKey], expiry: float, take: bool
     ) -> defer.Deferred[Beat]:
-        keys = sorted(set(folders))
         return self._run(_heartbeat, self._where, node, instance, keys, expiry, take)
 
-    def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
-        mine = [f for f in fences if f.node == node]
-        if not mine:
+    def _release(self, node: str, fences: list[Fence]) -> defer.Deferred[int]:
+        if not fences:
             return defer.succeed(0)
-        return self._run(_release, node, mine)
+        return self._run(_release, node, fences)
 
     def leave(self, node: str, instance: str) -> defer.Deferred[int]:
         return self._run(_leave, node, instance)
@@ -205,8 +198,7 @@ def _heartbeat(
         for a, f, e, left, *_ in rows:
             held.append(Lease(a, f, node, int(e), float(left)))
             taken.append((a, f))
-    held.sort(key=lambda lease: lease.key)
-    return Beat(tuple(held), tuple(sorted(taken)), int(live), share)
+    return beat(held, taken, int(live), share)
 
 
 def _closeTerms(conn: Connection, rows: Sequence[tuple[str, str, int]]) -> None:

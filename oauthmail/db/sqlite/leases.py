@@ -11,7 +11,7 @@ one ``BEGIN IMMEDIATE`` transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.internet import defer
@@ -20,7 +20,7 @@ from zope.interface import implementer
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import Beat, Fence, FolderKey, Lease, LeaseTerm, LeaseView, NodeView
 from oauthmail.db.errors import NodeNameTaken
-from oauthmail.db.leasing import checkFenceKey, checkHeld, fairShare, preferred
+from oauthmail.db.leasing import LeaseCalls, beat, checkFenceKey, checkHeld, fairShare, preferred
 from oauthmail.db.sqlite.connection import transaction
 from oauthmail.db.sqlite.database import ISQLiteDatabase
 from oauthmail.db.stored import DatabaseStore
@@ -33,28 +33,21 @@ class _Clock(Protocol):
 
 
 @implementer(ILeaseStore)
-class SQLiteLeaseStore(DatabaseStore):
+class SQLiteLeaseStore(LeaseCalls, DatabaseStore):
     """An :class:`~oauthmail.cluster.interfaces.ILeaseStore` in an opened SQLite database."""
 
     def __init__(self, database: ISQLiteDatabase, clock: _Clock) -> None:
         super().__init__(database, database.path)
         self._clock = clock
 
-    def heartbeat(
-        self,
-        node: str,
-        instance: str,
-        folders: Iterable[FolderKey],
-        expiry: float,
-        take: bool = True,
+    def _beat(
+        self, node: str, instance: str, keys: list[FolderKey], expiry: float, take: bool
     ) -> defer.Deferred[Beat]:
-        keys = sorted(set(folders))
         now = self._clock.seconds()
         return self._run(_heartbeat, self._where, node, instance, keys, expiry, take, now)
 
-    def release(self, node: str, fences: Iterable[Fence]) -> defer.Deferred[int]:
-        mine = [f for f in fences if f.node == node]
-        return self._run(_release, node, mine, self._clock.seconds())
+    def _release(self, node: str, fences: list[Fence]) -> defer.Deferred[int]:
+        return self._run(_release, node, fences, self._clock.seconds())
 
     def leave(self, node: str, instance: str) -> defer.Deferred[int]:
         return self._run(_leave, node, instance, self._clock.seconds())
@@ -161,8 +154,7 @@ def _heartbeat(
                 )
                 held.append(Lease(*key, node, int(epoch) + 1, expiry))
                 taken.append(key)
-    held.sort(key=lambda lease: lease.key)
-    return Beat(tuple(held), tuple(sorted(taken)), int(live), share)
+    return beat(held, taken, int(live), share)
 
 
 def _giveBack(conn: sqlite3.Connection, rows: Sequence[tuple[str, str, int]], now: float) -> None:
