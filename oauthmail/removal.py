@@ -19,13 +19,11 @@ and no token reaches a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
 from dataclasses import dataclass
 
-from zope.interface import implementer
-
-from oauthmail.interfaces import IDeliveryPolicy, IOutbox
-from oauthmail.smtp.queue.records import OutboxEntry
+from oauthmail.interfaces import IOutbox
+from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.tokens.revocation import FAILED, Removal, removeTokens
 from oauthmail.tokens.source import TokenSource
 
@@ -35,27 +33,15 @@ __all__ = ["DROPPED", "AccountRemoval", "removeAccount"]
 DROPPED = "dropped: the account was removed (oauthmail remove --drop-queue)"
 
 
-@implementer(IDeliveryPolicy)
-class _DropNow:
-    """A policy under which a failure is final at once and bounces nobody."""
-
-    max_age = 0.0
-    bounce = False
-    sent_check: frozenset[str] = frozenset()
-    sent_check_delay = 0.0
-
-    def nextAttempt(self, attempts: int, created_at: float, now: float) -> float | None:
-        return None
-
-    def bounceFor(
-        self,
-        account: str,
-        data: bytes,
-        mail_from: str,
-        failures: Sequence[tuple[str, int | None, str | None]],
-        now: float,
-    ) -> OutboxEntry | None:
-        return None
+#: Under it a failure is final at once (no ``max_age``) and bounces nobody; its
+#: backoff is never drawn.
+_DROP_NOW = DeliveryPolicy(
+    backoff_base=0.0,
+    backoff_max=0.0,
+    max_age=0.0,
+    random=random.Random(),  # noqa: S311 - never used: nothing is retried
+    sent_check_delay=0.0,
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +94,7 @@ async def removeAccount(
         if drop_queue:
             ids = [s.id for s in waiting if s.state == "queued"]
             if ids:
-                await outbox.recordFailure(ids, DROPPED, now, _DropNow())
+                await outbox.recordFailure(ids, DROPPED, now, _DROP_NOW)
             dropped = len(ids)
         kept = len(waiting) - dropped
     return AccountRemoval(removal, kept, dropped)

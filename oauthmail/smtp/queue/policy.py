@@ -42,9 +42,13 @@ class DeliveryPolicy:
     sent_check_delay: float = 30.0
 
     def nextAttempt(self, attempts: int, created_at: float, now: float) -> float | None:
-        """The time of the next attempt, or ``None`` when ``max_age`` has run out."""
+        """The time of the next attempt, or ``None`` when ``max_age`` has run out.
+
+        A ``max_age`` of 0 (dropping a removed account's mail) gives up at once
+        even when ``now`` is before ``created_at`` (a clock set back).
+        """
         deadline = created_at + self.max_age
-        if now >= deadline:
+        if self.max_age <= 0 or now >= deadline:
             return None
         delay = jitteredDelay(attempts, self.backoff_base, self.backoff_max, self.random)
         return min(now + delay, deadline)
