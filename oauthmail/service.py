@@ -341,6 +341,7 @@ class OAuthMailService(MultiService):
         from oauthmail.smtp.submission import (
             SenderDirectory,
             buildSubmissionFactory,
+            buildSubmissionPortal,
             limitsFromConfig,
         )
 
@@ -349,10 +350,9 @@ class OAuthMailService(MultiService):
         senders = SenderDirectory.fromAccounts(
             a for a in self.config.accounts if a.configured and a.smtp is not None
         )
+        portal = buildSubmissionPortal(config, senders, self.queue, reactor=self.reactor)
         self._submissionFactory.attach(
-            buildSubmissionFactory(
-                self.reactor, config, senders, self.queue, limits=limitsFromConfig(config)
-            )
+            buildSubmissionFactory(self.reactor, config, portal, limitsFromConfig(config))
         )
 
     def _attachConsole(self) -> None:

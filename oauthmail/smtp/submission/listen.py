@@ -96,23 +96,13 @@ def tlsOptionsFromFiles(certPath: str, keyPath: str) -> ssl.CertificateOptions:
 
 
 def buildSubmissionFactory(
-    reactor,
-    config: SubmissionConfig,
-    portal_or_senders: Portal | SenderDirectory,
-    queue: ISubmissionQueue | None,
-    *,
-    threadpool: ThreadPool | None = None,
-    limits: SubmissionLimits | None = None,
+    reactor, config: SubmissionConfig, portal: Portal, limits: SubmissionLimits
 ) -> SubmissionFactory:
-    """The factory serving ``config`` (see :func:`listenSubmission` for the arguments)."""
-    if isinstance(portal_or_senders, Portal):
-        portal = portal_or_senders
-    else:
-        if queue is None:
-            raise ValueError("a submission server needs a queue unless given a portal")
-        portal = buildSubmissionPortal(
-            config, portal_or_senders, queue, reactor=reactor, threadpool=threadpool
-        )
+    """The factory serving ``config`` through ``portal``.
+
+    Separate from :func:`listenSubmission` for the daemon, which binds its ports
+    before the stores open and attaches the factory afterwards.
+    """
     contextFactory = None
     if config.tls_cert is not None and config.tls_key is not None:
         contextFactory = tlsOptionsFromFiles(config.tls_cert, config.tls_key)
@@ -158,14 +148,17 @@ def listenSubmission(
     for ``config.users`` is built around ``queue``. ``limits`` defaults to
     what ``config`` says (:func:`limitsFromConfig`).
     """
-    factory = buildSubmissionFactory(
-        reactor,
-        config,
-        portal_or_senders,
-        queue,
-        threadpool=threadpool,
-        limits=limits if limits is not None else limitsFromConfig(config),
-    )
+    if isinstance(portal_or_senders, Portal):
+        portal = portal_or_senders
+    else:
+        if queue is None:
+            raise ValueError("a submission server needs a queue unless given a portal")
+        portal = buildSubmissionPortal(
+            config, portal_or_senders, queue, reactor=reactor, threadpool=threadpool
+        )
+    if limits is None:
+        limits = limitsFromConfig(config)
+    factory = buildSubmissionFactory(reactor, config, portal, limits)
     if ":" in config.bind:
         endpoint = endpoints.TCP6ServerEndpoint(reactor, config.port, interface=config.bind)
     else:
