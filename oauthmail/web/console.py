@@ -17,9 +17,10 @@ password set) the login pages of :mod:`oauthmail.web.login` are mounted too.
 from __future__ import annotations
 
 import datetime
+import functools
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -149,14 +150,13 @@ class _AsyncPage(Resource):
 
     def __init__(
         self,
-        config: Config,
-        store: ITokenStore,
+        statuses: Callable[[float], Awaitable[list[AccountStatus]]],
         clock: IReactorTime,
-        live: LiveParts | None = None,
+        live: LiveParts | None,
     ) -> None:
         super().__init__()
-        self.config = config
-        self.store = store
+        #: The accounts' statuses at a time (the console's :func:`collectStatuses`).
+        self.statuses = statuses
         self.clock = clock
         self.live = live
 
@@ -189,7 +189,7 @@ class StatusPage(_AsyncPage):
     buttons = False
 
     async def body(self, request: Any) -> bytes:
-        statuses = await collectStatuses(self.config, self.store, self.live, self.clock.seconds())
+        statuses = await self.statuses(self.clock.seconds())
         access = self.guard.accessOf(request) if self.guard is not None else None
         buttons = None
         if self.buttons and access is not None:
@@ -230,7 +230,7 @@ class HealthPage(_AsyncPage):
         if keeper is not None and keeper.cutOff:
             return self._unavailable(request, now, node["error"], node)
         try:
-            statuses = await collectStatuses(self.config, self.store, self.live, now)
+            statuses = await self.statuses(now)
         except Exception as e:  # the store (a PostgreSQL server, a disk) does not answer
             return self._unavailable(request, now, describeFailure(e), node)
         configured = [s for s in statuses if s.state != "not_configured"]
@@ -300,9 +300,10 @@ class ConsoleResource(Resource):
         self.sessions = SessionStore(clock, self.access.session_lifetime)
         endpoints = (p.authorization_endpoint for p in config.profiles.values())
         self.guard = Guard(self.access, self.csrf, self.sessions, formActions(endpoints))
-        self._status = StatusPage(config, store, clock, live)
+        statuses = functools.partial(collectStatuses, config, store, live)
+        self._status = StatusPage(statuses, clock, live)
         self._status.guard = self.guard
-        self.putChild(b"health", HealthPage(config, store, clock, live))
+        self.putChild(b"health", HealthPage(statuses, clock, live))
         self.putChild(b"style.css", StylesheetResource())
         self._mountOperatorPages(config, store, clock, live)
         if authorizer is not None:
