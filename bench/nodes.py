@@ -62,7 +62,7 @@ from oauthmail.config import StoreConfig
 from oauthmail.db.open import openStores
 from oauthmail.secret import Secret
 from oauthmail.testing.certs import generateTestCertificates
-from oauthmail.testing.dovecot import DovecotServer
+from oauthmail.testing.dovecot import DovecotLimits, DovecotServer
 from oauthmail.testing.postgres import PostgresServer, freePort
 from oauthmail.testing.provider import TestOAuthProvider
 from oauthmail.tokens.records import TokenSet
@@ -79,36 +79,24 @@ def log(text: str) -> None:
 # -- the rig: provider, a Dovecot for hundreds of connections, PostgreSQL -----------------
 
 
-def dovecotTemplates(into: Path) -> Path:
-    """The test templates, with login processes that each serve many connections.
+def startRig(reactor: Any, work: Path, connections: int) -> _rig.Rig:
+    """Provider and Dovecot, the latter sized for ``connections`` IMAP connections at once.
 
-    A connection per watched folder: the defaults (one login process per TLS
-    connection, at most 100 processes of a kind) stop well short of 300.
+    A connection per watched folder: Dovecot's defaults (one login process per
+    TLS connection, a new imap process per login, about a hundred of each) stop
+    well short of 300, and forking per login would pace both sides' logins.
     """
-    shutil.copytree(_rig.TEMPLATES, into)
-    conf = into / "dovecot.conf.in"
-    text = conf.read_text()
-    text = text.replace(
-        "service imap-login {\n  chroot =",
-        "service imap-login {\n  chroot =\n  service_count = 0\n  client_limit = 2000\n"
-        "  process_min_avail = 2",
-    )
-    text += "\ndefault_process_limit = 5000\ndefault_client_limit = 10000\n"
-    conf.write_text(text)
-    return into
-
-
-def startRig(reactor: Any, work: Path) -> _rig.Rig:
     provider = TestOAuthProvider()
     provider.registerClient(_rig.CLIENT_ID, _rig.CLIENT_SECRET)
     provider.listen(reactor)
     certDir = work / "certs"
     certs = generateTestCertificates(certDir)
     dovecot = DovecotServer(
-        dovecotTemplates(work / "templates"),
+        _rig.TEMPLATES,
         provider.introspection_endpoint,
         certs,
         authFailureDelay=0,
+        limits=DovecotLimits.forConnections(connections),
         startTimeout=30.0,
     )
     dovecot.start()
@@ -291,11 +279,11 @@ def maildirIDs(path: Path) -> Counter[bytes]:
     return ids
 
 
-def fillByWriter(path: Path) -> str:
-    """When each writing process (``P<pid>`` in the file names) wrote its first and last file.
+def fileTimes(path: Path) -> dict[str, list[float]]:
+    """When each writing process (``P<pid>`` in the names) created each file, by its own clock.
 
-    Seconds from the first file of all, from the names' own clocks: shows
-    whether the nodes filled side by side or one after another.
+    A Maildir name carries the time its file was created in ``tmp/``: the rate
+    taken from these does not depend on when the harness first looked.
     """
     times: dict[str, list[float]] = {}
     for sub in ("new", "cur"):
@@ -307,6 +295,23 @@ def fillByWriter(path: Path) -> str:
             if found:
                 at = int(found["s"]) + int(found["us"]) / 1e6
                 times.setdefault(found["pid"], []).append(at)
+    return times
+
+
+def fileRate(path: Path) -> float:
+    """Files a second from the first file created to the last (the names' clocks)."""
+    stamps = [at for v in fileTimes(path).values() for at in v]
+    if not stamps:
+        return 0.0
+    return len(stamps) / max(max(stamps) - min(stamps), 0.05)
+
+
+def fillByWriter(path: Path) -> str:
+    """When each writing process wrote its first and last file, from the first file of all.
+
+    Shows whether the nodes filled side by side or one after another.
+    """
+    times = fileTimes(path)
     if not times:
         return "no files"
     start = min(min(v) for v in times.values())
@@ -347,36 +352,42 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-async def ingest(
-    maildir: Path, total: int, nodes: list[Node], bound: float, others: dict[str, list[int]]
-) -> float:
-    """Wait for ``total`` files; the rate from the first file to the last (msg/s).
+def cpuGroups(nodes: list[Node], others: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The process trees whose CPU time counts: the nodes, and ``others`` by name."""
+    return {"nodes": [n.process.pid for n in nodes if n.process is not None], **others}
 
-    Also logs the CPU milliseconds per message each part spent meanwhile
-    (``others``: more process trees by name, such as PostgreSQL and Dovecot).
+
+async def ingest(
+    maildir: Path,
+    total: int,
+    nodes: list[Node],
+    bound: float,
+    others: dict[str, list[int]],
+    cpuBefore: dict[str, float],
+    counted: int = 0,
+    phase: str = "from the start to the last file",
+) -> float:
+    """Wait for ``total`` files; the rate from the first file created to the last (msg/s).
+
+    The rate comes from the files' names (:func:`fileRate`), not from when this
+    loop saw them: a node may have written many before it answered as ready.
+    Also logs the CPU milliseconds per message each part spent since
+    ``cpuBefore`` (taken before the nodes started; ``others``: more process
+    trees by name, such as PostgreSQL and Dovecot) on the messages after the
+    first ``counted``.
     """
-    groups = {"nodes": [n.process.pid for n in nodes if n.process is not None], **others}
-    first = last = None
-    cpuBefore: dict[str, float] = {}
-    counted = 0
+    groups = cpuGroups(nodes, others)
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         count = fileCount(maildir)
-        now = time.monotonic()
-        if count and first is None:
-            first, counted = now, count
-            cpuBefore = _cpu.cpuSeconds(groups)
         if count >= total:
-            last = now
-            cpu = _cpu.describePerMessage(cpuBefore, _cpu.cpuSeconds(groups), count - counted)
-            log(f"cpu ms/msg while ingesting: {cpu}")
-            break
+            cpu = _cpu.describePerMessage(cpuBefore, _cpu.cpuSeconds(groups), total - counted)
+            log(f"cpu ms/msg {phase}: {cpu}")
+            return await threads.deferToThread(fileRate, maildir)
         for node in nodes:
             node.notePeak()
         await sleep(0.05)
-    if first is None or last is None:
-        raise RuntimeError(f"only {fileCount(maildir)} of {total} messages arrived in {bound} s")
-    return total / max(last - first, 0.05)
+    raise RuntimeError(f"only {fileCount(maildir)} of {total} messages arrived in {bound} s")
 
 
 # -- the two sides ------------------------------------------------------------------------
@@ -394,13 +405,16 @@ async def baseline(rig: _rig.Rig, work: Path, args: argparse.Namespace, total: i
     }
     await authorise(rig, StoreConfig(path=store["path"], key_file=store["key_file"]), users)
     node = Node(work / "baseline", config, None)
+    others = servers(rig, None)
+    cpuBefore = _cpu.cpuSeconds(others)
     node.start()
     try:
         await node.waitReady()
-        rate = await ingest(maildir, total, [node], args.timeout, servers(rig, None))
+        rate = await ingest(maildir, total, [node], args.timeout, others, cpuBefore)
     finally:
         await node.stop()
     log(f"baseline: 1 node on SQLite, {total} messages at {rate:.1f} msg/s")
+    log(f"baseline, files: {await threads.deferToThread(fillByWriter, maildir)}")
     log(f"baseline: {loginPace([node])}")
     return rate
 
@@ -430,11 +444,13 @@ async def cluster(
         }
         nodes.append(Node(work / f"node{i}", config, dsn))
     try:
+        others = servers(rig, postgres)
+        cpuBefore = _cpu.cpuSeconds(others)
         for node in nodes:
             node.start()
         for node in nodes:
             await node.waitReady()
-        rate = await ingest(maildir, total, nodes, args.timeout, servers(rig, postgres))
+        rate = await ingest(maildir, total, nodes, args.timeout, others, cpuBefore)
         log(f"ours: {args.nodes} nodes on PostgreSQL, {total} messages at {rate:.1f} msg/s")
         log(f"ours, node by node: {await threads.deferToThread(fillByWriter, maildir)}")
         log(f"ours: {loginPace(nodes)}")
@@ -445,12 +461,16 @@ async def cluster(
         ]
         for user, message in zip(taken, extra, strict=True):
             await threads.deferToThread(rig.appendMessages, user, [message])
+        survivors = [n for n in nodes if alive(n)]
         await ingest(
             maildir,
             total + len(taken),
-            [n for n in nodes if alive(n)],
+            survivors,
             args.timeout,
-            servers(rig, postgres),
+            others,
+            _cpu.cpuSeconds(cpuGroups(survivors, others)),
+            counted=total,
+            phase="after the takeover",
         )
         await sleep(1.0)  # a duplicate on its way arrives
         ids = await threads.deferToThread(maildirIDs, maildir)
@@ -517,7 +537,8 @@ async def killOne(
 
 async def parent(reactor: Any, args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="oauthmail-bench-nodes-", dir=args.dir))
-    rig = startRig(reactor, work)
+    # Both sides' connections at once (the baseline's close before the cluster starts).
+    rig = startRig(reactor, work, 2 * args.mailboxes + 50)
     pgDir = None
     if args.postgres_dir:
         pgDir = tempfile.mkdtemp(prefix="oauthmail-bench-pg-", dir=args.postgres_dir)
