@@ -13,14 +13,10 @@ from typing import Any
 
 from oauthmail.cluster.interfaces import ILeaseStore
 from oauthmail.cluster.records import LeaseView, NodeView, RefreshClaimView
-from oauthmail.db.refresh import CLAIM_TTL
+from oauthmail.db.refresh import CLAIM_TTL, IN_FLIGHT
 from oauthmail.text import describeWhen
 
 __all__ = ["ClusterView", "claimRows", "collectCluster", "leaseRows", "nodeRows"]
-
-#: A claim older than this is not a refresh in flight: the lock wait (60 s), the
-#: request (60 s) and a margin, the PostgreSQL token store's defaults.
-IN_FLIGHT = 150.0
 
 
 @dataclass(frozen=True)

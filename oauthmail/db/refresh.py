@@ -39,11 +39,15 @@ from oauthmail.db.errors import StoreError
 from oauthmail.tokens.records import TokenRecord, TokenSet
 
 __all__ = [
+    "ANSWER_WAIT",
     "CLAIM_TTL",
+    "IN_FLIGHT",
+    "LOCK_WAIT",
     "FreshEnough",
     "LockedRefresh",
     "Refresh",
     "RefreshByCompareAndSwap",
+    "inFlight",
     "refreshByCompareAndSwap",
 ]
 
@@ -52,6 +56,23 @@ __all__ = [
 #: replacing still works while they wait; well above a restart of PostgreSQL plus a
 #: refresher interval, in which the node saves the tokens it holds.
 CLAIM_TTL = 600.0
+
+#: Seconds a refresh waits for another node's row lock on the account, and for the
+#: provider's answer while it holds that lock (the PostgreSQL token store's defaults).
+LOCK_WAIT = 60.0
+ANSWER_WAIT = 60.0
+
+
+def inFlight(lock_wait: float, answer_wait: float) -> float:
+    """The longest a claimed refresh can take (both waits, and the commits around them).
+
+    A claim older than this is not a refresh in flight: its node could not store
+    the answer. The server ends a refreshing session that goes silent this long.
+    """
+    return lock_wait + answer_wait + 30.0
+
+
+IN_FLIGHT = inFlight(LOCK_WAIT, ANSWER_WAIT)
 
 #: ``fresh_enough(record)``: whether the stored tokens (``None``: none) may be used as they are.
 FreshEnough = Callable[[TokenRecord | None], bool]

@@ -35,7 +35,15 @@ from oauthmail.db.errors import RefreshBusy, StoreError, StoreUnwritable, Versio
 from oauthmail.db.keycheck import KEY_CHECK
 from oauthmail.db.postgresql.database import PostgreSQLDatabase
 from oauthmail.db.postgresql.driver import POSTGRESQL, describeError, driver, translate
-from oauthmail.db.refresh import CLAIM_TTL, FreshEnough, LockedRefresh, Refresh
+from oauthmail.db.refresh import (
+    ANSWER_WAIT,
+    CLAIM_TTL,
+    LOCK_WAIT,
+    FreshEnough,
+    LockedRefresh,
+    Refresh,
+    inFlight,
+)
 from oauthmail.db.tokenstore import (
     ACCOUNTS_WITH_TOKENS,
     STAMP_REFRESH,
@@ -93,8 +101,8 @@ class PostgreSQLTokenStore(StoredTokenStore):
         fernet_or_keys: crypto.CipherLike,
         clock: _Clock,
         *,
-        lock_timeout: float = 60.0,
-        refresh_timeout: float = 60.0,
+        lock_timeout: float = LOCK_WAIT,
+        refresh_timeout: float = ANSWER_WAIT,
         claim_ttl: float = CLAIM_TTL,
         node: str | None = None,
     ) -> None:
@@ -202,7 +210,7 @@ class PostgreSQLTokenStore(StoredTokenStore):
         outcome; the claim is made anew (its age restarts) each time.
         """
         psycopg = driver()
-        hold = int((self._lock_timeout + self._refresh_timeout + 30) * 1000)
+        hold = int(inFlight(self._lock_timeout, self._refresh_timeout) * 1000)
         try:
             decided, found = self._decide(conn, account_id, fresh_enough, hold)
             if decided is not None:
