@@ -314,6 +314,9 @@ class IAccountHealth(Interface):
     def view(account):
         """The account's derived health (an :class:`oauthmail.health.AccountView`)."""
 
+    def condition(account, part):
+        """``part``'s last reported :class:`oauthmail.health.Condition`, or ``None``."""
+
     def listen(listener):
         """Call ``listener(account, before, after)`` when an account's derived state changes."""
 

@@ -293,9 +293,16 @@ def _tokenSet(
         scope=cleanText(" ".join(map(str, scope)), 2000)
         if isinstance(scope, list)
         else requested_scope,
-        token_type=cleanText(params.get("token_type") or "Bearer", 40),
+        token_type=_tokenType(params.get("token_type")),
         id_token=Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
+
+
+def _tokenType(value: object) -> str:
+    """``token_type`` as one short line; ``Bearer`` when absent (almost every answer's own)."""
+    if value == "Bearer" or not value:
+        return "Bearer"
+    return cleanText(value, 40)
 
 
 def _isToken(value: object) -> bool:

@@ -69,7 +69,7 @@ class TokenCondition:
         (``storedOk``): an error reported while the store was down reached only
         the view, and the view is what the console and ``/health`` show.
         """
-        said = self._health.view(name).parts.get(PART_TOKENS)
+        said = self._health.condition(name, PART_TOKENS)  # not view(): once per refresh
         if storedOk and (said is None or said.state == "ok"):
             return None
         return defer.ensureDeferred(self.report(name, "ok", None))
