@@ -456,3 +456,72 @@ def test_failingAccountsCostOneLineNotOnePerPass(valid_for):
     expected = 1 if valid_for > 20 * 60 else 2
     assert len([line for line in lines if "acct1" in line]) == expected, lines
     assert store.getAccount("acct1").result.state == ("ok" if expected == 1 else "error")
+
+
+class HeldListingStore(MemoryTokenStore):
+    """Takes the expiry listing when asked and hands it over when the test says (a slow read)."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(clock)
+        self.holding = False
+        self.held: list[tuple[list, defer.Deferred]] = []
+
+    def listExpiries(self):
+        d = super().listExpiries()
+        if not self.holding:
+            return d
+        waiter: defer.Deferred = defer.Deferred()
+        d.addCallback(lambda rows: self.held.append((rows, waiter)))
+        return waiter
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for rows, waiter in held:
+            waiter.callback(rows)
+
+
+def test_aRefreshThatEndsWhileTheNextPassListsIsNotCountedTwice():
+    """A pass whose listing predates a refresh that just ended finds the token fresh: not a refresh.
+
+    Under load a pass can outlast the interval: the next pass's listing is
+    taken while an account is still refreshing, and by the time the listing
+    arrives the refresh has ended and let go of the account. The second pass
+    re-reads the store and asks nothing; it must not count that as a refresh
+    either (the pass summary, the metrics and bench.refresh read the count).
+    """
+    clock = task.Clock()
+    store = HeldListingStore(clock)
+    transport = HeldTransport()
+    (account,) = accounts(1)
+    store.ensureAccount(account.name, "generic")
+    store.putTokens(account.name, TokenSet(Secret("a-0"), 0, Secret("r-acct0")), 0)
+    store.setAccountState(account.name, "ok")
+    source = TokenSource(store, {account.name: account}, transport, clock, margin=900)
+    seen: list[tuple[str, bool]] = []
+    refresher = TokenRefresher(
+        source,
+        store,
+        [account],
+        clock,
+        interval=60,
+        margin=900,
+        jitter=0,
+        observer=lambda name, ok, seconds: seen.append((name, ok)),
+    )
+    with capturedLogs() as events:
+        refresher.startService()
+        assert transport.count == 1  # the first pass asks, and the answer is held
+        store.holding = True
+        clock.advance(60 * PASS_SHARE)  # the first pass stops waiting
+        clock.advance(60 * (1 - PASS_SHARE))  # the second lists while acct0 still refreshes
+        assert refresher.passes == 2 and store.held
+        transport.answerAll()  # the first refresh ends before that listing arrives
+        store.release()
+        clock.advance(60 * PASS_SHARE)
+    assert transport.count == 1
+    assert refresher.refreshed == 1 and refresher.failures == 0
+    assert seen == [("acct0", True)]
+    summaries = [formatEvent(e) for e in events if "refresher pass" in formatEvent(e)]
+    second = "0 of 1 due token(s) refreshed, 0 failed, 1 skipped"
+    assert any(second in s for s in summaries), summaries
+    refresher.stopService()

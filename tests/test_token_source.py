@@ -27,6 +27,7 @@ from oauthmail.tokens.errors import (
 from oauthmail.tokens.http import HTTPResponse
 from oauthmail.tokens.notify import CommandNotifier, RecordingNotifier
 from oauthmail.tokens.records import TokenSet
+from oauthmail.tokens.refreshjob import AlreadyFresh
 from oauthmail.tokens.source import TokenSource
 
 TOKEN_URL = "https://login.example.com/token"
@@ -536,11 +537,15 @@ def test_refreshDueWaitsForASlot():
 
 
 def test_refreshDueValidTokenNoRequest():
-    """refreshDue re-reads the store: a token refreshed meanwhile is handed out as is."""
+    """refreshDue re-reads the store: a token refreshed meanwhile is handed out as is.
+
+    Marked ``AlreadyFresh``: the refresher does not count it as a refresh.
+    """
     transport = ScriptedTransport()
     source, store, clock = makeSource(transport)
     seed(store, clock, expires_in=3600.0)
-    assert result(source.refreshDue("alice", 900.0)) == Secret("access-0")
+    fresh = result(source.refreshDue("alice", 900.0))
+    assert isinstance(fresh, AlreadyFresh) and fresh.token == Secret("access-0")
     assert transport.requests == []
 
 

@@ -24,7 +24,8 @@ Rules a reader must not break:
   ``jitter`` seconds, so a hundred accounts do not hit the provider in the same second.
 * **Honest counts.** A refresh that failed is counted (and logged in the pass summary)
   as failed even when the token it was to replace is still valid and callers keep
-  getting it; accounts that wait for a person are counted as skipped, not refreshed.
+  getting it; accounts that wait for a person are counted as skipped, not refreshed, and
+  so are accounts refreshed after the pass listed them (nothing is asked for those).
 * **Nothing kills the loop.** Every item is caught, and should the loop itself fail,
   its errback logs and restarts it.
 """
@@ -46,6 +47,7 @@ from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import ITokenStore
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import AccountNotAuthorised, TokenError
+from oauthmail.tokens.refreshjob import AlreadyFresh
 from oauthmail.tokens.source import TokenSource
 
 log = Logger()
@@ -342,8 +344,11 @@ class TokenRefresher(Service):
             errbackArgs=(account, tally, began),
         )
 
-    def _counted(self, _: object, account: AccountConfig, tally: _Tally, began: float) -> None:
+    def _counted(self, result: object, account: AccountConfig, tally: _Tally, began: float) -> None:
         self._claimed.discard(account.name)
+        if isinstance(result, AlreadyFresh):
+            tally.skipped += 1  # refreshed since this pass's listing: nothing was asked
+            return
         tally.refreshed += 1
         self.refreshed += 1
         if self._observer is not None:

@@ -3,23 +3,27 @@
 :class:`RefreshJob` is what the steps of a refresh (read, decide, ask under
 the store's refresh lock, write) have learnt so far; :func:`refreshTokenOf`
 is the rule for which refresh token to present; :class:`StillValid` is a
-refresh that failed for now while the token it was to replace still works.
-Kept apart from :mod:`oauthmail.tokens.source` so that module holds the
-steps and their rules, not their bookkeeping.
+refresh that failed for now while the token it was to replace still works;
+:class:`AlreadyFresh` one that found tokens stored meanwhile; :func:`answered`
+keeps the provider's answer on the job. Kept apart from
+:mod:`oauthmail.tokens.source` so that module holds the steps and their rules,
+not their bookkeeping.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from oauthmail.config import AccountConfig
 from oauthmail.secret import Secret
 from oauthmail.tokens.errors import AccountNotAuthorised, TransientTokenError
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
 
-__all__ = ["Limiter", "RefreshJob", "StillValid", "refreshTokenOf"]
+__all__ = ["AlreadyFresh", "Limiter", "RefreshJob", "StillValid", "answered", "refreshTokenOf"]
 
 
 class Limiter(Protocol):
@@ -94,3 +98,34 @@ class StillValid:
     def __init__(self, token: Secret, error: TransientTokenError) -> None:
         self.token = token
         self.error = error
+
+
+class AlreadyFresh:
+    """A due refresh that found tokens stored meanwhile (by another caller or node): none asked.
+
+    The refresher's pass lists due accounts before it claims them; a refresh
+    that ends in between leaves a listing that is out of date. The token is
+    handed out, and the refresher does not count it as a refresh of its own.
+    """
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Secret) -> None:
+        self.token = token
+
+
+def answered(
+    result: TokenSet | Failure, job: RefreshJob, limiter: Limiter | None
+) -> TokenSet | Failure:
+    """The provider answered (or the request failed): give the slot back, keep the tokens.
+
+    One callback for both steps: it runs once per refresh of every account.
+    """
+    if limiter is not None:
+        limiter.release()
+    if isinstance(result, Failure):
+        return result
+    if job.refresh_token is not None and result.refresh_token is None:
+        result = replace(result, refresh_token=job.refresh_token)  # provider did not rotate
+    job.obtained = result
+    return result

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from functools import partial
 
 from twisted.internet import defer, task
@@ -59,27 +58,17 @@ from oauthmail.tokens.errors import (
 )
 from oauthmail.tokens.grants import GrantClient
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
-from oauthmail.tokens.refreshjob import Limiter, RefreshJob, StillValid, refreshTokenOf
+from oauthmail.tokens.refreshjob import (
+    AlreadyFresh,
+    Limiter,
+    RefreshJob,
+    StillValid,
+    answered,
+    refreshTokenOf,
+)
 from oauthmail.tokens.unsaved import UnsavedTokens
 
 log = Logger()
-
-
-def _answered(
-    result: TokenSet | Failure, job: RefreshJob, limiter: Limiter | None
-) -> TokenSet | Failure:
-    """The provider answered (or the request failed): give the slot back, keep the tokens.
-
-    One callback for both steps: it runs once per refresh of every account.
-    """
-    if limiter is not None:
-        limiter.release()
-    if isinstance(result, Failure):
-        return result
-    if job.refresh_token is not None and result.refresh_token is None:
-        result = replace(result, refresh_token=job.refresh_token)  # provider did not rotate
-    job.obtained = result
-    return result
 
 
 @implementer(ITokenSource)
@@ -165,7 +154,7 @@ class TokenSource:
 
     def refreshDue(
         self, account_id: str, min_valid: float | None, *, limiter: Limiter | None = None
-    ) -> defer.Deferred[Secret]:
+    ) -> defer.Deferred[Secret | AlreadyFresh]:
         """Refresh a token the caller already knows to be due (the refresher's pass).
 
         Like ``ensureFresh`` without its first read: the pass found the token due
@@ -180,7 +169,8 @@ class TokenSource:
         them, nor the backoff sleeps between attempts.
 
         Unlike ``accessToken``, a refresh that failed fails here even when the token
-        it was to replace is still valid: the refresher counts what it did.
+        it was to replace is still valid, and one that found tokens stored meanwhile
+        (nothing asked) fires with :class:`AlreadyFresh`: the refresher counts what it did.
         """
         try:
             account = self.account(account_id)
@@ -326,11 +316,13 @@ class TokenSource:
         d.addBoth(self._fanOut, account.name)
         return waiter
 
-    def _fanOut(self, result: Secret | StillValid | Failure, name: str) -> None:
+    def _fanOut(self, result: Secret | StillValid | AlreadyFresh | Failure, name: str) -> None:
         for waiter, strict in self._inflight.pop(name, ()):
             if waiter.called:  # cancelled by its caller
                 continue
-            if isinstance(result, StillValid):
+            if isinstance(result, AlreadyFresh):
+                waiter.callback(result if strict else result.token)
+            elif isinstance(result, StillValid):
                 if strict:
                     waiter.errback(result.error)
                 else:
@@ -383,7 +375,7 @@ class TokenSource:
         job.record, job.pending = record, pending
         if job.min_valid is not None and self._valid(record, job.min_valid):
             if pending is None:
-                return record.access_token  # somebody refreshed while we waited
+                return AlreadyFresh(record.access_token)  # somebody refreshed while we waited
             refused = TransientTokenError("the store still refuses the refreshed tokens")
             return StillValid(record.access_token, refused)  # asking again would not help
         job.refresh_token = refreshTokenOf(job.account, job.state, record, pending)
@@ -441,7 +433,12 @@ class TokenSource:
 
     def _locked(self, done: LockedRefresh, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
         """Refreshed and stored, or stored fresh by another node: hand it out."""
-        return self._written(done.record, job)
+        token = self._written(done.record, job)
+        if done.refreshed:
+            return token
+        if isinstance(token, defer.Deferred):
+            return token.addCallback(AlreadyFresh)
+        return AlreadyFresh(token)
 
     def _lockFailed(
         self, failure: Failure, job: RefreshJob
@@ -474,7 +471,7 @@ class TokenSource:
                 d = grants.refresh(job.refresh_token, access_token=access)
         except Exception:
             d = defer.fail()
-        return d.addBoth(_answered, job, limiter)
+        return d.addBoth(answered, job, limiter)
 
     def _askFailed(
         self, failure: Failure, job: RefreshJob
