@@ -265,14 +265,15 @@ class MaildirSink:
         """Write, sync and rename every message, then sync the directories once."""
         if not messages:
             return defer.succeed([])
-        jobs = [(message, self._uniqueName(messageDigest(message))) for message in messages]
+        # Each file's name (its sha256) is made on the pool, where hashing a large
+        # message lets go of the GIL: not on the reactor, which goes on fetching.
         if beforeCommit is not None:
-            return self._writeConfirmed(jobs, beforeCommit)
+            return self._writeConfirmed(messages, beforeCommit)
         if self._syncfs is not None:
             return deferToThreadPool(
-                self._reactor, self._threadpool, self._writeAndSyncfs, jobs
-            ).addErrback(self._unexpected, len(jobs))
-        chunks = _split(jobs, min(self._concurrency, len(jobs)))
+                self._reactor, self._threadpool, self._writeAndSyncfs, messages
+            ).addErrback(self._unexpected, len(messages))
+        chunks = _split(messages, min(self._concurrency, len(messages)))
         writes = [
             deferToThreadPool(self._reactor, self._threadpool, self._writeChunk, chunk)
             for chunk in chunks
@@ -297,14 +298,14 @@ class MaildirSink:
         return gathered.addCallback(commit).addErrback(self._unexpected, len(messages))
 
     def _writeConfirmed(
-        self, jobs: list[tuple[bytes, str]], beforeCommit: Callable[[], object]
+        self, messages: list[bytes], beforeCommit: Callable[[], object]
     ) -> defer.Deferred:
         """Steps 1-3 on the pool, step 4 (``beforeCommit``) here, steps 5-6 on the pool."""
         pool = self._threadpool
         if self._syncfs is not None:
-            written = deferToThreadPool(self._reactor, pool, self._writeDurable, jobs)
+            written = deferToThreadPool(self._reactor, pool, self._writeDurable, messages)
         else:
-            chunks = _split(jobs, min(self._concurrency, len(jobs)))
+            chunks = _split(messages, min(self._concurrency, len(messages)))
             written = defer.gatherResults(
                 [
                     deferToThreadPool(self._reactor, pool, self._writeChunk, chunk, False)
@@ -312,7 +313,7 @@ class MaildirSink:
                 ],
                 consumeErrors=True,
             ).addCallback(lambda perChunk: [result for chunk in perChunk for result in chunk])
-        written.addErrback(self._unexpected, len(jobs))
+        written.addErrback(self._unexpected, len(messages))
 
         def publish(results: list[BatchResult]) -> defer.Deferred | list[BatchResult]:
             temporaries = [result for result in results if isinstance(result, str)]
@@ -336,6 +337,9 @@ class MaildirSink:
             failure = failure.value.subFailure
         error = TemporarySinkError(f"{self.name}: unexpected {failure.type.__name__} while writing")
         return [error] * count
+
+    def _nameOf(self, message: bytes) -> str:
+        return self._uniqueName(messageDigest(message))
 
     def _uniqueName(self, digest: str) -> str:
         """``sec.MusecPpidQcounterRrandom.host,D=digest``: unique per the Maildir spec.
@@ -383,11 +387,11 @@ class MaildirSink:
 
     # -- on a pool thread ----------------------------------------------------
 
-    def _writeAndSyncfs(self, jobs: list[tuple[bytes, str]]) -> list[BatchResult]:
+    def _writeAndSyncfs(self, messages: list[bytes]) -> list[BatchResult]:
         """Steps 1-6 of the module docstring (no step 4): one ``syncfs`` for all files."""
-        return self._publish(self._writeDurable(jobs))
+        return self._publish(self._writeDurable(messages))
 
-    def _writeDurable(self, jobs: list[tuple[bytes, str]]) -> list[BatchResult]:
+    def _writeDurable(self, messages: list[bytes]) -> list[BatchResult]:
         """Steps 1-3: every file durable in ``tmp/``; its path there, or the error it met."""
         try:
             self._ensureDirectories()
@@ -398,9 +402,9 @@ class MaildirSink:
             if isinstance(e, FileNotFoundError):
                 self._ready = False  # someone removed tmp/: recreate next time
             error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
-            return [error] * len(jobs)
+            return [error] * len(messages)
         try:
-            results: list[BatchResult] = [self._writeTemporary(m, name) for m, name in jobs]
+            results = [self._writeTemporary(m, self._nameOf(m)) for m in messages]
             written = [r for r in results if isinstance(r, str)]
             if written:
                 try:
@@ -464,14 +468,14 @@ class MaildirSink:
         self._discard(paths)
         return TemporarySinkError(f"{self.name}: {what}: {_describe(e)}")
 
-    def _writeChunk(self, jobs: list[tuple[bytes, str]], rename: bool = True) -> list[BatchResult]:
+    def _writeChunk(self, messages: list[bytes], rename: bool = True) -> list[BatchResult]:
         """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
         try:
             self._ensureDirectories()
         except OSError as e:
             error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
-            return [error] * len(jobs)
-        return [self._writeOne(message, name, rename) for message, name in jobs]
+            return [error] * len(messages)
+        return [self._writeOne(m, self._nameOf(m), rename) for m in messages]
 
     def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
         """Write and sync one file in ``tmp/``, then rename it into ``new/`` unless told not to."""
