@@ -25,7 +25,8 @@ Rules a reader must not break:
 * **Honest counts.** A refresh that failed is counted (and logged in the pass summary)
   as failed even when the token it was to replace is still valid and callers keep
   getting it; accounts that wait for a person are counted as skipped, not refreshed, and
-  so are accounts refreshed after the pass listed them (nothing is asked for those).
+  accounts refreshed after the pass listed them as "found fresh already" (nothing is
+  asked for those).
 * **Nothing kills the loop.** Every item is caught, and should the loop itself fail,
   its errback logs and restarts it.
 """
@@ -293,14 +294,20 @@ class TokenRefresher(Service):
     def _summarise(self, tally: _Tally, due: int, started: float) -> None:
         """One line per pass, saying what happened (a warning when something failed)."""
         emit = log.warn if tally.failed else log.info
+        # Only when it happened: tokens stored after the listing (another node, a
+        # caller, an earlier pass that ran long), so this pass asked nothing for them.
+        fresh = ", {fresh} found fresh already" if tally.fresh else ""
+        running = due - tally.refreshed - tally.failed - tally.skipped - tally.fresh - tally.dropped
         emit(
             "token refresher pass: {refreshed} of {due} due token(s) refreshed, "
-            "{failed} failed, {skipped} skipped, {running} still refreshing, in {seconds:.1f} s",
+            "{failed} failed, {skipped} skipped" + fresh + ", {running} still refreshing,"
+            " in {seconds:.1f} s",
             refreshed=tally.refreshed,
             due=due,
             failed=tally.failed,
             skipped=tally.skipped,
-            running=due - tally.refreshed - tally.failed - tally.skipped - tally.dropped,
+            fresh=tally.fresh,
+            running=running,
             seconds=self._clock.seconds() - started,
         )
 
@@ -347,7 +354,7 @@ class TokenRefresher(Service):
     def _counted(self, result: object, account: AccountConfig, tally: _Tally, began: float) -> None:
         self._claimed.discard(account.name)
         if isinstance(result, AlreadyFresh):
-            tally.skipped += 1  # refreshed since this pass's listing: nothing was asked
+            tally.fresh += 1  # refreshed since this pass's listing: nothing was asked
             return
         tally.refreshed += 1
         self.refreshed += 1
@@ -380,10 +387,10 @@ class TokenRefresher(Service):
 class _Tally:
     """What became of one pass's due accounts."""
 
-    __slots__ = ("refreshed", "failed", "skipped", "dropped", "busy")
+    __slots__ = ("refreshed", "failed", "skipped", "fresh", "dropped", "busy")
 
     def __init__(self) -> None:
-        self.refreshed = self.failed = self.skipped = self.dropped = self.busy = 0
+        self.refreshed = self.failed = self.skipped = self.fresh = self.dropped = self.busy = 0
 
 
 class _Worker:
