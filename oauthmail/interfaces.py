@@ -207,13 +207,11 @@ class IDeliveryLedger(Interface):
     (:class:`oauthmail.cluster.records.Fence`: the folder's lease holder and
     epoch, see :class:`oauthmail.cluster.interfaces.ILeaseStore`). With one,
     the write is made only if that lease is still held by that node under that
-    epoch and has not expired, checked in the write's own transaction;
-    otherwise it fails with
-    ``oauthmail.db.errors.StaleLease`` and changes nothing, so a node that was
-    paused and lost the folder to another cannot record or dispose anything
-    after waking. ``None`` writes unconditionally (one node alone: SQLite,
-    tools). A fence for another account or folder than the write's is a
-    ``ValueError``.
+    epoch and has not expired, checked in the write's own transaction; otherwise
+    it fails with ``oauthmail.db.errors.StaleLease`` and changes nothing, so a
+    node that was paused and lost the folder to another cannot record or dispose
+    anything after waking. ``None`` writes unconditionally (one node alone:
+    SQLite, tools). A fence for another account or folder is a ``ValueError``.
     """
 
     def folderState(account, folder):
@@ -260,6 +258,9 @@ class IDeliveryLedger(Interface):
 
     def pendingDisposition(account, folder, uidvalidity):
         """Fire with the sorted UIDs delivered but not yet disposed on the server."""
+
+    def apply(write, fence):
+        """Store one ``oauthmail.db.ledgerstore.LedgerWrite`` (each write above makes one)."""
 
 
 class ISubmissionQueue(Interface):

@@ -39,7 +39,7 @@ class FencedLedger(LedgerWrites):
     ``current()`` gives the watcher's lease now (``None``: not leased).
     """
 
-    def __init__(self, ledger: LedgerWrites, current: Callable[[], IFolderLease | None]):
+    def __init__(self, ledger: IDeliveryLedger, current: Callable[[], IFolderLease | None]):
         self._ledger = ledger
         self._current = current
 
