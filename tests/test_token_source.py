@@ -283,7 +283,8 @@ def test_heldTokensAreNotRefreshedAgainWhileTheStoreRefusesThemAndTheOldOneIsVal
     assert len(transport.requests) == 1  # asking again would not help the store
     assert result(source.accessToken("alice")) == Secret("access-0")
     store.broken = False
-    result(source.refreshDue("alice", 960.0))
+    # Storing the held tokens completes that refresh: a token, not AlreadyFresh.
+    assert isinstance(result(source.refreshDue("alice", 960.0)), Secret)
     assert not source.holdsUnsaved("alice") and len(transport.requests) == 1
 
 

@@ -23,7 +23,15 @@ from oauthmail.secret import Secret
 from oauthmail.tokens.errors import AccountNotAuthorised, TransientTokenError
 from oauthmail.tokens.records import AccountRecord, TokenRecord, TokenSet
 
-__all__ = ["AlreadyFresh", "Limiter", "RefreshJob", "StillValid", "answered", "refreshTokenOf"]
+__all__ = [
+    "AlreadyFresh",
+    "Limiter",
+    "RefreshJob",
+    "StillValid",
+    "answered",
+    "heldRefreshDone",
+    "refreshTokenOf",
+]
 
 
 class Limiter(Protocol):
@@ -112,6 +120,11 @@ class AlreadyFresh:
 
     def __init__(self, token: Secret) -> None:
         self.token = token
+
+
+def heldRefreshDone(result: object) -> object:
+    """Tokens held since an earlier attempt are stored: that refresh is done, not "fresh"."""
+    return result.token if isinstance(result, AlreadyFresh) else result
 
 
 def answered(

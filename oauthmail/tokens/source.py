@@ -64,6 +64,7 @@ from oauthmail.tokens.refreshjob import (
     RefreshJob,
     StillValid,
     answered,
+    heldRefreshDone,
     refreshTokenOf,
 )
 from oauthmail.tokens.unsaved import UnsavedTokens
@@ -363,9 +364,9 @@ class TokenSource:
     def _saved(self, current: tuple, job: RefreshJob) -> object:
         """Held tokens stored (or newer ones won): their "could not save" error is over."""
         d = self.condition.settled(job.account.name) if current[1] is None else None
-        if d is None:
-            return self._decide(current, job)
-        return d.addCallback(lambda _: self._decide(current, job))
+        d = defer.succeed(None) if d is None else d
+        # The refresh whose tokens were held ends here: not tokens found fresh meanwhile.
+        return d.addCallback(lambda _: self._decide(current, job)).addCallback(heldRefreshDone)
 
     def _decide(
         self, current: tuple[TokenRecord | None, TokenSet | None], job: RefreshJob
