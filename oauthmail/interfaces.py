@@ -117,10 +117,10 @@ class ITokenStore(Interface):
         has the ``TokenSet`` its ``refresh`` returned and keeps it as it does
         after a failed ``putTokens``.
 
-        ``read`` is the ``TokenRecord`` the caller read just before, if any. A
-        store that needs no lock may take it for step 1 instead of reading
-        again (one process: its single flight and the compare-and-swap make
-        that read as good as one under a lock); a shared store ignores it.
+        ``read`` is the ``TokenRecord`` the caller just read and found due, if
+        any. A store that needs no lock may take it for steps 1 and 2 (one
+        process: its single flight and the compare-and-swap make that read
+        and judgement as good as under a lock); a shared store ignores it.
         """
 
 

@@ -413,8 +413,7 @@ class TokenSource:
         if job.pending is not None:
             return False  # our unsaved tokens' refresh token is the live one: refresh with it
         if job.min_valid is not None:
-            # The record _decide just found due (a store without a lock passes it on): still due.
-            return record is not job.record and self._valid(record, job.min_valid)
+            return self._valid(record, job.min_valid)
         # Forced (a server refused our token): only a newer one than it will do.
         seen = job.record.version if job.record is not None else 0
         return record is not None and record.version > seen and self._valid(record, 0)
