@@ -184,6 +184,18 @@ def test_unusableTokensAreMalformed(body):
         classifyTokenResponse(answer(200, body), "refresh_token", NOW)
 
 
+@given(st.text(min_size=1, max_size=40))
+def test_aTokenIsExactlyAStringOfVSCHAR(value: str) -> None:
+    """The check is RFC 6749's VSCHAR grammar (%x20-7E), however it is computed."""
+    vschar = all(0x20 <= ord(c) <= 0x7E for c in value)
+    body = {"access_token": value}
+    if vschar:
+        assert classifyTokenResponse(answer(200, body), "refresh_token", NOW).access_token
+    else:
+        with pytest.raises(MalformedAnswer, match="token"):
+            classifyTokenResponse(answer(200, body), "refresh_token", NOW)
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
