@@ -573,3 +573,25 @@ async def test_close_writes_queued_puts(tmp_path, clock, key):
         assert [(await s.getTokens(n)).version for n in ["a", "b", "c"]] == [1, 1, 1]
     finally:
         await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oneProcessRefreshGoesStraightOnWithTheRecordJustRead():
+    """No lock to wait for: the record just judged due is neither read nor judged again."""
+    from oauthmail.db.refresh import refreshByCompareAndSwap
+    from oauthmail.testing.memory_store import MemoryTokenStore
+
+    store = MemoryTokenStore(Clock())
+    await store.ensureAccount("alice", "generic")
+    read = await store.putTokens("alice", TokenSet(Secret("a"), 10.0, Secret("r"), "mail"), 0)
+    reads = []
+    store.getAccountWithTokens = lambda name: reads.append(name)  # must not be called
+
+    def judged(record):
+        raise AssertionError("fresh_enough must not be called for the record just read")
+
+    answer = TokenSet(Secret("b"), 99.0, Secret("r2"), "mail")
+    done = await refreshByCompareAndSwap(store, "alice", judged, lambda r: answer, read)
+    assert done.refreshed and done.record.version == 2 and reads == []
+    done = await store.refreshLocked("alice", judged, lambda r: answer, done.record)
+    assert done.refreshed and done.record.version == 3 and reads == []

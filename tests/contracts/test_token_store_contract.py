@@ -236,6 +236,28 @@ async def test_refresh_locked_refreshes_and_stores(store, clock):
 
 
 @pytest_twisted.ensureDeferred
+async def test_refresh_locked_on_the_record_just_read(store):
+    """``read``, the record the caller just found due: refreshed on its version as without it.
+
+    A store one process uses goes straight on with it (nothing to judge again);
+    a shared one reads under its lock. Either way the provider is asked once,
+    with that record, and the answer lands at the next version.
+    """
+    await store.ensureAccount("alice", "google")
+    await store.putTokens("alice", tokens(), 0)
+    read = await store.getTokens("alice")
+    asked = []
+
+    def refresh(record):
+        asked.append((record.version, record.refresh_token.reveal()))
+        return tokens("b", "rb")
+
+    record, refreshed = await store.refreshLocked("alice", lambda r: False, refresh, read)
+    assert refreshed and asked == [(1, REFRESH)] and record.version == 2
+    assert (await store.getTokens("alice")).refresh_token.reveal() == "rb"
+
+
+@pytest_twisted.ensureDeferred
 async def test_refresh_locked_without_tokens(store):
     """No tokens yet (client credentials): refresh gets None, the result is version 1."""
     await store.ensureAccount("svc", "microsoft")
