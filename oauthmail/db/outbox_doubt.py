@@ -173,6 +173,5 @@ class OutboxDoubt:
                     reason = FOUND_IN_SENT + "; others refused"
                     rows.retryOrGiveUp(conn, message_id, reason, now, policy)
                 else:
-                    rows.attempted(conn, message_id)
-                    rows.writeFinal(conn, message_id, None, now, policy)
+                    rows.writeFinal(conn, message_id, None, now, policy, attempt=True)
         return rows.statuses(conn, settled)

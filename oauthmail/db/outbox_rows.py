@@ -229,30 +229,56 @@ class OutboxRows:
         judged = judgeOutcome(outcome, doubtful)
         for reply, state in judged.answers:
             self.answer(conn, message_id, reply, state, OPEN)
-        if outcome.accepted:
+        accepted = now if outcome.accepted else None
+        still, sent = self.recipientCounts(conn, message_id, OPEN)
+        if not still:
+            # The everyday end: attempt, acceptance and final state in one statement.
+            self.writeFinal(
+                conn,
+                message_id,
+                judged.failed,
+                now,
+                policy,
+                sent=sent,
+                attempt=True,
+                accepted=accepted,
+            )
+            return
+        if accepted is not None:
             conn.execute(
                 self._sql(
                     "UPDATE outbound SET provider_accepted_at = COALESCE(provider_accepted_at, ?)"
                     " WHERE id = ?"
                 ),
-                (now, message_id),
+                (accepted, message_id),
             )
-        if self.openRecipients(conn, message_id, OPEN):
-            self.retryOrGiveUp(conn, message_id, judged.temporary, now, policy)
-            if doubtful:
-                # Looked for in Sent first, once the provider had time to file its copy.
-                later = now + policy.sent_check_delay
-                conn.execute(
-                    self._sql(
-                        "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?),"
-                        " next_attempt_at = CASE WHEN next_attempt_at < ? THEN ?"
-                        " ELSE next_attempt_at END WHERE id = ? AND state = 'queued'"
-                    ),
-                    (now, later, later, message_id),
-                )
-        else:
-            self.attempted(conn, message_id)
-            self.writeFinal(conn, message_id, judged.failed, now, policy)
+        self.retryOrGiveUp(conn, message_id, judged.temporary, now, policy)
+        if doubtful:
+            # Looked for in Sent first, once the provider had time to file its copy.
+            later = now + policy.sent_check_delay
+            conn.execute(
+                self._sql(
+                    "UPDATE outbound SET in_doubt_since = COALESCE(in_doubt_since, ?),"
+                    " next_attempt_at = CASE WHEN next_attempt_at < ? THEN ?"
+                    " ELSE next_attempt_at END WHERE id = ? AND state = 'queued'"
+                ),
+                (now, later, later, message_id),
+            )
+
+    def recipientCounts(
+        self, conn: Connection, message_id: str, among: Sequence[str]
+    ) -> tuple[int, int]:
+        """How many of the message's recipients are in one of ``among``, and how many ``sent``."""
+        marks = ", ".join("?" * len(among))
+        row = conn.execute(
+            self._sql(
+                f"SELECT COALESCE(SUM(CASE WHEN state IN ({marks}) THEN 1 ELSE 0 END), 0),"  # noqa: S608
+                " COALESCE(SUM(CASE WHEN state = 'sent' THEN 1 ELSE 0 END), 0)"
+                " FROM outbound_recipients WHERE message_id = ?"
+            ),
+            (*among, message_id),
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
     def openRecipients(self, conn: Connection, message_id: str, among: Sequence[str]) -> int:
         """How many of the message's recipients are in one of the states ``among``."""
@@ -266,12 +292,6 @@ class OutboxRows:
         ).fetchone()
         return int(count)
 
-    def attempted(self, conn: Connection, message_id: str) -> None:
-        """Count one more attempt (the one that ends the message)."""
-        conn.execute(
-            self._sql("UPDATE outbound SET attempts = attempts + 1 WHERE id = ?"), (message_id,)
-        )
-
     def writeFinal(
         self,
         conn: Connection,
@@ -279,22 +299,35 @@ class OutboxRows:
         last_error: str | None,
         now: float | None = None,
         policy: IDeliveryPolicy | None = None,
+        *,
+        sent: int | None = None,
+        attempt: bool = False,
+        accepted: float | None = None,
     ) -> None:
         """Write the final message state from its recipients.
+
+        ``sent``: how many recipients are ``sent``, if the caller has just
+        counted them; ``attempt``: this write ends an attempt (count it);
+        ``accepted``: when the provider accepted the message in it, if it did.
 
         With ``policy.bounce``, the bounce for the recipients that failed is
         queued in the same transaction: it exists if and only if the failure is
         recorded.
         """
-        (sent,) = conn.execute(
-            self._sql(
-                "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ? AND state = 'sent'"
-            ),
-            (message_id,),
-        ).fetchone()
+        if sent is None:
+            (sent,) = conn.execute(
+                self._sql(
+                    "SELECT COUNT(*) FROM outbound_recipients"
+                    " WHERE message_id = ? AND state = 'sent'"
+                ),
+                (message_id,),
+            ).fetchone()
         conn.execute(
-            self._sql("UPDATE outbound SET state = ?, last_error = ? WHERE id = ?"),
-            ("sent" if sent else "failed", last_error, message_id),
+            self._sql(
+                "UPDATE outbound SET state = ?, last_error = ?, attempts = attempts + ?,"
+                " provider_accepted_at = COALESCE(provider_accepted_at, ?) WHERE id = ?"
+            ),
+            ("sent" if sent else "failed", last_error, 1 if attempt else 0, accepted, message_id),
         )
         if policy is not None and policy.bounce and now is not None:
             self._queueBounce(conn, message_id, now, policy)
