@@ -10,6 +10,7 @@ them. What a value may be is checked by the loader (``loader.py`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from oauthmail.passwords import parseHash
 from oauthmail.secret import Secret
@@ -108,7 +109,7 @@ class ProfileConfig:
         """
         return self.client_auth == "secret" and bool(self.client_secret)
 
-    @property
+    @cached_property  # the profile is frozen; the refresher asks every pass
     def missingSetting(self) -> str | None:
         """``client_id`` or ``client_secret`` while one is still empty; ``None`` when complete."""
         if not self.client_id:
@@ -117,7 +118,7 @@ class ProfileConfig:
             return "client_secret"
         return None
 
-    @property
+    @cached_property
     def configured(self) -> bool:
         """The profile names its client (and, for a confidential client, its secret)."""
         return self.missingSetting is None
@@ -217,7 +218,7 @@ class AccountConfig:
         extra = tuple(s for s in dict.fromkeys(self.api_scopes) if s not in self.profile.scopes)
         return self.profile.scopes + extra
 
-    @property
+    @cached_property  # frozen, like its profile: asked for every account on every pass
     def configured(self) -> bool:
         return self.profile.configured
 

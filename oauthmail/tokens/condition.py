@@ -68,7 +68,10 @@ class TokenCondition:
         ``None``: nothing to do. The view is checked as well as the store
         (``storedOk``): an error reported while the store was down reached only
         the view, and the view is what the console and ``/health`` show.
+        Working tokens also make a later need for a person news again (as
+        :meth:`healthy`, here rather than in a second call on every refresh).
         """
+        self._reported.discard(name)
         said = self._health.condition(name, PART_TOKENS)  # not view(): once per refresh
         if storedOk and (said is None or said.state == "ok"):
             return None

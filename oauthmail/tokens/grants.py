@@ -298,7 +298,9 @@ class GrantClient:
             return defer.fail(e)
         except Exception as e:
             d = defer.fail(e)
-        hidden = self._hidden(refresh_token, access_token)
+        hidden = self._client_hidden + (
+            (refresh_token,) if access_token is None else (refresh_token, access_token)
+        )  # as _hidden() builds it
         return d.addCallbacks(
             self._classifyRefresh,
             _unreachable,

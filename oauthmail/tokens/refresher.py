@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
@@ -278,7 +279,7 @@ class TokenRefresher(Service):
             return
         work = []
         for endpoint, plan in queues.items():
-            plan.sort(key=_startTime)
+            plan.sort(key=itemgetter(0))  # by start time
             queue = iter(plan)
             slots = self._slotsFor(endpoint)
             for _ in range(min(len(plan), self.concurrency * PIPELINE)):
@@ -460,10 +461,6 @@ class _Worker:
         d = refresher._refreshOne(account, self._slots, self._tally, force)
         d.addCallback(self._next)
         return None
-
-
-def _startTime(item: tuple[float, AccountConfig, bool]) -> float:
-    return item[0]
 
 
 class _RequestSlots:

@@ -311,7 +311,9 @@ class TokenSource:
             return waiter
         self._inflight[account.name] = [(waiter, strict)]
         try:
-            d = self._refresh(RefreshJob(account, min_valid, limiter))
+            # The refresh starts with one read for state and tokens (then _read).
+            job = RefreshJob(account, min_valid, limiter)
+            d = self._store.getAccountWithTokens(account.name).addCallback(self._read, job)
         except Exception:
             d = defer.fail()
         d.addBoth(self._fanOut, account.name)
@@ -341,18 +343,14 @@ class TokenSource:
     # than all the rest of our side of a refresh (bench/refresh). The rare branches
     # (tokens a failed store still holds, refusals, a failing store) are coroutines.
 
-    def _refresh(self, job: RefreshJob) -> defer.Deferred[Secret | StillValid]:
-        # One read for state and tokens. The daemon creates every configured account's
-        # row at start-up: ensureAccount is only for the rare account without one.
-        d = self._store.getAccountWithTokens(job.account.name)
-        return d.addCallback(self._read, job)
-
     def _read(
         self, read: tuple[AccountRecord | None, TokenRecord | None], job: RefreshJob
     ) -> Secret | StillValid | defer.Deferred[Secret | StillValid]:
         state, record = read
         name = job.account.name
         if state is None:
+            # The daemon creates every configured account's row at start-up: this is
+            # only for the rare account without one.
             d = self._store.ensureAccount(name, job.account.profile.kind)
             return d.addCallback(lambda state: self._read((state, record), job))
         job.state = state
@@ -425,20 +423,32 @@ class TokenSource:
             # Another node stored tokens since our first read: theirs are the live ones.
             job.record, job.pending = record, None
             job.refresh_token = refreshTokenOf(job.account, job.state, record, None)
-        grants = self._grantClientFor(job.account.profile)
+        profile = job.account.profile
+        grants = self._grants.get(profile.name)  # _grantClientFor's lookup, written out
+        if grants is None or grants.profile is not profile:
+            grants = self._grantClientFor(profile)
         limiter = job.limiter
         if limiter is None:
             return self._request(None, grants, job, None)
         return limiter.acquire().addCallback(self._request, grants, job, limiter)
 
     def _locked(self, done: LockedRefresh, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
-        """Refreshed and stored, or stored fresh by another node: hand it out."""
-        token = self._written(done.record, job)
+        """Refreshed and stored, or stored fresh by another node: the tokens work, hand out.
+
+        What held them back is over (tokens the store refused, a provider's "wait
+        until"). No log event per refresh: at 10,000 accounts it costs more than
+        the JSON parse; the refresher logs one summary per pass, failures are logged.
+        """
+        name = job.account.name
+        if name in self._unsaved:
+            self._unsaved.forget(name)
+        self._not_before.pop(name, None)
+        state = job.state
+        d = self.condition.settled(name, state.state == "ok" and not state.last_error)
+        token = done.record.access_token
         if done.refreshed:
-            return token
-        if isinstance(token, defer.Deferred):
-            return token.addCallback(AlreadyFresh)
-        return AlreadyFresh(token)
+            return token if d is None else d.addCallback(lambda _: token)
+        return AlreadyFresh(token) if d is None else d.addCallback(lambda _: AlreadyFresh(token))
 
     def _lockFailed(
         self, failure: Failure, job: RefreshJob
@@ -509,16 +519,6 @@ class TokenSource:
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay
-
-    def _written(self, stored: TokenRecord, job: RefreshJob) -> Secret | defer.Deferred[Secret]:
-        name = job.account.name
-        self._unsaved.forget(name)
-        self._not_before.pop(name, None)
-        self.condition.healthy(name)
-        # No log event per refresh: at 10,000 accounts it costs more than the JSON
-        # parse; the refresher logs one summary per pass, failures are logged.
-        d = self.condition.settled(name, job.state.state == "ok" and not job.state.last_error)
-        return stored.access_token if d is None else d.addCallback(lambda _: stored.access_token)
 
     def _writeFailed(
         self, failure: Failure, name: str, expected: int, tokens: TokenSet

@@ -21,21 +21,22 @@ log = Logger()
 __all__ = ["UnsavedTokens"]
 
 
-class UnsavedTokens:
-    """Per account, the tokens the store refused and the version they were to replace."""
+class UnsavedTokens(dict[str, tuple[int, TokenSet]]):
+    """Per account, the tokens the store refused and the version they were to replace.
+
+    A ``dict`` by account name: every refresh asks whether its account has any
+    (``name in unsaved``), and a dict answers that without a Python call.
+    """
 
     def __init__(self, store: ITokenStore) -> None:
+        super().__init__()
         self._store = store
-        self._held: dict[str, tuple[int, TokenSet]] = {}
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._held
 
     def keep(self, name: str, expected_version: int, tokens: TokenSet) -> None:
-        self._held[name] = (expected_version, tokens)
+        self[name] = (expected_version, tokens)
 
     def forget(self, name: str) -> None:
-        self._held.pop(name, None)
+        self.pop(name, None)
 
     async def save(
         self, name: str, record: TokenRecord | None
@@ -45,7 +46,7 @@ class UnsavedTokens:
         Returns the record to use and, if the store still refuses, the held tokens
         (whose refresh token is the one the provider now expects).
         """
-        expected, tokens = self._held[name]
+        expected, tokens = self[name]
         if (record.version if record is not None else 0) != expected:
             self.forget(name)  # somebody stored newer tokens meanwhile
             return record, None
