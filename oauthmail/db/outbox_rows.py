@@ -282,15 +282,7 @@ class OutboxRows:
 
     def openRecipients(self, conn: Connection, message_id: str, among: Sequence[str]) -> int:
         """How many of the message's recipients are in one of the states ``among``."""
-        marks = ", ".join("?" * len(among))
-        (count,) = conn.execute(
-            self._sql(
-                "SELECT COUNT(*) FROM outbound_recipients WHERE message_id = ?"  # noqa: S608
-                f" AND state IN ({marks})"
-            ),
-            (message_id, *among),
-        ).fetchone()
-        return int(count)
+        return self.recipientCounts(conn, message_id, among)[0]
 
     def writeFinal(
         self,

@@ -277,35 +277,15 @@ def _tokenSet(
     params = _plainTokenAnswer(text)
     if params is None:
         params = _parsedByOauthlib(text, now, grant, hidden)
-    # The checks of _isToken, _lifetime and _tokenType written out for the everyday
-    # answer (two string tokens, a whole expires_in, "Bearer"): every refresh of every
-    # account comes through here, and the calls cost more than the checks.
     access = params.get("access_token")
-    if not (
-        isinstance(access, str)
-        and 0 < len(access) <= MAX_TOKEN_LENGTH
-        and _VSCHAR.fullmatch(access) is not None
-    ):
+    if not _isToken(access):
         raise MalformedAnswer("no usable access_token")
     refresh = params.get("refresh_token")
-    if (
-        refresh is not None
-        and refresh != ""
-        and not (
-            isinstance(refresh, str)
-            and len(refresh) <= MAX_TOKEN_LENGTH
-            and _VSCHAR.fullmatch(refresh) is not None
-        )
-    ):
+    if refresh is not None and refresh != "" and not _isToken(refresh):
         raise MalformedAnswer("refresh_token is not a usable token")
-    expires_in = params.get("expires_in")
-    if type(expires_in) is int and 0 < expires_in <= ABSURD_LIFETIME:
-        lifetime: float | None = min(max(float(expires_in), MIN_LIFETIME), MAX_LIFETIME)
-    else:
-        lifetime = _lifetime(expires_in)
+    lifetime = _lifetime(params.get("expires_in"))
     scope = params.get("scope")
     id_token = params.get("id_token")  # an unusable one is no answer to who consented
-    token_type = params.get("token_type")
     return TokenSet(
         access_token=Secret(access),
         expires_at=now + lifetime if lifetime is not None else None,
@@ -313,7 +293,7 @@ def _tokenSet(
         scope=cleanText(" ".join(map(str, scope)), 2000)
         if isinstance(scope, list)
         else requested_scope,
-        token_type="Bearer" if token_type == "Bearer" else _tokenType(token_type),
+        token_type=_tokenType(params.get("token_type")),
         id_token=Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
 

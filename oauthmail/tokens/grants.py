@@ -298,9 +298,7 @@ class GrantClient:
             return defer.fail(e)
         except Exception as e:
             d = defer.fail(e)
-        hidden = self._client_hidden + (
-            (refresh_token,) if access_token is None else (refresh_token, access_token)
-        )  # as _hidden() builds it
+        hidden = self._hidden(refresh_token, access_token)
         return d.addCallbacks(
             self._classifyRefresh,
             _unreachable,
