@@ -22,7 +22,6 @@ from oauthmail.testing.oauth.http import (
     params,
     requireForm,
     retryAfter,
-    track,
 )
 from oauthmail.testing.oauth.records import DEVICE_GRANT, Client, digest
 from oauthmail.testing.oauth.state import Authority
@@ -69,7 +68,6 @@ class TokenEndpoint:
         if grant_type == "refresh_token":
             for value in args.get(b"refresh_token", []):
                 authority.refresh_presentations[digest(value)] += 1
-        track(request)
         faults = authority.faults
         return self.room.admit(request, self.answer, faults.hang, authority.reactor, faults.latency)
 

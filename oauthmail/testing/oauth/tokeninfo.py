@@ -18,7 +18,7 @@ from __future__ import annotations
 from twisted.web import server
 
 from oauthmail.testing.oauth.errors import OAuthError
-from oauthmail.testing.oauth.http import answerJSON, finishJSON, gone, params, track
+from oauthmail.testing.oauth.http import answerJSON, finishJSON, gone, params
 from oauthmail.testing.oauth.records import digest
 from oauthmail.testing.oauth.state import Authority
 from oauthmail.testing.oauth.waiting import WaitingRoom
@@ -35,7 +35,6 @@ class IntrospectionEndpoint:
 
     def render(self, request: server.Request) -> int:
         self.authority.requests["introspect"] += 1
-        track(request)
         return self.room.admit(request, self.answer, self.authority.faults.introspection_hang)
 
     def answer(self, request: server.Request) -> None:

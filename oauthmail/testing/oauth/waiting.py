@@ -13,6 +13,8 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web import server
 
+from oauthmail.testing.oauth.http import track
+
 __all__ = ["WaitingRoom"]
 
 Answer = Callable[[server.Request], None]
@@ -39,10 +41,14 @@ class WaitingRoom:
         """Hold ``request`` (``hang``), answer it ``latency`` seconds later, or answer it now.
 
         Returns ``NOT_DONE_YET``: ``answer`` finishes the request in every case.
+        Only a request that waits is tracked (:func:`track`): one answered now
+        cannot lose its client first, and tracking costs a Deferred per request.
         """
         if hang:
+            track(request)
             self.hold(request)
         elif latency > 0 and reactor is not None:
+            track(request)
             self.later(reactor, latency, answer, request)
         else:
             answer(request)
