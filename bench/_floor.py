@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet import defer, protocol, task, threads
 from twisted.protocols.basic import LineReceiver
 
-__all__ = ["runFloorServer", "FloorServer"]
+__all__ = ["FloorServer", "runFloorServer", "serve"]
 
 #: The file the floor overwrites in place (messages go round it).
 SPACE = 16 * 1024 * 1024
@@ -61,8 +61,9 @@ class FloorServer:
 class _Receiver(LineReceiver):
     MAX_LENGTH = 65536
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, stored: Any = None) -> None:
         self._store = store
+        self._stored = stored
         self._lines: list[bytes] | None = None
 
     def connectionMade(self) -> None:
@@ -77,6 +78,8 @@ class _Receiver(LineReceiver):
             self.pauseProducing()
             d = threads.deferToThread(self._store, data)
             d.addCallback(lambda _: self.sendLine(b"250 2.0.0 on disk"))
+            if self._stored is not None:  # the relay floor sends it on
+                d.addCallback(lambda _: self._stored(data))
             d.addBoth(lambda _: self.resumeProducing())
             return
         verb = line[:4].upper()
@@ -99,7 +102,17 @@ class _Receiver(LineReceiver):
 def runFloorServer() -> int:
     """Serve until stdin closes (the child side of :class:`FloorServer`)."""
     params = json.loads(sys.stdin.readline())
-    handle, path = tempfile.mkstemp(prefix="oauthmail-floor-", dir=params.get("dir"))
+    task.react(lambda reactor: defer.ensureDeferred(serve(reactor, params.get("dir"))))
+    return 0
+
+
+async def serve(reactor: Any, directory: str | None, stored: Any = None) -> None:
+    """Listen, print ``{"port": N}``, take messages until stdin closes.
+
+    ``stored(data)`` (the relay floor's) is called with each message once it
+    is on disk and answered.
+    """
+    handle, path = tempfile.mkstemp(prefix="oauthmail-floor-", dir=directory)
     os.close(handle)
     fd = os.open(path, os.O_WRONLY)
     # Written once and synced before the clock starts, then overwritten in
@@ -116,9 +129,9 @@ def runFloorServer() -> int:
         offset[0] += len(data)
         os.fdatasync(fd)
 
-    async def main(reactor: Any) -> None:
+    try:
         factory = protocol.ServerFactory()
-        factory.protocol = lambda: _Receiver(store)  # type: ignore[assignment,misc]
+        factory.protocol = lambda: _Receiver(store, stored)  # type: ignore[assignment,misc]
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         done: defer.Deferred[None] = defer.Deferred()
 
@@ -130,13 +143,9 @@ def runFloorServer() -> int:
         print(json.dumps({"port": port.getHost().port}), flush=True)
         await done
         await port.stopListening()
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     finally:
         os.close(fd)
         Path(path).unlink(missing_ok=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,15 @@ of 50 messages per connection), which relays them to the final hop.
 Dovecot's submission service over one connection (STARTTLS, XOAUTH2 with a
 token from the same provider).
 
-For both, the clock starts when the client connects and stops when the last
+**Floor**: last, the same client sends the same messages through the
+smallest durable relay Twisted can be (:mod:`bench._relayfloor`: ``250``
+once the message is ``fdatasync``ed, then on over one STARTTLS + XOAUTH2
+connection to the same Dovecot, one message in flight; nothing else). Its
+time over the baseline's is the best ratio any durable relay could reach in
+this run, printed before the result line, so a ratio is read against what is
+possible on this machine under this load.
+
+For all three, the clock starts when the client connects and stops when the last
 message has reached the final hop. The provider, the final hop and Dovecot
 run in the parent process (:func:`bench._rig.startRig`); the client runs in a
 child process, and the daemon in a child process of its own, so ``rss_mb`` is
@@ -356,12 +364,56 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
         cpu = d.cpu
+        floor = await measureRelayFloor(reactor, rig, count, str(workdir))
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
         await rig.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"{NAME}: floor: the smallest durable relay Twisted can be (bench/_relayfloor.py) gets"
+        f" the same client's {count} messages to the final hop in {floor['seconds']:.2f} s"
+        f" ({count / floor['seconds']:.0f}/s): no relay can do better than"
+        f" ratio={baseline['seconds'] / floor['seconds']:.3f} here",
+        file=sys.stderr,
+    )
     reportRelay(NAME, "the final hop", count, baseline, ours, cpu, options.profile, rss)
+
+
+async def measureRelayFloor(
+    reactor: Any, rig: _rig.Rig, count: int, directory: str
+) -> dict[str, Any]:
+    """The same client through :mod:`bench._relayfloor` to the final hop, timed alike."""
+    from twisted.internet import threads
+
+    from bench._relayfloor import RelayFloor
+
+    server = rig.server()
+    nextHop = {
+        "host": server["host"],
+        "port": server["submission"],
+        "ca_file": server["ca_file"],
+        "server_name": server["server_name"],
+        "token": rig.issueToken(SENDER),
+        "sender": SENDER,
+        "recipient": RECIPIENT,
+    }
+    floor = await threads.deferToThread(RelayFloor, directory, nextHop)
+    try:
+        return await sendAndTime(
+            reactor,
+            rig,
+            count,
+            {
+                "count": count,
+                "tag": "floor",
+                "host": "127.0.0.1",
+                "port": floor.port,
+                "password": SUBMISSION_PASSWORD,
+            },
+        )
+    finally:
+        await threads.deferToThread(floor.stop)
 
 
 def reportRelay(

@@ -1,0 +1,169 @@
+"""The floor under a durable relay: the smallest one Twisted can be.
+
+:mod:`bench._floor` is the ceiling for a submission server alone; a relay
+benchmark's clock also runs until the last message has gone on to the next
+hop, so its ratio can only be as good as the fastest relay that keeps the same
+promises. This is that relay and nothing more: the floor's receiver (``250``
+once the message is ``fdatasync``ed, in a thread) and one connection to the
+next hop (STARTTLS with the certificate checked, ``AUTH XOAUTH2`` with a token
+it is given), over which each message goes as ``MAIL``, ``RCPT`` and
+``BDAT … LAST`` in one write, the next once the last reply is in: one message
+in flight, as oauthmail's relay sends them. It records no outcome, refreshes
+no token, logs nothing, stamps no header and retries nothing.
+
+What a relay benchmark's client achieves through it, to the next hop, is the
+ceiling for oauthmail on this machine under the same load. It runs in a child
+process of its own: it prints ``{"port": N}`` and serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer, protocol, ssl
+from twisted.protocols.basic import LineReceiver
+
+__all__ = ["RelayFloor"]
+
+
+class RelayFloor:
+    """A running relay floor in a child process: start it, read its port, stop it."""
+
+    def __init__(self, directory: str | None, nextHop: dict[str, Any]) -> None:
+        import subprocess
+
+        from bench import _rig
+
+        self._proc = subprocess.Popen(
+            [_rig.PYTHON, "-m", "bench._relayfloor"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=_rig.ROOT,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps({"dir": directory, "next": nextHop}) + "\n")
+        self._proc.stdin.flush()
+        self.port = int(json.loads(self._proc.stdout.readline())["port"])
+
+    def stop(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=30)
+
+
+class _Sender(LineReceiver):
+    """One authenticated connection to the next hop; sends what :meth:`send` is given."""
+
+    MAX_LENGTH = 65536
+
+    def __init__(self, hop: dict[str, Any], ready: defer.Deferred[_Sender]) -> None:
+        self._hop = hop
+        self._ready = ready
+        self._queue: deque[bytes] = deque()
+        self._busy = False
+        self._replies: deque[Any] = deque()
+        self._step = self._greeted
+
+    def lineReceived(self, line: bytes) -> None:
+        if line[3:4] == b"-":
+            return
+        code = int(line[:3])
+        if self._step is not None:
+            self._step(code, line)
+        else:
+            self._replies.popleft()(code, line)
+
+    # -- the session ---------------------------------------------------------------------
+
+    def _expect(self, want: int, code: int, line: bytes) -> None:
+        if code != want:
+            raise RuntimeError(f"the next hop answered {line!r}")
+
+    def _greeted(self, code: int, line: bytes) -> None:
+        self._expect(220, code, line)
+        self.sendLine(b"EHLO floor.bench")
+        self._step = self._helloed
+
+    def _helloed(self, code: int, line: bytes) -> None:
+        self._expect(250, code, line)
+        self.sendLine(b"STARTTLS")
+        self._step = self._tlsReady
+
+    def _tlsReady(self, code: int, line: bytes) -> None:
+        self._expect(220, code, line)
+        hop = self._hop
+        with open(hop["ca_file"], "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+        self.transport.startTLS(ssl.optionsForClientTLS(hop["server_name"], trustRoot=trust))
+        self.sendLine(b"EHLO floor.bench")
+        self._step = self._secured
+
+    def _secured(self, code: int, line: bytes) -> None:
+        self._expect(250, code, line)
+        hop = self._hop
+        answer = f"user={hop['sender']}\x01auth=Bearer {hop['token']}\x01\x01".encode()
+        self.sendLine(b"AUTH XOAUTH2 " + base64.b64encode(answer))
+        self._step = self._authenticated
+
+    def _authenticated(self, code: int, line: bytes) -> None:
+        self._expect(235, code, line)
+        self._step = None
+        self._ready.callback(self)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self._queue.append(data)
+        if not self._busy:
+            self._next()
+
+    def _next(self) -> None:
+        if not self._queue:
+            self._busy = False
+            return
+        self._busy = True
+        data = self._queue.popleft()
+        hop = self._hop
+        self.transport.write(
+            f"MAIL FROM:<{hop['sender']}>\r\nRCPT TO:<{hop['recipient']}>\r\n"
+            f"BDAT {len(data)} LAST\r\n".encode()
+            + data
+        )
+        self._replies.extend((self._accepted, self._accepted, self._sent))
+
+    def _accepted(self, code: int, line: bytes) -> None:
+        self._expect(250, code, line)
+
+    def _sent(self, code: int, line: bytes) -> None:
+        self._expect(250, code, line)
+        self._next()
+
+
+def runRelayFloor() -> int:
+    """Serve until stdin closes (the child side of :class:`RelayFloor`)."""
+    from twisted.internet import task
+
+    from bench import _floor
+
+    params = json.loads(sys.stdin.readline())
+    hop = params["next"]
+
+    async def main(reactor: Any) -> None:
+        ready: defer.Deferred[_Sender] = defer.Deferred()
+        factory = protocol.ClientFactory()
+        factory.protocol = lambda: _Sender(hop, ready)  # type: ignore[assignment,misc]
+        reactor.connectTCP(hop["host"], hop["port"], factory)
+        sender = await ready
+        await _floor.serve(reactor, params.get("dir"), sender.send)
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(runRelayFloor())
