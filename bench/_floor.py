@@ -33,22 +33,28 @@ SPACE = 16 * 1024 * 1024
 
 
 class FloorServer:
-    """A running floor server in a child process: start it, read its port, stop it."""
+    """A running floor server in a child process: start it, read its port, stop it.
 
-    def __init__(self, directory: str | None) -> None:
+    ``params`` go to the child with ``directory``; a floor of another kind names
+    its module in :attr:`MODULE`.
+    """
+
+    MODULE = "bench._floor"
+
+    def __init__(self, directory: str | None, **params: Any) -> None:
         import subprocess
 
         from bench import _rig
 
         self._proc = subprocess.Popen(
-            [_rig.PYTHON, "-m", "bench._floor"],
+            [_rig.PYTHON, "-m", self.MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=_rig.ROOT,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps({"dir": directory}) + "\n")
+        self._proc.stdin.write(json.dumps({"dir": directory, **params}) + "\n")
         self._proc.stdin.flush()
         self.port = int(json.loads(self._proc.stdout.readline())["port"])
 

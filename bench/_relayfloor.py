@@ -27,33 +27,18 @@ from typing import Any
 from twisted.internet import defer, protocol, ssl
 from twisted.protocols.basic import LineReceiver
 
+from bench._floor import FloorServer
+
 __all__ = ["RelayFloor"]
 
 
-class RelayFloor:
-    """A running relay floor in a child process: start it, read its port, stop it."""
+class RelayFloor(FloorServer):
+    """A running relay floor in a child process, sending on to ``nextHop``."""
+
+    MODULE = "bench._relayfloor"
 
     def __init__(self, directory: str | None, nextHop: dict[str, Any]) -> None:
-        import subprocess
-
-        from bench import _rig
-
-        self._proc = subprocess.Popen(
-            [_rig.PYTHON, "-m", "bench._relayfloor"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=_rig.ROOT,
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps({"dir": directory, "next": nextHop}) + "\n")
-        self._proc.stdin.flush()
-        self.port = int(json.loads(self._proc.stdout.readline())["port"])
-
-    def stop(self) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()
-        self._proc.wait(timeout=30)
+        super().__init__(directory, next=nextHop)
 
 
 class _Sender(LineReceiver):
