@@ -56,7 +56,10 @@ class FloorServer:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(json.dumps({"dir": directory, **params}) + "\n")
         self._proc.stdin.flush()
-        self.port = int(json.loads(self._proc.stdout.readline())["port"])
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.MODULE} exited with status {self._proc.wait()}")
+        self.port = int(json.loads(line)["port"])
 
     def stop(self) -> None:
         assert self._proc.stdin is not None

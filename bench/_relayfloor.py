@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from collections import deque
 from typing import Any
 
-from twisted.internet import defer, protocol, ssl
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import LineReceiver
 
 from bench._floor import FloorServer
@@ -53,6 +55,24 @@ class _Sender(LineReceiver):
         self._busy = False
         self._replies: deque[Any] = deque()
         self._step = self._greeted
+        self._closing = False
+
+    def close(self) -> None:
+        """The floor is done: say goodbye; losing the connection now is expected."""
+        self._closing = True
+        self.sendLine(b"QUIT")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self._ready.called:
+            self._ready.errback(reason)  # the floor exits: the parent reads no port
+            return
+        if self._closing:
+            return
+        # A floor that can no longer send would leave the benchmark waiting for
+        # messages that never come: fail the whole run at once instead.
+        print(f"relay floor: lost the next hop ({reason.value})", file=sys.stderr, flush=True)
+        os._exit(1)
 
     def lineReceived(self, line: bytes) -> None:
         if line[3:4] == b"-":
@@ -140,11 +160,11 @@ def runRelayFloor() -> int:
 
     async def main(reactor: Any) -> None:
         ready: defer.Deferred[_Sender] = defer.Deferred()
-        factory = protocol.ClientFactory()
-        factory.protocol = lambda: _Sender(hop, ready)  # type: ignore[assignment,misc]
-        reactor.connectTCP(hop["host"], hop["port"], factory)
+        endpoint = TCP4ClientEndpoint(reactor, hop["host"], hop["port"], timeout=30)
+        await connectProtocol(endpoint, _Sender(hop, ready))
         sender = await ready
         await _floor.serve(reactor, params.get("dir"), sender.send)
+        sender.close()
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     return 0
