@@ -8,12 +8,17 @@ once the message is ``fdatasync``ed, in a thread) and one connection to the
 next hop (STARTTLS with the certificate checked, ``AUTH XOAUTH2`` with a token
 it is given), over which each message goes as ``MAIL``, ``RCPT`` and
 ``BDAT … LAST`` in one write, the next once the last reply is in: one message
-in flight, as oauthmail's relay sends them. It records no outcome, refreshes
-no token, logs nothing, stamps no header and retries nothing.
+in flight, as oauthmail's relay sends them. That is also the most this Dovecot
+takes on one connection: a second message's ``MAIL`` and ``RCPT`` pipelined
+behind a ``BDAT … LAST`` make its submission process panic (Dovecot 2.3,
+``smtp_server_transaction_finished``: ``pending_rcpt_cmds == 0``; tried with
+two and four in flight). It records no outcome, refreshes no token, logs
+nothing, stamps no header and retries nothing.
 
 What a relay benchmark's client achieves through it, to the next hop, is the
-ceiling for oauthmail on this machine under the same load. It runs in a child
-process of its own: it prints ``{"port": N}`` and serves until stdin closes.
+ceiling for a relay with one connection on this machine under the same load.
+It runs in a child process of its own: it prints ``{"port": N}`` and serves
+until stdin closes.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ token from the same provider).
 **Floor**: last, the same client sends the same messages through the
 smallest durable relay Twisted can be (:mod:`bench._relayfloor`: ``250``
 once the message is ``fdatasync``ed, then on over one STARTTLS + XOAUTH2
-connection to the same Dovecot, one message in flight; nothing else). Its
-time over the baseline's is the best ratio any durable relay could reach in
-this run, printed before the result line, so a ratio is read against what is
+connection to the same Dovecot, one message in flight, the most this Dovecot
+takes on one connection; nothing else). Its time over the baseline's is the
+best ratio a durable relay over one connection could reach in this run,
+printed before the result line, so that a ratio is read against what is
 possible on this machine under this load.
 
 For all three, the clock starts when the client connects and stops when the last
@@ -373,7 +374,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
     print(
         f"{NAME}: floor: the smallest durable relay Twisted can be (bench/_relayfloor.py) gets"
         f" the same client's {count} messages to the final hop in {floor['seconds']:.2f} s"
-        f" ({count / floor['seconds']:.0f}/s): no relay can do better than"
+        f" ({count / floor['seconds']:.0f}/s): no relay over one connection can do better than"
         f" ratio={baseline['seconds'] / floor['seconds']:.3f} here",
         file=sys.stderr,
     )
