@@ -576,7 +576,7 @@ async def test_close_writes_queued_puts(tmp_path, clock, key):
 
 
 @pytest_twisted.ensureDeferred
-async def test_oneProcessRefreshGoesStraightOnWithTheRecordJustRead():
+async def test_one_process_refresh_goes_straight_on_with_the_record_just_read():
     """No lock to wait for: the record just judged due is neither read nor judged again."""
     from oauthmail.db.refresh import refreshByCompareAndSwap
     from oauthmail.testing.memory_store import MemoryTokenStore

@@ -218,7 +218,7 @@ class AccountConfig:
         extra = tuple(s for s in dict.fromkeys(self.api_scopes) if s not in self.profile.scopes)
         return self.profile.scopes + extra
 
-    @cached_property  # frozen, like its profile: asked for every account on every pass
+    @property  # the profile's answer, cached there once for all its accounts
     def configured(self) -> bool:
         return self.profile.configured
 
