@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.protocols.basic import LineReceiver
 
 __all__ = ["FloorServer", "runFloorServer", "serve"]
+
+#: Called with each message once it is on disk and answered (the relay floor's ``send``).
+Stored = Callable[[bytes], object]
 
 #: The file the floor overwrites in place (messages go round it).
 SPACE = 16 * 1024 * 1024
@@ -70,7 +74,7 @@ class FloorServer:
 class _Receiver(LineReceiver):
     MAX_LENGTH = 65536
 
-    def __init__(self, store: Any, stored: Any = None) -> None:
+    def __init__(self, store: Any, stored: Stored | None = None) -> None:
         self._store = store
         self._stored = stored
         self._lines: list[bytes] | None = None
@@ -115,7 +119,7 @@ def runFloorServer() -> int:
     return 0
 
 
-async def serve(reactor: Any, directory: str | None, stored: Any = None) -> None:
+async def serve(reactor: Any, directory: str | None, stored: Stored | None = None) -> None:
     """Listen, print ``{"port": N}``, take messages until stdin closes.
 
     ``stored(data)`` (the relay floor's) is called with each message once it

@@ -53,8 +53,9 @@ class _Sender(LineReceiver):
 
     MAX_LENGTH = 65536
 
-    def __init__(self, hop: dict[str, Any], ready: defer.Deferred[_Sender]) -> None:
+    def __init__(self, hop: dict[str, Any], tls: Any, ready: defer.Deferred[_Sender]) -> None:
         self._hop = hop
+        self._tls = tls
         self._ready = ready
         self._queue: deque[bytes] = deque()
         self._busy = False
@@ -106,10 +107,7 @@ class _Sender(LineReceiver):
 
     def _tlsReady(self, code: int, line: bytes) -> None:
         self._expect(220, code, line)
-        hop = self._hop
-        with open(hop["ca_file"], "rb") as f:
-            trust = ssl.Certificate.loadPEM(f.read())
-        self.transport.startTLS(ssl.optionsForClientTLS(hop["server_name"], trustRoot=trust))
+        self.transport.startTLS(self._tls)
         self.sendLine(b"EHLO floor.bench")
         self._step = self._secured
 
@@ -162,11 +160,14 @@ def runRelayFloor() -> int:
 
     params = json.loads(sys.stdin.readline())
     hop = params["next"]
+    with open(hop["ca_file"], "rb") as f:  # read before the reactor runs
+        trust = ssl.Certificate.loadPEM(f.read())
+    tls = ssl.optionsForClientTLS(hop["server_name"], trustRoot=trust)
 
     async def main(reactor: Any) -> None:
         ready: defer.Deferred[_Sender] = defer.Deferred()
         endpoint = TCP4ClientEndpoint(reactor, hop["host"], hop["port"], timeout=30)
-        await connectProtocol(endpoint, _Sender(hop, ready))
+        await connectProtocol(endpoint, _Sender(hop, tls, ready))
         sender = await ready
         await _floor.serve(reactor, params.get("dir"), sender.send)
         sender.close()
