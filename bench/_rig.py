@@ -510,13 +510,13 @@ async def buildOurReceiver(
     class CountingMaildirSink(MaildirSink):
         """The real sink; only reports when each batch's files are durable."""
 
-        def deliverBatch(self, messages, beforeCommit=None):  # noqa: ANN001, ANN202 - ISink
+        def deliverBatch(self, messages, beforeCommit=None, digests=None):  # noqa: ANN001, ANN202 - ISink
             def report(results):  # noqa: ANN001, ANN202
                 ok = sum(1 for r in results if not isinstance(r, (SinkError, BaseException)))
                 onDelivered(ok, time.monotonic())
                 return results
 
-            return super().deliverBatch(messages, beforeCommit).addCallback(report)
+            return super().deliverBatch(messages, beforeCommit, digests).addCallback(report)
 
     account = imapAccount(payload, **accountArgs)
     storeConfig = StoreConfig(

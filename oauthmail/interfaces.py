@@ -162,21 +162,21 @@ class ISink(Interface):
     def deliver(message, account, folder, beforeCommit=None):
         """Take ``message`` (bytes, exact as on the server).
 
-        Fails with ``TemporarySinkError`` (leave the message on the server and
-        retry later), ``PermanentSinkError`` (record it and move on), or what
-        ``beforeCommit`` raised.
+        Fails with ``TemporarySinkError`` (leave the message on the server, retry
+        later), ``PermanentSinkError`` (record it, move on), or what ``beforeCommit`` raised.
         """
 
 
 class IBatchSink(ISink):
     """A sink that takes many messages at once and pays for durability once per batch."""
 
-    def deliverBatch(messages, beforeCommit=None):
+    def deliverBatch(messages, beforeCommit=None, digests=None):
         """Take ``[(message, account, folder)]``; fire with one result per message, in order.
 
-        A result is the message's final place (taken durably) or the
-        ``SinkError`` it met; one failure does not fail the others. The
-        Deferred fails only with what ``beforeCommit`` (once per batch) raised.
+        A result is the message's final place (taken durably) or the ``SinkError``
+        it met; one failure does not fail the others. The Deferred fails only with
+        what ``beforeCommit`` (once per batch) raised. ``digests``, if given, are
+        the messages' ``messageDigest`` (the watcher has them): no second hash.
         """
 
 

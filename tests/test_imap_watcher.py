@@ -22,6 +22,7 @@ from oauthmail.config import (
     ServerConfig,
     SinkConfig,
 )
+from oauthmail.digest import messageDigest
 from oauthmail.health import AccountHealth
 from oauthmail.imap.errors import IMAPAuthenticationError, IMAPCommandError, IMAPServerBye
 from oauthmail.imap.idle import IdleEvent
@@ -281,9 +282,11 @@ class FakeSink:
         self.messages = []
         self.verdicts = {}  # body -> exception to raise once (or always if permanent)
         self.hooks = []  # the beforeCommit of each batch (None: not under a lease)
+        self.digests = []  # the digests each batch came with
 
-    def deliverBatch(self, items, beforeCommit=None):
+    def deliverBatch(self, items, beforeCommit=None, digests=None):
         self.hooks.append(beforeCommit)
+        self.digests.append(digests)
         if beforeCommit is not None:
             beforeCommit()  # a refusal fails the batch: nothing is kept
         out = []
@@ -330,6 +333,8 @@ def test_delivers_then_marks_seen_in_order():
     server.add(b"two")
     watcher.start()
     assert sink.messages == [b"one", b"two"]
+    # The digests the ledger recorded go with the batch: the sink need not hash again.
+    assert sink.digests == [[messageDigest(b"one"), messageDigest(b"two")]]
     assert server.flags == {1: {b"\\Seen"}, 2: {b"\\Seen"}}
     assert ledger.folders[("alice", "INBOX")] == (1, 2)
     assert watcher.state == "waiting"
@@ -363,10 +368,10 @@ def test_mail_arriving_during_delivery_is_taken_in_the_same_round():
     deliverBatch = sink.deliverBatch
     late = [b"late 1", b"late 2"]
 
-    def arriving(items, beforeCommit=None):
+    def arriving(items, beforeCommit=None, digests=None):
         if late:
             server.add(late.pop(0))  # EXISTS while the batch is delivered
-        return deliverBatch(items, beforeCommit)
+        return deliverBatch(items, beforeCommit, digests)
 
     sink.deliverBatch = arriving
     watcher.start()
@@ -452,12 +457,12 @@ def test_a_temporary_failure_in_a_later_pass_keeps_the_bound_below_it():
     deliverBatch = sink.deliverBatch
     late = [b"late"]
 
-    def arriving(items, beforeCommit=None):
+    def arriving(items, beforeCommit=None, digests=None):
         if late:
             body = late.pop(0)
             sink.verdicts[body] = TemporarySinkError("disk full")
             server.add(body)  # UID 3, while UIDs 1 and 2 are delivered
-        return deliverBatch(items, beforeCommit)
+        return deliverBatch(items, beforeCommit, digests)
 
     sink.deliverBatch = arriving
     watcher.start()
@@ -665,8 +670,6 @@ class RecoverableSink(FakeSink):
 
     def __init__(self, holding):
         super().__init__()
-        from oauthmail.digest import messageDigest
-
         self.holding = {messageDigest(body) for body in holding}
         self.asked = []
 
@@ -680,7 +683,6 @@ def test_handed_batch_after_a_crash_is_not_delivered_again():
     """Messages handed to the sink before a crash and held by it are recorded, not redelivered."""
     from zope.interface import directlyProvides
 
-    from oauthmail.digest import messageDigest
     from oauthmail.interfaces import IRecoverableSink
 
     clock = Clock()

@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
+from oauthmail.digest import messageDigest
 from oauthmail.interfaces import ISink
 from oauthmail.sinks.errors import PermanentSinkError, TemporarySinkError
 from oauthmail.sinks.maildir import MaildirSink, maildirHostname
@@ -239,6 +240,46 @@ async def test_non_bytes_is_permanent(tmp_path, reactor, threadpool):
     results = await sink.deliverBatch([("text", "a", "F"), (b"ok", "a", "F")])
     assert isinstance(results[0], PermanentSinkError)
     assert isinstance(results[1], str)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("syncfs", [None, "default"])
+async def test_a_batch_named_by_the_callers_digests_is_not_hashed_again(
+    tmp_path, reactor, threadpool, monkeypatch, syncfs
+):
+    """The watcher has each message's sha256 already: the files carry those, no second hash."""
+    import oauthmail.sinks.maildir as maildir
+
+    hashed: list[bytes] = []
+
+    def counting(message: bytes) -> str:
+        hashed.append(message)
+        return messageDigest(message)
+
+    monkeypatch.setattr(maildir, "messageDigest", counting)
+    kwargs = {} if syncfs == "default" else {"syncfs": None}
+    sink = makeSink(tmp_path, reactor, threadpool, **kwargs)
+    batch = [(b"one", "a", "F"), (b"two", "a", "F")]
+    results = await sink.deliverBatch(batch, digests=[messageDigest(b"one"), messageDigest(b"two")])
+    assert hashed == []
+    assert [os.path.basename(r).rsplit(",D=", 1)[1] for r in results] == [
+        messageDigest(b"one"),
+        messageDigest(b"two"),
+    ]
+    assert [open(r, "rb").read() for r in results] == [b"one", b"two"]
+    assert await sink.findDelivered([messageDigest(b"two")]) == {messageDigest(b"two")}
+    # Without them the sink hashes, as for any caller.
+    await sink.deliverBatch([(b"three", "a", "F")])
+    assert hashed == [b"three"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_digests_that_do_not_match_the_batch_are_refused(tmp_path, reactor, threadpool):
+    """One digest per message or none: a short list is the caller's bug, nothing is written."""
+    sink = makeSink(tmp_path, reactor, threadpool)
+    with pytest.raises(ValueError, match="1 digests for 2 messages"):
+        await sink.deliverBatch([(b"one", "a", "F"), (b"two", "a", "F")], digests=["x" * 64])
+    assert not os.path.exists(sink.path)
 
 
 @pytest_twisted.ensureDeferred

@@ -303,7 +303,7 @@ class PausingSink:
     def deliver(self, message, account, folder, beforeCommit=None):
         raise AssertionError("batches only")
 
-    def deliverBatch(self, messages, beforeCommit=None):
+    def deliverBatch(self, messages, beforeCommit=None, digests=None):
         self.hooks.append(beforeCommit)
         self.writing = defer.Deferred()
 

@@ -100,6 +100,8 @@ STALE_TMP_AGE = 24 * 3600.0
 #: What ``deliverBatch`` gives back for each message, in order: the final
 #: path in ``new/`` or the error that message met.
 BatchResult = Union[str, SinkError]
+#: A message on its way to a file: its bytes, and its digest if the caller knows it.
+Outgoing = tuple[bytes, str | None]
 
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -204,7 +206,7 @@ class MaildirSink:
         if not isinstance(message, bytes):
             return defer.fail(PermanentSinkError(f"{self.name}: a message must be bytes"))
         if beforeCommit is not None:
-            return self._writeBatch([message], beforeCommit).addCallback(_only)
+            return self._writeBatch([(message, None)], beforeCommit).addCallback(_only)
         waiter: defer.Deferred = defer.Deferred()
         self._queue.append((message, waiter))
         if not self._flushing and self._scheduled is None:
@@ -217,6 +219,7 @@ class MaildirSink:
         self,
         messages: Sequence[tuple[bytes, str, str]],
         beforeCommit: BeforeCommit = None,
+        digests: Sequence[str] | None = None,
     ) -> defer.Deferred:
         """Store many messages with one directory sync.
 
@@ -224,13 +227,17 @@ class MaildirSink:
         (``str``) or the :class:`SinkError` it met; one failed write does not
         fail the others. The Deferred itself fails only with what
         ``beforeCommit`` raised (then nothing of the batch is in ``new/``).
+        ``digests`` (see ``IBatchSink``) name the files without hashing each
+        message a second time.
         """
+        if digests is not None and len(digests) != len(messages):
+            return defer.fail(ValueError(f"{len(digests)} digests for {len(messages)} messages"))
         results: list[BatchResult | None] = [None] * len(messages)
         positions, payloads = [], []
         for index, (message, _account, _folder) in enumerate(messages):
             if isinstance(message, bytes):
                 positions.append(index)
-                payloads.append(message)
+                payloads.append((message, None if digests is None else digests[index]))
             else:
                 results[index] = PermanentSinkError(f"{self.name}: a message must be bytes")
 
@@ -257,16 +264,17 @@ class MaildirSink:
             if self._queue and self._scheduled is None:
                 self._scheduled = self._reactor.callLater(0, self._flush)
 
-        self._writeBatch([message for message, _ in batch]).addCallback(settle)
+        self._writeBatch([(message, None) for message, _ in batch]).addCallback(settle)
 
     def _writeBatch(
-        self, messages: list[bytes], beforeCommit: BeforeCommit = None
+        self, messages: list[Outgoing], beforeCommit: BeforeCommit = None
     ) -> defer.Deferred:
         """Write, sync and rename every message, then sync the directories once."""
         if not messages:
             return defer.succeed([])
-        # Each file's name (its sha256) is made on the pool, where hashing a large
-        # message lets go of the GIL: not on the reactor, which goes on fetching.
+        # Each file's name (its sha256, unless the caller knows it) is made on the
+        # pool, where hashing a large message lets go of the GIL: not on the
+        # reactor, which goes on fetching.
         if beforeCommit is not None:
             return self._writeConfirmed(messages, beforeCommit)
         if self._syncfs is not None:
@@ -298,7 +306,7 @@ class MaildirSink:
         return gathered.addCallback(commit).addErrback(self._unexpected, len(messages))
 
     def _writeConfirmed(
-        self, messages: list[bytes], beforeCommit: Callable[[], object]
+        self, messages: list[Outgoing], beforeCommit: Callable[[], object]
     ) -> defer.Deferred:
         """Steps 1-3 on the pool, step 4 (``beforeCommit``) here, steps 5-6 on the pool."""
         pool = self._threadpool
@@ -338,8 +346,8 @@ class MaildirSink:
         error = TemporarySinkError(f"{self.name}: unexpected {failure.type.__name__} while writing")
         return [error] * count
 
-    def _nameOf(self, message: bytes) -> str:
-        return self._uniqueName(messageDigest(message))
+    def _nameOf(self, message: bytes, digest: str | None = None) -> str:
+        return self._uniqueName(messageDigest(message) if digest is None else digest)
 
     def _uniqueName(self, digest: str) -> str:
         """``sec.MusecPpidQcounterRrandom.host,D=digest``: unique per the Maildir spec.
@@ -387,11 +395,11 @@ class MaildirSink:
 
     # -- on a pool thread ----------------------------------------------------
 
-    def _writeAndSyncfs(self, messages: list[bytes]) -> list[BatchResult]:
+    def _writeAndSyncfs(self, messages: list[Outgoing]) -> list[BatchResult]:
         """Steps 1-6 of the module docstring (no step 4): one ``syncfs`` for all files."""
         return self._publish(self._writeDurable(messages))
 
-    def _writeDurable(self, messages: list[bytes]) -> list[BatchResult]:
+    def _writeDurable(self, messages: list[Outgoing]) -> list[BatchResult]:
         """Steps 1-3: every file durable in ``tmp/``; its path there, or the error it met."""
         try:
             self._ensureDirectories()
@@ -404,7 +412,7 @@ class MaildirSink:
             error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
             return [error] * len(messages)
         try:
-            results = [self._writeTemporary(m, self._nameOf(m)) for m in messages]
+            results = [self._writeTemporary(m, self._nameOf(m, d)) for m, d in messages]
             written = [r for r in results if isinstance(r, str)]
             if written:
                 try:
@@ -468,14 +476,14 @@ class MaildirSink:
         self._discard(paths)
         return TemporarySinkError(f"{self.name}: {what}: {_describe(e)}")
 
-    def _writeChunk(self, messages: list[bytes], rename: bool = True) -> list[BatchResult]:
+    def _writeChunk(self, messages: list[Outgoing], rename: bool = True) -> list[BatchResult]:
         """Write and sync each file; rename it into ``new/`` too unless ``rename`` is False."""
         try:
             self._ensureDirectories()
         except OSError as e:
             error = TemporarySinkError(f"{self.name}: cannot create the Maildir: {_describe(e)}")
             return [error] * len(messages)
-        return [self._writeOne(m, self._nameOf(m), rename) for m in messages]
+        return [self._writeOne(m, self._nameOf(m, d), rename) for m, d in messages]
 
     def _writeOne(self, message: bytes, name: str, rename: bool = True) -> BatchResult:
         """Write and sync one file in ``tmp/``, then rename it into ``new/`` unless told not to."""

@@ -120,7 +120,7 @@ class BatchDelivery:
             await self.ledger.recordHanded(
                 account, folder, uidvalidity, [(uid, d) for uid, _, d in fresh]
             )
-            results = await self._deliver([body for _, body, _ in fresh])
+            results = await self._deliver([body for _, body, _ in fresh], [d for _, _, d in fresh])
             for (_, _, digest), error in zip(fresh, results, strict=True):
                 outcome[digest] = error
         temporary: list[int] = []
@@ -192,7 +192,7 @@ class BatchDelivery:
                     )
                 )
 
-    async def _deliver(self, bodies: list[bytes]) -> list[SinkError | None]:
+    async def _deliver(self, bodies: list[bytes], digests: list[str]) -> list[SinkError | None]:
         """The sink's verdict per message: None (taken durably) or the SinkError.
 
         Raises what the lease's confirmation raised when the sink asked it
@@ -200,7 +200,7 @@ class BatchDelivery:
         """
         lease = self.lease()
         if lease is None:
-            return await self._handOver(bodies, {}, [])
+            return await self._handOver(bodies, digests, {}, [])
         refused: list[Exception] = []
 
         def beforeCommit() -> None:
@@ -211,7 +211,9 @@ class BatchDelivery:
                 raise
 
         try:
-            verdicts = await self._handOver(bodies, {"beforeCommit": beforeCommit}, refused)
+            verdicts = await self._handOver(
+                bodies, digests, {"beforeCommit": beforeCommit}, refused
+            )
         except Exception:
             if refused:
                 raise refused[0] from None
@@ -221,13 +223,17 @@ class BatchDelivery:
         return verdicts
 
     async def _handOver(
-        self, bodies: list[bytes], hook: dict[str, Callable[[], None]], refused: list[Exception]
+        self,
+        bodies: list[bytes],
+        digests: list[str],
+        hook: dict[str, Callable[[], None]],
+        refused: list[Exception],
     ) -> list[SinkError | None]:
         account, folder = self.account, self.folder
         if IBatchSink.providedBy(self.sink):
             try:
                 results = await self.sink.deliverBatch(
-                    [(body, account, folder) for body in bodies], **hook
+                    [(body, account, folder) for body in bodies], digests=digests, **hook
                 )
             except SinkError as e:
                 return [e] * len(bodies)
