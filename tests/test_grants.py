@@ -468,7 +468,8 @@ _TEXT = st.text(
 
 
 @given(
-    refresh=_TEXT,
+    # Token-like strings too: those with only unreserved characters skip urllib's quoting.
+    refresh=_TEXT | st.from_regex(r"[A-Za-z0-9_.~/+= -]{1,60}", fullmatch=True),
     client_id=_TEXT.filter(bool),
     secret=st.none() | _TEXT,
     kind=st.sampled_from(["generic", "microsoft"]),

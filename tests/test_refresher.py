@@ -525,3 +525,39 @@ def test_aRefreshThatEndsWhileTheNextPassListsIsNotCountedTwice():
     second = "0 of 1 due token(s) refreshed, 0 failed, 0 skipped, 1 found fresh already, 0 still"
     assert any(second in s for s in summaries), summaries
     refresher.stopService()
+
+
+class _Refresher:
+    """What a pass's request slots look at on their refresher."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self._active = 0
+        self.peak_concurrency = 0
+
+
+def test_requestSlotsHandOutFreeSlotsAtOnceAndNoneOnceStopping():
+    """A free slot is taken at once; a stopping service gives none, free or awaited."""
+    from oauthmail.tokens.refresher import _RequestSlots
+
+    refresher = _Refresher()
+    slots = _RequestSlots(refresher, 2)
+    first, second = slots.acquire(), slots.acquire()
+    assert first.called and second.called
+    assert (refresher._active, refresher.peak_concurrency) == (2, 2)
+    waiting = slots.acquire()  # no slot free: it waits for one
+    assert not waiting.called
+    refresher.running = False
+    slots.release()  # the waiter gets the slot back and gives it up: the service stops
+    assert refresher._active == 1
+    failures = []
+    waiting.addErrback(failures.append)
+    assert failures and failures[0].check(defer.CancelledError)
+    stopped = slots.acquire()  # a free slot, but nothing more is sent
+    stopped.addErrback(failures.append)
+    assert len(failures) == 2 and failures[1].check(defer.CancelledError)
+    slots.release()
+    assert refresher._active == 0
+    refresher.running = True
+    again = [slots.acquire(), slots.acquire()]  # both slots were given back
+    assert all(d.called for d in again)

@@ -476,7 +476,13 @@ class _RequestSlots:
         self._semaphore = defer.DeferredSemaphore(size)
 
     def acquire(self) -> defer.Deferred[object]:
-        return self._semaphore.acquire().addCallback(self._acquired)
+        semaphore = self._semaphore
+        if semaphore.tokens:
+            # A free slot (the everyday case): taken at once, without a callback step.
+            if not self._refresher.running:
+                return defer.fail(defer.CancelledError("the token refresher is stopping"))
+            return self._acquired(semaphore.acquire())
+        return semaphore.acquire().addCallback(self._acquired)
 
     def _acquired(self, result: object) -> object:
         refresher = self._refresher

@@ -437,7 +437,7 @@ class TokenSource:
         the JSON parse; the refresher logs one summary per pass, failures are logged.
         """
         name = job.account.name
-        self._unsaved.forget(name)
+        self._unsaved.pop(name, None)  # forget() without the call: once per refresh
         self._not_before.pop(name, None)
         state = job.state
         d = self.condition.settled(name, state.state == "ok" and not state.last_error)
