@@ -76,8 +76,8 @@ MAX_RETRY_AFTER = 3600.0
 #: Access and refresh tokens longer than this are refused (real ones are a few KB).
 MAX_TOKEN_LENGTH = 64 * 1024
 
-#: RFC 6749 Appendix A: tokens are VSCHAR (%x20-7E).
-_VSCHAR = re.compile(r"[\x20-\x7e]+")
+#: RFC 6749 Appendix A: tokens are VSCHAR (%x20-7E); ours are at most MAX_TOKEN_LENGTH.
+_TOKEN = re.compile(rf"[\x20-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WHOLE = re.compile(r"[0-9]+")
 
@@ -277,11 +277,16 @@ def _tokenSet(
     params = _plainTokenAnswer(text)
     if params is None:
         params = _parsedByOauthlib(text, now, grant, hidden)
+    # _isToken written out (JSON makes plain str): every refresh comes through here.
     access = params.get("access_token")
-    if not _isToken(access):
+    if type(access) is not str or _TOKEN.fullmatch(access) is None:
         raise MalformedAnswer("no usable access_token")
     refresh = params.get("refresh_token")
-    if refresh is not None and refresh != "" and not _isToken(refresh):
+    if (
+        refresh is not None
+        and refresh != ""
+        and (type(refresh) is not str or _TOKEN.fullmatch(refresh) is None)
+    ):
         raise MalformedAnswer("refresh_token is not a usable token")
     seconds = params.get("expires_in")
     if type(seconds) is int and 0 < seconds <= ABSURD_LIFETIME:  # the everyday answer
@@ -311,11 +316,7 @@ def _tokenType(value: object) -> str:
 
 
 def _isToken(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_TOKEN_LENGTH
-        and _VSCHAR.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 def _lifetime(value: object) -> float | None:

@@ -423,7 +423,10 @@ class TokenSource:
             # Another node stored tokens since our first read: theirs are the live ones.
             job.record, job.pending = record, None
             job.refresh_token = refreshTokenOf(job.account, job.state, record, None)
-        grants = self._grantClientFor(job.account.profile)
+        profile = job.account.profile
+        grants = self._grants.get(profile.name)  # _grantClientFor's everyday answer
+        if grants is None or grants.profile is not profile:
+            grants = self._grantClientFor(profile)
         limiter = job.limiter
         if limiter is None:
             return self._request(None, grants, job, None)
