@@ -134,9 +134,7 @@ class RefreshByCompareAndSwap:
         changed meanwhile. Holding a store's one writing thread across a request
         to the provider would stop every other write for that long.
         """
-        if read is not None:  # every due refresh: straight on, one call fewer
-            return _refreshOn(read, self, account_id, refresh)
-        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh)
+        return refreshByCompareAndSwap(self, account_id, fresh_enough, refresh, read)
 
 
 def _refreshOn(

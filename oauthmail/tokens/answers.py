@@ -277,24 +277,14 @@ def _tokenSet(
     params = _plainTokenAnswer(text)
     if params is None:
         params = _parsedByOauthlib(text, now, grant, hidden)
-    # _isToken written out (JSON makes plain str): every refresh comes through here.
     access = params.get("access_token")
-    if type(access) is not str or _TOKEN.fullmatch(access) is None:
+    if not _isToken(access):
         raise MalformedAnswer("no usable access_token")
     refresh = params.get("refresh_token")
-    if (
-        refresh is not None
-        and refresh != ""
-        and (type(refresh) is not str or _TOKEN.fullmatch(refresh) is None)
-    ):
+    if refresh is not None and refresh != "" and not _isToken(refresh):
         raise MalformedAnswer("refresh_token is not a usable token")
-    seconds = params.get("expires_in")
-    if type(seconds) is int and 0 < seconds <= ABSURD_LIFETIME:  # the everyday answer
-        lifetime: float | None = min(max(float(seconds), MIN_LIFETIME), MAX_LIFETIME)
-    else:
-        lifetime = _lifetime(seconds)
+    lifetime = _lifetime(params.get("expires_in"))
     scope = params.get("scope")
-    kind = params.get("token_type")
     id_token = params.get("id_token")  # an unusable one is no answer to who consented
     return TokenSet(
         access_token=Secret(access),
@@ -303,7 +293,7 @@ def _tokenSet(
         scope=cleanText(" ".join(map(str, scope)), 2000)
         if isinstance(scope, list)
         else requested_scope,
-        token_type="Bearer" if kind == "Bearer" else _tokenType(kind),
+        token_type=_tokenType(params.get("token_type")),
         id_token=Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
 
@@ -324,8 +314,9 @@ def _lifetime(value: object) -> float | None:
 
     A float is cut to whole seconds and ``0`` means "no known expiry", as oauthlib
     reads them; everything that is not a plausible number of seconds is malformed.
-    (``_tokenSet`` reads the everyday whole number itself, without this call.)
     """
+    if type(value) is int and 0 < value <= ABSURD_LIFETIME:  # the everyday answer
+        return min(max(float(value), MIN_LIFETIME), MAX_LIFETIME)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):

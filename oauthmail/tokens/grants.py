@@ -286,7 +286,7 @@ class GrantClient:
         path once per token lifetime, and a coroutine's awaits cost more than the
         callbacks (bench/refresh). The errors are those of ``_tokenRequest``.
         """
-        head, tail, scope = self._refresh_form or self._refreshForm()
+        head, tail, scope = self._refreshForm()
         token = refresh_token.reveal()
         # What prepare_token_request("refresh_token", ...) builds (tests compare the
         # two), without re-encoding the client's fixed fields on every refresh.
@@ -307,10 +307,7 @@ class GrantClient:
             return defer.fail(e)
         except Exception as e:
             d = defer.fail(e)
-        # _hidden(refresh_token, access_token), without the call: once per refresh.
-        hidden = self._client_hidden + (
-            (refresh_token,) if access_token is None else (refresh_token, access_token)
-        )
+        hidden = self._hidden(refresh_token, access_token)
         return d.addCallbacks(
             self._classifyRefresh,
             _unreachable,

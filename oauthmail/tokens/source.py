@@ -423,10 +423,7 @@ class TokenSource:
             # Another node stored tokens since our first read: theirs are the live ones.
             job.record, job.pending = record, None
             job.refresh_token = refreshTokenOf(job.account, job.state, record, None)
-        profile = job.account.profile
-        grants = self._grants.get(profile.name)  # _grantClientFor's everyday answer
-        if grants is None or grants.profile is not profile:
-            grants = self._grantClientFor(profile)
+        grants = self._grantClientFor(job.account.profile)
         limiter = job.limiter
         if limiter is None:
             return self._request(None, grants, job, None)
@@ -440,7 +437,7 @@ class TokenSource:
         the JSON parse; the refresher logs one summary per pass, failures are logged.
         """
         name = job.account.name
-        self._unsaved.pop(name, None)  # forget() without the call: once per refresh
+        self._unsaved.forget(name)
         self._not_before.pop(name, None)
         state = job.state
         d = self.condition.settled(name, state.state == "ok" and not state.last_error)
