@@ -38,6 +38,7 @@ from oauthmail.config import ProfileConfig
 from oauthmail.http.agent import RoutingEndpointFactory, trustPolicy
 from oauthmail.http.body import Answer, BytesBody, HeaderMap, IncompleteAnswer, readBounded
 from oauthmail.http.body import ResponseTooLarge as TooLargeBody
+from oauthmail.http.deadlines import Deadlines
 from oauthmail.http.proxy import DIRECT, ProxySettings
 from oauthmail.interfaces import IHTTPTransport
 from oauthmail.loopback import isLoopbackHost
@@ -147,7 +148,8 @@ class AgentTransport:
         proxy: ProxySettings = DIRECT,
     ) -> None:
         self._clock = clock if clock is not None else reactor
-        self._timeout = timeout
+        # One timer for every request's deadline, not one DelayedCall per request.
+        self._deadlines = Deadlines(self._clock, timeout)
         self._max_body = max_body
         self.proxy = proxy
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
@@ -181,7 +183,7 @@ class AgentTransport:
         producer = BytesBody(body) if body is not None else None
         d = self._agent.request(method, url.encode("ascii"), raw, producer)
         d.addCallback(self._readResponse)
-        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timedOut)
+        self._deadlines.watch(d, self._timedOut)
         d.addErrback(self._describeFailure)
         return d
 
