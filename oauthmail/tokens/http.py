@@ -109,6 +109,10 @@ def hostHeader(scheme: bytes, host: bytes, port: int) -> bytes:
     return b"%b:%d" % (host, port)
 
 
+def _answer(body: bytes, status: int, headers: HeaderMap) -> HTTPResponse:
+    return HTTPResponse(status, headers, body)
+
+
 def _bodyFailure(failure: Failure) -> Failure:
     """The body reader's failures as this transport's: a :class:`TransportError`."""
     if failure.check(TooLargeBody):
@@ -213,10 +217,10 @@ class AgentTransport:
         return raw
 
     def _readResponse(self, response: IResponse) -> defer.Deferred[HTTPResponse]:
-        headers = HeaderMap(response.headers)
         finished = readBounded(response, self._max_body)
-        finished.addErrback(_bodyFailure)
-        return finished.addCallback(lambda body: HTTPResponse(response.code, headers, body))
+        return finished.addCallbacks(
+            _answer, _bodyFailure, callbackArgs=(response.code, HeaderMap(response.headers))
+        )
 
     def _timedOut(self, result: object, timeout: float) -> object:
         raise TransportError(f"no complete answer within {timeout:g} s")
