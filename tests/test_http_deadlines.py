@@ -169,3 +169,90 @@ def test_clockStepBackNeverEarly(step):
         clock.advance(1)
         assert not seen or before + 1 >= secondStart + 10
     assert seen[0].check(TimedOutError)
+
+
+@pytest.mark.parametrize(
+    ("secondAt", "answerAt"),
+    [
+        (3.0, 13 - 0.3e-6),  # a later request's deadline, just before it
+        (0.5e-6, 10.0 + 0.2e-6),  # two requests a fraction of a microsecond apart
+    ],
+)
+def test_neverEarlyEvenByAMicrosecond(secondAt, answerAt):
+    """An answer a hair before its request's deadline is an answer, as with ``addTimeout``."""
+    clock = Clock()
+    deadlines = Deadlines(clock, 10)
+    outcome(deadlines.watch(defer.Deferred(), onTimeout))
+    clock.advance(secondAt)
+    second = deadlines.watch(defer.Deferred(), onTimeout)
+    seen = outcome(second)
+    clock.advance(answerAt - clock.seconds())
+    assert seen == []
+    second.callback("answer")
+    assert seen == ["answer"]
+
+
+def test_aRaisingCancellerStopsNoOtherDeadline():
+    """One request whose canceller raises is logged; the next one still times out."""
+    clock = Clock()
+    deadlines = Deadlines(clock, 10)
+
+    def broken(d: defer.Deferred) -> None:
+        raise RuntimeError("canceller blew up")
+
+    deadlines.watch(defer.Deferred(broken), onTimeout)
+    clock.advance(1)
+    later = outcome(deadlines.watch(defer.Deferred(), onTimeout))
+    clock.advance(9)  # the first one's deadline: its canceller raises
+    clock.advance(1)  # the second one's
+    assert later[0].check(TimedOutError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_requestStartedAndEndedDuringExpiryLeavesNoTimer():
+    clock = Clock()
+    deadlines = Deadlines(clock, 10)
+    first = deadlines.watch(defer.Deferred(), onTimeout)
+    first.addErrback(lambda _: deadlines.watch(defer.succeed("at once"), onTimeout))
+    outcome(deadlines.watch(defer.Deferred(), onTimeout))
+    clock.advance(10)
+    assert len(deadlines) == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_timerCancelledFromOutside():
+    """A test's clean-up may cancel every pending call: the next request sets a new timer."""
+    clock = Clock()
+    deadlines = Deadlines(clock, 10)
+    first = deadlines.watch(defer.Deferred(), onTimeout)
+    for call in clock.getDelayedCalls():
+        call.cancel()
+    second = deadlines.watch(defer.Deferred(), onTimeout)
+    seen = [outcome(first), outcome(second)]
+    clock.advance(10)
+    assert seen[0][0].check(TimedOutError) and seen[1][0].check(TimedOutError)
+    answered = deadlines.watch(defer.Deferred(), onTimeout)
+    seen = outcome(answered)
+    for call in clock.getDelayedCalls():
+        call.cancel()
+    answered.callback("answer")  # no AlreadyCancelled from the dead timer
+    assert seen == ["answer"]
+
+
+def test_watchedTwiceIsRefused():
+    deadlines = Deadlines(Clock(), 10)
+    d = deadlines.watch(defer.Deferred(), onTimeout)
+    with pytest.raises(ValueError, match="watched already"):
+        deadlines.watch(d, onTimeout)
+
+
+def test_manyDueAtOnce():
+    """A burst that falls due together is cancelled in one pass, in sending order."""
+    clock = Clock()
+    deadlines = Deadlines(clock, 10)
+    order: list[int] = []
+    for i in range(2000):
+        deadlines.watch(defer.Deferred(), onTimeout).addErrback(lambda _, i=i: order.append(i))
+    clock.advance(10)
+    assert order == list(range(2000))
+    assert len(deadlines) == 0 and clock.getDelayedCalls() == []

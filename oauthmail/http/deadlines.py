@@ -24,18 +24,19 @@ which the requests were sent); it is never early.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 __all__ = ["Deadlines"]
 
-T = TypeVar("T")
+log = Logger()
 
-#: A deadline this close is due: ``now + (deadline - now)`` may fall a rounding short of it.
-_SLACK = 1e-6
+T = TypeVar("T")
 
 
 class Deadlines:
@@ -43,10 +44,15 @@ class Deadlines:
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self._clock = clock
-        self.timeout = timeout
+        self._timeout = timeout
         #: Deferreds in flight and their deadlines, earliest first (insertion order).
         self._due: dict[defer.Deferred[Any], float] = {}
         self._timer: IDelayedCall | None = None
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each request may take (fixed: the dictionary's order depends on it)."""
+        return self._timeout
 
     def __len__(self) -> int:
         """Requests watched and still in flight."""
@@ -56,34 +62,55 @@ class Deadlines:
         self, d: defer.Deferred[T], onTimeout: Callable[[Any, float], object]
     ) -> defer.Deferred[T]:
         """Time ``d`` out after ``timeout`` seconds: ``d.addTimeout(timeout, clock, onTimeout)``."""
-        self._due[d] = self._clock.seconds() + self.timeout
-        if self._timer is None:
-            self._timer = self._clock.callLater(self.timeout, self._expire)
+        if d in self._due:
+            raise ValueError("this Deferred is watched already")
+        now = self._clock.seconds()
+        self._due[d] = now + self._timeout
+        timer = self._timer
+        if timer is None or not timer.active():  # (a test's clean-up may cancel it)
+            self._arm(now)
         return d.addBoth(self._ended, d, onTimeout)
 
     def _ended(
         self, result: object, d: defer.Deferred[Any], onTimeout: Callable[[Any, float], object]
     ) -> object:
         if self._due.pop(d, None) is None:
-            return onTimeout(result, self.timeout)  # _expire took it out and cancelled it
-        if not self._due and self._timer is not None:
-            self._timer.cancel()  # nothing in flight: no timer left behind
-            self._timer = None
+            return onTimeout(result, self._timeout)  # _expire took it out and cancelled it
+        if not self._due:
+            self._disarm()  # nothing in flight: no timer left behind
         return result
 
     def _expire(self) -> None:
         self._timer = None
         now = self._clock.seconds()
-        due = self._due
-        while due:
-            d, deadline = next(iter(due.items()))
-            if deadline - now > _SLACK:
-                # A request cancelled above may have sent the next one (and set a timer).
-                if self._timer is not None:
-                    self._timer.cancel()
-                # Half the slack early: a rounding late would let an answer in after it.
-                wait = max(0.0, deadline - now - _SLACK / 2)
-                self._timer = self._clock.callLater(wait, self._expire)
-                return
-            del due[d]
-            d.cancel()
+        expired = []
+        for d, deadline in self._due.items():
+            if deadline > now:
+                break
+            expired.append(d)
+        for d in expired:
+            # A cancellation below may end others (or send new requests): go by the
+            # dictionary as it is now.
+            if self._due.pop(d, None) is None:
+                continue
+            try:
+                d.cancel()
+            except Exception:
+                log.failure("cancelling a request at its deadline failed")
+        self._disarm()
+        if self._due:
+            self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Set the one timer for the earliest deadline (never before it)."""
+        self._disarm()
+        deadline = next(iter(self._due.values()))
+        wait = max(0.0, deadline - now)
+        if wait and now + wait <= now:
+            wait = math.ulp(now)  # too small to move the clock: the next instant it can tell
+        self._timer = self._clock.callLater(wait, self._expire)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
