@@ -17,9 +17,10 @@ itself for the next one.
 The outcome is the same as ``addTimeout``'s: at its deadline a request is
 cancelled and ``onTimeout(result, timeout)`` gives its result (the
 ``CancelledError`` failure) instead; cancelled by its caller before that, it
-fails with ``CancelledError`` as it would have. A deadline may pass up to the
-size of a step back of the clock late (the dictionary's order is the order in
-which the requests were sent); it is never early.
+fails with ``CancelledError`` as it would have. A canceller that raises is
+logged, and the other requests' deadlines go on. A deadline is never early; it
+may pass late by up to the size of a step back of the clock (the dictionary's
+order is the order in which the requests were sent).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Deadlines:
         self._due[d] = now + self._timeout
         timer = self._timer
         if timer is None or not timer.active():  # (a test's clean-up may cancel it)
-            self._arm(now)
+            self._arm()
         return d.addBoth(self._ended, d, onTimeout)
 
     def _ended(
@@ -97,13 +98,15 @@ class Deadlines:
                 d.cancel()
             except Exception:
                 log.failure("cancelling a request at its deadline failed")
-        self._disarm()
         if self._due:
-            self._arm(now)
+            self._arm()
+        else:
+            self._disarm()  # one a cancellation above sent and ended at once
 
-    def _arm(self, now: float) -> None:
+    def _arm(self) -> None:
         """Set the one timer for the earliest deadline (never before it)."""
         self._disarm()
+        now = self._clock.seconds()  # the cancellations before may have taken a while
         deadline = next(iter(self._due.values()))
         wait = max(0.0, deadline - now)
         if wait and now + wait <= now:
