@@ -479,9 +479,10 @@ class _RequestSlots:
         semaphore = self._semaphore
         if semaphore.tokens:
             # A free slot (the everyday case): taken at once, without a callback step.
-            if not self._refresher.running:
-                return defer.fail(defer.CancelledError("the token refresher is stopping"))
-            return self._acquired(semaphore.acquire())
+            try:
+                return self._acquired(semaphore.acquire())
+            except defer.CancelledError:
+                return defer.fail()
         return semaphore.acquire().addCallback(self._acquired)
 
     def _acquired(self, result: object) -> object:
