@@ -43,8 +43,9 @@ def _queued(tmp_path: Path) -> list[tuple]:
     db = sqlite3.connect(tmp_path / "store.sqlite")
     try:
         return db.execute(
-            "SELECT o.account, o.mail_from, o.message, group_concat(r.recipient, ' ')"
+            "SELECT o.account, o.mail_from, c.message, group_concat(r.recipient, ' ')"
             " FROM outbound o JOIN outbound_recipients r ON r.message_id = o.id"
+            " JOIN outbound_content c ON c.id = o.id"
             " GROUP BY o.id ORDER BY r.position"
         ).fetchall()
     finally:

@@ -238,6 +238,13 @@ async def test_a_legacy_store_opens_and_keeps_every_row(tmp_path, cipher, versio
     try:
         old = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY 1")]
         assert old == [*range(1, version + 1), LEGACY_HANDOVER]
+        if version >= 3:
+            # Outbox migration 4 moved the content to its own table; the old column is empty.
+            moved = raw.execute(
+                "SELECT o.message, c.message FROM outbound AS o"
+                " JOIN outbound_content AS c ON c.id = o.id WHERE o.id = 'q1'"
+            ).fetchone()
+            assert moved == (b"", MESSAGE)
         applied = raw.execute("SELECT owner, version, applied_at FROM schema_migrations").fetchall()
         expected = {(s.owner, n) for s in SCHEMAS for n in range(1, s.latest + 1)}
         assert {(o, n) for o, n, _ in applied} == expected

@@ -280,8 +280,12 @@ def test_enqueue_stores_then_sends(storage):
     # The message as given, under oauthmail's trace line (and the Message-ID it lacked).
     assert stored.endswith(MESSAGE)
     if rig.storage.kind == "sqlite":
-        row = rig.storage.database.connection.execute("SELECT message, size FROM outbound")
-        assert tuple(row.fetchone()) == (stored, len(stored))
+        row = rig.storage.database.connection.execute(
+            "SELECT c.message, o.size, o.message FROM outbound AS o"
+            " JOIN outbound_content AS c ON c.id = o.id"
+        )
+        # The content in its own table (outbox migration 4); the old column stays empty.
+        assert tuple(row.fetchone()) == (stored, len(stored), b"")
     assert stored.startswith(f"Received: by localhost (oauthmail) id {message_id};".encode())
     done = rig.queue.whenDelivered(message_id)
     rig.queue.startService()
@@ -529,6 +533,7 @@ async def test_outbox_migrations_apply_to_a_file_without_them(tmp_path):
     await store.close()
     raw = sqlite3.connect(path)
     with raw:
+        raw.execute("DROP TABLE outbound_content")
         raw.execute("DROP TABLE outbound_recipients")
         raw.execute("DROP TABLE outbound")
         raw.execute("DELETE FROM schema_migrations WHERE owner = 'outbox'")

@@ -23,6 +23,9 @@ __all__ = ["HEADER_READ", "OutboxDoubt"]
 #: Bytes of a message read to find its header section (a longer header is not probed).
 HEADER_READ = 256 * 1024
 
+#: The first HEADER_READ bytes of a message's content (its header section, to search Sent by).
+_HEADER = "(SELECT substr(message, 1, ?) FROM outbound_content AS c WHERE c.id = outbound.id)"
+
 
 class OutboxDoubt:
     """The doubt writes of one backend's outbox; see the module docstring.
@@ -36,12 +39,12 @@ class OutboxDoubt:
         self._sql = dialect.sql
         self._rows = rows
         self._due = dialect.sql(
-            "SELECT id, substr(message, 1, ?), provider_accepted_at FROM outbound"  # noqa: S608
+            f"SELECT id, {_HEADER}, provider_accepted_at FROM outbound"  # noqa: S608
             " WHERE account = ? AND state = 'queued' AND in_doubt_since IS NOT NULL"
             f" AND next_attempt_at <= ? ORDER BY next_attempt_at, {arrival} LIMIT ?"
         )
         self._take = dialect.sql(
-            "SELECT id, substr(message, 1, ?), provider_accepted_at FROM outbound"  # noqa: S608
+            f"SELECT id, {_HEADER}, provider_accepted_at FROM outbound"  # noqa: S608
             " WHERE account = ? AND state = 'queued' AND in_doubt_since IS NOT NULL"
             f" AND next_attempt_at <= ? ORDER BY next_attempt_at, {arrival} LIMIT ?"
             " FOR UPDATE SKIP LOCKED"

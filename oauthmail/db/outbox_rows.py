@@ -110,7 +110,7 @@ class OutboxRows:
         return at
 
     def messageData(self, conn: Connection, message_id: str) -> bytes | None:
-        query = self._sql("SELECT message FROM outbound WHERE id = ?")
+        query = self._sql("SELECT message FROM outbound_content WHERE id = ?")
         row = conn.execute(query, (message_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -166,11 +166,15 @@ class OutboxRows:
                 message.id,
                 message.account,
                 message.mail_from,
-                message.data,
+                b"",  # the content goes to outbound_content (outbox migration 4)
                 len(message.data),
                 message.queued_at,
                 message.queued_at,
             ),
+        )
+        conn.execute(
+            self._sql("INSERT INTO outbound_content (id, message) VALUES (?, ?)"),
+            (message.id, message.data),
         )
         conn.cursor().executemany(
             self._sql(
@@ -338,7 +342,10 @@ class OutboxRows:
         if not failures:
             return  # every recipient has it: no report, and no need to read the content back
         account, mail_from, message = conn.execute(
-            self._sql("SELECT account, mail_from, message FROM outbound WHERE id = ?"),
+            self._sql(
+                "SELECT account, mail_from, (SELECT message FROM outbound_content AS c"
+                " WHERE c.id = outbound.id) FROM outbound WHERE id = ?"
+            ),
             (message_id,),
         ).fetchone()
         try:

@@ -94,6 +94,7 @@ TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ),
         "rowid",
     ),
+    ("outbound_content", ("id", "message"), "id"),
     (
         "outbound_recipients",
         ("message_id", "position", "recipient", "state", "last_code", "last_text"),

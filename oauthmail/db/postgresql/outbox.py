@@ -210,7 +210,9 @@ def _claimDue(
         " WHERE id IN (SELECT id FROM outbound WHERE account = %s AND state = 'queued'"
         " AND next_attempt_at <= %s AND in_doubt_since IS NULL"
         " ORDER BY next_attempt_at, created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, mail_from, message, next_attempt_at, created_at, seq, claim_token",
+        " RETURNING id, mail_from,"
+        " (SELECT message FROM outbound_content AS c WHERE c.id = outbound.id),"
+        " next_attempt_at, created_at, seq, claim_token",
         (node, expiry, account, now, limit),
     ).fetchall()
     if not rows:

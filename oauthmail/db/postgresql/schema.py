@@ -149,6 +149,17 @@ OUTBOX = OwnerSchema(
         # 3: each claim's own number: a node whose claim expired and was taken
         # back records no outcome over the next claim's (the fence of the queue).
         ("ALTER TABLE outbound ADD COLUMN claim_token BIGINT NOT NULL DEFAULT 0",),
+        # 4: the content in a table of its own, as in SQLite (where it keeps a
+        # state change from rewriting the body), so that both run the same SQL;
+        # outbound.message stays, empty, as it must in SQLite.
+        (
+            """CREATE TABLE outbound_content (
+                id TEXT PRIMARY KEY REFERENCES outbound (id) ON DELETE CASCADE,
+                message BYTEA NOT NULL
+            )""",
+            "INSERT INTO outbound_content (id, message) SELECT id, message FROM outbound",
+            "UPDATE outbound SET message = ''::bytea",
+        ),
     ),
 )
 

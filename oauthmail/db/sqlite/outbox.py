@@ -163,7 +163,8 @@ def _fetchDue(
     conn: sqlite3.Connection, account: str, now: float, limit: int, inTransaction: bool = False
 ) -> list[OutboxMessage]:
     rows = conn.execute(
-        "SELECT id, mail_from, message FROM outbound WHERE account = ? AND state = 'queued'"
+        "SELECT id, mail_from, (SELECT message FROM outbound_content AS c WHERE c.id = outbound.id)"
+        " FROM outbound WHERE account = ? AND state = 'queued'"
         " AND next_attempt_at <= ? AND in_doubt_since IS NULL"
         " ORDER BY next_attempt_at, created_at LIMIT ?",
         (account, now, limit),

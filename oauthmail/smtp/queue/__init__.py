@@ -1,7 +1,8 @@
 """The durable outbound queue: accepted mail is kept until the provider takes it or refuses it.
 
 Messages live in an :class:`~oauthmail.interfaces.IOutbox` (the SQLite one:
-tables ``outbound`` and ``outbound_recipients``, written in one transaction).
+tables ``outbound``, ``outbound_recipients`` and ``outbound_content``, written in one
+transaction; the content apart, so that a state change does not rewrite it).
 :meth:`OutboundQueue.enqueue` fires only once the outbox says the message is
 durable (SQLite: a ``COMMIT`` with ``synchronous = FULL``), so the message is
 on disk before the submission server answers ``250``.
