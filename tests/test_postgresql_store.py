@@ -180,6 +180,33 @@ async def test_a_newer_schema_is_refused(postgres_dsn):
 
 
 @pytest_twisted.ensureDeferred
+async def test_queued_content_moves_to_its_own_table(postgres_dsn):
+    """Outbox migration 4 on a queue written before it: the content moves, nothing is lost."""
+    key = generateKey()
+    opened = await openPostgreSQL(postgres_dsn, Clock(), key=key)
+    await opened.outbox.enqueue(entry("m1"))
+    data = await opened.outbox.messageData("m1")
+    await opened.close()
+    with psycopg.connect(postgres_dsn) as conn:  # back to outbox version 3: content in the row
+        conn.execute(
+            "UPDATE outbound SET message = c.message FROM outbound_content AS c"
+            " WHERE c.id = outbound.id"
+        )
+        conn.execute("DROP TABLE outbound_content")
+        conn.execute("DELETE FROM schema_migrations WHERE owner = 'outbox' AND version = 4")
+    opened = await openPostgreSQL(postgres_dsn, Clock(), key=key)
+    try:
+        assert await opened.outbox.messageData("m1") == data
+        (claimed,) = await opened.outbox.claimDue("alice", NOW + 100, 10)
+        assert claimed.data == data
+        with psycopg.connect(postgres_dsn) as conn:
+            (left,) = conn.execute("SELECT message FROM outbound WHERE id = 'm1'").fetchone()
+        assert bytes(left) == b""
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_calls_made_while_opening_wait_for_the_schema(postgres_dsn):
     """A call made before open() has finished runs once the tables exist."""
     database = PostgreSQLDatabase(postgres_dsn, reactor)
