@@ -13,6 +13,7 @@ from twisted.logger import Logger, formatEvent, globalLogPublisher
 
 from oauthmail.logs import QuietEndpoint, eventAsJSON, jsonObserver
 from oauthmail.secret import Secret
+from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionResult
 
 TOKEN = "ya29.LOG-canary-1f2e3d"
 
@@ -82,6 +83,38 @@ def test_sending_logs_one_short_line_per_message_with_its_queue_id(storage, line
     assert accepted.startswith("alice: ") and queue_id in accepted
     assert f"({len(rig.data(queue_id))} bytes, 1 recipient(s))" in accepted
     assert len(accepted) < 160
+
+
+class LingeringSender:
+    """Accepts each message, then asks for more and waits for the answer, as a session does."""
+
+    def send(self, account, token, messages, beforeData, onOutcome, more=None):
+        async def session():
+            result = SessionResult()
+            pending = list(messages)
+            while pending:
+                for message in pending:
+                    await defer.maybeDeferred(beforeData, message)
+                    ok = tuple(RecipientOutcome(r, 250, "2.0.0 ok") for r in message.recipients)
+                    outcome = MessageOutcome(message.id, 250, "2.0.0 ok", ok, True)
+                    result.outcomes.append(outcome)
+                    onOutcome(outcome)
+                pending = await more() if more is not None else []
+            return result
+
+        return defer.ensureDeferred(session())
+
+
+def test_each_message_is_logged_when_accepted_not_when_the_session_ends(storage, lines):
+    """A lingering session logs every accepted message at once; stopping it loses no line."""
+    rig = queue_rig.Rig(storage, sender=LingeringSender())
+    first = rig.enqueue("bob@example.net")
+    second = rig.enqueue("carol@example.net")  # wakes the session that lingers for more
+    accepted = [line for line in lines if "accepted by the provider" in line]
+    assert [first in accepted[0], second in accepted[1]] == [True, True]
+    # The clock has not moved: the session still lingers for more (0.5 s), and stops now.
+    rig.result(rig.queue.stopService())
+    assert [line for line in lines if "accepted by the provider" in line] == accepted
 
 
 def test_failed_for_good_line_is_short_and_names_the_account(storage, lines):

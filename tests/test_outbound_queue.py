@@ -207,6 +207,7 @@ class Rig:
         sent_folder=None,
         sent_check_delay=0.0,
         recorder=None,
+        sender=None,
     ):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -215,7 +216,7 @@ class Rig:
         self.store = MemoryTokenStore(self.clock)
         self.store.ensureAccount("alice", "generic")
         self.tokens = FakeTokens()
-        self.sender = FakeSender(*script)
+        self.sender = sender if sender is not None else FakeSender(*script)
         self.queue = OutboundQueue(
             self.outbox,
             self.tokens,

@@ -9,6 +9,8 @@ Rules a reader must not break:
   outcomes are unwritten (:meth:`OutcomeWriter.room`); recipients refused at
   ``RCPT`` are written first, so a copy found in Sent never counts for them.
 - The session returns only once every outcome it produced is written.
+- Each outcome is logged as the provider gives it, not when the session ends:
+  a session may last a thousand messages, or be stopped before it ends.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ async def sendSession(
         parts.notify,
     )
     loop.claimed = list(batch)
+    # The size of every message handed to this session, for its log line.
+    sizes = {m.id: len(m.data) for m in batch}
+
+    def outcomeKnown(outcome: AttemptOutcome) -> None:
+        writer.add(outcome)
+        _logOutcome(parts, account.name, outcome, sizes.pop(outcome.message_id, None))
 
     def beforeData(
         message: Any, refused: Sequence[RecipientReply] = ()
@@ -93,6 +101,7 @@ async def sendSession(
         def landed(result: Any) -> None:
             if not isinstance(result, Failure):
                 loop.claimed.extend(result)
+                sizes.update((m.id, len(m.data)) for m in result)
                 full[0] = len(result) >= limit
             if outer.called:
                 return
@@ -155,7 +164,7 @@ async def sendSession(
         return d
 
     loop.sending = parts.sender.send(
-        account, token, batch, beforeData=beforeData, onOutcome=writer.add, more=more
+        account, token, batch, beforeData=beforeData, onOutcome=outcomeKnown, more=more
     )
     try:
         result = await loop.sending
@@ -170,9 +179,6 @@ async def sendSession(
                 pending.cancel()
         await defer.DeferredList(claims + writes, consumeErrors=True)
         await writer.settled()
-    sizes = {m.id: len(m.data) for m in loop.claimed}
-    for outcome in result.outcomes:
-        _logOutcome(parts, account.name, outcome, sizes.get(outcome.message_id))
     return result
 
 
