@@ -10,33 +10,24 @@ adds to the write-ahead log (every synced commit flushes them), not times.
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
+from test_outbound_queue import Rig
+from test_outbox_group_commit import policy
 
 from oauthmail.db.sqlite.outbox import SQLiteOutbox
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome
-from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import OutboxEntry
 from oauthmail.testing.sqlite import InlineSQLiteDatabase
 
 NOW = 1000.0
+fired = Rig.result  # an inline database's Deferreds have fired by the time a call returns
 #: 64 KB of content: sixteen overflow pages of 4 KB, were they in the row.
 CONTENT = b"Subject: big\r\n\r\n" + b"x" * (64 * 1024) + b"\r\n"
 
 
 def entry(message_id: str) -> OutboxEntry:
     return OutboxEntry(message_id, "alice", "a@example.com", ("b@example.net",), CONTENT, NOW)
-
-
-def fired(d):
-    """The result of an inline database's Deferred (it has fired by now)."""
-    results: list = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.fixture
@@ -60,7 +51,6 @@ def outbox(tmp_path):
 def test_claim_and_outcome_do_not_rewrite_the_content(outbox):
     """Enqueueing writes the 64 KB once; the claim and the outcome write a few pages each."""
     box, pages, _ = outbox
-    policy = DeliveryPolicy(60.0, 3600.0, 86400.0, random.Random(1))
     before = pages()
     fired(box.enqueue(entry("m1")))
     enqueued = pages() - before
@@ -73,7 +63,7 @@ def test_claim_and_outcome_do_not_rewrite_the_content(outbox):
 
     before = pages()
     outcome = MessageOutcome("m1", 250, "ok", (RecipientOutcome("b@example.net", 250, "ok"),), True)
-    (status,) = fired(box.recordOutcomes([outcome], NOW + 1, policy))
+    (status,) = fired(box.recordOutcomes([outcome], NOW + 1, policy()))
     assert status.state == "sent"
     assert pages() - before <= 6
 

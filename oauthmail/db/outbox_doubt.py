@@ -12,7 +12,7 @@ each backend (PostgreSQL's claims differ).
 from __future__ import annotations
 
 from oauthmail.db.dialect import Connection, Dialect
-from oauthmail.db.outbox_rows import OutboxRows
+from oauthmail.db.outbox_rows import OutboxRows, content
 from oauthmail.interfaces import IDeliveryPolicy
 from oauthmail.mail.trace import headerBlock
 from oauthmail.smtp.queue.records import FOUND_IN_SENT, DeliveryStatus, DoubtfulMessage
@@ -24,7 +24,7 @@ __all__ = ["HEADER_READ", "OutboxDoubt"]
 HEADER_READ = 256 * 1024
 
 #: The first HEADER_READ bytes of a message's content (its header section, to search Sent by).
-_HEADER = "(SELECT substr(message, 1, ?) FROM outbound_content AS c WHERE c.id = outbound.id)"
+_HEADER = content("substr(message, 1, ?)")
 
 
 class OutboxDoubt:

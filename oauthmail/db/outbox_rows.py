@@ -28,10 +28,27 @@ from oauthmail.smtp.queue.records import (
 )
 from oauthmail.text import cleanText
 
-__all__ = ["OPEN", "Judged", "OutboxRows", "gaveUpReason", "judgeOutcome", "refusalState"]
+__all__ = [
+    "OPEN",
+    "Judged",
+    "OutboxRows",
+    "content",
+    "gaveUpReason",
+    "judgeOutcome",
+    "refusalState",
+]
 
 #: A recipient's states while the message may still reach it.
 OPEN = ("pending", "deferred")
+
+
+def content(expression: str = "message") -> str:
+    """SQL for ``expression`` of an ``outbound`` row's content, kept apart (outbox migration 4).
+
+    A scalar subquery, not a join: a statement that locks ``outbound`` rows
+    (``FOR UPDATE``) locks those alone.
+    """
+    return f"(SELECT {expression} FROM outbound_content AS c WHERE c.id = outbound.id)"  # noqa: S608
 
 
 def refusalState(reply: RecipientReply) -> str:
@@ -342,10 +359,7 @@ class OutboxRows:
         if not failures:
             return  # every recipient has it: no report, and no need to read the content back
         account, mail_from, message = conn.execute(
-            self._sql(
-                "SELECT account, mail_from, (SELECT message FROM outbound_content AS c"
-                " WHERE c.id = outbound.id) FROM outbound WHERE id = ?"
-            ),
+            self._sql(f"SELECT account, mail_from, {content()} FROM outbound WHERE id = ?"),  # noqa: S608
             (message_id,),
         ).fetchone()
         try:

@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from oauthmail.db.outbox_rows import content
 from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.postgresql.database import IPostgreSQLDatabase
 from oauthmail.db.postgresql.outbox_doubt import reclaimExpired, recover
@@ -205,14 +206,12 @@ def _claimDue(
     """
     _unsynced(conn)
     rows = conn.execute(
-        "UPDATE outbound SET state = 'sending', claimed_by = %s, claim_token = claim_token + 1,"
+        "UPDATE outbound SET state = 'sending', claimed_by = %s, claim_token = claim_token + 1,"  # noqa: S608
         " claim_expires = now() + make_interval(secs => %s)"
         " WHERE id IN (SELECT id FROM outbound WHERE account = %s AND state = 'queued'"
         " AND next_attempt_at <= %s AND in_doubt_since IS NULL"
         " ORDER BY next_attempt_at, created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, mail_from,"
-        " (SELECT message FROM outbound_content AS c WHERE c.id = outbound.id),"
-        " next_attempt_at, created_at, seq, claim_token",
+        f" RETURNING id, mail_from, {content()}, next_attempt_at, created_at, seq, claim_token",
         (node, expiry, account, now, limit),
     ).fetchall()
     if not rows:

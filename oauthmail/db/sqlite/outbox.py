@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from oauthmail.db.batch import Batcher
+from oauthmail.db.outbox_rows import content
 from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.sqlite.connection import isUnwritable, sqliteError, transaction, unsynced
 from oauthmail.db.sqlite.database import ISQLiteDatabase
@@ -163,8 +164,7 @@ def _fetchDue(
     conn: sqlite3.Connection, account: str, now: float, limit: int, inTransaction: bool = False
 ) -> list[OutboxMessage]:
     rows = conn.execute(
-        "SELECT id, mail_from, (SELECT message FROM outbound_content AS c WHERE c.id = outbound.id)"
-        " FROM outbound WHERE account = ? AND state = 'queued'"
+        f"SELECT id, mail_from, {content()} FROM outbound WHERE account = ? AND state = 'queued'"  # noqa: S608
         " AND next_attempt_at <= ? AND in_doubt_since IS NULL"
         " ORDER BY next_attempt_at, created_at LIMIT ?",
         (account, now, limit),
