@@ -39,6 +39,7 @@ from oauthmail.db.open import Stores
 from oauthmail.health import PART_TOKENS, AccountHealth, imapPart
 from oauthmail.interfaces import IClosable, ITokenStore
 from oauthmail.listeners import LateFactory, StartupError, bindEarly
+from oauthmail.logs import writeLinesWith
 from oauthmail.text import describeFailure
 
 __all__ = ["OAuthMailService", "StartupError"]
@@ -134,6 +135,7 @@ class OAuthMailService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        writeLinesWith(self.reactor)  # twistd's log lines (--logger oauthmail.logs.*) batch now
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addErrback(self._startFailed)
 
@@ -438,4 +440,5 @@ class OAuthMailService(MultiService):
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: defer.ensureDeferred(self._stop()))
+        d.addBoth(lambda result: (writeLinesWith(None), result)[1])
         return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,14 +88,27 @@ def test_twistd_lists_the_plugin() -> None:
     assert "--config" in out
 
 
-def test_daemon_serves_console_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """The daemon serves the console with every account and shuts down cleanly on SIGTERM."""
+#: twistd's text lines: ``2026-12-05T12:00:00+0000 [namespace#level] text``.
+CLASSIC_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] ")
+
+
+@pytest.mark.parametrize(
+    "logger",
+    [[], ["--logger", "oauthmail.logs.textLogger"]],
+    ids=["twistd-observer", "as-scripts-run"],
+)
+def test_daemon_serves_console_and_stops_on_sigterm(tmp_path: Path, logger: list[str]) -> None:
+    """The daemon serves the console with every account and shuts down cleanly on SIGTERM.
+
+    Started as ``scripts/run`` starts it (our text observer) or plainly: the same
+    lines either way, each in twistd's format, none lost at the stop.
+    """
     port = _freePort()
     config = _writeConfig(tmp_path, port)
     log = tmp_path / "twistd.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+            [*TWISTD, "--nodaemon", "--pidfile=", *logger, "oauthmail", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(),
@@ -125,6 +139,9 @@ def test_daemon_serves_console_and_stops_on_sigterm(tmp_path: Path) -> None:
     output = log.read_text()
     assert "Server Shut Down." in output
     assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line and not line.startswith("\t")]
+    assert lines and all(CLASSIC_LINE.match(line) for line in lines), output
+    assert any("[oauthmail." in line for line in lines), output
 
 
 def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
