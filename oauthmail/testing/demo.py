@@ -251,6 +251,8 @@ class Demo:
             "from twisted.scripts.twistd import run; run()",
             "--nodaemon",
             "--pidfile=",
+            "--logger",
+            "oauthmail.logs.textLogger",  # as scripts/run starts it
             "oauthmail",
             "--config",
             str(self.config),
