@@ -190,6 +190,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             provider.issueTokens(SENDER, _rig.CLIENT_ID),
             options.profile,
             workdir / "oauthmail.log",
+            twistedLog=options.twisted_log,
         )
         port = await threads.deferToThread(daemon.waitReady)
         ours = await sendAndTime(

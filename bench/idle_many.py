@@ -120,7 +120,9 @@ def runDaemon() -> int:
     figures), then ``cpu`` for each ``cpu SECONDS`` command, and at EOF the
     service is stopped.
     """
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
+
+    from oauthmail.logs import textObserver
 
     params = json.loads(sys.stdin.readline())
 
@@ -134,8 +136,9 @@ def runDaemon() -> int:
         from oauthmail.service import OAuthMailService
         from oauthmail.tokens.records import TokenSet
 
+        # As scripts/run has twistd log (--logger oauthmail.logs.textLogger).
         logFile = open(params["log"], "a", encoding="utf-8")  # kept open for the whole run
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
+        globalLogBeginner.beginLoggingTo([textObserver(logFile, reactor)], redirectStandardIO=False)
         config = loadConfig(params["config"])
         stores = await openStores(config.store, reactor, reactor)
         for name, tokens in params["tokens"].items():

@@ -134,6 +134,8 @@ def runDaemon() -> int:
     """
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from oauthmail.logs import textObserver
+
     params = json.loads(sys.stdin.readline())
 
     async def main(reactor: Any) -> None:
@@ -142,9 +144,15 @@ def runDaemon() -> int:
         from oauthmail.service import OAuthMailService
         from oauthmail.tokens.records import TokenSet
 
-        # Log to a file, as ``twistd`` does: the log lines are part of the cost.
+        # Log to a file as ``scripts/run`` has twistd do it (``--logger
+        # oauthmail.logs.textLogger``), or with Twisted's own observer (plain
+        # ``twistd oauthmail``): the log lines are part of the cost.
         logFile = open(params["log"], "a", encoding="utf-8")  # kept open for the whole run
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
+        if params.get("twisted_log"):
+            observer = textFileLogObserver(logFile)
+        else:
+            observer = textObserver(logFile, reactor)
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
         service = OAuthMailService(loadConfig(params["config"]), reactor)
         service.startService()
         await service.whenReady()
@@ -251,7 +259,12 @@ class DaemonProcess:
     """The parent's handle on the daemon child."""
 
     def __init__(
-        self, configPath: Path, tokens: dict[str, Any], profile: str | None, log: Path
+        self,
+        configPath: Path,
+        tokens: dict[str, Any],
+        profile: str | None,
+        log: Path,
+        twistedLog: bool = False,
     ) -> None:
         self._proc = subprocess.Popen(
             [_rig.PYTHON, "-m", "bench.smtp_relay", "--role", "daemon"],
@@ -265,6 +278,7 @@ class DaemonProcess:
             "tokens": tokens,
             "profile": profile,
             "log": str(log),
+            "twisted_log": twistedLog,
         }
         self._proc.stdin.write(json.dumps(payload) + "\n")
         self._proc.stdin.flush()
@@ -347,7 +361,11 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         configPath = workdir / "oauthmail.yaml"
         writeConfig(configPath, rig, workdir)
         daemon = DaemonProcess(
-            configPath, rig.issueTokens(SENDER), options.profile, workdir / "oauthmail.log"
+            configPath,
+            rig.issueTokens(SENDER),
+            options.profile,
+            workdir / "oauthmail.log",
+            twistedLog=options.twisted_log,
         )
         port = await threads.deferToThread(daemon.waitReady)
         ours = await sendAndTime(
@@ -450,6 +468,12 @@ def relayArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES} messages only")
     parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
+    parser.add_argument(
+        "--twisted-log",
+        action="store_true",
+        help="log with Twisted's own text observer (plain twistd) instead of"
+        " oauthmail.logs.textObserver (what scripts/run has twistd use)",
+    )
     parser.add_argument(
         "--busy",
         action="store_true",
