@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import sys
 import threading
 from collections.abc import Callable
@@ -196,7 +197,7 @@ class LineWriter:
         self._timer: IDelayedCall | None = None
         # Events may be logged from other threads: their lines go out at once,
         # and only the clock's thread sets timers.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a stream that logs as it writes must not deadlock
         self._clock: IReactorTime | None = None
         self._thread = 0
         self.useClock(clock)
@@ -254,10 +255,16 @@ _SECOND_STAMP: list[Any] = [None, "-"]
 
 
 def _secondStamp(when: float | None) -> str:
-    """``formatTime`` of the second ``when`` is in, formatted once per second."""
+    """``formatTime(when)``, formatted once per second.
+
+    The second is the one ``datetime.fromtimestamp`` shows: it rounds to the
+    microsecond, half to even, so 1.9999995 is already second 2.
+    """
     if when is None:
         return "-"
-    second = int(when)
+    fraction, whole = math.modf(when)
+    micro = round(fraction * 1e6)
+    second = int(whole) + (1 if micro >= 1_000_000 else -1 if micro < 0 else 0)
     if _SECOND_STAMP[0] != second:
         _SECOND_STAMP[1] = formatTime(second)
         _SECOND_STAMP[0] = second

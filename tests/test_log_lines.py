@@ -6,7 +6,7 @@ import io
 import threading
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -51,6 +51,8 @@ EVENTS = [
     {"log_format": "indexed {d[k]} {x:.2f}", "d": {"k": "v"}, "x": 1.5},
     {"log_format": "failed", "log_failure": Failure(ValueError("boom"))},
     {"log_format": "no time or namespace", "log_time": None},
+    {"log_format": "rounds up to the next second", "log_time": 1.9999995231628418},
+    {"log_format": "before 1970", "log_time": -1.25},
 ]
 
 
@@ -71,6 +73,7 @@ _PIECE = st.one_of(
 )
 
 
+@settings(max_examples=500)
 @given(
     pieces=st.lists(_PIECE, max_size=8),
     fields=st.dictionaries(_FIELD, _VALUE, max_size=4),
