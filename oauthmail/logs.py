@@ -230,8 +230,10 @@ class LineWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            if self._timer.active() and threading.get_ident() == self._thread:
+        # The timer belongs to the clock's thread; a flush from another leaves it
+        # armed (it then finds nothing, or later lines, to write).
+        if self._timer is not None and threading.get_ident() == self._thread:
+            if self._timer.active():
                 self._timer.cancel()
             self._timer = None
         if not self._pending:
@@ -251,7 +253,9 @@ class LineWriter:
                 self._pending, self._size = [], 0
 
 
-_SECOND_STAMP: list[Any] = [None, "-"]
+#: The last second formatted and its text, replaced as one value (lines may come
+#: from several threads).
+_last_second: tuple[int | None, str] = (None, "-")
 
 
 def _secondStamp(when: float | None) -> str:
@@ -265,10 +269,12 @@ def _secondStamp(when: float | None) -> str:
     fraction, whole = math.modf(when)
     micro = round(fraction * 1e6)
     second = int(whole) + (1 if micro >= 1_000_000 else -1 if micro < 0 else 0)
-    if _SECOND_STAMP[0] != second:
-        _SECOND_STAMP[1] = formatTime(second)
-        _SECOND_STAMP[0] = second
-    return _SECOND_STAMP[1]
+    global _last_second
+    cached, text = _last_second
+    if cached != second:
+        text = formatTime(second)
+        _last_second = (second, text)
+    return text
 
 
 def classicLine(event: dict[str, Any]) -> str | None:

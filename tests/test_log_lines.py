@@ -146,6 +146,13 @@ def test_a_line_from_another_thread_is_written_at_once():
     worker.start()
     worker.join()
     assert out.getvalue() == "reactor\nworker\n"
+    # The reactor's timer is still its own and still armed: the next reactor line
+    # waits for it rather than arming a second one.
+    writer.write("later\n")
+    assert out.getvalue() == "reactor\nworker\n" and len(clock.getDelayedCalls()) == 1
+    clock.advance(FLUSH_DELAY)
+    assert out.getvalue().endswith("worker\nlater\n") and out.flushes == 2
+    assert not clock.getDelayedCalls()
 
 
 def test_a_stream_that_fails_at_the_timer_drops_its_lines_quietly():
