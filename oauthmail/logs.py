@@ -124,13 +124,9 @@ def eventAsJSON(event: dict[str, Any]) -> str:
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def jsonObserver(stream: IO[str] | None = None, clock: IReactorTime | None = None) -> ILogObserver:
-    """An observer writing one JSON object per event to ``stream`` (stdout by default).
-
-    Without a ``clock`` every line is written at once; with one, through a
-    :class:`LineWriter`.
-    """
-    writer = LineWriter(stream if stream is not None else sys.stdout, clock)
+def jsonObserver(stream: IO[str] | None = None) -> ILogObserver:
+    """An observer writing one JSON object per event to ``stream`` (stdout by default), at once."""
+    writer = LineWriter(stream if stream is not None else sys.stdout, None)
     return _observer(lambda event: eventAsJSON(event) + "\n", writer)
 
 
