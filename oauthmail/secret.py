@@ -19,10 +19,11 @@ class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
-        if isinstance(value, Secret):
-            value = value.reveal()
-        if not isinstance(value, str):
-            raise TypeError("Secret wraps a str")
+        if type(value) is not str:  # one check for the everyday case (every token read)
+            if isinstance(value, Secret):
+                value = value.reveal()
+            elif not isinstance(value, str):
+                raise TypeError("Secret wraps a str")
         self._value = value
 
     def reveal(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -254,6 +255,52 @@ def test_echoedSecretsNeverInErrors(status, field):
     text = str(info.value) + repr(info.value)
     for secret in SECRETS:
         assert secret not in text and quote_plus(secret) not in text
+
+
+# -- tokens and scopes ----------------------------------------------------------------------
+
+#: RFC 6749 Appendix A (A.12, A.17): a token is 1*VSCHAR, VSCHAR = %x20-7E.
+_VSCHAR_TOKEN = re.compile(r"[\x20-\x7e]+")
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=60) | st.text(alphabet=st.characters(max_codepoint=0x80), max_size=60))
+def test_a_token_is_what_rfc_6749_calls_vschar(text):
+    """The check without a regular expression (isascii and isprintable) is the RFC's rule."""
+    body = json.dumps({"access_token": text, "expires_in": 3600}).encode()
+    try:
+        tokens = classifyTokenResponse(HTTPResponse(200, {}, body), "refresh_token", NOW)
+    except MalformedAnswer:
+        assert _VSCHAR_TOKEN.fullmatch(text) is None
+    else:
+        assert _VSCHAR_TOKEN.fullmatch(text) is not None
+        assert tokens.access_token.reveal() == text
+
+
+def test_a_token_longer_than_the_limit_is_refused():
+    body = json.dumps({"access_token": "a" * (MAX_TOKEN_LENGTH + 1)}).encode()
+    with pytest.raises(MalformedAnswer):
+        classifyTokenResponse(HTTPResponse(200, {}, body), "refresh_token", NOW)
+    body = json.dumps({"access_token": "a" * MAX_TOKEN_LENGTH}).encode()
+    assert classifyTokenResponse(HTTPResponse(200, {}, body), "refresh_token", NOW).access_token
+
+
+@pytest.mark.parametrize(
+    ("granted", "stored"),
+    [
+        ("mail", "mail"),  # what we asked for, as it is
+        ("mail  offline", "mail offline"),  # anything else is cleaned
+        ("mail\x07bell", "mail bell"),
+        (None, "mail"),  # no scope in the answer: what we asked for
+    ],
+)
+def test_the_granted_scope_is_stored_clean(granted, stored):
+    answer = {"access_token": "A", "expires_in": 3600}
+    if granted is not None:
+        answer["scope"] = granted
+    body = json.dumps(answer).encode()
+    tokens = classifyTokenResponse(HTTPResponse(200, {}, body), "refresh_token", NOW, "mail")
+    assert tokens.scope == stored
 
 
 # -- fuzzing: nothing but a sane TokenSet or a TokenError ----------------------------------

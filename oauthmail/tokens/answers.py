@@ -76,8 +76,6 @@ MAX_RETRY_AFTER = 3600.0
 #: Access and refresh tokens longer than this are refused (real ones are a few KB).
 MAX_TOKEN_LENGTH = 64 * 1024
 
-#: RFC 6749 Appendix A: tokens are VSCHAR (%x20-7E); ours are at most MAX_TOKEN_LENGTH.
-_TOKEN = re.compile(rf"[\x20-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WHOLE = re.compile(r"[0-9]+")
 
@@ -277,24 +275,35 @@ def _tokenSet(
     params = _plainTokenAnswer(text)
     if params is None:
         params = _parsedByOauthlib(text, now, grant, hidden)
-    access = params.get("access_token")
+    get = params.get
+    access = get("access_token")
     if not _isToken(access):
         raise MalformedAnswer("no usable access_token")
-    refresh = params.get("refresh_token")
+    refresh = get("refresh_token")
     if refresh is not None and refresh != "" and not _isToken(refresh):
         raise MalformedAnswer("refresh_token is not a usable token")
-    lifetime = _lifetime(params.get("expires_in"))
-    scope = params.get("scope")
-    id_token = params.get("id_token")  # an unusable one is no answer to who consented
+    expires_in = get("expires_in")
+    if type(expires_in) is int and 0 < expires_in <= ABSURD_LIFETIME:  # the everyday answer
+        lifetime: float | None = min(max(float(expires_in), MIN_LIFETIME), MAX_LIFETIME)
+    else:
+        lifetime = _lifetime(expires_in)
+    scope = get("scope")
+    if isinstance(scope, list):
+        granted = " ".join(map(str, scope))
+        # What we asked for (our configuration) needs no cleaning; anything else does.
+        scope = granted if granted == requested_scope else cleanText(granted, 2000)
+    else:
+        scope = requested_scope
+    id_token = get("id_token")  # an unusable one is no answer to who consented
+    token_type = get("token_type")
+    # Positional: this runs once per refresh of every account (bench/refresh).
     return TokenSet(
-        access_token=Secret(access),
-        expires_at=now + lifetime if lifetime is not None else None,
-        refresh_token=Secret(refresh) if refresh else None,
-        scope=cleanText(" ".join(map(str, scope)), 2000)
-        if isinstance(scope, list)
-        else requested_scope,
-        token_type=_tokenType(params.get("token_type")),
-        id_token=Secret(id_token) if id_token is not None and _isToken(id_token) else None,
+        Secret(access),
+        None if lifetime is None else now + lifetime,
+        Secret(refresh) if refresh else None,
+        scope,
+        "Bearer" if token_type == "Bearer" else _tokenType(token_type),
+        Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
 
 
@@ -306,7 +315,17 @@ def _tokenType(value: object) -> str:
 
 
 def _isToken(value: object) -> bool:
-    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+    """RFC 6749 VSCHAR (%x20-7E), 1 to ``MAX_TOKEN_LENGTH`` characters.
+
+    For ASCII text ``isprintable`` is exactly %x20-7E; no regular expression
+    is needed (two per refresh).
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TOKEN_LENGTH
+        and value.isascii()
+        and value.isprintable()
+    )
 
 
 def _lifetime(value: object) -> float | None:
