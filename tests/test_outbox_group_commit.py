@@ -1,7 +1,9 @@
 """The SQLite outbox's group commit: hot writes asked for together share one transaction.
 
-The database here runs each call only when the test releases it, so the test
-decides what is "in the writing thread" while other writes are asked for.
+The database here runs each call only when the test says so, so the test
+decides what is "in the writing thread" while other writes are asked for:
+:meth:`HeldDatabase.start` runs the oldest call (the thread took it) and keeps
+its result from the reactor until :meth:`HeldDatabase.finish`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ class HeldDatabase:
     def __init__(self, path: str) -> None:
         self.inner = InlineSQLiteDatabase(path)
         self.path = path
+        #: Calls handed to the writing thread and not started yet, oldest first.
         self.held: list[tuple[object, tuple, defer.Deferred]] = []
+        #: Calls the thread ran whose results have not reached the reactor yet.
+        self.running: list[tuple[defer.Deferred, defer.Deferred]] = []
         self.statements: list[str] = []
         self.inner.connection.set_trace_callback(self.statements.append)
 
@@ -42,10 +47,20 @@ class HeldDatabase:
     def runRead(self, func, *args):
         return self.inner.runRead(func, *args)
 
-    def release(self) -> None:
-        """Run the oldest held call now."""
+    def start(self) -> None:
+        """The thread runs the oldest held call now; its result waits for :meth:`finish`."""
         func, args, d = self.held.pop(0)
-        self.inner.runWrite(func, *args).chainDeferred(d)
+        self.running.append((self.inner.runWrite(func, *args), d))
+
+    def finish(self) -> None:
+        """The oldest started call's result reaches the reactor."""
+        result, d = self.running.pop(0)
+        result.chainDeferred(d)
+
+    def release(self) -> None:
+        """Run the oldest held call now, and hand its result back."""
+        self.start()
+        self.finish()
 
     def count(self, prefix: str) -> int:
         return sum(1 for s in self.statements if s.startswith(prefix))
@@ -97,14 +112,17 @@ def test_an_enqueue_and_waiting_outcomes_share_one_synced_commit(held):
     assert first.result is None
     # m1's outcome comes back while m2 is being stored; m3 and the outcome wait together.
     second = outbox.enqueue(entry("m2"))
+    held.statements.clear()
+    held.start()  # m2 alone, in the thread
     recorded = outbox.recordOutcomes([sent("m1")], NOW + 2, policy())
     third = outbox.enqueue(entry("m3"))
+    # The next batch is in the thread's queue before m2's result is back: no round
+    # trip through the reactor between the two.
     assert len(held.held) == 1
-    held.statements.clear()
-    held.release()  # m2 alone
+    assert not second.called and not recorded.called and not third.called
+    held.finish()
     assert second.result is None and not recorded.called and not third.called
-    assert len(held.held) == 1  # the outcome and m3, as one batch
-    held.release()
+    held.release()  # the outcome and m3, as one batch
     assert held.count("COMMIT") == 2  # m2's, then the batch's one
     assert held.count("PRAGMA synchronous = NORMAL") == 0  # the batch was synced: m3 is in it
     assert third.result is None
@@ -133,9 +151,10 @@ def test_one_failing_write_fails_alone_and_is_undone(held):
     """In a shared batch, a write that fails for its own reason changes nothing and fails alone."""
     outbox = SQLiteOutbox(held)
     outbox.enqueue(entry("m0"))
+    held.start()
     duplicate = outbox.enqueue(entry("m0"))  # the same id again: its INSERT fails
     fine = outbox.enqueue(entry("m1"))
-    held.release()
+    held.finish()
     held.release()  # the duplicate and m1 together
     assert fine.result is None
     failure = failureOf(duplicate)
@@ -159,8 +178,9 @@ def test_an_unwritable_file_fails_the_whole_batch(held, monkeypatch):
     monkeypatch.setattr(module.ROWS, "insert", insert)
     outbox = SQLiteOutbox(held)
     outbox.enqueue(entry("m0"))
+    held.start()
     doomed = [outbox.enqueue(entry(f"m{i}")) for i in (1, 2)]
-    held.release()
+    held.finish()
     held.release()
     for d in doomed:
         assert failureOf(d).check(StoreUnwritable)

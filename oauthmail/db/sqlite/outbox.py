@@ -14,9 +14,10 @@ Durability, as the queue's rules need it (see :mod:`oauthmail.smtp.queue`):
   synced commit, and such a message is simply ``queued`` again.
 
 Group commit: the hot writes (``enqueue``, ``claimDue``, ``recordOutcomes``)
-go through one :class:`~oauthmail.db.batch.Batcher`. A lone write goes at
-once; the writes asked for while a batch is in the writing thread go
-together next, in ONE transaction, synced if any of them must be (so an
+go through one :class:`~oauthmail.db.batch.PipelinedBatcher`. A lone write
+goes at once; the writes asked for while a batch is in the writing thread go
+together next, in ONE transaction that the thread starts as soon as the
+batch before ends, synced if any of them must be (so an
 enqueue and the outcomes waiting beside it share one fsync), each in a
 savepoint of its own so that one failing for a reason of its own is undone
 and failed alone. An error that says the file cannot be written fails the
@@ -35,7 +36,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oauthmail.db.batch import Batcher
+from oauthmail.db.batch import PipelinedBatcher
 from oauthmail.db.outbox_rows import content
 from oauthmail.db.outboxstore import StoredOutbox
 from oauthmail.db.sqlite.connection import isUnwritable, sqliteError, transaction, unsynced
@@ -66,7 +67,9 @@ class SQLiteOutbox(StoredOutbox):
     def __init__(self, database: ISQLiteDatabase) -> None:
         super().__init__(database, QUERIES, database.path)
         convert = sqliteError(database.path)
-        self._writes = Batcher(database.runWrite, lambda conn, ops: _writeBatch(conn, ops, convert))
+        self._writes = PipelinedBatcher(
+            database.runWrite, lambda conn, ops: _writeBatch(conn, ops, convert)
+        )
 
     def _read(self, func: Callable[..., T], *args: object) -> defer.Deferred[T]:
         """In the writing thread: a read follows every write asked for before it."""
