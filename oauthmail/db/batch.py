@@ -89,7 +89,7 @@ class _Job:
         self.taken: list[tuple[Any, defer.Deferred[Any]]] | None = None
 
 
-class PipelinedBatcher:
+class PipelinedBatcher(Batcher):
     """Like :class:`Batcher`, but the next batch is in the thread's queue at once.
 
     ``run`` must run its calls one at a time, in the order given, each once
@@ -103,11 +103,9 @@ class PipelinedBatcher:
         run: Callable[..., defer.Deferred[list[Any]]],
         batch: Callable[..., list[Any]],
     ) -> None:
-        self._runner = run
-        self._batch = batch
+        super().__init__(run, batch)
         # Shared with the thread: the queue and whether a batch waits to start.
         self._lock = threading.Lock()
-        self._queue: list[tuple[Any, defer.Deferred[Any]]] = []
         self._waiting = False
 
     def submit(self, item: object) -> defer.Deferred[Any]:
@@ -118,7 +116,7 @@ class PipelinedBatcher:
                 return waiter  # a batch not started yet will take it
             self._waiting = True
         job = _Job()
-        self._runner(self._start, job).addBoth(self._done, job)
+        self._runner(self._start, job).addBoth(self._finished, job)
         return waiter
 
     def flush(self) -> None:
@@ -132,7 +130,7 @@ class PipelinedBatcher:
                 self._waiting = False
         return self._batch(connection, [item for item, _ in job.taken])
 
-    def _done(self, outcome: list[Any] | Failure, job: _Job) -> None:
+    def _finished(self, outcome: list[Any] | Failure, job: _Job) -> None:
         if job.taken is None:
             # The runner failed without starting the batch (a closed database): what
             # waits for it fails with it, and the next submit hands a new one over.
