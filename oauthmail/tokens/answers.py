@@ -282,11 +282,7 @@ def _tokenSet(
     refresh = get("refresh_token")
     if refresh is not None and refresh != "" and not _isToken(refresh):
         raise MalformedAnswer("refresh_token is not a usable token")
-    expires_in = get("expires_in")
-    if type(expires_in) is int and 0 < expires_in <= ABSURD_LIFETIME:  # the everyday answer
-        lifetime: float | None = min(max(float(expires_in), MIN_LIFETIME), MAX_LIFETIME)
-    else:
-        lifetime = _lifetime(expires_in)
+    lifetime = _lifetime(get("expires_in"))
     scope = get("scope")
     if isinstance(scope, list):
         granted = " ".join(map(str, scope))
