@@ -440,5 +440,11 @@ class OAuthMailService(MultiService):
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: defer.ensureDeferred(self._stop()))
-        d.addBoth(lambda result: (writeLinesWith(None), result)[1])
+        d.addBoth(_linesAtOnce)
         return d
+
+
+def _linesAtOnce(result: object) -> object:
+    """Stopped: twistd's log lines (the shutdown's too) are written at once again."""
+    writeLinesWith(None)
+    return result
