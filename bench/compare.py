@@ -11,8 +11,13 @@ Usage::
     git clone . /tmp/old && git -C /tmp/old checkout de05861   # and make its .venv
     .venv/bin/python -m bench.compare --old /tmp/old
     .venv/bin/python -m bench.compare --old /tmp/old --rounds 3 refresh smtp_relay
+    .venv/bin/python -m bench.compare --old /tmp/old --same-harness smtp_relay
 
-Each checkout runs with its own ``.venv/bin/python``. The last line is
+Each checkout runs with its own ``.venv/bin/python``. With ``--same-harness``,
+smtp_relay runs this checkout's benchmark for both sides, the old side with
+the old checkout's daemon (``--daemon-from``): the harness changes too between
+two commits (rig, client, timing), and this leaves only the daemons'
+difference. The last line is
 ``bench compare: ...`` with the median ``ratio`` of each benchmark, old and new.
 """
 
@@ -30,8 +35,19 @@ DEFAULT = ["refresh", "smtp_relay", "imap_ingest", "imap_idle"]
 RESULT = re.compile(r"^bench (?P<name>\S+): ratio=(?P<ratio>[\d.]+) ours=(?P<ours>[\d.]+) .*$")
 
 
-def runOne(checkout: Path, name: str, extra: list[str]) -> str | None:
-    """The benchmark's result line, or None (its failure is printed, the run goes on)."""
+#: The benchmarks whose product runs in a child of its own, which this checkout's
+#: harness can start from another checkout (``--daemon-from``).
+DAEMON_CHILD = {"smtp_relay"}
+
+
+def runOne(checkout: Path, name: str, extra: list[str], harness: Path | None = None) -> str | None:
+    """The benchmark's result line, or None (its failure is printed, the run goes on).
+
+    ``harness``: run that checkout's benchmark with ``checkout``'s daemon.
+    """
+    if harness is not None and harness != checkout:
+        extra = [*extra, "--daemon-from", str(checkout)]
+        checkout = harness
     python = checkout / ".venv" / "bin" / "python"
     done = subprocess.run(
         [str(python), "-m", f"bench.{name}", *extra],
@@ -52,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", type=Path, required=True, help="the other checkout")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="pass --quick to each benchmark")
+    parser.add_argument(
+        "--same-harness",
+        action="store_true",
+        help="for " + ", ".join(sorted(DAEMON_CHILD)) + ": run this checkout's benchmark for"
+        " both sides, with the old checkout's daemon for the old side, so that changes to"
+        " the harness (rig, client, timing) do not count",
+    )
     parser.add_argument("names", nargs="*", default=DEFAULT)
     args = parser.parse_args(argv)
     extra = ["--quick"] if args.quick else []
@@ -60,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         ratios: dict[str, list[float]] = {"old": [], "new": []}
         ours: dict[str, list[float]] = {"old": [], "new": []}
         for round_ in range(args.rounds):
+            harness = HERE if args.same_harness and name in DAEMON_CHILD else None
             for side, checkout in (("old", args.old.resolve()), ("new", HERE)):
-                line = runOne(checkout, name, extra)
+                line = runOne(checkout, name, extra, harness)
                 if line is None:
                     continue
                 print(f"  round {round_ + 1} {side}: {line}", flush=True)

@@ -32,6 +32,13 @@ Usage::
     .venv/bin/python -m bench.smtp_relay            # 1,000 messages
     .venv/bin/python -m bench.smtp_relay --quick    # 60 messages, a few seconds
     .venv/bin/python -m bench.smtp_relay --profile /tmp/relay.prof   # cProfile the daemon
+    .venv/bin/python -m bench.smtp_relay --daemon-from /tmp/old    # that checkout's daemon
+
+With ``--daemon-from`` everything but the daemon is this checkout's: the rig,
+the client, the timing. The other checkout's daemon reads the configuration
+this harness writes and the same line on its stdin (de05861's does), so a
+difference is the daemon's alone, not the harness's (``bench.compare
+--same-harness``).
 
 The last line is ``bench smtp_relay: ratio=R ours=X baseline=Y unit=messages/s rss_mb=M``.
 """
@@ -249,6 +256,8 @@ def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
 def describeCPU(cpu: tuple[float, float], count: int) -> str:
     """The daemon's CPU use, in all and per message (user + system)."""
     user, system = cpu
+    if user != user:  # nan: a daemon that does not say (another checkout's, --daemon-from)
+        return "the daemon did not report its CPU use"
     return (
         f"the daemon used {user + system:.2f} s of CPU ({user:.2f} user, {system:.2f} system),"
         f" {1000 * (user + system) / count:.2f} ms per message"
@@ -265,12 +274,15 @@ class DaemonProcess:
         profile: str | None,
         log: Path,
         twistedLog: bool = False,
+        checkout: Path | None = None,
     ) -> None:
+        # ``checkout``: another checkout's daemon (its own .venv) under this harness.
+        python = str(checkout / ".venv" / "bin" / "python") if checkout else _rig.PYTHON
         self._proc = subprocess.Popen(
-            [_rig.PYTHON, "-m", "bench.smtp_relay", "--role", "daemon"],
+            [python, "-m", "bench.smtp_relay", "--role", "daemon"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=str(_rig.ROOT),
+            cwd=str(checkout or _rig.ROOT),
             text=True,
         )
         payload = {
@@ -366,6 +378,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             options.profile,
             workdir / "oauthmail.log",
             twistedLog=options.twisted_log,
+            checkout=options.daemon_from,
         )
         port = await threads.deferToThread(daemon.waitReady)
         ours = await sendAndTime(
@@ -486,6 +499,15 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.smtp_relay", description=__doc__.split("\n")[0]
     )
     relayArguments(parser)
+    parser.add_argument(
+        "--daemon-from",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="run that checkout's daemon (with its .venv) under this harness: a comparison"
+        " of two daemons that the harness's own changes cannot move (bench.compare"
+        " --same-harness)",
+    )
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.messages is None:
