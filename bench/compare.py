@@ -3,8 +3,9 @@
 A change that claims to cost nothing is measured against the commit before
 it, not against figures from another day: the machine's load moves both the
 same way when the two checkouts take turns. For each benchmark this runs the
-old checkout's, then this checkout's, ``--rounds`` times, and prints each
-result line and the median ratio of each side.
+old checkout's and this checkout's, ``--rounds`` times, taking turns at going
+first, and prints each result line, the median ratio of each side, and how
+``ours`` moved round by round.
 
 Usage::
 
@@ -63,6 +64,24 @@ def runOne(checkout: Path, name: str, extra: list[str], harness: Path | None = N
     return lines[-1]
 
 
+def describeRounds(old: dict[int, float], new: dict[int, float]) -> str:
+    """``ours`` of both sides, and new against old round by round (rounds both finished).
+
+    A median ratio hides how often the new side lost: the machine drifts more
+    between rounds than between the two runs of one round.
+    """
+    both = sorted(set(old) & set(new))
+    if not both:
+        return "ours: no round finished on both sides"
+    changes = [100 * (new[r] / old[r] - 1) for r in both]
+    lower = sum(change < 0 for change in changes)
+    return (
+        f"ours old {statistics.median(old.values()):.4g} new {statistics.median(new.values()):.4g}"
+        f" (medians); new against old per round {statistics.median(changes):+.1f} %"
+        f" (mean {statistics.mean(changes):+.1f} %), lower in {lower} of {len(both)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, required=True, help="the other checkout")
@@ -81,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in args.names:
         ratios: dict[str, list[float]] = {"old": [], "new": []}
-        ours: dict[str, list[float]] = {"old": [], "new": []}
+        ours: dict[str, dict[int, float]] = {"old": {}, "new": {}}
+        harness = HERE if args.same_harness and name in DAEMON_CHILD else None
+        sides = [("old", args.old.resolve()), ("new", HERE)]
         for round_ in range(args.rounds):
-            harness = HERE if args.same_harness and name in DAEMON_CHILD else None
-            for side, checkout in (("old", args.old.resolve()), ("new", HERE)):
+            # Turns alternate (old first, then new first): a side that always ran
+            # second would carry whatever the first left behind (page cache, I/O).
+            for side, checkout in sides if round_ % 2 == 0 else sides[::-1]:
                 line = runOne(checkout, name, extra, harness)
                 if line is None:
                     continue
@@ -92,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = RESULT.match(line)
                 assert found is not None
                 ratios[side].append(float(found["ratio"]))
-                ours[side].append(float(found["ours"]))
+                ours[side][round_] = float(found["ours"])
         medians = {
             side: (statistics.median(values) if values else float("nan"))
             for side, values in ratios.items()
@@ -103,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"new {medians['new']:.2f} ({spread['new']})",
             flush=True,
         )
+        print(f"{name}: {describeRounds(ours['old'], ours['new'])}", flush=True)
         summary.append(f"{name}={medians['old']:.2f}->{medians['new']:.2f}")
     print("bench compare: " + " ".join(summary))
     return 0

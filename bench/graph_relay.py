@@ -30,7 +30,9 @@ Usage::
     .venv/bin/python -m bench.graph_relay --quick    # 60 messages, a few seconds
     .venv/bin/python -m bench.graph_relay --profile /tmp/graph.prof   # cProfile the daemon
 
-The last line is ``bench graph_relay: ratio=R ours=X baseline=Y unit=msg/s rss_mb=M``.
+The last line is ``bench graph_relay: ratio=R ours=X baseline=Y unit=msg/s rss_mb=M
+client_s=C tail_ms=T`` (as smtp_relay's: when the client was done, and how long after
+it the last message reached the fake).
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ this harness writes and the same line on its stdin (de05861's does), so a
 difference is the daemon's alone, not the harness's (``bench.compare
 --same-harness``).
 
-The last line is ``bench smtp_relay: ratio=R ours=X baseline=Y unit=messages/s rss_mb=M``.
+The last line is ``bench smtp_relay: ratio=R ours=X baseline=Y unit=messages/s rss_mb=M
+client_s=C tail_ms=T``: when the client was done, and how long after it the last
+message reached the final hop.
 """
 
 from __future__ import annotations
@@ -473,7 +475,17 @@ def reportRelay(
 
         print(f"{name}: profile of the daemon written to {profile}", file=sys.stderr)
         pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    _rig.printResult(name, count / ours["seconds"], count / baseline["seconds"], unit, rss)
+    # When the client was done, and how long after it the last message arrived:
+    # a relay that falls behind the client shows in tail_ms.
+    _rig.printResult(
+        name,
+        count / ours["seconds"],
+        count / baseline["seconds"],
+        unit,
+        rss,
+        client_s=f"{ours['submitted']:.3f}",
+        tail_ms=f"{1000 * (ours['seconds'] - ours['submitted']):.0f}",
+    )
 
 
 def relayArguments(parser: argparse.ArgumentParser) -> None:
