@@ -291,14 +291,13 @@ def _tokenSet(
     else:
         scope = requested_scope
     id_token = get("id_token")  # an unusable one is no answer to who consented
-    token_type = get("token_type")
     # Positional: this runs once per refresh of every account (bench/refresh).
     return TokenSet(
         Secret(access),
         None if lifetime is None else now + lifetime,
         Secret(refresh) if refresh else None,
         scope,
-        "Bearer" if token_type == "Bearer" else _tokenType(token_type),
+        _tokenType(get("token_type")),
         Secret(id_token) if id_token is not None and _isToken(id_token) else None,
     )
 
