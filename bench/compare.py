@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios: dict[str, list[float]] = {"old": [], "new": []}
         ours: dict[str, dict[int, float]] = {"old": {}, "new": {}}
         harness = HERE if args.same_harness and name in DAEMON_CHILD else None
+        if args.same_harness and harness is None:
+            print(f"{name}: --same-harness does not apply (no daemon child): own harnesses")
         sides = [("old", args.old.resolve()), ("new", HERE)]
         for round_ in range(args.rounds):
             # Turns alternate (old first, then new first): a side that always ran

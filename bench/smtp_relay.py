@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -258,7 +259,7 @@ def writeConfig(path: Path, rig: _rig.Rig, workdir: Path) -> None:
 def describeCPU(cpu: tuple[float, float], count: int) -> str:
     """The daemon's CPU use, in all and per message (user + system)."""
     user, system = cpu
-    if user != user:  # nan: a daemon that does not say (another checkout's, --daemon-from)
+    if math.isnan(user):  # a daemon that does not say (another checkout's, --daemon-from)
         return "the daemon did not report its CPU use"
     return (
         f"the daemon used {user + system:.2f} s of CPU ({user:.2f} user, {system:.2f} system),"
@@ -522,6 +523,8 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.daemon_from is not None and not (options.daemon_from / ".venv/bin/python").exists():
+        parser.error(f"--daemon-from: {options.daemon_from} has no .venv/bin/python")
     if options.messages is None:
         options.messages = QUICK_MESSAGES if options.quick else FULL_MESSAGES
     return options
