@@ -13,12 +13,14 @@ Usage::
     .venv/bin/python -m bench.compare --old /tmp/old
     .venv/bin/python -m bench.compare --old /tmp/old --rounds 3 refresh smtp_relay
     .venv/bin/python -m bench.compare --old /tmp/old --same-harness smtp_relay
+    .venv/bin/python -m bench.compare --old /tmp/old --same-harness --clients 4 smtp_relay
 
 Each checkout runs with its own ``.venv/bin/python``. With ``--same-harness``,
 smtp_relay runs this checkout's benchmark for both sides, the old side with
 the old checkout's daemon (``--daemon-from``): the harness changes too between
 two commits (rig, client, timing), and this leaves only the daemons'
-difference. The last line is
+difference; ``--clients N`` (with ``--same-harness``) has smtp_relay submit over
+N connections at once on both sides. The last line is
 ``bench compare: ...`` with the median ``ratio`` of each benchmark, old and new.
 """
 
@@ -94,8 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         " both sides, with the old checkout's daemon for the old side, so that changes to"
         " the harness (rig, client, timing) do not count",
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --same-harness: smtp_relay submits over N connections at once",
+    )
     parser.add_argument("names", nargs="*", default=DEFAULT)
     args = parser.parse_args(argv)
+    if args.clients is not None and not args.same_harness:
+        # The old checkout's own harness may not know the option.
+        parser.error("--clients needs --same-harness")
     extra = ["--quick"] if args.quick else []
     summary = []
     for name in args.names:
@@ -104,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         harness = HERE if args.same_harness and name in DAEMON_CHILD else None
         if args.same_harness and harness is None:
             print(f"{name}: --same-harness does not apply (no daemon child): own harnesses")
+        options = extra
+        if args.clients is not None:
+            if harness is None:
+                print(f"{name}: --clients does not apply (no daemon child)")
+            else:
+                options = [*extra, "--clients", str(args.clients)]
         sides = [("old", args.old.resolve()), ("new", HERE)]
         for round_ in range(args.rounds):
             # Turns alternate (old first, then new first): a side that always ran
             # second would carry whatever the first left behind (page cache, I/O).
             for side, checkout in sides if round_ % 2 == 0 else sides[::-1]:
-                line = runOne(checkout, name, extra, harness)
+                line = runOne(checkout, name, options, harness)
                 if line is None:
                     continue
                 print(f"  round {round_ + 1} {side}: {line}", flush=True)

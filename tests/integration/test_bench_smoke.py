@@ -52,3 +52,24 @@ def test_quick_run_ends_with_result_line(script: str) -> None:
     lines = proc.stdout.strip().splitlines()
     assert lines, "no output"
     assert RESULT.match(lines[-1]), f"last line is not a result line: {lines[-1]!r}"
+
+
+def test_smtp_relay_with_several_clients_says_how_many() -> None:
+    """``--clients 3``: three submitting connections; every message still reaches the final hop.
+
+    The benchmark itself fails unless the final hop holds every message of the
+    side it timed, so an exit status of 0 is the count check.
+    """
+    requireDovecot()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.smtp_relay", "--quick", "--clients", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert RESULT.match(last), f"last line is not a result line: {last!r}"
+    assert last.endswith(" clients=3"), last
