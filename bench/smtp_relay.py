@@ -111,12 +111,12 @@ def runClient() -> int:
     if clients == 1:
         _sendOver(params, messages)
     else:
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
 
         def one(share: list[bytes]) -> None:
             try:
                 _sendOver(params, share)
-            except BaseException as e:  # noqa: BLE001 - reported below, in the parent's error
+            except Exception as e:  # raised below, once every connection is done
                 errors.append(e)
 
         threads = [
@@ -553,13 +553,6 @@ def relayArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=None, help=f"default {FULL_MESSAGES}")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the daemon")
     parser.add_argument(
-        "--clients",
-        type=int,
-        default=1,
-        metavar="N",
-        help="submit over N connections at once (default 1), the same for every side",
-    )
-    parser.add_argument(
         "--twisted-log",
         action="store_true",
         help="log with Twisted's own text observer (plain twistd) instead of"
@@ -585,6 +578,13 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         help="run that checkout's daemon (with its .venv) under this harness: a comparison"
         " of two daemons that the harness's own changes cannot move (bench.compare"
         " --same-harness)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        metavar="N",
+        help="submit over N connections at once (default 1), the same for every side",
     )
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
