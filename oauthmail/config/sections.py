@@ -225,7 +225,7 @@ def readSubmission(at: Node, accounts: Iterable[AccountConfig]) -> SubmissionCon
     require_tls = m["require_tls"].boolean(defaults.require_tls)
     if require_tls and cert is None:
         m["require_tls"].fail("require_tls needs tls_cert and tls_key")
-    penaltyBase = m["auth_penalty_base"].duration(defaults.auth_penalty_base)
+    penaltyBase = m["auth_penalty_base"].duration(defaults.auth_penalty_base, positive=True)
     penaltyMax = m["auth_penalty_max"].duration(defaults.auth_penalty_max)
     if penaltyMax < penaltyBase:
         m["auth_penalty_max"].fail("must not be shorter than auth_penalty_base")
@@ -253,5 +253,5 @@ def readSubmission(at: Node, accounts: Iterable[AccountConfig]) -> SubmissionCon
         auth_failure_window=m["auth_failure_window"].duration(
             defaults.auth_failure_window, positive=True
         ),
-        auth_block=m["auth_block"].duration(defaults.auth_block),
+        auth_block=m["auth_block"].duration(defaults.auth_block, positive=True),
     )
