@@ -56,9 +56,17 @@ def test_bad_usage_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
 
     config = tmp_path / "app.yaml"
     config.write_text(CONFIG.format(tmp=tmp_path))
-    for args in (("queue", "show"), ("queue", "retry"), ("queue", "retry", "--all", "nobody")):
+    for args in (
+        ("queue", "show"),
+        ("queue", "retry"),
+        ("queue", "retry", "--all", "nobody"),
+        # An unknown --account said "the queue is empty" instead.
+        ("queue", "--account", "nobody"),
+    ):
         assert main([*args, "--config", str(config)]) == 2
-        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert "nobody" not in args or err == [f"{config}: no account named 'nobody'"]
 
 
 def test_listing_reads_like_mailq() -> None:

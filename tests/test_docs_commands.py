@@ -29,6 +29,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARKERS = ("<!-- example -->", "<!-- output -->")
 _INLINE = re.compile(r"`(oauthmail [^`]+)`")
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: Placeholders that stand for a number (``--wait SECONDS``).
+_NUMBERS = {"SECONDS": "1"}
 
 
 def _commands(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -64,7 +66,7 @@ def _argv(command: str) -> list[str]:
     command = re.split(r"\s(?:<|>|\||&&|;|#)", command, maxsplit=1)[0]
     command = command.replace("[", " ").replace("]", " ").replace("...", " ")
     words = shlex.split(command)[1:]
-    return ["x" if _PLACEHOLDER.match(w) else w for w in words]
+    return [_NUMBERS.get(w, "x") if _PLACEHOLDER.match(w) else w for w in words]
 
 
 CASES = [

@@ -27,7 +27,8 @@ def deviceArgument(parser: argparse.ArgumentParser) -> None:
 
 @accountSubcommand(
     "authorize",
-    help="authorise an account: open a URL, paste back where the browser ended",
+    help="authorise an account: open a URL and paste back where the browser ended (a"
+    " device_code account: enter a code on another device; client_credentials: fetch a token)",
     arguments=deviceArgument,
 )
 def authorize(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:

@@ -83,7 +83,8 @@ def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
 
 @subcommand(
     "migrate-store",
-    help="copy the SQLite store (tokens, ledger, queue) into an empty PostgreSQL database",
+    help="copy the SQLite store (accounts, tokens, ledger, queue, message log) into an empty"
+    " PostgreSQL database",
     arguments=migrateStoreArguments,
 )
 def migrateStoreCommand(args: argparse.Namespace) -> int:

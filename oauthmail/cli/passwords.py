@@ -18,7 +18,8 @@ def hashPasswordArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stdin",
         action="store_true",
-        help="read the password from the first line of standard input (for scripts)",
+        help="read the password from the first line of standard input, even from a terminal"
+        " (standard input that is not a terminal is read so anyway)",
     )
 
 

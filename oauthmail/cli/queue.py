@@ -132,9 +132,11 @@ def queueCommand(args: argparse.Namespace) -> int:
     if action == "retry" and bool(args.id) == bool(args.all):
         print("oauthmail queue retry needs a queue id or --all ACCOUNT", file=sys.stderr)
         return EXIT_USAGE
-    if args.all is not None and args.all not in {a.name for a in config.accounts}:
-        print(f"{config.source}: no account named {args.all!r}", file=sys.stderr)
-        return EXIT_USAGE
+    names = {a.name for a in config.accounts}
+    for given in (args.all, args.account):
+        if given is not None and given not in names:
+            print(f"{config.source}: no account named {given!r}", file=sys.stderr)
+            return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
         from oauthmail.app import openConfiguredStores

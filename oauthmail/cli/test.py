@@ -37,7 +37,8 @@ def testArguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_WAIT,
         metavar="SECONDS",
-        help=f"how long the message may take to arrive (default: {DEFAULT_WAIT:g})",
+        help="with --send-to-self: how long the message may take to show in INBOX and in"
+        f" Sent (default: {DEFAULT_WAIT:g})",
     )
 
 

@@ -96,7 +96,14 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", metavar="METHOD", type=str.upper, help="GET, POST, ...")
     parser.add_argument("url", metavar="URL", help="the API's https URL")
     parser.add_argument("--data", metavar="TEXT|@FILE", help="the request body (@- for stdin)")
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable); not Authorization: the account's token is that",
+    )
 
 
 def readData(value: str | None) -> bytes | None:
