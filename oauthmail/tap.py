@@ -3,7 +3,10 @@
 The configuration is read and validated, and the store's key checked, while
 options are parsed, before the reactor runs: a broken file or a wrong key stops
 twistd at once with the one-line error (exit status 2) instead of a
-half-started daemon.
+half-started daemon. A store that cannot be reached or written right now (a
+database server still starting, a full disk) stops it with exit status 75
+(``EX_TEMPFAIL``): a supervisor may start it again, which for status 2 would be
+pointless (``conf/oauthmail.service`` restarts on 75, never on 2).
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from oauthmail.config import ConfigError, loadConfig
-from oauthmail.db.errors import StoreError
+from oauthmail.db.errors import StoreError, StoreUnwritable
 from oauthmail.db.open import preflightStores
 from oauthmail.service import OAuthMailService, StartupError
+
+#: A configuration or key error: starting again cannot help.
+EXIT_CONFIG = 2
+#: The store is out of reach for now (``EX_TEMPFAIL``): starting again later can.
+EXIT_TEMPORARY = 75
 
 
 class Options(usage.Options):
@@ -38,9 +46,12 @@ class Options(usage.Options):
         try:
             self["loaded"] = config = loadConfig(self["config"])
             preflightStores(config.store)
+        except StoreUnwritable as e:
+            sys.stderr.write(f"{e}\n")
+            raise SystemExit(EXIT_TEMPORARY) from None
         except (ConfigError, StoreError) as e:
             sys.stderr.write(f"{e}\n")
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_CONFIG) from None
 
 
 class DaemonService(OAuthMailService):

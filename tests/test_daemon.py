@@ -162,6 +162,39 @@ def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_daemon_out_of_reach_store_exits_75_so_a_supervisor_retries(tmp_path: Path) -> None:
+    """A database server that refuses connections (not up yet) is exit 75, not 2.
+
+    conf/oauthmail.service restarts on 75 and never on 2 (a configuration or
+    key error); the unreachable server used to exit 2, so a daemon started
+    before its database stayed down.
+    """
+    from cryptography.fernet import Fernet
+
+    (tmp_path / "oauthmail.key").write_bytes(Fernet.generate_key())
+    (tmp_path / "oauthmail.key").chmod(0o600)
+    config = tmp_path / "app.yaml"
+    config.write_text(
+        "store:\n"
+        "  backend: postgresql\n"
+        f"  dsn: postgresql://oauthmail@127.0.0.1:{_freePort()}/oauthmail\n"
+        "  key_file: oauthmail.key\n"
+        "web:\n  port: 0\n"
+    )
+    result = subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 75, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_daemon_refuses_a_wrong_store_key(tmp_path: Path) -> None:
     """A database written with another key stops the daemon with one clear line; nothing changes."""
     port = _freePort()

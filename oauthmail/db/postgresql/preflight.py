@@ -2,8 +2,9 @@
 
 ``twistd oauthmail`` runs :func:`preflight` while parsing options, so an
 unreachable server, a refused login, a missing database or a wrong key stops
-the daemon with one line (naming host, port and database, never the password)
-and exit status 2. The real (asynchronous) open checks again.
+the daemon with one line (naming host, port and database, never the password):
+exit status 75 for the unreachable server (``StoreUnwritable``: a supervisor may
+try again), 2 for the rest. The real (asynchronous) open checks again.
 """
 
 from __future__ import annotations
