@@ -110,6 +110,18 @@ def test_gmail_and_graph_error_shapes():
     assert apiError(b"<html>\n oops") == ("", "<html> oops")
 
 
+def test_answers_nested_beyond_reason_are_text_not_a_crash():
+    """A 1 MB answer of '[' raised RecursionError out of json.loads, past both parsers."""
+    from oauthmail.http.body import Answer
+    from oauthmail.transports.gmail_api import GmailAPISender
+
+    nested = b"[" * 1_000_000
+    code, text = apiError(nested)
+    assert code == "" and text.startswith("[[[")
+    sender = GmailAPISender(lambda account: None, None)
+    assert "no id in the answer" in sender.accepted(Answer(200, {}, nested))
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("120", 120.0), (" 0 ", 0.0), ("-5", 0.0), ("1.5", 1.5), ("soon", None), ("nan", None)],

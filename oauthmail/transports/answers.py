@@ -97,7 +97,7 @@ def apiError(body: bytes) -> tuple[str, str]:
     """The API's error code (Graph's ``code``, Gmail's ``errors[0].reason``) and message."""
     try:
         error = json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # nested beyond reason
         return "", cleanText(body.decode("utf-8", "replace"), 200)
     if not isinstance(error, dict):
         return "", cleanText(error, 200)

@@ -62,7 +62,7 @@ class GmailAPISender(APISender):
     def accepted(self, answer: Answer) -> str:
         try:
             found = json.loads(answer.body).get("id")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # nested beyond reason
             found = None
         if not isinstance(found, str) or not found:
             return f"2.0.0 sent through the Gmail API (HTTP {answer.status}; no id in the answer)"
