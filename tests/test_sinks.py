@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import deferLater
 from twisted.web import resource, server
 from zope.interface.verify import verifyObject
 
@@ -164,6 +165,7 @@ class Hook(resource.Resource):
         super().__init__()
         self.received: list[tuple[bytes, dict[bytes, bytes]]] = []
         self.hanging: list = []
+        self.streams: list = []
 
     def render_POST(self, request):
         headers = {k.lower(): v[0] for k, v in request.requestHeaders.getAllRawHeaders()}
@@ -171,6 +173,19 @@ class Hook(resource.Resource):
         last = request.path.rsplit(b"/", 1)[-1]
         if last == b"hang":
             self.hanging.append(request)
+            return server.NOT_DONE_YET
+        if last in (b"stream", b"trickle"):
+            # A status, then a body that never ends: fast (stream) or slow (trickle).
+            from twisted.internet import reactor, task
+
+            request.setResponseCode(500 if last == b"stream" else 200)
+            self.hanging.append(request)
+            chunk = b"x" * (16384 if last == b"stream" else 1)
+            writer = task.LoopingCall(request.write, chunk)
+            writer.clock = reactor
+            writer.start(0.001 if last == b"stream" else 0.05)
+            self.streams.append(writer)
+            request.notifyFinish().addBoth(lambda _: (writer.running and writer.stop(), None))
             return server.NOT_DONE_YET
         request.setResponseCode(int(last))
         return b"answer for " + last
@@ -257,6 +272,31 @@ async def test_webhook_timeout_is_temporary(hook):
     _, make, _ = hook
     with pytest.raises(TemporarySinkError, match="no answer"):
         await make("/hang", timeout=0.3).deliver(MESSAGE, "a", "INBOX")
+
+
+@pytest_twisted.ensureDeferred
+async def test_webhook_answer_without_end_is_cut_off(hook, reactor):
+    """A body that never ends is read to 64 KiB, then the connection is closed.
+
+    The sink read every answer to its end, keeping 512 bytes: a receiver that
+    streamed without end kept each delivery reading for ever, and the
+    timeout only gave up waiting, leaving the connection open.
+    """
+    site, make, _ = hook
+    with pytest.raises(TemporarySinkError, match="HTTP 500$"):
+        await make("/stream", timeout=10).deliver(MESSAGE, "a", "INBOX")
+    await deferLater(reactor, 0.2, lambda: None)  # the close reaches the server
+    assert site.streams and all(not writer.running for writer in site.streams)
+
+
+@pytest_twisted.ensureDeferred
+async def test_webhook_timeout_closes_a_trickling_answer(hook, reactor):
+    """A slow endless body hits the delivery's timeout, which now closes the connection."""
+    site, make, _ = hook
+    with pytest.raises(TemporarySinkError, match="no answer after 0.5s"):
+        await make("/trickle", timeout=0.5).deliver(MESSAGE, "a", "INBOX")
+    await deferLater(reactor, 0.2, lambda: None)
+    assert site.streams and all(not writer.running for writer in site.streams)
 
 
 def test_webhook_rejects_other_schemes(reactor):

@@ -21,18 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, protocol
-from twisted.internet.error import ConnectionDone
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    PotentialDataLoss,
-    ResponseDone,
-)
+from twisted.internet import defer
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from oauthmail.http.body import IncompleteAnswer, ResponseTooLarge, readBounded
 from oauthmail.interfaces import IClosable, ISink
 from oauthmail.secret import Secret
 from oauthmail.sinks.commit import BeforeCommit
@@ -47,24 +41,9 @@ from oauthmail.tokens.http import BytesProducer
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 BODY_KEPT = 512  # bytes of the answer's body kept for the error message
-
-
-class _BoundedBody(protocol.Protocol):
-    """Reads an answer's body to the end, keeping only its beginning."""
-
-    def __init__(self) -> None:
-        self.kept = b""
-        self.done: defer.Deferred = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        if len(self.kept) < BODY_KEPT:
-            self.kept = (self.kept + data)[:BODY_KEPT]
-
-    def connectionLost(self, reason) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss, ConnectionDone):
-            self.done.callback(self.kept)
-        else:
-            self.done.errback(reason)
+#: An answer's body is read up to this much (then the connection is closed):
+#: a receiver that streams without end must not keep a delivery reading for ever.
+BODY_READ = 64 * 1024
 
 
 def _headerValue(value: str | Secret) -> bytes:
@@ -159,10 +138,14 @@ class WebhookSink:
         response = await self._agent.request(
             b"POST", self.url.encode("ascii"), headers, BytesProducer(message)
         )
-        body = _BoundedBody()
-        response.deliverBody(body)
-        said = await body.done
         status = response.code
+        try:
+            # readBounded closes the connection past the limit, and when the
+            # delivery's timeout cancels it.
+            said = (await readBounded(response, BODY_READ))[:BODY_KEPT]
+        except (ResponseTooLarge, IncompleteAnswer):
+            said = b""  # the status is the answer; its text only explains a refusal
+
         if 200 <= status < 300:
             return status
         detail = f"{self.name}: HTTP {status}"
