@@ -223,6 +223,55 @@ async def test_throttled_request_waits_for_retry_after(transport):
 
 
 @pytest_twisted.ensureDeferred
+async def test_retry_after_zero_still_waits_the_backoff(transport):
+    """429 with Retry-After: 0 is not asked again at once: the backoff (0.5-1 s) is a floor."""
+    clock = task.Clock()
+    rig = Rig(transport, clock=clock)
+    try:
+        rig.fake.failNext(429, retry_after=0)
+        message_id = await rig.send(message(1))
+        assert await waitFor(lambda: rig.fake.attempts == 1)
+        await sleep(0.3)
+        clock.advance(0.49)
+        await sleep(0.3)
+        assert rig.fake.attempts == 1
+        clock.advance(0.52)
+        assert (await rig.delivered(message_id)).state == "sent"
+    finally:
+        await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refusal_between_throttles_does_not_reset_the_wait(transport):
+    """429, then a 400 for that message, then 429 for the next: the wait grows on (1-2 s).
+
+    Any answer that was not a throttle reset the backoff, so an API
+    alternating 429 with refusals kept the wait at its floor.
+    """
+    clock = task.Clock()
+    rig = Rig(transport, clock=clock)
+    try:
+        rig.fake.failNext(429)
+        rig.fake.failNext(400)
+        rig.fake.failNext(429)
+        first = await rig.send(message(1))
+        assert await waitFor(lambda: rig.fake.attempts == 1)
+        await sleep(0.3)
+        clock.advance(1.0)
+        assert (await rig.delivered(first)).state == "failed"
+        second = await rig.send(message(2))
+        assert await waitFor(lambda: rig.fake.attempts == 3)
+        await sleep(0.3)
+        clock.advance(0.99)
+        await sleep(0.3)
+        assert rig.fake.attempts == 3
+        clock.advance(1.02)
+        assert (await rig.delivered(second)).state == "sent"
+    finally:
+        await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_retry_after_is_capped(transport):
     """A Retry-After of a day is waited out only up to max_wait."""
     clock = task.Clock()

@@ -211,8 +211,10 @@ class APISender:
                     )
                     continue
                 return SessionError(verdict.kind, verdict.text, pause=pause)
-            self._backoff(account.name).reset()
             if verdict.kind == outcomes.OK:
+                # Only an accepted message ends the throttling: a refusal or a
+                # 500 between two 429s must not bring the wait back to its floor.
+                self._backoff(account.name).reset()
                 report(_outcome(message, 250, self.accepted(answer), outcomes.OK))
                 return None
             if verdict.account:
@@ -232,9 +234,13 @@ class APISender:
         return backoff
 
     def _throttled(self, account: str, asked: float | None) -> float:
-        """Record the account's wait: ``Retry-After`` (capped) or the next backoff delay."""
+        """Record the account's wait: the next backoff delay, longer if ``Retry-After`` says so.
+
+        ``Retry-After`` is a floor, never the wait itself: an API answering
+        ``Retry-After: 0`` to every request was asked again at once.
+        """
         grown = self._backoff(account).next()
-        pause = min(self.max_wait, asked) if asked is not None else grown
+        pause = min(self.max_wait, max(asked, grown)) if asked is not None else grown
         self._notBefore[account] = max(
             self._notBefore.get(account, 0.0), self._clock.seconds() + pause
         )
