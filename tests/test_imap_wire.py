@@ -117,6 +117,32 @@ def test_too_many_literals_in_one_response():
         r.feed(b"* X {0}\r\n" * 10)
 
 
+def test_a_response_holds_one_largest_line_and_literal_at_most():
+    """64 literals of the largest size, or long lines chained by {0}, are refused early.
+
+    Each part was bounded, but only their number was checked within one
+    response: 64 body literals of 64 MiB (about 4 GiB) were held before the
+    command's total was counted.
+    """
+    from oauthmail.imap.wire import RESPONSE_SLACK
+
+    big = 4 * RESPONSE_SLACK  # the largest literal allowed here
+    r, out = reader(maxLiteral=big, maxLine=1000)
+    r.feed(b"* 1 FETCH (BODY[] {%d}\r\n" % big + b"x" * big)
+    with pytest.raises(IMAPProtocolError, match="a response of more than"):
+        r.feed(b" BODY[1] {%d}\r\n" % big)
+    assert out == []
+    r, _ = reader(maxLiteral=1000, maxLine=RESPONSE_SLACK)
+    line = b"* SEARCH " + b"1 " * (RESPONSE_SLACK // 2 - 8) + b"{0}\r\n"
+    with pytest.raises(IMAPProtocolError, match="a response of more than"):
+        r.feed(line * 3)
+    # One largest literal and one largest line, with small parts around them, pass.
+    r, out = reader(maxLiteral=big, maxLine=1000, maxParts=64)
+    r.feed(b"* 1 FETCH (BODY[HEADER] {5}\r\nhello BODY[] {%d}\r\n" % big + b"x" * big)
+    r.feed(b" FLAGS (\\Seen))\r\n")
+    assert len(out) == 1 and len(out[0][1]) == 2 and r.idle
+
+
 def test_starttls_silence():
     """After expectSilence, bytes that follow the current response in the same read are refused."""
     r, out = reader()

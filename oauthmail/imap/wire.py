@@ -18,8 +18,11 @@ This is the hot path of receiving mail, so:
 And a hostile server cannot make it hold more than it allows: a text line is
 at most ``maxLine`` bytes, a literal at most ``maxLiteral`` (checked on the
 announcement, before a byte of it is buffered), a response at most
-``maxParts`` literals. Both limits may be changed between responses (the
-protocol sets them per command). Breaking a bound, or anything that is not
+``maxParts`` literals and, all its parts together, at most one line and one
+literal of the largest kind plus :data:`RESPONSE_SLACK` (so that 64 literals
+of the largest size, or 65 longest lines chained by ``{0}``, cannot be held
+at once). The limits may be changed between responses (the protocol sets
+them per command). Breaking a bound, or anything that is not
 IMAP framing, raises :class:`~oauthmail.imap.errors.IMAPProtocolError`
 naming the rule, never quoting the bytes.
 
@@ -35,6 +38,10 @@ from oauthmail.imap.errors import IMAPProtocolError
 __all__ = ["ResponseReader", "describeSize"]
 
 ResponseCallback = Callable[[list[bytes], list[bytes]], None]
+
+#: Room in one response beyond its largest line and largest literal: the small
+#: parts around them (flags, a header literal, quoted names sent as literals).
+RESPONSE_SLACK = 1024 * 1024
 
 
 def describeSize(n: int) -> str:
@@ -74,6 +81,8 @@ class ResponseReader:
         #: Literal bytes still expected, and the chunks of it seen so far.
         self._pending = 0
         self._chunks: list[bytes] = []
+        #: Bytes of the response being assembled, its announced literals included.
+        self._size = 0
         self._broken: IMAPProtocolError | None = None
 
     @property
@@ -109,7 +118,7 @@ class ResponseReader:
             self._broken = e
             self._partial = bytearray()
             self._texts, self._literals, self._chunks = [], [], []
-            self._pending = 0
+            self._pending = self._size = 0
             raise
 
     def _feed(self, data: bytes) -> None:
@@ -176,6 +185,7 @@ class ResponseReader:
 
     def _line(self, line: bytes) -> int:
         """One text segment; return the size of the literal it announces (0: none, or empty)."""
+        self._size += len(line)
         if line.endswith(b"}"):
             brace = line.rfind(b"{", -23)
             digits = line[brace + 1 : -1]
@@ -190,6 +200,12 @@ class ResponseReader:
                     )
                 if len(self._literals) >= self.maxParts:
                     raise IMAPProtocolError(f"a response with more than {self.maxParts} literals")
+                self._size += size
+                bound = self.maxLine + self.maxLiteral + RESPONSE_SLACK
+                if self._size > bound:
+                    raise IMAPProtocolError(
+                        f"a response of more than {describeSize(bound)} (its parts together)"
+                    )
                 self._texts.append(line)
                 if size == 0:
                     self._literals.append(b"")
@@ -199,6 +215,7 @@ class ResponseReader:
         self._texts.append(line)
         texts, literals = self._texts, self._literals
         self._texts, self._literals = [], []
+        self._size = 0
         self.onResponse(texts, literals)
         return 0
 
