@@ -113,6 +113,47 @@ async def test_without_secret_no_signature_and_gives_up_after_max_attempts():
         await port.stopListening()
 
 
+def test_after_giving_up_the_next_notice_waits_its_turn():
+    """A notice given up on is followed by the next only after the backoff, not at once.
+
+    With a receiver down, every waiting notice used to get its first attempt
+    the moment the one before it was given up.
+    """
+    from twisted.internet.error import ConnectionRefusedError
+
+    class Refusing:
+        calls = 0
+
+        def request(self, *args):
+            self.calls += 1
+            return defer.fail(ConnectionRefusedError())
+
+    clock = Clock()
+    agent = Refusing()
+    notifier = WebhookNotifier(
+        "http://127.0.0.1:9/x",
+        clock,
+        agent=agent,
+        clock=clock,
+        max_attempts=1,
+        backoff_base=1.0,
+        backoff_max=8.0,
+        random=random.Random(3),
+    )
+    for i in range(3):
+        notifier.notify(Notice(ACCOUNT_STATE, f"a{i}", 1.0, "x"))
+    assert agent.calls == 1
+    clock.advance(0.49)  # the first delay is 0.5-1 s
+    assert agent.calls == 1
+    clock.advance(0.52)
+    assert agent.calls == 2
+    clock.advance(0.99)  # the second is 1-2 s: the backoff goes on growing
+    assert agent.calls == 2
+    clock.advance(1.02)
+    assert agent.calls == 3 and notifier.dropped == 3
+    notifier.close()
+
+
 def test_pending_notices_are_bounded():
     """Past max_pending, the oldest waiting notice is dropped."""
 

@@ -112,6 +112,8 @@ class WebhookNotifier:
         self._maxAttempts = max(1, max_attempts)
         self._maxPending = max(1, max_pending)
         self._backoff = Backoff(backoff_base, backoff_max, random)
+        #: No notice is posted before this time (set when one was given up on).
+        self._resumeAt = 0.0
         self._pending: deque[Notice] = deque()
         self._running: defer.Deferred[None] | None = None
         self._sleep: Any = None
@@ -172,6 +174,13 @@ class WebhookNotifier:
     async def _drain(self) -> None:
         while self._pending and not self._stopped:
             notice = self._pending[0]
+            # After a notice was given up on, the receiver is still failing:
+            # the next waits its turn in the same growing backoff, not at once.
+            wait = self._resumeAt - self._clock.seconds()
+            if wait > 0:
+                await self._pause(wait)
+                if self._stopped:
+                    break
             attempt = 0
             while True:
                 attempt += 1
@@ -191,6 +200,7 @@ class WebhookNotifier:
                         n=attempt,
                         why=why,
                     )
+                    self._resumeAt = self._clock.seconds() + self._backoff.next()
                     break
                 delay = self._backoff.next()
                 log.info(
@@ -199,12 +209,15 @@ class WebhookNotifier:
                     why=why,
                     delay=delay,
                 )
-                waited: defer.Deferred[None] = defer.Deferred()
-                self._sleep = self._clock.callLater(delay, waited.callback, None)
-                await waited
-                self._sleep = None
+                await self._pause(delay)
             if self._pending and self._pending[0] is notice:
                 self._pending.popleft()
+
+    async def _pause(self, delay: float) -> None:
+        waited: defer.Deferred[None] = defer.Deferred()
+        self._sleep = self._clock.callLater(delay, waited.callback, None)
+        await waited
+        self._sleep = None
 
     async def _post(self, notice: Notice) -> str | None:
         """One attempt: ``None`` when the receiver took it, else why not (one line)."""
