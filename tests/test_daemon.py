@@ -76,6 +76,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _startRefused(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``twistd oauthmail --config CONFIG`` that is expected to stop before it runs."""
+    return subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
 def test_twistd_lists_the_plugin() -> None:
     """``twistd --help`` names the oauthmail plugin and its ``--config`` option."""
     out = subprocess.run(
@@ -148,13 +160,7 @@ def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     """A broken config stops twistd with exit status 2 and one line naming file, line and key."""
     config = tmp_path / "app.yaml"
     config.write_text("web:\n  port: imaps\n")
-    result = subprocess.run(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-    )
+    result = _startRefused(config, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -181,14 +187,7 @@ def test_daemon_out_of_reach_store_exits_75_so_a_supervisor_retries(tmp_path: Pa
         "  key_file: oauthmail.key\n"
         "web:\n  port: 0\n"
     )
-    result = subprocess.run(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = _startRefused(config, tmp_path)
     assert result.returncode == 75, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot connect" in lines[0], result.stderr
@@ -214,14 +213,7 @@ def test_daemon_refuses_a_wrong_store_key(tmp_path: Path) -> None:
     db = tmp_path / "var" / "oauthmail.sqlite"
     before = db.read_bytes()
     (tmp_path / "var" / "oauthmail.key").unlink()
-    result = subprocess.run(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = _startRefused(config, tmp_path)
     assert result.returncode == 2
     assert "different key" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -260,14 +252,7 @@ def test_daemon_with_a_taken_port_exits_at_once_and_starts_nothing(
     )
     started = time.monotonic()
     try:
-        result = subprocess.run(
-            [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            cwd=tmp_path,
-            timeout=30,
-        )
+        result = _startRefused(config, tmp_path)
     finally:
         blocker.close()
     elapsed = time.monotonic() - started

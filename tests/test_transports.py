@@ -150,6 +150,15 @@ def rig(transport):
     pytest_twisted.blockon(defer.ensureDeferred(rig.stop()))
 
 
+@pytest.fixture
+def clocked(transport):
+    """A rig whose sender waits on a ``Clock``: its throttle waits are advanced by hand."""
+    clock = task.Clock()
+    rig = Rig(transport, clock=clock)
+    yield rig, clock
+    pytest_twisted.blockon(defer.ensureDeferred(rig.stop()))
+
+
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
@@ -202,73 +211,56 @@ async def test_too_large_answer_is_a_permanent_failure_with_the_reason(rig):
     assert rig.fake.messages == []
 
 
+async def heldUntil(rig: Rig, clock: task.Clock, attempts: int, early: float, late: float):
+    """The sender makes no further attempt after ``early`` s on the clock, and one by ``late``."""
+    assert await waitFor(lambda: rig.fake.attempts == attempts)
+    await sleep(0.3)
+    clock.advance(early)
+    await sleep(0.3)
+    assert rig.fake.attempts == attempts
+    clock.advance(late - early)
+
+
 @pytest_twisted.ensureDeferred
-async def test_throttled_request_waits_for_retry_after(transport):
+async def test_throttled_request_waits_for_retry_after(clocked):
     """429 with Retry-After: 2: nothing is sent again before 2 s have passed on the clock."""
-    clock = task.Clock()
-    rig = Rig(transport, clock=clock)
-    try:
-        rig.fake.failNext(429, retry_after=2)
-        message_id = await rig.send(message(1))
-        assert await waitFor(lambda: rig.fake.attempts == 1)
-        await sleep(0.3)
-        clock.advance(1.9)
-        await sleep(0.3)
-        assert rig.fake.attempts == 1
-        clock.advance(0.2)
-        status = await rig.delivered(message_id)
-        assert status.state == "sent" and rig.fake.attempts == 2
-    finally:
-        await rig.stop()
+    rig, clock = clocked
+    rig.fake.failNext(429, retry_after=2)
+    message_id = await rig.send(message(1))
+    await heldUntil(rig, clock, 1, 1.9, 2.1)
+    status = await rig.delivered(message_id)
+    assert status.state == "sent" and rig.fake.attempts == 2
 
 
 @pytest_twisted.ensureDeferred
-async def test_retry_after_zero_still_waits_the_backoff(transport):
+async def test_retry_after_zero_still_waits_the_backoff(clocked):
     """429 with Retry-After: 0 is not asked again at once: the backoff (0.5-1 s) is a floor."""
-    clock = task.Clock()
-    rig = Rig(transport, clock=clock)
-    try:
-        rig.fake.failNext(429, retry_after=0)
-        message_id = await rig.send(message(1))
-        assert await waitFor(lambda: rig.fake.attempts == 1)
-        await sleep(0.3)
-        clock.advance(0.49)
-        await sleep(0.3)
-        assert rig.fake.attempts == 1
-        clock.advance(0.52)
-        assert (await rig.delivered(message_id)).state == "sent"
-    finally:
-        await rig.stop()
+    rig, clock = clocked
+    rig.fake.failNext(429, retry_after=0)
+    message_id = await rig.send(message(1))
+    await heldUntil(rig, clock, 1, 0.49, 1.01)
+    assert (await rig.delivered(message_id)).state == "sent"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_refusal_between_throttles_does_not_reset_the_wait(transport):
+async def test_a_refusal_between_throttles_does_not_reset_the_wait(clocked):
     """429, then a 400 for that message, then 429 for the next: the wait grows on (1-2 s).
 
     Any answer that was not a throttle reset the backoff, so an API
     alternating 429 with refusals kept the wait at its floor.
     """
-    clock = task.Clock()
-    rig = Rig(transport, clock=clock)
-    try:
-        rig.fake.failNext(429)
-        rig.fake.failNext(400)
-        rig.fake.failNext(429)
-        first = await rig.send(message(1))
-        assert await waitFor(lambda: rig.fake.attempts == 1)
-        await sleep(0.3)
-        clock.advance(1.0)
-        assert (await rig.delivered(first)).state == "failed"
-        second = await rig.send(message(2))
-        assert await waitFor(lambda: rig.fake.attempts == 3)
-        await sleep(0.3)
-        clock.advance(0.99)
-        await sleep(0.3)
-        assert rig.fake.attempts == 3
-        clock.advance(1.02)
-        assert (await rig.delivered(second)).state == "sent"
-    finally:
-        await rig.stop()
+    rig, clock = clocked
+    rig.fake.failNext(429)
+    rig.fake.failNext(400)
+    rig.fake.failNext(429)
+    first = await rig.send(message(1))
+    assert await waitFor(lambda: rig.fake.attempts == 1)
+    await sleep(0.3)
+    clock.advance(1.0)
+    assert (await rig.delivered(first)).state == "failed"
+    second = await rig.send(message(2))
+    await heldUntil(rig, clock, 3, 0.99, 2.01)
+    assert (await rig.delivered(second)).state == "sent"
 
 
 @pytest_twisted.ensureDeferred
