@@ -1144,6 +1144,35 @@ def test_refused_token_holds_the_account_with_growing_steps(storage):
     assert 3 <= total <= 14, refreshes
 
 
+def test_a_server_that_cannot_be_reached_holds_new_messages_too(storage):
+    """Connection refused: messages queued meanwhile wait in a growing hold, not each a session.
+
+    Each new message woke the queue and opened a connection to the server that
+    was down: the attempts grew with the rate of enqueues.
+    """
+    down = SessionError(outcomes.TEMPORARY, "cannot connect to smtp.example.com:587: refused")
+    rig = Rig(storage, down, down, down, accept)
+    first = rig.enqueue()
+    assert len(rig.sender.sessions) == 1
+    for _ in range(20):  # a busy client during the outage
+        rig.enqueue()
+        rig.clock.advance(1.0)
+    assert len(rig.sender.sessions) == 1
+    record = rig.result(rig.store.getAccount("alice"))
+    assert record.state == "retrying" and "cannot connect" in record.last_error
+    rig.clock.advance(60.0)  # the first hold: 30-60 s
+    assert len(rig.sender.sessions) == 2
+    rig.clock.advance(60.0)  # the second: 60-120 s, so not yet everywhere
+    rig.clock.advance(60.0)
+    assert len(rig.sender.sessions) == 3
+    rig.clock.advance(240.0)  # the third: 120-240 s; then the server answers
+    assert len(rig.sender.sessions) == 4
+    assert rig.status(first).state == "sent"
+    assert {s.state for s in rig.statuses()} == {"sent"}
+    rig.enqueue()  # the hold ended with the good session: the next goes at once
+    assert len(rig.sender.sessions) == 5
+
+
 def test_quota_reply_pauses_the_account_and_keeps_the_message(storage):
     """A quota reply pauses sending (no bounce, no failure); the message goes out after."""
     quota = SessionError(outcomes.QUOTA, "554 5.2.0 SubmissionQuotaExceededException", pause=3600.0)

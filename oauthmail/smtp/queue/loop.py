@@ -87,9 +87,13 @@ class AccountLoop:
         self.wakeup: defer.Deferred[None] | None = None
         self.timer: Any = None
         self.again = False
-        #: No claim and no session before this time (a refused token, TLS, a quota).
+        #: No claim and no session before this time (a refused token, TLS, a quota,
+        #: a server that could not be reached).
         self.heldUntil: float | None = None
         self._refusals = Backoff(
+            parts.policy.backoff_base, parts.policy.backoff_max, parts.policy.random
+        )
+        self._outages = Backoff(
             parts.policy.backoff_base, parts.policy.backoff_max, parts.policy.random
         )
         self._quotaStreak = 0
@@ -113,6 +117,7 @@ class AccountLoop:
         """End a hold now (an operator's retry, a new authorisation); the next run sends."""
         self.heldUntil = None
         self._refusals.reset()
+        self._outages.reset()
         self._quotaStreak = 0
 
     def stop(self) -> defer.Deferred[Any] | None:
@@ -201,6 +206,7 @@ class AccountLoop:
         if error is None:
             self._parts.lastError[name] = None
             self._refusals.reset()
+            self._outages.reset()
             self._quotaStreak = 0
             await self._report("ok")
             if remaining:  # the server ended the session politely without answering
@@ -232,7 +238,11 @@ class AccountLoop:
             advice = refusedTokenAdvice(self.account) if error.auth else None
             await self._report("error", error.reason, advice=advice, until=self.heldUntil)
         else:
-            await self._report("retrying", error.reason)
+            # The server could not be reached, or ended the session: messages
+            # queued meanwhile wait too, in a growing hold, instead of each
+            # opening a connection to a server that is down.
+            self.heldUntil = now + self._outages.next()
+            await self._report("retrying", error.reason, until=self.heldUntil)
 
     async def _report(
         self,
