@@ -448,14 +448,61 @@ def test_failingAccountsCostOneLineNotOnePerPass(valid_for):
         refresher.startService()
         clock.pump([60] * 20)  # the token valid for 200 s runs out meanwhile
         refresher.stopService()
-    assert transport.requests == {"r-acct0": 21, "r-acct1": 1}  # the wait is kept
-    assert refresher.failures == 42
+    # A refused account is left out of growing numbers of passes (0, 1-2, 2-4,
+    # 4-8, ...), not asked on each of the 21; the provider's wait is kept.
+    assert 4 <= transport.requests["r-acct0"] <= 7, transport.requests
+    assert transport.requests["r-acct1"] == 1
+    assert refresher.failures < 2 * 7
     lines = [formatEvent(e) for e in events if "refresher pass" not in e["log_format"]]
     assert len([line for line in lines if "acct0" in line]) == 1, lines
     # The provider's answer is one line; the old token running out later is news: one more.
     expected = 1 if valid_for > 20 * 60 else 2
     assert len([line for line in lines if "acct1" in line]) == expected, lines
     assert store.getAccount("acct1").result.state == ("ok" if expected == 1 else "error")
+
+
+def test_aFailingAccountWaitsGrowingPassesAndASuccessEndsIt():
+    """Failures in a row leave the account out of 0, 1-2, 2-4 ... passes; a success resets.
+
+    Every pass asked the provider again for every failing account: a
+    provider down for an hour got 60 refreshes per account.
+    """
+
+    class Counting(FailingFor):
+        asked = 0
+
+        def request(self, *args):
+            self.asked += 1
+            return super().request(*args)
+
+    transport = Counting("r-acct0")  # 503 for acct0's refresh token
+    clock = task.Clock()
+    store = MemoryTokenStore(clock)
+    [acct] = accounts(1)
+    store.ensureAccount("acct0", "generic")
+    store.putTokens("acct0", TokenSet(Secret("a"), 600.0, Secret("r-acct0")), 0)
+    store.setAccountState("acct0", "ok")
+    source = TokenSource(store, {"acct0": acct}, transport, clock, max_attempts=1)
+    refresher = TokenRefresher(
+        source, store, [acct], clock, interval=60, margin=900, jitter=0, random=random.Random(5)
+    )
+    with capturedLogs() as events:
+        refresher.startService()
+        clock.pump([60] * 9)  # ten passes
+    assert 3 <= transport.asked <= 5, transport.asked  # 1, 2, then after 1-2 and 2-4 passes
+    said = " ".join(formatEvent(e) for e in events if "refresher pass" in e["log_format"])
+    assert "1 waiting after failures" in said
+    transport.failing = set()  # the provider is back
+    clock.pump([60] * 16)
+    assert refresher.refreshed == 1
+    # Due again and failing again: after a success the first failure waits no pass.
+    transport.failing = {"r-acct0x"}
+    version = store.getAccountWithTokens("acct0").result[1].version
+    store.putTokens("acct0", TokenSet(Secret("b"), 600.0, Secret("r-acct0x")), version)
+    asked = transport.asked
+    clock.pump([60, 60])
+    assert transport.asked == asked + 2
+    refresher.stopService()
 
 
 class HeldListingStore(MemoryTokenStore):

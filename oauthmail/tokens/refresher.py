@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from oauthmail.config import AccountConfig
 from oauthmail.db.errors import StoreError
 from oauthmail.interfaces import ITokenStore
+from oauthmail.retry import jitteredDelay
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import AccountNotAuthorised, TokenError
 from oauthmail.tokens.refreshjob import AlreadyFresh
@@ -70,6 +71,13 @@ PIPELINE = 16
 #: A pass waits for its refreshes at most this share of the interval, so that the
 #: next pass starts on time (``LoopingCall`` skips a tick a call overran).
 PASS_SHARE = 0.9
+
+#: An account whose refresh keeps failing is left out of a growing, jittered
+#: number of passes (none after the first failure, then 1-2, 2-4, ...), up to
+#: this many seconds' worth, not tried on every pass: a provider that is down
+#: or refuses the client is not asked again each minute for each account. (A
+#: caller that needs a token still has the token source ask at once.)
+FAILING_WAIT_MAX = 900.0
 
 
 def tokenEndpointOf(account: AccountConfig) -> str:
@@ -123,6 +131,8 @@ class TokenRefresher(Service):
         self._slots: dict[str, _RequestSlots] = {}
         #: Accounts in a pass's queue or refresh; later passes leave them alone.
         self._claimed: set[str] = set()
+        #: Accounts whose last refreshes failed: (failures in a row, first pass to try).
+        self._failing: dict[str, tuple[int, int]] = {}
         self._workers: set[defer.Deferred[None]] = set()
         self._sleeping: set[defer.Deferred[None]] = set()
         #: Statistics for the console and the tests.
@@ -268,13 +278,24 @@ class TokenRefresher(Service):
             if account.name in self._claimed:
                 tally.busy += 1  # still refreshing since an earlier pass
                 continue
+            failing = self._failing.get(account.name)
+            if (
+                failing is not None
+                and failing[1] > self.passes
+                and not self._source.holdsUnsaved(account.name)
+            ):
+                tally.waiting += 1  # failed lately: its next try is a later pass's
+                continue
             self._claimed.add(account.name)
             delay = uniform(0, jitter) if jitter > 0 else 0.0
             queues.setdefault(self._endpoints[account.name], []).append((delay, account, byAge))
         if not queues:
-            if tally.busy:
+            if tally.busy or tally.waiting:
                 log.info(
-                    "token refresher pass: {busy} due token(s) still refreshing", busy=tally.busy
+                    "token refresher pass: {busy} due token(s) still refreshing, {waiting}"
+                    " waiting after failures",
+                    busy=tally.busy,
+                    waiting=tally.waiting,
                 )
             return
         work = []
@@ -298,16 +319,26 @@ class TokenRefresher(Service):
         # Only when it happened: tokens stored after the listing (another node, a
         # caller, an earlier pass that ran long), so this pass asked nothing for them.
         fresh = ", {fresh} found fresh already" if tally.fresh else ""
-        running = due - tally.refreshed - tally.failed - tally.skipped - tally.fresh - tally.dropped
+        waiting = ", {waiting} waiting after failures" if tally.waiting else ""
+        running = (
+            due
+            - tally.refreshed
+            - tally.failed
+            - tally.skipped
+            - tally.fresh
+            - tally.dropped
+            - tally.waiting
+        )
         emit(
             "token refresher pass: {refreshed} of {due} due token(s) refreshed, "
-            "{failed} failed, {skipped} skipped" + fresh + ", {running} still refreshing,"
-            " in {seconds:.1f} s",
+            "{failed} failed, {skipped} skipped" + fresh + waiting + ", {running} still"
+            " refreshing, in {seconds:.1f} s",
             refreshed=tally.refreshed,
             due=due,
             failed=tally.failed,
             skipped=tally.skipped,
             fresh=tally.fresh,
+            waiting=tally.waiting,
             running=running,
             seconds=self._clock.seconds() - started,
         )
@@ -354,6 +385,7 @@ class TokenRefresher(Service):
 
     def _counted(self, result: object, account: AccountConfig, tally: _Tally, began: float) -> None:
         self._claimed.discard(account.name)
+        self._failing.pop(account.name, None)
         if isinstance(result, AlreadyFresh):
             tally.fresh += 1  # refreshed since this pass's listing: nothing was asked
             return
@@ -379,19 +411,28 @@ class TokenRefresher(Service):
             return
         tally.failed += 1
         self.failures += 1
+        self._holdBack(account.name)
         if not isinstance(e, (TokenError, StoreError)):
             # A TokenError or StoreError the token source has logged (once, when it was
             # news) and recorded; a line here on every pass would repeat it forever.
             log.failure("unexpected error refreshing {account}", failure, account=account.name)
 
+    def _holdBack(self, name: str) -> None:
+        """Leave a failing account out of the next passes: 0, then 1-2, 2-4, ... of them."""
+        count = self._failing.get(name, (0, 0))[0] + 1
+        most = max(1, int(FAILING_WAIT_MAX / self.interval))
+        skip = 0 if count == 1 else int(jitteredDelay(count, 1.0, most, self._random))
+        self._failing[name] = (count, self.passes + 1 + skip)
+
 
 class _Tally:
     """What became of one pass's due accounts."""
 
-    __slots__ = ("refreshed", "failed", "skipped", "fresh", "dropped", "busy")
+    __slots__ = ("refreshed", "failed", "skipped", "fresh", "dropped", "busy", "waiting")
 
     def __init__(self) -> None:
         self.refreshed = self.failed = self.skipped = self.fresh = self.dropped = self.busy = 0
+        self.waiting = 0
 
 
 class _Worker:
