@@ -132,6 +132,11 @@ class Hang(Lost):
     """Like ``"hang"`` (a crash mid-message), after ``refused`` were refused at RCPT."""
 
 
+#: Accept the session's first message, then end it with a 421 (a provider that
+#: limits the messages of one session).
+ACCEPT_ONE_THEN_421 = "accept one, then 421"
+
+
 @implementer(IMessageSender)
 class FakeSender:
     """Plays the provider: ``script`` is a list of per-session behaviours (last one repeats).
@@ -181,6 +186,13 @@ class FakeSender:
                 result.outcomes.append(outcome)
                 onOutcome(outcome)
                 result.error = SessionError(outcomes.TEMPORARY, why)
+                return defer.succeed(result)
+            if behaviour == ACCEPT_ONE_THEN_421:
+                replies = accept(m, token)
+                outcome = MessageOutcome(m.id, 250, "ok", (RecipientOutcome(*replies[0]),), True)
+                result.outcomes.append(outcome)
+                onOutcome(outcome)
+                result.error = SessionError(outcomes.TEMPORARY, "421 4.7.0 too many messages")
                 return defer.succeed(result)
             replies = behaviour(m, token)
             recipients = tuple(RecipientOutcome(*r) for r in replies)
@@ -1171,6 +1183,16 @@ def test_a_server_that_cannot_be_reached_holds_new_messages_too(storage):
     assert {s.state for s in rig.statuses()} == {"sent"}
     rig.enqueue()  # the hold ended with the good session: the next goes at once
     assert len(rig.sender.sessions) == 5
+
+
+def test_a_session_that_took_mail_before_its_421_holds_nothing(storage):
+    """A provider that ends each session with a 421 after taking a message is not an outage."""
+    rig = Rig(storage, ACCEPT_ONE_THEN_421)
+    first = rig.enqueue()
+    assert rig.status(first).state == "sent"
+    second = rig.enqueue()  # goes at once: no hold after a session that delivered
+    assert len(rig.sender.sessions) == 2
+    assert rig.status(second).state == "sent"
 
 
 def test_quota_reply_pauses_the_account_and_keeps_the_message(storage):

@@ -212,13 +212,17 @@ class AccountLoop:
             if remaining:  # the server ended the session politely without answering
                 error = SessionError(outcomes.TEMPORARY, "the session ended early")
         if error is not None:
-            await self._reportFailure(error)
+            progressed = any(outcome.accepted for outcome in result.outcomes)
+            await self._reportFailure(error, progressed)
             await self._sessionFailed(remaining, error)
             return False
         return True
 
-    async def _reportFailure(self, error: SessionError) -> None:
-        """Report a failed session, holding the account where retrying soon cannot help."""
+    async def _reportFailure(self, error: SessionError, progressed: bool = False) -> None:
+        """Report a failed session, holding the account where retrying soon cannot help.
+
+        ``progressed``: the provider accepted a message in it before it ended.
+        """
         now = self._parts.clock.seconds()
         if error.action == outcomes.QUOTA:
             self._quotaStreak += 1
@@ -237,10 +241,15 @@ class AccountLoop:
             self.heldUntil = now + self._refusals.next()
             advice = refusedTokenAdvice(self.account) if error.auth else None
             await self._report("error", error.reason, advice=advice, until=self.heldUntil)
+        elif progressed:
+            # It took mail before it ended (a provider that closes long sessions
+            # with a 421): the server works, and new mail need not wait.
+            self._outages.reset()
+            await self._report("retrying", error.reason)
         else:
-            # The server could not be reached, or ended the session: messages
-            # queued meanwhile wait too, in a growing hold, instead of each
-            # opening a connection to a server that is down.
+            # The server could not be reached, or ended the session before taking
+            # anything: messages queued meanwhile wait too, in a growing hold,
+            # instead of each opening a connection to a server that is down.
             self.heldUntil = now + self._outages.next()
             await self._report("retrying", error.reason, until=self.heldUntil)
 
