@@ -163,6 +163,31 @@ async def test_init_store_never_replaces_a_foreign_file(tmp_path):
     assert Path(config.path).read_bytes() == b"precious\n"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_device_or_fifo_is_refused_never_opened_nor_replaced(tmp_path):
+    """store.path at a FIFO or a device: one line; nothing waits, nothing is replaced.
+
+    init-store replaced whatever read as 0 bytes, /dev/null included (as root),
+    and opening a FIFO waited for ever, deaf to SIGTERM and Ctrl-C.
+    """
+    import os
+
+    from twisted.internet import reactor
+
+    fifo = tmp_path / "store.fifo"
+    os.mkfifo(fifo)
+    config = StoreConfig(path=str(fifo), key=Secret(generateKey()), key_file="unused")
+    with pytest.raises(StoreError, match="is not a regular file"):
+        preflightStore(config)
+    with pytest.raises(StoreError, match="is not a regular file"):
+        await initStore(config, Clock(), reactor)
+    assert fifo.is_fifo()
+    null = StoreConfig(path="/dev/null", key=Secret(generateKey()), key_file="unused")
+    with pytest.raises(StoreError, match="/dev/null is not a regular file"):
+        await initStore(null, Clock(), reactor)
+    assert Path("/dev/null").is_char_device()
+
+
 def test_init_store_command(tmp_path):
     """``oauthmail init-store --config FILE`` creates the store and its key file; exit 0."""
     config = tmp_path / "app.yaml"

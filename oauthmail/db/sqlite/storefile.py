@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import tempfile
 import urllib.parse
 from collections.abc import Sequence
@@ -54,12 +55,22 @@ def checkStoreFile(path: str) -> bool:
     database with tables of its own but no oauthmail schema.
     """
     try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise StoreError(f"cannot read the store {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise StoreError(f"{path} is a directory, not an oauthmail store: fix store.path")
+    if not stat.S_ISREG(mode):
+        # A device, a FIFO or a socket: opening a FIFO would wait for ever, and
+        # init-store would replace /dev/null, which reads as empty.
+        raise StoreError(f"{path} is not a regular file, not an oauthmail store: fix store.path")
+    try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))
     except FileNotFoundError:
         return False
-    except IsADirectoryError:
-        raise StoreError(f"{path} is a directory, not an oauthmail store: fix store.path") from None
     except OSError as e:
         raise StoreError(f"cannot read the store {path}: {e.strerror}") from None
     if not head:
