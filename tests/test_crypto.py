@@ -203,3 +203,16 @@ def test_round_trip_property(account, column, value):
     assert CIPHER.decrypt(account, column, token).reveal() == value
     with pytest.raises(DecryptionError):
         CIPHER.decrypt(account + "x", column, token)
+
+
+def test_a_key_file_that_is_not_a_regular_file_or_is_huge_is_refused(tmp_path):
+    """A FIFO or /dev/zero as store.key_file was read for ever (the CLI and daemon hung)."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        with pytest.raises(StoreError, match="is not a regular file: fix store.key_file"):
+            loadCipher(None, path, environ={})
+    huge = tmp_path / "huge.key"
+    huge.write_bytes(b"A" * (1024 * 1024))
+    with pytest.raises(StoreError, match="larger than 65536 bytes"):
+        loadCipher(None, str(huge), environ={})

@@ -345,18 +345,31 @@ def loadKeyFile(path: str, notices: list[Notice] | None = None) -> TokenCipher:
     source = f"key file {path}"
     try:
         try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read()
+            text = _readKeyText(path, source)
         except FileNotFoundError:
             if createPrivateFile(path, (generateKey() + "\n").encode("ascii")):
                 _record(notices, "info", "generated a new encryption key in {path}", path=path)
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read()
+            text = _readKeyText(path, source)
         else:
             warnIfShared(path, "key file", notices)
     except OSError as e:
         raise StoreError(f"cannot read or create {source}: {e.strerror}") from None
     return TokenCipher(parseKeys(text, source), source)
+
+
+#: Far more than a key file holds (one key is 45 bytes; old keys follow it).
+KEY_FILE_MAX = 64 * 1024
+
+
+def _readKeyText(path: str, source: str) -> str:
+    """The key file's text; a FIFO or device (which would never end) or a huge file is refused."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise StoreError(f"{source} is not a regular file: fix store.key_file")
+    with open(path, encoding="ascii", errors="replace") as f:
+        text = f.read(KEY_FILE_MAX + 1)
+    if len(text) > KEY_FILE_MAX:
+        raise StoreError(f"{source} is larger than {KEY_FILE_MAX} bytes: not a key file")
+    return text
 
 
 def loadCipher(
