@@ -847,3 +847,10 @@ def test_cluster_section_defaults_and_values():
         3.0,
     )
     assert given.cluster.claim_expiry == 5.0
+
+
+def test_a_file_without_end_is_refused_in_one_line():
+    """/dev/zero as the configuration was read for ever; past 8 MiB it is refused."""
+    with pytest.raises(ConfigError) as info:
+        loadConfig("/dev/zero")
+    assert str(info.value) == "/dev/zero: larger than 8 MiB: not a configuration file"

@@ -36,7 +36,12 @@ from oauthmail.config.sections import (
     readWeb,
 )
 
-__all__ = ["loadConfig", "parseConfig"]
+__all__ = ["CONFIG_MAX", "loadConfig", "parseConfig"]
+
+#: A configuration larger than this is refused before it is parsed: 10,000
+#: accounts take about 2 MiB, and /dev/zero given as the file must not be read
+#: for ever. (A pipe, ``--config <(...)``, still works: it is read, not stat'ed.)
+CONFIG_MAX = 8 * 1024 * 1024
 
 
 def loadConfig(path: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -48,12 +53,17 @@ def loadConfig(path: str, environ: Mapping[str, str] | None = None) -> Config:
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
-            raw = f.read()
+            raw = f.read(CONFIG_MAX + 1)
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise ConfigError(
             f"{source}: cannot read the configuration file: {reason}", source=source
         ) from None
+    if len(raw) > CONFIG_MAX:
+        raise ConfigError(
+            f"{source}: larger than {CONFIG_MAX // (1024 * 1024)} MiB: not a configuration file",
+            source=source,
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
