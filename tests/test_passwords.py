@@ -166,3 +166,26 @@ def test_hash_password_refuses_empty() -> None:
         stderr=err,
     )
     assert code == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("PW\udcff\udcfe\n", "not valid UTF-8 text"),  # undecodable bytes, as stdin gives them
+        ("\x00" * 5000, "longer than 1024 characters or with a NUL"),  # /dev/zero
+        ("a" * 1025 + "\n", "longer than 1024 characters"),
+        ("pass\x00word\n", "with a NUL"),
+    ],
+)
+def test_hash_password_refuses_what_no_client_can_send_in_one_line(line, said) -> None:
+    """Invalid UTF-8 raised a traceback; /dev/zero was read for ever; NUL cannot be sent."""
+    out, err = io.StringIO(), io.StringIO()
+    code = readAndHashPassword(
+        fromStdin=True,
+        stdin=io.StringIO(line),
+        readPassword=lambda prompt: "",
+        stdout=out,
+        stderr=err,
+    )
+    assert code == EXIT_USAGE and out.getvalue() == ""
+    assert said in err.getvalue() and len(err.getvalue().splitlines()) == 1

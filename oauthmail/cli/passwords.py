@@ -41,6 +41,10 @@ def hashPasswordCommand(args: argparse.Namespace) -> int:
     )
 
 
+#: Longer than any password a person types or a client sends in one AUTH line.
+MAX_PASSWORD = 1024
+
+
 def readAndHashPassword(
     *,
     fromStdin: bool,
@@ -53,7 +57,8 @@ def readAndHashPassword(
     from oauthmail.passwords import hashPassword
 
     if fromStdin:
-        password = stdin.readline().rstrip("\r\n")
+        # Bounded: /dev/zero or a runaway pipe must not be read for ever.
+        password = stdin.readline(MAX_PASSWORD + 2).rstrip("\r\n")
     else:
         password = readPassword("Password: ")
         if readPassword("Password again: ") != password:
@@ -61,6 +66,18 @@ def readAndHashPassword(
             return EXIT_USAGE
     if not password:
         print("refusing to hash an empty password", file=stderr)
+        return EXIT_USAGE
+    if len(password) > MAX_PASSWORD or "\x00" in password:
+        print(
+            f"refusing to hash a password longer than {MAX_PASSWORD} characters or with a NUL"
+            " (SASL PLAIN cannot send it)",
+            file=stderr,
+        )
+        return EXIT_USAGE
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        print("refusing to hash a password that is not valid UTF-8 text", file=stderr)
         return EXIT_USAGE
     print(hashPassword(password), file=stdout)
     return EXIT_OK
