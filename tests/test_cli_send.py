@@ -96,3 +96,18 @@ def test_send_refuses_an_empty_message(tmp_path: Path) -> None:
     result = _run(tmp_path, "alerts", stdin=b"")
     assert result.returncode == 2
     assert b"nothing was queued" in result.stderr
+
+
+def test_send_refuses_a_message_over_the_submission_limit(tmp_path: Path) -> None:
+    """Past submission.max_message_size (35 MiB by default) nothing is queued.
+
+    The command read standard input to its end: /dev/zero never ended, and a
+    50 MB message was queued for a provider that refuses it.
+    """
+    big = MESSAGE + b"x" * (35 * 1024 * 1024)
+    result = _run(tmp_path, "alerts", stdin=big)
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == (
+        "the message is larger than 36700160 bytes (submission.max_message_size):"
+        " nothing was queued"
+    )

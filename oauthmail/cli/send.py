@@ -16,7 +16,7 @@ from oauthmail.cli.base import (
     withAccount,
 )
 from oauthmail.cli.session import Session
-from oauthmail.config import AccountConfig, Config
+from oauthmail.config import AccountConfig, Config, SubmissionConfig
 
 
 def sendArguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,17 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
     if account.smtp is None:
         print(f"account {account.name!r} has no smtp section: it cannot send mail", file=sys.stderr)
         return EXIT_USAGE
-    message = sys.stdin.buffer.read()
+    # The submission server's limit (35 MiB by default) holds here too: the
+    # providers refuse larger mail, and /dev/zero must not be read for ever.
+    limit = (config.submission or SubmissionConfig()).max_message_size
+    message = sys.stdin.buffer.read(limit + 1)
+    if len(message) > limit:
+        print(
+            f"the message is larger than {limit} bytes (submission.max_message_size):"
+            " nothing was queued",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not message.strip():
         print("no message on standard input: nothing was queued", file=sys.stderr)
         return EXIT_USAGE
