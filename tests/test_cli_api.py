@@ -119,3 +119,33 @@ def test_api_refuses_remote_plain_http_and_an_authorization_header(tmp_path):
     assert result.returncode == 2 and b"https" in result.stderr
     result = run(config, "alice", "GET", "https://x.example/", "-H", "Authorization: Bearer x")
     assert result.returncode == 2 and b"Authorization" in result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_and_unreachable_hosts_are_one_named_line(tmp_path):
+    """Each was 'unexpected error (X); see the oauthmail log', naming nothing (a CLI has no log)."""
+    import socket
+
+    config = await configured(tmp_path)
+    cases = [
+        (("GE T", "http://127.0.0.1:9/"), "'GE T' is not an HTTP method"),
+        (("GET", "http://127.0.0.1:9/a b"), "a space or a control character"),
+        (("GET", "http://u:PWCANARY@127.0.0.1:9/"), "carries a user name or password"),
+        (("GET", "http://127.0.0.1:9/", "-H", "Bad Name: v"), "is not a header name"),
+        (("GET", "http://127.0.0.1:9/", "-H", "X-U: \u2603"), "must be ASCII on one line"),
+        (("GET", "http://127.0.0.1:9/", "--data", "@/nonexistent"), "No such file"),
+    ]
+    for args, said in cases:
+        result = await threads.deferToThread(run, config, "alice", *args)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and said in err and len(err.splitlines()) == 1, err
+        assert "PWCANARY" not in err
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there now
+    result = await threads.deferToThread(run, config, "alice", "GET", f"http://127.0.0.1:{port}/")
+    err = result.stderr.decode().strip()
+    assert result.returncode == 1
+    assert err.startswith(f"oauthmail api: cannot reach 127.0.0.1:{port}")
+    assert "refused" in err and len(err.splitlines()) == 1

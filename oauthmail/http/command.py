@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTCP
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from oauthmail.config import AccountConfig
@@ -26,6 +29,7 @@ from oauthmail.http.authorized import AuthorizedAgent, checkURL
 from oauthmail.http.body import BytesBody, readBounded
 from oauthmail.http.proxy import proxySettings
 from oauthmail.interfaces import ITokenSource
+from oauthmail.text import cleanText, describeFailure
 
 __all__ = ["APIAnswer", "addArguments", "callAPI", "parseHeaders", "runAPI"]
 
@@ -49,10 +53,38 @@ def parseHeaders(lines: Sequence[str]) -> list[tuple[str, str]]:
         name, colon, value = line.partition(":")
         if not colon or not name.strip():
             raise ValueError(f"a header is 'Name: value', not {line!r}")
+        if not _TOKEN.fullmatch(name.strip()):
+            raise ValueError(f"{name.strip()!r} is not a header name (RFC 9110 token)")
+        if any(c in value for c in "\r\n\x00") or not value.isascii():
+            raise ValueError(f"the value of {name.strip()!r} must be ASCII on one line")
         if name.strip().lower() == "authorization":
             raise ValueError("the account's token is the Authorization header; do not give one")
         pairs.append((name.strip(), value.strip()))
     return pairs
+
+
+#: Failures of the network, not of the request: one line naming the host.
+_UNREACHABLE = (
+    error.ConnectError,
+    error.DNSLookupError,
+    error.TimeoutError,
+    defer.TimeoutError,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+
+#: RFC 9110's token: what a method or a header name may be.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def checkRequest(method: str, url: str) -> None:
+    """``ValueError`` for a method or URL that cannot go out as one HTTP request line."""
+    if not _TOKEN.fullmatch(method):
+        raise ValueError(f"{method!r} is not an HTTP method")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("the URL has a space or a control character in it")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError("the URL carries a user name or password: give none, the token is it")
 
 
 async def callAPI(
@@ -125,10 +157,15 @@ def runAPI(
     """The ``api`` subcommand once its account is known (exit 0, 1 or 2 as the CLI's)."""
     try:
         headers = parseHeaders(args.header)
-        data = readData(args.data)
+        checkRequest(args.method, args.url)
         checkURL(args.url)
-    except (ValueError, OSError) as e:  # InsecureURLError is a ValueError
-        print(f"oauthmail api: {e}", file=sys.stderr)
+    except ValueError as e:  # InsecureURLError is a ValueError
+        print(f"oauthmail api: {cleanText(e, 300)}", file=sys.stderr)
+        return 2
+    try:
+        data = readData(args.data)
+    except OSError as e:
+        print(f"oauthmail api: --data {args.data}: {e.strerror or e}", file=sys.stderr)
         return 2
 
     async def work(reactor: Any) -> int:
@@ -137,6 +174,12 @@ def runAPI(
             answer = await callAPI(
                 reactor, session.tokens, account, args.method, args.url, headers=headers, data=data
             )
+        except _UNREACHABLE as e:
+            where = urlsplit(args.url).netloc
+            print(
+                f"oauthmail api: cannot reach {where}: {describeFailure(e, 200)}", file=sys.stderr
+            )
+            return 1
         finally:
             await session.close()
         sys.stdout.buffer.write(answer.body)
