@@ -189,3 +189,24 @@ def test_migrate_store_command(tmp_path, postgres, postgres_dsn):
     assert second.returncode == 1
     assert b"is not empty" in second.stderr and len(second.stderr.splitlines()) == 1
     assert postgres.password.encode() not in first.stdout + second.stderr
+
+
+def test_migrate_store_names_a_bad_to_not_the_configured_store(tmp_path):
+    """A bad --to was reported as 'the token store cannot be used: store.dsn ...'."""
+    config = tmp_path / "app.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path}/var/store.sqlite, key_file: {tmp_path}/var/store.key}}\n"
+    )
+    command = [sys.executable, "-m", "oauthmail.cli", "migrate-store", "-c", str(config)]
+    for to, said in (
+        ("not a dsn = = =", "migrate-store --to is not a PostgreSQL connection string"),
+        ("", "migrate-store --to: give the PostgreSQL database to copy into"),
+    ):
+        done = subprocess.run([*command, "--to", to], capture_output=True, cwd=ROOT, timeout=60)
+        err = done.stderr.decode().strip()
+        assert done.returncode == 2 and err == f"oauthmail: {said}" + (
+            " (postgresql://USER@HOST:PORT/DB or host=... dbname=...); the value is not shown"
+            if "string" in said
+            else ""
+        ), err
+    assert not (tmp_path / "var").exists()  # nothing was opened, nothing created

@@ -89,6 +89,14 @@ def migrateStoreArguments(parser: argparse.ArgumentParser) -> None:
 )
 def migrateStoreCommand(args: argparse.Namespace) -> int:
     """Stop the daemon first: what it writes during the copy would not be copied."""
+    from oauthmail.db.errors import StoreError
+    from oauthmail.db.transfer import checkTarget
+
+    try:
+        checkTarget(args.to)
+    except StoreError as e:  # the argument, not the configured store, is wrong
+        print(f"oauthmail: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def copy(store: StoreConfig, reactor: Any) -> str:
         from oauthmail.db.transfer import copyStore

@@ -199,6 +199,15 @@ def _copyTable(
     return count
 
 
+def checkTarget(dsn: str) -> None:
+    """``StoreError`` naming ``migrate-store --to`` if ``dsn`` is empty or no connection string."""
+    if not dsn.strip():
+        raise StoreError("migrate-store --to: give the PostgreSQL database to copy into")
+    from oauthmail.db.postgresql.driver import parseTarget
+
+    parseTarget(dsn, "migrate-store --to")
+
+
 def copyStore(
     store_config: _StoreConfig,
     dsn: str | Secret,
@@ -216,6 +225,10 @@ def copyStore(
         )
     path = store_config.path
     dsn_text = plain(dsn)
+    try:
+        checkTarget(dsn_text)  # before the SQLite store is opened
+    except StoreError as e:
+        return defer.fail(e)
 
     async def run() -> str:
         present = await threads.deferToThreadPool(
@@ -230,7 +243,7 @@ def copyStore(
         )
         from oauthmail.db.postgresql.driver import parseTarget
 
-        where = parseTarget(dsn_text).where
+        where = parseTarget(dsn_text, "migrate-store --to").where
         return (
             f"copied {counts['accounts']} account(s), {counts['tokens']} token set(s),"
             f" {counts['folders']} folder(s), {counts['deliveries']} delivery record(s) and"

@@ -88,10 +88,11 @@ class Target:
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
-def parseTarget(dsn: str) -> Target:
+def parseTarget(dsn: str, what: str = "store.dsn") -> Target:
     """Check ``dsn`` (a URL or ``key=value`` string) and name it without its password.
 
     A DSN that does not parse is refused without showing it: it may hold a password.
+    ``what`` names where it came from in that refusal (``migrate-store --to``).
     """
     driver()
     from psycopg.conninfo import conninfo_to_dict
@@ -100,7 +101,7 @@ def parseTarget(dsn: str) -> Target:
         params = conninfo_to_dict(dsn)
     except Exception:
         raise StoreError(
-            "store.dsn is not a PostgreSQL connection string (postgresql://USER@HOST:PORT/DB"
+            f"{what} is not a PostgreSQL connection string (postgresql://USER@HOST:PORT/DB"
             " or host=... dbname=...); the value is not shown"
         ) from None
     host = str(params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "")
