@@ -62,6 +62,8 @@ def test_bad_usage_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
         ("queue", "retry", "--all", "nobody"),
         # An unknown --account said "the queue is empty" instead.
         ("queue", "--account", "nobody"),
+        ("queue", "retry", "some-id", "--all", "alerts"),  # both: one of them
+        ("queue", "list", "some-id"),  # the id was ignored
     ):
         assert main([*args, "--config", str(config)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -109,3 +111,17 @@ def test_listing_reads_like_mailq() -> None:
     assert "\x1b" not in shown and "\x07" not in shown and "\x00" not in shown
     assert "  Subject: \\x1b]0;pwned\\x07\\x1b[2Jhi\tok" in shown
     assert "[...]" in shown and "more lines]" in shown
+
+
+def test_test_wait_must_be_a_real_number_of_seconds(tmp_path: Path, capsys) -> None:
+    """``test --wait nan`` and ``1e400`` (infinity) were accepted; -5 was refused."""
+    from oauthmail.cli import main
+
+    config = tmp_path / "app.yaml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    for wait in ("nan", "1e400", "-5", "0"):
+        args = ["test", "alerts", "--send-to-self", "--wait", wait, "--config", str(config)]
+        assert main(args) == 2
+        assert capsys.readouterr().err.strip() == (
+            "--wait must be a number of seconds above 0, at most a day"
+        )

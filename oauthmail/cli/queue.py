@@ -146,7 +146,12 @@ def queueCommand(args: argparse.Namespace) -> int:
         print(f"oauthmail queue {action} needs a queue id", file=sys.stderr)
         return EXIT_USAGE
     if action == "retry" and bool(args.id) == bool(args.all):
-        print("oauthmail queue retry needs a queue id or --all ACCOUNT", file=sys.stderr)
+        print(
+            "oauthmail queue retry takes a queue id or --all ACCOUNT, one of them", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if action == "list" and args.id:
+        print("oauthmail queue list takes no queue id (show ID shows one)", file=sys.stderr)
         return EXIT_USAGE
     names = {a.name for a in config.accounts}
     for given in (args.all, args.account):

@@ -49,8 +49,8 @@ def testArguments(parser: argparse.ArgumentParser) -> None:
 )
 def test(args: argparse.Namespace, config: Config, account: AccountConfig) -> int:
     """Run the steps against the real provider; print one line each."""
-    if args.wait <= 0:
-        print("--wait must be a number of seconds above 0", file=sys.stderr)
+    if not 0 < args.wait <= 86400:  # also refuses nan and inf
+        print("--wait must be a number of seconds above 0, at most a day", file=sys.stderr)
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:

@@ -26,7 +26,7 @@ from oauthmail.config.nodes import Document
 from oauthmail.config.operations import readLog, readMessages, readNotify
 from oauthmail.config.profiles import readProfiles
 from oauthmail.config.rules import checkClients, notesFor
-from oauthmail.config.schema import TOP_KEYS, WEB_KEYS
+from oauthmail.config.schema import SUBMISSION_KEYS, TOP_KEYS, WEB_KEYS
 from oauthmail.config.sections import (
     readCluster,
     readQueue,
@@ -134,4 +134,19 @@ def _read(document: Document, root: YamlNode | None) -> Config:
     # reports that mistake first.
     portAt = sections["web"].mapping(WEB_KEYS)["port"] if web.port == 0 else sections["web"]
     checkClients(read, profiles, web, portAt)
+    submission = config.submission
+    if (
+        submission is not None
+        and submission.port != 0
+        and submission.port == web.port
+        and (submission.bind == web.bind or {submission.bind, web.bind} & _ANY_ADDRESS)
+    ):
+        sections["submission"].mapping(SUBMISSION_KEYS)["port"].fail(
+            f"{submission.port} is web.port too: the console and the submission server"
+            " cannot listen on one port"
+        )
     return config
+
+
+#: Binds that take a port on every address (a clash with any other bind).
+_ANY_ADDRESS = {"0.0.0.0", "::"}  # noqa: S104 - compared with, never bound
