@@ -113,23 +113,18 @@ def formatMessage(status: DeliveryStatus, header: bytes, history: list[Any], now
     lines.append("header section (the body is never shown):")
     text = header.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n")
     shown = text.split("\n")
-    for line in shown[:HEADER_LINES_SHOWN]:
-        line = line.translate(_VISIBLE)
-        if len(line) > HEADER_LINE_SHOWN:
-            line = line[:HEADER_LINE_SHOWN] + " [...]"
-        lines.append("  " + line)
+    # A sender's header is not the terminal's to command: each line goes through
+    # cleanText like every other untrusted text (an escape sequence in a Subject
+    # would clear the screen or retitle the window), and a message without a
+    # header section is not printed whole.
+    lines += ["  " + cleanText(line, HEADER_LINE_SHOWN) for line in shown[:HEADER_LINES_SHOWN]]
     if len(shown) > HEADER_LINES_SHOWN:
         lines.append(f"  [... {len(shown) - HEADER_LINES_SHOWN} more lines]")
     return "\n".join(lines)
 
 
-#: What ``queue show`` prints of a header section: a sender's message is not
-#: the terminal's to command, so control characters (an escape sequence in a
-#: Subject that clears the screen or retitles the window) are shown as \xNN,
-#: and a message without a header section is not printed whole.
 HEADER_LINES_SHOWN = 200
 HEADER_LINE_SHOWN = 998  # RFC 5322's line limit
-_VISIBLE = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09}
 
 
 @subcommand(
