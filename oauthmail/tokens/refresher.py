@@ -290,13 +290,13 @@ class TokenRefresher(Service):
             delay = uniform(0, jitter) if jitter > 0 else 0.0
             queues.setdefault(self._endpoints[account.name], []).append((delay, account, byAge))
         if not queues:
-            if tally.busy or tally.waiting:
-                log.info(
-                    "token refresher pass: {busy} due token(s) still refreshing, {waiting}"
-                    " waiting after failures",
-                    busy=tally.busy,
-                    waiting=tally.waiting,
-                )
+            said = []
+            if tally.busy:
+                said.append(f"{tally.busy} due token(s) still refreshing")
+            if tally.waiting:
+                said.append(f"{tally.waiting} waiting after failures")
+            if said:
+                log.info("token refresher pass: {said}", said=", ".join(said))
             return
         work = []
         for endpoint, plan in queues.items():
