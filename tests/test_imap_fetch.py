@@ -203,6 +203,48 @@ def test_a_command_without_answer_times_out_and_drops_the_connection():
     assert transport.disconnecting
 
 
+def test_a_server_trickling_lines_cannot_hold_a_command_for_ever():
+    """A line every 100 s resets no deadline for good: the answer must average MIN_RATE."""
+    from twisted.internet.task import Clock
+
+    from oauthmail.imap.protocol import MIN_RATE
+
+    client, transport = connect()
+    client.clock = clock = Clock()
+    client.commandTimeout = 120.0
+    d = client.uidSearchFrom(1)
+    line = b"* OK still searching\r\n"
+    clock.advance(100)
+    client.dataReceived(line)  # heard from: the quiet deadline moves to 220 s
+    clock.advance(20)
+    assert not d.called
+    # The grace (120 s) plus what 22 bytes buy at MIN_RATE: about 120.02 s.
+    clock.advance(len(line) / MIN_RATE + 0.01)
+    with pytest.raises(IMAPTimeoutError, match="answered UID SEARCH too slowly"):
+        result(d)
+    assert transport.disconnecting
+
+
+def test_a_slow_but_steady_answer_is_not_cut():
+    """An answer at MIN_RATE or faster takes as long as it needs (a big message, a slow link)."""
+    from twisted.internet.task import Clock
+
+    from oauthmail.imap.protocol import MIN_RATE
+
+    client, transport = connect()
+    client.clock = clock = Clock()
+    client.commandTimeout = 120.0
+    d = client.uidSearchFrom(1)
+    client.dataReceived(b"* SEARCH")
+    for _ in range(600):  # ten minutes at 2 x MIN_RATE, in 1-second steps
+        clock.advance(1)
+        client.dataReceived(b" 1" * MIN_RATE)
+    tag = transport.value().split(b" ", 1)[0]
+    client.dataReceived(b"\r\n" + tag + b" OK done\r\n")
+    assert result(d) == [1]
+    assert not transport.disconnecting
+
+
 def test_idle_has_no_deadline():
     """IDLE waits for the server by design: no deadline applies to it."""
     from twisted.internet.task import Clock

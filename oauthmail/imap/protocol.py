@@ -28,7 +28,10 @@ Rules a reader must not break:
 * no token leaves this module in any text (the AUTHENTICATE command's ``repr``
   hides its argument);
 * a command waits at most ``commandTimeout`` seconds without hearing from the
-  server (IDLE excepted), then the connection is dropped.
+  server (IDLE excepted), then the connection is dropped; and its answer must
+  come at :data:`MIN_RATE` on average after that grace, so a server that
+  trickles a line now and then cannot hold a command (and its account) for
+  ever.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ __all__ = ["Command", "CommandResult", "IMAPClientProtocol"]
 
 #: Response codes kept per command (a server could send thousands of ``* OK [X]``).
 _MAX_CODES = 64
+
+#: Bytes per second a command's answer must average once ``commandTimeout`` has
+#: passed: a command may take ``commandTimeout + received / MIN_RATE`` seconds.
+#: A 64 MiB message on a 1 KiB/s link takes 18 hours; a trickle of 20-byte
+#: lines buys 20 ms each.
+MIN_RATE = 1024
 _STATUS = (b"OK", b"NO", b"BAD")
 
 
@@ -113,6 +122,9 @@ class IMAPClientProtocol(Protocol):
         self._idle: IdleSession | None = None
         self._timer: IDelayedCall | None = None
         self._activity = 0.0
+        #: When the current command's deadline started, and the bytes heard since.
+        self._started = 0.0
+        self._received = 0
 
     # -- connection life ------------------------------------------------------------
 
@@ -156,6 +168,7 @@ class IMAPClientProtocol(Protocol):
             return
         if self._current is not None and self.clock is not None:
             self._activity = self.clock.seconds()
+            self._received += len(data)
         try:
             self.reader.feed(data)
         except IMAPProtocolError as e:
@@ -226,7 +239,8 @@ class IMAPClientProtocol(Protocol):
 
     def _armDeadline(self) -> None:
         if self.commandTimeout > 0 and self.clock is not None:
-            self._activity = self.clock.seconds()
+            self._activity = self._started = self.clock.seconds()
+            self._received = 0
             if self._timer is None or not self._timer.active():
                 self._timer = self.clock.callLater(self.commandTimeout, self._checkDeadline)
 
@@ -242,15 +256,20 @@ class IMAPClientProtocol(Protocol):
         cmd = self._current
         if cmd is None or not cmd.deadline or self.clock is None or self._ended is not None:
             return
-        quiet = self.clock.seconds() - self._activity
-        if quiet < self.commandTimeout:
-            self._timer = self.clock.callLater(self.commandTimeout - quiet, self._checkDeadline)
+        now = self.clock.seconds()
+        quietEnds = self._activity + self.commandTimeout
+        slowEnds = self._started + self.commandTimeout + self._received / MIN_RATE
+        if now < quietEnds and now < slowEnds:
+            self._timer = self.clock.callLater(min(quietEnds, slowEnds) - now, self._checkDeadline)
             return
-        self._endSession(
-            IMAPTimeoutError(
-                f"the IMAP server did not answer {cmd.title} within {self.commandTimeout:g} s"
+        if now >= quietEnds:
+            why = f"did not answer {cmd.title} within {self.commandTimeout:g} s"
+        else:
+            why = (
+                f"answered {cmd.title} too slowly ({self._received:,} bytes in"
+                f" {now - self._started:.0f} s, under {MIN_RATE:,} bytes/s)"
             )
-        )
+        self._endSession(IMAPTimeoutError(f"the IMAP server {why}"))
 
     def sendLine(self, line: bytes) -> None:
         """Write one line (an answer to ``+``); CRLF is added."""
