@@ -932,11 +932,18 @@ def test_unsearchable_sent_delays_then_gives_up_and_sends(storage):
     status = again.status(message_id)
     assert status.state == "queued" and "could not look in Sent" in status.last_error
     assert all(message_id not in [m for m, _ in s[1]] for s in again.sender.sessions)
+    searched = []
     for _ in range(59):
         again.clock.advance(60)
+        searched.append(len(folder.calls))
     assert again.status(message_id).state == "queued"
-    assert len(folder.calls) >= 10
-    again.clock.advance(120)
+    # Looked for again and again, each wait longer than the one before up to its cap
+    # (a sixth of the hour's give-up), not once a minute in step with every account.
+    times = [60 * (i + 1) for i, n in enumerate(searched) if n > ([0] + searched)[i]]
+    waits = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert 5 <= len(times) <= 15
+    assert waits[-1] >= 4 * waits[0] and max(waits) <= 600 + 60
+    again.clock.advance(600)
     assert again.status(message_id).state == "sent"
     assert [m for m, _ in again.sender.sessions[-1][1]] == [message_id]
 
@@ -950,7 +957,7 @@ def test_sent_reachable_again_before_give_up(storage):
     again.clock.advance(60)
     folder.error = None
     folder.found.add(message_id)
-    again.clock.advance(60)
+    again.clock.advance(300)
     assert again.status(message_id).state == "sent"
     assert again.sender.sessions == []
 

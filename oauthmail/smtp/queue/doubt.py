@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from oauthmail.mail.trace import SentProbe, probeFor
+from oauthmail.retry import Backoff
 from oauthmail.smtp.queue.parts import QueueParts
 from oauthmail.text import cleanText
 
@@ -94,6 +95,7 @@ async def settleDoubts(parts: QueueParts, loop: _Loop) -> None:
             return
         finally:
             loop.sending = None
+        parts.sentWaits.pop(name, None)  # Sent answered: the next failure waits little again
         statuses = await outbox.settleDoubt(
             sorted(found),
             [i for i in ids if i not in found],
@@ -111,13 +113,28 @@ async def settleDoubts(parts: QueueParts, loop: _Loop) -> None:
         parts.notify(statuses)
 
 
+def sentWait(parts: QueueParts, name: str) -> Backoff:
+    """The account's wait between failing searches: ``backoff_base`` doubling, jittered.
+
+    Capped at a sixth of ``sent_check_give_up`` (10 minutes by default), so the
+    search that gives up comes at most that late; never above ``backoff_max``.
+    """
+    wait = parts.sentWaits.get(name)
+    if wait is None:
+        policy = parts.policy
+        cap = min(policy.backoff_max, parts.settings.sent_check_give_up / 6)
+        cap = max(cap, policy.backoff_base)
+        wait = parts.sentWaits[name] = Backoff(policy.backoff_base, cap, policy.random)
+    return wait
+
+
 async def _unsearchable(parts: QueueParts, name: str, ids: list[str], reason: str) -> bool:
     """Record a failed search; True when some messages gave up waiting (send them now)."""
     given_up = await parts.outbox.stillInDoubt(
         ids,
         f"could not look in Sent: {reason}",
         parts.clock.seconds(),
-        parts.policy.backoff_base,
+        sentWait(parts, name).next(),
         parts.settings.sent_check_give_up,
     )
     parts.lastError[name] = f"could not look in Sent: {reason}"

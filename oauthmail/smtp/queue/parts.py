@@ -18,6 +18,7 @@ from oauthmail.interfaces import (
     ISentFolder,
     ITokenSource,
 )
+from oauthmail.retry import Backoff
 from oauthmail.smtp.queue.condition import StoreCondition
 from oauthmail.smtp.queue.policy import DeliveryPolicy
 from oauthmail.smtp.queue.records import DeliveryStatus
@@ -83,3 +84,5 @@ class QueueParts:
     condition: StoreCondition = field(default_factory=StoreCondition)
     #: The refusals already logged, so a retry that meets the same one is quiet.
     said: RepeatFilter = field(default_factory=RepeatFilter)
+    #: Per account, the growing wait between searches of a Sent folder that fails.
+    sentWaits: dict[str, Backoff] = field(default_factory=dict)
