@@ -70,6 +70,37 @@ async def test_a_write_that_keeps_losing_its_connection_is_unwritable(postgres_d
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lost_serialization_race_runs_again_after_a_random_pause(postgres_dsn, monkeypatch):
+    """40001 (or a deadlock): rolled back, paused a random moment, run once more, committed."""
+    from oauthmail.db.postgresql import database as module
+
+    pauses: list[float] = []
+
+    class Sleeper:
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+
+    monkeypatch.setattr(module, "time", Sleeper)
+    opened = await openPostgreSQL(postgres_dsn, Clock())
+    runs = []
+
+    def racing(conn):
+        runs.append(1)
+        if len(runs) == 1:
+            conn.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'lost the race' USING ERRCODE = '40001'; END $$"
+            )
+        return len(runs)
+
+    try:
+        assert await opened.tokens.database.runWrite(racing) == 2
+        assert len(pauses) == 1 and module.RACE_PAUSE / 10 <= pauses[0] <= module.RACE_PAUSE
+    finally:
+        await opened.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_server_down_means_unwritable_until_it_is_back(postgres, postgres_dsn):
     """While the server is down every call is StoreUnwritable; once it is back, calls work."""
     opened = await openPostgreSQL(postgres_dsn, Clock())

@@ -12,7 +12,9 @@ pool's connection factory (:class:`_Handle`) does what adbapi's
 ``cp_reconnect`` does, quietly: a broken connection is dropped, and the next
 use connects anew. A call whose connection died *before* ``COMMIT`` was sent
 is run once more on a fresh connection (nothing of it was written: that is
-safe); so is one that lost a serialization race or a deadlock. A call that
+safe); so is one that lost a serialization race or a deadlock, after a
+random pause of up to :data:`RACE_PAUSE` in its thread (two nodes that
+collided would otherwise collide again at once). A call that
 still fails, or whose connection died *during* ``COMMIT`` (its outcome is
 unknown), fails with :class:`~oauthmail.db.errors.StoreUnwritable`: the
 submission server answers ``451`` and the queue stops claiming until a write
@@ -26,6 +28,8 @@ change nothing outside the database; psycopg's errors come back as
 
 from __future__ import annotations
 
+import random as _random
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -381,6 +385,7 @@ class PostgreSQLDatabase:
                         "{why}; trying once more on a new connection",
                         why=describeError(e, self.target),
                     )
+                    _pauseAfterRace(e)
                     continue
                 raise translate(e, self.target, broken) from None
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
@@ -395,7 +400,22 @@ class PostgreSQLDatabase:
                         " may not have been made)"
                     ) from None
                 if getattr(e, "sqlstate", None) in RETRYABLE_STATES and attempt + 1 < attempts:
+                    _pauseAfterRace(e)
                     continue
                 raise translate(e, self.target) from None
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Longest pause, in seconds, before a transaction that lost a serialization race
+#: or a deadlock runs again (in its pool thread, never the reactor's).
+RACE_PAUSE = 0.05
+
+#: SQLSTATEs of two transactions colliding: serialization failure, deadlock.
+_RACES = frozenset({"40001", "40P01"})
+
+
+def _pauseAfterRace(error: BaseException) -> None:
+    """Wait a random moment after a collision, so the two sides do not meet again."""
+    if getattr(error, "sqlstate", None) in _RACES:
+        time.sleep(_random.uniform(RACE_PAUSE / 10, RACE_PAUSE))  # noqa: S311 - jitter
