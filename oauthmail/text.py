@@ -44,9 +44,17 @@ def describeFailure(failure: object, limit: int = 300) -> str:
     """The message of an exception (or a ``Failure``'s), without the traceback nobody can use.
 
     Twisted's IMAP errors carry the server's bytes; their ``str`` is ``b'...'``:
-    the quotes go, the text stays.
+    the quotes go, the text stays. Twisted's HTTP client wraps the real reason in
+    a list (``ResponseFailed``, ``ResponseNeverReceived``): the first is told.
     """
     value = getattr(failure, "value", failure)
+    for _ in range(4):
+        reasons = getattr(value, "reasons", None)
+        if not isinstance(reasons, list):
+            break
+        if not reasons:
+            return type(value).__name__
+        value = getattr(reasons[0], "value", reasons[0])
     args = getattr(value, "args", ())
     if len(args) == 1 and isinstance(args[0], bytes):
         text = args[0].decode("utf-8", "replace")

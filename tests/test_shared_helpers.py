@@ -86,3 +86,13 @@ def test_backoffGrowsUntilReset() -> None:
     assert all(later >= earlier / 2 for earlier, later in zip(delays, delays[1:], strict=False))
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+def test_describe_failure_tells_the_reason_inside_twisted_http_wrappers():
+    """ResponseNeverReceived([Failure(X)]) is told as X's message, not as a list's repr."""
+    from twisted.python.failure import Failure
+    from twisted.web.client import ResponseNeverReceived
+
+    wrapped = ResponseNeverReceived([Failure(ConnectionRefusedError("refused by the receiver"))])
+    assert describeFailure(Failure(wrapped)) == "refused by the receiver"
+    assert describeFailure(ResponseNeverReceived([])) == "ResponseNeverReceived"

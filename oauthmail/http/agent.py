@@ -5,7 +5,8 @@ request's host it asks the :class:`~oauthmail.http.proxy.ProxySettings`
 whether to connect directly (``HostnameEndpoint``) or through a
 :class:`~oauthmail.http.tunnel.TunnelEndpoint`, and wraps ``https`` in TLS
 verified against the *target's* name (``BrowserLikePolicyForHTTPS``, the
-platform's trust store or one extra CA file). :class:`AgentFactory` keeps one
+platform's trust store or one extra CA file), and bounds each answer's header
+section (:mod:`~oauthmail.http.bounded`). :class:`AgentFactory` keeps one
 ``Agent`` and connection pool per proxy setting, so profiles with different
 proxies never share a pooled connection.
 
@@ -23,6 +24,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+from oauthmail.http.bounded import HeaderBoundEndpoint
 from oauthmail.http.proxy import DIRECT, ProxySettings
 from oauthmail.http.tunnel import TunnelEndpoint
 from oauthmail.logs import QuietEndpoint
@@ -95,7 +97,7 @@ class RoutingEndpointFactory:
             endpoint = TunnelEndpoint(toProxy, route, host, uri.port, self._clock, timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
-        return endpoint
+        return HeaderBoundEndpoint(endpoint)
 
 
 class AgentFactory:

@@ -23,16 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
+from oauthmail.http.agent import RoutingEndpointFactory
 from oauthmail.http.body import BytesBody, discardBody
-from oauthmail.logs import QuietEndpoint
+from oauthmail.http.proxy import DIRECT
 from oauthmail.notifications.events import Notice
 from oauthmail.retry import Backoff
 from oauthmail.secret import Secret, plain
@@ -56,24 +55,6 @@ def _shown(url: str) -> str:
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-@implementer(IAgentEndpointFactory)
-class _Endpoints:
-    """Plain TCP for http, verified TLS for https; every connection's factory quiet."""
-
-    def __init__(self, reactor: Any, timeout: float) -> None:
-        self._reactor = reactor
-        self._timeout = timeout
-        self._policy = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._timeout
-        )
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
-        return QuietEndpoint(endpoint)
 
 
 class WebhookNotifier:
@@ -105,7 +86,9 @@ class WebhookNotifier:
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             agent = Agent.usingEndpointFactory(
-                reactor, _Endpoints(reactor, timeout), pool=self._pool
+                reactor,
+                RoutingEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), DIRECT, timeout),
+                pool=self._pool,
             )
         self._agent = agent
         self._timeout = timeout

@@ -26,7 +26,9 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from oauthmail.http.agent import RoutingEndpointFactory
 from oauthmail.http.body import IncompleteAnswer, ResponseTooLarge, readBounded
+from oauthmail.http.proxy import DIRECT
 from oauthmail.interfaces import IClosable, ISink
 from oauthmail.secret import Secret
 from oauthmail.sinks.commit import BeforeCommit
@@ -37,6 +39,7 @@ from oauthmail.sinks.errors import (
     redactURL,
     shorten,
 )
+from oauthmail.text import cleanText
 from oauthmail.tokens.http import BytesProducer
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -90,7 +93,8 @@ class WebhookSink:
         self._pool = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
-            agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=self._pool)
+            routes = RoutingEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), DIRECT, timeout)
+            agent = Agent.usingEndpointFactory(reactor, routes, pool=self._pool)
         self._agent = agent
 
     def close(self) -> defer.Deferred:
@@ -165,5 +169,7 @@ class WebhookSink:
         reason = type(failure.value).__name__
         inner = getattr(failure.value, "reasons", None)  # ResponseFailed and friends
         if inner:
-            reason = f"{reason} ({type(inner[0].value).__name__})"
+            cause = inner[0].value
+            text = cleanText(cause, 120)
+            reason = f"{reason} ({type(cause).__name__}{': ' + text if text else ''})"
         raise TemporarySinkError(f"{self.name}: {reason}")

@@ -1,0 +1,133 @@
+"""A bound on the header section of every HTTP answer, which Twisted's client does not have.
+
+Twisted's HTTP client keeps every header line of an answer (each line is
+limited, their number is not), so a token endpoint, an API or a webhook
+receiver that sends header lines without end would fill the daemon's memory
+before any body limit (:func:`~oauthmail.http.body.readBounded`) is reached.
+
+:class:`HeaderBoundEndpoint` wraps a client endpoint (outside TLS, so it
+counts plaintext) and watches the bytes as they arrive, without parsing
+anything Twisted parses: from the start of an answer to the blank line that
+ends its header section (an interim ``1xx`` answer and the one after it count
+as one), at most :data:`MAX_RESPONSE_HEADERS` bytes; the next request written
+starts the count again. More than that and the connection is dropped, and the
+request fails with :class:`ResponseHeadersTooLargeError`, which names the bound.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["MAX_RESPONSE_HEADERS", "HeaderBoundEndpoint", "ResponseHeadersTooLargeError"]
+
+#: Bytes an answer's status line and header lines may take together (real
+#: servers send a few KiB; Node.js refuses more than 16 KiB).
+MAX_RESPONSE_HEADERS = 64 * 1024
+
+#: The blank line that ends a header section (Twisted accepts bare LF too).
+_END = re.compile(rb"\r?\n\r?\n")
+
+
+class ResponseHeadersTooLargeError(Exception):
+    """The server sent a longer header section than :data:`MAX_RESPONSE_HEADERS`."""
+
+
+class _HeaderBound(ProtocolWrapper):
+    """Counts each answer's header bytes; drops the connection past the bound."""
+
+    def __init__(self, factory: WrappingFactory, wrappedProtocol: IProtocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._limit: int = factory.limit  # type: ignore[attr-defined]
+        self._counting = True
+        self._size = 0
+        self._tail = b""  # the last bytes seen, to find a blank line split across reads
+        self._start = b""  # the first bytes of the answer: its status code
+        self._refused: ResponseHeadersTooLargeError | None = None
+
+    def write(self, data: bytes) -> None:
+        self._request()
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self._request()
+        super().writeSequence(data)
+
+    def _request(self) -> None:
+        """A request goes out: the next bytes in are the header section of its answer."""
+        if not self._counting:
+            self._counting = True
+            self._size = 0
+            self._tail = self._start = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused is not None:
+            return
+        if self._counting and not self._count(data):
+            self._refused = ResponseHeadersTooLargeError(
+                f"the server sent more than {self._limit // 1024} KiB of response headers"
+            )
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+    def _count(self, data: bytes) -> bool:
+        """Follow ``data`` through header sections; False once one is over the bound."""
+        pos = 0
+        while self._counting and pos < len(data):
+            if len(self._start) < 12:
+                self._start += data[pos : pos + 12 - len(self._start)]
+            found = _END.search(self._tail + data[pos:])
+            if found is None:
+                self._size += len(data) - pos
+                self._tail = (self._tail + data[pos:])[-3:]
+                return self._size <= self._limit
+            end = pos + found.end() - len(self._tail)
+            self._size += end - pos
+            if self._size > self._limit:
+                return False
+            pos = end
+            if self._start[9:10] == b"1":  # an interim answer: counted with the one after
+                self._tail = self._start = b""
+            else:
+                self._counting = False
+        return True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._refused is not None:
+            reason = Failure(self._refused)
+        super().connectionLost(reason)
+
+
+class _BoundFactory(WrappingFactory):
+    protocol = _HeaderBound
+
+    def __init__(self, wrappedFactory: Factory, limit: int) -> None:
+        super().__init__(wrappedFactory)
+        self.limit = limit
+        self.noisy = getattr(wrappedFactory, "noisy", False)
+
+
+@implementer(IStreamClientEndpoint)
+class HeaderBoundEndpoint:
+    """``endpoint``, with each answer's header section bounded (see the module docstring).
+
+    ``connect`` fires with the protocol ``factory`` built, as the wrapped
+    endpoint would: the HTTP client never sees the wrapper.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, limit: int = MAX_RESPONSE_HEADERS) -> None:
+        self._endpoint = endpoint
+        self._limit = limit
+
+    def connect(self, protocolFactory: Factory) -> defer.Deferred[Any]:
+        wrapping = _BoundFactory(protocolFactory, self._limit)
+        d = self._endpoint.connect(wrapping)
+        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
