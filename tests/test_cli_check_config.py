@@ -192,3 +192,46 @@ def test_main_prints_the_notes_and_the_missing_secret(tmp_path, capsys):
         " turns on 'Let devices and apps use IMAP' (Outlook.com Settings, Mail, Forwarding"
         " and IMAP)"
     ]
+
+
+def test_main_refuses_sinks_the_daemon_would_refuse(tmp_path, capsys):
+    """A maildir that is a file, a missing program, an unimportable object: one line each."""
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    broken = tmp_path / "broken_sink_module.py"
+    broken.write_text("raise RuntimeError('half-written module')\n")
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        "profiles:\n"
+        "  g: {provider: google, client_id: abc, client_secret: s}\n"
+        "accounts:\n"
+        "  - {name: a, address: a@example.com, profile: g,"
+        f" imap: {{sink: {{maildir: {afile}}}}}}}\n"
+        "  - {name: b, address: b@example.com, profile: g,"
+        " imap: {sink: {command: [/nonexistent/deliver]}}}\n"
+        "  - {name: c, address: c@example.com, profile: g,"
+        " imap: {sink: {python: 'no_such_module_xyz:Sink'}}}\n"
+        "  - {name: d, address: d@example.com, profile: g,"
+        " imap: {sink: {python: 'broken_sink_module:Sink'}}}\n"
+        "  - {name: e, address: e@example.com, profile: g,"
+        f" imap: {{sink: {{maildir: {tmp_path / 'fresh'}}}}}}}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        status = cli.main(["check-config", str(path)])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("broken_sink_module", None)
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert err.splitlines() == [
+        f"{path}: account a: cannot receive mail: maildir sink: {afile} exists and is not a"
+        " directory",
+        f"{path}: account b: cannot receive mail: command sink: '/nonexistent/deliver' is not"
+        " an executable",
+        f"{path}: account c: cannot receive mail: python sink: cannot load"
+        " 'no_such_module_xyz:Sink': ModuleNotFoundError: No module named 'no_such_module_xyz'",
+        f"{path}: account d: cannot receive mail: python sink: importing"
+        " 'broken_sink_module:Sink' failed: RuntimeError: half-written module",
+    ]
+    assert not (tmp_path / "fresh").exists()  # checked, not made

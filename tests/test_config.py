@@ -140,13 +140,21 @@ def test_interpolated_secret_never_in_error():
     assert SECRET_MARKER not in str(info.value)
 
 
+@pytest.fixture(scope="module")
+def caPEM(tmp_path_factory) -> bytes:
+    """A real CA certificate (the loader checks that a ``ca_file`` holds one)."""
+    from oauthmail.testing.certs import generateTestCertificates
+
+    return generateTestCertificates(tmp_path_factory.mktemp("certs")).caFile.read_bytes()
+
+
 @pytest.fixture
-def fullEnv(tmp_path):
+def fullEnv(tmp_path, caPEM):
     """The environment ``tests/configs/good/full.yaml`` needs."""
     secret = tmp_path / "google-secret"
     secret.write_text("google-secret-value\n")
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca.write_bytes(caPEM)
     return {
         "OAUTHMAIL_TEST_GOOGLE_ID": "1234-abc.apps.googleusercontent.com",
         "OAUTHMAIL_TEST_SECRET_FILE": str(secret),

@@ -30,6 +30,11 @@ def checkConfig(args: argparse.Namespace) -> int:
     config = readConfig(args.config)
     if config is None:
         return EXIT_USAGE
+    problems = _sinkProblems(config)
+    if problems:
+        for problem in problems:
+            print(f"{config.source}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     out = sys.stdout
     accounts = config.accounts
     print(
@@ -52,6 +57,22 @@ def checkConfig(args: argparse.Namespace) -> int:
     for note in config.notes:
         print(f"note: {note}", file=out)
     return EXIT_OK
+
+
+def _sinkProblems(config: Any) -> list[str]:
+    """Each account whose sink the daemon would refuse at start, as the daemon says it."""
+    from oauthmail.sinks.errors import SinkConfigurationError
+    from oauthmail.sinks.factory import checkSink
+
+    problems = []
+    for account in config.accounts:
+        if account.imap is None:
+            continue
+        try:
+            checkSink(account.imap.sink)
+        except SinkConfigurationError as e:
+            problems.append(f"account {account.name}: cannot receive mail: {e}")
+    return problems
 
 
 @subcommand(

@@ -69,6 +69,8 @@ def serverFrom(s: Map, default: ServerConfig | None, kind: str) -> ServerConfig:
     if ca_file is not None and "ca_file" in s:
         if not os.path.isfile(ca_file) or not os.access(ca_file, os.R_OK):
             s["ca_file"].fail(f"cannot read the CA file {ca_file}")
+        if not _holdsCertificate(ca_file):
+            s["ca_file"].fail(f"{ca_file} holds no PEM certificate (BEGIN CERTIFICATE)")
     server_name = s["server_name"].string(default.server_name if default else None)
     if server_name is not None and not HOSTNAME.match(server_name):
         s["server_name"].fail(f"expected a host name, got {server_name!r}")
@@ -80,3 +82,15 @@ def serverFrom(s: Map, default: ServerConfig | None, kind: str) -> ServerConfig:
         ca_file=ca_file,
         server_name=server_name,
     )
+
+
+def _holdsCertificate(path: str) -> bool:
+    """Whether ``path`` holds a certificate the daemon can load (as ``oauthmail.tls`` does)."""
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(path, "rb") as f:
+            Certificate.loadPEM(f.read(1024 * 1024))
+    except Exception:
+        return False
+    return True

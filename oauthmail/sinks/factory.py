@@ -8,13 +8,16 @@ first message.
 
 from __future__ import annotations
 
+import os
+
 from oauthmail.config import SinkConfig
 from oauthmail.interfaces import ISink
 from oauthmail.sinks.command import CommandSink
 from oauthmail.sinks.errors import SinkConfigurationError
 from oauthmail.sinks.maildir import MaildirSink
-from oauthmail.sinks.python import PythonSink
+from oauthmail.sinks.python import PythonSink, resolveObject
 from oauthmail.sinks.webhook import WebhookSink
+from oauthmail.text import describeFailure
 
 SINK_KINDS = ("maildir", "command", "webhook", "python")
 
@@ -26,8 +29,7 @@ def makeSink(sink_config: SinkConfig, reactor, threadpool=None) -> ISink:
     """
     kind = sink_config.kind
     if kind == "maildir":
-        if not sink_config.path:
-            raise SinkConfigurationError("maildir sink: 'path' is required")
+        checkMaildirPath(sink_config.path or "")
         return MaildirSink(sink_config.path, reactor, threadpool)
     if kind == "command":
         if not sink_config.command:
@@ -44,3 +46,36 @@ def makeSink(sink_config: SinkConfig, reactor, threadpool=None) -> ISink:
     raise SinkConfigurationError(
         f"unknown sink kind {kind!r} (expected one of: {', '.join(SINK_KINDS)})"
     )
+
+
+def checkSink(sink_config: SinkConfig) -> None:
+    """What ``makeSink`` would refuse at start, without building anything (``check-config``).
+
+    ``SinkConfigurationError`` for a maildir path that is not a directory, a
+    command that is not an executable, a Python object that cannot be imported
+    (its module is imported: as the daemon would, so check-config runs its
+    top-level code too).
+    """
+    kind = sink_config.kind
+    if kind == "maildir":
+        checkMaildirPath(sink_config.path or "")
+    elif kind == "command":
+        CommandSink(sink_config.command or (), None, sink_config.timeout)
+    elif kind == "python":
+        try:
+            resolveObject(sink_config.object or "")
+        except SinkConfigurationError:
+            raise
+        except Exception as e:  # a module that fails as it is imported
+            raise SinkConfigurationError(
+                f"python sink: importing {sink_config.object!r} failed:"
+                f" {type(e).__name__}: {describeFailure(e, 200)}"
+            ) from None
+
+
+def checkMaildirPath(path: str) -> None:
+    """A maildir's path must be a directory, or not exist yet (it is made at the first message)."""
+    if not path:
+        raise SinkConfigurationError("maildir sink: 'path' is required")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SinkConfigurationError(f"maildir sink: {path} exists and is not a directory")
