@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oauthmail.http.retryafter import MAX_RETRY_AFTER
+from oauthmail.http.retryafter import parseRetryAfter as retryAfter
 from oauthmail.smtp import outcomes
-from oauthmail.transports.answers import apiError, judge, retryAfter
+from oauthmail.transports.answers import apiError, judge
 from oauthmail.transports.graph import encodedSize
 from oauthmail.transports.recipients import headerRecipients, prepare
 
@@ -124,19 +126,28 @@ def test_answers_nested_beyond_reason_are_text_not_a_crash():
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("120", 120.0), (" 0 ", 0.0), ("-5", 0.0), ("1.5", 1.5), ("soon", None), ("nan", None)],
+    [
+        ("120", 120.0),
+        (" 0 ", 0.0),
+        ("-5", None),
+        ("1.5", 1.5),
+        ("soon", None),
+        ("nan", None),
+        ("99999999999", MAX_RETRY_AFTER),
+        ("9" * 400, MAX_RETRY_AFTER),
+    ],
 )
 def test_retry_after_seconds(value, seconds):
-    """Delta-seconds are read (never negative); garbage is None."""
+    """Delta-seconds are read, at most an hour; a sign or garbage is None (the backoff applies)."""
     assert retryAfter(value, 1000.0) == seconds
 
 
 @given(st.integers(min_value=0, max_value=10**6))
 def test_retry_after_http_date(delta):
-    """An HTTP-date means the seconds from now until then."""
+    """An HTTP-date means the seconds from now until then, at most an hour."""
     now = 1_700_000_000.0
     value = email.utils.formatdate(now + delta, usegmt=True)
-    assert retryAfter(value, now) == pytest.approx(delta, abs=1)
+    assert retryAfter(value, now) == pytest.approx(min(delta, MAX_RETRY_AFTER), abs=1)
 
 
 @given(st.text(max_size=40))

@@ -28,7 +28,6 @@ generated answers); the checks after them are shared.
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import json
 import math
@@ -39,6 +38,7 @@ from urllib.parse import parse_qsl, quote, quote_plus
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 from oauthlib.oauth2.rfc6749.parameters import parse_token_response
 
+from oauthmail.http.retryafter import MAX_RETRY_AFTER, parseRetryAfter
 from oauthmail.secret import Secret, plain, scrub
 from oauthmail.text import cleanText
 from oauthmail.tokens.errors import (
@@ -71,12 +71,9 @@ MIN_LIFETIME = 60.0
 MAX_LIFETIME = 365 * 86400.0
 #: An ``expires_in`` beyond this is no lifetime but a broken or hostile answer.
 ABSURD_LIFETIME = 10 * 365 * 86400
-#: The longest ``Retry-After`` honoured (seconds): one hour.
-MAX_RETRY_AFTER = 3600.0
 #: Access and refresh tokens longer than this are refused (real ones are a few KB).
 MAX_TOKEN_LENGTH = 64 * 1024
 
-_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _WHOLE = re.compile(r"[0-9]+")
 
 
@@ -154,30 +151,6 @@ def _spellings(hidden: Iterable[Secret | str]) -> Iterator[str]:
         for encoded in (quote_plus(value), quote(value, safe="")):
             if encoded != value:
                 yield encoded
-
-
-# -- Retry-After ---------------------------------------------------------------------
-
-
-def parseRetryAfter(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3), at most an hour.
-
-    Both forms are understood: delay-seconds and an HTTP date. Anything else, or a
-    value that is no number at all, is ``None``: the caller's own backoff applies.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if _SECONDS.fullmatch(value):
-        return min(float(value), MAX_RETRY_AFTER)  # a long run of digits is inf: capped
-    try:
-        parsed = email.utils.parsedate_tz(value)
-        when = email.utils.mktime_tz(parsed) if parsed is not None else None
-    except (TypeError, ValueError, OverflowError, IndexError):
-        return None
-    if when is None:
-        return None
-    return min(max(0.0, when - now), MAX_RETRY_AFTER)
 
 
 # -- classification ------------------------------------------------------------------

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
+from oauthmail.http.retryafter import parseRetryAfter
 from oauthmail.smtp import outcomes
 from oauthmail.text import cleanText
 
-__all__ = ["Judgement", "apiError", "judge", "retryAfter"]
+__all__ = ["Judgement", "apiError", "judge"]
 
 #: Gmail's ``403``/``429`` reasons that mean "slow down", not "forbidden".
 RATE_REASONS = frozenset(
@@ -73,26 +73,6 @@ class Judgement:
     pause: float | None = None
 
 
-def retryAfter(value: str | None, now: float) -> float | None:
-    """Seconds a ``Retry-After`` asks for (delta-seconds or an HTTP-date); ``None`` if unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, infinities
-        return None
-    return max(0.0, seconds)
-
-
 def apiError(body: bytes) -> tuple[str, str]:
     """The API's error code (Graph's ``code``, Gmail's ``errors[0].reason``) and message."""
     try:
@@ -116,7 +96,7 @@ def judge(api: str, status: int, body: bytes, retry_after: str | None, now: floa
         return Judgement(outcomes.OK, 250, f"2.0.0 accepted by {api} (HTTP {status})")
     code, message = apiError(body)
     said = cleanText(f"{api} answered HTTP {status} {code}: {message}".replace(" :", ":"), 280)
-    pause = retryAfter(retry_after, now)
+    pause = parseRetryAfter(retry_after, now)
     lowered = code.lower()
     if status == 401:
         return Judgement(outcomes.REFRESH, 535, f"5.7.8 {said}", ends=True, account=True)
