@@ -70,6 +70,29 @@ def test_stamp_follows_bare_lf_messages():
     assert messageIdOf(stamped) == f"<{QID}.oauthmail@localhost>"
 
 
+def test_text_without_a_header_section_stays_body():
+    """``echo hi | oauthmail send``: the text is the body, not a broken header field."""
+    for message, nl in [
+        (b"hi\n", b"\n"),
+        (b"Hello Bob,\r\nMessage-ID: <not@a.header>\r\n\r\nbye\r\n", b"\r\n"),
+        (b"From bob@example.com Mon Jan  1 00:00:00 2026\nSubject: mbox\n\nx\n", b"\n"),
+    ]:
+        stamped = stamp(message, QID, NOW, "a@example.com")
+        assert stamped.endswith(nl + nl + message)
+        assert headerBlock(stamped).count(nl) == 3  # Received (two lines), Message-ID
+        assert messageIdOf(stamped) == f"<{QID}.oauthmail@example.com>"
+        assert probeFor(QID, stamped) is not None
+
+
+@given(_body.filter(lambda b: b[:1] not in (b"\r", b"\n") and b":" not in b.split(b"\n")[0]))
+def test_text_that_does_not_start_with_a_field_is_all_body(body):
+    """Bytes whose first line is no field: our fields, one empty line, then every byte as given."""
+    stamped = stamp(body, QID, NOW, "a@example.com")
+    header = headerBlock(stamped)
+    assert stamped[len(header) :] in (b"\n" + body, b"\r\n" + body)
+    assert headerValues(header, "Message-ID") == [f"<{QID}.oauthmail@example.com>"]
+
+
 def test_odd_sender_domain_is_not_put_in_the_message_id():
     """A sender domain that is not a plain domain does not end up in the Message-ID."""
     stamped = stamp(b"Subject: x\r\n\r\n", QID, NOW, 'x@"weird domain"')

@@ -39,6 +39,8 @@ BY_HOST = "localhost"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _ANGLED = re.compile(r"<[^<>\s]+>")
+#: The start of a header field: a field name (RFC 5322 ftext) and its colon.
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,16 @@ def stamp(message: bytes, queue_id: str, now: float, mail_from: str = "") -> byt
         f"Received: by {BY_HOST} (oauthmail) id {queue_id};".encode("ascii"),
         b"\t" + date.encode("ascii"),
     ]
+    # Text that starts at once, without a header section (``echo hi | oauthmail
+    # send``), is all body, as Postfix's cleanup reads it: an empty line after
+    # our fields keeps its first line from reading as a (broken) field.
+    headerless = message[:1] not in (b"\r", b"\n") and not _FIELD.match(message)
     # At most one Message-ID field (RFC 5322 3.6): never a second one, even
     # next to a malformed first.
-    if not headerValues(headerBlock(message), "Message-ID"):
+    if headerless or not headerValues(headerBlock(message), "Message-ID"):
         lines.append(f"Message-ID: <{queue_id}.oauthmail@{_domainOf(mail_from)}>".encode("ascii"))
+    if headerless:
+        lines.append(b"")
     return nl.join(lines) + nl + message
 
 
