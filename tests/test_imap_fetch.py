@@ -6,12 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides
 
 from oauthmail.imap.errors import IMAPCommandError, IMAPTimeoutError
 from oauthmail.imap.fetch import FetchResponseParser, formatUIDSet
+from oauthmail.imap.protocol import MIN_RATE
 from oauthmail.imap.session import IMAPSession
 
 CAPS = b"IMAP4rev1 AUTH=XOAUTH2 IDLE MOVE UIDPLUS"
@@ -187,14 +189,17 @@ def test_format_uid_set_round_trip(uids):
     assert back == uids
 
 
-def test_a_command_without_answer_times_out_and_drops_the_connection():
-    """A server that stops answering: the command fails after its deadline, the link is cut."""
-    from twisted.internet.task import Clock
-
+def searchWithDeadline():
+    """A client on a Clock with a 120 s command deadline, and a UID SEARCH in flight."""
     client, transport = connect()
     client.clock = clock = Clock()
     client.commandTimeout = 120.0
-    d = client.uidSearchFrom(1)
+    return client, transport, clock, client.uidSearchFrom(1)
+
+
+def test_a_command_without_answer_times_out_and_drops_the_connection():
+    """A server that stops answering: the command fails after its deadline, the link is cut."""
+    client, transport, clock, d = searchWithDeadline()
     clock.advance(119)
     assert not d.called
     clock.advance(1)
@@ -205,14 +210,7 @@ def test_a_command_without_answer_times_out_and_drops_the_connection():
 
 def test_a_server_trickling_lines_cannot_hold_a_command_for_ever():
     """A line every 100 s resets no deadline for good: the answer must average MIN_RATE."""
-    from twisted.internet.task import Clock
-
-    from oauthmail.imap.protocol import MIN_RATE
-
-    client, transport = connect()
-    client.clock = clock = Clock()
-    client.commandTimeout = 120.0
-    d = client.uidSearchFrom(1)
+    client, transport, clock, d = searchWithDeadline()
     line = b"* OK still searching\r\n"
     clock.advance(100)
     client.dataReceived(line)  # heard from: the quiet deadline moves to 220 s
@@ -227,14 +225,7 @@ def test_a_server_trickling_lines_cannot_hold_a_command_for_ever():
 
 def test_a_slow_but_steady_answer_is_not_cut():
     """An answer at MIN_RATE or faster takes as long as it needs (a big message, a slow link)."""
-    from twisted.internet.task import Clock
-
-    from oauthmail.imap.protocol import MIN_RATE
-
-    client, transport = connect()
-    client.clock = clock = Clock()
-    client.commandTimeout = 120.0
-    d = client.uidSearchFrom(1)
+    client, transport, clock, d = searchWithDeadline()
     client.dataReceived(b"* SEARCH")
     for _ in range(600):  # ten minutes at 2 x MIN_RATE, in 1-second steps
         clock.advance(1)
