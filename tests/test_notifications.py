@@ -15,7 +15,7 @@ from twisted.web import resource, server
 from oauthmail.health import AccountHealth, AccountView
 from oauthmail.messagelog.records import FAILED, OUT, SENT, LogEntry
 from oauthmail.notifications.events import ACCOUNT_STATE, MESSAGE_FAILED, Notice
-from oauthmail.notifications.hub import NotificationHub, NotifyingRecorder
+from oauthmail.notifications.hub import HOLD_MAX, NotificationHub, NotifyingRecorder
 from oauthmail.notifications.mail import MailNotifier
 from oauthmail.notifications.webhook import SIGNATURE_HEADER, WebhookNotifier, sign
 from oauthmail.secret import Secret
@@ -224,3 +224,70 @@ def test_notice_json_is_sorted_and_flat():
     assert (
         body == b'{"account":"a","at":2.0,"event":"account_state","state":"ok","summary":"a is ok"}'
     )
+
+
+class _Collect:
+    """A notifier that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[Notice] = []
+
+    def notify(self, notice: Notice) -> None:
+        self.got.append(notice)
+
+    def close(self):
+        return defer.succeed(None)
+
+
+def _now(d: defer.Deferred) -> None:
+    """What a memory store does at once (no reactor needed)."""
+    failures: list = []
+    d.addErrback(failures.append)
+    assert d.called and not failures
+
+
+def _flapping(clock: Clock) -> tuple[AccountHealth, _Collect, NotificationHub]:
+    collect = _Collect()
+    health = AccountHealth(MemoryTokenStore(clock), clock)
+    hub = NotificationHub([collect], clock)
+    health.listen(hub.accountChanged)
+    health.declare("alice", ["imap:INBOX"])
+    _now(health.report("alice", "imap:INBOX", "ok"))
+    return health, collect, hub
+
+
+def test_a_flapping_account_makes_few_notices_and_the_last_state_is_told():
+    """A server dropping every session after login: not two notices per reconnect."""
+    clock = Clock()
+    health, collect, hub = _flapping(clock)
+    for _ in range(288):  # a day of a flap every 5 minutes
+        _now(health.report("alice", "imap:INBOX", "error", "connection lost"))
+        clock.advance(10)
+        _now(health.report("alice", "imap:INBOX", "ok"))
+        clock.advance(290)
+    states = [n.details["state"] for n in collect.got]
+    assert states[0] == "error" and len(states) <= 12  # of 576 changes: 7 holds up to 6 h
+    assert all(a != b for a, b in zip(states, states[1:], strict=False))  # each says something new
+    assert "changed" in collect.got[1].summary and collect.got[1].details["before"] == "error"
+    clock.advance(HOLD_MAX)  # quiet at last: told that it is ok, then free again
+    assert collect.got[-1].details["state"] == "ok"
+    clock.advance(HOLD_MAX)
+    told = len(collect.got)
+    _now(health.report("alice", "imap:INBOX", "error", "down"))
+    assert len(collect.got) == told + 1  # a change after a quiet hold goes out at once
+    _now(hub.close())
+
+
+def test_one_change_is_told_at_once_and_a_change_back_within_the_hold_later():
+    """error now; ok two minutes later comes at the hold's end, once."""
+    clock = Clock()
+    health, collect, hub = _flapping(clock)
+    _now(health.report("alice", "imap:INBOX", "error", "refused"))
+    assert [n.details["state"] for n in collect.got] == ["error"]
+    clock.advance(120)
+    _now(health.report("alice", "imap:INBOX", "ok"))
+    assert len(collect.got) == 1
+    clock.advance(180)
+    assert [n.details["state"] for n in collect.got] == ["error", "ok"]
+    assert collect.got[1].summary == "alice is ok (was error; it changed once in 5 min)"
+    _now(hub.close())

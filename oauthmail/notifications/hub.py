@@ -5,6 +5,14 @@
 an outbound ``failed`` entry into a notice. The first report of a part that
 was only ``starting`` (every account, at every start) is not news when it is
 ``ok``, and is not announced.
+
+An account whose state flaps (a server that drops every session soon after
+login) must not mail the administrator twice per reconnect. After an
+account's state notice, its next changes are held for :data:`HOLD_MIN`; when
+the hold ends, the latest state goes out as one notice (if it differs from
+the one announced), and a hold in which the state changed again is followed
+by one twice as long, up to :data:`HOLD_MAX`. A hold without change ends it:
+the next change is announced at once.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,9 +31,27 @@ from oauthmail.messagelog.records import FAILED, OUT, LogEntry
 from oauthmail.notifications.events import ACCOUNT_STATE, MESSAGE_FAILED, Notice
 from oauthmail.text import cleanText
 
-__all__ = ["NotificationHub", "Notifier", "NotifyingRecorder"]
+__all__ = ["HOLD_MAX", "HOLD_MIN", "NotificationHub", "Notifier", "NotifyingRecorder"]
 
 log = Logger()
+
+#: Seconds an account's state changes are held after one of its notices.
+HOLD_MIN = 300.0
+#: The longest hold, reached by an account whose state keeps changing.
+HOLD_MAX = 6 * 3600.0
+
+
+class _Hold:
+    """One account's hold: what was announced, and the latest change since."""
+
+    __slots__ = ("announced", "changes", "latest", "timer", "window")
+
+    def __init__(self, announced: str, window: float, timer: IDelayedCall) -> None:
+        self.announced = announced
+        self.window = window
+        self.timer = timer
+        self.latest: AccountView | None = None
+        self.changes = 0
 
 
 class Notifier(Protocol):
@@ -42,6 +68,7 @@ class NotificationHub:
     def __init__(self, notifiers: Sequence[Notifier], clock: IReactorTime) -> None:
         self.notifiers = list(notifiers)
         self._clock = clock
+        self._holds: dict[str, _Hold] = {}
 
     def send(self, notice: Notice) -> None:
         for notifier in self.notifiers:
@@ -51,10 +78,34 @@ class NotificationHub:
                 log.failure("a notifier failed for {account}", account=notice.account)
 
     def accountChanged(self, account: str, before: AccountView, after: AccountView) -> None:
-        """An ``AccountHealth`` listener: one notice per change of the derived state."""
+        """An ``AccountHealth`` listener: a notice per change of the derived state, or held."""
         if before.state == "starting" and after.ok:
             return
-        summary = f"{account} is {after.state}" + (f" (was {before.state})" if before.state else "")
+        hold = self._holds.get(account)
+        if hold is not None:
+            hold.latest = after
+            hold.changes += 1
+            return
+        self._announce(account, before.state, after, "")
+        self._hold(account, after.state, HOLD_MIN)
+
+    def _hold(self, account: str, announced: str, window: float) -> None:
+        timer = self._clock.callLater(window, self._holdEnded, account)
+        self._holds[account] = _Hold(announced, window, timer)
+
+    def _holdEnded(self, account: str) -> None:
+        hold = self._holds.pop(account)
+        latest = hold.latest
+        if latest is None:
+            return  # quiet for a whole hold: the next change goes out at once
+        if latest.state != hold.announced:
+            minutes = f"{hold.window / 60:g} min"
+            times = "once" if hold.changes == 1 else f"{hold.changes} times"
+            self._announce(account, hold.announced, latest, f"; it changed {times} in {minutes}")
+        self._hold(account, latest.state, min(hold.window * 2, HOLD_MAX))
+
+    def _announce(self, account: str, before: str, after: AccountView, changes: str) -> None:
+        summary = f"{account} is {after.state}" + (f" (was {before}{changes})" if before else "")
         if after.error:
             summary += f": {after.error}"
         self.send(
@@ -65,7 +116,7 @@ class NotificationHub:
                 cleanText(summary, 300),
                 {
                     "state": after.state,
-                    "before": before.state,
+                    "before": before,
                     "part": partLabel(after.worst) if after.worst else None,
                     "error": after.error,
                     "advice": after.advice,
@@ -91,6 +142,10 @@ class NotificationHub:
         )
 
     def close(self) -> defer.Deferred[None]:
+        for hold in self._holds.values():
+            if hold.timer.active():
+                hold.timer.cancel()
+        self._holds.clear()
         closing = [defer.maybeDeferred(n.close) for n in self.notifiers]
         return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
