@@ -291,3 +291,19 @@ def test_one_change_is_told_at_once_and_a_change_back_within_the_hold_later():
     assert [n.details["state"] for n in collect.got] == ["error", "ok"]
     assert collect.got[1].summary == "alice is ok (was error; it changed once in 5 min)"
     _now(hub.close())
+
+
+def test_a_new_kind_of_trouble_during_a_hold_is_told_at_once():
+    """The server flaps (held), then the token is revoked: that notice does not wait."""
+    clock = Clock()
+    health, collect, hub = _flapping(clock)
+    health.declare("alice", ["imap:INBOX", "tokens"])
+    _now(health.report("alice", "tokens", "ok"))
+    _now(health.report("alice", "imap:INBOX", "error", "connection lost"))
+    clock.advance(10)
+    _now(health.report("alice", "imap:INBOX", "ok"))  # held
+    clock.advance(10)
+    _now(health.report("alice", "tokens", "needs_reauth", "invalid_grant: revoked"))
+    assert [n.details["state"] for n in collect.got] == ["error", "needs_reauth"]
+    assert collect.got[1].details["before"] == "ok"
+    _now(hub.close())

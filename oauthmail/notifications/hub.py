@@ -12,7 +12,8 @@ account's state notice, its next changes are held for :data:`HOLD_MIN`; when
 the hold ends, the latest state goes out as one notice (if it differs from
 the one announced), and a hold in which the state changed again is followed
 by one twice as long, up to :data:`HOLD_MAX`. A hold without change ends it:
-the next change is announced at once.
+the next change is announced at once. A state not met in the hold (a token
+revoked while the server flaps) is announced at once too.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ HOLD_MAX = 6 * 3600.0
 class _Hold:
     """One account's hold: what was announced, and the latest change since."""
 
-    __slots__ = ("announced", "changes", "latest", "timer", "window")
+    __slots__ = ("announced", "changes", "latest", "seen", "timer", "window")
 
     def __init__(self, announced: str, window: float, timer: IDelayedCall) -> None:
         self.announced = announced
@@ -52,6 +53,8 @@ class _Hold:
         self.timer = timer
         self.latest: AccountView | None = None
         self.changes = 0
+        #: The states told, and the one before the first: changes among them are held.
+        self.seen: set[str] = {announced}
 
 
 class Notifier(Protocol):
@@ -82,16 +85,24 @@ class NotificationHub:
         if before.state == "starting" and after.ok:
             return
         hold = self._holds.get(account)
-        if hold is not None:
-            hold.latest = after
+        if hold is not None and after.state in hold.seen:
+            hold.latest = after  # flapping between states already told: held
             hold.changes += 1
             return
+        # Quiet, or a state not seen in this hold (a token revoked while the
+        # server flaps): told at once.
+        window = HOLD_MIN
+        if hold is not None:
+            hold.timer.cancel()
+            window = hold.window
         self._announce(account, before.state, after, "")
-        self._hold(account, after.state, HOLD_MIN)
+        seen = hold.seen if hold is not None else set()
+        self._hold(account, after.state, window, seen | {before.state})
 
-    def _hold(self, account: str, announced: str, window: float) -> None:
+    def _hold(self, account: str, announced: str, window: float, seen: set[str]) -> None:
         timer = self._clock.callLater(window, self._holdEnded, account)
-        self._holds[account] = _Hold(announced, window, timer)
+        self._holds[account] = hold = _Hold(announced, window, timer)
+        hold.seen = seen | {announced}
 
     def _holdEnded(self, account: str) -> None:
         hold = self._holds.pop(account)
@@ -102,7 +113,7 @@ class NotificationHub:
             minutes = f"{hold.window / 60:g} min"
             times = "once" if hold.changes == 1 else f"{hold.changes} times"
             self._announce(account, hold.announced, latest, f"; it changed {times} in {minutes}")
-        self._hold(account, latest.state, min(hold.window * 2, HOLD_MAX))
+        self._hold(account, latest.state, min(hold.window * 2, HOLD_MAX), hold.seen)
 
     def _announce(self, account: str, before: str, after: AccountView, changes: str) -> None:
         summary = f"{account} is {after.state}" + (f" (was {before}{changes})" if before else "")
