@@ -28,10 +28,10 @@ Rules a reader must not break:
 * no token leaves this module in any text (the AUTHENTICATE command's ``repr``
   hides its argument);
 * a command waits at most ``commandTimeout`` seconds without hearing from the
-  server (IDLE excepted), then the connection is dropped; and its answer must
-  come at :data:`MIN_RATE` on average after that grace, so a server that
-  trickles a line now and then cannot hold a command (and its account) for
-  ever.
+  server (IDLE excepted), then the connection is dropped; and after a grace of
+  :data:`SLOW_COMMAND` its answer must have come at :data:`MIN_RATE` on
+  average, so a server that trickles a line now and then cannot hold a
+  command (and its account) for ever.
 """
 
 from __future__ import annotations
@@ -66,11 +66,14 @@ __all__ = ["Command", "CommandResult", "IMAPClientProtocol"]
 #: Response codes kept per command (a server could send thousands of ``* OK [X]``).
 _MAX_CODES = 64
 
-#: Bytes per second a command's answer must average once ``commandTimeout`` has
-#: passed: a command may take ``commandTimeout + received / MIN_RATE`` seconds.
+#: Bytes per second a command's answer must average after its grace: a command
+#: may take ``max(commandTimeout, SLOW_COMMAND) + received / MIN_RATE`` seconds.
 #: A 64 MiB message on a 1 KiB/s link takes 18 hours; a trickle of 20-byte
 #: lines buys 20 ms each.
 MIN_RATE = 1024
+#: The grace: a header search of a huge Sent folder may take minutes, with
+#: only progress lines (Dovecot's ``* OK Searched 76% of the mailbox``).
+SLOW_COMMAND = 900.0
 _STATUS = (b"OK", b"NO", b"BAD")
 
 
@@ -258,7 +261,8 @@ class IMAPClientProtocol(Protocol):
             return
         now = self.clock.seconds()
         quietEnds = self._activity + self.commandTimeout
-        slowEnds = self._started + self.commandTimeout + self._received / MIN_RATE
+        grace = max(self.commandTimeout, SLOW_COMMAND)
+        slowEnds = self._started + grace + self._received / MIN_RATE
         if now < quietEnds and now < slowEnds:
             self._timer = self.clock.callLater(min(quietEnds, slowEnds) - now, self._checkDeadline)
             return
