@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.web import resource, server
@@ -140,15 +140,17 @@ def _wrapped(limit: int = 100) -> tuple[protocol.Protocol, list[bytes], StringTr
 
 
 @given(
-    st.binary(max_size=150).filter(lambda b: b"\n" not in b),
+    st.binary(max_size=150).filter(lambda b: b"\n" not in b and b"\r" not in b),
     st.lists(st.integers(0, 400), max_size=6),
     st.booleans(),
+    st.sampled_from([b"\r\n", b"\n"]),
 )
-def test_the_bound_does_not_depend_on_how_tcp_cuts_the_stream(filler, cuts, interim):
+def test_the_bound_does_not_depend_on_how_tcp_cuts_the_stream(filler, cuts, interim, nl):
     """However the answer is split into reads, the same bytes pass or the same cut happens."""
-    head = b"HTTP/1.1 100 Continue\r\n\r\n" if interim else b""
-    answer = head + b"HTTP/1.1 200 OK\r\nX: " + filler + b"\r\n\r\n" + b"body\n\n" * 30
-    ends = answer.index(b"\r\n\r\n", len(head)) + 4
+    head = b"HTTP/1.1 100 Continue" + nl + nl if interim else b""
+    header = b"HTTP/1.1 200 OK" + nl + b"X: " + filler + nl + nl
+    answer = head + header + b"body\n\n" * 30
+    ends = len(head) + len(header)
     wrapper, received, transport = _wrapped(limit=100)
     last = 0
     for cut in sorted({c % (len(answer) + 1) for c in cuts}) + [len(answer)]:
@@ -156,19 +158,84 @@ def test_the_bound_does_not_depend_on_how_tcp_cuts_the_stream(filler, cuts, inte
         last = cut
     if ends <= 100:
         assert b"".join(received) == answer and not transport.disconnecting
-    else:
-        assert len(b"".join(received)) < ends
+    else:  # cut before the section ends, whatever the reads: nothing after it passes
+        assert len(b"".join(received)) < ends and transport.disconnecting
 
 
 def test_a_new_request_starts_the_count_again():
     """Bytes of a body are never counted; the next request's answer is counted from 0."""
     wrapper, received, transport = _wrapped(limit=100)
-    wrapper.write(b"GET / HTTP/1.1\r\n\r\n")
+    wrapper.requestStarts()
     wrapper.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500)
-    wrapper.write(b"GET / HTTP/1.1\r\n\r\n")
+    wrapper.write(b"more of the same request's body")  # not a new request: no count
+    wrapper.dataReceived(b"x" * 300)
+    assert not transport.disconnecting
+    wrapper.requestStarts()
     wrapper.dataReceived(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 100 + b"\r\n\r\n")
-    assert len(b"".join(received)) == 40 + 500
+    assert len(b"".join(received)) == 40 + 500 + 300
     assert transport.disconnecting
+
+
+class _EarlyAnswer(protocol.Protocol):
+    """Answers as soon as a request starts, with a body of 200 KB and no blank line."""
+
+    answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answered:
+            self.answered = True
+            body = b"x" * 200_000
+            self.transport.write(
+                b"HTTP/1.1 413 Too Large\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            self.transport.write(body)
+
+
+class _SlowBody:
+    """A request body of 1 MB, written 64 KB per reactor turn (so the answer comes first)."""
+
+    length = 1024 * 1024
+
+    def startProducing(self, consumer):
+        sent = defer.Deferred()
+
+        def more(left: int) -> None:
+            if left <= 0:
+                sent.callback(None)
+                return
+            consumer.write(b"z" * min(left, 65536))
+            reactor.callLater(0.001, more, left - 65536)
+
+        more(self.length)
+        return sent
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_that_comes_while_the_body_is_written_is_read_whole():
+    """A server that answers early: its body is not taken for a header section."""
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+
+    from oauthmail.http.agent import RoutingEndpointFactory
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(_EarlyAnswer), interface="127.0.0.1")
+    routes = RoutingEndpointFactory(reactor, BrowserLikePolicyForHTTPS())
+    agent = Agent.usingEndpointFactory(reactor, routes)
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/in".encode()
+        response = await agent.request(b"POST", url, None, _SlowBody())
+        assert response.code == 413
+        assert len(await readBody(response)) == 200_000
+    finally:
+        await port.stopListening()
 
 
 def test_the_endpoint_hands_back_the_protocol_it_was_asked_for():

@@ -9,8 +9,8 @@ before any body limit (:func:`~oauthmail.http.body.readBounded`) is reached.
 counts plaintext) and watches the bytes as they arrive, without parsing
 anything Twisted parses: from the start of an answer to the blank line that
 ends its header section (an interim ``1xx`` answer and the one after it count
-as one), at most :data:`MAX_RESPONSE_HEADERS` bytes; the next request written
-starts the count again. More than that and the connection is dropped, and the
+as one), at most :data:`MAX_RESPONSE_HEADERS` bytes; the next request on the
+connection starts the count again. More than that and the connection is dropped, and the
 request fails with :class:`ResponseHeadersTooLargeError`, which names the bound.
 """
 
@@ -52,18 +52,8 @@ class _HeaderBound(ProtocolWrapper):
         self._start = b""  # the first bytes of the answer: its status code
         self._refused: ResponseHeadersTooLargeError | None = None
 
-    # The request side: a request written starts the count of its answer. (Direct
-    # calls, not ProtocolWrapper's: every token refresh passes here.)
-
-    def write(self, data: bytes) -> None:
-        if not self._counting:
-            self._request()
-        self.transport.write(data)
-
-    def writeSequence(self, data: Any) -> None:
-        if not self._counting:
-            self._request()
-        self.transport.writeSequence(data)
+    # Direct calls, not through ProtocolWrapper's __getattr__: every token refresh
+    # passes here.
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()
@@ -74,8 +64,8 @@ class _HeaderBound(ProtocolWrapper):
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
-    def _request(self) -> None:
-        """A request goes out: the next bytes in are the header section of its answer."""
+    def requestStarts(self) -> None:
+        """A request begins: the next bytes in are the header section of its answer."""
         self._counting = True
         self._size = 0
         self._tail = self._start = b""
@@ -160,5 +150,25 @@ class HeaderBoundEndpoint:
 
     def connect(self, protocolFactory: Factory) -> defer.Deferred[Any]:
         wrapping = _BoundFactory(protocolFactory, self._limit)
-        d = self._endpoint.connect(wrapping)
-        return d.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+        return self._endpoint.connect(wrapping).addCallback(_startsCount)
+
+
+def _startsCount(wrapper: _HeaderBound) -> Any:
+    """The client protocol, whose ``request`` now starts the count of each answer.
+
+    Not a write: a request's body may still be going out when its answer
+    comes (a server that answers early), and its bytes are no new request.
+    ``request`` is the public method ``Agent`` calls for every request on a
+    connection (``HTTP11ClientProtocol.request``).
+    """
+    client = wrapper.wrappedProtocol
+    request = getattr(client, "request", None)
+    if request is None:  # not an HTTP client: its first answer is counted, as ever
+        return client
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        wrapper.requestStarts()
+        return request(*args, **kwargs)
+
+    client.request = counted
+    return client
