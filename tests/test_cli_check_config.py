@@ -213,6 +213,8 @@ def test_main_refuses_sinks_the_daemon_would_refuse(tmp_path, capsys):
         " imap: {sink: {python: 'no_such_module_xyz:Sink'}}}\n"
         "  - {name: d, address: d@example.com, profile: g,"
         " imap: {sink: {python: 'broken_sink_module:Sink'}}}\n"
+        "  - {name: f, address: f@example.com, profile: g,"
+        " imap: {sink: {python: 'os:sep'}}}\n"
         "  - {name: e, address: e@example.com, profile: g,"
         f" imap: {{sink: {{maildir: {tmp_path / 'fresh'}}}}}}}\n"
     )
@@ -233,5 +235,7 @@ def test_main_refuses_sinks_the_daemon_would_refuse(tmp_path, capsys):
         " 'no_such_module_xyz:Sink': ModuleNotFoundError: No module named 'no_such_module_xyz'",
         f"{path}: account d: cannot receive mail: python sink: importing"
         " 'broken_sink_module:Sink' failed: RuntimeError: half-written module",
+        f"{path}: account f: cannot receive mail: python sink: 'os:sep' is neither an ISink"
+        " provider nor callable",
     ]
     assert not (tmp_path / "fresh").exists()  # checked, not made

@@ -76,6 +76,7 @@ def test_text_without_a_header_section_stays_body():
         (b"hi\n", b"\n"),
         (b"Hello Bob,\r\nMessage-ID: <not@a.header>\r\n\r\nbye\r\n", b"\r\n"),
         (b"From bob@example.com Mon Jan  1 00:00:00 2026\nSubject: mbox\n\nx\n", b"\n"),
+        (b"\rstray carriage return\r\n", b"\r\n"),
     ]:
         stamped = stamp(message, QID, NOW, "a@example.com")
         assert stamped.endswith(nl + nl + message)

@@ -131,7 +131,7 @@ def stamp(message: bytes, queue_id: str, now: float, mail_from: str = "") -> byt
     # Text that starts at once, without a header section (``echo hi | oauthmail
     # send``), is all body, as Postfix's cleanup reads it: an empty line after
     # our fields keeps its first line from reading as a (broken) field.
-    headerless = message[:1] not in (b"\r", b"\n") and not _FIELD.match(message)
+    headerless = not message.startswith((b"\r\n", b"\n")) and not _FIELD.match(message)
     # At most one Message-ID field (RFC 5322 3.6): never a second one, even
     # next to a malformed first.
     if headerless or not headerValues(headerBlock(message), "Message-ID"):

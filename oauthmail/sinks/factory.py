@@ -54,7 +54,8 @@ def checkSink(sink_config: SinkConfig) -> None:
     ``SinkConfigurationError`` for a maildir path that is not a directory, a
     command that is not an executable, a Python object that cannot be imported
     (its module is imported: as the daemon would, so check-config runs its
-    top-level code too).
+    top-level code too) or is neither an ``ISink`` nor callable (a factory is
+    not called here).
     """
     kind = sink_config.kind
     if kind == "maildir":
@@ -63,7 +64,7 @@ def checkSink(sink_config: SinkConfig) -> None:
         CommandSink(sink_config.command or (), None, sink_config.timeout)
     elif kind == "python":
         try:
-            resolveObject(sink_config.object or "")
+            found = resolveObject(sink_config.object or "")
         except SinkConfigurationError:
             raise
         except Exception as e:  # a module that fails as it is imported
@@ -71,6 +72,10 @@ def checkSink(sink_config: SinkConfig) -> None:
                 f"python sink: importing {sink_config.object!r} failed:"
                 f" {type(e).__name__}: {describeFailure(e, 200)}"
             ) from None
+        if not ISink.providedBy(found) and not callable(found):  # a factory is not called
+            raise SinkConfigurationError(
+                f"python sink: {sink_config.object!r} is neither an ISink provider nor callable"
+            )
 
 
 def checkMaildirPath(path: str) -> None:
