@@ -12,7 +12,7 @@ import pytest_twisted
 from contracts.conftest import openPostgreSQL, tokens
 from twisted.internet import reactor, task, threads
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 
 from oauthmail.db.errors import StoreUnwritable, VersionConflict
 from oauthmail.imap.ledger import DELIVERED
@@ -43,7 +43,7 @@ async def test_a_dead_connection_is_replaced_without_an_error(postgres_dsn, post
             await opened.ledger.setFolderState("alice", "INBOX", 7, 1)
         assert (await opened.outbox.status("m1")).state == "queued"
         assert await opened.ledger.folderState("alice", "INBOX") == (7, 1)
-        said = [e.get("log_format", "") for e in events]
+        said = [formatEvent(e) for e in events]
         assert any("trying once more on a new connection" in s for s in said)
     finally:
         await opened.close()

@@ -382,8 +382,9 @@ class PostgreSQLDatabase:
                 again = broken or getattr(e, "sqlstate", None) in RETRYABLE_STATES
                 if again and attempt + 1 < attempts:
                     log.info(
-                        "{why}; trying once more on a new connection",
+                        "{why}; trying once more{how}",
                         why=describeError(e, self.target),
+                        how=" on a new connection" if broken else "",
                     )
                     _pauseAfterRace(e)
                     continue
