@@ -210,6 +210,29 @@ def test_idle_timeout_runs_on_the_clock_but_not_while_we_answer() -> None:
     assert any("idle_timeout" in formatEvent(e) for e in events)
 
 
+def test_bytes_without_an_end_of_line_do_not_keep_a_connection() -> None:
+    """A client trickling a byte now and then is closed idle_timeout after its last line."""
+    session = Session(limits=SubmissionLimits(idle_timeout=60))
+    session.say(b"EHLO x\r\n")
+    session.clock.advance(50)
+    session.say(b"N")  # a byte, no line: the deadline stays where the EHLO put it
+    session.clock.advance(9)
+    assert not session.transport.disconnecting
+    session.clock.advance(1)
+    assert session.transport.value().endswith(b"421 4.4.2 mail.test Idle for too long, closing\r\n")
+    assert session.transport.disconnecting
+
+
+def test_a_line_every_so_often_keeps_a_connection() -> None:
+    """NOOP within idle_timeout each time: the client is let be (a caching client)."""
+    session = Session(limits=SubmissionLimits(idle_timeout=60))
+    session.say(b"EHLO x\r\n")
+    for _ in range(5):
+        session.clock.advance(50)
+        assert session.say(b"NOOP\r\n") == [b"250 2.0.0 OK"]
+    assert not session.transport.disconnecting
+
+
 def test_a_pipeliner_that_never_stops_while_we_answer_is_closed() -> None:
     """Input held behind a pending answer is bounded: far too much closes the session."""
     limits = SubmissionLimits(pause_after_bytes=1000, max_line=1000)

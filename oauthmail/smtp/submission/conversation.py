@@ -96,7 +96,10 @@ class Conversation(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._state is State.CLOSED:
             return
-        self.resetTimeout()
+        if b"\n" in data:
+            # A deadline per line, not per byte (Postfix's per-record deadline): a
+            # client trickling a byte now and then cannot hold its slot for ever.
+            self.resetTimeout()
         if self._pos < len(self._input):
             self._input = self._input[self._pos :] + data
         else:
