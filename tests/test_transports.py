@@ -221,25 +221,25 @@ async def heldUntil(rig: Rig, clock: task.Clock, attempts: int, early: float, la
     clock.advance(late - early)
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "early", "late"),
+    [
+        # Retry-After: 2: nothing is sent again before 2 s have passed on the clock.
+        (2, 1.9, 2.1),
+        # Retry-After: 0 is not asked again at once: the backoff (0.5-1 s) is a floor.
+        (0, 0.49, 1.01),
+    ],
+    ids=["waits-for-retry-after", "zero-still-waits-the-backoff"],
+)
 @pytest_twisted.ensureDeferred
-async def test_throttled_request_waits_for_retry_after(clocked):
-    """429 with Retry-After: 2: nothing is sent again before 2 s have passed on the clock."""
+async def test_throttled_request_waits(clocked, retry_after, early, late):
+    """429 with Retry-After: the next attempt comes at the later of it and the backoff."""
     rig, clock = clocked
-    rig.fake.failNext(429, retry_after=2)
+    rig.fake.failNext(429, retry_after=retry_after)
     message_id = await rig.send(message(1))
-    await heldUntil(rig, clock, 1, 1.9, 2.1)
+    await heldUntil(rig, clock, 1, early, late)
     status = await rig.delivered(message_id)
     assert status.state == "sent" and rig.fake.attempts == 2
-
-
-@pytest_twisted.ensureDeferred
-async def test_retry_after_zero_still_waits_the_backoff(clocked):
-    """429 with Retry-After: 0 is not asked again at once: the backoff (0.5-1 s) is a floor."""
-    rig, clock = clocked
-    rig.fake.failNext(429, retry_after=0)
-    message_id = await rig.send(message(1))
-    await heldUntil(rig, clock, 1, 0.49, 1.01)
-    assert (await rig.delivered(message_id)).state == "sent"
 
 
 @pytest_twisted.ensureDeferred
