@@ -14,13 +14,16 @@ Usage::
     .venv/bin/python -m bench.compare --old /tmp/old --rounds 3 refresh smtp_relay
     .venv/bin/python -m bench.compare --old /tmp/old --same-harness smtp_relay
     .venv/bin/python -m bench.compare --old /tmp/old --same-harness --clients 4 smtp_relay
+    .venv/bin/python -m bench.compare --old /tmp/old --same-harness --pace 3 smtp_relay
 
 Each checkout runs with its own ``.venv/bin/python``. With ``--same-harness``,
 smtp_relay runs this checkout's benchmark for both sides, the old side with
 the old checkout's daemon (``--daemon-from``): the harness changes too between
 two commits (rig, client, timing), and this leaves only the daemons'
 difference; ``--clients N`` (with ``--same-harness``) has smtp_relay submit over
-N connections at once on both sides. The last line is
+N connections at once on both sides, and ``--pace MS`` at most one message per MS
+milliseconds (compare ``cpu_ms``, the daemon's CPU per message, when both
+relays keep up). The last line is
 ``bench compare: ...`` with the median ``ratio`` of each benchmark, old and new.
 """
 
@@ -103,11 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="with --same-harness: smtp_relay submits over N connections at once",
     )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="with --same-harness: smtp_relay sends at most one message per MS milliseconds",
+    )
     parser.add_argument("names", nargs="*", default=DEFAULT)
     args = parser.parse_args(argv)
-    if args.clients is not None and not args.same_harness:
-        # The old checkout's own harness may not know the option.
-        parser.error("--clients needs --same-harness")
+    for option, value in (("--clients", args.clients), ("--pace", args.pace)):
+        if value is not None and not args.same_harness:
+            # The old checkout's own harness may not know the option.
+            parser.error(f"{option} needs --same-harness")
     extra = ["--quick"] if args.quick else []
     summary = []
     for name in args.names:
@@ -116,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         harness = HERE if args.same_harness and name in DAEMON_CHILD else None
         if args.same_harness and harness is None:
             print(f"{name}: --same-harness does not apply (no daemon child): own harnesses")
-        options = extra
-        if args.clients is not None:
+        options = list(extra)
+        for option, value in (("--clients", args.clients), ("--pace", args.pace)):
+            if value is None:
+                continue
             if harness is None:
-                print(f"{name}: --clients does not apply (no daemon child)")
+                print(f"{name}: {option} does not apply (no daemon child)")
             else:
-                options = [*extra, "--clients", str(args.clients)]
+                options += [option, f"{value:g}"]
         sides = [("old", args.old.resolve()), ("new", HERE)]
         for round_ in range(args.rounds):
             # Turns alternate (old first, then new first): a side that always ran

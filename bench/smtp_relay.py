@@ -35,6 +35,7 @@ Usage::
     .venv/bin/python -m bench.smtp_relay --profile /tmp/relay.prof   # cProfile the daemon
     .venv/bin/python -m bench.smtp_relay --daemon-from /tmp/old    # that checkout's daemon
     .venv/bin/python -m bench.smtp_relay --clients 4   # four submitting connections at once
+    .venv/bin/python -m bench.smtp_relay --pace 3 --daemon-from /tmp/old   # CPU per message
 
 With ``--daemon-from`` everything but the daemon is this checkout's: the rig,
 the client, the timing. The other checkout's daemon reads the configuration
@@ -43,8 +44,14 @@ difference is the daemon's alone, not the harness's (``bench.compare
 --same-harness``).
 
 The last line is ``bench smtp_relay: ratio=R ours=X baseline=Y unit=messages/s rss_mb=M
-client_s=C tail_ms=T``: when the client was done, and how long after it the last
-message reached the final hop; with ``--clients N`` (N > 1) it ends with ``clients=N``.
+client_s=C tail_ms=T cpu_ms=P``: when the client was done, how long after it the last
+message reached the final hop, and the daemon's CPU milliseconds per message; with
+``--clients N`` (N > 1) it ends with ``clients=N``, with ``--pace`` with ``pace_ms=MS``.
+
+``--pace MS`` has every connection send at most one message per MS milliseconds
+(every side alike), so that a relay keeps up with its client: the run then
+compares what each daemon costs per message (its CPU, printed before the result
+line) rather than how two chains of work share two cores when both run flat out.
 
 One client keeps the submission side and the relay about level on two cores;
 several clients get their messages queued faster (the outbox commits them in
@@ -56,6 +63,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -153,7 +161,12 @@ def _sendOver(params: dict[str, Any], messages: list[bytes]) -> None:
                 raise RuntimeError(f"XOAUTH2 refused: {code}")
         else:
             client.login(SUBMISSION_USER, params["password"])
+        pace = float(params.get("pace_ms", 0)) / 1000
+        due = time.monotonic()
         for message in messages:
+            if pace:
+                due += pace
+                time.sleep(max(0.0, due - time.monotonic()))
             client.sendmail(SENDER, [RECIPIENT], message)
     finally:
         try:
@@ -369,6 +382,20 @@ class DaemonProcess:
         self.cpu = tuple(last.get("cpu_s", self.cpu))
         return last["rss_mb"]
 
+    def cpuSoFar(self) -> tuple[float, float]:
+        """User and system CPU seconds of the daemon so far, read from ``/proc``.
+
+        For a daemon that does not report its own (another checkout's); ``nan``
+        where there is no ``/proc``.
+        """
+        try:
+            text = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return (float("nan"), float("nan"))
+        fields = text[text.rindex(")") + 2 :].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) / tick, int(fields[12]) / tick)
+
 
 # -- the parent ----------------------------------------------------------------------------
 
@@ -410,6 +437,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
                 "count": count,
                 "tag": "baseline",
                 "clients": options.clients,
+                "pace_ms": options.pace,
                 "host": server["host"],
                 "port": server["submission"],
                 "ca_file": server["ca_file"],
@@ -428,6 +456,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             checkout=options.daemon_from,
         )
         port = await threads.deferToThread(daemon.waitReady)
+        cpuBefore = daemon.cpuSoFar()
         ours = await sendAndTime(
             reactor,
             rig,
@@ -439,12 +468,18 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
                 "host": "127.0.0.1",
                 "port": port,
                 "password": SUBMISSION_PASSWORD,
+                "pace_ms": options.pace,
             },
         )
+        cpuAfter = daemon.cpuSoFar()
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
         cpu = d.cpu
-        floor = await measureRelayFloor(reactor, rig, count, str(workdir), options.clients)
+        if math.isnan(cpu[0]):  # a daemon that does not say: what /proc saw of it
+            cpu = tuple(after - before for after, before in zip(cpuAfter, cpuBefore, strict=True))
+        floor = await measureRelayFloor(
+            reactor, rig, count, str(workdir), options.clients, options.pace
+        )
     finally:
         if daemon is not None:
             await threads.deferToThread(daemon.stop)
@@ -467,11 +502,12 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         options.profile,
         rss,
         clients=options.clients,
+        pace=options.pace,
     )
 
 
 async def measureRelayFloor(
-    reactor: Any, rig: _rig.Rig, count: int, directory: str, clients: int = 1
+    reactor: Any, rig: _rig.Rig, count: int, directory: str, clients: int = 1, pace: float = 0.0
 ) -> dict[str, Any]:
     """The same client through :mod:`bench._relayfloor` to the final hop, timed alike."""
     from twisted.internet import threads
@@ -498,6 +534,7 @@ async def measureRelayFloor(
                 "count": count,
                 "tag": "floor",
                 "clients": clients,
+                "pace_ms": pace,
                 "host": "127.0.0.1",
                 "port": floor.port,
                 "password": SUBMISSION_PASSWORD,
@@ -518,6 +555,7 @@ def reportRelay(
     rss: float,
     unit: str = UNIT,
     clients: int = 1,
+    pace: float = 0.0,
 ) -> None:
     """What both relay benchmarks end with: each side's figures, the CPU, the result line."""
     for side, result in (("baseline", baseline), ("ours", ours)):
@@ -543,7 +581,9 @@ def reportRelay(
         rss,
         client_s=f"{ours['submitted']:.3f}",
         tail_ms=f"{1000 * (ours['seconds'] - ours['submitted']):.0f}",
+        **({"cpu_ms": f"{1000 * sum(cpu) / count:.2f}"} if not math.isnan(cpu[0]) else {}),
         **({"clients": str(clients)} if clients > 1 else {}),
+        **({"pace_ms": f"{pace:g}"} if pace else {}),
     )
 
 
@@ -586,12 +626,22 @@ def parseArgs(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="submit over N connections at once (default 1), the same for every side",
     )
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="each connection sends at most one message per MS milliseconds (every side"
+        " alike): a relay that keeps up, to compare CPU per message",
+    )
     parser.add_argument("--role", choices=("client", "daemon"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.daemon_from is not None and not (options.daemon_from / ".venv/bin/python").exists():
         parser.error(f"--daemon-from: {options.daemon_from} has no .venv/bin/python")
     if options.clients < 1:
         parser.error("--clients: at least 1")
+    if options.pace < 0:
+        parser.error("--pace: not below 0")
     if options.clients > DEFAULT_PER_ADDRESS and options.daemon_from is not None:
         # Above it the configuration needs max_connections_per_address, which
         # an older daemon refuses as an unknown key.

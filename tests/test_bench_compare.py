@@ -25,15 +25,20 @@ def test_no_common_round_says_so():
     assert describeRounds({0: 1.0}, {}) == "ours: no round finished on both sides"
 
 
-def test_clients_needs_the_same_harness(capsys):
-    # The old checkout's own smtp_relay may not know --clients.
+@pytest.mark.parametrize("option", [["--clients", "4"], ["--pace", "3"]])
+def test_daemon_options_need_the_same_harness(capsys, option):
+    # The old checkout's own smtp_relay may not know --clients or --pace.
     with pytest.raises(SystemExit) as exited:
-        compare.main(["--old", "/tmp", "--clients", "4", "smtp_relay"])
+        compare.main(["--old", "/tmp", *option, "smtp_relay"])
     assert exited.value.code == 2
-    assert "--clients needs --same-harness" in capsys.readouterr().err
+    assert f"{option[0]} needs --same-harness" in capsys.readouterr().err
 
 
-def test_clients_goes_to_the_daemon_benchmark_only(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "given",
+    [["--clients", "4"], ["--pace", "2.5"], ["--clients", "4", "--pace", "3"]],
+)
+def test_daemon_options_go_to_the_daemon_benchmark_only(monkeypatch, capsys, given):
     calls = []
 
     def runOne(checkout, name, extra, harness=None):
@@ -42,16 +47,11 @@ def test_clients_goes_to_the_daemon_benchmark_only(monkeypatch, capsys):
 
     monkeypatch.setattr(compare, "runOne", runOne)
     compare.main(
-        ["--old", "/tmp", "--same-harness", "--clients", "4", "--rounds", "1"]
-        + ["refresh", "smtp_relay"]
+        ["--old", "/tmp", "--same-harness", *given, "--rounds", "1", "refresh", "smtp_relay"]
     )
-    assert calls == [
-        ("refresh", []),
-        ("refresh", []),
-        ("smtp_relay", ["--clients", "4"]),
-        ("smtp_relay", ["--clients", "4"]),
-    ]
-    assert "refresh: --clients does not apply (no daemon child)" in capsys.readouterr().out
+    assert calls == [("refresh", []), ("refresh", []), ("smtp_relay", given), ("smtp_relay", given)]
+    out = capsys.readouterr().out
+    assert f"refresh: {given[0]} does not apply (no daemon child)" in out
 
 
 def test_smtp_relay_clients_are_checked(tmp_path, capsys):
@@ -64,3 +64,7 @@ def test_smtp_relay_clients_are_checked(tmp_path, capsys):
         smtp_relay.parseArgs(["--clients", "11", "--daemon-from", str(tmp_path)])
     assert "--clients: at most 10 with --daemon-from" in capsys.readouterr().err
     assert smtp_relay.parseArgs(["--clients", "11"]).clients == 11
+    with pytest.raises(SystemExit):
+        smtp_relay.parseArgs(["--pace", "-1"])
+    assert "--pace: not below 0" in capsys.readouterr().err
+    assert smtp_relay.parseArgs(["--pace", "2.5"]).pace == 2.5
