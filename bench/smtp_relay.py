@@ -474,9 +474,11 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         cpuAfter = daemon.cpuSoFar()
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
-        cpu = d.cpu
-        if math.isnan(cpu[0]):  # a daemon that does not say: what /proc saw of it
-            cpu = tuple(after - before for after, before in zip(cpuAfter, cpuBefore, strict=True))
+        # What /proc saw of the daemon while the client ran, the same for any
+        # checkout's daemon; what it reports itself where there is no /proc.
+        cpu = tuple(after - before for after, before in zip(cpuAfter, cpuBefore, strict=True))
+        if math.isnan(cpu[0]):
+            cpu = d.cpu
         floor = await measureRelayFloor(
             reactor, rig, count, str(workdir), options.clients, options.pace
         )
