@@ -1,1 +1,1 @@
-"""Obtaining and keeping OAuth 2.0 tokens: flows, HTTP, refresher, store, crypto."""
+"""Obtaining and refreshing OAuth 2.0 tokens: flows, HTTP, refresher, crypto (stored in ``db/``)."""
