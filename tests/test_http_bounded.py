@@ -167,7 +167,10 @@ def test_a_new_request_starts_the_count_again():
     wrapper, received, transport = _wrapped(limit=100)
     wrapper.requestStarts()
     wrapper.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500)
-    wrapper.write(b"more of the same request's body")  # not a new request: no count
+    # The client writes to the transport itself (no wrapper on the way out), and
+    # what it writes is no new request: no count.
+    assert wrapper.wrappedProtocol.transport is transport
+    wrapper.wrappedProtocol.transport.write(b"more of the same request's body")
     wrapper.dataReceived(b"x" * 300)
     assert not transport.disconnecting
     wrapper.requestStarts()

@@ -20,9 +20,8 @@ import re
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -40,29 +39,27 @@ class ResponseHeadersTooLargeError(Exception):
     """The server sent a longer header section than :data:`MAX_RESPONSE_HEADERS`."""
 
 
-class _HeaderBound(ProtocolWrapper):
-    """Counts each answer's header bytes; drops the connection past the bound."""
+class _HeaderBound(Protocol):
+    """Counts each answer's header bytes; drops the connection past the bound.
 
-    def __init__(self, factory: WrappingFactory, wrappedProtocol: IProtocol) -> None:
-        super().__init__(factory, wrappedProtocol)
-        self._limit: int = factory.limit  # type: ignore[attr-defined]
+    It stands between the transport and the HTTP client on the way in only:
+    the client is connected to the transport itself, so its writes, producer
+    calls and pauses (several per request, every token refresh) go straight
+    there, not through a wrapper as with Twisted's ``ProtocolWrapper``.
+    """
+
+    def __init__(self, wrappedProtocol: IProtocol, limit: int) -> None:
+        self.wrappedProtocol = wrappedProtocol
+        self._limit = limit
         self._counting = True
         self._size = 0
         self._tail = b""  # the last bytes seen, to find a blank line split across reads
         self._start = b""  # the first bytes of the answer: its status code
         self._refused: ResponseHeadersTooLargeError | None = None
 
-    # Direct calls, not through ProtocolWrapper's __getattr__: every token refresh
-    # passes here.
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.transport.stopProducing()
+    def makeConnection(self, transport: ITransport) -> None:
+        super().makeConnection(transport)
+        self.wrappedProtocol.makeConnection(transport)
 
     def requestStarts(self) -> None:
         """A request begins: the next bytes in are the header section of its answer."""
@@ -124,16 +121,31 @@ class _HeaderBound(ProtocolWrapper):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._refused is not None:
             reason = Failure(self._refused)
-        super().connectionLost(reason)
+        self.connected = 0
+        self.wrappedProtocol.connectionLost(reason)
 
 
-class _BoundFactory(WrappingFactory):
-    protocol = _HeaderBound
+class _BoundFactory(Factory):
+    """Builds the client's protocol with its bound in front; starts and stops with it."""
 
     def __init__(self, wrappedFactory: Factory, limit: int) -> None:
-        super().__init__(wrappedFactory)
+        self.wrappedFactory = wrappedFactory
         self.limit = limit
         self.noisy = getattr(wrappedFactory, "noisy", False)
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> _HeaderBound | None:  # type: ignore[override]
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        bound = _HeaderBound(wrapped, self.limit)
+        bound.factory = self
+        return bound
 
 
 @implementer(IStreamClientEndpoint)
