@@ -60,6 +60,7 @@ from bench.smtp_relay import (
     TIMEOUT,
     DaemonProcess,
     _messages,
+    cpuBetween,
     relayArguments,
     reportRelay,
 )
@@ -195,6 +196,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
             twistedLog=options.twisted_log,
         )
         port = await threads.deferToThread(daemon.waitReady)
+        cpuBefore = daemon.cpuSoFar()
         ours = await sendAndTime(
             reactor,
             fake,
@@ -208,9 +210,10 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
                 "password": SUBMISSION_PASSWORD,
             },
         )
+        cpuAfter = daemon.cpuSoFar()
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
-        cpu = d.cpu
+        cpu = cpuBetween(cpuBefore, cpuAfter, d.cpu)
         floor = await measureFloor(count, options.dir)
     finally:
         if daemon is not None:

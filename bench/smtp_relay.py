@@ -312,6 +312,17 @@ def writeConfig(path: Path, rig: _rig.Rig, workdir: Path, clients: int = 1) -> N
     path.chmod(0o600)
 
 
+def cpuBetween(
+    before: tuple[float, float], after: tuple[float, float], reported: tuple[float, float]
+) -> tuple[float, float]:
+    """What ``/proc`` saw of the daemon while the client ran, the same for any checkout's.
+
+    What the daemon reported itself (from ready to stop) where there is no ``/proc``.
+    """
+    used = (after[0] - before[0], after[1] - before[1])
+    return reported if math.isnan(used[0]) else used
+
+
 def describeCPU(cpu: tuple[float, float], count: int) -> str:
     """The daemon's CPU use, in all and per message (user + system)."""
     user, system = cpu
@@ -385,8 +396,8 @@ class DaemonProcess:
     def cpuSoFar(self) -> tuple[float, float]:
         """User and system CPU seconds of the daemon so far, read from ``/proc``.
 
-        For a daemon that does not report its own (another checkout's); ``nan``
-        where there is no ``/proc``.
+        The same for any checkout's daemon (de05861's does not report its own);
+        ``nan`` where there is no ``/proc``.
         """
         try:
             text = Path(f"/proc/{self._proc.pid}/stat").read_text()
@@ -474,11 +485,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
         cpuAfter = daemon.cpuSoFar()
         d, daemon = daemon, None
         rss = await threads.deferToThread(d.stop)
-        # What /proc saw of the daemon while the client ran, the same for any
-        # checkout's daemon; what it reports itself where there is no /proc.
-        cpu = tuple(after - before for after, before in zip(cpuAfter, cpuBefore, strict=True))
-        if math.isnan(cpu[0]):
-            cpu = d.cpu
+        cpu = cpuBetween(cpuBefore, cpuAfter, d.cpu)
         floor = await measureRelayFloor(
             reactor, rig, count, str(workdir), options.clients, options.pace
         )

@@ -170,6 +170,7 @@ def test_a_new_request_starts_the_count_again():
     # The client writes to the transport itself (no wrapper on the way out), and
     # what it writes is no new request: no count.
     assert wrapper.wrappedProtocol.transport is transport
+    assert wrapper.logPrefix() == "Inner"  # Twisted's log lines name the client, not the bound
     wrapper.wrappedProtocol.transport.write(b"more of the same request's body")
     wrapper.dataReceived(b"x" * 300)
     assert not transport.disconnecting

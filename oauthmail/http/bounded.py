@@ -61,6 +61,11 @@ class _HeaderBound(Protocol):
         super().makeConnection(transport)
         self.wrappedProtocol.makeConnection(transport)
 
+    def logPrefix(self) -> str:
+        """The client's own, so that Twisted's log lines for the connection name it."""
+        prefix = getattr(self.wrappedProtocol, "logPrefix", None)
+        return prefix() if prefix is not None else self.wrappedProtocol.__class__.__name__
+
     def requestStarts(self) -> None:
         """A request begins: the next bytes in are the header section of its answer."""
         self._counting = True
