@@ -24,7 +24,7 @@ from oauthmail.sinks.errors import (
     TemporarySinkError,
     redactURL,
 )
-from oauthmail.sinks.factory import makeSink
+from oauthmail.sinks.factory import checkSink, makeSink
 from oauthmail.sinks.maildir import MaildirSink
 from oauthmail.sinks.python import PythonSink, loadSink
 from oauthmail.sinks.webhook import WebhookSink
@@ -392,6 +392,28 @@ def test_python_sink_clear_errors(usermodule, spec, words):
     """Objects that are not sinks fail at start-up with a readable reason."""
     with pytest.raises(SinkConfigurationError, match=words):
         loadSink(SinkConfig(kind="python", object=spec))
+
+
+def test_a_sink_module_that_fails_as_it_is_imported_is_one_clear_error(tmp_path, monkeypatch):
+    """The daemon (makeSink) and check-config (checkSink) say the same line, no traceback."""
+    (tmp_path / "oauthmail_half_written.py").write_text("raise RuntimeError('half-written')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = SinkConfig(kind="python", object="oauthmail_half_written:Sink")
+    said = []
+    try:
+        for check in (lambda: makeSink(config, None), lambda: checkSink(config)):
+            with pytest.raises(SinkConfigurationError) as refused:
+                check()
+            said.append(str(refused.value))
+    finally:
+        sys.modules.pop("oauthmail_half_written", None)
+    assert (
+        said
+        == [
+            "python sink: importing 'oauthmail_half_written:Sink' failed: RuntimeError: half-written"
+        ]
+        * 2
+    )
 
 
 # -- factory -------------------------------------------------------------------

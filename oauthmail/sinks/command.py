@@ -79,6 +79,16 @@ class _DeliveryProtocol(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+def findExecutable(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
+    """The program ``argv`` runs, found as the sink will run it, or a clear error."""
+    if not argv or not argv[0]:
+        raise SinkConfigurationError("command sink: the command is empty")
+    executable = shutil.which(argv[0], path=(environ or os.environ).get("PATH"))
+    if executable is None:
+        raise SinkConfigurationError(f"command sink: {argv[0]!r} is not an executable")
+    return executable
+
+
 @implementer(ISink)
 class CommandSink:
     """Runs ``argv`` once per message, message on stdin.
@@ -98,13 +108,8 @@ class CommandSink:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         argv = tuple(argv)
-        if not argv or not argv[0]:
-            raise SinkConfigurationError("command sink: the command is empty")
-        executable = shutil.which(argv[0], path=(environ or os.environ).get("PATH"))
-        if executable is None:
-            raise SinkConfigurationError(f"command sink: {argv[0]!r} is not an executable")
         self.argv = argv
-        self.executable = executable
+        self.executable = findExecutable(argv, environ)
         self.name = f"command:{os.path.basename(argv[0])}"
         self._reactor = reactor
         self._timeout = timeout

@@ -12,12 +12,11 @@ import os
 
 from oauthmail.config import SinkConfig
 from oauthmail.interfaces import ISink
-from oauthmail.sinks.command import CommandSink
+from oauthmail.sinks.command import CommandSink, findExecutable
 from oauthmail.sinks.errors import SinkConfigurationError
 from oauthmail.sinks.maildir import MaildirSink
-from oauthmail.sinks.python import PythonSink, resolveObject
+from oauthmail.sinks.python import PythonSink, sinkObject
 from oauthmail.sinks.webhook import WebhookSink
-from oauthmail.text import describeFailure
 
 SINK_KINDS = ("maildir", "command", "webhook", "python")
 
@@ -61,21 +60,9 @@ def checkSink(sink_config: SinkConfig) -> None:
     if kind == "maildir":
         checkMaildirPath(sink_config.path or "")
     elif kind == "command":
-        CommandSink(sink_config.command or (), None, sink_config.timeout)
+        findExecutable(sink_config.command or ())
     elif kind == "python":
-        try:
-            found = resolveObject(sink_config.object or "")
-        except SinkConfigurationError:
-            raise
-        except Exception as e:  # a module that fails as it is imported
-            raise SinkConfigurationError(
-                f"python sink: importing {sink_config.object!r} failed:"
-                f" {type(e).__name__}: {describeFailure(e, 200)}"
-            ) from None
-        if not ISink.providedBy(found) and not callable(found):  # a factory is not called
-            raise SinkConfigurationError(
-                f"python sink: {sink_config.object!r} is neither an ISink provider nor callable"
-            )
+        sinkObject(sink_config.object or "")
 
 
 def checkMaildirPath(path: str) -> None:

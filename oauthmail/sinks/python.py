@@ -49,17 +49,31 @@ def resolveObject(spec: str):
         raise SinkConfigurationError(
             f"python sink: cannot load {spec!r}: {type(e).__name__}: {shorten(str(e))}"
         ) from None
+    except Exception as e:  # a module that fails as it is imported (the user's code)
+        raise SinkConfigurationError(
+            f"python sink: importing {spec!r} failed: {type(e).__name__}: {shorten(str(e))}"
+        ) from None
+
+
+def sinkObject(spec: str):
+    """What ``spec`` names, if it can be a sink: an ``ISink`` provider or a callable.
+
+    A callable is a factory, called with the sink's configuration by
+    :func:`loadSink` only (``check-config`` stops here).
+    """
+    found = resolveObject(spec)
+    if not ISink.providedBy(found) and not callable(found):
+        raise SinkConfigurationError(
+            f"python sink: {spec!r} is neither an ISink provider nor callable"
+        )
+    return found
 
 
 def loadSink(config: SinkConfig) -> ISink:
     """The ``ISink`` provider that ``config.object`` names, or a clear error."""
     spec = config.object or ""
-    found = resolveObject(spec)
+    found = sinkObject(spec)
     if not ISink.providedBy(found):
-        if not callable(found):
-            raise SinkConfigurationError(
-                f"python sink: {spec!r} is neither an ISink provider nor callable"
-            )
         try:
             found = found(config)
         except Exception as e:
