@@ -16,7 +16,7 @@ mail.test", "not trusted: unknown CA"), instead of an OpenSSL error list.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.ssl import (
     Certificate,
@@ -27,7 +27,8 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oauthmail.config import ServerConfig
+if TYPE_CHECKING:  # annotations only: the configuration checks a ca_file with readCACertificate
+    from oauthmail.config import ServerConfig
 
 __all__ = ["TLSCertificateError", "describeTLSFailure", "tlsOptions"]
 
@@ -68,6 +69,11 @@ def _verifyingOptions(name: str, caFile: str | None) -> Any:
 @functools.lru_cache(maxsize=32)
 def _caCertificate(path: str) -> Certificate:
     """The private CA of ``ca_file``, read once per process rather than per connection."""
+    return readCACertificate(path)
+
+
+def readCACertificate(path: str) -> Certificate:
+    """The (first) PEM certificate in ``path``, as connections trust it; raises if there is none."""
     with open(path, "rb") as f:
         return Certificate.loadPEM(f.read())
 

@@ -85,12 +85,11 @@ def serverFrom(s: Map, default: ServerConfig | None, kind: str) -> ServerConfig:
 
 
 def _holdsCertificate(path: str) -> bool:
-    """Whether ``path`` holds a certificate the daemon can load (as ``oauthmail.tls`` does)."""
-    from twisted.internet.ssl import Certificate
+    """Whether connections could trust ``path`` (read as they read it, when needed only)."""
+    from oauthmail.tls import readCACertificate
 
     try:
-        with open(path, "rb") as f:
-            Certificate.loadPEM(f.read(1024 * 1024))
-    except Exception:
+        readCACertificate(path)
+    except Exception:  # OSError, or OpenSSL's error for no certificate
         return False
     return True

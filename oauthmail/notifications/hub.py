@@ -47,14 +47,14 @@ class _Hold:
 
     __slots__ = ("announced", "changes", "latest", "seen", "timer", "window")
 
-    def __init__(self, announced: str, window: float, timer: IDelayedCall) -> None:
+    def __init__(self, announced: str, window: float, timer: IDelayedCall, seen: set[str]) -> None:
         self.announced = announced
         self.window = window
         self.timer = timer
         self.latest: AccountView | None = None
         self.changes = 0
         #: The states told, and the one before the first: changes among them are held.
-        self.seen: set[str] = {announced}
+        self.seen = seen | {announced}
 
 
 class Notifier(Protocol):
@@ -101,8 +101,7 @@ class NotificationHub:
 
     def _hold(self, account: str, announced: str, window: float, seen: set[str]) -> None:
         timer = self._clock.callLater(window, self._holdEnded, account)
-        self._holds[account] = hold = _Hold(announced, window, timer)
-        hold.seen = seen | {announced}
+        self._holds[account] = _Hold(announced, window, timer, seen)
 
     def _holdEnded(self, account: str) -> None:
         hold = self._holds.pop(account)
