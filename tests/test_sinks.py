@@ -407,13 +407,8 @@ def test_a_sink_module_that_fails_as_it_is_imported_is_one_clear_error(tmp_path,
             said.append(str(refused.value))
     finally:
         sys.modules.pop("oauthmail_half_written", None)
-    assert (
-        said
-        == [
-            "python sink: importing 'oauthmail_half_written:Sink' failed: RuntimeError: half-written"
-        ]
-        * 2
-    )
+    line = "python sink: importing 'oauthmail_half_written:Sink' failed: RuntimeError: "
+    assert said == [line + "half-written"] * 2
 
 
 # -- factory -------------------------------------------------------------------
