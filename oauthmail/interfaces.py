@@ -494,16 +494,16 @@ class IOutbox(Interface):
 class IMessageSender(Interface):
     """How the queue hands claimed messages to a provider (SMTP today; API transports later)."""
 
-    def send(account, token, messages, beforeData, onOutcome, more):
+    def send(account, token, messages, hooks):
         """Send ``messages`` (``[OutboxMessage]``) through ``account``, one session.
 
         Fire with an :class:`oauthmail.smtp.client.SessionResult` (``outcomes``
-        and ``error``); fail only when cancelled. ``beforeData(message,
-        refused)`` is called before each message's content goes out and may
-        return a Deferred to wait for; ``onOutcome(outcome)`` gets every
-        :class:`~oauthmail.smtp.queue.records.AttemptOutcome` as it comes;
-        ``more()`` fires with more messages to send in the same session (an
-        empty list ends it).
+        and ``error``); fail only when cancelled. ``hooks`` is a
+        :class:`~oauthmail.smtp.queue.records.SessionHooks`: ``beforeData`` is
+        called before each message's content goes out and may return a
+        Deferred to wait for, ``onOutcome`` gets every outcome as it comes, and
+        ``more()`` fires with more messages for the same session (an empty list
+        ends it).
         """
 
 

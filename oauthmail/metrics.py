@@ -23,6 +23,7 @@ reactor's thread pool, and the store's figures need an asynchronous read first.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -37,6 +38,7 @@ from zope.interface import implementer
 from oauthmail.interfaces import IAccountHealth, IMessageSender, ITokenStore
 from oauthmail.messagelog.interfaces import IMessageRecorder
 from oauthmail.messagelog.records import DEFERRED, DELIVERED, FAILED, IN, SENT, LogEntry
+from oauthmail.smtp.queue.records import SessionHooks
 from oauthmail.text import describeFailure
 
 __all__ = ["DaemonMetrics", "MeteredRecorder", "MeteredSender", "MetricsPage"]
@@ -227,9 +229,7 @@ class MeteredSender:
         account: Any,
         token: Any,
         messages: Any,
-        beforeData: Callable[..., Any],
-        onOutcome: Callable[[Any], object],
-        more: Callable[[], Any],
+        hooks: SessionHooks,
     ) -> defer.Deferred[Any]:
         started: dict[str, float] = {}
         histogram = self._metrics.providerSeconds.labels(account.name)
@@ -237,15 +237,16 @@ class MeteredSender:
 
         def timedBeforeData(message: Any, *args: Any) -> Any:
             started[message.id] = clock.seconds()
-            return beforeData(message, *args)
+            return hooks.beforeData(message, *args)
 
-        def timedOutcome(outcome: Any) -> object:
+        def timedOutcome(outcome: Any) -> None:
             began = started.pop(outcome.message_id, None)
             if began is not None:
                 histogram.observe(max(0.0, clock.seconds() - began))
-            return onOutcome(outcome)
+            hooks.onOutcome(outcome)
 
-        return self._inner.send(account, token, messages, timedBeforeData, timedOutcome, more)
+        timed = replace(hooks, beforeData=timedBeforeData, onOutcome=timedOutcome)
+        return self._inner.send(account, token, messages, timed)
 
     def close(self) -> defer.Deferred[None]:
         return defer.maybeDeferred(self._inner.close)

@@ -88,7 +88,9 @@ def test_sending_logs_one_short_line_per_message_with_its_queue_id(storage, line
 class LingeringSender:
     """Accepts each message, then asks for more and waits for the answer, as a session does."""
 
-    def send(self, account, token, messages, beforeData, onOutcome, more=None):
+    def send(self, account, token, messages, hooks):
+        beforeData, onOutcome, more = hooks.beforeData, hooks.onOutcome, hooks.more
+
         async def session():
             result = SessionResult()
             pending = list(messages)

@@ -151,7 +151,8 @@ class FakeSender:
         self.hanging: list[defer.Deferred] = []
         self.gates: list = []
 
-    def send(self, account, token, messages, beforeData, onOutcome, more=None):
+    def send(self, account, token, messages, hooks):
+        beforeData, onOutcome, more = hooks.beforeData, hooks.onOutcome, hooks.more
         behaviour = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         self.sessions.append((token.reveal(), [(m.id, m.recipients) for m in messages]))
         if isinstance(behaviour, SessionError):

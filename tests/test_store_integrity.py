@@ -273,7 +273,8 @@ class CountingSender:
     def __init__(self):
         self.sent: list[str] = []
 
-    def send(self, account, token, messages, beforeData, onOutcome, more=None):
+    def send(self, account, token, messages, hooks):
+        beforeData, onOutcome = hooks.beforeData, hooks.onOutcome
         from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionResult
 
         result = SessionResult()

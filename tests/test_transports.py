@@ -10,6 +10,7 @@ against the test OAuth provider. Both transports run every test.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import pytest_twisted
@@ -89,12 +90,12 @@ class Watching:
         self.sender = sender
         self.outcomes: list = []
 
-    def send(self, account, token, messages, beforeData, onOutcome, more):
+    def send(self, account, token, messages, hooks):
         def seen(outcome):
             self.outcomes.append(outcome)
-            onOutcome(outcome)
+            hooks.onOutcome(outcome)
 
-        return self.sender.send(account, token, messages, beforeData, seen, more)
+        return self.sender.send(account, token, messages, replace(hooks, onOutcome=seen))
 
 
 class Rig:

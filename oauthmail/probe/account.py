@@ -27,7 +27,7 @@ from oauthmail.probe.report import FAILED, NOTE, OK, SKIPPED, StepResult
 from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionError, SessionResult, checkLogin
-from oauthmail.smtp.queue.records import OutboxMessage
+from oauthmail.smtp.queue.records import OutboxMessage, SessionHooks
 from oauthmail.smtp.queue.sentsearch import decideSentSearch
 from oauthmail.text import describeFailure, describeWhen
 from oauthmail.tokens.errors import TokenError
@@ -399,9 +399,11 @@ class AccountProbe:
             self.account,
             self._token,
             [message],
-            lambda message, refused: None,
-            lambda outcome: None,
-            lambda: defer.succeed([]),
+            SessionHooks(
+                lambda message, refused=(): None,
+                lambda outcome: None,
+                lambda: defer.succeed([]),
+            ),
         )
 
     async def _sentCopy(

@@ -10,7 +10,7 @@ the profile's ``proxy:`` or the environment's ``https_proxy``/``no_proxy``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -25,7 +25,7 @@ from oauthmail.http.proxy import DIRECT, ProxyError, ProxySettings, proxySetting
 from oauthmail.interfaces import IMessageSender
 from oauthmail.secret import Secret
 from oauthmail.smtp.client import SessionResult
-from oauthmail.smtp.queue.records import OutboxMessage
+from oauthmail.smtp.queue.records import OutboxMessage, SessionHooks
 from oauthmail.smtp.queue.sender import SMTPSender
 from oauthmail.transports.gmail_api import GmailAPISender
 from oauthmail.transports.graph import GraphSender
@@ -65,11 +65,9 @@ class TransportSender:
         account: AccountConfig,
         token: Secret,
         messages: Sequence[OutboxMessage],
-        beforeData: Callable[..., defer.Deferred[None] | None],
-        onOutcome: Callable[..., None],
-        more: Callable[[], defer.Deferred[list[OutboxMessage]]],
+        hooks: SessionHooks,
     ) -> defer.Deferred[SessionResult]:
-        return self.senderFor(account).send(account, token, messages, beforeData, onOutcome, more)
+        return self.senderFor(account).send(account, token, messages, hooks)
 
     def close(self) -> defer.Deferred[None]:
         """Close the API senders' idle connections (at stop)."""

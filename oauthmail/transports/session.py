@@ -40,7 +40,7 @@ from oauthmail.retry import Backoff
 from oauthmail.secret import Secret, scrub
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import MessageOutcome, RecipientOutcome, SessionError, SessionResult
-from oauthmail.smtp.queue.records import OutboxMessage
+from oauthmail.smtp.queue.records import OutboxMessage, SessionHooks
 from oauthmail.transports.answers import judge
 from oauthmail.transports.recipients import prepare
 
@@ -118,37 +118,31 @@ class APISender:
         account: AccountConfig,
         token: Secret,
         messages: Sequence[OutboxMessage],
-        beforeData: Callable[..., defer.Deferred[None] | None],
-        onOutcome: Callable[..., None],
-        more: Callable[[], defer.Deferred[list[OutboxMessage]]],
+        hooks: SessionHooks,
     ) -> defer.Deferred[SessionResult]:
-        return defer.ensureDeferred(
-            self._session(account, token, list(messages), beforeData, onOutcome, more)
-        )
+        return defer.ensureDeferred(self._session(account, token, list(messages), hooks))
 
     async def _session(
         self,
         account: AccountConfig,
         token: Secret,
         batch: list[OutboxMessage],
-        beforeData: Callable[..., defer.Deferred[None] | None],
-        onOutcome: Callable[..., None],
-        more: Callable[[], defer.Deferred[list[OutboxMessage]]],
+        hooks: SessionHooks,
     ) -> SessionResult:
         result = SessionResult()
 
         def report(outcome: MessageOutcome) -> None:
             result.outcomes.append(outcome)
-            onOutcome(outcome)
+            hooks.onOutcome(outcome)
 
         agent = self._agents(account)
         while batch:
             for message in batch:
-                error = await self._one(agent, account, token, message, beforeData, report)
+                error = await self._one(agent, account, token, message, hooks.beforeData, report)
                 if error is not None:
                     result.error = error
                     return result
-            batch = await more()
+            batch = await hooks.more()
         return result
 
     async def _one(

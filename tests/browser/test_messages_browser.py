@@ -78,7 +78,8 @@ class Provider:
     def __init__(self) -> None:
         self.attempts = 0
 
-    def send(self, account, token, messages, beforeData, onOutcome, more=None):
+    def send(self, account, token, messages, hooks):
+        beforeData, onOutcome = hooks.beforeData, hooks.onOutcome
         result = SessionResult()
         for m in messages:
             self.attempts += 1

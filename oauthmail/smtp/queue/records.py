@@ -9,9 +9,12 @@ Plain values only: nothing here does I/O or imports Twisted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 __all__ = [
     "FINAL_STATES",
@@ -28,6 +31,7 @@ __all__ = [
     "RecipientReply",
     "RecipientStatus",
     "Recovery",
+    "SessionHooks",
 ]
 
 #: Every state a message can be in::
@@ -128,6 +132,26 @@ class AttemptOutcome(Protocol):
 
     @property
     def in_doubt(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SessionHooks:
+    """What a sender calls back into the queue during one session, as one value.
+
+    Every ``IMessageSender`` takes these three together, and a wrapper (the
+    metrics' timing sender, a test's watcher) replaces one of them with
+    :func:`dataclasses.replace`, so the three travel as one parameter
+    through the dispatch and wrapper layers.
+    """
+
+    #: ``beforeData(message, refused=())``: called before a message's content
+    #: goes out; a Deferred it returns is waited for (the unrecorded-outcome bound).
+    beforeData: Callable[..., Deferred[None] | None]
+    #: ``onOutcome(outcome)``: every :class:`AttemptOutcome`, as it comes.
+    onOutcome: Callable[[Any], None]
+    #: ``more()``: fires with more :class:`OutboxMessage` for the same session
+    #: (an empty list ends it).
+    more: Callable[[], Deferred[list[OutboxMessage]]]
 
 
 @dataclass(frozen=True)

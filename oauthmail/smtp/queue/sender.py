@@ -9,7 +9,7 @@ will be senders beside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -19,7 +19,7 @@ from oauthmail.config import AccountConfig
 from oauthmail.interfaces import IMessageSender
 from oauthmail.secret import Secret
 from oauthmail.smtp.client import OutgoingMessage, SessionResult, sendBatch
-from oauthmail.smtp.queue.records import OutboxMessage
+from oauthmail.smtp.queue.records import OutboxMessage, SessionHooks
 
 __all__ = ["SMTPSender"]
 
@@ -43,19 +43,17 @@ class SMTPSender:
         account: AccountConfig,
         token: Secret,
         messages: Sequence[OutboxMessage],
-        beforeData: Callable[..., defer.Deferred[None] | None],
-        onOutcome: Callable[..., None],
-        more: Callable[[], defer.Deferred[list[OutboxMessage]]],
+        hooks: SessionHooks,
     ) -> defer.Deferred[SessionResult]:
         def moreOutgoing() -> defer.Deferred[list[OutgoingMessage]]:
-            return more().addCallback(lambda claimed: [_outgoing(m) for m in claimed])
+            return hooks.more().addCallback(lambda claimed: [_outgoing(m) for m in claimed])
 
         return sendBatch(
             self._reactor,
             account,
             token,
             [_outgoing(m) for m in messages],
-            beforeData=beforeData,
-            onOutcome=onOutcome,
+            beforeData=hooks.beforeData,
+            onOutcome=hooks.onOutcome,
             more=moreOutgoing,
         )

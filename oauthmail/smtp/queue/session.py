@@ -28,7 +28,12 @@ from oauthmail.secret import Secret
 from oauthmail.smtp import outcomes
 from oauthmail.smtp.client import SessionResult
 from oauthmail.smtp.queue.parts import QueueParts
-from oauthmail.smtp.queue.records import AttemptOutcome, OutboxMessage, RecipientReply
+from oauthmail.smtp.queue.records import (
+    AttemptOutcome,
+    OutboxMessage,
+    RecipientReply,
+    SessionHooks,
+)
 from oauthmail.smtp.queue.writer import OutcomeWriter
 from oauthmail.text import cleanText
 
@@ -164,7 +169,7 @@ async def sendSession(
         return d
 
     loop.sending = parts.sender.send(
-        account, token, batch, beforeData=beforeData, onOutcome=outcomeKnown, more=more
+        account, token, batch, SessionHooks(beforeData, outcomeKnown, more)
     )
     try:
         result = await loop.sending
