@@ -5,7 +5,9 @@ it, not against figures from another day: the machine's load moves both the
 same way when the two checkouts take turns. For each benchmark this runs the
 old checkout's and this checkout's, ``--rounds`` times, taking turns at going
 first, and prints each result line, the median ratio of each side, and how
-``ours`` moved round by round.
+``ours`` moved round by round: the median and mean change, the 95 % interval
+of the mean (Student's t) and an exact sign test on the rounds, so that a
+reader sees whether the rounds tell the two sides apart at all.
 
 Usage::
 
@@ -30,6 +32,7 @@ relays keep up). The last line is
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import subprocess
@@ -69,21 +72,57 @@ def runOne(checkout: Path, name: str, extra: list[str], harness: Path | None = N
     return lines[-1]
 
 
+#: Student's t at 97.5 % for 1 to 30 degrees of freedom (a two-sided 95 % interval).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def signTest(lower: int, higher: int) -> float:
+    """Two-sided exact sign test: how likely a split this uneven is if neither side is faster."""
+    n = lower + higher
+    if n == 0:
+        return 1.0
+    k = min(lower, higher)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def meanInterval(changes: list[float]) -> tuple[float, float] | None:
+    """The 95 % interval of the mean per-round change (Student's t), or None for one round."""
+    if len(changes) < 2:
+        return None
+    mean = statistics.mean(changes)
+    t = _T975[len(changes) - 2] if len(changes) - 1 <= len(_T975) else 1.96
+    half = t * statistics.stdev(changes) / math.sqrt(len(changes))
+    return mean - half, mean + half
+
+
 def describeRounds(old: dict[int, float], new: dict[int, float]) -> str:
     """``ours`` of both sides, and new against old round by round (rounds both finished).
 
     A median ratio hides how often the new side lost: the machine drifts more
-    between rounds than between the two runs of one round.
+    between rounds than between the two runs of one round. The interval and the
+    sign test say whether the rounds tell the two apart at all: an interval
+    that holds 0, or a sign test far above 0.05, means these rounds cannot.
     """
     both = sorted(set(old) & set(new))
     if not both:
         return "ours: no round finished on both sides"
     changes = [100 * (new[r] / old[r] - 1) for r in both]
     lower = sum(change < 0 for change in changes)
+    higher = sum(change > 0 for change in changes)
+    interval = meanInterval(changes)
+    mean = f"mean {statistics.mean(changes):+.1f} %"
+    if interval is not None:
+        mean += f", 95 % interval {interval[0]:+.1f} to {interval[1]:+.1f} %"
     return (
         f"ours old {statistics.median(old.values()):.4g} new {statistics.median(new.values()):.4g}"
         f" (medians); new against old per round {statistics.median(changes):+.1f} %"
-        f" (mean {statistics.mean(changes):+.1f} %), lower in {lower} of {len(both)}"
+        f" ({mean}), lower in {lower} of {len(both)}"
+        f" (sign test p = {signTest(lower, higher):.2g})"
     )
 
 

@@ -13,12 +13,28 @@ def test_rounds_are_compared_pairwise_and_counted():
     new = {0: 90.0, 1: 210.0, 2: 95.0}
     line = describeRounds(old, new)
     assert "ours old 100 new 95 (medians)" in line
-    assert "per round -5.0 % (mean -3.3 %), lower in 2 of 3" in line
+    assert "per round -5.0 % (mean -3.3 %, 95 % interval -22.3 to +15.6 %), lower in 2 of 3" in line
+    assert line.endswith("(sign test p = 1)")
 
 
 def test_a_round_one_side_missed_is_left_out_of_the_pairs():
     line = describeRounds({0: 100.0, 1: 100.0}, {1: 110.0})
-    assert "per round +10.0 % (mean +10.0 %), lower in 0 of 1" in line
+    assert "per round +10.0 % (mean +10.0 %), lower in 0 of 1 (sign test p = 1)" in line
+
+
+def test_rounds_that_always_go_one_way_are_told_apart():
+    old = {r: 100.0 for r in range(8)}
+    new = {r: 95.0 + r % 2 for r in range(8)}  # -5 % and -4 % in turn
+    line = describeRounds(old, new)
+    assert "(mean -4.5 %, 95 % interval -4.9 to -4.1 %), lower in 8 of 8" in line
+    assert line.endswith("(sign test p = 0.0078)")
+
+
+def test_sign_test_is_two_sided_and_exact():
+    assert compare.signTest(6, 2) == pytest.approx(2 * 37 / 256)
+    assert compare.signTest(2, 6) == compare.signTest(6, 2)
+    assert compare.signTest(0, 0) == 1.0
+    assert compare.signTest(4, 4) == 1.0
 
 
 def test_no_common_round_says_so():
