@@ -138,10 +138,10 @@ class AttemptOutcome(Protocol):
 class SessionHooks:
     """What a sender calls back into the queue during one session, as one value.
 
-    Every ``IMessageSender`` takes these three together, and a wrapper (the
-    metrics' timing sender, a test's watcher) replaces one of them with
-    :func:`dataclasses.replace`, so the three travel as one parameter
-    through the dispatch and wrapper layers.
+    Every ``IMessageSender`` takes these three together, and a wrapper (such as
+    the metrics' timing sender) replaces only what it wraps with
+    :func:`dataclasses.replace`, so the three travel as one parameter through
+    the dispatch and wrapper layers.
     """
 
     #: ``beforeData(message, refused=())``: called before a message's content
