@@ -13,20 +13,35 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["cpuSeconds", "describePerMessage", "postmasterPID"]
+__all__ = ["cpuSeconds", "describePerMessage", "postmasterPID", "processCPU"]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """``(ppid, cpu seconds)`` of ``pid``, or None if it is gone."""
+def _fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    rest = text[text.rindex(")") + 2 :].split()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """``(ppid, cpu seconds)`` of ``pid``, or None if it is gone."""
+    rest = _fields(pid)
+    if rest is None:
+        return None
     ticks = sum(int(field) for field in rest[11:15])  # utime stime cutime cstime
     return int(rest[1]), ticks / _TICK
+
+
+def processCPU(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of ``pid`` itself so far, or None (gone, or no ``/proc``)."""
+    rest = _fields(pid)
+    if rest is None:
+        return None
+    return int(rest[11]) / _TICK, int(rest[12]) / _TICK
 
 
 def cpuSeconds(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -78,7 +77,7 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
 
 from twisted.internet import defer, task
 
-from bench import _rig
+from bench import _cpu, _rig
 
 NAME = "smtp_relay"
 UNIT = "messages/s"
@@ -399,13 +398,8 @@ class DaemonProcess:
         The same for any checkout's daemon (de05861's does not report its own);
         ``nan`` where there is no ``/proc``.
         """
-        try:
-            text = Path(f"/proc/{self._proc.pid}/stat").read_text()
-        except OSError:
-            return (float("nan"), float("nan"))
-        fields = text[text.rindex(")") + 2 :].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) / tick, int(fields[12]) / tick)
+        found = _cpu.processCPU(self._proc.pid)
+        return found if found is not None else (float("nan"), float("nan"))
 
 
 # -- the parent ----------------------------------------------------------------------------
