@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 if TYPE_CHECKING:  # annotations only: the configuration checks a ca_file with readCACertificate
     from oauthmail.config import ServerConfig
 
-__all__ = ["TLSCertificateError", "describeTLSFailure", "tlsOptions"]
+__all__ = ["TLSCertificateError", "describeTLSFailure", "readCACertificate", "tlsOptions"]
 
 _log = Logger()
 
