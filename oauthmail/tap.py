@@ -42,6 +42,24 @@ class Options(usage.Options):
         ["config", "c", "conf/app.yaml", "The YAML configuration file."],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """An unknown option or a missing value gets one line and status 2.
+
+        twistd itself would print its whole usage and then a line that names
+        ``twistd``, not what the operator typed wrong. ``--help`` still prints
+        the usage (it leaves through ``SystemExit`` before any error).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"oauthmail: {e} (--help lists the options)\n")
+            raise SystemExit(EXIT_CONFIG) from None
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            stray = args[0]
+            raise usage.UsageError(f"unexpected argument {stray!r}: the daemon takes --config FILE")
+
     def postOptions(self) -> None:
         try:
             self["loaded"] = config = loadConfig(self["config"])

@@ -168,6 +168,22 @@ def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_daemon_refuses_a_mistyped_option_in_one_line(tmp_path: Path) -> None:
+    """A mistyped option: status 2 and one line naming it, not twistd's whole usage."""
+    result = subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--confg", "app.yaml"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "oauthmail: option --confg not recognized (--help lists the options)"
+    ]
+
+
 def test_daemon_out_of_reach_store_exits_75_so_a_supervisor_retries(tmp_path: Path) -> None:
     """A database server that refuses connections (not up yet) is exit 75, not 2.
 

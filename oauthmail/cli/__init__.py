@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # Importing a command module registers its subcommands (--help orders them by HELP_ORDER).
 from oauthmail.cli import accounts as _accounts  # noqa: F401
@@ -64,9 +65,22 @@ def _helpPosition(entry: Subcommand) -> tuple[int, str]:
     return (HELP_ORDER.index(entry.name) if known else len(HELP_ORDER), entry.name)
 
 
-def buildParser() -> argparse.ArgumentParser:
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error told in one line like every other bad input.
+
+    argparse prints its usage and then the error on a second line; an operator
+    reading a log or a cron mail wants the one line that says what was wrong,
+    and ``--help`` for the rest. Sub-parsers are made of the same class.
+    """
+
+    def error(self, message: str, prog: str | None = None) -> NoReturn:
+        prog = prog or self.prog
+        self.exit(EXIT_USAGE, f"{prog}: {message} ({prog} --help shows the usage)\n")
+
+
+def buildParser() -> OneLineParser:
     """The argument parser with one sub-parser per registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="oauthmail",
         description="IMAP and SMTP through OAuth 2.0 mail providers.",
     )
@@ -84,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``oauthmail ARGS``; return the exit status."""
     parser = buildParser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # named with the subcommand whose --help lists what it takes
+            unknown = " ".join(extras)
+            parser.error(f"unrecognized arguments: {unknown}", f"{parser.prog} {args.command}")
     except SystemExit as e:  # argparse reports usage errors itself (exit 2) and --help (0)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
