@@ -192,6 +192,29 @@ async def test_second_refusal_is_returned_not_retried_again(apis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_refused_refreshed_token_is_not_refreshed_with_every_request(apis):
+    """An API that refuses fresh tokens costs the provider one refresh, not one per request.
+
+    Once a new token comes from elsewhere (the refresher), its refusal earns one more.
+    """
+    first, _, factory = apis
+    tokens = Tokens()
+    agent = AuthorizedAgent(factory.agent(), tokens, "alice")
+    for _ in range(3):
+        assert (await get(agent, first.base + "/graph401"))[0] == 401
+    assert tokens.refreshes == 1
+    assert [auth for _, auth, _ in first.seen] == [
+        f"Bearer {FIRST}".encode(),
+        f"Bearer {SECOND}".encode(),
+        f"Bearer {SECOND}".encode(),
+        f"Bearer {SECOND}".encode(),
+    ]
+    tokens.current = FIRST  # rotated meanwhile, as the refresher would
+    assert (await get(agent, first.base + "/graph401"))[0] == 401
+    assert tokens.refreshes == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_other_bearer_errors_do_not_refresh(apis):
     """401 with error="invalid_request" is not about the token: no refresh."""
     first, _, factory = apis

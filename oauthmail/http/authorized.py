@@ -20,12 +20,18 @@ Rules a reader must not break:
   its body can be sent again: no body, or an
   :class:`~oauthmail.http.body.IReplayableBody` such as
   :class:`~oauthmail.http.body.BytesBody`. Otherwise the ``401`` is returned.
+  A token that came from such a refresh is not refreshed again when it is
+  refused in turn (its ``401`` is returned): the API refuses fresh tokens, so
+  asking the provider for one more with every request would only hammer its
+  token endpoint. The next token the account gets (the refresher's, before
+  expiry) earns one forced refresh again.
 - The caller's ``Headers`` are never changed (the token goes into a copy) and
   no header value is ever logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from urllib.parse import urljoin, urlsplit
@@ -39,6 +45,7 @@ from zope.interface import implementer
 from oauthmail.http.body import IReplayableBody, discardBody
 from oauthmail.interfaces import ITokenSource
 from oauthmail.loopback import isLoopbackHost
+from oauthmail.secret import Secret
 
 __all__ = ["AuthorizedAgent", "InsecureURLError", "bearerError", "checkURL", "sameOrigin"]
 
@@ -136,6 +143,8 @@ class AuthorizedAgent:
         self.account = account
         self._follow = followRedirects
         self._maxRedirects = maxRedirects
+        #: A digest of the token the last forced refresh gave (never the token itself).
+        self._refreshed: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<AuthorizedAgent {self.account}>"
@@ -192,7 +201,7 @@ class AuthorizedAgent:
         response = await self._agent.request(
             method, url.encode("ascii"), _copy(headers, token.reveal()), body
         )
-        if not tokenRefused(response):
+        if not tokenRefused(response) or _digest(token) == self._refreshed:
             return response
         again, body = _replay(body)
         if not again:
@@ -204,9 +213,14 @@ class AuthorizedAgent:
         )
         await discardBody(response)
         token = await self._tokens.forceRefresh(self.account)
+        self._refreshed = _digest(token)
         return await self._agent.request(
             method, url.encode("ascii"), _copy(headers, token.reveal()), body
         )
+
+
+def _digest(token: Secret) -> bytes:
+    return hashlib.sha256(token.reveal().encode("utf-8")).digest()
 
 
 def _copy(headers: Headers | None, token: str | None = None) -> Headers:
