@@ -25,9 +25,15 @@ from oauthmail.tokens.source import TokenSource
 __all__ = ["TokenParts", "buildTokenParts", "openConfiguredStores", "tokenTransports"]
 
 
-def openConfiguredStores(config: Config, reactor: Any) -> Any:
-    """Open (creating or migrating) the stores the configuration names; fires with ``Stores``."""
-    return openStores(config.store, clock=reactor, reactor=reactor, cluster=config.cluster)
+def openConfiguredStores(config: Config, reactor: Any, *, create: bool = True) -> Any:
+    """Open (creating or migrating) the stores the configuration names; fires with ``Stores``.
+
+    ``create=False``: a missing store or key file is refused, not created (see
+    :func:`oauthmail.db.open.openStores`).
+    """
+    return openStores(
+        config.store, clock=reactor, reactor=reactor, cluster=config.cluster, create=create
+    )
 
 
 class TokenParts:

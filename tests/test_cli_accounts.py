@@ -247,6 +247,11 @@ async def test_refresh_of_an_unauthorised_account_fails_with_one_line(tmp_path) 
     world = CLIWorld(reactor, tmp_path)
     try:
         code, out, err = await world.run("refresh", "helpdesk", "-c", str(world.path))
+        assert (code, out) == (2, "")  # no store yet: refused, not created
+        assert err.startswith("oauthmail: no oauthmail store at ")
+        store = await world.openStore()  # as the daemon would, at its first start
+        await store.close()
+        code, out, err = await world.run("refresh", "helpdesk", "-c", str(world.path))
         assert (code, out) == (1, "")
         assert err.splitlines() == [
             "refresh of helpdesk failed: not authorised yet: authorise it on the console"

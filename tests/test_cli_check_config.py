@@ -239,3 +239,66 @@ def test_main_refuses_sinks_the_daemon_would_refuse(tmp_path, capsys):
         " provider nor callable",
     ]
     assert not (tmp_path / "fresh").exists()  # checked, not made
+
+
+STORE_CONFIG = """\
+profiles:
+  local: {{provider: generic, authorization_endpoint: http://127.0.0.1:9/a,
+          token_endpoint: http://127.0.0.1:9/t, client_id: x, scopes: [mail]}}
+accounts:
+  - {{name: alerts, address: alerts@example.com, profile: local}}
+store: {{path: {path}, key_file: {key}}}
+"""
+
+
+def _storeConfig(tmp_path: Path, path: Path, key: Path) -> Path:
+    config = tmp_path / "app.yaml"
+    config.write_text(STORE_CONFIG.format(path=path, key=key))
+    return config
+
+
+def test_a_new_installation_passes_and_nothing_is_created(tmp_path, capsys):
+    """No store and no key yet: the daemon creates both; check-config says OK, writes nothing."""
+    config = _storeConfig(tmp_path, tmp_path / "var" / "s.sqlite", tmp_path / "var" / "s.key")
+    assert cli.main(["check-config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(f"{config}: OK, 1 account, 1 profile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.yaml"]
+
+
+def test_store_problems_the_daemon_would_refuse(tmp_path, capsys):
+    """A bad key, a directory for a store, a key file gone from a store: one line, exit 2."""
+    from cryptography.fernet import Fernet
+
+    store, key = tmp_path / "s.sqlite", tmp_path / "s.key"
+    key.write_text("notakey\n")
+    config = _storeConfig(tmp_path, store, key)
+    assert cli.main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{config}: store: the key in key file {key} is not a Fernet key")
+    assert len(err.splitlines()) == 1
+
+    config = _storeConfig(tmp_path, tmp_path, key)
+    assert cli.main(["check-config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"{config}: store: {tmp_path} is a directory, not an oauthmail store: fix store.path\n"
+    )
+
+    key.write_text(Fernet.generate_key().decode() + "\n")
+    config = _storeConfig(tmp_path, store, key)
+    subprocess.run(
+        [sys.executable, "-m", "oauthmail.cli", "init-store", "--config", str(config)],
+        env=childEnv(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    key.write_text(Fernet.generate_key().decode() + "\n")  # another key: the store will not open
+    assert cli.main(["check-config", str(config)]) == 2
+    assert "different key" in capsys.readouterr().err
+    key.unlink()
+    assert cli.main(["check-config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"{config}: store: key file {key} does not exist, but the store {store} does and its"
+        " tokens need that key: fix store.key_file or restore the key\n"
+    )
+    assert not key.exists()

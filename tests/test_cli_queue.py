@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cli_send import CONFIG, MESSAGE, ROOT
+from test_cli_send import CONFIG, MESSAGE, ROOT, ensureStore
 
 from oauthmail.cli.queue import formatListing, formatMessage
 from oauthmail.smtp.queue.records import DeliveryStatus, RecipientStatus
@@ -15,6 +15,7 @@ from oauthmail.smtp.queue.records import DeliveryStatus, RecipientStatus
 def _cli(tmp_path: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
     config = tmp_path / "app.yaml"
     config.write_text(CONFIG.format(tmp=tmp_path))
+    ensureStore(config)
     return subprocess.run(
         [sys.executable, "-m", "oauthmail.cli", *args, "--config", str(config)],
         input=stdin,

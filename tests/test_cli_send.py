@@ -27,9 +27,26 @@ store: {{path: {tmp}/store.sqlite, key_file: {tmp}/store.key}}
 MESSAGE = b"From: alerts@example.com\nTo: ops@example.net\nCc: dev@example.net\nSubject: x\n\nhi\n"
 
 
-def _run(tmp_path: Path, *args: str, stdin: bytes = MESSAGE) -> subprocess.CompletedProcess:
+def ensureStore(config: Path) -> None:
+    """``oauthmail init-store`` once: ``send`` refuses to create a store (a typo hides mail)."""
+    store = config.parent / "store.sqlite"
+    if not store.exists():
+        subprocess.run(
+            [sys.executable, "-m", "oauthmail.cli", "init-store", "--config", str(config)],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
+            check=True,
+        )
+
+
+def _run(
+    tmp_path: Path, *args: str, stdin: bytes = MESSAGE, init: bool = True
+) -> subprocess.CompletedProcess:
     config = tmp_path / "app.yaml"
     config.write_text(CONFIG.format(tmp=tmp_path))
+    if init:
+        ensureStore(config)
     return subprocess.run(
         [sys.executable, "-m", "oauthmail.cli", "send", "--config", str(config), *args],
         input=stdin,
@@ -80,6 +97,17 @@ def test_send_with_explicit_envelope(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [(_, _, _, recipients)] = _queued(tmp_path)
     assert recipients.split() == ["a@example.net", "b@example.net"]
+
+
+def test_send_without_a_store_refuses_and_creates_nothing(tmp_path: Path) -> None:
+    """A store that is not there (a typo in store.path) is refused: no new store holds the mail."""
+    result = _run(tmp_path, "alerts", init=False)
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr.decode().splitlines() == [
+        f"oauthmail: no oauthmail store at {tmp_path}/store.sqlite: the daemon creates it when"
+        " it first starts (or run `oauthmail init-store`); check store.path"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.yaml"]
 
 
 def test_send_refuses_an_account_without_smtp(tmp_path: Path) -> None:

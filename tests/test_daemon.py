@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = [str(Path(sys.executable).parent / "twistd")]
@@ -227,12 +228,23 @@ def test_daemon_refuses_a_wrong_store_key(tmp_path: Path) -> None:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=30)
     db = tmp_path / "var" / "oauthmail.sqlite"
+    key = tmp_path / "var" / "oauthmail.key"
     before = db.read_bytes()
-    (tmp_path / "var" / "oauthmail.key").unlink()
+    key.write_text(Fernet.generate_key().decode() + "\n")
     result = _startRefused(config, tmp_path)
     assert result.returncode == 2
     assert "different key" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert db.read_bytes() == before
+    # No key file at all: refused as well, and no new key is left next to the store.
+    key.unlink()
+    result = _startRefused(config, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"key file {key} does not exist, but the store {db} does and its tokens need"
+        " that key: fix store.key_file or restore the key"
+    ]
+    assert not key.exists()
     assert db.read_bytes() == before
 
 

@@ -186,7 +186,7 @@ def test_migrate_store_command(tmp_path, postgres, postgres_dsn):
     assert first.returncode == 0, first.stderr
     assert b"copied 0 account(s)" in first.stdout
     second = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=60)
-    assert second.returncode == 1
+    assert second.returncode == 2  # the --to given is wrong: bad input
     assert b"is not empty" in second.stderr and len(second.stderr.splitlines()) == 1
     assert postgres.password.encode() not in first.stdout + second.stderr
 

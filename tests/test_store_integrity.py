@@ -201,7 +201,7 @@ def test_init_store_command(tmp_path):
     assert (tmp_path / "var" / "store.key").exists()
     (tmp_path / "var" / "store.sqlite").write_bytes(b"junk")
     second = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=60)
-    assert second.returncode == 1
+    assert second.returncode == 2  # store.path names something else: bad configuration
     assert b"not an SQLite database" in second.stderr and len(second.stderr.splitlines()) == 1
 
 

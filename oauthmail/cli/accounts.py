@@ -39,7 +39,7 @@ def accounts(args: argparse.Namespace) -> int:
         from oauthmail.cluster.view import collectCluster
         from oauthmail.web.console import STATE_LABELS, collectStatuses
 
-        stores = await openConfiguredStores(config, reactor)
+        stores = await openConfiguredStores(config, reactor, create=False)
         try:
             statuses = await collectStatuses(config, stores.tokens)
             cluster = await collectCluster(stores.leases) if stores.shared else None

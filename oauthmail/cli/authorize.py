@@ -43,7 +43,7 @@ def authorize(args: argparse.Namespace, config: Config, account: AccountConfig) 
         from oauthmail.tokens.errors import AuthorizationFailed
 
         try:
-            async with Session(config, reactor) as session:
+            async with Session(config, reactor, create=True) as session:
                 # the row first, as the daemon's start-up makes it: a refusal is kept there
                 await session.store.ensureAccount(account.name, account.profile.kind)
                 result = await _authorizeWith(session, account, args.device)

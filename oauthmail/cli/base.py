@@ -192,10 +192,14 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
 
     An unexpected exception becomes one line on stderr (its class and the cleaned
     message of a token or store error, which never carry a secret) and status 1.
+    A store that cannot be used as configured (no store there, a wrong or
+    missing key, a file that is no store) is bad configuration, status 2, as
+    the daemon says at start; one that failed while working (unreachable,
+    unwritable, busy) is status 1.
     """
     from twisted.internet import defer, task
 
-    from oauthmail.db.errors import StoreError
+    from oauthmail.db.errors import STORE_FAILURES, StoreError
     from oauthmail.tokens.authorize import explain
 
     status = [EXIT_FAILED]
@@ -204,8 +208,8 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
         try:
             status[0] = await work(reactor)
         except StoreError as e:
-            print(f"oauthmail: the token store cannot be used: {e}", file=sys.stderr)
-            status[0] = EXIT_FAILED
+            print(f"oauthmail: {e}", file=sys.stderr)
+            status[0] = EXIT_FAILED if isinstance(e, STORE_FAILURES) else EXIT_USAGE
         except Exception as e:
             print(f"oauthmail: {explain(e)}", file=sys.stderr)
             status[0] = EXIT_FAILED

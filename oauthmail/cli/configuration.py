@@ -30,7 +30,7 @@ def checkConfig(args: argparse.Namespace) -> int:
     config = readConfig(args.config)
     if config is None:
         return EXIT_USAGE
-    problems = _sinkProblems(config)
+    problems = _sinkProblems(config) + _storeProblems(config)
     if problems:
         for problem in problems:
             print(f"{config.source}: {problem}", file=sys.stderr)
@@ -57,6 +57,18 @@ def checkConfig(args: argparse.Namespace) -> int:
     for note in config.notes:
         print(f"note: {note}", file=out)
     return EXIT_OK
+
+
+def _storeProblems(config: Any) -> list[str]:
+    """What the daemon would refuse at start about the store, found without creating anything."""
+    from oauthmail.db.errors import StoreError
+    from oauthmail.db.open import checkStoreSettings
+
+    try:
+        checkStoreSettings(config.store)
+    except StoreError as e:
+        return [f"store: {e}"]
+    return []
 
 
 def _sinkProblems(config: Any) -> list[str]:

@@ -157,7 +157,7 @@ def queueCommand(args: argparse.Namespace) -> int:
     async def work(reactor: Any) -> int:
         from oauthmail.app import openConfiguredStores
 
-        stores = await openConfiguredStores(config, reactor)
+        stores = await openConfiguredStores(config, reactor, create=False)
         try:
             return await _run(action, args, config, stores, reactor)
         finally:

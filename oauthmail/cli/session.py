@@ -15,11 +15,14 @@ class Session:
 
     ``async with Session(config, reactor) as session:`` opens the parts and
     closes them however the command ends (what it opened, if opening failed).
+    Only a command that may be the first to need a store (``authorize``)
+    passes ``create=True``; the others refuse a missing store or key file.
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, *, create: bool = False) -> None:
         self.config = config
         self.reactor = reactor
+        self.create = create
         self.stores: Any = None
         self.store: Any = None
         self.transport: Any = None
@@ -31,7 +34,7 @@ class Session:
         from oauthmail.app import buildTokenParts, openConfiguredStores
         from oauthmail.tokens.authorize import Authorizer
 
-        self.stores = await openConfiguredStores(self.config, self.reactor)
+        self.stores = await openConfiguredStores(self.config, self.reactor, create=self.create)
         self.store = self.stores.tokens
         self._parts = buildTokenParts(self.config, self.stores, self.reactor)
         self.transport = self._parts.transport

@@ -8,6 +8,7 @@ vocabulary without importing each other.
 from __future__ import annotations
 
 __all__ = [
+    "STORE_FAILURES",
     "NodeNameTaken",
     "RefreshBusy",
     "StaleLease",
@@ -60,3 +61,15 @@ class NodeNameTaken(StoreError):  # noqa: N818 - reads better at the call site
     Nodes sharing a database need distinct names (``cluster.node``). A node
     restarted after a crash meets this until its old registration expires.
     """
+
+
+#: The errors of a store that is set up right but failed at work (out of reach,
+#: unwritable, busy, contended): trying again can help. Every other
+#: ``StoreError`` says the configuration or the files are wrong.
+STORE_FAILURES: tuple[type[StoreError], ...] = (
+    StoreUnwritable,
+    VersionConflict,
+    RefreshBusy,
+    StaleLease,
+    NodeNameTaken,
+)

@@ -26,7 +26,14 @@ from oauthmail.messagelog.interfaces import IMessageLog
 from oauthmail.secret import plain
 from oauthmail.tokens import crypto
 
-__all__ = ["Stores", "initStore", "openStores", "preflightStores"]
+__all__ = [
+    "Stores",
+    "checkStoreSettings",
+    "initStore",
+    "loadStoreKeys",
+    "openStores",
+    "preflightStores",
+]
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -83,6 +90,8 @@ def openStores(
     reactor: Any,
     environ: Mapping[str, str] | None = None,
     cluster: _ClusterConfig | None = None,
+    *,
+    create: bool = True,
 ) -> defer.Deferred[Stores]:
     """Load the key, open (create, migrate, key-check) the database, fire with its ``Stores``.
 
@@ -90,21 +99,23 @@ def openStores(
     ``cluster`` names this node in the PostgreSQL outbox's claims (and how
     long they last) and in its refresh claims; without it, the host name and
     five minutes.
+
+    ``create=False`` is for commands that use a store (list, queue, refresh):
+    a missing SQLite file or key file is refused with one line instead of
+    created, so a typo in ``store.path`` shows no empty queue and every
+    account "unauthorised" from a new store nobody reads. The daemon,
+    ``authorize`` and ``init-store`` create.
     """
     try:
         _checkBackend(store_config)
     except StoreError as e:
         return defer.fail(e)
     notices: list[crypto.Notice] = []
-    d = threads.deferToThreadPool(
-        reactor,
-        reactor.getThreadPool(),
-        crypto.loadCipher,
-        store_config.key,
-        store_config.key_file,
-        environ,
-        notices,
-    )
+
+    def loadKeys() -> crypto.TokenCipher:
+        return loadStoreKeys(store_config, environ, notices, create=create)[0]
+
+    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), loadKeys)
 
     def loaded(cipher: crypto.TokenCipher) -> defer.Deferred[Stores]:
         crypto.emitNotices(notices)
@@ -180,15 +191,98 @@ def _openPostgreSQL(
     return tokens.open().addCallback(lambda _: stores)
 
 
+def loadStoreKeys(
+    store_config: _StoreConfig,
+    environ: Mapping[str, str] | None = None,
+    notices: list[crypto.Notice] | None = None,
+    *,
+    create: bool,
+) -> tuple[crypto.TokenCipher, bool | None]:
+    """The store's keys, and whether its SQLite file exists (``None``: PostgreSQL). Blocking.
+
+    A key file is created only for a new installation, when ``create`` says
+    so: never next to an existing SQLite store (a typo in ``store.key_file``
+    would leave a key that cannot open it), never by ``create=False``, which
+    also refuses a missing SQLite store (commands that use a store: a typo in
+    ``store.path`` must not show an empty queue and every account
+    "unauthorised" from a new store nobody reads).
+    """
+    exists: bool | None = None
+    if store_config.backend != "postgresql":
+        from oauthmail.db.sqlite.storefile import checkStoreFile
+
+        exists = checkStoreFile(store_config.path)
+        if not create and not exists:
+            raise StoreError(
+                f"no oauthmail store at {store_config.path}: the daemon creates it when it"
+                " first starts (or run `oauthmail init-store`); check store.path"
+            )
+    try:
+        cipher = crypto.loadCipher(
+            store_config.key,
+            store_config.key_file,
+            environ,
+            notices,
+            create=create and not exists,
+        )
+    except crypto.MissingKeyFile:
+        if not exists:
+            raise
+        raise _keyFileMissing(store_config) from None
+    return cipher, exists
+
+
+def _keyFileMissing(store_config: _StoreConfig) -> StoreError:
+    return StoreError(
+        f"key file {store_config.key_file} does not exist, but the store"
+        f" {store_config.path} does and its tokens need that key: fix store.key_file"
+        " or restore the key"
+    )
+
+
+def checkStoreSettings(
+    store_config: _StoreConfig, environ: Mapping[str, str] | None = None
+) -> None:
+    """What ``check-config`` can tell of the store without creating or connecting (blocking).
+
+    Refused as the daemon would refuse them at start: an unknown backend, a DSN
+    that is not one, a ``store.path`` that is a directory or an empty or
+    foreign file, a malformed key, a key file that is missing (or a key that
+    does not open) while the SQLite store exists. A new installation (no
+    store, no key file) passes: the daemon creates both.
+    """
+    _checkBackend(store_config)
+    exists: bool | None = None  # PostgreSQL: not known without connecting
+    if store_config.backend == "postgresql":
+        from oauthmail.db.postgresql.driver import parseTarget
+
+        parseTarget(plain(store_config.dsn))
+    else:
+        from oauthmail.db.sqlite.storefile import checkStoreFile
+
+        exists = checkStoreFile(store_config.path)
+    try:
+        cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ, create=False)
+    except crypto.MissingKeyFile:
+        if exists:
+            raise _keyFileMissing(store_config) from None
+        return  # a new installation: the daemon creates the key with the store
+    if exists:
+        from oauthmail.db.sqlite.preflight import preflight
+
+        preflight(store_config.path, cipher)
+
+
 def preflightStores(store_config: _StoreConfig, environ: Mapping[str, str] | None = None) -> None:
     """Check, before the reactor runs, that the key opens an existing store (blocking).
 
     ``twistd oauthmail`` calls it while parsing options, so a wrong or
     malformed key stops the daemon with one line and exit status 2. It
-    changes nothing; the real (asynchronous) open checks again.
+    changes nothing but a new installation's key file; the real
+    (asynchronous) open checks again.
     """
     _checkBackend(store_config)
-    cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ)
+    cipher, _ = loadStoreKeys(store_config, environ, create=True)
     if store_config.backend == "postgresql":
         from oauthmail.db.postgresql import preflight as pg
         from oauthmail.db.postgresql.driver import parseTarget

@@ -236,7 +236,8 @@ def copyStore(
         )
         if not present:
             raise StoreError(f"{path} does not exist: there is no SQLite store to copy")
-        stores = await openStores(store_config, clock, reactor, environ)  # key check, migrations
+        # key check, migrations (never a new key file for the source)
+        stores = await openStores(store_config, clock, reactor, environ, create=False)
         await stores.close()
         counts = await threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), copyTables, path, dsn_text, clock.seconds()

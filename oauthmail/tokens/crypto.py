@@ -337,16 +337,27 @@ def warnIfShared(path: str, what: str, notices: list[Notice] | None = None) -> b
     return False
 
 
-def loadKeyFile(path: str, notices: list[Notice] | None = None) -> TokenCipher:
+class MissingKeyFile(StoreError):  # noqa: N818 - it is the file that is missing
+    """The key file does not exist, and the caller may not create it."""
+
+
+def loadKeyFile(
+    path: str, notices: list[Notice] | None = None, *, create: bool = True
+) -> TokenCipher:
     """Read ``path``, generating it with a fresh key (mode 0600) if it does not exist.
 
     Blocking: call it from a thread (and pass ``notices``, see :data:`Notice`).
+    With ``create=False`` (a command that only uses a store) a missing file is
+    :class:`MissingKeyFile`: a typo in ``store.key_file`` must not leave a new
+    key behind, next to a store it cannot open.
     """
     source = f"key file {path}"
     try:
         try:
             text = _readKeyText(path, source)
         except FileNotFoundError:
+            if not create:
+                raise MissingKeyFile(f"{source} does not exist: fix store.key_file") from None
             if createPrivateFile(path, (generateKey() + "\n").encode("ascii")):
                 _record(notices, "info", "generated a new encryption key in {path}", path=path)
             text = _readKeyText(path, source)
@@ -377,11 +388,14 @@ def loadCipher(
     key_file: str,
     environ: Mapping[str, str] | None = None,
     notices: list[Notice] | None = None,
+    *,
+    create: bool = True,
 ) -> TokenCipher:
     """Find the store's keys in the configured order (see the module docstring).
 
     Blocking (it may read or create the key file): call it from a thread and
     pass ``notices`` (see :data:`Notice`), or from a command-line tool without.
+    ``create=False``: a missing key file is refused (:func:`loadKeyFile`).
     """
     if environ is None:
         environ = os.environ
@@ -392,4 +406,4 @@ def loadCipher(
     if env.strip():
         source = f"${KEY_ENV}"
         return TokenCipher(parseKeys(env, source), source)
-    return loadKeyFile(key_file, notices)
+    return loadKeyFile(key_file, notices, create=create)
