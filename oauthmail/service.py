@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
@@ -97,6 +97,7 @@ class OAuthMailService(MultiService):
         self._ready: list[defer.Deferred] = []
         self._is_ready = False
         self._starting: defer.Deferred | None = None
+        self._storeLock: Any = None
 
     def whenReady(self) -> defer.Deferred:
         """Fire once the store is open and the console listens."""
@@ -143,7 +144,13 @@ class OAuthMailService(MultiService):
         self.bindPorts()  # already done under twistd; an embedding may not have called it
         if self.stores is None:
             from oauthmail.app import openConfiguredStores
+            from oauthmail.db.open import daemonLock
 
+            lock = daemonLock(self.config.store)  # one daemon per SQLite store
+            if lock is not None:
+                pool = self.reactor.getThreadPool()
+                await threads.deferToThreadPool(self.reactor, pool, lock.acquire)
+                self._storeLock = lock
             self.stores = await openConfiguredStores(self.config, self.reactor)
             self.store = self.stores.tokens
         else:
@@ -436,6 +443,9 @@ class OAuthMailService(MultiService):
             await self.operations.close()
         if self.stores is not None:
             await self.stores.close()
+        if self._storeLock is not None:
+            self._storeLock.release()
+            self._storeLock = None
 
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(super().stopService)

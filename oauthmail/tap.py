@@ -6,7 +6,9 @@ twistd at once with the one-line error (exit status 2) instead of a
 half-started daemon. A store that cannot be reached or written right now (a
 database server still starting, a full disk) stops it with exit status 75
 (``EX_TEMPFAIL``): a supervisor may start it again, which for status 2 would be
-pointless (``conf/oauthmail.service`` restarts on 75, never on 2).
+pointless (``conf/oauthmail.service`` restarts on 75, never on 2). So does an
+SQLite store another daemon runs on (one daemon per SQLite store): once that
+one stops, starting again works.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from oauthmail.config import ConfigError, loadConfig
-from oauthmail.db.errors import StoreError, StoreUnwritable
-from oauthmail.db.open import preflightStores
+from oauthmail.db.errors import StoreError, StoreInUse, StoreUnwritable
+from oauthmail.db.open import daemonLock, preflightStores
 from oauthmail.service import OAuthMailService, StartupError
 
 #: A configuration or key error: starting again cannot help.
@@ -64,7 +66,10 @@ class Options(usage.Options):
         try:
             self["loaded"] = config = loadConfig(self["config"])
             preflightStores(config.store)
-        except StoreUnwritable as e:
+            lock = daemonLock(config.store)
+            if lock is not None:
+                lock.probe()  # the service takes it for good once it starts
+        except (StoreInUse, StoreUnwritable) as e:
             sys.stderr.write(f"{e}\n")
             raise SystemExit(EXIT_TEMPORARY) from None
         except (ConfigError, StoreError) as e:

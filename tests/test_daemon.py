@@ -169,6 +169,44 @@ def test_daemon_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_second_daemon_on_the_same_sqlite_store_exits_75_in_one_line(tmp_path: Path) -> None:
+    """Two daemons on one SQLite file would both send the queue: the second stops before it runs."""
+    port = _freePort()
+    config = _writeConfig(tmp_path, port)
+    first = subprocess.Popen(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)
+        result = _startRefused(config, tmp_path)
+        assert (result.returncode, result.stdout) == (75, "")
+        assert result.stderr.splitlines() == [
+            f"{tmp_path}/var/oauthmail.sqlite is in use by another oauthmail daemon"
+            f" (pid {first.pid}): one daemon per SQLite store (several nodes share a"
+            " PostgreSQL store, see docs/scale-out.md)"
+        ]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+    # The first one gone, a daemon starts on the store again (the lock went with it).
+    again = subprocess.Popen(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        assert _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)[0] in (200, 503)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=30) is not None
+
+
 def test_daemon_refuses_a_mistyped_option_in_one_line(tmp_path: Path) -> None:
     """A mistyped option: status 2 and one line naming it, not twistd's whole usage."""
     result = subprocess.run(

@@ -13,6 +13,7 @@ __all__ = [
     "RefreshBusy",
     "StaleLease",
     "StoreError",
+    "StoreInUse",
     "StoreUnwritable",
     "VersionConflict",
     "WrongKeyError",
@@ -36,6 +37,13 @@ class StoreUnwritable(StoreError):  # noqa: N818 - reads better at the call site
 
     Callers that accept work (the submission server) answer ``451`` and the
     queue stops claiming until a write succeeds again.
+    """
+
+
+class StoreInUse(StoreError):  # noqa: N818 - reads better at the call site
+    """Another daemon runs on this SQLite store (see :mod:`oauthmail.db.sqlite.daemonlock`).
+
+    Nothing was opened. Starting again once the other daemon has stopped works.
     """
 
 
@@ -67,6 +75,7 @@ class NodeNameTaken(StoreError):  # noqa: N818 - reads better at the call site
 #: unwritable, busy, contended): trying again can help. Every other
 #: ``StoreError`` says the configuration or the files are wrong.
 STORE_FAILURES: tuple[type[StoreError], ...] = (
+    StoreInUse,
     StoreUnwritable,
     VersionConflict,
     RefreshBusy,

@@ -29,6 +29,7 @@ from oauthmail.tokens import crypto
 __all__ = [
     "Stores",
     "checkStoreSettings",
+    "daemonLock",
     "initStore",
     "loadStoreKeys",
     "openStores",
@@ -271,6 +272,19 @@ def checkStoreSettings(
         from oauthmail.db.sqlite.preflight import preflight
 
         preflight(store_config.path, cipher)
+
+
+def daemonLock(store_config: _StoreConfig) -> Any:
+    """The lock a daemon holds on its SQLite store while it runs; ``None`` for PostgreSQL.
+
+    See :mod:`oauthmail.db.sqlite.daemonlock`: two daemons on one SQLite file
+    would both send the queue's mail. Several nodes share PostgreSQL instead.
+    """
+    if store_config.backend == "postgresql":
+        return None
+    from oauthmail.db.sqlite.daemonlock import DaemonLock
+
+    return DaemonLock(store_config.path)
 
 
 def preflightStores(store_config: _StoreConfig, environ: Mapping[str, str] | None = None) -> None:
