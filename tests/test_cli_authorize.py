@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import pytest
 import pytest_twisted
 from test_cli_accounts import CLIENT_ID, CLIWorld
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -108,6 +109,32 @@ async def test_authorize_device_prints_the_code_and_polls_until_approved(tmp_pat
         record, _ = await world.stored("helpdesk")
         assert record.state == "ok"
         world.assertNoSecrets()
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("signal", ["INT", "TERM"])
+async def test_interrupted_authorize_says_so_and_exits_130(tmp_path, signal) -> None:
+    """Ctrl-C (or SIGTERM) while the device code waits: one line, status 130, nothing stored.
+
+    Before, the reactor's stop failed the flow underneath, and the command said
+    "unexpected error (RuntimeError)" with status 1; at the paste prompt it said nothing.
+    """
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    try:
+        for args in (("dev",), ("helpdesk",)):
+            child = world.spawn("authorize", *args, "-c", str(world.path))
+            await child.waitFor(r"enter the code: |Paste it here")
+            child.transport.signalProcess(signal)
+            assert await child.ended == 130, child.output
+            assert child.err.decode().splitlines() == [
+                "oauthmail: interrupted before it finished"
+            ], child.output
+            record, tokens = await world.stored(args[0])
+            assert tokens is None
     finally:
         await world.stop()
 

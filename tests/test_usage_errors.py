@@ -89,3 +89,32 @@ def test_daemon_usage_error_is_one_line(
     assert exited.value.code == EXIT_CONFIG
     out, err = capsys.readouterr()
     assert (out, err.splitlines()) == ("", [f"{line} (--help lists the options)"])
+
+
+@pytest.mark.parametrize("command", ["check-config", "init-store"])
+def test_output_into_a_closed_pipe_ends_quietly_with_141(tmp_path, command: str) -> None:
+    """``oauthmail ... | head`` whose reader is gone: status 141, as SIGPIPE gives; no traceback.
+
+    ``check-config`` writes from main(), ``init-store`` from inside the reactor.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "app.yaml"
+    config.write_text(f"store: {{path: {tmp_path}/s.sqlite, key_file: {tmp_path}/s.key}}\n")
+    args = [str(config)] if command == "check-config" else ["--config", str(config)]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "oauthmail.cli", command, *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")

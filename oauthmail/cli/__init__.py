@@ -12,6 +12,7 @@ a traceback, because the reader is an operator at a terminal.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -29,6 +30,7 @@ from oauthmail.cli.base import (
     DEFAULT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PIPE,
     EXIT_USAGE,
     HELP_ORDER,
     SUBCOMMANDS,
@@ -95,7 +97,26 @@ def buildParser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``oauthmail ARGS``; return the exit status."""
+    """Run ``oauthmail ARGS``; return the exit status.
+
+    Output piped into a reader that stops early (``| head``, ``| true``) ends
+    the command quietly with status 141, as ``SIGPIPE`` ends other tools,
+    instead of a traceback about a broken pipe.
+    """
+    try:
+        status = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = EXIT_PIPE
+    if status == EXIT_PIPE:
+        # Python flushes stdout once more at exit, and would complain of the pipe then.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = buildParser()
     try:
         args, extras = parser.parse_known_args(argv)

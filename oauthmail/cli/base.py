@@ -27,6 +27,10 @@ DEFAULT_CONFIG = "conf/app.yaml"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Stopped by Ctrl-C or SIGTERM before the work finished (128 + SIGINT, as shells say).
+EXIT_INTERRUPTED = 130
+#: Standard output was closed by its reader (128 + SIGPIPE, as a shell reports ``| head``).
+EXIT_PIPE = 141
 
 
 @dataclass(frozen=True)
@@ -199,26 +203,54 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
     """
     from twisted.internet import defer, task
 
-    from oauthmail.db.errors import STORE_FAILURES, StoreError
     from oauthmail.tokens.authorize import explain
 
     status = [EXIT_FAILED]
+    done, interrupted = [False], [False]
+
+    def stopping() -> None:
+        # The reactor stops before the work finished: Ctrl-C or SIGTERM (Twisted's handlers).
+        if not done[0]:
+            interrupted[0] = True
+            status[0] = EXIT_INTERRUPTED
+            print("oauthmail: interrupted before it finished", file=sys.stderr)
 
     async def run(reactor: Any) -> None:
+        reactor.addSystemEventTrigger("before", "shutdown", stopping)
         try:
-            status[0] = await work(reactor)
-        except StoreError as e:
-            print(f"oauthmail: {e}", file=sys.stderr)
-            status[0] = EXIT_FAILED if isinstance(e, STORE_FAILURES) else EXIT_USAGE
+            result = await work(reactor)
+            if not interrupted[0]:
+                status[0] = result
+        except BrokenPipeError:
+            status[0] = EXIT_PIPE  # the reader went away (`| head`): main() leaves quietly
         except Exception as e:
-            print(f"oauthmail: {explain(e)}", file=sys.stderr)
-            status[0] = EXIT_FAILED
+            if interrupted[0]:
+                return  # what the parts said while being stopped is not news
+            print(f"oauthmail: {_said(e, explain)}", file=sys.stderr)
+            status[0] = _statusOf(e)
+        finally:
+            done[0] = True
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
     except SystemExit:
         pass
     return status[0]
+
+
+def _said(error: Exception, explain: Callable[[Exception], str]) -> str:
+    from oauthmail.db.errors import StoreError
+
+    return str(error) if isinstance(error, StoreError) else explain(error)
+
+
+def _statusOf(error: Exception) -> int:
+    """1 for a failed operation; 2 for a store that cannot be used as configured."""
+    from oauthmail.db.errors import STORE_FAILURES, StoreError
+
+    if isinstance(error, StoreError) and not isinstance(error, STORE_FAILURES):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def formatWhen(when: float | None, now: float) -> str:
