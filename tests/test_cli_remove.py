@@ -76,6 +76,27 @@ async def test_remove_revokes_at_the_provider_and_deletes_the_tokens(tmp_path) -
 
 
 @pytest_twisted.ensureDeferred
+async def test_remove_of_an_account_without_tokens_leaves_its_state_alone(tmp_path) -> None:
+    """Nothing removed: the account is not said to have had its tokens removed."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    _withRevocation(world)
+    try:
+        store = await world.openStore()  # as the daemon's first start would
+        await store.close()
+        code, out, _ = await world.run("remove", "helpdesk", "-c", str(world.path))
+        assert code == 0
+        assert "helpdesk had no tokens: nothing was revoked or deleted" in out
+        record, tokens = await world.stored("helpdesk")
+        assert tokens is None
+        assert record is None or "oauthmail remove" not in (record.last_error or "")
+        assert world.provider.requests["revoke"] == 0
+    finally:
+        await world.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_remove_with_the_provider_down_deletes_and_says_so(tmp_path) -> None:
     """Provider unreachable: exit 1, the tokens are gone, the revocation did not happen."""
     from twisted.internet import reactor

@@ -376,15 +376,15 @@ class MemoryOutbox:
 
     def makeDue(self, account: str, now: float, delay: float) -> defer.Deferred[int]:
         self.writes += 1
-        made = 0
+        due = 0
         for m in self._queued(account):
             if m.next_attempt_at > now:
-                made += 1
                 # A message in doubt still waits for the provider to file its copy.
                 m.next_attempt_at = (
                     now if m.in_doubt_since is None else max(now, m.in_doubt_since + delay)
                 )
-        return defer.succeed(made)
+            due += m.next_attempt_at <= now
+        return defer.succeed(due)
 
     def status(self, message_id: str) -> defer.Deferred[DeliveryStatus | None]:
         m = self.messages.get(message_id)

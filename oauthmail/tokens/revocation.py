@@ -210,7 +210,8 @@ async def removeTokens(tokens: _Source, account_id: str) -> Removal:
     store = tokens.store
     record = await store.getTokens(account_id)
     if record is None:
-        await tokens.condition.report(account_id, "unauthorised", REMOVED)
+        # Nothing was removed: the account keeps what it said ("not authorised yet",
+        # "not configured"), not a hint that its tokens were removed.
         return Removal(account_id, False, Revocation(NOTHING, "there were no tokens"))
     if record.refresh_token is not None:
         revocation = await revokeToken(tokens.grantClient(account_id), record.refresh_token)

@@ -504,7 +504,7 @@ async def test_a_late_search_settles_nothing(outbox):
 
 @pytest_twisted.ensureDeferred
 async def test_make_due_respects_doubt(outbox):
-    """makeDue makes waiting messages due now, but not a doubt before its delay."""
+    """makeDue makes waiting messages due now, but not a doubt before its delay; counts the due."""
     policy = FixedPolicy(sent_check=frozenset({ACCOUNT}))
     await outbox.enqueue(queued("m1"))
     await outbox.enqueue(queued("m2"))
@@ -512,10 +512,12 @@ async def test_make_due_respects_doubt(outbox):
     await outbox.recover(NOW, policy)  # m1 in doubt since NOW
     await outbox.claimDue(ACCOUNT, NOW, 10)
     await outbox.recordFailure(["m2"], "later", NOW, policy)
-    assert await outbox.makeDue(ACCOUNT, NOW + 10, 30.0) == 2
+    assert await outbox.makeDue(ACCOUNT, NOW + 10, 30.0) == 1  # m2; m1 still waits
     assert (await outbox.status("m2")).next_attempt_at == NOW + 10
     assert (await outbox.status("m1")).next_attempt_at == NOW + 30
-    assert await outbox.makeDue(ACCOUNT, NOW + 10, 30.0) == 1  # m1 still waits
+    assert await outbox.makeDue(ACCOUNT, NOW + 10, 30.0) == 1  # m2 was due already
+    await outbox.enqueue(queued("m3", at=NOW + 5))  # due already, as a new message is
+    assert await outbox.makeDue(ACCOUNT, NOW + 10, 30.0) == 2
 
 
 @pytest_twisted.ensureDeferred

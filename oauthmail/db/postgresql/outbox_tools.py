@@ -84,13 +84,18 @@ def purgeFinished(conn: Connection, before: float, limit: int) -> int:
 
 def makeDue(conn: Connection, account: str, now: float, delay: float) -> int:
     # A message in doubt still waits for the provider to file its copy.
-    cursor = conn.execute(
+    conn.execute(
         "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN %s"
         " ELSE GREATEST(%s, in_doubt_since + %s) END"
         " WHERE account = %s AND state = 'queued' AND next_attempt_at > %s",
         (now, now, delay, account, now),
     )
-    return cursor.rowcount
+    (due,) = conn.execute(
+        "SELECT COUNT(*) FROM outbound"
+        " WHERE account = %s AND state = 'queued' AND next_attempt_at <= %s",
+        (account, now),
+    ).fetchone()
+    return int(due)
 
 
 def listStatuses(conn: Connection, account: str) -> list[DeliveryStatus]:

@@ -97,13 +97,18 @@ def purgeFinished(conn: sqlite3.Connection, before: float, limit: int) -> int:
 def makeDue(conn: sqlite3.Connection, account: str, now: float, delay: float) -> int:
     with transaction(conn):
         # A message in doubt still waits for the provider to file its copy.
-        cursor = conn.execute(
+        conn.execute(
             "UPDATE outbound SET next_attempt_at = CASE WHEN in_doubt_since IS NULL THEN ?"
             " ELSE MAX(?, in_doubt_since + ?) END"
             " WHERE account = ? AND state = 'queued' AND next_attempt_at > ?",
             (now, now, delay, account, now),
         )
-    return cursor.rowcount
+        (due,) = conn.execute(
+            "SELECT COUNT(*) FROM outbound"
+            " WHERE account = ? AND state = 'queued' AND next_attempt_at <= ?",
+            (account, now),
+        ).fetchone()
+    return int(due)
 
 
 def listStatuses(conn: sqlite3.Connection, account: str) -> list[DeliveryStatus]:
