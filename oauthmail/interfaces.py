@@ -454,9 +454,7 @@ class IOutbox(Interface):
     def makeDue(account, now, delay):
         """Make every queued message of the account due now; fire with how many are due now.
 
-        The count takes in those that were due already (``oauthmail queue retry
-        --all`` says it), not a message in doubt, which stays not due before
-        ``in_doubt_since + delay``.
+        A message in doubt stays not due before ``in_doubt_since + delay``.
         """
 
     def status(message_id):

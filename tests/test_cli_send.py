@@ -119,6 +119,19 @@ def test_send_refuses_an_account_without_smtp(tmp_path: Path) -> None:
     ]
 
 
+def test_send_refuses_a_line_the_submission_server_would_refuse(tmp_path: Path) -> None:
+    """A line the submission server refuses (over 64 KiB) is not queued by the back door."""
+    at_limit = MESSAGE + b"x" * 65536 + b"\r\n"
+    assert _run(tmp_path, "alerts", stdin=at_limit).returncode == 0
+    result = _run(tmp_path, "alerts", stdin=MESSAGE + b"ok\n" + b"y" * 65537 + b"\n")
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr.decode().splitlines() == [
+        "line 8 of the message is longer than 65536 bytes, which the submission server"
+        " refuses too (SMTP allows 998): nothing was queued"
+    ]
+    assert len(_queued(tmp_path)) == 1
+
+
 def test_send_refuses_an_empty_message(tmp_path: Path) -> None:
     """Nothing on standard input queues nothing."""
     result = _run(tmp_path, "alerts", stdin=b"")

@@ -52,9 +52,11 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
     if account.smtp is None:
         print(f"account {account.name!r} has no smtp section: it cannot send mail", file=sys.stderr)
         return EXIT_USAGE
-    # The submission server's limit (35 MiB by default) holds here too: the
-    # providers refuse larger mail, and /dev/zero must not be read for ever.
-    limit = (config.submission or SubmissionConfig()).max_message_size
+    # The submission server's limits (35 MiB by default, lines of 64 KiB) hold
+    # here too: the providers refuse larger mail, /dev/zero must not be read
+    # for ever, and a message the server would refuse is not queued by the back door.
+    submission = config.submission or SubmissionConfig()
+    limit = submission.max_message_size
     message = sys.stdin.buffer.read(limit + 1)
     if len(message) > limit:
         print(
@@ -65,6 +67,17 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
         return EXIT_USAGE
     if not message.strip():
         print("no message on standard input: nothing was queued", file=sys.stderr)
+        return EXIT_USAGE
+    from oauthmail.smtp.submission.limits import SubmissionLimits
+
+    max_line = SubmissionLimits().max_line
+    long = _longLine(message, max_line)
+    if long is not None:
+        print(
+            f"line {long} of the message is longer than {max_line} bytes, which the"
+            " submission server refuses too (SMTP allows 998): nothing was queued",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
     async def work(reactor: Any) -> int:
@@ -103,6 +116,14 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
         return EXIT_OK
 
     return runInReactor(work)
+
+
+def _longLine(message: bytes, limit: int) -> int | None:
+    """The number of the first line longer than ``limit`` bytes (line end not counted)."""
+    for number, line in enumerate(message.split(b"\n"), 1):
+        if len(line) - line.endswith(b"\r") > limit:
+            return number
+    return None
 
 
 def apiArguments(parser: argparse.ArgumentParser) -> None:
