@@ -13,7 +13,7 @@ import re
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
 
-__all__ = ["cleanText", "describeFailure", "describeWhen"]
+__all__ = ["cleanText", "describeFailure", "describeWhen", "innermost"]
 
 
 def cleanText(text: object, limit: int = 300) -> str:
@@ -47,20 +47,27 @@ def describeFailure(failure: object, limit: int = 300) -> str:
     the quotes go, the text stays. Twisted's HTTP client wraps the real reason in
     a list (``ResponseFailed``, ``ResponseNeverReceived``): the first is told.
     """
-    value = getattr(failure, "value", failure)
-    for _ in range(4):
-        reasons = getattr(value, "reasons", None)
-        if not isinstance(reasons, list):
-            break
-        if not reasons:
-            return type(value).__name__
-        value = getattr(reasons[0], "value", reasons[0])
+    value = innermost(failure)
+    reasons = getattr(value, "reasons", None)
+    if isinstance(reasons, list) and not reasons:
+        return type(value).__name__
     args = getattr(value, "args", ())
     if len(args) == 1 and isinstance(args[0], bytes):
         text = args[0].decode("utf-8", "replace")
     else:
         text = str(value)
     return cleanText(text or type(value).__name__, limit)
+
+
+def innermost(failure: object) -> object:
+    """The exception inside a ``Failure`` and inside Twisted's HTTP wrappers' ``reasons``."""
+    value = getattr(failure, "value", failure)
+    for _ in range(4):
+        reasons = getattr(value, "reasons", None)
+        if not isinstance(reasons, list) or not reasons:
+            break
+        value = getattr(reasons[0], "value", reasons[0])
+    return value
 
 
 def describeWhen(when: float | None, now: float) -> str:

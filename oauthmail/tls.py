@@ -30,7 +30,13 @@ from twisted.python.failure import Failure
 if TYPE_CHECKING:  # annotations only: the configuration checks a ca_file with readCACertificate
     from oauthmail.config import ServerConfig
 
-__all__ = ["TLSCertificateError", "describeTLSFailure", "readCACertificate", "tlsOptions"]
+__all__ = [
+    "TLSCertificateError",
+    "certificateProblem",
+    "describeTLSFailure",
+    "readCACertificate",
+    "tlsOptions",
+]
 
 _log = Logger()
 
@@ -78,32 +84,40 @@ def readCACertificate(path: str) -> Certificate:
         return Certificate.loadPEM(f.read())
 
 
-def describeTLSFailure(failure: Failure, server: ServerConfig) -> Failure:
-    """Turn an OpenSSL/service_identity failure into a one-line :class:`TLSCertificateError`."""
-    name = server.server_name or server.host
-    where = f"{server.host}:{server.port}"
+def certificateProblem(error: object, name: str) -> str | None:
+    """What is wrong with a server's certificate, in words; ``None`` if that is not the error.
+
+    service_identity's own text is a repr (``VerificationError(errors=[...])``)
+    and OpenSSL's a tuple of library codes: neither is a line for a person.
+    """
+    from OpenSSL import SSL
+
     try:
         from service_identity import VerificationError
     except ImportError:  # pragma: no cover - service_identity is a dependency
         VerificationError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if VerificationError and isinstance(error, VerificationError):
+        return f"not valid for {name} (the certificate names other hosts)"
+    if isinstance(error, SSL.Error) and "certificate verify failed" in str(error):
+        text = str(error)
+        if "expired" in text:
+            return "not trusted: certificate expired"
+        if "self-signed" in text or "self signed" in text:
+            return "not trusted: self-signed certificate"
+        return "not trusted: unknown CA"
+    return None
+
+
+def describeTLSFailure(failure: Failure, server: ServerConfig) -> Failure:
+    """Turn an OpenSSL/service_identity failure into a one-line :class:`TLSCertificateError`."""
+    name = server.server_name or server.host
+    where = f"{server.host}:{server.port}"
+    problem = certificateProblem(failure.value, name)
+    if problem is not None:
+        return Failure(TLSCertificateError(f"TLS certificate of {where} is {problem}"))
     from OpenSSL import SSL
 
-    if VerificationError and failure.check(VerificationError):
-        return Failure(
-            TLSCertificateError(
-                f"TLS certificate of {where} is not valid for {name}: {failure.value}"
-            )
-        )
     if failure.check(SSL.Error):
         text = str(failure.value)
-        if "certificate verify failed" in text:
-            reason = "not trusted: unknown CA"
-            if "expired" in text:
-                reason = "not trusted: certificate expired"
-            elif "self-signed" in text or "self signed" in text:
-                reason = "not trusted: self-signed certificate"
-            return Failure(
-                TLSCertificateError(f"TLS certificate of {where} for {name} is {reason}")
-            )
         return Failure(TLSCertificateError(f"TLS handshake with {where} failed: {text[:200]}"))
     return failure

@@ -46,6 +46,7 @@ from oauthmail.http.body import IReplayableBody, discardBody
 from oauthmail.interfaces import ITokenSource
 from oauthmail.loopback import isLoopbackHost
 from oauthmail.secret import Secret
+from oauthmail.text import cleanText
 
 __all__ = ["AuthorizedAgent", "InsecureURLError", "bearerError", "checkURL", "sameOrigin"]
 
@@ -73,7 +74,7 @@ def checkURL(url: str) -> tuple[str, str, int]:
     except ValueError:
         raise InsecureURLError(f"not a valid URL: {scheme}://{parts.netloc}") from None
     if not host:
-        raise InsecureURLError(f"URL has no host: {scheme}://{parts.netloc}{parts.path}")
+        raise InsecureURLError(f"not a URL with a host: {cleanText(url, 200)!r}")
     if scheme == "http" and not isLoopbackHost(host):
         raise InsecureURLError(f"a token goes over https only (http to loopback): http://{host}")
     if scheme not in ("https", "http"):

@@ -29,7 +29,8 @@ from oauthmail.http.authorized import AuthorizedAgent, checkURL
 from oauthmail.http.body import BytesBody, readBounded
 from oauthmail.http.proxy import proxySettings
 from oauthmail.interfaces import ITokenSource
-from oauthmail.text import cleanText, describeFailure
+from oauthmail.text import cleanText, describeFailure, innermost
+from oauthmail.tls import certificateProblem
 
 __all__ = ["APIAnswer", "addArguments", "callAPI", "parseHeaders", "runAPI"]
 
@@ -175,10 +176,10 @@ def runAPI(
                 reactor, session.tokens, account, args.method, args.url, headers=headers, data=data
             )
         except _UNREACHABLE as e:
-            where = urlsplit(args.url).netloc
-            print(
-                f"oauthmail api: cannot reach {where}: {describeFailure(e, 200)}", file=sys.stderr
-            )
+            parts = urlsplit(args.url)
+            problem = certificateProblem(innermost(e), parts.hostname or parts.netloc)
+            why = f"its TLS certificate is {problem}" if problem else describeFailure(e, 200)
+            print(f"oauthmail api: cannot reach {parts.netloc}: {why}", file=sys.stderr)
             return 1
         finally:
             await session.close()
