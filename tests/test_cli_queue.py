@@ -36,7 +36,8 @@ def test_list_show_retry_delete(tmp_path: Path) -> None:
     assert listing.returncode == 0, listing.stderr
     assert queue_id in text and "alerts" in text and "ops@example.net, dev@example.net" in text
     assert "1 message(s) waiting, 0 failed for good" in text
-    shown = _cli(tmp_path, "queue", "show", queue_id).stdout.decode()
+    # Pasted with a newline and in capitals, it is the same id.
+    shown = _cli(tmp_path, "queue", "show", f" {queue_id.upper()}\n").stdout.decode()
     assert "Subject: x" in shown and "state:      queued" in shown and "\n\nhi" not in shown
     retried = _cli(tmp_path, "queue", "retry", queue_id)
     assert retried.returncode == 0
@@ -65,11 +66,15 @@ def test_bad_usage_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
         ("queue", "--account", "nobody"),
         ("queue", "retry", "some-id", "--all", "alerts"),  # both: one of them
         ("queue", "list", "some-id"),  # the id was ignored
+        ("queue", "show", "x" * 5000),  # echoed whole before
     ):
         assert main([*args, "--config", str(config)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1
         assert "nobody" not in args or err == [f"{config}: no account named 'nobody'"]
+        assert "x" * 5000 not in args or err == [
+            f"'{'x' * 59}…' is not a queue id (32 hex digits, as listed)"
+        ]
 
 
 def test_listing_reads_like_mailq() -> None:

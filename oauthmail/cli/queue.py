@@ -15,6 +15,7 @@ its control socket to send at once (``wake``), as ``oauthmail send`` does.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -31,6 +32,9 @@ from oauthmail.config import Config
 from oauthmail.mail.trace import headerBlock
 from oauthmail.smtp.queue.records import DeliveryStatus
 from oauthmail.text import cleanText, describeWhen
+
+#: What a queue id looks like (``uuid4().hex``); anything else is refused before the store.
+QUEUE_ID = re.compile(r"[0-9a-f]{32}")
 
 __all__ = ["formatListing", "formatMessage"]
 
@@ -68,12 +72,12 @@ def formatListing(statuses: list[DeliveryStatus], now: float, more: bool = False
     """The ``mailq``-like listing: one line per message, its last error indented below."""
     if not statuses:
         return "the queue is empty: no message waits and none failed for good"
-    lines = [f"{'QUEUE ID':<32}  {'ACCOUNT':<12} {'AGE':>9} {'SIZE':>8}  {'STATE':<8}  RECIPIENTS"]
+    lines = [f"{'QUEUE ID':<32}  {'ACCOUNT':<12} {'AGE':>9} {'SIZE':>10}  {'STATE':<8}  RECIPIENTS"]
     for s in statuses:
         size = f"{s.size:,}" if s.size is not None else "?"
         open_ = [r.address for r in s.recipients if r.state not in ("sent",)]
         lines.append(
-            f"{s.id:<32}  {s.account:<12} {_age(s, now):>9} {size:>8}  {_state(s):<8}"
+            f"{s.id:<32}  {s.account:<12} {_age(s, now):>9} {size:>10}  {_state(s):<8}"
             f"  {', '.join(open_) or '-'}"
         )
         if s.last_error:
@@ -148,6 +152,12 @@ def queueCommand(args: argparse.Namespace) -> int:
     if action == "list" and args.id:
         print("oauthmail queue list takes no queue id (show ID shows one)", file=sys.stderr)
         return EXIT_USAGE
+    if args.id:  # pasted: a newline, capitals or a whole paragraph
+        args.id = args.id.strip().lower()
+        if not QUEUE_ID.fullmatch(args.id):
+            shown = cleanText(args.id, 60)
+            print(f"{shown!r} is not a queue id (32 hex digits, as listed)", file=sys.stderr)
+            return EXIT_USAGE
     names = {a.name for a in config.accounts}
     for given in (args.all, args.account):
         if given is not None and given not in names:
