@@ -497,6 +497,9 @@ def test_api_send_and_cli_helper(storage):
         "b@x.test",
         "c@x.test",
     ]
+    # Only the header section counts; 8-bit headers are read as UTF-8, so that a refused
+    # address is named as written (it read "b\ufffd\ufffdb@..." before).
+    assert envelopeRecipients("To: bőb@x.test\n\nCc: body@x.test\n".encode()) == ["bőb@x.test"]
     d = defer.ensureDeferred(sendFromCLI(rig.queue, account(), MESSAGE, wait=True))
     cli_id, status = rig.result(d)
     assert status.state == "sent" and status.recipients[0].address == "bob@example.net"

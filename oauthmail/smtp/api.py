@@ -13,7 +13,7 @@ not given, queues it and, when asked to, waits for the outcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import getaddresses
 from typing import Any
 
@@ -62,7 +62,11 @@ def send(
 
 def envelopeRecipients(message: bytes) -> list[str]:
     """The addresses in the ``To``, ``Cc`` and ``Bcc`` headers (for ``send`` without ``--to``)."""
-    headers = BytesHeaderParser().parsebytes(message)
+    # Header bytes read as UTF-8 (what 8-bit headers are in practice), so that a
+    # non-ASCII address is named as written when it is refused, not as U+FFFD.
+    end = min((i for i in (message.find(b"\n\n"), message.find(b"\r\n\r\n")) if i >= 0), default=-1)
+    section = message if end < 0 else message[:end]
+    headers = HeaderParser().parsestr(section.decode("utf-8", "replace"), headersonly=True)
     fields = [v for name in ("to", "cc", "bcc") for v in headers.get_all(name, [])]
     return [address for _, address in getaddresses(fields) if address]
 
