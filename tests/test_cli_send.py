@@ -74,6 +74,9 @@ def test_send_queues_with_header_recipients(tmp_path: Path) -> None:
     result = _run(tmp_path, "alerts")
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().startswith("queued as ")
+    assert result.stderr.decode().splitlines() == [
+        "note: alerts is not authorised: the message waits until it is (oauthmail authorize alerts)"
+    ]
     [(account, mail_from, message, recipients)] = _queued(tmp_path)
     assert (account, mail_from) == ("alerts", "alerts@example.com")
     assert message.startswith(b"Received: by localhost (oauthmail) id ")

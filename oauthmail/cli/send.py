@@ -102,8 +102,17 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
                 except ValueError as e:
                     print(f"nothing was queued: {e}", file=sys.stderr)
                     return EXIT_USAGE
+                record = await session.store.getAccount(account.name)
             finally:
                 await recorder.stop()
+        state = "unauthorised" if record is None else record.state
+        if state in _NOT_SENDING:
+            # Queued all the same (it leaves once the account is authorised), but not unsaid.
+            print(
+                f"note: {account.name} is {_NOT_SENDING[state]}: the message waits until it"
+                f" is (oauthmail authorize {account.name})",
+                file=sys.stderr,
+            )
         from twisted.internet import threads
 
         from oauthmail.control import wakeDaemon
@@ -116,6 +125,10 @@ def sendCommand(args: argparse.Namespace, config: Config, account: AccountConfig
         return EXIT_OK
 
     return runInReactor(work)
+
+
+#: Account states in which nothing is sent until a person acts, in words.
+_NOT_SENDING = {"unauthorised": "not authorised", "needs_reauth": "to be authorised again"}
 
 
 def _longLine(message: bytes, limit: int) -> int | None:
