@@ -203,8 +203,6 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
     """
     from twisted.internet import defer, task
 
-    from oauthmail.tokens.authorize import explain
-
     status = [EXIT_FAILED]
     done, interrupted = [False], [False]
 
@@ -226,7 +224,7 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
         except Exception as e:
             if interrupted[0]:
                 return  # what the parts said while being stopped is not news
-            print(f"oauthmail: {_said(e, explain)}", file=sys.stderr)
+            print(f"oauthmail: {_said(e)}", file=sys.stderr)
             status[0] = _statusOf(e)
         finally:
             done[0] = True
@@ -238,8 +236,10 @@ def runInReactor(work: Callable[[Any], Awaitable[int]]) -> int:
     return status[0]
 
 
-def _said(error: Exception, explain: Callable[[Exception], str]) -> str:
+def _said(error: Exception) -> str:
+    """A store error's own line (it names the file or database); else the token side's words."""
     from oauthmail.db.errors import StoreError
+    from oauthmail.tokens.authorize import explain
 
     return str(error) if isinstance(error, StoreError) else explain(error)
 

@@ -198,22 +198,25 @@ def loadStoreKeys(
     notices: list[crypto.Notice] | None = None,
     *,
     create: bool,
+    requireStore: bool | None = None,
 ) -> tuple[crypto.TokenCipher, bool | None]:
     """The store's keys, and whether its SQLite file exists (``None``: PostgreSQL). Blocking.
 
     A key file is created only for a new installation, when ``create`` says
     so: never next to an existing SQLite store (a typo in ``store.key_file``
-    would leave a key that cannot open it), never by ``create=False``, which
-    also refuses a missing SQLite store (commands that use a store: a typo in
-    ``store.path`` must not show an empty queue and every account
-    "unauthorised" from a new store nobody reads).
+    would leave a key that cannot open it). ``requireStore`` (by default: when
+    not creating) refuses a missing SQLite store, for commands that use one: a
+    typo in ``store.path`` must not show an empty queue and every account
+    "unauthorised" from a new store nobody reads.
     """
+    if requireStore is None:
+        requireStore = not create
     exists: bool | None = None
     if store_config.backend != "postgresql":
         from oauthmail.db.sqlite.storefile import checkStoreFile
 
         exists = checkStoreFile(store_config.path)
-        if not create and not exists:
+        if requireStore and not exists:
             raise StoreError(
                 f"no oauthmail store at {store_config.path}: the daemon creates it when it"
                 " first starts (or run `oauthmail init-store`); check store.path"
@@ -229,16 +232,12 @@ def loadStoreKeys(
     except crypto.MissingKeyFile:
         if not exists:
             raise
-        raise _keyFileMissing(store_config) from None
+        raise StoreError(
+            f"key file {store_config.key_file} does not exist, but the store"
+            f" {store_config.path} does and its tokens need that key: fix store.key_file"
+            " or restore the key"
+        ) from None
     return cipher, exists
-
-
-def _keyFileMissing(store_config: _StoreConfig) -> StoreError:
-    return StoreError(
-        f"key file {store_config.key_file} does not exist, but the store"
-        f" {store_config.path} does and its tokens need that key: fix store.key_file"
-        " or restore the key"
-    )
 
 
 def checkStoreSettings(
@@ -253,20 +252,13 @@ def checkStoreSettings(
     store, no key file) passes: the daemon creates both.
     """
     _checkBackend(store_config)
-    exists: bool | None = None  # PostgreSQL: not known without connecting
     if store_config.backend == "postgresql":
         from oauthmail.db.postgresql.driver import parseTarget
 
-        parseTarget(plain(store_config.dsn))
-    else:
-        from oauthmail.db.sqlite.storefile import checkStoreFile
-
-        exists = checkStoreFile(store_config.path)
+        parseTarget(plain(store_config.dsn))  # its tables are not known without connecting
     try:
-        cipher = crypto.loadCipher(store_config.key, store_config.key_file, environ, create=False)
+        cipher, exists = loadStoreKeys(store_config, environ, create=False, requireStore=False)
     except crypto.MissingKeyFile:
-        if exists:
-            raise _keyFileMissing(store_config) from None
         return  # a new installation: the daemon creates the key with the store
     if exists:
         from oauthmail.db.sqlite.preflight import preflight
