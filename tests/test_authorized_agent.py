@@ -336,3 +336,14 @@ class _Task:
 
     def stop(self):
         pass
+
+
+def test_a_url_without_a_host_is_shown_without_its_secrets():
+    """The refusal names the URL as given, never its user:password or its query."""
+    from oauthmail.http.authorized import InsecureURLError, checkURL
+
+    with pytest.raises(InsecureURLError) as refused:
+        checkURL("https://user:hunter2@/x?access_token=abc")
+    assert str(refused.value) == "not a URL with a host: 'https:///x'"
+    with pytest.raises(InsecureURLError, match="^not a URL with a host: 'not-a-url'$"):
+        checkURL("not-a-url")

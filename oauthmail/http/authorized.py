@@ -74,7 +74,9 @@ def checkURL(url: str) -> tuple[str, str, int]:
     except ValueError:
         raise InsecureURLError(f"not a valid URL: {scheme}://{parts.netloc}") from None
     if not host:
-        raise InsecureURLError(f"not a URL with a host: {cleanText(url, 200)!r}")
+        # Shown as given, without a user:password or a query that may hold a secret.
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="")
+        raise InsecureURLError(f"not a URL with a host: {cleanText(bare.geturl(), 200)!r}")
     if scheme == "http" and not isLoopbackHost(host):
         raise InsecureURLError(f"a token goes over https only (http to loopback): http://{host}")
     if scheme not in ("https", "http"):
