@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,24 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@contextlib.contextmanager
+def _serving(config: Path, cwd: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``twistd oauthmail --config CONFIG`` answering on ``port``, stopped with SIGTERM after."""
+    proc = subprocess.Popen(
+        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        cwd=cwd,
+    )
+    try:
+        _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def _startRefused(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -173,15 +193,7 @@ def test_a_second_daemon_on_the_same_sqlite_store_exits_75_in_one_line(tmp_path:
     """Two daemons on one SQLite file would both send the queue: the second stops before it runs."""
     port = _freePort()
     config = _writeConfig(tmp_path, port)
-    first = subprocess.Popen(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=tmp_path,
-    )
-    try:
-        _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)
+    with _serving(config, tmp_path, port) as first:
         result = _startRefused(config, tmp_path)
         assert (result.returncode, result.stdout) == (75, "")
         assert result.stderr.splitlines() == [
@@ -189,22 +201,9 @@ def test_a_second_daemon_on_the_same_sqlite_store_exits_75_in_one_line(tmp_path:
             f" (pid {first.pid}): one daemon per SQLite store (several nodes share a"
             " PostgreSQL store, see docs/scale-out.md)"
         ]
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=30)
     # The first one gone, a daemon starts on the store again (the lock went with it).
-    again = subprocess.Popen(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=tmp_path,
-    )
-    try:
-        assert _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)[0] in (200, 503)
-    finally:
-        again.send_signal(signal.SIGTERM)
-        assert again.wait(timeout=30) is not None
+    with _serving(config, tmp_path, port) as again:
+        assert again.poll() is None
 
 
 def test_daemon_refuses_a_mistyped_option_in_one_line(tmp_path: Path) -> None:
@@ -253,18 +252,8 @@ def test_daemon_refuses_a_wrong_store_key(tmp_path: Path) -> None:
     """A database written with another key stops the daemon with one clear line; nothing changes."""
     port = _freePort()
     config = _writeConfig(tmp_path, port)
-    first = subprocess.Popen(
-        [*TWISTD, "--nodaemon", "--pidfile=", "oauthmail", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=tmp_path,
-    )
-    try:
-        _get(f"http://127.0.0.1:{port}/health", time.monotonic() + 30)
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=30)
+    with _serving(config, tmp_path, port):
+        pass
     db = tmp_path / "var" / "oauthmail.sqlite"
     key = tmp_path / "var" / "oauthmail.key"
     before = db.read_bytes()
