@@ -139,6 +139,40 @@ async def test_interrupted_authorize_says_so_and_exits_130(tmp_path, signal) -> 
         await world.stop()
 
 
+async def _untilStderr(reactor, child, text: str, seconds: float = 30.0) -> None:
+    """Wait until the child has written ``text`` to stderr (the test fails after ``seconds``)."""
+    from twisted.internet import task
+
+    for _ in range(int(seconds * 10)):
+        if text in child.err.decode():
+            return
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"no {text!r} on stderr: {child.output}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_polls_through_a_token_endpoint_outage_and_says_so(tmp_path) -> None:
+    """503s while the code waits: one line saying so, one when it answers again, then success."""
+    from twisted.internet import reactor
+
+    world = CLIWorld(reactor, tmp_path)
+    try:
+        child = world.spawn("authorize", "dev", "-c", str(world.path))
+        user_code = (await child.waitFor(r"enter the code: (\S+)\n")).group(1).decode()
+        world.provider.setErrorRate(1.0, 503)
+        await _untilStderr(reactor, child, "the token endpoint cannot be reached for now (")
+        assert "still trying until the code expires at " in child.err.decode()
+        world.provider.setErrorRate(0.0)
+        await _untilStderr(reactor, child, "the token endpoint answers again; still waiting")
+        world.provider.approveDevice(user_code)
+        assert await child.ended == 0, child.output
+        assert len(child.err.decode().splitlines()) == 2, child.output
+        record, tokens = await world.stored("dev")
+        assert tokens is not None
+    finally:
+        await world.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_device_grant_account_uses_the_device_flow_and_reports_a_refusal(tmp_path) -> None:
     """A grant: device_code account needs no flag; a denial exits 1 with the reason."""

@@ -357,6 +357,28 @@ async def test_deviceFlowSlowDown(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_deviceFlowBacksOffWhileTheEndpointFails(env):
+    """503s while the code waits: the polls space out (growing, capped), the caller is told."""
+    provider, clock, transport, profile = env
+    client = GrantClient(profile, transport, clock)
+    authorization = replace(await client.startDeviceAuthorization(), interval=1.0)
+    heard: list = []
+    provider.setErrorRate(1.0, status=503, seed=1)
+    before = provider.requests["token"]
+    d = defer.ensureDeferred(client.pollDevice(authorization, heard.append))
+    await transport.advance(clock, 300, step=0.5)
+    polls = provider.requests["token"] - before
+    # Every second for 300 s without the backoff; 2, 4, ... 60 s (jittered by half) with it.
+    assert 6 <= polls <= 20, polls
+    assert len(heard) == 1 and heard[0]  # told once, with the reason
+    provider.setErrorRate(0.0)
+    provider.approveDevice(authorization.user_code)
+    await transport.advance(clock, 61, step=0.5)
+    assert provider.introspect((await d).access_token)["active"]
+    assert heard[1:] == []  # approved at the first answer: no "answers again" needed
+
+
+@pytest_twisted.ensureDeferred
 async def test_deviceFlowDenied(env):
     """A refused device authorisation ends with AuthorizationFailed."""
     provider, clock, transport, profile = env

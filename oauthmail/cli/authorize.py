@@ -81,6 +81,26 @@ def readLine(reactor: Any) -> Any:
     return d
 
 
+def _troubleReporter(expires_at: float) -> Any:
+    """A line on stderr when the token endpoint stops answering the polls, and when it is back."""
+    import time
+
+    until = time.strftime("%H:%M UTC", time.gmtime(expires_at))
+
+    def report(reason: str | None) -> None:
+        if reason is None:
+            print("the token endpoint answers again; still waiting", file=sys.stderr, flush=True)
+        else:
+            print(
+                f"the token endpoint cannot be reached for now ({reason});"
+                f" still trying until the code expires at {until}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
 async def _authorizeWith(session: Session, account: AccountConfig, device: bool) -> Any:
     """Run the flow for the account's grant; ``None`` if the person gave no answer."""
     from oauthmail.tokens.identity import accountIdentity
@@ -98,7 +118,7 @@ async def _authorizeWith(session: Session, account: AccountConfig, device: bool)
         if auth.verification_uri_complete:
             print(f"(or open {auth.verification_uri_complete})", flush=True)
         print(f"Sign in there as {person}. Waiting (Ctrl-C to give up)...", flush=True)
-        return await authorizer.completeDevice(name, auth)
+        return await authorizer.completeDevice(name, auth, _troubleReporter(auth.expires_at))
     url, pending = authorizer.begin(name, callbackURI(session.config, profile=account.profile))
     print(f"To authorise {name}, open this address in a browser, sign in as {person}:\n")
     print(url, flush=True)

@@ -430,13 +430,19 @@ class Authorizer:
         )
 
     async def completeDevice(
-        self, account_name: str, authorization: DeviceAuthorization
+        self,
+        account_name: str,
+        authorization: DeviceAuthorization,
+        onTrouble: Callable[[str | None], object] | None = None,
     ) -> Authorized:
-        """Poll (interval, ``slow_down``) until the person approves, then check and store."""
+        """Poll (interval, ``slow_down``) until the person approves, then check and store.
+
+        ``onTrouble``: see :meth:`~oauthmail.tokens.grants.GrantClient.pollDevice`.
+        """
         tokens = await self._asked(
             account_name,
             "device authorisation",
-            lambda: self.tokens.grantClient(account_name).pollDevice(authorization),
+            lambda: self.tokens.grantClient(account_name).pollDevice(authorization, onTrouble),
         )
         return await self._finish(account_name, tokens)
 

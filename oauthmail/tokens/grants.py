@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
@@ -37,6 +38,7 @@ from twisted.python.failure import Failure
 
 from oauthmail.config import ProfileConfig
 from oauthmail.interfaces import IHTTPTransport
+from oauthmail.retry import Backoff
 from oauthmail.secret import Secret
 from oauthmail.tokens.answers import classifyTokenResponse, parseRetryAfter, providerText
 from oauthmail.tokens.errors import (
@@ -60,6 +62,8 @@ FORM_HEADERS = {
 
 #: RFC 8628 §3.5: ``slow_down`` adds five seconds to the polling interval.
 SLOW_DOWN_STEP = 5.0
+#: The longest wait between polls while the token endpoint is out of reach.
+DEVICE_BACKOFF_CAP = 60.0
 
 #: Provider kinds whose device authorization request carries ``login_hint``. RFC 8628
 #: §3.1 defines only ``client_id`` and ``scope`` there, and so do Google's ("OAuth 2.0
@@ -375,8 +379,20 @@ class GrantClient:
             classifyTokenResponse(response, "device_authorization", now, "", hidden)
         return _deviceAuthorization(response, now, scopes, hidden)
 
-    async def pollDevice(self, authorization: DeviceAuthorization) -> TokenSet:
-        """Poll until a person approves, honouring ``interval`` and ``slow_down``."""
+    async def pollDevice(
+        self,
+        authorization: DeviceAuthorization,
+        onTrouble: Callable[[str | None], object] | None = None,
+    ) -> TokenSet:
+        """Poll until a person approves, honouring ``interval`` and ``slow_down``.
+
+        A token endpoint out of reach (or answering 5xx/429) is polled again
+        after a growing, capped, jittered wait (RFC 8628 §3.5 asks for a
+        backoff), never sooner than ``interval`` or its ``Retry-After``.
+        ``onTrouble`` hears the reason when that starts and ``None`` when the
+        endpoint answers again: a person waiting at a terminal is told, not
+        left with silence until the code expires.
+        """
         credentials = self._credentials()
         client = DeviceClient(credentials.pop("client_id"))
         body = client.prepare_request_body(
@@ -384,22 +400,29 @@ class GrantClient:
         )
         scope = " ".join(authorization.scopes)
         hidden = self._hidden(authorization.device_code)
-        interval = authorization.interval
+        interval = wait = authorization.interval
+        backoff = Backoff(2 * interval, max(DEVICE_BACKOFF_CAP, 2 * interval))
+        troubled = False
         while True:
-            await task.deferLater(self._clock, interval, lambda: None)
+            await task.deferLater(self._clock, wait, lambda: None)
             if self._clock.seconds() >= authorization.expires_at:
                 raise AuthorizationFailed("the device code expired before it was approved")
             try:
                 return await self._tokenRequest(body, "device_code", scope, hidden)
             except TransientTokenError as e:
                 log.info("device flow: transient error, polling on: {reason}", reason=e.reason)
-                if e.retry_after:
-                    interval = max(interval, e.retry_after)
+                wait = max(interval, backoff.next(), e.retry_after or 0.0)
+                if onTrouble is not None and not troubled:
+                    onTrouble(e.reason)
+                troubled = True
             except TokenEndpointError as e:
-                if e.error == "authorization_pending":
-                    continue
+                if troubled and onTrouble is not None:
+                    onTrouble(None)
+                troubled = False
                 if e.error == "slow_down":
                     interval += SLOW_DOWN_STEP
+                wait = interval
+                if e.error in ("authorization_pending", "slow_down"):
                     continue
                 if e.error == "expired_token":
                     raise AuthorizationFailed(
