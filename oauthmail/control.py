@@ -61,6 +61,10 @@ class ControlFactory(Factory):
     def __init__(self, wake: Callable[[str], Any]) -> None:
         self.wake = wake
 
+    def logPrefix(self) -> str:
+        """Twisted's "... starting on PATH" line names this, not the class."""
+        return "oauthmail control socket"
+
 
 def listenControl(reactor: IReactorUNIX, path: str, wake: Callable[[str], Any]) -> IListeningPort:
     """Listen on ``path`` (mode 0600); a stale socket of a dead daemon is replaced."""

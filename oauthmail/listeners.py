@@ -30,8 +30,13 @@ class LateFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "oauthmail") -> None:
         self.target: Factory | None = None
+        self.what = what
+
+    def logPrefix(self) -> str:
+        """Twisted's "... starting on PORT" line names this, not the class ``LateFactory``."""
+        return self.what
 
     def attach(self, target: Factory) -> None:
         """From now on, connections are the real factory's."""
@@ -49,11 +54,15 @@ class LateFactory(ServerFactory):
             target.doStop()
 
 
+#: What each early-bound port serves, for Twisted's "... starting on PORT" line.
+_LISTENERS = {"web.port": "console", "submission.port": "submission server"}
+
+
 def bindEarly(
     reactor: IReactorTCP, key: str, interface: str, port: int
 ) -> tuple[IListeningPort, LateFactory]:
     """Listen on ``interface:port`` now; :class:`StartupError` naming ``key`` if it cannot."""
-    factory = LateFactory()
+    factory = LateFactory(f"oauthmail {_LISTENERS.get(key, key)}")
     try:
         listening = reactor.listenTCP(port, factory, interface=interface)
     except CannotListenError as e:
