@@ -13,13 +13,13 @@ not given, queues it and, when asked to, waits for the outcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.parser import HeaderParser
 from email.utils import getaddresses
 from typing import Any
 
 from twisted.internet import defer
 
 from oauthmail.mail.addresses import AddressSyntaxError, checkMailbox
+from oauthmail.mail.trace import headerBlock, headerValues
 from oauthmail.smtp.queue.records import DeliveryStatus
 from oauthmail.smtp.queue.service import OutboundQueue
 
@@ -62,12 +62,10 @@ def send(
 
 def envelopeRecipients(message: bytes) -> list[str]:
     """The addresses in the ``To``, ``Cc`` and ``Bcc`` headers (for ``send`` without ``--to``)."""
-    # Header bytes read as UTF-8 (what 8-bit headers are in practice), so that a
+    # mail.trace reads 8-bit header bytes as UTF-8 (what they are in practice), so a
     # non-ASCII address is named as written when it is refused, not as U+FFFD.
-    end = min((i for i in (message.find(b"\n\n"), message.find(b"\r\n\r\n")) if i >= 0), default=-1)
-    section = message if end < 0 else message[:end]
-    headers = HeaderParser().parsestr(section.decode("utf-8", "replace"), headersonly=True)
-    fields = [v for name in ("to", "cc", "bcc") for v in headers.get_all(name, [])]
+    header = headerBlock(message)
+    fields = [v for name in ("to", "cc", "bcc") for v in headerValues(header, name)]
     return [address for _, address in getaddresses(fields) if address]
 
 
